@@ -1,0 +1,1 @@
+"""Archipelago: thin volumes, snapshots and clones over the block store, served over NBD."""

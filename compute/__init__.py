@@ -1,0 +1,1 @@
+"""Compute: VMs started from images on thin-cloned volumes."""

@@ -1,0 +1,215 @@
+"""LocalBlockStore: one file per block in a local directory, durable on return.
+
+Layout under the store's directory:
+
+    00/ .. ff/      256 fan-out directories; a block lives at `ab/abcdef...` (its hex hash)
+    tmp/            blocks being written; a name appears under its hash only when complete
+
+A put writes a temporary file, fdatasyncs it, renames it into place and, once for the whole
+batch, fsyncs every directory that gained an entry: the rename is then durable too.  Files of a
+batch are written and synced on a thread pool, so their syncs overlap and the journal commits
+them together (group commit without a packfile).
+
+Why files and not packfiles: measured on this project's machines (see docs/design.md), for 4 MiB
+blocks a file per block writes as fast as appending to a pack, and it keeps every process that
+opens the directory (API workers, the NBD server, the CLI, the garbage collector) coherent with
+no shared index, and makes deleting a block one unlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from pithos.blocker.store import BlockStore
+from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
+
+_HEX_LEN = 64
+_TRANSIENT_ERRNOS = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
+# A temporary file this old belongs to a writer that died: no put takes an hour.
+_STALE_TMP_S = 3600.0
+
+
+def _backend_error(exc: OSError, what: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: {exc.strerror}")
+    return BackendError(f"{what}: {exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBlockStore(BlockStore):
+    """Blocks as files under `path` (created if absent)."""
+
+    def __init__(self, path: str | os.PathLike[str], io_threads: int = 16) -> None:
+        self.path = os.fspath(path)
+        self._tmp = os.path.join(self.path, "tmp")
+        self._names = itertools.count()
+        try:
+            created = not os.path.isdir(self._tmp)
+            os.makedirs(self._tmp, exist_ok=True)
+            for i in range(256):
+                os.makedirs(os.path.join(self.path, f"{i:02x}"), exist_ok=True)
+            if created:
+                # The fan-out directories must survive a crash before any block is named in them.
+                _fsync_dir(self.path)
+                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise _backend_error(exc, f"cannot open block store at {self.path}") from exc
+        self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blockio")
+        self._remove_stale_tmp()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _path(self, hash_: bytes) -> str:
+        hex_ = hash_.hex()
+        return f"{self.path}/{hex_[:2]}/{hex_}"
+
+    def _remove_stale_tmp(self) -> None:
+        now = time.time()
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                try:
+                    if now - entry.stat().st_mtime > _STALE_TMP_S:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+    def stale_tmp_files(self) -> list[str]:
+        """Temporary files left by writers (live or killed); never named as blocks."""
+        return sorted(os.listdir(self._tmp))
+
+    def _map(self, fn, items):  # type: ignore[no-untyped-def]
+        # Threads pay off only when there is more than one file to wait on.
+        if len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self._pool.map(fn, items))
+
+    # -- BlockStore --------------------------------------------------------------------------
+
+    def _put_one(self, item: tuple[bytes, bytes]) -> str | None:
+        """Store one block; returns the directory that gained an entry, None for a refresh."""
+        hash_, data = item
+        path = self._path(hash_)
+        try:
+            os.utime(path)  # present: refresh its age, keep its bytes
+            return None
+        except FileNotFoundError:
+            pass
+        tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.rename(tmp, path)
+        return os.path.dirname(path)
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        try:
+            dirs = {d for d in self._map(self._put_one, items) if d is not None}
+            # Now sync the directories to commit the renames.
+            self._map(_fsync_dir, sorted(dirs))
+        except OSError as exc:
+            raise _backend_error(exc, "cannot store block") from exc
+
+    def _get_one(self, hash_: bytes) -> bytes | None:
+        try:
+            with open(self._path(hash_), "rb", buffering=0) as f:
+                return f.readall()
+        except FileNotFoundError:
+            return None
+
+    def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        try:
+            found = self._map(self._get_one, hashes)
+        except OSError as exc:
+            raise _backend_error(exc, "cannot read block") from exc
+        absent = [h for h, data in zip(hashes, found, strict=True) if data is None]
+        if absent:
+            raise NotFound(f"{len(absent)} block(s) not found", absent)
+        return found
+
+    def read(self, hash_: bytes, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        try:
+            fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound("block not found", [hash_]) from None
+        except OSError as exc:
+            raise _backend_error(exc, "cannot read block") from exc
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+        present = self._map(lambda h: os.path.exists(self._path(h)), unique)
+        return [h for h, here in zip(unique, present, strict=True) if not here]
+
+    def _delete_one(self, hash_: bytes) -> str | None:
+        path = self._path(hash_)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return os.path.dirname(path)
+
+    def delete_many(self, hashes: Sequence[bytes]) -> int:
+        try:
+            dirs = [d for d in self._map(self._delete_one, list(dict.fromkeys(hashes)))
+                    if d is not None]
+            self._map(_fsync_dir, sorted(set(dirs)))
+        except OSError as exc:
+            raise _backend_error(exc, "cannot delete block") from exc
+        return len(dirs)
+
+    def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        after = "" if start_after is None else start_after.hex()
+        for i in range(256):
+            prefix = f"{i:02x}"
+            if prefix < after[:2]:
+                continue
+            names = sorted(n for n in os.listdir(f"{self.path}/{prefix}")
+                           if len(n) == _HEX_LEN and n > after)
+            for name in names:
+                try:
+                    size = os.stat(f"{self.path}/{prefix}/{name}").st_size
+                except FileNotFoundError:
+                    continue  # deleted while we scanned
+                try:
+                    yield bytes.fromhex(name), size
+                except ValueError:
+                    continue  # not a block file
+
+    def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
+        now = time.time()
+
+        def one(h: bytes) -> float | None:
+            try:
+                return max(0.0, now - os.stat(self._path(h)).st_mtime)
+            except FileNotFoundError:
+                return None
+
+        return self._map(one, hashes)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

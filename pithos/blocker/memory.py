@@ -1,0 +1,70 @@
+"""MemoryBlockStore: a BlockStore in a dict, for tests and as the reference behaviour."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from pithos.blocker.store import BlockStore
+from pithos.core.errors import InvalidArgument, NotFound
+
+
+class MemoryBlockStore(BlockStore):
+    """Volatile: everything is gone with the object.  "Durable" means "in the dict"."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[bytes, bytes] = {}
+        self._put_at: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for hash_, data in items:
+                self._blobs.setdefault(hash_, bytes(data))
+                self._put_at[hash_] = now
+
+    def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        with self._lock:
+            absent = [h for h in hashes if h not in self._blobs]
+            if absent:
+                raise NotFound(f"{len(absent)} block(s) not found", absent)
+            return [self._blobs[h] for h in hashes]
+
+    def read(self, hash_: bytes, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        with self._lock:
+            data = self._blobs.get(hash_)
+        if data is None:
+            raise NotFound("block not found", [hash_])
+        return data[offset:offset + length]
+
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
+        with self._lock:
+            return list(dict.fromkeys(h for h in hashes if h not in self._blobs))
+
+    def delete_many(self, hashes: Sequence[bytes]) -> int:
+        removed = 0
+        with self._lock:
+            for h in hashes:
+                if self._blobs.pop(h, None) is not None:
+                    del self._put_at[h]
+                    removed += 1
+        return removed
+
+    def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        with self._lock:
+            keys = sorted(self._blobs)
+        start = 0 if start_after is None else bisect.bisect_right(keys, start_after)
+        for h in keys[start:]:
+            data = self._blobs.get(h)
+            if data is not None:
+                yield h, len(data)
+
+    def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
+        now = time.monotonic()
+        with self._lock:
+            return [None if h not in self._put_at else now - self._put_at[h] for h in hashes]

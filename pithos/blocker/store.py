@@ -1,0 +1,78 @@
+"""The BlockStore interface: a dumb, batched store of immutable blobs named by their hash.
+
+A BlockStore never hashes and never validates content: the `Blocker` above it does. That keeps
+backends (memory, local directory, Ceph RADOS) small and makes them interchangeable; every one of
+them passes the same contract suite (tests/blocker_contract.py).
+
+Hashes are raw 32-byte `bytes`.  Every method takes a batch so that no hot path pays a round trip
+per block; backends are free to serve a batch in parallel.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+
+class BlockStore(ABC):
+    """Immutable blobs by hash.  Thread-safe: any method may be called from several threads."""
+
+    @abstractmethod
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Store each `(hash, data)` pair.
+
+        - Durable: returns only when every blob is on stable storage (a crash after the return
+          loses none of them).
+        - Atomic per blob: a blob is either absent or complete under its name, never partial,
+          even if the process is killed mid-call.  A batch is not atomic as a whole.
+        - Repeat-safe: putting a hash that is present is a no-op (the stored bytes are kept; the
+          caller vouches that `hash` names `data`).  It refreshes the blob's age, so a sweep
+          that only removes blobs older than its start never removes a blob just re-put.
+        - Raises `NoSpace` when out of space, `BackendError` on other failures (`transient`
+          says whether a retry may help).  After an error some blobs of the batch may be stored.
+        """
+
+    @abstractmethod
+    def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """The data of each hash, in order.
+
+        Raises `NotFound` (its `hashes` lists every absent one) if any is absent.  The bytes are
+        returned as stored: verifying them is the Blocker's job.
+        """
+
+    @abstractmethod
+    def read(self, hash_: bytes, offset: int, length: int) -> bytes:
+        """Up to `length` bytes of one blob from `offset`.
+
+        Short only at the end of the blob (an offset at or past the end gives b"").  Raises
+        `NotFound` if absent, `InvalidArgument` for a negative offset or length.
+        """
+
+    @abstractmethod
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """The hashes of the batch that are absent, in the order given (duplicates once)."""
+
+    @abstractmethod
+    def delete_many(self, hashes: Sequence[bytes]) -> int:
+        """Remove each blob; durable on return.  Absent hashes are ignored (repeat-safe).
+        Returns how many blobs were removed."""
+
+    @abstractmethod
+    def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        """Every stored blob as `(hash, size)` in ascending hash order, starting after
+        `start_after` (so an interrupted scan resumes from the last hash it saw).  Blobs put or
+        deleted during the scan may or may not appear."""
+
+    @abstractmethod
+    def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
+        """Seconds since each blob was last put (written or refreshed), None if absent.  The
+        garbage collector sweeps only blobs older than the start of its mark."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release resources.  The store must not be used afterwards."""
+
+    def __enter__(self) -> BlockStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,62 @@
+"""The error classes of the whole system.
+
+One root, `PithosError`; subclasses carry the data a caller needs to react. They are translated
+to the wire in one table per protocol (HTTP status, NBD errno, CLI exit code), never ad hoc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PithosError(Exception):
+    """Root of every error this system raises on purpose."""
+
+
+class NotFound(PithosError):
+    """A named thing does not exist.  For blocks, `hashes` lists every absent hash."""
+
+    def __init__(self, message: str, hashes: Iterable[bytes] = ()) -> None:
+        super().__init__(message)
+        self.hashes: list[bytes] = list(hashes)
+
+
+class Conflict(PithosError):
+    """The request conflicts with the current state (e.g. deleting a non-empty container)."""
+
+
+class VersionConflict(Conflict):
+    """A compare-and-swap lost: the state changed since the caller read it."""
+
+
+class InvalidArgument(PithosError):
+    """Bad input from a caller: a bad range, an oversized block, a malformed name.  Nothing
+    was changed."""
+
+
+class Forbidden(PithosError):
+    """The caller is authenticated but may not do this."""
+
+
+class QuotaExceeded(PithosError):
+    """The write would exceed a quota; nothing was committed."""
+
+
+class IntegrityError(PithosError):
+    """Stored data does not match its hash: corruption.  The data is never served."""
+
+    def __init__(self, message: str, hashes: Iterable[bytes] = ()) -> None:
+        super().__init__(message)
+        self.hashes: list[bytes] = list(hashes)
+
+
+class NoSpace(PithosError):
+    """The backend is out of space; the write did not happen."""
+
+
+class BackendError(PithosError):
+    """A backend failed.  `transient` says whether retrying the same call may succeed."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -1,0 +1,543 @@
+"""The mapper: builds, reads and updates maps.
+
+A map is the ordered list of entries (block hash, length) of one object version, volume or image,
+plus its size.  It is stored as a tree of map pages, themselves blocks in the same block store
+(see codec.py for their layout): leaves hold up to `fanout` entries, interior pages up to `fanout`
+children with their byte and entry counts.  The hash of the top page, the **root**, names the map.
+
+The tree is canonical: leaves are filled left to right with `fanout` entries each, so its shape
+depends only on the entry list.  An update rewrites only the leaves it touches plus the pages
+above them; every other page and block is shared with the old map, and the old root keeps
+reading the old content.
+
+Write ordering: blocks are durable before any page naming them is written, pages before the root
+is returned to the caller (who then commits it to the catalog or a volume head).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, NamedTuple
+
+from pithos.blocker.blocker import Blocker
+from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
+from pithos.core.hashing import block_hash, merkle_root, to_hex
+from pithos.mapper import codec
+
+DEFAULT_FANOUT = 1024
+DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+# Batches in the write pipeline at once; with the one being filled, bounds a build's memory
+# to (MAX_INFLIGHT + 1) * batch_bytes.
+MAX_INFLIGHT = 2
+
+
+class MapStat(NamedTuple):
+    size: int
+    count: int
+
+
+class _Ref(NamedTuple):
+    """A page as seen from its parent: hash, bytes and entries below it."""
+    hash: bytes
+    size: int
+    count: int
+
+
+class _Page(NamedTuple):
+    level: int
+    hashes: list[bytes]
+    sizes: list[int]
+    counts: list[int]
+
+
+class _PendingMap:
+    """A map being built whose blocks may still be in flight."""
+
+    __slots__ = ("hashes", "lengths", "needs", "size")
+
+    def __init__(self) -> None:
+        # An entry is its hash, or (batch number, position) until that batch is stored.
+        self.hashes: list[bytes | tuple[int, int]] = []
+        self.lengths: list[int] = []
+        self.size = 0
+        self.needs = -1  # the last batch this map waits for
+
+
+def read_chunks(stream: BinaryIO, size: int) -> Iterator[bytes]:
+    """Full `size`-byte chunks of a stream (the last may be shorter), whatever its read()s
+    return."""
+    while True:
+        chunk = stream.read(size)
+        if not chunk:
+            return
+        while len(chunk) < size:
+            more = stream.read(size - len(chunk))
+            if not more:
+                break
+            chunk += more
+        yield chunk
+
+
+class Mapper:
+    """Maps over a `Blocker`.
+
+    `block_size` (default: the blocker's) is the fixed chunk size used for new data; `fanout`
+    the most entries per map page; `batch_bytes` how much data a build hands to the block store
+    at once.
+    """
+
+    def __init__(self, blocker: Blocker, block_size: int | None = None,
+                 fanout: int = DEFAULT_FANOUT, batch_bytes: int = DEFAULT_BATCH_BYTES,
+                 page_cache: int = 256) -> None:
+        self.blocker = blocker
+        self.block_size = block_size or blocker.block_size
+        if not 0 < self.block_size <= blocker.block_size:
+            raise InvalidArgument(f"block size {self.block_size} not in (0, "
+                                  f"{blocker.block_size}]")
+        if fanout < 2:
+            raise InvalidArgument("fanout must be at least 2")
+        if codec.page_size(fanout) > blocker.block_size:
+            raise InvalidArgument(f"map pages of {fanout} entries would exceed the block size")
+        self.fanout = fanout
+        self.batch_bytes = max(batch_bytes, self.block_size)
+        self._cache: OrderedDict[bytes, _Page] = OrderedDict()
+        self._cache_max = page_cache
+        self._lock = threading.Lock()
+        # Zero blocks are recognised without hashing and served without reading.
+        self._zero_hashes: dict[bytes, int] = {}
+        self._zero_by_length: dict[int, bytes] = {}
+        self._zero_stored: set[bytes] = set()
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def _pages(self, hashes: Sequence[bytes]) -> list[_Page]:
+        """Decoded pages, from the cache or verified from the store."""
+        with self._lock:
+            found = {h: self._cache[h] for h in hashes if h in self._cache}
+        wanted = [h for h in dict.fromkeys(hashes) if h not in found]
+        if wanted:
+            try:
+                blobs = self.blocker.get_many(wanted)
+            except NotFound as exc:
+                raise NotFound("map page(s) not found: "
+                               + ", ".join(to_hex(h) for h in exc.hashes[:4]),
+                               exc.hashes) from None
+            for h, blob in zip(wanted, blobs, strict=True):
+                try:
+                    found[h] = _Page(*codec.decode_page(blob))
+                except ValueError as exc:
+                    raise IntegrityError(f"{to_hex(h)} is not a map page: {exc}", [h]) from None
+            with self._lock:
+                for h in wanted:
+                    self._cache[h] = found[h]
+                while len(self._cache) > self._cache_max:
+                    self._cache.popitem(last=False)
+        return [found[h] for h in hashes]
+
+    def _leaves(self, root: bytes) -> list[_Ref]:
+        """The leaf pages of a map, in order."""
+        (top,) = self._pages([root])
+        if top.level == 0:
+            return [_Ref(root, sum(top.sizes), len(top.hashes))]
+        refs = [_Ref(*r) for r in zip(top.hashes, top.sizes, top.counts, strict=True)]
+        level = top.level
+        while level > 1:
+            pages = self._pages([r.hash for r in refs])
+            refs = []
+            for page in pages:
+                if page.level != level - 1:
+                    raise IntegrityError(f"map {to_hex(root)} has a page at the wrong level")
+                refs.extend(_Ref(*r) for r in zip(page.hashes, page.sizes, page.counts,
+                                                  strict=True))
+            level -= 1
+        return refs
+
+    def _store_tree(self, leaf_pages: list[tuple[bytes, int, int]],
+                    kept: Sequence[_Ref] = (), at: int = 0) -> bytes:
+        """Store new leaves `(page, size, count)`, inserted among the `kept` leaves at index
+        `at`, and the pages above them; returns the root.  Unchanged interior pages encode the
+        same, so storing them again costs only a refresh."""
+        hashes = self.blocker.put_many([page for page, _, _ in leaf_pages]) if leaf_pages else []
+        new = [_Ref(h, size, count)
+               for h, (_, size, count) in zip(hashes, leaf_pages, strict=True)]
+        refs = [*kept[:at], *new, *kept[at:]]
+        if not refs:
+            return self.blocker.put(codec.encode_leaf([], []))
+        level = 1
+        while len(refs) > 1:
+            groups = [refs[i:i + self.fanout] for i in range(0, len(refs), self.fanout)]
+            pages = [codec.encode_node(level, [r.hash for r in g], [r.size for r in g],
+                                       [r.count for r in g]) for g in groups]
+            page_hashes = self.blocker.put_many(pages)
+            refs = [_Ref(h, sum(r.size for r in g), sum(r.count for r in g))
+                    for h, g in zip(page_hashes, groups, strict=True)]
+            level += 1
+        return refs[0].hash
+
+    def _leaf_pages(self, hashes: list[bytes],
+                    lengths: list[int]) -> list[tuple[bytes, int, int]]:
+        f = self.fanout
+        return [(codec.encode_leaf(hashes[i:i + f], lengths[i:i + f]),
+                 sum(lengths[i:i + f]), len(lengths[i:i + f]))
+                for i in range(0, len(hashes), f)]
+
+    # -- zero blocks -------------------------------------------------------------------------
+
+    def _zero_hash(self, length: int) -> bytes:
+        h = self._zero_by_length.get(length)
+        if h is None:
+            h = block_hash(bytes(length))
+            with self._lock:
+                self._zero_by_length[length] = h
+                self._zero_hashes[h] = length
+        return h
+
+    def _store_zero(self, length: int) -> bytes:
+        """The hash of `length` zero bytes, stored once (so maps never name an absent block)."""
+        h = self._zero_hash(length)
+        if h not in self._zero_stored:
+            self.blocker.put(bytes(length))
+            self._zero_stored.add(h)
+        return h
+
+    # -- building ----------------------------------------------------------------------------
+
+    def build(self, stream: BinaryIO) -> tuple[bytes, int]:
+        """Store a stream as a new map; returns (root, size)."""
+        return next(iter(self.build_many([stream])))
+
+    def build_many(self, streams: Iterable[BinaryIO]) -> Iterator[tuple[bytes, int]]:
+        """Store each stream as a map; yields (root, size) for each, in order, as soon as its
+        blocks and pages are durable.
+
+        Blocks of consecutive streams share batches, and a batch is stored in the background
+        while the next is read, so many small files cost few syncs and reading overlaps
+        writing.  Memory is bounded by a few batches, whatever the streams' sizes.
+        """
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapbuild")
+        inflight: deque[tuple[int, Future[list[bytes]]]] = deque()
+        stored: dict[int, list[bytes]] = {}  # batch number -> its block hashes
+        pending: deque[_PendingMap] = deque()
+        batch: list[bytes] = []
+        batch_no = 0
+        batch_bytes = 0
+        done_upto = -1  # every batch up to this one is durable
+
+        def submit() -> None:
+            nonlocal batch, batch_no, batch_bytes
+            inflight.append((batch_no, writer.submit(self.blocker.put_many, batch)))
+            batch, batch_no, batch_bytes = [], batch_no + 1, 0
+
+        def collect(wait_for: int) -> None:
+            """Take finished batches in order; wait until batch `wait_for` is done."""
+            nonlocal done_upto
+            while inflight and (inflight[0][0] <= wait_for or inflight[0][1].done()):
+                no, fut = inflight.popleft()
+                stored[no] = fut.result()
+                done_upto = no
+
+        def finish_ready() -> Iterator[tuple[bytes, int]]:
+            ready = []
+            while pending and pending[0].needs <= done_upto:
+                ready.append(pending.popleft())
+            if ready:
+                yield from self._finish(ready, stored)
+                low = min((_first_batch(p) for p in pending), default=batch_no)
+                for no in [n for n in stored if n < low]:
+                    del stored[no]
+
+        try:
+            for stream in streams:
+                pm = _PendingMap()
+                pending.append(pm)
+                for chunk in read_chunks(stream, self.block_size):
+                    n = len(chunk)
+                    if codec.is_zero(chunk):
+                        pm.hashes.append(self._store_zero(n))
+                    else:
+                        pm.hashes.append((batch_no, len(batch)))
+                        pm.needs = batch_no
+                        batch.append(chunk)
+                        batch_bytes += n
+                        if batch_bytes >= self.batch_bytes:
+                            submit()
+                            if len(inflight) > MAX_INFLIGHT:
+                                collect(inflight[0][0])
+                    pm.lengths.append(n)
+                    pm.size += n
+                collect(-1)
+                yield from finish_ready()
+            if batch:
+                submit()
+            collect(batch_no)
+            yield from finish_ready()
+        finally:
+            for _, fut in inflight:
+                fut.cancel()
+            writer.shutdown(wait=True)
+
+    def _finish(self, maps: list[_PendingMap],
+                stored: dict[int, list[bytes]]) -> Iterator[tuple[bytes, int]]:
+        """Write the pages of maps whose blocks are all durable; yield their roots."""
+        leaf_sets = []
+        for pm in maps:
+            hashes = [h if isinstance(h, bytes) else stored[h[0]][h[1]] for h in pm.hashes]
+            leaf_sets.append(self._leaf_pages(hashes, pm.lengths))
+        # One put for the leaves of all single-page maps: small files share a sync.
+        single = [pages[0][0] for pages in leaf_sets if len(pages) == 1]
+        single_roots = iter(self.blocker.put_many(single) if single else [])
+        for pages, pm in zip(leaf_sets, maps, strict=True):
+            root = next(single_roots) if len(pages) == 1 else self._store_tree(pages)
+            yield root, pm.size
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def stat(self, root: bytes) -> MapStat:
+        """Size and entry count of a map, from its top page alone."""
+        (top,) = self._pages([root])
+        count = len(top.hashes) if top.level == 0 else sum(top.counts)
+        return MapStat(sum(top.sizes), count)
+
+    def entries(self, root: bytes, start: int = 0,
+                stop: int | None = None) -> Iterator[tuple[bytes, int]]:
+        """The (hash, length) entries `[start, stop)` of a map."""
+        leaves = self._leaves(root)
+        first = 0
+        for ref in leaves:
+            last = first + ref.count
+            if last > start and (stop is None or first < stop):
+                (page,) = self._pages([ref.hash])
+                lo = max(start - first, 0)
+                hi = ref.count if stop is None else min(stop - first, ref.count)
+                yield from zip(page.hashes[lo:hi], page.sizes[lo:hi], strict=True)
+            first = last
+
+    def object_hash(self, root: bytes) -> bytes:
+        """The Merkle root of the map's block hashes (Pithos' X-Object-Hash)."""
+        return merkle_root([h for h, _ in self.entries(root)])
+
+    def page_hashes(self, root: bytes) -> list[bytes]:
+        """Every map page of the map, top first."""
+        out = [root]
+        frontier = [root]
+        while frontier:
+            pages = self._pages(frontier)
+            frontier = [h for p in pages if p.level > 0 for h in p.hashes]
+            out.extend(frontier)
+        return out
+
+    def read(self, root: bytes, offset: int = 0, length: int | None = None,
+             batch_blocks: int = 8) -> Iterator[bytes]:
+        """The bytes `[offset, offset + length)` of a map (to its end when length is None),
+        in pieces, each block verified before any of it is served.  Short at the end."""
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        leaves = self._leaves(root)
+        size = sum(r.size for r in leaves)
+        if length is None:
+            length = max(size - offset, 0)
+        pieces: list[tuple[bytes, int, int]] = []
+        for li, off, n in codec.locate([r.size for r in leaves], offset, length):
+            (page,) = self._pages([leaves[li].hash])
+            for ei, eo, en in codec.locate(page.sizes, off, n):
+                pieces.append((page.hashes[ei], eo, en))
+                if len(pieces) >= batch_blocks:
+                    yield from self._fetch(pieces)
+                    pieces = []
+        if pieces:
+            yield from self._fetch(pieces)
+
+    def _fetch(self, pieces: list[tuple[bytes, int, int]]) -> Iterator[bytes]:
+        wanted = [h for h, _, _ in pieces if h not in self._zero_hashes]
+        blocks = dict(zip(wanted, self.blocker.get_many(wanted), strict=True)) if wanted else {}
+        for h, off, n in pieces:
+            data = blocks.get(h)
+            if data is None:
+                yield bytes(n)
+            elif off == 0 and n == len(data):
+                yield data
+            else:
+                yield data[off:off + n]
+
+    def read_all(self, root: bytes, offset: int = 0, length: int | None = None) -> bytes:
+        return b"".join(self.read(root, offset, length))
+
+    # -- copy-on-write updates ---------------------------------------------------------------
+
+    def empty(self) -> bytes:
+        """The root of the empty map."""
+        return self._store_tree([])
+
+    def write(self, root: bytes, offset: int, data: bytes) -> bytes:
+        """Overwrite `[offset, offset + len(data))`; a write past the end extends the map,
+        the gap reading as zeros.  Returns the new root; `root` still reads the old content."""
+        if offset < 0:
+            raise InvalidArgument(f"bad offset {offset}")
+        size = self.stat(root).size
+        if offset > size:
+            gap = offset - size
+            return self._splice(root, size, 0, _concat([_zeros(gap), [data]]))
+        remove = min(len(data), size - offset)
+        return self._splice(root, offset, remove, iter([data]))
+
+    def append(self, root: bytes, stream: BinaryIO | bytes) -> bytes:
+        """Add data at the end; returns the new root."""
+        size = self.stat(root).size
+        if isinstance(stream, bytes | bytearray):
+            return self._splice(root, size, 0, iter([bytes(stream)]))
+        return self._splice(root, size, 0, read_chunks(stream, self.block_size))
+
+    def truncate(self, root: bytes, new_size: int) -> bytes:
+        """Cut the map to `new_size` bytes, or extend it with zeros; returns the new root."""
+        if new_size < 0:
+            raise InvalidArgument(f"bad size {new_size}")
+        size = self.stat(root).size
+        if new_size >= size:
+            return self._splice(root, size, 0, _zeros(new_size - size))
+        return self._splice(root, new_size, size - new_size, iter(()))
+
+    def _splice(self, root: bytes, offset: int, remove: int, content: Iterator[bytes]) -> bytes:
+        """Replace bytes `[offset, offset + remove)` with `content`.  Only the entries that
+        overlap the range are rewritten (plus, when the length changes, those after it)."""
+        leaves = self._leaves(root)
+        size = sum(r.size for r in leaves)
+        count = sum(r.count for r in leaves)
+        if not (0 <= offset <= size and offset + remove <= size):
+            raise InvalidArgument(f"range {offset}+{remove} outside a map of {size} bytes")
+        # The entries [i, j) that overlap the range, and their bytes [region_start, region_end).
+        i, region_start = self._entry_at(leaves, offset, size, count)
+        end = offset + remove
+        j, region_end = i, region_start
+        region: list[tuple[bytes, int]] = []
+        if i < count:
+            for entry in self.entries(root, i):
+                region.append(entry)
+                j += 1
+                region_end += entry[1]
+                if region_end >= end:
+                    break
+        head = tail = b""
+        if offset > region_start:
+            head = self._block(region[0][0])[:offset - region_start]
+        if region_end > end:
+            tail_block = self._block(region[-1][0])
+            tail = tail_block[len(tail_block) - (region_end - end):]
+        new_hashes: list[bytes] = []
+        new_lengths: list[int] = []
+        batch: list[bytes] = []
+        slots: list[int] = []  # where each block of the batch goes in new_hashes
+        batch_bytes = 0
+
+        def flush() -> None:
+            nonlocal batch, slots, batch_bytes
+            if batch:
+                for k, h in zip(slots, self.blocker.put_many(batch), strict=True):
+                    new_hashes[k] = h
+                batch, slots, batch_bytes = [], [], 0
+
+        for chunk in _rechunk(_concat([[head], content, [tail]]), self.block_size):
+            if codec.is_zero(chunk):
+                new_hashes.append(self._store_zero(len(chunk)))
+            else:
+                slots.append(len(new_hashes))
+                new_hashes.append(b"")
+                batch.append(chunk)
+                batch_bytes += len(chunk)
+                if batch_bytes >= self.batch_bytes:
+                    flush()
+            new_lengths.append(len(chunk))
+        flush()
+        return self._replace_entries(leaves, i, j, new_hashes, new_lengths)
+
+    def _block(self, hash_: bytes) -> bytes:
+        if hash_ in self._zero_hashes:
+            return bytes(self._zero_hashes[hash_])
+        return self.blocker.get(hash_)
+
+    def _entry_at(self, leaves: list[_Ref], offset: int, size: int,
+                  count: int) -> tuple[int, int]:
+        """(index, start byte) of the entry holding byte `offset`.  At the end of the map it is
+        the last entry when that is shorter than a block (so an append fills it), else
+        `count`."""
+        if count == 0:
+            return 0, 0
+        if offset >= size:
+            (last_page,) = self._pages([leaves[-1].hash])
+            last = last_page.sizes[-1]
+            if last < self.block_size:
+                return count - 1, size - last
+            return count, size
+        cum = list(itertools.accumulate(r.size for r in leaves))
+        li = bisect.bisect_right(cum, offset)
+        first_entry = sum(r.count for r in leaves[:li])
+        leaf_start = cum[li - 1] if li else 0
+        (page,) = self._pages([leaves[li].hash])
+        pos = leaf_start
+        for k, n in enumerate(page.sizes):
+            if pos + n > offset:
+                return first_entry + k, pos
+            pos += n
+        raise IntegrityError("map page sizes disagree with their parent")
+
+    def _replace_entries(self, leaves: list[_Ref], i: int, j: int, hashes: list[bytes],
+                         lengths: list[int]) -> bytes:
+        """Store the map whose entries are the old ones with `[i, j)` replaced."""
+        cum_counts = list(itertools.accumulate(r.count for r in leaves))
+        # First leaf touched; when the entry count changes, every later leaf shifts too.
+        a = min(bisect.bisect_right(cum_counts, i), len(leaves) - 1)
+        if len(hashes) == j - i:
+            b = min(bisect.bisect_right(cum_counts, max(j - 1, i)), len(leaves) - 1)
+        else:
+            b = len(leaves) - 1
+        base = cum_counts[a - 1] if a else 0
+        old_hashes: list[bytes] = []
+        old_lengths: list[int] = []
+        for page in self._pages([r.hash for r in leaves[a:b + 1]]):
+            old_hashes.extend(page.hashes)
+            old_lengths.extend(page.sizes)
+        lo, hi = i - base, j - base
+        all_hashes = old_hashes[:lo] + hashes + old_hashes[hi:]
+        all_lengths = old_lengths[:lo] + lengths + old_lengths[hi:]
+        kept = leaves[:a] + leaves[b + 1:]
+        return self._store_tree(self._leaf_pages(all_hashes, all_lengths), kept, at=a)
+
+
+def _first_batch(pm: _PendingMap) -> int:
+    for h in pm.hashes:
+        if not isinstance(h, bytes):
+            return h[0]
+    return pm.needs if pm.needs >= 0 else 1 << 62
+
+
+def _zeros(n: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    while n > 0:
+        k = min(n, piece)
+        yield bytes(k)
+        n -= k
+
+
+def _concat(parts: Iterable[Iterable[bytes]]) -> Iterator[bytes]:
+    for part in parts:
+        for chunk in part:
+            if chunk:
+                yield chunk
+
+
+def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Regroup a stream of byte strings into `size`-byte chunks (the last may be shorter)."""
+    buf = bytearray()
+    for piece in pieces:
+        if not buf and len(piece) == size:
+            yield piece
+            continue
+        buf += piece
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
