@@ -18,6 +18,7 @@ no shared index, and makes deleting a block one unlink.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -115,7 +116,8 @@ class LocalBlockStore(BlockStore):
             os.fdatasync(fd)
         except BaseException:
             os.close(fd)
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
         os.close(fd)
         os.rename(tmp, path)

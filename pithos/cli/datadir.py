@@ -1,0 +1,63 @@
+"""The embedded data directory: what lives where under `--data-dir`.
+
+    blocks/     the LocalBlockStore (blocks and map pages)
+    roots.log   maps stored with `pithos store put`, one "<root-hex> <size>" line each; the
+                roots fsck walks (the catalog replaces it for the object API)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
+from pithos.core.errors import BackendError
+from pithos.core.hashing import from_hex, to_hex
+from pithos.mapper import Mapper
+
+
+class DataDir:
+    def __init__(self, path: str, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+        self.path = path
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create data directory {path}: {exc.strerror}") from exc
+        self.store = LocalBlockStore(os.path.join(path, "blocks"))
+        self.blocker = Blocker(self.store, block_size=max(block_size, DEFAULT_BLOCK_SIZE))
+        self.mapper = Mapper(self.blocker, block_size=block_size)
+        self._roots_path = os.path.join(path, "roots.log")
+
+    def record_roots(self, roots: Iterable[tuple[bytes, int]]) -> None:
+        """Append roots to the log, durably (the maps they name are already durable)."""
+        lines = "".join(f"{to_hex(r)} {size}\n" for r, size in roots)
+        if not lines:
+            return
+        fd = os.open(self._roots_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                lines = "\n" + lines  # end a line torn by a killed writer
+            os.write(fd, lines.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def roots(self) -> Iterator[bytes]:
+        """Recorded roots; a torn last line (a put killed while logging) is skipped."""
+        try:
+            with open(self._roots_path, "rb") as f:
+                text = f.read().decode("ascii", "replace")
+        except FileNotFoundError:
+            return
+        for line in text.split("\n")[:-1]:
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    yield from_hex(parts[0])
+                except Exception:  # noqa: S112 - a damaged line names nothing
+                    continue
+
+    def close(self) -> None:
+        self.blocker.close()

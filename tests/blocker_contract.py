@@ -1,0 +1,136 @@
+"""The BlockStore contract suite.  Every backend's test module subclasses `BlockStoreContract`
+and provides a `store` fixture; nothing else (see test_blockstore_*.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from pithos.blocker import BlockStore
+from pithos.core.errors import InvalidArgument, NotFound
+from pithos.core.hashing import block_hash
+
+
+def blob(n: int = 1000, seed: int | None = None) -> tuple[bytes, bytes]:
+    data = os.urandom(n) if seed is None else bytes((seed + i) % 251 for i in range(n))
+    return block_hash(data), data
+
+
+class BlockStoreContract:
+    """Subclasses define the `store` fixture yielding an empty BlockStore."""
+
+    def test_put_then_get(self, store: BlockStore) -> None:
+        items = [blob(n) for n in (0, 1, 4096, 100_000)]
+        store.put_many(items)
+        assert store.get_many([h for h, _ in items]) == [d for _, d in items]
+
+    def test_get_many_keeps_order_and_duplicates(self, store: BlockStore) -> None:
+        a, b = blob(), blob()
+        store.put_many([a, b])
+        assert store.get_many([b[0], a[0], b[0]]) == [b[1], a[1], b[1]]
+
+    def test_get_missing_raises_listing_every_absent(self, store: BlockStore) -> None:
+        a, b, c = blob(), blob(), blob()
+        store.put_many([a])
+        with pytest.raises(NotFound) as info:
+            store.get_many([a[0], b[0], c[0]])
+        assert sorted(info.value.hashes) == sorted([b[0], c[0]])
+
+    def test_put_existing_is_a_noop_keeping_bytes(self, store: BlockStore) -> None:
+        h, data = blob()
+        store.put_many([(h, data)])
+        store.put_many([(h, data)])
+        store.put_many([(h, data), (h, data)])
+        assert store.get_many([h]) == [data]
+        assert [x for x, _ in store.iterate()] == [h]
+
+    def test_put_refreshes_age(self, store: BlockStore) -> None:
+        h, data = blob()
+        store.put_many([(h, data)])
+        (first,) = store.age_s([h])
+        assert first is not None and first >= 0
+        store.put_many([(h, data)])
+        (second,) = store.age_s([h])
+        assert second is not None and second <= first + 0.5
+        assert store.age_s([blob()[0]]) == [None]
+
+    def test_missing(self, store: BlockStore) -> None:
+        a, b, c = blob(), blob(), blob()
+        store.put_many([a, c])
+        assert store.missing([]) == []
+        assert store.missing([a[0], b[0], c[0], b[0]]) == [b[0]]
+
+    def test_read_ranges(self, store: BlockStore) -> None:
+        h, data = blob(10_000)
+        store.put_many([(h, data)])
+        assert store.read(h, 0, 10) == data[:10]
+        assert store.read(h, 5000, 100) == data[5000:5100]
+        assert store.read(h, 9990, 100) == data[9990:]  # short at the end
+        assert store.read(h, 10_000, 5) == b""
+        assert store.read(h, 20_000, 5) == b""
+        assert store.read(h, 3, 0) == b""
+        with pytest.raises(InvalidArgument):
+            store.read(h, -1, 5)
+        with pytest.raises(InvalidArgument):
+            store.read(h, 0, -5)
+        with pytest.raises(NotFound):
+            store.read(blob()[0], 0, 1)
+
+    def test_delete(self, store: BlockStore) -> None:
+        a, b = blob(), blob()
+        store.put_many([a, b])
+        assert store.delete_many([a[0], a[0]]) == 1
+        assert store.delete_many([a[0]]) == 0  # repeat-safe
+        assert store.missing([a[0], b[0]]) == [a[0]]
+        assert store.get_many([b[0]]) == [b[1]]
+        store.put_many([a])  # a deleted block can come back
+        assert store.get_many([a[0]]) == [a[1]]
+
+    def test_iterate_sorted_with_sizes(self, store: BlockStore) -> None:
+        items = [blob(n) for n in range(1, 300, 7)]
+        store.put_many(items)
+        listed = list(store.iterate())
+        assert listed == sorted((h, len(d)) for h, d in items)
+
+    def test_iterate_resumes_after_a_hash(self, store: BlockStore) -> None:
+        items = [blob(50) for _ in range(40)]
+        store.put_many(items)
+        everything = [h for h, _ in store.iterate()]
+        for cut in (0, 1, 17, 38, 39):
+            resumed = [h for h, _ in store.iterate(start_after=everything[cut])]
+            assert resumed == everything[cut + 1:]
+        assert [h for h, _ in store.iterate(start_after=b"\xff" * 32)] == []
+        assert [h for h, _ in store.iterate(start_after=b"\x00" * 32)] == everything
+
+    def test_empty_store(self, store: BlockStore) -> None:
+        assert list(store.iterate()) == []
+        assert store.get_many([]) == []
+        assert store.delete_many([]) == 0
+
+    def test_large_batch(self, store: BlockStore) -> None:
+        items = [blob(4096) for _ in range(200)]
+        store.put_many(items)
+        assert store.missing([h for h, _ in items]) == []
+        assert store.get_many([h for h, _ in items]) == [d for _, d in items]
+
+    def test_concurrent_puts_of_the_same_blocks(self, store: BlockStore) -> None:
+        items = [blob(20_000, seed=i) for i in range(20)]
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                for _ in range(5):
+                    store.put_many(items)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert store.get_many([h for h, _ in items]) == [d for _, d in items]
+        assert len(list(store.iterate())) == len(items)

@@ -1,0 +1,43 @@
+import os
+
+import pytest
+
+from pithos.blocker import LocalBlockStore
+from tests.blocker_contract import BlockStoreContract, blob
+
+
+class TestLocalBlockStore(BlockStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path):
+        s = LocalBlockStore(tmp_path / "blocks")
+        yield s
+        s.close()
+
+
+def test_blocks_survive_reopening(tmp_path):
+    items = [blob(n) for n in (10, 5000)]
+    with LocalBlockStore(tmp_path / "b") as store:
+        store.put_many(items)
+    with LocalBlockStore(tmp_path / "b") as store:
+        assert store.get_many([h for h, _ in items]) == [d for _, d in items]
+
+
+def test_temporary_files_are_never_listed_as_blocks(tmp_path):
+    with LocalBlockStore(tmp_path / "b") as store:
+        h, data = blob()
+        (tmp_path / "b" / "tmp" / f"{h.hex()}.123.0").write_bytes(data[:10])
+        (tmp_path / "b" / "ab" / "not-a-block").write_bytes(b"x")
+        assert list(store.iterate()) == []
+        assert store.missing([h]) == [h]
+        assert store.stale_tmp_files() == [f"{h.hex()}.123.0"]
+
+
+def test_stale_temporary_files_are_removed_on_open(tmp_path):
+    LocalBlockStore(tmp_path / "b").close()
+    stale = tmp_path / "b" / "tmp" / "dead.1.0"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / "b" / "tmp" / "live.2.0"
+    fresh.write_bytes(b"being written")
+    LocalBlockStore(tmp_path / "b").close()
+    assert not stale.exists() and fresh.exists()

@@ -1,0 +1,217 @@
+"""The mapper against a plain bytes model: builds, range reads, copy-on-write updates, and old
+roots that keep reading old content."""
+
+import io
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from pithos.blocker import Blocker, MemoryBlockStore
+from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
+from pithos.core.hashing import block_hash, merkle_root
+from pithos.mapper import Mapper
+
+BS = 16  # tiny blocks and pages so that small data makes deep trees
+
+
+def make_mapper(block_size=BS, fanout=3, batch_bytes=40):
+    return Mapper(Blocker(MemoryBlockStore()), block_size=block_size, fanout=fanout,
+                  batch_bytes=batch_bytes)
+
+
+def blocks_in(mapper):
+    return {h for h, _ in mapper.blocker.iterate()}
+
+
+payload = st.binary(max_size=200) | st.builds(lambda n: bytes(n), st.integers(0, 100))
+
+
+class MapMachine(RuleBasedStateMachine):
+    """One current map and every earlier root with the content it had."""
+
+    @initialize(data=payload, fanout=st.integers(2, 5))
+    def start(self, data, fanout):
+        self.mapper = make_mapper(fanout=fanout)
+        self.root, size = self.mapper.build(io.BytesIO(data))
+        assert size == len(data)
+        self.model = bytes(data)
+        self.history = [(self.root, self.model)]
+
+    def _commit(self, root, model):
+        self.root, self.model = root, bytes(model)
+        self.history.append((root, self.model))
+
+    @rule(offset=st.integers(0, 300), data=payload)
+    def write(self, offset, data):
+        root = self.mapper.write(self.root, offset, data)
+        model = bytearray(self.model)
+        if offset > len(model):
+            model += bytes(offset - len(model))
+        model[offset:offset + len(data)] = data
+        self._commit(root, model)
+
+    @rule(data=payload)
+    def append(self, data):
+        self._commit(self.mapper.append(self.root, data), self.model + data)
+
+    @rule(data=payload)
+    def append_stream(self, data):
+        self._commit(self.mapper.append(self.root, io.BytesIO(data)), self.model + data)
+
+    @rule(size=st.integers(0, 400))
+    def truncate(self, size):
+        model = self.model[:size] + bytes(max(0, size - len(self.model)))
+        self._commit(self.mapper.truncate(self.root, size), model)
+
+    @rule(offset=st.integers(0, 450), length=st.integers(0, 450) | st.none())
+    def read_range(self, offset, length):
+        got = self.mapper.read_all(self.root, offset, length)
+        want = self.model[offset:] if length is None else self.model[offset:offset + length]
+        assert got == want
+
+    @precondition(lambda self: len(self.history) > 1)
+    @rule(pick=st.integers(0, 1000))
+    def old_root_reads_old_content(self, pick):
+        root, content = self.history[pick % len(self.history)]
+        assert self.mapper.read_all(root) == content
+
+    @invariant()
+    def size_and_canonical_shape(self):
+        if not hasattr(self, "root"):
+            return
+        stat = self.mapper.stat(self.root)
+        assert stat.size == len(self.model)
+        # Every entry but the last is a full block, and the root depends only on the content.
+        lengths = [n for _, n in self.mapper.entries(self.root)]
+        assert all(n == BS for n in lengths[:-1])
+        assert stat.count == len(lengths)
+        rebuilt, _ = self.mapper.build(io.BytesIO(self.model))
+        assert rebuilt == self.root
+
+
+MapMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None,
+                                        suppress_health_check=[HealthCheck.too_slow])
+TestMapMachine = MapMachine.TestCase
+
+
+def test_build_many_keeps_order_and_sizes():
+    mapper = make_mapper()
+    contents = [os.urandom(n) for n in (0, 1, 15, 16, 17, 100, 1000, 3)] + [bytes(64)]
+    results = list(mapper.build_many(io.BytesIO(c) for c in contents))
+    assert [size for _, size in results] == [len(c) for c in contents]
+    for (root, _), content in zip(results, contents, strict=True):
+        assert mapper.read_all(root) == content
+
+
+def test_same_content_same_root_and_no_new_blocks():
+    mapper = make_mapper()
+    data = os.urandom(500)
+    root, _ = mapper.build(io.BytesIO(data))
+    before = blocks_in(mapper)
+    again, _ = mapper.build(io.BytesIO(data))
+    assert again == root
+    assert blocks_in(mapper) == before
+
+
+def test_copy_is_the_same_root():
+    mapper = make_mapper()
+    root, _ = mapper.build(io.BytesIO(b"x" * 100))
+    assert mapper.read_all(root) == b"x" * 100  # a copy is just the root, read again
+
+
+def test_overwrite_shares_untouched_pages_and_blocks():
+    mapper = make_mapper(fanout=4)
+    data = os.urandom(BS * 64)  # 64 entries: 16 leaves, 4 level-1 pages, 1 root
+    root, _ = mapper.build(io.BytesIO(data))
+    old_pages = set(mapper.page_hashes(root))
+    before = blocks_in(mapper)
+    new_root = mapper.write(root, BS * 10 + 3, b"Z")
+    new_blocks = blocks_in(mapper) - before
+    new_pages = set(mapper.page_hashes(new_root)) - old_pages
+    # One data block, and one page per level on the path to the root (leaf, level 1, root).
+    assert len(new_pages) == 3
+    assert new_blocks == new_pages | {h for h, _ in mapper.entries(new_root, 10, 11)}
+    assert len(set(mapper.page_hashes(new_root)) & old_pages) == len(old_pages) - 3
+
+
+def test_append_touches_only_the_tail():
+    mapper = make_mapper(fanout=4)
+    root, _ = mapper.build(io.BytesIO(os.urandom(BS * 64 + 5)))
+    before = blocks_in(mapper)
+    new_root = mapper.append(root, b"tail")
+    assert len(blocks_in(mapper) - before) <= 1 + 4  # the refilled last block + its path
+    assert mapper.read_all(new_root)[-9:-4] == mapper.read_all(root)[-5:]
+
+
+def test_zero_blocks_are_stored_once_and_read_without_io():
+    mapper = make_mapper()
+    root, size = mapper.build(io.BytesIO(bytes(BS * 40)))
+    assert size == BS * 40
+    zero = block_hash(bytes(BS))
+    assert {h for h, _ in mapper.entries(root)} == {zero}
+    assert zero in blocks_in(mapper)  # stored once, so maps never name an absent block
+    mapper.blocker.store.delete_many([zero])
+    assert mapper.read_all(root, 5, 100) == bytes(100)
+
+
+def test_object_hash_is_merkle_of_entries():
+    mapper = make_mapper()
+    root, _ = mapper.build(io.BytesIO(os.urandom(100)))
+    assert mapper.object_hash(root) == merkle_root([h for h, _ in mapper.entries(root)])
+
+
+def test_unknown_root_and_non_map_block():
+    mapper = make_mapper()
+    with pytest.raises(NotFound):
+        mapper.read_all(block_hash(b"nothing"))
+    data_block = mapper.blocker.put(b"just some data, not a map page")
+    with pytest.raises(IntegrityError):
+        mapper.stat(data_block)
+
+
+def test_bad_arguments():
+    mapper = make_mapper()
+    root = mapper.empty()
+    with pytest.raises(InvalidArgument):
+        mapper.write(root, -1, b"x")
+    with pytest.raises(InvalidArgument):
+        mapper.truncate(root, -1)
+    with pytest.raises(InvalidArgument):
+        list(mapper.read(root, -1, 3))
+    with pytest.raises(InvalidArgument):
+        Mapper(mapper.blocker, block_size=mapper.blocker.block_size + 1)
+
+
+def test_corrupt_block_fails_the_read():
+    mapper = make_mapper()
+    root, _ = mapper.build(io.BytesIO(os.urandom(100)))
+    h, _ = next(mapper.entries(root, 2, 3))
+    store = mapper.blocker.store
+    store._blobs[h] = b"?" * len(store._blobs[h])  # noqa: SLF001
+    with pytest.raises(IntegrityError):
+        mapper.read_all(root)
+    assert mapper.read_all(root, 0, 2 * BS) is not None  # blocks before it still read
+
+
+@pytest.mark.parametrize("fanout", [2, 1024])
+def test_streams_of_awkward_reads(fanout):
+    class Trickle(io.RawIOBase):
+        """Returns at most 7 bytes per read, like a slow socket."""
+
+        def __init__(self, data):
+            self.data = memoryview(data)
+
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            out, self.data = self.data[:min(7, n if n >= 0 else 7)], self.data[min(7, n):]
+            return bytes(out)
+
+    mapper = make_mapper(fanout=fanout)
+    data = os.urandom(1000)
+    root, size = mapper.build(Trickle(data))
+    assert size == 1000 and mapper.read_all(root) == data
