@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from pithos.blocker import Blocker, LocalBlockStore, MemoryBlockStore
@@ -17,14 +19,19 @@ def corrupt(blocker, h):
     """Damage a stored block behind the blocker's back, as a failing disk would."""
     store = blocker.store
     if isinstance(store, MemoryBlockStore):
-        store._blobs[h] = b"X" + store._blobs[h][1:]  # noqa: SLF001
+        store._blobs[h] = b"X" + store._blobs[h][1:]
     else:
-        path = store._path(h)  # noqa: SLF001
-        data = bytearray(open(path, "rb").read())
+        path = store._path(h)
+        data = bytearray(path_bytes(path))
         data[len(data) // 2] ^= 0xFF
-        import os
         os.chmod(path, 0o644)
-        open(path, "wb").write(bytes(data))
+        with open(path, "wb") as f:
+            f.write(bytes(data))
+
+
+def path_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def test_put_names_blocks_by_hash(blocker):

@@ -23,12 +23,15 @@ import errno
 import itertools
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 _HEX_LEN = 64
 _TRANSIENT_ERRNOS = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
 # A temporary file this old belongs to a writer that died: no put takes an hour.
@@ -90,7 +93,7 @@ class LocalBlockStore(BlockStore):
         """Temporary files left by writers (live or killed); never named as blocks."""
         return sorted(os.listdir(self._tmp))
 
-    def _map(self, fn, items):  # type: ignore[no-untyped-def]
+    def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         # Threads pay off only when there is more than one file to wait on.
         if len(items) < 2:
             return [fn(item) for item in items]
@@ -146,7 +149,7 @@ class LocalBlockStore(BlockStore):
         absent = [h for h, data in zip(hashes, found, strict=True) if data is None]
         if absent:
             raise NotFound(f"{len(absent)} block(s) not found", absent)
-        return found
+        return [data for data in found if data is not None]
 
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:

@@ -56,7 +56,7 @@ class DataDir:
             if len(parts) == 2:
                 try:
                     yield from_hex(parts[0])
-                except Exception:  # noqa: S112 - a damaged line names nothing
+                except Exception:
                     continue
 
     def close(self) -> None:

@@ -117,7 +117,7 @@ def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"checked {report.blocks} blocks ({report.bytes} bytes), "
+        print(f"checked {report.blocks} blocks ({report.bytes_checked} bytes), "
               f"{report.maps} maps ({report.pages} pages)")
         for h in report.corrupt:
             print(f"corrupt block {to_hex(h)}")

@@ -14,7 +14,7 @@ from pithos.mapper import _mapcodec_py as pure
 
 native: ModuleType | None
 try:
-    from pithos.mapper import _mapcodec as native  # type: ignore[no-redef]
+    from pithos.mapper import _mapcodec as native  # type: ignore[attr-defined,no-redef,unused-ignore]
 except ImportError:
     native = None
 

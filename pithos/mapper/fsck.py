@@ -20,7 +20,7 @@ _BATCH = 64
 @dataclass
 class FsckReport:
     blocks: int = 0
-    bytes: int = 0
+    bytes_checked: int = 0
     maps: int = 0
     pages: int = 0
     corrupt: list[bytes] = field(default_factory=list)
@@ -36,7 +36,7 @@ class FsckReport:
         return {
             "clean": self.clean,
             "blocks_checked": self.blocks,
-            "bytes_checked": self.bytes,
+            "bytes_checked": self.bytes_checked,
             "maps_checked": self.maps,
             "pages_checked": self.pages,
             "corrupt": [to_hex(h) for h in self.corrupt],
@@ -59,7 +59,7 @@ def fsck(blocker: Blocker, roots: Iterable[bytes]) -> FsckReport:
 
     for hash_, size in blocker.iterate():
         report.blocks += 1
-        report.bytes += size
+        report.bytes_checked += size
         batch.append(hash_)
         if len(batch) >= _BATCH:
             check_batch()

@@ -38,14 +38,14 @@ MAX_INFLIGHT = 2
 
 class MapStat(NamedTuple):
     size: int
-    count: int
+    entries: int
 
 
 class _Ref(NamedTuple):
     """A page as seen from its parent: hash, bytes and entries below it."""
     hash: bytes
     size: int
-    count: int
+    entries: int
 
 
 class _Page(NamedTuple):
@@ -172,9 +172,9 @@ class Mapper:
         while len(refs) > 1:
             groups = [refs[i:i + self.fanout] for i in range(0, len(refs), self.fanout)]
             pages = [codec.encode_node(level, [r.hash for r in g], [r.size for r in g],
-                                       [r.count for r in g]) for g in groups]
+                                       [r.entries for r in g]) for g in groups]
             page_hashes = self.blocker.put_many(pages)
-            refs = [_Ref(h, sum(r.size for r in g), sum(r.count for r in g))
+            refs = [_Ref(h, sum(r.size for r in g), sum(r.entries for r in g))
                     for h, g in zip(page_hashes, groups, strict=True)]
             level += 1
         return refs[0].hash
@@ -309,11 +309,11 @@ class Mapper:
         leaves = self._leaves(root)
         first = 0
         for ref in leaves:
-            last = first + ref.count
+            last = first + ref.entries
             if last > start and (stop is None or first < stop):
                 (page,) = self._pages([ref.hash])
                 lo = max(start - first, 0)
-                hi = ref.count if stop is None else min(stop - first, ref.count)
+                hi = ref.entries if stop is None else min(stop - first, ref.entries)
                 yield from zip(page.hashes[lo:hi], page.sizes[lo:hi], strict=True)
             first = last
 
@@ -406,7 +406,7 @@ class Mapper:
         overlap the range are rewritten (plus, when the length changes, those after it)."""
         leaves = self._leaves(root)
         size = sum(r.size for r in leaves)
-        count = sum(r.count for r in leaves)
+        count = sum(r.entries for r in leaves)
         if not (0 <= offset <= size and offset + remove <= size):
             raise InvalidArgument(f"range {offset}+{remove} outside a map of {size} bytes")
         # The entries [i, j) that overlap the range, and their bytes [region_start, region_end).
@@ -474,7 +474,7 @@ class Mapper:
             return count, size
         cum = list(itertools.accumulate(r.size for r in leaves))
         li = bisect.bisect_right(cum, offset)
-        first_entry = sum(r.count for r in leaves[:li])
+        first_entry = sum(r.entries for r in leaves[:li])
         leaf_start = cum[li - 1] if li else 0
         (page,) = self._pages([leaves[li].hash])
         pos = leaf_start
@@ -487,7 +487,7 @@ class Mapper:
     def _replace_entries(self, leaves: list[_Ref], i: int, j: int, hashes: list[bytes],
                          lengths: list[int]) -> bytes:
         """Store the map whose entries are the old ones with `[i, j)` replaced."""
-        cum_counts = list(itertools.accumulate(r.count for r in leaves))
+        cum_counts = list(itertools.accumulate(r.entries for r in leaves))
         # First leaf touched; when the entry count changes, every later leaf shifts too.
         a = min(bisect.bisect_right(cum_counts, i), len(leaves) - 1)
         if len(hashes) == j - i:
