@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import NamedTuple
 
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
-from pithos.core.hashing import hash_many, to_hex
+from pithos.core.hashing import block_hash, hash_many, to_hex
 
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
-# A batch is split into puts of at most this many blocks, so memory stays bounded.
-MAX_BATCH_BLOCKS = 64
+# A batch is split into store puts of at most this many blocks.
+MAX_BATCH_BLOCKS = 256
+
+
+class StagedBlock(NamedTuple):
+    """A block named by the Blocker (see `Blocker.stage`), not yet stored."""
+    hash: bytes
+    data: bytes
 
 
 class Blocker:
@@ -28,32 +35,55 @@ class Blocker:
     """
 
     def __init__(self, store: BlockStore, block_size: int = DEFAULT_BLOCK_SIZE,
-                 hash_threads: int | None = None) -> None:
+                 hash_threads: int | None = None, executor: Executor | None = None) -> None:
         if block_size <= 0:
             raise InvalidArgument(f"block size must be positive, not {block_size}")
         self.store = store
         self.block_size = block_size
-        self._pool = ThreadPoolExecutor(max_workers=hash_threads or os.cpu_count() or 2,
-                                        thread_name_prefix="blockhash")
+        # An executor may be given (e.g. gevent's pool of real threads under a gevent server).
+        self._own_pool = executor is None
+        self._pool = executor or ThreadPoolExecutor(
+            max_workers=hash_threads or os.cpu_count() or 2, thread_name_prefix="blockhash")
+
+    def stage(self, data: bytes) -> StagedBlock:
+        """Name one block now (hash it on this thread) to store it later with `put_staged`.
+        Raises InvalidArgument for a block larger than the block size."""
+        self._check_size(data)
+        return StagedBlock(block_hash(data), data)
+
+    def stage_many(self, blocks: Sequence[bytes]) -> list[StagedBlock]:
+        """Name many blocks, hashing on the pool."""
+        for data in blocks:
+            self._check_size(data)
+        return [StagedBlock(h, d)
+                for h, d in zip(hash_many(blocks, self._pool), blocks, strict=True)]
+
+    def put_staged(self, staged: Sequence[StagedBlock]) -> None:
+        """Store blocks named by `stage`/`stage_many`.  Durable on return, repeat-safe.
+
+        A batch may hold blocks and the map pages that name them: nothing can reach a page
+        before the caller records its root, which it does only after this returns."""
+        unique = list({b.hash: (b.hash, b.data) for b in staged}.items())
+        items = [pair for _, pair in unique]
+        for i in range(0, len(items), MAX_BATCH_BLOCKS):
+            self.store.put_many(items[i:i + MAX_BATCH_BLOCKS])
 
     def put_many(self, blocks: Sequence[bytes]) -> list[bytes]:
         """Store blocks; returns their hashes, in order.  Durable on return (the store's
         contract), repeat-safe (a known block is not written again).  Raises InvalidArgument for
         a block larger than the block size, before storing anything."""
-        for data in blocks:
-            if len(data) > self.block_size:
-                raise InvalidArgument(
-                    f"block of {len(data)} bytes exceeds the block size {self.block_size}")
-        hashes = hash_many(blocks, self._pool)
-        unique = dict(zip(hashes, blocks, strict=True))
-        items = list(unique.items())
-        for i in range(0, len(items), MAX_BATCH_BLOCKS):
-            self.store.put_many(items[i:i + MAX_BATCH_BLOCKS])
-        return hashes
+        staged = self.stage_many(blocks)
+        self.put_staged(staged)
+        return [b.hash for b in staged]
 
     def put(self, data: bytes) -> bytes:
         """Store one block; returns its hash."""
         return self.put_many([data])[0]
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.block_size:
+            raise InvalidArgument(
+                f"block of {len(data)} bytes exceeds the block size {self.block_size}")
 
     def _verify(self, hashes: Sequence[bytes], blocks: Sequence[bytes]) -> None:
         actual = hash_many(blocks, self._pool)
@@ -110,5 +140,6 @@ class Blocker:
         return corrupt, absent
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True)
         self.store.close()

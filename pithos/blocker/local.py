@@ -24,7 +24,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
 from pithos.blocker.store import BlockStore
@@ -55,7 +55,8 @@ def _fsync_dir(path: str) -> None:
 class LocalBlockStore(BlockStore):
     """Blocks as files under `path` (created if absent)."""
 
-    def __init__(self, path: str | os.PathLike[str], io_threads: int = 16) -> None:
+    def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
+                 executor: Executor | None = None) -> None:
         self.path = os.fspath(path)
         self._tmp = os.path.join(self.path, "tmp")
         self._names = itertools.count()
@@ -70,7 +71,10 @@ class LocalBlockStore(BlockStore):
                 _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except OSError as exc:
             raise _backend_error(exc, f"cannot open block store at {self.path}") from exc
-        self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blockio")
+        # An executor may be given (e.g. gevent's pool of real threads under a gevent server).
+        self._own_pool = executor is None
+        self._pool = executor or ThreadPoolExecutor(max_workers=io_threads,
+                                                    thread_name_prefix="blockio")
         self._remove_stale_tmp()
 
     # -- paths -------------------------------------------------------------------------------
@@ -217,4 +221,5 @@ class LocalBlockStore(BlockStore):
         return self._map(one, hashes)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True)

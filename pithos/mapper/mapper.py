@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, NamedTuple
 
-from pithos.blocker.blocker import Blocker
+from pithos.blocker.blocker import Blocker, StagedBlock
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root, to_hex
 from pithos.mapper import codec
@@ -53,19 +53,6 @@ class _Page(NamedTuple):
     hashes: list[bytes]
     sizes: list[int]
     counts: list[int]
-
-
-class _PendingMap:
-    """A map being built whose blocks may still be in flight."""
-
-    __slots__ = ("hashes", "lengths", "needs", "size")
-
-    def __init__(self) -> None:
-        # An entry is its hash, or (batch number, position) until that batch is stored.
-        self.hashes: list[bytes | tuple[int, int]] = []
-        self.lengths: list[int] = []
-        self.size = 0
-        self.needs = -1  # the last batch this map waits for
 
 
 def read_chunks(stream: BinaryIO, size: int) -> Iterator[bytes]:
@@ -157,27 +144,37 @@ class Mapper:
             level -= 1
         return refs
 
-    def _store_tree(self, leaf_pages: list[tuple[bytes, int, int]],
-                    kept: Sequence[_Ref] = (), at: int = 0) -> bytes:
-        """Store new leaves `(page, size, count)`, inserted among the `kept` leaves at index
-        `at`, and the pages above them; returns the root.  Unchanged interior pages encode the
-        same, so storing them again costs only a refresh."""
-        hashes = self.blocker.put_many([page for page, _, _ in leaf_pages]) if leaf_pages else []
-        new = [_Ref(h, size, count)
-               for h, (_, size, count) in zip(hashes, leaf_pages, strict=True)]
-        refs = [*kept[:at], *new, *kept[at:]]
+    def _tree(self, leaves: list[tuple[bytes, int, int]], kept: Sequence[_Ref] = (),
+              at: int = 0) -> tuple[bytes, list[StagedBlock]]:
+        """Name the pages of a map: new leaves `(page, size, entries)` inserted among the
+        `kept` leaf refs at index `at`, and the nodes above.  Returns the root and the staged
+        pages, to be stored (in any order, one batch) before the root is used.  Unchanged nodes
+        encode the same, so storing them again costs only a refresh."""
+        staged = [self.blocker.stage(page) for page, _, _ in leaves]
+        refs = [*kept[:at],
+                *(_Ref(st.hash, size, n) for st, (_, size, n) in zip(staged, leaves,
+                                                                     strict=True)),
+                *kept[at:]]
         if not refs:
-            return self.blocker.put(codec.encode_leaf([], []))
+            empty = self.blocker.stage(codec.encode_leaf([], []))
+            return empty.hash, [empty]
         level = 1
         while len(refs) > 1:
             groups = [refs[i:i + self.fanout] for i in range(0, len(refs), self.fanout)]
-            pages = [codec.encode_node(level, [r.hash for r in g], [r.size for r in g],
-                                       [r.entries for r in g]) for g in groups]
-            page_hashes = self.blocker.put_many(pages)
-            refs = [_Ref(h, sum(r.size for r in g), sum(r.entries for r in g))
-                    for h, g in zip(page_hashes, groups, strict=True)]
+            nodes = [self.blocker.stage(codec.encode_node(
+                level, [r.hash for r in g], [r.size for r in g], [r.entries for r in g]))
+                for g in groups]
+            staged.extend(nodes)
+            refs = [_Ref(st.hash, sum(r.size for r in g), sum(r.entries for r in g))
+                    for st, g in zip(nodes, groups, strict=True)]
             level += 1
-        return refs[0].hash
+        return refs[0].hash, staged
+
+    def _store_tree(self, leaves: list[tuple[bytes, int, int]], kept: Sequence[_Ref] = (),
+                    at: int = 0) -> bytes:
+        root, staged = self._tree(leaves, kept, at)
+        self.blocker.put_staged(staged)
+        return root
 
     def _leaf_pages(self, hashes: list[bytes],
                     lengths: list[int]) -> list[tuple[bytes, int, int]]:
@@ -205,95 +202,96 @@ class Mapper:
             self._zero_stored.add(h)
         return h
 
+    def zero_block(self, length: int) -> bytes:
+        """The hash of `length` zero bytes, stored once per mapper (so a map built with
+        `store_entries` never names an absent block).  Repeat-safe."""
+        if not 0 < length <= self.blocker.block_size:
+            raise InvalidArgument(f"zero block of {length} bytes")
+        return self._store_zero(length)
+
+    def store_entries(self, hashes: Sequence[bytes], lengths: Sequence[int]) -> bytes:
+        """Store the map whose entries are exactly `(hashes[i], lengths[i])`; returns its root.
+
+        The caller vouches that every named block is already durable (write ordering rule 1);
+        the pages are durable on return.  The tree is the canonical one, so the root equals
+        what `build` gives for the same content cut at the same boundaries, and pages shared
+        with other maps are only refreshed.  Cost: proportional to the number of entries."""
+        if len(hashes) != len(lengths):
+            raise InvalidArgument("hashes and lengths differ in count")
+        if any(n <= 0 for n in lengths):
+            raise InvalidArgument("map entries must not be empty")
+        return self._store_tree(self._leaf_pages(list(hashes), list(lengths)))
+
     # -- building ----------------------------------------------------------------------------
 
     def build(self, stream: BinaryIO) -> tuple[bytes, int]:
         """Store a stream as a new map; returns (root, size)."""
         return next(iter(self.build_many([stream])))
 
-    def build_many(self, streams: Iterable[BinaryIO]) -> Iterator[tuple[bytes, int]]:
+    def build_many(self, streams: Iterable[BinaryIO],
+                   batch_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
         """Store each stream as a map; yields (root, size) for each, in order, as soon as its
         blocks and pages are durable.
 
-        Blocks of consecutive streams share batches, and a batch is stored in the background
-        while the next is read, so many small files cost few syncs and reading overlaps
-        writing.  Memory is bounded by a few batches, whatever the streams' sizes.
+        Blocks are hashed as they are read; blocks and the map pages of finished streams fill
+        shared batches (about `batch_bytes`) that a background thread stores while the next
+        batch is read.  So many small files share a few syncs, reading overlaps writing, and
+        memory stays bounded by a few batches whatever the streams' sizes.
         """
+        limit = max(batch_bytes or self.batch_bytes, self.block_size)
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapbuild")
-        inflight: deque[tuple[int, Future[list[bytes]]]] = deque()
-        stored: dict[int, list[bytes]] = {}  # batch number -> its block hashes
-        pending: deque[_PendingMap] = deque()
-        batch: list[bytes] = []
+        inflight: deque[tuple[int, Future[None]]] = deque()
+        ready: deque[tuple[int, bytes, int]] = deque()  # (batch it waits for, root, size)
+        batch: list[StagedBlock] = []
         batch_no = 0
-        batch_bytes = 0
+        batch_size = 0
         done_upto = -1  # every batch up to this one is durable
 
         def submit() -> None:
-            nonlocal batch, batch_no, batch_bytes
-            inflight.append((batch_no, writer.submit(self.blocker.put_many, batch)))
-            batch, batch_no, batch_bytes = [], batch_no + 1, 0
+            nonlocal batch, batch_no, batch_size
+            inflight.append((batch_no, writer.submit(self.blocker.put_staged, batch)))
+            batch, batch_no, batch_size = [], batch_no + 1, 0
 
         def collect(wait_for: int) -> None:
             """Take finished batches in order; wait until batch `wait_for` is done."""
             nonlocal done_upto
             while inflight and (inflight[0][0] <= wait_for or inflight[0][1].done()):
                 no, fut = inflight.popleft()
-                stored[no] = fut.result()
+                fut.result()
                 done_upto = no
-
-        def finish_ready() -> Iterator[tuple[bytes, int]]:
-            ready = []
-            while pending and pending[0].needs <= done_upto:
-                ready.append(pending.popleft())
-            if ready:
-                yield from self._finish(ready, stored)
-                low = min((_first_batch(p) for p in pending), default=batch_no)
-                for no in [n for n in stored if n < low]:
-                    del stored[no]
 
         try:
             for stream in streams:
-                pm = _PendingMap()
-                pending.append(pm)
+                hashes: list[bytes] = []
+                lengths: list[int] = []
                 for chunk in read_chunks(stream, self.block_size):
-                    n = len(chunk)
                     if codec.is_zero(chunk):
-                        pm.hashes.append(self._store_zero(n))
+                        hashes.append(self._store_zero(len(chunk)))
                     else:
-                        pm.hashes.append((batch_no, len(batch)))
-                        pm.needs = batch_no
-                        batch.append(chunk)
-                        batch_bytes += n
-                        if batch_bytes >= self.batch_bytes:
+                        staged = self.blocker.stage(chunk)
+                        hashes.append(staged.hash)
+                        batch.append(staged)
+                        batch_size += len(chunk)
+                        if batch_size >= limit:
                             submit()
                             if len(inflight) > MAX_INFLIGHT:
                                 collect(inflight[0][0])
-                    pm.lengths.append(n)
-                    pm.size += n
+                    lengths.append(len(chunk))
+                root, pages = self._tree(self._leaf_pages(hashes, lengths))
+                batch.extend(pages)
+                ready.append((batch_no, root, sum(lengths)))
                 collect(-1)
-                yield from finish_ready()
+                while ready and ready[0][0] <= done_upto:
+                    yield ready.popleft()[1:]
             if batch:
                 submit()
             collect(batch_no)
-            yield from finish_ready()
+            while ready:
+                yield ready.popleft()[1:]
         finally:
             for _, fut in inflight:
                 fut.cancel()
             writer.shutdown(wait=True)
-
-    def _finish(self, maps: list[_PendingMap],
-                stored: dict[int, list[bytes]]) -> Iterator[tuple[bytes, int]]:
-        """Write the pages of maps whose blocks are all durable; yield their roots."""
-        leaf_sets = []
-        for pm in maps:
-            hashes = [h if isinstance(h, bytes) else stored[h[0]][h[1]] for h in pm.hashes]
-            leaf_sets.append(self._leaf_pages(hashes, pm.lengths))
-        # One put for the leaves of all single-page maps: small files share a sync.
-        single = [pages[0][0] for pages in leaf_sets if len(pages) == 1]
-        single_roots = iter(self.blocker.put_many(single) if single else [])
-        for pages, pm in zip(leaf_sets, maps, strict=True):
-            root = next(single_roots) if len(pages) == 1 else self._store_tree(pages)
-            yield root, pm.size
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -505,13 +503,6 @@ class Mapper:
         all_lengths = old_lengths[:lo] + lengths + old_lengths[hi:]
         kept = leaves[:a] + leaves[b + 1:]
         return self._store_tree(self._leaf_pages(all_hashes, all_lengths), kept, at=a)
-
-
-def _first_batch(pm: _PendingMap) -> int:
-    for h in pm.hashes:
-        if not isinstance(h, bytes):
-            return h[0]
-    return pm.needs if pm.needs >= 0 else 1 << 62
 
 
 def _zeros(n: int, piece: int = 1 << 20) -> Iterator[bytes]:
