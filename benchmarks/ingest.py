@@ -242,12 +242,11 @@ def child_ingest(store_dir: str, list_file: str) -> None:
         paths = json.load(f)
     rss_before = _proc_status_kib("VmRSS")
 
+    from pithos.cli.files import open_ahead
+
     def streams() -> Iterator[BinaryIO]:
-        # Each file is open only while the mapper reads it: it is closed when the mapper asks
-        # for the next one.
-        for path in paths:
-            with open(path, "rb") as f:
-                yield f
+        # As `pithos store put` does: files opened a few ahead, with kernel read-ahead.
+        return open_ahead(paths)
 
     t0 = time.perf_counter()
     blocker = Blocker(LocalBlockStore(store_dir))

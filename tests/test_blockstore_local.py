@@ -7,9 +7,9 @@ from tests.blocker_contract import BlockStoreContract, blob
 
 
 class TestLocalBlockStore(BlockStoreContract):
-    @pytest.fixture
-    def store(self, tmp_path):
-        s = LocalBlockStore(tmp_path / "blocks")
+    @pytest.fixture(params=["syncfs", "file"])
+    def store(self, request, tmp_path):
+        s = LocalBlockStore(tmp_path / "blocks", sync=request.param)
         yield s
         s.close()
 

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from pithos.blocker import DEFAULT_BLOCK_SIZE
 from pithos.cli.datadir import DataDir
+from pithos.cli.files import open_ahead
 from pithos.core.errors import IntegrityError, NotFound, PithosError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper.fsck import fsck
@@ -41,16 +42,15 @@ def _size(text: str) -> int:
 
 
 def _open_inputs(paths: Sequence[str]) -> Iterator[BinaryIO]:
+    files = open_ahead(p for p in paths if p != "-")
     for path in paths:
         if path == "-":
             yield sys.stdin.buffer
             continue
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed after the mapper read it
+            yield next(files)
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc.strerror}") from None
-        with f:
-            yield f
 
 
 def cmd_put(args: argparse.Namespace, data: DataDir) -> int:
