@@ -60,3 +60,16 @@ class BackendError(PithosError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class ChecksumMismatch(InvalidArgument):
+    """Data arrived but does not match the checksum the client sent with it; nothing was
+    committed."""
+
+
+class TooLarge(InvalidArgument):
+    """A body or a name over its limit."""
+
+
+class IncompleteBody(InvalidArgument):
+    """The client sent less than it announced (or disconnected); nothing was committed."""

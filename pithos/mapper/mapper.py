@@ -21,7 +21,7 @@ import itertools
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import BinaryIO, NamedTuple
 
 from pithos.blocker.blocker import Blocker, StagedBlock
@@ -39,6 +39,15 @@ MAX_INFLIGHT = 2
 class MapStat(NamedTuple):
     size: int
     entries: int
+
+
+class Piece(NamedTuple):
+    """Part of one block: `length` bytes from `offset` of the block `hash` (of
+    `block_length` bytes)."""
+    hash: bytes
+    offset: int
+    length: int
+    block_length: int
 
 
 class _Ref(NamedTuple):
@@ -329,38 +338,93 @@ class Mapper:
             out.extend(frontier)
         return out
 
-    def read(self, root: bytes, offset: int = 0, length: int | None = None,
-             batch_blocks: int = 8) -> Iterator[bytes]:
-        """The bytes `[offset, offset + length)` of a map (to its end when length is None),
-        in pieces, each block verified before any of it is served.  Short at the end."""
+    def pieces(self, root: bytes, offset: int = 0, length: int | None = None
+               ) -> Iterator[Piece]:
+        """The pieces `(block hash, offset in block, length, block length)` that make up bytes
+        `[offset, offset + length)` of a map (to its end when length is None).  Raises
+        NotFound / IntegrityError for a bad root at once, not when first iterated."""
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument(f"bad range: offset {offset}, length {length}")
         leaves = self._leaves(root)
-        size = sum(r.size for r in leaves)
         if length is None:
-            length = max(size - offset, 0)
-        pieces: list[tuple[bytes, int, int]] = []
+            length = max(sum(r.size for r in leaves) - offset, 0)
+        return self._pieces(leaves, offset, length)
+
+    def _pieces(self, leaves: list[_Ref], offset: int, length: int) -> Iterator[Piece]:
         for li, off, n in codec.locate([r.size for r in leaves], offset, length):
             (page,) = self._pages([leaves[li].hash])
             for ei, eo, en in codec.locate(page.sizes, off, n):
-                pieces.append((page.hashes[ei], eo, en))
-                if len(pieces) >= batch_blocks:
-                    yield from self._fetch(pieces)
-                    pieces = []
-        if pieces:
-            yield from self._fetch(pieces)
+                yield Piece(page.hashes[ei], eo, en, page.sizes[ei])
 
-    def _fetch(self, pieces: list[tuple[bytes, int, int]]) -> Iterator[bytes]:
-        wanted = [h for h, _, _ in pieces if h not in self._zero_hashes]
+    def read(self, root: bytes, offset: int = 0, length: int | None = None,
+             batch_blocks: int = 8, prefetch: Executor | None = None) -> Iterator[bytes]:
+        """The bytes `[offset, offset + length)` of a map (to its end when length is None),
+        in pieces, each block verified before any of it is served.  Short at the end.  A bad
+        root or range raises at once."""
+        return self.read_pieces(self.pieces(root, offset, length), batch_blocks, prefetch)
+
+    def read_pieces(self, pieces: Iterable[Piece], batch_blocks: int = 8,
+                    prefetch: Executor | None = None) -> Iterator[bytes]:
+        """The bytes of `pieces` (from `pieces()`, possibly of several maps), fetched
+        `batch_blocks` at a time; with `prefetch`, the next batch is fetched on it while the
+        current one is consumed (read-ahead, at most two batches in memory)."""
+        it = iter(pieces)
+
+        def next_batch() -> list[Piece]:
+            return list(itertools.islice(it, batch_blocks))
+
+        if prefetch is None:
+            while batch := next_batch():
+                yield from self._fetch(batch)
+            return
+        batch = next_batch()
+        ahead = prefetch.submit(self._fetch, batch) if batch else None
+        while ahead is not None:
+            batch = next_batch()
+            current, ahead = ahead, (prefetch.submit(self._fetch, batch) if batch else None)
+            yield from current.result()
+
+    def _fetch(self, pieces: Sequence[Piece]) -> list[bytes]:
+        wanted = [p.hash for p in pieces if p.hash not in self._zero_hashes]
         blocks = dict(zip(wanted, self.blocker.get_many(wanted), strict=True)) if wanted else {}
-        for h, off, n in pieces:
+        out = []
+        for h, off, n, _ in pieces:
             data = blocks.get(h)
             if data is None:
-                yield bytes(n)
+                out.append(bytes(n))
             elif off == 0 and n == len(data):
-                yield data
+                out.append(data)
             else:
-                yield data[off:off + n]
+                out.append(data[off:off + n])
+        return out
+
+    def concat(self, parts: Sequence[tuple[bytes, int, int | None]]) -> tuple[bytes, int]:
+        """A new map made of byte ranges `(root, offset, length or None for the rest)` of other
+        maps, in order; returns (root, size).  Whole blocks are shared, not copied: only a
+        block cut by a range boundary is stored again, as the part inside the range."""
+        hashes: list[bytes] = []
+        lengths: list[int] = []
+        cut: list[tuple[int, Piece]] = []
+        for root, offset, length in parts:
+            for piece in self.pieces(root, offset, length):
+                if piece.offset == 0 and piece.length == piece.block_length:
+                    hashes.append(piece.hash)
+                else:
+                    cut.append((len(hashes), piece))
+                    hashes.append(b"")
+                lengths.append(piece.length)
+                if len(cut) >= 64:
+                    self._store_cut(cut, hashes)
+        self._store_cut(cut, hashes)
+        return self.store_entries(hashes, lengths), sum(lengths)
+
+    def _store_cut(self, cut: list[tuple[int, Piece]], hashes: list[bytes]) -> None:
+        if not cut:
+            return
+        datas = self._fetch([p for _, p in cut])
+        for (slot, _), h in zip(cut, self.blocker.put_many(datas), strict=True):
+            hashes[slot] = h
+        cut.clear()
 
     def read_all(self, root: bytes, offset: int = 0, length: int | None = None) -> bytes:
         return b"".join(self.read(root, offset, length))
