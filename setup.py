@@ -9,6 +9,7 @@ from setuptools import setup
 NATIVE = {
     # extension module            Cython source
     "pithos.mapper._mapcodec": "native/mapcodec.pyx",
+    "archipelago._overlay": "native/overlay.pyx",
 }
 
 

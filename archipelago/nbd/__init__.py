@@ -1,0 +1,1 @@
+"""The NBD server that exports volumes and snapshots to QEMU and other NBD clients."""

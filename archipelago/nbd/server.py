@@ -1,0 +1,419 @@
+"""The NBD server: every volume and snapshot of a data directory, exported by name.
+
+Concurrency: one thread per connection, requests of a connection handled in order, replies
+batched into one `sendmsg` whenever the connection has no complete request waiting (measured
+against asyncio: see docs/volumes.md).  All connections to one export share one open `Volume`
+(and so one lease, one bitmap): FLUSH on any connection makes every connection's acknowledged
+writes durable, hence NBD_FLAG_CAN_MULTI_CONN.
+
+Exports are looked up in the head store at each option, so a volume created, cloned or deleted
+while the server runs appears or disappears at once.  A volume is opened (its lease taken) when
+its first connection enters transmission and closed (flushed, lease released) when its last
+connection ends, so the CLI can snapshot or delete it between uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+from archipelago import overlay
+from archipelago.heads import Head
+from archipelago.nbd import protocol as p
+from archipelago.volume import Volume
+from archipelago.volumes import Volumes
+from pithos.core.errors import NotFound, PithosError
+
+log = logging.getLogger("archipelago.nbd")
+
+_OPT_HEADER = struct.Struct(">QII")
+_OPT_REPLY = struct.Struct(">QIII")
+_INFO_EXPORT = struct.Struct(">HQH")
+_INFO_BLOCK_SIZE = struct.Struct(">HIII")
+# Option payloads larger than this are refused (names are at most 4096 bytes).
+_MAX_OPTION = 64 * 1024
+_RECV_BUFFER = 4 * 1024 * 1024
+# Flush batched replies when they reach this many bytes even if more requests wait.
+_SEND_BATCH = 1024 * 1024
+_ALLOWED_FLAGS = {
+    p.CMD_READ: p.CMD_FLAG_FUA,
+    p.CMD_WRITE: p.CMD_FLAG_FUA,
+    p.CMD_FLUSH: p.CMD_FLAG_FUA,
+    p.CMD_TRIM: p.CMD_FLAG_FUA,
+    p.CMD_WRITE_ZEROES: p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE,
+    p.CMD_DISC: 0xFFFF,
+}
+
+
+class Hangup(Exception):
+    """The connection must end (client gone, or it broke the protocol)."""
+
+
+class Exports:
+    """Open volumes shared by the connections that use them."""
+
+    def __init__(self, volumes: Volumes) -> None:
+        self.volumes = volumes
+        self._open: dict[str, tuple[Volume, int]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, name: str) -> Head:
+        try:
+            return self.volumes.get(name)
+        except (NotFound, PithosError, UnicodeError):
+            raise NotFound(f"no export named {name!r}") from None
+
+    def names(self) -> list[str]:
+        return self.volumes.heads.names()
+
+    def attach(self, name: str) -> Volume:
+        with self._lock:
+            entry = self._open.get(name)
+            if entry is not None:
+                self._open[name] = (entry[0], entry[1] + 1)
+                return entry[0]
+            vol = self.volumes.open(name)
+            self._open[name] = (vol, 1)
+            return vol
+
+    def detach(self, vol: Volume) -> None:
+        with self._lock:
+            held, count = self._open[vol.name]
+            if count > 1:
+                self._open[vol.name] = (held, count - 1)
+                return
+            del self._open[vol.name]
+            vol.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            for vol, _ in self._open.values():
+                with contextlib.suppress(Exception):
+                    vol.close()
+            self._open.clear()
+
+
+def transmission_flags(head: Head) -> int:
+    flags = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p.FLAG_SEND_TRIM
+             | p.FLAG_SEND_WRITE_ZEROES | p.FLAG_CAN_MULTI_CONN)
+    if head.readonly:
+        flags |= p.FLAG_READ_ONLY
+    return flags
+
+
+class Connection:
+    """One client: handshake, then requests until it disconnects."""
+
+    def __init__(self, sock: socket.socket, exports: Exports) -> None:
+        self.sock = sock
+        self.exports = exports
+        self.buf = bytearray(_RECV_BUFFER)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.out: list[bytes | bytearray | memoryview] = []
+        self.out_bytes = 0
+        self.no_zeroes = False
+
+    # -- byte plumbing -----------------------------------------------------------------------
+
+    def flush_out(self) -> None:
+        out, self.out, self.out_bytes = self.out, [], 0
+        while out:
+            try:
+                sent = self.sock.sendmsg(out)
+            except OSError as exc:
+                raise Hangup(f"send failed: {exc}") from None
+            while out and sent >= len(out[0]):
+                sent -= len(out[0])
+                out.pop(0)
+            if out and sent:
+                out[0] = memoryview(out[0])[sent:]
+
+    def send(self, *parts: bytes | bytearray | memoryview) -> None:
+        self.out.extend(parts)
+        self.out_bytes += sum(len(x) for x in parts)
+        if self.out_bytes >= _SEND_BATCH:
+            self.flush_out()
+
+    def fill(self, n: int) -> None:
+        """Make `n` bytes available at `start` (n <= buffer size)."""
+        if self.end - self.start >= n:
+            return
+        self.flush_out()  # about to wait for the client: it must have our replies first
+        if self.start:
+            left = self.end - self.start
+            self.buf[:left] = self.buf[self.start:self.end]
+            self.start, self.end = 0, left
+        while self.end - self.start < n:
+            try:
+                got = self.sock.recv_into(self.view[self.end:])
+            except OSError as exc:
+                raise Hangup(f"receive failed: {exc}") from None
+            if not got:
+                raise Hangup("client closed the connection")
+            self.end += got
+
+    def take(self, n: int) -> memoryview:
+        """The next `n` bytes (valid until the next call)."""
+        if n > len(self.buf):
+            out = bytearray(n)
+            have = self.end - self.start
+            out[:have] = self.buf[self.start:self.end]
+            self.start = self.end = 0
+            mv = memoryview(out)
+            pos = have
+            self.flush_out()
+            while pos < n:
+                got = self.sock.recv_into(mv[pos:])
+                if not got:
+                    raise Hangup("client closed the connection")
+                pos += got
+            return mv
+        self.fill(n)
+        mv = self.view[self.start:self.start + n]
+        self.start += n
+        return mv
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    def reply(self, option: int, kind: int, data: bytes = b"") -> None:
+        self.send(_OPT_REPLY.pack(p.OPT_REPLY_MAGIC, option, kind, len(data)) + data)
+
+    def handshake(self) -> Volume | None:
+        """Negotiate; returns the volume to serve, None when the client aborted."""
+        self.send(p.NBDMAGIC + p.IHAVEOPT + struct.pack(">H", p.FLAG_FIXED_NEWSTYLE
+                                                              | p.FLAG_NO_ZEROES))
+        (client_flags,) = struct.unpack(">I", self.take(4))
+        if client_flags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
+            raise Hangup(f"unknown client flags {client_flags:#x}")
+        self.no_zeroes = bool(client_flags & p.FLAG_C_NO_ZEROES)
+        while True:
+            magic, option, length = _OPT_HEADER.unpack(self.take(_OPT_HEADER.size))
+            if magic != p.IHAVEOPT_INT:
+                raise Hangup("bad option magic")
+            if length > _MAX_OPTION:
+                raise Hangup(f"option of {length} bytes")
+            data = bytes(self.take(length))
+            if option == p.OPT_EXPORT_NAME:
+                return self.export_name(data)
+            if option == p.OPT_ABORT:
+                self.reply(option, p.REP_ACK)
+                self.flush_out()
+                return None
+            if option == p.OPT_LIST:
+                self.opt_list(data)
+            elif option in (p.OPT_INFO, p.OPT_GO):
+                vol = self.opt_info(option, data)
+                if vol is not None:
+                    return vol
+            else:
+                self.reply(option, p.REP_ERR_UNSUP, b"option not supported")
+
+    def export_name(self, data: bytes) -> Volume:
+        try:
+            head = self.exports.lookup(data.decode())
+            vol = self.exports.attach(head.name)
+        except (PithosError, UnicodeError) as exc:
+            raise Hangup(f"export refused: {exc}") from None  # EXPORT_NAME cannot fail politely
+        self.send(struct.pack(">QH", vol.size, transmission_flags(vol.head)))
+        if not self.no_zeroes:
+            self.send(bytes(124))
+        return vol
+
+    def opt_list(self, data: bytes) -> None:
+        if data:
+            self.reply(p.OPT_LIST, p.REP_ERR_INVALID, b"LIST takes no data")
+            return
+        for name in self.exports.names():
+            raw = name.encode()
+            self.reply(p.OPT_LIST, p.REP_SERVER, struct.pack(">I", len(raw)) + raw)
+        self.reply(p.OPT_LIST, p.REP_ACK)
+
+    def opt_info(self, option: int, data: bytes) -> Volume | None:
+        if len(data) < 6:
+            self.reply(option, p.REP_ERR_INVALID, b"short INFO/GO request")
+            return None
+        (name_len,) = struct.unpack_from(">I", data)
+        if 4 + name_len + 2 > len(data):
+            self.reply(option, p.REP_ERR_INVALID, b"bad name length")
+            return None
+        raw_name = data[4:4 + name_len]
+        (count,) = struct.unpack_from(">H", data, 4 + name_len)
+        if len(data) != 4 + name_len + 2 + 2 * count:
+            self.reply(option, p.REP_ERR_INVALID, b"bad information request count")
+            return None
+        try:
+            head = self.exports.lookup(raw_name.decode())
+        except (NotFound, UnicodeError):
+            self.reply(option, p.REP_ERR_UNKNOWN, b"no such export: " + raw_name[:200])
+            return None
+        vol = None
+        if option == p.OPT_GO:
+            try:
+                vol = self.exports.attach(head.name)
+                head = vol.head
+            except PithosError as exc:
+                self.reply(option, p.REP_ERR_POLICY, str(exc).encode()[:1000])
+                return None
+        self.reply(option, p.REP_INFO,
+                   _INFO_EXPORT.pack(p.INFO_EXPORT, head.size, transmission_flags(head)))
+        self.reply(option, p.REP_INFO, _INFO_BLOCK_SIZE.pack(
+            p.INFO_BLOCK_SIZE, p.MIN_BLOCK, p.PREFERRED_BLOCK, p.MAX_BLOCK))
+        self.reply(option, p.REP_ACK)
+        return vol
+
+    # -- transmission ------------------------------------------------------------------------
+
+    def serve(self, vol: Volume) -> None:
+        reply = overlay.simple_reply
+        parse = overlay.parse_request
+        size = vol.size
+        while True:
+            try:
+                flags, cmd, handle, offset, length = parse(self.take(28))
+            except ValueError as exc:
+                raise Hangup(str(exc)) from None
+            if cmd == p.CMD_READ:
+                if flags & ~p.CMD_FLAG_FUA or length > p.MAX_BLOCK or offset + length > size:
+                    self.send(reply(p.EINVAL, handle))
+                    continue
+                data = bytearray(length)
+                try:
+                    vol.read_into(memoryview(data), offset)
+                except Exception as exc:
+                    self.send(reply(self.error(exc, "read"), handle))
+                    continue
+                self.send(reply(0, handle), data)
+            elif cmd == p.CMD_WRITE:
+                if length > p.MAX_BLOCK:
+                    raise Hangup(f"write of {length} bytes")  # its payload cannot be trusted
+                payload = self.take(length)
+                self.send(reply(self.command(vol, cmd, flags, offset, length, payload), handle))
+            elif cmd == p.CMD_DISC:
+                return
+            else:
+                self.send(reply(self.command(vol, cmd, flags, offset, length, None), handle))
+
+    def command(self, vol: Volume, cmd: int, flags: int, offset: int, length: int,
+                payload: memoryview | None) -> int:
+        """Run a command other than READ; returns the NBD error (0: success)."""
+        allowed = _ALLOWED_FLAGS.get(cmd)
+        if allowed is None or flags & ~allowed:
+            return p.EINVAL
+        if vol.readonly and cmd != p.CMD_FLUSH:
+            return p.EPERM
+        fua = bool(flags & p.CMD_FLAG_FUA)
+        try:
+            if cmd == p.CMD_WRITE:
+                assert payload is not None
+                vol.write(offset, payload, fua)
+            elif cmd == p.CMD_FLUSH:
+                vol.flush()
+            elif cmd in (p.CMD_TRIM, p.CMD_WRITE_ZEROES):
+                vol.zero(offset, length, fua)
+        except Exception as exc:
+            return self.error(exc, "command")
+        return 0
+
+    def error(self, exc: BaseException, what: str) -> int:
+        code = p.nbd_errno(exc)
+        if not isinstance(exc, PithosError) or code == p.EIO:
+            log.warning("%s failed: %r", what, exc)
+        return code
+
+    def run(self) -> None:
+        vol = None
+        try:
+            vol = self.handshake()
+            if vol is not None:
+                self.serve(vol)
+                self.flush_out()
+        except Hangup as exc:
+            log.debug("connection ended: %s", exc)
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            if vol is not None:
+                try:
+                    self.exports.detach(vol)
+                except Exception:
+                    log.exception("closing %s failed", vol.name)
+
+
+class NbdServer:
+    """Accepts connections on a TCP address or a Unix socket; one thread per connection."""
+
+    def __init__(self, volumes: Volumes, host: str = "127.0.0.1", port: int = 10809,
+                 unix_path: str | None = None) -> None:
+        self.exports = Exports(volumes)
+        if unix_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(unix_path)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(unix_path)
+            self.address = unix_path
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.address = "{}:{}".format(*self.sock.getsockname())
+        self.sock.listen(128)
+        self._threads: set[threading.Thread] = set()
+        self._conns: set[socket.socket] = set()
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
+        if ready is not None:
+            ready(self.address)
+        while not self._stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                raise
+            if conn.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t = threading.Thread(target=self._run, args=(conn,), daemon=True,
+                                 name="nbd-conn")
+            with self._lock:
+                self._threads.add(t)
+                self._conns.add(conn)
+            t.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            Connection(conn, self.exports).run()
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+                self._conns.discard(conn)
+
+    def interrupt(self) -> None:
+        """Stop accepting: serve_forever returns.  Safe from a signal handler."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """Stop accepting, end every connection, flush and close every volume."""
+        self.interrupt()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with self._lock:
+            conns, threads = list(self._conns), list(self._threads)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(timeout=10)
+        self.exports.close_all()

@@ -1,0 +1,270 @@
+"""The volume manager: create, clone, snapshot, resize, delete, list and open volumes.
+
+Write ordering (MUST), as for the rest of the system:
+1. Blocks of a snapshot are durable before the map pages naming them (Mapper.store_entries).
+2. The snapshot's head is durable before the volume's head moves onto the snapshot's root.
+3. The volume's head (new base root, next delta generation) is committed before the old
+   generation's delta is removed.
+A crash between any two steps leaves every head readable with its old or new content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from archipelago.base import BaseView, VerifiedBlocks
+from archipelago.delta import DeltaStore, LocalDeltaStore
+from archipelago.heads import SECTOR_SIZE, Head, HeadStore, LocalHeadStore, check_name, new_head
+from archipelago.volume import Volume
+from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
+from pithos.core.errors import Conflict, InvalidArgument, NotFound
+from pithos.core.hashing import from_hex, to_hex
+from pithos.mapper import Mapper
+from pithos.mapper import codec as mapcodec
+
+# Blocks folded and stored per batch at snapshot time (bounds memory to ~64 MiB).
+FOLD_BATCH_BYTES = 64 * 1024 * 1024
+MIN_SIZE_ALIGN = 512
+
+
+def _check_size(size: int) -> int:
+    if size <= 0 or size % MIN_SIZE_ALIGN:
+        raise InvalidArgument(f"volume size must be a positive multiple of {MIN_SIZE_ALIGN} "
+                              f"bytes, not {size}")
+    return size
+
+
+class Volumes:
+    """Volumes and snapshots over one block store.  `heads` and `deltas` are the mutable
+    stores (local directory now, RADOS later); `blocker` the shared block store."""
+
+    def __init__(self, blocker: Blocker, heads: HeadStore, deltas: DeltaStore) -> None:
+        self.blocker = blocker
+        self.heads = heads
+        self.deltas = deltas
+        self.blocks = VerifiedBlocks(blocker)
+        self._mappers: dict[int, Mapper] = {}
+
+    @classmethod
+    def local(cls, data_dir: str) -> Volumes:
+        """The embedded layout: blocks in `<data_dir>/blocks` (shared with `pithos store`),
+        volumes in `<data_dir>/volumes`."""
+        os.makedirs(data_dir, exist_ok=True)
+        blocker = Blocker(LocalBlockStore(os.path.join(data_dir, "blocks")),
+                          block_size=DEFAULT_BLOCK_SIZE)
+        vdir = os.path.join(data_dir, "volumes")
+        return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir))
+
+    def mapper(self, block_size: int) -> Mapper:
+        m = self._mappers.get(block_size)
+        if m is None:
+            m = self._mappers[block_size] = Mapper(self.blocker, block_size=block_size)
+        return m
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def get(self, name: str) -> Head:
+        return self.heads.get(check_name(name))
+
+    def list(self) -> list[Head]:
+        return list(self.heads.heads())
+
+    def info(self, name: str) -> dict[str, object]:
+        head = self.get(name)
+        out: dict[str, object] = head.to_json()
+        out["delta_bytes"] = (0 if head.readonly else
+                              self.deltas.allocated_bytes(head.name, head.generation))
+        return out
+
+    def gc_roots(self) -> Iterator[bytes]:
+        """Every map root a volume or snapshot references (the GC must keep them and all they
+        name).  Blocks a snapshot in progress has stored but not yet committed are not
+        listed: the GC's age rule (sweep only blocks older than the mark) protects them."""
+        for head in self.heads.heads():
+            if head.root:
+                yield from_hex(head.root)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def create(self, name: str, size: int, block_size: int = DEFAULT_BLOCK_SIZE) -> Head:
+        """A new, empty volume (reads zeros, takes no space)."""
+        _check_size(size)
+        if block_size % SECTOR_SIZE or not 0 < block_size <= self.blocker.block_size:
+            raise InvalidArgument(f"block size must be a multiple of {SECTOR_SIZE} up to "
+                                  f"{self.blocker.block_size}, not {block_size}")
+        return self.heads.put(new_head(name, "volume", size, block_size, None, 0), None)
+
+    def clone(self, source: str, name: str, size: int | None = None) -> Head:
+        """A new volume over a snapshot's map: O(1), no data copied."""
+        snap = self.get(source)
+        if not snap.readonly:
+            raise InvalidArgument(f"{source!r} is a volume: snapshot it first, then clone the "
+                                  "snapshot")
+        assert snap.root is not None
+        return self._clone(from_hex(snap.root), snap.base_size, snap.block_size, name, size,
+                           origin=f"snapshot {source}")
+
+    def clone_root(self, root: bytes, name: str, size: int | None = None) -> Head:
+        """A new volume over any map (an image stored with `pithos store put`): O(1)."""
+        m = self.mapper(DEFAULT_BLOCK_SIZE)
+        try:
+            stat = m.stat(root)
+        except NotFound:
+            raise NotFound(f"no map with root {to_hex(root)}") from None
+        block_size = DEFAULT_BLOCK_SIZE
+        if stat.entries:
+            first = next(iter(m.entries(root, 0, 1)))[1]
+            if first % SECTOR_SIZE == 0 and first <= self.blocker.block_size:
+                block_size = first
+        return self._clone(root, stat.size, block_size, name, size, origin=f"map {to_hex(root)}")
+
+    def _clone(self, root: bytes, base_size: int, block_size: int, name: str,
+               size: int | None, origin: str) -> Head:
+        natural = max(-(-base_size // MIN_SIZE_ALIGN) * MIN_SIZE_ALIGN, MIN_SIZE_ALIGN)
+        size = natural if size is None else _check_size(size)
+        if size < base_size:
+            raise InvalidArgument(f"a clone cannot be smaller than its source ({base_size})")
+        head = new_head(name, "volume", size, block_size, to_hex(root), base_size, origin)
+        return self.heads.put(head, None)
+
+    def resize(self, name: str, size: int) -> Head:
+        """Grow a volume (shrinking is refused: it would drop data)."""
+        _check_size(size)
+        head = self.get(name)
+        if head.readonly:
+            raise InvalidArgument(f"{name!r} is a snapshot: snapshots never change")
+        if size < head.size:
+            raise InvalidArgument(f"{name!r} can only grow ({head.size} -> {size} refused)")
+        with contextlib.closing(self.open(name)) as vol:
+            assert vol.delta is not None and vol.lease is not None
+            vol.delta.resize(size)
+            vol.lease.check()
+            head = self.heads.put(vol.head.replace(size=size), vol.head.version)
+        return head
+
+    def delete(self, name: str) -> None:
+        """Remove a volume (taking its lease: not while it is served) or a snapshot.  Clones
+        of a snapshot keep working: they name its map, not its head."""
+        head = self.get(name)
+        if head.readonly:
+            self.heads.delete(name, head.version)
+            return
+        lease = self.heads.acquire(name)
+        try:
+            head = self.get(name)
+            self.heads.delete(name, head.version)  # the reference goes first
+        finally:
+            lease.release()
+        self.deltas.remove(name)
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def base_view(self, head: Head) -> BaseView:
+        if head.root is None:
+            return BaseView(self.blocks, [], 0)
+        m = self.mapper(head.block_size)
+        entries = list(m.entries(from_hex(head.root)))
+        for length in {n for _, n in entries}:
+            self.blocks.note_zero(length)
+        return BaseView(self.blocks, entries, head.base_size)
+
+    def open(self, name: str, readonly: bool = False) -> Volume:
+        """Open a volume for writing (taking its lease: Conflict if held) or, with
+        `readonly` or for a snapshot, for reading only."""
+        head = self.get(name)
+        if readonly or head.readonly:
+            return Volume(head, self.base_view(head))
+        lease = self.heads.acquire(name)
+        try:
+            head = self.get(name)
+            self.deltas.remove(name, keep=head.generation)  # leftovers of a crashed snapshot
+            delta = self.deltas.open(name, head.generation, head.size)
+            try:
+                return Volume(head, self.base_view(head), delta, lease)
+            except BaseException:
+                delta.close()
+                raise
+        except BaseException:
+            lease.release()
+            raise
+
+    def snapshot(self, volume: str, name: str) -> Head:
+        """Freeze a volume's content as snapshot `name`; the volume goes on over it."""
+        check_name(name)
+        with contextlib.suppress(NotFound):
+            self.get(name)
+            raise Conflict(f"{name!r} already exists")
+        with contextlib.closing(self.open(volume)) as vol:
+            return self.snapshot_open(vol, name)
+
+    def snapshot_open(self, vol: Volume, name: str) -> Head:
+        """Snapshot a volume this process holds open for writing."""
+        if vol.delta is None or vol.lease is None:
+            raise InvalidArgument(f"{vol.name!r} is not open for writing")
+        vol.flush()
+        head = vol.head
+        m = self.mapper(head.block_size)
+        hashes: list[bytes] = []
+        lengths: list[int] = []
+        batch: list[tuple[int, bytes]] = []  # (entry index, data)
+        batch_bytes = 0
+
+        def store() -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                stored = self.blocker.put_many([data for _, data in batch])
+                for (i, _), h in zip(batch, stored, strict=True):
+                    hashes[i] = h
+                batch, batch_bytes = [], 0
+
+        for start, n, base_hash in vol.touched_spans(head.block_size):
+            lengths.append(n)
+            if base_hash:
+                hashes.append(base_hash)
+                continue
+            data = vol.read(start, n) if base_hash is None else b""
+            if base_hash == b"" or mapcodec.is_zero(data):
+                hashes.append(m.zero_block(n))
+                self.blocks.note_zero(n)
+                continue
+            hashes.append(b"")
+            batch.append((len(hashes) - 1, bytes(data)))
+            batch_bytes += n
+            if batch_bytes >= FOLD_BATCH_BYTES:
+                store()
+        store()
+        root = m.store_entries(hashes, lengths)  # blocks, then pages: durable
+        snap = new_head(name, "snapshot", head.size, head.block_size, to_hex(root), head.size,
+                        origin=f"volume {head.name}")
+        snap = self.heads.put(snap, None)
+        # The volume goes on over the snapshot with an empty delta of the next generation.
+        new_delta = self.deltas.open(head.name, head.generation + 1, head.size)
+        try:
+            vol.lease.check()
+            moved = self.heads.put(head.replace(root=to_hex(root), base_size=head.size,
+                                                generation=head.generation + 1,
+                                                origin=head.origin), head.version)
+        except BaseException:
+            new_delta.close()
+            raise
+        old = vol.delta
+        with vol._lock:
+            vol.head, vol.delta = moved, new_delta
+            vol.base = BaseView(self.blocks, list(zip(hashes, lengths, strict=True)), head.size)
+        old.close()
+        self.deltas.remove(head.name, keep=moved.generation)
+        return snap
+
+    def close(self) -> None:
+        self.blocker.close()
+
+
+def gc_roots(data_dir: str) -> Iterator[bytes]:
+    """Every map root referenced by the volumes and snapshots of a data directory (for the
+    garbage collector's mark phase)."""
+    heads = LocalHeadStore(os.path.join(data_dir, "volumes"))
+    for head in heads.heads():
+        if head.root:
+            yield from_hex(head.root)
