@@ -190,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     vols = None
     try:
-        vols = Volumes.local(args.data_dir)
+        # The server keeps a volume's lease a moment after its last client disconnects.
+        vols = Volumes.local(args.data_dir, lease_wait_s=0.0 if args.command == "serve" else 5.0)
         return int(args.func(args, vols))
     except (CliError, PithosError) as exc:
         print(f"archipelago: error: {exc}", file=sys.stderr)

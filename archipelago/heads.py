@@ -120,9 +120,10 @@ class HeadStore(ABC):
         NotFound if absent.  Durable on return."""
 
     @abstractmethod
-    def acquire(self, name: str) -> Lease:
-        """Take the writer lease of a volume: Conflict if a live writer holds it.  Bumps the
-        head's token (durably) and returns a lease carrying the new token."""
+    def acquire(self, name: str, wait_s: float = 0.0) -> Lease:
+        """Take the writer lease of a volume: Conflict if a live writer still holds it after
+        `wait_s` seconds.  Bumps the head's token (durably) and returns a lease carrying the
+        new token."""
 
     def heads(self) -> Iterator[Head]:
         for name in self.names():
@@ -267,16 +268,22 @@ class LocalHeadStore(HeadStore):
             os.unlink(self.head_path(name))
             fsync_dir(self.volume_dir(name))
 
-    def acquire(self, name: str) -> Lease:
+    def acquire(self, name: str, wait_s: float = 0.0) -> Lease:
         head = self.get(name)
         fd = os.open(os.path.join(self.volume_dir(name), "lease"),
                      os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise Conflict(f"volume {name!r} is in use: another writer holds its lease") \
-                from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                os.close(fd)
+                raise Conflict(f"volume {name!r} is in use: another writer holds its lease") \
+                    from None
         try:
             while True:
                 try:

@@ -40,22 +40,26 @@ class Volumes:
     """Volumes and snapshots over one block store.  `heads` and `deltas` are the mutable
     stores (local directory now, RADOS later); `blocker` the shared block store."""
 
-    def __init__(self, blocker: Blocker, heads: HeadStore, deltas: DeltaStore) -> None:
+    def __init__(self, blocker: Blocker, heads: HeadStore, deltas: DeltaStore,
+                 lease_wait_s: float = 0.0) -> None:
         self.blocker = blocker
+        # How long administrative calls (snapshot, resize, delete, open) wait for a writer
+        # that is finishing (an NBD client that just disconnected) to release its lease.
+        self.lease_wait_s = lease_wait_s
         self.heads = heads
         self.deltas = deltas
         self.blocks = VerifiedBlocks(blocker)
         self._mappers: dict[int, Mapper] = {}
 
     @classmethod
-    def local(cls, data_dir: str) -> Volumes:
+    def local(cls, data_dir: str, lease_wait_s: float = 0.0) -> Volumes:
         """The embedded layout: blocks in `<data_dir>/blocks` (shared with `pithos store`),
         volumes in `<data_dir>/volumes`."""
         os.makedirs(data_dir, exist_ok=True)
         blocker = Blocker(LocalBlockStore(os.path.join(data_dir, "blocks")),
                           block_size=DEFAULT_BLOCK_SIZE)
         vdir = os.path.join(data_dir, "volumes")
-        return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir))
+        return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir), lease_wait_s)
 
     def mapper(self, block_size: int) -> Mapper:
         m = self._mappers.get(block_size)
@@ -151,7 +155,7 @@ class Volumes:
         if head.readonly:
             self.heads.delete(name, head.version)
             return
-        lease = self.heads.acquire(name)
+        lease = self.heads.acquire(name, self.lease_wait_s)
         try:
             head = self.get(name)
             self.heads.delete(name, head.version)  # the reference goes first
@@ -176,7 +180,7 @@ class Volumes:
         head = self.get(name)
         if readonly or head.readonly:
             return Volume(head, self.base_view(head))
-        lease = self.heads.acquire(name)
+        lease = self.heads.acquire(name, self.lease_wait_s)
         try:
             head = self.get(name)
             self.deltas.remove(name, keep=head.generation)  # leftovers of a crashed snapshot
