@@ -1,6 +1,7 @@
 """The embedded data directory: what lives where under `--data-dir`.
 
-    blocks/     the LocalBlockStore (blocks and map pages)
+    blocks/         the LocalBlockStore (blocks and map pages)
+    catalog.sqlite  the object catalog (SQLite, WAL)
     roots.log   maps stored with `pithos store put`, one "<root-hex> <size>" line each; the
                 roots fsck walks (the catalog replaces it for the object API)
 """
@@ -9,24 +10,38 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 
 from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
+from pithos.catalog import Catalog
 from pithos.core.errors import BackendError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
 
 
 class DataDir:
-    def __init__(self, path: str, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+    def __init__(self, path: str, block_size: int = DEFAULT_BLOCK_SIZE,
+                 executor: Executor | None = None) -> None:
         self.path = path
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create data directory {path}: {exc.strerror}") from exc
-        self.store = LocalBlockStore(os.path.join(path, "blocks"))
-        self.blocker = Blocker(self.store, block_size=max(block_size, DEFAULT_BLOCK_SIZE))
+        self.store = LocalBlockStore(os.path.join(path, "blocks"), executor=executor)
+        self.blocker = Blocker(self.store, block_size=max(block_size, DEFAULT_BLOCK_SIZE),
+                               executor=executor)
         self.mapper = Mapper(self.blocker, block_size=block_size)
         self._roots_path = os.path.join(path, "roots.log")
+        self._catalog: Catalog | None = None
+
+    @property
+    def catalog_url(self) -> str:
+        return "sqlite:///" + os.path.abspath(os.path.join(self.path, "catalog.sqlite"))
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.catalog_url)
+        return self._catalog
 
     def record_roots(self, roots: Iterable[tuple[bytes, int]]) -> None:
         """Append roots to the log, durably (the maps they name are already durable)."""
@@ -60,4 +75,6 @@ class DataDir:
                     continue
 
     def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
         self.blocker.close()

@@ -1,9 +1,13 @@
 """`pithos`: the command-line entry point.
 
+    pithos serve [--listen HOST:PORT] [--workers N]   the object API (the main job)
+    pithos user add ACCOUNT:USER --key KEY [--admin]  users; also `user list`, `user del`
     pithos store put FILE...        store files as maps, print "<root-hex> <size>" for each
     pithos store get ROOT [-o FILE] write a map's content to FILE or stdout
     pithos store stats [--json]     blocks and bytes in the store
     pithos store fsck [--json]      verify every block and every recorded map
+
+Every command takes --data-dir DIR (default ./data).
 
 Errors are one line on stderr and a non-zero exit: 1 for a failure, 2 for bad usage.
 """
@@ -129,39 +133,110 @@ def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
     return 0 if report.clean else 1
 
 
+def cmd_serve(args: argparse.Namespace, data: DataDir | None) -> int:
+    from pithos.cli.serve import serve
+
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    return serve(args.data_dir, args.listen, args.workers)
+
+
+def cmd_user_add(args: argparse.Namespace, data: DataDir) -> int:
+    from pithos.identity import Identity, split_user
+
+    account, user = split_user(args.user)
+    Identity(data.catalog()).add_user(account, user, args.key, admin=args.admin)
+    print(f"{account}:{user}{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace, data: DataDir) -> int:
+    users = data.catalog().users()
+    if args.json:
+        print(json.dumps([{"account": u.account, "user": u.name, "admin": u.admin}
+                          for u in users]))
+    else:
+        for u in users:
+            print(f"{u.account}:{u.name}{' admin' if u.admin else ''}")
+    return 0
+
+
+def cmd_user_del(args: argparse.Namespace, data: DataDir) -> int:
+    from pithos.identity import split_user
+
+    account, user = split_user(args.user)
+    if not data.catalog().delete_user(account, user):
+        raise CliError(f"no such user {account}:{user}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
+    # --data-dir is accepted before or after the subcommand; SUPPRESS keeps a later default
+    # from overwriting an earlier value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="data directory (default ./data)")
     top = argparse.ArgumentParser(prog="pithos", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
 
-    store = commands.add_parser("store", help="administer the block store of a data directory")
-    store.add_argument("--data-dir", default="./data", help="data directory (default ./data)")
+    store = commands.add_parser("store", parents=[common],
+                                help="administer the block store of a data directory")
     actions = store.add_subparsers(dest="action", required=True)
 
-    put = actions.add_parser("put", help="store files; print '<root-hex> <size>' for each")
+    put = actions.add_parser("put", parents=[common],
+                             help="store files; print '<root-hex> <size>' for each")
     put.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for stdin")
     put.add_argument("--block-size", type=_size, default=DEFAULT_BLOCK_SIZE,
                      help="chunk size for new data (default 4M)")
     put.set_defaults(func=cmd_put)
 
-    get = actions.add_parser("get", help="write the content of a map")
+    get = actions.add_parser("get", parents=[common], help="write the content of a map")
     get.add_argument("root", metavar="ROOT", help="root hash (hex) printed by put")
     get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     get.set_defaults(func=cmd_get)
 
-    stats = actions.add_parser("stats", help="count blocks and bytes in the store")
+    stats = actions.add_parser("stats", parents=[common],
+                               help="count blocks and bytes in the store")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(func=cmd_stats)
 
-    check = actions.add_parser("fsck", help="verify every block and every recorded map")
+    check = actions.add_parser("fsck", parents=[common],
+                               help="verify every block and every recorded map")
     check.add_argument("--json", action="store_true", help="one JSON object")
     check.set_defaults(func=cmd_fsck)
+
+    serve = commands.add_parser("serve", parents=[common],
+                                help="run the object API (Swift v1) on the data directory")
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                       help="address to listen on (default 127.0.0.1:8080)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes (default 1)")
+    serve.set_defaults(func=cmd_serve, no_data=True)
+
+    user = commands.add_parser("user", parents=[common], help="manage users (tempauth style)")
+    user_actions = user.add_subparsers(dest="action", required=True)
+    add = user_actions.add_parser("add", parents=[common], help="add a user, or reset its key")
+    add.add_argument("user", metavar="ACCOUNT:USER")
+    add.add_argument("--key", required=True, help="the user's key (password)")
+    add.add_argument("--admin", action="store_true", help="the user owns its account")
+    add.set_defaults(func=cmd_user_add)
+    lst = user_actions.add_parser("list", parents=[common], help="list users")
+    lst.add_argument("--json", action="store_true", help="one JSON list")
+    lst.set_defaults(func=cmd_user_list)
+    rm = user_actions.add_parser("del", parents=[common], help="delete a user and its tokens")
+    rm.add_argument("user", metavar="ACCOUNT:USER")
+    rm.set_defaults(func=cmd_user_del)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not hasattr(args, "data_dir"):
+        args.data_dir = "./data"
     data = None
     try:
+        if getattr(args, "no_data", False):
+            return int(args.func(args, None))
         block_size = getattr(args, "block_size", DEFAULT_BLOCK_SIZE)
         data = DataDir(args.data_dir, block_size=block_size)
         return int(args.func(args, data))

@@ -1,0 +1,180 @@
+"""Authentication endpoints (Swift v1.0 and a Keystone-v3-style password token) and the
+middleware that puts the authenticated user (or None) on every request."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import falcon
+
+from pithos.api.context import Services
+from pithos.api.errors import HTTPStatusError
+from pithos.api.http import iso_date
+from pithos.core.errors import InvalidArgument
+from pithos.identity import split_user
+
+RESELLER_PREFIX = "AUTH_"
+
+
+def base_url(services: Services, req: falcon.Request) -> str:
+    return (services.public_url or req.prefix).rstrip("/")
+
+
+def storage_url(services: Services, req: falcon.Request, account: str) -> str:
+    return f"{base_url(services, req)}/v1/{RESELLER_PREFIX}{account}"
+
+
+class TokenMiddleware:
+    """Resolves X-Auth-Token / X-Storage-Token to a user on `req.context.user`.  A request
+    without a token goes on anonymously (the resource decides: only public reads pass); a
+    request with a bad or expired token is refused with 401 here."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.user = None
+        if not req.path.startswith("/v1"):
+            return  # auth endpoints and /info take no token
+        token = req.get_header("X-Auth-Token") or req.get_header("X-Storage-Token")
+        if token:
+            user = self.services.identity.authenticate(token)
+            if user is None:
+                raise HTTPStatusError(401, "invalid or expired token")
+            req.context.user = user
+
+
+class AuthV1:
+    """GET /auth/v1.0 with X-Auth-User: account:user and X-Auth-Key (tempauth)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        spec = req.get_header("X-Auth-User") or req.get_header("X-Storage-User")
+        key = req.get_header("X-Auth-Key") or req.get_header("X-Storage-Pass")
+        if not spec or key is None:
+            raise HTTPStatusError(401, "X-Auth-User and X-Auth-Key are required")
+        try:
+            account, user = split_user(spec)
+        except InvalidArgument:
+            raise HTTPStatusError(401, "X-Auth-User must be account:user") from None
+        found = self.services.identity.login(account, user, key)
+        if found is None:
+            raise HTTPStatusError(401, "bad credentials")
+        _, token, expires = found
+        resp.status = falcon.HTTP_200
+        resp.set_header("X-Auth-Token", token)
+        resp.set_header("X-Storage-Token", token)
+        resp.set_header("X-Auth-Token-Expires", str(int(expires - time.time())))
+        resp.set_header("X-Storage-Url", storage_url(self.services, req, account))
+        resp.content_type = "text/plain"
+        resp.text = ""
+
+    on_head = on_get
+
+
+class KeystoneVersion:
+    """GET /v3: version discovery, for clients that ask before logging in."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"version": {
+            "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+            "links": [{"rel": "self", "href": f"{base_url(self.services, req)}/v3/"}],
+            "media-types": [{"base": "application/json",
+                             "type": "application/vnd.openstack.identity-v3+json"}]}}
+
+
+class KeystoneTokens:
+    """POST /v3/auth/tokens with the password method.  The project is the account; the user
+    may be named "user" (with the project) or "account:user"."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            body = json.loads(req.bounded_stream.read(65536) or b"{}")
+            ident = body["auth"]["identity"]
+            if "password" not in ident.get("methods", []):
+                raise HTTPStatusError(401, "only the password method is supported")
+            user_doc = ident["password"]["user"]
+            name, key = str(user_doc["name"]), str(user_doc["password"])
+            scope = body["auth"].get("scope") or {}
+            project = scope.get("project") or {}
+            project_name = project.get("name") or project.get("id")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise HTTPStatusError(400, "malformed auth request") from None
+        if ":" in name:
+            account, user = name.split(":", 1)
+        else:
+            account, user = project_name or user_doc.get("id") or "", name
+        if project_name and project_name != account:
+            raise HTTPStatusError(401, "the user does not belong to that project")
+        found = self.services.identity.login(account, user, key) if account else None
+        if found is None:
+            raise HTTPStatusError(401, "The request you have made requires authentication.")
+        info, token, expires = found
+        url = storage_url(self.services, req, account)
+        domain = {"id": "default", "name": "Default"}
+        resp.status = falcon.HTTP_201
+        resp.set_header("X-Subject-Token", token)
+        resp.media = {"token": {
+            "methods": ["password"], "expires_at": iso_date(expires) + "Z",
+            "issued_at": iso_date(time.time()) + "Z",
+            "user": {"id": f"{account}:{user}", "name": user, "domain": domain},
+            "project": {"id": account, "name": account, "domain": domain},
+            "roles": [{"id": "admin" if info.admin else "member",
+                       "name": "admin" if info.admin else "member"}],
+            "catalog": [{
+                "type": "object-store", "name": "swift", "id": "pithos-object-store",
+                "endpoints": [{"id": f"pithos-{iface}", "interface": iface,
+                               "region": "RegionOne", "region_id": "RegionOne", "url": url}
+                              for iface in ("public", "internal", "admin")]}]}}
+
+
+def info_document(services: Services) -> dict[str, Any]:
+    limits = services.limits
+    return {
+        "swift": {
+            "version": "2.33.0-pithos",
+            "max_file_size": limits.max_file_size,
+            "max_object_name_length": limits.max_object_name_length,
+            "max_container_name_length": limits.max_container_name_length,
+            "max_account_name_length": limits.max_account_name_length,
+            "max_meta_name_length": limits.max_meta_name_length,
+            "max_meta_value_length": limits.max_meta_value_length,
+            "max_meta_count": limits.max_meta_count,
+            "max_meta_overall_size": limits.max_meta_overall_size,
+            "container_listing_limit": limits.container_listing_limit,
+            "account_listing_limit": limits.account_listing_limit,
+            "max_header_size": limits.max_header_size,
+            "extra_header_count": 0,
+            "strict_cors_mode": True,
+            "policies": [{"name": "default", "default": True}],
+            "allow_account_management": False,
+            "account_autocreate": True,
+        },
+        "slo": {
+            "max_manifest_segments": limits.max_manifest_segments,
+            "max_manifest_size": limits.max_manifest_size,
+            "min_segment_size": limits.min_segment_size,
+        },
+        "tempauth": {"account_acls": True},
+        "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
+    }
+
+
+class Info:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = info_document(self.services)
+
+    on_head = on_get

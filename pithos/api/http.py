@@ -1,0 +1,190 @@
+"""HTTP details shared by the resources: dates, ranges, preconditions, names, metadata."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+
+from pithos.api.errors import HTTPStatusError
+from pithos.objects.service import Limits
+
+
+def http_date(ts: float) -> str:
+    # Swift rounds up, so that Last-Modified is never earlier than the X-Timestamp.
+    return formatdate(math.ceil(ts), usegmt=True)
+
+
+def parse_http_date(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def iso_date(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}"
+
+
+def x_timestamp(ts: float) -> str:
+    return f"{ts:016.5f}"
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+def decode_path(raw: str) -> list[str]:
+    """Split a WSGI PATH_INFO (latin-1 characters carrying the decoded bytes) into UTF-8
+    segments after /v1: [account, container, object]; 412 for bad UTF-8 or NUL, as Swift."""
+    try:
+        path = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise HTTPStatusError(412, "Invalid UTF8 or contains NULL") from None
+    if "\x00" in path:
+        raise HTTPStatusError(412, "Invalid UTF8 or contains NULL")
+    parts = path.split("/", 4)  # "", "v1", account, container, object
+    return [p for p in parts[2:5]]
+
+
+def check_names(limits: Limits, account: str, container: str | None,
+                obj: str | None) -> None:
+    if not account:
+        raise HTTPStatusError(400, "no account in the path")
+    if len(account.encode()) > limits.max_account_name_length:
+        raise HTTPStatusError(400, "Account name length exceeds the maximum")
+    if container is not None:
+        if not container:
+            raise HTTPStatusError(400, "empty container name")
+        if len(container.encode()) > limits.max_container_name_length:
+            raise HTTPStatusError(400, f"Container name length of {len(container.encode())} "
+                                       f"longer than {limits.max_container_name_length}")
+    if obj is not None and len(obj.encode()) > limits.max_object_name_length:
+        raise HTTPStatusError(400, f"Object name length of {len(obj.encode())} longer than "
+                                   f"{limits.max_object_name_length}")
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+def meta_from_headers(headers: Mapping[str, str], prefix: str, limits: Limits,
+                      allow_remove: bool = True) -> dict[str, str | None]:
+    """X-<Kind>-Meta-Name: value -> {name: value}; an empty value or X-Remove-<Kind>-Meta-Name
+    -> {name: None} (removal).  Names are case-insensitive (stored lower case)."""
+    out: dict[str, str | None] = {}
+    remove = "X-REMOVE-" + prefix[2:]
+    for key, value in headers.items():
+        k = key.upper()
+        if k.startswith(prefix) and len(k) > len(prefix):
+            name = key[len(prefix):].lower()
+            out[name] = value or None
+        elif allow_remove and k.startswith(remove) and len(k) > len(remove):
+            out[key[len(remove):].lower()] = None
+    check_meta(out, limits)
+    return out
+
+
+def check_meta(meta: Mapping[str, str | None], limits: Limits) -> None:
+    total = 0
+    for name, value in meta.items():
+        if len(name.encode()) > limits.max_meta_name_length:
+            raise HTTPStatusError(400, f"Metadata name too long: {name[:40]}...; max "
+                                       f"{limits.max_meta_name_length}")
+        if value is not None and len(value.encode()) > limits.max_meta_value_length:
+            raise HTTPStatusError(400, f"Metadata value longer than "
+                                       f"{limits.max_meta_value_length}: {name}")
+        total += len(name.encode()) + len((value or "").encode())
+    if len([v for v in meta.values() if v is not None]) > limits.max_meta_count:
+        raise HTTPStatusError(400, f"Too many metadata items; max {limits.max_meta_count}")
+    if total > limits.max_meta_overall_size:
+        raise HTTPStatusError(400, f"Total metadata too large; max "
+                                   f"{limits.max_meta_overall_size}")
+
+
+def meta_headers(prefix: str, meta: Mapping[str, str]) -> dict[str, str]:
+    return {f"{prefix}{name.title()}": value for name, value in meta.items()}
+
+
+# -- ranges --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
+    """The satisfiable ranges of a Range header; None when there is no usable header (serve the
+    whole object, as Swift does for a malformed one); 416 when nothing is satisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return None
+    ranges: list[ByteRange] = []
+    parsed = 0
+    for part in spec.split(","):
+        part = part.strip()
+        first, dash, last = part.partition("-")
+        if not dash:
+            return None
+        try:
+            if first == "":
+                if last == "":
+                    return None
+                n = int(last)
+                parsed += 1
+                if n > 0 and size > 0:
+                    ranges.append(ByteRange(max(size - n, 0), size - 1))
+                continue
+            start = int(first)
+            end = int(last) if last else size - 1
+        except ValueError:
+            return None
+        if start < 0 or (last and end < start):
+            return None
+        parsed += 1
+        if start < size:
+            ranges.append(ByteRange(start, min(end, size - 1)))
+    if parsed > 100:
+        raise HTTPStatusError(400, "too many ranges")
+    if not ranges:
+        raise HTTPStatusError(416, "Requested Range Not Satisfiable",
+                              {"Content-Range": f"bytes */{size}"})
+    return ranges
+
+
+# -- preconditions -------------------------------------------------------------------------------
+
+def _etags(header: str) -> list[str]:
+    return [t.strip().removeprefix("W/").strip('"') for t in header.split(",") if t.strip()]
+
+
+def check_preconditions(headers: Mapping[str, str], etag: str, last_modified: float,
+                        method: str) -> int | None:
+    """RFC 7232 order.  Returns 304 or 412 when a precondition decides the answer, else None."""
+    modified = math.ceil(last_modified)
+    if_match = headers.get("IF-MATCH")
+    if if_match is not None:
+        tags = _etags(if_match)
+        if "*" not in tags and etag not in tags:
+            return 412
+    else:
+        ius = parse_http_date(headers.get("IF-UNMODIFIED-SINCE"))
+        if ius is not None and modified > ius:
+            return 412
+    inm = headers.get("IF-NONE-MATCH")
+    if inm is not None:
+        tags = _etags(inm)
+        if "*" in tags or etag in tags:
+            return 304 if method in ("GET", "HEAD") else 412
+    elif method in ("GET", "HEAD"):
+        ims = parse_http_date(headers.get("IF-MODIFIED-SINCE"))
+        if ims is not None and modified <= ims:
+            return 304
+    return None

@@ -1,0 +1,104 @@
+"""Account and container listings in Swift's three formats (plain, json, xml)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from xml.sax.saxutils import escape, quoteattr
+
+import falcon
+
+from pithos.api.errors import HTTPStatusError
+from pithos.api.http import iso_date
+from pithos.catalog import ListingEntry
+
+_TRUE = {"true", "1", "yes", "on", "t", "y"}
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE
+
+
+def listing_format(req: falcon.Request) -> str:
+    fmt = (req.get_param("format") or "").lower()
+    if fmt in ("json", "xml", "plain"):
+        return fmt
+    if fmt:
+        raise HTTPStatusError(400, f"unknown format {fmt!r}")
+    accept = (req.get_header("Accept") or "").lower()
+    if "application/json" in accept:
+        return "json"
+    if "application/xml" in accept or "text/xml" in accept:
+        return "xml"
+    return "plain"
+
+
+def listing_params(req: falcon.Request, max_limit: int) -> dict[str, object]:
+    limit_text = req.get_param("limit")
+    limit = max_limit
+    if limit_text is not None:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise HTTPStatusError(412, "Value of limit must be an integer") from None
+        if limit < 0 or limit > max_limit:
+            raise HTTPStatusError(412, f"Maximum limit is {max_limit}")
+    params: dict[str, object] = {
+        "limit": limit,
+        "marker": req.get_param("marker") or "",
+        "end_marker": req.get_param("end_marker") or "",
+        "prefix": req.get_param("prefix") or "",
+        "reverse": truthy(req.get_param("reverse")),
+    }
+    return params
+
+
+def _send(resp: falcon.Response, fmt: str, body: str, empty: bool) -> None:
+    if fmt == "plain" and empty:
+        resp.status = falcon.HTTP_204
+        return
+    resp.status = falcon.HTTP_200
+    resp.content_type = {"json": "application/json; charset=utf-8",
+                         "xml": "application/xml; charset=utf-8",
+                         "plain": "text/plain; charset=utf-8"}[fmt]
+    resp.text = body
+
+
+def send_containers(resp: falcon.Response, fmt: str, account: str,
+                    rows: Sequence[tuple[str, int, int, float]]) -> None:
+    if fmt == "json":
+        body = json.dumps([{"name": n, "count": c, "bytes": b, "last_modified": iso_date(t)}
+                           for n, c, b, t in rows])
+    elif fmt == "xml":
+        items = "".join(
+            f"<container><name>{escape(n)}</name><count>{c}</count><bytes>{b}</bytes>"
+            f"<last_modified>{iso_date(t)}</last_modified></container>"
+            for n, c, b, t in rows)
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<account name={quoteattr(account)}>'
+                f"{items}</account>")
+    else:
+        body = "".join(f"{n}\n" for n, _, _, _ in rows)
+    _send(resp, fmt, body, not rows)
+
+
+def send_objects(resp: falcon.Response, fmt: str, container: str,
+                 entries: Sequence[ListingEntry]) -> None:
+    if fmt == "json":
+        body = json.dumps([
+            {"subdir": e.name} if e.subdir else
+            {"name": e.name, "hash": e.etag, "bytes": e.size, "content_type": e.content_type,
+             "last_modified": iso_date(e.created)}
+            for e in entries])
+    elif fmt == "xml":
+        items = "".join(
+            f"<subdir name={quoteattr(e.name)}><name>{escape(e.name)}</name></subdir>"
+            if e.subdir else
+            f"<object><name>{escape(e.name)}</name><hash>{e.etag}</hash>"
+            f"<bytes>{e.size}</bytes><content_type>{escape(e.content_type)}</content_type>"
+            f"<last_modified>{iso_date(e.created)}</last_modified></object>"
+            for e in entries)
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<container name={quoteattr(container)}>'
+                f"{items}</container>")
+    else:
+        body = "".join(f"{e.name}\n" for e in entries)
+    _send(resp, fmt, body, not entries)

@@ -1,0 +1,374 @@
+"""Object requests of the Swift API: GET/HEAD (ranges, preconditions, large objects), PUT
+(streamed, copies, manifests), POST (metadata), DELETE, COPY."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import secrets
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import falcon
+
+from pithos.api.context import Services
+from pithos.api.errors import HTTPStatusError
+from pithos.api.http import (
+    ByteRange,
+    check_preconditions,
+    http_date,
+    meta_from_headers,
+    meta_headers,
+    parse_range,
+    x_timestamp,
+)
+from pithos.api.listing import truthy
+from pithos.catalog import ContainerInfo, ObjectVersion, UserInfo
+from pithos.objects.acl import Action
+
+if TYPE_CHECKING:
+    from pithos.api.swift import Authz, Target
+
+# Response headers kept as object metadata, in the "sys" domain (replaced by POST, as Swift).
+SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",
+               "Cache-Control", "Expires")
+
+
+def _content_type(req: falcon.Request, name: str) -> str:
+    given = req.get_header("Content-Type")
+    if given and not truthy(req.get_header("X-Detect-Content-Type")):
+        return given
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def _delete_at(req: falcon.Request) -> float | None:
+    at = req.get_header("X-Delete-At")
+    after = req.get_header("X-Delete-After")
+    now = time.time()
+    if after is not None:
+        try:
+            seconds = int(after)
+        except ValueError:
+            raise HTTPStatusError(400, "Non-integer X-Delete-After") from None
+        if seconds < 0:
+            raise HTTPStatusError(400, "X-Delete-After in past")
+        return float(int(now) + seconds)
+    if at is not None:
+        try:
+            when = int(float(at))
+        except ValueError:
+            raise HTTPStatusError(400, "Non-integer X-Delete-At") from None
+        if when <= now:
+            raise HTTPStatusError(400, "X-Delete-At in past")
+        return float(when)
+    return None
+
+
+def _sys_meta(req: falcon.Request) -> dict[str, str]:
+    return {h.lower(): v for h in SYS_HEADERS if (v := req.get_header(h)) is not None}
+
+
+class ObjectHandlers:
+    def __init__(self, services: Services, authz: Authz) -> None:
+        self.services = services
+        self.authz = authz
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _user_meta(self, req: falcon.Request) -> dict[str, str]:
+        meta = meta_from_headers(req.headers, "X-OBJECT-META-", self.services.limits,
+                                 allow_remove=False)
+        return {k: v for k, v in meta.items() if v is not None}
+
+    def _object(self, container: ContainerInfo, name: str) -> ObjectVersion:
+        version = self.services.catalog.object(container.id, name)
+        if version is None:
+            raise HTTPStatusError(404, "The resource could not be found.")
+        return version
+
+    def _headers(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
+        resp.set_header("ETag", etag)
+        resp.set_header("Last-Modified", http_date(v.created))
+        resp.set_header("X-Timestamp", x_timestamp(v.created))
+        resp.set_header("Accept-Ranges", "bytes")
+        resp.set_header("X-Object-UUID", v.uuid)
+        resp.set_header("X-Object-Version", v.vid)
+        if v.modified_by:
+            resp.set_header("X-Object-Modified-By", v.modified_by)
+        for k, val in meta_headers("X-Object-Meta-", v.user_meta()).items():
+            resp.set_header(k, val)
+        for h in SYS_HEADERS:
+            if h.lower() in v.sys_meta():
+                resp.set_header(h, v.sys_meta()[h.lower()])
+        if v.delete_at is not None:
+            resp.set_header("X-Delete-At", str(int(v.delete_at)))
+        if v.dlo_manifest:
+            resp.set_header("X-Object-Manifest", v.dlo_manifest)
+        if v.slo_manifest:
+            resp.set_header("X-Static-Large-Object", "True")
+
+    # -- GET / HEAD ----------------------------------------------------------------------------
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        self._read(req, resp, t, head=False)
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        self._read(req, resp, t, head=True)
+
+    def _read(self, req: falcon.Request, resp: falcon.Response, t: Target, head: bool) -> None:
+        assert t.container is not None and t.obj is not None
+        account, container = self.authz.container(req.context.user, t.account, t.container,
+                                                  Action.OBJECT_READ)
+        v = self._object(container, t.obj)
+        manifest_get = req.get_param("multipart-manifest") == "get"
+        if v.slo_manifest and manifest_get:
+            body = v.slo_manifest.encode()
+            self._headers(resp, v, hashlib.md5(body, usedforsecurity=False).hexdigest())
+            resp.content_type = "application/json; charset=utf-8"
+            resp.content_length = len(body)
+            if not head:
+                resp.data = body
+            return
+        if v.dlo_manifest and not manifest_get:
+            assert account is not None
+            segments = self.services.objects.dlo_segments(account.id, v.dlo_manifest)
+            parts = [(s.root, s.size) for s in segments if s.root is not None]
+            size = sum(s.size for s in segments)
+            joined = "".join(s.etag for s in segments).encode()
+            etag = f'"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}"'
+        else:
+            parts = [(v.root, v.size)] if v.root is not None and not v.dlo_manifest else []
+            size = v.size if not v.dlo_manifest else 0
+            etag = f'"{v.etag}"' if v.slo_manifest else v.etag
+        self._headers(resp, v, etag)
+        resp.content_type = v.content_type
+        decided = check_preconditions(req.headers, etag.strip('"'), v.created, req.method)
+        if decided == 304:
+            resp.status = falcon.HTTP_304
+            return
+        if decided == 412:
+            raise HTTPStatusError(412, "Precondition Failed",
+                                  {"ETag": etag, "Last-Modified": http_date(v.created)})
+        ranges = parse_range(req.get_header("Range"), size)
+        if not ranges:
+            resp.status = falcon.HTTP_200
+            resp.content_length = size
+            if not head:
+                resp.stream = self.services.objects.read(parts, 0, size)
+        elif len(ranges) == 1:
+            r = ranges[0]
+            resp.status = falcon.HTTP_206
+            resp.set_header("Content-Range", f"bytes {r.start}-{r.end}/{size}")
+            resp.content_length = r.length
+            if not head:
+                resp.stream = self.services.objects.read(parts, r.start, r.length)
+        else:
+            boundary = secrets.token_hex(16)
+            heads = [(f"--{boundary}\r\nContent-Type: {v.content_type}\r\n"
+                      f"Content-Range: bytes {r.start}-{r.end}/{size}\r\n\r\n").encode()
+                     for r in ranges]
+            tail = f"--{boundary}--".encode()
+            resp.status = falcon.HTTP_206
+            resp.content_type = f"multipart/byteranges;boundary={boundary}"
+            resp.content_length = (sum(len(h) + r.length + 2 for h, r in zip(heads, ranges,
+                                                                             strict=True))
+                                   + len(tail))
+            if not head:
+                resp.stream = self._multipart(parts, ranges, heads, tail)
+
+    def _multipart(self, parts: list[tuple[bytes, int]], ranges: list[ByteRange],
+                   heads: list[bytes], tail: bytes) -> Iterator[bytes]:
+        for head, r in zip(heads, ranges, strict=True):
+            yield head
+            yield from self.services.objects.read(parts, r.start, r.length)
+            yield b"\r\n"
+        yield tail
+
+    # -- PUT -----------------------------------------------------------------------------------
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None and t.obj is not None
+        user = req.context.user
+        _, container = self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
+        copy_from = req.get_header("X-Copy-From")
+        if copy_from is not None:
+            account = req.get_header("X-Copy-From-Account") or t.account
+            self._copy(req, resp, user, _split_source(copy_from), account, container, t.obj)
+            return
+        if req.get_header("If-None-Match") == "*" and \
+                self.services.catalog.object(container.id, t.obj) is not None:
+            raise HTTPStatusError(412, "Precondition Failed")
+        meta = {"user": self._user_meta(req), "sys": _sys_meta(req)}
+        delete_at = _delete_at(req)
+        content_type = _content_type(req, t.obj)
+        modified_by = f"{user.account}:{user.name}" if user else None
+        length = req.content_length
+        chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+        if length is None and not chunked:
+            raise HTTPStatusError(411, "Length Required")
+        objects = self.services.objects
+        if req.get_param("multipart-manifest") == "put":
+            manifest = req.stream.read(self.services.limits.max_manifest_size + 1)
+            account = self.services.catalog.account(t.account)
+            assert account is not None
+            v = objects.put_slo(account.id, container, t.obj, manifest,
+                                content_type=content_type, meta=meta, modified_by=modified_by,
+                                delete_at=delete_at)
+            self._created(resp, v, f'"{v.etag}"')
+            return
+        dlo = req.get_header("X-Object-Manifest")
+        if dlo is not None:
+            dlo = unquote(dlo).lstrip("/")
+            if "/" not in dlo or dlo.startswith("/"):
+                raise HTTPStatusError(400, "X-Object-Manifest must be in the format "
+                                           "container/prefix")
+        stored = objects.store(req.stream, length)
+        v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
+                           content_type=content_type, meta=meta, modified_by=modified_by,
+                           delete_at=delete_at, dlo_manifest=dlo)
+        self._created(resp, v, v.etag)
+
+    def _created(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
+        resp.status = falcon.HTTP_201
+        resp.set_header("ETag", etag)
+        resp.set_header("Last-Modified", http_date(v.created))
+        resp.set_header("X-Object-Version", v.vid)
+        resp.content_type = "text/html; charset=UTF-8"
+        resp.text = ""
+
+    def _copy(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
+              source: tuple[str, str], source_account: str, dest: ContainerInfo,
+              dest_name: str) -> None:
+        src_account, src_container = self.authz.container(
+            user, source_account, source[0], Action.OBJECT_READ)
+        src = self._object(src_container, source[1])
+        objects = self.services.objects
+        fresh = truthy(req.get_header("X-Fresh-Metadata"))
+        user_meta = {} if fresh else dict(src.user_meta())
+        user_meta.update(self._user_meta(req))
+        sys_meta = {} if fresh else dict(src.sys_meta())
+        sys_meta.update(_sys_meta(req))
+        keep_manifest = req.get_param("multipart-manifest") == "get"
+        content = None
+        if (src.dlo_manifest or src.slo_manifest) and not keep_manifest:
+            # A large object is copied as its content: one map naming the segments' blocks,
+            # and the MD5 of that content as the ETag (the data is read, not written).
+            assert src_account is not None
+            if src.dlo_manifest:
+                segs = objects.dlo_segments(src_account.id, src.dlo_manifest)
+                parts = [(s.root, s.size) for s in segs if s.root is not None]
+            else:
+                assert src.root is not None
+                parts = [(src.root, src.size)]
+            root, size = objects.mapper.concat([(r, 0, None) for r, _ in parts])
+            md5 = hashlib.md5(usedforsecurity=False)
+            for piece in objects.read([(root, size)], 0, size):
+                md5.update(piece)
+            content = (root, size, md5.hexdigest())
+        v = objects.copy(src, dest, dest_name, meta={"user": user_meta, "sys": sys_meta},
+                         content_type=req.get_header("Content-Type") or src.content_type,
+                         modified_by=f"{user.account}:{user.name}" if user else None,
+                         delete_at=_delete_at(req), content=content,
+                         keep_manifest=keep_manifest)
+        self._created(resp, v, f'"{v.etag}"' if v.slo_manifest else v.etag)
+        resp.set_header("X-Copied-From", f"{source[0]}/{source[1]}")
+        if source_account != dest.name:
+            resp.set_header("X-Copied-From-Account", source_account)
+
+    def on_copy(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        """COPY with Destination: container/object (and Destination-Account)."""
+        from pithos.api.swift import account_name
+
+        assert t.container is not None and t.obj is not None
+        destination = req.get_header("Destination")
+        if not destination:
+            raise HTTPStatusError(412, "Destination header required")
+        dest_container, dest_obj = _split_source(destination)
+        dest_account = account_name(req.get_header("Destination-Account") or t.account)
+        _, container = self.authz.container(req.context.user, dest_account, dest_container,
+                                            Action.OBJECT_WRITE)
+        self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
+                   dest_obj)
+
+    # -- POST / DELETE -------------------------------------------------------------------------
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None and t.obj is not None
+        _, container = self.authz.container(req.context.user, t.account, t.container,
+                                            Action.OBJECT_WRITE)
+        current = self._object(container, t.obj)
+        delete_at = _delete_at(req)
+        if delete_at is None and req.get_header("X-Remove-Delete-At") is None:
+            delete_at = current.delete_at
+        content_type = req.get_header("Content-Type")
+        self.services.catalog.update_object_meta(
+            container.id, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
+            delete_at=delete_at, content_type=content_type)
+        resp.status = falcon.HTTP_202
+        resp.content_type = "text/html; charset=UTF-8"
+        resp.text = ""
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None and t.obj is not None
+        user = req.context.user
+        account, container = self.authz.container(user, t.account, t.container,
+                                                  Action.OBJECT_WRITE)
+        catalog = self.services.catalog
+        modified_by = f"{user.account}:{user.name}" if user else None
+        if req.get_param("multipart-manifest") == "delete":
+            v = self._object(container, t.obj)
+            if v.slo_manifest:
+                assert account is not None
+                self._delete_slo(req, resp, user, t.account, v, container, modified_by)
+                return
+        if not catalog.delete_object(container.id, t.obj, modified_by):
+            raise HTTPStatusError(404, "The resource could not be found.")
+        resp.status = falcon.HTTP_204
+
+    def _delete_slo(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
+                    account: str, v: ObjectVersion, container: ContainerInfo,
+                    modified_by: str | None) -> None:
+        deleted = not_found = 0
+        errors: list[list[str]] = []
+        assert v.slo_manifest is not None
+        for seg in json.loads(v.slo_manifest):
+            cname, _, oname = seg["name"].lstrip("/").partition("/")
+            try:
+                _, seg_container = self.authz.container(user, account, cname,
+                                                        Action.OBJECT_WRITE)
+            except HTTPStatusError as exc:
+                if exc.status == 404:
+                    not_found += 1
+                else:
+                    errors.append([seg["name"], f"{exc.status} {exc.message}"])
+                continue
+            if self.services.catalog.delete_object(seg_container.id, oname, modified_by):
+                deleted += 1
+            else:
+                not_found += 1
+        if self.services.catalog.delete_object(container.id, v.name, modified_by):
+            deleted += 1
+        else:
+            not_found += 1
+        result = {"Number Deleted": deleted, "Number Not Found": not_found,
+                  "Response Status": "200 OK" if not errors else "400 Bad Request",
+                  "Response Body": "", "Errors": errors}
+        resp.status = falcon.HTTP_200
+        if "json" in (req.get_header("Accept") or ""):
+            resp.content_type = "application/json; charset=utf-8"
+            resp.text = json.dumps(result)
+        else:
+            resp.content_type = "text/plain; charset=utf-8"
+            resp.text = "".join(f"{k}: {val}\n" for k, val in result.items())
+
+
+def _split_source(text: str) -> tuple[str, str]:
+    path = unquote(text).lstrip("/")
+    container, _, obj = path.partition("/")
+    if not container or not obj:
+        raise HTTPStatusError(412, "X-Copy-From / Destination must be container/object")
+    return container, obj

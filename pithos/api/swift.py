@@ -1,0 +1,246 @@
+"""The Swift API v1 under /v1: parses the path, authorizes, dispatches to account, container
+and object handlers.  Handlers translate HTTP to the object service and back; Swift 2.x
+behaviour where the spec is silent."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import falcon
+
+from pithos.api import listing
+from pithos.api.auth import RESELLER_PREFIX
+from pithos.api.context import Services
+from pithos.api.errors import HTTPStatusError
+from pithos.api.http import check_names, decode_path, meta_from_headers, meta_headers, x_timestamp
+from pithos.catalog import AccountInfo, ContainerInfo, UserInfo
+from pithos.core.errors import Conflict, InvalidArgument
+from pithos.objects.acl import Action, decide, parse_account_acl, validate_container_acl
+
+
+@dataclass
+class Target:
+    account: str
+    container: str | None
+    obj: str | None
+
+
+def account_name(segment: str) -> str:
+    return segment[len(RESELLER_PREFIX):] if segment.startswith(RESELLER_PREFIX) else segment
+
+
+class Authz:
+    """Authorization against the catalog: 401 for anonymous refusals, 403 otherwise, and never
+    a hint of whether another account's container or object exists."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def account(self, user: UserInfo | None, name: str, action: Action,
+                autocreate: bool = True) -> AccountInfo:
+        catalog = self.services.catalog
+        info = catalog.account(name)
+        if info is None and autocreate and user is not None and user.account == name \
+                and user.admin:
+            catalog.ensure_account(name)
+            info = catalog.account(name)
+        self.require(user, name, info.acl if info else None, action)
+        if info is None:
+            raise HTTPStatusError(404, "no such account")
+        return info
+
+    def require(self, user: UserInfo | None, account: str, account_acl: str | None,
+                action: Action, container: ContainerInfo | None = None) -> None:
+        decision = decide(user, account, account_acl, action, container)
+        if not decision.allowed:
+            raise HTTPStatusError(401 if decision.needs_login else 403,
+                                  "authentication required" if decision.needs_login
+                                  else "access denied")
+
+    def container(self, user: UserInfo | None, account: str, name: str,
+                  action: Action) -> tuple[AccountInfo | None, ContainerInfo]:
+        """The container, if `user` may do `action` in it; a refusal comes before any 404
+        so that outsiders learn nothing about names."""
+        catalog = self.services.catalog
+        info = catalog.account(account)
+        if info is None and user is not None and user.account == account and user.admin:
+            catalog.ensure_account(account)
+            info = catalog.account(account)
+        acl = info.acl if info else None
+        container = catalog.container(info.id, name) if info else None
+        self.require(user, account, acl, action, container)
+        if container is None:
+            raise HTTPStatusError(404, "no such container")
+        return info, container
+
+
+class SwiftSink:
+    """falcon sink for /v1/..."""
+
+    def __init__(self, services: Services) -> None:
+        from pithos.api.objects import ObjectHandlers
+
+        self.services = services
+        self.authz = Authz(services)
+        self.objects = ObjectHandlers(services, self.authz)
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
+        raw = req.env.get("PATH_INFO", "")
+        if raw != "/v1" and not raw.startswith("/v1/"):
+            raise HTTPStatusError(404)
+        txid = "tx" + secrets.token_hex(12)
+        resp.set_header("X-Trans-Id", txid)
+        resp.set_header("X-Openstack-Request-Id", txid)
+        parts: list[str | None] = [*decode_path(raw), None, None, None]
+        account, container, obj = parts[0], parts[1] or None, parts[2] or None
+        if not account:
+            raise HTTPStatusError(400, "no account in the path")
+        target = Target(account_name(account), container, obj)
+        check_names(self.services.limits, target.account, target.container, target.obj)
+        method = req.method
+        if obj is not None and container is not None:
+            handler = getattr(self.objects, f"on_{method.lower()}", None)
+        elif container is not None:
+            handler = getattr(self, f"container_{method.lower()}", None)
+        else:
+            handler = getattr(self, f"account_{method.lower()}", None)
+        if handler is None:
+            raise HTTPStatusError(405, f"{method} is not allowed here")
+        handler(req, resp, target)
+
+    # -- account -------------------------------------------------------------------------------
+
+    def _account_headers(self, resp: falcon.Response, info: AccountInfo,
+                         user: UserInfo | None) -> None:
+        resp.set_header("X-Account-Container-Count", str(info.containers))
+        resp.set_header("X-Account-Object-Count", str(info.objects))
+        resp.set_header("X-Account-Bytes-Used", str(info.bytes))
+        resp.set_header("X-Timestamp", x_timestamp(info.created))
+        resp.set_header("X-Put-Timestamp", x_timestamp(info.created))
+        for k, v in meta_headers("X-Account-Meta-", info.meta).items():
+            resp.set_header(k, v)
+        if info.acl and user is not None and user.account == info.name and user.admin:
+            resp.set_header("X-Account-Access-Control", info.acl)
+
+    def account_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
+        self._account_headers(resp, info, req.context.user)
+        resp.status = falcon.HTTP_204
+
+    def account_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
+        params = listing.listing_params(req, self.services.limits.account_listing_limit)
+        fmt = listing.listing_format(req)
+        rows = self.services.catalog.list_containers(info.id, **params)  # type: ignore[arg-type]
+        self._account_headers(resp, info, req.context.user)
+        listing.send_containers(resp, fmt, RESELLER_PREFIX + t.account, rows)
+
+    def account_post(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        user = req.context.user
+        info = self.authz.account(user, t.account, Action.ACCOUNT_WRITE)
+        meta = meta_from_headers(req.headers, "X-ACCOUNT-META-", self.services.limits)
+        acl = req.get_header("X-Account-Access-Control")
+        if acl is not None:
+            self.authz.require(user, t.account, info.acl, Action.ACCOUNT_ADMIN)
+            try:
+                parse_account_acl(acl)
+            except InvalidArgument as exc:
+                raise HTTPStatusError(400, str(exc)) from None
+        self.services.catalog.update_account(info.id, meta, acl=acl, set_acl=acl is not None)
+        resp.status = falcon.HTTP_204
+
+    # -- container -----------------------------------------------------------------------------
+
+    def _container_policy(self, req: falcon.Request, user: UserInfo | None, t: Target,
+                          account: AccountInfo) -> dict[str, object]:
+        policy: dict[str, object] = {}
+        for header, column, for_read in (("X-Container-Read", "read_acl", True),
+                                         ("X-Container-Write", "write_acl", False)):
+            value = req.get_header(header)
+            if req.get_header("X-Remove-" + header[2:]) is not None:
+                value = ""
+            if value is not None:
+                # Only the account's owner (or an account admin) changes who may get in.
+                self.authz.require(user, t.account, account.acl, Action.ACCOUNT_ADMIN)
+                try:
+                    policy[column] = validate_container_acl(value, for_read) or None
+                except InvalidArgument as exc:
+                    raise HTTPStatusError(400, str(exc)) from None
+        return policy
+
+    def container_put(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None
+        if "/" in t.container:
+            raise HTTPStatusError(400, "container names cannot contain '/'")
+        user = req.context.user
+        info = self.authz.account(user, t.account, Action.CONTAINER_WRITE)
+        meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
+        policy = self._container_policy(req, user, t, info)
+        created = self.services.catalog.create_container(info.id, t.container, meta, **policy)
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_202
+
+    def container_post(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None
+        user = req.context.user
+        info, container = self.authz.container(user, t.account, t.container,
+                                                Action.CONTAINER_WRITE)
+        assert info is not None
+        meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
+        policy = self._container_policy(req, user, t, info)
+        self.services.catalog.update_container(container.id, meta, **policy)
+        resp.status = falcon.HTTP_204
+
+    def container_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None
+        _, container = self.authz.container(req.context.user, t.account, t.container,
+                                            Action.CONTAINER_WRITE)
+        try:
+            self.services.catalog.delete_container(container.id)
+        except Conflict:
+            raise HTTPStatusError(409, "There was a conflict when trying to complete your "
+                                       "request: the container is not empty.") from None
+        resp.status = falcon.HTTP_204
+
+    def _container_headers(self, resp: falcon.Response, account: AccountInfo | None,
+                           c: ContainerInfo, user: UserInfo | None) -> None:
+        resp.set_header("X-Container-Object-Count", str(c.objects))
+        resp.set_header("X-Container-Bytes-Used", str(c.bytes))
+        resp.set_header("X-Timestamp", x_timestamp(c.created))
+        resp.set_header("X-Put-Timestamp", x_timestamp(c.created))
+        resp.set_header("X-Storage-Policy", "default")
+        resp.set_header("X-Container-Block-Size", str(self.services.block_size))
+        resp.set_header("X-Container-Block-Hash", "blake3")
+        for k, v in meta_headers("X-Container-Meta-", c.meta).items():
+            resp.set_header(k, v)
+        if account is not None and decide(user, account.name, account.acl,
+                                          Action.ACCOUNT_ADMIN).allowed:
+            if c.read_acl:
+                resp.set_header("X-Container-Read", c.read_acl)
+            if c.write_acl:
+                resp.set_header("X-Container-Write", c.write_acl)
+
+    def container_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None
+        user = req.context.user
+        account, c = self.authz.container(user, t.account, t.container, Action.LISTING)
+        self._container_headers(resp, account, c, user)
+        resp.status = falcon.HTTP_204
+
+    def container_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        assert t.container is not None
+        user = req.context.user
+        account, c = self.authz.container(user, t.account, t.container, Action.LISTING)
+        params = listing.listing_params(req, self.services.limits.container_listing_limit)
+        delimiter = req.get_param("delimiter") or ""
+        path = req.get_param("path")
+        if path is not None:
+            # Swift's path=: the direct children of a pseudo-directory.
+            params["prefix"] = path.rstrip("/") + "/" if path else ""
+            delimiter = "/"
+        if len(delimiter) > 1:
+            raise HTTPStatusError(412, "Bad delimiter")
+        entries = self.services.catalog.list_objects(
+            c.id, delimiter=delimiter, **params)  # type: ignore[arg-type]
+        self._container_headers(resp, account, c, user)
+        listing.send_objects(resp, listing.listing_format(req), t.container, entries)

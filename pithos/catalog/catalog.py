@@ -1,0 +1,539 @@
+"""The Catalog: every SQL statement of the object service, behind plain methods.
+
+Concurrency: a write is one short transaction.  On SQLite it starts with BEGIN IMMEDIATE (the
+database-wide write lock, taken up front so two writers never deadlock upgrading a read lock);
+on PostgreSQL rows are locked where a read decides a write.  Usage counters live in sharded rows
+(schema.container_stats) so writers of one container rarely touch the same row.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+import uuid as uuidlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from pithos.catalog import schema as s
+from pithos.catalog.records import (
+    AccountInfo,
+    ContainerInfo,
+    ListingEntry,
+    ObjectVersion,
+    UserInfo,
+)
+from pithos.core.errors import Conflict, NotFound
+
+STAT_SHARDS = 8
+# Upper bound of every string that can follow a prefix in a listing (used to skip a subdir).
+_MAX_CHAR = "\U0010ffff"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions start.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsynced before it returns, because we acknowledge it to clients.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        mode = conn.info.get("begin_mode", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Catalog:
+    """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
+    ``postgresql://user@host/db``).  Creates or upgrades the schema on open."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if not self.is_sqlite:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+        self.engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        self.schema_found = s.migrate(self._write)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.info["begin_mode"] = "IMMEDIATE"
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop("begin_mode", None)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _lock(self, query: Any) -> Any:
+        """Row lock for a read that decides a write (PostgreSQL; SQLite is already locked)."""
+        return query if self.is_sqlite else query.with_for_update()
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def ensure_account(self, name: str) -> int:
+        with self._write() as conn:
+            return self._ensure_account(conn, name)
+
+    def _ensure_account(self, conn: Connection, name: str) -> int:
+        found = conn.execute(select(s.accounts.c.id).where(s.accounts.c.name == name)).scalar()
+        if found is not None:
+            return int(found)
+        try:
+            with conn.begin_nested():
+                return int(conn.execute(insert(s.accounts).values(
+                    name=name, created=time.time())).inserted_primary_key[0])
+        except SQLIntegrityError:  # created concurrently
+            return int(conn.execute(
+                select(s.accounts.c.id).where(s.accounts.c.name == name)).scalar_one())
+
+    def account(self, name: str) -> AccountInfo | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.accounts).where(s.accounts.c.name == name)).first()
+            if row is None:
+                return None
+            ncont = conn.execute(select(func.count()).select_from(s.containers).where(
+                s.containers.c.account_id == row.id)).scalar_one()
+            objs, size = conn.execute(
+                select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
+                       func.coalesce(func.sum(s.container_stats.c.bytes), 0))
+                .select_from(s.container_stats.join(s.containers))
+                .where(s.containers.c.account_id == row.id)).one()
+            meta = dict(conn.execute(select(s.account_meta.c.key, s.account_meta.c.value).where(
+                s.account_meta.c.account_id == row.id)).all())
+        return AccountInfo(row.id, row.name, row.created, int(ncont), int(objs), int(size),
+                           meta, row.quota_bytes, row.acl)
+
+    def update_account(self, account_id: int, meta: Mapping[str, str | None] | None = None,
+                       acl: str | None = None, set_acl: bool = False) -> None:
+        """Set (or, for None / empty values, remove) metadata keys; optionally the ACL."""
+        with self._write() as conn:
+            if meta:
+                self._update_meta(conn, s.account_meta, s.account_meta.c.account_id,
+                                  account_id, meta)
+            if set_acl:
+                conn.execute(update(s.accounts).where(s.accounts.c.id == account_id)
+                             .values(acl=acl or None))
+
+    @staticmethod
+    def _update_meta(conn: Connection, table: Any, owner_col: Any, owner: int,
+                     meta: Mapping[str, str | None]) -> None:
+        for key, value in meta.items():
+            conn.execute(delete(table).where(and_(owner_col == owner, table.c.key == key)))
+            if value:
+                conn.execute(insert(table).values({owner_col.name: owner, "key": key,
+                                                   "value": value}))
+
+    def list_accounts(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(select(s.accounts.c.name).order_by(s.accounts.c.name))
+                        .scalars())
+
+    # -- users and tokens ----------------------------------------------------------------------
+
+    def add_user(self, account: str, user: str, key_hash: str, admin: bool) -> UserInfo:
+        with self._write() as conn:
+            account_id = self._ensure_account(conn, account)
+            existing = conn.execute(select(s.users.c.id).where(and_(
+                s.users.c.account_id == account_id, s.users.c.name == user))).scalar()
+            if existing is not None:
+                conn.execute(update(s.users).where(s.users.c.id == existing)
+                             .values(key_hash=key_hash, admin=admin))
+                conn.execute(delete(s.tokens).where(s.tokens.c.user_id == existing))
+                user_id = int(existing)
+            else:
+                user_id = int(conn.execute(insert(s.users).values(
+                    account_id=account_id, name=user, key_hash=key_hash, admin=admin,
+                    created=time.time())).inserted_primary_key[0])
+        return UserInfo(user_id, account, user, admin)
+
+    def delete_user(self, account: str, user: str) -> bool:
+        with self._write() as conn:
+            found = conn.execute(select(s.users.c.id).select_from(s.users.join(s.accounts))
+                                 .where(and_(s.accounts.c.name == account,
+                                             s.users.c.name == user))).scalar()
+            if found is None:
+                return False
+            conn.execute(delete(s.tokens).where(s.tokens.c.user_id == found))
+            conn.execute(delete(s.users).where(s.users.c.id == found))
+            return True
+
+    def users(self) -> list[UserInfo]:
+        with self._read() as conn:
+            rows = conn.execute(select(s.users.c.id, s.accounts.c.name.label("account"),
+                                       s.users.c.name, s.users.c.admin)
+                                .select_from(s.users.join(s.accounts))
+                                .order_by(s.accounts.c.name, s.users.c.name)).all()
+        return [UserInfo(r.id, r.account, r.name, bool(r.admin)) for r in rows]
+
+    def user_credentials(self, account: str, user: str) -> tuple[UserInfo, str] | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.users.c.id, s.users.c.key_hash, s.users.c.admin)
+                               .select_from(s.users.join(s.accounts))
+                               .where(and_(s.accounts.c.name == account,
+                                           s.users.c.name == user))).first()
+        if row is None:
+            return None
+        return UserInfo(row.id, account, user, bool(row.admin)), row.key_hash
+
+    def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
+        with self._write() as conn:
+            conn.execute(insert(s.tokens).values(token_hash=token_hash, user_id=user_id,
+                                                 expires=expires))
+            # Expired tokens are of no use to anyone; drop a few on every login.
+            old = select(s.tokens.c.token_hash).where(s.tokens.c.expires < time.time()).limit(100)
+            conn.execute(delete(s.tokens).where(s.tokens.c.token_hash.in_(old)))
+
+    def token_user(self, token_hash: str, now: float) -> tuple[UserInfo, float] | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(s.users.c.id, s.users.c.name, s.users.c.admin,
+                       s.accounts.c.name.label("account"), s.tokens.c.expires)
+                .select_from(s.tokens.join(s.users).join(s.accounts))
+                .where(and_(s.tokens.c.token_hash == token_hash,
+                            s.tokens.c.expires > now))).first()
+        if row is None:
+            return None
+        return UserInfo(row.id, row.account, row.name, bool(row.admin)), row.expires
+
+    # -- containers ----------------------------------------------------------------------------
+
+    def container(self, account_id: int, name: str) -> ContainerInfo | None:
+        with self._read() as conn:
+            return self._container(conn, account_id, name)
+
+    def _container(self, conn: Connection, account_id: int, name: str) -> ContainerInfo | None:
+        row = conn.execute(select(s.containers).where(and_(
+            s.containers.c.account_id == account_id, s.containers.c.name == name))).first()
+        if row is None:
+            return None
+        objs, size = conn.execute(
+            select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
+                   func.coalesce(func.sum(s.container_stats.c.bytes), 0))
+            .where(s.container_stats.c.container_id == row.id)).one()
+        meta = dict(conn.execute(select(s.container_meta.c.key, s.container_meta.c.value).where(
+            s.container_meta.c.container_id == row.id)).all())
+        return ContainerInfo(row.id, row.account_id, row.name, row.created, int(objs),
+                             int(size), meta, row.read_acl, row.write_acl, row.versioning,
+                             row.quota_bytes)
+
+    def create_container(self, account_id: int, name: str,
+                         meta: Mapping[str, str | None] | None = None,
+                         **policy: Any) -> bool:
+        """Create a container, or update an existing one's metadata and policy.  Returns
+        whether it was created."""
+        with self._write() as conn:
+            found = conn.execute(select(s.containers.c.id).where(and_(
+                s.containers.c.account_id == account_id, s.containers.c.name == name))).scalar()
+            created = found is None
+            if created:
+                found = conn.execute(insert(s.containers).values(
+                    account_id=account_id, name=name, created=time.time(),
+                    **policy)).inserted_primary_key[0]
+                conn.execute(insert(s.container_stats), [
+                    {"container_id": found, "shard": i, "objects": 0, "bytes": 0}
+                    for i in range(STAT_SHARDS)])
+            elif policy:
+                conn.execute(update(s.containers).where(s.containers.c.id == found)
+                             .values(**policy))
+            if meta:
+                self._update_meta(conn, s.container_meta, s.container_meta.c.container_id,
+                                  int(found), meta)
+        return created
+
+    def update_container(self, container_id: int, meta: Mapping[str, str | None] | None = None,
+                         **policy: Any) -> None:
+        with self._write() as conn:
+            if policy:
+                conn.execute(update(s.containers).where(s.containers.c.id == container_id)
+                             .values(**policy))
+            if meta:
+                self._update_meta(conn, s.container_meta, s.container_meta.c.container_id,
+                                  container_id, meta)
+
+    def delete_container(self, container_id: int) -> None:
+        """Delete an empty container; Conflict if it holds a visible object."""
+        now = time.time()
+        with self._write() as conn:
+            live = conn.execute(self._visible(select(s.objects.c.id), now).where(
+                s.objects.c.container_id == container_id).limit(1)).first()
+            if live is not None:
+                raise Conflict("container not empty")
+            conn.execute(delete(s.containers).where(s.containers.c.id == container_id))
+
+    def list_containers(self, account_id: int, prefix: str = "", marker: str = "",
+                        end_marker: str = "", limit: int = 10000, reverse: bool = False
+                        ) -> list[tuple[str, int, int, float]]:
+        """(name, objects, bytes, created) of containers, by name."""
+        c = s.containers
+        stats = (select(s.container_stats.c.container_id,
+                        func.sum(s.container_stats.c.objects).label("objects"),
+                        func.sum(s.container_stats.c.bytes).label("bytes"))
+                 .group_by(s.container_stats.c.container_id).subquery())
+        q = (select(c.c.name, stats.c.objects, stats.c.bytes, c.c.created)
+             .select_from(c.outerjoin(stats, stats.c.container_id == c.c.id))
+             .where(c.c.account_id == account_id))
+        q = _name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
+        with self._read() as conn:
+            return [(r.name, int(r.objects or 0), int(r.bytes or 0), r.created)
+                    for r in conn.execute(q)]
+
+    # -- objects -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _visible(q: Any, now: float) -> Any:
+        v = s.versions
+        return q.select_from(s.objects.join(v, v.c.id == s.objects.c.current_id)).where(and_(
+            v.c.deleted.is_(False), or_(v.c.delete_at.is_(None), v.c.delete_at > now)))
+
+    def object(self, container_id: int, name: str, now: float | None = None
+               ) -> ObjectVersion | None:
+        """The current version of an object, None if absent, deleted or expired."""
+        now = time.time() if now is None else now
+        with self._read() as conn:
+            row = conn.execute(self._visible(_version_columns(), now).where(and_(
+                s.objects.c.container_id == container_id, s.objects.c.name == name))).first()
+            return None if row is None else _version(conn, row)
+
+    def put_version(self, container_id: int, name: str, *, root: bytes, size: int, etag: str,
+                    content_type: str, meta: Mapping[str, Mapping[str, str]],
+                    modified_by: str | None = None, delete_at: float | None = None,
+                    dlo_manifest: str | None = None, slo_manifest: str | None = None,
+                    created: float | None = None) -> ObjectVersion:
+        """Make a new version the current one, atomically with the usage counters.  The map
+        it names must already be durable (write ordering)."""
+        now = time.time()
+        with self._write() as conn:
+            obj_id, previous = self._object_for_write(conn, container_id, name, now)
+            vid = secrets.token_hex(16)
+            version_id = int(conn.execute(insert(s.versions).values(
+                object_id=obj_id, vid=vid, root=root, size=size, etag=etag,
+                content_type=content_type, created=created or now, modified_by=modified_by,
+                deleted=False, delete_at=delete_at, dlo_manifest=dlo_manifest,
+                slo_manifest=slo_manifest)).inserted_primary_key[0])
+            rows = [{"version_id": version_id, "domain": domain, "key": k, "value": v}
+                    for domain, kv in meta.items() for k, v in kv.items()]
+            if rows:
+                conn.execute(insert(s.version_meta), rows)
+            conn.execute(update(s.objects).where(s.objects.c.id == obj_id)
+                         .values(current_id=version_id))
+            old_size = previous.size if previous is not None else 0
+            self._count(conn, container_id, 0 if previous is not None else 1, size - old_size)
+            row = conn.execute(_version_columns().select_from(
+                s.objects.join(s.versions, s.versions.c.id == s.objects.c.current_id))
+                .where(s.objects.c.id == obj_id)).one()
+            return _version(conn, row)
+
+    def _object_for_write(self, conn: Connection, container_id: int, name: str,
+                          now: float) -> tuple[int, Any]:
+        """(object id, visible current version row or None), creating the object row; a
+        recreated object (after a delete or expiry) gets a new UUID."""
+        o, v = s.objects, s.versions
+        row = conn.execute(self._lock(select(o.c.id, o.c.current_id).where(and_(
+            o.c.container_id == container_id, o.c.name == name)))).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    obj_id = conn.execute(insert(o).values(
+                        container_id=container_id, name=name, uuid=str(uuidlib.uuid4()),
+                        current_id=None)).inserted_primary_key[0]
+                return int(obj_id), None
+            except SQLIntegrityError:  # created concurrently (PostgreSQL)
+                row = conn.execute(self._lock(select(o.c.id, o.c.current_id).where(and_(
+                    o.c.container_id == container_id, o.c.name == name)))).one()
+        previous = None
+        if row.current_id is not None:
+            previous = conn.execute(select(v.c.size, v.c.deleted, v.c.delete_at)
+                                    .where(v.c.id == row.current_id)).first()
+        if previous is not None and (previous.deleted or (previous.delete_at is not None
+                                                          and previous.delete_at <= now)):
+            if not previous.deleted:  # expired but not reaped: its usage is still counted
+                self._count(conn, container_id, -1, -previous.size)
+            conn.execute(update(o).where(o.c.id == row.id).values(uuid=str(uuidlib.uuid4())))
+            previous = None
+        return int(row.id), previous
+
+    def _count(self, conn: Connection, container_id: int, objects: int, size: int) -> None:
+        if objects == 0 and size == 0:
+            return
+        st = s.container_stats
+        conn.execute(update(st).where(and_(st.c.container_id == container_id,
+                                           st.c.shard == random.randrange(STAT_SHARDS)))
+                     .values(objects=st.c.objects + objects, bytes=st.c.bytes + size))
+
+    def update_object_meta(self, container_id: int, name: str,
+                           meta: Mapping[str, Mapping[str, str]], *,
+                           delete_at: float | None, content_type: str | None = None,
+                           replace_domains: tuple[str, ...] = ("user", "sys")) -> ObjectVersion:
+        """Replace the metadata of the current version in place (Swift POST): the content
+        version is not copied."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(self._lock(self._visible(_version_columns(), now).where(and_(
+                s.objects.c.container_id == container_id, s.objects.c.name == name)))).first()
+            if row is None:
+                raise NotFound(f"object {name!r} not found")
+            vm = s.version_meta
+            conn.execute(delete(vm).where(and_(vm.c.version_id == row.version_id,
+                                               vm.c.domain.in_(replace_domains))))
+            rows = [{"version_id": row.version_id, "domain": d, "key": k, "value": v}
+                    for d, kv in meta.items() for k, v in kv.items()]
+            if rows:
+                conn.execute(insert(vm), rows)
+            values: dict[str, Any] = {"delete_at": delete_at}
+            if content_type:
+                values["content_type"] = content_type
+            conn.execute(update(s.versions).where(s.versions.c.id == row.version_id)
+                         .values(**values))
+            row = conn.execute(_version_columns().select_from(
+                s.objects.join(s.versions, s.versions.c.id == s.objects.c.current_id))
+                .where(s.objects.c.id == row.object_id)).one()
+            return _version(conn, row)
+
+    def delete_object(self, container_id: int, name: str, modified_by: str | None = None
+                      ) -> bool:
+        """Delete an object (a deletion marker becomes its current version).  Returns whether
+        a visible object was deleted."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(self._lock(self._visible(
+                select(s.objects.c.id, s.versions.c.size), now).where(and_(
+                    s.objects.c.container_id == container_id,
+                    s.objects.c.name == name)))).first()
+            if row is None:
+                return False
+            self._mark_deleted(conn, container_id, row.id, row.size, now, modified_by)
+            return True
+
+    def _mark_deleted(self, conn: Connection, container_id: int, object_id: int, size: int,
+                      now: float, modified_by: str | None) -> None:
+        marker = conn.execute(insert(s.versions).values(
+            object_id=object_id, vid=secrets.token_hex(16), root=None, size=0, etag="",
+            content_type="", created=now, modified_by=modified_by, deleted=True)
+        ).inserted_primary_key[0]
+        conn.execute(update(s.objects).where(s.objects.c.id == object_id)
+                     .values(current_id=marker))
+        self._count(conn, container_id, -1, -size)
+
+    def reap_expired(self, now: float | None = None, limit: int = 1000) -> int:
+        """Delete objects whose X-Delete-At has passed; returns how many."""
+        now = time.time() if now is None else now
+        v, o = s.versions, s.objects
+        with self._write() as conn:
+            rows = conn.execute(
+                select(o.c.id, o.c.container_id, v.c.size)
+                .select_from(o.join(v, v.c.id == o.c.current_id))
+                .where(and_(v.c.deleted.is_(False), v.c.delete_at.is_not(None),
+                            v.c.delete_at <= now)).limit(limit)).all()
+            for r in rows:
+                self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
+        return len(rows)
+
+    def list_objects(self, container_id: int, prefix: str = "", marker: str = "",
+                     end_marker: str = "", limit: int = 10000, reverse: bool = False,
+                     delimiter: str = "", now: float | None = None) -> list[ListingEntry]:
+        """Visible objects by name; with a delimiter, names that continue past it after the
+        prefix collapse into one pseudo-directory entry."""
+        now = time.time() if now is None else now
+        out: list[ListingEntry] = []
+        with self._read() as conn:
+            while len(out) < limit:
+                q = self._visible(select(s.objects.c.name, s.versions.c.size,
+                                         s.versions.c.etag, s.versions.c.content_type,
+                                         s.versions.c.created), now).where(
+                    s.objects.c.container_id == container_id)
+                q = _name_window(q, s.objects.c.name, prefix, marker, end_marker, reverse)
+                rows = conn.execute(q.limit(limit - len(out))).all()
+                if not rows:
+                    break
+                for r in rows:
+                    if delimiter:
+                        cut = r.name.find(delimiter, len(prefix))
+                        if cut >= 0:
+                            sub = r.name[:cut + len(delimiter)]
+                            if not out or out[-1].name != sub:
+                                out.append(ListingEntry(sub, subdir=True))
+                            # Skip every other name under this pseudo-directory.
+                            marker = sub if reverse else sub + _MAX_CHAR
+                            break
+                    out.append(ListingEntry(r.name, r.size, r.etag, r.content_type, r.created))
+                    marker = r.name
+                    if len(out) >= limit:
+                        break
+                else:
+                    if len(rows) < limit:
+                        break
+        return out[:limit]
+
+
+def _name_window(q: Any, col: Any, prefix: str, marker: str, end_marker: str,
+                 reverse: bool) -> Any:
+    if prefix:
+        q = q.where(and_(col >= prefix, col < prefix + _MAX_CHAR))
+    if reverse:
+        # In reverse, the marker bounds from above and the end marker from below (as Swift).
+        if marker:
+            q = q.where(col < marker)
+        if end_marker:
+            q = q.where(col > end_marker)
+        return q.order_by(col.desc())
+    if marker:
+        q = q.where(col > marker)
+    if end_marker:
+        q = q.where(col < end_marker)
+    return q.order_by(col)
+
+
+def _version_columns() -> Any:
+    o, v = s.objects, s.versions
+    return select(o.c.id.label("object_id"), o.c.container_id, o.c.name, o.c.uuid,
+                  v.c.id.label("version_id"), v.c.vid, v.c.root, v.c.size, v.c.etag,
+                  v.c.content_type, v.c.created, v.c.modified_by, v.c.delete_at,
+                  v.c.dlo_manifest, v.c.slo_manifest)
+
+
+def _version(conn: Connection, row: Any) -> ObjectVersion:
+    meta: dict[str, dict[str, str]] = {}
+    for d, k, val in conn.execute(select(s.version_meta.c.domain, s.version_meta.c.key,
+                                         s.version_meta.c.value)
+                                  .where(s.version_meta.c.version_id == row.version_id)):
+        meta.setdefault(d, {})[k] = val
+    return ObjectVersion(row.object_id, row.container_id, row.name, row.uuid, row.version_id,
+                         row.vid, row.root, row.size, row.etag, row.content_type, row.created,
+                         row.modified_by, row.delete_at, row.dlo_manifest, row.slo_manifest,
+                         meta)

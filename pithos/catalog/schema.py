@@ -1,0 +1,178 @@
+"""The catalog's tables, and the versioned migrations that create and upgrade them.
+
+A database records its schema version in `schema_version`; `migrate()` applies, in order and each
+in its own transaction, every migration above it. A later release appends a migration to
+MIGRATIONS and never edits an old one, so any earlier data directory upgrades in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    select,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+)
+
+accounts = Table(
+    "accounts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+    Column("quota_bytes", BigInteger, nullable=True),
+    Column("acl", Text, nullable=True),  # X-Account-Access-Control, JSON
+)
+
+account_meta = Table(
+    "account_meta", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("key_hash", String(256), nullable=False),  # scrypt, salted; see identity.py
+    Column("admin", Boolean, nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("account_id", "name"),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 of the token; never the token
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("tokens_expires", "expires"),
+)
+
+containers = Table(
+    "containers", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("read_acl", Text, nullable=True),
+    Column("write_acl", Text, nullable=True),
+    Column("versioning", String(16), nullable=True),
+    Column("quota_bytes", BigInteger, nullable=True),
+    UniqueConstraint("account_id", "name"),
+)
+
+container_meta = Table(
+    "container_meta", metadata,
+    Column("container_id", Integer, ForeignKey("containers.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+# Usage counters are spread over shards so that concurrent writes to one container do not all
+# update the same row; readers add the shards up.
+container_stats = Table(
+    "container_stats", metadata,
+    Column("container_id", Integer, ForeignKey("containers.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("objects", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)
+
+objects = Table(
+    "objects", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("container_id", Integer, ForeignKey("containers.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("name", String(1024), nullable=False),
+    Column("uuid", String(36), nullable=False),
+    # The visible version; NULL or a deleted version means the object does not exist.
+    Column("current_id", Integer, nullable=True),
+    UniqueConstraint("container_id", "name"),
+    Index("objects_uuid", "uuid"),
+)
+
+versions = Table(
+    "versions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("object_id", Integer, ForeignKey("objects.id", ondelete="CASCADE"), nullable=False),
+    Column("vid", String(32), nullable=False, unique=True),  # opaque id shown to clients
+    Column("root", LargeBinary(32), nullable=True),  # map root; NULL for a deletion marker
+    Column("size", BigInteger, nullable=False),
+    Column("etag", String(64), nullable=False),  # MD5 hex of the content (Swift's ETag)
+    Column("content_type", String(256), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("modified_by", String(256), nullable=True),
+    Column("deleted", Boolean, nullable=False),
+    Column("delete_at", Float, nullable=True),
+    Column("dlo_manifest", String(1280), nullable=True),  # X-Object-Manifest "container/prefix"
+    Column("slo_manifest", Text, nullable=True),  # SLO segment list, JSON, as the client sent it
+    Index("versions_object", "object_id", "id"),
+    Index("versions_delete_at", "delete_at"),
+)
+
+version_meta = Table(
+    "version_meta", metadata,
+    Column("version_id", Integer, ForeignKey("versions.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("domain", String(32), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(4096), nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables
+                                      if t is not schema_version])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(conn: Connection) -> int:
+    schema_version.create(conn, checkfirst=True)
+    found = conn.execute(select(schema_version.c.version)).scalar()
+    return int(found or 0)
+
+
+def migrate(begin: Callable[[], object]) -> int:
+    """Bring the schema to LATEST; returns the version found before.  `begin` opens a write
+    transaction (a context manager giving a Connection)."""
+    with begin() as conn:  # type: ignore[attr-defined]
+        before = current_version(conn)
+    for number, step in MIGRATIONS:
+        with begin() as conn:  # type: ignore[attr-defined]
+            if current_version(conn) >= number:
+                continue  # another process got there first
+            step(conn)
+            conn.execute(schema_version.delete())
+            conn.execute(schema_version.insert().values(version=number))
+    return before

@@ -1,0 +1,126 @@
+"""`pithos serve`: the object API (falcon) on gunicorn with gevent workers.
+
+Each worker builds its own services after the fork (its own catalog connections and block store
+handles) and does CPU and disk work (hashing, MD5, fsync) on gevent's pool of real threads, so
+one request's hashing never stalls the other requests of its worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from typing import Any
+
+from pithos.cli.datadir import DataDir
+
+log = logging.getLogger("pithos.serve")
+REAP_INTERVAL_S = 30.0
+
+
+def greenlet_executor() -> Any:
+    """An Executor whose tasks run as greenlets of this worker.  Read-ahead uses it: a task
+    that itself fans out to the pool of real threads must start from the hub's thread (gevent
+    forbids submitting to its thread pool from one of the pool's own threads)."""
+    from concurrent.futures import Executor, Future
+
+    import gevent
+
+    class GreenletExecutor(Executor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+
+            def run() -> None:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            gevent.spawn(run)
+            return future
+
+    return GreenletExecutor()
+
+
+def build_services(data_dir: str, io_threads: int = 32) -> Any:
+    """The API's services over a data directory, for a gevent worker."""
+    from gevent.threadpool import ThreadPoolExecutor
+
+    from pithos.api.context import Services
+    from pithos.identity import Identity
+    from pithos.objects.service import Limits, ObjectService
+
+    pool = ThreadPoolExecutor(max_workers=io_threads)
+    data = DataDir(data_dir, executor=pool)
+    catalog = data.catalog()
+    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
+    return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
+                    limits=Limits(), block_size=data.mapper.block_size,
+                    public_url=os.environ.get("PITHOS_PUBLIC_URL"))
+
+
+def _reaper(services: Any) -> None:
+    import gevent
+
+    while True:
+        gevent.sleep(REAP_INTERVAL_S)
+        try:
+            services.catalog.reap_expired()
+        except Exception:
+            log.exception("reaping expired objects failed")
+
+
+def first_start(data_dir: str, listen: str) -> None:
+    """On an empty data directory, create an admin user and say how to log in."""
+    from pithos.identity import Identity
+
+    data = DataDir(data_dir)
+    try:
+        catalog = data.catalog()
+        if catalog.users():
+            return
+        key = secrets.token_urlsafe(18)
+        Identity(catalog).add_user("admin", "admin", key, admin=True)
+        print(f"created the admin user of account 'admin':\n"
+              f"  auth URL:  http://{listen}/auth/v1.0  (Keystone v3: http://{listen}/v3)\n"
+              f"  user:      admin:admin\n"
+              f"  key:       {key}\n"
+              f"  e.g.: swift -A http://{listen}/auth/v1.0 -U admin:admin -K {key} stat\n"
+              f"(this key is shown once; `pithos user add admin:admin --key NEW --admin` "
+              f"sets a new one)", flush=True)
+    finally:
+        data.close()
+
+
+def serve(data_dir: str, listen: str, workers: int) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    first_start(data_dir, listen)
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": listen, "workers": workers, "worker_class": "gevent",
+                "worker_connections": 1000, "timeout": 300, "graceful_timeout": 30,
+                "keepalive": 75, "loglevel": "warning", "errorlog": "-",
+                "limit_request_line": 8190, "limit_request_field_size": 8190,
+                "proc_name": "pithos-serve",
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            import gevent
+
+            from pithos.api.app import create_app
+
+            services = build_services(data_dir)
+            gevent.spawn(_reaper, services)
+            return create_app(services)
+
+    print(f"pithos serve: listening on http://{listen} (data directory "
+          f"{os.path.abspath(data_dir)}, {workers} worker(s))", file=sys.stderr, flush=True)
+    Application().run()
+    return 0

@@ -1,0 +1,101 @@
+"""Users, keys and tokens (Swift tempauth semantics over the catalog).
+
+Keys are stored as salted scrypt hashes; tokens are random, handed out once, and stored only as
+their SHA-256 (a token is 256 random bits, so an unsalted fast hash is enough to make a stolen
+database useless for logging in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+
+from pithos.catalog import Catalog, UserInfo
+from pithos.core.errors import InvalidArgument
+
+TOKEN_TTL_S = 24 * 3600.0
+TOKEN_PREFIX = "PTK_"
+# A validated token is trusted for this long without asking the database again; a deleted user
+# or a revoked token stops working at most this late.
+_CACHE_S = 5.0
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_key(key: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(key.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def check_key(key: str, stored: str) -> bool:
+    try:
+        scheme, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    got = hashlib.scrypt(key.encode(), salt=bytes.fromhex(salt), **_SCRYPT)
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def split_user(spec: str) -> tuple[str, str]:
+    """"account:user" -> (account, user)."""
+    account, sep, user = spec.partition(":")
+    if not sep or not account or not user:
+        raise InvalidArgument(f"expected ACCOUNT:USER, not {spec!r}")
+    for part in (account, user):
+        if "/" in part or len(part) > 256 or any(ord(ch) < 32 for ch in part):
+            raise InvalidArgument(f"bad name {part!r}")
+    return account, user
+
+
+class Identity:
+    def __init__(self, catalog: Catalog, token_ttl_s: float = TOKEN_TTL_S) -> None:
+        self.catalog = catalog
+        self.token_ttl_s = token_ttl_s
+        self._cache: dict[str, tuple[UserInfo, float, float]] = {}
+        self._lock = threading.Lock()
+
+    def add_user(self, account: str, user: str, key: str, admin: bool) -> UserInfo:
+        if not key:
+            raise InvalidArgument("the key must not be empty")
+        return self.catalog.add_user(account, user, hash_key(key), admin)
+
+    def login(self, account: str, user: str, key: str) -> tuple[UserInfo, str, float] | None:
+        """(user, token, expires) for good credentials, None otherwise."""
+        found = self.catalog.user_credentials(account, user)
+        if found is None:
+            # Spend the same time as a real check, so timing does not reveal user names.
+            check_key(key, hash_key("x"))
+            return None
+        info, stored = found
+        if not check_key(key, stored):
+            return None
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires = time.time() + self.token_ttl_s
+        self.catalog.add_token(token_hash(token), info.id, expires)
+        return info, token, expires
+
+    def authenticate(self, token: str) -> UserInfo | None:
+        now = time.time()
+        digest = token_hash(token)
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and hit[2] > now and hit[1] > now:
+            return hit[0]
+        found = self.catalog.token_user(digest, now)
+        if found is None:
+            return None
+        user, expires = found
+        with self._lock:
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[digest] = (user, expires, now + _CACHE_S)
+        return user

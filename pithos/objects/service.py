@@ -1,0 +1,284 @@
+"""The object service: stores request bodies as maps, commits versions, resolves large
+objects, copies without copying data.
+
+Write ordering: a body is stored (blocks and map pages durable) before the catalog row that
+names its root is committed; if anything fails first (a checksum mismatch, a short body, a
+client gone), no version is created and the stored blocks are garbage for the collector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from pithos.catalog import Catalog, ContainerInfo, ObjectVersion
+from pithos.core.errors import (
+    ChecksumMismatch,
+    Conflict,
+    IncompleteBody,
+    InvalidArgument,
+    TooLarge,
+)
+from pithos.mapper import Mapper, Piece
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Swift's constraints, as /info reports them."""
+    max_file_size: int = 5 * 1024**3
+    max_object_name_length: int = 1024
+    max_container_name_length: int = 256
+    max_account_name_length: int = 256
+    max_meta_name_length: int = 128
+    max_meta_value_length: int = 256
+    max_meta_count: int = 90
+    max_meta_overall_size: int = 4096
+    container_listing_limit: int = 10000
+    account_listing_limit: int = 10000
+    max_header_size: int = 8192
+    max_manifest_segments: int = 1000
+    max_manifest_size: int = 8 * 1024 * 1024
+    min_segment_size: int = 1
+
+
+@dataclass(frozen=True)
+class Stored:
+    root: bytes
+    size: int
+    md5: str
+
+
+class BodyReader:
+    """A request body as a file: counts bytes, refuses more than `max_size`, and computes the
+    MD5 on `executor` while the next piece is read (MD5 is the slowest step of a PUT, and
+    hashlib releases the GIL)."""
+
+    def __init__(self, stream: BinaryIO, length: int | None, max_size: int,
+                 executor: Executor | None) -> None:
+        self._stream = stream
+        self._length = length
+        self._max = max_size
+        self._executor = executor
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._pending: Future[None] | None = None
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._length is not None:
+            left = self._length - self.count
+            if left <= 0:
+                return b""
+            n = left if n < 0 else min(n, left)
+        data = self._stream.read(n) if n >= 0 else self._stream.read()
+        if not data:
+            return b""
+        self.count += len(data)
+        if self.count > self._max:
+            raise TooLarge(f"object larger than {self._max} bytes")
+        if self._executor is None or len(data) < 65536:
+            self._wait()
+            self._md5.update(data)
+        else:
+            self._wait()
+            self._pending = self._executor.submit(self._md5.update, data)
+        return data
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def finish(self) -> str:
+        """The MD5 (hex) of everything read; IncompleteBody if less than announced."""
+        self._wait()
+        if self._length is not None and self.count != self._length:
+            raise IncompleteBody(f"got {self.count} of {self._length} bytes")
+        return self._md5.hexdigest()
+
+
+class ObjectService:
+    def __init__(self, catalog: Catalog, mapper: Mapper, executor: Executor | None = None,
+                 limits: Limits | None = None, upload_batch_bytes: int = 8 * 1024 * 1024,
+                 read_batch_blocks: int = 2, prefetch: Executor | None = None) -> None:
+        """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
+        executor)."""
+        self.catalog = catalog
+        self.mapper = mapper
+        self.executor = executor
+        self.prefetch = prefetch or executor
+        self.limits = limits or Limits()
+        # Per-request memory: a few upload batches, two read batches.
+        self.upload_batch_bytes = upload_batch_bytes
+        self.read_batch_blocks = read_batch_blocks
+
+    # -- storing -------------------------------------------------------------------------------
+
+    def store(self, body: BinaryIO, length: int | None) -> Stored:
+        """Store a request body as a map (durable on return)."""
+        if length is not None and length > self.limits.max_file_size:
+            raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
+        reader = BodyReader(body, length, self.limits.max_file_size, self.executor)
+        root, size = next(iter(self.mapper.build_many([reader],
+                                                      batch_bytes=self.upload_batch_bytes)))
+        md5 = reader.finish()
+        return Stored(root, size, md5)
+
+    def create(self, container: ContainerInfo, name: str, stored: Stored, *,
+               etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
+               modified_by: str | None, delete_at: float | None,
+               dlo_manifest: str | None = None) -> ObjectVersion:
+        if etag is not None and etag.strip('"').lower() != stored.md5:
+            raise ChecksumMismatch(f"ETag {etag} does not match the content's MD5 {stored.md5}")
+        return self.catalog.put_version(
+            container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
+            content_type=content_type, meta=meta, modified_by=modified_by, delete_at=delete_at,
+            dlo_manifest=dlo_manifest)
+
+    def copy(self, source: ObjectVersion, container: ContainerInfo, name: str, *,
+             meta: Mapping[str, Mapping[str, str]], content_type: str,
+             modified_by: str | None, delete_at: float | None,
+             content: tuple[bytes, int, str] | None = None,
+             keep_manifest: bool = False) -> ObjectVersion:
+        """A new version naming the source's map: no data is copied.  `content` overrides
+        (root, size, etag) for a large object copied as its concatenated content."""
+        root, size, etag = content or (source.root or self.mapper.empty(), source.size,
+                                       source.etag)
+        return self.catalog.put_version(
+            container.id, name, root=root, size=size, etag=etag, content_type=content_type,
+            meta=meta, modified_by=modified_by, delete_at=delete_at,
+            dlo_manifest=source.dlo_manifest if keep_manifest else None,
+            slo_manifest=source.slo_manifest if keep_manifest else None)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, parts: Sequence[tuple[bytes, int]], offset: int, length: int
+             ) -> Iterator[bytes]:
+        """Bytes `[offset, offset + length)` of the concatenation of maps `(root, size)`,
+        with read-ahead.  Raises NotFound / IntegrityError for a bad map before returning."""
+        pieces: list[Iterator[Piece]] = []
+        start = 0
+        for root, size in parts:
+            lo, hi = max(offset - start, 0), min(offset + length - start, size)
+            if hi > lo:
+                pieces.append(self.mapper.pieces(root, lo, hi - lo))
+            start += size
+        return self.mapper.read_pieces(_chain(pieces), self.read_batch_blocks, self.prefetch)
+
+    # -- dynamic large objects -----------------------------------------------------------------
+
+    def dlo_segments(self, account_id: int, manifest: str) -> list[ObjectVersion]:
+        """The segments of a DLO: the objects under "container/prefix", in name order."""
+        container_name, _, prefix = manifest.partition("/")
+        container = self.catalog.container(account_id, container_name)
+        if container is None:
+            return []
+        out: list[ObjectVersion] = []
+        marker = ""
+        while True:
+            page = self.catalog.list_objects(container.id, prefix=prefix, marker=marker,
+                                             limit=1000)
+            for entry in page:
+                version = self.catalog.object(container.id, entry.name)
+                if version is not None:
+                    out.append(version)
+            if len(page) < 1000:
+                return out
+            marker = page[-1].name
+
+    # -- static large objects ------------------------------------------------------------------
+
+    def put_slo(self, account_id: int, container: ContainerInfo, name: str, manifest: bytes,
+                *, content_type: str, meta: Mapping[str, Mapping[str, str]],
+                modified_by: str | None, delete_at: float | None) -> ObjectVersion:
+        """Assemble an SLO from its manifest into one map that names the segments' blocks
+        (no data copied but the edges of ranged segments).  Swift's checks apply: every
+        segment exists, its ETag and size match when given."""
+        if len(manifest) > self.limits.max_manifest_size:
+            raise TooLarge("manifest too large")
+        try:
+            segments = json.loads(manifest)
+        except ValueError:
+            raise InvalidArgument("Manifest must be valid JSON.") from None
+        if not isinstance(segments, list) or not segments:
+            raise InvalidArgument("Manifest must be a non-empty list of segments.")
+        if len(segments) > self.limits.max_manifest_segments:
+            raise InvalidArgument(f"Too many segments (max {self.limits.max_manifest_segments})")
+        parts: list[tuple[bytes, int, int | None]] = []
+        stored: list[dict[str, Any]] = []
+        etags = hashlib.md5(usedforsecurity=False)
+        total = 0
+        problems: list[str] = []
+        for i, seg in enumerate(segments):
+            if not isinstance(seg, dict) or not isinstance(seg.get("path"), str):
+                raise InvalidArgument(f"Index {i}: segment needs a 'path'")
+            path = seg["path"].lstrip("/")
+            cname, _, oname = path.partition("/")
+            seg_container = self.catalog.container(account_id, cname) if oname else None
+            version = self.catalog.object(seg_container.id, oname) if seg_container else None
+            if version is None:
+                problems.append(f"/{path}: 404 Not Found")
+                continue
+            want_etag = seg.get("etag")
+            want_size = seg.get("size_bytes")
+            if want_etag not in (None, "") and str(want_etag).strip('"').lower() != version.etag:
+                problems.append(f"/{path}: Etag Mismatch")
+            if want_size is not None and int(want_size) != version.size:
+                problems.append(f"/{path}: Size Mismatch")
+            offset, length = 0, version.size
+            if seg.get("range"):
+                offset, length = _segment_range(str(seg["range"]), version.size)
+            if length < self.limits.min_segment_size and i < len(segments) - 1:
+                problems.append(f"/{path}: Too Small")
+            if version.root is not None and length:
+                parts.append((version.root, offset, length))
+            total += length
+            etags.update(version.etag.encode()
+                         + (f":{offset}-{offset + length - 1};".encode()
+                            if seg.get("range") else b""))
+            entry: dict[str, Any] = {
+                "name": "/" + path, "hash": version.etag, "bytes": version.size,
+                "content_type": version.content_type,
+                "last_modified": _iso(version.created)}
+            if seg.get("range"):
+                entry["range"] = f"{offset}-{offset + length - 1}"
+            stored.append(entry)
+        if problems:
+            raise Conflict("Errors:\n" + "\n".join(problems))
+        if total > self.limits.max_file_size:
+            raise TooLarge("the large object would exceed the maximum object size")
+        root, size = self.mapper.concat(parts) if parts else (self.mapper.empty(), 0)
+        assert size == total
+        return self.catalog.put_version(
+            container.id, name, root=root, size=size, etag=etags.hexdigest(),
+            content_type=content_type, meta=meta, modified_by=modified_by,
+            delete_at=delete_at, slo_manifest=json.dumps(stored))
+
+
+def _segment_range(text: str, size: int) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    try:
+        if first == "":
+            n = min(int(last), size)
+            return size - n, n
+        start = int(first)
+        end = size - 1 if last == "" else min(int(last), size - 1)
+    except ValueError:
+        raise InvalidArgument(f"bad segment range {text!r}") from None
+    if start > end or start >= size:
+        raise InvalidArgument(f"unsatisfiable segment range {text!r}")
+    return start, end - start + 1
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}"
+
+
+def _chain(iterators: Sequence[Iterator[Piece]]) -> Iterator[Piece]:
+    for it in iterators:
+        yield from it
+
