@@ -1,0 +1,196 @@
+"""The catalog's behaviour, the same suite on every database (SQLite here; PostgreSQL when
+PITHOS_TEST_POSTGRES_URL names one, which scripts/test arranges in CI)."""
+
+import os
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pithos.catalog import Catalog
+from pithos.catalog import schema as s
+from pithos.core.errors import Conflict, NotFound
+
+ROOT = b"r" * 32
+
+
+def _urls():
+    urls = ["sqlite"]
+    if os.environ.get("PITHOS_TEST_POSTGRES_URL") or os.environ.get("PITHOS_REQUIRE_POSTGRES"):
+        urls.append("postgresql")
+    return urls
+
+
+@pytest.fixture(params=_urls())
+def catalog(request, tmp_path):
+    if request.param == "sqlite":
+        cat = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
+    else:
+        base = os.environ.get("PITHOS_TEST_POSTGRES_URL")
+        if not base:
+            pytest.skip("PITHOS_TEST_POSTGRES_URL is not set")
+        name = f"t{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        cat = Catalog(base.rsplit("/", 1)[0] + "/" + name)
+    yield cat
+    cat.close()
+    if request.param == "postgresql":
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def put(cat, cid, name, size=10, **kw):
+    return cat.put_version(cid, name, root=ROOT, size=size, etag="e" * 32,
+                           content_type="application/octet-stream", meta=kw.pop("meta", {}),
+                           **kw)
+
+
+@pytest.fixture
+def container(catalog):
+    acct = catalog.ensure_account("acct")
+    catalog.create_container(acct, "c")
+    return acct, catalog.container(acct, "c")
+
+
+def test_schema_is_versioned_and_reopening_upgrades_nothing(catalog):
+    assert catalog.schema_found == 0
+    again = Catalog(catalog.url)
+    assert again.schema_found == s.LATEST
+    again.close()
+
+
+def test_accounts_and_metadata(catalog):
+    a = catalog.ensure_account("a")
+    assert catalog.ensure_account("a") == a
+    catalog.update_account(a, {"color": "red", "size": "big"})
+    catalog.update_account(a, {"size": None})
+    info = catalog.account("a")
+    assert info.meta == {"color": "red"} and info.containers == 0
+    assert catalog.account("nobody") is None
+
+
+def test_container_lifecycle_and_counters(catalog, container):
+    acct, c = container
+    assert catalog.create_container(acct, "c") is False  # exists: an update
+    put(catalog, c.id, "o1", size=100)
+    put(catalog, c.id, "o2", size=5)
+    put(catalog, c.id, "o1", size=7)  # an overwrite changes bytes, not the count
+    info = catalog.container(acct, "c")
+    assert (info.objects, info.bytes) == (2, 12)
+    assert (catalog.account("acct").objects, catalog.account("acct").bytes) == (2, 12)
+    with pytest.raises(Conflict):
+        catalog.delete_container(c.id)
+    assert catalog.delete_object(c.id, "o1") and catalog.delete_object(c.id, "o2")
+    assert not catalog.delete_object(c.id, "o2")
+    assert (catalog.container(acct, "c").objects, catalog.container(acct, "c").bytes) == (0, 0)
+    catalog.delete_container(c.id)
+    assert catalog.container(acct, "c") is None
+
+
+def test_versions_keep_uuid_until_deleted(catalog, container):
+    _, c = container
+    v1 = put(catalog, c.id, "o", meta={"user": {"k": "v"}})
+    v2 = put(catalog, c.id, "o")
+    assert v1.uuid == v2.uuid and v1.vid != v2.vid
+    assert v2.meta == {}
+    catalog.delete_object(c.id, "o")
+    assert catalog.object(c.id, "o") is None
+    v3 = put(catalog, c.id, "o")
+    assert v3.uuid != v1.uuid
+
+
+def test_metadata_post_replaces_in_place(catalog, container):
+    _, c = container
+    v = put(catalog, c.id, "o", meta={"user": {"a": "1"}, "sys": {"content-encoding": "gzip"}})
+    after = catalog.update_object_meta(c.id, "o", {"user": {"b": "2"}}, delete_at=None,
+                                       content_type="text/plain")
+    assert after.version_id == v.version_id  # the content version is not copied
+    assert after.meta == {"user": {"b": "2"}} and after.content_type == "text/plain"
+    with pytest.raises(NotFound):
+        catalog.update_object_meta(c.id, "missing", {}, delete_at=None)
+
+
+def test_expiry_hides_then_reaps(catalog, container):
+    acct, c = container
+    put(catalog, c.id, "soon", size=3, delete_at=time.time() + 0.5)
+    put(catalog, c.id, "later", size=4, delete_at=time.time() + 3600)
+    assert catalog.object(c.id, "soon") is not None
+    future = time.time() + 1
+    assert catalog.object(c.id, "soon", now=future) is None
+    assert [e.name for e in catalog.list_objects(c.id, now=future)] == ["later"]
+    assert catalog.reap_expired(now=future) == 1
+    assert (catalog.container(acct, "c").objects, catalog.container(acct, "c").bytes) == (1, 4)
+
+
+def test_listing_window_delimiter_and_reverse(catalog, container):
+    _, c = container
+    names = ["a", "b/1", "b/2", "b/3/x", "c", "d/", "e"]
+    for n in names:
+        put(catalog, c.id, n)
+
+    def ls(**kw):
+        return [(e.name, e.subdir) for e in catalog.list_objects(c.id, **kw)]
+
+    assert [n for n, _ in ls()] == names
+    assert ls(delimiter="/") == [("a", False), ("b/", True), ("c", False), ("d/", True),
+                                 ("e", False)]
+    assert ls(prefix="b/", delimiter="/") == [("b/1", False), ("b/2", False), ("b/3/", True)]
+    assert [n for n, _ in ls(marker="b/2", end_marker="e")] == ["b/3/x", "c", "d/"]
+    assert [n for n, _ in ls(reverse=True, limit=3)] == ["e", "d/", "c"]
+    assert ls(reverse=True, delimiter="/", limit=3) == [("e", False), ("d/", True),
+                                                        ("c", False)]
+    assert [n for n, _ in ls(limit=2, delimiter="/")] == ["a", "b/"]
+    assert ls(prefix="zzz") == []
+
+
+def test_container_listing(catalog):
+    a = catalog.ensure_account("a")
+    for n in ("x", "y", "z"):
+        catalog.create_container(a, n)
+    cid = catalog.container(a, "y").id
+    put(catalog, cid, "o", size=9)
+    rows = catalog.list_containers(a)
+    assert [(n, o, b) for n, o, b, _ in rows] == [("x", 0, 0), ("y", 1, 9), ("z", 0, 0)]
+    assert [r[0] for r in catalog.list_containers(a, marker="x", limit=1)] == ["y"]
+    assert [r[0] for r in catalog.list_containers(a, reverse=True)] == ["z", "y", "x"]
+
+
+def test_users_and_tokens(catalog):
+    u = catalog.add_user("acct", "bob", "hash", admin=False)
+    assert catalog.user_credentials("acct", "bob")[1] == "hash"
+    catalog.add_token("t" * 64, u.id, time.time() + 60)
+    catalog.add_token("x" * 64, u.id, time.time() - 1)
+    assert catalog.token_user("t" * 64, time.time())[0].name == "bob"
+    assert catalog.token_user("x" * 64, time.time()) is None  # expired
+    assert catalog.delete_user("acct", "bob")
+    assert catalog.token_user("t" * 64, time.time()) is None  # tokens go with the user
+    assert not catalog.delete_user("acct", "bob")
+
+
+def test_concurrent_writers_of_one_name_end_with_one_winner(catalog, container):
+    acct, c = container
+    errors = []
+
+    def writer(i):
+        try:
+            for k in range(10):
+                put(catalog, c.id, "same", size=i * 100 + k)
+                put(catalog, c.id, f"own-{i}-{k}", size=1)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    info = catalog.container(acct, "c")
+    current = catalog.object(c.id, "same")
+    assert info.objects == 41
+    assert info.bytes == 40 + current.size  # counters agree with what is visible
