@@ -56,6 +56,20 @@ class BlockStoreContract:
         assert second is not None and second <= first + 0.5
         assert store.age_s([blob()[0]]) == [None]
 
+    def test_touch_refreshes_and_reports_absent(self, store: BlockStore) -> None:
+        import time
+
+        a, b = blob(), blob()
+        store.put_many([a])
+        time.sleep(1.1)
+        (old,) = store.age_s([a[0]])
+        assert old is not None and old >= 1.0
+        assert store.touch_many([b[0], a[0], b[0]]) == [b[0]]
+        (fresh,) = store.age_s([a[0]])
+        assert fresh is not None and fresh < old
+        assert store.get_many([a[0]]) == [a[1]]  # bytes untouched
+        assert store.missing([b[0]]) == [b[0]]  # touching never creates
+
     def test_missing(self, store: BlockStore) -> None:
         a, b, c = blob(), blob(), blob()
         store.put_many([a, c])

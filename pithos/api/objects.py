@@ -26,7 +26,7 @@ from pithos.api.http import (
     x_timestamp,
 )
 from pithos.api.listing import truthy
-from pithos.catalog import ContainerInfo, ObjectVersion, UserInfo
+from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
 from pithos.objects.acl import Action
 
 if TYPE_CHECKING:
@@ -215,9 +215,10 @@ class ObjectHandlers:
             manifest = req.stream.read(self.services.limits.max_manifest_size + 1)
             account = self.services.catalog.account(t.account)
             assert account is not None
-            v = objects.put_slo(account.id, container, t.obj, manifest,
-                                content_type=content_type, meta=meta, modified_by=modified_by,
-                                delete_at=delete_at)
+            with objects.upload_lease():
+                v = objects.put_slo(account.id, container, t.obj, manifest,
+                                    content_type=content_type, meta=meta,
+                                    modified_by=modified_by, delete_at=delete_at)
             self._created(resp, v, f'"{v.etag}"')
             return
         dlo = req.get_header("X-Object-Manifest")
@@ -226,10 +227,11 @@ class ObjectHandlers:
             if "/" not in dlo or dlo.startswith("/"):
                 raise HTTPStatusError(400, "X-Object-Manifest must be in the format "
                                            "container/prefix")
-        stored = objects.store(req.stream, length)
-        v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
-                           content_type=content_type, meta=meta, modified_by=modified_by,
-                           delete_at=delete_at, dlo_manifest=dlo)
+        with objects.upload_lease():
+            stored = objects.store(req.stream, length)
+            v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
+                               content_type=content_type, meta=meta, modified_by=modified_by,
+                               delete_at=delete_at, dlo_manifest=dlo)
         self._created(resp, v, v.etag)
 
     def _created(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
@@ -254,30 +256,39 @@ class ObjectHandlers:
         sys_meta.update(_sys_meta(req))
         keep_manifest = req.get_param("multipart-manifest") == "get"
         content = None
-        if (src.dlo_manifest or src.slo_manifest) and not keep_manifest:
-            # A large object is copied as its content: one map naming the segments' blocks,
-            # and the MD5 of that content as the ETag (the data is read, not written).
-            assert src_account is not None
-            if src.dlo_manifest:
-                segs = objects.dlo_segments(src_account.id, src.dlo_manifest)
-                parts = [(s.root, s.size) for s in segs if s.root is not None]
-            else:
-                assert src.root is not None
-                parts = [(src.root, src.size)]
-            root, size = objects.mapper.concat([(r, 0, None) for r, _ in parts])
-            md5 = hashlib.md5(usedforsecurity=False)
-            for piece in objects.read([(root, size)], 0, size):
-                md5.update(piece)
-            content = (root, size, md5.hexdigest())
-        v = objects.copy(src, dest, dest_name, meta={"user": user_meta, "sys": sys_meta},
-                         content_type=req.get_header("Content-Type") or src.content_type,
-                         modified_by=f"{user.account}:{user.name}" if user else None,
-                         delete_at=_delete_at(req), content=content,
-                         keep_manifest=keep_manifest)
+        # The lease covers the new map of a large object's content and the copy's commit, and
+        # the source's map until the copy names it.
+        with objects.upload_lease():
+            content = self._large_content(src, src_account, keep_manifest)
+            v = objects.copy(src, dest, dest_name, meta={"user": user_meta, "sys": sys_meta},
+                             content_type=req.get_header("Content-Type") or src.content_type,
+                             modified_by=f"{user.account}:{user.name}" if user else None,
+                             delete_at=_delete_at(req), content=content,
+                             keep_manifest=keep_manifest)
         self._created(resp, v, f'"{v.etag}"' if v.slo_manifest else v.etag)
         resp.set_header("X-Copied-From", f"{source[0]}/{source[1]}")
         if source_account != dest.name:
             resp.set_header("X-Copied-From-Account", source_account)
+
+    def _large_content(self, src: ObjectVersion, src_account: AccountInfo | None,
+                       keep_manifest: bool) -> tuple[bytes, int, str] | None:
+        """A large object is copied as its content: one map naming the segments' blocks,
+        and the MD5 of that content as the ETag (the data is read, not written)."""
+        if not (src.dlo_manifest or src.slo_manifest) or keep_manifest:
+            return None
+        objects = self.services.objects
+        if src.dlo_manifest:
+            assert src_account is not None
+            segs = objects.dlo_segments(src_account.id, src.dlo_manifest)
+            parts = [(s.root, s.size) for s in segs if s.root is not None]
+        else:
+            assert src.root is not None
+            parts = [(src.root, src.size)]
+        root, size = objects.mapper.concat([(r, 0, None) for r, _ in parts])
+        md5 = hashlib.md5(usedforsecurity=False)
+        for piece in objects.read([(root, size)], 0, size):
+            md5.update(piece)
+        return root, size, md5.hexdigest()
 
     def on_copy(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         """COPY with Destination: container/object (and Destination-Account)."""

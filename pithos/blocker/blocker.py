@@ -115,6 +115,10 @@ class Blocker:
         """Which of these blocks are absent (each once, in the order given)."""
         return self.store.missing(hashes)
 
+    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Refresh blocks referenced without their bytes; returns the absent ones."""
+        return self.store.touch_many(hashes)
+
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         """Remove blocks; absent ones are ignored.  Callers delete references first."""
         return self.store.delete_many(hashes)

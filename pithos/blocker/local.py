@@ -204,6 +204,22 @@ class LocalBlockStore(BlockStore):
         present = self._map(lambda h: os.path.exists(self._path(h)), unique)
         return [h for h, here in zip(unique, present, strict=True) if not here]
 
+    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+
+        def touch(h: bytes) -> bool:
+            try:
+                os.utime(self._path(h))
+                return True
+            except FileNotFoundError:
+                return False
+
+        try:
+            present = self._map(touch, unique)
+        except OSError as exc:
+            raise _backend_error(exc, "cannot touch block") from exc
+        return [h for h, here in zip(unique, present, strict=True) if not here]
+
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)
         try:

@@ -46,6 +46,14 @@ class MemoryBlockStore(BlockStore):
         with self._lock:
             return list(dict.fromkeys(h for h in hashes if h not in self._blobs))
 
+    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        now = time.monotonic()
+        with self._lock:
+            for h in hashes:
+                if h in self._blobs:
+                    self._put_at[h] = now
+            return list(dict.fromkeys(h for h in hashes if h not in self._blobs))
+
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         removed = 0
         with self._lock:

@@ -53,6 +53,13 @@ class BlockStore(ABC):
         """The hashes of the batch that are absent, in the order given (duplicates once)."""
 
     @abstractmethod
+    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Refresh the age of each present blob, as a repeat put would, without its bytes;
+        returns the absent hashes (in the order given, each once).  A writer that references
+        blocks it did not send (a hashmap upload) touches them first, so that a concurrent
+        sweep, which removes only blobs older than its mark, spares them."""
+
+    @abstractmethod
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         """Remove each blob; durable on return.  Absent hashes are ignored (repeat-safe).
         Returns how many blobs were removed."""

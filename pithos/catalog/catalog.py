@@ -46,7 +46,7 @@ STAT_SHARDS = 8
 _MAX_CHAR = "\U0010ffff"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, synchronous: str = "FULL") -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions start.
@@ -54,7 +54,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is fsynced before it returns, because we acknowledge it to clients.
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
@@ -76,12 +76,17 @@ class Catalog:
         if not self.is_sqlite:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
         self.engine = create_engine(url, **kwargs)
+        self._lease_engine: Engine | None = None
         if self.is_sqlite:
             _sqlite_setup(self.engine)
+            self._lease_engine = create_engine(url)
+            _sqlite_setup(self._lease_engine, synchronous="OFF")
         self.schema_found = s.migrate(self._write)
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lease_engine is not None:
+            self._lease_engine.dispose()
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -463,6 +468,72 @@ class Catalog:
             for r in rows:
                 self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
         return len(rows)
+
+    # -- garbage collection support ------------------------------------------------------------
+
+    def version_roots(self, batch: int = 10000) -> Iterator[bytes]:
+        """The map root of every retained version (current or not), each at least once."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(select(s.versions.c.id, s.versions.c.root)
+                                    .where(and_(s.versions.c.id > last,
+                                                s.versions.c.root.is_not(None)))
+                                    .order_by(s.versions.c.id).limit(batch)).all()
+            for r in rows:
+                yield bytes(r.root)
+            if len(rows) < batch:
+                return
+            last = rows[-1].id
+
+    @contextmanager
+    def _lease_write(self) -> Iterator[Connection]:
+        """A write that need not survive a crash (a lease dies with its holder anyway), so it
+        skips the commit's fsync: leases are taken on every upload."""
+        engine = self._lease_engine or self.engine
+        with engine.connect() as conn:
+            conn.info["begin_mode"] = "IMMEDIATE"
+            try:
+                with conn.begin():
+                    if not self.is_sqlite:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                    yield conn
+            finally:
+                conn.info.pop("begin_mode", None)
+
+    def max_version_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(s.versions.c.id))).scalar() or 0)
+
+    def roots_after(self, version_id: int) -> tuple[list[bytes], int]:
+        """Roots of versions committed after `version_id`, and the newest id seen: the
+        collector asks again just before each sweep, to spare maps committed while it ran."""
+        with self._read() as conn:
+            rows = conn.execute(select(s.versions.c.id, s.versions.c.root)
+                                .where(s.versions.c.id > version_id)
+                                .order_by(s.versions.c.id)).all()
+        newest = rows[-1].id if rows else version_id
+        return [bytes(r.root) for r in rows if r.root is not None], int(newest)
+
+    def begin_upload(self, ttl_s: float = 3600.0) -> int:
+        """Register an upload in flight (a lease); the collector spares every block put after
+        the oldest lease's start.  End it with end_upload; a crashed holder's lease expires."""
+        now = time.time()
+        with self._lease_write() as conn:
+            return int(conn.execute(insert(s.upload_leases).values(
+                started=now, expires=now + ttl_s)).inserted_primary_key[0])
+
+    def end_upload(self, lease_id: int) -> None:
+        with self._lease_write() as conn:
+            conn.execute(delete(s.upload_leases).where(s.upload_leases.c.id == lease_id))
+
+    def oldest_upload(self, now: float | None = None) -> float | None:
+        """Start time of the oldest live upload lease, None if none."""
+        now = time.time() if now is None else now
+        with self._read() as conn:
+            found = conn.execute(select(func.min(s.upload_leases.c.started))
+                                 .where(s.upload_leases.c.expires > now)).scalar()
+        return None if found is None else float(found)
 
     def list_objects(self, container_id: int, prefix: str = "", marker: str = "",
                      end_marker: str = "", limit: int = 10000, reverse: bool = False,

@@ -146,13 +146,72 @@ version_meta = Table(
 )
 
 
+# -- schema version 2: the Pithos extensions and the garbage collector ----------------------------
+
+# Uploads in flight: the garbage collector spares every block put after the oldest start.
+upload_leases = Table(
+    "upload_leases", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+
+# Blocks an account may name by hash (it uploaded them, or read a map that names them): the
+# dedup-without-leaking rule of hashmap uploads.
+account_blocks = Table(
+    "account_blocks", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("hash", LargeBinary(32), primary_key=True),
+)
+
+groups = Table(
+    "groups", metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("member", String(256), primary_key=True),
+)
+
+# X-Object-Sharing of an object or of a pseudo-directory (path ending in "/"), which its
+# descendants inherit.
+sharing = Table(
+    "sharing", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("container_id", Integer, ForeignKey("containers.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("read", Text, nullable=False),
+    Column("write", Text, nullable=False),
+    UniqueConstraint("container_id", "path"),
+)
+
+public_links = Table(
+    "public_links", metadata,
+    Column("token", String(64), primary_key=True),
+    Column("object_id", Integer, ForeignKey("objects.id", ondelete="CASCADE"), nullable=False,
+           unique=True),
+    Column("created", Float, nullable=False),
+)
+
+V1_TABLES = [accounts, account_meta, users, tokens, containers, container_meta,
+             container_stats, objects, versions, version_meta]
+V2_TABLES = [upload_leases, account_blocks, groups, sharing, public_links]
+
+
 def _v1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables
-                                      if t is not schema_version])
+    metadata.create_all(conn, tables=V1_TABLES)
+
+
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=V2_TABLES)
 
 
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
+    (2, _v2),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -104,7 +104,7 @@ def cmd_stats(args: argparse.Namespace, data: DataDir) -> int:
     for _, size in data.blocker.iterate():
         blocks += 1
         total += size
-    stats = {"blocks": blocks, "bytes": total, "maps": len(set(data.roots())),
+    stats = {"blocks": blocks, "bytes": total, "maps": len(set(all_roots(data))),
              "block_size": data.mapper.block_size, "data_dir": os.path.abspath(data.path)}
     if args.json:
         print(json.dumps(stats))
@@ -114,8 +114,18 @@ def cmd_stats(args: argparse.Namespace, data: DataDir) -> int:
     return 0
 
 
+def all_roots(data: DataDir) -> Iterator[bytes]:
+    """Every map root the data directory keeps: retained versions in the catalog, volumes and
+    snapshots, and maps recorded by `pithos store put`."""
+    import archipelago
+
+    yield from data.catalog().version_roots()
+    yield from archipelago.gc_roots(data.path)
+    yield from data.roots()
+
+
 def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
-    report = fsck(data.blocker, data.roots())
+    report = fsck(data.blocker, all_roots(data))
     result = report.as_dict()
     result["stale_tmp_files"] = data.store.stale_tmp_files()
     if args.json:
@@ -170,6 +180,37 @@ def cmd_user_del(args: argparse.Namespace, data: DataDir) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
+    from pithos.mapper.gc import UnsafeToSweep, collect
+
+    catalog = data.catalog()
+    # Versions committed from here on are picked up by late_roots before each sweep batch.
+    seen = catalog.max_version_id()
+
+    def late_roots() -> list[bytes]:
+        nonlocal seen
+        found, seen = catalog.roots_after(seen)
+        return found
+
+    try:
+        report = collect(data.blocker, all_roots(data), dry_run=args.dry_run,
+                         oldest_upload=catalog.oldest_upload(), force=args.force,
+                         late_roots=late_roots)
+    except UnsafeToSweep as exc:
+        raise CliError(str(exc)) from None
+    result = report.as_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verb = "would reclaim" if args.dry_run else "reclaimed"
+        count = report.garbage_blocks if args.dry_run else report.reclaimed_blocks
+        size = report.garbage_bytes if args.dry_run else report.reclaimed_bytes
+        print(f"{verb} {count} blocks ({size} bytes); {report.reachable_blocks} reachable "
+              f"from {report.roots} roots; {report.spared_young_blocks} spared as too young; "
+              f"{report.seconds:.1f} s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     # --data-dir is accepted before or after the subcommand; SUPPRESS keeps a later default
     # from overwriting an earlier value.
@@ -204,6 +245,15 @@ def parser() -> argparse.ArgumentParser:
                                help="verify every block and every recorded map")
     check.add_argument("--json", action="store_true", help="one JSON object")
     check.set_defaults(func=cmd_fsck)
+
+    gc = commands.add_parser("gc", parents=[common],
+                             help="reclaim blocks no version, volume or recorded map uses")
+    gc.add_argument("--dry-run", action="store_true", help="count, do not delete")
+    gc.add_argument("--json", action="store_true", help="one JSON object")
+    gc.add_argument("--force", action="store_true",
+                    help="sweep even when some maps cannot be walked (blocks only they name "
+                         "are lost)")
+    gc.set_defaults(func=cmd_gc)
 
     serve = commands.add_parser("serve", parents=[common],
                                 help="run the object API (Swift v1) on the data directory")

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -117,6 +118,16 @@ class ObjectService:
         self.read_batch_blocks = read_batch_blocks
 
     # -- storing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def upload_lease(self) -> Iterator[None]:
+        """Hold an upload lease while blocks are stored and until the version naming them is
+        committed: the garbage collector spares blocks put after the oldest lease began."""
+        lease = self.catalog.begin_upload()
+        try:
+            yield
+        finally:
+            self.catalog.end_upload(lease)
 
     def store(self, body: BinaryIO, length: int | None) -> Stored:
         """Store a request body as a map (durable on return)."""

@@ -1,0 +1,140 @@
+"""Garbage collection of the block store: an online mark and sweep.
+
+Mark: walk every map from the roots (retained versions, volumes and snapshots, recorded roots)
+and collect every page and block they name.  Sweep: remove each stored block that is not marked
+AND was last put before the cutoff, the earlier of the mark's start and the start of the oldest
+upload in flight.  So a block written (or re-put, or touched by a hashmap upload) while the
+collector runs is never removed: a put refreshes a block's age, and the collector checks the
+age again just before it deletes.
+
+Safety over progress: if a map cannot be walked completely (a page missing or corrupt), its
+children are unknown, so nothing is swept unless the caller forces it.  The job holds no state
+between runs: an interrupted run is simply run again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from pithos.blocker.blocker import Blocker
+from pithos.core.errors import PithosError
+from pithos.core.hashing import to_hex
+from pithos.mapper import codec
+
+_BATCH = 256
+# Block ages come from file or object timestamps, taken from a coarser (or another host's)
+# clock than ours: a block is swept only if it is older than the cutoff by this much more.
+CLOCK_MARGIN_S = 2.0
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    roots: int = 0
+    reachable_blocks: int = 0
+    scanned_blocks: int = 0
+    garbage_blocks: int = 0
+    garbage_bytes: int = 0
+    reclaimed_blocks: int = 0
+    reclaimed_bytes: int = 0
+    spared_young_blocks: int = 0
+    unwalkable_roots: list[str] = field(default_factory=list)
+    swept: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class UnsafeToSweep(PithosError):
+    """Some maps could not be walked; sweeping could remove blocks they name."""
+
+
+def mark(blocker: Blocker, roots: Iterable[bytes], report: GcReport) -> set[bytes]:
+    """Every page and block reachable from `roots`.  Pages shared between maps (versions of one
+    object, clones) are walked once."""
+    reachable: set[bytes] = set()
+    for root in roots:
+        report.roots += 1
+        if root in reachable:
+            continue
+        frontier = [root]
+        while frontier:
+            todo = [h for h in dict.fromkeys(frontier) if h not in reachable]
+            frontier = []
+            for i in range(0, len(todo), _BATCH):
+                chunk = todo[i:i + _BATCH]
+                try:
+                    pages = blocker.get_many(chunk)
+                except PithosError as exc:
+                    report.unwalkable_roots.append(f"{to_hex(root)}: {exc}")
+                    reachable.update(chunk)
+                    continue
+                reachable.update(chunk)
+                for page in pages:
+                    try:
+                        level, hashes, _, _ = codec.decode_page(page)
+                    except ValueError:
+                        report.unwalkable_roots.append(f"{to_hex(root)}: not a map page")
+                        continue
+                    if level > 0:
+                        frontier.extend(hashes)
+                    else:
+                        reachable.update(hashes)
+    report.reachable_blocks = len(reachable)
+    return reachable
+
+
+def collect(blocker: Blocker, roots: Iterable[bytes], *, dry_run: bool = False,
+            oldest_upload: float | None = None, force: bool = False,
+            late_roots: Callable[[], Iterable[bytes]] | None = None,
+            clock_margin_s: float = CLOCK_MARGIN_S) -> GcReport:
+    """Mark from `roots`, then sweep (or, with `dry_run`, only count) unreachable blocks put
+    before min(mark start, `oldest_upload`).  Before each sweep batch, `late_roots()` gives
+    the roots committed since the last call (e.g. copies of old maps made while the collector
+    ran); they are marked too.  Raises UnsafeToSweep if a map could not be walked (unless
+    `force`)."""
+    started = time.time()
+    report = GcReport(dry_run=dry_run)
+    reachable = mark(blocker, roots, report)
+    if report.unwalkable_roots and not force:
+        report.seconds = time.time() - started
+        raise UnsafeToSweep(
+            f"{len(report.unwalkable_roots)} map(s) could not be walked; nothing was swept "
+            f"(run fsck; first: {report.unwalkable_roots[0]})")
+    cutoff = (started if oldest_upload is None else min(started, oldest_upload)) - clock_margin_s
+    batch: list[tuple[bytes, int]] = []
+
+    def sweep() -> None:
+        if late_roots is not None:
+            reachable.update(mark(blocker, late_roots(), GcReport(dry_run=True)))
+            batch[:] = [(h, n) for h, n in batch if h not in reachable]
+        # Ask for the ages now, just before deleting: a block re-put since the scan is young.
+        ages = blocker.store.age_s([h for h, _ in batch])
+        now = time.time()
+        old = [(h, n) for (h, n), age in zip(batch, ages, strict=True)
+               if age is not None and now - age < cutoff]
+        report.spared_young_blocks += len(batch) - len(old)
+        report.garbage_blocks += len(old)
+        report.garbage_bytes += sum(n for _, n in old)
+        if old and not dry_run:
+            # (If another collector ran at the same time, some were already gone: the byte
+            # count is then an upper bound.)
+            report.reclaimed_blocks += blocker.delete_many([h for h, _ in old])
+            report.reclaimed_bytes += sum(n for _, n in old)
+        batch.clear()
+
+    for hash_, size in blocker.iterate():
+        report.scanned_blocks += 1
+        if hash_ not in reachable:
+            batch.append((hash_, size))
+            if len(batch) >= _BATCH:
+                sweep()
+    if batch:
+        sweep()
+    report.swept = not dry_run
+    report.seconds = time.time() - started
+    return report
+
