@@ -194,3 +194,34 @@ def test_concurrent_writers_of_one_name_end_with_one_winner(catalog, container):
     current = catalog.object(c.id, "same")
     assert info.objects == 41
     assert info.bytes == 40 + current.size  # counters agree with what is visible
+
+
+def test_version_history_until_and_purge(catalog, container):
+    _, c = container
+    v1 = put(catalog, c.id, "o", size=1)
+    time.sleep(0.01)
+    t1 = time.time()
+    time.sleep(0.01)
+    v2 = put(catalog, c.id, "o", size=2)
+    put(catalog, c.id, "other", size=5)
+    assert [vid for vid, _, _ in catalog.versions(c.id, "o")] == [v1.vid, v2.vid]
+    assert catalog.object_version(c.id, "o", v1.vid).size == 1
+    assert catalog.object_version(c.id, "other", v1.vid) is None  # ids are per object
+    assert catalog.object_at(c.id, "o", t1).size == 1
+    assert [e.name for e in catalog.list_objects(c.id, until=t1)] == ["o"]
+    catalog.delete_object(c.id, "o")
+    assert catalog.object_at(c.id, "o", time.time()) is None
+    assert catalog.object_at(c.id, "o", t1).vid == v1.vid
+    assert catalog.purge_history(c.id, "o", time.time() + 1) == 2  # the marker stays current
+    assert catalog.versions(c.id, "o") == []
+
+
+def test_versioning_none_keeps_no_history(catalog):
+    acct = catalog.ensure_account("a")
+    catalog.create_container(acct, "flat", versioning="none")
+    c = catalog.container(acct, "flat")
+    put(catalog, c.id, "o", size=1)
+    v2 = put(catalog, c.id, "o", size=2)
+    assert [vid for vid, _, _ in catalog.versions(c.id, "o")] == [v2.vid]
+    catalog.delete_object(c.id, "o")
+    assert catalog.versions(c.id, "o") == []

@@ -10,10 +10,11 @@ import secrets
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import falcon
 
+from pithos.api.auth import RESELLER_PREFIX
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import (
@@ -27,6 +28,7 @@ from pithos.api.http import (
 )
 from pithos.api.listing import truthy
 from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
+from pithos.core.hashing import to_hex
 from pithos.objects.acl import Action
 
 if TYPE_CHECKING:
@@ -68,6 +70,16 @@ def _delete_at(req: falcon.Request) -> float | None:
     return None
 
 
+def parse_until(req: falcon.Request) -> float | None:
+    text = req.get_param("until")
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise HTTPStatusError(400, "until must be a UNIX timestamp") from None
+
+
 def _sys_meta(req: falcon.Request) -> dict[str, str]:
     return {h.lower(): v for h in SYS_HEADERS if (v := req.get_header(h)) is not None}
 
@@ -90,6 +102,34 @@ class ObjectHandlers:
             raise HTTPStatusError(404, "The resource could not be found.")
         return version
 
+    def _chosen_version(self, req: falcon.Request, container: ContainerInfo,
+                        name: str) -> ObjectVersion:
+        """The current version, or the one named by ?version=ID (of this object only), or the
+        one current at ?until=TIMESTAMP."""
+        vid = req.get_param("version")
+        until = parse_until(req)
+        if vid:
+            v = self.services.catalog.object_version(container.id, name, vid)
+        elif until is not None:
+            v = self.services.catalog.object_at(container.id, name, until)
+        else:
+            v = self.services.catalog.object(container.id, name)
+        if v is None:
+            raise HTTPStatusError(404, "The resource could not be found.")
+        return v
+
+    def _version_list(self, req: falcon.Request, resp: falcon.Response,
+                      container: ContainerInfo, name: str) -> None:
+        versions = self.services.catalog.versions(container.id, name)
+        if not versions and self.services.catalog.object(container.id, name) is None:
+            raise HTTPStatusError(404, "The resource could not be found.")
+        if (req.get_param("format") or "json") == "json":
+            resp.content_type = "application/json; charset=utf-8"
+            resp.text = json.dumps({"versions": [[vid, ts] for vid, ts, _ in versions]})
+        else:
+            resp.content_type = "text/plain; charset=utf-8"
+            resp.text = "".join(f"{vid} {ts}\n" for vid, ts, _ in versions)
+
     def _headers(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
         resp.set_header("ETag", etag)
         resp.set_header("Last-Modified", http_date(v.created))
@@ -97,6 +137,10 @@ class ObjectHandlers:
         resp.set_header("Accept-Ranges", "bytes")
         resp.set_header("X-Object-UUID", v.uuid)
         resp.set_header("X-Object-Version", v.vid)
+        resp.set_header("X-Object-Version-Timestamp", x_timestamp(v.created))
+        if v.root is not None and not v.dlo_manifest:
+            resp.set_header("X-Object-Hash",
+                            to_hex(self.services.objects.mapper.object_hash(v.root)))
         if v.modified_by:
             resp.set_header("X-Object-Modified-By", v.modified_by)
         for k, val in meta_headers("X-Object-Meta-", v.user_meta()).items():
@@ -123,7 +167,10 @@ class ObjectHandlers:
         assert t.container is not None and t.obj is not None
         account, container = self.authz.container(req.context.user, t.account, t.container,
                                                   Action.OBJECT_READ)
-        v = self._object(container, t.obj)
+        if req.get_param("version") == "list":
+            self._version_list(req, resp, container, t.obj)
+            return
+        v = self._chosen_version(req, container, t.obj)
         manifest_get = req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:
             body = v.slo_manifest.encode()
@@ -196,7 +243,9 @@ class ObjectHandlers:
         _, container = self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         copy_from = req.get_header("X-Copy-From")
         if copy_from is not None:
-            account = req.get_header("X-Copy-From-Account") or t.account
+            from pithos.api.swift import account_name
+
+            account = account_name(req.get_header("X-Copy-From-Account") or t.account)
             self._copy(req, resp, user, _split_source(copy_from), account, container, t.obj)
             return
         if req.get_header("If-None-Match") == "*" and \
@@ -247,7 +296,14 @@ class ObjectHandlers:
               dest_name: str) -> None:
         src_account, src_container = self.authz.container(
             user, source_account, source[0], Action.OBJECT_READ)
-        src = self._object(src_container, source[1])
+        source_version = req.get_header("X-Source-Version")
+        if source_version:
+            src = self.services.catalog.object_version(src_container.id, source[1],
+                                                       source_version)
+            if src is None:
+                raise HTTPStatusError(404, "no such version of the source object")
+        else:
+            src = self._object(src_container, source[1])
         objects = self.services.objects
         fresh = truthy(req.get_header("X-Fresh-Metadata"))
         user_meta = {} if fresh else dict(src.user_meta())
@@ -266,9 +322,9 @@ class ObjectHandlers:
                              delete_at=_delete_at(req), content=content,
                              keep_manifest=keep_manifest)
         self._created(resp, v, f'"{v.etag}"' if v.slo_manifest else v.etag)
-        resp.set_header("X-Copied-From", f"{source[0]}/{source[1]}")
-        if source_account != dest.name:
-            resp.set_header("X-Copied-From-Account", source_account)
+        # Quoted, as Swift does: names may hold characters a header cannot.
+        resp.set_header("X-Copied-From", quote(f"{source[0]}/{source[1]}"))
+        resp.set_header("X-Copied-From-Account", quote(RESELLER_PREFIX + source_account))
 
     def _large_content(self, src: ObjectVersion, src_account: AccountInfo | None,
                        keep_manifest: bool) -> tuple[bytes, int, str] | None:
@@ -330,6 +386,12 @@ class ObjectHandlers:
                                                   Action.OBJECT_WRITE)
         catalog = self.services.catalog
         modified_by = f"{user.account}:{user.name}" if user else None
+        until = parse_until(req)
+        if until is not None:
+            # Pithos: DELETE ?until= purges the object's history before that time.
+            self.services.catalog.purge_history(container.id, t.obj, until)
+            resp.status = falcon.HTTP_204
+            return
         if req.get_param("multipart-manifest") == "delete":
             v = self._object(container, t.obj)
             if v.slo_manifest:

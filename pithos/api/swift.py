@@ -14,6 +14,7 @@ from pithos.api.auth import RESELLER_PREFIX
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import check_names, decode_path, meta_from_headers, meta_headers, x_timestamp
+from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.catalog import AccountInfo, ContainerInfo, UserInfo
 from pithos.core.errors import Conflict, InvalidArgument
 from pithos.objects.acl import Action, decide, parse_account_acl, validate_container_acl
@@ -79,7 +80,6 @@ class SwiftSink:
     """falcon sink for /v1/..."""
 
     def __init__(self, services: Services) -> None:
-        from pithos.api.objects import ObjectHandlers
 
         self.services = services
         self.authz = Authz(services)
@@ -155,6 +155,20 @@ class SwiftSink:
     def _container_policy(self, req: falcon.Request, user: UserInfo | None, t: Target,
                           account: AccountInfo) -> dict[str, object]:
         policy: dict[str, object] = {}
+        versioning = req.get_header("X-Container-Policy-Versioning")
+        if versioning is not None:
+            if versioning.lower() not in ("auto", "none"):
+                raise HTTPStatusError(400, "X-Container-Policy-Versioning is auto or none")
+            policy["versioning"] = versioning.lower()
+        quota = req.get_header("X-Container-Policy-Quota")
+        if quota is not None:
+            try:
+                policy["quota_bytes"] = int(quota) or None
+                if int(quota) < 0:
+                    raise ValueError
+            except ValueError:
+                raise HTTPStatusError(400, "X-Container-Policy-Quota is a number of bytes "
+                                           "(0: none)") from None
         for header, column, for_read in (("X-Container-Read", "read_acl", True),
                                          ("X-Container-Write", "write_acl", False)):
             value = req.get_header(header)
@@ -195,6 +209,12 @@ class SwiftSink:
         assert t.container is not None
         _, container = self.authz.container(req.context.user, t.account, t.container,
                                             Action.CONTAINER_WRITE)
+        until = parse_until(req)
+        if until is not None:
+            # Pithos: DELETE ?until= purges the history of every object in the container.
+            self.services.catalog.purge_history(container.id, None, until)
+            resp.status = falcon.HTTP_204
+            return
         try:
             self.services.catalog.delete_container(container.id)
         except Conflict:
@@ -211,6 +231,8 @@ class SwiftSink:
         resp.set_header("X-Storage-Policy", "default")
         resp.set_header("X-Container-Block-Size", str(self.services.block_size))
         resp.set_header("X-Container-Block-Hash", "blake3")
+        resp.set_header("X-Container-Policy-Versioning", c.versioning or "auto")
+        resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
         for k, v in meta_headers("X-Container-Meta-", c.meta).items():
             resp.set_header(k, v)
         if account is not None and decide(user, account.name, account.acl,
@@ -234,13 +256,14 @@ class SwiftSink:
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
         delimiter = req.get_param("delimiter") or ""
         path = req.get_param("path")
-        if path is not None:
-            # Swift's path=: the direct children of a pseudo-directory.
-            params["prefix"] = path.rstrip("/") + "/" if path else ""
-            delimiter = "/"
         if len(delimiter) > 1:
             raise HTTPStatusError(412, "Bad delimiter")
-        entries = self.services.catalog.list_objects(
-            c.id, delimiter=delimiter, **params)  # type: ignore[arg-type]
+        if path is not None:
+            entries = self.services.objects.list_path(
+                c.id, path, **params)  # type: ignore[arg-type]
+        else:
+            entries = self.services.catalog.list_objects(
+                c.id, delimiter=delimiter, until=parse_until(req),
+                **params)  # type: ignore[arg-type]
         self._container_headers(resp, account, c, user)
         listing.send_objects(resp, listing.listing_format(req), t.container, entries)

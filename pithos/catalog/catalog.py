@@ -321,9 +321,19 @@ class Catalog:
     # -- objects -------------------------------------------------------------------------------
 
     @staticmethod
-    def _visible(q: Any, now: float) -> Any:
+    def _visible(q: Any, now: float, until: float | None = None) -> Any:
+        """Restrict `q` to visible objects joined with their current version, or with the
+        version they had at time `until`."""
         v = s.versions
-        return q.select_from(s.objects.join(v, v.c.id == s.objects.c.current_id)).where(and_(
+        if until is None:
+            joined = s.objects.join(v, v.c.id == s.objects.c.current_id)
+        else:
+            then = (select(v.c.object_id, func.max(v.c.id).label("version_id"))
+                    .where(v.c.created <= until).group_by(v.c.object_id).subquery())
+            joined = s.objects.join(then, then.c.object_id == s.objects.c.id).join(
+                v, v.c.id == then.c.version_id)
+            now = min(now, until)
+        return q.select_from(joined).where(and_(
             v.c.deleted.is_(False), or_(v.c.delete_at.is_(None), v.c.delete_at > now)))
 
     def object(self, container_id: int, name: str, now: float | None = None
@@ -359,6 +369,7 @@ class Catalog:
                          .values(current_id=version_id))
             old_size = previous.size if previous is not None else 0
             self._count(conn, container_id, 0 if previous is not None else 1, size - old_size)
+            self._drop_history_unless_kept(conn, container_id, obj_id, version_id)
             row = conn.execute(_version_columns().select_from(
                 s.objects.join(s.versions, s.versions.c.id == s.objects.c.current_id))
                 .where(s.objects.c.id == obj_id)).one()
@@ -454,6 +465,71 @@ class Catalog:
         conn.execute(update(s.objects).where(s.objects.c.id == object_id)
                      .values(current_id=marker))
         self._count(conn, container_id, -1, -size)
+        self._drop_history_unless_kept(conn, container_id, object_id, int(marker))
+
+    def _drop_history_unless_kept(self, conn: Connection, container_id: int, object_id: int,
+                                  current_id: int) -> None:
+        """Under the container policy `X-Container-Policy-Versioning: none`, a new version
+        replaces the old ones instead of keeping them."""
+        policy = conn.execute(select(s.containers.c.versioning)
+                              .where(s.containers.c.id == container_id)).scalar()
+        if policy == "none":
+            conn.execute(delete(s.versions).where(and_(s.versions.c.object_id == object_id,
+                                                       s.versions.c.id != current_id)))
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def versions(self, container_id: int, name: str) -> list[tuple[str, float, int]]:
+        """(version id, timestamp, size) of every retained content version of an object,
+        oldest first (deletion markers are not versions)."""
+        o, v = s.objects, s.versions
+        with self._read() as conn:
+            rows = conn.execute(select(v.c.vid, v.c.created, v.c.size)
+                                .select_from(o.join(v, v.c.object_id == o.c.id))
+                                .where(and_(o.c.container_id == container_id, o.c.name == name,
+                                            v.c.deleted.is_(False)))
+                                .order_by(v.c.id)).all()
+        return [(r.vid, r.created, r.size) for r in rows]
+
+    def object_version(self, container_id: int, name: str, vid: str) -> ObjectVersion | None:
+        """A retained version of this object by its id (ids of other objects give None)."""
+        o, v = s.objects, s.versions
+        with self._read() as conn:
+            row = conn.execute(_version_columns().select_from(
+                o.join(v, v.c.object_id == o.c.id)).where(and_(
+                    o.c.container_id == container_id, o.c.name == name, v.c.vid == vid,
+                    v.c.deleted.is_(False)))).first()
+            return None if row is None else _version(conn, row)
+
+    def object_at(self, container_id: int, name: str, until: float) -> ObjectVersion | None:
+        """The object as it was at time `until` (None if it did not exist then)."""
+        o, v = s.objects, s.versions
+        with self._read() as conn:
+            row = conn.execute(_version_columns().select_from(
+                o.join(v, v.c.object_id == o.c.id)).where(and_(
+                    o.c.container_id == container_id, o.c.name == name,
+                    v.c.created <= until)).order_by(v.c.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            deleted = conn.execute(select(v.c.deleted).where(v.c.id == row.version_id)).scalar()
+            if deleted or (row.delete_at is not None and row.delete_at <= until):
+                return None
+            return _version(conn, row)
+
+    def purge_history(self, container_id: int, name: str | None, until: float) -> int:
+        """Delete the versions (not the current ones) created before `until`, of one object or
+        of the whole container; returns how many.  Their blocks become garbage."""
+        o, v = s.objects, s.versions
+        with self._write() as conn:
+            q = select(v.c.id).select_from(o.join(v, v.c.object_id == o.c.id)).where(and_(
+                o.c.container_id == container_id, v.c.created < until,
+                or_(o.c.current_id.is_(None), v.c.id != o.c.current_id)))
+            if name is not None:
+                q = q.where(o.c.name == name)
+            ids = list(conn.execute(q).scalars())
+            for i in range(0, len(ids), 500):
+                conn.execute(delete(s.versions).where(s.versions.c.id.in_(ids[i:i + 500])))
+            return len(ids)
 
     def reap_expired(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete objects whose X-Delete-At has passed; returns how many."""
@@ -537,7 +613,8 @@ class Catalog:
 
     def list_objects(self, container_id: int, prefix: str = "", marker: str = "",
                      end_marker: str = "", limit: int = 10000, reverse: bool = False,
-                     delimiter: str = "", now: float | None = None) -> list[ListingEntry]:
+                     delimiter: str = "", now: float | None = None,
+                     until: float | None = None) -> list[ListingEntry]:
         """Visible objects by name; with a delimiter, names that continue past it after the
         prefix collapse into one pseudo-directory entry."""
         now = time.time() if now is None else now
@@ -546,7 +623,7 @@ class Catalog:
             while len(out) < limit:
                 q = self._visible(select(s.objects.c.name, s.versions.c.size,
                                          s.versions.c.etag, s.versions.c.content_type,
-                                         s.versions.c.created), now).where(
+                                         s.versions.c.created), now, until).where(
                     s.objects.c.container_id == container_id)
                 q = _name_window(q, s.objects.c.name, prefix, marker, end_marker, reverse)
                 rows = conn.execute(q.limit(limit - len(out))).all()
