@@ -370,3 +370,7 @@ if __name__ == "__main__":
         sys.exit(main())
     except KeyboardInterrupt:
         sys.exit(130)
+    except RuntimeError as exc:
+        # Our own start-up failures (a server that would not come up, a missing tool) carry
+        # the log tail that explains them; a traceback would add nothing.
+        sys.exit(f"swift_bench: {exc}")
