@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pithos.catalog import Catalog, ContainerInfo, ObjectVersion
+from pithos.catalog import Catalog, ContainerInfo, ListingEntry, ObjectVersion
 from pithos.core.errors import (
     ChecksumMismatch,
     Conflict,
@@ -180,6 +180,29 @@ class ObjectService:
             start += size
         return self.mapper.read_pieces(_chain(pieces), self.read_batch_blocks, self.prefetch)
 
+    # -- listings ------------------------------------------------------------------------------
+
+    def list_path(self, container_id: int, path: str, *, limit: int, marker: str = "",
+                  end_marker: str = "", reverse: bool = False, prefix: str = ""
+                  ) -> list[ListingEntry]:
+        """Swift's `path=`: the objects directly under the pseudo-directory `path`, in name
+        order.  Deeper names are skipped (no subdir entries) and so is the directory marker
+        object `path/` itself; `prefix` is ignored, as Swift ignores it with a path."""
+        under = path.rstrip("/") + "/" if path else ""
+        out: list[ListingEntry] = []
+        while len(out) < limit:
+            want = limit - len(out)
+            page = self.catalog.list_objects(container_id, prefix=under, marker=marker,
+                                             end_marker=end_marker, limit=want,
+                                             reverse=reverse, delimiter="/")
+            out.extend(e for e in page if not e.subdir and e.name != under)
+            if len(page) < want:
+                break
+            last = page[-1]
+            # Past a pseudo-directory: every name under it sorts after it (before, reversed).
+            marker = last.name + _MAX_CHAR if last.subdir and not reverse else last.name
+        return out
+
     # -- dynamic large objects -----------------------------------------------------------------
 
     def dlo_segments(self, account_id: int, manifest: str) -> list[ObjectVersion]:
@@ -268,6 +291,10 @@ class ObjectService:
             container.id, name, root=root, size=size, etag=etags.hexdigest(),
             content_type=content_type, meta=meta, modified_by=modified_by,
             delete_at=delete_at, slo_manifest=json.dumps(stored))
+
+
+# Sorts after every name that follows a given prefix (as the catalog's listings use it).
+_MAX_CHAR = "\U0010ffff"
 
 
 def _segment_range(text: str, size: int) -> tuple[int, int]:
