@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pithos.catalog import Catalog
 from pithos.identity import Identity
+from pithos.objects.hashmaps import Hashmaps
 from pithos.objects.service import Limits, ObjectService
 
 
@@ -16,5 +17,6 @@ class Services:
     objects: ObjectService
     limits: Limits
     block_size: int
+    hashmaps: Hashmaps
     # Where clients reach us, when a load balancer in front changes it (else from the request).
     public_url: str | None = None

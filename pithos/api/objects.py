@@ -9,7 +9,7 @@ import mimetypes
 import secrets
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import falcon
@@ -30,10 +30,12 @@ from pithos.api.listing import truthy
 from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
 from pithos.core.hashing import to_hex
 from pithos.objects.acl import Action
+from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, update_content
 
 if TYPE_CHECKING:
     from pithos.api.swift import Authz, Target
 
+HASHMAP_BODY_MAX = 64 * 1024 * 1024
 # Response headers kept as object metadata, in the "sys" domain (replaced by POST, as Swift).
 SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",
                "Cache-Control", "Expires")
@@ -118,6 +120,22 @@ class ObjectHandlers:
             raise HTTPStatusError(404, "The resource could not be found.")
         return v
 
+    def _hashmap(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion) -> None:
+        user = req.context.user
+        if user is None:
+            raise HTTPStatusError(401, "a hashmap names blocks: log in to read it")
+        reader = self.services.catalog.account(user.account)
+        reader_id = reader.id if reader else self.services.catalog.ensure_account(user.account)
+        try:
+            start = int(req.get_param("marker") or 0)
+            limit = min(int(req.get_param("limit") or HASHMAP_PAGE), HASHMAP_PAGE)
+        except ValueError:
+            raise HTTPStatusError(400, "marker and limit are entry counts") from None
+        doc = self.services.hashmaps.hashmap(reader_id, v, start, limit)
+        self._headers(resp, v, v.etag)
+        resp.content_type = "application/json; charset=utf-8"
+        resp.text = json.dumps(doc)
+
     def _version_list(self, req: falcon.Request, resp: falcon.Response,
                       container: ContainerInfo, name: str) -> None:
         versions = self.services.catalog.versions(container.id, name)
@@ -171,6 +189,9 @@ class ObjectHandlers:
             self._version_list(req, resp, container, t.obj)
             return
         v = self._chosen_version(req, container, t.obj)
+        if "hashmap" in req.params:
+            self._hashmap(req, resp, v)
+            return
         manifest_get = req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:
             body = v.slo_manifest.encode()
@@ -260,6 +281,10 @@ class ObjectHandlers:
         if length is None and not chunked:
             raise HTTPStatusError(411, "Length Required")
         objects = self.services.objects
+        if "hashmap" in req.params:
+            self._put_hashmap(req, resp, user, container, t.obj, content_type=content_type,
+                              meta=meta, modified_by=modified_by, delete_at=delete_at)
+            return
         if req.get_param("multipart-manifest") == "put":
             manifest = req.stream.read(self.services.limits.max_manifest_size + 1)
             account = self.services.catalog.account(t.account)
@@ -281,6 +306,25 @@ class ObjectHandlers:
             v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
                                content_type=content_type, meta=meta, modified_by=modified_by,
                                delete_at=delete_at, dlo_manifest=dlo)
+        self._created(resp, v, v.etag)
+
+    def _put_hashmap(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
+                     container: ContainerInfo, name: str, **kw: Any) -> None:
+        if user is None:
+            raise HTTPStatusError(401, "log in to upload by hashmap")
+        body = req.stream.read(HASHMAP_BODY_MAX + 1)
+        if len(body) > HASHMAP_BODY_MAX:
+            raise HTTPStatusError(413, "hashmap too large")
+        account_id = self.services.catalog.ensure_account(user.account)
+        try:
+            with self.services.objects.upload_lease():
+                v = self.services.hashmaps.put(account_id, container, name, body,
+                                               etag=req.get_header("ETag"), **kw)
+        except MissingBlocks as exc:
+            resp.status = falcon.HTTP_409
+            resp.content_type = "application/json; charset=utf-8"
+            resp.text = json.dumps([to_hex(h) for h in exc.hashes])
+            return
         self._created(resp, v, v.etag)
 
     def _created(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
@@ -368,6 +412,10 @@ class ObjectHandlers:
         _, container = self.authz.container(req.context.user, t.account, t.container,
                                             Action.OBJECT_WRITE)
         current = self._object(container, t.obj)
+        if any(req.get_header(h) is not None
+               for h in ("Content-Range", "X-Object-Bytes", "X-Source-Object")):
+            self._update(req, resp, t, container, current)
+            return
         delete_at = _delete_at(req)
         if delete_at is None and req.get_header("X-Remove-Delete-At") is None:
             delete_at = current.delete_at
@@ -378,6 +426,52 @@ class ObjectHandlers:
         resp.status = falcon.HTTP_202
         resp.content_type = "text/html; charset=UTF-8"
         resp.text = ""
+
+    def _update(self, req: falcon.Request, resp: falcon.Response, t: Target,
+                container: ContainerInfo, current: ObjectVersion) -> None:
+        """Pithos in-place updates: Content-Range: bytes START-END/* writes the body (or
+        X-Source-Object's data) there, bytes */* appends, X-Object-Bytes truncates."""
+        user = req.context.user
+        if current.root is None or current.dlo_manifest or current.slo_manifest:
+            raise HTTPStatusError(409, "a large object manifest cannot be updated in place")
+        offset, length = _content_range(req.get_header("Content-Range"))
+        source = None
+        src_name = req.get_header("X-Source-Object")
+        if src_name is not None:
+            src_account = req.get_header("X-Source-Account") or t.account
+            src_container_name, src_obj = _split_source(src_name)
+            _, src_container = self.authz.container(user, src_account, src_container_name,
+                                                    Action.OBJECT_READ)
+            vid = req.get_header("X-Source-Version")
+            src = (self.services.catalog.object_version(src_container.id, src_obj, vid)
+                   if vid else self.services.catalog.object(src_container.id, src_obj))
+            if src is None or src.root is None:
+                raise HTTPStatusError(404, "no such source object")
+            source = (src.root, src.size)
+        elif req.get_header("Content-Range") is not None:
+            body_length = req.content_length
+            if body_length is None:
+                raise HTTPStatusError(411, "Length Required")
+            if length is not None and length != body_length:
+                raise HTTPStatusError(416, "the body's length does not match Content-Range")
+            length = body_length
+        truncate = None
+        if req.get_header("X-Object-Bytes") is not None:
+            try:
+                truncate = int(req.get_header("X-Object-Bytes") or "")
+                if truncate < 0:
+                    raise ValueError
+            except ValueError:
+                raise HTTPStatusError(400, "X-Object-Bytes is a size in bytes") from None
+        with self.services.objects.upload_lease():
+            v = update_content(
+                self.services.hashmaps, container, current, offset=offset, length=length,
+                body=req.stream if source is None and length is not None else None,
+                source=source, truncate=truncate,
+                modified_by=f"{user.account}:{user.name}" if user else None)
+        resp.status = falcon.HTTP_204
+        resp.set_header("ETag", v.etag)
+        resp.set_header("X-Object-Version", v.vid)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None and t.obj is not None
@@ -437,6 +531,27 @@ class ObjectHandlers:
         else:
             resp.content_type = "text/plain; charset=utf-8"
             resp.text = "".join(f"{k}: {val}\n" for k, val in result.items())
+
+
+def _content_range(text: str | None) -> tuple[int | None, int | None]:
+    """Content-Range of an update -> (offset or None to append, length or None)."""
+    if text is None:
+        return None, None
+    unit, _, spec = text.strip().partition(" ")
+    rng, _, _total = spec.partition("/")
+    if unit.lower() != "bytes" or not rng:
+        raise HTTPStatusError(416, "Content-Range must be 'bytes START-END/*' or 'bytes */*'")
+    if rng == "*":
+        return None, None
+    first, _, last = rng.partition("-")
+    try:
+        start = int(first)
+        end = int(last) if last else None
+    except ValueError:
+        raise HTTPStatusError(416, "bad Content-Range") from None
+    if start < 0 or (end is not None and end < start):
+        raise HTTPStatusError(416, "bad Content-Range")
+    return start, None if end is None else end - start + 1
 
 
 def _split_source(text: str) -> tuple[str, str]:

@@ -4,12 +4,13 @@ behaviour where the spec is silent."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 
 import falcon
 
-from pithos.api import listing
+from pithos.api import bulk, listing
 from pithos.api.auth import RESELLER_PREFIX
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -17,6 +18,7 @@ from pithos.api.http import check_names, decode_path, meta_from_headers, meta_he
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.catalog import AccountInfo, ContainerInfo, UserInfo
 from pithos.core.errors import Conflict, InvalidArgument
+from pithos.core.hashing import from_hex, to_hex
 from pithos.objects.acl import Action, decide, parse_account_acl, validate_container_acl
 
 
@@ -137,6 +139,9 @@ class SwiftSink:
         listing.send_containers(resp, fmt, RESELLER_PREFIX + t.account, rows)
 
     def account_post(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        if req.get_param("bulk-delete") is not None:
+            bulk.bulk_delete(self.services, self.authz, req, resp, t.account)
+            return
         user = req.context.user
         info = self.authz.account(user, t.account, Action.ACCOUNT_WRITE)
         meta = meta_from_headers(req.headers, "X-ACCOUNT-META-", self.services.limits)
@@ -149,6 +154,11 @@ class SwiftSink:
                 raise HTTPStatusError(400, str(exc)) from None
         self.services.catalog.update_account(info.id, meta, acl=acl, set_acl=acl is not None)
         resp.status = falcon.HTTP_204
+
+    def account_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        if req.get_param("bulk-delete") is None:
+            raise HTTPStatusError(405, "DELETE is not allowed here")
+        bulk.bulk_delete(self.services, self.authz, req, resp, t.account)
 
     # -- container -----------------------------------------------------------------------------
 
@@ -197,6 +207,9 @@ class SwiftSink:
     def container_post(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
         user = req.context.user
+        if "blocks" in req.params or "missing" in req.params:
+            self._blocks(req, resp, t)
+            return
         info, container = self.authz.container(user, t.account, t.container,
                                                 Action.CONTAINER_WRITE)
         assert info is not None
@@ -204,6 +217,42 @@ class SwiftSink:
         policy = self._container_policy(req, user, t, info)
         self.services.catalog.update_container(container.id, meta, **policy)
         resp.status = falcon.HTTP_204
+
+    def _blocks(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        """POST ?blocks: raw blocks in the body (cut at the block size, or at the lengths in
+        X-Block-Lengths), answered with their hashes.  POST ?missing: a JSON list of hashes,
+        answered with those the client must send.  Both only for who may write here, and
+        both answer for the caller's own account only (dedup without leaking)."""
+        assert t.container is not None
+        user = req.context.user
+        self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
+        if user is None:
+            raise HTTPStatusError(401, "log in to upload blocks")
+        account_id = self.services.catalog.ensure_account(user.account)
+        hashmaps = self.services.hashmaps
+        if "missing" in req.params:
+            try:
+                wanted = [from_hex(h) for h in json.loads(req.stream.read(16 * 1024 * 1024))]
+            except (ValueError, TypeError):
+                raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
+            missing = hashmaps.missing(account_id, wanted)
+        else:
+            lengths_text = req.get_header("X-Block-Lengths")
+            try:
+                lengths = ([int(n) for n in lengths_text.split(",")] if lengths_text
+                           else None)
+            except ValueError:
+                raise HTTPStatusError(400, "X-Block-Lengths is a comma-separated list") \
+                    from None
+            if req.content_length is None and "chunked" not in (
+                    req.get_header("Transfer-Encoding") or "").lower():
+                raise HTTPStatusError(411, "Length Required")
+            with self.services.objects.upload_lease():
+                missing = hashmaps.store_blocks(account_id, req.stream, req.content_length,
+                                                lengths)
+        resp.status = falcon.HTTP_200
+        resp.content_type = "application/json; charset=utf-8"
+        resp.text = json.dumps([to_hex(h) for h in missing])
 
     def container_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None

@@ -12,7 +12,7 @@ import random
 import secrets
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,6 +29,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from pithos.catalog import schema as s
@@ -349,11 +351,15 @@ class Catalog:
                     content_type: str, meta: Mapping[str, Mapping[str, str]],
                     modified_by: str | None = None, delete_at: float | None = None,
                     dlo_manifest: str | None = None, slo_manifest: str | None = None,
-                    created: float | None = None) -> ObjectVersion:
-        """Make a new version the current one, atomically with the usage counters.  The map
-        it names must already be durable (write ordering)."""
+                    created: float | None = None,
+                    grant: tuple[int, Sequence[bytes]] | None = None) -> ObjectVersion:
+        """Make a new version the current one, atomically with the usage counters (and with
+        `grant`: (account id, block hashes) it may name from now on).  The map it names must
+        already be durable (write ordering)."""
         now = time.time()
         with self._write() as conn:
+            if grant is not None:
+                self._grant(conn, *grant)
             obj_id, previous = self._object_for_write(conn, container_id, name, now)
             vid = secrets.token_hex(16)
             version_id = int(conn.execute(insert(s.versions).values(
@@ -544,6 +550,60 @@ class Catalog:
             for r in rows:
                 self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
         return len(rows)
+
+    # -- blocks an account may name (dedup without leaking) ------------------------------------
+
+    def grant_blocks(self, account_id: int, hashes: Sequence[bytes]) -> None:
+        """Record that the account may name these blocks by hash (it sent their bytes or read
+        a map that names them)."""
+        with self._write() as conn:
+            self._grant(conn, account_id, hashes)
+
+    def _grant(self, conn: Connection, account_id: int, hashes: Sequence[bytes]) -> None:
+        unique = list(dict.fromkeys(hashes))
+        if not unique:
+            return
+        if self.is_sqlite:
+            stmt: Any = sqlite_insert(s.account_blocks).on_conflict_do_nothing()
+        else:
+            stmt = pg_insert(s.account_blocks).on_conflict_do_nothing()
+        for i in range(0, len(unique), 1000):
+            conn.execute(stmt, [{"account_id": account_id, "hash": h}
+                                for h in unique[i:i + 1000]])
+
+    def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
+        """Which of these blocks the account may name."""
+        unique = list(dict.fromkeys(hashes))
+        found: set[bytes] = set()
+        with self._read() as conn:
+            for i in range(0, len(unique), 500):
+                found.update(bytes(h) for h in conn.execute(
+                    select(s.account_blocks.c.hash).where(and_(
+                        s.account_blocks.c.account_id == account_id,
+                        s.account_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
+        return found
+
+    def drop_version(self, version_id: int) -> None:
+        """Undo a version just committed (a hashmap upload whose blocks vanished under it):
+        the previous version becomes current again, counters follow."""
+        o, v = s.objects, s.versions
+        with self._write() as conn:
+            row = conn.execute(select(v.c.object_id, v.c.size, o.c.container_id, o.c.current_id)
+                               .select_from(v.join(o, o.c.id == v.c.object_id))
+                               .where(v.c.id == version_id)).first()
+            if row is None:
+                return
+            conn.execute(delete(v).where(v.c.id == version_id))
+            if row.current_id != version_id:
+                return
+            prev = conn.execute(select(v.c.id, v.c.size, v.c.deleted)
+                                .where(v.c.object_id == row.object_id)
+                                .order_by(v.c.id.desc()).limit(1)).first()
+            conn.execute(update(o).where(o.c.id == row.object_id)
+                         .values(current_id=prev.id if prev else None))
+            live_before = prev is not None and not prev.deleted
+            self._count(conn, row.container_id, 0 if live_before else -1,
+                        (prev.size if live_before else 0) - row.size)
 
     # -- garbage collection support ------------------------------------------------------------
 

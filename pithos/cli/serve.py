@@ -51,6 +51,7 @@ def build_services(data_dir: str, io_threads: int = 32) -> Any:
 
     from pithos.api.context import Services
     from pithos.identity import Identity
+    from pithos.objects.hashmaps import Hashmaps
     from pithos.objects.service import Limits, ObjectService
 
     pool = ThreadPoolExecutor(max_workers=io_threads)
@@ -59,6 +60,7 @@ def build_services(data_dir: str, io_threads: int = 32) -> Any:
     objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
     return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
+                    hashmaps=Hashmaps(objects),
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"))
 
 

@@ -447,6 +447,18 @@ class Mapper:
         remove = min(len(data), size - offset)
         return self._splice(root, offset, remove, iter([data]))
 
+    def write_stream(self, root: bytes, offset: int, chunks: Iterable[bytes],
+                     length: int) -> bytes:
+        """Overwrite `[offset, offset + length)` with the bytes of `chunks` (exactly `length`
+        of them), streaming; past the end the gap reads as zeros.  Returns the new root."""
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        size = self.stat(root).size
+        checked = _exactly(iter(chunks), length)
+        if offset > size:
+            return self._splice(root, size, 0, _concat([_zeros(offset - size), checked]))
+        return self._splice(root, offset, min(length, size - offset), checked)
+
     def append(self, root: bytes, stream: BinaryIO | bytes) -> bytes:
         """Add data at the end; returns the new root."""
         size = self.stat(root).size
@@ -567,6 +579,18 @@ class Mapper:
         all_lengths = old_lengths[:lo] + lengths + old_lengths[hi:]
         kept = leaves[:a] + leaves[b + 1:]
         return self._store_tree(self._leaf_pages(all_hashes, all_lengths), kept, at=a)
+
+
+def _exactly(chunks: Iterator[bytes], length: int) -> Iterator[bytes]:
+    """The chunks, checked to add up to exactly `length` bytes."""
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > length:
+            raise InvalidArgument(f"more than the {length} bytes announced")
+        yield chunk
+    if seen != length:
+        raise InvalidArgument(f"got {seen} of the {length} bytes announced")
 
 
 def _zeros(n: int, piece: int = 1 << 20) -> Iterator[bytes]:

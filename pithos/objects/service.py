@@ -148,7 +148,11 @@ class ObjectService:
         return self.catalog.put_version(
             container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
             content_type=content_type, meta=meta, modified_by=modified_by, delete_at=delete_at,
-            dlo_manifest=dlo_manifest)
+            dlo_manifest=dlo_manifest, grant=(container.account_id, self.block_hashes(
+                stored.root)))
+
+    def block_hashes(self, root: bytes) -> list[bytes]:
+        return [h for h, _ in self.mapper.entries(root)]
 
     def copy(self, source: ObjectVersion, container: ContainerInfo, name: str, *,
              meta: Mapping[str, Mapping[str, str]], content_type: str,
@@ -163,7 +167,8 @@ class ObjectService:
             container.id, name, root=root, size=size, etag=etag, content_type=content_type,
             meta=meta, modified_by=modified_by, delete_at=delete_at,
             dlo_manifest=source.dlo_manifest if keep_manifest else None,
-            slo_manifest=source.slo_manifest if keep_manifest else None)
+            slo_manifest=source.slo_manifest if keep_manifest else None,
+            grant=(container.account_id, self.block_hashes(root)))
 
     # -- reading -------------------------------------------------------------------------------
 

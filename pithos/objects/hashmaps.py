@@ -1,0 +1,200 @@
+"""Block-level transfer (the Pithos hashmap protocol) and in-place updates, over the object
+service.
+
+Dedup without leaking: blocks are stored once for everybody, but an account may name a block
+by hash only if it sent that block's bytes or read a map naming it (the catalog's
+account_blocks).  To everyone else the block is "missing", so no account learns what another
+stores, and nobody can claim data by knowing its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+
+from pithos.catalog import ContainerInfo, ObjectVersion
+from pithos.core.errors import Conflict, InvalidArgument, TooLarge
+from pithos.core.hashing import HASH_NAME, from_hex, to_hex
+from pithos.mapper.mapper import read_chunks
+from pithos.objects.service import BodyReader, ObjectService
+
+HASHMAP_PAGE = 10000  # hashes per page of a hashmap GET
+
+
+class MissingBlocks(Conflict):
+    """A hashmap names blocks the account may not (or can no longer) name."""
+
+    def __init__(self, hashes: Sequence[bytes]) -> None:
+        super().__init__(f"{len(hashes)} block(s) missing")
+        self.hashes = list(hashes)
+
+
+class Hashmaps:
+    def __init__(self, objects: ObjectService) -> None:
+        self.objects = objects
+        self.catalog = objects.catalog
+        self.mapper = objects.mapper
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def hashmap(self, account_id: int, v: ObjectVersion, start: int = 0,
+                limit: int = HASHMAP_PAGE) -> dict[str, Any]:
+        """The object's block list (a page of it), and a grant to name those blocks: whoever
+        reads the hashmap can read the data anyway."""
+        if v.root is None:
+            raise InvalidArgument("this object has no content map (a manifest?)")
+        entries = list(self.mapper.entries(v.root, start, start + limit))
+        stat = self.mapper.stat(v.root)
+        self.catalog.grant_blocks(account_id, [h for h, _ in entries])
+        bs = self.mapper.block_size
+        doc: dict[str, Any] = {
+            "block_size": bs, "block_hash": HASH_NAME, "bytes": v.size,
+            "hashes": [to_hex(h) for h, _ in entries],
+        }
+        lengths = [n for _, n in entries]
+        last = start + len(entries) >= stat.entries
+        if any(n != bs for n in (lengths[:-1] if last else lengths)):
+            doc["lengths"] = lengths  # blocks of varying size (e.g. an assembled SLO)
+        if not last:
+            doc["next"] = start + len(entries)
+        return doc
+
+    # -- uploading -----------------------------------------------------------------------------
+
+    def missing(self, account_id: int, hashes: Sequence[bytes]) -> list[bytes]:
+        """The blocks the account must send: those it may not name, and those absent.  Present
+        blocks it may name are refreshed, so a running collector spares them."""
+        allowed = self.catalog.granted_blocks(account_id, hashes)
+        refused = [h for h in dict.fromkeys(hashes) if h not in allowed]
+        absent = set(self.mapper.blocker.touch_many([h for h in hashes if h in allowed]))
+        return refused + [h for h in dict.fromkeys(hashes) if h in absent]
+
+    def store_blocks(self, account_id: int, body: BinaryIO, length: int | None,
+                     lengths: Sequence[int] | None = None) -> list[bytes]:
+        """Raw blocks sent in one body (cut at the block size, or at `lengths`); returns their
+        hashes, which the account may name from now on."""
+        bs = self.mapper.block_size
+        reader = BodyReader(body, length, self.objects.limits.max_file_size, None)
+        if lengths is not None:
+            if any(not 0 < n <= bs for n in lengths):
+                raise InvalidArgument(f"block lengths must be in (0, {bs}]")
+            if length is not None and sum(lengths) != length:
+                raise InvalidArgument("block lengths do not add up to the body's length")
+            chunks: Iterator[bytes] = _cut(reader, lengths)
+        else:
+            chunks = read_chunks(reader, bs)  # type: ignore[arg-type]
+        hashes: list[bytes] = []
+        batch: list[bytes] = []
+        blocker = self.mapper.blocker
+        for chunk in chunks:
+            batch.append(chunk)
+            if len(batch) >= 8:
+                hashes.extend(blocker.put_many(batch))
+                batch = []
+        if batch:
+            hashes.extend(blocker.put_many(batch))
+        reader.finish()
+        self.catalog.grant_blocks(account_id, hashes)
+        return hashes
+
+    def parse(self, body: bytes) -> tuple[list[bytes], list[int], int]:
+        """A hashmap document -> (hashes, lengths, size)."""
+        try:
+            doc = json.loads(body)
+            hashes = [from_hex(h) for h in doc["hashes"]]
+            size = int(doc["bytes"])
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument("a hashmap is JSON with 'bytes' and 'hashes' (hex)") from None
+        if doc.get("block_hash", HASH_NAME) != HASH_NAME:
+            raise InvalidArgument(f"block hashes here are {HASH_NAME}")
+        bs = int(doc.get("block_size", self.mapper.block_size))
+        if bs != self.mapper.block_size and "lengths" not in doc:
+            raise InvalidArgument(f"block size here is {self.mapper.block_size}")
+        if "lengths" in doc:
+            lengths = [int(n) for n in doc["lengths"]]
+            if len(lengths) != len(hashes) or sum(lengths) != size:
+                raise InvalidArgument("lengths must match hashes and add up to bytes")
+        else:
+            n = len(hashes)
+            if not (n - 1) * bs < size <= n * bs and not (n == 0 and size == 0):
+                raise InvalidArgument(f"{n} blocks of {bs} bytes cannot hold {size} bytes")
+            lengths = [bs] * (n - 1) + [size - (n - 1) * bs] if n else []
+        if size > self.objects.limits.max_file_size:
+            raise TooLarge("object too large")
+        return hashes, lengths, size
+
+    def put(self, account_id: int, container: ContainerInfo, name: str, body: bytes, *,
+            etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
+            modified_by: str | None, delete_at: float | None) -> ObjectVersion:
+        """Create an object from blocks the server has and the account may name; else raise
+        MissingBlocks listing what to send.  The blocks are checked again after the commit:
+        if a collector removed one meanwhile, the version is undone and MissingBlocks
+        raised, never a dangling map."""
+        hashes, lengths, size = self.parse(body)
+        missing = self.missing(account_id, hashes)
+        if missing:
+            raise MissingBlocks(missing)
+        root = self.mapper.store_entries(hashes, lengths) if hashes else self.mapper.empty()
+        md5 = hashlib.md5(usedforsecurity=False)
+        for piece in self.objects.read([(root, size)], 0, size):
+            md5.update(piece)
+        if etag is not None and etag.strip('"').lower() != md5.hexdigest():
+            raise InvalidArgument("ETag does not match the content the hashmap names")
+        v = self.catalog.put_version(container.id, name, root=root, size=size,
+                                     etag=md5.hexdigest(), content_type=content_type, meta=meta,
+                                     modified_by=modified_by, delete_at=delete_at)
+        gone = self.mapper.blocker.missing(list(dict.fromkeys(hashes)))
+        if gone:
+            self.catalog.drop_version(v.version_id)
+            raise MissingBlocks(gone)
+        return v
+
+
+def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
+                   offset: int | None, length: int | None, body: BinaryIO | None,
+                   source: tuple[bytes, int] | None, truncate: int | None,
+                   modified_by: str | None) -> ObjectVersion:
+    """A new version of `v` with a range updated in place (copy-on-write at the map):
+    `offset` None appends; the data comes from `body` (`length` bytes) or from the start of
+    `source` (root, size) without copying it; then `truncate` cuts or extends the result."""
+    mapper = hm.mapper
+    assert v.root is not None
+    root, size = v.root, v.size
+    start = size if offset is None else offset
+    if source is not None:
+        src_root, src_size = source
+        n = src_size if length is None else min(length, src_size)
+        if start > size:
+            root, size = mapper.truncate(root, start), start
+        root, size = mapper.concat([(root, 0, start), (src_root, 0, n),
+                                    (root, min(start + n, size), None)])
+    elif body is not None and length is not None:
+        reader = BodyReader(body, length, hm.objects.limits.max_file_size, None)
+        root = mapper.write_stream(root, start, read_chunks(reader, mapper.block_size),  # type: ignore[arg-type]
+                                   length)
+        reader.finish()
+        size = max(size, start + length)
+    if truncate is not None:
+        root, size = mapper.truncate(root, truncate), truncate
+    if size > hm.objects.limits.max_file_size:
+        raise TooLarge("the object would exceed the maximum object size")
+    md5 = hashlib.md5(usedforsecurity=False)
+    for piece in hm.objects.read([(root, size)], 0, size):
+        md5.update(piece)
+    return hm.catalog.put_version(
+        container.id, v.name, root=root, size=size, etag=md5.hexdigest(),
+        content_type=v.content_type, meta=v.meta, modified_by=modified_by,
+        delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)))
+
+
+def _cut(reader: BodyReader, lengths: Sequence[int]) -> Iterator[bytes]:
+    for n in lengths:
+        chunk = b""
+        while len(chunk) < n:
+            more = reader.read(n - len(chunk))
+            if not more:
+                raise InvalidArgument("the body is shorter than the block lengths")
+            chunk += more
+        yield chunk
