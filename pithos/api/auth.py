@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 
+from pithos.api import bulk
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
@@ -166,6 +167,7 @@ def info_document(services: Services) -> dict[str, Any]:
             "min_segment_size": limits.min_segment_size,
         },
         "tempauth": {"account_acls": True},
+        "bulk_delete": bulk.info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 
