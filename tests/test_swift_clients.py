@@ -681,3 +681,39 @@ def test_account_acl(pithos_server, conn, reader):
     finally:
         conn.post_account({"X-Account-Access-Control": ""})
     assert status_of(reader.get_object, "acct-acl", "o") == 403
+
+
+def test_bulk_delete(pithos_server, conn, reader):
+    conn.put_container("bulk")
+    conn.put_container("bulk-empty")
+    conn.put_container("bulk-full")
+    conn.put_object("bulk-full", "stay", b"x")
+    for i in range(3):
+        conn.put_object("bulk", f"o {i}/é", b"x" * i)
+    me = login(pithos_server)
+    body = "\n".join(["/bulk/o%200/%C3%A9", "bulk/o%201/%C3%A9", "/bulk/absent",
+                      "/bulk-empty", "/bulk-full", ""]).encode()
+    r = request(pithos_server, "DELETE", f"{me.path}?bulk-delete", body=body, token=me.token,
+                headers={"Accept": "application/json", "Content-Type": "text/plain"})
+    assert r.status == 200
+    result = r.json()
+    assert (result["Number Deleted"], result["Number Not Found"]) == (3, 1)
+    assert result["Errors"] == [["/bulk-full", "409 Conflict"]]
+    assert result["Response Status"] == "400 Bad Request"
+    assert names(conn.get_container("bulk")[1]) == ["o 2/é"]
+    assert status_of(conn.head_container, "bulk-empty") == 404
+    # Each path is checked with the caller's rights.
+    rr = login(pithos_server, "test:reader", "reading")
+    r = request(pithos_server, "POST", f"{rr.path}?bulk-delete", body=b"/bulk/o%202/%C3%A9\n",
+                token=rr.token)
+    assert r.status == 200 and "403 Forbidden" in r.body.decode()
+    assert names(conn.get_container("bulk")[1]) == ["o 2/é"]
+    assert request(pithos_server, "DELETE", f"{me.path}?bulk-delete",
+                   body=b"/bulk/o%202/%C3%A9\n").status == 401
+    assert request(pithos_server, "DELETE", me.path, token=me.token).status == 405
+    # The swift CLI deletes a container of many objects with bulk deletes (POST).
+    for i in range(25):
+        conn.put_object("bulk", f"many/{i:02d}", b"m")
+    assert "bulk_delete" in conn.get_capabilities()
+    swift_cli(pithos_server, "delete", "bulk")
+    assert status_of(conn.head_container, "bulk") == 404
