@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import urlsplit
 
 from pithos.api.errors import HTTPStatusError
 from pithos.objects.service import Limits
@@ -47,6 +48,15 @@ def decode_path(raw: str) -> list[str]:
         raise HTTPStatusError(412, "Invalid UTF8 or contains NULL")
     parts = path.split("/", 4)  # "", "v1", account, container, object
     return [p for p in parts[2:5]]
+
+
+def encoded_slash_in_container(raw_uri: str) -> bool:
+    """Whether the container segment of the request URI, as the client sent it, holds an
+    encoded '/' (%2F): a container name with a slash, which Swift refuses with 400.  PATH_INFO
+    has it decoded, where it would read as a path separator."""
+    path = urlsplit(raw_uri).path if "://" in raw_uri[:16] else raw_uri.partition("?")[0]
+    parts = path.split("/", 4)  # "", "v1", account, container, object
+    return len(parts) > 3 and "%2f" in parts[3].lower()
 
 
 def check_names(limits: Limits, account: str, container: str | None,

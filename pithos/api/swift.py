@@ -14,7 +14,14 @@ from pithos.api import bulk, listing
 from pithos.api.auth import RESELLER_PREFIX
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
-from pithos.api.http import check_names, decode_path, meta_from_headers, meta_headers, x_timestamp
+from pithos.api.http import (
+    check_names,
+    decode_path,
+    encoded_slash_in_container,
+    meta_from_headers,
+    meta_headers,
+    x_timestamp,
+)
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.catalog import AccountInfo, ContainerInfo, UserInfo
 from pithos.core.errors import Conflict, InvalidArgument
@@ -98,6 +105,9 @@ class SwiftSink:
         account, container, obj = parts[0], parts[1] or None, parts[2] or None
         if not account:
             raise HTTPStatusError(400, "no account in the path")
+        raw_uri = req.env.get("RAW_URI") or req.env.get("REQUEST_URI") or ""
+        if container is not None and encoded_slash_in_container(raw_uri):
+            raise HTTPStatusError(400, "container names cannot contain '/'")
         target = Target(account_name(account), container, obj)
         check_names(self.services.limits, target.account, target.container, target.obj)
         method = req.method

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from pithos.catalog import Catalog, ContainerInfo, ListingEntry, ObjectVersion
 from pithos.core.errors import (
     ChecksumMismatch,
-    Conflict,
+    Forbidden,
     IncompleteBody,
     InvalidArgument,
     TooLarge,
@@ -210,12 +210,19 @@ class ObjectService:
 
     # -- dynamic large objects -----------------------------------------------------------------
 
-    def dlo_segments(self, account_id: int, manifest: str) -> list[ObjectVersion]:
-        """The segments of a DLO: the objects under "container/prefix", in name order."""
+    def dlo_segments(self, account_id: int, manifest: str,
+                     may_read: Callable[[ContainerInfo], bool] = lambda _: True
+                     ) -> list[ObjectVersion]:
+        """The segments of a DLO: the objects under "container/prefix", in name order.
+        Forbidden when the reader may not read the segments' container (`may_read`), as a
+        Swift proxy lists it with the reader's rights: a manifest is no way around an ACL."""
         container_name, _, prefix = manifest.partition("/")
         container = self.catalog.container(account_id, container_name)
         if container is None:
             return []
+        if not may_read(container):
+            raise Forbidden(f"the segments of this large object are in {container_name!r}, "
+                            "which you may not read")
         out: list[ObjectVersion] = []
         marker = ""
         while True:
@@ -233,10 +240,14 @@ class ObjectService:
 
     def put_slo(self, account_id: int, container: ContainerInfo, name: str, manifest: bytes,
                 *, content_type: str, meta: Mapping[str, Mapping[str, str]],
-                modified_by: str | None, delete_at: float | None) -> ObjectVersion:
+                modified_by: str | None, delete_at: float | None,
+                may_read: Callable[[ContainerInfo], bool] = lambda _: True,
+                etag: str | None = None) -> ObjectVersion:
         """Assemble an SLO from its manifest into one map that names the segments' blocks
         (no data copied but the edges of ranged segments).  Swift's checks apply: every
-        segment exists, its ETag and size match when given."""
+        segment exists and is readable by the uploader (`may_read` of its container), its
+        ETag and size match when given (InvalidArgument listing every problem, as Swift's
+        400), and `etag`, when given, is the SLO's ETag (ChecksumMismatch)."""
         if len(manifest) > self.limits.max_manifest_size:
             raise TooLarge("manifest too large")
         try:
@@ -259,6 +270,10 @@ class ObjectService:
             cname, _, oname = path.partition("/")
             seg_container = self.catalog.container(account_id, cname) if oname else None
             version = self.catalog.object(seg_container.id, oname) if seg_container else None
+            if seg_container is not None and not may_read(seg_container):
+                # The same answer whether it exists or not.
+                problems.append(f"/{path}: 403 Forbidden")
+                continue
             if version is None:
                 problems.append(f"/{path}: 404 Not Found")
                 continue
@@ -266,7 +281,7 @@ class ObjectService:
             want_size = seg.get("size_bytes")
             if want_etag not in (None, "") and str(want_etag).strip('"').lower() != version.etag:
                 problems.append(f"/{path}: Etag Mismatch")
-            if want_size is not None and int(want_size) != version.size:
+            if want_size is not None and _int_or_none(want_size) != version.size:
                 problems.append(f"/{path}: Size Mismatch")
             offset, length = 0, version.size
             if seg.get("range"):
@@ -287,11 +302,14 @@ class ObjectService:
                 entry["range"] = f"{offset}-{offset + length - 1}"
             stored.append(entry)
         if problems:
-            raise Conflict("Errors:\n" + "\n".join(problems))
+            raise InvalidArgument("Errors:\n" + "\n".join(problems))
         if total > self.limits.max_file_size:
             raise TooLarge("the large object would exceed the maximum object size")
         root, size = self.mapper.concat(parts) if parts else (self.mapper.empty(), 0)
         assert size == total
+        if etag is not None and etag.strip('"').lower() != etags.hexdigest():
+            raise ChecksumMismatch(f"ETag {etag} does not match the manifest's "
+                                   f"{etags.hexdigest()}")
         return self.catalog.put_version(
             container.id, name, root=root, size=size, etag=etags.hexdigest(),
             content_type=content_type, meta=meta, modified_by=modified_by,
@@ -300,6 +318,13 @@ class ObjectService:
 
 # Sorts after every name that follows a given prefix (as the catalog's listings use it).
 _MAX_CHAR = "\U0010ffff"
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _segment_range(text: str, size: int) -> tuple[int, int]:
