@@ -10,6 +10,18 @@ from pithos.api.context import Services
 from pithos.api.swift import SwiftSink
 
 
+class PublicLinks:
+    """/public/TOKEN: published objects, served without authentication."""
+
+    def __init__(self, sink: SwiftSink) -> None:
+        self.sink = sink
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        self.sink.objects.public(req, resp, token)
+
+    on_head = on_get
+
+
 def create_app(services: Services) -> falcon.App:
     app = falcon.App(middleware=[TokenMiddleware(services)], cors_enable=False)
     app.req_options.keep_blank_qs_values = True
@@ -22,5 +34,7 @@ def create_app(services: Services) -> falcon.App:
     app.add_route("/auth/v1", AuthV1(services))
     app.add_route("/v3", KeystoneVersion(services))
     app.add_route("/v3/auth/tokens", KeystoneTokens(services))
-    app.add_sink(SwiftSink(services), r"/v1")
+    sink = SwiftSink(services)
+    app.add_route("/public/{token}", PublicLinks(sink))
+    app.add_sink(sink, r"/v1")
     return app

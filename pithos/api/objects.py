@@ -28,8 +28,9 @@ from pithos.api.http import (
 )
 from pithos.api.listing import truthy
 from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
+from pithos.core.errors import InvalidArgument
 from pithos.core.hashing import to_hex
-from pithos.objects.acl import Action
+from pithos.objects.acl import Action, format_sharing, parse_sharing
 from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, update_content
 
 if TYPE_CHECKING:
@@ -183,8 +184,11 @@ class ObjectHandlers:
 
     def _read(self, req: falcon.Request, resp: falcon.Response, t: Target, head: bool) -> None:
         assert t.container is not None and t.obj is not None
-        account, container = self.authz.container(req.context.user, t.account, t.container,
-                                                  Action.OBJECT_READ)
+        user = req.context.user
+        account, container, via = self.authz.object_access(user, t.account, t.container,
+                                                           t.obj, Action.OBJECT_READ)
+        if via:
+            resp.set_header("X-Object-Allowed-To", via)
         if req.get_param("version") == "list":
             self._version_list(req, resp, container, t.obj)
             return
@@ -192,6 +196,23 @@ class ObjectHandlers:
         if "hashmap" in req.params:
             self._hashmap(req, resp, v)
             return
+        owner = self.authz.owns(user, account)
+        if owner:
+            self._owner_headers(req, resp, container, v)
+        assert account is not None
+        self.serve(req, resp, v, account.id, head)
+
+    def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """GET/HEAD /public/TOKEN: a published object, without a token (ranges and
+        conditional requests work; an unpublished or deleted object is 404)."""
+        v = self.services.catalog.public_object(token)
+        if v is None:
+            raise HTTPStatusError(404, "The resource could not be found.")
+        account_id = self.services.catalog.container_account(v.container_id)
+        self.serve(req, resp, v, account_id, req.method == "HEAD")
+
+    def serve(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion,
+              account_id: int, head: bool) -> None:
         manifest_get = req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:
             body = v.slo_manifest.encode()
@@ -202,8 +223,7 @@ class ObjectHandlers:
                 resp.data = body
             return
         if v.dlo_manifest and not manifest_get:
-            assert account is not None
-            segments = self.services.objects.dlo_segments(account.id, v.dlo_manifest)
+            segments = self.services.objects.dlo_segments(account_id, v.dlo_manifest)
             parts = [(s.root, s.size) for s in segments if s.root is not None]
             size = sum(s.size for s in segments)
             joined = "".join(s.etag for s in segments).encode()
@@ -261,7 +281,18 @@ class ObjectHandlers:
     def on_put(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None and t.obj is not None
         user = req.context.user
-        _, container = self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
+        account, container, _ = self.authz.object_access(user, t.account, t.container, t.obj,
+                                                         Action.OBJECT_WRITE)
+        sharing_public = self._sharing_public(req, user, account)
+        self._put(req, resp, t, user, container)
+        if sharing_public is not None and resp.status in (falcon.HTTP_201, 201):
+            v = self.services.catalog.object(container.id, t.obj)
+            if v is not None:
+                self._apply_sharing_public(req, resp, sharing_public, account, container, v)
+
+    def _put(self, req: falcon.Request, resp: falcon.Response, t: Target,
+             user: UserInfo | None, container: ContainerInfo) -> None:
+        assert t.obj is not None
         copy_from = req.get_header("X-Copy-From")
         if copy_from is not None:
             from pithos.api.swift import account_name
@@ -280,6 +311,8 @@ class ObjectHandlers:
         chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
         if length is None and not chunked:
             raise HTTPStatusError(411, "Length Required")
+        if length is not None:
+            self._check_quota(container, t.obj, length)
         objects = self.services.objects
         if "hashmap" in req.params:
             self._put_hashmap(req, resp, user, container, t.obj, content_type=content_type,
@@ -327,6 +360,70 @@ class ObjectHandlers:
             return
         self._created(resp, v, v.etag)
 
+    # -- sharing and public links --------------------------------------------------------------
+
+    def _sharing_public(self, req: falcon.Request, user: UserInfo | None,
+                        account: AccountInfo | None) -> tuple[str | None, str | None] | None:
+        """X-Object-Sharing / X-Object-Public of a request, checked: only the owner sets them."""
+        sharing = req.get_header("X-Object-Sharing")
+        public = req.get_header("X-Object-Public")
+        if sharing is None and public is None:
+            return None
+        if not self.authz.owns(user, account):
+            raise HTTPStatusError(403, "only the owner changes sharing or publishes")
+        if sharing is not None:
+            try:
+                parse_sharing(sharing)
+            except InvalidArgument as exc:
+                raise HTTPStatusError(400, str(exc)) from None
+        if public is not None and public.strip().lower() not in ("true", "false", ""):
+            raise HTTPStatusError(400, "X-Object-Public is true or false")
+        return sharing, public
+
+    def _apply_sharing_public(self, req: falcon.Request, resp: falcon.Response,
+                              wanted: tuple[str | None, str | None],
+                              account: AccountInfo | None, container: ContainerInfo,
+                              v: ObjectVersion) -> None:
+        sharing, public = wanted
+        catalog = self.services.catalog
+        assert account is not None
+        if sharing is not None:
+            read, write = parse_sharing(sharing)
+            catalog.set_sharing(account.id, container.id, v.name, read, write)
+        if public is not None:
+            if public.strip().lower() == "true":
+                token = catalog.publish(v.object_id)
+                resp.set_header("X-Object-Public", self._public_url(req, token))
+            else:
+                catalog.unpublish(v.object_id)
+
+    def _public_url(self, req: falcon.Request, token: str) -> str:
+        from pithos.api.auth import base_url
+
+        return f"{base_url(self.services, req)}/public/{token}"
+
+    def _owner_headers(self, req: falcon.Request, resp: falcon.Response,
+                       container: ContainerInfo, v: ObjectVersion) -> None:
+        catalog = self.services.catalog
+        found = catalog.sharing_for(container.id, v.name)
+        if found is not None:
+            resp.set_header("X-Object-Sharing", format_sharing(found[1], found[2]))
+            if found[0] != v.name:
+                resp.set_header("X-Object-Shared-By", found[0])
+        token = catalog.public_token(v.object_id)
+        if token is not None:
+            resp.set_header("X-Object-Public", self._public_url(req, token))
+
+    def _check_quota(self, container: ContainerInfo, name: str, size: int) -> None:
+        """Refuse (413) before reading the body a write that cannot fit; the commit checks
+        again, atomically, for bodies of unknown length and concurrent writers."""
+        cbytes, cquota, abytes, aquota = self.services.catalog.usage(container.id)
+        current = self.services.catalog.object(container.id, name)
+        growth = size - (current.size if current else 0)
+        if growth > 0 and ((cquota and cbytes + growth > cquota) or
+                           (aquota and abytes + growth > aquota)):
+            raise HTTPStatusError(413, "quota exceeded")
+
     def _created(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
         resp.status = falcon.HTTP_201
         resp.set_header("ETag", etag)
@@ -338,8 +435,8 @@ class ObjectHandlers:
     def _copy(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
               source: tuple[str, str], source_account: str, dest: ContainerInfo,
               dest_name: str) -> None:
-        src_account, src_container = self.authz.container(
-            user, source_account, source[0], Action.OBJECT_READ)
+        src_account, src_container, _ = self.authz.object_access(
+            user, source_account, source[0], source[1], Action.OBJECT_READ)
         source_version = req.get_header("X-Source-Version")
         if source_version:
             src = self.services.catalog.object_version(src_container.id, source[1],
@@ -409,9 +506,17 @@ class ObjectHandlers:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None and t.obj is not None
-        _, container = self.authz.container(req.context.user, t.account, t.container,
-                                            Action.OBJECT_WRITE)
+        user = req.context.user
+        account, container, _ = self.authz.object_access(user, t.account, t.container, t.obj,
+                                                         Action.OBJECT_WRITE)
         current = self._object(container, t.obj)
+        sharing_public = self._sharing_public(req, user, account)
+        if sharing_public is not None:
+            self._apply_sharing_public(req, resp, sharing_public, account, container, current)
+            if not any(k.upper().startswith("X-OBJECT-META-") for k in req.headers) and \
+                    req.get_header("Content-Type") is None:
+                resp.status = falcon.HTTP_202
+                return
         if any(req.get_header(h) is not None
                for h in ("Content-Range", "X-Object-Bytes", "X-Source-Object")):
             self._update(req, resp, t, container, current)
@@ -440,8 +545,8 @@ class ObjectHandlers:
         if src_name is not None:
             src_account = req.get_header("X-Source-Account") or t.account
             src_container_name, src_obj = _split_source(src_name)
-            _, src_container = self.authz.container(user, src_account, src_container_name,
-                                                    Action.OBJECT_READ)
+            _, src_container, _ = self.authz.object_access(
+                user, src_account, src_container_name, src_obj, Action.OBJECT_READ)
             vid = req.get_header("X-Source-Version")
             src = (self.services.catalog.object_version(src_container.id, src_obj, vid)
                    if vid else self.services.catalog.object(src_container.id, src_obj))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import falcon
@@ -26,7 +27,13 @@ from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.catalog import AccountInfo, ContainerInfo, UserInfo
 from pithos.core.errors import Conflict, InvalidArgument
 from pithos.core.hashing import from_hex, to_hex
-from pithos.objects.acl import Action, decide, parse_account_acl, validate_container_acl
+from pithos.objects.acl import (
+    Action,
+    decide,
+    parse_account_acl,
+    sharing_right,
+    validate_container_acl,
+)
 
 
 @dataclass
@@ -85,6 +92,48 @@ class Authz:
         return info, container
 
 
+    def object_access(self, user: UserInfo | None, account: str, container_name: str,
+                      obj: str, action: Action) -> tuple[AccountInfo | None, ContainerInfo,
+                                                          str | None]:
+        """Like `container`, but an object shared with the user (X-Object-Sharing on it or
+        on a pseudo-directory above it) is reachable too.  The third value is the right the
+        sharing gives ("read"/"write"), None when the account or container grants it."""
+        try:
+            info, container = self.container(user, account, container_name, action)
+            return info, container, None
+        except HTTPStatusError as refused:
+            if user is None or refused.status != 403 or action not in (Action.OBJECT_READ,
+                                                                       Action.OBJECT_WRITE):
+                raise
+            right = self.shared_right(user, account, container_name, obj)
+            if right is None or (action is Action.OBJECT_WRITE and right != "write"):
+                raise
+            catalog = self.services.catalog
+            info = catalog.account(account)
+            assert info is not None
+            container = catalog.container(info.id, container_name)
+            assert container is not None
+            return info, container, right
+
+    def shared_right(self, user: UserInfo | None, account: str, container_name: str,
+                     obj: str) -> str | None:
+        catalog = self.services.catalog
+        info = catalog.account(account)
+        container = catalog.container(info.id, container_name) if info else None
+        if info is None or container is None:
+            return None
+        found = catalog.sharing_for(container.id, obj)
+        if found is None:
+            return None
+        return sharing_right(found[1], found[2], user, account, catalog.groups(info.id))
+
+    def owns(self, user: UserInfo | None, account: AccountInfo | None) -> bool:
+        """The owner (or an account admin): only they change sharing, publish, or set
+        groups."""
+        return account is not None and decide(user, account.name, account.acl,
+                                              Action.ACCOUNT_ADMIN).allowed
+
+
 class SwiftSink:
     """falcon sink for /v1/..."""
 
@@ -104,6 +153,9 @@ class SwiftSink:
         parts: list[str | None] = [*decode_path(raw), None, None, None]
         account, container, obj = parts[0], parts[1] or None, parts[2] or None
         if not account:
+            if req.method == "GET":
+                self.sharing_accounts(req, resp)
+                return
             raise HTTPStatusError(400, "no account in the path")
         raw_uri = req.env.get("RAW_URI") or req.env.get("REQUEST_URI") or ""
         if container is not None and encoded_slash_in_container(raw_uri):
@@ -134,6 +186,10 @@ class SwiftSink:
             resp.set_header(k, v)
         if info.acl and user is not None and user.account == info.name and user.admin:
             resp.set_header("X-Account-Access-Control", info.acl)
+        if self.authz.owns(user, info):
+            for name, members in self.services.catalog.groups(info.id).items():
+                resp.set_header(f"X-Account-Group-{name}", ",".join(members))
+            resp.set_header("X-Account-Policy-Quota", str(info.quota_bytes or 0))
 
     def account_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
@@ -145,6 +201,10 @@ class SwiftSink:
         params = listing.listing_params(req, self.services.limits.account_listing_limit)
         fmt = listing.listing_format(req)
         rows = self.services.catalog.list_containers(info.id, **params)  # type: ignore[arg-type]
+        if "shared" in req.params:
+            shared = {c for owner, c, _, _ in self.services.catalog.all_sharing()
+                      if owner == info.name}
+            rows = [r for r in rows if r[0] in shared]
         self._account_headers(resp, info, req.context.user)
         listing.send_containers(resp, fmt, RESELLER_PREFIX + t.account, rows)
 
@@ -162,8 +222,43 @@ class SwiftSink:
                 parse_account_acl(acl)
             except InvalidArgument as exc:
                 raise HTTPStatusError(400, str(exc)) from None
+        groups = {k[len("X-Account-Group-"):].lower(): v for k, v in req.headers.items()
+                  if k.upper().startswith("X-ACCOUNT-GROUP-")}
+        if groups:
+            self.authz.require(user, t.account, info.acl, Action.ACCOUNT_ADMIN)
+            for name, members in groups.items():
+                if not name or len(name) > 128:
+                    raise HTTPStatusError(400, "bad group name")
+                self.services.catalog.set_group(
+                    info.id, name, [m.strip() for m in members.split(",") if m.strip()])
         self.services.catalog.update_account(info.id, meta, acl=acl, set_acl=acl is not None)
         resp.status = falcon.HTTP_204
+
+    def sharing_accounts(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """GET /v1: the accounts that share something with me (as Pithos)."""
+        user = req.context.user
+        if user is None:
+            raise HTTPStatusError(401, "authentication required")
+        catalog = self.services.catalog
+        owners = []
+        groups_of: dict[str, dict[str, list[str]]] = {}
+        for owner, _, read, write in catalog.all_sharing():
+            if owner == user.account or owner in owners:
+                continue
+            if owner not in groups_of:
+                info = catalog.account(owner)
+                groups_of[owner] = catalog.groups(info.id) if info else {}
+            if sharing_right(read, write, user, owner, groups_of[owner]):
+                owners.append(owner)
+        owners.sort()
+        if listing.listing_format(req) == "json":
+            resp.content_type = "application/json; charset=utf-8"
+            resp.text = json.dumps([{"name": RESELLER_PREFIX + o} for o in owners])
+        elif owners:
+            resp.content_type = "text/plain; charset=utf-8"
+            resp.text = "".join(f"{RESELLER_PREFIX}{o}\n" for o in owners)
+        else:
+            resp.status = falcon.HTTP_204
 
     def account_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         if req.get_param("bulk-delete") is None:
@@ -311,7 +406,15 @@ class SwiftSink:
     def container_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
         user = req.context.user
-        account, c = self.authz.container(user, t.account, t.container, Action.LISTING)
+        visible = None  # a filter, for who sees only what is shared with them
+        try:
+            account, c = self.authz.container(user, t.account, t.container, Action.LISTING)
+            if "shared" in req.params:
+                visible = self._shared_filter(account, c, None)
+        except HTTPStatusError as refused:
+            if user is None or refused.status != 403:
+                raise
+            account, c, visible = self._shared_listing(user, t, refused)
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
         delimiter = req.get_param("delimiter") or ""
         path = req.get_param("path")
@@ -324,5 +427,43 @@ class SwiftSink:
             entries = self.services.catalog.list_objects(
                 c.id, delimiter=delimiter, until=parse_until(req),
                 **params)  # type: ignore[arg-type]
+        if visible is not None:
+            entries = [e for e in entries if visible(e.name, e.subdir)]
         self._container_headers(resp, account, c, user)
         listing.send_objects(resp, listing.listing_format(req), t.container, entries)
+
+    def _shared_listing(self, user: UserInfo, t: Target, refused: HTTPStatusError
+                        ) -> tuple[AccountInfo, ContainerInfo, Callable[[str, bool], bool]]:
+        """A container listing for someone objects of it are shared with: those objects."""
+        assert t.container is not None
+        catalog = self.services.catalog
+        account = catalog.account(t.account)
+        c = catalog.container(account.id, t.container) if account else None
+        if account is None or c is None:
+            raise refused
+        groups = catalog.groups(account.id)
+        paths = [p for p, r, w in catalog.container_sharing(c.id)
+                 if sharing_right(r, w, user, account.name, groups)]
+        if not paths:
+            raise refused
+        return account, c, self._shared_filter(account, c, user)
+
+    def _shared_filter(self, account: AccountInfo | None, c: ContainerInfo,
+                       user: UserInfo | None) -> Callable[[str, bool], bool]:
+        """Keep objects with sharing that applies (to `user`, or for the owner's ?shared: to
+        anyone) and the pseudo-directories that lead to them."""
+        catalog = self.services.catalog
+        assert account is not None
+        groups = catalog.groups(account.id)
+        entries = catalog.container_sharing(c.id)
+
+        def keep(name: str, subdir: bool) -> bool:
+            if subdir:
+                return any(p.startswith(name) or name.startswith(p) for p, _, _ in entries)
+            found = catalog.sharing_for(c.id, name)
+            if found is None:
+                return False
+            return user is None or sharing_right(found[1], found[2], user, account.name,
+                                                 groups) is not None
+
+        return keep

@@ -41,7 +41,7 @@ from pithos.catalog.records import (
     ObjectVersion,
     UserInfo,
 )
-from pithos.core.errors import Conflict, NotFound
+from pithos.core.errors import Conflict, NotFound, QuotaExceeded
 
 STAT_SHARDS = 8
 # Upper bound of every string that can follow a prefix in a listing (used to skip a subdir).
@@ -374,6 +374,7 @@ class Catalog:
             conn.execute(update(s.objects).where(s.objects.c.id == obj_id)
                          .values(current_id=version_id))
             old_size = previous.size if previous is not None else 0
+            self._check_quota(conn, container_id, size - old_size)
             self._count(conn, container_id, 0 if previous is not None else 1, size - old_size)
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id)
             row = conn.execute(_version_columns().select_from(
@@ -550,6 +551,153 @@ class Catalog:
             for r in rows:
                 self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
         return len(rows)
+
+    # -- groups, sharing, public links, quotas --------------------------------------------------
+
+    def set_group(self, account_id: int, name: str, members: Sequence[str]) -> None:
+        """Replace the members of one of the account's groups (none: delete it)."""
+        g = s.groups
+        with self._write() as conn:
+            conn.execute(delete(g).where(and_(g.c.account_id == account_id, g.c.name == name)))
+            if members:
+                conn.execute(insert(g), [{"account_id": account_id, "name": name, "member": m}
+                                         for m in dict.fromkeys(members)])
+
+    def groups(self, account_id: int) -> dict[str, list[str]]:
+        g = s.groups
+        out: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for name, member in conn.execute(select(g.c.name, g.c.member)
+                                             .where(g.c.account_id == account_id)
+                                             .order_by(g.c.name, g.c.member)):
+                out.setdefault(name, []).append(member)
+        return out
+
+    def set_sharing(self, account_id: int, container_id: int, path: str, read: str,
+                    write: str) -> None:
+        """Set (or, with both lists empty, remove) the sharing of an object or directory."""
+        sh = s.sharing
+        with self._write() as conn:
+            conn.execute(delete(sh).where(and_(sh.c.container_id == container_id,
+                                               sh.c.path == path)))
+            if read or write:
+                conn.execute(insert(sh).values(account_id=account_id, container_id=container_id,
+                                               path=path, read=read, write=write))
+
+    def sharing_for(self, container_id: int, name: str) -> tuple[str, str, str] | None:
+        """(path, read, write) of the sharing that applies to an object: its own, else the
+        nearest pseudo-directory's above it."""
+        candidates = [name]
+        parts = name.split("/")
+        for k in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:k])
+            candidates += [prefix + "/", prefix]
+        sh = s.sharing
+        with self._read() as conn:
+            rows = {r.path: (r.path, r.read, r.write) for r in conn.execute(
+                select(sh.c.path, sh.c.read, sh.c.write).where(and_(
+                    sh.c.container_id == container_id, sh.c.path.in_(candidates))))}
+        for c in candidates:
+            if c in rows:
+                return rows[c]
+        return None
+
+    def container_sharing(self, container_id: int) -> list[tuple[str, str, str]]:
+        sh = s.sharing
+        with self._read() as conn:
+            return [(r.path, r.read, r.write) for r in conn.execute(
+                select(sh.c.path, sh.c.read, sh.c.write)
+                .where(sh.c.container_id == container_id).order_by(sh.c.path))]
+
+    def all_sharing(self) -> list[tuple[str, str, str, str]]:
+        """(owner account, container, read, write) of every sharing entry."""
+        sh = s.sharing
+        with self._read() as conn:
+            return [(r.account, r.container, r.read, r.write) for r in conn.execute(
+                select(s.accounts.c.name.label("account"), s.containers.c.name.label("container"),
+                       sh.c.read, sh.c.write)
+                .select_from(sh.join(s.containers).join(s.accounts,
+                                                        s.accounts.c.id == sh.c.account_id)))]
+
+    def publish(self, object_id: int) -> str:
+        """The object's public token, made (random, unguessable) if it has none."""
+        p = s.public_links
+        with self._write() as conn:
+            found = conn.execute(select(p.c.token).where(p.c.object_id == object_id)).scalar()
+            if found:
+                return str(found)
+            token = secrets.token_urlsafe(24)
+            conn.execute(insert(p).values(token=token, object_id=object_id, created=time.time()))
+            return token
+
+    def unpublish(self, object_id: int) -> None:
+        with self._write() as conn:
+            conn.execute(delete(s.public_links).where(s.public_links.c.object_id == object_id))
+
+    def public_token(self, object_id: int) -> str | None:
+        with self._read() as conn:
+            found = conn.execute(select(s.public_links.c.token)
+                                 .where(s.public_links.c.object_id == object_id)).scalar()
+        return None if found is None else str(found)
+
+    def public_object(self, token: str) -> ObjectVersion | None:
+        """The current version of the object a public token names."""
+        now = time.time()
+        p = s.public_links
+        with self._read() as conn:
+            row = conn.execute(self._visible(_version_columns(), now).join(
+                p, p.c.object_id == s.objects.c.id).where(p.c.token == token)).first()
+            return None if row is None else _version(conn, row)
+
+    def container_account(self, container_id: int) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(s.containers.c.account_id)
+                                    .where(s.containers.c.id == container_id)).scalar_one())
+
+    def set_account_quota(self, name: str, quota_bytes: int | None) -> None:
+        with self._write() as conn:
+            account_id = self._ensure_account(conn, name)
+            conn.execute(update(s.accounts).where(s.accounts.c.id == account_id)
+                         .values(quota_bytes=quota_bytes or None))
+
+    def _check_quota(self, conn: Connection, container_id: int, growth: int) -> None:
+        """Raise QuotaExceeded if `growth` more bytes would exceed the container's or its
+        account's quota (inside the committing transaction, so concurrent writers cannot
+        both slip under it)."""
+        if growth <= 0:
+            return
+        c = conn.execute(select(s.containers.c.quota_bytes, s.containers.c.account_id)
+                         .where(s.containers.c.id == container_id)).one()
+        st = s.container_stats
+        if c.quota_bytes:
+            used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                .where(st.c.container_id == container_id)).scalar_one()
+            if used + growth > c.quota_bytes:
+                raise QuotaExceeded(f"container quota of {c.quota_bytes} bytes exceeded")
+        quota = conn.execute(select(s.accounts.c.quota_bytes)
+                             .where(s.accounts.c.id == c.account_id)).scalar()
+        if quota:
+            used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                .select_from(st.join(s.containers))
+                                .where(s.containers.c.account_id == c.account_id)).scalar_one()
+            if used + growth > quota:
+                raise QuotaExceeded(f"account quota of {quota} bytes exceeded")
+
+    def usage(self, container_id: int) -> tuple[int, int | None, int, int | None]:
+        """(container bytes, container quota, account bytes, account quota)."""
+        with self._read() as conn:
+            c = conn.execute(select(s.containers.c.quota_bytes, s.containers.c.account_id)
+                             .where(s.containers.c.id == container_id)).one()
+            st = s.container_stats
+            cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                  .where(st.c.container_id == container_id)).scalar_one()
+            abytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                  .select_from(st.join(s.containers))
+                                  .where(s.containers.c.account_id == c.account_id)
+                                  ).scalar_one()
+            aquota = conn.execute(select(s.accounts.c.quota_bytes)
+                                  .where(s.accounts.c.id == c.account_id)).scalar()
+        return int(cbytes), c.quota_bytes, int(abytes), aquota
 
     # -- blocks an account may name (dedup without leaking) ------------------------------------
 

@@ -211,6 +211,18 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
     return 0
 
 
+def cmd_quota(args: argparse.Namespace, data: DataDir) -> int:
+    catalog = data.catalog()
+    if args.bytes is not None:
+        catalog.set_account_quota(args.account, args.bytes)
+    info = catalog.account(args.account)
+    if info is None:
+        raise CliError(f"no such account {args.account}")
+    print(json.dumps({"account": info.name, "quota_bytes": info.quota_bytes or 0,
+                      "bytes_used": info.bytes}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     # --data-dir is accepted before or after the subcommand; SUPPRESS keeps a later default
     # from overwriting an earlier value.
@@ -254,6 +266,12 @@ def parser() -> argparse.ArgumentParser:
                     help="sweep even when some maps cannot be walked (blocks only they name "
                          "are lost)")
     gc.set_defaults(func=cmd_gc)
+
+    quota = commands.add_parser("quota", parents=[common],
+                                help="show or set an account's quota (bytes; 0: none)")
+    quota.add_argument("account", metavar="ACCOUNT")
+    quota.add_argument("--bytes", type=_size, default=None, help="set the quota")
+    quota.set_defaults(func=cmd_quota)
 
     serve = commands.add_parser("serve", parents=[common],
                                 help="run the object API (Swift v1) on the data directory")

@@ -106,3 +106,58 @@ def decide(user: UserInfo | None, account: str, account_acl: str | None, action:
         elif action is Action.OBJECT_WRITE and user is not None and _matches(write, user):
             return Decision(True)
     return Decision(False, needs_login=user is None)
+
+
+# -- Pithos sharing ---------------------------------------------------------------------------
+
+def parse_sharing(text: str) -> tuple[str, str]:
+    """X-Object-Sharing "read=a,OWNER:group;write=b" -> (read list, write list), normalized;
+    an empty header removes sharing.  InvalidArgument for anything else."""
+    read: list[str] = []
+    write: list[str] = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        key, eq, names = part.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in ("read", "write"):
+            raise InvalidArgument("X-Object-Sharing is 'read=NAMES;write=NAMES'")
+        items = [n.strip() for n in names.split(",") if n.strip()]
+        if any("/" in n or len(n) > 256 for n in items):
+            raise InvalidArgument("bad name in X-Object-Sharing")
+        (read if key == "read" else write).extend(items)
+    return ",".join(dict.fromkeys(read)), ",".join(dict.fromkeys(write))
+
+
+def format_sharing(read: str, write: str) -> str:
+    return ";".join(p for p in (f"read={read}" if read else "",
+                                f"write={write}" if write else "") if p)
+
+
+def _shared_with(names: str, user: UserInfo, owner: str,
+                 owner_groups: dict[str, list[str]]) -> bool:
+    for name in (n for n in names.split(",") if n):
+        if name == "*" or name == user.account:
+            return True
+        prefix, colon, rest = name.partition(":")
+        if colon and prefix == owner and rest in owner_groups:
+            if user.account in owner_groups[rest]:
+                return True
+        elif colon and prefix == user.account and rest == user.name:
+            return True
+    return False
+
+
+def sharing_right(read: str, write: str, user: UserInfo | None, owner: str,
+                  owner_groups: dict[str, list[str]]) -> str | None:
+    """"write", "read" or None: what a sharing entry gives `user` (write implies read).
+    A name is an account (every user of it), OWNER:group (the owner's group of accounts),
+    account:user, or * (everybody with an account)."""
+    if user is None:
+        return None
+    if _shared_with(write, user, owner, owner_groups):
+        return "write"
+    if _shared_with(read, user, owner, owner_groups):
+        return "read"
+    return None
