@@ -717,3 +717,28 @@ def test_bulk_delete(pithos_server, conn, reader):
     assert "bulk_delete" in conn.get_capabilities()
     swift_cli(pithos_server, "delete", "bulk")
     assert status_of(conn.head_container, "bulk") == 404
+
+
+def test_large_objects_do_not_bypass_acls(pithos_server, conn, reader):
+    """A user who may write a container cannot read another container through a large
+    object's segments (a Swift proxy reads segments with the reader's rights)."""
+    conn.put_container("lo-secret")
+    conn.put_object("lo-secret", "s/1", b"top secret")
+    conn.put_container("lo-shared", headers={"X-Container-Read": "test:reader",
+                                             "X-Container-Write": "test:reader"})
+    assert status_of(reader.get_object, "lo-secret", "s/1") == 403
+    manifest = json.dumps([{"path": "/lo-secret/s/1"}])
+    assert status_of(reader.put_object, "lo-shared", "slo", manifest,
+                     query_string="multipart-manifest=put") == 400
+    assert status_of(conn.head_object, "lo-shared", "slo") == 404
+    reader.put_object("lo-shared", "dlo", b"", headers={"X-Object-Manifest": "lo-secret/s/"})
+    assert status_of(reader.get_object, "lo-shared", "dlo") == 403
+    assert status_of(reader.put_object, "lo-shared", "copy", b"",
+                     headers={"X-Copy-From": "/lo-shared/dlo"}) == 403
+    assert status_of(conn.head_object, "lo-shared", "copy") == 404
+    # The owner reads it, and a reader once allowed.
+    assert conn.get_object("lo-shared", "dlo")[1] == b"top secret"
+    conn.post_container("lo-secret", {"X-Container-Read": "test:reader"})
+    assert reader.get_object("lo-shared", "dlo")[1] == b"top secret"
+    reader.put_object("lo-shared", "slo", manifest, query_string="multipart-manifest=put")
+    assert reader.get_object("lo-shared", "slo")[1] == b"top secret"

@@ -8,7 +8,7 @@ import json
 import mimetypes
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -30,7 +30,7 @@ from pithos.api.listing import truthy
 from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
 from pithos.core.errors import InvalidArgument
 from pithos.core.hashing import to_hex
-from pithos.objects.acl import Action, format_sharing, parse_sharing
+from pithos.objects.acl import Action, decide, format_sharing, parse_sharing
 from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, update_content
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class ObjectHandlers:
         if owner:
             self._owner_headers(req, resp, container, v)
         assert account is not None
-        self.serve(req, resp, v, account.id, head)
+        self.serve(req, resp, v, account.id, head, may_read=self._may_read(user, account))
 
     def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and
@@ -211,8 +211,18 @@ class ObjectHandlers:
         account_id = self.services.catalog.container_account(v.container_id)
         self.serve(req, resp, v, account_id, req.method == "HEAD")
 
+    def _may_read(self, user: UserInfo | None, account: AccountInfo | None
+                  ) -> Callable[[ContainerInfo], bool]:
+        """May `user` read the objects of a container of `account`?  Asked of the containers
+        that hold a large object's segments."""
+        def check(c: ContainerInfo) -> bool:
+            return account is not None and decide(user, account.name, account.acl,
+                                                  Action.OBJECT_READ, c).allowed
+        return check
+
     def serve(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion,
-              account_id: int, head: bool) -> None:
+              account_id: int, head: bool,
+              may_read: Callable[[ContainerInfo], bool] = lambda _: True) -> None:
         manifest_get = req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:
             body = v.slo_manifest.encode()
@@ -223,7 +233,8 @@ class ObjectHandlers:
                 resp.data = body
             return
         if v.dlo_manifest and not manifest_get:
-            segments = self.services.objects.dlo_segments(account_id, v.dlo_manifest)
+            segments = self.services.objects.dlo_segments(account_id, v.dlo_manifest,
+                                                          may_read)
             parts = [(s.root, s.size) for s in segments if s.root is not None]
             size = sum(s.size for s in segments)
             joined = "".join(s.etag for s in segments).encode()
@@ -325,7 +336,9 @@ class ObjectHandlers:
             with objects.upload_lease():
                 v = objects.put_slo(account.id, container, t.obj, manifest,
                                     content_type=content_type, meta=meta,
-                                    modified_by=modified_by, delete_at=delete_at)
+                                    modified_by=modified_by, delete_at=delete_at,
+                                    may_read=self._may_read(user, account),
+                                    etag=req.get_header("ETag"))
             self._created(resp, v, f'"{v.etag}"')
             return
         dlo = req.get_header("X-Object-Manifest")
@@ -456,7 +469,8 @@ class ObjectHandlers:
         # The lease covers the new map of a large object's content and the copy's commit, and
         # the source's map until the copy names it.
         with objects.upload_lease():
-            content = self._large_content(src, src_account, keep_manifest)
+            content = self._large_content(src, src_account, keep_manifest,
+                                          self._may_read(user, src_account))
             v = objects.copy(src, dest, dest_name, meta={"user": user_meta, "sys": sys_meta},
                              content_type=req.get_header("Content-Type") or src.content_type,
                              modified_by=f"{user.account}:{user.name}" if user else None,
@@ -468,7 +482,8 @@ class ObjectHandlers:
         resp.set_header("X-Copied-From-Account", quote(RESELLER_PREFIX + source_account))
 
     def _large_content(self, src: ObjectVersion, src_account: AccountInfo | None,
-                       keep_manifest: bool) -> tuple[bytes, int, str] | None:
+                       keep_manifest: bool, may_read: Callable[[ContainerInfo], bool]
+                       ) -> tuple[bytes, int, str] | None:
         """A large object is copied as its content: one map naming the segments' blocks,
         and the MD5 of that content as the ETag (the data is read, not written)."""
         if not (src.dlo_manifest or src.slo_manifest) or keep_manifest:
@@ -476,7 +491,7 @@ class ObjectHandlers:
         objects = self.services.objects
         if src.dlo_manifest:
             assert src_account is not None
-            segs = objects.dlo_segments(src_account.id, src.dlo_manifest)
+            segs = objects.dlo_segments(src_account.id, src.dlo_manifest, may_read)
             parts = [(s.root, s.size) for s in segs if s.root is not None]
         else:
             assert src.root is not None
