@@ -4,7 +4,7 @@
     archipelago volume snapshot VOLUME SNAPSHOT
     archipelago volume clone SNAPSHOT NEWVOLUME [--size S]
     archipelago volume clone --from-root ROOTHEX NEWVOLUME [--size S]
-    archipelago volume clone --from-object ACCOUNT/CONTAINER/OBJECT NEWVOLUME  (not yet)
+    archipelago volume clone --from-object ACCOUNT/CONTAINER/OBJECT NEWVOLUME
     archipelago volume list|info NAME|resize NAME --size S|delete NAME   [--json]
     archipelago serve [--listen 127.0.0.1:10809] [--socket PATH]
 
@@ -63,10 +63,9 @@ def cmd_snapshot(args: argparse.Namespace, vols: Volumes) -> int:
 
 def cmd_clone(args: argparse.Namespace, vols: Volumes) -> int:
     if args.from_object:
-        raise CliError("clone --from-object is not available yet: the object catalog "
-                       "(pithos/catalog) has not landed; use --from-root ROOTHEX (the root "
-                       "printed by `pithos store put`)")
-    if args.from_root:
+        root = _object_root(args.data_dir, args.from_object)
+        head = vols.clone_root(root, args.newvolume, args.size)
+    elif args.from_root:
         head = vols.clone_root(from_hex(args.from_root), args.newvolume, args.size)
     elif args.source:
         head = vols.clone(args.source, args.newvolume, args.size)
@@ -74,6 +73,31 @@ def cmd_clone(args: argparse.Namespace, vols: Volumes) -> int:
         raise CliError("clone needs a SNAPSHOT, --from-root or --from-object")
     _print(args, head.to_json(), f"cloned {head.origin} into volume {head.name}")
     return 0
+
+
+def _object_root(data_dir: str, spec: str) -> bytes:
+    """The map root of the current version of ACCOUNT/CONTAINER/OBJECT in the catalog of the
+    data directory (the image a clone starts from; the clone keeps the map alive for the GC
+    even if the object is later deleted)."""
+    from pithos.catalog import Catalog, local_url
+
+    account, _, rest = spec.partition("/")
+    container, _, obj = rest.partition("/")
+    account = account.removeprefix("AUTH_")
+    if not (account and container and obj):
+        raise CliError(f"--from-object wants ACCOUNT/CONTAINER/OBJECT, not {spec!r}")
+    catalog = Catalog(local_url(data_dir))
+    try:
+        info = catalog.account(account)
+        found = catalog.container(info.id, container) if info else None
+        version = catalog.object(found.id, obj) if found else None
+    finally:
+        catalog.close()
+    if version is None:
+        raise CliError(f"no object {spec}")
+    if version.root is None or version.dlo_manifest:
+        raise CliError(f"{spec} is a dynamic large object manifest, not an image")
+    return version.root
 
 
 def cmd_list(args: argparse.Namespace, vols: Volumes) -> int:

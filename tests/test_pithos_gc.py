@@ -116,3 +116,40 @@ def test_gc_while_uploading_and_deleting_loses_nothing(tmp_path):
         assert json.loads(pithos(server, "store", "fsck", "--json"))["clean"]
     finally:
         server.stop()
+
+
+def test_volume_cloned_from_an_object_survives_its_deletion(tmp_path):
+    """archipelago volume clone --from-object: the clone names the object's map; the GC keeps
+    it after the object and its history are gone."""
+    server = PithosServer(tmp_path / "data")
+    try:
+        url, h = auth(server)
+        requests.put(f"{url}/images", headers=h, timeout=30)
+        image = os.urandom(8 * 1024 * 1024)
+        requests.put(f"{url}/images/disk.raw", data=image, headers=h, timeout=60)
+        proc = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
+                               "--from-object", "AUTH_test/images/disk.raw", "vm1",
+                               "--data-dir", str(server.data_dir)], capture_output=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        missing = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
+                                  "--from-object", "test/images/nope", "vm2", "--data-dir",
+                                  str(server.data_dir)], capture_output=True, timeout=120)
+        assert missing.returncode != 0 and b"no object" in missing.stderr
+        requests.delete(f"{url}/images/disk.raw", headers=h, timeout=30)
+        requests.delete(f"{url}/images", params={"until": time.time() + 1}, headers=h,
+                        timeout=30)
+        time.sleep(2.5)
+        pithos(server, "gc", "--json")
+        from archipelago import Volumes
+
+        vols = Volumes.local(str(server.data_dir))
+        vol = vols.open("vm1")
+        try:
+            got = bytearray(len(image))
+            vol.read_into(memoryview(got), 0)
+        finally:
+            vol.close()
+        assert bytes(got) == image
+    finally:
+        server.stop()

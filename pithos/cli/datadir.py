@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
 from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
-from pithos.catalog import Catalog
+from pithos.catalog import Catalog, local_url
 from pithos.core.errors import BackendError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
@@ -36,7 +36,7 @@ class DataDir:
 
     @property
     def catalog_url(self) -> str:
-        return "sqlite:///" + os.path.abspath(os.path.join(self.path, "catalog.sqlite"))
+        return local_url(self.path)
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
