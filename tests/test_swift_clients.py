@@ -474,6 +474,14 @@ def test_ranges(pithos_server, conn):
     r = request(pithos_server, "HEAD", f"{me.path}/ranges/r", token=me.token,
                 headers={"Range": "bytes=0-99"})
     assert r.status == 206 and r.headers["content-length"] == "100"
+    # An empty object: no byte to start at, but "the last N bytes" are all of it (as Swift).
+    conn.put_object("ranges", "empty", b"")
+    r = request(pithos_server, "GET", f"{me.path}/ranges/empty", token=me.token,
+                headers={"Range": "bytes=0-0"})
+    assert r.status == 416 and r.headers["content-range"] == "bytes */0"
+    r = request(pithos_server, "GET", f"{me.path}/ranges/empty", token=me.token,
+                headers={"Range": "bytes=-5"})
+    assert (r.status, r.body) == (200, b"")
 
 
 # -- conditional requests --------------------------------------------------------------------

@@ -138,6 +138,9 @@ def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
         return None
     ranges: list[ByteRange] = []
     parsed = 0
+    # A suffix range of an empty object asks for "up to the last N bytes": the whole (empty)
+    # object, with 200, as Swift (and Apache, nginx) answer.
+    whole = False
     for part in spec.split(","):
         part = part.strip()
         first, dash, last = part.partition("-")
@@ -151,6 +154,7 @@ def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
                 parsed += 1
                 if n > 0 and size > 0:
                     ranges.append(ByteRange(max(size - n, 0), size - 1))
+                whole = whole or (n > 0 and size == 0)
                 continue
             start = int(first)
             end = int(last) if last else size - 1
@@ -163,6 +167,8 @@ def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
             ranges.append(ByteRange(start, min(end, size - 1)))
     if parsed > 100:
         raise HTTPStatusError(400, "too many ranges")
+    if not ranges and whole:
+        return None
     if not ranges:
         raise HTTPStatusError(416, "Requested Range Not Satisfiable",
                               {"Content-Range": f"bytes */{size}"})
