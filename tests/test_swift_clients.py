@@ -348,6 +348,14 @@ def test_copy_x_copy_from_and_copy_verb(pithos_server, conn):
         assert body == data and headers["etag"] == etag
     # A copy copies no data.
     assert store_stats(pithos_server)["blocks"] == before["blocks"]
+    # The source is named in the answer, quoted (a name may hold what a header cannot).
+    conn.put_object("cp", "✓ src", b"tick")
+    r = request(pithos_server, "COPY", f"{login(pithos_server).path}/cp/%E2%9C%93%20src",
+                headers={"Destination": "/cp/tick"}, token=login(pithos_server).token)
+    assert r.status == 201
+    assert (r.headers["x-copied-from"], r.headers["x-copied-from-account"]) == (
+        "cp/%E2%9C%93%20src", "AUTH_test")
+    assert conn.get_object("cp", "tick")[1] == b"tick"
     # Copying something absent is 404 and creates nothing.
     assert status_of(conn.copy_object, "cp", "nothing", destination="/cp/x") == 404
     assert status_of(conn.head_object, "cp", "x") == 404
@@ -602,6 +610,27 @@ def test_auth_required_and_other_accounts(pithos_server, conn):
     r = request(pithos_server, "GET", "/auth/v1.0",
                 headers={"X-Auth-User": "test:tester", "X-Auth-Key": "wrong"})
     assert r.status == 401
+    # Keystone v3: a good login gives a token and the storage URL in the catalog; a bad
+    # password or another account's project gives 401.
+
+    def v3(user: str, password: str, project: str) -> tuple[int, dict, dict]:
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "domain": {"name": "Default"}, "password": password}}},
+            "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+        r = request(pithos_server, "POST", "/v3/auth/tokens", body=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"})
+        return r.status, r.headers, (r.json() if r.status == 201 else {})
+
+    status, headers, doc = v3("tester", "testing", "test")
+    assert status == 201
+    urls = {e["url"] for s in doc["token"]["catalog"] if s["type"] == "object-store"
+            for e in s["endpoints"]}
+    assert urls == {me.storage_url}
+    r = request(pithos_server, "HEAD", me.path, token=headers["x-subject-token"])
+    assert r.status == 204
+    assert v3("tester", "wrong", "test")[0] == 401
+    assert v3("tester", "testing", "test2")[0] == 401
+    assert v3("nobody", "testing", "test")[0] == 401
 
 
 def test_container_acls(pithos_server, conn, reader):
@@ -683,6 +712,11 @@ def test_account_acl(pithos_server, conn, reader):
         assert status_of(reader.post_account, {"X-Account-Access-Control": acl}) == 403
         assert status_of(reader.post_container, "acct-acl",
                          {"X-Container-Read": ".r:*"}) == 403
+        # admin is: ACLs of containers and of the account, which it then sees.
+        conn.post_account({"X-Account-Access-Control": acl})
+        reader.post_container("acct-acl", {"X-Container-Read": "test2"})
+        assert conn.head_container("acct-acl")["x-container-read"] == "test2"
+        assert reader.head_account()["x-account-access-control"] == acl
         r = request(pithos_server, "POST", me.path, token=me.token,
                     headers={"X-Account-Access-Control": "not json"})
         assert r.status == 400

@@ -184,7 +184,8 @@ class SwiftSink:
         resp.set_header("X-Put-Timestamp", x_timestamp(info.created))
         for k, v in meta_headers("X-Account-Meta-", info.meta).items():
             resp.set_header(k, v)
-        if info.acl and user is not None and user.account == info.name and user.admin:
+        # Every account admin sees the ACL (the owner, and those the ACL makes admins).
+        if info.acl and decide(user, info.name, info.acl, Action.ACCOUNT_ADMIN).allowed:
             resp.set_header("X-Account-Access-Control", info.acl)
         if self.authz.owns(user, info):
             for name, members in self.services.catalog.groups(info.id).items():
