@@ -80,12 +80,13 @@ class Authz:
         """The container, if `user` may do `action` in it; a refusal comes before any 404
         so that outsiders learn nothing about names."""
         catalog = self.services.catalog
-        info = catalog.account(account)
+        # Only ids and ACLs are needed here: no counters (they cost aggregate queries).
+        info = catalog.account(account, detail=False)
         if info is None and user is not None and user.account == account and user.admin:
             catalog.ensure_account(account)
-            info = catalog.account(account)
+            info = catalog.account(account, detail=False)
         acl = info.acl if info else None
-        container = catalog.container(info.id, name) if info else None
+        container = catalog.container(info.id, name, detail=False) if info else None
         self.require(user, account, acl, action, container)
         if container is None:
             raise HTTPStatusError(404, "no such container")
@@ -109,17 +110,17 @@ class Authz:
             if right is None or (action is Action.OBJECT_WRITE and right != "write"):
                 raise
             catalog = self.services.catalog
-            info = catalog.account(account)
+            info = catalog.account(account, detail=False)
             assert info is not None
-            container = catalog.container(info.id, container_name)
+            container = catalog.container(info.id, container_name, detail=False)
             assert container is not None
             return info, container, right
 
     def shared_right(self, user: UserInfo | None, account: str, container_name: str,
                      obj: str) -> str | None:
         catalog = self.services.catalog
-        info = catalog.account(account)
-        container = catalog.container(info.id, container_name) if info else None
+        info = catalog.account(account, detail=False)
+        container = catalog.container(info.id, container_name, detail=False) if info else None
         if info is None or container is None:
             return None
         found = catalog.sharing_for(container.id, obj)
@@ -379,6 +380,7 @@ class SwiftSink:
 
     def _container_headers(self, resp: falcon.Response, account: AccountInfo | None,
                            c: ContainerInfo, user: UserInfo | None) -> None:
+        c = self.services.catalog.container(c.account_id, c.name) or c  # with its counters
         resp.set_header("X-Container-Object-Count", str(c.objects))
         resp.set_header("X-Container-Bytes-Used", str(c.bytes))
         resp.set_header("X-Timestamp", x_timestamp(c.created))

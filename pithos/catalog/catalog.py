@@ -129,11 +129,16 @@ class Catalog:
             return int(conn.execute(
                 select(s.accounts.c.id).where(s.accounts.c.name == name)).scalar_one())
 
-    def account(self, name: str) -> AccountInfo | None:
+    def account(self, name: str, detail: bool = True) -> AccountInfo | None:
+        """The account; without `detail` its counters and metadata are left out (zero and
+        empty), for the many requests that need only its id and ACL."""
         with self._read() as conn:
             row = conn.execute(select(s.accounts).where(s.accounts.c.name == name)).first()
             if row is None:
                 return None
+            if not detail:
+                return AccountInfo(row.id, row.name, row.created, 0, 0, 0, {}, row.quota_bytes,
+                                   row.acl)
             ncont = conn.execute(select(func.count()).select_from(s.containers).where(
                 s.containers.c.account_id == row.id)).scalar_one()
             objs, size = conn.execute(
@@ -240,15 +245,21 @@ class Catalog:
 
     # -- containers ----------------------------------------------------------------------------
 
-    def container(self, account_id: int, name: str) -> ContainerInfo | None:
+    def container(self, account_id: int, name: str, detail: bool = True
+                  ) -> ContainerInfo | None:
+        """The container; without `detail` its counters and metadata are left out."""
         with self._read() as conn:
-            return self._container(conn, account_id, name)
+            return self._container(conn, account_id, name, detail)
 
-    def _container(self, conn: Connection, account_id: int, name: str) -> ContainerInfo | None:
+    def _container(self, conn: Connection, account_id: int, name: str,
+                   detail: bool = True) -> ContainerInfo | None:
         row = conn.execute(select(s.containers).where(and_(
             s.containers.c.account_id == account_id, s.containers.c.name == name))).first()
         if row is None:
             return None
+        if not detail:
+            return ContainerInfo(row.id, row.account_id, row.name, row.created, 0, 0, {},
+                                 row.read_acl, row.write_acl, row.versioning, row.quota_bytes)
         objs, size = conn.execute(
             select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
                    func.coalesce(func.sum(s.container_stats.c.bytes), 0))
@@ -799,17 +810,15 @@ class Catalog:
         newest = rows[-1].id if rows else version_id
         return [bytes(r.root) for r in rows if r.root is not None], int(newest)
 
-    def begin_upload(self, ttl_s: float = 3600.0) -> int:
-        """Register an upload in flight (a lease); the collector spares every block put after
-        the oldest lease's start.  End it with end_upload; a crashed holder's lease expires."""
-        now = time.time()
+    def publish_upload_lease(self, lease_id: int, oldest: float | None,
+                             expires: float) -> None:
+        """A process's upload lease: its oldest upload in flight started at `oldest` (None:
+        it has none).  See pithos/objects/leases.py."""
+        ul = s.upload_leases
         with self._lease_write() as conn:
-            return int(conn.execute(insert(s.upload_leases).values(
-                started=now, expires=now + ttl_s)).inserted_primary_key[0])
-
-    def end_upload(self, lease_id: int) -> None:
-        with self._lease_write() as conn:
-            conn.execute(delete(s.upload_leases).where(s.upload_leases.c.id == lease_id))
+            conn.execute(delete(ul).where(ul.c.id == lease_id))
+            if oldest is not None:
+                conn.execute(insert(ul).values(id=lease_id, started=oldest, expires=expires))
 
     def oldest_upload(self, now: float | None = None) -> float | None:
         """Start time of the oldest live upload lease, None if none."""

@@ -26,6 +26,7 @@ from pithos.core.errors import (
     TooLarge,
 )
 from pithos.mapper import Mapper, Piece
+from pithos.objects.leases import UploadLeases
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,26 @@ class Stored:
     md5: str
 
 
+# A long upload says it is alive (refreshes its lease) this often.
+PROGRESS_BYTES = 64 * 1024 * 1024
+
+
 class BodyReader:
     """A request body as a file: counts bytes, refuses more than `max_size`, and computes the
     MD5 on `executor` while the next piece is read (MD5 is the slowest step of a PUT, and
     hashlib releases the GIL)."""
 
     def __init__(self, stream: BinaryIO, length: int | None, max_size: int,
-                 executor: Executor | None) -> None:
+                 executor: Executor | None,
+                 on_progress: Callable[[], None] | None = None) -> None:
         self._stream = stream
         self._length = length
         self._max = max_size
         self._executor = executor
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._pending: Future[None] | None = None
+        self._on_progress = on_progress
+        self._next_progress = PROGRESS_BYTES
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -81,6 +89,9 @@ class BodyReader:
         self.count += len(data)
         if self.count > self._max:
             raise TooLarge(f"object larger than {self._max} bytes")
+        if self._on_progress is not None and self.count >= self._next_progress:
+            self._next_progress += PROGRESS_BYTES
+            self._on_progress()
         if self._executor is None or len(data) < 65536:
             self._wait()
             self._md5.update(data)
@@ -109,6 +120,7 @@ class ObjectService:
         """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
         executor)."""
         self.catalog = catalog
+        self.leases = UploadLeases(catalog)
         self.mapper = mapper
         self.executor = executor
         self.prefetch = prefetch or executor
@@ -123,17 +135,15 @@ class ObjectService:
     def upload_lease(self) -> Iterator[None]:
         """Hold an upload lease while blocks are stored and until the version naming them is
         committed: the garbage collector spares blocks put after the oldest lease began."""
-        lease = self.catalog.begin_upload()
-        try:
+        with self.leases.held():
             yield
-        finally:
-            self.catalog.end_upload(lease)
 
     def store(self, body: BinaryIO, length: int | None) -> Stored:
         """Store a request body as a map (durable on return)."""
         if length is not None and length > self.limits.max_file_size:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
-        reader = BodyReader(body, length, self.limits.max_file_size, self.executor)
+        reader = BodyReader(body, length, self.limits.max_file_size, self.executor,
+                            on_progress=self.leases.refresh)
         root, size = next(iter(self.mapper.build_many([reader],
                                                       batch_bytes=self.upload_batch_bytes)))
         md5 = reader.finish()
