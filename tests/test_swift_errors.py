@@ -173,7 +173,8 @@ def test_metadata_limits(pithos_server, me, box, unchanged):
 
 def test_delete_at_in_the_past_or_malformed(pithos_server, me, box, unchanged):
     past = str(int(time.time()) - 10)
-    for headers in ({"X-Delete-At": past}, {"X-Delete-At": "soon"},
+    for headers in ({"X-Delete-At": past}, {"X-Delete-At": "soon"}, {"X-Delete-At": "inf"},
+                    {"X-Delete-At": "nan"}, {"X-Delete-At": "-1e400"},
                     {"X-Delete-After": "-5"}, {"X-Delete-After": "1.5x"}):
         r = request(pithos_server, "PUT", f"{box}/expiring", body=b"x", headers=headers,
                     token=me.token)

@@ -50,6 +50,9 @@ def _content_type(req: falcon.Request, name: str) -> str:
     return guessed or "application/octet-stream"
 
 
+MAX_DELETE_AT = 9999999999
+
+
 def _delete_at(req: falcon.Request) -> float | None:
     at = req.get_header("X-Delete-At")
     after = req.get_header("X-Delete-After")
@@ -61,15 +64,16 @@ def _delete_at(req: falcon.Request) -> float | None:
             raise HTTPStatusError(400, "Non-integer X-Delete-After") from None
         if seconds < 0:
             raise HTTPStatusError(400, "X-Delete-After in past")
-        return float(int(now) + seconds)
+        return float(min(int(now) + seconds, MAX_DELETE_AT))
     if at is not None:
         try:
             when = int(float(at))
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan", "inf"
             raise HTTPStatusError(400, "Non-integer X-Delete-At") from None
         if when <= now:
             raise HTTPStatusError(400, "X-Delete-At in past")
-        return float(when)
+        # Swift's largest delete-at timestamp (year 2286): later is never.
+        return float(min(when, MAX_DELETE_AT))
     return None
 
 
