@@ -422,6 +422,10 @@ def test_metadata_post_replaces(pithos_server, conn):
     assert raw.body == b"zz" and raw.headers["content-encoding"] == "gzip"
     assert conn.get_object("meta", "o")[1] == b"data"
     assert status_of(conn.post_object, "meta", "absent", {"X-Object-Meta-A": "1"}) == 404
+    # UTF-8 values count in bytes: 128 two-byte characters are at the 256-byte limit.
+    conn.post_object("meta", "o", {"X-Object-Meta-Uni": "é" * 128})
+    assert conn.head_object("meta", "o")["x-object-meta-uni"] == "é" * 128
+    assert status_of(conn.post_object, "meta", "o", {"X-Object-Meta-Uni": "é" * 129}) == 400
     # Container and account metadata: set, replace one key, remove one.
     conn.post_container("meta", {"X-Container-Meta-K1": "v1", "X-Container-Meta-K2": "v2"})
     conn.post_container("meta", {"X-Container-Meta-K1": "w1",

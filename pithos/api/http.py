@@ -95,16 +95,26 @@ def meta_from_headers(headers: Mapping[str, str], prefix: str, limits: Limits,
     return out
 
 
+def _wire_length(text: str) -> int:
+    """Bytes of a header as the client sent it: WSGI hands header values over as latin-1
+    characters, one per byte (a UTF-8 "é" arrives as two characters)."""
+    try:
+        return len(text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return len(text.encode())
+
+
 def check_meta(meta: Mapping[str, str | None], limits: Limits) -> None:
+    """Swift's limits, counted in bytes as sent."""
     total = 0
     for name, value in meta.items():
-        if len(name.encode()) > limits.max_meta_name_length:
+        if _wire_length(name) > limits.max_meta_name_length:
             raise HTTPStatusError(400, f"Metadata name too long: {name[:40]}...; max "
                                        f"{limits.max_meta_name_length}")
-        if value is not None and len(value.encode()) > limits.max_meta_value_length:
+        if value is not None and _wire_length(value) > limits.max_meta_value_length:
             raise HTTPStatusError(400, f"Metadata value longer than "
                                        f"{limits.max_meta_value_length}: {name}")
-        total += len(name.encode()) + len((value or "").encode())
+        total += _wire_length(name) + _wire_length(value or "")
     if len([v for v in meta.values() if v is not None]) > limits.max_meta_count:
         raise HTTPStatusError(400, f"Too many metadata items; max {limits.max_meta_count}")
     if total > limits.max_meta_overall_size:
