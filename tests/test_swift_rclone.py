@@ -155,22 +155,23 @@ def test_chunked_upload_and_sync_delete(rclone_env, conn, tmp_path):
     src = tmp_path / "seg"
     src.mkdir()
     big = six_mib(9)
-    (src / "big.bin").write_bytes(big)
+    name = "größe ✓.bin"  # in the segments' names and the manifest header too
+    (src / name).write_bytes(big)
     (src / "small.txt").write_bytes(b"small\n")
     rclone(rclone_env, "copy", str(src), "pithosseg:rcseg")
-    head = conn.head_object("rcseg", "big.bin")
+    head = conn.head_object("rcseg", name)
     assert "x-object-manifest" in head  # rclone made a DLO of 1 MiB segments
     assert int(head["content-length"]) == len(big)
-    assert conn.get_object("rcseg", "big.bin")[1] == big
+    assert conn.get_object("rcseg", name)[1] == big
     _, segs = conn.get_container("rcseg_segments")
     assert len(segs) == 6
     # check: sizes (a large object has no MD5 of its content for rclone to compare).
     rclone(rclone_env, "check", str(src), "pithosseg:rcseg")
     dst = tmp_path / "seg-down"
     rclone(rclone_env, "copy", "pithos:rcseg", str(dst))
-    assert (dst / "big.bin").read_bytes() == big
+    assert (dst / name).read_bytes() == big
     # sync after deleting the big file locally removes it and its segments remotely.
-    (src / "big.bin").unlink()
+    (src / name).unlink()
     rclone(rclone_env, "sync", str(src), "pithosseg:rcseg")
     assert remote_tree(conn, "rcseg") == {
         "small.txt": (6, hashlib.md5(b"small\n").hexdigest())}

@@ -174,7 +174,8 @@ class ObjectHandlers:
         if v.delete_at is not None:
             resp.set_header("X-Delete-At", str(int(v.delete_at)))
         if v.dlo_manifest:
-            resp.set_header("X-Object-Manifest", v.dlo_manifest)
+            # Quoted, as clients send it (and unquote it): a name may hold any character.
+            resp.set_header("X-Object-Manifest", quote(v.dlo_manifest))
         if v.slo_manifest:
             resp.set_header("X-Static-Large-Object", "True")
 
