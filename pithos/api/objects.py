@@ -436,6 +436,8 @@ class ObjectHandlers:
         """Refuse (413) before reading the body a write that cannot fit; the commit checks
         again, atomically, for bodies of unknown length and concurrent writers."""
         cbytes, cquota, abytes, aquota = self.services.catalog.usage(container.id)
+        if not cquota and not aquota:
+            return
         current = self.services.catalog.object(container.id, name)
         growth = size - (current.size if current else 0)
         if growth > 0 and ((cquota and cbytes + growth > cquota) or

@@ -388,10 +388,12 @@ class Catalog:
             self._check_quota(conn, container_id, size - old_size)
             self._count(conn, container_id, 0 if previous is not None else 1, size - old_size)
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id)
-            row = conn.execute(_version_columns().select_from(
-                s.objects.join(s.versions, s.versions.c.id == s.objects.c.current_id))
-                .where(s.objects.c.id == obj_id)).one()
-            return _version(conn, row)
+            uuid = conn.execute(select(s.objects.c.uuid)
+                                .where(s.objects.c.id == obj_id)).scalar_one()
+        return ObjectVersion(obj_id, container_id, name, uuid, version_id, vid, root, size,
+                             etag, content_type, created or now, modified_by, delete_at,
+                             dlo_manifest, slo_manifest,
+                             {d: dict(kv) for d, kv in meta.items() if kv})
 
     def _object_for_write(self, conn: Connection, container_id: int, name: str,
                           now: float) -> tuple[int, Any]:
@@ -677,16 +679,16 @@ class Catalog:
         both slip under it)."""
         if growth <= 0:
             return
-        c = conn.execute(select(s.containers.c.quota_bytes, s.containers.c.account_id)
-                         .where(s.containers.c.id == container_id)).one()
+        c = conn.execute(_quotas(container_id)).one()
+        if not c.quota_bytes and not c.account_quota:
+            return  # the common case: one cheap query
         st = s.container_stats
         if c.quota_bytes:
             used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                 .where(st.c.container_id == container_id)).scalar_one()
             if used + growth > c.quota_bytes:
                 raise QuotaExceeded(f"container quota of {c.quota_bytes} bytes exceeded")
-        quota = conn.execute(select(s.accounts.c.quota_bytes)
-                             .where(s.accounts.c.id == c.account_id)).scalar()
+        quota = c.account_quota
         if quota:
             used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                 .select_from(st.join(s.containers))
@@ -697,8 +699,9 @@ class Catalog:
     def usage(self, container_id: int) -> tuple[int, int | None, int, int | None]:
         """(container bytes, container quota, account bytes, account quota)."""
         with self._read() as conn:
-            c = conn.execute(select(s.containers.c.quota_bytes, s.containers.c.account_id)
-                             .where(s.containers.c.id == container_id)).one()
+            c = conn.execute(_quotas(container_id)).one()
+            if not c.quota_bytes and not c.account_quota:
+                return 0, None, 0, None  # no quota: the usage does not matter
             st = s.container_stats
             cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .where(st.c.container_id == container_id)).scalar_one()
@@ -706,9 +709,7 @@ class Catalog:
                                   .select_from(st.join(s.containers))
                                   .where(s.containers.c.account_id == c.account_id)
                                   ).scalar_one()
-            aquota = conn.execute(select(s.accounts.c.quota_bytes)
-                                  .where(s.accounts.c.id == c.account_id)).scalar()
-        return int(cbytes), c.quota_bytes, int(abytes), aquota
+        return int(cbytes), c.quota_bytes, int(abytes), c.account_quota
 
     # -- blocks an account may name (dedup without leaking) ------------------------------------
 
@@ -864,6 +865,13 @@ class Catalog:
                     if len(rows) < limit:
                         break
         return out[:limit]
+
+
+def _quotas(container_id: int) -> Any:
+    return (select(s.containers.c.quota_bytes, s.containers.c.account_id,
+                   s.accounts.c.quota_bytes.label("account_quota"))
+            .select_from(s.containers.join(s.accounts))
+            .where(s.containers.c.id == container_id))
 
 
 def _name_window(q: Any, col: Any, prefix: str, marker: str, end_marker: str,
