@@ -26,6 +26,7 @@ from typing import Any
 
 from archipelago.volumes import Volumes
 from pithos.blocker import DEFAULT_BLOCK_SIZE
+from pithos.config import Storage, add_storage_arguments
 from pithos.core.errors import PithosError
 from pithos.core.hashing import from_hex
 
@@ -63,7 +64,7 @@ def cmd_snapshot(args: argparse.Namespace, vols: Volumes) -> int:
 
 def cmd_clone(args: argparse.Namespace, vols: Volumes) -> int:
     if args.from_object:
-        root = _object_root(args.data_dir, args.from_object)
+        root = _object_root(args.storage.catalog, args.from_object)
         head = vols.clone_root(root, args.newvolume, args.size)
     elif args.from_root:
         head = vols.clone_root(from_hex(args.from_root), args.newvolume, args.size)
@@ -75,18 +76,18 @@ def cmd_clone(args: argparse.Namespace, vols: Volumes) -> int:
     return 0
 
 
-def _object_root(data_dir: str, spec: str) -> bytes:
+def _object_root(catalog_url: str, spec: str) -> bytes:
     """The map root of the current version of ACCOUNT/CONTAINER/OBJECT in the catalog of the
     data directory (the image a clone starts from; the clone keeps the map alive for the GC
     even if the object is later deleted)."""
-    from pithos.catalog import Catalog, local_url
+    from pithos.catalog import Catalog
 
     account, _, rest = spec.partition("/")
     container, _, obj = rest.partition("/")
     account = account.removeprefix("AUTH_")
     if not (account and container and obj):
         raise CliError(f"--from-object wants ACCOUNT/CONTAINER/OBJECT, not {spec!r}")
-    catalog = Catalog(local_url(data_dir))
+    catalog = Catalog(catalog_url)
     try:
         info = catalog.account(account)
         found = catalog.container(info.id, container) if info else None
@@ -149,8 +150,7 @@ def cmd_serve(args: argparse.Namespace, vols: Volumes) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    parser.add_argument("--data-dir", default="./data",
-                        help="data directory (default ./data)")
+    add_storage_arguments(parser)
     if json_flag:
         parser.add_argument("--json", action="store_true", help="JSON output")
 
@@ -215,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     vols = None
     try:
         # The server keeps a volume's lease a moment after its last client disconnects.
-        vols = Volumes.local(args.data_dir, lease_wait_s=0.0 if args.command == "serve" else 5.0)
+        storage = Storage.from_args(args)
+        args.storage = storage
+        vols = Volumes.at(storage.data_dir, storage.blocks,
+                          lease_wait_s=0.0 if args.command == "serve" else 5.0)
         return int(args.func(args, vols))
     except (CliError, PithosError) as exc:
         print(f"archipelago: error: {exc}", file=sys.stderr)

@@ -61,6 +61,17 @@ class Volumes:
         vdir = os.path.join(data_dir, "volumes")
         return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir), lease_wait_s)
 
+    @classmethod
+    def at(cls, data_dir: str, blocks_url: str, lease_wait_s: float = 0.0) -> Volumes:
+        """Volumes of a data directory over the block store at `blocks_url` (file:// or
+        rados://; see pithos.blocker.urls).  Heads and deltas stay in `<data_dir>/volumes`."""
+        from pithos.blocker.urls import open_block_store
+
+        os.makedirs(data_dir, exist_ok=True)
+        blocker = Blocker(open_block_store(blocks_url), block_size=DEFAULT_BLOCK_SIZE)
+        vdir = os.path.join(data_dir, "volumes")
+        return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir), lease_wait_s)
+
     def mapper(self, block_size: int) -> Mapper:
         m = self._mappers.get(block_size)
         if m is None:

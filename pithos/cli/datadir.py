@@ -12,22 +12,31 @@ import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
-from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
+from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker
+from pithos.blocker.urls import open_block_store
 from pithos.catalog import Catalog, local_url
+from pithos.config import Storage
 from pithos.core.errors import BackendError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
 
 
 class DataDir:
-    def __init__(self, path: str, block_size: int = DEFAULT_BLOCK_SIZE,
+    """The storage an entry point works on: the block store and catalog named by `storage`
+    (by default both inside the data directory) and the data directory's local files."""
+
+    def __init__(self, storage: Storage | str, block_size: int = DEFAULT_BLOCK_SIZE,
                  executor: Executor | None = None) -> None:
-        self.path = path
+        if isinstance(storage, str):
+            storage = Storage(storage, "file://" + os.path.abspath(
+                os.path.join(storage, "blocks")), local_url(storage))
+        self.storage = storage
+        path = self.path = storage.data_dir
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create data directory {path}: {exc.strerror}") from exc
-        self.store = LocalBlockStore(os.path.join(path, "blocks"), executor=executor)
+        self.store = open_block_store(storage.blocks, executor=executor)
         self.blocker = Blocker(self.store, block_size=max(block_size, DEFAULT_BLOCK_SIZE),
                                executor=executor)
         self.mapper = Mapper(self.blocker, block_size=block_size)
@@ -36,7 +45,7 @@ class DataDir:
 
     @property
     def catalog_url(self) -> str:
-        return local_url(self.path)
+        return self.storage.catalog
 
     def catalog(self) -> Catalog:
         if self._catalog is None:

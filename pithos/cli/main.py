@@ -25,6 +25,7 @@ from typing import BinaryIO
 from pithos.blocker import DEFAULT_BLOCK_SIZE
 from pithos.cli.datadir import DataDir
 from pithos.cli.files import open_ahead
+from pithos.config import Storage, add_storage_arguments
 from pithos.core.errors import IntegrityError, NotFound, PithosError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper.fsck import fsck
@@ -127,7 +128,8 @@ def all_roots(data: DataDir) -> Iterator[bytes]:
 def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
     report = fsck(data.blocker, all_roots(data))
     result = report.as_dict()
-    result["stale_tmp_files"] = data.store.stale_tmp_files()
+    stale = getattr(data.store, "stale_tmp_files", None)
+    result["stale_tmp_files"] = stale() if stale else []
     if args.json:
         print(json.dumps(result))
     else:
@@ -148,7 +150,7 @@ def cmd_serve(args: argparse.Namespace, data: DataDir | None) -> int:
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
-    return serve(args.data_dir, args.listen, args.workers)
+    return serve(Storage.from_args(args), args.listen, args.workers)
 
 
 def cmd_user_add(args: argparse.Namespace, data: DataDir) -> int:
@@ -227,8 +229,7 @@ def parser() -> argparse.ArgumentParser:
     # --data-dir is accepted before or after the subcommand; SUPPRESS keeps a later default
     # from overwriting an earlier value.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=argparse.SUPPRESS,
-                        help="data directory (default ./data)")
+    add_storage_arguments(common)
     top = argparse.ArgumentParser(prog="pithos", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
 
@@ -299,14 +300,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not hasattr(args, "data_dir"):
-        args.data_dir = "./data"
     data = None
     try:
         if getattr(args, "no_data", False):
             return int(args.func(args, None))
         block_size = getattr(args, "block_size", DEFAULT_BLOCK_SIZE)
-        data = DataDir(args.data_dir, block_size=block_size)
+        data = DataDir(Storage.from_args(args), block_size=block_size)
         return int(args.func(args, data))
     except (CliError, PithosError) as exc:
         print(f"pithos: error: {exc}", file=sys.stderr)

@@ -14,9 +14,20 @@ import sys
 from typing import Any
 
 from pithos.cli.datadir import DataDir
+from pithos.config import Storage
 
 log = logging.getLogger("pithos.serve")
 REAP_INTERVAL_S = 30.0
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split(":", 1)[0] + ":..."
 
 
 def greenlet_executor() -> Any:
@@ -45,7 +56,7 @@ def greenlet_executor() -> Any:
     return GreenletExecutor()
 
 
-def build_services(data_dir: str, io_threads: int = 32) -> Any:
+def build_services(storage: Storage, io_threads: int = 32) -> Any:
     """The API's services over a data directory, for a gevent worker."""
     from gevent.threadpool import ThreadPoolExecutor
 
@@ -55,7 +66,7 @@ def build_services(data_dir: str, io_threads: int = 32) -> Any:
     from pithos.objects.service import Limits, ObjectService
 
     pool = ThreadPoolExecutor(max_workers=io_threads)
-    data = DataDir(data_dir, executor=pool)
+    data = DataDir(storage, executor=pool)
     catalog = data.catalog()
     objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
     return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
@@ -75,11 +86,11 @@ def _reaper(services: Any) -> None:
             log.exception("reaping expired objects failed")
 
 
-def first_start(data_dir: str, listen: str) -> None:
+def first_start(storage: Storage, listen: str) -> None:
     """On an empty data directory, create an admin user and say how to log in."""
     from pithos.identity import Identity
 
-    data = DataDir(data_dir)
+    data = DataDir(storage)
     try:
         catalog = data.catalog()
         if catalog.users():
@@ -97,10 +108,10 @@ def first_start(data_dir: str, listen: str) -> None:
         data.close()
 
 
-def serve(data_dir: str, listen: str, workers: int) -> int:
+def serve(storage: Storage, listen: str, workers: int) -> int:
     from gunicorn.app.base import BaseApplication
 
-    first_start(data_dir, listen)
+    first_start(storage, listen)
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -118,11 +129,12 @@ def serve(data_dir: str, listen: str, workers: int) -> int:
 
             from pithos.api.app import create_app
 
-            services = build_services(data_dir)
+            services = build_services(storage)
             gevent.spawn(_reaper, services)
             return create_app(services)
 
     print(f"pithos serve: listening on http://{listen} (data directory "
-          f"{os.path.abspath(data_dir)}, {workers} worker(s))", file=sys.stderr, flush=True)
+          f"{os.path.abspath(storage.data_dir)}, blocks {storage.blocks}, catalog "
+          f"{_redacted(storage.catalog)}, {workers} worker(s))", file=sys.stderr, flush=True)
     Application().run()
     return 0

@@ -1,0 +1,41 @@
+"""Choosing a block store by URL, in one place (the entry points call it at start-up).
+
+    file:///srv/pithos/blocks    LocalBlockStore (a plain path works too)
+    rados://POOL?conf=/etc/ceph/ceph.conf&namespace=NS&id=admin
+                                 RadosBlockStore (rados imported only then)
+    memory://                    MemoryBlockStore (tests, experiments)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pithos.blocker.local import LocalBlockStore
+from pithos.blocker.memory import MemoryBlockStore
+from pithos.blocker.store import BlockStore
+from pithos.core.errors import InvalidArgument
+
+
+def open_block_store(url: str, executor: Executor | None = None) -> BlockStore:
+    parts = urlsplit(url)
+    if parts.scheme in ("", "file"):
+        path = unquote(parts.path if parts.scheme else url)
+        if not path:
+            raise InvalidArgument(f"no path in block store URL {url!r}")
+        return LocalBlockStore(path, executor=executor)
+    if parts.scheme == "memory":
+        return MemoryBlockStore()
+    if parts.scheme == "rados":
+        from pithos.blocker.rados import RadosBlockStore
+
+        pool = unquote(parts.netloc or parts.path.lstrip("/"))
+        if not pool:
+            raise InvalidArgument(f"no pool in {url!r} (rados://POOL?conf=...)")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"conf", "namespace", "id"}
+        if unknown:
+            raise InvalidArgument(f"unknown rados URL parameter(s): {', '.join(sorted(unknown))}")
+        return RadosBlockStore(pool, query.get("conf"), namespace=query.get("namespace", ""),
+                               client_id=query.get("id", "admin"))
+    raise InvalidArgument(f"unknown block store URL {url!r} (file://, rados://, memory://)")
