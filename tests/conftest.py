@@ -61,12 +61,18 @@ class PithosServer:
     """A real `pithos serve` process on a free loopback port, with user test:tester (admin of
     account test) and test2:tester2 (admin of test2), and test:reader (not admin)."""
 
-    def __init__(self, data_dir, workers: int = 1) -> None:
+    def __init__(self, data_dir, workers: int = 1, blocks: str | None = None,
+                 catalog: str | None = None, port: int | None = None) -> None:
         import time
         import urllib.request
 
         self.data_dir = data_dir
-        self.port = free_port()
+        self.storage_flags = ["--data-dir", str(data_dir)]
+        if blocks:
+            self.storage_flags += ["--blocks", blocks]
+        if catalog:
+            self.storage_flags += ["--catalog", catalog]
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth_url = f"{self.url}/auth/v1.0"
         for spec, key, admin in (("test:tester", "testing", True),
@@ -74,11 +80,11 @@ class PithosServer:
                                  ("test:reader", "reading", False)):
             subprocess.run([sys.executable, "-m", "pithos.cli.main", "user", "add", spec,
                             "--key", key, *(["--admin"] if admin else []),
-                            "--data-dir", str(data_dir)], check=True, capture_output=True,
+                            *self.storage_flags], check=True, capture_output=True,
                            timeout=60)
         self.log = open(os.path.join(str(data_dir), "serve.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pithos.cli.main", "serve", "--data-dir", str(data_dir),
+            [sys.executable, "-m", "pithos.cli.main", "serve", *self.storage_flags,
              "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -106,7 +112,8 @@ class PithosServer:
         import signal
 
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            # SIGINT: gunicorn's quick shutdown (SIGTERM waits for idle keep-alive clients).
+            os.killpg(self.proc.pid, signal.SIGINT)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -115,8 +122,54 @@ class PithosServer:
         self.log.close()
 
 
+def scaleout_storage(name: str):
+    """(blocks URL, catalog URL, cleanup) on the real Ceph cluster and PostgreSQL server that
+    scripts/test starts: a fresh RADOS namespace and a fresh database.  Skips when they are
+    not there (which PITHOS_REQUIRE_ALL turns into a failure in CI)."""
+    import secrets
+
+    conf = os.environ.get("PITHOS_CEPH_CONF")
+    pg = os.environ.get("PITHOS_TEST_POSTGRES_URL")
+    if not conf or not os.path.exists(conf) or not pg:
+        pytest.skip("the scale-out configuration needs PITHOS_CEPH_CONF and "
+                    "PITHOS_TEST_POSTGRES_URL (scripts/test sets both)")
+    from sqlalchemy import create_engine, text
+
+    db = f"{name}_{secrets.token_hex(4)}"
+    admin = create_engine(pg, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db}"'))
+    pool = os.environ.get("PITHOS_CEPH_POOL", "pithos")
+    blocks = f"rados://{pool}?conf={conf}&namespace={db}"
+
+    def cleanup() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+
+    return blocks, pg.rsplit("/", 1)[0] + "/" + db, cleanup
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A module lists the configurations its server runs in: SERVER_CONFIGS = ("embedded",
+    # "scaleout"); the default is the embedded one only.
+    if "pithos_server" in metafunc.fixturenames:
+        configs = getattr(metafunc.module, "SERVER_CONFIGS", ("embedded",))
+        metafunc.parametrize("pithos_server", configs, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def pithos_server(tmp_path_factory):
-    server = PithosServer(tmp_path_factory.mktemp("pithos-data"))
+def pithos_server(request, tmp_path_factory):
+    """A live server; "embedded" (local blocks, SQLite) or "scaleout" (RADOS, PostgreSQL)."""
+    config = getattr(request, "param", "embedded")
+    cleanup = None
+    blocks = catalog = None
+    if config == "scaleout":
+        blocks, catalog, cleanup = scaleout_storage("srv")
+    server = PithosServer(tmp_path_factory.mktemp("pithos-data"), blocks=blocks,
+                          catalog=catalog)
+    server.config = config
     yield server
     server.stop()
+    if cleanup is not None:
+        cleanup()

@@ -96,6 +96,6 @@ def swift_cli_v3(server, *args: str, timeout: int = 120) -> subprocess.Completed
 
 def store_stats(server) -> dict[str, int]:
     proc = subprocess.run([sys.executable, "-m", "pithos.cli.main", "store", "stats", "--json",
-                           "--data-dir", str(server.data_dir)],
+                           *server.storage_flags],
                           capture_output=True, text=True, timeout=120, check=True)
     return json.loads(proc.stdout)

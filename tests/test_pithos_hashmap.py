@@ -49,7 +49,7 @@ def test_reupload_of_a_changed_gib_sends_one_block(pithos_server):
     changed = rng.randbytes(BS)  # block 0 as uploaded
     assert hexhash(changed) == remote["hashes"][0]
     changed = b"X" + changed[1:]
-    local = [hexhash(changed)] + remote["hashes"][1:]
+    local = [hexhash(changed), *remote["hashes"][1:]]
     doc = json.dumps({"block_size": BS, "block_hash": "blake3", "bytes": count * BS,
                       "hashes": local})
     sent = 0

@@ -17,7 +17,7 @@ def auth(server, user="test:tester", key="testing"):
 
 def test_sharing_with_accounts_and_groups(pithos_server):
     url_a, ha = auth(pithos_server)
-    url_b, hb = auth(pithos_server, "test2:tester2", "testing2")
+    _, hb = auth(pithos_server, "test2:tester2", "testing2")
     requests.put(f"{url_a}/docs", headers=ha, timeout=30)
     for name in ("team/plan", "team/sub/notes", "private"):
         requests.put(f"{url_a}/docs/{name}", data=name.encode(), headers=ha, timeout=30)

@@ -6,6 +6,9 @@ import os
 import pytest
 import swiftclient
 
+# Issue 6: the same tests on the scale-out configuration (RADOS blocks, PostgreSQL catalog).
+SERVER_CONFIGS = ("embedded", "scaleout")
+
 
 def test_container_and_object_round_trip(pithos_server):
     conn = pithos_server.connection()

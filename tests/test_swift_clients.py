@@ -19,6 +19,9 @@ import swiftclient
 
 from tests.swift_helpers import login, request, store_stats, swift_cli, swift_cli_v3
 
+# Issue 6: the same tests on the scale-out configuration (RADOS blocks, PostgreSQL catalog).
+SERVER_CONFIGS = ("embedded", "scaleout")
+
 MiB = 1024 * 1024
 
 

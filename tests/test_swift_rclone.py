@@ -12,6 +12,9 @@ import subprocess
 
 import pytest
 
+# Issue 6: the same tests on the scale-out configuration (RADOS blocks, PostgreSQL catalog).
+SERVER_CONFIGS = ("embedded", "scaleout")
+
 MiB = 1024 * 1024
 RCLONE = shutil.which("rclone") or "/usr/bin/rclone"
 
