@@ -117,10 +117,16 @@ class LocalBlockStore(BlockStore):
         return sorted(os.listdir(self._tmp))
 
     def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-        # Threads pay off only when there is more than one file to wait on.
-        if len(items) < 2:
+        # Threads pay off only when there is more than one file to wait on, except under an
+        # event loop (a given executor): there even one blocking call must leave its thread.
+        if len(items) < 2 and self._own_pool:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
+
+    def _call(self, fn: Callable[[int], int], arg: int) -> int:
+        if self._own_pool:
+            return fn(arg)
+        return self._pool.submit(fn, arg).result()
 
     # -- BlockStore --------------------------------------------------------------------------
 
@@ -159,7 +165,7 @@ class LocalBlockStore(BlockStore):
             dirs = set(self._map(self._put_one, items))
             if self._syncfs is not None:
                 # One writeback of the filesystem makes every file and rename durable.
-                if self._syncfs(self._root_fd) != 0:
+                if self._call(self._syncfs, self._root_fd) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, os.strerror(err))
             else:
