@@ -225,3 +225,19 @@ def test_versioning_none_keeps_no_history(catalog):
     assert [vid for vid, _, _ in catalog.versions(c.id, "o")] == [v2.vid]
     catalog.delete_object(c.id, "o")
     assert catalog.versions(c.id, "o") == []
+
+
+def test_container_listing_until(catalog):
+    a = catalog.ensure_account("a")
+    catalog.create_container(a, "c1")
+    c1 = catalog.container(a, "c1")
+    put(catalog, c1.id, "x", size=5)
+    time.sleep(0.01)
+    then = time.time()
+    time.sleep(0.01)
+    put(catalog, c1.id, "y", size=7)
+    catalog.create_container(a, "c2")
+    assert [(n, o, b) for n, o, b, _ in catalog.list_containers(a, until=then)] == [
+        ("c1", 1, 5)]
+    assert [(n, o, b) for n, o, b, _ in catalog.list_containers(a)] == [
+        ("c1", 2, 12), ("c2", 0, 0)]

@@ -202,7 +202,8 @@ class SwiftSink:
         info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
         params = listing.listing_params(req, self.services.limits.account_listing_limit)
         fmt = listing.listing_format(req)
-        rows = self.services.catalog.list_containers(info.id, **params)  # type: ignore[arg-type]
+        rows = self.services.catalog.list_containers(
+            info.id, until=parse_until(req), **params)  # type: ignore[arg-type]
         if "shared" in req.params:
             shared = {c for owner, c, _, _ in self.services.catalog.all_sharing()
                       if owner == info.name}

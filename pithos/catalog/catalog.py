@@ -315,10 +315,14 @@ class Catalog:
             conn.execute(delete(s.containers).where(s.containers.c.id == container_id))
 
     def list_containers(self, account_id: int, prefix: str = "", marker: str = "",
-                        end_marker: str = "", limit: int = 10000, reverse: bool = False
-                        ) -> list[tuple[str, int, int, float]]:
-        """(name, objects, bytes, created) of containers, by name."""
+                        end_marker: str = "", limit: int = 10000, reverse: bool = False,
+                        until: float | None = None) -> list[tuple[str, int, int, float]]:
+        """(name, objects, bytes, created) of containers, by name; with `until`, the
+        containers that existed then (and still do) with their usage at that time."""
         c = s.containers
+        if until is not None:
+            return self._containers_at(account_id, prefix, marker, end_marker, limit, reverse,
+                                       until)
         stats = (select(s.container_stats.c.container_id,
                         func.sum(s.container_stats.c.objects).label("objects"),
                         func.sum(s.container_stats.c.bytes).label("bytes"))
@@ -330,6 +334,22 @@ class Catalog:
         with self._read() as conn:
             return [(r.name, int(r.objects or 0), int(r.bytes or 0), r.created)
                     for r in conn.execute(q)]
+
+    def _containers_at(self, account_id: int, prefix: str, marker: str, end_marker: str,
+                       limit: int, reverse: bool, until: float
+                       ) -> list[tuple[str, int, int, float]]:
+        c, v = s.containers, s.versions
+        q = select(c.c.id, c.c.name, c.c.created).where(and_(c.c.account_id == account_id,
+                                                             c.c.created <= until))
+        q = _name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
+        out = []
+        with self._read() as conn:
+            for row in conn.execute(q).all():
+                n, size = conn.execute(self._visible(
+                    select(func.count(), func.coalesce(func.sum(v.c.size), 0)), until, until)
+                    .where(s.objects.c.container_id == row.id)).one()
+                out.append((row.name, int(n), int(size), row.created))
+        return out
 
     # -- objects -------------------------------------------------------------------------------
 
