@@ -95,7 +95,7 @@ def first_start(storage: Storage, listen: str) -> None:
         catalog = data.catalog()
         if catalog.users():
             return
-        key = secrets.token_urlsafe(18)
+        key = secrets.token_hex(16)  # hex: never starts with "-" (a CLI would read an option)
         Identity(catalog).add_user("admin", "admin", key, admin=True)
         print(f"created the admin user of account 'admin':\n"
               f"  auth URL:  http://{listen}/auth/v1.0  (Keystone v3: http://{listen}/v3)\n"
