@@ -24,4 +24,5 @@ simple_reply = impl.simple_reply
 runs = impl.runs
 count = impl.count
 mark = impl.mark
+recv_spin = impl.recv_spin
 IS_NATIVE = impl is not pure

@@ -8,6 +8,8 @@ tests/test_archipelago_twins.py checks it with hypothesis.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
+from os import strerror as os_strerror
+
 DEF REQUEST_MAGIC = 0x25609513
 DEF SIMPLE_REPLY_MAGIC = 0x67446698
 
@@ -122,3 +124,55 @@ def mark(uint8_t[::1] bits, Py_ssize_t start, Py_ssize_t stop):
                 newly += 1
             i += 1
     return newly
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_recv "recv" (int fd, void* buf, size_t n, int flags)
+    int MSG_DONTWAIT
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_MONOTONIC
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EAGAIN
+    int EWOULDBLOCK
+    int EINTR
+
+
+cdef inline long long now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+def recv_spin(sock, unsigned char[::1] buf, long long spin_ns):
+    if buf.shape[0] == 0:
+        raise ValueError("recv_spin into an empty buffer")
+    cdef int fd = sock.fileno()
+    cdef unsigned char* p = &buf[0]
+    cdef size_t n = buf.shape[0]
+    cdef ssize_t got
+    cdef int err = 0
+    cdef long long deadline
+    with nogil:
+        deadline = now_ns() + spin_ns
+        while True:
+            got = c_recv(fd, p, n, MSG_DONTWAIT)
+            if got >= 0:
+                break
+            err = errno
+            if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
+                break
+            if now_ns() >= deadline:
+                break
+    if got >= 0:
+        return got
+    if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+        return -1
+    raise OSError(err, os_strerror(err))

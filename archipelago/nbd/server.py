@@ -20,11 +20,13 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from archipelago import overlay
 from archipelago.heads import Head
 from archipelago.nbd import protocol as p
+from archipelago.overlay import recv_spin
 from archipelago.volume import Volume
 from archipelago.volumes import Volumes
 from pithos.core.errors import NotFound, PithosError
@@ -40,6 +42,12 @@ _MAX_OPTION = 64 * 1024
 _RECV_BUFFER = 4 * 1024 * 1024
 # Flush batched replies when they reach this many bytes even if more requests wait.
 _SEND_BATCH = 1024 * 1024
+# Before sleeping in recv for the next request, poll for this long (GIL released): waking
+# an idle vCPU costs more than a small request's whole work, so a client that answers within
+# this time gets its next request served without that cost (measured: 4 KiB QD1 IOPS about 2x).
+# After a sleep longer than _SPIN_AGAIN_NS (an idle client) spinning stops until a short one.
+_SPIN_NS = int(os.environ.get("ARCHIPELAGO_NBD_SPIN_US", "100")) * 1000
+_SPIN_AGAIN_NS = 2_000_000
 _ALLOWED_FLAGS = {
     p.CMD_READ: p.CMD_FLAG_FUA,
     p.CMD_WRITE: p.CMD_FLAG_FUA,
@@ -119,6 +127,7 @@ class Connection:
         self.out: list[bytes | bytearray | memoryview] = []
         self.out_bytes = 0
         self.no_zeroes = False
+        self.spin = True
 
     # -- byte plumbing -----------------------------------------------------------------------
 
@@ -152,7 +161,15 @@ class Connection:
             self.start, self.end = 0, left
         while self.end - self.start < n:
             try:
-                got = self.sock.recv_into(self.view[self.end:])
+                got = -1
+                if self.spin and self.end == self.start:
+                    # Between requests: wait busy for a moment before sleeping (see _SPIN_NS).
+                    got = recv_spin(self.sock, self.view[self.end:], _SPIN_NS)
+                if got < 0:
+                    t0 = time.perf_counter_ns()
+                    got = self.sock.recv_into(self.view[self.end:])
+                    # A client that keeps us waiting long is idle: no spinning until it is busy.
+                    self.spin = time.perf_counter_ns() - t0 < _SPIN_AGAIN_NS
             except OSError as exc:
                 raise Hangup(f"receive failed: {exc}") from None
             if not got:
