@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     select,
+    text,
 )
 
 metadata = MetaData()
@@ -222,13 +223,28 @@ def current_version(conn: Connection) -> int:
     return int(found or 0)
 
 
+# Key of the PostgreSQL advisory lock that serializes migrations ("pith").
+MIGRATION_LOCK_KEY = 0x70697468
+
+
+def _exclusive(conn: Connection) -> None:
+    """Make this transaction the only one migrating.  SQLite's write transactions already
+    are (BEGIN IMMEDIATE); on PostgreSQL, nodes opening one database at once would otherwise
+    both find it old and both create the same tables (one fails on a unique violation)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
 def migrate(begin: Callable[[], object]) -> int:
     """Bring the schema to LATEST; returns the version found before.  `begin` opens a write
-    transaction (a context manager giving a Connection)."""
+    transaction (a context manager giving a Connection).  Safe to run from many processes
+    at once: each step runs alone and skips what another process already applied."""
     with begin() as conn:  # type: ignore[attr-defined]
+        _exclusive(conn)
         before = current_version(conn)
     for number, step in MIGRATIONS:
         with begin() as conn:  # type: ignore[attr-defined]
+            _exclusive(conn)
             if current_version(conn) >= number:
                 continue  # another process got there first
             step(conn)
