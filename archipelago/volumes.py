@@ -64,13 +64,19 @@ class Volumes:
     @classmethod
     def at(cls, data_dir: str, blocks_url: str, lease_wait_s: float = 0.0) -> Volumes:
         """Volumes of a data directory over the block store at `blocks_url` (file:// or
-        rados://; see pithos.blocker.urls).  Heads and deltas stay in `<data_dir>/volumes`."""
+        rados://; see pithos.blocker.urls).  With file://, heads and deltas stay in
+        `<data_dir>/volumes`; with rados://, they live in the same pool, in the namespace
+        `<namespace>.volumes` (archipelago.rados), so every host of the cluster shares them."""
         from pithos.blocker.urls import open_block_store
 
         os.makedirs(data_dir, exist_ok=True)
-        blocker = Blocker(open_block_store(blocks_url), block_size=DEFAULT_BLOCK_SIZE)
-        vdir = os.path.join(data_dir, "volumes")
-        return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir), lease_wait_s)
+        heads, deltas = _mutable_stores(data_dir, blocks_url)
+        try:
+            blocker = Blocker(open_block_store(blocks_url), block_size=DEFAULT_BLOCK_SIZE)
+        except BaseException:
+            _close_stores(deltas, heads)
+            raise
+        return cls(blocker, heads, deltas, lease_wait_s)
 
     def mapper(self, block_size: int) -> Mapper:
         m = self._mappers.get(block_size)
@@ -273,12 +279,42 @@ class Volumes:
         return snap
 
     def close(self) -> None:
-        self.blocker.close()
+        try:
+            # Deltas first: their writes in flight land before the leases are let go.
+            _close_stores(self.deltas, self.heads)
+        finally:
+            self.blocker.close()
 
 
-def gc_roots(data_dir: str) -> Iterator[bytes]:
+def _mutable_stores(data_dir: str, blocks_url: str) -> tuple[HeadStore, DeltaStore]:
+    if blocks_url.startswith("rados:"):
+        from archipelago.rados import open_rados_stores
+
+        return open_rados_stores(blocks_url)
+    vdir = os.path.join(data_dir, "volumes")
+    return LocalHeadStore(vdir), LocalDeltaStore(vdir)
+
+
+def _close_stores(*stores: object) -> None:
+    """Stores with a connection (RADOS) have a close(); local ones need none."""
+    for store in stores:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
+def gc_roots(data_dir: str, blocks_url: str | None = None) -> Iterator[bytes]:
     """Every map root referenced by the volumes and snapshots of a data directory (for the
-    garbage collector's mark phase)."""
+    garbage collector's mark phase).  With a rados:// `blocks_url`, the volumes are those of
+    the cluster (see `Volumes.at`), not of the directory."""
+    if blocks_url is not None and blocks_url.startswith("rados:"):
+        heads, deltas = _mutable_stores(data_dir, blocks_url)
+        try:
+            roots = [from_hex(head.root) for head in heads.heads() if head.root]
+        finally:
+            _close_stores(deltas, heads)
+        yield from roots
+        return
     heads = LocalHeadStore(os.path.join(data_dir, "volumes"))
     for head in heads.heads():
         if head.root:
