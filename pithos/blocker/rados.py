@@ -1,0 +1,401 @@
+"""RadosBlockStore: one RADOS object per block in a Ceph pool, durable on return.
+
+Layout in the pool (and the store's namespace, "" by default):
+
+    <hex hash>      one object per block: its bytes, plus one omap key `pithos.put_ns` holding
+                    the time of the last put (ns since the epoch, ASCII), which gives `age_s`
+
+Objects whose names are not 64 lowercase hex digits are not blocks: `iterate` skips them, so
+other data may share the pool (in another namespace preferably).
+
+Put, per block, both steps in batches through aio with at most `queue_depth` ops in flight:
+
+1. a *refresh*: one write op that asserts the object exists and sets `pithos.put_ns`.  The
+   assertion is an `omap_cmp` on a key that is never set (an absent key compares as empty, so
+   it holds on every existing object); on an absent object the OSD answers ENOENT and the op
+   changes nothing, so a refresh can never create an empty object under a hash.
+2. for the blocks the refresh found absent, an exclusive create: one write op that creates
+   the object (EEXIST if present), writes its bytes and sets `pithos.put_ns`.  A RADOS write op
+   is a transaction: the object appears complete with its timestamp, or not at all.  EEXIST
+   means a concurrent writer stored the same bytes a moment ago: the put is done.
+
+So a present block never ships its bytes again, and a new one pays one small op more (its
+cost in the measured throughput is in docs/ceph.md).  RADOS acknowledges a write once it is
+committed on every replica, so a put is durable when its completion returns.
+
+Transient errors (timeouts, EAGAIN, lost connections) are retried a bounded number of times,
+batch by batch for only the ops that failed; anything else maps to `NoSpace` (ENOSPC, EDQUOT)
+or `BackendError(transient=...)`.  The `rados` module (Debian's python3-rados) is imported when
+a store is made, so this package imports on machines without Ceph.
+
+The timestamp needs omap, so the pool must be replicated (erasure-coded pools have no omap).
+"""
+
+from __future__ import annotations
+
+import _queue
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from pithos.blocker.store import BlockStore
+from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound, PithosError
+
+PUT_TIME_KEY = "pithos.put_ns"
+# Never set on any object: omap_cmp(absent key == "") holds exactly when the object exists.
+_EXISTS_GUARD_KEY = "pithos.exists"
+_HEX_LEN = 64
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_TRANSIENT_ERRNOS = frozenset({
+    errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ENOTCONN,
+    errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+})
+# Sizes of the hash batches that `iterate` stats at a time.
+_ITERATE_STAT_BATCH = 512
+
+
+def _is_block_name(name: str) -> bool:
+    return len(name) == _HEX_LEN and _HEX_DIGITS.issuperset(name)
+
+
+def _errno_of(exc: BaseException) -> int:
+    code = getattr(exc, "errno", None)
+    return code if isinstance(code, int) and code > 0 else errno.EIO
+
+
+def _error(code: int, what: str) -> PithosError:
+    """The PithosError for a positive errno."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: {os.strerror(code)}")
+    return BackendError(f"{what}: {os.strerror(code)} (errno {code})",
+                        transient=code in _TRANSIENT_ERRNOS)
+
+
+# Starts op i of a batch: submits it with `done` as (or called at the end of) its completion
+# callback; returns the completion and the op object to release once reaped (or None).  Raises
+# the `rados.Error` of a failed submission.
+_Done = Callable[..., None]
+_Start = Callable[[int, _Done], tuple[Any, Any]]
+
+
+class RadosBlockStore(BlockStore):
+    """Blocks as objects of the RADOS pool `pool`, in `namespace`.
+
+    `conf_path` is a ceph.conf (None: librados' default search); `client_id` the cephx user
+    (its keyring is found through the conf).  `queue_depth` bounds the aio ops in flight per
+    batch.  An op that gets no answer in `op_timeout_s` fails with ETIMEDOUT, which counts as
+    transient: each failed op is retried up to `retries` times, `retry_delay_s` apart (doubling).
+    Timeouts are whole seconds, as librados takes them.
+    `read_size`: a block of up to this many bytes is read in one op, a larger one takes more,
+    so it should be the block size.
+    """
+
+    def __init__(self, pool: str, conf_path: str | os.PathLike[str] | None = None, *,
+                 namespace: str = "", client_id: str = "admin", queue_depth: int = 16,
+                 op_timeout_s: int = 30, connect_timeout_s: int = 30,
+                 retries: int = 3, retry_delay_s: float = 0.2,
+                 read_size: int = 4 * 1024 * 1024, executor: Executor | None = None) -> None:
+        if min(queue_depth, read_size, op_timeout_s, connect_timeout_s) < 1 or retries < 0:
+            raise InvalidArgument("queue depth, read size and timeouts must be positive "
+                                  "(librados takes whole seconds), retries >= 0")
+        try:
+            import rados
+        except ImportError as exc:
+            raise BackendError(
+                "the rados module is not installed (Debian: python3-rados; see docs/ceph.md)",
+                transient=False) from exc
+        self._rados = rados
+        self.pool = pool
+        self.namespace = namespace
+        self._queue_depth = queue_depth
+        self._retries = retries
+        self._retry_delay_s = retry_delay_s
+        self._read_size = read_size
+        # How many ops were retried after a transient error (for tests and monitoring).
+        self.retried_ops = 0
+        timeout = str(int(op_timeout_s))
+        self._cluster = rados.Rados(
+            conffile=os.fspath(conf_path) if conf_path is not None else "",
+            rados_id=client_id,
+            conf={"rados_osd_op_timeout": timeout, "rados_mon_op_timeout": timeout,
+                  "client_mount_timeout": str(int(connect_timeout_s))})
+        try:
+            self._cluster.connect(timeout=int(connect_timeout_s))
+        except rados.Error as exc:
+            self._cluster.shutdown()
+            raise BackendError(f"cannot connect to the Ceph cluster: {exc}",
+                               transient=True) from exc
+        try:
+            self._ioctx = self._cluster.open_ioctx(pool)
+        except rados.Error as exc:
+            self._cluster.shutdown()
+            if isinstance(exc, rados.ObjectNotFound):
+                raise BackendError(f"no RADOS pool named {pool!r}", transient=False) from exc
+            raise _error(_errno_of(exc), f"cannot open the pool {pool!r}") from exc
+        self._ioctx.set_namespace(namespace)
+        self._executor = executor
+        self._closed = False
+
+    # -- the batch engine --------------------------------------------------------------------
+
+    def _batch(self, count: int, start: _Start) -> list[int]:
+        if self._executor is not None and count:
+            # Under an event loop (a given executor: gevent's pool of real threads under
+            # `pithos serve`), waiting for completions must leave the loop's thread, as the
+            # LocalBlockStore's file calls do, or one request's RADOS round trips stall all.
+            return self._executor.submit(self._batch_here, count, start).result()
+        return self._batch_here(count, start)
+
+    def _batch_here(self, count: int, start: _Start) -> list[int]:
+        """Run ops 0..count-1, at most `queue_depth` in flight; their return codes (0 or a
+        negative errno) in order.  Ops that fail with a transient error are run again, up to
+        `retries` times; what is still failing then is returned as it failed."""
+        codes = [0] * count
+        todo = list(range(count))
+        for attempt in range(self._retries + 1):
+            self._run_window(todo, start, codes)
+            failed = [i for i in todo if -codes[i] in _TRANSIENT_ERRNOS]
+            if not failed or attempt == self._retries:
+                break
+            self.retried_ops += len(failed)
+            time.sleep(self._retry_delay_s * 2 ** attempt)
+            todo = failed
+        return codes
+
+    def _run_window(self, todo: Sequence[int], start: _Start, codes: list[int]) -> None:
+        # A sliding window: a new op starts as soon as any op in flight finishes (their
+        # callbacks, on librados' thread, say which), so the cluster always has queue_depth.
+        # The C queue, never gevent's (which monkey-patching puts in `queue`): librados calls
+        # back on its own thread, and a gevent queue fed from a foreign thread wakes its waiter
+        # only on the hub's next timer tick (about a second per batch under `pithos serve`).
+        finished: _queue.SimpleQueue[int] = _queue.SimpleQueue()
+        inflight: dict[int, tuple[Any, Any]] = {}
+
+        def reap() -> None:
+            i = finished.get()
+            completion, op = inflight.pop(i)
+            completion.wait_for_complete_and_cb()
+            codes[i] = completion.get_return_value()
+            if op is not None:
+                op.release()
+
+        try:
+            for i in todo:
+                while len(inflight) >= self._queue_depth:
+                    reap()
+                try:
+                    inflight[i] = start(i, lambda *_, i=i: finished.put(i))
+                except self._rados.Error as exc:
+                    codes[i] = -_errno_of(exc)
+        finally:
+            # Even on an exception, no op may outlive the buffers it reads into.
+            while inflight:
+                reap()
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A synchronous librados call, retried on transient errors.  Raises `rados.Error`
+        subclasses other than transient ones as they come (the caller maps them)."""
+        for attempt in range(self._retries + 1):
+            try:
+                return fn(*args)
+            except self._rados.Error as exc:
+                if _errno_of(exc) not in _TRANSIENT_ERRNOS or attempt == self._retries:
+                    raise
+            self.retried_ops += 1
+            time.sleep(self._retry_delay_s * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_failed(codes: Sequence[int], what: str, ok: Sequence[int] = (0,)) -> None:
+        bad = [c for c in codes if c < 0 and c not in ok]
+        if bad:
+            raise _error(-bad[0], f"{what} ({len(bad)} of {len(codes)} failed)")
+
+    # -- BlockStore --------------------------------------------------------------------------
+
+    def _refresh(self, names: Sequence[str]) -> list[int]:
+        """Set the put time of each named object that exists, never creating one; the return
+        code of each (0, or -ENOENT for an absent object)."""
+        io = self._ioctx
+        rados = self._rados
+
+        def start(i: int, done: _Done) -> tuple[Any, Any]:
+            op = io.create_write_op()
+            op.omap_cmp(_EXISTS_GUARD_KEY, "", rados.LIBRADOS_CMPXATTR_OP_EQ)
+            io.set_omap(op, (PUT_TIME_KEY,), (str(time.time_ns()).encode(),))
+            return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
+
+        codes = self._batch(len(names), start)
+        self._raise_failed(codes, "cannot refresh blocks", ok=(0, -errno.ENOENT))
+        return codes
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        unique = dict(items)  # the caller vouches that equal hashes name equal bytes
+        names = [h.hex() for h in unique]
+        datas = list(unique.values())
+        absent = [i for i, code in enumerate(self._refresh(names)) if code == -errno.ENOENT]
+        io = self._ioctx
+        rados = self._rados
+
+        def create(k: int, done: _Done) -> tuple[Any, Any]:
+            i = absent[k]
+            op = io.create_write_op()
+            op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+            if datas[i]:  # (an empty block is the create alone: no write of 0 bytes)
+                op.write_full(datas[i])
+            io.set_omap(op, (PUT_TIME_KEY,), (str(time.time_ns()).encode(),))
+            return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
+
+        codes = self._batch(len(absent), create)
+        self._raise_failed(codes, "cannot store blocks", ok=(0, -errno.EEXIST))
+
+    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+        codes = self._refresh([h.hex() for h in unique])
+        return [h for h, code in zip(unique, codes, strict=True) if code == -errno.ENOENT]
+
+    def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+        found: list[bytes | None] = [None] * len(unique)
+        io = self._ioctx
+        # One byte more than the usual block: a full-size block is then known whole from its
+        # first read (a read of exactly `size` bytes may have more behind it).
+        size = self._read_size + 1
+
+        def start(i: int, done: _Done) -> tuple[Any, Any]:
+            def read(completion: Any, data: bytes | None) -> None:
+                try:
+                    n = completion.get_return_value()
+                    # (The binding leaves an empty object's buffer at full length: trust n.)
+                    found[i] = data[:n] if data is not None and n >= 0 else None
+                finally:
+                    done()  # always, or the batch would wait for it forever
+            return io.aio_read(unique[i].hex(), size, 0, read), None
+
+        codes = self._batch(len(unique), start)
+        self._raise_failed(codes, "cannot read blocks", ok=(0, -errno.ENOENT))
+        absent = [h for h, code in zip(unique, codes, strict=True) if code == -errno.ENOENT]
+        if absent:
+            raise NotFound(f"{len(absent)} block(s) not found", absent)
+        by_hash: dict[bytes, bytes] = {}
+        for h, data in zip(unique, found, strict=True):
+            assert data is not None
+            if len(data) == size:  # there may be more: read the rest
+                data += self._read_range(h, size, 1 << 62)
+            by_hash[h] = data
+        return [by_hash[h] for h in hashes]
+
+    def _read_range(self, hash_: bytes, offset: int, length: int) -> bytes:
+        parts: list[bytes] = []
+        while length > 0:
+            want = min(length, self._read_size)
+            try:
+                chunk: bytes = self._call(self._ioctx.read, hash_.hex(), want, offset)
+            except self._rados.ObjectNotFound:
+                raise NotFound("block not found", [hash_]) from None
+            except self._rados.Error as exc:
+                raise _error(_errno_of(exc), "cannot read block") from exc
+            parts.append(chunk)
+            if len(chunk) < want:
+                break
+            offset += want
+            length -= want
+        return b"".join(parts)
+
+    def read(self, hash_: bytes, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        if length == 0:
+            # A RADOS read of length 0 means "to the end": ask only whether it exists.
+            if self.missing([hash_]):
+                raise NotFound("block not found", [hash_])
+            return b""
+        return self._read_range(hash_, offset, length)
+
+    def _stat_many(self, hashes: Sequence[bytes]) -> list[int | None]:
+        """The size of each blob, None if absent."""
+        sizes: list[int | None] = [None] * len(hashes)
+        io = self._ioctx
+
+        def start(i: int, done: _Done) -> tuple[Any, Any]:
+            def stat(completion: Any, size: int | None, mtime: Any) -> None:
+                sizes[i] = size
+                done()  # (an assignment cannot fail: no try needed)
+            return io.aio_stat(hashes[i].hex(), stat), None
+
+        codes = self._batch(len(hashes), start)
+        self._raise_failed(codes, "cannot stat blocks", ok=(0, -errno.ENOENT))
+        return [None if code == -errno.ENOENT else size
+                for code, size in zip(codes, sizes, strict=True)]
+
+    def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+        return [h for h, size in zip(unique, self._stat_many(unique), strict=True)
+                if size is None]
+
+    def delete_many(self, hashes: Sequence[bytes]) -> int:
+        unique = list(dict.fromkeys(hashes))
+        io = self._ioctx
+
+        def start(i: int, done: _Done) -> tuple[Any, Any]:
+            return io.aio_remove(unique[i].hex(), done), None
+
+        codes = self._batch(len(unique), start)
+        self._raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT))
+        return sum(1 for code in codes if code == 0)
+
+    def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        # RADOS lists objects in placement order, not by name: the names are listed, kept
+        # (32 bytes each, about 80 bytes with Python's overhead: 10 million blocks, i.e. 40 TB
+        # of 4 MiB blocks, take 800 MB) and sorted; the sizes are then fetched in batches.
+        after = b"" if start_after is None else start_after
+        try:
+            names = sorted(h for h in (bytes.fromhex(obj.key)
+                                       for obj in self._ioctx.list_objects()
+                                       if _is_block_name(obj.key))
+                           if h > after)
+        except self._rados.Error as exc:
+            raise _error(_errno_of(exc), "cannot list blocks") from exc
+        for i in range(0, len(names), _ITERATE_STAT_BATCH):
+            batch = names[i:i + _ITERATE_STAT_BATCH]
+            for h, size in zip(batch, self._stat_many(batch), strict=True):
+                if size is not None:  # else deleted since it was listed
+                    yield h, size
+
+    def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
+        put_ns: list[int | None] = [None] * len(hashes)
+        iterators: list[Any] = [None] * len(hashes)
+        io = self._ioctx
+
+        def start(i: int, done: _Done) -> tuple[Any, Any]:
+            op = io.create_read_op()
+            iterators[i], _ = io.get_omap_vals_by_keys(op, (PUT_TIME_KEY,))
+            return io.operate_aio_read_op(op, hashes[i].hex(), done), op
+
+        codes = self._batch(len(hashes), start)
+        self._raise_failed(codes, "cannot read block ages", ok=(0, -errno.ENOENT))
+        now_ns = time.time_ns()
+        ages: list[float | None] = []
+        for i, code in enumerate(codes):
+            if code == -errno.ENOENT:
+                ages.append(None)
+                continue
+            for key, value in iterators[i]:
+                if key == PUT_TIME_KEY:
+                    put_ns[i] = int(value)
+            # An object not put by this store has no time: call it new, so that a sweep by
+            # age never removes what it cannot date.
+            stamp = put_ns[i]
+            ages.append(0.0 if stamp is None else max(0.0, (now_ns - stamp) / 1e9))
+        return ages
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ioctx.close()
+        self._cluster.shutdown()
