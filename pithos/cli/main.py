@@ -121,7 +121,7 @@ def all_roots(data: DataDir) -> Iterator[bytes]:
     import archipelago
 
     yield from data.catalog().version_roots()
-    yield from archipelago.gc_roots(data.path)
+    yield from archipelago.gc_roots(data.path, data.storage.blocks)
     yield from data.roots()
 
 
