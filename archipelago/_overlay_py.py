@@ -16,6 +16,7 @@ NBD wire formats (big-endian, from the NBD protocol document):
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -109,7 +110,9 @@ def recv_spin(sock: socket.socket, buf: bytearray | memoryview, spin_ns: int) ->
     """Receive into `buf` without blocking, retrying for up to `spin_ns` nanoseconds: the
     byte count (0: the peer closed), or -1 when nothing arrived in time (then block in an
     ordinary recv).  Waiting busy for a short while keeps a VM's vCPU awake: waking an idle
-    one costs tens of microseconds, more than a request's whole work.  OSError on errors."""
+    one costs tens of microseconds, more than a request's whole work.  Each unsuccessful try
+    yields the CPU (sched_yield), so the wait never delays another runnable task.  OSError on
+    errors."""
     if len(buf) == 0:
         raise ValueError("recv_spin into an empty buffer")
     deadline = time.perf_counter_ns() + spin_ns
@@ -120,3 +123,4 @@ def recv_spin(sock: socket.socket, buf: bytearray | memoryview, spin_ns: int) ->
         except (BlockingIOError, InterruptedError):
             if time.perf_counter_ns() >= deadline:
                 return -1
+            os.sched_yield()  # let whatever else is runnable on this CPU go first

@@ -145,6 +145,10 @@ cdef extern from "<errno.h>" nogil:
     int EINTR
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
 cdef inline long long now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -171,6 +175,7 @@ def recv_spin(sock, unsigned char[::1] buf, long long spin_ns):
                 break
             if now_ns() >= deadline:
                 break
+            sched_yield()
     if got >= 0:
         return got
     if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:

@@ -46,7 +46,7 @@ _SEND_BATCH = 1024 * 1024
 # an idle vCPU costs more than a small request's whole work, so a client that answers within
 # this time gets its next request served without that cost (measured: 4 KiB QD1 IOPS about 2x).
 # After a sleep longer than _SPIN_AGAIN_NS (an idle client) spinning stops until a short one.
-_SPIN_NS = int(os.environ.get("ARCHIPELAGO_NBD_SPIN_US", "100")) * 1000
+_SPIN_NS = 100_000
 _SPIN_AGAIN_NS = 2_000_000
 _ALLOWED_FLAGS = {
     p.CMD_READ: p.CMD_FLAG_FUA,
