@@ -156,8 +156,8 @@ def test_written_on_one_node_is_read_listed_copied_and_deleted_on_the_other(clus
 
 def test_small_requests_do_not_wait_on_the_event_loop(cluster):
     """RADOS completions arrive on librados' threads: a batch must not wait for the gevent
-    hub's next timer tick to notice them (it did, about a second per block batch, so a 4 KiB
-    PUT took 3 s).  40 small PUT + GET pairs take well under a second each together."""
+    hub's next timer tick to notice them (it did, about a second per batch, so a 4 KiB PUT
+    took 3 s and a GET 1 s).  40 small PUT + GET pairs take about a second; 15 s is the cap."""
     a, b, _, _ = cluster
     assert a.put("/quick").status_code == 201
     began = time.monotonic()
