@@ -23,6 +23,8 @@ import time
 
 REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
+# recv_spin stops when one try took longer than this: the CPU went to another task.
+SPIN_GAP_NS = 20_000
 REQUEST = struct.Struct(">IHHQQI")
 REPLY = struct.Struct(">IIQ")
 
@@ -110,17 +112,22 @@ def recv_spin(sock: socket.socket, buf: bytearray | memoryview, spin_ns: int) ->
     """Receive into `buf` without blocking, retrying for up to `spin_ns` nanoseconds: the
     byte count (0: the peer closed), or -1 when nothing arrived in time (then block in an
     ordinary recv).  Waiting busy for a short while keeps a VM's vCPU awake: waking an idle
-    one costs tens of microseconds, more than a request's whole work.  Each unsuccessful try
-    yields the CPU (sched_yield), so the wait never delays another runnable task.  OSError on
+    one costs tens of microseconds, more than a request's whole work.  It uses idle CPU only:
+    each unsuccessful try yields the CPU (sched_yield), and once the thread was kept off the
+    CPU for more than SPIN_GAP_NS (another task needed it) it stops early.  OSError on
     errors."""
     if len(buf) == 0:
         raise ValueError("recv_spin into an empty buffer")
-    deadline = time.perf_counter_ns() + spin_ns
+    clock = time.perf_counter_ns
+    last = clock()
+    deadline = last + spin_ns
     recv_into = sock.recv_into
     while True:
         try:
             return recv_into(buf, 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            if time.perf_counter_ns() >= deadline:
+            t = clock()
+            if t >= deadline or t - last > SPIN_GAP_NS:
                 return -1
-            os.sched_yield()  # let whatever else is runnable on this CPU go first
+            os.sched_yield()
+            last = clock()

@@ -12,6 +12,7 @@ from os import strerror as os_strerror
 
 DEF REQUEST_MAGIC = 0x25609513
 DEF SIMPLE_REPLY_MAGIC = 0x67446698
+DEF SPIN_GAP_NS = 20000  # see _overlay_py.SPIN_GAP_NS
 
 
 cdef inline uint32_t be32(const uint8_t* p):
@@ -163,9 +164,10 @@ def recv_spin(sock, unsigned char[::1] buf, long long spin_ns):
     cdef size_t n = buf.shape[0]
     cdef ssize_t got
     cdef int err = 0
-    cdef long long deadline
+    cdef long long deadline, t, last
     with nogil:
-        deadline = now_ns() + spin_ns
+        last = now_ns()
+        deadline = last + spin_ns
         while True:
             got = c_recv(fd, p, n, MSG_DONTWAIT)
             if got >= 0:
@@ -173,9 +175,11 @@ def recv_spin(sock, unsigned char[::1] buf, long long spin_ns):
             err = errno
             if err != EAGAIN and err != EWOULDBLOCK and err != EINTR:
                 break
-            if now_ns() >= deadline:
+            t = now_ns()
+            if t >= deadline or t - last > SPIN_GAP_NS:
                 break
             sched_yield()
+            last = now_ns()
     if got >= 0:
         return got
     if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
