@@ -197,14 +197,17 @@ class LocalDelta(Delta):
 
     def sync(self, data_only: bool = False) -> None:
         try:
-            # Take the dirty set first: bits marked after this point are in the next sync.
+            # Copy the dirty bitmap pages first, then sync the data: a bit set by a concurrent
+            # write after the copy waits for the next sync, so no durable bit ever names data
+            # that was not synced before it (data written before its bit is marked).
             pages, self._dirty_pages = self._dirty_pages, set()
+            copies = [(page * BITMAP_PAGE,
+                       bytes(self.bits[page * BITMAP_PAGE:(page + 1) * BITMAP_PAGE]))
+                      for page in sorted(pages)]
             os.fdatasync(self._fd)
             if data_only and not pages:
                 return
-            for page in sorted(pages):
-                lo = page * BITMAP_PAGE
-                chunk = bytes(self.bits[lo:lo + BITMAP_PAGE])
+            for lo, chunk in copies:
                 os.pwrite(self._bfd, chunk, lo)
             if pages:
                 os.fdatasync(self._bfd)
