@@ -8,20 +8,24 @@ Layout in the pool (and the store's namespace, "" by default):
 Objects whose names are not 64 lowercase hex digits are not blocks: `iterate` skips them, so
 other data may share the pool (in another namespace preferably).
 
-Put, per block, both steps in batches through aio with at most `queue_depth` ops in flight:
+Put, in batches through aio with at most `queue_depth` ops in flight:
 
-1. a *refresh*: one write op that asserts the object exists and sets `pithos.put_ns`.  The
-   assertion is an `omap_cmp` on a key that is never set (an absent key compares as empty, so
-   it holds on every existing object); on an absent object the OSD answers ENOENT and the op
-   changes nothing, so a refresh can never create an empty object under a hash.
-2. for the blocks the refresh found absent, an exclusive create: one write op that creates
-   the object (EEXIST if present), writes its bytes and sets `pithos.put_ns`.  A RADOS write op
-   is a transaction: the object appears complete with its timestamp, or not at all.  EEXIST
-   means a concurrent writer stored the same bytes a moment ago: the put is done.
+1. a stat of every block of the batch (a read: nothing is journaled);
+2. for the absent ones, an exclusive create: one write op that creates the object (EEXIST if
+   present), writes its bytes and sets `pithos.put_ns`.  A RADOS write op is a transaction:
+   the object appears complete with its time, or not at all.  EEXIST means a concurrent writer
+   stored the same bytes a moment ago: the put is done;
+3. for the present ones, a *refresh*: one write op that asserts the object exists and sets
+   `pithos.put_ns`.  The assertion is an `omap_cmp` on a key that is never set (an absent key
+   compares as empty, so it holds on every existing object); on an absent object the OSD
+   answers ENOENT and the op changes nothing, so a refresh never creates an empty object under
+   a hash.  A block deleted between its stat and its refresh is created as in 2.
 
-So a present block never ships its bytes again, and a new one pays one small op more (its
-cost in the measured throughput is in docs/ceph.md).  RADOS acknowledges a write once it is
-committed on every replica, so a put is durable when its completion returns.
+So a present block never ships its bytes again.  Stat first rather than refresh first: a
+refresh that fails is still journaled by the OSD (as an error entry of the PG log), and cost
+about 550 us of OSD time per new 4 MiB block here (7% of the write rate), a stat 70-130 us.
+RADOS acknowledges a write once it is committed on every replica, so a put is durable when its
+completion returns.
 
 Transient errors (timeouts, EAGAIN, lost connections) are retried a bounded number of times,
 batch by batch for only the ops that failed; anything else maps to `NoSpace` (ENOSPC, EDQUOT)
@@ -233,16 +237,15 @@ class RadosBlockStore(BlockStore):
         self._raise_failed(codes, "cannot refresh blocks", ok=(0, -errno.ENOENT))
         return codes
 
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        unique = dict(items)  # the caller vouches that equal hashes name equal bytes
-        names = [h.hex() for h in unique]
-        datas = list(unique.values())
-        absent = [i for i, code in enumerate(self._refresh(names)) if code == -errno.ENOENT]
+    def _create(self, names: Sequence[str], datas: Sequence[bytes],
+                which: Sequence[int]) -> None:
+        """Create the objects `which` (indexes into names and datas) with their bytes and put
+        time, each in one exclusive write op; one that exists already is left as it is."""
         io = self._ioctx
         rados = self._rados
 
-        def create(k: int, done: _Done) -> tuple[Any, Any]:
-            i = absent[k]
+        def start(k: int, done: _Done) -> tuple[Any, Any]:
+            i = which[k]
             op = io.create_write_op()
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             if datas[i]:  # (an empty block is the create alone: no write of 0 bytes)
@@ -250,8 +253,21 @@ class RadosBlockStore(BlockStore):
             io.set_omap(op, (PUT_TIME_KEY,), (str(time.time_ns()).encode(),))
             return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
 
-        codes = self._batch(len(absent), create)
+        codes = self._batch(len(which), start)
         self._raise_failed(codes, "cannot store blocks", ok=(0, -errno.EEXIST))
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        unique = dict(items)  # the caller vouches that equal hashes name equal bytes
+        hashes = list(unique)
+        names = [h.hex() for h in hashes]
+        datas = list(unique.values())
+        sizes = self._stat_many(hashes)
+        self._create(names, datas, [i for i, size in enumerate(sizes) if size is None])
+        present = [i for i, size in enumerate(sizes) if size is not None]
+        codes = self._refresh([names[i] for i in present])
+        # Deleted between its stat and its refresh: store it again.
+        self._create(names, datas,
+                     [i for i, code in zip(present, codes, strict=True) if code == -errno.ENOENT])
 
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
