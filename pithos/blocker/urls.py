@@ -37,5 +37,5 @@ def open_block_store(url: str, executor: Executor | None = None) -> BlockStore:
         if unknown:
             raise InvalidArgument(f"unknown rados URL parameter(s): {', '.join(sorted(unknown))}")
         return RadosBlockStore(pool, query.get("conf"), namespace=query.get("namespace", ""),
-                               client_id=query.get("id", "admin"))
+                               client_id=query.get("id", "admin"), executor=executor)
     raise InvalidArgument(f"unknown block store URL {url!r} (file://, rados://, memory://)")
