@@ -191,6 +191,54 @@ def test_nodes_opening_a_fresh_database_at_once():
         cleanup()
 
 
+def ceph(conf: str, *args: str) -> str:
+    proc = subprocess.run(["ceph", "-c", conf, *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_workers_of_a_node_are_distinct_rados_clients(tmp_path):
+    """Each worker of a node opens its own RADOS client after gunicorn forks it, and no two
+    may share a client address.  They did: the master had opened the block store (for the
+    first-start check), so every worker inherited librados' random state and drew the same
+    address nonce, and the OSD kept resetting one worker's session in favour of the other's:
+    each read in flight was sent again and again (hundreds of 4 MiB reads for one GET, which
+    took a second).  A cephx user of the test's own tells its sessions apart in the mon."""
+    blocks, catalog, cleanup = scaleout_storage("workers")
+    conf = os.environ["PITHOS_CEPH_CONF"]
+    pool = blocks.split("://", 1)[1].split("?", 1)[0]
+    user = f"pithos-test-{os.urandom(4).hex()}"
+    keyring = tmp_path / "keyring"
+    ceph(conf, "auth", "get-or-create", f"client.{user}", "mon", "allow r", "osd",
+         f"allow rw pool={pool}", "-o", str(keyring))
+    own_conf = tmp_path / "ceph.conf"
+    with open(conf) as f:
+        own_conf.write_text(f.read() + f"\n[client.{user}]\nkeyring = {keyring}\n")
+    server = None
+    try:
+        server = PithosServer(tmp_path / "node", workers=2, catalog=catalog,
+                              blocks=blocks.replace(f"conf={conf}", f"conf={own_conf}")
+                              + f"&id={user}")
+        mons = [m["name"] for m in json.loads(ceph(conf, "mon", "dump", "-f", "json"))["mons"]]
+        deadline = time.monotonic() + 30
+        while True:
+            nonces = [a["nonce"] for mon in mons
+                      for session in json.loads(ceph(conf, "tell", f"mon.{mon}", "sessions"))
+                      if session.get("entity_name") == f"client.{user}"
+                      for a in session["addrs"]["addrvec"]]
+            if len(nonces) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(nonces) == 2, nonces  # one client per worker, none left in the master
+        assert len(set(nonces)) == 2, f"two workers share the RADOS client nonce {nonces[0]}"
+    finally:
+        if server is not None:
+            server.stop()
+        ceph(conf, "auth", "del", f"client.{user}")
+        cleanup()
+
+
 def race_upload(node: Node, body: bytes, start: threading.Barrier,
                 replies: dict[str, requests.Response], label: str) -> None:
     start.wait()

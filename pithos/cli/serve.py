@@ -87,12 +87,19 @@ def _reaper(services: Any) -> None:
 
 
 def first_start(storage: Storage, listen: str) -> None:
-    """On an empty data directory, create an admin user and say how to log in."""
+    """On an empty catalog, create an admin user and say how to log in.
+
+    Runs in gunicorn's master, before it forks the workers, so it opens the catalog only,
+    never the block store: librados in the master would hand its random state to every
+    worker, which would then all draw the same RADOS client address, and the OSDs would keep
+    resetting one worker's session in favour of another's (every read in flight sent again
+    and again)."""
+    from pithos.catalog import Catalog
     from pithos.identity import Identity
 
-    data = DataDir(storage)
+    os.makedirs(storage.data_dir, exist_ok=True)  # an SQLite catalog lives there
+    catalog = Catalog(storage.catalog)
     try:
-        catalog = data.catalog()
         if catalog.users():
             return
         key = secrets.token_hex(16)  # hex: never starts with "-" (a CLI would read an option)
@@ -105,7 +112,7 @@ def first_start(storage: Storage, listen: str) -> None:
               f"(this key is shown once; `pithos user add admin:admin --key NEW --admin` "
               f"sets a new one)", flush=True)
     finally:
-        data.close()
+        catalog.close()
 
 
 def serve(storage: Storage, listen: str, workers: int) -> int:
