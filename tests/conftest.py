@@ -173,3 +173,29 @@ def pithos_server(request, tmp_path_factory):
     server.stop()
     if cleanup is not None:
         cleanup()
+
+
+CEPH_CONF = os.environ.get("PITHOS_CEPH_CONF", "/var/tmp/pithos-ceph/ceph.conf")
+CEPH_POOL = os.environ.get("PITHOS_CEPH_POOL", "pithos")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A connected librados handle on the test cluster (scripts/ceph up), or a skip saying why
+    there is none (which PITHOS_REQUIRE_ALL turns into a failure in CI)."""
+    try:
+        import rados
+    except ImportError:
+        pytest.skip("the rados module is not importable (run scripts/ceph up)")
+    if not os.path.exists(CEPH_CONF):
+        pytest.skip(f"no Ceph cluster: {CEPH_CONF} is absent (run scripts/ceph up)")
+    handle = rados.Rados(conffile=CEPH_CONF, conf={"client_mount_timeout": "5"})
+    try:
+        handle.connect(timeout=5)
+    except rados.Error as exc:
+        pytest.skip(f"the Ceph cluster of {CEPH_CONF} is not reachable: {exc}")
+    if not handle.pool_exists(CEPH_POOL):
+        handle.shutdown()
+        pytest.skip(f"the Ceph cluster has no pool {CEPH_POOL}")
+    yield handle
+    handle.shutdown()

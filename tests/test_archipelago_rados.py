@@ -34,34 +34,14 @@ from archipelago.rados import (
 )
 from pithos.blocker import Blocker, MemoryBlockStore
 from pithos.core.errors import Conflict, InvalidArgument, NotFound, VersionConflict
+from tests.conftest import CEPH_CONF as CONF
+from tests.conftest import CEPH_POOL as POOL
 from tests.test_archipelago_volumes import VolumeMachine
 
-CONF = os.environ.get("PITHOS_CEPH_CONF", "/var/tmp/pithos-ceph/ceph.conf")
-POOL = os.environ.get("PITHOS_CEPH_POOL", "pithos")
 KiB, MiB = 1 << 10, 1 << 20
 BS = 64 * KiB
 LEASE_S = 3  # short leases, so that the expiry tests wait little
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A connected librados handle on the test cluster, or a skip saying why there is none."""
-    try:
-        import rados
-    except ImportError:
-        pytest.skip("the rados module is not importable (run scripts/ceph up)")
-    if not os.path.exists(CONF):
-        pytest.skip(f"no Ceph cluster: {CONF} is absent (run scripts/ceph up)")
-    handle = rados.Rados(conffile=CONF, conf={"client_mount_timeout": "5"})
-    try:
-        handle.connect(timeout=5)
-    except rados.Error as exc:
-        pytest.skip(f"the Ceph cluster of {CONF} is not reachable: {exc}")
-    if not handle.pool_exists(POOL):
-        handle.shutdown()
-        pytest.skip(f"the Ceph cluster has no pool {POOL}")
-    yield handle
-    handle.shutdown()
 
 
 def purge(cluster, namespace: str) -> None:

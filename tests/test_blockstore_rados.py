@@ -9,7 +9,6 @@ namespace, emptied afterwards, so tests never see each other's blocks.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -20,30 +19,8 @@ import pytest
 
 from pithos.core.errors import BackendError, NotFound
 from tests.blocker_contract import BlockStoreContract, blob
-
-CONF = os.environ.get("PITHOS_CEPH_CONF", "/var/tmp/pithos-ceph/ceph.conf")
-POOL = os.environ.get("PITHOS_CEPH_POOL", "pithos")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A connected librados handle on the test cluster, or a skip saying why there is none."""
-    try:
-        import rados
-    except ImportError:
-        pytest.skip("the rados module is not importable (run scripts/ceph up)")
-    if not os.path.exists(CONF):
-        pytest.skip(f"no Ceph cluster: {CONF} is absent (run scripts/ceph up)")
-    handle = rados.Rados(conffile=CONF, conf={"client_mount_timeout": "5"})
-    try:
-        handle.connect(timeout=5)
-    except rados.Error as exc:
-        pytest.skip(f"the Ceph cluster of {CONF} is not reachable: {exc}")
-    if not handle.pool_exists(POOL):
-        handle.shutdown()
-        pytest.skip(f"the Ceph cluster has no pool {POOL}")
-    yield handle
-    handle.shutdown()
+from tests.conftest import CEPH_CONF as CONF
+from tests.conftest import CEPH_POOL as POOL
 
 
 @pytest.fixture
