@@ -56,11 +56,13 @@ def cell_name(op: str, label: str, clients: int) -> str:
     return f"{op} {label} c={clients}"
 
 
-def cell_order() -> list[tuple[str, int, str, int]]:
-    """PUTs before GETs of each size: the GETs read back what the PUTs wrote."""
+def cell_order(sizes: list[str] | None = None) -> list[tuple[str, int, str, int]]:
+    """PUTs before GETs of each size: the GETs read back what the PUTs wrote.  `sizes`
+    (labels such as "4 KiB") keeps only those sizes' cells."""
     return [
         (op, size, label, clients)
         for size, label in SIZES
+        if not sizes or label.replace(" ", "") in sizes
         for op in ("PUT", "GET")
         for clients in CONCURRENCY
     ]
@@ -106,7 +108,7 @@ def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[s
     shared machine then hits both systems' figures alike instead of one system's whole run.
     Which system goes first alternates from cell to cell."""
     results: dict[str, dict[str, Any]] = {t.peer.name: {} for t in targets}
-    for index, (op, size, label, clients) in enumerate(cell_order()):
+    for index, (op, size, label, clients) in enumerate(cell_order(args.size)):
         name = cell_name(op, label, clients)
         turn = targets[index % len(targets) :] + targets[: index % len(targets)]
         for target in turn:
@@ -169,6 +171,8 @@ def print_table(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, floa
         name = cell_name(op, label, clients)
         line = f"{name:18}"
         rows = [results.get(system, {}).get(name) for system in ("swift", "pithos")]
+        if not any(rows):
+            continue
         for row in rows:
             line += f" {row['value']:8.1f} {unit(size):5}" if row else f" {'-':>14}"
         if rows[0] and rows[1]:
@@ -263,6 +267,8 @@ def client_check(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=["swift", "pithos"], help="run one system alone")
+    p.add_argument("--size", action="append", choices=[label.replace(" ", "") for _, label in SIZES],
+                   help="measure only the cells of this object size (repeatable)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds per cell")
     p.add_argument(

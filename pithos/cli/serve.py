@@ -68,7 +68,9 @@ def build_services(storage: Storage, io_threads: int = 32) -> Any:
     pool = ThreadPoolExecutor(max_workers=io_threads)
     data = DataDir(storage, executor=pool)
     catalog = data.catalog()
-    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
+    greenlets = greenlet_executor()
+    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlets,
+                            writer=greenlets)
     return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
