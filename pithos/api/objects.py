@@ -109,21 +109,28 @@ class ObjectHandlers:
             raise HTTPStatusError(404, "The resource could not be found.")
         return version
 
-    def _chosen_version(self, req: falcon.Request, container: ContainerInfo,
-                        name: str) -> ObjectVersion:
+    def _chosen_version(self, req: falcon.Request, container: ContainerInfo, name: str,
+                        with_token: bool = False) -> tuple[ObjectVersion, str | None]:
         """The current version, or the one named by ?version=ID (of this object only), or the
-        one current at ?until=TIMESTAMP."""
+        one current at ?until=TIMESTAMP; and `with_token`, the object's public token (None
+        otherwise).  The current version comes with its token in one statement."""
+        catalog = self.services.catalog
         vid = req.get_param("version")
         until = parse_until(req)
+        current = not vid and until is None
+        token = None
         if vid:
-            v = self.services.catalog.object_version(container.id, name, vid)
+            v = catalog.object_version(container.id, name, vid)
         elif until is not None:
-            v = self.services.catalog.object_at(container.id, name, until)
+            v = catalog.object_at(container.id, name, until)
         else:
-            v = self.services.catalog.object(container.id, name)
+            found = catalog.object_and_public_token(container.id, name)
+            v, token = found if found is not None else (None, None)
         if v is None:
             raise HTTPStatusError(404, "The resource could not be found.")
-        return v
+        if not with_token:
+            return v, None
+        return v, token if current else catalog.public_token(v.object_id)
 
     def _hashmap(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion) -> None:
         user = req.context.user
@@ -197,23 +204,23 @@ class ObjectHandlers:
         if req.get_param("version") == "list":
             self._version_list(req, resp, container, t.obj)
             return
-        v = self._chosen_version(req, container, t.obj)
+        owner = self.authz.owns(user, account)
+        v, token = self._chosen_version(req, container, t.obj, with_token=owner)
         if "hashmap" in req.params:
             self._hashmap(req, resp, v)
             return
-        owner = self.authz.owns(user, account)
         if owner:
-            self._owner_headers(req, resp, container, v)
+            self._owner_headers(req, resp, container, v, token)
         assert account is not None
         self.serve(req, resp, v, account.id, head, may_read=self._may_read(user, account))
 
     def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and
         conditional requests work; an unpublished or deleted object is 404)."""
-        v = self.services.catalog.public_object(token)
-        if v is None:
+        found = self.services.catalog.public_object_and_account(token)
+        if found is None:
             raise HTTPStatusError(404, "The resource could not be found.")
-        account_id = self.services.catalog.container_account(v.container_id)
+        v, account_id = found
         self.serve(req, resp, v, account_id, req.method == "HEAD")
 
     def _may_read(self, user: UserInfo | None, account: AccountInfo | None
@@ -421,14 +428,14 @@ class ObjectHandlers:
         return f"{base_url(self.services, req)}/public/{token}"
 
     def _owner_headers(self, req: falcon.Request, resp: falcon.Response,
-                       container: ContainerInfo, v: ObjectVersion) -> None:
-        catalog = self.services.catalog
-        found = catalog.sharing_for(container.id, v.name)
+                       container: ContainerInfo, v: ObjectVersion, token: str | None) -> None:
+        """Sharing and the public link (`token`, the object's), shown to the owner only."""
+        found = (self.services.catalog.sharing_for(container.id, v.name)
+                 if container.has_sharing is not False else None)
         if found is not None:
             resp.set_header("X-Object-Sharing", format_sharing(found[1], found[2]))
             if found[0] != v.name:
                 resp.set_header("X-Object-Shared-By", found[0])
-        token = catalog.public_token(v.object_id)
         if token is not None:
             resp.set_header("X-Object-Public", self._public_url(req, token))
 

@@ -79,19 +79,22 @@ class Authz:
                   action: Action) -> tuple[AccountInfo | None, ContainerInfo]:
         """The container, if `user` may do `action` in it; a refusal comes before any 404
         so that outsiders learn nothing about names."""
-        catalog = self.services.catalog
-        # Only ids and ACLs are needed here: no counters (they cost aggregate queries).
-        info = catalog.account(account, detail=False)
-        if info is None and user is not None and user.account == account and user.admin:
-            catalog.ensure_account(account)
-            info = catalog.account(account, detail=False)
-        acl = info.acl if info else None
-        container = catalog.container(info.id, name, detail=False) if info else None
-        self.require(user, account, acl, action, container)
+        info, container = self._account_and_container(user, account, name)
+        self.require(user, account, info.acl if info else None, action, container)
         if container is None:
             raise HTTPStatusError(404, "no such container")
         return info, container
 
+    def _account_and_container(self, user: UserInfo | None, account: str, name: str
+                               ) -> tuple[AccountInfo | None, ContainerInfo | None]:
+        """Both by name in one catalog statement; only ids and ACLs (no counters: they cost
+        aggregate queries).  The account's admin makes it on first use."""
+        catalog = self.services.catalog
+        info, container = catalog.account_and_container(account, name)
+        if info is None and user is not None and user.account == account and user.admin:
+            catalog.ensure_account(account)
+            info, container = catalog.account_and_container(account, name)
+        return info, container
 
     def object_access(self, user: UserInfo | None, account: str, container_name: str,
                       obj: str, action: Action) -> tuple[AccountInfo | None, ContainerInfo,
@@ -99,30 +102,32 @@ class Authz:
         """Like `container`, but an object shared with the user (X-Object-Sharing on it or
         on a pseudo-directory above it) is reachable too.  The third value is the right the
         sharing gives ("read"/"write"), None when the account or container grants it."""
+        info, container = self._account_and_container(user, account, container_name)
         try:
-            info, container = self.container(user, account, container_name, action)
-            return info, container, None
+            self.require(user, account, info.acl if info else None, action, container)
         except HTTPStatusError as refused:
             if user is None or refused.status != 403 or action not in (Action.OBJECT_READ,
                                                                        Action.OBJECT_WRITE):
                 raise
-            right = self.shared_right(user, account, container_name, obj)
+            right = self._shared_right(user, account, info, container, obj)
             if right is None or (action is Action.OBJECT_WRITE and right != "write"):
                 raise
-            catalog = self.services.catalog
-            info = catalog.account(account, detail=False)
-            assert info is not None
-            container = catalog.container(info.id, container_name, detail=False)
-            assert container is not None
+            assert info is not None and container is not None
             return info, container, right
+        if container is None:
+            raise HTTPStatusError(404, "no such container")
+        return info, container, None
 
     def shared_right(self, user: UserInfo | None, account: str, container_name: str,
                      obj: str) -> str | None:
-        catalog = self.services.catalog
-        info = catalog.account(account, detail=False)
-        container = catalog.container(info.id, container_name, detail=False) if info else None
-        if info is None or container is None:
+        info, container = self.services.catalog.account_and_container(account, container_name)
+        return self._shared_right(user, account, info, container, obj)
+
+    def _shared_right(self, user: UserInfo | None, account: str, info: AccountInfo | None,
+                      container: ContainerInfo | None, obj: str) -> str | None:
+        if info is None or container is None or container.has_sharing is False:
             return None
+        catalog = self.services.catalog
         found = catalog.sharing_for(container.id, obj)
         if found is None:
             return None

@@ -29,11 +29,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+from sqlalchemy.exc import NoResultFound
 
+from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
+from pithos.catalog.prepared import SnapshotReads, Statements, fetch, run
 from pithos.catalog.records import (
     AccountInfo,
     ContainerInfo,
@@ -44,6 +45,8 @@ from pithos.catalog.records import (
 from pithos.core.errors import Conflict, NotFound, QuotaExceeded
 
 STAT_SHARDS = 8
+# "Not read yet" for an optional argument whose None is a value.
+_ASK = object()
 # Upper bound of every string that can follow a prefix in a listing (used to skip a subdir).
 _MAX_CHAR = "\U0010ffff"
 
@@ -79,16 +82,28 @@ class Catalog:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
         self.engine = create_engine(url, **kwargs)
         self._lease_engine: Engine | None = None
+        self._read_engine: Engine | None = None
         if self.is_sqlite:
             _sqlite_setup(self.engine)
             self._lease_engine = create_engine(url)
             _sqlite_setup(self._lease_engine, synchronous="OFF")
+            # The sqlite3 module's connections are in autocommit (see _sqlite_setup).
+            self._reads = SnapshotReads(self.engine)
+        else:
+            # Connections of their own, in autocommit, for reads of one statement; no ping
+            # before each use (SnapshotReads retries a read that finds its connection dead).
+            self._read_engine = create_engine(url, isolation_level="AUTOCOMMIT", pool_size=5,
+                                              max_overflow=10)
+            self._reads = SnapshotReads(self._read_engine)
+        self._dialect = self.engine.dialect
+        self._statements = Statements(self._dialect)
         self.schema_found = s.migrate(self._write)
 
     def close(self) -> None:
         self.engine.dispose()
-        if self._lease_engine is not None:
-            self._lease_engine.dispose()
+        for engine in (self._lease_engine, self._read_engine):
+            if engine is not None:
+                engine.dispose()
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -106,6 +121,22 @@ class Catalog:
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def _fetch(self, stmt: Any, **values: Any) -> list[Any]:
+        """The rows of one of hot_statements, read alone outside any transaction."""
+        return self._reads.fetch(self._statements[stmt], values)
+
+    def _fetch_in(self, conn: Connection, stmt: Any, **values: Any) -> list[Any]:
+        """The rows of one of hot_statements, run in `conn`'s transaction."""
+        return fetch(conn.connection.dbapi_connection, self._statements[stmt], values,
+                     self._dialect)
+
+    def _run_in(self, conn: Connection, stmt: Any,
+                values: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
+        """Run one of hot_statements (that returns no rows) in `conn`'s transaction, once
+        or, for a list of value maps, once for each."""
+        return run(conn.connection.dbapi_connection, self._statements[stmt], values,
+                   self._dialect)
 
     def _lock(self, query: Any) -> Any:
         """Row lock for a read that decides a write (PostgreSQL; SQLite is already locked)."""
@@ -132,13 +163,13 @@ class Catalog:
     def account(self, name: str, detail: bool = True) -> AccountInfo | None:
         """The account; without `detail` its counters and metadata are left out (zero and
         empty), for the many requests that need only its id and ACL."""
+        if not detail:
+            rows = self._fetch(h.ACCOUNT, name=name)
+            return h.account_info(rows[0]) if rows else None
         with self._read() as conn:
             row = conn.execute(select(s.accounts).where(s.accounts.c.name == name)).first()
             if row is None:
                 return None
-            if not detail:
-                return AccountInfo(row.id, row.name, row.created, 0, 0, 0, {}, row.quota_bytes,
-                                   row.acl)
             ncont = conn.execute(select(func.count()).select_from(s.containers).where(
                 s.containers.c.account_id == row.id)).scalar_one()
             objs, size = conn.execute(
@@ -232,24 +263,27 @@ class Catalog:
             conn.execute(delete(s.tokens).where(s.tokens.c.token_hash.in_(old)))
 
     def token_user(self, token_hash: str, now: float) -> tuple[UserInfo, float] | None:
-        with self._read() as conn:
-            row = conn.execute(
-                select(s.users.c.id, s.users.c.name, s.users.c.admin,
-                       s.accounts.c.name.label("account"), s.tokens.c.expires)
-                .select_from(s.tokens.join(s.users).join(s.accounts))
-                .where(and_(s.tokens.c.token_hash == token_hash,
-                            s.tokens.c.expires > now))).first()
-        if row is None:
-            return None
-        return UserInfo(row.id, row.account, row.name, bool(row.admin)), row.expires
+        rows = self._fetch(h.TOKEN_USER, token_hash=token_hash, now=now)
+        return h.token_user(rows[0]) if rows else None
 
     # -- containers ----------------------------------------------------------------------------
 
     def container(self, account_id: int, name: str, detail: bool = True
                   ) -> ContainerInfo | None:
         """The container; without `detail` its counters and metadata are left out."""
+        if not detail:
+            rows = self._fetch(h.CONTAINER, account_id=account_id, name=name)
+            return h.container_info(rows[0]) if rows else None
         with self._read() as conn:
             return self._container(conn, account_id, name, detail)
+
+    def account_and_container(self, account: str, container: str
+                              ) -> tuple[AccountInfo | None, ContainerInfo | None]:
+        """The account and its container by name, as account(detail=False) and
+        container(detail=False) (None for either that does not exist), in one statement;
+        the container also tells whether it holds any sharing entry (`has_sharing`)."""
+        rows = self._fetch(h.ACCOUNT_AND_CONTAINER, account=account, container=container)
+        return h.account_and_container(rows[0] if rows else None)
 
     def _container(self, conn: Connection, account_id: int, name: str,
                    detail: bool = True) -> ContainerInfo | None:
@@ -372,11 +406,17 @@ class Catalog:
     def object(self, container_id: int, name: str, now: float | None = None
                ) -> ObjectVersion | None:
         """The current version of an object, None if absent, deleted or expired."""
-        now = time.time() if now is None else now
-        with self._read() as conn:
-            row = conn.execute(self._visible(_version_columns(), now).where(and_(
-                s.objects.c.container_id == container_id, s.objects.c.name == name))).first()
-            return None if row is None else _version(conn, row)
+        found = self.object_and_public_token(container_id, name, now)
+        return None if found is None else found[0]
+
+    def object_and_public_token(self, container_id: int, name: str, now: float | None = None
+                                ) -> tuple[ObjectVersion, str | None] | None:
+        """As object(), with the object's public token (None if unpublished), in one
+        statement."""
+        rows = self._fetch(h.OBJECT, container_id=container_id, name=name,
+                           now=time.time() if now is None else now)
+        version = h.object_version(rows)
+        return None if version is None else (version, h.extra(rows))
 
     def put_version(self, container_id: int, name: str, *, root: bytes, size: int, etag: str,
                     content_type: str, meta: Mapping[str, Mapping[str, str]],
@@ -391,66 +431,64 @@ class Catalog:
         with self._write() as conn:
             if grant is not None:
                 self._grant(conn, *grant)
-            obj_id, previous = self._object_for_write(conn, container_id, name, now)
+            obj_id, uuid, old_size = self._object_for_write(conn, container_id, name, now)
             vid = secrets.token_hex(16)
-            version_id = int(conn.execute(insert(s.versions).values(
-                object_id=obj_id, vid=vid, root=root, size=size, etag=etag,
-                content_type=content_type, created=created or now, modified_by=modified_by,
-                deleted=False, delete_at=delete_at, dlo_manifest=dlo_manifest,
-                slo_manifest=slo_manifest)).inserted_primary_key[0])
+            version_id = int(self._fetch_in(
+                conn, h.NEW_VERSION, object_id=obj_id, vid=vid, root=root, size=size,
+                etag=etag, content_type=content_type, created=created or now,
+                modified_by=modified_by, delete_at=delete_at, dlo_manifest=dlo_manifest,
+                slo_manifest=slo_manifest)[0][0])
             rows = [{"version_id": version_id, "domain": domain, "key": k, "value": v}
                     for domain, kv in meta.items() for k, v in kv.items()]
             if rows:
-                conn.execute(insert(s.version_meta), rows)
-            conn.execute(update(s.objects).where(s.objects.c.id == obj_id)
-                         .values(current_id=version_id))
-            old_size = previous.size if previous is not None else 0
-            self._check_quota(conn, container_id, size - old_size)
-            self._count(conn, container_id, 0 if previous is not None else 1, size - old_size)
-            self._drop_history_unless_kept(conn, container_id, obj_id, version_id)
-            uuid = conn.execute(select(s.objects.c.uuid)
-                                .where(s.objects.c.id == obj_id)).scalar_one()
+                self._run_in(conn, h.NEW_META, rows)
+            self._run_in(conn, h.SET_CURRENT, {"object_id": obj_id, "current_id": version_id})
+            policy = self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0]
+            self._check_quota(conn, container_id, size - (old_size or 0), policy)
+            self._count(conn, container_id, 0 if old_size is not None else 1,
+                        size - (old_size or 0))
+            self._drop_history_unless_kept(conn, container_id, obj_id, version_id,
+                                           policy[3])
         return ObjectVersion(obj_id, container_id, name, uuid, version_id, vid, root, size,
                              etag, content_type, created or now, modified_by, delete_at,
                              dlo_manifest, slo_manifest,
                              {d: dict(kv) for d, kv in meta.items() if kv})
 
     def _object_for_write(self, conn: Connection, container_id: int, name: str,
-                          now: float) -> tuple[int, Any]:
-        """(object id, visible current version row or None), creating the object row; a
-        recreated object (after a delete or expiry) gets a new UUID."""
-        o, v = s.objects, s.versions
-        row = conn.execute(self._lock(select(o.c.id, o.c.current_id).where(and_(
-            o.c.container_id == container_id, o.c.name == name)))).first()
-        if row is None:
-            try:
-                with conn.begin_nested():
-                    obj_id = conn.execute(insert(o).values(
-                        container_id=container_id, name=name, uuid=str(uuidlib.uuid4()),
-                        current_id=None)).inserted_primary_key[0]
-                return int(obj_id), None
-            except SQLIntegrityError:  # created concurrently (PostgreSQL)
-                row = conn.execute(self._lock(select(o.c.id, o.c.current_id).where(and_(
-                    o.c.container_id == container_id, o.c.name == name)))).one()
-        previous = None
-        if row.current_id is not None:
-            previous = conn.execute(select(v.c.size, v.c.deleted, v.c.delete_at)
-                                    .where(v.c.id == row.current_id)).first()
-        if previous is not None and (previous.deleted or (previous.delete_at is not None
-                                                          and previous.delete_at <= now)):
-            if not previous.deleted:  # expired but not reaped: its usage is still counted
-                self._count(conn, container_id, -1, -previous.size)
-            conn.execute(update(o).where(o.c.id == row.id).values(uuid=str(uuidlib.uuid4())))
-            previous = None
-        return int(row.id), previous
+                          now: float) -> tuple[int, str, int | None]:
+        """(object id, its UUID, size of its visible current version or None), creating the
+        object row (locked on PostgreSQL); a recreated object (after a delete or expiry)
+        gets a new UUID."""
+        found = self._fetch_in(conn, h.OBJECT_FOR_WRITE, container_id=container_id, name=name)
+        if not found:
+            uuid = str(uuidlib.uuid4())
+            made = self._fetch_in(conn, h.NEW_OBJECT[self._dialect.name],
+                                  container_id=container_id, name=name, uuid=uuid)
+            if made:
+                return int(made[0][0]), uuid, None
+            # Created concurrently (PostgreSQL): the insert waited for that writer's commit.
+            found = self._fetch_in(conn, h.OBJECT_FOR_WRITE, container_id=container_id,
+                                   name=name)
+        obj_id, current_id, uuid = found[0]
+        current = (self._fetch_in(conn, h.VERSION_STATE, version_id=current_id)
+                   if current_id is not None else None)
+        if not current:
+            return int(obj_id), uuid, None
+        size, deleted, delete_at = current[0]
+        if deleted or (delete_at is not None and delete_at <= now):
+            if not deleted:  # expired but not reaped: its usage is still counted
+                self._count(conn, container_id, -1, -size)
+            uuid = str(uuidlib.uuid4())
+            self._run_in(conn, h.NEW_UUID, {"object_id": obj_id, "uuid": uuid})
+            return int(obj_id), uuid, None
+        return int(obj_id), uuid, int(size)
 
     def _count(self, conn: Connection, container_id: int, objects: int, size: int) -> None:
         if objects == 0 and size == 0:
             return
-        st = s.container_stats
-        conn.execute(update(st).where(and_(st.c.container_id == container_id,
-                                           st.c.shard == random.randrange(STAT_SHARDS)))
-                     .values(objects=st.c.objects + objects, bytes=st.c.bytes + size))
+        self._run_in(conn, h.COUNT, {"container_id": container_id,
+                                     "shard": random.randrange(STAT_SHARDS),
+                                     "add_objects": objects, "add_bytes": size})
 
     def update_object_meta(self, container_id: int, name: str,
                            meta: Mapping[str, Mapping[str, str]], *,
@@ -508,14 +546,16 @@ class Catalog:
         self._drop_history_unless_kept(conn, container_id, object_id, int(marker))
 
     def _drop_history_unless_kept(self, conn: Connection, container_id: int, object_id: int,
-                                  current_id: int) -> None:
+                                  current_id: int, versioning: Any = _ASK) -> None:
         """Under the container policy `X-Container-Policy-Versioning: none`, a new version
-        replaces the old ones instead of keeping them."""
-        policy = conn.execute(select(s.containers.c.versioning)
-                              .where(s.containers.c.id == container_id)).scalar()
-        if policy == "none":
-            conn.execute(delete(s.versions).where(and_(s.versions.c.object_id == object_id,
-                                                       s.versions.c.id != current_id)))
+        replaces the old ones instead of keeping them.  `versioning`: the policy, if the
+        caller has read it already."""
+        if versioning is _ASK:
+            versioning = conn.execute(select(s.containers.c.versioning)
+                                      .where(s.containers.c.id == container_id)).scalar()
+        if versioning == "none":
+            self._run_in(conn, h.DROP_HISTORY, {"object_id": object_id,
+                                                "current_id": current_id})
 
     # -- versions ------------------------------------------------------------------------------
 
@@ -533,28 +573,17 @@ class Catalog:
 
     def object_version(self, container_id: int, name: str, vid: str) -> ObjectVersion | None:
         """A retained version of this object by its id (ids of other objects give None)."""
-        o, v = s.objects, s.versions
-        with self._read() as conn:
-            row = conn.execute(_version_columns().select_from(
-                o.join(v, v.c.object_id == o.c.id)).where(and_(
-                    o.c.container_id == container_id, o.c.name == name, v.c.vid == vid,
-                    v.c.deleted.is_(False)))).first()
-            return None if row is None else _version(conn, row)
+        return h.object_version(self._fetch(h.OBJECT_VERSION, container_id=container_id,
+                                            name=name, vid=vid))
 
     def object_at(self, container_id: int, name: str, until: float) -> ObjectVersion | None:
         """The object as it was at time `until` (None if it did not exist then)."""
-        o, v = s.objects, s.versions
-        with self._read() as conn:
-            row = conn.execute(_version_columns().select_from(
-                o.join(v, v.c.object_id == o.c.id)).where(and_(
-                    o.c.container_id == container_id, o.c.name == name,
-                    v.c.created <= until)).order_by(v.c.id.desc()).limit(1)).first()
-            if row is None:
-                return None
-            deleted = conn.execute(select(v.c.deleted).where(v.c.id == row.version_id)).scalar()
-            if deleted or (row.delete_at is not None and row.delete_at <= until):
-                return None
-            return _version(conn, row)
+        rows = self._fetch(h.OBJECT_AT, container_id=container_id, name=name, until=until)
+        version = h.object_version(rows)
+        if version is None or h.extra(rows) or (version.delete_at is not None
+                                                and version.delete_at <= until):
+            return None
+        return version
 
     def purge_history(self, container_id: int, name: str | None, until: float) -> int:
         """Delete the versions (not the current ones) created before `until`, of one object or
@@ -625,11 +654,10 @@ class Catalog:
         for k in range(len(parts) - 1, 0, -1):
             prefix = "/".join(parts[:k])
             candidates += [prefix + "/", prefix]
-        sh = s.sharing
-        with self._read() as conn:
-            rows = {r.path: (r.path, r.read, r.write) for r in conn.execute(
-                select(sh.c.path, sh.c.read, sh.c.write).where(and_(
-                    sh.c.container_id == container_id, sh.c.path.in_(candidates))))}
+        stmt, size = h.sharing_paths(len(candidates))
+        paths = {f"path{i}": candidates[min(i, len(candidates) - 1)] for i in range(size)}
+        rows = {path: (path, read, write) for path, read, write in self._fetch(
+            stmt, container_id=container_id, **paths)}
         for c in candidates:
             if c in rows:
                 return rows[c]
@@ -668,24 +696,25 @@ class Catalog:
             conn.execute(delete(s.public_links).where(s.public_links.c.object_id == object_id))
 
     def public_token(self, object_id: int) -> str | None:
-        with self._read() as conn:
-            found = conn.execute(select(s.public_links.c.token)
-                                 .where(s.public_links.c.object_id == object_id)).scalar()
-        return None if found is None else str(found)
+        rows = self._fetch(h.PUBLIC_TOKEN, object_id=object_id)
+        return str(rows[0][0]) if rows else None
 
     def public_object(self, token: str) -> ObjectVersion | None:
         """The current version of the object a public token names."""
-        now = time.time()
-        p = s.public_links
-        with self._read() as conn:
-            row = conn.execute(self._visible(_version_columns(), now).join(
-                p, p.c.object_id == s.objects.c.id).where(p.c.token == token)).first()
-            return None if row is None else _version(conn, row)
+        found = self.public_object_and_account(token)
+        return None if found is None else found[0]
+
+    def public_object_and_account(self, token: str) -> tuple[ObjectVersion, int] | None:
+        """As public_object(), with the id of the account that holds it, in one statement."""
+        rows = self._fetch(h.PUBLIC_OBJECT, token=token, now=time.time())
+        version = h.object_version(rows)
+        return None if version is None else (version, int(h.extra(rows)))
 
     def container_account(self, container_id: int) -> int:
-        with self._read() as conn:
-            return int(conn.execute(select(s.containers.c.account_id)
-                                    .where(s.containers.c.id == container_id)).scalar_one())
+        rows = self._fetch(h.CONTAINER_ACCOUNT, container_id=container_id)
+        if not rows:
+            raise NoResultFound("No row was found when one was required")
+        return int(rows[0][0])
 
     def set_account_quota(self, name: str, quota_bytes: int | None) -> None:
         with self._write() as conn:
@@ -693,43 +722,48 @@ class Catalog:
             conn.execute(update(s.accounts).where(s.accounts.c.id == account_id)
                          .values(quota_bytes=quota_bytes or None))
 
-    def _check_quota(self, conn: Connection, container_id: int, growth: int) -> None:
+    def _check_quota(self, conn: Connection, container_id: int, growth: int,
+                     policy: Sequence[Any] | None = None) -> None:
         """Raise QuotaExceeded if `growth` more bytes would exceed the container's or its
         account's quota (inside the committing transaction, so concurrent writers cannot
-        both slip under it)."""
+        both slip under it).  `policy`: the row of CONTAINER_POLICY, if read already."""
         if growth <= 0:
             return
-        c = conn.execute(_quotas(container_id)).one()
-        if not c.quota_bytes and not c.account_quota:
+        if policy is None:
+            policy = self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0]
+        quota_bytes, account_id, account_quota = policy[:3]
+        if not quota_bytes and not account_quota:
             return  # the common case: one cheap query
         st = s.container_stats
-        if c.quota_bytes:
+        if quota_bytes:
             used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                 .where(st.c.container_id == container_id)).scalar_one()
-            if used + growth > c.quota_bytes:
-                raise QuotaExceeded(f"container quota of {c.quota_bytes} bytes exceeded")
-        quota = c.account_quota
-        if quota:
+            if used + growth > quota_bytes:
+                raise QuotaExceeded(f"container quota of {quota_bytes} bytes exceeded")
+        if account_quota:
             used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                 .select_from(st.join(s.containers))
-                                .where(s.containers.c.account_id == c.account_id)).scalar_one()
-            if used + growth > quota:
-                raise QuotaExceeded(f"account quota of {quota} bytes exceeded")
+                                .where(s.containers.c.account_id == account_id)).scalar_one()
+            if used + growth > account_quota:
+                raise QuotaExceeded(f"account quota of {account_quota} bytes exceeded")
 
     def usage(self, container_id: int) -> tuple[int, int | None, int, int | None]:
         """(container bytes, container quota, account bytes, account quota)."""
+        found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
+        if not found:
+            raise NoResultFound("No row was found when one was required")
+        quota_bytes, account_id, account_quota, _ = found[0]
+        if not quota_bytes and not account_quota:
+            return 0, None, 0, None  # no quota: the usage does not matter (the common case)
+        st = s.container_stats
         with self._read() as conn:
-            c = conn.execute(_quotas(container_id)).one()
-            if not c.quota_bytes and not c.account_quota:
-                return 0, None, 0, None  # no quota: the usage does not matter
-            st = s.container_stats
             cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .where(st.c.container_id == container_id)).scalar_one()
             abytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .select_from(st.join(s.containers))
-                                  .where(s.containers.c.account_id == c.account_id)
+                                  .where(s.containers.c.account_id == account_id)
                                   ).scalar_one()
-        return int(cbytes), c.quota_bytes, int(abytes), c.account_quota
+        return int(cbytes), quota_bytes, int(abytes), account_quota
 
     # -- blocks an account may name (dedup without leaking) ------------------------------------
 
@@ -743,13 +777,8 @@ class Catalog:
         unique = list(dict.fromkeys(hashes))
         if not unique:
             return
-        if self.is_sqlite:
-            stmt: Any = sqlite_insert(s.account_blocks).on_conflict_do_nothing()
-        else:
-            stmt = pg_insert(s.account_blocks).on_conflict_do_nothing()
-        for i in range(0, len(unique), 1000):
-            conn.execute(stmt, [{"account_id": account_id, "hash": h}
-                                for h in unique[i:i + 1000]])
+        self._run_in(conn, h.GRANT[self._dialect.name],
+                     [{"account_id": account_id, "hash": block} for block in unique])
 
     def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the account may name."""
@@ -885,13 +914,6 @@ class Catalog:
                     if len(rows) < limit:
                         break
         return out[:limit]
-
-
-def _quotas(container_id: int) -> Any:
-    return (select(s.containers.c.quota_bytes, s.containers.c.account_id,
-                   s.accounts.c.quota_bytes.label("account_quota"))
-            .select_from(s.containers.join(s.accounts))
-            .where(s.containers.c.id == container_id))
 
 
 def _name_window(q: Any, col: Any, prefix: str, marker: str, end_marker: str,

@@ -39,6 +39,8 @@ class ContainerInfo:
     write_acl: str | None = None
     versioning: str | None = None
     quota_bytes: int | None = None
+    # Whether any X-Object-Sharing entry lives in the container; None when not asked (look).
+    has_sharing: bool | None = None
 
 
 @dataclass(frozen=True)
