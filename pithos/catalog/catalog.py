@@ -3,7 +3,11 @@
 Concurrency: a write is one short transaction.  On SQLite it starts with BEGIN IMMEDIATE (the
 database-wide write lock, taken up front so two writers never deadlock upgrading a read lock);
 on PostgreSQL rows are locked where a read decides a write.  Usage counters live in sharded rows
-(schema.container_stats) so writers of one container rarely touch the same row.
+(schema.container_stats) so writers of one container rarely touch the same row.  A read that
+is one statement runs outside any transaction (a statement reads one snapshot).
+
+Speed: the statements of every small request (hot_statements.py) are built once, compiled once
+per catalog and run on a DBAPI cursor (prepared.py); the others go through SQLAlchemy.
 """
 
 from __future__ import annotations

@@ -137,10 +137,11 @@ def object_version(rows: Sequence[Sequence[Any]]) -> ObjectVersion | None:
     for r in rows:
         if r[_N] is not None:
             meta.setdefault(r[_N], {})[r[_N + 1]] = r[_N + 2]
-    first = rows[0]
-    root = first[6]
-    return ObjectVersion(*first[:6], None if root is None else bytes(root), *first[7:_N],
-                         meta)
+    (object_id, container_id, name, uuid, version_id, vid, root, size, etag, content_type,
+     created, modified_by, delete_at, dlo_manifest, slo_manifest) = rows[0][:_N]
+    return ObjectVersion(object_id, container_id, name, uuid, version_id, vid,
+                         None if root is None else bytes(root), size, etag, content_type,
+                         created, modified_by, delete_at, dlo_manifest, slo_manifest, meta)
 
 
 def extra(rows: Sequence[Sequence[Any]], i: int = 0) -> Any:

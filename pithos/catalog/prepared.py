@@ -126,8 +126,9 @@ class SnapshotReads:
                 try:
                     return fetch(conn.dbapi_connection, p, values, self.dialect)
                 except DBAPIError as exc:
-                    if attempt or not self.dialect.is_disconnect(exc.orig, conn.dbapi_connection,
+                    orig: Any = exc.orig
+                    if attempt or not self.dialect.is_disconnect(orig, conn.dbapi_connection,
                                                                  None):
                         raise
-                    conn.invalidate(exc.orig)
+                    conn.invalidate(orig)
         raise AssertionError("unreachable")
