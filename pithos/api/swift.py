@@ -125,6 +125,8 @@ class Authz:
 
     def _shared_right(self, user: UserInfo | None, account: str, info: AccountInfo | None,
                       container: ContainerInfo | None, obj: str) -> str | None:
+        """What X-Object-Sharing gives `user` on `obj` ("read"/"write"; None: nothing).  A
+        container known to hold no sharing entry is not searched."""
         if info is None or container is None or container.has_sharing is False:
             return None
         catalog = self.services.catalog
