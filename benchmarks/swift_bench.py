@@ -267,7 +267,8 @@ def client_check(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=["swift", "pithos"], help="run one system alone")
-    p.add_argument("--size", action="append", choices=[label.replace(" ", "") for _, label in SIZES],
+    p.add_argument("--size", action="append",
+                   choices=[label.replace(" ", "") for _, label in SIZES],
                    help="measure only the cells of this object size (repeatable)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds per cell")

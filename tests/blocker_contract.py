@@ -148,3 +148,45 @@ class BlockStoreContract:
         assert errors == []
         assert store.get_many([h for h, _ in items]) == [d for _, d in items]
         assert len(list(store.iterate())) == len(items)
+
+    # -- streamed writes (open_writer) ---------------------------------------------------------
+
+    def test_writer_stores_the_pieces_under_the_hash_at_commit(self, store: BlockStore) -> None:
+        h, data = blob(300_000)
+        writer = store.open_writer()
+        for i in range(0, len(data), 65_536):
+            writer.write(data[i:i + 65_536])
+        assert store.missing([h]) == [h]  # nothing visible before the commit
+        writer.commit(h)
+        assert store.get_many([h]) == [data]
+        assert [x for x, _ in store.iterate()] == [h]
+
+    def test_writer_commit_of_a_present_hash_keeps_bytes_and_refreshes(
+            self, store: BlockStore) -> None:
+        import time
+
+        h, data = blob()
+        store.put_many([(h, data)])
+        time.sleep(1.1)
+        writer = store.open_writer()
+        writer.write(data)
+        writer.commit(h)
+        (age,) = store.age_s([h])
+        assert age is not None and age < 1.0
+        assert store.get_many([h]) == [data]
+        assert [x for x, _ in store.iterate()] == [h]
+
+    def test_writer_abort_leaves_nothing(self, store: BlockStore) -> None:
+        h, data = blob()
+        writer = store.open_writer()
+        writer.write(data)
+        writer.abort()
+        writer.abort()
+        assert store.missing([h]) == [h]
+        assert list(store.iterate()) == []
+
+    def test_writer_of_an_empty_blob(self, store: BlockStore) -> None:
+        h, _ = blob(0)
+        writer = store.open_writer()
+        writer.commit(h)
+        assert store.get_many([h]) == [b""]

@@ -41,3 +41,21 @@ def test_stale_temporary_files_are_removed_on_open(tmp_path):
     fresh.write_bytes(b"being written")
     LocalBlockStore(tmp_path / "b").close()
     assert not stale.exists() and fresh.exists()
+
+
+def test_streamed_block_leaves_no_temporary_file(tmp_path):
+    with LocalBlockStore(tmp_path / "b") as store:
+        h, data = blob(100_000)
+        writer = store.open_writer()
+        writer.write(data)
+        assert len(store.stale_tmp_files()) == 1  # written while it arrives
+        writer.commit(h)
+        dropped = store.open_writer()
+        dropped.write(data)
+        dropped.abort()
+        again = store.open_writer()
+        again.write(data)
+        again.commit(h)  # present: the new copy is dropped
+        assert store.stale_tmp_files() == []
+    with LocalBlockStore(tmp_path / "b") as store:
+        assert store.get_many([h]) == [data]

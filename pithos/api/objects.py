@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote
 import falcon
 
 from pithos.api.auth import RESELLER_PREFIX
+from pithos.api.body import request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import (
@@ -360,7 +361,7 @@ class ObjectHandlers:
                 raise HTTPStatusError(400, "X-Object-Manifest must be in the format "
                                            "container/prefix")
         with objects.upload_lease():
-            stored = objects.store(req.stream, length)
+            stored = objects.store(request_body(req.env), length)
             v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
                                content_type=content_type, meta=meta, modified_by=modified_by,
                                delete_at=delete_at, dlo_manifest=dlo)

@@ -7,12 +7,15 @@ works in batches, hashing on a thread pool because blake3 releases the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import NamedTuple
 
-from pithos.blocker.store import BlockStore
+import blake3
+
+from pithos.blocker.store import BlockStore, BlockWriter
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, hash_many, to_hex
 
@@ -57,6 +60,11 @@ class Blocker:
             self._check_size(data)
         return [StagedBlock(h, d)
                 for h, d in zip(hash_many(blocks, self._pool), blocks, strict=True)]
+
+    def open_stream(self) -> BlockStream:
+        """A block that arrives in pieces: each piece is hashed and handed to the store on the
+        pool while the caller fetches the next (see `BlockStream`)."""
+        return BlockStream(self.store.open_writer(), self._pool, self.block_size)
 
     def put_staged(self, staged: Sequence[StagedBlock]) -> None:
         """Store blocks named by `stage`/`stage_many`.  Durable on return, repeat-safe.
@@ -147,3 +155,72 @@ class Blocker:
         if self._own_pool:
             self._pool.shutdown(wait=True)
         self.store.close()
+
+
+class BlockStream:
+    """One block written as its pieces arrive.
+
+    `write` returns as soon as the previous piece is absorbed: the hashing (BLAKE3 releases
+    the GIL) and the store's write of a piece run on the pool while the caller reads the
+    next one.  `finish` names the block and stores it durably; `abort` drops it."""
+
+    def __init__(self, writer: BlockWriter, pool: Executor, block_size: int) -> None:
+        self._writer = writer
+        self._pool = pool
+        self._max = block_size
+        self._hasher = blake3.blake3()
+        self._pending: Future[None] | None = None
+        self.size = 0
+
+    def _absorb(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+        self._writer.write(data)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.size + len(data) > self._max:
+            raise InvalidArgument(f"block exceeds the block size {self._max}")
+        self.size += len(data)
+        try:
+            self._wait()
+        except BaseException:
+            self.abort()
+            raise
+        self._pending = self._pool.submit(self._absorb, data)
+
+    def finish(self) -> bytes:
+        """Store the block (durable on return); returns its hash."""
+        return self.finish_async().result()
+
+    def finish_async(self) -> Future[bytes]:
+        """Name the block now and store it on the pool: the future gives its hash once it is
+        durable (the caller may read the next block meanwhile)."""
+        try:
+            self._wait()
+        except BaseException:
+            self.abort()
+            raise
+        hash_: bytes = self._hasher.digest()
+
+        def commit() -> bytes:
+            try:
+                self._writer.commit(hash_)
+            except BaseException:
+                self._writer.abort()
+                raise
+            return hash_
+
+        return self._pool.submit(commit)
+
+    def abort(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            # A piece being written must be done before its file is removed.
+            with contextlib.suppress(BaseException):
+                self._pending.result()
+            self._pending = None
+        self._writer.abort()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
-from pithos.blocker.store import BlockStore
+from pithos.blocker.store import BlockStore, BlockWriter
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 
 _T = TypeVar("_T")
@@ -174,6 +174,9 @@ class LocalBlockStore(BlockStore):
         except OSError as exc:
             raise _backend_error(exc, "cannot store block") from exc
 
+    def open_writer(self) -> BlockWriter:
+        return _FileWriter(self)
+
     def _get_one(self, hash_: bytes) -> bytes | None:
         try:
             with open(self._path(hash_), "rb", buffering=0) as f:
@@ -277,3 +280,58 @@ class LocalBlockStore(BlockStore):
             os.close(self._root_fd)
         if self._own_pool:
             self._pool.shutdown(wait=True)
+
+
+class _FileWriter(BlockWriter):
+    """A blob written into a temporary file as it arrives, renamed to its hash at commit."""
+
+    def __init__(self, store: LocalBlockStore) -> None:
+        self._store = store
+        self._fd: int | None = None
+        self._tmp = ""
+
+    def _open(self) -> int:
+        if self._fd is None:
+            store = self._store
+            self._tmp = f"{store._tmp}/stream.{os.getpid()}.{next(store._names)}"
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               0o444)
+        return self._fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            fd = self._open()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            self.abort()
+            raise _backend_error(exc, "cannot store block") from exc
+
+    def commit(self, hash_: bytes) -> None:
+        store = self._store
+        path = store._path(hash_)
+        try:
+            try:
+                os.utime(path)  # present: keep its bytes, refresh its age
+                self.abort()
+            except FileNotFoundError:
+                fd = self._open()
+                os.fdatasync(fd)
+                os.close(fd)
+                self._fd = None
+                os.rename(self._tmp, path)
+            # As in put_many: the rename (ours, or another writer's not yet synced) must be
+            # durable before we return.
+            _fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            self.abort()
+            raise _backend_error(exc, "cannot store block") from exc
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)

@@ -75,6 +75,13 @@ class BlockStore(ABC):
         """Seconds since each blob was last put (written or refreshed), None if absent.  The
         garbage collector sweeps only blobs older than the start of its mark."""
 
+    def open_writer(self) -> BlockWriter:
+        """A writer for one blob whose bytes arrive in pieces before its name is known (an
+        upload streamed from the network).  Backends that can place bytes before naming them
+        (a temporary file renamed at the end) override this, so the blob is written while
+        it arrives; the default keeps the pieces in memory and puts them at `commit`."""
+        return BufferedBlockWriter(self)
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release resources.  The store must not be used afterwards."""
 
@@ -83,3 +90,44 @@ class BlockStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BlockWriter(ABC):
+    """One blob being written piece by piece; it gets its name at `commit`.
+
+    Not thread-safe: one caller writes, in order.  Until `commit` returns nothing is visible
+    under any name; `abort` (or a crash) leaves nothing but, at worst, temporary data the
+    backend removes later."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data` to the blob."""
+
+    @abstractmethod
+    def commit(self, hash_: bytes) -> None:
+        """Store everything written under `hash_`, with `put_many`'s guarantees: durable and
+        complete on return, and a no-op that refreshes the age if `hash_` is already
+        present.  The writer is finished afterwards."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop what was written.  Safe to call after `commit` or twice."""
+
+
+class BufferedBlockWriter(BlockWriter):
+    """The pieces in memory until `commit` puts them as one blob."""
+
+    def __init__(self, store: BlockStore) -> None:
+        self._store = store
+        self._pieces: list[bytes] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._pieces.append(bytes(data))
+
+    def commit(self, hash_: bytes) -> None:
+        data = b"".join(self._pieces)
+        self._pieces = []
+        self._store.put_many([(hash_, data)])
+
+    def abort(self) -> None:
+        self._pieces = []

@@ -68,9 +68,7 @@ def build_services(storage: Storage, io_threads: int = 32) -> Any:
     pool = ThreadPoolExecutor(max_workers=io_threads)
     data = DataDir(storage, executor=pool)
     catalog = data.catalog()
-    greenlets = greenlet_executor()
-    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlets,
-                            writer=greenlets)
+    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
     return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import BinaryIO, NamedTuple
 
-from pithos.blocker.blocker import Blocker, StagedBlock
+from pithos.blocker.blocker import Blocker, BlockStream, StagedBlock
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root, to_hex
 from pithos.mapper import codec
@@ -35,6 +35,10 @@ DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 # Batches in the write pipeline at once; with the one being filled, bounds a build's memory
 # to (MAX_INFLIGHT + 1) * batch_bytes.
 MAX_INFLIGHT = 2
+# An upload's blocks are hashed and written in pieces of this size while the next is read.
+STREAM_PIECE = 512 * 1024
+# Blocks of one upload being synced at once.
+STREAM_INFLIGHT = 4
 
 
 class MapStat(NamedTuple):
@@ -324,6 +328,80 @@ class Mapper:
             before.result()
         self.blocker.put_staged(batch)
 
+    def build_stream(self, stream: BinaryIO, piece_size: int = STREAM_PIECE
+                     ) -> tuple[bytes, int]:
+        """Store one stream as a new map, each block written while it arrives; returns
+        (root, size) once blocks and pages are durable.
+
+        For uploads from the network: a block of several pieces is hashed and written piece
+        by piece on the blocker's pool while the next piece is read (`Blocker.open_stream`),
+        so the last byte of an upload is followed by a sync, not by hashing and writing the
+        whole block.  A block that fits in one piece (a small object, a short last block)
+        is stored with the map pages in one batch, as `build_many` does.  Zero blocks are
+        recognised as ever (nothing written)."""
+        piece_size = min(piece_size, self.block_size)
+        entries: list[bytes | Future[bytes]] = []
+        lengths: list[int] = []
+        batch: list[StagedBlock] = []
+        current: BlockStream | None = None
+        inflight: deque[int] = deque()  # entries whose store is still running
+        try:
+            while True:
+                first = _read_exactly(stream, piece_size)
+                if not first:
+                    break
+                if len(first) < piece_size or piece_size == self.block_size:
+                    entries.append(self._zero_or_staged(first, batch))
+                    lengths.append(len(first))
+                    if len(first) < piece_size:
+                        break
+                    continue
+                length, zeros, piece = 0, 0, first
+                while piece:
+                    if current is None and codec.is_zero(piece):
+                        zeros += len(piece)  # written only if data follows in this block
+                    else:
+                        if current is None:
+                            current = self.blocker.open_stream()
+                            if zeros:
+                                current.write(bytes(zeros))
+                        current.write(piece)
+                    length += len(piece)
+                    if length == self.block_size:
+                        break
+                    piece = _read_exactly(stream, min(piece_size, self.block_size - length))
+                if current is None:
+                    entries.append(self._store_zero(length))
+                else:
+                    inflight.append(len(entries))
+                    entries.append(current.finish_async())
+                    current = None
+                    if len(inflight) > STREAM_INFLIGHT:  # bounds a long upload's open files
+                        oldest = inflight.popleft()
+                        entries[oldest] = _result(entries[oldest])
+                lengths.append(length)
+                if length < self.block_size:
+                    break
+            hashes = [_result(e) for e in entries]
+        except BaseException:
+            if current is not None:
+                current.abort()
+            for e in entries:  # let stores in flight end before the error goes up
+                if not isinstance(e, bytes):
+                    with contextlib.suppress(BaseException):
+                        e.result()
+            raise
+        root, pages = self._tree(self._leaf_pages(hashes, lengths))
+        self.blocker.put_staged([*batch, *pages])
+        return root, sum(lengths)
+
+    def _zero_or_staged(self, data: bytes, batch: list[StagedBlock]) -> bytes:
+        if codec.is_zero(data):
+            return self._store_zero(len(data))
+        staged = self.blocker.stage(data)
+        batch.append(staged)
+        return staged.hash
+
     # -- reading -----------------------------------------------------------------------------
 
     def stat(self, root: bytes) -> MapStat:
@@ -601,6 +679,21 @@ class Mapper:
         all_lengths = old_lengths[:lo] + lengths + old_lengths[hi:]
         kept = leaves[:a] + leaves[b + 1:]
         return self._store_tree(self._leaf_pages(all_hashes, all_lengths), kept, at=a)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes of a stream, fewer only at its end, whatever its read()s return."""
+    data = stream.read(size)
+    while data and len(data) < size:
+        more = stream.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _result(entry: bytes | Future[bytes]) -> bytes:
+    return entry if isinstance(entry, bytes) else entry.result()
 
 
 def _exactly(chunks: Iterator[bytes], length: int) -> Iterator[bytes]:

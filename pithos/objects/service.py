@@ -116,17 +116,14 @@ class BodyReader:
 class ObjectService:
     def __init__(self, catalog: Catalog, mapper: Mapper, executor: Executor | None = None,
                  limits: Limits | None = None, upload_batch_bytes: int = 8 * 1024 * 1024,
-                 read_batch_blocks: int = 2, prefetch: Executor | None = None,
-                 writer: Executor | None = None) -> None:
+                 read_batch_blocks: int = 2, prefetch: Executor | None = None) -> None:
         """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
-        executor); `writer` stores an upload's blocks while the next are read (default: a
-        thread per upload)."""
+        executor)."""
         self.catalog = catalog
         self.leases = UploadLeases(catalog)
         self.mapper = mapper
         self.executor = executor
         self.prefetch = prefetch or executor
-        self.writer = writer
         self.limits = limits or Limits()
         # Per-request memory: a few upload batches, two read batches.
         self.upload_batch_bytes = upload_batch_bytes
@@ -147,9 +144,7 @@ class ObjectService:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
         reader = BodyReader(body, length, self.limits.max_file_size, self.executor,
                             on_progress=self.leases.refresh)
-        root, size = next(iter(self.mapper.build_many([reader],
-                                                      batch_bytes=self.upload_batch_bytes,
-                                                      writer=self.writer)))
+        root, size = self.mapper.build_stream(reader)
         md5 = reader.finish()
         return Stored(root, size, md5)
 
