@@ -171,6 +171,7 @@ class BlockStream:
         self._hasher = blake3.blake3()
         self._pending: Future[None] | None = None
         self.size = 0
+        self.hash: bytes | None = None  # known once finished
 
     def _absorb(self, data: bytes | memoryview) -> None:
         self._hasher.update(data)
@@ -197,14 +198,16 @@ class BlockStream:
         return self.finish_async().result()
 
     def finish_async(self) -> Future[bytes]:
-        """Name the block now and store it on the pool: the future gives its hash once it is
-        durable (the caller may read the next block meanwhile)."""
+        """Name the block now (`hash` is set on return) and store it on the pool: the future
+        gives the hash once the block is durable; meanwhile the caller may read the next
+        block or store the map that names this one."""
         try:
             self._wait()
         except BaseException:
             self.abort()
             raise
         hash_: bytes = self._hasher.digest()
+        self.hash = hash_
 
         def commit() -> bytes:
             try:

@@ -55,6 +55,23 @@ def _libc_syncfs() -> Callable[[int], int]:
     return fn
 
 
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn  # type: ignore[no-any-return]
+
+
+# Start writing back what a streamed block has received so far, without waiting: the sync at
+# its commit then waits for the last piece only (measured: 4 MiB in 512 KiB pieces, fdatasync
+# 2.3 ms -> 1.0 ms).  Optional: where it is missing, the commit's fdatasync does it all.
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _libc_sync_file_range()
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -289,6 +306,7 @@ class _FileWriter(BlockWriter):
         self._store = store
         self._fd: int | None = None
         self._tmp = ""
+        self._written = 0
 
     def _open(self) -> int:
         if self._fd is None:
@@ -307,6 +325,9 @@ class _FileWriter(BlockWriter):
         except OSError as exc:
             self.abort()
             raise _backend_error(exc, "cannot store block") from exc
+        if _sync_file_range is not None:
+            _sync_file_range(fd, self._written, len(data), _SYNC_FILE_RANGE_WRITE)
+        self._written += len(data)
 
     def commit(self, hash_: bytes) -> None:
         store = self._store

@@ -340,18 +340,18 @@ class Mapper:
         is stored with the map pages in one batch, as `build_many` does.  Zero blocks are
         recognised as ever (nothing written)."""
         piece_size = min(piece_size, self.block_size)
-        entries: list[bytes | Future[bytes]] = []
+        hashes: list[bytes] = []
         lengths: list[int] = []
         batch: list[StagedBlock] = []
         current: BlockStream | None = None
-        inflight: deque[int] = deque()  # entries whose store is still running
+        storing: deque[Future[bytes]] = deque()  # streamed blocks still being synced
         try:
             while True:
                 first = _read_exactly(stream, piece_size)
                 if not first:
                     break
                 if len(first) < piece_size or piece_size == self.block_size:
-                    entries.append(self._zero_or_staged(first, batch))
+                    hashes.append(self._zero_or_staged(first, batch))
                     lengths.append(len(first))
                     if len(first) < piece_size:
                         break
@@ -371,28 +371,30 @@ class Mapper:
                         break
                     piece = _read_exactly(stream, min(piece_size, self.block_size - length))
                 if current is None:
-                    entries.append(self._store_zero(length))
+                    hashes.append(self._store_zero(length))
                 else:
-                    inflight.append(len(entries))
-                    entries.append(current.finish_async())
+                    storing.append(current.finish_async())
+                    assert current.hash is not None
+                    hashes.append(current.hash)
                     current = None
-                    if len(inflight) > STREAM_INFLIGHT:  # bounds a long upload's open files
-                        oldest = inflight.popleft()
-                        entries[oldest] = _result(entries[oldest])
+                    if len(storing) > STREAM_INFLIGHT:  # bounds a long upload's open files
+                        storing.popleft().result()
                 lengths.append(length)
                 if length < self.block_size:
                     break
-            hashes = [_result(e) for e in entries]
+            # The pages are stored while the last blocks are synced: nothing names the root
+            # before both are durable (the caller records it only after this returns).
+            root, pages = self._tree(self._leaf_pages(hashes, lengths))
+            self.blocker.put_staged([*batch, *pages])
+            while storing:
+                storing.popleft().result()
         except BaseException:
             if current is not None:
                 current.abort()
-            for e in entries:  # let stores in flight end before the error goes up
-                if not isinstance(e, bytes):
-                    with contextlib.suppress(BaseException):
-                        e.result()
+            for pending in storing:  # let stores in flight end before the error goes up
+                with contextlib.suppress(BaseException):
+                    pending.result()
             raise
-        root, pages = self._tree(self._leaf_pages(hashes, lengths))
-        self.blocker.put_staged([*batch, *pages])
         return root, sum(lengths)
 
     def _zero_or_staged(self, data: bytes, batch: list[StagedBlock]) -> bytes:
@@ -690,10 +692,6 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
             break
         data += more
     return data
-
-
-def _result(entry: bytes | Future[bytes]) -> bytes:
-    return entry if isinstance(entry, bytes) else entry.result()
 
 
 def _exactly(chunks: Iterator[bytes], length: int) -> Iterator[bytes]:
