@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import blake3
 
@@ -169,7 +169,7 @@ class BlockStream:
         self._pool = pool
         self._max = block_size
         self._hasher = blake3.blake3()
-        self._pending: Future[None] | None = None
+        self._pending: Future[Any] | None = None
         self.size = 0
         self.hash: bytes | None = None  # known once finished
 
@@ -191,7 +191,11 @@ class BlockStream:
         except BaseException:
             self.abort()
             raise
-        self._pending = self._pool.submit(self._absorb, data)
+        if self._writer.blocking_io:
+            self._pending = self._pool.submit(self._absorb, data)
+        else:  # hashing alone is worth a thread only for large pieces; the write is a copy
+            self._pending = self._pool.submit(self._hasher.update, data)
+            self._writer.write(data)
 
     def finish(self) -> bytes:
         """Store the block (durable on return); returns its hash."""
@@ -217,7 +221,15 @@ class BlockStream:
                 raise
             return hash_
 
-        return self._pool.submit(commit)
+        if self._writer.blocking_io:
+            return self._pool.submit(commit)
+        # The store offloads its own I/O (e.g. RADOS under a server): commit from here.
+        done: Future[bytes] = Future()
+        try:
+            done.set_result(commit())
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
 
     def abort(self) -> None:
         if self._pending is not None:

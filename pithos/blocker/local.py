@@ -302,6 +302,8 @@ class LocalBlockStore(BlockStore):
 class _FileWriter(BlockWriter):
     """A blob written into a temporary file as it arrives, renamed to its hash at commit."""
 
+    blocking_io = True
+
     def __init__(self, store: LocalBlockStore) -> None:
         self._store = store
         self._fd: int | None = None

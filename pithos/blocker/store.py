@@ -99,6 +99,11 @@ class BlockWriter(ABC):
     under any name; `abort` (or a crash) leaves nothing but, at worst, temporary data the
     backend removes later."""
 
+    # True: `write` and `commit` do blocking I/O on the calling thread, so a caller under an
+    # event loop runs them on its pool of threads.  False: they may hand I/O to the store's
+    # own executor, which must then be done from the loop's thread, not from that pool.
+    blocking_io = False
+
     @abstractmethod
     def write(self, data: bytes | memoryview) -> None:
         """Append `data` to the blob."""
