@@ -26,6 +26,13 @@ class BlockStoreContract:
         store.put_many(items)
         assert store.get_many([h for h, _ in items]) == [d for _, d in items]
 
+    def test_put_takes_any_bytes_like_data(self, store: BlockStore) -> None:
+        items = [blob(5000), blob(7000), blob(100)]
+        store.put_many([(items[0][0], bytearray(items[0][1])),
+                        (items[1][0], memoryview(items[1][1])), items[2]])
+        assert store.get_many([h for h, _ in items]) == [d for _, d in items]
+        assert all(type(d) is bytes for d in store.get_many([h for h, _ in items]))
+
     def test_get_many_keeps_order_and_duplicates(self, store: BlockStore) -> None:
         a, b = blob(), blob()
         store.put_many([a, b])

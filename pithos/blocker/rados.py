@@ -260,7 +260,8 @@ class RadosBlockStore(BlockStore):
         unique = dict(items)  # the caller vouches that equal hashes name equal bytes
         hashes = list(unique)
         names = [h.hex() for h in hashes]
-        datas = list(unique.values())
+        # librados takes bytes only (an upload's pieces may come as bytearrays).
+        datas = [d if type(d) is bytes else bytes(d) for d in unique.values()]
         sizes = self._stat_many(hashes)
         self._create(names, datas, [i for i, size in enumerate(sizes) if size is None])
         present = [i for i, size in enumerate(sizes) if size is not None]

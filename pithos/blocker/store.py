@@ -19,7 +19,7 @@ class BlockStore(ABC):
 
     @abstractmethod
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Store each `(hash, data)` pair.
+        """Store each `(hash, data)` pair (`data`: bytes or another bytes-like object).
 
         - Durable: returns only when every blob is on stable storage (a crash after the return
           loses none of them).
