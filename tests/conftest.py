@@ -126,28 +126,66 @@ def scaleout_storage(name: str):
     """(blocks URL, catalog URL, cleanup) on the real Ceph cluster and PostgreSQL server that
     scripts/test starts: a fresh RADOS namespace and a fresh database.  Skips when they are
     not there (which PITHOS_REQUIRE_ALL turns into a failure in CI)."""
-    import secrets
 
     conf = os.environ.get("PITHOS_CEPH_CONF")
     pg = os.environ.get("PITHOS_TEST_POSTGRES_URL")
     if not conf or not os.path.exists(conf) or not pg:
         pytest.skip("the scale-out configuration needs PITHOS_CEPH_CONF and "
                     "PITHOS_TEST_POSTGRES_URL (scripts/test sets both)")
+    catalog, cleanup = postgres_database(name)
+    db = catalog.rsplit("/", 1)[1]
+    pool = os.environ.get("PITHOS_CEPH_POOL", "pithos")
+    return f"rados://{pool}?conf={conf}&namespace={db}", catalog, cleanup
+
+
+def catalog_databases() -> list[str]:
+    """The catalog databases a suite runs on: SQLite, and PostgreSQL when scripts/test (or
+    PITHOS_TEST_POSTGRES_URL) provides one; with PITHOS_REQUIRE_POSTGRES a missing server
+    makes the PostgreSQL cases skip, which PITHOS_REQUIRE_ALL turns into failures."""
+    found = ["sqlite"]
+    if os.environ.get("PITHOS_TEST_POSTGRES_URL") or os.environ.get("PITHOS_REQUIRE_POSTGRES"):
+        found.append("postgresql")
+    return found
+
+
+def postgres_database(name: str):
+    """(URL, drop) of a fresh database on the PostgreSQL server of PITHOS_TEST_POSTGRES_URL;
+    skips when there is none."""
+    import secrets
+
     from sqlalchemy import create_engine, text
 
+    base = os.environ.get("PITHOS_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PITHOS_TEST_POSTGRES_URL is not set")
     db = f"{name}_{secrets.token_hex(4)}"
-    admin = create_engine(pg, isolation_level="AUTOCOMMIT")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{db}"'))
-    pool = os.environ.get("PITHOS_CEPH_POOL", "pithos")
-    blocks = f"rados://{pool}?conf={conf}&namespace={db}"
 
-    def cleanup() -> None:
+    def drop() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         admin.dispose()
 
-    return blocks, pg.rsplit("/", 1)[0] + "/" + db, cleanup
+    return base.rsplit("/", 1)[0] + "/" + db, drop
+
+
+@pytest.fixture(params=catalog_databases())
+def catalog(request, tmp_path):
+    """An empty Catalog on each catalog database."""
+    from pithos.catalog import Catalog
+
+    drop = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    else:
+        url, drop = postgres_database("cat")
+    cat = Catalog(url)
+    yield cat
+    cat.close()
+    if drop is not None:
+        drop()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

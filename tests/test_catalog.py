@@ -1,47 +1,16 @@
 """The catalog's behaviour, the same suite on every database (SQLite here; PostgreSQL when
 PITHOS_TEST_POSTGRES_URL names one, which scripts/test arranges in CI)."""
 
-import os
 import threading
 import time
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from pithos.catalog import Catalog
 from pithos.catalog import schema as s
 from pithos.core.errors import Conflict, NotFound
 
 ROOT = b"r" * 32
-
-
-def _urls():
-    urls = ["sqlite"]
-    if os.environ.get("PITHOS_TEST_POSTGRES_URL") or os.environ.get("PITHOS_REQUIRE_POSTGRES"):
-        urls.append("postgresql")
-    return urls
-
-
-@pytest.fixture(params=_urls())
-def catalog(request, tmp_path):
-    if request.param == "sqlite":
-        cat = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
-    else:
-        base = os.environ.get("PITHOS_TEST_POSTGRES_URL")
-        if not base:
-            pytest.skip("PITHOS_TEST_POSTGRES_URL is not set")
-        name = f"t{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        cat = Catalog(base.rsplit("/", 1)[0] + "/" + name)
-    yield cat
-    cat.close()
-    if request.param == "postgresql":
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def put(cat, cid, name, size=10, **kw):

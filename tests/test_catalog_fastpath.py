@@ -7,46 +7,16 @@ import os
 import time
 
 import pytest
+from conftest import catalog_databases
 from sqlalchemy import bindparam, create_engine, event, select, text
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import IntegrityError, NoResultFound
 
-from pithos.catalog import Catalog
 from pithos.catalog import schema as s
 from pithos.catalog.prepared import Prepared
 from pithos.core.errors import QuotaExceeded
 
 ROOT = b"r" * 32
-
-
-def _urls():
-    urls = ["sqlite"]
-    if os.environ.get("PITHOS_TEST_POSTGRES_URL") or os.environ.get("PITHOS_REQUIRE_POSTGRES"):
-        urls.append("postgresql")
-    return urls
-
-
-@pytest.fixture(params=_urls())
-def catalog(request, tmp_path):
-    admin = name = None
-    if request.param == "sqlite":
-        cat = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
-    else:
-        base = os.environ.get("PITHOS_TEST_POSTGRES_URL")
-        if not base:
-            pytest.skip("PITHOS_TEST_POSTGRES_URL is not set")
-        name = f"f{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        cat = Catalog(base.rsplit("/", 1)[0] + "/" + name)
-    yield cat
-    cat.close()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def put(cat, cid, name, size=10, **kw):
@@ -224,7 +194,8 @@ def test_put_version_quota_and_flat_versioning(catalog, container):
     assert catalog.object(c.id, "p") is None  # nothing of the refused version stays
 
 
-@pytest.mark.parametrize("catalog", [u for u in _urls() if u != "sqlite"], indirect=True)
+@pytest.mark.parametrize("catalog", [u for u in catalog_databases() if u != "sqlite"],
+                         indirect=True)
 def test_a_dead_read_connection_is_replaced(catalog, container):
     """PostgreSQL: reads run on pooled connections that are not pinged before use; one the
     server dropped is discarded and the read retried."""

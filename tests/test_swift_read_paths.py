@@ -2,41 +2,22 @@
 PITHOS_TEST_POSTGRES_URL names one): the owner's sharing and public-link headers, sharing
 inherited from a pseudo-directory, and refusals (401/403) before any 404."""
 
-import os
-import secrets
 
 import pytest
 import requests
-from conftest import PithosServer
-from sqlalchemy import create_engine, text
+from conftest import PithosServer, catalog_databases, postgres_database
 
 
-def _catalogs():
-    found = ["sqlite"]
-    if os.environ.get("PITHOS_TEST_POSTGRES_URL") or os.environ.get("PITHOS_REQUIRE_POSTGRES"):
-        found.append("postgresql")
-    return found
-
-
-@pytest.fixture(scope="module", params=_catalogs())
+@pytest.fixture(scope="module", params=catalog_databases())
 def server(request, tmp_path_factory):
-    catalog = admin = db = None
+    catalog = drop = None
     if request.param == "postgresql":
-        base = os.environ.get("PITHOS_TEST_POSTGRES_URL")
-        if not base:
-            pytest.skip("PITHOS_TEST_POSTGRES_URL is not set")
-        db = f"reads_{secrets.token_hex(4)}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{db}"'))
-        catalog = base.rsplit("/", 1)[0] + "/" + db
+        catalog, drop = postgres_database("reads")
     srv = PithosServer(tmp_path_factory.mktemp("reads"), catalog=catalog)
     yield srv
     srv.stop()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        admin.dispose()
+    if drop is not None:
+        drop()
 
 
 def auth(server, user, key):
