@@ -68,6 +68,13 @@ class Identity:
             raise InvalidArgument("the key must not be empty")
         return self.catalog.add_user(account, user, hash_key(key), admin)
 
+    def add_first_user(self, account: str, user: str, key: str, admin: bool
+                       ) -> UserInfo | None:
+        """The user, added only if there is no user at all yet; None otherwise."""
+        if not key:
+            raise InvalidArgument("the key must not be empty")
+        return self.catalog.add_first_user(account, user, hash_key(key), admin)
+
     def login(self, account: str, user: str, key: str) -> tuple[UserInfo, str, float] | None:
         """(user, token, expires) for good credentials, None otherwise."""
         found = self.catalog.user_credentials(account, user)

@@ -210,3 +210,31 @@ def test_container_listing_until(catalog):
         ("c1", 1, 5)]
     assert [(n, o, b) for n, o, b, _ in catalog.list_containers(a)] == [
         ("c1", 2, 12), ("c2", 0, 0)]
+
+
+def test_only_the_first_of_concurrent_first_starts_adds_its_user(catalog):
+    """Nodes starting at once on one empty catalog: exactly one adds its admin, the others
+    find it (and none changes its key)."""
+    from pithos.catalog import Catalog
+
+    others = [Catalog(catalog.url) for _ in range(4)]
+    results: list[object] = [None] * len(others)
+    start = threading.Barrier(len(others))
+
+    def first_start(i: int) -> None:
+        start.wait()
+        results[i] = others[i].add_first_user("admin", "admin", f"key-{i}", admin=True)
+
+    threads = [threading.Thread(target=first_start, args=(i,)) for i in range(len(others))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for other in others:
+        other.close()
+    winners = [i for i, r in enumerate(results) if r is not None]
+    assert len(winners) == 1
+    (info, stored) = catalog.user_credentials("admin", "admin")
+    assert stored == f"key-{winners[0]}" and info.admin
+    assert catalog.add_first_user("other", "x", "k", admin=False) is None
+    assert [u.name for u in catalog.users()] == ["admin"]

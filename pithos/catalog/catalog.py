@@ -32,6 +32,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
@@ -258,6 +259,26 @@ class Catalog:
                 user_id = int(conn.execute(insert(s.users).values(
                     account_id=account_id, name=user, key_hash=key_hash, admin=admin,
                     created=time.time())).inserted_primary_key[0])
+        return UserInfo(user_id, account, user, admin)
+
+    def add_first_user(self, account: str, user: str, key_hash: str,
+                       admin: bool) -> UserInfo | None:
+        """Add a user only if the catalog has none yet (a server's first start); None if it
+        has one.  Atomic: of several nodes starting at once on an empty catalog, one adds its
+        user and the others see it (SQLite: the write lock; PostgreSQL: a table lock held
+        until the commit)."""
+        try:
+            with self._write() as conn:
+                if not self.is_sqlite:
+                    conn.execute(text("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"))
+                if conn.execute(select(s.users.c.id).limit(1)).first() is not None:
+                    return None
+                account_id = self._ensure_account(conn, account)
+                user_id = int(conn.execute(insert(s.users).values(
+                    account_id=account_id, name=user, key_hash=key_hash, admin=admin,
+                    created=time.time())).inserted_primary_key[0])
+        except SQLIntegrityError:  # another node's user came first
+            return None
         return UserInfo(user_id, account, user, admin)
 
     def delete_user(self, account: str, user: str) -> bool:

@@ -103,7 +103,8 @@ def first_start(storage: Storage, listen: str) -> None:
         if catalog.users():
             return
         key = secrets.token_hex(16)  # hex: never starts with "-" (a CLI would read an option)
-        Identity(catalog).add_user("admin", "admin", key, admin=True)
+        if Identity(catalog).add_first_user("admin", "admin", key, admin=True) is None:
+            return  # another node sharing this catalog started first and made the admin
         print(f"created the admin user of account 'admin':\n"
               f"  auth URL:  http://{listen}/auth/v1.0  (Keystone v3: http://{listen}/v3)\n"
               f"  user:      admin:admin\n"
