@@ -6,7 +6,9 @@ namespace, see `open_rados_stores`).  Layout of the namespace:
 
     index                     omap: one key per head name (value: the nonce of its creation)
     head/<name>               the head, JSON (as head.json locally); omap `v` = its version
-                              (the compare-and-swap guard), `n` = the creation nonce
+                              (the compare-and-swap guard), `n` = the creation nonce, `holder`
+                              = the lease holder's client (JSON: addr, client, cookie, desc)
+                              from its acquire until its clean release
     lease/<name>              the writer lease: an exclusive RADOS lock (`archipelago.lease`)
                               with a cookie and a duration
     delta/<name>              omap: one key per delta generation that may exist
@@ -26,7 +28,8 @@ key if it still carries the head's nonce.  `names` skips index keys whose head d
 
 Leases (MUST): `acquire` takes the lock of `lease/<name>` with a fresh cookie and a duration of
 `lease_s` seconds (a second writer gets EBUSY: Conflict; a holder that dies loses the lock when
-the duration runs out), then bumps the head's token by compare-and-swap.  A thread renews the
+the duration runs out), fences the previous holder if it never released (Fencing, below), then
+bumps the head's token and records itself as the holder by compare-and-swap.  A thread renews the
 locks every `lease_s / 3` (MUST_RENEW: a lock that expired or was taken is lost, never quietly
 re-taken).  A holder trusts its lease only until `lease_s` after it sent its last successful
 renewal, so it stops writing before the lock can expire on the OSD.  `check` (before every
@@ -34,6 +37,25 @@ write, zero and flush) costs nothing while the head is unchanged: the holder wat
 `head/<name>`, every put notifies the watchers (and waits for their acks, up to a timeout), and
 the first check after a notification re-reads the token: LeaseLost if it moved.  Without a
 working watch, every check reads the head.
+
+Fencing (MUST): a check cannot recall a write that a stalled holder (SIGSTOP, a long pause, a
+partition) had already checked, or queued in librados: it could land after the next holder's.
+So the holder records its RADOS client instance (its address: the one client that sends its
+lock, head and delta ops) in the head's omap key `holder`, in the op that bumps the token, and
+a release clears it (only while it is still its own) before unlocking, once the holder's writes
+are finished (Volume.close closes the delta first).  After taking the lock, `acquire` reads
+`holder`: a record left there means the previous holder never released (its lock expired or was
+broken).  Unless it is this very client instance (one client's ops to one object apply in
+order), `acquire` blocklists that address for `BLOCKLIST_S` (`osd blocklist add`) and waits for
+the latest OSD map, then bumps the token under a guard on `holder` too (a record that changed
+meanwhile is read again).  The OSDs reject every op of the fenced client from then on, those it
+sent before included, and an op of ours makes an OSD first catch up with our map.  The fenced
+holder's ops fail with ESHUTDOWN: its lease is lost, its delta poisoned.  A blocklist that fails
+(the cephx user may not: docs/ceph.md) fails the acquire: never a takeover unfenced.  Not
+covered: a thread stalled between its check and its send for longer than the entry lasts (an
+op already queued in librados dies after `op_timeout_s`), and, within one process, a stalled
+write of an old handle after the volume was opened again (the NBD server opens a volume again
+only after all its connections ended).
 
 Deltas (MUST), the local invariants of delta.py in RADOS terms:
 - Writes are asynchronous (up to `MAX_INFLIGHT_OPS` / `MAX_INFLIGHT_BYTES` in flight); RADOS
@@ -57,6 +79,18 @@ Python binding facts this module relies on (python3-rados 16.2):
   zero of length 0.
 - `lock_exclusive` creates the locked object if absent; EEXIST means the same client already
   holds the lock with that cookie, EBUSY that another does.
+- `Watch.close` whose unwatch fails (ESHUTDOWN once blocklisted, a timeout) raises, but
+  librados has freed the watch all the same; the binding then unwatches it again when the
+  object is collected: a use after free that kills the process (SIGSEGV, or abort on
+  std::bad_alloc).  A watch whose close failed is held by its `RadosPool` until the connection
+  is shut down (collected then, it only complains that the connection is shut down).
+- `mon_command` of `osd blocklist add` refuses an integer `expire` (EINVAL, "bad or missing
+  field 'expire'"): it must be a JSON float.  `osd blocklist ls` in JSON answers two documents
+  back to back, the addresses then the (empty) ranges: `[...][]`.
+- `Rados.get_addrs()` is the client instance's address as the OSDs and `rados lock info` show
+  it (`127.0.0.1:0/<nonce>`); the binding has no `list_lockers`.  Ops of a blocklisted client
+  raise `ConnectionShutdown` (errno ESHUTDOWN); once the entry is removed or expires, the same
+  connection works again.
 """
 
 from __future__ import annotations
@@ -67,6 +101,7 @@ import json
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -103,6 +138,10 @@ _READ_PIECE = 16 * 1024 * 1024
 _HEAD_READ = 64 * 1024
 _OMAP_PAGE = 1000
 _LOCK_FLAG_MUST_RENEW = 0x2  # LIBRADOS_LOCK_FLAG_MUST_RENEW (not exported by the binding)
+HOLDER_KEY = "holder"  # omap key of head/<name>: the lease holder's client (see Fencing)
+# Seconds a fenced client stays blocklisted: the mon's default.  Long enough that no op of the
+# fenced client is still alive when it ends (librados fails an op after op_timeout_s).
+BLOCKLIST_S = 3600
 _TRANSIENT = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT,
                         errno.ENOTCONN, errno.ECONNRESET, errno.ECONNREFUSED,
                         errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
@@ -116,6 +155,9 @@ def _errno_of(exc: BaseException) -> int:
 def _error(code: int, what: str) -> PithosError:
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return NoSpace(f"{what}: {os.strerror(code)}")
+    if code == errno.ESHUTDOWN:  # EBLOCKLISTED: the OSDs reject this client (see Fencing)
+        return BackendError(f"{what}: this client is blocklisted: another host took over a "
+                            "volume it held", transient=False)
     return BackendError(f"{what}: {os.strerror(code)} (errno {code})",
                         transient=code in _TRANSIENT)
 
@@ -155,9 +197,14 @@ class RadosPool:
         if not self.cluster.pool_exists(pool):
             self.cluster.shutdown()
             raise BackendError(f"no RADOS pool named {pool!r}", transient=False)
+        # This client instance as the OSDs know it: what a lease holder records, and what
+        # another host blocklists to fence it (see Fencing in the module's docstring).
+        self.addr = str(self.cluster.get_addrs())
+        self.client = f"client.{self.cluster.get_instance_id()}"
         self._refs = 1
         self._lock = threading.Lock()
         self._zero_swapped: bool | None = None
+        self._dead_watches: list[Any] = []  # see keep_watch
 
     @classmethod
     def from_url(cls, url: str) -> tuple[RadosPool, str]:
@@ -197,6 +244,46 @@ class RadosPool:
             last = self._refs == 0
         if last:
             self.cluster.shutdown()
+            if self._dead_watches:
+                # Collected now, they no longer touch librados; each only complains, through
+                # sys.unraisablehook, that the connection is shut down.
+                hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+                try:
+                    self._dead_watches.clear()
+                finally:
+                    sys.unraisablehook = hook
+
+    def keep_watch(self, watch: Any) -> None:
+        """Hold a watch whose close failed until the connection is shut down (see the
+        module's docstring: collecting it before would crash the process)."""
+        with self._lock:
+            self._dead_watches.append(watch)
+
+    def blocklist(self, addr: str, expire_s: float = BLOCKLIST_S) -> None:
+        """Fence the client instance at `addr`: the OSDs reject its every op once they have
+        the OSD map with the entry.  Returns once this client has that map, so every op it
+        sends afterwards makes an OSD wait for the map first.  Needs the mon cap
+        `allow command "osd blocklist" with blocklistop=add` (docs/ceph.md)."""
+        if addr == self.addr:
+            raise ValueError("a client never blocklists itself")
+        cmd = json.dumps({"prefix": "osd blocklist", "blocklistop": "add", "addr": addr,
+                          "expire": float(expire_s)})  # an int is refused (EINVAL)
+        try:
+            code, _, status = self.cluster.mon_command(cmd, b"")
+        except self.rados.Error as exc:
+            code, status = -_errno_of(exc), str(exc)
+        if code < 0:
+            hint = (" (the cephx user needs the mon cap 'allow command \"osd blocklist\" with "
+                    "blocklistop=add', see docs/ceph.md)" if code in (-errno.EACCES, -errno.EPERM)
+                    else "")
+            raise BackendError(f"cannot blocklist {addr}: {status or os.strerror(-code)}{hint}",
+                               transient=-code in _TRANSIENT)
+        try:
+            code = self.cluster.wait_for_latest_osdmap()
+        except self.rados.Error as exc:
+            code = -_errno_of(exc)
+        if code < 0:
+            raise _error(-code, "cannot get the OSD map after a blocklist")
 
     def zero(self, io: Any, op: Any, offset: int, length: int) -> None:
         """Add "zero [offset, offset + length)" to a write op, whatever order the binding
@@ -351,6 +438,7 @@ class RadosLease(Lease):
         self.name = name
         self.token = 0
         self.cookie = cookie
+        self.holder: str | None = None  # our record in the head's `holder` key, once written
         self._valid_until = valid_until
         self._lost: str | None = None
         self._released = False
@@ -385,8 +473,10 @@ class RadosLease(Lease):
     def _close_watch(self) -> None:
         watch, self._watch, self._watch_ok = self._watch, None, False
         if watch is not None:
-            with contextlib.suppress(Exception):
+            try:
                 watch.close()
+            except Exception:
+                self._store.pool.keep_watch(watch)
 
     def renew(self) -> bool:
         """Extend the lock by `lease_s`.  False (and the lease is lost) when the lock expired
@@ -403,7 +493,10 @@ class RadosLease(Lease):
             except (rados.ObjectBusy, rados.ObjectNotFound):
                 self._lost = f"lease on {self.name} expired or was taken over"
                 return False
-            except rados.Error:
+            except rados.Error as exc:
+                if _errno_of(exc) == errno.ESHUTDOWN:
+                    self._lost = (f"lease on {self.name} was taken over: this client is "
+                                  "blocklisted")
                 return False
             self._valid_until = sent + store.lease_s
             if not self._watch_ok:  # watch again after an error; the next check reads
@@ -435,6 +528,8 @@ class RadosLease(Lease):
         self._checked_epoch = epoch
 
     def release(self) -> None:
+        """Give the lease up.  The holder's writes must be finished (Volume.close and
+        Volumes.close close the delta first): after a clean release nobody fences them."""
         with self._renew_lock:
             if self._released:
                 return
@@ -442,6 +537,14 @@ class RadosLease(Lease):
             store = self._store
             store._forget(self)
             self._close_watch()
+            if self.holder is not None:
+                # A clean release: our record goes before the lock, so the next holder, which
+                # reads it once it has the lock, does not fence us.  Only if it is still ours
+                # (ECANCELED: a new holder's; ESHUTDOWN: we were fenced already).
+                holder = self.holder
+                _operate(store.pool, store.io, store.head_obj(self.name), lambda op: (
+                    op.omap_cmp(HOLDER_KEY, holder, store.pool.rados.LIBRADOS_CMPXATTR_OP_EQ),
+                    store.io.remove_omap_keys(op, (HOLDER_KEY,))))
             with contextlib.suppress(store.pool.rados.Error):
                 store.io.unlock(store.lease_obj(self.name), LOCK_NAME, self.cookie)
 
@@ -603,7 +706,7 @@ class RadosHeadStore(HeadStore):
 
     def acquire(self, name: str, wait_s: float = 0.0) -> Lease:
         rados = self.pool.rados
-        head = self.get(name)
+        self.get(name)  # NotFound before the lock object is made
         cookie = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
         while True:
@@ -623,18 +726,67 @@ class RadosHeadStore(HeadStore):
         lease = RadosLease(self, name, cookie, sent + self.lease_s)
         try:
             lease._start_watch()
-            while True:
-                try:
-                    head = self.put(head.replace(token=head.token + 1), head.version)
-                    break
-                except VersionConflict:
-                    head = self.get(name)  # changed under us (a resize elsewhere): retry
+            head = self._take_over(lease)
             lease.token = head.token
             self._adopt(lease)
         except BaseException:
             lease.release()
             raise
         return lease
+
+    def _take_over(self, lease: RadosLease) -> Head:
+        """With the lock held: fence the previous holder if it never released (see Fencing in
+        the module's docstring), then bump the token and record us as the holder, in one
+        compare-and-swap op on the head and on its `holder` key."""
+        rados = self.pool.rados
+        eq = rados.LIBRADOS_CMPXATTR_OP_EQ
+        name = lease.name
+        obj = self.head_obj(name)
+        ours = json.dumps({"addr": self.pool.addr, "client": self.pool.client,
+                           "cookie": lease.cookie, "desc": self.lock_desc}, sort_keys=True)
+        fenced: set[str] = set()
+        while True:
+            head = self.get(name)
+            found = _omap_get(self.pool, self.io, obj, (HOLDER_KEY,)).get(HOLDER_KEY)
+            previous = found.decode() if found is not None else ""  # absent compares as ""
+            if previous:
+                try:
+                    addr = str(json.loads(previous)["addr"])
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise BackendError(f"the holder record of {name!r} is unreadable: "
+                                       f"{previous!r}") from exc
+                if addr != self.pool.addr and addr not in fenced:
+                    try:
+                        self.pool.blocklist(addr)
+                    except BackendError as exc:
+                        raise BackendError(f"cannot take {name!r} over: its previous holder "
+                                           f"{previous} did not release it and could not be "
+                                           f"fenced: {exc}", transient=exc.transient) from exc
+                    fenced.add(addr)
+                    # The monitors may have taken a while: the lock must still be ours.
+                    if not lease.renew():
+                        raise BackendError(f"lost the lock of {name!r} while fencing its "
+                                           "previous holder", transient=True)
+            new = head.replace(token=head.token + 1, version=head.version + 1)
+
+            def build(op: Any, old: Head = head, new: Head = new, previous: str = previous
+                      ) -> None:
+                op.omap_cmp("v", str(old.version), eq)
+                op.omap_cmp(HOLDER_KEY, previous, eq)
+                op.write_full(json.dumps(new.to_json(), sort_keys=True).encode())
+                self.io.set_omap(op, ("v", HOLDER_KEY),
+                                 (str(new.version).encode(), ours.encode()))
+
+            code = _operate(self.pool, self.io, obj, build)
+            if code == 0:
+                lease.holder = ours
+                self._notify(obj)
+                return new
+            if code == -errno.ENOENT:
+                raise NotFound(f"no volume or snapshot named {name!r}")
+            if code != -errno.ECANCELED:
+                raise _error(-code, f"cannot write the head of {name!r}")
+            # The head changed (a resize elsewhere) or its holder record did: read both again.
 
     def _adopt(self, lease: RadosLease) -> None:
         with self._lock:

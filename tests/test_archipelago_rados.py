@@ -10,6 +10,7 @@ afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -61,6 +62,27 @@ def objects(cluster, namespace: str) -> list[str]:
         ioctx.close()
 
 
+def mon(cluster, **cmd) -> tuple[int, str]:
+    code, out, status = cluster.mon_command(json.dumps(cmd), b"")
+    return code, out.decode() or status
+
+
+def blocklisted(cluster) -> set[str]:
+    """The client addresses on the OSD blocklist (`ceph osd blocklist ls`)."""
+    code, out = mon(cluster, prefix="osd blocklist ls", format="json")
+    assert code == 0, out
+    # Pacific answers two JSON documents back to back: the addresses, then the ranges.
+    entries, _ = json.JSONDecoder().raw_decode(out)
+    return {e["addr"] for e in entries}
+
+
+def unblock(cluster, *addrs: str) -> None:
+    """Take a test's clients off the blocklist (an entry lasts an hour otherwise)."""
+    for addr in addrs:
+        code, out = mon(cluster, prefix="osd blocklist", blocklistop="rm", addr=addr)
+        assert code == 0, out
+
+
 @pytest.fixture
 def namespace(cluster):
     ns = f"test-{uuid.uuid4().hex}"
@@ -75,9 +97,10 @@ def url(namespace):
 
 
 @pytest.fixture
-def hosts(tmp_path, url):
+def hosts(tmp_path, url, cluster):
     """hosts(lease_s=None, lease_wait_s=0): a new host over the cluster (Volumes.at, or the
-    same stores with a short lease); all closed at the end."""
+    same stores with a short lease); all closed at the end, and taken off the blocklist (a
+    host that took a volume over from another fenced it)."""
     made: list[Volumes] = []
 
     def make(lease_s: int | None = None, lease_wait_s: float = 0.0) -> Volumes:
@@ -96,6 +119,7 @@ def hosts(tmp_path, url):
     for vols in made:
         with contextlib.suppress(Exception):
             vols.close()
+    unblock(cluster, *(vols.heads.pool.addr for vols in made))
 
 
 def pattern(seed: int, n: int) -> bytes:
@@ -205,7 +229,7 @@ def test_a_stale_token_cannot_write(hosts):
         assert again.read(0, 5) == b"first"
 
 
-def test_a_holder_that_stops_renewing_loses_its_lease(hosts):
+def test_a_holder_that_stops_renewing_loses_its_lease(hosts, cluster):
     a = hosts(lease_s=LEASE_S)
     b = hosts(lease_s=LEASE_S, lease_wait_s=LEASE_S + 5)
     a.create("v", 1 * MiB, block_size=BS)
@@ -215,6 +239,7 @@ def test_a_holder_that_stops_renewing_loses_its_lease(hosts):
     start = time.monotonic()
     with contextlib.closing(b.open("v")) as taken:  # waits until the lock expires
         assert time.monotonic() - start >= LEASE_S - 1
+        assert a.heads.pool.addr in blocklisted(cluster)  # it never released: fenced
         with pytest.raises(LeaseLost):
             vol.write(0, b"late")
         taken.write(0, b"taken")
@@ -251,19 +276,22 @@ CRASHER = textwrap.dedent("""
     vol.write(0, b"D" * 4096)         # over a durably marked sector: reads new or old
     vol.write(9 * 1024 * 1024, b"E" * 4096)  # a chunk first written after the flush
     vol.delta._wait_seq(vol.delta._seq)  # the data reached the OSD; its bits never will
-    print("ready", flush=True)
+    print("ready", heads.pool.addr, flush=True)
     sys.stdin.read()
 """)
 
 
-def test_kill_9_after_flush_loses_nothing_and_the_lease_expires(hosts, url):
+def test_kill_9_after_flush_loses_nothing_and_the_lease_expires(hosts, url, cluster):
     a = hosts()
     a.create("v", 12 * MiB, block_size=BS)
     proc = subprocess.Popen([sys.executable, "-c", CRASHER, url, str(LEASE_S)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dead = ""
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready and proc.stdout.readline() == b"ready\n", proc.stderr.read1().decode()
+        line = proc.stdout.readline() if ready else b""
+        assert line.startswith(b"ready "), proc.stderr.read1().decode()
+        dead = line.split()[1].decode()
         with pytest.raises(Conflict):
             a.open("v")  # the holder is alive
         proc.send_signal(signal.SIGKILL)
@@ -276,7 +304,12 @@ def test_kill_9_after_flush_loses_nothing_and_the_lease_expires(hosts, url):
             pipe.close()
     b = hosts(lease_wait_s=LEASE_S + 10)
     start = time.monotonic()
-    with contextlib.closing(b.open("v")) as vol:  # once the dead holder's lock expires
+    try:
+        vol = b.open("v")  # once the dead holder's lock expires; it is fenced (harmless)
+        assert dead in blocklisted(cluster)
+    finally:
+        unblock(cluster, dead)
+    with contextlib.closing(vol):
         assert time.monotonic() - start < LEASE_S + 10
         got = vol.read(0, 16384)
         assert got[:4096] in (b"D" * 4096, b"A" * 4096)
