@@ -242,24 +242,19 @@ class Mapper:
         """Store a stream as a new map; returns (root, size)."""
         return next(iter(self.build_many([stream])))
 
-    def build_many(self, streams: Iterable[BinaryIO], batch_bytes: int | None = None,
-                   writer: Executor | None = None) -> Iterator[tuple[bytes, int]]:
+    def build_many(self, streams: Iterable[BinaryIO],
+                   batch_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
         """Store each stream as a map; yields (root, size) for each, in order, as soon as its
         blocks and pages are durable.
 
         Blocks are hashed as they are read; blocks and the map pages of finished streams fill
         shared batches (about `batch_bytes`) that a background thread stores while the next
         batch is read.  So many small files share a few syncs, reading overlaps writing, and
-        memory stays bounded by a few batches whatever the streams' sizes.
-
-        `writer` runs the batches' stores (one at a time is enough); without it a thread is
-        started for this call, which costs more than a small upload's whole store (a server
-        gives a long-lived executor).
+        memory stays bounded by a few batches whatever the streams' sizes.  (A server's
+        uploads use `build_stream`.)
         """
         limit = max(batch_bytes or self.batch_bytes, self.block_size)
-        own_writer = writer is None
-        if writer is None:
-            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapbuild")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapbuild")
         inflight: deque[tuple[int, Future[None]]] = deque()
         ready: deque[tuple[int, bytes, int]] = deque()  # (batch it waits for, root, size)
         batch: list[StagedBlock] = []
@@ -269,10 +264,9 @@ class Mapper:
 
         def submit() -> None:
             nonlocal batch, batch_no, batch_size
-            # Batches are stored one after another, in order, whatever the executor: a batch's
-            # pages name blocks of earlier batches, which must be durable first.
-            before = inflight[-1][1] if inflight else None
-            inflight.append((batch_no, writer.submit(self._store_after, before, batch)))
+            # One writer thread: batches are stored one after another, in order (a batch's
+            # pages name blocks of earlier batches, which must be durable first).
+            inflight.append((batch_no, writer.submit(self.blocker.put_staged, batch)))
             batch, batch_no, batch_size = [], batch_no + 1, 0
 
         def collect(wait_for: int) -> None:
@@ -314,19 +308,7 @@ class Mapper:
         finally:
             for _, fut in inflight:
                 fut.cancel()
-            if own_writer:
-                writer.shutdown(wait=True)
-            else:
-                for _, fut in inflight:
-                    if not fut.cancelled():
-                        # A batch still being stored must finish before its data is let go.
-                        with contextlib.suppress(Exception):
-                            fut.result()
-
-    def _store_after(self, before: Future[None] | None, batch: list[StagedBlock]) -> None:
-        if before is not None:
-            before.result()
-        self.blocker.put_staged(batch)
+            writer.shutdown(wait=True)
 
     def build_stream(self, stream: BinaryIO, piece_size: int = STREAM_PIECE
                      ) -> tuple[bytes, int]:

@@ -115,8 +115,8 @@ class BodyReader:
 
 class ObjectService:
     def __init__(self, catalog: Catalog, mapper: Mapper, executor: Executor | None = None,
-                 limits: Limits | None = None, upload_batch_bytes: int = 8 * 1024 * 1024,
-                 read_batch_blocks: int = 2, prefetch: Executor | None = None) -> None:
+                 limits: Limits | None = None, read_batch_blocks: int = 2,
+                 prefetch: Executor | None = None) -> None:
         """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
         executor)."""
         self.catalog = catalog
@@ -125,8 +125,8 @@ class ObjectService:
         self.executor = executor
         self.prefetch = prefetch or executor
         self.limits = limits or Limits()
-        # Per-request memory: a few upload batches, two read batches.
-        self.upload_batch_bytes = upload_batch_bytes
+        # Per-request memory: an upload's pieces in flight (Mapper.build_stream), two read
+        # batches.
         self.read_batch_blocks = read_batch_blocks
 
     # -- storing -------------------------------------------------------------------------------
