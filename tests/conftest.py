@@ -188,6 +188,14 @@ def catalog(request, tmp_path):
         drop()
 
 
+@pytest.fixture
+def container(catalog):
+    """(account id, ContainerInfo) of container "c" of account "acct" in `catalog`."""
+    acct = catalog.ensure_account("acct")
+    catalog.create_container(acct, "c")
+    return acct, catalog.container(acct, "c")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A module lists the configurations its server runs in: SERVER_CONFIGS = ("embedded",
     # "scaleout"); the default is the embedded one only.

@@ -19,13 +19,6 @@ def put(cat, cid, name, size=10, **kw):
                            **kw)
 
 
-@pytest.fixture
-def container(catalog):
-    acct = catalog.ensure_account("acct")
-    catalog.create_container(acct, "c")
-    return acct, catalog.container(acct, "c")
-
-
 def test_schema_is_versioned_and_reopening_upgrades_nothing(catalog):
     assert catalog.schema_found == 0
     again = Catalog(catalog.url)

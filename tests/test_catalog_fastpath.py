@@ -24,13 +24,6 @@ def put(cat, cid, name, size=10, **kw):
                            content_type="text/plain", meta=kw.pop("meta", {}), **kw)
 
 
-@pytest.fixture
-def container(catalog):
-    acct = catalog.ensure_account("acct")
-    catalog.create_container(acct, "c")
-    return acct, catalog.container(acct, "c")
-
-
 def test_account_and_container_match_the_separate_lookups(catalog):
     assert catalog.account_and_container("nobody", "c") == (None, None)
     acct = catalog.ensure_account("acct")

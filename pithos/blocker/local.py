@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pithos.blocker.store import BlockStore, BlockWriter
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
@@ -46,22 +46,26 @@ def _backend_error(exc: OSError, what: str) -> Exception:
     return BackendError(f"{what}: {exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
 
 
-def _libc_syncfs() -> Callable[[int], int]:
+def _libc_function(name: str) -> Any:
+    """A function of the C library (with errno), or None where it is missing."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError) as exc:
-        raise InvalidArgument(f"syncfs is not available here: {exc}") from exc
+        return getattr(libc, name)
+    except (OSError, AttributeError):
+        return None
+
+
+def _libc_syncfs() -> Callable[[int], int]:
+    fn: Callable[[int], int] | None = _libc_function("syncfs")
+    if fn is None:
+        raise InvalidArgument("syncfs is not available here")
     return fn
 
 
 def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn = _libc_function("sync_file_range")
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return fn  # type: ignore[no-any-return]
 
 
