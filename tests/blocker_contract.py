@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -16,6 +17,16 @@ from pithos.core.hashing import block_hash
 def blob(n: int = 1000, seed: int | None = None) -> tuple[bytes, bytes]:
     data = os.urandom(n) if seed is None else bytes((seed + i) % 251 for i in range(n))
     return block_hash(data), data
+
+
+def cutoff_between() -> float:
+    """A cutoff after every put so far and before every put to come.  The pauses exceed the
+    granularity of every store's timestamps (a file's mtime comes from the kernel's clock
+    tick, a few ms behind time.time())."""
+    time.sleep(0.05)
+    cutoff = time.time()
+    time.sleep(0.05)
+    return cutoff
 
 
 class BlockStoreContract:
@@ -108,6 +119,100 @@ class BlockStoreContract:
         assert store.get_many([b[0]]) == [b[1]]
         store.put_many([a])  # a deleted block can come back
         assert store.get_many([a[0]]) == [a[1]]
+
+    # -- conditional delete (the garbage collector's) -------------------------------------------
+
+    def test_delete_if_put_before_removes_only_older_blocks(self, store: BlockStore) -> None:
+        a, b, c = blob(), blob(), blob()
+        store.put_many([a, b])
+        cutoff = cutoff_between()
+        store.put_many([c])
+        absent = blob()[0]
+        assert store.delete_if_put_before([a[0], c[0], absent, a[0]], cutoff) == [a[0]]
+        assert store.missing([a[0], b[0], c[0]]) == [a[0]]
+        assert store.get_many([b[0], c[0]]) == [b[1], c[1]]
+        assert store.delete_if_put_before([a[0]], cutoff) == []  # repeat-safe
+        assert store.delete_if_put_before([], cutoff) == []
+        # Everything was put before a cutoff in the future (order kept, each once).
+        later = time.time() + 60
+        assert store.delete_if_put_before([c[0], b[0], c[0]], later) == [c[0], b[0]]
+        assert list(store.iterate()) == []
+        store.put_many([a])  # a removed block can come back
+        assert store.get_many([a[0]]) == [a[1]]
+
+    def test_delete_if_put_before_spares_blocks_re_put_or_touched_since(
+            self, store: BlockStore) -> None:
+        a, b, c = blob(), blob(), blob(3000)
+        store.put_many([a, b, c])
+        cutoff = cutoff_between()
+        store.put_many([a])  # re-put: the bytes are not written again, the age is refreshed
+        assert store.touch_many([b[0]]) == []  # referenced without its bytes
+        writer = store.open_writer()  # a streamed upload of a block already present
+        writer.write(c[1])
+        writer.commit(c[0])
+        assert store.delete_if_put_before([a[0], b[0], c[0]], cutoff) == []
+        assert store.get_many([a[0], b[0], c[0]]) == [a[1], b[1], c[1]]
+
+    def test_a_block_re_put_between_age_and_delete_is_kept(self, store: BlockStore) -> None:
+        # The sweep the old collector did: read the ages, pick the old blocks, delete them.  A
+        # writer re-puts one of them in between (and would then commit a version naming it).
+        keep, drop = blob(), blob()
+        store.put_many([keep, drop])
+        cutoff = cutoff_between()
+        ages = store.age_s([keep[0], drop[0]])
+        now = time.time()
+        assert all(age is not None and now - age < cutoff for age in ages)  # both old
+        store.put_many([keep])
+        assert store.delete_if_put_before([keep[0], drop[0]], cutoff) == [drop[0]]
+        assert store.get_many([keep[0]]) == [keep[1]]
+        assert store.missing([drop[0]]) == [drop[0]]
+
+    def test_puts_and_touches_racing_conditional_deletes_keep_their_blocks(
+            self, store: BlockStore) -> None:
+        # Every block is old; one thread re-puts or touches them while another deletes the old
+        # ones.  A block whose put returned, or whose touch said present, must then be there.
+        rounds, n = 3, 60
+        for _ in range(rounds):
+            items = [blob(2000) for _ in range(n)]
+            store.put_many(items)
+            cutoff = cutoff_between()
+            touched_present: list[tuple[bytes, bytes]] = []
+            errors: list[BaseException] = []
+
+            def writer(items: list[tuple[bytes, bytes]] = items,
+                       touched_present: list[tuple[bytes, bytes]] = touched_present,
+                       errors: list[BaseException] = errors) -> None:
+                try:
+                    for i, item in enumerate(items):
+                        if i % 2:
+                            store.put_many([item])
+                        elif store.touch_many([item[0]]) == []:
+                            touched_present.append(item)
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            def deleter(items: list[tuple[bytes, bytes]] = items, cutoff: float = cutoff,
+                        errors: list[BaseException] = errors) -> None:
+                try:
+                    for i in range(0, len(items), 4):
+                        store.delete_if_put_before([h for h, _ in items[i:i + 4]], cutoff)
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=writer), threading.Thread(target=deleter)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            must_have = items[1::2] + touched_present
+            assert store.missing([h for h, _ in must_have]) == []
+            assert store.get_many([h for h, _ in must_have]) == [d for _, d in must_have]
+            # and nothing else is left half there: the rest is absent or whole
+            present = set(h for h, _ in store.iterate())
+            assert store.get_many([h for h, _ in items if h in present]) == [
+                d for h, d in items if h in present]
+            store.delete_many([h for h, _ in items])
 
     def test_iterate_sorted_with_sizes(self, store: BlockStore) -> None:
         items = [blob(n) for n in range(1, 300, 7)]

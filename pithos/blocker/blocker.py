@@ -131,6 +131,12 @@ class Blocker:
         """Remove blocks; absent ones are ignored.  Callers delete references first."""
         return self.store.delete_many(hashes)
 
+    def delete_if_put_before(self, hashes: Sequence[bytes], cutoff: float) -> list[bytes]:
+        """Remove the blocks last put before `cutoff` (`time.time()` clock), atomically per
+        block against a concurrent put or touch; returns the removed ones.  The garbage
+        collector's delete (see `BlockStore.delete_if_put_before`)."""
+        return self.store.delete_if_put_before(hashes, cutoff)
+
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         """Every block as (hash, size), sorted, resumable after a hash."""
         return self.store.iterate(start_after)

@@ -4,6 +4,7 @@ Layout under the store's directory:
 
     00/ .. ff/      256 fan-out directories; a block lives at `ab/abcdef...` (its hex hash)
     tmp/            blocks being written; a name appears under its hash only when complete
+    trash/          blocks a conditional delete has moved out of place and not yet decided on
 
 A put writes a temporary file, fdatasyncs it, renames it into place and, once for the whole
 batch, fsyncs every directory that gained an entry: the rename is then durable too.  Files of a
@@ -14,6 +15,20 @@ Why files and not packfiles: measured on this project's machines (see docs/desig
 blocks a file per block writes as fast as appending to a pack, and it keeps every process that
 opens the directory (API workers, the NBD server, the CLI, the garbage collector) coherent with
 no shared index, and makes deleting a block one unlink.
+
+A conditional delete (`delete_if_put_before`, the garbage collector's) must not lose a block that
+a writer re-puts or touches while it runs, and POSIX has no "unlink if older than".  So it moves
+the file out of place first (one atomic rename into trash/), then reads the time of the file
+it moved: a refresh that came before the rename changed that file's time, so the delete sees it
+and puts the file back (a link, unless a writer has stored the block anew meanwhile); otherwise
+it unlinks it.  A refresh that comes after the rename finds the name gone: a put writes the
+block anew, a touch reports it absent.  One case is left: a refresh (utime) looks the path up
+before the rename and changes the time after the delete read it.  So a refresh checks, after its
+utime, that the name is still there; if not, it counts the block absent (see `_refresh`).  A
+store that is opened puts back whatever it finds in trash/: a delete killed before deciding
+leaves its block there, and the next sweep decides again.  A reader that misses a block puts it
+back too if it finds it in trash/ (a block refreshed and then named by a committed version may
+be there for the moment between the rename and the link back).
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ _HEX_LEN = 64
 _TRANSIENT_ERRNOS = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
 # A temporary file this old belongs to a writer that died: no put takes an hour.
 _STALE_TMP_S = 3600.0
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def _backend_error(exc: OSError, what: str) -> Exception:
@@ -84,6 +100,36 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _refresh(path: str) -> bool:
+    """Refresh the age of the block file at `path` (its mtime); False if it is absent.
+
+    utime sets the time of the file that `path` named when it was looked up; a conditional
+    delete may have moved that file to the trash since, and read its time before this change
+    (it then unlinks it).  So the block counts as present only if its name is still there
+    after the change: then either the delete had not moved the file yet (it will read the new
+    time and put the file back), or the block is back in place (put back, or stored anew)."""
+    try:
+        os.utime(path)
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _untrash(trash: str, path: str) -> None:
+    """Put a block moved to the trash back in place: a link, so that a copy stored anew in
+    the meantime is kept (it has the same bytes), made durable before the trash name goes."""
+    try:
+        os.link(trash, path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return  # already put back (or removed) by another process that opened the store
+    _fsync_dir(os.path.dirname(path))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(trash)
+
+
 class LocalBlockStore(BlockStore):
     """Blocks as files under `path` (created if absent)."""
 
@@ -98,15 +144,19 @@ class LocalBlockStore(BlockStore):
         self.path = os.fspath(path)
         self._syncfs = _libc_syncfs() if sync == "syncfs" else None
         self._tmp = os.path.join(self.path, "tmp")
+        self._trash = os.path.join(self.path, "trash")
         self._names = itertools.count()
         try:
             created = not os.path.isdir(self._tmp)
+            trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
             os.makedirs(self._tmp, exist_ok=True)
+            os.makedirs(self._trash, exist_ok=True)
             for i in range(256):
                 os.makedirs(os.path.join(self.path, f"{i:02x}"), exist_ok=True)
-            if created:
-                # The fan-out directories must survive a crash before any block is named in them.
+            if created or trash_created:
+                # The directories must survive a crash before any block is named in them.
                 _fsync_dir(self.path)
+            if created:
                 _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except OSError as exc:
             raise _backend_error(exc, f"cannot open block store at {self.path}") from exc
@@ -115,7 +165,12 @@ class LocalBlockStore(BlockStore):
         self._pool = executor or ThreadPoolExecutor(max_workers=io_threads,
                                                     thread_name_prefix="blockio")
         self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._remove_stale_tmp()
+        try:
+            self._remove_stale_tmp()
+            self._restore_trash()
+        except OSError as exc:
+            self.close()
+            raise _backend_error(exc, f"cannot open block store at {self.path}") from exc
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -132,6 +187,24 @@ class LocalBlockStore(BlockStore):
                         os.unlink(entry.path)
                 except FileNotFoundError:
                     pass
+
+    def _restore_trash(self) -> None:
+        """Put back every block found in the trash.  A conditional delete that was killed
+        between moving a block there and deciding leaves it: the block may have been refreshed
+        just before, and the next sweep decides again.  (A delete running in another process
+        meanwhile loses nothing either: at worst a block it removes stays, as garbage.)"""
+        with os.scandir(self._trash) as entries:
+            names = [entry.name for entry in entries]
+        for name in names:
+            hex_ = name[:_HEX_LEN]
+            if name[_HEX_LEN:_HEX_LEN + 1] == "." and _HEX_DIGITS.issuperset(hex_) \
+                    and len(hex_) == _HEX_LEN:
+                _untrash(f"{self._trash}/{name}", self._path(bytes.fromhex(hex_)))
+
+    def trash_files(self) -> list[str]:
+        """Blocks a conditional delete has moved to the trash and not yet decided on (in
+        progress, or left by a delete that was killed, until the store is opened again)."""
+        return sorted(os.listdir(self._trash))
 
     def stale_tmp_files(self) -> list[str]:
         """Temporary files left by writers (live or killed); never named as blocks."""
@@ -157,11 +230,8 @@ class LocalBlockStore(BlockStore):
         synced yet."""
         hash_, data = item
         path = self._path(hash_)
-        try:
-            os.utime(path)  # present: refresh its age, keep its bytes
+        if _refresh(path):  # present: refresh its age, keep its bytes
             return os.path.dirname(path)
-        except FileNotFoundError:
-            pass
         tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
@@ -205,9 +275,31 @@ class LocalBlockStore(BlockStore):
         except FileNotFoundError:
             return None
 
+    def _untrash_for_reader(self, hashes: Sequence[bytes]) -> bool:
+        """Put back any of these blocks found in the trash; whether one was.  A reader that
+        misses a block calls it: a conditional delete may hold it there for a moment (and put
+        it back, if it was refreshed), or may have been killed there.  Putting a block back is
+        always safe; at worst a block being removed stays, as garbage for the next sweep."""
+        prefixes = {h.hex() + "." for h in hashes}
+        try:
+            names = os.listdir(self._trash)
+        except FileNotFoundError:
+            return False
+        found = False
+        for name in names:
+            prefix = name[:_HEX_LEN + 1]
+            if prefix in prefixes:
+                _untrash(f"{self._trash}/{name}", self._path(bytes.fromhex(prefix[:-1])))
+                found = True
+        return found
+
     def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         try:
             found = self._map(self._get_one, hashes)
+            absent = [h for h, data in zip(hashes, found, strict=True) if data is None]
+            if absent and self._untrash_for_reader(absent):
+                found = [data if data is not None else self._get_one(h)
+                         for h, data in zip(hashes, found, strict=True)]
         except OSError as exc:
             raise _backend_error(exc, "cannot read block") from exc
         absent = [h for h, data in zip(hashes, found, strict=True) if data is None]
@@ -218,10 +310,15 @@ class LocalBlockStore(BlockStore):
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        fd = -1
         try:
-            fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound("block not found", [hash_]) from None
+            for attempt in range(2):
+                try:
+                    fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
+                    break
+                except FileNotFoundError:
+                    if attempt or not self._untrash_for_reader([hash_]):
+                        raise NotFound("block not found", [hash_]) from None
         except OSError as exc:
             raise _backend_error(exc, "cannot read block") from exc
         try:
@@ -237,15 +334,8 @@ class LocalBlockStore(BlockStore):
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
 
-        def touch(h: bytes) -> bool:
-            try:
-                os.utime(self._path(h))
-                return True
-            except FileNotFoundError:
-                return False
-
         try:
-            present = self._map(touch, unique)
+            present = self._map(lambda h: _refresh(self._path(h)), unique)
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
         return [h for h, here in zip(unique, present, strict=True) if not here]
@@ -266,6 +356,47 @@ class LocalBlockStore(BlockStore):
         except OSError as exc:
             raise _backend_error(exc, "cannot delete block") from exc
         return len(dirs)
+
+    def _delete_if_put_before(self, hash_: bytes, cutoff: float) -> bool:
+        """Remove one block if its file's mtime is before `cutoff`; whether it was removed."""
+        path = self._path(hash_)
+        try:
+            if os.stat(path).st_mtime >= cutoff:
+                return False  # young: no need to move it
+        except FileNotFoundError:
+            return False
+        trash = f"{self._trash}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return False  # removed meanwhile
+        try:
+            # The time of the file moved: a refresh before the rename is in it.
+            young = os.stat(trash).st_mtime >= cutoff
+            if not young:
+                os.unlink(trash)
+                return True
+        except FileNotFoundError:
+            return False  # put back by a store opened meanwhile (see _restore_trash)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _untrash(trash, path)
+            raise
+        _untrash(trash, path)
+        return False
+
+    def delete_if_put_before(self, hashes: Sequence[bytes], cutoff: float) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+        try:
+            removed = self._map(lambda h: self._delete_if_put_before(h, cutoff), unique)
+            gone = [h for h, r in zip(unique, removed, strict=True) if r]
+            if gone:
+                # Durable: the names left the fan-out directories, then the trash.
+                dirs = {os.path.dirname(self._path(h)) for h in gone} | {self._trash}
+                self._map(_fsync_dir, sorted(dirs))
+        except OSError as exc:
+            raise _backend_error(exc, "cannot delete block") from exc
+        return gone
 
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         after = "" if start_after is None else start_after.hex()
@@ -339,10 +470,9 @@ class _FileWriter(BlockWriter):
         store = self._store
         path = store._path(hash_)
         try:
-            try:
-                os.utime(path)  # present: keep its bytes, refresh its age
+            if _refresh(path):  # present: keep its bytes, refresh its age
                 self.abort()
-            except FileNotFoundError:
+            else:
                 fd = self._open()
                 os.fdatasync(fd)
                 os.close(fd)

@@ -16,11 +16,12 @@ class MemoryBlockStore(BlockStore):
 
     def __init__(self) -> None:
         self._blobs: dict[bytes, bytes] = {}
+        # Put times on time.time()'s clock, the clock of `delete_if_put_before`'s cutoff.
         self._put_at: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             for hash_, data in items:
                 self._blobs.setdefault(hash_, bytes(data))
@@ -47,7 +48,7 @@ class MemoryBlockStore(BlockStore):
             return list(dict.fromkeys(h for h in hashes if h not in self._blobs))
 
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             for h in hashes:
                 if h in self._blobs:
@@ -63,6 +64,16 @@ class MemoryBlockStore(BlockStore):
                     removed += 1
         return removed
 
+    def delete_if_put_before(self, hashes: Sequence[bytes], cutoff: float) -> list[bytes]:
+        removed = []
+        with self._lock:  # puts and touches take it too: compare and remove are one step
+            for h in dict.fromkeys(hashes):
+                put_at = self._put_at.get(h)
+                if put_at is not None and put_at < cutoff:
+                    del self._blobs[h], self._put_at[h]
+                    removed.append(h)
+        return removed
+
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         with self._lock:
             keys = sorted(self._blobs)
@@ -73,6 +84,7 @@ class MemoryBlockStore(BlockStore):
                 yield h, len(data)
 
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
-            return [None if h not in self._put_at else now - self._put_at[h] for h in hashes]
+            return [None if h not in self._put_at else max(0.0, now - self._put_at[h])
+                    for h in hashes]

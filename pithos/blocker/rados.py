@@ -21,7 +21,14 @@ Put, in batches through aio with at most `queue_depth` ops in flight:
    answers ENOENT and the op changes nothing, so a refresh never creates an empty object under
    a hash.  A block deleted between its stat and its refresh is created as in 2.
 
-So a present block never ships its bytes again.  Stat first rather than refresh first: a
+So a present block never ships its bytes again.
+
+A conditional delete (`delete_if_put_before`) is one write op per block that compares
+`pithos.put_ns` on the OSD (`omap_cmp`: present, and less than the cutoff) and removes the object
+only if both hold; the OSD runs an object's ops one at a time, so a refresh is wholly before the
+delete (which then fails the compare: ECANCELED) or after it (and finds no object).  omap_cmp
+compares bytes, not numbers: every put time is 19 digits (the years 2001 to 2286), and the cutoff
+is written as 19 digits too.  Stat first rather than refresh first: a
 refresh that fails is still journaled by the OSD (as an error entry of the PG log), and cost
 about 550 us of OSD time per new 4 MiB block here (7% of the write rate), a stat 70-130 us.
 RADOS acknowledges a write once it is committed on every replica, so a put is durable when its
@@ -58,6 +65,9 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
     errno.ENETUNREACH,
 })
+# Put times (ns since the epoch) have this many digits from 2001 to 2286, so that in that span
+# their order as strings, which omap_cmp compares, is their order as numbers.
+_PUT_NS_DIGITS = 19
 # Sizes of the hash batches that `iterate` stats at a time.
 _ITERATE_STAT_BATCH = 512
 
@@ -364,6 +374,29 @@ class RadosBlockStore(BlockStore):
         codes = self._batch(len(unique), start)
         self._raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT))
         return sum(1 for code in codes if code == 0)
+
+    def delete_if_put_before(self, hashes: Sequence[bytes], cutoff: float) -> list[bytes]:
+        unique = list(dict.fromkeys(hashes))
+        cutoff_ns = int(cutoff * 1e9)
+        if cutoff_ns < 10 ** (_PUT_NS_DIGITS - 1):
+            return []  # before 2001: nothing this store put is older
+        if cutoff_ns >= 10 ** _PUT_NS_DIGITS:
+            raise InvalidArgument(f"cutoff {cutoff} is after the year 2286")
+        limit = str(cutoff_ns)
+        io = self._ioctx
+        rados = self._rados
+
+        def start(i: int, done: _Done) -> tuple[Any, Any]:
+            op = io.create_write_op()
+            # Dated (a block not put by this store has no time: never removed), and older.
+            op.omap_cmp(PUT_TIME_KEY, "", rados.LIBRADOS_CMPXATTR_OP_GT)
+            op.omap_cmp(PUT_TIME_KEY, limit, rados.LIBRADOS_CMPXATTR_OP_LT)
+            op.remove()
+            return io.operate_aio_write_op(op, unique[i].hex(), done), op
+
+        codes = self._batch(len(unique), start)
+        self._raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT, -errno.ECANCELED))
+        return [h for h, code in zip(unique, codes, strict=True) if code == 0]
 
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         # RADOS lists objects in placement order, not by name: the names are listed, kept

@@ -61,8 +61,24 @@ class BlockStore(ABC):
 
     @abstractmethod
     def delete_many(self, hashes: Sequence[bytes]) -> int:
-        """Remove each blob; durable on return.  Absent hashes are ignored (repeat-safe).
-        Returns how many blobs were removed."""
+        """Remove each blob, whatever its age; durable on return.  Absent hashes are ignored
+        (repeat-safe).  Returns how many blobs were removed.  Not for a sweep of unreferenced
+        blobs, which races with writers re-putting them: see `delete_if_put_before`."""
+
+    @abstractmethod
+    def delete_if_put_before(self, hashes: Sequence[bytes], cutoff: float) -> list[bytes]:
+        """Remove each blob last put (written or refreshed by `put_many`, `touch_many` or a
+        writer's `commit`) before `cutoff`, in seconds since the epoch (`time.time()`'s
+        clock); durable on return.  Returns the removed hashes (each once, in the order
+        given); absent and younger blobs are left alone.
+
+        Atomic per blob against a concurrent put or touch of it: either the put or touch
+        comes first, refreshes the age, and the blob is kept; or the removal comes first, and
+        the put stores the blob anew, the touch reports it absent.  So a writer that put or
+        touched a blob, and then recorded a reference to it, never finds it removed by a
+        sweep with an earlier cutoff.  (Checking `age_s` and then calling `delete_many` does
+        not give this: a put between the two is lost.)  A blob whose age cannot be told (not
+        put through this store) is never removed."""
 
     @abstractmethod
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
@@ -73,7 +89,8 @@ class BlockStore(ABC):
     @abstractmethod
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
         """Seconds since each blob was last put (written or refreshed), None if absent.  The
-        garbage collector sweeps only blobs older than the start of its mark."""
+        garbage collector sweeps only blobs older than the start of its mark (with
+        `delete_if_put_before`; ages alone only serve to count, as in a dry run)."""
 
     def open_writer(self) -> BlockWriter:
         """A writer for one blob whose bytes arrive in pieces before its name is known (an

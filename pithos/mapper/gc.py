@@ -4,8 +4,10 @@ Mark: walk every map from the roots (retained versions, volumes and snapshots, r
 and collect every page and block they name.  Sweep: remove each stored block that is not marked
 AND was last put before the cutoff, the earlier of the mark's start and the start of the oldest
 upload in flight.  So a block written (or re-put, or touched by a hashmap upload) while the
-collector runs is never removed: a put refreshes a block's age, and the collector checks the
-age again just before it deletes.
+collector runs is never removed: a put refreshes a block's age, and the delete itself compares
+the age, atomically per block against a concurrent put (`delete_if_put_before`): a writer that
+re-puts an old unreferenced block and commits a version naming it between the collector's scan
+and its delete keeps the block.
 
 Safety over progress: if a map cannot be walked completely (a page missing or corrupt), its
 children are unknown, so nothing is swept unless the caller forces it.  The job holds no state
@@ -111,19 +113,23 @@ def collect(blocker: Blocker, roots: Iterable[bytes], *, dry_run: bool = False,
         if late_roots is not None:
             reachable.update(mark(blocker, late_roots(), GcReport(dry_run=True)))
             batch[:] = [(h, n) for h, n in batch if h not in reachable]
-        # Ask for the ages now, just before deleting: a block re-put since the scan is young.
-        ages = blocker.store.age_s([h for h, _ in batch])
-        now = time.time()
-        old = [(h, n) for (h, n), age in zip(batch, ages, strict=True)
-               if age is not None and now - age < cutoff]
+        if dry_run:
+            ages = blocker.store.age_s([h for h, _ in batch])
+            now = time.time()
+            old = [(h, n) for (h, n), age in zip(batch, ages, strict=True)
+                   if age is not None and now - age < cutoff]
+        else:
+            # Never "read the ages, then delete the old": a writer may re-put an old block in
+            # between and commit a version naming it.  The store compares and deletes as one
+            # step per block; a block re-put since the scan is young and stays.  (Blocks a
+            # concurrent collector removed first are not counted here.)
+            removed = set(blocker.delete_if_put_before([h for h, _ in batch], cutoff))
+            old = [(h, n) for h, n in batch if h in removed]
+            report.reclaimed_blocks += len(old)
+            report.reclaimed_bytes += sum(n for _, n in old)
         report.spared_young_blocks += len(batch) - len(old)
         report.garbage_blocks += len(old)
         report.garbage_bytes += sum(n for _, n in old)
-        if old and not dry_run:
-            # (If another collector ran at the same time, some were already gone: the byte
-            # count is then an upper bound.)
-            report.reclaimed_blocks += blocker.delete_many([h for h, _ in old])
-            report.reclaimed_bytes += sum(n for _, n in old)
         batch.clear()
 
     for hash_, size in blocker.iterate():
