@@ -15,6 +15,11 @@ what was uploaded and against their ETag.
     .venv/bin/python benchmarks/swift_bench.py --only swift     # or --only pithos
     .venv/bin/python benchmarks/swift_bench.py --json out.json  # also write the figures
     .venv/bin/python benchmarks/swift_bench.py --client-check   # the client's own ceiling
+    .venv/bin/python benchmarks/swift_bench.py --memory steady  # VM memory host-backed first
+
+--memory steady (root, ~1 minute more) switches the VM's free page reporting off and touches
+all free memory before the servers start, and restores the reporting order at exit: see
+vm_memory.py and the README.
 
 The first run builds Swift's virtualenv (benchmarks/.swift-venv) from PyPI and, as root,
 installs memcached with apt-get.
@@ -40,6 +45,9 @@ from typing import Any
 from bench_http import CellResult, Connection, HttpError, ObjectLoad, run_cell, split_url
 from pithos_peer import PithosPeer
 from swift_peer import Service, SwiftPeer, check_xattrs, free_port, run
+from vm_memory import describe_order, read_order
+from vm_memory import restore as restore_memory
+from vm_memory import steady as steady_memory
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -321,6 +329,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loopback", action="store_true", help="put data on a loopback ext4 image")
     p.add_argument("--loopback-gib", type=int, default=32)
     p.add_argument(
+        "--memory",
+        choices=["as-is", "steady"],
+        default="as-is",
+        help="as-is: the VM's memory as found; steady (root): free page reporting off and all"
+        " free memory host-backed before the servers start, restored at exit (vm_memory.py)",
+    )
+    p.add_argument(
         "--client-check",
         action="store_true",
         help="measure the client against a do-nothing server, then exit",
@@ -344,7 +359,18 @@ def main(argv: list[str] | None = None) -> int:
 
     systems = [args.only] if args.only else ["swift", "pithos"]
     started = time.monotonic()
+    found = read_order()
+    memory: dict[str, Any] = {"mode": args.memory, "page_reporting_order_found": found}
     with contextlib.ExitStack() as stack:
+        if args.memory == "steady":
+            # Before the servers: both then run on the same host-backed memory. The restore is
+            # the first callback, so it runs last, after the servers are down, on every exit.
+            state = steady_memory()
+            stack.callback(restore_memory, state)
+            memory.update(state.as_dict())
+            print(f"memory: {state.describe()}", file=OUT, flush=True)
+        else:
+            print(f"memory: as-is, {describe_order(found)}", file=OUT, flush=True)
         work = stack.enter_context(work_directory(args))
         targets = []
         # Both up before either is measured: a server that cannot start fails the run at once.
@@ -374,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(systems)} system(s) in {time.monotonic() - started:.0f}s;"
         f" {args.seconds:g}s measured per cell in {args.rounds} round(s), each after"
         f" {args.warmup:g}s warm-up;"
-        f" {args.workers} workers each; MB = 10^6 bytes",
+        f" {args.workers} workers each; memory {args.memory}; MB = 10^6 bytes",
         file=OUT,
     )
     if args.json:
@@ -390,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "workers": args.workers,
                 "verify_every": args.verify_every,
+                "memory": args.memory,
             },
+            "memory": memory,
             "results": results,
             "ratios": ratios,
         }
