@@ -10,6 +10,7 @@ NATIVE = {
     # extension module            Cython source
     "pithos.mapper._mapcodec": "native/mapcodec.pyx",
     "archipelago._overlay": "native/overlay.pyx",
+    "pithos.core._md5lanes": "native/md5lanes.pyx",
 }
 
 
@@ -22,7 +23,8 @@ def native_extensions():
         return []
     from setuptools import Extension
 
-    exts = [Extension(name, [src], extra_compile_args=["-O3"]) for name, src in NATIVE.items()]
+    exts = [Extension(name, [src], include_dirs=["native"], extra_compile_args=["-O3"])
+            for name, src in NATIVE.items()]
     return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False,
                                                                   "wraparound": False})
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -26,6 +26,7 @@ from pithos.core.errors import (
     TooLarge,
 )
 from pithos.mapper import Mapper, Piece
+from pithos.objects.digest import StreamDigest
 from pithos.objects.leases import UploadLeases
 
 
@@ -61,8 +62,7 @@ PROGRESS_BYTES = 64 * 1024 * 1024
 
 class BodyReader:
     """A request body as a file: counts bytes, refuses more than `max_size`, and computes the
-    MD5 on `executor` while the next piece is read (MD5 is the slowest step of a PUT, and
-    hashlib releases the GIL)."""
+    MD5 on `executor`, behind the reads (`StreamDigest`)."""
 
     def __init__(self, stream: BinaryIO, length: int | None, max_size: int,
                  executor: Executor | None,
@@ -70,9 +70,7 @@ class BodyReader:
         self._stream = stream
         self._length = length
         self._max = max_size
-        self._executor = executor
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self._pending: Future[None] | None = None
+        self._digest = StreamDigest(executor, length=length)
         self._on_progress = on_progress
         self._next_progress = PROGRESS_BYTES
         self.count = 0
@@ -92,25 +90,19 @@ class BodyReader:
         if self._on_progress is not None and self.count >= self._next_progress:
             self._next_progress += PROGRESS_BYTES
             self._on_progress()
-        if self._executor is None or len(data) < 65536:
-            self._wait()
-            self._md5.update(data)
-        else:
-            self._wait()
-            self._pending = self._executor.submit(self._md5.update, data)
+        self._digest.update(data)
         return data
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
 
     def finish(self) -> str:
         """The MD5 (hex) of everything read; IncompleteBody if less than announced."""
-        self._wait()
+        md5 = self._digest.hexdigest()
         if self._length is not None and self.count != self._length:
             raise IncompleteBody(f"got {self.count} of {self._length} bytes")
-        return self._md5.hexdigest()
+        return md5
+
+    def abandon(self) -> None:
+        """Stop hashing (the upload failed)."""
+        self._digest.abandon()
 
 
 class ObjectService:
@@ -144,7 +136,11 @@ class ObjectService:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
         reader = BodyReader(body, length, self.limits.max_file_size, self.executor,
                             on_progress=self.leases.refresh)
-        root, size = self.mapper.build_stream(reader)
+        try:
+            root, size = self.mapper.build_stream(reader)
+        except BaseException:
+            reader.abandon()
+            raise
         md5 = reader.finish()
         return Stored(root, size, md5)
 

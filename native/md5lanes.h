@@ -1,0 +1,477 @@
+/* MD5 of many streams at once: multi-buffer MD5 for a server's concurrent uploads.
+ *
+ * One MD5 stream cannot be split (each 64-byte block needs the state the previous one left),
+ * so a core hashes one stream at ~4.5 cycles per byte however wide its vectors are.  Several
+ * streams can share the vectors: with AVX-512, 16 independent streams ("lanes") advance in one
+ * instruction stream, each lane a 32-bit element, for about the cost of one.  A server with
+ * many uploads in flight then pays a fraction of the MD5 it would otherwise.
+ *
+ * md5lanes_run() is called by each stream's hashing thread with its own state and bytes (whole
+ * 64-byte blocks).  The threads combine: one of them (the leader) hashes every waiting stream
+ * in lockstep, in slices of at most SLICE_BLOCKS so newcomers join soon, while the others
+ * sleep until their bytes are done.  A leader whose own bytes are done hands the lead to a
+ * waiting thread and returns.  A lone stream is hashed by the portable code (a vector lane
+ * is no faster for one stream, and the portable code needs no AVX-512).
+ *
+ * The portable compression function is RFC 1321's, used also for the tail and padding.
+ */
+#ifndef PITHOS_MD5LANES_H
+#define PITHOS_MD5LANES_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MD5LANES_X86 1
+#endif
+
+#define MD5LANES_MAX 16
+#define MD5LANES_SCALAR 0
+#define MD5LANES_AVX2 1
+#define MD5LANES_AVX512 2
+#define SLICE_BLOCKS 1024 /* 64 KiB per lane between chances for new streams to join */
+
+static const uint32_t md5_k[64] = {
+    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613,
+    0xfd469501, 0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193,
+    0xa679438e, 0x49b40821, 0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d,
+    0x02441453, 0xd8a1e681, 0xe7d3fbc8, 0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed,
+    0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a, 0xfffa3942, 0x8771f681, 0x6d9d6122,
+    0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70, 0x289b7ec6, 0xeaa127fa,
+    0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665, 0xf4292244,
+    0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb,
+    0xeb86d391};
+
+static inline uint32_t md5_rol(uint32_t x, int s) { return (x << s) | (x >> (32 - s)); }
+
+#define MD5_STEP(f, a, b, c, d, w, k, s) \
+    a += f(b, c, d) + (w) + (k);         \
+    a = b + md5_rol(a, s)
+#define MD5_F(b, c, d) (d ^ (b & (c ^ d)))
+#define MD5_G(b, c, d) (c ^ (d & (b ^ c)))
+#define MD5_H(b, c, d) (b ^ c ^ d)
+#define MD5_I(b, c, d) (c ^ (b | ~d))
+#define SCALAR_STEP(f, a, b, c, d, j, i, s) MD5_STEP(MD5_##f, a, b, c, d, w[j], md5_k[i], s);
+
+/* The 64 steps once, for every implementation: S(function, a, b, c, d, message word, constant, shift). */
+#define MD5_STEPS(S) \
+    S(F, a, b, c, d, 0, 0, 7) \
+    S(F, d, a, b, c, 1, 1, 12) \
+    S(F, c, d, a, b, 2, 2, 17) \
+    S(F, b, c, d, a, 3, 3, 22) \
+    S(F, a, b, c, d, 4, 4, 7) \
+    S(F, d, a, b, c, 5, 5, 12) \
+    S(F, c, d, a, b, 6, 6, 17) \
+    S(F, b, c, d, a, 7, 7, 22) \
+    S(F, a, b, c, d, 8, 8, 7) \
+    S(F, d, a, b, c, 9, 9, 12) \
+    S(F, c, d, a, b, 10, 10, 17) \
+    S(F, b, c, d, a, 11, 11, 22) \
+    S(F, a, b, c, d, 12, 12, 7) \
+    S(F, d, a, b, c, 13, 13, 12) \
+    S(F, c, d, a, b, 14, 14, 17) \
+    S(F, b, c, d, a, 15, 15, 22) \
+    S(G, a, b, c, d, 1, 16, 5) \
+    S(G, d, a, b, c, 6, 17, 9) \
+    S(G, c, d, a, b, 11, 18, 14) \
+    S(G, b, c, d, a, 0, 19, 20) \
+    S(G, a, b, c, d, 5, 20, 5) \
+    S(G, d, a, b, c, 10, 21, 9) \
+    S(G, c, d, a, b, 15, 22, 14) \
+    S(G, b, c, d, a, 4, 23, 20) \
+    S(G, a, b, c, d, 9, 24, 5) \
+    S(G, d, a, b, c, 14, 25, 9) \
+    S(G, c, d, a, b, 3, 26, 14) \
+    S(G, b, c, d, a, 8, 27, 20) \
+    S(G, a, b, c, d, 13, 28, 5) \
+    S(G, d, a, b, c, 2, 29, 9) \
+    S(G, c, d, a, b, 7, 30, 14) \
+    S(G, b, c, d, a, 12, 31, 20) \
+    S(H, a, b, c, d, 5, 32, 4) \
+    S(H, d, a, b, c, 8, 33, 11) \
+    S(H, c, d, a, b, 11, 34, 16) \
+    S(H, b, c, d, a, 14, 35, 23) \
+    S(H, a, b, c, d, 1, 36, 4) \
+    S(H, d, a, b, c, 4, 37, 11) \
+    S(H, c, d, a, b, 7, 38, 16) \
+    S(H, b, c, d, a, 10, 39, 23) \
+    S(H, a, b, c, d, 13, 40, 4) \
+    S(H, d, a, b, c, 0, 41, 11) \
+    S(H, c, d, a, b, 3, 42, 16) \
+    S(H, b, c, d, a, 6, 43, 23) \
+    S(H, a, b, c, d, 9, 44, 4) \
+    S(H, d, a, b, c, 12, 45, 11) \
+    S(H, c, d, a, b, 15, 46, 16) \
+    S(H, b, c, d, a, 2, 47, 23) \
+    S(I, a, b, c, d, 0, 48, 6) \
+    S(I, d, a, b, c, 7, 49, 10) \
+    S(I, c, d, a, b, 14, 50, 15) \
+    S(I, b, c, d, a, 5, 51, 21) \
+    S(I, a, b, c, d, 12, 52, 6) \
+    S(I, d, a, b, c, 3, 53, 10) \
+    S(I, c, d, a, b, 10, 54, 15) \
+    S(I, b, c, d, a, 1, 55, 21) \
+    S(I, a, b, c, d, 8, 56, 6) \
+    S(I, d, a, b, c, 15, 57, 10) \
+    S(I, c, d, a, b, 6, 58, 15) \
+    S(I, b, c, d, a, 13, 59, 21) \
+    S(I, a, b, c, d, 4, 60, 6) \
+    S(I, d, a, b, c, 11, 61, 10) \
+    S(I, c, d, a, b, 2, 62, 15) \
+    S(I, b, c, d, a, 9, 63, 21)
+
+/* The portable compression function: `nblocks` 64-byte blocks into `st` (a, b, c, d). */
+static void md5_compress(uint32_t st[4], const unsigned char *p, size_t nblocks)
+{
+    uint32_t a = st[0], b = st[1], c = st[2], d = st[3];
+    for (; nblocks; nblocks--, p += 64) {
+        uint32_t w[16];
+        memcpy(w, p, 64); /* little-endian words: x86-64 and aarch64 (see md5lanes.pyx) */
+        uint32_t aa = a, bb = b, cc = c, dd = d;
+        MD5_STEPS(SCALAR_STEP)
+        a += aa;
+        b += bb;
+        c += cc;
+        d += dd;
+    }
+    st[0] = a;
+    st[1] = b;
+    st[2] = c;
+    st[3] = d;
+}
+
+#ifdef MD5LANES_X86
+/* 16 lanes: lane i hashes `nblocks` blocks from ptr[i] into st[i].  Message words are
+ * gathered across lanes (two 8-lane gathers of 64-bit addresses per word); F, G, H and I are
+ * one ternary-logic instruction each, the rotations native. */
+#define V_STEP(imm, a, b, c, d, w, i, s)                                               \
+    a = _mm512_add_epi32(a, _mm512_add_epi32(_mm512_ternarylogic_epi32(b, c, d, imm), \
+                                             _mm512_add_epi32(w, _mm512_set1_epi32(  \
+                                                 (int)md5_k[i]))));                  \
+    a = _mm512_add_epi32(b, _mm512_rol_epi32(a, s))
+#define Z_IMM_F 0xca
+#define Z_IMM_G 0xe4
+#define Z_IMM_H 0x96
+#define Z_IMM_I 0x39
+#define Z_STEP(f, a, b, c, d, j, i, s) V_STEP(Z_IMM_##f, a, b, c, d, w[j], i, s);
+
+__attribute__((target("avx512f"))) static void md5_x16(uint32_t *const st[MD5LANES_MAX],
+                                                       const unsigned char *const ptr[MD5LANES_MAX],
+                                                       size_t nblocks)
+{
+    uint32_t sa[16], sb[16], sc[16], sd[16];
+    for (int i = 0; i < 16; i++) {
+        sa[i] = st[i][0];
+        sb[i] = st[i][1];
+        sc[i] = st[i][2];
+        sd[i] = st[i][3];
+    }
+    __m512i a = _mm512_loadu_si512(sa), b = _mm512_loadu_si512(sb);
+    __m512i c = _mm512_loadu_si512(sc), d = _mm512_loadu_si512(sd);
+    __m512i lo = _mm512_loadu_si512((const void *)ptr);
+    __m512i hi = _mm512_loadu_si512((const void *)(ptr + 8));
+    const __m512i step = _mm512_set1_epi64(64);
+    for (; nblocks; nblocks--) {
+        __m512i w[16];
+        for (int j = 0; j < 16; j++) {
+            __m256i l = _mm512_i64gather_epi32(lo, (const void *)(uintptr_t)(4 * j), 1);
+            __m256i h = _mm512_i64gather_epi32(hi, (const void *)(uintptr_t)(4 * j), 1);
+            w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
+        }
+        lo = _mm512_add_epi64(lo, step);
+        hi = _mm512_add_epi64(hi, step);
+        __m512i aa = a, bb = b, cc = c, dd = d;
+        MD5_STEPS(Z_STEP)
+        a = _mm512_add_epi32(a, aa);
+        b = _mm512_add_epi32(b, bb);
+        c = _mm512_add_epi32(c, cc);
+        d = _mm512_add_epi32(d, dd);
+    }
+    _mm512_storeu_si512(sa, a);
+    _mm512_storeu_si512(sb, b);
+    _mm512_storeu_si512(sc, c);
+    _mm512_storeu_si512(sd, d);
+    for (int i = 0; i < 16; i++) {
+        st[i][0] = sa[i];
+        st[i][1] = sb[i];
+        st[i][2] = sc[i];
+        st[i][3] = sd[i];
+    }
+}
+
+/* 8 or 16 lanes with AVX2 (8 per 256-bit register; two register sets side by side when 16,
+ * so each set's dependency chain hides in the other's).  Message words are loaded a lane's
+ * 32 bytes at a time and transposed (gathers are slow on many AVX2 CPUs); rotations are two
+ * shifts and an or. */
+#define Y_F(b, c, d) _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d)))
+#define Y_G(b, c, d) _mm256_xor_si256(c, _mm256_and_si256(d, _mm256_xor_si256(b, c)))
+#define Y_H(b, c, d) _mm256_xor_si256(_mm256_xor_si256(b, c), d)
+#define Y_I(b, c, d) _mm256_xor_si256(c, _mm256_or_si256(b, _mm256_xor_si256(d, ones)))
+#define Y_ONE(f, a, b, c, d, wv, i, s)                                                      \
+    a = _mm256_add_epi32(a, _mm256_add_epi32(Y_##f(b, c, d),                               \
+                                             _mm256_add_epi32(wv, _mm256_set1_epi32(       \
+                                                 (int)md5_k[i]))));                        \
+    a = _mm256_add_epi32(b, _mm256_or_si256(_mm256_slli_epi32(a, s),                        \
+                                            _mm256_srli_epi32(a, 32 - s)))
+#define Y_STEP1(f, a, b, c, d, j, i, s) Y_ONE(f, a##0, b##0, c##0, d##0, w[0][j], i, s);
+#define Y_STEP2(f, a, b, c, d, j, i, s) \
+    Y_ONE(f, a##0, b##0, c##0, d##0, w[0][j], i, s); \
+    Y_ONE(f, a##1, b##1, c##1, d##1, w[1][j], i, s);
+
+/* Words 0-7 (half 0) or 8-15 (half 1) of the current block of 8 lanes, one register per word. */
+__attribute__((target("avx2"))) static inline void md5_y_words(__m256i out[16],
+                                                              const unsigned char *const p[8])
+{
+    for (int half = 0; half < 2; half++) {
+        __m256i r[8], t[8], u[8];
+        for (int i = 0; i < 8; i++)
+            r[i] = _mm256_loadu_si256((const __m256i *)(p[i] + 32 * half));
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+            u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+            u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+            u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+        }
+        for (int k = 0; k < 4; k++) {
+            out[8 * half + k] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x20);
+            out[8 * half + k + 4] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
+        }
+    }
+}
+
+__attribute__((target("avx2"))) static inline __m256i md5_y_load(uint32_t *const st[8], int word)
+{
+    uint32_t v[8];
+    for (int i = 0; i < 8; i++)
+        v[i] = st[i][word];
+    return _mm256_loadu_si256((const __m256i *)v);
+}
+
+__attribute__((target("avx2"))) static inline void md5_y_store(uint32_t *const st[8], int word,
+                                                              __m256i x)
+{
+    uint32_t v[8];
+    _mm256_storeu_si256((__m256i *)v, x);
+    for (int i = 0; i < 8; i++)
+        st[i][word] = v[i];
+}
+
+/* Lanes 0-7, or 0-15 when `groups` is 2. */
+__attribute__((target("avx2"))) static void md5_y(uint32_t *const st[MD5LANES_MAX],
+                                                 const unsigned char *const ptr[MD5LANES_MAX],
+                                                 size_t nblocks, int groups)
+{
+    const __m256i ones = _mm256_set1_epi32(-1);
+    const unsigned char *p[MD5LANES_MAX];
+    memcpy(p, ptr, sizeof p);
+    __m256i a0 = md5_y_load(st, 0), b0 = md5_y_load(st, 1);
+    __m256i c0 = md5_y_load(st, 2), d0 = md5_y_load(st, 3);
+    if (groups == 1) {
+        for (; nblocks; nblocks--) {
+            __m256i w[1][16];
+            md5_y_words(w[0], p);
+            for (int i = 0; i < 8; i++)
+                p[i] += 64;
+            __m256i aa0 = a0, bb0 = b0, cc0 = c0, dd0 = d0;
+            MD5_STEPS(Y_STEP1)
+            a0 = _mm256_add_epi32(a0, aa0);
+            b0 = _mm256_add_epi32(b0, bb0);
+            c0 = _mm256_add_epi32(c0, cc0);
+            d0 = _mm256_add_epi32(d0, dd0);
+        }
+    } else {
+        __m256i a1 = md5_y_load(st + 8, 0), b1 = md5_y_load(st + 8, 1);
+        __m256i c1 = md5_y_load(st + 8, 2), d1 = md5_y_load(st + 8, 3);
+        for (; nblocks; nblocks--) {
+            __m256i w[2][16];
+            md5_y_words(w[0], p);
+            md5_y_words(w[1], p + 8);
+            for (int i = 0; i < 16; i++)
+                p[i] += 64;
+            __m256i aa0 = a0, bb0 = b0, cc0 = c0, dd0 = d0;
+            __m256i aa1 = a1, bb1 = b1, cc1 = c1, dd1 = d1;
+            MD5_STEPS(Y_STEP2)
+            a0 = _mm256_add_epi32(a0, aa0);
+            b0 = _mm256_add_epi32(b0, bb0);
+            c0 = _mm256_add_epi32(c0, cc0);
+            d0 = _mm256_add_epi32(d0, dd0);
+            a1 = _mm256_add_epi32(a1, aa1);
+            b1 = _mm256_add_epi32(b1, bb1);
+            c1 = _mm256_add_epi32(c1, cc1);
+            d1 = _mm256_add_epi32(d1, dd1);
+        }
+        md5_y_store(st + 8, 0, a1);
+        md5_y_store(st + 8, 1, b1);
+        md5_y_store(st + 8, 2, c1);
+        md5_y_store(st + 8, 3, d1);
+    }
+    md5_y_store(st, 0, a0);
+    md5_y_store(st, 1, b0);
+    md5_y_store(st, 2, c0);
+    md5_y_store(st, 3, d0);
+}
+
+/* Which vector code this CPU runs: MD5LANES_AVX512, MD5LANES_AVX2 or MD5LANES_SCALAR. */
+static int md5lanes_vector(void)
+{
+    if (__builtin_cpu_supports("avx512f"))
+        return MD5LANES_AVX512;
+    return __builtin_cpu_supports("avx2") ? MD5LANES_AVX2 : MD5LANES_SCALAR;
+}
+#else
+static void md5_x16(uint32_t *const st[MD5LANES_MAX], const unsigned char *const ptr[MD5LANES_MAX],
+                    size_t nblocks)
+{
+    for (int i = 0; i < MD5LANES_MAX; i++)
+        md5_compress(st[i], ptr[i], nblocks);
+}
+static void md5_y(uint32_t *const st[MD5LANES_MAX], const unsigned char *const ptr[MD5LANES_MAX],
+                  size_t nblocks, int groups)
+{
+    md5_x16(st, ptr, nblocks);
+}
+static int md5lanes_vector(void) { return MD5LANES_SCALAR; }
+#endif
+
+/* -- combining the callers ------------------------------------------------------------------ */
+
+typedef struct md5lanes_job {
+    uint32_t *state;
+    const unsigned char *p;
+    size_t nblocks; /* left to hash */
+    int done;
+    pthread_cond_t wake;
+    struct md5lanes_job *next;
+} md5lanes_job;
+
+static pthread_mutex_t md5lanes_mu = PTHREAD_MUTEX_INITIALIZER;
+static md5lanes_job *md5lanes_head, *md5lanes_tail; /* waiting, not in a lane yet */
+static md5lanes_job *md5lanes_lane[MD5LANES_MAX];    /* being hashed */
+static int md5lanes_leading;                         /* a thread leads */
+static int md5lanes_use_vector = -1;                 /* -1: not decided yet */
+static uint32_t md5lanes_idle_state[MD5LANES_MAX][4];
+
+/* Lead until the caller's own job is done: with md5lanes_mu held on entry and on return. */
+static void md5lanes_lead(md5lanes_job *self)
+{
+    while (!self->done) {
+        int active = 0;
+        for (int i = 0; i < MD5LANES_MAX; i++) {
+            if (!md5lanes_lane[i] && md5lanes_head) {
+                md5lanes_lane[i] = md5lanes_head;
+                md5lanes_head = md5lanes_head->next;
+                if (!md5lanes_head)
+                    md5lanes_tail = NULL;
+            }
+            active += md5lanes_lane[i] != NULL;
+        }
+        size_t n = SLICE_BLOCKS;
+        md5lanes_job *only = NULL;
+        for (int i = 0; i < MD5LANES_MAX; i++)
+            if (md5lanes_lane[i]) {
+                only = md5lanes_lane[i];
+                if (only->nblocks < n)
+                    n = only->nblocks;
+            }
+        uint32_t *st[MD5LANES_MAX];
+        const unsigned char *ptr[MD5LANES_MAX];
+        int used[MD5LANES_MAX], high = 0;
+        for (int i = 0; i < MD5LANES_MAX; i++) {
+            md5lanes_job *j = md5lanes_lane[i];
+            used[i] = j != NULL;
+            high |= used[i] && i >= 8;
+            /* An idle lane re-reads the lone stream's bytes into a state nobody uses. */
+            st[i] = j ? j->state : md5lanes_idle_state[i];
+            ptr[i] = j ? j->p : only->p;
+        }
+        int use = md5lanes_use_vector;
+        pthread_mutex_unlock(&md5lanes_mu);
+        if (active == 1 || use == MD5LANES_SCALAR)
+            for (int i = 0; i < MD5LANES_MAX; i++) {
+                if (used[i])
+                    md5_compress(st[i], ptr[i], n);
+            }
+        else if (use == MD5LANES_AVX512)
+            md5_x16(st, ptr, n);
+        else
+            md5_y(st, ptr, n, high ? 2 : 1);
+        pthread_mutex_lock(&md5lanes_mu);
+        for (int i = 0; i < MD5LANES_MAX; i++) {
+            md5lanes_job *j = md5lanes_lane[i];
+            if (!j)
+                continue;
+            j->p += 64 * n;
+            j->nblocks -= n;
+            if (!j->nblocks) {
+                j->done = 1;
+                md5lanes_lane[i] = NULL;
+                if (j != self)
+                    pthread_cond_signal(&j->wake);
+            }
+        }
+    }
+}
+
+/* Hash `nblocks` whole blocks of `p` into `state`, alongside other callers' streams. */
+static void md5lanes_run(uint32_t state[4], const unsigned char *p, size_t nblocks)
+{
+    if (!nblocks)
+        return;
+    int use = __atomic_load_n(&md5lanes_use_vector, __ATOMIC_RELAXED);
+    if (use < 0) {
+        use = md5lanes_vector();
+        __atomic_store_n(&md5lanes_use_vector, use, __ATOMIC_RELAXED);
+    }
+    if (use == MD5LANES_SCALAR) {
+        /* Without vectors, combining would only put the streams on one core. */
+        md5_compress(state, p, nblocks);
+        return;
+    }
+    md5lanes_job self = {state, p, nblocks, 0, PTHREAD_COND_INITIALIZER, NULL};
+    pthread_mutex_lock(&md5lanes_mu);
+    if (md5lanes_tail)
+        md5lanes_tail->next = &self;
+    else
+        md5lanes_head = &self;
+    md5lanes_tail = &self;
+    while (!self.done) {
+        if (!md5lanes_leading) {
+            md5lanes_leading = 1;
+            md5lanes_lead(&self);
+            md5lanes_leading = 0;
+            /* Hand the lead to a stream still in a lane, else to one still waiting. */
+            md5lanes_job *next = md5lanes_head;
+            for (int i = 0; i < MD5LANES_MAX; i++)
+                if (md5lanes_lane[i]) {
+                    next = md5lanes_lane[i];
+                    break;
+                }
+            if (next)
+                pthread_cond_signal(&next->wake);
+        } else {
+            pthread_cond_wait(&self.wake, &md5lanes_mu);
+        }
+    }
+    pthread_mutex_unlock(&md5lanes_mu);
+    pthread_cond_destroy(&self.wake);
+}
+
+/* For tests and benchmarks: the vector code to use (MD5LANES_*), at most what the CPU runs;
+ * returns the one now in use.  Only while no stream is hashing. */
+static int md5lanes_set_vector(int level)
+{
+    int best = md5lanes_vector();
+    int use = level < best ? level : best;
+    __atomic_store_n(&md5lanes_use_vector, use, __ATOMIC_RELAXED);
+    return use;
+}
+
+#endif

@@ -1,0 +1,108 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""MD5 objects whose bulk is hashed beside other streams' (multi-buffer MD5, md5lanes.h).
+
+Built by setup.py into pithos.core._md5lanes.  Its twin is hashlib's MD5 (pithos.core.md5):
+digests must be equal, tests/test_md5lanes.py checks it with hypothesis and many threads.
+Little-endian hosts only (x86_64, aarch64), as the rest of native/.
+"""
+
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cdef extern from "md5lanes.h" nogil:
+    void md5_compress(uint32_t* st, const unsigned char* p, size_t nblocks)
+    void md5lanes_run(uint32_t* state, const unsigned char* p, size_t nblocks)
+    int md5lanes_vector()
+    int md5lanes_set_vector(int level)
+
+# The vector code, by the md5lanes.h level: 0 portable C, 1 AVX2 (8 lanes a register), 2 AVX-512.
+LEVELS = ("scalar", "avx2", "avx512")
+
+
+def vector_available():
+    """The best vector code this CPU runs: "avx512", "avx2" or "scalar" (no combining)."""
+    return LEVELS[md5lanes_vector()]
+
+
+def set_vector(level):
+    """Use at most `level` (a name of LEVELS; for tests and benchmarks, while nothing hashes);
+    returns the level now in use."""
+    return LEVELS[md5lanes_set_vector(LEVELS.index(level))]
+
+
+cdef class LaneMd5:
+    """MD5 with hashlib's update/digest/hexdigest.  One thread at a time per object; whole
+    blocks are hashed without the GIL, with other threads' streams in the lanes."""
+
+    cdef uint32_t st[4]
+    cdef unsigned char tail[64]
+    cdef Py_ssize_t ntail
+    cdef uint64_t length
+
+    name = "md5"
+    digest_size = 16
+    block_size = 64
+
+    def __cinit__(self, data=None):
+        self.st[0] = 0x67452301
+        self.st[1] = 0xefcdab89
+        self.st[2] = 0x98badcfe
+        self.st[3] = 0x10325476
+        self.ntail = 0
+        self.length = 0
+
+    def __init__(self, data=None):
+        if data is not None:
+            self.update(data)
+
+    def update(self, data):
+        cdef const unsigned char[::1] view = memoryview(data).cast("B")
+        cdef const unsigned char* p = &view[0] if view.shape[0] else NULL
+        cdef Py_ssize_t n = view.shape[0]
+        cdef Py_ssize_t take
+        cdef size_t blocks
+        self.length += n
+        if self.ntail:
+            take = min(64 - self.ntail, n)
+            memcpy(&self.tail[self.ntail], p, take)
+            self.ntail += take
+            p += take
+            n -= take
+            if self.ntail < 64:
+                return
+            md5_compress(self.st, self.tail, 1)
+            self.ntail = 0
+        blocks = n // 64
+        if blocks:
+            with nogil:
+                md5lanes_run(self.st, p, blocks)
+        p += blocks * 64
+        n -= blocks * 64
+        if n:
+            memcpy(self.tail, p, n)
+            self.ntail = n
+
+    def digest(self):
+        cdef uint32_t st[4]
+        cdef unsigned char last[128]
+        cdef Py_ssize_t size = 64 if self.ntail < 56 else 128
+        cdef uint64_t bits = self.length * 8
+        memcpy(st, self.st, 16)
+        memcpy(last, self.tail, self.ntail)
+        last[self.ntail] = 0x80
+        for i in range(self.ntail + 1, size - 8):
+            last[i] = 0
+        memcpy(&last[size - 8], &bits, 8)
+        md5_compress(st, last, size // 64)
+        return (<char*>st)[:16]
+
+    def hexdigest(self):
+        return self.digest().hex()
+
+    def copy(self):
+        cdef LaneMd5 other = LaneMd5.__new__(LaneMd5)
+        memcpy(other.st, self.st, 16)
+        memcpy(other.tail, self.tail, self.ntail)
+        other.ntail = self.ntail
+        other.length = self.length
+        return other

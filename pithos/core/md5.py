@@ -1,0 +1,36 @@
+"""MD5 for ETags: the multi-buffer twin when built (native/md5lanes.pyx), else hashlib's.
+
+Under many concurrent uploads the native objects hash side by side in SIMD lanes (one
+stream's MD5 cannot be made faster, but 16 streams cost about as much as one or two).  Where
+the CPU has no usable vectors (neither AVX2 nor AVX-512) the twin would only be a slower
+scalar MD5, so hashlib's is used.  `PITHOS_PURE=1` forces hashlib, as for the other twins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class Md5(Protocol):
+    def update(self, data: Any, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+
+
+def _hashlib_md5() -> Md5:
+    return hashlib.md5(usedforsecurity=False)
+
+
+new: Callable[[], Md5]
+try:
+    from pithos.core import _md5lanes  # type: ignore[attr-defined,unused-ignore]
+except ImportError:
+    _md5lanes = None
+
+# Whether `new` makes multi-buffer digests (which pay off only beside other streams).
+MULTI_BUFFER = (_md5lanes is not None and os.environ.get("PITHOS_PURE") != "1"
+                and _md5lanes.vector_available() != "scalar")
+new = _md5lanes.LaneMd5 if MULTI_BUFFER else _hashlib_md5

@@ -1,0 +1,142 @@
+"""StreamDigest (pithos/objects/digest.py): the MD5 of a body computed behind its reads, on an
+executor, in order, with a bounded backlog; multi-buffer digests chosen only with company."""
+
+import hashlib
+import os
+import threading
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pithos.core import md5 as md5_impl
+from pithos.objects import digest as digest_mod
+from pithos.objects.digest import StreamDigest
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ThreadPoolExecutor(4) as executor:
+        yield executor
+
+
+@pytest.fixture(autouse=True)
+def no_digest_left_counted():
+    yield
+    assert StreamDigest.active == 0
+    assert not StreamDigest._waiting
+
+
+class GatedExecutor(Executor):
+    """Runs tasks on a real pool, each only once `gate` is set: a drain that cannot progress."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.gate = threading.Event()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        def gated():
+            assert self.gate.wait(30)
+            return fn(*args, **kwargs)
+        return self.pool.submit(gated)
+
+
+pieces = st.lists(st.sampled_from([0, 1, 100, 65_535, 65_536, 70_000, 300_001]), max_size=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=pieces, backlog=st.integers(1, 4), use_executor=st.booleans())
+def test_digest_of_pieces_in_order(pool, sizes, backlog, use_executor):
+    data = os.urandom(sum(sizes))
+    digest = StreamDigest(pool if use_executor else None, backlog=backlog)
+    at = 0
+    for size in sizes:
+        # each piece a fresh object, as the body reader hands out
+        digest.update(bytearray(data[at:at + size]))
+        at += size
+    assert digest.hexdigest() == hashlib.md5(data).hexdigest()
+
+
+def test_reader_is_held_back_past_the_backlog(pool):
+    gated = GatedExecutor(pool)
+    digest = StreamDigest(gated, backlog=3)
+    piece = os.urandom(100_000)
+    done = []
+
+    def feed():
+        for _ in range(10):
+            digest.update(piece)
+            done.append(1)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    feeder.join(0.5)
+    # the first piece started a drain that cannot run; three more may queue behind it, the
+    # next update waits
+    assert feeder.is_alive()
+    assert len(done) == 3
+    gated.gate.set()
+    feeder.join(30)
+    assert not feeder.is_alive()
+    assert digest.hexdigest() == hashlib.md5(piece * 10).hexdigest()
+
+
+def test_abandon_drops_queued_pieces_and_uncounts(pool):
+    gated = GatedExecutor(pool)
+    digest = StreamDigest(gated, backlog=8)
+    for _ in range(5):
+        digest.update(os.urandom(100_000))
+    assert StreamDigest.active == 1
+    gated.gate.set()
+    digest.abandon()
+    assert StreamDigest.active == 0
+    assert not digest._queue
+
+
+def test_an_error_in_the_drain_reaches_hexdigest(pool):
+    digest = StreamDigest(pool)
+    digest.update("not bytes" * 10_000)  # queued (large), fails on the executor
+    with pytest.raises(TypeError):
+        digest.hexdigest()
+    assert StreamDigest.active == 0
+
+
+def test_abandon_swallows_the_drains_error(pool):
+    digest = StreamDigest(pool)
+    digest.update("not bytes" * 10_000)
+    digest.abandon()  # the upload's own error is the one that counts
+
+
+def test_lanes_only_with_company_and_for_large_bodies(pool):
+    """(Without the multi-buffer MD5 - no build, PITHOS_PURE, no vectors - never lanes.)"""
+    lanes = md5_impl.MULTI_BUFFER
+    first = StreamDigest(pool, length=4 << 20)
+    second = StreamDigest(pool, length=None)
+    assert not first.multi_buffer and not second.multi_buffer  # alone: hashlib is faster
+    small = StreamDigest(pool, length=4096)
+    large = StreamDigest(pool, length=digest_mod.LANES_MIN_BYTES)
+    unknown = StreamDigest(pool, length=None)
+    assert not small.multi_buffer
+    assert large.multi_buffer == lanes and unknown.multi_buffer == lanes
+    inline = StreamDigest(None, length=None)
+    assert not inline.multi_buffer  # no executor: hashed on the caller's thread
+    datas = {d: os.urandom(1_000_000 + i) for i, d in
+             enumerate([first, second, small, large, unknown, inline])}
+    # lane digests hold pieces back for company; all must still finish, in any order
+    for _ in range(3):
+        for d, data in datas.items():
+            d.update(data)
+    for d, data in reversed(list(datas.items())):
+        assert d.hexdigest() == hashlib.md5(data * 3).hexdigest()
+
+
+def test_concurrent_lane_digests_from_one_thread(pool):
+    """Many uploads interleaved by one event-loop thread, as in a server worker."""
+    digests = [StreamDigest(pool, length=None) for _ in range(12)]
+    datas = [[os.urandom(200_000 + 7 * i) for _ in range(6)] for i in range(12)]
+    for round_ in range(6):
+        for d, data in zip(digests, datas, strict=True):
+            d.update(data[round_])
+    for d, data in zip(digests, datas, strict=True):
+        assert d.hexdigest() == hashlib.md5(b"".join(data)).hexdigest()
