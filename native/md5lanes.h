@@ -2,23 +2,20 @@
  *
  * One MD5 stream cannot be split (each 64-byte block needs the state the previous one left),
  * so a core hashes one stream at ~4.5 cycles per byte however wide its vectors are.  Several
- * streams can share the vectors: with AVX-512, 16 independent streams ("lanes") advance in one
- * instruction stream, each lane a 32-bit element, for about the cost of one.  A server with
- * many uploads in flight then pays a fraction of the MD5 it would otherwise.
+ * streams can share the vectors: with AVX2, 8 independent streams ("lanes") advance in one
+ * instruction stream, each lane a 32-bit element (16 with AVX-512, or with two AVX2 register
+ * sets side by side), for about the cost of two.  A server with many uploads in flight then
+ * pays a fraction of the MD5 it would otherwise.
  *
- * md5lanes_run() is called by each stream's hashing thread with its own state and bytes (whole
- * 64-byte blocks).  The threads combine: one of them (the leader) hashes every waiting stream
- * in lockstep, in slices of at most SLICE_BLOCKS so newcomers join soon, while the others
- * sleep until their bytes are done.  A leader whose own bytes are done hands the lead to a
- * waiting thread and returns.  A lone stream is hashed by the portable code (a vector lane
- * is no faster for one stream, and the portable code needs no AVX-512).
+ * md5lanes_many() hashes a batch of streams (each its own state and whole 64-byte blocks) side
+ * by side; the caller (pithos/objects/digest.py) gathers the batch from the uploads in flight.
+ * A lone stream is hashed by the portable code (a vector lane is no faster for one stream).
  *
  * The portable compression function is RFC 1321's, used also for the tail and padding.
  */
 #ifndef PITHOS_MD5LANES_H
 #define PITHOS_MD5LANES_H
 
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -32,7 +29,6 @@
 #define MD5LANES_SCALAR 0
 #define MD5LANES_AVX2 1
 #define MD5LANES_AVX512 2
-#define SLICE_BLOCKS 1024 /* 64 KiB per lane between chances for new streams to join */
 
 static const uint32_t md5_k[64] = {
     0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613,
@@ -341,131 +337,70 @@ static void md5_y(uint32_t *const st[MD5LANES_MAX], const unsigned char *const p
 static int md5lanes_vector(void) { return MD5LANES_SCALAR; }
 #endif
 
-/* -- combining the callers ------------------------------------------------------------------ */
+/* -- batches -------------------------------------------------------------------------------- */
 
-typedef struct md5lanes_job {
-    uint32_t *state;
-    const unsigned char *p;
-    size_t nblocks; /* left to hash */
-    int done;
-    pthread_cond_t wake;
-    struct md5lanes_job *next;
-} md5lanes_job;
+static int md5lanes_use_vector = -1; /* -1: not decided yet */
 
-static pthread_mutex_t md5lanes_mu = PTHREAD_MUTEX_INITIALIZER;
-static md5lanes_job *md5lanes_head, *md5lanes_tail; /* waiting, not in a lane yet */
-static md5lanes_job *md5lanes_lane[MD5LANES_MAX];    /* being hashed */
-static int md5lanes_leading;                         /* a thread leads */
-static int md5lanes_use_vector = -1;                 /* -1: not decided yet */
-static uint32_t md5lanes_idle_state[MD5LANES_MAX][4];
-
-/* Lead until the caller's own job is done: with md5lanes_mu held on entry and on return. */
-static void md5lanes_lead(md5lanes_job *self)
+static int md5lanes_level(void)
 {
-    while (!self->done) {
-        int active = 0;
-        for (int i = 0; i < MD5LANES_MAX; i++) {
-            if (!md5lanes_lane[i] && md5lanes_head) {
-                md5lanes_lane[i] = md5lanes_head;
-                md5lanes_head = md5lanes_head->next;
-                if (!md5lanes_head)
-                    md5lanes_tail = NULL;
-            }
-            active += md5lanes_lane[i] != NULL;
-        }
-        size_t n = SLICE_BLOCKS;
-        md5lanes_job *only = NULL;
-        for (int i = 0; i < MD5LANES_MAX; i++)
-            if (md5lanes_lane[i]) {
-                only = md5lanes_lane[i];
-                if (only->nblocks < n)
-                    n = only->nblocks;
-            }
-        uint32_t *st[MD5LANES_MAX];
-        const unsigned char *ptr[MD5LANES_MAX];
-        int used[MD5LANES_MAX], high = 0;
-        for (int i = 0; i < MD5LANES_MAX; i++) {
-            md5lanes_job *j = md5lanes_lane[i];
-            used[i] = j != NULL;
-            high |= used[i] && i >= 8;
-            /* An idle lane re-reads the lone stream's bytes into a state nobody uses. */
-            st[i] = j ? j->state : md5lanes_idle_state[i];
-            ptr[i] = j ? j->p : only->p;
-        }
-        int use = md5lanes_use_vector;
-        pthread_mutex_unlock(&md5lanes_mu);
-        if (active == 1 || use == MD5LANES_SCALAR)
-            for (int i = 0; i < MD5LANES_MAX; i++) {
-                if (used[i])
-                    md5_compress(st[i], ptr[i], n);
-            }
-        else if (use == MD5LANES_AVX512)
-            md5_x16(st, ptr, n);
-        else
-            md5_y(st, ptr, n, high ? 2 : 1);
-        pthread_mutex_lock(&md5lanes_mu);
-        for (int i = 0; i < MD5LANES_MAX; i++) {
-            md5lanes_job *j = md5lanes_lane[i];
-            if (!j)
-                continue;
-            j->p += 64 * n;
-            j->nblocks -= n;
-            if (!j->nblocks) {
-                j->done = 1;
-                md5lanes_lane[i] = NULL;
-                if (j != self)
-                    pthread_cond_signal(&j->wake);
-            }
-        }
-    }
-}
-
-/* Hash `nblocks` whole blocks of `p` into `state`, alongside other callers' streams. */
-static void md5lanes_run(uint32_t state[4], const unsigned char *p, size_t nblocks)
-{
-    if (!nblocks)
-        return;
     int use = __atomic_load_n(&md5lanes_use_vector, __ATOMIC_RELAXED);
     if (use < 0) {
         use = md5lanes_vector();
         __atomic_store_n(&md5lanes_use_vector, use, __ATOMIC_RELAXED);
     }
-    if (use == MD5LANES_SCALAR) {
-        /* Without vectors, combining would only put the streams on one core. */
-        md5_compress(state, p, nblocks);
-        return;
-    }
-    md5lanes_job self = {state, p, nblocks, 0, PTHREAD_COND_INITIALIZER, NULL};
-    pthread_mutex_lock(&md5lanes_mu);
-    if (md5lanes_tail)
-        md5lanes_tail->next = &self;
-    else
-        md5lanes_head = &self;
-    md5lanes_tail = &self;
-    while (!self.done) {
-        if (!md5lanes_leading) {
-            md5lanes_leading = 1;
-            md5lanes_lead(&self);
-            md5lanes_leading = 0;
-            /* Hand the lead to a stream still in a lane, else to one still waiting. */
-            md5lanes_job *next = md5lanes_head;
-            for (int i = 0; i < MD5LANES_MAX; i++)
-                if (md5lanes_lane[i]) {
-                    next = md5lanes_lane[i];
-                    break;
-                }
-            if (next)
-                pthread_cond_signal(&next->wake);
-        } else {
-            pthread_cond_wait(&self.wake, &md5lanes_mu);
+    return use;
+}
+
+/* Hash `count` streams side by side: stream i's nblocks[i] whole blocks from p[i] into st[i]
+ * (p and nblocks are advanced to the end).  Up to 16 streams share the lanes at a time; when
+ * one runs out, the lanes go on with the others (an idle lane re-reads a live lane's bytes
+ * into a state nobody uses). */
+static void md5lanes_many(uint32_t *const *st, const unsigned char **p, size_t *nblocks,
+                          size_t count)
+{
+    int use = md5lanes_level();
+    uint32_t idle_state[MD5LANES_MAX][4];
+    for (;;) {
+        size_t idx[MD5LANES_MAX];
+        int active = 0;
+        for (size_t i = 0; i < count && active < MD5LANES_MAX; i++)
+            if (nblocks[i])
+                idx[active++] = i;
+        if (!active)
+            return;
+        if (active == 1 || use == MD5LANES_SCALAR) {
+            for (int k = 0; k < active; k++) {
+                size_t i = idx[k];
+                md5_compress(st[i], p[i], nblocks[i]);
+                p[i] += 64 * nblocks[i];
+                nblocks[i] = 0;
+            }
+            continue;
+        }
+        size_t n = nblocks[idx[0]];
+        for (int k = 1; k < active; k++)
+            if (nblocks[idx[k]] < n)
+                n = nblocks[idx[k]];
+        uint32_t *lst[MD5LANES_MAX];
+        const unsigned char *lptr[MD5LANES_MAX];
+        for (int k = 0; k < MD5LANES_MAX; k++) {
+            size_t i = idx[k < active ? k : 0];
+            lst[k] = k < active ? st[i] : idle_state[k];
+            lptr[k] = p[i];
+        }
+        if (use == MD5LANES_AVX512)
+            md5_x16(lst, lptr, n);
+        else
+            md5_y(lst, lptr, n, active > 8 ? 2 : 1);
+        for (int k = 0; k < active; k++) {
+            p[idx[k]] += 64 * n;
+            nblocks[idx[k]] -= n;
         }
     }
-    pthread_mutex_unlock(&md5lanes_mu);
-    pthread_cond_destroy(&self.wake);
 }
 
 /* For tests and benchmarks: the vector code to use (MD5LANES_*), at most what the CPU runs;
- * returns the one now in use.  Only while no stream is hashing. */
+ * returns the one now in use.  Only while nothing hashes. */
 static int md5lanes_set_vector(int level)
 {
     int best = md5lanes_vector();

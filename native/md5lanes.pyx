@@ -1,17 +1,19 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""MD5 objects whose bulk is hashed beside other streams' (multi-buffer MD5, md5lanes.h).
+"""MD5 objects whose bulk can be hashed beside other streams' (multi-buffer MD5, md5lanes.h):
+`update_many` feeds a batch of digests one buffer each, side by side in vector lanes.
 
 Built by setup.py into pithos.core._md5lanes.  Its twin is hashlib's MD5 (pithos.core.md5):
 digests must be equal, tests/test_md5lanes.py checks it with hypothesis and many threads.
 Little-endian hosts only (x86_64, aarch64), as the rest of native/.
 """
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "md5lanes.h" nogil:
     void md5_compress(uint32_t* st, const unsigned char* p, size_t nblocks)
-    void md5lanes_run(uint32_t* state, const unsigned char* p, size_t nblocks)
+    void md5lanes_many(uint32_t** st, const unsigned char** p, size_t* nblocks, size_t count)
     int md5lanes_vector()
     int md5lanes_set_vector(int level)
 
@@ -55,32 +57,38 @@ cdef class LaneMd5:
         if data is not None:
             self.update(data)
 
+    cdef const unsigned char* _head(self, const unsigned char* p, Py_ssize_t* n):
+        """Complete a partial block from `p` (hashed once whole); returns where whole blocks
+        start, `n` reduced to what is left."""
+        cdef Py_ssize_t take
+        self.length += n[0]
+        if self.ntail:
+            take = min(64 - self.ntail, n[0])
+            memcpy(&self.tail[self.ntail], p, take)
+            self.ntail += take
+            p += take
+            n[0] -= take
+            if self.ntail == 64:
+                md5_compress(self.st, self.tail, 1)
+                self.ntail = 0
+        return p
+
+    cdef void _keep_tail(self, const unsigned char* p, Py_ssize_t n):
+        if n:
+            memcpy(&self.tail[self.ntail], p, n)
+            self.ntail += n
+
     def update(self, data):
         cdef const unsigned char[::1] view = memoryview(data).cast("B")
         cdef const unsigned char* p = &view[0] if view.shape[0] else NULL
         cdef Py_ssize_t n = view.shape[0]
-        cdef Py_ssize_t take
         cdef size_t blocks
-        self.length += n
-        if self.ntail:
-            take = min(64 - self.ntail, n)
-            memcpy(&self.tail[self.ntail], p, take)
-            self.ntail += take
-            p += take
-            n -= take
-            if self.ntail < 64:
-                return
-            md5_compress(self.st, self.tail, 1)
-            self.ntail = 0
+        p = self._head(p, &n)
         blocks = n // 64
         if blocks:
             with nogil:
-                md5lanes_run(self.st, p, blocks)
-        p += blocks * 64
-        n -= blocks * 64
-        if n:
-            memcpy(self.tail, p, n)
-            self.ntail = n
+                md5_compress(self.st, p, blocks)
+        self._keep_tail(p + blocks * 64, n - blocks * 64)
 
     def digest(self):
         cdef uint32_t st[4]
@@ -106,3 +114,46 @@ cdef class LaneMd5:
         other.ntail = self.ntail
         other.length = self.length
         return other
+
+
+def update_many(digests, datas):
+    """`digests[i].update(datas[i])` for every i, the bulk side by side in vector lanes (without
+    the GIL).  Every buffer is checked before anything is hashed: on an error no digest has
+    changed.  A digest may appear only once."""
+    cdef Py_ssize_t count = len(digests), i, n
+    cdef LaneMd5 digest
+    cdef const unsigned char[::1] view
+    cdef const unsigned char* p
+    if len(datas) != count:
+        raise ValueError("one buffer per digest")
+    checked = [(<LaneMd5?>d) for d in digests]
+    if len({id(d) for d in checked}) != count:
+        raise ValueError("a digest appears twice")
+    views = [memoryview(d).cast("B") for d in datas]
+    cdef uint32_t** st = <uint32_t**>PyMem_Malloc(count * sizeof(uint32_t*) + 1)
+    cdef const unsigned char** ptr = <const unsigned char**>PyMem_Malloc(
+        count * sizeof(unsigned char*) + 1)
+    cdef size_t* nblocks = <size_t*>PyMem_Malloc(count * sizeof(size_t) + 1)
+    cdef Py_ssize_t* left = <Py_ssize_t*>PyMem_Malloc(count * sizeof(Py_ssize_t) + 1)
+    try:
+        if not st or not ptr or not nblocks or not left:
+            raise MemoryError()
+        for i in range(count):
+            digest = checked[i]
+            view = views[i]
+            n = view.shape[0]
+            p = &view[0] if n else NULL
+            p = digest._head(p, &n)
+            st[i] = digest.st
+            ptr[i] = p
+            nblocks[i] = n // 64
+            left[i] = n - (n // 64) * 64
+        with nogil:
+            md5lanes_many(st, ptr, nblocks, count)
+        for i in range(count):
+            (<LaneMd5>checked[i])._keep_tail(ptr[i], left[i])
+    finally:
+        PyMem_Free(st)
+        PyMem_Free(ptr)
+        PyMem_Free(nblocks)
+        PyMem_Free(left)

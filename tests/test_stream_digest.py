@@ -140,3 +140,70 @@ def test_concurrent_lane_digests_from_one_thread(pool):
             d.update(data[round_])
     for d, data in zip(digests, datas, strict=True):
         assert d.hexdigest() == hashlib.md5(b"".join(data)).hexdigest()
+
+
+class CountingExecutor(Executor):
+    """A real pool that records which digests' drains were started."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.started = 0
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        self.started += 1
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def test_lane_digests_wait_for_a_group(pool, monkeypatch):
+    """Multi-buffer digests start hashing only together (LANES_GROUP) or when one holds
+    LANES_PATIENCE pieces; the grouping does not depend on the hash, so hashlib stands in
+    (and a loop for the batches)."""
+    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+    monkeypatch.setattr(md5_impl, "update_many", md5_impl._update_each)
+    counting = CountingExecutor(pool)
+    plain = [StreamDigest(counting) for _ in range(digest_mod.LANES_FROM)]
+    group = [StreamDigest(counting) for _ in range(digest_mod.LANES_GROUP)]
+    assert not any(d.multi_buffer for d in plain) and all(d.multi_buffer for d in group)
+    piece = os.urandom(100_000)
+    for d in group[:-1]:
+        d.update(piece)
+    assert counting.started == 0  # held back: not a group yet
+    group[-1].update(piece)
+    assert counting.started == 1  # all start together, in one task that hashes them side by side
+    # one digest alone holds its pieces until it has LANES_PATIENCE
+    for d in group:
+        d._wait()
+    lone = group[0]
+    for i in range(digest_mod.LANES_PATIENCE):
+        assert counting.started == 1, i
+        lone.update(piece)
+    assert counting.started == 2
+    for d in group[1:]:  # a result asked for starts the digest at once
+        assert d.hexdigest() == hashlib.md5(piece).hexdigest()
+    assert lone.hexdigest() == hashlib.md5(piece * (1 + digest_mod.LANES_PATIENCE)).hexdigest()
+    for d in plain:
+        assert d.hexdigest() == hashlib.md5(b"").hexdigest()
+
+
+@pytest.mark.parametrize("real_lanes", [True, False])
+def test_a_bad_piece_fails_only_its_own_digest(pool, monkeypatch, real_lanes):
+    if not (real_lanes and md5_impl.MULTI_BUFFER):
+        monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+        monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+        monkeypatch.setattr(md5_impl, "update_many", md5_impl._update_each)
+    plain = [StreamDigest(pool) for _ in range(digest_mod.LANES_FROM)]
+    group = [StreamDigest(pool) for _ in range(digest_mod.LANES_GROUP)]
+    assert all(d.multi_buffer for d in group)
+    good = os.urandom(200_000)
+    for i, d in enumerate(group):
+        d.update("not bytes" * 10_000 if i == 1 else good)
+    for i, d in enumerate(group):
+        d.update(good)
+        if i == 1:
+            with pytest.raises(TypeError):
+                d.hexdigest()
+        else:
+            assert d.hexdigest() == hashlib.md5(good * 2).hexdigest(), i
+    for d in plain:
+        d.abandon()

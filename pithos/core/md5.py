@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 
@@ -24,7 +24,16 @@ def _hashlib_md5() -> Md5:
     return hashlib.md5(usedforsecurity=False)
 
 
+def _update_each(digests: Sequence[Md5], datas: Sequence[Any]) -> None:
+    """update_many's twin: every buffer is checked first, so an error changes no digest."""
+    views = [memoryview(data) for data in datas]
+    for digest, view in zip(digests, views, strict=True):
+        digest.update(view)
+
+
 new: Callable[[], Md5]
+# update_many(digests, datas): digests[i].update(datas[i]) for each i, side by side in lanes
+update_many: Callable[[Sequence[Md5], Sequence[Any]], None]
 try:
     from pithos.core import _md5lanes  # type: ignore[attr-defined,unused-ignore]
 except ImportError:
@@ -34,3 +43,4 @@ except ImportError:
 MULTI_BUFFER = (_md5lanes is not None and os.environ.get("PITHOS_PURE") != "1"
                 and _md5lanes.vector_available() != "scalar")
 new = _md5lanes.LaneMd5 if MULTI_BUFFER else _hashlib_md5
+update_many = _md5lanes.update_many if MULTI_BUFFER else _update_each

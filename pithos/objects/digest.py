@@ -1,10 +1,13 @@
 """The MD5 of a request body, computed behind its arrival.
 
-MD5 is the slowest step of a large PUT (one stream runs at ~700 MB/s here, below what the
+MD5 is the slowest step of a large PUT (one stream runs at ~600-700 MB/s, below what the
 network and BLAKE3 deliver) and cannot be split.  So it must never hold up the rest: the body's
 pieces are queued and hashed in order on the executor, up to `backlog` pieces behind the
 reader, while the reader goes on receiving, hashing and writing blocks.  Then the block's sync
 and the map pages' write overlap the MD5's tail instead of following it.
+
+Under many concurrent uploads, streams share the vector lanes of the multi-buffer MD5
+(pithos.core.md5): their pieces are hashed in batches, one piece of each stream side by side.
 """
 
 from __future__ import annotations
@@ -17,14 +20,19 @@ from typing import ClassVar
 
 from pithos.core import md5 as md5_impl
 
-# The multi-buffer MD5 (pithos.core.md5) pays off only with company: a lone stream goes faster
-# through OpenSSL's.  An upload of at least LANES_MIN_BYTES (or of unknown length) that starts
-# while at least LANES_FROM others are hashing uses it; any other uses hashlib.
+# The multi-buffer MD5 pays off only with company: a lone stream goes faster through
+# OpenSSL's.  An upload of at least LANES_MIN_BYTES (or of unknown length) that starts while at
+# least LANES_FROM others are hashing uses it; any other uses hashlib.
 LANES_FROM = 2
 LANES_MIN_BYTES = 1 << 20
-# A multi-buffer digest with pieces queued waits for another to have some (so they share the
-# vector lanes) until it holds this many pieces, or until its digest is asked for.
-LANES_PATIENCE = 2
+# Multi-buffer digests hold their pieces back until LANES_GROUP of them (or all there are, if
+# fewer) have some, then one task hashes them all as batches; a digest holding LANES_PATIENCE
+# pieces, or asked for its result, starts a batch at once with whichever others are waiting.
+# Uploads send their pieces far apart (a 512 KiB piece hashes in under a millisecond, the next
+# arrives tens of milliseconds later under load), so without holding back a stream would
+# mostly be alone.
+LANES_GROUP = 4
+LANES_PATIENCE = 6
 
 # Pieces under this size are hashed on the caller's thread when nothing is queued: a thread
 # hand-off costs more than their MD5.
@@ -34,18 +42,19 @@ INLINE_BYTES = 65536
 class StreamDigest:
     """`update` pieces in order; `hexdigest` once all are given.
 
-    One drain task at a time runs on the executor and hashes the queue front to back; a new
-    one is started only when the previous is done, so order holds without a lock (deque's
-    append and popleft are atomic).  A piece queued just as a drain ends is picked up by the
-    next `update` or by `hexdigest`.  The queue is bounded: past `backlog` pieces, `update`
-    waits for the drain.
+    One drain task at a time per digest runs on the executor and hashes its queue front to
+    back; a new one is started only when the previous is done, so order holds without a lock
+    (deque's append and popleft are atomic).  A piece queued just as a drain ends is picked up
+    by the next `update` or by `hexdigest`.  The queue is bounded: past `backlog` pieces,
+    `update` waits for the drain.
 
-    Multi-buffer digests hold their pieces back a little (`LANES_PATIENCE`) until another one
-    has pieces too, then all waiting ones drain at once: their threads meet in the lanes.
-    Every digest of a process is created and driven from one thread (the event loop's), so
-    the class-level bookkeeping needs no lock."""
+    Multi-buffer digests wait for company (`LANES_GROUP`, `LANES_PATIENCE`); then one drain
+    task serves all waiting ones, hashing what each had queued when it started, a piece of
+    each per batch.  Every digest of a process is created and driven from one thread (the
+    event loop's), so the class-level bookkeeping needs no lock."""
 
     active: ClassVar[int] = 0  # digests of this process still hashing
+    lanes_active: ClassVar[int] = 0  # of which multi-buffer
     _waiting: ClassVar[set[StreamDigest]] = set()  # lane digests with pieces held back for company
 
     def __init__(self, executor: Executor | None, backlog: int = 8,
@@ -59,8 +68,10 @@ class StreamDigest:
         self._md5 = md5_impl.new() if self._lanes else hashlib.md5(usedforsecurity=False)
         self._counted = True
         StreamDigest.active += 1
+        StreamDigest.lanes_active += self._lanes
         self._queue: deque[bytes | bytearray | memoryview] = deque()
         self._pending: Future[None] | None = None
+        self._error: BaseException | None = None  # of a batch, raised by hexdigest
 
     @property
     def multi_buffer(self) -> bool:
@@ -71,6 +82,27 @@ class StreamDigest:
         queue, md5 = self._queue, self._md5
         while queue:
             md5.update(queue.popleft())
+
+    @staticmethod
+    def _drain_batches(group: list[StreamDigest], counts: list[int]) -> None:
+        """Hash `counts[i]` queued pieces of `group[i]`, a piece of each digest per batch."""
+        while True:
+            batch = []
+            for i, digest in enumerate(group):
+                if counts[i] and digest._queue:
+                    counts[i] -= 1
+                    batch.append((digest, digest._queue.popleft()))
+            if not batch:
+                return
+            try:
+                md5_impl.update_many([d._md5 for d, _ in batch], [piece for _, piece in batch])
+            except Exception:  # (nothing was hashed) find whose piece it is
+                for digest, piece in batch:
+                    try:
+                        digest._md5.update(piece)
+                    except Exception as exc:
+                        digest._error = exc
+                        digest._queue.clear()
 
     def _pending_done(self) -> bool:
         """Whether no drain is running (an error of the last one is raised here)."""
@@ -90,14 +122,20 @@ class StreamDigest:
 
     def _start(self) -> None:
         assert self._executor is not None  # (only then is anything queued)
-        StreamDigest._waiting.discard(self)
         self._pending = self._executor.submit(self._drain)
 
     @classmethod
     def _start_waiting(cls) -> None:
-        for other in list(cls._waiting):
-            if other._pending_done():
-                other._start()
+        """One drain task for every lane digest waiting (none of them has one running)."""
+        group = list(cls._waiting)
+        cls._waiting.clear()
+        if not group:
+            return
+        executor = group[0]._executor
+        assert executor is not None
+        future = executor.submit(cls._drain_batches, group, [len(d._queue) for d in group])
+        for digest in group:
+            digest._pending = future
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._executor is None:
@@ -115,27 +153,37 @@ class StreamDigest:
             return
         if not self._lanes:
             self._start()
-        elif StreamDigest._waiting - {self} or len(self._queue) >= LANES_PATIENCE:
-            self._start()
+            return
+        waiting = StreamDigest._waiting
+        waiting.add(self)
+        if (len(waiting) >= min(LANES_GROUP, StreamDigest.lanes_active)
+                or len(self._queue) >= LANES_PATIENCE):
             StreamDigest._start_waiting()
-        else:
-            StreamDigest._waiting.add(self)
 
     def _uncount(self) -> None:
         StreamDigest._waiting.discard(self)
         if self._counted:
             self._counted = False
             StreamDigest.active -= 1
+            StreamDigest.lanes_active -= self._lanes
+            # one fewer to wait for: the others may now be a whole group
+            waiting = StreamDigest._waiting
+            if waiting and len(waiting) >= min(LANES_GROUP, StreamDigest.lanes_active):
+                StreamDigest._start_waiting()
 
     def hexdigest(self) -> str:
         try:
             while True:
                 self._wait()
+                if self._error is not None:
+                    raise self._error
                 if not self._queue:
                     return self._md5.hexdigest()
-                self._start()
                 if self._lanes:
+                    StreamDigest._waiting.add(self)
                     StreamDigest._start_waiting()
+                else:
+                    self._start()
         finally:
             self._uncount()
 
