@@ -213,6 +213,14 @@ __attribute__((target("avx512f"))) static void md5_x16(uint32_t *const st[MD5LAN
                                                  (int)md5_k[i]))));                        \
     a = _mm256_add_epi32(b, _mm256_or_si256(_mm256_slli_epi32(a, s),                        \
                                             _mm256_srli_epi32(a, 32 - s)))
+/* A block's input state kept (Y_SAVE) and added back after its 64 steps (Y_FEED_FORWARD), for
+ * register set `g` (a0..d0 or a1..d1). */
+#define Y_SAVE(g) __m256i aa##g = a##g, bb##g = b##g, cc##g = c##g, dd##g = d##g;
+#define Y_FEED_FORWARD(g)                  \
+    a##g = _mm256_add_epi32(a##g, aa##g); \
+    b##g = _mm256_add_epi32(b##g, bb##g); \
+    c##g = _mm256_add_epi32(c##g, cc##g); \
+    d##g = _mm256_add_epi32(d##g, dd##g);
 #define Y_STEP1(f, a, b, c, d, j, i, s) Y_ONE(f, a##0, b##0, c##0, d##0, w[0][j], i, s);
 #define Y_STEP2(f, a, b, c, d, j, i, s) \
     Y_ONE(f, a##0, b##0, c##0, d##0, w[0][j], i, s); \
@@ -276,12 +284,9 @@ __attribute__((target("avx2"))) static void md5_y(uint32_t *const st[MD5LANES_MA
             md5_y_words(w[0], p);
             for (int i = 0; i < 8; i++)
                 p[i] += 64;
-            __m256i aa0 = a0, bb0 = b0, cc0 = c0, dd0 = d0;
+            Y_SAVE(0)
             MD5_STEPS(Y_STEP1)
-            a0 = _mm256_add_epi32(a0, aa0);
-            b0 = _mm256_add_epi32(b0, bb0);
-            c0 = _mm256_add_epi32(c0, cc0);
-            d0 = _mm256_add_epi32(d0, dd0);
+            Y_FEED_FORWARD(0)
         }
     } else {
         __m256i a1 = md5_y_load(st + 8, 0), b1 = md5_y_load(st + 8, 1);
@@ -292,17 +297,11 @@ __attribute__((target("avx2"))) static void md5_y(uint32_t *const st[MD5LANES_MA
             md5_y_words(w[1], p + 8);
             for (int i = 0; i < 16; i++)
                 p[i] += 64;
-            __m256i aa0 = a0, bb0 = b0, cc0 = c0, dd0 = d0;
-            __m256i aa1 = a1, bb1 = b1, cc1 = c1, dd1 = d1;
+            Y_SAVE(0)
+            Y_SAVE(1)
             MD5_STEPS(Y_STEP2)
-            a0 = _mm256_add_epi32(a0, aa0);
-            b0 = _mm256_add_epi32(b0, bb0);
-            c0 = _mm256_add_epi32(c0, cc0);
-            d0 = _mm256_add_epi32(d0, dd0);
-            a1 = _mm256_add_epi32(a1, aa1);
-            b1 = _mm256_add_epi32(b1, bb1);
-            c1 = _mm256_add_epi32(c1, cc1);
-            d1 = _mm256_add_epi32(d1, dd1);
+            Y_FEED_FORWARD(0)
+            Y_FEED_FORWARD(1)
         }
         md5_y_store(st + 8, 0, a1);
         md5_y_store(st + 8, 1, b1);

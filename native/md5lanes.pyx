@@ -3,7 +3,7 @@
 `update_many` feeds a batch of digests one buffer each, side by side in vector lanes.
 
 Built by setup.py into pithos.core._md5lanes.  Its twin is hashlib's MD5 (pithos.core.md5):
-digests must be equal, tests/test_md5lanes.py checks it with hypothesis and many threads.
+digests must be equal, tests/test_md5lanes.py checks it with hypothesis, alone and in batches.
 Little-endian hosts only (x86_64, aarch64), as the rest of native/.
 """
 
@@ -22,7 +22,8 @@ LEVELS = ("scalar", "avx2", "avx512")
 
 
 def vector_available():
-    """The best vector code this CPU runs: "avx512", "avx2" or "scalar" (no combining)."""
+    """The best vector code this CPU runs: "avx512", "avx2" or "scalar" (then a batch is
+    hashed one stream after the other)."""
     return LEVELS[md5lanes_vector()]
 
 
@@ -33,8 +34,9 @@ def set_vector(level):
 
 
 cdef class LaneMd5:
-    """MD5 with hashlib's update/digest/hexdigest.  One thread at a time per object; whole
-    blocks are hashed without the GIL, with other threads' streams in the lanes."""
+    """MD5 with hashlib's update/digest/hexdigest/copy.  One thread at a time per object.
+    `update` hashes one stream (portable C, without the GIL); `update_many` hashes several
+    objects' bytes side by side in the vector lanes."""
 
     cdef uint32_t st[4]
     cdef unsigned char tail[64]

@@ -7,6 +7,7 @@ skip there means something is broken, not absent.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,17 @@ import sys
 import pytest
 
 REQUIRE_ALL = os.environ.get("PITHOS_REQUIRE_ALL") == "1"
+
+
+def native_module(name: str):
+    """(the built extension `name` or None, the pytestmark that skips a module without it).
+    Under PITHOS_REQUIRE_ALL (CI) that skip fails the run: a silently missing extension
+    would otherwise turn a whole module of twin tests into nothing."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:  # pragma: no cover - CI requires the build
+        module = None
+    return module, pytest.mark.skipif(module is None, reason=f"{name} not built")
 _skipped: list[str] = []
 
 

@@ -2,20 +2,13 @@
 
 Under PITHOS_REQUIRE_ALL (CI) the native build must exist."""
 
-import importlib
-
-import pytest
+from conftest import native_module
 from hypothesis import given
 from hypothesis import strategies as st
 
 from archipelago import _overlay_py as pure
 
-try:
-    native = importlib.import_module("archipelago._overlay")
-except ImportError:  # pragma: no cover - CI requires the build
-    native = None
-
-pytestmark = pytest.mark.skipif(native is None, reason="native extension not built")
+native, pytestmark = native_module("archipelago._overlay")
 
 
 def both(name, *args):

@@ -6,7 +6,6 @@ Under PITHOS_REQUIRE_ALL (CI) the native build must exist: a silently missing ex
 otherwise turn this whole module into a skip."""
 
 import hashlib
-import importlib
 import itertools
 import os
 import subprocess
@@ -14,15 +13,11 @@ import sys
 import threading
 
 import pytest
+from conftest import native_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-try:
-    lanes = importlib.import_module("pithos.core._md5lanes")
-except ImportError:  # pragma: no cover - CI requires the build
-    lanes = None
-
-pytestmark = pytest.mark.skipif(lanes is None, reason="native extension not built")
+lanes, pytestmark = native_module("pithos.core._md5lanes")
 
 
 def levels():

@@ -3,22 +3,16 @@
 Under PITHOS_REQUIRE_ALL (CI) the native build must exist: a silently missing extension would
 otherwise turn this whole module into a skip."""
 
-import importlib
 import subprocess
 import sys
 
-import pytest
+from conftest import native_module
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pithos.mapper import _mapcodec_py as pure
 
-try:
-    native = importlib.import_module("pithos.mapper._mapcodec")
-except ImportError:  # pragma: no cover - CI requires the build
-    native = None
-
-pytestmark = pytest.mark.skipif(native is None, reason="native extension not built")
+native, pytestmark = native_module("pithos.mapper._mapcodec")
 
 hashes = st.binary(min_size=32, max_size=32)
 

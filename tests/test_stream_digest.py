@@ -4,6 +4,7 @@ executor, in order, with a bounded backlog; multi-buffer digests chosen only wit
 import hashlib
 import os
 import threading
+import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import pytest
@@ -71,9 +72,12 @@ def test_reader_is_held_back_past_the_backlog(pool):
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    feeder.join(0.5)
     # the first piece started a drain that cannot run; three more may queue behind it, the
-    # next update waits
+    # next update waits (and stays waiting)
+    deadline = time.monotonic() + 30
+    while len(done) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    feeder.join(0.3)
     assert feeder.is_alive()
     assert len(done) == 3
     gated.gate.set()

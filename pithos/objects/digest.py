@@ -61,11 +61,11 @@ class StreamDigest:
                  length: int | None = None) -> None:
         self._executor = executor
         self._backlog = max(1, backlog)
-        self._md5: md5_impl.Md5
         self._lanes = (executor is not None and md5_impl.MULTI_BUFFER
                        and StreamDigest.active >= LANES_FROM
                        and (length is None or length >= LANES_MIN_BYTES))
-        self._md5 = md5_impl.new() if self._lanes else hashlib.md5(usedforsecurity=False)
+        self._md5: md5_impl.Md5 = (md5_impl.new() if self._lanes
+                                   else hashlib.md5(usedforsecurity=False))
         self._counted = True
         StreamDigest.active += 1
         StreamDigest.lanes_active += self._lanes
