@@ -41,6 +41,7 @@ class DataDir:
                                executor=executor)
         self.mapper = Mapper(self.blocker, block_size=block_size)
         self._roots_path = os.path.join(path, "roots.log")
+        self._executor = executor
         self._catalog: Catalog | None = None
 
     @property
@@ -49,7 +50,7 @@ class DataDir:
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.catalog_url)
+            self._catalog = Catalog(self.catalog_url, executor=self._executor)
         return self._catalog
 
     def record_roots(self, roots: Iterable[tuple[bytes, int]]) -> None:

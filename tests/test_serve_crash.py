@@ -1,0 +1,103 @@
+"""kill -9 of a real `pithos serve` (master and workers) during concurrent PUTs, three times on
+one data directory: after each restart every acknowledged object reads back whole, and every
+object listed reads back as what was sent under its name (nothing half-made is visible)."""
+
+import hashlib
+import http.client
+import os
+import random
+import signal
+import threading
+import time
+
+from conftest import PithosServer
+
+MiB = 1 << 20
+
+
+def _content(name: str) -> bytes:
+    rng = random.Random(name)
+    size = rng.choice([0, 1, 4096, MiB + 7, 4 * MiB, 5 * MiB + 3])
+    return rng.randbytes(size)
+
+
+def _token(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/auth/v1.0", headers={"X-Auth-User": "test:tester",
+                                              "X-Auth-Key": "testing"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200
+    return resp.getheader("X-Auth-Token"), resp.getheader("X-Storage-Url").split("/v1/")[1]
+
+
+def _put_until_killed(server, token, account, prefix, acknowledged, errors, stop):
+    n = 0
+    while not stop.is_set():
+        name = f"{prefix}-{n}"
+        n += 1
+        body = _content(name)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("PUT", f"/v1/{account}/c/{name}", body=body,
+                         headers={"X-Auth-Token": token, "ETag": hashlib.md5(body).hexdigest()})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+        except OSError:
+            return  # the server died under this request: not acknowledged
+        if resp.status != 201:
+            errors.append((name, resp.status))
+            return
+        acknowledged.append(name)
+
+
+def test_kill_9_of_the_server_during_puts_loses_nothing_acknowledged(tmp_path):
+    rng = random.Random(7)
+    data_dir = tmp_path / "data"
+    acknowledged: list[str] = []
+    for round_ in range(3):
+        server = PithosServer(data_dir, workers=2)
+        try:
+            token, account = _token(server)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("PUT", f"/v1/{account}/c", headers={"X-Auth-Token": token})
+            conn.getresponse().read()
+            stop = threading.Event()
+            ours: list[str] = []
+            errors: list[tuple[str, int]] = []
+            clients = [threading.Thread(target=_put_until_killed,
+                                        args=(server, token, account, f"r{round_}w{w}", ours,
+                                              errors, stop)) for w in range(6)]
+            for c in clients:
+                c.start()
+            deadline = time.monotonic() + 60
+            while not ours and time.monotonic() < deadline:  # something acknowledged
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.05, 1.0))
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(timeout=30)
+            stop.set()
+            for c in clients:
+                c.join(timeout=60)
+            assert errors == []
+            assert ours, "no PUT was acknowledged before the kill"
+            acknowledged += ours
+        finally:
+            server.stop()
+
+    server = PithosServer(data_dir, workers=1)
+    try:
+        swift = server.connection()
+        for name in acknowledged:
+            headers, body = swift.get_object("c", name)
+            assert body == _content(name), name
+            assert headers["etag"] == hashlib.md5(body).hexdigest()
+        _, listing = swift.get_container("c", full_listing=True)
+        for entry in listing:
+            headers, body = swift.get_object("c", entry["name"])
+            assert body == _content(entry["name"]), entry["name"]
+            assert entry["bytes"] == len(body)
+        assert int(swift.head_container("c")["x-container-object-count"]) == len(listing)
+    finally:
+        server.stop()
