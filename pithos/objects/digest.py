@@ -31,7 +31,7 @@ LANES_MIN_BYTES = 1 << 20
 # Uploads send their pieces far apart (a 512 KiB piece hashes in under a millisecond, the next
 # arrives tens of milliseconds later under load), so without holding back a stream would
 # mostly be alone.
-LANES_GROUP = 4
+LANES_GROUP = 8
 LANES_PATIENCE = 6
 
 # Pieces under this size are hashed on the caller's thread when nothing is queued: a thread
