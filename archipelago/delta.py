@@ -30,8 +30,9 @@ import re
 from abc import ABC, abstractmethod
 
 from archipelago import overlay
-from archipelago.heads import SECTOR_SIZE, fsync_dir
+from archipelago.heads import SECTOR_SIZE
 from pithos.core.errors import BackendError, NoSpace
+from pithos.core.files import fsync_dir
 
 SECTOR_SHIFT = 12
 assert 1 << SECTOR_SHIFT == SECTOR_SIZE

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pithos.core.errors import BackendError, Conflict, InvalidArgument, NotFound, VersionConflict
+from pithos.core.files import fsync_dir
 
 SECTOR_SIZE = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -129,14 +130,6 @@ class HeadStore(ABC):
         for name in self.names():
             with contextlib.suppress(NotFound):
                 yield self.get(name)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durably(path: str, data: bytes) -> None:

@@ -10,7 +10,8 @@ import signal
 import threading
 import time
 
-from conftest import PithosServer
+from tests.conftest import PithosServer
+from tests.swift_helpers import login, request
 
 MiB = 1 << 20
 
@@ -21,33 +22,19 @@ def _content(name: str) -> bytes:
     return rng.randbytes(size)
 
 
-def _token(server):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("GET", "/auth/v1.0", headers={"X-Auth-User": "test:tester",
-                                              "X-Auth-Key": "testing"})
-    resp = conn.getresponse()
-    resp.read()
-    assert resp.status == 200
-    return resp.getheader("X-Auth-Token"), resp.getheader("X-Storage-Url").split("/v1/")[1]
-
-
-def _put_until_killed(server, token, account, prefix, acknowledged, errors, stop):
+def _put_until_killed(server, auth, prefix, acknowledged, errors, stop):
     n = 0
     while not stop.is_set():
         name = f"{prefix}-{n}"
         n += 1
         body = _content(name)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-            conn.request("PUT", f"/v1/{account}/c/{name}", body=body,
-                         headers={"X-Auth-Token": token, "ETag": hashlib.md5(body).hexdigest()})
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-        except OSError:
+            reply = request(server, "PUT", f"{auth.path}/c/{name}", body=body,
+                            headers={"ETag": hashlib.md5(body).hexdigest()}, token=auth.token)
+        except (OSError, http.client.HTTPException):
             return  # the server died under this request: not acknowledged
-        if resp.status != 201:
-            errors.append((name, resp.status))
+        if reply.status != 201:
+            errors.append((name, reply.status))
             return
         acknowledged.append(name)
 
@@ -59,15 +46,13 @@ def test_kill_9_of_the_server_during_puts_loses_nothing_acknowledged(tmp_path):
     for round_ in range(3):
         server = PithosServer(data_dir, workers=2)
         try:
-            token, account = _token(server)
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-            conn.request("PUT", f"/v1/{account}/c", headers={"X-Auth-Token": token})
-            conn.getresponse().read()
+            auth = login(server)
+            assert request(server, "PUT", f"{auth.path}/c", token=auth.token).status in (201, 202)
             stop = threading.Event()
             ours: list[str] = []
             errors: list[tuple[str, int]] = []
             clients = [threading.Thread(target=_put_until_killed,
-                                        args=(server, token, account, f"r{round_}w{w}", ours,
+                                        args=(server, auth, f"r{round_}w{w}", ours,
                                               errors, stop)) for w in range(6)]
             for c in clients:
                 c.start()

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from pithos.blocker.store import BlockStore, BlockWriter
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
+from pithos.core.files import fsync_dir
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -92,14 +93,6 @@ _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = _libc_sync_file_range()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _refresh(path: str) -> bool:
     """Refresh the age of the block file at `path` (its mtime); False if it is absent.
 
@@ -125,7 +118,7 @@ def _untrash(trash: str, path: str) -> None:
         pass
     except FileNotFoundError:
         return  # already put back (or removed) by another process that opened the store
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(trash)
 
@@ -155,9 +148,9 @@ class LocalBlockStore(BlockStore):
                 os.makedirs(os.path.join(self.path, f"{i:02x}"), exist_ok=True)
             if created or trash_created:
                 # The directories must survive a crash before any block is named in them.
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
             if created:
-                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except OSError as exc:
             raise _backend_error(exc, f"cannot open block store at {self.path}") from exc
         # An executor may be given (e.g. gevent's pool of real threads under a gevent server).
@@ -261,7 +254,7 @@ class LocalBlockStore(BlockStore):
                     raise OSError(err, os.strerror(err))
             else:
                 # Now sync the directories to commit the renames.
-                self._map(_fsync_dir, sorted(dirs))
+                self._map(fsync_dir, sorted(dirs))
         except OSError as exc:
             raise _backend_error(exc, "cannot store block") from exc
 
@@ -352,7 +345,7 @@ class LocalBlockStore(BlockStore):
         try:
             dirs = [d for d in self._map(self._delete_one, list(dict.fromkeys(hashes)))
                     if d is not None]
-            self._map(_fsync_dir, sorted(set(dirs)))
+            self._map(fsync_dir, sorted(set(dirs)))
         except OSError as exc:
             raise _backend_error(exc, "cannot delete block") from exc
         return len(dirs)
@@ -393,7 +386,7 @@ class LocalBlockStore(BlockStore):
             if gone:
                 # Durable: the names left the fan-out directories, then the trash.
                 dirs = {os.path.dirname(self._path(h)) for h in gone} | {self._trash}
-                self._map(_fsync_dir, sorted(dirs))
+                self._map(fsync_dir, sorted(dirs))
         except OSError as exc:
             raise _backend_error(exc, "cannot delete block") from exc
         return gone
@@ -480,7 +473,7 @@ class _FileWriter(BlockWriter):
                 os.rename(self._tmp, path)
             # As in put_many: the rename (ours, or another writer's not yet synced) must be
             # durable before we return.
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         except OSError as exc:
             self.abort()
             raise _backend_error(exc, "cannot store block") from exc

@@ -31,6 +31,8 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
+from pithos.core.files import fsync_dir
+
 
 class WalSync:
     def __init__(self, db_path: str, executor: Executor | None = None,
@@ -96,11 +98,7 @@ class WalSync:
         except FileNotFoundError:
             return None
         try:
-            dir_fd = os.open(os.path.dirname(self.wal_path) or ".", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(os.path.dirname(self.wal_path))
         except BaseException:
             os.close(fd)
             raise
