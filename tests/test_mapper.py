@@ -294,6 +294,32 @@ def test_build_stream_gives_the_canonical_map(tmp_path_factory, kinds, piece, ba
         streamed.blocker.close()
 
 
+def test_build_stream_leaves_what_read_returned_as_it_was():
+    """A stream's read() may return a bytearray in short pieces (the body reader hands each to
+    the MD5 queue as it goes): building must join them into new objects, never grow a piece
+    it was given."""
+    block_size = 4096
+    data = os.urandom(3 * block_size + 123)
+
+    class ShortReads(io.RawIOBase):
+        def __init__(self):
+            self.at = 0
+            self.given = []
+
+        def read(self, n=-1):
+            n = min(777, len(data) - self.at if n < 0 else n)
+            piece = bytearray(data[self.at:self.at + n])
+            self.at += n
+            self.given.append((piece, bytes(piece)))
+            return piece
+
+    stream = ShortReads()
+    mapper = make_mapper(block_size=block_size)
+    root, size = mapper.build_stream(stream, piece_size=block_size // 2)
+    assert size == len(data) and mapper.read_all(root) == data
+    assert all(piece == as_given for piece, as_given in stream.given)
+
+
 def test_build_stream_of_a_failing_stream_leaves_no_partial_block(tmp_path):
     from pithos.blocker import LocalBlockStore
 

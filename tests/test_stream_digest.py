@@ -3,11 +3,14 @@ executor, in order, with a bounded backlog; multi-buffer digests chosen only wit
 
 import hashlib
 import os
+import random
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
+import gevent
 import pytest
+from gevent.threadpool import ThreadPoolExecutor as GeventPool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +29,7 @@ def pool():
 def no_digest_left_counted():
     yield
     assert StreamDigest.active == 0
-    assert not StreamDigest._waiting
+    assert not StreamDigest._lane_digests
 
 
 class GatedExecutor(Executor):
@@ -209,5 +212,75 @@ def test_a_bad_piece_fails_only_its_own_digest(pool, monkeypatch, real_lanes):
                 d.hexdigest()
         else:
             assert d.hexdigest() == hashlib.md5(good * 2).hexdigest(), i
+    for d in plain:
+        d.abandon()
+
+
+def test_uploads_interleaved_by_greenlets():
+    """As under the server: greenlets of one thread feed digests and wait for their drains on
+    gevent's pool, so one digest may be grouped again while a greenlet still waits for its
+    last drain; every digest must still hash its pieces once each, in order, before its
+    result is read."""
+    pool = GeventPool(max_workers=4)
+    wrong: list[int] = []
+
+    def uploads(seed: int) -> None:
+        rnd = random.Random(seed)
+        for n in range(40):
+            pieces = [bytearray(rnd.randbytes(rnd.choice([65_536, 131_072, 262_144])))
+                      for _ in range(rnd.randint(1, 10))]
+            digest = StreamDigest(pool, length=None)
+            for piece in pieces:
+                digest.update(piece)
+                gevent.sleep(rnd.random() * 0.002)
+            gevent.sleep(rnd.random() * 0.003 * (n % 2))
+            if digest.hexdigest() != hashlib.md5(b"".join(pieces)).hexdigest():
+                wrong.append(seed)
+
+    try:
+        gevent.joinall([gevent.spawn(uploads, seed) for seed in range(16)], raise_error=True)
+    finally:
+        pool.shutdown()
+    assert not wrong
+
+
+def test_lane_groups_hash_full_width_rounds(pool, monkeypatch):
+    """A group hashes as many rounds as its shortest member has pieces, so each batch is as
+    wide as the group; a digest with more pieces keeps the rest for the next group, which it
+    joins as soon as the others have pieces again (its drain having ended), without a piece of
+    its own arriving.  A result asked for hashes all of that digest's pieces, its company
+    only as many rounds as it needs."""
+    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+    widths: list[int] = []
+
+    def recording(digests, datas):
+        widths.append(len(digests))
+        md5_impl._update_each(digests, datas)
+
+    monkeypatch.setattr(md5_impl, "update_many", recording)
+    plain = [StreamDigest(pool) for _ in range(digest_mod.LANES_FROM)]
+    group = [StreamDigest(pool) for _ in range(digest_mod.LANES_GROUP)]
+    piece = os.urandom(50_000)
+    long_one, others = group[0], group[1:]
+    for _ in range(3):
+        long_one.update(piece)  # alone: held back
+    for d in others:
+        d.update(piece)
+    long_one._wait()
+    assert widths == [len(group)]  # one round: the others had one piece each
+    assert len(long_one._queue) == 2
+    for d in others:
+        d.update(piece)
+    long_one._wait()
+    assert widths == [len(group)] * 2  # it joined again with its leftovers
+    assert len(long_one._queue) == 1
+    others[0].update(piece)
+    others[0].update(piece)  # now asked for its result: 2 rounds, the second alone
+    assert others[0].hexdigest() == hashlib.md5(piece * 4).hexdigest()
+    assert widths == [len(group)] * 2 + [2, 1]
+    assert long_one.hexdigest() == hashlib.md5(piece * 3).hexdigest()
+    for d in others[1:]:
+        assert d.hexdigest() == hashlib.md5(piece * 2).hexdigest()
     for d in plain:
         d.abandon()

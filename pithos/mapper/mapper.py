@@ -672,7 +672,7 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
         more = stream.read(size - len(data))
         if not more:
             break
-        data += more
+        data = data + more  # (never in place: the caller may hold what read() gave)
     return data
 
 

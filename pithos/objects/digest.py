@@ -25,12 +25,14 @@ from pithos.core import md5 as md5_impl
 # least LANES_FROM others are hashing uses it; any other uses hashlib.
 LANES_FROM = 2
 LANES_MIN_BYTES = 1 << 20
-# Multi-buffer digests hold their pieces back until LANES_GROUP of them (or all there are, if
-# fewer) have some, then one task hashes them all as batches; a digest holding LANES_PATIENCE
-# pieces, or asked for its result, starts a batch at once with whichever others are waiting.
-# Uploads send their pieces far apart (a 512 KiB piece hashes in under a millisecond, the next
-# arrives tens of milliseconds later under load), so without holding back a stream would
-# mostly be alone.
+# Multi-buffer digests hold their pieces back until LANES_GROUP of them (or every lane digest
+# there is, if fewer) have pieces and no hashing running; then one task hashes them side by
+# side, as many rounds as the shortest of them has pieces, so that every batch is as wide as
+# the group (the rest waits for the next group).  A digest that cannot wait, holding
+# LANES_PATIENCE pieces or asked for its result, starts a group at once with whichever others
+# are ready, and they hash beside it for as many rounds as it needs, no more.  Uploads send
+# their pieces far apart (a 512 KiB piece hashes in under a millisecond, the next arrives tens
+# of milliseconds later under load), so without holding back a stream would mostly be alone.
 LANES_GROUP = 8
 LANES_PATIENCE = 6
 
@@ -49,13 +51,15 @@ class StreamDigest:
     `update` waits for the drain.
 
     Multi-buffer digests wait for company (`LANES_GROUP`, `LANES_PATIENCE`); then one drain
-    task serves all waiting ones, hashing what each had queued when it started, a piece of
-    each per batch.  Every digest of a process is created and driven from one thread (the
-    event loop's), so the class-level bookkeeping needs no lock."""
+    task serves a group of them, a piece of each per batch.  Whether to start one is decided
+    whenever a digest is given a piece, finishes or leaves, over every lane digest ready then
+    (pieces queued, no drain running), so one whose drain ended joins the next group without
+    waiting for its own next piece.  Every digest of a process is created and driven from one
+    thread (the event loop's), so the class-level bookkeeping needs no lock."""
 
     active: ClassVar[int] = 0  # digests of this process still hashing
     lanes_active: ClassVar[int] = 0  # of which multi-buffer
-    _waiting: ClassVar[set[StreamDigest]] = set()  # lane digests with pieces held back for company
+    _lane_digests: ClassVar[set[StreamDigest]] = set()  # the multi-buffer ones still hashing
 
     def __init__(self, executor: Executor | None, backlog: int = 8,
                  length: int | None = None) -> None:
@@ -69,6 +73,8 @@ class StreamDigest:
         self._counted = True
         StreamDigest.active += 1
         StreamDigest.lanes_active += self._lanes
+        if self._lanes:
+            StreamDigest._lane_digests.add(self)
         self._queue: deque[bytes | bytearray | memoryview] = deque()
         self._pending: Future[None] | None = None
         self._error: BaseException | None = None  # of a batch, raised by hexdigest
@@ -89,9 +95,12 @@ class StreamDigest:
         while True:
             batch = []
             for i, digest in enumerate(group):
-                if counts[i] and digest._queue:
+                if counts[i]:
                     counts[i] -= 1
-                    batch.append((digest, digest._queue.popleft()))
+                    try:
+                        batch.append((digest, digest._queue.popleft()))
+                    except IndexError:  # abandoned meanwhile: nothing more of it to hash
+                        counts[i] = 0
             if not batch:
                 return
             try:
@@ -103,6 +112,7 @@ class StreamDigest:
                     except Exception as exc:
                         digest._error = exc
                         digest._queue.clear()
+                        counts[group.index(digest)] = 0
 
     def _pending_done(self) -> bool:
         """Whether no drain is running (an error of the last one is raised here)."""
@@ -116,26 +126,50 @@ class StreamDigest:
         return True
 
     def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        # While a greenlet waits here, others run and may put this digest in a new group once
+        # the drain waited for has ended: then wait for that one too.  (So the drain is cleared
+        # only once it has ended, and only if it is still this digest's.)
+        while (pending := self._pending) is not None:
+            try:
+                pending.result()
+            finally:
+                if pending.done() and self._pending is pending:
+                    self._pending = None
 
     def _start(self) -> None:
         assert self._executor is not None  # (only then is anything queued)
         self._pending = self._executor.submit(self._drain)
 
+    def _idle(self) -> bool:
+        pending = self._pending
+        return pending is None or pending.done()
+
     @classmethod
-    def _start_waiting(cls) -> None:
-        """One drain task for every lane digest waiting (none of them has one running)."""
-        group = list(cls._waiting)
-        cls._waiting.clear()
+    def _ready(cls) -> list[StreamDigest]:
+        """The lane digests with pieces queued and no hashing running."""
+        return [d for d in cls._lane_digests if d._queue and d._idle()]
+
+    @classmethod
+    def _start_group(cls, group: list[StreamDigest], urgent: StreamDigest | None) -> None:
+        """One task hashing `group` side by side (see LANES_GROUP): all of `urgent`'s pieces
+        if given, else as many rounds as every member has pieces for."""
         if not group:
             return
+        rounds = len(urgent._queue) if urgent is not None else min(len(d._queue) for d in group)
+        counts = [len(d._queue) if d is urgent else min(len(d._queue), rounds) for d in group]
         executor = group[0]._executor
         assert executor is not None
-        future = executor.submit(cls._drain_batches, group, [len(d._queue) for d in group])
+        future = executor.submit(cls._drain_batches, group, counts)
         for digest in group:
             digest._pending = future
+
+    @classmethod
+    def _start_if_grouped(cls) -> bool:
+        ready = cls._ready()
+        if ready and len(ready) >= min(LANES_GROUP, cls.lanes_active):
+            cls._start_group(ready, None)
+            return True
+        return False
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._executor is None:
@@ -154,22 +188,17 @@ class StreamDigest:
         if not self._lanes:
             self._start()
             return
-        waiting = StreamDigest._waiting
-        waiting.add(self)
-        if (len(waiting) >= min(LANES_GROUP, StreamDigest.lanes_active)
-                or len(self._queue) >= LANES_PATIENCE):
-            StreamDigest._start_waiting()
+        if not StreamDigest._start_if_grouped() and len(self._queue) >= LANES_PATIENCE:
+            StreamDigest._start_group(StreamDigest._ready(), self)
 
     def _uncount(self) -> None:
-        StreamDigest._waiting.discard(self)
         if self._counted:
             self._counted = False
             StreamDigest.active -= 1
             StreamDigest.lanes_active -= self._lanes
-            # one fewer to wait for: the others may now be a whole group
-            waiting = StreamDigest._waiting
-            if waiting and len(waiting) >= min(LANES_GROUP, StreamDigest.lanes_active):
-                StreamDigest._start_waiting()
+            StreamDigest._lane_digests.discard(self)
+            if self._lanes:  # one fewer to wait for: the others may now be a whole group
+                StreamDigest._start_if_grouped()
 
     def hexdigest(self) -> str:
         try:
@@ -179,9 +208,8 @@ class StreamDigest:
                     raise self._error
                 if not self._queue:
                     return self._md5.hexdigest()
-                if self._lanes:
-                    StreamDigest._waiting.add(self)
-                    StreamDigest._start_waiting()
+                if self._lanes:  # (it is among the ready: idle, with pieces)
+                    StreamDigest._start_group(StreamDigest._ready(), self)
                 else:
                     self._start()
         finally:
