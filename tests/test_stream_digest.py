@@ -221,7 +221,10 @@ def test_uploads_interleaved_by_greenlets():
     gevent's pool, so one digest may be grouped again while a greenlet still waits for its
     last drain; every digest must still hash its pieces once each, in order, before its
     result is read."""
-    pool = GeventPool(max_workers=4)
+    # More threads than greenlets: each digest has at most one drain queued, so submit never
+    # waits for a thread.  (Without monkey-patching, gevent's submit holds a real lock while
+    # it waits, and another greenlet's submit would then block the thread for good.)
+    pool = GeventPool(max_workers=24)
     wrong: list[int] = []
 
     def uploads(seed: int) -> None:
@@ -238,10 +241,11 @@ def test_uploads_interleaved_by_greenlets():
                 wrong.append(seed)
 
     try:
-        gevent.joinall([gevent.spawn(uploads, seed) for seed in range(16)], raise_error=True)
+        finished = gevent.joinall([gevent.spawn(uploads, seed) for seed in range(16)],
+                                  raise_error=True, timeout=120)
     finally:
         pool.shutdown()
-    assert not wrong
+    assert len(finished) == 16 and not wrong
 
 
 def test_lane_groups_hash_full_width_rounds(pool, monkeypatch):
