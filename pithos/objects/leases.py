@@ -4,9 +4,10 @@ The garbage collector spares every block put after the oldest upload in flight b
 its clock margin, after mark start minus a couple of seconds).  Writing a lease row around
 every PUT would cost two catalog transactions per request; instead each process keeps its
 uploads in memory and publishes one row, "my oldest upload started at T", only when it goes
-from idle to busy, refreshes it every few seconds while busy, and clears it a second after it
-goes idle.  A stale row only makes the
-collector more careful; a row of a crashed process expires.
+from idle to busy, refreshes it every few seconds while busy, and clears it about a second
+after it goes idle (one timer at a time: a server busy with one client at a time goes idle
+between every two requests, and a timer per request cost more than the request's lease).  A
+stale row only makes the collector more careful; a row of a crashed process expires.
 
 Why this is safe: an upload matters to a collector only if it began before the collector's
 cutoff (mark start minus its clock margin).  The row covering it was written synchronously when
@@ -26,7 +27,8 @@ from pithos.catalog import Catalog
 
 REFRESH_S = 2.0
 TTL_S = 120.0
-# A process that went idle clears its row this much later (if still idle then).
+# A process that went idle clears its row this much later (if idle then; a timer armed at an
+# earlier idle moment may find it idle again sooner after its last upload, which is as safe).
 IDLE_CLEAR_S = 1.0
 
 
@@ -39,6 +41,7 @@ class UploadLeases:
         self._lock = threading.Lock()
         self._published: float | None = None  # the oldest start the catalog row says
         self._published_at = 0.0
+        self._clear_armed = False  # a timer will check for idleness
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -59,14 +62,17 @@ class UploadLeases:
     def end(self, token: int) -> None:
         with self._lock:
             self._inflight.pop(token, None)
-            idle = not self._inflight and self._published is not None
-        if idle:
+            arm = not self._inflight and self._published is not None and not self._clear_armed
+            if arm:
+                self._clear_armed = True
+        if arm:
             timer = threading.Timer(IDLE_CLEAR_S, self._clear_if_idle)
             timer.daemon = True
             timer.start()
 
     def _clear_if_idle(self) -> None:
         with self._lock:
+            self._clear_armed = False  # (busy now: the next idle moment arms another)
             if self._inflight or self._published is None:
                 return
             self._published = None
