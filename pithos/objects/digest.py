@@ -58,8 +58,7 @@ class StreamDigest:
     thread (the event loop's), so the class-level bookkeeping needs no lock."""
 
     active: ClassVar[int] = 0  # digests of this process still hashing
-    lanes_active: ClassVar[int] = 0  # of which multi-buffer
-    _lane_digests: ClassVar[set[StreamDigest]] = set()  # the multi-buffer ones still hashing
+    _lane_digests: ClassVar[set[StreamDigest]] = set()  # of which multi-buffer
 
     def __init__(self, executor: Executor | None, backlog: int = 8,
                  length: int | None = None) -> None:
@@ -72,7 +71,6 @@ class StreamDigest:
                                    else hashlib.md5(usedforsecurity=False))
         self._counted = True
         StreamDigest.active += 1
-        StreamDigest.lanes_active += self._lanes
         if self._lanes:
             StreamDigest._lane_digests.add(self)
         self._queue: deque[bytes | bytearray | memoryview] = deque()
@@ -164,9 +162,8 @@ class StreamDigest:
             digest._pending = future
 
     @classmethod
-    def _start_if_grouped(cls) -> bool:
-        ready = cls._ready()
-        if ready and len(ready) >= min(LANES_GROUP, cls.lanes_active):
+    def _start_if_grouped(cls, ready: list[StreamDigest]) -> bool:
+        if ready and len(ready) >= min(LANES_GROUP, len(cls._lane_digests)):
             cls._start_group(ready, None)
             return True
         return False
@@ -188,17 +185,17 @@ class StreamDigest:
         if not self._lanes:
             self._start()
             return
-        if not StreamDigest._start_if_grouped() and len(self._queue) >= LANES_PATIENCE:
-            StreamDigest._start_group(StreamDigest._ready(), self)
+        ready = StreamDigest._ready()
+        if not StreamDigest._start_if_grouped(ready) and len(self._queue) >= LANES_PATIENCE:
+            StreamDigest._start_group(ready, self)
 
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
             StreamDigest.active -= 1
-            StreamDigest.lanes_active -= self._lanes
-            StreamDigest._lane_digests.discard(self)
             if self._lanes:  # one fewer to wait for: the others may now be a whole group
-                StreamDigest._start_if_grouped()
+                StreamDigest._lane_digests.discard(self)
+                StreamDigest._start_if_grouped(StreamDigest._ready())
 
     def hexdigest(self) -> str:
         try:
