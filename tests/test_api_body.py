@@ -4,12 +4,13 @@ import io
 import os
 import socket
 import threading
+from collections import deque
 
 import pytest
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 
-from pithos.api.body import SocketBody, request_body
+from pithos.api.body import PieceBuffers, SocketBody, request_body
 
 
 def gunicorn_body(sock, length, buffered=b"", body_buffered=b""):
@@ -69,6 +70,86 @@ def test_other_bodies_are_read_through_the_wsgi_input():
     try:
         chunked = Body(ChunkedReader(None, SocketUnreader(server)))
         assert request_body({"wsgi.input": chunked, "gunicorn.socket": server}) is chunked
+    finally:
+        server.close()
+        client.close()
+
+
+def test_piece_buffers_are_reused_only_once_nothing_refers_to_them():
+    def is_one_of(buf, *others):
+        return any(buf is o for o in others)
+
+    pool = PieceBuffers(64, keep=3)
+    a = pool.take()
+    a_id = id(a)
+    b = pool.take()
+    assert b is not a
+    del a
+    a = pool.take()
+    assert id(a) == a_id  # the pool alone held it
+    # Whatever still holds a buffer keeps it out of use: a view, a queue, a list.
+    view = memoryview(b)
+    queued = deque([a])
+    del a
+    c = pool.take()
+    assert not is_one_of(c, queued[0], b)
+    assert len(pool) == 3
+    d = pool.take()  # every kept buffer in use: a fresh one, not kept
+    assert not is_one_of(d, queued[0], b, c) and len(pool) == 3
+    del d
+    assert not is_one_of(pool.take(), queued[0], b, c) and len(pool) == 3
+    b_id = id(b)
+    del b
+    assert not is_one_of(pool.take(), queued[0], c)  # the view still holds b
+    view.release()
+    del view
+    assert id(pool.take()) == b_id
+    a = queued.popleft()
+    assert not is_one_of(pool.take(), a, c)
+    del a
+    assert id(pool.take()) == a_id and len(pool) == 3
+
+
+def test_pieces_read_into_reused_buffers_keep_their_content_while_held():
+    piece = 4096
+    data = os.urandom(piece * 40 + 123)
+    server, client = socket.socketpair()
+    try:
+        body, _ = gunicorn_body(server, len(data))
+        sender = threading.Thread(target=client.sendall, args=(data,))
+        sender.start()
+        pool = PieceBuffers(piece, keep=8)
+        stream = request_body({"wsgi.input": body, "gunicorn.socket": server}, pool)
+        held = deque()
+        got = []
+        while True:
+            chunk = stream.read(piece)
+            if not chunk:
+                break
+            held.append(chunk)
+            if len(held) > 5:  # like the MD5 queue: a few pieces held, the oldest let go
+                got.append(bytes(held.popleft()))
+        got.extend(bytes(c) for c in held)
+        sender.join()
+        assert b"".join(got) == data
+        assert len(pool) <= 8
+    finally:
+        server.close()
+        client.close()
+
+
+def test_a_short_read_of_a_pooled_size_leaves_the_buffer_whole():
+    server, client = socket.socketpair()
+    try:
+        body, _ = gunicorn_body(server, 1000)
+        client.sendall(b"y" * 300)
+        client.close()
+        pool = PieceBuffers(1000, keep=2)
+        stream = request_body({"wsgi.input": body, "gunicorn.socket": server}, pool)
+        short = stream.read(1000)
+        assert short == b"y" * 300
+        again = pool.take()
+        assert len(again) == 1000  # the pooled buffer kept its size
     finally:
         server.close()
         client.close()

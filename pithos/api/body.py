@@ -8,31 +8,86 @@ on, after taking what gunicorn has already buffered; gunicorn's own counters are
 it finds the connection where it expects it for the next request (keep-alive, pipelining).
 Any other server or body (chunked, or gunicorn's internals not as expected) is read through the
 WSGI input unchanged.
+
+Pieces of the size the uploads read (`PieceBuffers`) are received into reused buffers: a fresh
+512 KiB bytearray is a zero fill plus, for an allocation that size, new pages from the kernel
+and an munmap when it dies, on the event loop for every piece.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any, BinaryIO
 
 
-def request_body(env: dict[str, Any]) -> BinaryIO:
-    """The request body as a file whose read(n) returns n bytes unless it ends first."""
+class PieceBuffers:
+    """Receive buffers of one size, handed out again once nothing else refers to them.
+
+    A body's pieces live on after read() returns: queued for the MD5, in a block being hashed
+    and written on the pool, in a small block staged for a batch.  Instead of each of those
+    giving its piece back, a buffer is reused only when its reference count shows that the
+    pool alone holds it; whatever still uses it (a memoryview, a C extension's buffer view, a
+    queue) holds a reference.  At most `keep` buffers are kept; when all of them are in use a
+    read gets a fresh one, which is freed as usual."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self.keep = keep
+        self._buffers: list[bytearray] = []
+        self._lock = threading.Lock()  # (one taker at a time: two could see the same idle)
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if _IDLE_REFS:
+                for buf in self._buffers:
+                    if sys.getrefcount(buf) == _IDLE_REFS:
+                        return buf
+            buf = bytearray(self.size)
+            if _IDLE_REFS and len(self._buffers) < self.keep:
+                self._buffers.append(buf)
+            return buf
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
+def _idle_refs() -> int:
+    """The reference count that `take` sees for a buffer held by the pool alone (its list's,
+    the loop variable's and getrefcount's own argument), measured the same way; 0 where
+    reference counts are not available (then nothing is reused)."""
+    if not hasattr(sys, "getrefcount"):
+        return 0
+    for buf in [bytearray(1)]:
+        return sys.getrefcount(buf)
+    return 0
+
+
+_IDLE_REFS = _idle_refs()
+
+
+def request_body(env: dict[str, Any], pieces: PieceBuffers | None = None) -> BinaryIO:
+    """The request body as a file whose read(n) returns n bytes unless it ends first; reads of
+    `pieces.size` bytes may return a reused buffer (see PieceBuffers)."""
     stream: BinaryIO = env["wsgi.input"]
-    fast = SocketBody.wrap(stream, env.get("gunicorn.socket"))
+    fast = SocketBody.wrap(stream, env.get("gunicorn.socket"), pieces)
     return fast if fast is not None else stream  # type: ignore[return-value]
 
 
 class SocketBody:
     """A Content-Length body of a gunicorn request, read from its socket."""
 
-    def __init__(self, body: Any, reader: Any, unreader: Any, sock: Any) -> None:
+    def __init__(self, body: Any, reader: Any, unreader: Any, sock: Any,
+                 pieces: PieceBuffers | None = None) -> None:
         self._body = body          # gunicorn.http.body.Body: its .buf is already counted
         self._reader = reader      # LengthReader: .length is what the socket still owes
         self._unreader = unreader  # SocketUnreader: .buf holds bytes received, not yet taken
         self._sock = sock
+        self._pieces = pieces
 
     @classmethod
-    def wrap(cls, stream: Any, sock: Any) -> SocketBody | None:
+    def wrap(cls, stream: Any, sock: Any,
+             pieces: PieceBuffers | None = None) -> SocketBody | None:
         try:
             from gunicorn.http.body import Body, LengthReader
             from gunicorn.http.unreader import SocketUnreader
@@ -50,7 +105,7 @@ class SocketBody:
         if not all(hasattr(x, "buf") for x in (stream, unreader)) or \
                 not isinstance(getattr(reader, "length", None), int):
             return None
-        return cls(stream, reader, unreader, sock)
+        return cls(stream, reader, unreader, sock, pieces)
 
     @staticmethod
     def _take(holder: Any, out: memoryview, limit: int) -> int:
@@ -67,7 +122,8 @@ class SocketBody:
     def read(self, size: int = -1) -> bytes | bytearray:
         if size is None or size < 0:
             size = len(self._body.buf.getvalue()) + self._reader.length
-        out = bytearray(size)
+        pooled = self._pieces is not None and size == self._pieces.size
+        out = self._pieces.take() if pooled else bytearray(size)  # type: ignore[union-attr]
         view = memoryview(out)
         filled = self._take(self._body, view, size)
         if filled < size and self._reader.length > 0:
@@ -87,5 +143,7 @@ class SocketBody:
             raise
         view.release()
         if filled < size:
+            if pooled:
+                return out[:filled]  # (a copy: the pooled buffer keeps its size)
             del out[filled:]
         return out

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 import falcon
 
 from pithos.api.auth import RESELLER_PREFIX
-from pithos.api.body import request_body
+from pithos.api.body import PieceBuffers, request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import (
@@ -31,6 +31,7 @@ from pithos.api.listing import truthy
 from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
 from pithos.core.errors import InvalidArgument
 from pithos.core.hashing import to_hex
+from pithos.mapper.mapper import STREAM_PIECE
 from pithos.objects.acl import Action, decide, format_sharing, parse_sharing
 from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, update_content
 
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from pithos.api.swift import Authz, Target
 
 HASHMAP_BODY_MAX = 64 * 1024 * 1024
+# Receive buffers a worker keeps for the pieces of uploads (at 512 KiB each, 32 MiB): enough
+# for a few dozen uploads at once, each holding a few pieces queued for MD5 and being written.
+PIECE_BUFFERS_KEPT = 64
 # Response headers kept as object metadata, in the "sys" domain (replaced by POST, as Swift).
 SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",
                "Cache-Control", "Expires")
@@ -96,6 +100,7 @@ class ObjectHandlers:
     def __init__(self, services: Services, authz: Authz) -> None:
         self.services = services
         self.authz = authz
+        self.pieces = PieceBuffers(STREAM_PIECE, PIECE_BUFFERS_KEPT)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -361,7 +366,7 @@ class ObjectHandlers:
                 raise HTTPStatusError(400, "X-Object-Manifest must be in the format "
                                            "container/prefix")
         with objects.upload_lease():
-            stored = objects.store(request_body(req.env), length)
+            stored = objects.store(request_body(req.env, self.pieces), length)
             v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
                                content_type=content_type, meta=meta, modified_by=modified_by,
                                delete_at=delete_at, dlo_manifest=dlo)
