@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from pithos.blocker import Blocker, MemoryBlockStore
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root
-from pithos.mapper import Mapper
+from pithos.mapper import Mapper, codec
 
 BS = 16  # tiny blocks and pages so that small data makes deep trees
 
@@ -24,6 +24,12 @@ def make_mapper(block_size=BS, fanout=3, batch_bytes=40):
 
 def blocks_in(mapper):
     return {h for h, _ in mapper.blocker.iterate()}
+
+
+def assert_cached_pages_are_stored(mapper):
+    """Pages the mapper caches as it builds (not read back) are exactly what it stored."""
+    for h, page in list(mapper._cache.items()):
+        assert tuple(page) == codec.decode_page(mapper.blocker.get(h)), h.hex()
 
 
 payload = st.binary(max_size=200) | st.builds(lambda n: bytes(n), st.integers(0, 100))
@@ -82,6 +88,7 @@ class MapMachine(RuleBasedStateMachine):
     def size_and_canonical_shape(self):
         if not hasattr(self, "root"):
             return
+        assert_cached_pages_are_stored(self.mapper)
         stat = self.mapper.stat(self.root)
         assert stat.size == len(self.model)
         # Every entry but the last is a full block, and the root depends only on the content.
@@ -286,6 +293,8 @@ def test_build_stream_gives_the_canonical_map(tmp_path_factory, kinds, piece, ba
         root, size = streamed.build_stream(io.BytesIO(bytes(content)), piece_size=piece)
         want_root, want_size = reference.build(io.BytesIO(bytes(content)))
         assert (root, size) == (want_root, want_size)
+        assert root in streamed._cache  # (the grant reads the map straight back)
+        assert_cached_pages_are_stored(streamed)
         assert streamed.read_all(root) == bytes(content)
         assert blocks_in(streamed) == blocks_in(reference)
         if backend == "local":

@@ -66,7 +66,16 @@ class _Page(NamedTuple):
     level: int
     hashes: list[bytes]
     sizes: list[int]
-    counts: list[int]
+    counts: list[int]  # (empty for a leaf)
+
+
+class _NewLeaf(NamedTuple):
+    """A leaf page about to be stored: its encoding, bytes and entries below it, and itself
+    decoded."""
+    page: bytes
+    size: int
+    entries: int
+    decoded: _Page
 
 
 def read_chunks(stream: BinaryIO, size: int) -> Iterator[bytes]:
@@ -158,44 +167,60 @@ class Mapper:
             level -= 1
         return refs
 
-    def _tree(self, leaves: list[tuple[bytes, int, int]], kept: Sequence[_Ref] = (),
-              at: int = 0) -> tuple[bytes, list[StagedBlock]]:
-        """Name the pages of a map: new leaves `(page, size, entries)` inserted among the
-        `kept` leaf refs at index `at`, and the nodes above.  Returns the root and the staged
-        pages, to be stored (in any order, one batch) before the root is used.  Unchanged nodes
-        encode the same, so storing them again costs only a refresh."""
-        staged = [self.blocker.stage(page) for page, _, _ in leaves]
+    def _tree(self, leaves: list[_NewLeaf], kept: Sequence[_Ref] = (), at: int = 0
+              ) -> tuple[bytes, list[StagedBlock], list[tuple[bytes, _Page]]]:
+        """Name the pages of a map: new `leaves` inserted among the `kept` leaf refs at index
+        `at`, and the nodes above.  Returns the root, the staged pages, to be stored (in any
+        order, one batch) before the root is used, and the new pages decoded (for the cache,
+        once stored).  Unchanged nodes encode the same, so storing them again costs only a
+        refresh."""
+        staged = [self.blocker.stage(leaf.page) for leaf in leaves]
+        built = [(st.hash, leaf.decoded) for st, leaf in zip(staged, leaves, strict=True)]
         refs = [*kept[:at],
-                *(_Ref(st.hash, size, n) for st, (_, size, n) in zip(staged, leaves,
-                                                                     strict=True)),
+                *(_Ref(st.hash, leaf.size, leaf.entries)
+                  for st, leaf in zip(staged, leaves, strict=True)),
                 *kept[at:]]
         if not refs:
             empty = self.blocker.stage(codec.encode_leaf([], []))
-            return empty.hash, [empty]
+            return empty.hash, [empty], [(empty.hash, _Page(0, [], [], []))]
         level = 1
         while len(refs) > 1:
             groups = [refs[i:i + self.fanout] for i in range(0, len(refs), self.fanout)]
-            nodes = [self.blocker.stage(codec.encode_node(
-                level, [r.hash for r in g], [r.size for r in g], [r.entries for r in g]))
-                for g in groups]
+            decoded = [_Page(level, [r.hash for r in g], [r.size for r in g],
+                             [r.entries for r in g]) for g in groups]
+            nodes = [self.blocker.stage(codec.encode_node(*page)) for page in decoded]
             staged.extend(nodes)
+            built.extend((st.hash, page) for st, page in zip(nodes, decoded, strict=True))
             refs = [_Ref(st.hash, sum(r.size for r in g), sum(r.entries for r in g))
                     for st, g in zip(nodes, groups, strict=True)]
             level += 1
-        return refs[0].hash, staged
+        return refs[0].hash, staged, built
 
-    def _store_tree(self, leaves: list[tuple[bytes, int, int]], kept: Sequence[_Ref] = (),
+    def _store_tree(self, leaves: list[_NewLeaf], kept: Sequence[_Ref] = (),
                     at: int = 0) -> bytes:
-        root, staged = self._tree(leaves, kept, at)
+        root, staged, built = self._tree(leaves, kept, at)
         self.blocker.put_staged(staged)
+        self._remember(built)
         return root
 
-    def _leaf_pages(self, hashes: list[bytes],
-                    lengths: list[int]) -> list[tuple[bytes, int, int]]:
+    def _remember(self, built: list[tuple[bytes, _Page]]) -> None:
+        """Cache pages just stored (durably): the caller usually reads the map straight back
+        (the catalog grant lists its blocks, a GET follows a PUT)."""
+        with self._lock:
+            for h, page in built:
+                self._cache[h] = page
+                self._cache.move_to_end(h)
+            while len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+
+    def _leaf_pages(self, hashes: list[bytes], lengths: list[int]) -> list[_NewLeaf]:
         f = self.fanout
-        return [(codec.encode_leaf(hashes[i:i + f], lengths[i:i + f]),
-                 sum(lengths[i:i + f]), len(lengths[i:i + f]))
-                for i in range(0, len(hashes), f)]
+        out = []
+        for i in range(0, len(hashes), f):
+            hs, ls = hashes[i:i + f], lengths[i:i + f]
+            out.append(_NewLeaf(codec.encode_leaf(hs, ls), sum(ls), len(ls),
+                                _Page(0, hs, ls, [])))
+        return out
 
     # -- zero blocks -------------------------------------------------------------------------
 
@@ -294,7 +319,7 @@ class Mapper:
                             if len(inflight) > MAX_INFLIGHT:
                                 collect(inflight[0][0])
                     lengths.append(len(chunk))
-                root, pages = self._tree(self._leaf_pages(hashes, lengths))
+                root, pages, _ = self._tree(self._leaf_pages(hashes, lengths))
                 batch.extend(pages)
                 ready.append((batch_no, root, sum(lengths)))
                 collect(-1)
@@ -366,10 +391,11 @@ class Mapper:
                     break
             # The pages are stored while the last blocks are synced: nothing names the root
             # before both are durable (the caller records it only after this returns).
-            root, pages = self._tree(self._leaf_pages(hashes, lengths))
+            root, pages, built = self._tree(self._leaf_pages(hashes, lengths))
             self.blocker.put_staged([*batch, *pages])
             while storing:
                 storing.popleft().result()
+            self._remember(built)
         except BaseException:
             if current is not None:
                 current.abort()
