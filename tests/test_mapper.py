@@ -135,7 +135,8 @@ def test_overwrite_shares_untouched_pages_and_blocks():
     root, _ = mapper.build(io.BytesIO(data))
     old_pages = set(mapper.page_hashes(root))
     before = blocks_in(mapper)
-    new_root = mapper.write(root, BS * 10 + 3, b"Z")
+    at = BS * 10 + 3
+    new_root = mapper.write(root, at, bytes([data[at] ^ 0xFF]))  # (never the byte it was)
     new_blocks = blocks_in(mapper) - before
     new_pages = set(mapper.page_hashes(new_root)) - old_pages
     # One data block, and one page per level on the path to the root (leaf, level 1, root).
