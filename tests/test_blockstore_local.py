@@ -1,4 +1,5 @@
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -7,11 +8,16 @@ from tests.blocker_contract import BlockStoreContract, blob
 
 
 class TestLocalBlockStore(BlockStoreContract):
-    @pytest.fixture(params=["syncfs", "file"])
+    @pytest.fixture(params=["syncfs", "file", "syncfs-executor", "file-executor"])
     def store(self, request, tmp_path):
-        s = LocalBlockStore(tmp_path / "blocks", sync=request.param)
+        # With an executor given (as under the server), small puts run in one pool task.
+        sync, _, executor = request.param.partition("-")
+        pool = ThreadPoolExecutor(max_workers=4) if executor else None
+        s = LocalBlockStore(tmp_path / "blocks", sync=sync, executor=pool)
         yield s
         s.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def test_blocks_survive_reopening(tmp_path):

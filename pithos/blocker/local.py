@@ -91,6 +91,8 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 # 2.3 ms -> 1.0 ms).  Optional: where it is missing, the commit's fdatasync does it all.
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = _libc_sync_file_range()
+# A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
+_ONE_TASK_ITEMS = 4
 
 
 def _refresh(path: str) -> bool:
@@ -210,10 +212,12 @@ class LocalBlockStore(BlockStore):
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
-    def _call(self, fn: Callable[[int], int], arg: int) -> int:
+    def _call(self, fn: Callable[[], None]) -> None:
+        """`fn()`, on the pool when under an event loop (see `_map`)."""
         if self._own_pool:
-            return fn(arg)
-        return self._pool.submit(fn, arg).result()
+            fn()
+        else:
+            self._pool.submit(fn).result()
 
     # -- BlockStore --------------------------------------------------------------------------
 
@@ -242,16 +246,33 @@ class LocalBlockStore(BlockStore):
         os.rename(tmp, path)
         return os.path.dirname(path)
 
+    def _put_then_syncfs(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        for item in items:
+            self._put_one(item)
+        self._syncfs_or_raise()
+
+    def _syncfs_or_raise(self) -> None:
+        assert self._syncfs is not None
+        if self._syncfs(self._root_fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         if not items:
             return
         try:
+            if self._syncfs is not None and not self._own_pool and \
+                    len(items) <= _ONE_TASK_ITEMS:
+                # Under an event loop a few files (an upload's map page, a small object and
+                # its page) are written and synced in one pool task: each hand-off is a
+                # thread wake-up there and back, and without per-file syncs the writes are
+                # only copies.
+                self._pool.submit(self._put_then_syncfs, items).result()
+                return
             dirs = set(self._map(self._put_one, items))
             if self._syncfs is not None:
                 # One writeback of the filesystem makes every file and rename durable.
-                if self._call(self._syncfs, self._root_fd) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                self._call(self._syncfs_or_raise)
             else:
                 # Now sync the directories to commit the renames.
                 self._map(fsync_dir, sorted(dirs))
