@@ -10,7 +10,7 @@ from tests.blocker_contract import BlockStoreContract, blob
 class TestLocalBlockStore(BlockStoreContract):
     @pytest.fixture(params=["syncfs", "file", "syncfs-executor", "file-executor"])
     def store(self, request, tmp_path):
-        # With an executor given (as under the server), small puts run in one pool task.
+        # With an executor given (as under the server), small syncfs puts run in one pool task.
         sync, _, executor = request.param.partition("-")
         pool = ThreadPoolExecutor(max_workers=4) if executor else None
         s = LocalBlockStore(tmp_path / "blocks", sync=sync, executor=pool)

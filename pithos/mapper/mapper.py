@@ -142,11 +142,7 @@ class Mapper:
                     found[h] = _Page(*codec.decode_page(blob))
                 except ValueError as exc:
                     raise IntegrityError(f"{to_hex(h)} is not a map page: {exc}", [h]) from None
-            with self._lock:
-                for h in wanted:
-                    self._cache[h] = found[h]
-                while len(self._cache) > self._cache_max:
-                    self._cache.popitem(last=False)
+            self._remember([(h, found[h]) for h in wanted])
         return [found[h] for h in hashes]
 
     def _leaves(self, root: bytes) -> list[_Ref]:
@@ -203,11 +199,12 @@ class Mapper:
         self._remember(built)
         return root
 
-    def _remember(self, built: list[tuple[bytes, _Page]]) -> None:
-        """Cache pages just stored (durably): the caller usually reads the map straight back
-        (the catalog grant lists its blocks, a GET follows a PUT)."""
+    def _remember(self, pages: list[tuple[bytes, _Page]]) -> None:
+        """Cache decoded pages: read and verified from the store, or just stored durably by a
+        build (whose caller usually reads the map straight back: the catalog grant lists its
+        blocks, a GET follows a PUT)."""
         with self._lock:
-            for h, page in built:
+            for h, page in pages:
                 self._cache[h] = page
                 self._cache.move_to_end(h)
             while len(self._cache) > self._cache_max:
