@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from pithos.blocker import pagecache
 from pithos.blocker.store import BlockStore, BlockWriter
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 from pithos.core.files import fsync_dir
@@ -141,6 +142,7 @@ class LocalBlockStore(BlockStore):
         self._tmp = os.path.join(self.path, "tmp")
         self._trash = os.path.join(self.path, "trash")
         self._names = itertools.count()
+        self._reads = pagecache.ReadPolicy()
         try:
             created = not os.path.isdir(self._tmp)
             trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
@@ -237,6 +239,7 @@ class LocalBlockStore(BlockStore):
                 view = view[os.write(fd, view):]
             if self._syncfs is None:
                 os.fdatasync(fd)
+                pagecache.drop(fd, len(data))
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -249,7 +252,13 @@ class LocalBlockStore(BlockStore):
     def _put_then_syncfs(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         for item in items:
             self._put_one(item)
+        self._syncfs_then_drop(items)
+
+    def _syncfs_then_drop(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Make the batch durable; then its large blocks leave the page cache (pagecache)."""
         self._syncfs_or_raise()
+        for hash_, data in items:
+            pagecache.drop_path(self._path(hash_), len(data))
 
     def _syncfs_or_raise(self) -> None:
         assert self._syncfs is not None
@@ -272,7 +281,7 @@ class LocalBlockStore(BlockStore):
             dirs = set(self._map(self._put_one, items))
             if self._syncfs is not None:
                 # One writeback of the filesystem makes every file and rename durable.
-                self._call(self._syncfs_or_raise)
+                self._call(lambda: self._syncfs_then_drop(items))
             else:
                 # Now sync the directories to commit the renames.
                 self._map(fsync_dir, sorted(dirs))
@@ -284,10 +293,13 @@ class LocalBlockStore(BlockStore):
 
     def _get_one(self, hash_: bytes) -> bytes | None:
         try:
-            with open(self._path(hash_), "rb", buffering=0) as f:
-                return f.readall()
+            fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            return self._reads.read(fd, hash_)
+        finally:
+            os.close(fd)
 
     def _untrash_for_reader(self, hashes: Sequence[bytes]) -> bool:
         """Put back any of these blocks found in the trash; whether one was.  A reader that
@@ -489,6 +501,7 @@ class _FileWriter(BlockWriter):
             else:
                 fd = self._open()
                 os.fdatasync(fd)
+                pagecache.drop(fd, self._written)
                 os.close(fd)
                 self._fd = None
                 os.rename(self._tmp, path)

@@ -1,0 +1,129 @@
+"""LocalBlockStore and the page cache: large written blocks leave it once durable, cold blocks
+are read past it (O_DIRECT) and let in when read cold again; every path returns the bytes."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pithos.blocker import LocalBlockStore, pagecache
+from pithos.core.hashing import block_hash as hash_block
+
+LARGE = 1 << 20
+SMALL = 4096
+
+
+def cached(store: LocalBlockStore, hash_: bytes) -> int:
+    fd = os.open(store._path(hash_), os.O_RDONLY)
+    try:
+        pages = pagecache.cached_pages(fd)
+    finally:
+        os.close(fd)
+    assert pages is not None, "cachestat(2) is missing: this kernel is older than 6.5"
+    return pages
+
+
+def pages(size: int) -> int:
+    return -(-size // os.sysconf("SC_PAGESIZE"))
+
+
+def block(size: int, seed: int = 0) -> tuple[bytes, bytes]:
+    data = (seed.to_bytes(4, "little") + os.urandom(16)) * (size // 20 + 1)
+    data = data[:size]
+    return hash_block(data), data
+
+
+def evict(store: LocalBlockStore, hash_: bytes) -> None:
+    fd = os.open(store._path(hash_), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(params=["syncfs", "file", "syncfs-executor", "file-executor", "streamed"])
+def put(request, tmp_path):
+    """A store, and a function that stores one block the way the parameter says."""
+    mode, _, executor = request.param.partition("-")
+    pool = ThreadPoolExecutor(max_workers=4) if executor else None
+    store = LocalBlockStore(tmp_path / "blocks", sync="syncfs" if mode == "streamed" else mode,
+                            executor=pool)
+
+    def put_one(hash_: bytes, data: bytes) -> None:
+        if mode == "streamed":
+            writer = store.open_writer()
+            for at in range(0, len(data), 512 * 1024):
+                writer.write(data[at:at + 512 * 1024])
+            writer.commit(hash_)
+        else:
+            store.put_many([(hash_, data)])
+
+    yield store, put_one
+    store.close()
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+def test_large_blocks_leave_the_page_cache_small_ones_stay(put):
+    store, put_one = put
+    large, small = block(LARGE, 1), block(SMALL, 2)
+    put_one(*large)
+    put_one(*small)
+    assert cached(store, large[0]) == 0
+    assert cached(store, small[0]) == pages(SMALL)  # map pages and small objects stay
+    assert store.get_many([large[0], small[0]]) == [large[1], small[1]]
+
+
+def test_a_cold_block_is_read_past_the_cache_and_let_in_when_read_cold_again(tmp_path):
+    with LocalBlockStore(tmp_path / "b") as store:
+        h, data = block(LARGE + 123)
+        store.put_many([(h, data)])
+        assert cached(store, h) == 0
+        assert store.get_many([h]) == [data]
+        assert cached(store, h) == 0  # read with O_DIRECT: nothing cached
+        assert store.get_many([h]) == [data]
+        assert cached(store, h) == pages(LARGE + 123)  # read again: now through the cache
+        assert store.get_many([h]) == [data]  # and served from it
+
+
+def test_a_cached_block_is_read_through_the_cache(tmp_path):
+    with LocalBlockStore(tmp_path / "b") as store:
+        h, data = block(LARGE)
+        store.put_many([(h, data)])
+        with open(store._path(h), "rb") as f:  # something else read it: cached
+            f.read()
+        assert store.get_many([h]) == [data]
+        assert store.get_many([h]) == [data]
+        assert cached(store, h) == pages(LARGE)
+
+
+def test_cold_reads_remember_a_bounded_number_of_blocks(tmp_path):
+    with LocalBlockStore(tmp_path / "b") as store:
+        store._reads = pagecache.ReadPolicy(remembered=2)
+        blocks = [block(LARGE, i) for i in range(3)]
+        store.put_many(blocks)
+        for h, data in blocks:  # the first is forgotten when the third is read
+            assert store.get_many([h]) == [data]
+        assert store.get_many([blocks[0][0]]) == [blocks[0][1]]
+        assert cached(store, blocks[0][0]) == 0
+        assert store.get_many([blocks[2][0]]) == [blocks[2][1]]
+        assert cached(store, blocks[2][0]) == pages(LARGE)
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.one_of(
+    st.sampled_from([1, 511, 512, 4095, 4096, 4097, pagecache.DROP_MIN_BYTES - 1,
+                     pagecache.DROP_MIN_BYTES, 4 << 20, (4 << 20) + 1]),
+    st.integers(1, 5 << 20)))
+def test_every_size_reads_back_whatever_path_it_takes(tmp_path_factory, size):
+    """Unaligned sizes, sizes past the pooled buffer: cold (O_DIRECT), cold again (through the
+    cache) and cached reads all return the block."""
+    with LocalBlockStore(tmp_path_factory.mktemp("b")) as store:
+        h, data = block(size, size)
+        store.put_many([(h, data)])
+        for _ in range(2):
+            evict(store, h)
+            assert store.get_many([h]) == [data]
+        assert store.get_many([h]) == [data]
