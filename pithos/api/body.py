@@ -11,18 +11,21 @@ WSGI input unchanged.
 
 Pieces of the size the uploads read (`PieceBuffers`) are received into reused buffers: a fresh
 512 KiB bytearray is a zero fill plus, for an allocation that size, new pages from the kernel
-and an munmap when it dies, on the event loop for every piece.
+and an munmap when it dies, on the event loop for every piece.  They are anonymous mappings,
+so page-aligned: the block store can write a piece with O_DIRECT straight from one.
 """
 
 from __future__ import annotations
 
+import mmap
 import sys
 import threading
 from typing import Any, BinaryIO
 
 
 class PieceBuffers:
-    """Receive buffers of one size, handed out again once nothing else refers to them.
+    """Page-aligned receive buffers of one size, handed out again once nothing else refers
+    to them.
 
     A body's pieces live on after read() returns: queued for the MD5, in a block being hashed
     and written on the pool, in a small block staged for a batch.  Instead of each of those
@@ -34,16 +37,16 @@ class PieceBuffers:
     def __init__(self, size: int, keep: int) -> None:
         self.size = size
         self.keep = keep
-        self._buffers: list[bytearray] = []
+        self._buffers: list[mmap.mmap] = []
         self._lock = threading.Lock()  # (one taker at a time: two could see the same idle)
 
-    def take(self) -> bytearray:
+    def take(self) -> mmap.mmap:
         with self._lock:
             if _IDLE_REFS:
                 for buf in self._buffers:
                     if sys.getrefcount(buf) == _IDLE_REFS:
                         return buf
-            buf = bytearray(self.size)
+            buf = mmap.mmap(-1, self.size)
             if _IDLE_REFS and len(self._buffers) < self.keep:
                 self._buffers.append(buf)
             return buf
@@ -119,7 +122,7 @@ class SocketBody:
         holder.buf.write(held[n:])
         return n
 
-    def read(self, size: int = -1) -> bytes | bytearray:
+    def read(self, size: int = -1) -> bytes | bytearray | mmap.mmap:
         if size is None or size < 0:
             size = len(self._body.buf.getvalue()) + self._reader.length
         pooled = self._pieces is not None and size == self._pieces.size

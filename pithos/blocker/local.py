@@ -94,6 +94,13 @@ _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = _libc_sync_file_range()
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
 _ONE_TASK_ITEMS = 4
+# With this many blocks streaming at once in the process, pieces in page-aligned buffers are
+# written with O_DIRECT (_FileWriter.write).  Under that load the CPU is what limits uploads,
+# and a direct write skips the copy into the page cache and the writeback and drop that
+# follow (server CPU per 4 MiB PUT at 16 clients -15%).  With one or two, the disk's latency
+# would be on the upload's path (each direct write waits for the device): PUT 4 MiB at one
+# client was 13% slower direct.
+_DIRECT_WRITERS = 3
 
 
 def _refresh(path: str) -> bool:
@@ -143,6 +150,10 @@ class LocalBlockStore(BlockStore):
         self._trash = os.path.join(self.path, "trash")
         self._names = itertools.count()
         self._reads = pagecache.ReadPolicy()
+        # Streamed writers not yet committed or aborted (ids; set.add/discard are atomic), and
+        # whether this filesystem takes O_DIRECT (see _FileWriter.write).
+        self._writing: set[int] = set()
+        self._direct_writes = True
         try:
             created = not os.path.isdir(self._tmp)
             trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
@@ -289,7 +300,9 @@ class LocalBlockStore(BlockStore):
             raise _backend_error(exc, "cannot store block") from exc
 
     def open_writer(self) -> BlockWriter:
-        return _FileWriter(self)
+        writer = _FileWriter(self)
+        self._writing.add(id(writer))
+        return writer
 
     def _get_one(self, hash_: bytes) -> bytes | None:
         try:
@@ -470,6 +483,7 @@ class _FileWriter(BlockWriter):
         self._fd: int | None = None
         self._tmp = ""
         self._written = 0
+        self._direct = False
 
     def _open(self) -> int:
         if self._fd is None:
@@ -483,12 +497,19 @@ class _FileWriter(BlockWriter):
         try:
             fd = self._open()
             view = memoryview(data)
+            direct = self._store._direct_writes \
+                and len(self._store._writing) >= _DIRECT_WRITERS \
+                and pagecache.direct_writable(view, self._written)
+            if direct != self._direct:
+                if not pagecache.set_direct(fd, direct):
+                    self._store._direct_writes = direct = False
+                self._direct = direct
             while view:
                 view = view[os.write(fd, view):]
         except OSError as exc:
             self.abort()
             raise _backend_error(exc, "cannot store block") from exc
-        if _sync_file_range is not None:
+        if not self._direct and _sync_file_range is not None:
             _sync_file_range(fd, self._written, len(data), _SYNC_FILE_RANGE_WRITE)
         self._written += len(data)
 
@@ -511,8 +532,10 @@ class _FileWriter(BlockWriter):
         except OSError as exc:
             self.abort()
             raise _backend_error(exc, "cannot store block") from exc
+        store._writing.discard(id(self))
 
     def abort(self) -> None:
+        self._store._writing.discard(id(self))
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

@@ -100,6 +100,28 @@ def drop_path(path: str, size: int) -> None:
         os.close(fd)
 
 
+def direct_writable(view: memoryview, offset: int) -> bool:
+    """Whether `view` can be written at `offset` with O_DIRECT: address, length and offset
+    aligned (a reused page-aligned receive buffer is; a read-only buffer cannot be told)."""
+    if offset % _ALIGN or len(view) % _ALIGN or not len(view) or view.readonly:
+        return False
+    try:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):
+        return False
+    return address % _ALIGN == 0
+
+
+def set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; False where the filesystem refuses it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | os.O_DIRECT) if on else (flags & ~os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
 class ReadPolicy:
     """Whole-block reads for one store: cached blocks through the cache, cold ones past it
     unless read cold recently.  Safe to call from many threads at once."""
