@@ -26,6 +26,13 @@ def test_hash_many_uses_the_pool_for_big_batches():
         assert hash_many(blocks, pool) == [block_hash(b) for b in blocks]
 
 
+@pytest.mark.parametrize("size", [(1 << 20) - 1, 1 << 20, (4 << 20) + 7])
+def test_one_large_block_is_hashed_on_blake3s_threads_to_the_same_hash(size):
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    with ThreadPoolExecutor(2) as pool:
+        assert hash_many([data], pool) == [blake3.blake3(data).digest()]
+
+
 def _pithos_merkle(hashes):
     """Pithos+' reference algorithm, written independently of the implementation."""
     if not hashes:
