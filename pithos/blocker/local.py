@@ -97,9 +97,9 @@ _ONE_TASK_ITEMS = 4
 # With this many blocks streaming at once in the process, pieces in page-aligned buffers are
 # written with O_DIRECT (_FileWriter.write).  Under that load the CPU is what limits uploads,
 # and a direct write skips the copy into the page cache and the writeback and drop that
-# follow (server CPU per 4 MiB PUT at 16 clients -15%).  With one or two, the disk's latency
-# would be on the upload's path (each direct write waits for the device): PUT 4 MiB at one
-# client was 13% slower direct.
+# follow (server CPU per 4 MiB PUT at 16 clients about -8%).  With one or two, the disk's
+# latency would be on the upload's path (each direct write waits for the device): PUT 4 MiB
+# at one client was 13% slower direct.
 _DIRECT_WRITERS = 3
 
 
