@@ -78,6 +78,19 @@ def test_large_blocks_leave_the_page_cache_small_ones_stay(put):
     assert store.get_many([large[0], small[0]]) == [large[1], small[1]]
 
 
+def test_a_block_put_again_keeps_its_cached_pages(put):
+    """Only what a put writes leaves the cache: a block found present may be one that is
+    read (a hot block uploaded again)."""
+    store, put_one = put
+    h, data = block(LARGE, 3)
+    put_one(h, data)
+    with open(store._path(h), "rb") as f:
+        f.read()
+    assert cached(store, h) == pages(LARGE)
+    put_one(h, data)
+    assert cached(store, h) == pages(LARGE)
+
+
 def test_a_cold_block_is_read_past_the_cache_and_let_in_when_read_cold_again(tmp_path):
     with LocalBlockStore(tmp_path / "b") as store:
         h, data = block(LARGE + 123)

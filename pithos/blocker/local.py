@@ -234,14 +234,14 @@ class LocalBlockStore(BlockStore):
 
     # -- BlockStore --------------------------------------------------------------------------
 
-    def _put_one(self, item: tuple[bytes, bytes]) -> str:
+    def _put_one(self, item: tuple[bytes, bytes]) -> tuple[str, bool]:
         """Store one block; returns its directory, which must be synced before the put
-        returns: a block found present may have been renamed in by a writer that has not
-        synced yet."""
+        returns (a block found present may have been renamed in by a writer that has not
+        synced yet), and whether this put wrote it."""
         hash_, data = item
         path = self._path(hash_)
         if _refresh(path):  # present: refresh its age, keep its bytes
-            return os.path.dirname(path)
+            return os.path.dirname(path), False
         tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
@@ -258,17 +258,16 @@ class LocalBlockStore(BlockStore):
             raise
         os.close(fd)
         os.rename(tmp, path)
-        return os.path.dirname(path)
+        return os.path.dirname(path), True
 
     def _put_then_syncfs(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        for item in items:
-            self._put_one(item)
-        self._syncfs_then_drop(items)
+        self._syncfs_then_drop([item for item in items if self._put_one(item)[1]])
 
-    def _syncfs_then_drop(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Make the batch durable; then its large blocks leave the page cache (pagecache)."""
+    def _syncfs_then_drop(self, written: Sequence[tuple[bytes, bytes]]) -> None:
+        """Make the batch durable; then the large blocks it wrote leave the page cache (see
+        pagecache; a block found present keeps its pages: it may be one that is read)."""
         self._syncfs_or_raise()
-        for hash_, data in items:
+        for hash_, data in written:
             pagecache.drop_path(self._path(hash_), len(data))
 
     def _syncfs_or_raise(self) -> None:
@@ -289,13 +288,14 @@ class LocalBlockStore(BlockStore):
                 # only copies.
                 self._pool.submit(self._put_then_syncfs, items).result()
                 return
-            dirs = set(self._map(self._put_one, items))
+            done = self._map(self._put_one, items)
             if self._syncfs is not None:
                 # One writeback of the filesystem makes every file and rename durable.
-                self._call(lambda: self._syncfs_then_drop(items))
+                written = [item for item, (_, wrote) in zip(items, done, strict=True) if wrote]
+                self._call(lambda: self._syncfs_then_drop(written))
             else:
                 # Now sync the directories to commit the renames.
-                self._map(fsync_dir, sorted(dirs))
+                self._map(fsync_dir, sorted({directory for directory, _ in done}))
         except OSError as exc:
             raise _backend_error(exc, "cannot store block") from exc
 
