@@ -152,14 +152,29 @@ def _errno_of(exc: BaseException) -> int:
     return code if isinstance(code, int) and code > 0 else errno.EIO
 
 
+class Blocklisted(BackendError):
+    """The OSDs reject this client (EBLOCKLISTED): another host fenced it to take over a
+    volume it held (see Fencing)."""
+
+
 def _error(code: int, what: str) -> PithosError:
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return NoSpace(f"{what}: {os.strerror(code)}")
-    if code == errno.ESHUTDOWN:  # EBLOCKLISTED: the OSDs reject this client (see Fencing)
-        return BackendError(f"{what}: this client is blocklisted: another host took over a "
-                            "volume it held", transient=False)
+    if code == errno.ESHUTDOWN:  # EBLOCKLISTED
+        return Blocklisted(f"{what}: this client is blocklisted: another host took over a "
+                           "volume it held", transient=False)
     return BackendError(f"{what}: {os.strerror(code)} (errno {code})",
                         transient=code in _TRANSIENT)
+
+
+def _write_error(code: int, what: str) -> PithosError:
+    """`_error` for a write to a volume's delta: refused because this client is blocklisted,
+    it means another host took the volume over, so the writer has lost its lease (LeaseLost,
+    EPERM at NBD), whether it learns that from the write, its lease check or its renewal."""
+    if code == errno.ESHUTDOWN:
+        return LeaseLost(f"{what}: this client is blocklisted: another host took the volume "
+                         "over")
+    return _error(code, what)
 
 
 def volumes_namespace(block_namespace: str) -> str:
@@ -521,6 +536,9 @@ class RadosLease(Lease):
         except NotFound:
             self._lost = f"volume {self.name} was deleted"
             raise LeaseLost(self._lost) from None
+        except Blocklisted as exc:  # fenced: the renewal thread may not have seen it yet
+            self._lost = f"lease on {self.name} was taken over: {exc}"
+            raise LeaseLost(self._lost) from exc
         if head.token != self.token:
             self._lost = (f"lease on {self.name} was taken over (token {head.token}, "
                           f"ours {self.token})")
@@ -986,7 +1004,7 @@ class RadosDelta(Delta):
                 del self._per_object[obj]
             if code < 0 and not (missing_ok and code == -errno.ENOENT) \
                     and self._failure is None:
-                self._failure = _error(-code, f"cannot write the delta of {self.name!r}")
+                self._failure = _write_error(-code, f"cannot write the delta of {self.name!r}")
             self._cond.notify_all()
 
     def _wait_objects(self, objs: Iterable[str]) -> None:
@@ -1012,7 +1030,7 @@ class RadosDelta(Delta):
             code = _operate(self._pool, self._io, self._bits_obj,
                             lambda op: self._io.set_omap(op, keys, (b"", b"")))
             if code < 0:
-                raise _error(-code, f"cannot write the delta of {self.name!r}")
+                raise _write_error(-code, f"cannot write the delta of {self.name!r}")
             self._chunks.add(chunk)
             self._intended.add(chunk)
 
@@ -1136,7 +1154,7 @@ class RadosDelta(Delta):
 
             code = _operate(self._pool, io, self._bits_obj, build)
             if code < 0:
-                raise _error(-code, f"cannot write the bitmap of {self.name!r}")
+                raise _write_error(-code, f"cannot write the bitmap of {self.name!r}")
 
     def resize(self, size: int) -> None:
         if size < self._size:
