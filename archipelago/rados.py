@@ -167,16 +167,6 @@ def _error(code: int, what: str) -> PithosError:
                         transient=code in _TRANSIENT)
 
 
-def _write_error(code: int, what: str) -> PithosError:
-    """`_error` for a write to a volume's delta: refused because this client is blocklisted,
-    it means another host took the volume over, so the writer has lost its lease (LeaseLost,
-    EPERM at NBD), whether it learns that from the write, its lease check or its renewal."""
-    if code == errno.ESHUTDOWN:
-        return LeaseLost(f"{what}: this client is blocklisted: another host took the volume "
-                         "over")
-    return _error(code, what)
-
-
 def volumes_namespace(block_namespace: str) -> str:
     """The namespace of the heads and deltas that go with a block store's namespace."""
     return f"{block_namespace}.volumes" if block_namespace else "volumes"
@@ -1004,7 +994,7 @@ class RadosDelta(Delta):
                 del self._per_object[obj]
             if code < 0 and not (missing_ok and code == -errno.ENOENT) \
                     and self._failure is None:
-                self._failure = _write_error(-code, f"cannot write the delta of {self.name!r}")
+                self._failure = _error(-code, f"cannot write the delta of {self.name!r}")
             self._cond.notify_all()
 
     def _wait_objects(self, objs: Iterable[str]) -> None:
@@ -1030,7 +1020,7 @@ class RadosDelta(Delta):
             code = _operate(self._pool, self._io, self._bits_obj,
                             lambda op: self._io.set_omap(op, keys, (b"", b"")))
             if code < 0:
-                raise _write_error(-code, f"cannot write the delta of {self.name!r}")
+                raise _error(-code, f"cannot write the delta of {self.name!r}")
             self._chunks.add(chunk)
             self._intended.add(chunk)
 
@@ -1154,7 +1144,7 @@ class RadosDelta(Delta):
 
             code = _operate(self._pool, io, self._bits_obj, build)
             if code < 0:
-                raise _write_error(-code, f"cannot write the bitmap of {self.name!r}")
+                raise _error(-code, f"cannot write the bitmap of {self.name!r}")
 
     def resize(self, size: int) -> None:
         if size < self._size:
