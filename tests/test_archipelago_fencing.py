@@ -168,7 +168,8 @@ def test_a_stalled_holder_is_fenced_and_its_late_writes_never_land(hosts, url, c
         assert outcome["write"].startswith("LeaseLost"), outcome
         assert outcome["flush"].startswith("LeaseLost"), outcome
         # ...which refused it: the delta refuses every later sync.
-        assert outcome["sync"].startswith("BackendError") and "blocklisted" in outcome["sync"]
+        # (Blocklisted: the BackendError that names the cause.)
+        assert outcome["sync"].startswith("Blocklisted") and "blocklisted" in outcome["sync"]
         vol.close()
     finally:
         end(proc)
