@@ -164,13 +164,10 @@ class ReadPolicy:
         return False
 
     def _read_direct(self, fd: int, size: int) -> bytes | None:
-        length = -(-size // _ALIGN) * _ALIGN
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-        except OSError:
+        if not set_direct(fd, True):
             self._direct = False  # this filesystem has no O_DIRECT
             return None
+        length = -(-size // _ALIGN) * _ALIGN
         buffer = self._take(length)
         try:
             got = os.preadv(fd, [memoryview(buffer)[:length]], 0)
@@ -182,7 +179,7 @@ class ReadPolicy:
             self._direct = False  # alignment this device does not accept
         finally:
             self._give_back(buffer)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)  # and read it through the cache
+        set_direct(fd, False)  # and read it through the cache
         return None
 
     def _take(self, length: int) -> mmap.mmap:
