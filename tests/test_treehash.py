@@ -1,0 +1,98 @@
+"""pithos.core.treehash and its native part against the blake3 package: every hash, chaining
+value and outboard must agree with BLAKE3 itself, and every check must refuse what it should."""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import pytest
+from conftest import native_module
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pithos.core import treehash
+
+native, pytestmark = native_module("pithos.core._treehash")
+
+PART = treehash.PART
+MIB = 1 << 20
+
+
+def _data(size: int, seed: int) -> bytes:
+    # Random bytes are slow to draw through hypothesis at MiB sizes: a seeded stream instead.
+    return blake3.blake3(seed.to_bytes(8, "little")).digest(length=size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(0, 9 * MIB), cuts=st.lists(st.integers(0, 9 * MIB), max_size=4),
+       seed=st.integers(0, 2**32))
+def test_tree_hasher_gives_blake3s_hash_for_any_split(size, cuts, seed):
+    data = _data(size, seed)
+    hasher = treehash.TreeHasher()
+    last = 0
+    for cut in sorted(c % (size + 1) for c in cuts):
+        hasher.update(data[last:cut])
+        last = cut
+    hasher.update(data[last:])
+    name, outboard = hasher.finish()
+    assert name == blake3.blake3(data).digest()
+    assert len(outboard) == 32 * len(treehash.spine(size))
+
+
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(PART + 1, 9 * MIB), seed=st.integers(0, 2**32))
+def test_outboard_verifies_every_part_and_covers_the_block(size, seed):
+    data = _data(size, seed)
+    hasher = treehash.TreeHasher()
+    hasher.update(data)
+    name, outboard = hasher.finish()
+    assert treehash.first_part_matches(name, size, data[:PART], outboard)
+    covered = 0
+    for index, (start, end) in enumerate(treehash.spine(size)):
+        assert start == covered or (index == 0 and start == PART)
+        assert treehash.sibling_matches(outboard, index, data[start:end], start)
+        covered = end
+    assert covered == size
+    assert list(treehash.parts(size))[0] == (0, PART)
+
+
+def test_spine_of_a_4_mib_block():
+    assert treehash.spine(4 * MIB) == [(MIB, 2 * MIB), (2 * MIB, 4 * MIB)]
+    assert treehash.spine(PART) == []
+    assert treehash.spine(PART + 1) == [(PART, PART + 1)]
+
+
+def test_checks_refuse_a_changed_byte_a_wrong_outboard_or_a_wrong_size():
+    size = 4 * MIB
+    data = bytearray(os.urandom(size))
+    hasher = treehash.TreeHasher()
+    hasher.update(data)
+    name, outboard = hasher.finish()
+    assert treehash.first_part_matches(name, size, data[:PART], outboard)
+
+    first = bytearray(data[:PART])
+    first[12345] ^= 1
+    assert not treehash.first_part_matches(name, size, first, outboard)
+    bad = bytearray(outboard)
+    bad[40] ^= 1
+    assert not treehash.first_part_matches(name, size, data[:PART], bytes(bad))
+    assert not treehash.first_part_matches(name, size, data[:PART], outboard[:32])
+    assert not treehash.first_part_matches(name, 2 * MIB, data[:PART], outboard)
+    # A size that keeps the tree's shape passes the first check; the short sibling fails.
+    assert treehash.spine(size - 1024)[1] == (2 * MIB, size - 1024)
+    assert not treehash.sibling_matches(outboard, 1, data[2 * MIB:size - 1024], 2 * MIB)
+    assert not treehash.first_part_matches(name, size, data[:PART - 1], outboard)
+
+    sibling = bytearray(data[2 * MIB:])
+    sibling[-1] ^= 0x80
+    assert not treehash.sibling_matches(outboard, 1, sibling, 2 * MIB)
+    # The same bytes at another place in the tree have another value.
+    assert not treehash.sibling_matches(outboard, 0, data[MIB:2 * MIB], 0)
+
+
+def test_a_subtree_starts_at_a_chunk_boundary():
+    with pytest.raises(ValueError):
+        native.Subtree(1000)
+    with pytest.raises(ValueError):
+        native.parent(b"x" * 31, b"y" * 32, False)
