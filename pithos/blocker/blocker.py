@@ -3,6 +3,10 @@
 It names blocks (hashes them on put), caps their size, verifies every block it reads (a
 content-addressed store checks itself: a mismatch is corruption, reported and never served) and
 works in batches, hashing on a thread pool because blake3 releases the GIL.
+
+A block streamed in is hashed as a BLAKE3 tree whose outboard the store may keep
+(pithos.core.treehash); such a block can be read back part by part, each part verified before
+it is handed out (`read_parts`), so a reader starts on its first bytes before the rest is read.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any, NamedTuple
 
 import blake3
 
-from pithos.blocker.store import BlockStore, BlockWriter
+from pithos.blocker.store import BlockStore, BlockWriter, PartReader
+from pithos.core import treehash
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, hash_many, to_hex
 
@@ -112,6 +117,69 @@ class Blocker:
     def get(self, hash_: bytes) -> bytes:
         return self.get_many([hash_])[0]
 
+    @staticmethod
+    def reads_in_parts(block_length: int) -> bool:
+        """Whether `read_parts` may hand out a block of this size in more than one part."""
+        return treehash.AVAILABLE and block_length > treehash.PART
+
+    def read_parts(self, hash_: bytes) -> Iterator[bytes]:
+        """The verified bytes of one block, in parts, in order.  A block the store keeps with
+        its tree outboard is read part by part on the pool, each part handed out once it is
+        verified while the next one is read; any other block comes whole, as from `get`.
+        Raises NotFound, or IntegrityError when a part fails its check: the parts handed
+        out before it were verified, and nothing after it is."""
+        opened = self._pool.submit(self._open_parts, hash_).result() \
+            if treehash.AVAILABLE else None
+        if opened is None:
+            yield self.get(hash_)
+            return
+        reader, first = opened
+        ranges = treehash.spine(reader.size)
+        pending: Future[bytes] | None = None
+        try:
+            pending = self._pool.submit(self._read_sibling, hash_, reader, 0, ranges[0])
+            yield first
+            for index in range(1, len(ranges) + 1):
+                assert pending is not None
+                part = pending.result()
+                pending = self._pool.submit(self._read_sibling, hash_, reader, index,
+                                            ranges[index]) if index < len(ranges) else None
+                yield part
+        finally:
+            if pending is not None:  # the reader left early: the read must end before close
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    pending.result()
+            reader.close()
+
+    def _open_parts(self, hash_: bytes) -> tuple[PartReader, bytes] | None:
+        """The block opened with its first part read and checked, with the outboard, against
+        its name; None when it has no outboard or they do not match (a wrong outboard is no
+        harm: the block is then read whole and verified as a whole)."""
+        reader = self.store.open_parts(hash_)
+        if reader is None:
+            return None
+        try:
+            first = reader.read(0, treehash.PART)
+            if treehash.first_part_matches(hash_, reader.size, first, reader.outboard):
+                return reader, first
+        except BaseException:
+            reader.close()
+            raise
+        reader.close()
+        return None
+
+    @staticmethod
+    def _read_sibling(hash_: bytes, reader: PartReader, index: int,
+                      range_: tuple[int, int]) -> bytes:
+        start, end = range_
+        data = reader.read(start, end - start)
+        if len(data) != end - start or not treehash.sibling_matches(reader.outboard, index,
+                                                                     data, start):
+            raise IntegrityError(f"corrupt block, bytes {start}-{end} do not match its hash "
+                                 f"{to_hex(hash_)}", [hash_])
+        return data
+
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         """Bytes `[offset, offset + length)` of one block, short at its end.  The whole block
         is read and verified first: a range is never served from an unverified block."""
@@ -174,7 +242,8 @@ class BlockStream:
         self._writer = writer
         self._pool = pool
         self._max = block_size
-        self._hasher = blake3.blake3()
+        # The tree hasher also gives the outboard, for the same work.
+        self._hasher: Any = treehash.TreeHasher() if treehash.AVAILABLE else blake3.blake3()
         self._pending: Future[Any] | None = None
         self.size = 0
         self.hash: bytes | None = None  # known once finished
@@ -216,7 +285,13 @@ class BlockStream:
         except BaseException:
             self.abort()
             raise
-        hash_: bytes = self._hasher.digest()
+        hash_: bytes
+        if treehash.AVAILABLE:
+            hash_, outboard = self._hasher.finish()
+            if outboard:
+                self._writer.keep_outboard(outboard)
+        else:
+            hash_ = self._hasher.digest()
         self.hash = hash_
 
         def commit() -> bytes:

@@ -29,6 +29,12 @@ store that is opened puts back whatever it finds in trash/: a delete killed befo
 leaves its block there, and the next sweep decides again.  A reader that misses a block puts it
 back too if it finds it in trash/ (a block refreshed and then named by a committed version may
 be there for the moment between the rename and the link back).
+
+A block streamed in (`open_writer`) keeps its BLAKE3 tree outboard (pithos.core.treehash) in
+the extended attribute `user.b3` of its file: 64 bytes for a 4 MiB block, which ext4 and XFS
+keep inside the inode, so it costs no extra block or seek.  `open_parts` hands it out with the
+file, for reads verified part by part.  Where the filesystem has no user xattrs, blocks are
+stored without it and read verified whole, as blocks put whole (`put_many`) always are.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pithos.blocker import pagecache
-from pithos.blocker.store import BlockStore, BlockWriter
+from pithos.blocker.store import BlockStore, BlockWriter, PartReader
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 from pithos.core.files import fsync_dir
 
@@ -56,6 +62,8 @@ _TRANSIENT_ERRNOS = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
 # A temporary file this old belongs to a writer that died: no put takes an hour.
 _STALE_TMP_S = 3600.0
 _HEX_DIGITS = frozenset("0123456789abcdef")
+_OUTBOARD_XATTR = "user.b3"
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def _backend_error(exc: OSError, what: str) -> Exception:
@@ -154,6 +162,7 @@ class LocalBlockStore(BlockStore):
         # whether this filesystem takes O_DIRECT (see _FileWriter.write).
         self._writing: set[int] = set()
         self._direct_writes = True
+        self._outboards = True  # until the filesystem refuses user xattrs
         try:
             created = not os.path.isdir(self._tmp)
             trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
@@ -346,24 +355,57 @@ class LocalBlockStore(BlockStore):
             raise NotFound(f"{len(absent)} block(s) not found", absent)
         return [data for data in found if data is not None]
 
+    def _open_block(self, hash_: bytes) -> int:
+        """An fd of the block's file, put back from the trash if a delete holds it there."""
+        path = self._path(hash_)
+        try:
+            try:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if not self._untrash_for_reader([hash_]):
+                    raise NotFound("block not found", [hash_]) from None
+            try:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFound("block not found", [hash_]) from None
+        except OSError as exc:
+            raise _backend_error(exc, "cannot read block") from exc
+
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise InvalidArgument(f"bad range: offset {offset}, length {length}")
-        fd = -1
-        try:
-            for attempt in range(2):
-                try:
-                    fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
-                    break
-                except FileNotFoundError:
-                    if attempt or not self._untrash_for_reader([hash_]):
-                        raise NotFound("block not found", [hash_]) from None
-        except OSError as exc:
-            raise _backend_error(exc, "cannot read block") from exc
+        fd = self._open_block(hash_)
         try:
             return os.pread(fd, length, offset)
         finally:
             os.close(fd)
+
+    def open_parts(self, hash_: bytes) -> PartReader | None:
+        if not self._outboards:
+            return None
+        fd = self._open_block(hash_)
+        try:
+            try:
+                outboard = os.getxattr(fd, _OUTBOARD_XATTR)
+            except OSError as exc:
+                if exc.errno in _NO_XATTRS:
+                    self._outboards = False
+                elif exc.errno != errno.ENODATA:
+                    raise
+                os.close(fd)
+                return None
+            size = os.fstat(fd).st_size
+            # As a whole read would (pagecache.ReadPolicy): a cold block is read past the
+            # cache, on a second fd, so the first stays usable for reads O_DIRECT refuses.
+            direct_fd = -1
+            if self._reads.goes_direct(fd, size, hash_):
+                with contextlib.suppress(OSError):
+                    direct_fd = os.open(self._path(hash_),
+                                        os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError as exc:
+            os.close(fd)
+            raise _backend_error(exc, "cannot read block") from exc
+        return _LocalParts(self._reads, fd, direct_fd, size, outboard)
 
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
@@ -484,13 +526,16 @@ class _FileWriter(BlockWriter):
         self._tmp = ""
         self._written = 0
         self._direct = False
+        self._outboard = b""
 
     def _open(self) -> int:
         if self._fd is None:
             store = self._store
             self._tmp = f"{store._tmp}/stream.{os.getpid()}.{next(store._names)}"
+            # Writable by its owner until commit, which sets the outboard (an xattr in the
+            # user namespace needs write permission) and then makes the file read-only.
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                               0o444)
+                               0o644)
         return self._fd
 
     def write(self, data: bytes | memoryview) -> None:
@@ -521,6 +566,8 @@ class _FileWriter(BlockWriter):
                 self.abort()
             else:
                 fd = self._open()
+                self._set_outboard(fd)
+                os.fchmod(fd, 0o444)
                 os.fdatasync(fd)
                 pagecache.drop(fd, self._written)
                 os.close(fd)
@@ -534,6 +581,20 @@ class _FileWriter(BlockWriter):
             raise _backend_error(exc, "cannot store block") from exc
         store._writing.discard(id(self))
 
+    def keep_outboard(self, outboard: bytes) -> None:
+        self._outboard = outboard
+
+    def _set_outboard(self, fd: int) -> None:
+        """The outboard, as an xattr; a filesystem that refuses it loses only the aid."""
+        if not self._outboard or not self._store._outboards:
+            return
+        try:
+            os.setxattr(fd, _OUTBOARD_XATTR, self._outboard)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._store._outboards = False
+            # Otherwise (no room for it, a size limit): this block is read verified whole.
+
     def abort(self) -> None:
         self._store._writing.discard(id(self))
         if self._fd is not None:
@@ -542,3 +603,32 @@ class _FileWriter(BlockWriter):
             self._fd = None
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
+
+
+class _LocalParts(PartReader):
+    """A block file opened for ranged reads (see `LocalBlockStore.open_parts`)."""
+
+    def __init__(self, reads: pagecache.ReadPolicy, fd: int, direct_fd: int, size: int,
+                 outboard: bytes) -> None:
+        self._reads = reads
+        self._fd = fd
+        self._direct_fd = direct_fd
+        self.size = size
+        self.outboard = outboard
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            if self._direct_fd >= 0:
+                data = self._reads.read_direct_range(self._direct_fd, offset, length)
+                if data is not None:
+                    return data
+            return os.pread(self._fd, length, offset)
+        except OSError as exc:
+            raise _backend_error(exc, "cannot read block") from exc
+
+    def close(self) -> None:
+        for fd in (self._fd, self._direct_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._direct_fd = -1

@@ -16,7 +16,9 @@ Written blocks leave it, cold blocks are read past it, and a block read again is
   blocks last read past the cache) is read through the cache instead, so blocks that are read
   repeatedly end up cached, as the kernel's own LRU would keep them.
 
-Ranged reads (`LocalBlockStore.read`, volumes' small reads) always go through the cache.
+A block read part by part (`LocalBlockStore.open_parts`) is decided the same way, once, and
+its parts read with O_DIRECT (`read_direct_range`).  Other ranged reads
+(`LocalBlockStore.read`, volumes' small reads) always go through the cache.
 Where cachestat(2) (Linux 6.5) or O_DIRECT is missing, reads are plain buffered reads.
 """
 
@@ -141,6 +143,30 @@ class ReadPolicy:
             if data is not None:
                 return data
         return os.pread(fd, size, 0)
+
+    def goes_direct(self, fd: int, size: int, key: bytes) -> bool:
+        """Whether a block about to be read whole, in ranges, should be read past the cache:
+        as `read` decides (and remembers) for a whole read."""
+        return bool(self._direct and size and not self._is_cached(fd, size)
+                    and not self._read_cold_before(key))
+
+    def read_direct_range(self, fd: int, offset: int, length: int) -> bytes | None:
+        """`length` bytes at `offset` (aligned) of an fd opened O_DIRECT, short at the end of
+        the file; None where the device refuses (read it through the cache instead)."""
+        if offset % _ALIGN:
+            return None
+        aligned = -(-length // _ALIGN) * _ALIGN
+        buffer = self._take(aligned)
+        try:
+            got = os.preadv(fd, [memoryview(buffer)[:aligned]], offset)
+            return buffer[:min(got, length)]
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._direct = False  # alignment this device does not accept
+            return None
+        finally:
+            self._give_back(buffer)
 
     @staticmethod
     def _is_cached(fd: int, size: int) -> bool:

@@ -92,6 +92,13 @@ class BlockStore(ABC):
         garbage collector sweeps only blobs older than the start of its mark (with
         `delete_if_put_before`; ages alone only serve to count, as in a dry run)."""
 
+    def open_parts(self, hash_: bytes) -> PartReader | None:
+        """A reader of the blob's byte ranges, with the outboard kept beside it (see
+        pithos.core.treehash), so that it can be verified and served part by part; None
+        when the store keeps no outboard for it (the default).  Blocking: call it from a
+        thread that may block.  Raises `NotFound` when the blob is absent."""
+        return None
+
     def open_writer(self) -> BlockWriter:
         """A writer for one blob whose bytes arrive in pieces before its name is known (an
         upload streamed from the network).  Backends that can place bytes before naming them
@@ -134,6 +141,27 @@ class BlockWriter(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Drop what was written.  Safe to call after `commit` or twice."""
+
+    def keep_outboard(self, outboard: bytes) -> None:  # noqa: B027 - optional, see below
+        """Before `commit`: the blob's tree outboard (pithos.core.treehash), to keep beside
+        it for `open_parts`.  A store that keeps none ignores it; so may one that cannot
+        (the outboard is an aid to reading, never needed to read)."""
+
+
+class PartReader(ABC):
+    """One blob opened for reading ranges (`BlockStore.open_parts`).  Blocking, and safe to
+    read from two threads at once; `close` once no read is running."""
+
+    size: int
+    outboard: bytes
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes `[offset, offset + length)`, short only at the blob's end."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the blob.  Safe to call twice."""
 
 
 class BufferedBlockWriter(BlockWriter):

@@ -485,7 +485,17 @@ class Mapper:
                 yield from self._fetch(batch)
             return
         batch = next_batch()
-        ahead = prefetch.submit(self._fetch, batch) if batch else None
+        first = batch[0] if batch else None
+        if first is not None and first.offset == 0 and first.length == first.block_length \
+                and first.hash not in self._zero_hashes \
+                and self.blocker.reads_in_parts(first.block_length):
+            # The reader waits for the first block alone: hand it out in verified parts as
+            # they are read, while the rest is fetched (later blocks are read ahead anyway).
+            batch = batch[1:] or next_batch()
+            ahead = prefetch.submit(self._fetch, batch) if batch else None
+            yield from self.blocker.read_parts(first.hash)
+        else:
+            ahead = prefetch.submit(self._fetch, batch) if batch else None
         while ahead is not None:
             batch = next_batch()
             current, ahead = ahead, (prefetch.submit(self._fetch, batch) if batch else None)
