@@ -137,14 +137,12 @@ class Blocker:
         ranges = treehash.spine(reader.size)
         pending: Future[bytes] | None = None
         try:
-            pending = self._pool.submit(self._read_sibling, hash_, reader, 0, ranges[0])
-            yield first
-            for index in range(1, len(ranges) + 1):
-                assert pending is not None
-                part = pending.result()
-                pending = self._pool.submit(self._read_sibling, hash_, reader, index,
-                                            ranges[index]) if index < len(ranges) else None
+            part = first
+            for index, range_ in enumerate(ranges):
+                pending = self._pool.submit(self._read_sibling, hash_, reader, index, range_)
                 yield part
+                part, pending = pending.result(), None
+            yield part
         finally:
             if pending is not None:  # the reader left early: the read must end before close
                 pending.cancel()

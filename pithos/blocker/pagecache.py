@@ -193,18 +193,9 @@ class ReadPolicy:
         if not set_direct(fd, True):
             self._direct = False  # this filesystem has no O_DIRECT
             return None
-        length = -(-size // _ALIGN) * _ALIGN
-        buffer = self._take(length)
-        try:
-            got = os.preadv(fd, [memoryview(buffer)[:length]], 0)
-            if got == size:
-                return buffer[:size]
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self._direct = False  # alignment this device does not accept
-        finally:
-            self._give_back(buffer)
+        data = self.read_direct_range(fd, 0, size)
+        if data is not None and len(data) == size:
+            return data
         set_direct(fd, False)  # and read it through the cache
         return None
 

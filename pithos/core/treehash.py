@@ -19,7 +19,6 @@ False and nothing here is used.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 from pithos.core.hashing import HASH_SIZE
 
@@ -127,9 +126,3 @@ def _join(values: list[bytes], lo: int, hi: int, root: bool, siblings: list[byte
         siblings.append(right)  # the deeper left edge recorded its sibling first
     return _native.parent(left, right, root)  # type: ignore[no-any-return]
 
-
-def parts(size: int) -> Iterator[tuple[int, int]]:
-    """The ranges a block is read in, verified one by one: its first part, then its spine."""
-    if size > PART:
-        yield 0, PART
-        yield from spine(size)
