@@ -60,8 +60,9 @@ def one_run(args: argparse.Namespace, tree: Path | None, work: Path) -> str:
             raise RuntimeError(f"PUT container: {resp.status}")
         load = ObjectLoad(url, token, "ab", size, 16)
         if args.op == "GET":  # something to read: the same objects a PUT cell writes
-            run_cell(load.operations("PUT", args.clients), args.clients, 0.0,
-                     max(2.0, args.seconds / 2), peer.cpu_seconds)
+            fill_clients = args.fill_clients or args.clients
+            run_cell(load.operations("PUT", fill_clients), fill_clients, 0.0,
+                     args.fill if args.fill else max(2.0, args.seconds / 2), peer.cpu_seconds)
         res = run_cell(load.operations(args.op, args.clients), args.clients, 1.5,
                        args.seconds, peer.cpu_seconds)
     finally:
@@ -89,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--fill", type=float, default=0.0,
+                   help="GET: seconds of PUTs before (default: half of --seconds, at least 2); "
+                        "more objects than a GET run reads keep its reads cold")
+    p.add_argument("--fill-clients", type=int, default=0,
+                   help="GET: clients of those PUTs (default: --clients)")
     p.add_argument("--pretouch", action="store_true")
     p.add_argument("--keep-data", action="store_true")
     args = p.parse_args(argv)

@@ -56,6 +56,30 @@ def test_outboard_verifies_every_part_and_covers_the_block(size, seed):
     assert covered == size
 
 
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(PART + 1, 9 * MIB), seed=st.integers(0, 2**32),
+       flip=st.integers(0, 9 * MIB))
+def test_pieces_hashed_apart_verify_each_sibling_and_refuse_a_changed_byte(size, seed, flip):
+    """The piece values (each `PART` hashed on its own, as read_parts does on the pool)
+    join up to each sibling's value; a changed byte fails exactly the part it is in."""
+    data = bytearray(_data(size, seed))
+    hasher = treehash.TreeHasher()
+    hasher.update(data)
+    name, outboard = hasher.finish()
+    pieces = treehash.pieces(size)
+    assert pieces[0] == (0, PART) and pieces[-1][1] == size
+    assert all(end - start == PART for start, end in pieces[:-1])
+    flip %= size
+    data[flip] ^= 0x01
+    values = {start: treehash.subtree_value(data[start:end], start) for start, end in pieces}
+    assert treehash.first_value_matches(name, size, values[0], outboard) == (flip >= PART)
+    for index, (start, end) in enumerate(treehash.spine(size)):
+        group = [values[s] for s, _ in pieces if start <= s < end]
+        assert treehash.sibling_values_match(outboard, index, group) \
+            == (not start <= flip < end)
+    assert not treehash.sibling_values_match(outboard, 0, [])
+
+
 def test_spine_of_a_4_mib_block():
     assert treehash.spine(4 * MIB) == [(MIB, 2 * MIB), (2 * MIB, 4 * MIB)]
     assert treehash.spine(PART) == []

@@ -124,59 +124,54 @@ class Blocker:
 
     def read_parts(self, hash_: bytes) -> Iterator[bytes]:
         """The verified bytes of one block, in parts, in order.  A block the store keeps with
-        its tree outboard is read part by part on the pool, each part handed out once it is
-        verified while the next one is read; any other block comes whole, as from `get`.
-        Raises NotFound, or IntegrityError when a part fails its check: the parts handed
-        out before it were verified, and nothing after it is."""
-        opened = self._pool.submit(self._open_parts, hash_).result() \
+        its tree outboard is read in `treehash.PART` pieces side by side on the pool (a disk
+        serves parallel requests sooner than one after another), each piece hashed as it is
+        read; a piece is handed out once the part of the tree it belongs to is verified (the
+        first piece against the block's name, then each sibling of the spine).  Any other
+        block comes whole, as from `get`.  Raises NotFound, or IntegrityError when a part
+        fails its check: the pieces handed out before it were verified, and nothing after."""
+        reader = self._pool.submit(self.store.open_parts, hash_).result() \
             if treehash.AVAILABLE else None
-        if opened is None:
+        if reader is None:
             yield self.get(hash_)
             return
-        reader, first = opened
-        ranges = treehash.spine(reader.size)
-        pending: Future[bytes] | None = None
+        reads = [self._pool.submit(self._read_piece, reader, start, end)
+                 for start, end in treehash.pieces(reader.size)]
         try:
-            part = first
-            for index, range_ in enumerate(ranges):
-                pending = self._pool.submit(self._read_sibling, hash_, reader, index, range_)
-                yield part
-                part, pending = pending.result(), None
-            yield part
+            data, value = reads[0].result()
+            matched = value is not None and treehash.first_value_matches(
+                hash_, reader.size, value, reader.outboard)
+            if matched:
+                yield data
+                next_piece = 1
+                for index, (start, end) in enumerate(treehash.spine(reader.size)):
+                    count = -(-(end - start) // treehash.PART)
+                    group = [read.result() for read in reads[next_piece:next_piece + count]]
+                    next_piece += count
+                    values = [v for _, v in group if v is not None]
+                    if len(values) != count or not treehash.sibling_values_match(
+                            reader.outboard, index, values):
+                        raise IntegrityError(f"corrupt block, bytes {start}-{end} do not match "
+                                             f"its hash {to_hex(hash_)}", [hash_])
+                    for data, _ in group:
+                        yield data
         finally:
-            if pending is not None:  # the reader left early: the read must end before close
-                pending.cancel()
+            for read in reads:  # a reader that left early: the reads must end before close
+                read.cancel()
+            for read in reads:
                 with contextlib.suppress(BaseException):
-                    pending.result()
+                    read.result()
             reader.close()
-
-    def _open_parts(self, hash_: bytes) -> tuple[PartReader, bytes] | None:
-        """The block opened with its first part read and checked, with the outboard, against
-        its name; None when it has no outboard or they do not match (a wrong outboard is no
-        harm: the block is then read whole and verified as a whole)."""
-        reader = self.store.open_parts(hash_)
-        if reader is None:
-            return None
-        try:
-            first = reader.read(0, treehash.PART)
-            if treehash.first_part_matches(hash_, reader.size, first, reader.outboard):
-                return reader, first
-        except BaseException:
-            reader.close()
-            raise
-        reader.close()
-        return None
+        if not matched:  # no harm in a wrong outboard: the block is verified whole instead
+            yield self.get(hash_)
 
     @staticmethod
-    def _read_sibling(hash_: bytes, reader: PartReader, index: int,
-                      range_: tuple[int, int]) -> bytes:
-        start, end = range_
+    def _read_piece(reader: PartReader, start: int, end: int) -> tuple[bytes, bytes | None]:
+        """Bytes [start, end) of the block and their subtree value (None when short)."""
         data = reader.read(start, end - start)
-        if len(data) != end - start or not treehash.sibling_matches(reader.outboard, index,
-                                                                     data, start):
-            raise IntegrityError(f"corrupt block, bytes {start}-{end} do not match its hash "
-                                 f"{to_hex(hash_)}", [hash_])
-        return data
+        if len(data) != end - start:
+            return data, None
+        return data, treehash.subtree_value(data, start)
 
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         """Bytes `[offset, offset + length)` of one block, short at its end.  The whole block

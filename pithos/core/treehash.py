@@ -60,14 +60,25 @@ def subtree_value(data: bytes | bytearray | memoryview, offset: int) -> bytes:
     return hasher.chaining_value()  # type: ignore[no-any-return]
 
 
+def pieces(size: int) -> list[tuple[int, int]]:
+    """The `PART`-sized byte ranges of a `size`-byte block (the last one short): each sibling
+    of `spine` is a run of them, so they can be read and hashed apart, side by side."""
+    return [(start, min(start + PART, size)) for start in range(0, size, PART)]
+
+
 def first_part_matches(name: bytes, size: int, first: bytes | bytearray | memoryview,
                        outboard: bytes) -> bool:
     """Whether `first` (the block's first `PART` bytes) and `outboard` hash up to `name`.
     When they do, every value of the outboard is the block's own."""
+    return len(first) == PART and first_value_matches(name, size, subtree_value(first, 0),
+                                                      outboard)
+
+
+def first_value_matches(name: bytes, size: int, value: bytes, outboard: bytes) -> bool:
+    """`first_part_matches` given the first part's `subtree_value`."""
     ranges = spine(size)
-    if not ranges or len(outboard) != HASH_SIZE * len(ranges) or len(first) != PART:
+    if not ranges or len(outboard) != HASH_SIZE * len(ranges):
         return False
-    value = subtree_value(first, 0)
     last = len(ranges) - 1
     for i in range(len(ranges)):
         value = _native.parent(value, outboard[i * HASH_SIZE:(i + 1) * HASH_SIZE], i == last)
@@ -78,6 +89,14 @@ def sibling_matches(outboard: bytes, index: int, data: bytes | bytearray | memor
                     offset: int) -> bool:
     """Whether `data`, at `offset`, is the sibling `index` of a checked outboard."""
     return subtree_value(data, offset) == outboard[index * HASH_SIZE:(index + 1) * HASH_SIZE]
+
+
+def sibling_values_match(outboard: bytes, index: int, values: list[bytes]) -> bool:
+    """`sibling_matches` given the `subtree_value` of each of the sibling's `pieces`."""
+    if not values:
+        return False
+    value = _join(values, 0, len(values), False, [])
+    return value == outboard[index * HASH_SIZE:(index + 1) * HASH_SIZE]
 
 
 class TreeHasher:
