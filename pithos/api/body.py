@@ -10,7 +10,7 @@ Any other server or body (chunked, or gunicorn's internals not as expected) is r
 WSGI input unchanged.
 
 Pieces of the size the uploads read (`PieceBuffers`) are received into reused buffers: a fresh
-512 KiB bytearray is a zero fill plus, for an allocation that size, new pages from the kernel
+1 MiB bytearray is a zero fill plus, for an allocation that size, new pages from the kernel
 and an munmap when it dies, on the event loop for every piece.  They are anonymous mappings,
 so page-aligned: the block store can write a piece with O_DIRECT straight from one.
 """

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from pithos.api.swift import Authz, Target
 
 HASHMAP_BODY_MAX = 64 * 1024 * 1024
-# Receive buffers a worker keeps for the pieces of uploads (at 512 KiB each, 32 MiB): enough
-# for a few dozen uploads at once, each holding a few pieces queued for MD5 and being written.
+# Receive buffers a worker keeps for the pieces of uploads (at 1 MiB each, 64 MiB): enough
+# for a dozen uploads or more at once, each holding a few pieces queued for MD5 and being
+# written.
 PIECE_BUFFERS_KEPT = 64
 # Response headers kept as object metadata, in the "sys" domain (replaced by POST, as Swift).
 SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",

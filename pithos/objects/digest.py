@@ -31,7 +31,7 @@ LANES_MIN_BYTES = 1 << 20
 # the group (the rest waits for the next group).  A digest that cannot wait, holding
 # LANES_PATIENCE pieces or asked for its result, starts a group at once with whichever others
 # are ready, and they hash beside it for as many rounds as it needs, no more.  Uploads send
-# their pieces far apart (a 512 KiB piece hashes in under a millisecond, the next arrives tens
+# their pieces far apart (a 1 MiB piece hashes in about a millisecond, the next arrives tens
 # of milliseconds later under load), so without holding back a stream would mostly be alone.
 LANES_GROUP = 8
 LANES_PATIENCE = 6
