@@ -13,7 +13,6 @@ Under many concurrent uploads, streams share the vector lanes of the multi-buffe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections import deque
 from concurrent.futures import Executor, Future
 from typing import ClassVar
@@ -22,7 +21,7 @@ from pithos.core import md5 as md5_impl
 
 # The multi-buffer MD5 pays off only with company: a lone stream goes faster through
 # OpenSSL's.  An upload of at least LANES_MIN_BYTES (or of unknown length) that starts while at
-# least LANES_FROM others are hashing uses it; any other uses hashlib.
+# least LANES_FROM others are hashing uses it; any other is hashed alone (md5.single).
 LANES_FROM = 2
 LANES_MIN_BYTES = 1 << 20
 # Multi-buffer digests hold their pieces back until LANES_GROUP of them (or every lane digest
@@ -67,8 +66,7 @@ class StreamDigest:
         self._lanes = (executor is not None and md5_impl.MULTI_BUFFER
                        and StreamDigest.active >= LANES_FROM
                        and (length is None or length >= LANES_MIN_BYTES))
-        self._md5: md5_impl.Md5 = (md5_impl.new() if self._lanes
-                                   else hashlib.md5(usedforsecurity=False))
+        self._md5: md5_impl.Md5 = md5_impl.new() if self._lanes else md5_impl.single()
         self._counted = True
         StreamDigest.active += 1
         if self._lanes:
@@ -79,7 +77,7 @@ class StreamDigest:
 
     @property
     def multi_buffer(self) -> bool:
-        """Whether this digest hashes in vector lanes beside others (else hashlib's)."""
+        """Whether this digest hashes in vector lanes beside others (else alone)."""
         return self._lanes
 
     def _drain(self) -> None:
