@@ -37,6 +37,30 @@ class BlockStoreContract:
         store.put_many(items)
         assert store.get_many([h for h, _ in items]) == [d for _, d in items]
 
+    def test_put_with_outboards_stores_the_blobs_and_keeps_them_only_as_given(
+            self, store: BlockStore) -> None:
+        """Outboards are an aid the store may keep or ignore, never checked: a store that
+        keeps one hands back exactly it (with the blob's bytes); the blob reads the same."""
+        items = [blob(3 * 1024 * 1024, seed=1), blob(2000)]
+        given = {items[0][0]: os.urandom(64)}
+        store.put_many(items, given)
+        assert store.get_many([h for h, _ in items]) == [d for _, d in items]
+        reader = store.open_parts(items[0][0])
+        if reader is not None:
+            try:
+                assert reader.outboard == given[items[0][0]]
+                assert reader.size == len(items[0][1])
+                assert reader.read(1000, 5000) == items[0][1][1000:6000]
+            finally:
+                reader.close()
+        # A blob stored without one keeps none.
+        plain = store.open_parts(items[1][0])
+        if plain is not None:
+            try:
+                assert plain.outboard == b""
+            finally:
+                plain.close()
+
     def test_put_takes_any_bytes_like_data(self, store: BlockStore) -> None:
         items = [blob(5000), blob(7000), blob(100)]
         store.put_many([(items[0][0], bytearray(items[0][1])),
@@ -268,6 +292,7 @@ class BlockStoreContract:
         writer = store.open_writer()
         for i in range(0, len(data), 65_536):
             writer.write(data[i:i + 65_536])
+        writer.keep_outboard(os.urandom(64))  # an aid: no store may refuse the blob for it
         assert store.missing([h]) == [h]  # nothing visible before the commit
         writer.commit(h)
         assert store.get_many([h]) == [data]

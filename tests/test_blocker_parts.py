@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import blake3
 import pytest
 from conftest import native_module
 from hypothesis import given, settings
@@ -98,11 +99,32 @@ def test_any_size_reads_back_whole(tmp_path_factory, size, piece):
         b.close()
 
 
-def test_a_block_put_whole_has_no_outboard_and_comes_whole(blocker):
-    data = os.urandom(2 * MIB)
-    hash_ = blocker.put(data)
-    assert blocker.store.open_parts(hash_) is None
-    assert list(blocker.read_parts(hash_)) == [data]
+@pytest.mark.parametrize("count", [1, 3])
+def test_blocks_put_whole_keep_their_outboards_and_read_in_parts(blocker, count):
+    """Hashmap uploads, cut SLO blocks and volume snapshots put whole blocks: those larger
+    than a part are named as their tree (one alone: its parts on the pool side by side), so
+    they keep an outboard as streamed blocks do.  Blocks up to a part have none."""
+    datas = [os.urandom(4 * MIB - 1000 * i) for i in range(count)] + [os.urandom(MIB)]
+    hashes = blocker.put_many(datas)
+    for data, hash_ in zip(datas[:-1], hashes[:-1], strict=True):
+        assert hash_ == blake3.blake3(data).digest()
+        assert len(os.getxattr(path_of(blocker, hash_), XATTR)) == 64
+        assert oct(os.stat(path_of(blocker, hash_)).st_mode & 0o777) == "0o444"
+        evict(blocker, hash_)
+        parts = list(blocker.read_parts(hash_))
+        assert len(parts) == 4 and b"".join(parts) == data
+    assert XATTR not in os.listxattr(path_of(blocker, hashes[-1]))
+    assert blocker.store.open_parts(hashes[-1]) is None or \
+        blocker.store.open_parts(hashes[-1]).outboard == b""
+    assert list(blocker.read_parts(hashes[-1])) == [datas[-1]]
+
+
+def test_a_staged_block_keeps_its_outboard(blocker):
+    data = os.urandom(2 * MIB + 5)
+    staged = blocker.stage(data)
+    assert staged.hash == blake3.blake3(data).digest() and len(staged.outboard) == 64
+    blocker.put_staged([staged])
+    assert [len(p) for p in blocker.read_parts(staged.hash)] == [MIB, MIB, 5]
 
 
 def test_a_memory_store_hands_out_whole_blocks():

@@ -4,6 +4,7 @@ value and outboard must agree with BLAKE3 itself, and every check must refuse wh
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import pytest
@@ -78,6 +79,23 @@ def test_pieces_hashed_apart_verify_each_sibling_and_refuse_a_changed_byte(size,
         assert treehash.sibling_values_match(outboard, index, group) \
             == (not start <= flip < end)
     assert not treehash.sibling_values_match(outboard, 0, [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(0, 9 * MIB), seed=st.integers(0, 2**32), pooled=st.booleans())
+def test_name_of_a_whole_block_is_the_tree_hashers(size, seed, pooled):
+    """`name` (blocks put whole) gives what TreeHasher (streamed blocks) gives, alone or
+    with its parts hashed on a pool."""
+    data = _data(size, seed)
+    hasher = treehash.TreeHasher()
+    hasher.update(data)
+    if pooled:
+        with ThreadPoolExecutor(2) as pool:
+            got = treehash.name(data, pool)
+    else:
+        got = treehash.name(bytearray(data))
+    assert got == hasher.finish()
+    assert got[0] == blake3.blake3(data).digest()
 
 
 def test_spine_of_a_4_mib_block():

@@ -30,9 +30,11 @@ MAX_BATCH_BLOCKS = 256
 
 
 class StagedBlock(NamedTuple):
-    """A block named by the Blocker (see `Blocker.stage`), not yet stored."""
+    """A block named by the Blocker (see `Blocker.stage`), not yet stored, with its tree
+    outboard when it is larger than a part (see pithos.core.treehash)."""
     hash: bytes
     data: bytes
+    outboard: bytes = b""
 
 
 class Blocker:
@@ -57,14 +59,23 @@ class Blocker:
         """Name one block now (hash it on this thread) to store it later with `put_staged`.
         Raises InvalidArgument for a block larger than the block size."""
         self._check_size(data)
+        if treehash.AVAILABLE and len(data) > treehash.PART:
+            return StagedBlock(*_named(data))
         return StagedBlock(block_hash(data), data)
 
     def stage_many(self, blocks: Sequence[bytes]) -> list[StagedBlock]:
-        """Name many blocks, hashing on the pool."""
+        """Name many blocks, hashing on the pool.  A block larger than a part is hashed as
+        its tree, which gives its outboard for the same work (one such block alone: half
+        its parts on the pool beside this thread)."""
         for data in blocks:
             self._check_size(data)
-        return [StagedBlock(h, d)
-                for h, d in zip(hash_many(blocks, self._pool), blocks, strict=True)]
+        if not treehash.AVAILABLE or all(len(d) <= treehash.PART for d in blocks):
+            return [StagedBlock(h, d)
+                    for h, d in zip(hash_many(blocks, self._pool), blocks, strict=True)]
+        if len(blocks) == 1:
+            hash_, outboard = treehash.name(blocks[0], self._pool)
+            return [StagedBlock(hash_, blocks[0], outboard)]
+        return [StagedBlock(*named) for named in self._pool.map(_named, blocks)]
 
     def open_stream(self) -> BlockStream:
         """A block that arrives in pieces: each piece is hashed and handed to the store on the
@@ -78,8 +89,9 @@ class Blocker:
         before the caller records its root, which it does only after this returns."""
         unique = list({b.hash: (b.hash, b.data) for b in staged}.items())
         items = [pair for _, pair in unique]
+        outboards = {b.hash: b.outboard for b in staged if b.outboard}
         for i in range(0, len(items), MAX_BATCH_BLOCKS):
-            self.store.put_many(items[i:i + MAX_BATCH_BLOCKS])
+            self.store.put_many(items[i:i + MAX_BATCH_BLOCKS], outboards or None)
 
     def put_many(self, blocks: Sequence[bytes]) -> list[bytes]:
         """Store blocks; returns their hashes, in order.  Durable on return (the store's
@@ -313,3 +325,9 @@ class BlockStream:
                 self._pending.result()
             self._pending = None
         self._writer.abort()
+
+
+def _named(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(hash, data, outboard) of one block (the outboard empty up to a part)."""
+    hash_, outboard = treehash.name(data) if treehash.AVAILABLE else (block_hash(data), b"")
+    return hash_, data, outboard

@@ -46,7 +46,7 @@ import errno
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -243,20 +243,27 @@ class LocalBlockStore(BlockStore):
 
     # -- BlockStore --------------------------------------------------------------------------
 
-    def _put_one(self, item: tuple[bytes, bytes]) -> tuple[str, bool]:
-        """Store one block; returns its directory, which must be synced before the put
-        returns (a block found present may have been renamed in by a writer that has not
-        synced yet), and whether this put wrote it."""
+    def _put_one(self, item: tuple[bytes, bytes], outboard: bytes = b"") -> tuple[str, bool]:
+        """Store one block (with its outboard, if given); returns its directory, which must
+        be synced before the put returns (a block found present may have been renamed in by
+        a writer that has not synced yet), and whether this put wrote it."""
         hash_, data = item
         path = self._path(hash_)
         if _refresh(path):  # present: refresh its age, keep its bytes
             return os.path.dirname(path), False
         tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        keep = bool(outboard) and self._outboards
+        # An outboard is an xattr in the user namespace, which needs write permission: such
+        # a file is made read-only once it is set (as a streamed block's).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o644 if keep else 0o444)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if keep:
+                self._set_outboard(fd, outboard)
+                os.fchmod(fd, 0o444)
             if self._syncfs is None:
                 os.fdatasync(fd)
                 pagecache.drop(fd, len(data))
@@ -269,8 +276,19 @@ class LocalBlockStore(BlockStore):
         os.rename(tmp, path)
         return os.path.dirname(path), True
 
-    def _put_then_syncfs(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        self._syncfs_then_drop([item for item in items if self._put_one(item)[1]])
+    def _set_outboard(self, fd: int, outboard: bytes) -> None:
+        """The outboard, as an xattr; a filesystem that refuses it loses only the aid."""
+        try:
+            os.setxattr(fd, _OUTBOARD_XATTR, outboard)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._outboards = False
+            # Otherwise (no room for it, a size limit): this block is read verified whole.
+
+    def _put_then_syncfs(self, items: Sequence[tuple[bytes, bytes]],
+                         outboards: Mapping[bytes, bytes]) -> None:
+        self._syncfs_then_drop([item for item in items
+                                if self._put_one(item, outboards.get(item[0], b""))[1]])
 
     def _syncfs_then_drop(self, written: Sequence[tuple[bytes, bytes]]) -> None:
         """Make the batch durable; then the large blocks it wrote leave the page cache (see
@@ -285,9 +303,11 @@ class LocalBlockStore(BlockStore):
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
 
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[bytes, bytes]],
+                 outboards: Mapping[bytes, bytes] | None = None) -> None:
         if not items:
             return
+        kept: Mapping[bytes, bytes] = outboards or {}
         try:
             if self._syncfs is not None and not self._own_pool and \
                     len(items) <= _ONE_TASK_ITEMS:
@@ -295,9 +315,9 @@ class LocalBlockStore(BlockStore):
                 # its page) are written and synced in one pool task: each hand-off is a
                 # thread wake-up there and back, and without per-file syncs the writes are
                 # only copies.
-                self._pool.submit(self._put_then_syncfs, items).result()
+                self._pool.submit(self._put_then_syncfs, items, kept).result()
                 return
-            done = self._map(self._put_one, items)
+            done = self._map(lambda item: self._put_one(item, kept.get(item[0], b"")), items)
             if self._syncfs is not None:
                 # One writeback of the filesystem makes every file and rename durable.
                 written = [item for item, (_, wrote) in zip(items, done, strict=True) if wrote]
@@ -566,7 +586,8 @@ class _FileWriter(BlockWriter):
                 self.abort()
             else:
                 fd = self._open()
-                self._set_outboard(fd)
+                if self._outboard and store._outboards:
+                    store._set_outboard(fd, self._outboard)
                 os.fchmod(fd, 0o444)
                 os.fdatasync(fd)
                 pagecache.drop(fd, self._written)
@@ -583,17 +604,6 @@ class _FileWriter(BlockWriter):
 
     def keep_outboard(self, outboard: bytes) -> None:
         self._outboard = outboard
-
-    def _set_outboard(self, fd: int) -> None:
-        """The outboard, as an xattr; a filesystem that refuses it loses only the aid."""
-        if not self._outboard or not self._store._outboards:
-            return
-        try:
-            os.setxattr(fd, _OUTBOARD_XATTR, self._outboard)
-        except OSError as exc:
-            if exc.errno in _NO_XATTRS:
-                self._store._outboards = False
-            # Otherwise (no room for it, a size limit): this block is read verified whole.
 
     def abort(self) -> None:
         self._store._writing.discard(id(self))

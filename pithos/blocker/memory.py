@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument, NotFound
@@ -20,7 +20,9 @@ class MemoryBlockStore(BlockStore):
         self._put_at: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[bytes, bytes]],
+                 outboards: Mapping[bytes, bytes] | None = None) -> None:
+        # Outboards are ignored: a blob in memory is read whole (open_parts is None).
         now = time.time()
         with self._lock:
             for hash_, data in items:

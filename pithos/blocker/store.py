@@ -11,15 +11,19 @@ per block; backends are free to serve a batch in parallel.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 
 class BlockStore(ABC):
     """Immutable blobs by hash.  Thread-safe: any method may be called from several threads."""
 
     @abstractmethod
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[bytes, bytes]],
+                 outboards: Mapping[bytes, bytes] | None = None) -> None:
         """Store each `(hash, data)` pair (`data`: bytes or another bytes-like object).
+        `outboards` gives the tree outboard (pithos.core.treehash) of some of them, by hash,
+        to keep beside the blob for `open_parts`; a store that keeps none ignores them, and
+        so may one that cannot (the outboard is an aid to reading, never needed to read).
 
         - Durable: returns only when every blob is on stable storage (a crash after the return
           loses none of them).
@@ -170,14 +174,19 @@ class BufferedBlockWriter(BlockWriter):
     def __init__(self, store: BlockStore) -> None:
         self._store = store
         self._pieces: list[bytes] = []
+        self._outboard = b""
 
     def write(self, data: bytes | memoryview) -> None:
         self._pieces.append(bytes(data))
 
+    def keep_outboard(self, outboard: bytes) -> None:
+        self._outboard = outboard
+
     def commit(self, hash_: bytes) -> None:
         data = b"".join(self._pieces)
         self._pieces = []
-        self._store.put_many([(hash_, data)])
+        self._store.put_many([(hash_, data)],
+                             {hash_: self._outboard} if self._outboard else None)
 
     def abort(self) -> None:
         self._pieces = []

@@ -19,8 +19,9 @@ False and nothing here is used.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Executor
 
-from pithos.core.hashing import HASH_SIZE
+from pithos.core.hashing import HASH_SIZE, block_hash
 
 try:
     from pithos.core import _treehash as _native  # type: ignore[attr-defined,unused-ignore]
@@ -97,6 +98,30 @@ def sibling_values_match(outboard: bytes, index: int, values: list[bytes]) -> bo
         return False
     value = _join(values, 0, len(values), False, [])
     return value == outboard[index * HASH_SIZE:(index + 1) * HASH_SIZE]
+
+
+def name(data: bytes | bytearray | memoryview, executor: Executor | None = None
+         ) -> tuple[bytes, bytes]:
+    """A whole block's hash and its outboard (empty up to `PART` bytes), as `TreeHasher`
+    gives them; with `executor`, the second half of its parts is hashed on it while this
+    thread hashes the first (one hand-off: 4 MiB in ~0.4 ms instead of 0.7 on two cores)."""
+    view = memoryview(data).cast("B")
+    ranges = pieces(len(view))
+    if len(ranges) <= 1:
+        return block_hash(view), b""
+
+    def values_of(some: list[tuple[int, int]]) -> list[bytes]:
+        return [subtree_value(view[start:end], start) for start, end in some]
+
+    half = len(ranges) // 2
+    if executor is not None:
+        later = executor.submit(values_of, ranges[half:])
+        values = values_of(ranges[:half]) + later.result()
+    else:
+        values = values_of(ranges)
+    siblings: list[bytes] = []
+    root = _join(values, 0, len(values), True, siblings)
+    return root, b"".join(siblings)
 
 
 class TreeHasher:
