@@ -271,6 +271,21 @@ __attribute__((target("avx2"))) static void md5_y(uint32_t *const st[MD5LANES_MA
     md5_y_store(st, 3, d0);
 }
 
+/* State word `word` of 16 lanes, as two sets of 8. */
+__attribute__((target("avx512f"))) static inline __m512i md5_z_load(uint32_t *const st[16],
+                                                                   int word)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(md5_y_load(st, word)),
+                              md5_y_load(st + 8, word), 1);
+}
+
+__attribute__((target("avx512f"))) static inline void md5_z_store(uint32_t *const st[16],
+                                                                 int word, __m512i x)
+{
+    md5_y_store(st, word, _mm512_castsi512_si256(x));
+    md5_y_store(st + 8, word, _mm512_extracti64x4_epi64(x, 1));
+}
+
 /* 16 lanes: lane i hashes `nblocks` blocks from ptr[i] into st[i].  Message words are
  * loaded a lane's 32 bytes at a time and transposed, 8 lanes at a time, as for AVX2 (gathers
  * ran at half the speed on AMD Zen 4); F, G, H and I are one ternary-logic instruction each,
@@ -279,17 +294,10 @@ __attribute__((target("avx512f"))) static void md5_x16(uint32_t *const st[MD5LAN
                                                        const unsigned char *const ptr[MD5LANES_MAX],
                                                        size_t nblocks)
 {
-    uint32_t sa[16], sb[16], sc[16], sd[16];
     const unsigned char *p[MD5LANES_MAX];
     memcpy(p, ptr, sizeof p);
-    for (int i = 0; i < 16; i++) {
-        sa[i] = st[i][0];
-        sb[i] = st[i][1];
-        sc[i] = st[i][2];
-        sd[i] = st[i][3];
-    }
-    __m512i a = _mm512_loadu_si512(sa), b = _mm512_loadu_si512(sb);
-    __m512i c = _mm512_loadu_si512(sc), d = _mm512_loadu_si512(sd);
+    __m512i a = md5_z_load(st, 0), b = md5_z_load(st, 1);
+    __m512i c = md5_z_load(st, 2), d = md5_z_load(st, 3);
     for (; nblocks; nblocks--) {
         __m256i lo[16], hi[16];
         __m512i w[16];
@@ -306,16 +314,10 @@ __attribute__((target("avx512f"))) static void md5_x16(uint32_t *const st[MD5LAN
         c = _mm512_add_epi32(c, cc);
         d = _mm512_add_epi32(d, dd);
     }
-    _mm512_storeu_si512(sa, a);
-    _mm512_storeu_si512(sb, b);
-    _mm512_storeu_si512(sc, c);
-    _mm512_storeu_si512(sd, d);
-    for (int i = 0; i < 16; i++) {
-        st[i][0] = sa[i];
-        st[i][1] = sb[i];
-        st[i][2] = sc[i];
-        st[i][3] = sd[i];
-    }
+    md5_z_store(st, 0, a);
+    md5_z_store(st, 1, b);
+    md5_z_store(st, 2, c);
+    md5_z_store(st, 3, d);
 }
 
 /* 8 lanes with AVX-512's instructions on 256-bit registers (AVX-512VL): ternary logic and

@@ -25,6 +25,19 @@ def _data(size: int, seed: int) -> bytes:
     return blake3.blake3(seed.to_bytes(8, "little")).digest(length=size)
 
 
+def first_part_matches(name: bytes, size: int, first: bytes, outboard: bytes) -> bool:
+    """The first part's check as read_parts makes it (a short part has no value)."""
+    return len(first) == PART and treehash.first_value_matches(
+        name, size, treehash.subtree_value(first, 0), outboard)
+
+
+def sibling_matches(outboard: bytes, index: int, data: bytes, offset: int) -> bool:
+    """A sibling's check as read_parts makes it, from its pieces' values."""
+    values = [treehash.subtree_value(data[i:i + PART], offset + i)
+              for i in range(0, len(data), PART)]
+    return treehash.sibling_values_match(outboard, index, values)
+
+
 @settings(max_examples=40, deadline=None)
 @given(size=st.integers(0, 9 * MIB), cuts=st.lists(st.integers(0, 9 * MIB), max_size=4),
        seed=st.integers(0, 2**32))
@@ -48,11 +61,11 @@ def test_outboard_verifies_every_part_and_covers_the_block(size, seed):
     hasher = treehash.TreeHasher()
     hasher.update(data)
     name, outboard = hasher.finish()
-    assert treehash.first_part_matches(name, size, data[:PART], outboard)
+    assert first_part_matches(name, size, data[:PART], outboard)
     covered = 0
     for index, (start, end) in enumerate(treehash.spine(size)):
         assert start == covered or (index == 0 and start == PART)
-        assert treehash.sibling_matches(outboard, index, data[start:end], start)
+        assert sibling_matches(outboard, index, data[start:end], start)
         covered = end
     assert covered == size
 
@@ -110,26 +123,26 @@ def test_checks_refuse_a_changed_byte_a_wrong_outboard_or_a_wrong_size():
     hasher = treehash.TreeHasher()
     hasher.update(data)
     name, outboard = hasher.finish()
-    assert treehash.first_part_matches(name, size, data[:PART], outboard)
+    assert first_part_matches(name, size, data[:PART], outboard)
 
     first = bytearray(data[:PART])
     first[12345] ^= 1
-    assert not treehash.first_part_matches(name, size, first, outboard)
+    assert not first_part_matches(name, size, first, outboard)
     bad = bytearray(outboard)
     bad[40] ^= 1
-    assert not treehash.first_part_matches(name, size, data[:PART], bytes(bad))
-    assert not treehash.first_part_matches(name, size, data[:PART], outboard[:32])
-    assert not treehash.first_part_matches(name, 2 * MIB, data[:PART], outboard)
+    assert not first_part_matches(name, size, data[:PART], bytes(bad))
+    assert not first_part_matches(name, size, data[:PART], outboard[:32])
+    assert not first_part_matches(name, 2 * MIB, data[:PART], outboard)
     # A size that keeps the tree's shape passes the first check; the short sibling fails.
     assert treehash.spine(size - 1024)[1] == (2 * MIB, size - 1024)
-    assert not treehash.sibling_matches(outboard, 1, data[2 * MIB:size - 1024], 2 * MIB)
-    assert not treehash.first_part_matches(name, size, data[:PART - 1], outboard)
+    assert not sibling_matches(outboard, 1, data[2 * MIB:size - 1024], 2 * MIB)
+    assert not first_part_matches(name, size, data[:PART - 1], outboard)
 
     sibling = bytearray(data[2 * MIB:])
     sibling[-1] ^= 0x80
-    assert not treehash.sibling_matches(outboard, 1, sibling, 2 * MIB)
+    assert not sibling_matches(outboard, 1, sibling, 2 * MIB)
     # The same bytes at another place in the tree have another value.
-    assert not treehash.sibling_matches(outboard, 0, data[MIB:2 * MIB], 0)
+    assert not sibling_matches(outboard, 0, data[MIB:2 * MIB], 0)
 
 
 def test_a_subtree_starts_at_a_chunk_boundary():

@@ -252,9 +252,9 @@ class LocalBlockStore(BlockStore):
         if _refresh(path):  # present: refresh its age, keep its bytes
             return os.path.dirname(path), False
         tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
-        keep = bool(outboard) and self._outboards
         # An outboard is an xattr in the user namespace, which needs write permission: such
         # a file is made read-only once it is set (as a streamed block's).
+        keep = bool(outboard) and self._outboards
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                      0o644 if keep else 0o444)
         try:
@@ -277,7 +277,10 @@ class LocalBlockStore(BlockStore):
         return os.path.dirname(path), True
 
     def _set_outboard(self, fd: int, outboard: bytes) -> None:
-        """The outboard, as an xattr; a filesystem that refuses it loses only the aid."""
+        """The outboard (if any), as an xattr; a filesystem that refuses it loses only the
+        aid."""
+        if not outboard or not self._outboards:
+            return
         try:
             os.setxattr(fd, _OUTBOARD_XATTR, outboard)
         except OSError as exc:
@@ -586,8 +589,7 @@ class _FileWriter(BlockWriter):
                 self.abort()
             else:
                 fd = self._open()
-                if self._outboard and store._outboards:
-                    store._set_outboard(fd, self._outboard)
+                store._set_outboard(fd, self._outboard)
                 os.fchmod(fd, 0o444)
                 os.fdatasync(fd)
                 pagecache.drop(fd, self._written)

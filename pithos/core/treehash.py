@@ -67,16 +67,10 @@ def pieces(size: int) -> list[tuple[int, int]]:
     return [(start, min(start + PART, size)) for start in range(0, size, PART)]
 
 
-def first_part_matches(name: bytes, size: int, first: bytes | bytearray | memoryview,
-                       outboard: bytes) -> bool:
-    """Whether `first` (the block's first `PART` bytes) and `outboard` hash up to `name`.
-    When they do, every value of the outboard is the block's own."""
-    return len(first) == PART and first_value_matches(name, size, subtree_value(first, 0),
-                                                      outboard)
-
-
 def first_value_matches(name: bytes, size: int, value: bytes, outboard: bytes) -> bool:
-    """`first_part_matches` given the first part's `subtree_value`."""
+    """Whether the first part (`value`: the `subtree_value` of the block's first `PART`
+    bytes) and `outboard` hash up to `name`.  When they do, every value of the outboard is
+    the block's own."""
     ranges = spine(size)
     if not ranges or len(outboard) != HASH_SIZE * len(ranges):
         return False
@@ -86,14 +80,9 @@ def first_value_matches(name: bytes, size: int, value: bytes, outboard: bytes) -
     return value == name
 
 
-def sibling_matches(outboard: bytes, index: int, data: bytes | bytearray | memoryview,
-                    offset: int) -> bool:
-    """Whether `data`, at `offset`, is the sibling `index` of a checked outboard."""
-    return subtree_value(data, offset) == outboard[index * HASH_SIZE:(index + 1) * HASH_SIZE]
-
-
 def sibling_values_match(outboard: bytes, index: int, values: list[bytes]) -> bool:
-    """`sibling_matches` given the `subtree_value` of each of the sibling's `pieces`."""
+    """Whether the sibling `index` of a checked outboard is the bytes whose `pieces` have
+    these `subtree_value`s, in order."""
     if not values:
         return False
     value = _join(values, 0, len(values), False, [])
