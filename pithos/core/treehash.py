@@ -108,9 +108,7 @@ def name(data: bytes | bytearray | memoryview, executor: Executor | None = None
         values = values_of(ranges[:half]) + later.result()
     else:
         values = values_of(ranges)
-    siblings: list[bytes] = []
-    root = _join(values, 0, len(values), True, siblings)
-    return root, b"".join(siblings)
+    return _root_and_outboard(values)
 
 
 class TreeHasher:
@@ -141,10 +139,14 @@ class TreeHasher:
         """The block's hash and its outboard (empty up to `PART` bytes)."""
         if not self._values:
             return self._part.root(), b""
-        values = [*self._values, self._part.chaining_value()]
-        siblings: list[bytes] = []
-        root = _join(values, 0, len(values), True, siblings)
-        return root, b"".join(siblings)
+        return _root_and_outboard([*self._values, self._part.chaining_value()])
+
+
+def _root_and_outboard(values: list[bytes]) -> tuple[bytes, bytes]:
+    """The hash and the outboard of a block of more than one part, from its parts' values."""
+    siblings: list[bytes] = []
+    root = _join(values, 0, len(values), True, siblings)
+    return root, b"".join(siblings)
 
 
 def _join(values: list[bytes], lo: int, hi: int, root: bool, siblings: list[bytes]) -> bytes:
