@@ -112,6 +112,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from archipelago import overlay
 from archipelago.delta import BITMAP_PAGE, SECTOR_SHIFT, Delta, DeltaStore, bitmap_bytes, sectors
 from archipelago.heads import Head, HeadStore, Lease, LeaseLost, check_name
+from pithos.blocker.rados import RADOS_MISSING
 from pithos.core.errors import (
     BackendError,
     Conflict,
@@ -183,8 +184,7 @@ class RadosPool:
         try:
             import rados
         except ImportError as exc:
-            raise BackendError("the rados module is not installed (Debian: python3-rados)",
-                               transient=False) from exc
+            raise BackendError(RADOS_MISSING, transient=False) from exc
         self.rados: Any = rados
         self.pool = pool
         timeout = str(int(op_timeout_s))

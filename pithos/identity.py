@@ -68,12 +68,13 @@ class Identity:
             raise InvalidArgument("the key must not be empty")
         return self.catalog.add_user(account, user, hash_key(key), admin)
 
-    def add_first_user(self, account: str, user: str, key: str, admin: bool
-                       ) -> UserInfo | None:
-        """The user, added only if there is no user at all yet; None otherwise."""
+    def set_initial_key(self, account: str, user: str, key: str, admin: bool
+                        ) -> UserInfo | None:
+        """The user with this initial key, if the catalog had no user at all or this user's
+        key is still an initial one nobody logged in with; None otherwise."""
         if not key:
             raise InvalidArgument("the key must not be empty")
-        return self.catalog.add_first_user(account, user, hash_key(key), admin)
+        return self.catalog.set_initial_key(account, user, hash_key(key), admin)
 
     def login(self, account: str, user: str, key: str) -> tuple[UserInfo, str, float] | None:
         """(user, token, expires) for good credentials, None otherwise."""

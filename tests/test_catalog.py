@@ -207,7 +207,7 @@ def test_container_listing_until(catalog):
 
 def test_only_the_first_of_concurrent_first_starts_adds_its_user(catalog):
     """Nodes starting at once on one empty catalog: exactly one adds its admin, the others
-    find it (and none changes its key)."""
+    replace its still unused initial key (each node shows the key it set; the last one holds)."""
     from pithos.catalog import Catalog
 
     others = [Catalog(catalog.url) for _ in range(4)]
@@ -216,7 +216,7 @@ def test_only_the_first_of_concurrent_first_starts_adds_its_user(catalog):
 
     def first_start(i: int) -> None:
         start.wait()
-        results[i] = others[i].add_first_user("admin", "admin", f"key-{i}", admin=True)
+        results[i] = others[i].set_initial_key("admin", "admin", f"key-{i}", admin=True)
 
     threads = [threading.Thread(target=first_start, args=(i,)) for i in range(len(others))]
     for t in threads:
@@ -225,9 +225,42 @@ def test_only_the_first_of_concurrent_first_starts_adds_its_user(catalog):
         t.join()
     for other in others:
         other.close()
-    winners = [i for i, r in enumerate(results) if r is not None]
-    assert len(winners) == 1
-    (info, stored) = catalog.user_credentials("admin", "admin")
-    assert stored == f"key-{winners[0]}" and info.admin
-    assert catalog.add_first_user("other", "x", "k", admin=False) is None
+    assert all(r is not None for r in results)
     assert [u.name for u in catalog.users()] == ["admin"]
+    (info, stored) = catalog.user_credentials("admin", "admin")
+    assert stored in {f"key-{i}" for i in range(4)} and info.admin
+    # Another user's name with an initial key: neither added nor changed.
+    assert catalog.set_initial_key("other", "x", "k", admin=False) is None
+    # Once the key is used (a token issued), it is no initial key any more.
+    catalog.add_token("t" * 64, info.id, time.time() + 60)
+    assert catalog.set_initial_key("admin", "admin", "again", admin=True) is None
+    assert catalog.user_credentials("admin", "admin")[1] == stored
+    # A key set by hand is none either.
+    catalog.add_user("admin", "admin", "hand", admin=True)
+    assert catalog.set_initial_key("admin", "admin", "again", admin=True) is None
+    assert [u.name for u in catalog.users()] == ["admin"]
+
+
+def test_migration_3_adds_the_initial_key_column_to_an_older_catalog(tmp_path):
+    """A catalog made before migration 3 (no users.initial_key) upgrades in place: its users
+    keep their keys and none is taken for an initial one."""
+    import sqlite3
+
+    from pithos.catalog import Catalog
+
+    path = tmp_path / "old.sqlite"
+    old = Catalog(f"sqlite:///{path}")
+    old.add_user("ops", "alice", "hash", admin=True)
+    old.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE users DROP COLUMN initial_key")
+    db.execute("UPDATE schema_version SET version = 2")
+    db.commit()
+    db.close()
+    upgraded = Catalog(f"sqlite:///{path}")
+    try:
+        assert upgraded.schema_found == 2
+        assert upgraded.user_credentials("ops", "alice")[1] == "hash"
+        assert upgraded.set_initial_key("ops", "alice", "new", admin=True) is None
+    finally:
+        upgraded.close()

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from pithos.api.errors import HTTPStatusError
 from pithos.objects.service import Limits
@@ -36,6 +36,19 @@ def x_timestamp(ts: float) -> str:
 
 
 # -- names ---------------------------------------------------------------------------------------
+
+def path_info(env: dict[str, str]) -> str:
+    """PATH_INFO as WSGI means it: latin-1 characters carrying the path's bytes.  gunicorn
+    reads the request line as latin-1, then percent-decodes it with urllib's unquote_to_bytes,
+    which encodes every non-ASCII character as UTF-8 once more: raw UTF-8 in the request line
+    (what Swift's clients send for non-ASCII names) would arrive encoded twice.  Such a path is
+    taken from the request line itself (RAW_URI)."""
+    raw_uri = env.get("RAW_URI", "")
+    if raw_uri.isascii():
+        return env.get("PATH_INFO", "")
+    target = urlsplit(raw_uri).path if "://" in raw_uri[:16] else raw_uri.partition("?")[0]
+    return unquote_to_bytes(target.encode("latin-1")).decode("latin-1")
+
 
 def decode_path(raw: str) -> list[str]:
     """Split a WSGI PATH_INFO (latin-1 characters carrying the decoded bytes) into UTF-8

@@ -21,6 +21,7 @@ from pithos.api.http import (
     encoded_slash_in_container,
     meta_from_headers,
     meta_headers,
+    path_info,
     x_timestamp,
 )
 from pithos.api.objects import ObjectHandlers, parse_until
@@ -152,7 +153,7 @@ class SwiftSink:
         self.objects = ObjectHandlers(services, self.authz)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
-        raw = req.env.get("PATH_INFO", "")
+        raw = path_info(req.env)
         if raw != "/v1" and not raw.startswith("/v1/"):
             raise HTTPStatusError(404)
         txid = "tx" + secrets.token_hex(12)

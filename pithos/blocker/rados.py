@@ -55,6 +55,10 @@ from typing import Any
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound, PithosError
 
+# Debian builds python3-rados for its own Python; scripts/ceph links it into the project's venv.
+RADOS_MISSING = ("the rados Python module is not installed: as root run "
+                 "apt-get install -y python3-rados && scripts/ceph link-venv (docs/ceph.md)")
+
 PUT_TIME_KEY = "pithos.put_ns"
 # Never set on any object: omap_cmp(absent key == "") holds exactly when the object exists.
 _EXISTS_GUARD_KEY = "pithos.exists"
@@ -119,9 +123,7 @@ class RadosBlockStore(BlockStore):
         try:
             import rados
         except ImportError as exc:
-            raise BackendError(
-                "the rados module is not installed (Debian: python3-rados; see docs/ceph.md)",
-                transient=False) from exc
+            raise BackendError(RADOS_MISSING, transient=False) from exc
         self._rados = rados
         self.pool = pool
         self.namespace = namespace

@@ -37,8 +37,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import ArgumentError, NoResultFound
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
-from sqlalchemy.exc import NoResultFound
 
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
@@ -51,7 +51,7 @@ from pithos.catalog.records import (
     UserInfo,
 )
 from pithos.catalog.wal_sync import WalSync
-from pithos.core.errors import Conflict, NotFound, QuotaExceeded
+from pithos.core.errors import BackendError, Conflict, InvalidArgument, NotFound, QuotaExceeded
 
 STAT_SHARDS = 8
 # How long a SQLite connection waits for a lock before giving up with "database is locked".
@@ -113,6 +113,15 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         cur.close()
 
 
+def missing_driver(url: str, exc: ImportError) -> str:
+    """One line naming the database driver a catalog URL needs and how to install it."""
+    scheme = url.split(":", 1)[0]
+    if scheme.startswith("postgresql") and (exc.name or "").startswith("psycopg"):
+        return (f"a {scheme}:// catalog needs the psycopg driver, which is not installed: "
+                "run scripts/setup, or pip install 'psycopg[binary]>=3.1'")
+    return f"the driver for a {scheme}:// catalog is not installed (no module {exc.name!r})"
+
+
 class Catalog:
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open."""
@@ -125,7 +134,12 @@ class Catalog:
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
-        self.engine = create_engine(url, **kwargs)
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except ImportError as exc:
+            raise BackendError(missing_driver(url, exc)) from None
+        except ArgumentError as exc:
+            raise InvalidArgument(f"bad catalog URL: {exc}") from None
         self._lease_engine: Engine | None = None
         self._read_engine: Engine | None = None
         self._wal_sync: WalSync | None = None
@@ -274,7 +288,7 @@ class Catalog:
                 s.users.c.account_id == account_id, s.users.c.name == user))).scalar()
             if existing is not None:
                 conn.execute(update(s.users).where(s.users.c.id == existing)
-                             .values(key_hash=key_hash, admin=admin))
+                             .values(key_hash=key_hash, admin=admin, initial_key=False))
                 conn.execute(delete(s.tokens).where(s.tokens.c.user_id == existing))
                 user_id = int(existing)
             else:
@@ -283,25 +297,34 @@ class Catalog:
                     created=time.time())).inserted_primary_key[0])
         return UserInfo(user_id, account, user, admin)
 
-    def add_first_user(self, account: str, user: str, key_hash: str,
-                       admin: bool) -> UserInfo | None:
-        """Add a user only if the catalog has none yet (a server's first start); None if it
-        has one.  Atomic: of several nodes starting at once on an empty catalog, one adds its
-        user and the others see it (SQLite: the write lock; PostgreSQL: a table lock held
-        until the commit)."""
+    def set_initial_key(self, account: str, user: str, key_hash: str,
+                        admin: bool) -> UserInfo | None:
+        """A server's start: on a catalog with no user, add this one with an initial key; if
+        this user still has an initial key (never used to log in), replace it.  None when
+        neither (the key is in use, or other users exist).  Atomic: of several nodes starting
+        at once on an empty catalog, one adds its user (SQLite: the write lock; PostgreSQL: a
+        table lock held until the commit)."""
         try:
             with self._write() as conn:
                 if not self.is_sqlite:
                     conn.execute(text("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"))
-                if conn.execute(select(s.users.c.id).limit(1)).first() is not None:
+                if conn.execute(select(s.users.c.id).limit(1)).first() is None:
+                    account_id = self._ensure_account(conn, account)
+                    user_id = int(conn.execute(insert(s.users).values(
+                        account_id=account_id, name=user, key_hash=key_hash, admin=admin,
+                        initial_key=True, created=time.time())).inserted_primary_key[0])
+                    return UserInfo(user_id, account, user, admin)
+                row = conn.execute(
+                    select(s.users.c.id, s.users.c.admin).select_from(s.users.join(s.accounts))
+                    .where(and_(s.accounts.c.name == account, s.users.c.name == user,
+                                s.users.c.initial_key))).first()
+                if row is None:
                     return None
-                account_id = self._ensure_account(conn, account)
-                user_id = int(conn.execute(insert(s.users).values(
-                    account_id=account_id, name=user, key_hash=key_hash, admin=admin,
-                    created=time.time())).inserted_primary_key[0])
+                conn.execute(update(s.users).where(s.users.c.id == row.id)
+                             .values(key_hash=key_hash))
+                return UserInfo(int(row.id), account, user, bool(row.admin))
         except SQLIntegrityError:  # another node's user came first
             return None
-        return UserInfo(user_id, account, user, admin)
 
     def delete_user(self, account: str, user: str) -> bool:
         with self._write() as conn:
@@ -336,6 +359,10 @@ class Catalog:
         with self._write() as conn:
             conn.execute(insert(s.tokens).values(token_hash=token_hash, user_id=user_id,
                                                  expires=expires))
+            # The key has been used: the server stops showing (and replacing) it.
+            conn.execute(update(s.users).where(and_(s.users.c.id == user_id,
+                                                    s.users.c.initial_key))
+                         .values(initial_key=False))
             # Expired tokens are of no use to anyone; drop a few on every login.
             old = select(s.tokens.c.token_hash).where(s.tokens.c.expires < time.time()).limit(100)
             conn.execute(delete(s.tokens).where(s.tokens.c.token_hash.in_(old)))

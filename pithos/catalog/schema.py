@@ -24,6 +24,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    inspect,
     select,
     text,
 )
@@ -61,6 +63,10 @@ users = Table(
     Column("key_hash", String(256), nullable=False),  # scrypt, salted; see identity.py
     Column("admin", Boolean, nullable=False),
     Column("created", Float, nullable=False),
+    # A key made by the server's first start and not yet used to log in: `pithos serve` shows
+    # a new one at each start until it is (so a failed first start never loses the only
+    # credentials).  Added by migration 3.
+    Column("initial_key", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -210,9 +216,17 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=V2_TABLES)
 
 
+def _v3(conn: Connection) -> None:
+    # A database made by migration 1 of this release already has the column (create_all).
+    if "initial_key" not in {c["name"] for c in inspect(conn).get_columns("users")}:
+        conn.execute(text("ALTER TABLE users ADD COLUMN initial_key BOOLEAN NOT NULL "
+                          "DEFAULT FALSE"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

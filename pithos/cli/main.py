@@ -276,8 +276,9 @@ def parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common],
                                 help="run the object API (Swift v1) on the data directory")
-    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
-                       help="address to listen on (default 127.0.0.1:8080)")
+    serve.add_argument("--listen", default=os.environ.get("PITHOS_LISTEN", "127.0.0.1:8080"),
+                       metavar="HOST:PORT",
+                       help="address to listen on (default $PITHOS_LISTEN or 127.0.0.1:8080)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes (default 1)")
     serve.set_defaults(func=cmd_serve, no_data=True)

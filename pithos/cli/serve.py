@@ -86,8 +86,21 @@ def _reaper(services: Any) -> None:
             log.exception("reaping expired objects failed")
 
 
-def first_start(storage: Storage, listen: str) -> None:
-    """On an empty catalog, create an admin user and say how to log in.
+def open_catalog_once(storage: Storage) -> None:
+    """Open (and create or upgrade) the catalog, and close it: a bad URL, a missing driver or an
+    unreachable database is one line from `pithos serve` before gunicorn starts."""
+    from pithos.catalog import Catalog
+
+    os.makedirs(storage.data_dir, exist_ok=True)  # an SQLite catalog lives there
+    Catalog(storage.catalog).close()
+
+
+def show_initial_key(storage: Storage, listen: str) -> None:
+    """Once the server listens: on a catalog with no user, create the admin user admin:admin
+    and print its key; while that key has never been used to log in, print a new one at each
+    start (keys are stored hashed, so the old one cannot be shown again), so a first start
+    that failed after printing, or whose output was lost, never leaves the operator without
+    credentials.
 
     Runs in gunicorn's master, before it forks the workers, so it opens the catalog only,
     never the block store: librados in the master would hand its random state to every
@@ -97,21 +110,19 @@ def first_start(storage: Storage, listen: str) -> None:
     from pithos.catalog import Catalog
     from pithos.identity import Identity
 
-    os.makedirs(storage.data_dir, exist_ok=True)  # an SQLite catalog lives there
     catalog = Catalog(storage.catalog)
     try:
-        if catalog.users():
-            return
         key = secrets.token_hex(16)  # hex: never starts with "-" (a CLI would read an option)
-        if Identity(catalog).add_first_user("admin", "admin", key, admin=True) is None:
-            return  # another node sharing this catalog started first and made the admin
-        print(f"created the admin user of account 'admin':\n"
+        if Identity(catalog).set_initial_key("admin", "admin", key, admin=True) is None:
+            return  # the admin's key is in use, or the operator made users of their own
+        print(f"the admin user of account 'admin':\n"
               f"  auth URL:  http://{listen}/auth/v1.0  (Keystone v3: http://{listen}/v3)\n"
               f"  user:      admin:admin\n"
               f"  key:       {key}\n"
               f"  e.g.: swift -A http://{listen}/auth/v1.0 -U admin:admin -K {key} stat\n"
-              f"(this key is shown once; `pithos user add admin:admin --key NEW --admin` "
-              f"sets a new one)", flush=True)
+              f"(a new key is shown at each start until this one is used to log in; "
+              f"`pithos user add admin:admin --key NEW --admin` sets one of your own)",
+              flush=True)
     finally:
         catalog.close()
 
@@ -119,7 +130,14 @@ def first_start(storage: Storage, listen: str) -> None:
 def serve(storage: Storage, listen: str, workers: int) -> int:
     from gunicorn.app.base import BaseApplication
 
-    first_start(storage, listen)
+    open_catalog_once(storage)
+
+    def when_ready(server: Any) -> None:
+        # The socket is bound and the worker class loaded: the server is able to serve.
+        print(f"pithos serve: listening on http://{listen} (data directory "
+              f"{os.path.abspath(storage.data_dir)}, blocks {storage.blocks}, catalog "
+              f"{_redacted(storage.catalog)}, {workers} worker(s))", file=sys.stderr, flush=True)
+        show_initial_key(storage, listen)
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -128,7 +146,7 @@ def serve(storage: Storage, listen: str, workers: int) -> int:
                 "worker_connections": 1000, "timeout": 300, "graceful_timeout": 30,
                 "keepalive": 75, "loglevel": "warning", "errorlog": "-",
                 "limit_request_line": 8190, "limit_request_field_size": 8190,
-                "proc_name": "pithos-serve",
+                "proc_name": "pithos-serve", "when_ready": when_ready,
             }.items():
                 self.cfg.set(key, value)
 
@@ -141,8 +159,5 @@ def serve(storage: Storage, listen: str, workers: int) -> int:
             gevent.spawn(_reaper, services)
             return create_app(services)
 
-    print(f"pithos serve: listening on http://{listen} (data directory "
-          f"{os.path.abspath(storage.data_dir)}, blocks {storage.blocks}, catalog "
-          f"{_redacted(storage.catalog)}, {workers} worker(s))", file=sys.stderr, flush=True)
     Application().run()
     return 0
