@@ -211,14 +211,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pithos.catalog import Catalog
+    from pithos.catalog.leases import WriterLeases
+
     args = parser().parse_args(argv)
     vols = None
+    catalog = None
     try:
         # The server keeps a volume's lease a moment after its last client disconnects.
         storage = Storage.from_args(args)
         args.storage = storage
         vols = Volumes.at(storage.data_dir, storage.blocks,
                           lease_wait_s=0.0 if args.command == "serve" else 5.0)
+        # Snapshots and clones are writers: `pithos gc` on the same storage spares what they
+        # store or name (the leases live in the catalog the collector reads).
+        catalog = Catalog(storage.catalog)
+        vols.writers = WriterLeases(catalog)
         return int(args.func(args, vols))
     except (CliError, PithosError) as exc:
         print(f"archipelago: error: {exc}", file=sys.stderr)
@@ -231,7 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if vols is not None:
             with contextlib.suppress(Exception):
+                if vols.writers is not None:
+                    vols.writers.close()
+            with contextlib.suppress(Exception):
                 vols.close()
+        if catalog is not None:
+            with contextlib.suppress(Exception):
+                catalog.close()
 
 
 if __name__ == "__main__":

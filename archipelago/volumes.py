@@ -19,6 +19,7 @@ from archipelago.delta import DeltaStore, LocalDeltaStore
 from archipelago.heads import SECTOR_SIZE, Head, HeadStore, LocalHeadStore, check_name, new_head
 from archipelago.volume import Volume
 from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
+from pithos.catalog.leases import WriterLeases
 from pithos.core.errors import Conflict, InvalidArgument, NotFound
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
@@ -41,8 +42,13 @@ class Volumes:
     stores (local directory now, RADOS later); `blocker` the shared block store."""
 
     def __init__(self, blocker: Blocker, heads: HeadStore, deltas: DeltaStore,
-                 lease_wait_s: float = 0.0) -> None:
+                 lease_wait_s: float = 0.0, writers: WriterLeases | None = None) -> None:
+        """`writers`: the process's writer leases (pithos.catalog.leases), so that a
+        collector running meanwhile spares the blocks a snapshot or clone stores or names;
+        the entry point gives them (without, nothing protects those blocks from a
+        concurrent `pithos gc`)."""
         self.blocker = blocker
+        self.writers = writers
         # How long administrative calls (snapshot, resize, delete, open) wait for a writer
         # that is finishing (an NBD client that just disconnected) to release its lease.
         self.lease_wait_s = lease_wait_s
@@ -107,6 +113,28 @@ class Volumes:
             if head.root:
                 yield from_hex(head.root)
 
+    # -- writers -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[contextlib.AbstractContextManager[None]]:
+        """Be a writer while blocks are stored or touched; yields the guard to commit in."""
+        if self.writers is None:
+            yield contextlib.nullcontext()
+            return
+        with self.writers.held() as ticket:
+            yield self.writers.commit_guard(ticket)
+
+    def _touch_map(self, root: bytes) -> None:
+        """Refresh every page and block of a map a writer is about to name, so that a
+        collector that did not see the map among its roots spares them; NotFound if one is
+        gone."""
+        from pithos.mapper.gc import GcReport, mark
+
+        report = GcReport(dry_run=True)
+        named = mark(self.blocker, [root], report)
+        if report.unwalkable_roots or self.blocker.touch_many(sorted(named)):
+            raise NotFound(f"the map {to_hex(root)} is not whole")
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def create(self, name: str, size: int, block_size: int = DEFAULT_BLOCK_SIZE) -> Head:
@@ -148,7 +176,13 @@ class Volumes:
         if size < base_size:
             raise InvalidArgument(f"a clone cannot be smaller than its source ({base_size})")
         head = new_head(name, "volume", size, block_size, to_hex(root), base_size, origin)
-        return self.heads.put(head, None)
+        with self._writing() as commit:
+            # The source may stop naming the map meanwhile (an object deleted, a snapshot
+            # removed): as a writer, the clone refreshes what it names.  (Metadata only: a
+            # touch per page and block, no data read or copied.)
+            self._touch_map(root)
+            with commit:
+                return self.heads.put(head, None)
 
     def resize(self, name: str, size: int) -> Head:
         """Grow a volume (shrinking is refused: it would drop data)."""
@@ -224,6 +258,12 @@ class Volumes:
         """Snapshot a volume this process holds open for writing."""
         if vol.delta is None or vol.lease is None:
             raise InvalidArgument(f"{vol.name!r} is not open for writing")
+        with self._writing() as commit:
+            return self._snapshot(vol, name, commit)
+
+    def _snapshot(self, vol: Volume, name: str,
+                  commit: contextlib.AbstractContextManager[None]) -> Head:
+        assert vol.delta is not None and vol.lease is not None
         vol.flush()
         head = vol.head
         m = self.mapper(head.block_size)
@@ -259,14 +299,15 @@ class Volumes:
         root = m.store_entries(hashes, lengths)  # blocks, then pages: durable
         snap = new_head(name, "snapshot", head.size, head.block_size, to_hex(root), head.size,
                         origin=f"volume {head.name}")
-        snap = self.heads.put(snap, None)
         # The volume goes on over the snapshot with an empty delta of the next generation.
         new_delta = self.deltas.open(head.name, head.generation + 1, head.size)
         try:
-            vol.lease.check()
-            moved = self.heads.put(head.replace(root=to_hex(root), base_size=head.size,
-                                                generation=head.generation + 1,
-                                                origin=head.origin), head.version)
+            with commit:  # a writer that lost its lease commits neither head
+                snap = self.heads.put(snap, None)
+                vol.lease.check()
+                moved = self.heads.put(head.replace(root=to_hex(root), base_size=head.size,
+                                                    generation=head.generation + 1,
+                                                    origin=head.origin), head.version)
         except BaseException:
             new_delta.close()
             raise

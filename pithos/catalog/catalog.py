@@ -965,23 +965,27 @@ class Catalog:
         newest = rows[-1].id if rows else version_id
         return [bytes(r.root) for r in rows if r.root is not None], int(newest)
 
-    def publish_upload_lease(self, lease_id: int, oldest: float | None,
-                             expires: float) -> None:
-        """A process's upload lease: its oldest upload in flight started at `oldest` (None:
-        it has none).  See pithos/objects/leases.py."""
+    def publish_upload_lease(self, lease_id: int, oldest: float | None) -> None:
+        """A process's writer lease: its oldest writer in flight began at `oldest` (None: it
+        has none, and the row goes).  See pithos/catalog/leases.py."""
         ul = s.upload_leases
         with self._lease_write() as conn:
             conn.execute(delete(ul).where(ul.c.id == lease_id))
             if oldest is not None:
-                conn.execute(insert(ul).values(id=lease_id, started=oldest, expires=expires))
+                # `expires` is no longer read (a lease lives as long as its process); far
+                # in the future, so a collector of an earlier release spares it too.
+                conn.execute(insert(ul).values(id=lease_id, started=oldest, expires=1e15))
 
-    def oldest_upload(self, now: float | None = None) -> float | None:
-        """Start time of the oldest live upload lease, None if none."""
-        now = time.time() if now is None else now
+    def upload_lease_rows(self) -> list[tuple[int, float]]:
+        """Every writer lease row: (lease id, start of its oldest writer)."""
         with self._read() as conn:
-            found = conn.execute(select(func.min(s.upload_leases.c.started))
-                                 .where(s.upload_leases.c.expires > now)).scalar()
-        return None if found is None else float(found)
+            rows = conn.execute(select(s.upload_leases.c.id, s.upload_leases.c.started)).all()
+        return [(int(r.id), float(r.started)) for r in rows]
+
+    def delete_upload_lease(self, lease_id: int) -> None:
+        """Drop a lease row (its process is dead: the collector revokes it)."""
+        with self._write() as conn:
+            conn.execute(delete(s.upload_leases).where(s.upload_leases.c.id == lease_id))
 
     def list_objects(self, container_id: int, prefix: str = "", marker: str = "",
                      end_marker: str = "", limit: int = 10000, reverse: bool = False,

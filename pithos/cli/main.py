@@ -1,6 +1,7 @@
 """`pithos`: the command-line entry point.
 
-    pithos serve [--listen HOST:PORT] [--workers N]   the object API (the main job)
+    pithos serve [--listen HOST:PORT] [--workers N] [--client-timeout S] [--keepalive S]
+                                    the object API (the main job)
     pithos user add ACCOUNT:USER --key KEY [--admin]  users; also `user list`, `user del`
     pithos store put FILE...        store files as maps, print "<root-hex> <size>" for each
     pithos store get ROOT [-o FILE] write a map's content to FILE or stdout
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
@@ -63,12 +65,23 @@ def cmd_put(args: argparse.Namespace, data: DataDir) -> int:
         if path != "-" and not os.path.isfile(path):
             what = "no such file" if not os.path.exists(path) else "not a regular file"
             raise CliError(f"cannot read {path}: {what}")
+    from pithos.catalog.leases import WriterLeases
+
     many = len(args.files) > 1
-    for path, (root, size) in zip(args.files, data.mapper.build_many(_open_inputs(args.files)),
-                                  strict=False):
-        # The map is durable; log its root before telling anyone about it.
-        data.record_roots([(root, size)])
-        print(f"{to_hex(root)} {size}" + (f" {path}" if many else ""), flush=True)
+    # A writer (pithos.catalog.leases) from before its first block until its root is logged:
+    # a collector running meanwhile spares what it stored, however slowly the input comes.
+    leases = WriterLeases(data.catalog())
+    try:
+        # One writer for all the files: build_many reads ahead into the next file.
+        with leases.held() as writer:
+            for path, (root, size) in zip(
+                    args.files, data.mapper.build_many(_open_inputs(args.files)), strict=False):
+                # The map is durable; log its root before telling anyone about it.
+                with leases.commit_guard(writer):
+                    data.record_roots([(root, size)])
+                print(f"{to_hex(root)} {size}" + (f" {path}" if many else ""), flush=True)
+    finally:
+        leases.close()
     return 0
 
 
@@ -150,7 +163,16 @@ def cmd_serve(args: argparse.Namespace, data: DataDir | None) -> int:
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
-    return serve(Storage.from_args(args), args.listen, args.workers)
+    timeouts = {}
+    if args.client_timeout is not None:
+        if not args.client_timeout > 0:
+            raise CliError("--client-timeout must be more than 0 seconds")
+        timeouts["client_timeout_s"] = args.client_timeout
+    if args.keepalive is not None:
+        if args.keepalive < 1:  # (0 would leave a half-sent request line unbounded)
+            raise CliError("--keepalive must be at least 1 second")
+        timeouts["keepalive_s"] = args.keepalive
+    return serve(Storage.from_args(args), args.listen, args.workers, **timeouts)
 
 
 def cmd_user_add(args: argparse.Namespace, data: DataDir) -> int:
@@ -183,9 +205,14 @@ def cmd_user_del(args: argparse.Namespace, data: DataDir) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
+    from pithos.catalog.leases import oldest_live_writer
     from pithos.mapper.gc import UnsafeToSweep, collect
 
     catalog = data.catalog()
+    # The mark start comes first: a writer that begins later is younger than it; one that
+    # began earlier has its lease row in the catalog by now (pithos.catalog.leases).
+    started = time.time()
+    oldest_writer = oldest_live_writer(catalog)
     # Versions committed from here on are picked up by late_roots before each sweep batch.
     seen = catalog.max_version_id()
 
@@ -196,8 +223,8 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
 
     try:
         report = collect(data.blocker, all_roots(data), dry_run=args.dry_run,
-                         oldest_upload=catalog.oldest_upload(), force=args.force,
-                         late_roots=late_roots)
+                         oldest_upload=oldest_writer, force=args.force,
+                         late_roots=late_roots, started=started)
     except UnsafeToSweep as exc:
         raise CliError(str(exc)) from None
     result = report.as_dict()
@@ -281,6 +308,13 @@ def parser() -> argparse.ArgumentParser:
                        help="address to listen on (default $PITHOS_LISTEN or 127.0.0.1:8080)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes (default 1)")
+    serve.add_argument("--client-timeout", type=float, metavar="S",
+                       default=os.environ.get("PITHOS_CLIENT_TIMEOUT"),
+                       help="a request body that sends nothing for S seconds ends in 408 "
+                            "(default $PITHOS_CLIENT_TIMEOUT or 60, as Swift's proxy)")
+    serve.add_argument("--keepalive", type=int, metavar="S",
+                       help="close a connection idle for S seconds, or whose request line and "
+                            "headers take longer to arrive (default 75)")
     serve.set_defaults(func=cmd_serve, no_data=True)
 
     user = commands.add_parser("user", parents=[common], help="manage users (tempauth style)")

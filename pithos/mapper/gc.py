@@ -92,13 +92,14 @@ def mark(blocker: Blocker, roots: Iterable[bytes], report: GcReport) -> set[byte
 def collect(blocker: Blocker, roots: Iterable[bytes], *, dry_run: bool = False,
             oldest_upload: float | None = None, force: bool = False,
             late_roots: Callable[[], Iterable[bytes]] | None = None,
-            clock_margin_s: float = CLOCK_MARGIN_S) -> GcReport:
+            clock_margin_s: float = CLOCK_MARGIN_S, started: float | None = None) -> GcReport:
     """Mark from `roots`, then sweep (or, with `dry_run`, only count) unreachable blocks put
     before min(mark start, `oldest_upload`).  Before each sweep batch, `late_roots()` gives
     the roots committed since the last call (e.g. copies of old maps made while the collector
     ran); they are marked too.  Raises UnsafeToSweep if a map could not be walked (unless
-    `force`)."""
-    started = time.time()
+    `force`).  `started` is the mark start (default: now), which the caller takes before it
+    reads `oldest_upload`, so that no writer falls between the two."""
+    started = time.time() if started is None else started
     report = GcReport(dry_run=dry_run)
     reachable = mark(blocker, roots, report)
     if report.unwalkable_roots and not force:

@@ -125,7 +125,6 @@ class Mapper:
         # Zero blocks are recognised without hashing and served without reading.
         self._zero_hashes: dict[bytes, int] = {}
         self._zero_by_length: dict[int, bytes] = {}
-        self._zero_stored: set[bytes] = set()
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -235,11 +234,12 @@ class Mapper:
         return h
 
     def _store_zero(self, length: int) -> bytes:
-        """The hash of `length` zero bytes, stored once (so maps never name an absent block)."""
+        """The hash of `length` zero bytes, refreshed (or stored) at each use, so that maps
+        never name an absent block: a collector may have removed it since the last use, when
+        no map named it, and it spares only blocks a writer in flight put or touched."""
         h = self._zero_hash(length)
-        if h not in self._zero_stored:
+        if self.blocker.touch_many([h]):
             self.blocker.put(bytes(length))
-            self._zero_stored.add(h)
         return h
 
     def zero_block(self, length: int) -> bytes:

@@ -142,7 +142,7 @@ class Hashmaps:
             md5.update(piece)
         if etag is not None and etag.strip('"').lower() != md5.hexdigest():
             raise InvalidArgument("ETag does not match the content the hashmap names")
-        v = self.catalog.put_version(container.id, name, root=root, size=size,
+        v = self.objects.commit_version(container.id, name, root=root, size=size,
                                      etag=md5.hexdigest(), content_type=content_type, meta=meta,
                                      modified_by=modified_by, delete_at=delete_at)
         gone = self.mapper.blocker.missing(list(dict.fromkeys(hashes)))
@@ -183,7 +183,7 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
     md5 = hashlib.md5(usedforsecurity=False)
     for piece in hm.objects.read([(root, size)], 0, size):
         md5.update(piece)
-    return hm.catalog.put_version(
+    return hm.objects.commit_version(
         container.id, v.name, root=root, size=size, etag=md5.hexdigest(),
         content_type=v.content_type, meta=v.meta, modified_by=modified_by,
         delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)))

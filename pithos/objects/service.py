@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from pithos.catalog import Catalog, ContainerInfo, ListingEntry, ObjectVersion
+from pithos.catalog.leases import Ticket, WriterLeases
 from pithos.core.errors import (
     ChecksumMismatch,
     Forbidden,
@@ -27,7 +29,6 @@ from pithos.core.errors import (
 )
 from pithos.mapper import Mapper, Piece
 from pithos.objects.digest import StreamDigest
-from pithos.objects.leases import UploadLeases
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ class BodyReader:
         self._digest.abandon()
 
 
+# The writer the current request (greenlet or thread) is, set by upload_lease.
+_WRITER: ContextVar[Ticket | None] = ContextVar("pithos_writer", default=None)
+
+
 class ObjectService:
     def __init__(self, catalog: Catalog, mapper: Mapper, executor: Executor | None = None,
                  limits: Limits | None = None, read_batch_blocks: int = 2,
@@ -112,7 +117,7 @@ class ObjectService:
         """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
         executor)."""
         self.catalog = catalog
-        self.leases = UploadLeases(catalog)
+        self.leases = WriterLeases(catalog)
         self.mapper = mapper
         self.executor = executor
         self.prefetch = prefetch or executor
@@ -125,17 +130,30 @@ class ObjectService:
 
     @contextmanager
     def upload_lease(self) -> Iterator[None]:
-        """Hold an upload lease while blocks are stored and until the version naming them is
-        committed: the garbage collector spares blocks put after the oldest lease began."""
-        with self.leases.held():
-            yield
+        """Be a writer (pithos.catalog.leases) while blocks are stored or touched and until the
+        version naming them is committed: the garbage collector spares every block a writer
+        in flight put or touched.  The versions committed inside are guarded: a writer whose
+        lease was lost fails with LeaseLost instead of committing."""
+        with self.leases.held() as ticket:
+            reset = _WRITER.set(ticket)
+            try:
+                yield
+            finally:
+                _WRITER.reset(reset)
+
+    def commit_version(self, container_id: int, name: str, **version: Any) -> ObjectVersion:
+        """catalog.put_version, inside the commit guard of the writer in flight (if any)."""
+        ticket = _WRITER.get()
+        if ticket is None:
+            return self.catalog.put_version(container_id, name, **version)
+        with self.leases.commit_guard(ticket):
+            return self.catalog.put_version(container_id, name, **version)
 
     def store(self, body: BinaryIO, length: int | None) -> Stored:
         """Store a request body as a map (durable on return)."""
         if length is not None and length > self.limits.max_file_size:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
-        reader = BodyReader(body, length, self.limits.max_file_size, self.executor,
-                            on_progress=self.leases.refresh)
+        reader = BodyReader(body, length, self.limits.max_file_size, self.executor)
         try:
             root, size = self.mapper.build_stream(reader)
         except BaseException:
@@ -150,7 +168,7 @@ class ObjectService:
                dlo_manifest: str | None = None) -> ObjectVersion:
         if etag is not None and etag.strip('"').lower() != stored.md5:
             raise ChecksumMismatch(f"ETag {etag} does not match the content's MD5 {stored.md5}")
-        return self.catalog.put_version(
+        return self.commit_version(
             container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
             content_type=content_type, meta=meta, modified_by=modified_by, delete_at=delete_at,
             dlo_manifest=dlo_manifest, grant=(container.account_id, self.block_hashes(
@@ -168,7 +186,7 @@ class ObjectService:
         (root, size, etag) for a large object copied as its concatenated content."""
         root, size, etag = content or (source.root or self.mapper.empty(), source.size,
                                        source.etag)
-        return self.catalog.put_version(
+        return self.commit_version(
             container.id, name, root=root, size=size, etag=etag, content_type=content_type,
             meta=meta, modified_by=modified_by, delete_at=delete_at,
             dlo_manifest=source.dlo_manifest if keep_manifest else None,
@@ -315,7 +333,7 @@ class ObjectService:
         if etag is not None and etag.strip('"').lower() != etags.hexdigest():
             raise ChecksumMismatch(f"ETag {etag} does not match the manifest's "
                                    f"{etags.hexdigest()}")
-        return self.catalog.put_version(
+        return self.commit_version(
             container.id, name, root=root, size=size, etag=etags.hexdigest(),
             content_type=content_type, meta=meta, modified_by=modified_by,
             delete_at=delete_at, slo_manifest=json.dumps(stored))

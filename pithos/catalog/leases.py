@@ -1,0 +1,381 @@
+"""Writer leases: how the garbage collector knows which writes are in flight, without timers.
+
+The protocol (docs/design.md, "Writers and the garbage collector"):
+
+- A writer (an upload of any kind, `pithos store put`, a volume snapshot or clone) begins
+  under its process's lease before it puts or touches its first block, and commits its root
+  (a catalog version, a recorded root, a volume head) inside `commit_guard` before it ends.
+  Every block it puts or touches is stamped by the block store at or after the writer began.
+- A process's lease is one catalog row, "my oldest writer in flight began at T", written
+  before that writer goes on whenever the process goes from idle to busy, and a liveness
+  lock the process holds for as long as it lives: an flock on a file beside an SQLite catalog,
+  a session-level advisory lock on PostgreSQL.  No lease expires while its process lives,
+  however slowly its writers go.
+- The collector takes its mark start first, then reads the leases: a row whose lock it can
+  take belongs to a dead process (or one whose database session died): it revokes it (deletes
+  the row while holding the lock), and spares every block stamped after
+  min(mark start, the oldest live row) less a clock margin.
+- A writer whose lease was revoked (its database session was cut off; its process frozen
+  past the session's death) fails in `commit_guard` with LeaseLost, never acknowledges: the
+  guard holds the lock in shared mode for the commit, so a revocation and a commit exclude
+  each other.  On one host (SQLite) a live process cannot lose its flock, so the guard only
+  checks that the lease was not found lost.
+
+Why a row per process and not per writer: the row costs a catalog write only when a process
+goes from idle to busy (and a lazy one to move T forward), not one per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pithos.core.errors import BackendError
+
+if TYPE_CHECKING:
+    from pithos.catalog.catalog import Catalog
+
+# A busy process moves its row's start forward (to its oldest writer still in flight) at
+# most this often; a stale start only makes the collector spare more.
+REFRESH_S = 2.0
+# A process that went idle clears its row this much later, if still idle (one timer at a time:
+# a server with one client at a time is idle between every two requests).
+IDLE_CLEAR_S = 1.0
+# Advisory lock namespace of writer leases on PostgreSQL ("pilw").
+PG_LOCK_CLASS = 0x70696C77
+
+
+class LeaseLost(BackendError):
+    """This writer's lease was revoked (its process was taken for dead): its blocks may have
+    been collected, so it must not commit.  Retrying the whole write succeeds."""
+
+    def __init__(self, message: str = "the writer's lease was lost; nothing was committed, "
+                                      "retry") -> None:
+        super().__init__(message, transient=True)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One writer in flight: the lease it began under."""
+
+    lease_id: int
+    token: int
+
+
+class Liveness(Protocol):
+    """The lock that says a lease's process is alive."""
+
+    def hold(self, lease_id: int) -> None:
+        """Take the lock of `lease_id` for this process, until `release` or its death."""
+
+    def release(self, lease_id: int) -> None:
+        """Let the lock go (the process has no writer and no row any more)."""
+
+    def try_revoke(self, lease_id: int, revoke: Callable[[], None]) -> bool:
+        """If no live process holds `lease_id`'s lock and no commit guard is open on it, call
+        `revoke` (which deletes the row) while holding the lock, and return True; else
+        False.  Atomic against `guard`."""
+
+    def guard(self, lease_id: int) -> contextlib.AbstractContextManager[None]:
+        """Hold off any revocation of `lease_id` for the block's duration; raise LeaseLost
+        if this process no longer holds it."""
+
+    def close(self) -> None:
+        """Release everything (the process is going away)."""
+
+
+class FileLiveness:
+    """flock()s on files in one directory: `<id>.lock`, held exclusively by its process.
+    A file appears under its final name only once locked (made under a temporary name and
+    renamed), so the collector never takes a lock a live process is about to hold."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._held: dict[int, int] = {}  # lease id -> fd
+
+    def _path(self, lease_id: int) -> str:
+        return os.path.join(self.directory, f"{lease_id}.lock")
+
+    def hold(self, lease_id: int) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = os.path.join(self.directory, f".{lease_id}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(tmp, self._path(lease_id))
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._held[lease_id] = fd
+
+    def release(self, lease_id: int) -> None:
+        fd = self._held.pop(lease_id, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(lease_id))
+            os.close(fd)
+
+    def try_revoke(self, lease_id: int, revoke: Callable[[], None]) -> bool:
+        if lease_id in self._held:
+            return False
+        try:
+            fd = os.open(self._path(lease_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            revoke()  # its process never got to lock it, or released it
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            revoke()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(lease_id))
+            return True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def guard(self, lease_id: int) -> Iterator[None]:
+        # A live process keeps its flock: nobody can have revoked it.
+        if lease_id not in self._held:
+            raise LeaseLost()
+        yield
+
+    def close(self) -> None:
+        for lease_id in list(self._held):
+            self.release(lease_id)
+
+
+class PostgresLiveness:
+    """Session-level advisory locks (PG_LOCK_CLASS, lease id): each lease holds its lock in
+    shared mode on a connection of its own for as long as the process lives; a commit guard
+    takes it in shared mode for its transaction; the collector revokes only when it can take
+    it exclusively (neither is there).  A dropped session releases its locks: the lease is
+    then lost, and its writers' commits fail."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        # lease id -> (the connection holding the lock, its server process id)
+        self._held: dict[int, tuple[Any, int]] = {}
+
+    def hold(self, lease_id: int) -> None:
+        from sqlalchemy import text
+
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            pid = conn.execute(text("SELECT pg_backend_pid() FROM "
+                                    "(SELECT pg_advisory_lock_shared(:c, :i)) AS locked"),
+                               {"c": PG_LOCK_CLASS, "i": lease_id}).scalar()
+        except BaseException:
+            conn.close()
+            raise
+        self._held[lease_id] = (conn, int(pid))
+
+    def release(self, lease_id: int) -> None:
+        held = self._held.pop(lease_id, None)
+        if held is not None:
+            conn = held[0]
+            with contextlib.suppress(Exception):
+                conn.invalidate()  # closing the session drops its locks
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def try_revoke(self, lease_id: int, revoke: Callable[[], None]) -> bool:
+        from sqlalchemy import text
+
+        if lease_id in self._held:
+            return False
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :i)"),
+                               {"c": PG_LOCK_CLASS, "i": lease_id}).scalar()
+            if not got:
+                return False
+            try:
+                revoke()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:c, :i)"),
+                             {"c": PG_LOCK_CLASS, "i": lease_id})
+            return True
+
+    @contextlib.contextmanager
+    def guard(self, lease_id: int) -> Iterator[None]:
+        from sqlalchemy import text
+
+        held = self._held.get(lease_id)
+        if held is None:
+            raise LeaseLost()
+        with self.engine.connect() as conn, conn.begin():
+            alive = conn.execute(text(
+                "SELECT pg_try_advisory_xact_lock_shared(:c, :i) AND EXISTS "
+                "(SELECT 1 FROM upload_leases WHERE id = :i) AND EXISTS "
+                "(SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = :c "
+                " AND objid = :i AND pid = :pid AND mode = 'ShareLock' AND granted)"),
+                {"c": PG_LOCK_CLASS, "i": lease_id, "pid": held[1]}).scalar()
+            if not alive:
+                raise LeaseLost()
+            yield
+
+    def close(self) -> None:
+        for lease_id in list(self._held):
+            self.release(lease_id)
+
+
+def liveness_for(catalog: Catalog) -> Liveness:
+    """The liveness lock that fits the catalog's database."""
+    if catalog.is_sqlite:
+        database = catalog.engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            raise BackendError("writer leases need an SQLite catalog in a file")
+        return FileLiveness(os.path.abspath(database) + "-leases")
+    return PostgresLiveness(catalog.engine)
+
+
+class WriterLeases:
+    """The writers of one process under its lease (see the module's docstring).  Thread- and
+    greenlet-safe."""
+
+    def __init__(self, catalog: Catalog, liveness: Liveness | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.catalog = catalog
+        self.liveness = liveness or liveness_for(catalog)
+        self.clock = clock
+        self._lock = threading.Lock()  # the state below
+        self._publish = threading.Lock()  # orders the row's writes as the state changed
+        self._tokens = itertools.count()
+        self._lease_id: int | None = None
+        self._inflight: dict[int, float] = {}
+        self._published: float | None = None  # the start the row says (None: no row)
+        self._published_at = 0.0
+        self._syncing = False  # a write of the row is under way
+        self._clear_armed = False
+
+    # -- writers ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[Ticket]:
+        ticket = self.begin()
+        try:
+            yield ticket
+        finally:
+            self.end(ticket)
+
+    def begin(self) -> Ticket:
+        """A writer begins: on return, any collector that starts its mark from now on spares
+        every block this writer puts or touches."""
+        with self._lock:
+            if self._lease_id is None:
+                lease_id = secrets.randbelow(2**31 - 1) + 1
+                self.liveness.hold(lease_id)
+                self._lease_id = lease_id
+            token = next(self._tokens)
+            self._inflight[token] = self.clock()
+            ticket = Ticket(self._lease_id, token)
+            need = self._published is None or self._syncing
+        if need:
+            self._sync()
+        return ticket
+
+    def end(self, ticket: Ticket) -> None:
+        """The writer committed or gave up (repeat-safe)."""
+        with self._lock:
+            self._inflight.pop(ticket.token, None)
+            idle = not self._inflight
+            arm = idle and self._published is not None and not self._clear_armed
+            if arm:
+                self._clear_armed = True
+            due = not idle and self.clock() - self._published_at >= REFRESH_S
+        if arm:
+            timer = threading.Timer(IDLE_CLEAR_S, self._clear_if_idle)
+            timer.daemon = True
+            timer.start()
+        elif due:
+            with contextlib.suppress(Exception):  # a stale start only makes gc more careful
+                self._sync()
+
+    @contextlib.contextmanager
+    def commit_guard(self, ticket: Ticket) -> Iterator[None]:
+        """Around the commit of the writer's root: raises LeaseLost (and the commit must not
+        happen) if the lease was revoked; no revocation happens while the block runs."""
+        try:
+            with self.liveness.guard(ticket.lease_id):
+                yield
+        except LeaseLost:
+            self._lost(ticket.lease_id)
+            raise
+
+    def _lost(self, lease_id: int) -> None:
+        """Writers that begin from now on do so under a new lease; those in flight under the
+        lost one fail their commits."""
+        with self._lock:
+            if self._lease_id != lease_id:
+                return
+            self._lease_id = None
+            self._published = None
+        self.liveness.release(lease_id)
+
+    # -- the row ---------------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Write the row from the current state; returns once it is in the catalog."""
+        with self._publish:
+            with self._lock:
+                oldest = min(self._inflight.values(), default=None)
+                lease_id = self._lease_id
+                self._published = oldest
+                self._published_at = self.clock()
+                self._syncing = True
+            try:
+                if lease_id is not None:
+                    self.catalog.publish_upload_lease(lease_id, oldest)
+            except BaseException:
+                with self._lock:
+                    self._published = None  # the next writer writes it again
+                raise
+            finally:
+                with self._lock:
+                    self._syncing = False
+
+    def _clear_if_idle(self) -> None:
+        with self._lock:
+            self._clear_armed = False  # (busy now: the next idle moment arms another)
+            if self._inflight or self._published is None:
+                return
+        with contextlib.suppress(Exception):  # a stale row only makes gc more careful
+            self._sync()
+
+    def close(self) -> None:
+        """The process is done writing: drop the row and the lock."""
+        with self._lock:
+            lease_id, self._lease_id = self._lease_id, None
+            self._inflight.clear()
+        if lease_id is not None:
+            with contextlib.suppress(Exception):
+                self.catalog.publish_upload_lease(lease_id, None)
+            self.liveness.release(lease_id)
+
+
+def oldest_live_writer(catalog: Catalog, liveness: Liveness | None = None) -> float | None:
+    """For the collector, after it took its mark start: revoke the leases of dead processes,
+    and return the start of the oldest writer in flight of the live ones (None: none)."""
+    liveness = liveness or liveness_for(catalog)
+    starts: list[float] = []
+    for lease_id, started in catalog.upload_lease_rows():
+        try:
+            revoked = liveness.try_revoke(lease_id,
+                                          lambda i=lease_id: catalog.delete_upload_lease(i))
+        except Exception:
+            revoked = False  # (e.g. a full disk): taken for alive, which only spares more
+        if not revoked:
+            starts.append(started)
+    return min(starts, default=None)

@@ -1,0 +1,241 @@
+"""Writer leases (pithos/catalog/leases.py): a process's writers in flight keep the garbage
+collector off their blocks for as long as the process lives, however slowly they go; a dead
+process's lease is revoked by the collector; a writer whose lease was revoked cannot commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pithos.catalog import leases as leases_mod
+from pithos.catalog.leases import LeaseLost, WriterLeases, liveness_for, oldest_live_writer
+
+
+def wait_for(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def clear_timers():
+    return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+
+@pytest.fixture
+def quick_clear(monkeypatch):
+    monkeypatch.setattr(leases_mod, "IDLE_CLEAR_S", 0.3)
+
+
+def test_the_row_covers_writers_in_flight_and_is_cleared_once_idle(catalog, quick_clear):
+    leases = WriterLeases(catalog)
+    first = time.time()
+    with leases.held():
+        oldest = oldest_live_writer(catalog)
+        assert oldest is not None and first <= oldest <= time.time()
+        with leases.held():  # a second writer keeps the first one's start
+            assert oldest_live_writer(catalog) == oldest
+        assert oldest_live_writer(catalog) == oldest  # still busy: not cleared
+        time.sleep(0.5)
+        assert oldest_live_writer(catalog) == oldest
+    assert wait_for(lambda: oldest_live_writer(catalog) is None)
+    with leases.held():  # busy again: published again before the writer goes on
+        assert oldest_live_writer(catalog) is not None
+    leases.close()
+    assert catalog.upload_lease_rows() == []
+
+
+def test_one_clear_timer_for_many_idle_moments(catalog, quick_clear):
+    """A server with one client at a time goes idle between every two requests: that arms
+    one timer, not one per request."""
+    assert wait_for(lambda: not clear_timers())  # (timers of earlier tests have fired)
+    leases = WriterLeases(catalog)
+    for _ in range(50):
+        with leases.held():
+            pass
+        assert len(clear_timers()) <= 1
+    assert wait_for(lambda: oldest_live_writer(catalog) is None)
+    assert wait_for(lambda: not clear_timers())
+    # A timer that fires while a writer is in flight leaves the row; the next idle moment
+    # arms a new one, which clears it.
+    with leases.held():
+        pass
+    ticket = leases.begin()
+    time.sleep(0.5)
+    assert oldest_live_writer(catalog) is not None and not clear_timers()
+    leases.end(ticket)
+    assert len(clear_timers()) == 1
+    assert wait_for(lambda: oldest_live_writer(catalog) is None)
+    leases.close()
+
+
+def test_a_clear_racing_a_new_writer_never_leaves_it_without_a_row(catalog):
+    """The idle clear and a writer beginning at once, many times over: whenever a writer is
+    in flight, the collector sees a row at or before its start."""
+    leases = WriterLeases(catalog)
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def clearer() -> None:
+        while not stop.is_set():
+            leases._clear_if_idle()
+
+    thread = threading.Thread(target=clearer)
+    thread.start()
+    try:
+        for _ in range(100):
+            with leases.held():
+                started = time.time()
+                rows = catalog.upload_lease_rows()
+                if not rows or min(s for _, s in rows) > started:
+                    failures.append(repr(rows))
+    finally:
+        stop.set()
+        thread.join()
+        leases.close()
+    assert failures == []
+
+
+HOLDER = """
+import sys, time
+from pithos.catalog import Catalog
+from pithos.catalog.leases import WriterLeases
+leases = WriterLeases(Catalog(sys.argv[1]))
+leases.begin()
+print("began", flush=True)
+time.sleep(600)
+"""
+
+
+def holder(url: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, url], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "began"
+    return proc
+
+
+def test_a_live_writer_is_never_revoked_however_long_it_pauses_and_a_dead_one_is(catalog):
+    proc = holder(catalog.url)
+    try:
+        # Frozen (SIGSTOP) is alive: no timer runs out on it.
+        os.kill(proc.pid, signal.SIGSTOP)
+        for _ in range(3):
+            assert oldest_live_writer(catalog) is not None
+        assert len(catalog.upload_lease_rows()) == 1
+        os.kill(proc.pid, signal.SIGCONT)
+        assert oldest_live_writer(catalog) is not None
+    finally:
+        proc.kill()
+        proc.wait()
+    # Dead (kill -9: nothing cleaned up): the collector revokes its row.
+    assert len(catalog.upload_lease_rows()) == 1
+    assert wait_for(lambda: oldest_live_writer(catalog) is None)
+    assert catalog.upload_lease_rows() == []
+
+
+def test_a_row_without_a_living_holder_is_revoked(catalog):
+    """A row left by an earlier release (a TTL lease) or by a process that died before it
+    locked anything has no holder: revoked."""
+    catalog.publish_upload_lease(12345, time.time() - 100)
+    assert oldest_live_writer(catalog) is None
+    assert catalog.upload_lease_rows() == []
+
+
+def test_the_guard_lets_a_live_writer_commit(catalog):
+    leases = WriterLeases(catalog)
+    with leases.held() as ticket, leases.commit_guard(ticket):
+        # ...and while it commits, no collector revokes the lease.
+        assert oldest_live_writer(catalog) is not None
+    leases.close()
+
+
+def test_a_writer_whose_lease_was_revoked_cannot_commit(catalog):
+    """The process's lock is gone (its database session cut off, or, on one host, its lock
+    file removed by hand) and a collector revoked the row: the writer's commit fails, and the
+    next writer begins under a new lease."""
+    leases = WriterLeases(catalog)
+    ticket = leases.begin()
+    cut_off(catalog, leases, ticket.lease_id)
+    assert oldest_live_writer(catalog) is None  # revoked: its blocks are fair game now
+    with pytest.raises(LeaseLost), leases.commit_guard(ticket):
+        pytest.fail("committed under a revoked lease")
+    leases.end(ticket)
+    with leases.held() as again:
+        assert again.lease_id != ticket.lease_id
+        assert oldest_live_writer(catalog) is not None
+        with leases.commit_guard(again):
+            pass
+    leases.close()
+
+
+def cut_off(catalog, leases: WriterLeases, lease_id: int) -> None:
+    """What a dead database session or a removed lock does to a live process's lease."""
+    if catalog.is_sqlite:
+        # The lock goes (as if its file were removed and its descriptor closed); the guard
+        # then finds the lease not held.
+        leases.liveness.release(lease_id)
+        return
+    from sqlalchemy import text
+
+    _conn, pid = leases.liveness._held[lease_id]
+    with catalog.engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.commit()
+    assert wait_for(lambda: oldest_live_writer(catalog) is None)
+
+
+@pytest.fixture
+def pg_catalog():
+    """A Catalog on PostgreSQL (on one host, SQLite, a live process cannot lose its lock)."""
+    from pithos.catalog import Catalog
+    from tests.conftest import postgres_database
+
+    url, drop = postgres_database("leases")
+    catalog = Catalog(url)
+    yield catalog
+    catalog.close()
+    drop()
+
+
+@pytest.mark.parametrize("order", ["guard first", "revoke first"])
+def test_a_commit_and_a_revocation_exclude_each_other(pg_catalog, order):
+    """PostgreSQL: a session cut off while its writer commits.  Either the guard is in first
+    (the collector finds the lease alive) or the revocation is (the commit fails)."""
+    from sqlalchemy import text
+
+    catalog = pg_catalog
+    leases = WriterLeases(catalog)
+    ticket = leases.begin()
+    _conn, pid = leases.liveness._held[ticket.lease_id]
+    if order == "revoke first":
+        cut_off(catalog, leases, ticket.lease_id)
+        with pytest.raises(LeaseLost), leases.commit_guard(ticket):
+            pytest.fail("committed under a revoked lease")
+    else:
+        with leases.commit_guard(ticket):
+            with catalog.engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                admin.commit()
+            time.sleep(0.2)
+            assert oldest_live_writer(catalog) is not None  # the guard holds it off
+        assert wait_for(lambda: oldest_live_writer(catalog) is None)
+    leases.end(ticket)
+    leases.close()
+
+
+def test_sqlite_leases_live_beside_the_catalog(tmp_path):
+    from pithos.catalog import Catalog
+
+    catalog = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
+    try:
+        assert liveness_for(catalog).directory == f"{tmp_path}/catalog.sqlite-leases"
+    finally:
+        catalog.close()
