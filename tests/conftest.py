@@ -74,7 +74,9 @@ class PithosServer:
     account test) and test2:tester2 (admin of test2), and test:reader (not admin)."""
 
     def __init__(self, data_dir, workers: int = 1, blocks: str | None = None,
-                 catalog: str | None = None, port: int | None = None) -> None:
+                 catalog: str | None = None, port: int | None = None,
+                 serve_args: tuple[str, ...] = ()) -> None:
+        """`serve_args`: more options for `pithos serve` (e.g. --client-timeout)."""
         import time
         import urllib.request
 
@@ -97,7 +99,7 @@ class PithosServer:
         self.log = open(os.path.join(str(data_dir), "serve.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pithos.cli.main", "serve", *self.storage_flags,
-             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers), *serve_args],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:

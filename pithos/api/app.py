@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from pithos.api import errors
 from pithos.api.auth import AuthV1, Info, KeystoneTokens, KeystoneVersion, TokenMiddleware
+from pithos.api.body import timed_body
 from pithos.api.context import Services
 from pithos.api.swift import SwiftSink
 
@@ -22,8 +25,23 @@ class PublicLinks:
     on_head = on_get
 
 
+class BodyTimeout:
+    """Every request's body (`req.stream`, and falcon's `bounded_stream` over it) read with the
+    client timeout: a body that stops arriving ends in ClientTimeout (408), whoever reads it.
+    (A PUT's body is read by `request_body` straight from the socket, with the same timeout.)"""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.stream = timed_body(req.env, self.timeout_s)  # type: ignore[assignment]
+
+
 def create_app(services: Services) -> falcon.App:
-    app = falcon.App(middleware=[TokenMiddleware(services)], cors_enable=False)
+    middleware: list[Any] = [TokenMiddleware(services)]
+    if services.client_timeout_s is not None:
+        middleware.insert(0, BodyTimeout(services.client_timeout_s))
+    app = falcon.App(middleware=middleware, cors_enable=False)
     app.req_options.keep_blank_qs_values = True
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False

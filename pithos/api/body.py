@@ -13,14 +13,29 @@ Pieces of the size the uploads read (`PieceBuffers`) are received into reused bu
 1 MiB bytearray is a zero fill plus, for an allocation that size, new pages from the kernel
 and an munmap when it dies, on the event loop for every piece.  They are anonymous mappings,
 so page-aligned: the block store can write a piece with O_DIRECT straight from one.
+
+A body that stops arriving must not hold its upload (its lease, its pieces, its threads)
+forever: given a client timeout, every read waits at most that long for the client's next
+bytes (a timeout on the socket, set for the read and put back after it, so it bounds each
+receive, never the whole upload: a slow client that keeps sending is never cut off), then
+raises ClientTimeout.  Where that body ended is unknown (a chunked one especially), so the
+connection is then closed once the answer is sent: its reading side is shut down, and a chunked
+request is marked to close.
 """
 
 from __future__ import annotations
 
 import mmap
+import socket
 import sys
 import threading
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any, BinaryIO, TypeVar
+
+from pithos.core.errors import ClientTimeout
+
+T = TypeVar("T")
 
 
 class PieceBuffers:
@@ -69,28 +84,99 @@ def _idle_refs() -> int:
 _IDLE_REFS = _idle_refs()
 
 
-def request_body(env: dict[str, Any], pieces: PieceBuffers | None = None) -> BinaryIO:
+def request_body(env: dict[str, Any], pieces: PieceBuffers | None = None,
+                 timeout_s: float | None = None) -> BinaryIO:
     """The request body as a file whose read(n) returns n bytes unless it ends first; reads of
-    `pieces.size` bytes may return a reused buffer (see PieceBuffers)."""
+    `pieces.size` bytes may return a reused buffer (see PieceBuffers).  With `timeout_s`, a
+    read that waits that long for the client's next bytes raises ClientTimeout."""
     stream: BinaryIO = env["wsgi.input"]
-    fast = SocketBody.wrap(stream, env.get("gunicorn.socket"), pieces)
-    return fast if fast is not None else stream  # type: ignore[return-value]
+    sock = env.get("gunicorn.socket")
+    fast = SocketBody.wrap(stream, sock, pieces, timeout_s)
+    if fast is not None:
+        return fast  # type: ignore[return-value]
+    return timed_body(env, timeout_s)
+
+
+def timed_body(env: dict[str, Any], timeout_s: float | None) -> BinaryIO:
+    """The WSGI input, each read bounded by `timeout_s` (see TimedBody) when the server gives
+    the connection's socket; else the WSGI input itself."""
+    stream: BinaryIO = env["wsgi.input"]
+    sock = env.get("gunicorn.socket")
+    if timeout_s is None or not hasattr(sock, "settimeout"):
+        return stream
+    return TimedBody(stream, sock, timeout_s)  # type: ignore[return-value]
+
+
+def _end_connection(stream: Any, sock: Any) -> None:
+    """After a body stopped arriving: no further request may be read from its connection.
+    gunicorn's chunked reader gave up mid-chunk (it would next find the body "ended" and parse
+    the rest as a request), so its request is marked to close; and the socket's reading side
+    is shut down, so that gunicorn, draining a Content-Length body before the next request,
+    finds its end at once instead of waiting out the keep-alive for bytes that may never come.
+    The answer is still sent."""
+    request = getattr(getattr(stream, "reader", None), "req", None)
+    if request is not None and hasattr(request, "must_close"):
+        request.must_close = True
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
+
+
+def _timed(sock: Any, timeout_s: float, stream: Any, read: Callable[[], T]) -> T:
+    """`read()` with every receive from `sock` bounded by `timeout_s`; ClientTimeout if one
+    waits that long (the connection then closes after the answer)."""
+    prior = sock.gettimeout()
+    sock.settimeout(timeout_s)
+    try:
+        return read()
+    except TimeoutError:  # (socket.timeout)
+        _end_connection(stream, sock)
+        raise ClientTimeout(f"no byte of the request body came for {timeout_s:g} s") from None
+    finally:
+        with suppress(OSError):
+            sock.settimeout(prior)
+
+
+class TimedBody:
+    """Any request body read through the server's reader (chunked, or not SocketBody's),
+    each read bounded by the client timeout (see the module's docstring)."""
+
+    def __init__(self, stream: Any, sock: Any, timeout_s: float) -> None:
+        self._stream = stream
+        self._sock = sock
+        self._timeout_s = timeout_s
+
+    def read(self, size: int | None = -1) -> bytes:
+        return bytes(_timed(self._sock, self._timeout_s, self._stream,
+                            lambda: self._stream.read(size)))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return bytes(_timed(self._sock, self._timeout_s, self._stream,
+                            lambda: self._stream.readline(size)))
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return _timed(self._sock, self._timeout_s, self._stream,
+                      lambda: self._stream.readlines(hint))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
 
 
 class SocketBody:
     """A Content-Length body of a gunicorn request, read from its socket."""
 
     def __init__(self, body: Any, reader: Any, unreader: Any, sock: Any,
-                 pieces: PieceBuffers | None = None) -> None:
+                 pieces: PieceBuffers | None = None, timeout_s: float | None = None) -> None:
         self._body = body          # gunicorn.http.body.Body: its .buf is already counted
         self._reader = reader      # LengthReader: .length is what the socket still owes
         self._unreader = unreader  # SocketUnreader: .buf holds bytes received, not yet taken
         self._sock = sock
         self._pieces = pieces
+        self._timeout_s = timeout_s  # for each receive (the client timeout), or none
 
     @classmethod
-    def wrap(cls, stream: Any, sock: Any,
-             pieces: PieceBuffers | None = None) -> SocketBody | None:
+    def wrap(cls, stream: Any, sock: Any, pieces: PieceBuffers | None = None,
+             timeout_s: float | None = None) -> SocketBody | None:
         try:
             from gunicorn.http.body import Body, LengthReader
             from gunicorn.http.unreader import SocketUnreader
@@ -108,7 +194,9 @@ class SocketBody:
         if not all(hasattr(x, "buf") for x in (stream, unreader)) or \
                 not isinstance(getattr(reader, "length", None), int):
             return None
-        return cls(stream, reader, unreader, sock, pieces)
+        if timeout_s is not None and not hasattr(sock, "settimeout"):
+            return None
+        return cls(stream, reader, unreader, sock, pieces, timeout_s)
 
     @staticmethod
     def _take(holder: Any, out: memoryview, limit: int) -> int:
@@ -134,6 +222,23 @@ class SocketBody:
             self._reader.length -= got
             filled += got
         try:
+            if filled < size and self._reader.length > 0:
+                if self._timeout_s is None:
+                    filled = self._receive(view, filled, size)
+                else:
+                    filled = _timed(self._sock, self._timeout_s, self._body,
+                                    lambda: self._receive(view, filled, size))
+        finally:
+            view.release()
+        if filled < size:
+            if pooled:
+                return out[:filled]  # (a copy: the pooled buffer keeps its size)
+            del out[filled:]
+        return out
+
+    def _receive(self, view: memoryview, filled: int, size: int) -> int:
+        """Receive into `view[filled:size]` until full or the body ends; the new fill."""
+        try:
             while filled < size and self._reader.length > 0:
                 want = min(size - filled, self._reader.length)
                 got = self._sock.recv_into(view[filled:filled + want], want)
@@ -144,9 +249,4 @@ class SocketBody:
         except BaseException:
             self._body.failed = True  # where the next request starts is unknown now
             raise
-        view.release()
-        if filled < size:
-            if pooled:
-                return out[:filled]  # (a copy: the pooled buffer keeps its size)
-            del out[filled:]
-        return out
+        return filled

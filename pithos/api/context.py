@@ -20,3 +20,6 @@ class Services:
     hashmaps: Hashmaps
     # Where clients reach us, when a load balancer in front changes it (else from the request).
     public_url: str | None = None
+    # The longest a request body's read waits for the client's next bytes (ClientTimeout,
+    # 408, past it); None: forever.
+    client_timeout_s: float | None = None

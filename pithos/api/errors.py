@@ -15,6 +15,7 @@ log = logging.getLogger("pithos.api")
 STATUS: list[tuple[type[e.PithosError], int]] = [
     (e.ChecksumMismatch, 422),
     (e.TooLarge, 413),
+    (e.ClientTimeout, 408),
     (e.IncompleteBody, 499),
     (e.QuotaExceeded, 413),
     (e.VersionConflict, 409),
@@ -29,7 +30,7 @@ STATUS: list[tuple[type[e.PithosError], int]] = [
 
 REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
     412: "Precondition Failed", 413: "Request Entity Too Large", 416: "Requested Range Not "
     "Satisfiable", 422: "Unprocessable Entity", 499: "Client Disconnect",
     500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage",

@@ -367,7 +367,8 @@ class ObjectHandlers:
                 raise HTTPStatusError(400, "X-Object-Manifest must be in the format "
                                            "container/prefix")
         with objects.upload_lease():
-            stored = objects.store(request_body(req.env, self.pieces), length)
+            stored = objects.store(request_body(req.env, self.pieces,
+                                                self.services.client_timeout_s), length)
             v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
                                content_type=content_type, meta=meta, modified_by=modified_by,
                                delete_at=delete_at, dlo_manifest=dlo)

@@ -18,6 +18,13 @@ from pithos.config import Storage
 
 log = logging.getLogger("pithos.serve")
 REAP_INTERVAL_S = 30.0
+# A request body that sends nothing for this long ends in 408 (Swift's proxy client_timeout).
+CLIENT_TIMEOUT_S = 60.0
+# An idle keep-alive connection is closed after this long; gunicorn's gevent worker bounds the
+# wait for a request and the reading of its line and headers by the same timer (so it must
+# not be 0: that turns keep-alive off and leaves a half-sent request line unbounded).  Longer
+# than a load balancer's usual 60 s idle timeout, so the balancer closes first.
+KEEPALIVE_S = 75
 
 
 def _redacted(url: str) -> str:
@@ -56,7 +63,8 @@ def greenlet_executor() -> Any:
     return GreenletExecutor()
 
 
-def build_services(storage: Storage, io_threads: int = 32) -> Any:
+def build_services(storage: Storage, io_threads: int = 32,
+                   client_timeout_s: float | None = CLIENT_TIMEOUT_S) -> Any:
     """The API's services over a data directory, for a gevent worker."""
     from gevent.threadpool import ThreadPoolExecutor
 
@@ -72,7 +80,8 @@ def build_services(storage: Storage, io_threads: int = 32) -> Any:
     return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
-                    public_url=os.environ.get("PITHOS_PUBLIC_URL"))
+                    public_url=os.environ.get("PITHOS_PUBLIC_URL"),
+                    client_timeout_s=client_timeout_s)
 
 
 def _reaper(services: Any) -> None:
@@ -127,7 +136,12 @@ def show_initial_key(storage: Storage, listen: str) -> None:
         catalog.close()
 
 
-def serve(storage: Storage, listen: str, workers: int) -> int:
+def serve(storage: Storage, listen: str, workers: int,
+          client_timeout_s: float = CLIENT_TIMEOUT_S, keepalive_s: int = KEEPALIVE_S) -> int:
+    """Run the object API until stopped.  A request body's read waits at most
+    `client_timeout_s` for the client's next bytes (then 408, and whatever the upload held is
+    released); `keepalive_s` bounds an idle connection's wait for its next request and the
+    reading of a request's line and headers, together (whole seconds, gunicorn's unit)."""
     from gunicorn.app.base import BaseApplication
 
     open_catalog_once(storage)
@@ -144,7 +158,7 @@ def serve(storage: Storage, listen: str, workers: int) -> int:
             for key, value in {
                 "bind": listen, "workers": workers, "worker_class": "gevent",
                 "worker_connections": 1000, "timeout": 300, "graceful_timeout": 30,
-                "keepalive": 75, "loglevel": "warning", "errorlog": "-",
+                "keepalive": keepalive_s, "loglevel": "warning", "errorlog": "-",
                 "limit_request_line": 8190, "limit_request_field_size": 8190,
                 "proc_name": "pithos-serve", "when_ready": when_ready,
             }.items():
@@ -155,7 +169,7 @@ def serve(storage: Storage, listen: str, workers: int) -> int:
 
             from pithos.api.app import create_app
 
-            services = build_services(storage)
+            services = build_services(storage, client_timeout_s=client_timeout_s)
             gevent.spawn(_reaper, services)
             return create_app(services)
 

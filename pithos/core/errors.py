@@ -73,3 +73,8 @@ class TooLarge(InvalidArgument):
 
 class IncompleteBody(InvalidArgument):
     """The client sent less than it announced (or disconnected); nothing was committed."""
+
+
+class ClientTimeout(IncompleteBody):
+    """The client stopped sending its request body: no byte came for the server's client
+    timeout.  Nothing was committed."""
