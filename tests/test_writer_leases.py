@@ -86,7 +86,7 @@ def test_a_clear_racing_a_new_writer_never_leaves_it_without_a_row(catalog):
 
     def clearer() -> None:
         while not stop.is_set():
-            leases._clear_if_idle()
+            leases.clear_if_idle()
 
     thread = threading.Thread(target=clearer)
     thread.start()

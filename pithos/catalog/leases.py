@@ -246,8 +246,13 @@ class WriterLeases:
     greenlet-safe."""
 
     def __init__(self, catalog: Catalog, liveness: Liveness | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 idle_clear_s: float | None = None) -> None:
+        """`idle_clear_s`: how long after going idle the row is cleared (default
+        IDLE_CLEAR_S; 0 disables the timer, and whoever drives the leases calls
+        `clear_if_idle`, as the protocol's model test does)."""
         self.catalog = catalog
+        self.idle_clear_s = IDLE_CLEAR_S if idle_clear_s is None else idle_clear_s
         self.liveness = liveness or liveness_for(catalog)
         self.clock = clock
         self._lock = threading.Lock()  # the state below
@@ -291,12 +296,13 @@ class WriterLeases:
         with self._lock:
             self._inflight.pop(ticket.token, None)
             idle = not self._inflight
-            arm = idle and self._published is not None and not self._clear_armed
+            arm = (idle and self._published is not None and not self._clear_armed
+                   and self.idle_clear_s > 0)
             if arm:
                 self._clear_armed = True
             due = not idle and self.clock() - self._published_at >= REFRESH_S
         if arm:
-            timer = threading.Timer(IDLE_CLEAR_S, self._clear_if_idle)
+            timer = threading.Timer(self.idle_clear_s, self.clear_if_idle)
             timer.daemon = True
             timer.start()
         elif due:
@@ -346,7 +352,8 @@ class WriterLeases:
                 with self._lock:
                     self._syncing = False
 
-    def _clear_if_idle(self) -> None:
+    def clear_if_idle(self) -> None:
+        """Drop the row if no writer is in flight (the idle timer calls this)."""
         with self._lock:
             self._clear_armed = False  # (busy now: the next idle moment arms another)
             if self._inflight or self._published is None:

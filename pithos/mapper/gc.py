@@ -17,7 +17,7 @@ between runs: an interrupted run is simply run again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from pithos.blocker.blocker import Blocker
@@ -89,6 +89,79 @@ def mark(blocker: Blocker, roots: Iterable[bytes], report: GcReport) -> set[byte
     return reachable
 
 
+class Collection:
+    """One run of the collector, step by step: `mark` from the roots, then `sweep` batches of
+    candidates (`collect` runs every step; the protocol's model test interleaves them with
+    writers).  The cutoff is fixed at the start: min(`started`, `oldest_upload`) less the
+    clock margin, where `started` (the mark start) was taken before `oldest_upload` was
+    read (pithos.catalog.leases.oldest_live_writer), so that no writer falls between."""
+
+    def __init__(self, blocker: Blocker, *, started: float, oldest_upload: float | None,
+                 dry_run: bool = False,
+                 late_roots: Callable[[], Iterable[bytes]] | None = None,
+                 clock_margin_s: float = CLOCK_MARGIN_S) -> None:
+        self.blocker = blocker
+        self.started = started
+        self.cutoff = (started if oldest_upload is None
+                       else min(started, oldest_upload)) - clock_margin_s
+        self.late_roots = late_roots
+        self.report = GcReport(dry_run=dry_run)
+        self.reachable: set[bytes] = set()
+
+    def mark(self, roots: Iterable[bytes], force: bool = False) -> None:
+        """Mark every page and block the roots reach.  Raises UnsafeToSweep if a map could
+        not be walked (unless `force`)."""
+        self.reachable |= mark(self.blocker, roots, self.report)
+        if self.report.unwalkable_roots and not force:
+            self.report.seconds = time.time() - self.started
+            raise UnsafeToSweep(
+                f"{len(self.report.unwalkable_roots)} map(s) could not be walked; nothing was "
+                f"swept (run fsck; first: {self.report.unwalkable_roots[0]})")
+
+    def candidates(self) -> Iterator[list[tuple[bytes, int]]]:
+        """Batches of stored blocks the mark did not reach, as (hash, size)."""
+        batch: list[tuple[bytes, int]] = []
+        for hash_, size in self.blocker.iterate():
+            self.report.scanned_blocks += 1
+            if hash_ not in self.reachable:
+                batch.append((hash_, size))
+                if len(batch) >= _BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def sweep(self, batch: list[tuple[bytes, int]]) -> None:
+        """Remove (or, in a dry run, count) the blocks of `batch` that no root committed
+        since the mark names and that were last put before the cutoff."""
+        report = self.report
+        if self.late_roots is not None:
+            self.reachable |= mark(self.blocker, self.late_roots(), GcReport(dry_run=True))
+            batch = [(h, n) for h, n in batch if h not in self.reachable]
+        if report.dry_run:
+            ages = self.blocker.store.age_s([h for h, _ in batch])
+            now = time.time()
+            old = [(h, n) for (h, n), age in zip(batch, ages, strict=True)
+                   if age is not None and now - age < self.cutoff]
+        else:
+            # Never "read the ages, then delete the old": a writer may re-put an old block in
+            # between and commit a version naming it.  The store compares and deletes as one
+            # step per block; a block re-put since the scan is young and stays.  (Blocks a
+            # concurrent collector removed first are not counted here.)
+            removed = set(self.blocker.delete_if_put_before([h for h, _ in batch], self.cutoff))
+            old = [(h, n) for h, n in batch if h in removed]
+            report.reclaimed_blocks += len(old)
+            report.reclaimed_bytes += sum(n for _, n in old)
+        report.spared_young_blocks += len(batch) - len(old)
+        report.garbage_blocks += len(old)
+        report.garbage_bytes += sum(n for _, n in old)
+
+    def finish(self) -> GcReport:
+        self.report.swept = not self.report.dry_run
+        self.report.seconds = time.time() - self.started
+        return self.report
+
+
 def collect(blocker: Blocker, roots: Iterable[bytes], *, dry_run: bool = False,
             oldest_upload: float | None = None, force: bool = False,
             late_roots: Callable[[], Iterable[bytes]] | None = None,
@@ -98,50 +171,11 @@ def collect(blocker: Blocker, roots: Iterable[bytes], *, dry_run: bool = False,
     the roots committed since the last call (e.g. copies of old maps made while the collector
     ran); they are marked too.  Raises UnsafeToSweep if a map could not be walked (unless
     `force`).  `started` is the mark start (default: now), which the caller takes before it
-    reads `oldest_upload`, so that no writer falls between the two."""
-    started = time.time() if started is None else started
-    report = GcReport(dry_run=dry_run)
-    reachable = mark(blocker, roots, report)
-    if report.unwalkable_roots and not force:
-        report.seconds = time.time() - started
-        raise UnsafeToSweep(
-            f"{len(report.unwalkable_roots)} map(s) could not be walked; nothing was swept "
-            f"(run fsck; first: {report.unwalkable_roots[0]})")
-    cutoff = (started if oldest_upload is None else min(started, oldest_upload)) - clock_margin_s
-    batch: list[tuple[bytes, int]] = []
-
-    def sweep() -> None:
-        if late_roots is not None:
-            reachable.update(mark(blocker, late_roots(), GcReport(dry_run=True)))
-            batch[:] = [(h, n) for h, n in batch if h not in reachable]
-        if dry_run:
-            ages = blocker.store.age_s([h for h, _ in batch])
-            now = time.time()
-            old = [(h, n) for (h, n), age in zip(batch, ages, strict=True)
-                   if age is not None and now - age < cutoff]
-        else:
-            # Never "read the ages, then delete the old": a writer may re-put an old block in
-            # between and commit a version naming it.  The store compares and deletes as one
-            # step per block; a block re-put since the scan is young and stays.  (Blocks a
-            # concurrent collector removed first are not counted here.)
-            removed = set(blocker.delete_if_put_before([h for h, _ in batch], cutoff))
-            old = [(h, n) for h, n in batch if h in removed]
-            report.reclaimed_blocks += len(old)
-            report.reclaimed_bytes += sum(n for _, n in old)
-        report.spared_young_blocks += len(batch) - len(old)
-        report.garbage_blocks += len(old)
-        report.garbage_bytes += sum(n for _, n in old)
-        batch.clear()
-
-    for hash_, size in blocker.iterate():
-        report.scanned_blocks += 1
-        if hash_ not in reachable:
-            batch.append((hash_, size))
-            if len(batch) >= _BATCH:
-                sweep()
-    if batch:
-        sweep()
-    report.swept = not dry_run
-    report.seconds = time.time() - started
-    return report
-
+    reads `oldest_upload` (see Collection)."""
+    run = Collection(blocker, started=time.time() if started is None else started,
+                     oldest_upload=oldest_upload, dry_run=dry_run, late_roots=late_roots,
+                     clock_margin_s=clock_margin_s)
+    run.mark(roots, force)
+    for batch in run.candidates():
+        run.sweep(batch)
+    return run.finish()
