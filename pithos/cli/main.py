@@ -31,6 +31,7 @@ from pithos.config import Storage, add_storage_arguments
 from pithos.core.errors import IntegrityError, NotFound, PithosError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper.fsck import fsck
+from pithos.mapper.gc import CLOCK_MARGIN_S
 
 
 class CliError(Exception):
@@ -208,6 +209,8 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
     from pithos.catalog.leases import oldest_live_writer
     from pithos.mapper.gc import UnsafeToSweep, collect
 
+    if args.clock_margin < 0:
+        raise CliError("--clock-margin must not be negative")
     catalog = data.catalog()
     # The mark start comes first: a writer that begins later is younger than it; one that
     # began earlier has its lease row in the catalog by now (pithos.catalog.leases).
@@ -224,7 +227,8 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
     try:
         report = collect(data.blocker, all_roots(data), dry_run=args.dry_run,
                          oldest_upload=oldest_writer, force=args.force,
-                         late_roots=late_roots, started=started)
+                         late_roots=late_roots, started=started,
+                         clock_margin_s=args.clock_margin)
     except UnsafeToSweep as exc:
         raise CliError(str(exc)) from None
     result = report.as_dict()
@@ -293,6 +297,9 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--force", action="store_true",
                     help="sweep even when some maps cannot be walked (blocks only they name "
                          "are lost)")
+    gc.add_argument("--clock-margin", type=float, default=CLOCK_MARGIN_S, metavar="S",
+                    help="spare blocks stamped this close to the cutoff: the clock skew "
+                         f"between hosts (default {CLOCK_MARGIN_S:g})")
     gc.set_defaults(func=cmd_gc)
 
     quota = commands.add_parser("quota", parents=[common],
