@@ -356,7 +356,10 @@ def gc_roots(data_dir: str, blocks_url: str | None = None) -> Iterator[bytes]:
             _close_stores(deltas, heads)
         yield from roots
         return
-    heads = LocalHeadStore(os.path.join(data_dir, "volumes"))
+    vdir = os.path.join(data_dir, "volumes")
+    if not os.path.isdir(vdir):
+        return  # no volume was ever made (and a reader makes no directory: the disk may be full)
+    heads = LocalHeadStore(vdir)
     for head in heads.heads():
         if head.root:
             yield from_hex(head.root)

@@ -145,11 +145,14 @@ class LocalBlockStore(BlockStore):
     """Blocks as files under `path` (created if absent)."""
 
     def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
-                 executor: Executor | None = None, sync: str = "syncfs") -> None:
+                 executor: Executor | None = None, sync: str = "syncfs",
+                 keep_free_bytes: int = 0) -> None:
         """`sync` chooses how a batch is made durable: "file" (fdatasync each new file, fsync
         each directory it was renamed into) or "syncfs" (one syncfs(2) of the whole filesystem
         per batch: fewer syncs for batches of small blocks, but it also flushes whatever else
-        is dirty on that filesystem)."""
+        is dirty on that filesystem).  A write that would leave less than `keep_free_bytes`
+        free on the filesystem fails with NoSpace (room kept for a catalog beside the
+        blocks: deletes on a full disk, pithos/catalog/space.py)."""
         if sync not in ("file", "syncfs"):
             raise InvalidArgument(f"unknown sync mode {sync!r}")
         self.path = os.fspath(path)
@@ -163,6 +166,7 @@ class LocalBlockStore(BlockStore):
         self._writing: set[int] = set()
         self._direct_writes = True
         self._outboards = True  # until the filesystem refuses user xattrs
+        self.keep_free_bytes = keep_free_bytes
         try:
             created = not os.path.isdir(self._tmp)
             trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
@@ -252,6 +256,7 @@ class LocalBlockStore(BlockStore):
         if _refresh(path):  # present: refresh its age, keep its bytes
             return os.path.dirname(path), False
         tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
+        self._check_room(len(data))
         # An outboard is an xattr in the user namespace, which needs write permission: such
         # a file is made read-only once it is set (as a streamed block's).
         keep = bool(outboard) and self._outboards
@@ -275,6 +280,14 @@ class LocalBlockStore(BlockStore):
         os.close(fd)
         os.rename(tmp, path)
         return os.path.dirname(path), True
+
+    def _check_room(self, size: int) -> None:
+        """ENOSPC if writing `size` more bytes would leave less than keep_free_bytes free."""
+        if self.keep_free_bytes:
+            st = os.fstatvfs(self._root_fd)
+            if st.f_bavail * st.f_frsize < self.keep_free_bytes + size:
+                raise OSError(errno.ENOSPC, "no space left for blocks (the last "
+                              f"{self.keep_free_bytes} bytes free are kept for the catalog)")
 
     def _set_outboard(self, fd: int, outboard: bytes) -> None:
         """The outboard (if any), as an xattr; a filesystem that refuses it loses only the
@@ -572,6 +585,7 @@ class _FileWriter(BlockWriter):
                 if not pagecache.set_direct(fd, direct):
                     self._store._direct_writes = direct = False
                 self._direct = direct
+            self._store._check_room(view.nbytes)
             while view:
                 view = view[os.write(fd, view):]
         except OSError as exc:

@@ -17,13 +17,15 @@ from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument
 
 
-def open_block_store(url: str, executor: Executor | None = None) -> BlockStore:
+def open_block_store(url: str, executor: Executor | None = None,
+                     keep_free_bytes: int = 0) -> BlockStore:
+    """The store at `url`; `keep_free_bytes` is LocalBlockStore's (other stores ignore it)."""
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
         path = unquote(parts.path if parts.scheme else url)
         if not path:
             raise InvalidArgument(f"no path in block store URL {url!r}")
-        return LocalBlockStore(path, executor=executor)
+        return LocalBlockStore(path, executor=executor, keep_free_bytes=keep_free_bytes)
     if parts.scheme == "memory":
         return MemoryBlockStore()
     if parts.scheme == "rados":

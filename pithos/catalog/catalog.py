@@ -50,6 +50,12 @@ from pithos.catalog.records import (
     ObjectVersion,
     UserInfo,
 )
+from pithos.catalog.space import (
+    SpaceReserve,
+    disk_full_as_no_space,
+    recovery_write,
+    release_and_retry,
+)
 from pithos.catalog.wal_sync import WalSync
 from pithos.core.errors import BackendError, Conflict, InvalidArgument, NotFound, QuotaExceeded
 
@@ -126,9 +132,11 @@ class Catalog:
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open."""
 
-    def __init__(self, url: str, executor: Executor | None = None) -> None:
+    def __init__(self, url: str, executor: Executor | None = None,
+                 reserve_bytes: int = 0) -> None:
         """`executor` runs the WAL syncs of an SQLite catalog (see WalSync); without one a
-        writer syncs on its own thread."""
+        writer syncs on its own thread.  `reserve_bytes`: the room an SQLite catalog keeps
+        beside its database for getting out of a full disk (pithos/catalog/space.py)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -143,11 +151,15 @@ class Catalog:
         self._lease_engine: Engine | None = None
         self._read_engine: Engine | None = None
         self._wal_sync: WalSync | None = None
+        reserve = None
         if self.is_sqlite:
             _sqlite_setup(self.engine)
             database = self.engine.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
                 self._wal_sync = WalSync(os.path.abspath(database), executor)
+                if reserve_bytes:
+                    reserve = SpaceReserve(os.path.abspath(database) + "-reserve",
+                                           reserve_bytes)
             # Lease rows are not synced when written (see _lease_write).
             self._lease_engine = create_engine(url)
             _sqlite_setup(self._lease_engine)
@@ -161,7 +173,11 @@ class Catalog:
             self._reads = SnapshotReads(self._read_engine)
         self._dialect = self.engine.dialect
         self._statements = Statements(self._dialect)
-        self.schema_found = s.migrate(self._write)
+        # Opening is a way out of a full disk too (a reader may have to create SQLite's
+        # shared-memory file).  The reserve is made by writes only, not by a mere open.
+        self._reserve: SpaceReserve | None = None
+        self.schema_found = release_and_retry(reserve, lambda: s.migrate(self._write))
+        self._reserve = reserve
 
     def close(self) -> None:
         self.engine.dispose()
@@ -176,8 +192,9 @@ class Catalog:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction, durable when the block exits without an error (every
-        write of the catalog goes through here: callers acknowledge what it returns)."""
-        with self.engine.connect() as conn:
+        write of the catalog goes through here: callers acknowledge what it returns).  A
+        full disk raises NoSpace, and nothing was written."""
+        with disk_full_as_no_space(), self.engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():
@@ -188,10 +205,12 @@ class Catalog:
         # share the sync.
         if self._wal_sync is not None:
             self._wal_sync.sync()
+        if self._reserve is not None:
+            self._reserve.ensure()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with disk_full_as_no_space(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     def _fetch(self, stmt: Any, **values: Any) -> list[Any]:
@@ -326,6 +345,7 @@ class Catalog:
         except SQLIntegrityError:  # another node's user came first
             return None
 
+    @recovery_write
     def delete_user(self, account: str, user: str) -> bool:
         with self._write() as conn:
             found = conn.execute(select(s.users.c.id).select_from(s.users.join(s.accounts))
@@ -355,6 +375,7 @@ class Catalog:
             return None
         return UserInfo(row.id, account, user, bool(row.admin)), row.key_hash
 
+    @recovery_write
     def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
         with self._write() as conn:
             conn.execute(insert(s.tokens).values(token_hash=token_hash, user_id=user_id,
@@ -443,6 +464,7 @@ class Catalog:
                 self._update_meta(conn, s.container_meta, s.container_meta.c.container_id,
                                   container_id, meta)
 
+    @recovery_write
     def delete_container(self, container_id: int) -> None:
         """Delete an empty container; Conflict if it holds a visible object."""
         now = time.time()
@@ -624,6 +646,7 @@ class Catalog:
                 .where(s.objects.c.id == row.object_id)).one()
             return _version(conn, row)
 
+    @recovery_write
     def delete_object(self, container_id: int, name: str, modified_by: str | None = None
                       ) -> bool:
         """Delete an object (a deletion marker becomes its current version).  Returns whether
@@ -690,6 +713,7 @@ class Catalog:
             return None
         return version
 
+    @recovery_write
     def purge_history(self, container_id: int, name: str | None, until: float) -> int:
         """Delete the versions (not the current ones) created before `until`, of one object or
         of the whole container; returns how many.  Their blocks become garbage."""
@@ -705,6 +729,7 @@ class Catalog:
                 conn.execute(delete(s.versions).where(s.versions.c.id.in_(ids[i:i + 500])))
             return len(ids)
 
+    @recovery_write
     def reap_expired(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete objects whose X-Delete-At has passed; returns how many."""
         now = time.time() if now is None else now
@@ -897,6 +922,7 @@ class Catalog:
                         s.account_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
         return found
 
+    @recovery_write
     def drop_version(self, version_id: int) -> None:
         """Undo a version just committed (a hashmap upload whose blocks vanished under it):
         the previous version becomes current again, counters follow."""
@@ -941,7 +967,7 @@ class Catalog:
         """A write that need not survive a crash (a lease dies with its holder anyway), so it
         skips the commit's fsync: leases are taken on every upload."""
         engine = self._lease_engine or self.engine
-        with engine.connect() as conn:
+        with disk_full_as_no_space(), engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():

@@ -1,7 +1,8 @@
 """The embedded data directory: what lives where under `--data-dir`.
 
     blocks/         the LocalBlockStore (blocks and map pages)
-    catalog.sqlite  the object catalog (SQLite, WAL)
+    catalog.sqlite  the object catalog (SQLite, WAL); catalog.sqlite-reserve, room kept for
+                    getting out of a full disk (pithos/catalog/space.py)
     roots.log   maps stored with `pithos store put`, one "<root-hex> <size>" line each; the
                 roots fsck walks (the catalog replaces it for the object API)
 """
@@ -15,10 +16,16 @@ from concurrent.futures import Executor
 from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker
 from pithos.blocker.urls import open_block_store
 from pithos.catalog import Catalog, local_url
+from pithos.catalog.space import RESERVE_BYTES
 from pithos.config import Storage
 from pithos.core.errors import BackendError
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
+
+# A local block store leaves this much of its filesystem free (its writes fail with NoSpace,
+# 507, below it): room for the catalog's writes when they share it.  More than the catalog's
+# reserve, so that uploads never take the room a delete gave up on a full disk.
+KEEP_FREE_BYTES = 2 * RESERVE_BYTES
 
 
 class DataDir:
@@ -36,7 +43,8 @@ class DataDir:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create data directory {path}: {exc.strerror}") from exc
-        self.store = open_block_store(storage.blocks, executor=executor)
+        self.store = open_block_store(storage.blocks, executor=executor,
+                                      keep_free_bytes=KEEP_FREE_BYTES)
         self.blocker = Blocker(self.store, block_size=max(block_size, DEFAULT_BLOCK_SIZE),
                                executor=executor)
         self.mapper = Mapper(self.blocker, block_size=block_size)
@@ -50,7 +58,9 @@ class DataDir:
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.catalog_url, executor=self._executor)
+            # An SQLite catalog keeps room for deletes on a full disk (pithos/catalog/space.py).
+            self._catalog = Catalog(self.catalog_url, executor=self._executor,
+                                    reserve_bytes=RESERVE_BYTES)
         return self._catalog
 
     def record_roots(self, roots: Iterable[tuple[bytes, int]]) -> None:

@@ -13,6 +13,7 @@ import secrets
 import sys
 from typing import Any
 
+from pithos.catalog.space import RESERVE_BYTES
 from pithos.cli.datadir import DataDir
 from pithos.config import Storage
 
@@ -101,7 +102,8 @@ def open_catalog_once(storage: Storage) -> None:
     from pithos.catalog import Catalog
 
     os.makedirs(storage.data_dir, exist_ok=True)  # an SQLite catalog lives there
-    Catalog(storage.catalog).close()
+    # With its reserve: on a full disk, opening may need the room (pithos/catalog/space.py).
+    Catalog(storage.catalog, reserve_bytes=RESERVE_BYTES).close()
 
 
 def show_initial_key(storage: Storage, listen: str) -> None:
@@ -119,7 +121,7 @@ def show_initial_key(storage: Storage, listen: str) -> None:
     from pithos.catalog import Catalog
     from pithos.identity import Identity
 
-    catalog = Catalog(storage.catalog)
+    catalog = Catalog(storage.catalog, reserve_bytes=RESERVE_BYTES)
     try:
         key = secrets.token_hex(16)  # hex: never starts with "-" (a CLI would read an option)
         if Identity(catalog).set_initial_key("admin", "admin", key, admin=True) is None:
