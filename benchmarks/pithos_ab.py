@@ -4,6 +4,7 @@
 .venv/bin/python benchmarks/pithos_ab.py [--against DIR] [--op PUT|GET] [--size 4MiB]
                                          [--clients 16] [--seconds 8] [--rounds 3]
                                          [--workers 2] [--pretouch] [--keep-data]
+                                         [--gc-every S] [--gc-compare]
 ```
 
 Each run starts a fresh `pithos serve` (embedded defaults) under `benchmarks/.bench-work/`,
@@ -18,6 +19,11 @@ checkout's.
 Each line gives the rate, the CPU of server, client, kernel and other programs, and the
 server's CPU milliseconds per request (the figure to compare when the cell is CPU-bound).
 
+`--gc-every S` runs `pithos gc` on the server's data directory every S seconds while the cell
+is measured (as an operator's cron would, with the default clock margin); `--gc-compare`
+measures each tree twice per round, without and then with that collector, so the cost of
+collecting beside uploads is a ratio of the same run.
+
 Data is deleted after the series, not after each run: on a root ext4 without a journal, new
 inodes cost a scan of recently deleted ones for a minute or more after a large delete, which
 would slow the next run. `--keep-data` keeps it all (watch the disk: a 4 MiB PUT run writes
@@ -27,10 +33,14 @@ several GB). `--pretouch` first pre-touches the VM's free memory (vm_memory.stea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench_http import Connection, ObjectLoad, run_cell, split_url
@@ -42,8 +52,33 @@ PITHOS = HERE.parent / ".venv" / "bin" / "pithos"
 SIZES = {"4KiB": 4096, "64KiB": 65536, "1MiB": 1 << 20, "4MiB": 4 << 20, "16MiB": 16 << 20}
 
 
-def one_run(args: argparse.Namespace, tree: Path | None, work: Path) -> str:
-    """Start a server from `tree` (None: this checkout), measure the cell, stop it."""
+@contextlib.contextmanager
+def collector(data_dir: Path, every_s: float) -> Iterator[list[int]]:
+    """`pithos gc` on `data_dir` every `every_s` seconds (0: none) while the block runs;
+    yields the list of the runs' exit statuses."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s if statuses else 1.5):  # the first after the warm-up
+            statuses.append(subprocess.run([str(PITHOS), "gc", "--data-dir", str(data_dir)],
+                                           capture_output=True).returncode)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    if every_s > 0:
+        thread.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        if every_s > 0:
+            thread.join()
+
+
+def one_run(args: argparse.Namespace, tree: Path | None, work: Path,
+            gc_every_s: float = 0.0) -> str:
+    """Start a server from `tree` (None: this checkout), measure the cell (with `pithos gc`
+    every `gc_every_s` seconds, if not 0), stop it."""
     saved = os.environ.get("PYTHONPATH")
     if tree is not None:
         os.environ["PYTHONPATH"] = str(tree)
@@ -63,8 +98,9 @@ def one_run(args: argparse.Namespace, tree: Path | None, work: Path) -> str:
             fill_clients = args.fill_clients or args.clients
             run_cell(load.operations("PUT", fill_clients), fill_clients, 0.0,
                      args.fill if args.fill else max(2.0, args.seconds / 2), peer.cpu_seconds)
-        res = run_cell(load.operations(args.op, args.clients), args.clients, 1.5,
-                       args.seconds, peer.cpu_seconds)
+        with collector(peer.work_dir / "data", gc_every_s) as gc_runs:
+            res = run_cell(load.operations(args.op, args.clients), args.clients, 1.5,
+                           args.seconds, peer.cpu_seconds)
     finally:
         peer.stop()
         if saved is None:
@@ -78,6 +114,8 @@ def one_run(args: argparse.Namespace, tree: Path | None, work: Path) -> str:
             f"kernel {res.kernel_cpu_s / per_s * 100:3.0f}% "
             f"other {res.other_cpu_s / per_s * 100:3.0f}%  "
             f"server {res.server_cpu_s / max(res.requests, 1) * 1000:.2f} ms/request"
+            + (f"  gc runs {len(gc_runs)} (failed {sum(1 for s in gc_runs if s)})"
+               if gc_every_s else "")
             + (f"  ERRORS {len(res.errors)}: {res.errors[:2]}" if res.errors else ""))
 
 
@@ -95,6 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "more objects than a GET run reads keep its reads cold")
     p.add_argument("--fill-clients", type=int, default=0,
                    help="GET: clients of those PUTs (default: --clients)")
+    p.add_argument("--gc-every", type=float, default=0.0, metavar="S",
+                   help="run `pithos gc` every S seconds during the cell")
+    p.add_argument("--gc-compare", action="store_true",
+                   help="each tree twice per round: without, then with --gc-every (default 10)")
     p.add_argument("--pretouch", action="store_true")
     p.add_argument("--keep-data", action="store_true")
     args = p.parse_args(argv)
@@ -121,9 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             for label, tree in trees:
-                line = one_run(args, tree, work)
-                failed |= "ERRORS" in line
-                print(f"{label}: {line}", flush=True)
+                runs = [("", args.gc_every)]
+                if args.gc_compare:
+                    runs = [(" no gc", 0.0), (" gc", args.gc_every or 10.0)]
+                for suffix, every in runs:
+                    line = one_run(args, tree, work, every)
+                    failed |= "ERRORS" in line or ("failed 0)" not in line and every > 0)
+                    print(f"{label}{suffix}: {line}", flush=True)
     finally:
         if args.keep_data:
             print(f"data kept in {work}")
