@@ -6,48 +6,55 @@ import textwrap
 
 
 def test_a_write_waiting_for_the_lock_lets_the_other_greenlets_run(tmp_path):
+    """Another process holds the write lock until a second greenlet of ours, which runs only
+    if the waiting write leaves the hub free, tells it to let go.  A write that waited in a C
+    call (sleeping the whole thread) would never let that greenlet run: the lock would never
+    be released and the write would fail at the catalog's busy deadline."""
     script = textwrap.dedent(f"""
         from gevent import monkey
         monkey.patch_all()
-        import subprocess, sys, time
+        import subprocess, sys
         import gevent
         from pithos.catalog import Catalog
 
         url = "sqlite:///{tmp_path}/catalog.sqlite"
         catalog = Catalog(url)
-        # Another process holds the write lock for a second.
         holder = subprocess.Popen([sys.executable, "-c", '''
-        import sqlite3, sys, time
+        import sqlite3, sys
         db = sqlite3.connect("{tmp_path}/catalog.sqlite", isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         print("locked", flush=True)
-        time.sleep(1.0)
+        sys.stdin.readline()  # until told
         db.execute("COMMIT")
-        '''], stdout=subprocess.PIPE, text=True)
+        print("released", flush=True)
+        '''], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "locked"
-        ticks = []
-        def ticker():
-            end = time.monotonic() + 0.8
-            while time.monotonic() < end:
-                ticks.append(1)
+        events = []
+        def writer():
+            account_id = catalog.ensure_account("waiting")
+            events.append("written")
+            return account_id
+        def other():
+            for _ in range(20):
                 gevent.sleep(0.01)
-        ticking = gevent.spawn(ticker)
-        gevent.sleep(0.05)  # the ticker runs, then the write starts waiting for the lock
-        started = time.monotonic()
-        writer = gevent.spawn(catalog.ensure_account, "waiting")
+                events.append("tick")
+            events.append("release")
+            holder.stdin.write("go\\n")
+            holder.stdin.flush()
+        waiting = gevent.spawn(writer)
+        gevent.sleep(0)  # the write starts waiting for the lock first
+        ticking = gevent.spawn(other)
+        account_id = waiting.get(timeout=50)
         ticking.join()
-        account_id = writer.get(timeout=30)
-        waited = time.monotonic() - started
+        assert holder.stdout.readline().strip() == "released"
         holder.wait()
         assert catalog.account("waiting").id == account_id
-        print(len(ticks), round(waited, 2))
+        print(" ".join(events))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    ticks, waited = done.stdout.split()
-    # The write waited for the other process's lock ...
-    assert float(waited) >= 0.8
-    # ... while the other greenlet kept running (a busy handler sleeping in the C call would
-    # have let it tick once or twice).
-    assert int(ticks) >= 40
+    events = done.stdout.split()
+    # The other greenlet ran all along while the write waited, and the write went through
+    # only after the lock was let go.
+    assert events == ["tick"] * 20 + ["release", "written"]
