@@ -264,3 +264,24 @@ def test_migration_3_adds_the_initial_key_column_to_an_older_catalog(tmp_path):
         assert upgraded.set_initial_key("ops", "alice", "new", admin=True) is None
     finally:
         upgraded.close()
+
+
+def test_a_version_sharing_a_map_needs_its_sources_to_still_exist(catalog, container):
+    """A copy (or an SLO, or an in-place update) names the blocks of its source's map without
+    putting or touching them: its commit holds only while the source version still exists,
+    which a collector that ran meanwhile has then marked."""
+    from pithos.core.errors import Conflict
+
+    _, c = container
+    source = put(catalog, c.id, "source")
+    copy = put(catalog, c.id, "copy", sources=[source.version_id])
+    assert catalog.object(c.id, "copy").version_id == copy.version_id
+    catalog.drop_version(source.version_id)  # purged meanwhile
+    with pytest.raises(Conflict):
+        put(catalog, c.id, "late-copy", sources=[source.version_id])
+    assert catalog.object(c.id, "late-copy") is None
+    # Several sources: all must exist.
+    other = put(catalog, c.id, "other")
+    with pytest.raises(Conflict):
+        put(catalog, c.id, "slo", sources=[other.version_id, source.version_id])
+    assert put(catalog, c.id, "slo", sources=[other.version_id, other.version_id]).size == 10

@@ -550,12 +550,22 @@ class Catalog:
                     modified_by: str | None = None, delete_at: float | None = None,
                     dlo_manifest: str | None = None, slo_manifest: str | None = None,
                     created: float | None = None,
-                    grant: tuple[int, Sequence[bytes]] | None = None) -> ObjectVersion:
+                    grant: tuple[int, Sequence[bytes]] | None = None,
+                    sources: Sequence[int] = ()) -> ObjectVersion:
         """Make a new version the current one, atomically with the usage counters (and with
         `grant`: (account id, block hashes) it may name from now on).  The map it names must
-        already be durable (write ordering)."""
+        already be durable (write ordering).  `sources`: ids of the versions whose maps it
+        shares without having put or touched their blocks (a copy, an SLO's segments, the
+        version an in-place update starts from); Conflict if one of them is gone by now,
+        since a collector may then have taken blocks the new map names."""
         now = time.time()
         with self._write() as conn:
+            if sources:
+                wanted = set(sources)
+                found = conn.execute(select(func.count()).select_from(s.versions).where(
+                    s.versions.c.id.in_(wanted))).scalar()
+                if found != len(wanted):
+                    raise Conflict("a source of this object was removed meanwhile; retry")
             if grant is not None:
                 self._grant(conn, *grant)
             obj_id, uuid, old_size = self._object_for_write(conn, container_id, name, now)

@@ -186,7 +186,8 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
     return hm.objects.commit_version(
         container.id, v.name, root=root, size=size, etag=md5.hexdigest(),
         content_type=v.content_type, meta=v.meta, modified_by=modified_by,
-        delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)))
+        delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)),
+        sources=[v.version_id])
 
 
 def _cut(reader: BodyReader, lengths: Sequence[int]) -> Iterator[bytes]:

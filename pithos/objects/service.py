@@ -191,7 +191,8 @@ class ObjectService:
             meta=meta, modified_by=modified_by, delete_at=delete_at,
             dlo_manifest=source.dlo_manifest if keep_manifest else None,
             slo_manifest=source.slo_manifest if keep_manifest else None,
-            grant=(container.account_id, self.block_hashes(root)))
+            grant=(container.account_id, self.block_hashes(root)),
+            sources=[] if content else [source.version_id])
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -282,6 +283,7 @@ class ObjectService:
         if len(segments) > self.limits.max_manifest_segments:
             raise InvalidArgument(f"Too many segments (max {self.limits.max_manifest_segments})")
         parts: list[tuple[bytes, int, int | None]] = []
+        sources: list[int] = []  # the segments' versions, which must outlive the commit
         stored: list[dict[str, Any]] = []
         etags = hashlib.md5(usedforsecurity=False)
         total = 0
@@ -313,6 +315,7 @@ class ObjectService:
                 problems.append(f"/{path}: Too Small")
             if version.root is not None and length:
                 parts.append((version.root, offset, length))
+                sources.append(version.version_id)
             total += length
             etags.update(version.etag.encode()
                          + (f":{offset}-{offset + length - 1};".encode()
@@ -336,7 +339,7 @@ class ObjectService:
         return self.commit_version(
             container.id, name, root=root, size=size, etag=etags.hexdigest(),
             content_type=content_type, meta=meta, modified_by=modified_by,
-            delete_at=delete_at, slo_manifest=json.dumps(stored))
+            delete_at=delete_at, slo_manifest=json.dumps(stored), sources=sources)
 
 
 # Sorts after every name that follows a given prefix (as the catalog's listings use it).
