@@ -1,4 +1,4 @@
-"""Fencing of stale lease holders by the OSD blocklist (archipelago/rados.py, "Fencing"),
+"""Fencing of stale lease holders by the OSD blocklist (archipelago/rados/, "Fencing"),
 against the real Ceph cluster.
 
 A holder that stalls (SIGSTOP here) may have writes that passed its lease check but were not

@@ -1,4 +1,4 @@
-"""Volumes with heads and deltas in RADOS (archipelago/rados.py) against the real Ceph cluster.
+"""Volumes with heads and deltas in RADOS (archipelago/rados/) against the real Ceph cluster.
 
 A "host" is a `Volumes` object with a RADOS connection of its own (another client of the
 cluster, as another machine would be) and a data directory of its own.  Without the `rados`
