@@ -8,18 +8,21 @@ failure).  The units below them run anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import swiftclient
 from blake3 import blake3
-from conftest import PithosServer
+from conftest import PithosServer, free_port
 
 from pithos.blocker import LocalBlockStore
 from pithos.catalog import Catalog
@@ -93,6 +96,22 @@ def test_a_local_block_store_leaves_keep_free_bytes_free(tmp_path):
         store.close()
 
 
+def test_the_server_starts_without_a_new_admin_key_when_the_catalog_is_full(
+        tmp_path, monkeypatch, capsys):
+    from pithos.cli import serve
+    from pithos.config import Storage
+    from pithos.identity import Identity
+
+    def full(*args, **kwargs):
+        raise NoSpace("the catalog is out of space: database or disk is full")
+
+    monkeypatch.setattr(Identity, "set_initial_key", full)
+    storage = Storage(str(tmp_path), f"file://{tmp_path}/blocks",
+                      f"sqlite:///{tmp_path}/catalog.sqlite")
+    serve.show_initial_key(storage, "127.0.0.1:8080")  # no error: the server goes on
+    assert "no new admin key this time: the catalog is out of space" in capsys.readouterr().err
+
+
 def test_a_catalog_without_reserve_bytes_makes_no_reserve_file(tmp_path):
     catalog = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
     try:
@@ -149,6 +168,39 @@ def _server(fs: Path, tmp_path: Path) -> PithosServer:
     # The server's log stays off the full filesystem (PithosServer opens DATA/serve.log).
     (data / "serve.log").symlink_to(tmp_path / "serve.log")
     return PithosServer(data)
+
+
+def _serve(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`pithos serve` on a data directory (making no test user, unlike PithosServer);
+    (process, URL) once it answers."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pithos.cli.main", "serve", "--data-dir",
+                                 str(data), "--listen", f"127.0.0.1:{port}"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/info", timeout=2):
+                return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("pithos serve did not start: " + log.read_text()[-2000:])
+        time.sleep(0.1)
+
+
+def _connection(url: str) -> swiftclient.Connection:
+    return swiftclient.Connection(authurl=f"{url}/auth/v1.0", user="test:tester",
+                                  key="testing", retries=0, timeout=60)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # gunicorn's quick shutdown
+    proc.wait(timeout=30)
 
 
 def _free_bytes(path: Path) -> int:
@@ -340,6 +392,33 @@ def test_reading_commands_open_a_full_disk_with_the_server_stopped(small_fs, tmp
     assert _pithos(data, "gc")["reclaimed_blocks"] == 0
     assert not (data / "volumes").exists()
     assert not (data / "catalog.sqlite-reserve").exists()
+
+
+def test_the_server_starts_on_a_full_disk_and_takes_a_login_and_a_delete(small_fs, tmp_path):
+    data = small_fs / "data"
+    data.mkdir()
+    # A first start makes admin:admin with a key shown at every start until it is used.
+    proc, url = _serve(data, tmp_path / "serve.log")
+    try:
+        subprocess.run([sys.executable, "-m", "pithos.cli.main", "user", "add", "test:tester",
+                        "--key", "testing", "--admin", "--data-dir", str(data)], check=True,
+                       capture_output=True, timeout=60)
+        conn = _connection(url)
+        conn.put_container("c")
+        for i in range(4):
+            conn.put_object("c", f"o{i}", os.urandom(MiB))
+    finally:
+        _stop(proc)  # SIGINT: SQLite's WAL and shared-memory files stay
+    _fill_to_the_last_byte(small_fs / "filler")
+
+    # It starts again (storing the admin's next key may find no room: then it shows none).
+    proc, url = _serve(data, tmp_path / "serve-again.log")
+    try:
+        conn = _connection(url)
+        conn.delete_object("c", "o0")
+        assert [o["name"] for o in conn.get_container("c")[1]] == ["o1", "o2", "o3"]
+    finally:
+        _stop(proc)
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -16,6 +16,7 @@ from typing import Any
 from pithos.catalog.space import RESERVE_BYTES
 from pithos.cli.datadir import DataDir
 from pithos.config import Storage
+from pithos.core.errors import NoSpace
 
 log = logging.getLogger("pithos.serve")
 REAP_INTERVAL_S = 30.0
@@ -124,8 +125,15 @@ def show_initial_key(storage: Storage, listen: str) -> None:
     catalog = Catalog(storage.catalog, reserve_bytes=RESERVE_BYTES)
     try:
         key = secrets.token_hex(16)  # hex: never starts with "-" (a CLI would read an option)
-        if Identity(catalog).set_initial_key("admin", "admin", key, admin=True) is None:
-            return  # the admin's key is in use, or the operator made users of their own
+        try:
+            if Identity(catalog).set_initial_key("admin", "admin", key, admin=True) is None:
+                return  # the admin's key is in use, or the operator made users of their own
+        except NoSpace as exc:
+            # Serve anyway: the old key still works, and deletes are how a full disk is
+            # emptied (README.md, "A full disk").
+            print(f"pithos serve: no new admin key this time: {exc}", file=sys.stderr,
+                  flush=True)
+            return
         print(f"the admin user of account 'admin':\n"
               f"  auth URL:  http://{listen}/auth/v1.0  (Keystone v3: http://{listen}/v3)\n"
               f"  user:      admin:admin\n"
