@@ -9,22 +9,13 @@ from typing import Any
 
 import falcon
 
-from pithos.api import bulk
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
+from pithos.api.paths import base_url, storage_url
 from pithos.core.errors import InvalidArgument
 from pithos.identity import split_user
-
-RESELLER_PREFIX = "AUTH_"
-
-
-def base_url(services: Services, req: falcon.Request) -> str:
-    return (services.public_url or req.prefix).rstrip("/")
-
-
-def storage_url(services: Services, req: falcon.Request, account: str) -> str:
-    return f"{base_url(services, req)}/v1/{RESELLER_PREFIX}{account}"
+from pithos.objects import bulk
 
 
 class TokenMiddleware:
@@ -167,7 +158,7 @@ def info_document(services: Services) -> dict[str, Any]:
             "min_segment_size": limits.min_segment_size,
         },
         "tempauth": {"account_acls": True},
-        "bulk_delete": bulk.info(),
+        "bulk_delete": bulk.limits_info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 

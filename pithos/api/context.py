@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pithos.catalog import Catalog
 from pithos.identity import Identity
 from pithos.objects.hashmaps import Hashmaps
-from pithos.objects.service import Limits, ObjectService
+from pithos.objects.names import Limits
+from pithos.objects.service import ObjectService
 
 
 @dataclass
 class Services:
-    catalog: Catalog
+    # The object service is the API's only door to accounts, containers and objects; the
+    # API never touches the catalog.
     identity: Identity
     objects: ObjectService
     limits: Limits

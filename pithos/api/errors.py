@@ -22,6 +22,7 @@ STATUS: list[tuple[type[e.PithosError], int]] = [
     (e.Conflict, 409),
     (e.NotFound, 404),
     (e.Forbidden, 403),
+    (e.Unauthenticated, 401),
     (e.InvalidArgument, 400),
     (e.NoSpace, 507),
     (e.IntegrityError, 500),

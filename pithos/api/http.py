@@ -10,7 +10,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from pithos.api.errors import HTTPStatusError
-from pithos.objects.service import Limits
+from pithos.objects.names import Limits
 
 
 def http_date(ts: float) -> str:
@@ -70,23 +70,6 @@ def encoded_slash_in_container(raw_uri: str) -> bool:
     path = urlsplit(raw_uri).path if "://" in raw_uri[:16] else raw_uri.partition("?")[0]
     parts = path.split("/", 4)  # "", "v1", account, container, object
     return len(parts) > 3 and "%2f" in parts[3].lower()
-
-
-def check_names(limits: Limits, account: str, container: str | None,
-                obj: str | None) -> None:
-    if not account:
-        raise HTTPStatusError(400, "no account in the path")
-    if len(account.encode()) > limits.max_account_name_length:
-        raise HTTPStatusError(400, "Account name length exceeds the maximum")
-    if container is not None:
-        if not container:
-            raise HTTPStatusError(400, "empty container name")
-        if len(container.encode()) > limits.max_container_name_length:
-            raise HTTPStatusError(400, f"Container name length of {len(container.encode())} "
-                                       f"longer than {limits.max_container_name_length}")
-    if obj is not None and len(obj.encode()) > limits.max_object_name_length:
-        raise HTTPStatusError(400, f"Object name length of {len(obj.encode())} longer than "
-                                   f"{limits.max_object_name_length}")
 
 
 # -- metadata ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import falcon
 
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
-from pithos.catalog import ListingEntry
+from pithos.objects import ListingEntry
 
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 

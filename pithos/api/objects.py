@@ -9,12 +9,12 @@ import mimetypes
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 import falcon
 
-from pithos.api.auth import RESELLER_PREFIX
+from pithos.api import bulk
 from pithos.api.body import PieceBuffers, request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -28,15 +28,13 @@ from pithos.api.http import (
     x_timestamp,
 )
 from pithos.api.listing import truthy
-from pithos.catalog import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
-from pithos.core.errors import InvalidArgument
+from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.hashing import to_hex
-from pithos.mapper.mapper import STREAM_PIECE
-from pithos.objects.acl import Action, decide, format_sharing, parse_sharing
+from pithos.objects import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
+from pithos.objects.acl import Action
 from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, update_content
-
-if TYPE_CHECKING:
-    from pithos.api.swift import Authz, Target
+from pithos.objects.service import UPLOAD_PIECE_BYTES
+from pithos.objects.sharing import SharingChange
 
 HASHMAP_BODY_MAX = 64 * 1024 * 1024
 # Receive buffers a worker keeps for the pieces of uploads (at 1 MiB each, 64 MiB): enough
@@ -98,10 +96,11 @@ def _sys_meta(req: falcon.Request) -> dict[str, str]:
 
 
 class ObjectHandlers:
-    def __init__(self, services: Services, authz: Authz) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
-        self.authz = authz
-        self.pieces = PieceBuffers(STREAM_PIECE, PIECE_BUFFERS_KEPT)
+        self.objects = services.objects
+        self.authz = services.objects.authz
+        self.pieces = PieceBuffers(UPLOAD_PIECE_BYTES, PIECE_BUFFERS_KEPT)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -110,41 +109,18 @@ class ObjectHandlers:
                                  allow_remove=False)
         return {k: v for k, v in meta.items() if v is not None}
 
-    def _object(self, container: ContainerInfo, name: str) -> ObjectVersion:
-        version = self.services.catalog.object(container.id, name)
-        if version is None:
-            raise HTTPStatusError(404, "The resource could not be found.")
-        return version
-
     def _chosen_version(self, req: falcon.Request, container: ContainerInfo, name: str,
                         with_token: bool = False) -> tuple[ObjectVersion, str | None]:
-        """The current version, or the one named by ?version=ID (of this object only), or the
-        one current at ?until=TIMESTAMP; and `with_token`, the object's public token (None
-        otherwise).  The current version comes with its token in one statement."""
-        catalog = self.services.catalog
-        vid = req.get_param("version")
-        until = parse_until(req)
-        current = not vid and until is None
-        token = None
-        if vid:
-            v = catalog.object_version(container.id, name, vid)
-        elif until is not None:
-            v = catalog.object_at(container.id, name, until)
-        else:
-            found = catalog.object_and_public_token(container.id, name)
-            v, token = found if found is not None else (None, None)
-        if v is None:
-            raise HTTPStatusError(404, "The resource could not be found.")
-        if not with_token:
-            return v, None
-        return v, token if current else catalog.public_token(v.object_id)
+        """The current version, or the one named by ?version=ID, or the one current at
+        ?until=TIMESTAMP; and `with_token`, the object's public token (None otherwise)."""
+        return self.objects.chosen_version(container, name, vid=req.get_param("version"),
+                                           until=parse_until(req), with_token=with_token)
 
     def _hashmap(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion) -> None:
         user = req.context.user
         if user is None:
             raise HTTPStatusError(401, "a hashmap names blocks: log in to read it")
-        reader = self.services.catalog.account(user.account)
-        reader_id = reader.id if reader else self.services.catalog.ensure_account(user.account)
+        reader_id = self.objects.account_id(user.account)
         try:
             start = int(req.get_param("marker") or 0)
             limit = min(int(req.get_param("limit") or HASHMAP_PAGE), HASHMAP_PAGE)
@@ -157,9 +133,7 @@ class ObjectHandlers:
 
     def _version_list(self, req: falcon.Request, resp: falcon.Response,
                       container: ContainerInfo, name: str) -> None:
-        versions = self.services.catalog.versions(container.id, name)
-        if not versions and self.services.catalog.object(container.id, name) is None:
-            raise HTTPStatusError(404, "The resource could not be found.")
+        versions = self.objects.versions(container, name)
         if (req.get_param("format") or "json") == "json":
             resp.content_type = "application/json; charset=utf-8"
             resp.text = json.dumps({"versions": [[vid, ts] for vid, ts, _ in versions]})
@@ -177,7 +151,7 @@ class ObjectHandlers:
         resp.set_header("X-Object-Version-Timestamp", x_timestamp(v.created))
         if v.root is not None and not v.dlo_manifest:
             resp.set_header("X-Object-Hash",
-                            to_hex(self.services.objects.mapper.object_hash(v.root)))
+                            to_hex(self.objects.object_hash(v.root)))
         if v.modified_by:
             resp.set_header("X-Object-Modified-By", v.modified_by)
         for k, val in meta_headers("X-Object-Meta-", v.user_meta()).items():
@@ -219,25 +193,13 @@ class ObjectHandlers:
         if owner:
             self._owner_headers(req, resp, container, v, token)
         assert account is not None
-        self.serve(req, resp, v, account.id, head, may_read=self._may_read(user, account))
+        self.serve(req, resp, v, account.id, head, may_read=self.authz.may_read(user, account))
 
     def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and
         conditional requests work; an unpublished or deleted object is 404)."""
-        found = self.services.catalog.public_object_and_account(token)
-        if found is None:
-            raise HTTPStatusError(404, "The resource could not be found.")
-        v, account_id = found
+        v, account_id = self.objects.sharing.public_object(token)
         self.serve(req, resp, v, account_id, req.method == "HEAD")
-
-    def _may_read(self, user: UserInfo | None, account: AccountInfo | None
-                  ) -> Callable[[ContainerInfo], bool]:
-        """May `user` read the objects of a container of `account`?  Asked of the containers
-        that hold a large object's segments."""
-        def check(c: ContainerInfo) -> bool:
-            return account is not None and decide(user, account.name, account.acl,
-                                                  Action.OBJECT_READ, c).allowed
-        return check
 
     def serve(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion,
               account_id: int, head: bool,
@@ -314,24 +276,24 @@ class ObjectHandlers:
         account, container, _ = self.authz.object_access(user, t.account, t.container, t.obj,
                                                          Action.OBJECT_WRITE)
         sharing_public = self._sharing_public(req, user, account)
-        self._put(req, resp, t, user, container)
+        assert account is not None
+        self._put(req, resp, t, user, account, container)
         if sharing_public is not None and resp.status in (falcon.HTTP_201, 201):
-            v = self.services.catalog.object(container.id, t.obj)
+            v = self.objects.find_object(container, t.obj)
             if v is not None:
                 self._apply_sharing_public(req, resp, sharing_public, account, container, v)
 
     def _put(self, req: falcon.Request, resp: falcon.Response, t: Target,
-             user: UserInfo | None, container: ContainerInfo) -> None:
+             user: UserInfo | None, account: AccountInfo, container: ContainerInfo) -> None:
         assert t.obj is not None
         copy_from = req.get_header("X-Copy-From")
         if copy_from is not None:
-            from pithos.api.swift import account_name
-
-            account = account_name(req.get_header("X-Copy-From-Account") or t.account)
-            self._copy(req, resp, user, _split_source(copy_from), account, container, t.obj)
+            source_account = account_name(req.get_header("X-Copy-From-Account") or t.account)
+            self._copy(req, resp, user, _split_source(copy_from), source_account, container,
+                       t.obj)
             return
         if req.get_header("If-None-Match") == "*" and \
-                self.services.catalog.object(container.id, t.obj) is not None:
+                self.objects.find_object(container, t.obj) is not None:
             raise HTTPStatusError(412, "Precondition Failed")
         meta = {"user": self._user_meta(req), "sys": _sys_meta(req)}
         delete_at = _delete_at(req)
@@ -342,7 +304,7 @@ class ObjectHandlers:
         if length is None and not chunked:
             raise HTTPStatusError(411, "Length Required")
         if length is not None:
-            self._check_quota(container, t.obj, length)
+            self.objects.check_quota(container, t.obj, length)
         objects = self.services.objects
         if "hashmap" in req.params:
             self._put_hashmap(req, resp, user, container, t.obj, content_type=content_type,
@@ -350,13 +312,11 @@ class ObjectHandlers:
             return
         if req.get_param("multipart-manifest") == "put":
             manifest = req.stream.read(self.services.limits.max_manifest_size + 1)
-            account = self.services.catalog.account(t.account)
-            assert account is not None
             with objects.upload_lease():
                 v = objects.put_slo(account.id, container, t.obj, manifest,
                                     content_type=content_type, meta=meta,
                                     modified_by=modified_by, delete_at=delete_at,
-                                    may_read=self._may_read(user, account),
+                                    may_read=self.authz.may_read(user, account),
                                     etag=req.get_header("ETag"))
             self._created(resp, v, f'"{v.etag}"')
             return
@@ -381,7 +341,7 @@ class ObjectHandlers:
         body = req.stream.read(HASHMAP_BODY_MAX + 1)
         if len(body) > HASHMAP_BODY_MAX:
             raise HTTPStatusError(413, "hashmap too large")
-        account_id = self.services.catalog.ensure_account(user.account)
+        account_id = self.objects.account_id(user.account)
         try:
             with self.services.objects.upload_lease():
                 v = self.services.hashmaps.put(account_id, container, name, body,
@@ -396,68 +356,28 @@ class ObjectHandlers:
     # -- sharing and public links --------------------------------------------------------------
 
     def _sharing_public(self, req: falcon.Request, user: UserInfo | None,
-                        account: AccountInfo | None) -> tuple[str | None, str | None] | None:
+                        account: AccountInfo | None) -> SharingChange | None:
         """X-Object-Sharing / X-Object-Public of a request, checked: only the owner sets them."""
-        sharing = req.get_header("X-Object-Sharing")
-        public = req.get_header("X-Object-Public")
-        if sharing is None and public is None:
-            return None
-        if not self.authz.owns(user, account):
-            raise HTTPStatusError(403, "only the owner changes sharing or publishes")
-        if sharing is not None:
-            try:
-                parse_sharing(sharing)
-            except InvalidArgument as exc:
-                raise HTTPStatusError(400, str(exc)) from None
-        if public is not None and public.strip().lower() not in ("true", "false", ""):
-            raise HTTPStatusError(400, "X-Object-Public is true or false")
-        return sharing, public
+        return self.objects.sharing.check(user, account, req.get_header("X-Object-Sharing"),
+                                          req.get_header("X-Object-Public"))
 
     def _apply_sharing_public(self, req: falcon.Request, resp: falcon.Response,
-                              wanted: tuple[str | None, str | None],
-                              account: AccountInfo | None, container: ContainerInfo,
-                              v: ObjectVersion) -> None:
-        sharing, public = wanted
-        catalog = self.services.catalog
-        assert account is not None
-        if sharing is not None:
-            read, write = parse_sharing(sharing)
-            catalog.set_sharing(account.id, container.id, v.name, read, write)
-        if public is not None:
-            if public.strip().lower() == "true":
-                token = catalog.publish(v.object_id)
-                resp.set_header("X-Object-Public", self._public_url(req, token))
-            else:
-                catalog.unpublish(v.object_id)
-
-    def _public_url(self, req: falcon.Request, token: str) -> str:
-        from pithos.api.auth import base_url
-
-        return f"{base_url(self.services, req)}/public/{token}"
+                              change: SharingChange, account: AccountInfo | None,
+                              container: ContainerInfo, v: ObjectVersion) -> None:
+        token = self.objects.sharing.apply(change, account, container, v)
+        if token is not None:
+            resp.set_header("X-Object-Public", public_url(self.services, req, token))
 
     def _owner_headers(self, req: falcon.Request, resp: falcon.Response,
                        container: ContainerInfo, v: ObjectVersion, token: str | None) -> None:
         """Sharing and the public link (`token`, the object's), shown to the owner only."""
-        found = (self.services.catalog.sharing_for(container.id, v.name)
-                 if container.has_sharing is not False else None)
+        found = self.objects.sharing.of_object(container, v.name)
         if found is not None:
-            resp.set_header("X-Object-Sharing", format_sharing(found[1], found[2]))
-            if found[0] != v.name:
-                resp.set_header("X-Object-Shared-By", found[0])
+            resp.set_header("X-Object-Sharing", found.text)
+            if found.path != v.name:
+                resp.set_header("X-Object-Shared-By", found.path)
         if token is not None:
-            resp.set_header("X-Object-Public", self._public_url(req, token))
-
-    def _check_quota(self, container: ContainerInfo, name: str, size: int) -> None:
-        """Refuse (413) before reading the body a write that cannot fit; the commit checks
-        again, atomically, for bodies of unknown length and concurrent writers."""
-        cbytes, cquota, abytes, aquota = self.services.catalog.usage(container.id)
-        if not cquota and not aquota:
-            return
-        current = self.services.catalog.object(container.id, name)
-        growth = size - (current.size if current else 0)
-        if growth > 0 and ((cquota and cbytes + growth > cquota) or
-                           (aquota and abytes + growth > aquota)):
-            raise HTTPStatusError(413, "quota exceeded")
+            resp.set_header("X-Object-Public", public_url(self.services, req, token))
 
     def _created(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
         resp.status = falcon.HTTP_201
@@ -474,12 +394,11 @@ class ObjectHandlers:
             user, source_account, source[0], source[1], Action.OBJECT_READ)
         source_version = req.get_header("X-Source-Version")
         if source_version:
-            src = self.services.catalog.object_version(src_container.id, source[1],
-                                                       source_version)
+            src = self.objects.object_version(src_container, source[1], source_version)
             if src is None:
                 raise HTTPStatusError(404, "no such version of the source object")
         else:
-            src = self._object(src_container, source[1])
+            src = self.objects.get_object(src_container, source[1])
         objects = self.services.objects
         fresh = truthy(req.get_header("X-Fresh-Metadata"))
         user_meta = {} if fresh else dict(src.user_meta())
@@ -491,8 +410,9 @@ class ObjectHandlers:
         # The lease covers the new map of a large object's content and the copy's commit, and
         # the source's map until the copy names it.
         with objects.upload_lease():
-            content = self._large_content(src, src_account, keep_manifest,
-                                          self._may_read(user, src_account))
+            if not keep_manifest:
+                content = objects.large_content(src, src_account,
+                                                self.authz.may_read(user, src_account))
             v = objects.copy(src, dest, dest_name, meta={"user": user_meta, "sys": sys_meta},
                              content_type=req.get_header("Content-Type") or src.content_type,
                              modified_by=f"{user.account}:{user.name}" if user else None,
@@ -503,31 +423,8 @@ class ObjectHandlers:
         resp.set_header("X-Copied-From", quote(f"{source[0]}/{source[1]}"))
         resp.set_header("X-Copied-From-Account", quote(RESELLER_PREFIX + source_account))
 
-    def _large_content(self, src: ObjectVersion, src_account: AccountInfo | None,
-                       keep_manifest: bool, may_read: Callable[[ContainerInfo], bool]
-                       ) -> tuple[bytes, int, str] | None:
-        """A large object is copied as its content: one map naming the segments' blocks,
-        and the MD5 of that content as the ETag (the data is read, not written)."""
-        if not (src.dlo_manifest or src.slo_manifest) or keep_manifest:
-            return None
-        objects = self.services.objects
-        if src.dlo_manifest:
-            assert src_account is not None
-            segs = objects.dlo_segments(src_account.id, src.dlo_manifest, may_read)
-            parts = [(s.root, s.size) for s in segs if s.root is not None]
-        else:
-            assert src.root is not None
-            parts = [(src.root, src.size)]
-        root, size = objects.mapper.concat([(r, 0, None) for r, _ in parts])
-        md5 = hashlib.md5(usedforsecurity=False)
-        for piece in objects.read([(root, size)], 0, size):
-            md5.update(piece)
-        return root, size, md5.hexdigest()
-
     def on_copy(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         """COPY with Destination: container/object (and Destination-Account)."""
-        from pithos.api.swift import account_name
-
         assert t.container is not None and t.obj is not None
         destination = req.get_header("Destination")
         if not destination:
@@ -546,7 +443,7 @@ class ObjectHandlers:
         user = req.context.user
         account, container, _ = self.authz.object_access(user, t.account, t.container, t.obj,
                                                          Action.OBJECT_WRITE)
-        current = self._object(container, t.obj)
+        current = self.objects.get_object(container, t.obj)
         sharing_public = self._sharing_public(req, user, account)
         if sharing_public is not None:
             self._apply_sharing_public(req, resp, sharing_public, account, container, current)
@@ -562,8 +459,8 @@ class ObjectHandlers:
         if delete_at is None and req.get_header("X-Remove-Delete-At") is None:
             delete_at = current.delete_at
         content_type = req.get_header("Content-Type")
-        self.services.catalog.update_object_meta(
-            container.id, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
+        self.objects.update_meta(
+            container, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
             delete_at=delete_at, content_type=content_type)
         resp.status = falcon.HTTP_202
         resp.content_type = "text/html; charset=UTF-8"
@@ -585,8 +482,8 @@ class ObjectHandlers:
             _, src_container, _ = self.authz.object_access(
                 user, src_account, src_container_name, src_obj, Action.OBJECT_READ)
             vid = req.get_header("X-Source-Version")
-            src = (self.services.catalog.object_version(src_container.id, src_obj, vid)
-                   if vid else self.services.catalog.object(src_container.id, src_obj))
+            src = (self.objects.object_version(src_container, src_obj, vid)
+                   if vid else self.objects.find_object(src_container, src_obj))
             if src is None or src.root is None:
                 raise HTTPStatusError(404, "no such source object")
             source = (src.root, src.size)
@@ -618,61 +515,22 @@ class ObjectHandlers:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None and t.obj is not None
         user = req.context.user
-        account, container = self.authz.container(user, t.account, t.container,
-                                                  Action.OBJECT_WRITE)
-        catalog = self.services.catalog
+        _, container = self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         modified_by = f"{user.account}:{user.name}" if user else None
         until = parse_until(req)
         if until is not None:
             # Pithos: DELETE ?until= purges the object's history before that time.
-            self.services.catalog.purge_history(container.id, t.obj, until)
+            self.objects.purge_history(container, t.obj, until)
             resp.status = falcon.HTTP_204
             return
         if req.get_param("multipart-manifest") == "delete":
-            v = self._object(container, t.obj)
+            v = self.objects.get_object(container, t.obj)
             if v.slo_manifest:
-                assert account is not None
-                self._delete_slo(req, resp, user, t.account, v, container, modified_by)
+                bulk.send_result(req, resp,
+                                 self.objects.bulk.delete_slo(user, t.account, container, v))
                 return
-        if not catalog.delete_object(container.id, t.obj, modified_by):
-            raise HTTPStatusError(404, "The resource could not be found.")
+        self.objects.delete_object(container, t.obj, modified_by)
         resp.status = falcon.HTTP_204
-
-    def _delete_slo(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
-                    account: str, v: ObjectVersion, container: ContainerInfo,
-                    modified_by: str | None) -> None:
-        deleted = not_found = 0
-        errors: list[list[str]] = []
-        assert v.slo_manifest is not None
-        for seg in json.loads(v.slo_manifest):
-            cname, _, oname = seg["name"].lstrip("/").partition("/")
-            try:
-                _, seg_container = self.authz.container(user, account, cname,
-                                                        Action.OBJECT_WRITE)
-            except HTTPStatusError as exc:
-                if exc.status == 404:
-                    not_found += 1
-                else:
-                    errors.append([seg["name"], f"{exc.status} {exc.message}"])
-                continue
-            if self.services.catalog.delete_object(seg_container.id, oname, modified_by):
-                deleted += 1
-            else:
-                not_found += 1
-        if self.services.catalog.delete_object(container.id, v.name, modified_by):
-            deleted += 1
-        else:
-            not_found += 1
-        result = {"Number Deleted": deleted, "Number Not Found": not_found,
-                  "Response Status": "200 OK" if not errors else "400 Bad Request",
-                  "Response Body": "", "Errors": errors}
-        resp.status = falcon.HTTP_200
-        if "json" in (req.get_header("Accept") or ""):
-            resp.content_type = "application/json; charset=utf-8"
-            resp.text = json.dumps(result)
-        else:
-            resp.content_type = "text/plain; charset=utf-8"
-            resp.text = "".join(f"{k}: {val}\n" for k, val in result.items())
 
 
 def _content_range(text: str | None) -> tuple[int | None, int | None]:

@@ -73,13 +73,14 @@ def build_services(storage: Storage, io_threads: int = 32,
     from pithos.api.context import Services
     from pithos.identity import Identity
     from pithos.objects.hashmaps import Hashmaps
-    from pithos.objects.service import Limits, ObjectService
+    from pithos.objects.names import Limits
+    from pithos.objects.service import ObjectService
 
     pool = ThreadPoolExecutor(max_workers=io_threads)
     data = DataDir(storage, executor=pool)
     catalog = data.catalog()
     objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
-    return Services(catalog=catalog, identity=Identity(catalog), objects=objects,
+    return Services(identity=Identity(catalog), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"),
@@ -92,7 +93,7 @@ def _reaper(services: Any) -> None:
     while True:
         gevent.sleep(REAP_INTERVAL_S)
         try:
-            services.catalog.reap_expired()
+            services.objects.reap_expired()
         except Exception:
             log.exception("reaping expired objects failed")
 

@@ -38,6 +38,10 @@ class Forbidden(PithosError):
     """The caller is authenticated but may not do this."""
 
 
+class Unauthenticated(PithosError):
+    """An anonymous caller may not do this: logging in may help (HTTP 401)."""
+
+
 class QuotaExceeded(PithosError):
     """The write would exceed a quota; nothing was committed."""
 

@@ -1,2 +1,13 @@
-"""The object service: Swift semantics (containers, objects, large objects, ACLs) over the
-catalog and the mapper.  The HTTP layer (pithos.api) only translates to and from it."""
+"""The object service: Swift semantics (containers, objects, large objects, ACLs, sharing,
+quotas) over the catalog and the mapper.  The HTTP layer (pithos.api) only translates to and
+from it, and takes the catalog's records from here: it never imports the catalog itself."""
+
+from pithos.catalog.records import (
+    AccountInfo,
+    ContainerInfo,
+    ListingEntry,
+    ObjectVersion,
+    UserInfo,
+)
+
+__all__ = ["AccountInfo", "ContainerInfo", "ListingEntry", "ObjectVersion", "UserInfo"]

@@ -18,36 +18,36 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pithos.catalog import Catalog, ContainerInfo, ListingEntry, ObjectVersion
+from pithos.catalog import (
+    AccountInfo,
+    Catalog,
+    ContainerInfo,
+    ListingEntry,
+    ObjectVersion,
+    UserInfo,
+)
 from pithos.catalog.leases import Ticket, WriterLeases
 from pithos.core.errors import (
     ChecksumMismatch,
+    Conflict,
     Forbidden,
     IncompleteBody,
     InvalidArgument,
+    NotFound,
+    QuotaExceeded,
     TooLarge,
 )
 from pithos.mapper import Mapper, Piece
+from pithos.mapper.mapper import STREAM_PIECE
+from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
+from pithos.objects.authz import Authz
+from pithos.objects.bulk import BulkDeletes
 from pithos.objects.digest import StreamDigest
+from pithos.objects.names import Limits
+from pithos.objects.sharing import Sharing
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Swift's constraints, as /info reports them."""
-    max_file_size: int = 5 * 1024**3
-    max_object_name_length: int = 1024
-    max_container_name_length: int = 256
-    max_account_name_length: int = 256
-    max_meta_name_length: int = 128
-    max_meta_value_length: int = 256
-    max_meta_count: int = 90
-    max_meta_overall_size: int = 4096
-    container_listing_limit: int = 10000
-    account_listing_limit: int = 10000
-    max_header_size: int = 8192
-    max_manifest_segments: int = 1000
-    max_manifest_size: int = 8 * 1024 * 1024
-    min_segment_size: int = 1
+# The pieces an upload streams in: the size of the receive buffers the HTTP layer keeps.
+UPLOAD_PIECE_BYTES = STREAM_PIECE
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,185 @@ class ObjectService:
         # Per-request memory: an upload's pieces in flight (Mapper.build_stream), two read
         # batches.
         self.read_batch_blocks = read_batch_blocks
+        self.authz = Authz(catalog)
+        self.sharing = Sharing(catalog, self.authz)
+        self.bulk = BulkDeletes(catalog, self.authz, self.limits)
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def account_id(self, name: str) -> int:
+        """The id of account `name`, made if it does not exist yet (the account of a user
+        who logged in: it names the blocks that user may reference)."""
+        found = self.catalog.account(name, detail=False)
+        return found.id if found is not None else self.catalog.ensure_account(name)
+
+    def list_containers(self, account_id: int, *, limit: int, marker: str = "",
+                        end_marker: str = "", prefix: str = "", reverse: bool = False,
+                        until: float | None = None) -> list[tuple[str, int, int, float]]:
+        """(name, objects, bytes, last modified) of the account's containers, in name order."""
+        return self.catalog.list_containers(account_id, prefix=prefix, marker=marker,
+                                            end_marker=end_marker, limit=limit,
+                                            reverse=reverse, until=until)
+
+    def update_account(self, user: UserInfo | None, account: AccountInfo,
+                       meta: Mapping[str, str | None], *, acl: str | None = None,
+                       groups: Mapping[str, str] | None = None) -> None:
+        """Set metadata (a None value removes a key), the account ACL (`acl`, JSON; only an
+        account admin) and groups (name -> comma-separated accounts; only an account admin).
+        The caller was allowed ACCOUNT_WRITE."""
+        if acl is not None:
+            self.authz.require(user, account.name, account.acl, Action.ACCOUNT_ADMIN)
+            parse_account_acl(acl)
+        self.sharing.set_groups(user, account, groups or {})
+        self.catalog.update_account(account.id, meta, acl=acl, set_acl=acl is not None)
+
+    def reap_expired(self) -> int:
+        """Delete the objects whose X-Delete-At has passed (a batch); returns how many."""
+        return self.catalog.reap_expired()
+
+    # -- containers ----------------------------------------------------------------------------
+
+    def container_policy(self, user: UserInfo | None, account: AccountInfo, *,
+                         versioning: str | None = None, quota: str | None = None,
+                         read_acl: str | None = None, write_acl: str | None = None
+                         ) -> dict[str, object]:
+        """A container's policy from its headers' values (None: unchanged; an empty ACL
+        removes it): InvalidArgument for bad values, and only an account admin may change
+        who gets in (the ACLs)."""
+        policy: dict[str, object] = {}
+        if versioning is not None:
+            if versioning.lower() not in ("auto", "none"):
+                raise InvalidArgument("X-Container-Policy-Versioning is auto or none")
+            policy["versioning"] = versioning.lower()
+        if quota is not None:
+            try:
+                policy["quota_bytes"] = int(quota) or None
+                if int(quota) < 0:
+                    raise ValueError
+            except ValueError:
+                raise InvalidArgument("X-Container-Policy-Quota is a number of bytes "
+                                      "(0: none)") from None
+        for value, column, for_read in ((read_acl, "read_acl", True),
+                                        (write_acl, "write_acl", False)):
+            if value is not None:
+                self.authz.require(user, account.name, account.acl, Action.ACCOUNT_ADMIN)
+                policy[column] = validate_container_acl(value, for_read) or None
+        return policy
+
+    def create_container(self, account: AccountInfo, name: str,
+                         meta: Mapping[str, str | None], policy: Mapping[str, object]
+                         ) -> bool:
+        """Create a container, or update an existing one; returns whether it was created.
+        The caller was allowed CONTAINER_WRITE in `account`."""
+        if "/" in name:
+            raise InvalidArgument("container names cannot contain '/'")
+        return self.catalog.create_container(account.id, name, meta, **policy)
+
+    def update_container(self, container: ContainerInfo, meta: Mapping[str, str | None],
+                         policy: Mapping[str, object]) -> None:
+        self.catalog.update_container(container.id, meta, **policy)
+
+    def delete_container(self, container: ContainerInfo) -> None:
+        """Delete an empty container; Conflict if it holds an object."""
+        try:
+            self.catalog.delete_container(container.id)
+        except Conflict:
+            raise Conflict("There was a conflict when trying to complete your request: the "
+                           "container is not empty.") from None
+
+    def purge_history(self, container: ContainerInfo, name: str | None, until: float) -> int:
+        """Drop the versions older than `until` of object `name` (None: of every object of
+        the container) that are no longer current; returns how many."""
+        return self.catalog.purge_history(container.id, name, until)
+
+    def container_detail(self, container: ContainerInfo) -> ContainerInfo:
+        """The container with its counters and metadata (Authz's comes without them)."""
+        return self.catalog.container(container.account_id, container.name) or container
+
+    def list_objects(self, container_id: int, *, limit: int, marker: str = "",
+                     end_marker: str = "", prefix: str = "", reverse: bool = False,
+                     delimiter: str = "", until: float | None = None) -> list[ListingEntry]:
+        return self.catalog.list_objects(container_id, prefix=prefix, marker=marker,
+                                         end_marker=end_marker, limit=limit, reverse=reverse,
+                                         delimiter=delimiter, until=until)
+
+    # -- objects and versions ------------------------------------------------------------------
+
+    def find_object(self, container: ContainerInfo, name: str) -> ObjectVersion | None:
+        """The current version of an object, None if there is none."""
+        return self.catalog.object(container.id, name)
+
+    def get_object(self, container: ContainerInfo, name: str) -> ObjectVersion:
+        """The current version of an object; NotFound if there is none."""
+        version = self.catalog.object(container.id, name)
+        if version is None:
+            raise NotFound("The resource could not be found.")
+        return version
+
+    def chosen_version(self, container: ContainerInfo, name: str, *, vid: str | None,
+                       until: float | None, with_token: bool = False
+                       ) -> tuple[ObjectVersion, str | None]:
+        """The current version, or the one named `vid` (of this object only), or the one
+        current at `until`; NotFound if there is none.  With `with_token`, also the object's
+        public token (else None): the current version comes with it in one statement."""
+        catalog = self.catalog
+        token = None
+        if vid:
+            v = catalog.object_version(container.id, name, vid)
+        elif until is not None:
+            v = catalog.object_at(container.id, name, until)
+        else:
+            found = catalog.object_and_public_token(container.id, name)
+            v, token = found if found is not None else (None, None)
+        if v is None:
+            raise NotFound("The resource could not be found.")
+        if not with_token:
+            return v, None
+        current = not vid and until is None
+        return v, token if current else catalog.public_token(v.object_id)
+
+    def object_version(self, container: ContainerInfo, name: str, vid: str
+                       ) -> ObjectVersion | None:
+        return self.catalog.object_version(container.id, name, vid)
+
+    def versions(self, container: ContainerInfo, name: str) -> list[tuple[str, float, int]]:
+        """(version id, timestamp, size) of the object's versions; NotFound when there is no
+        such object."""
+        versions = self.catalog.versions(container.id, name)
+        if not versions and self.catalog.object(container.id, name) is None:
+            raise NotFound("The resource could not be found.")
+        return versions
+
+    def update_meta(self, container: ContainerInfo, name: str,
+                    meta: Mapping[str, Mapping[str, str]], *, delete_at: float | None,
+                    content_type: str | None) -> None:
+        """Replace the current version's metadata (a POST: no new content)."""
+        self.catalog.update_object_meta(container.id, name, meta, delete_at=delete_at,
+                                        content_type=content_type)
+
+    def delete_object(self, container: ContainerInfo, name: str,
+                      modified_by: str | None) -> None:
+        """Delete an object (its versions stay, as the container's policy says); NotFound
+        if there is none."""
+        if not self.catalog.delete_object(container.id, name, modified_by):
+            raise NotFound("The resource could not be found.")
+
+    def check_quota(self, container: ContainerInfo, name: str, size: int) -> None:
+        """QuotaExceeded if writing `size` bytes as `name` cannot fit the container's or its
+        account's quota: a refusal before the body is read.  The commit checks again,
+        atomically, for bodies of unknown length and concurrent writers."""
+        cbytes, cquota, abytes, aquota = self.catalog.usage(container.id)
+        if not cquota and not aquota:
+            return
+        current = self.catalog.object(container.id, name)
+        growth = size - (current.size if current else 0)
+        if growth > 0 and ((cquota and cbytes + growth > cquota) or
+                           (aquota and abytes + growth > aquota)):
+            raise QuotaExceeded("quota exceeded")
+
+    def object_hash(self, root: bytes) -> bytes:
+        """The object hash (Pithos' X-Object-Hash) of the map `root`."""
+        return self.mapper.object_hash(root)
 
     # -- storing -------------------------------------------------------------------------------
 
@@ -193,6 +372,28 @@ class ObjectService:
             slo_manifest=source.slo_manifest if keep_manifest else None,
             grant=(container.account_id, self.block_hashes(root)),
             sources=[] if content else [source.version_id])
+
+    def large_content(self, src: ObjectVersion, account: AccountInfo | None,
+                      may_read: Callable[[ContainerInfo], bool] = lambda _: True
+                      ) -> tuple[bytes, int, str] | None:
+        """What a copy of `src` names when `src` is a large object (`copy`'s `content`): one
+        map naming its segments' blocks (read with `may_read`), and the MD5 of that content
+        as the ETag (the data is read, not written); None for any other object.  Inside the
+        writer's upload lease: the new map is garbage until the copy commits."""
+        if not (src.dlo_manifest or src.slo_manifest):
+            return None
+        if src.dlo_manifest:
+            assert account is not None
+            segs = self.dlo_segments(account.id, src.dlo_manifest, may_read)
+            parts = [(s.root, s.size) for s in segs if s.root is not None]
+        else:
+            assert src.root is not None
+            parts = [(src.root, src.size)]
+        root, size = self.mapper.concat([(r, 0, None) for r, _ in parts])
+        md5 = hashlib.md5(usedforsecurity=False)
+        for piece in self.read([(root, size)], 0, size):
+            md5.update(piece)
+        return root, size, md5.hexdigest()
 
     # -- reading -------------------------------------------------------------------------------
 

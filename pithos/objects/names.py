@@ -1,0 +1,46 @@
+"""Swift's limits on names, metadata and large objects (as /info reports them), and the check
+of account, container and object names against them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pithos.core.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Swift's constraints, as /info reports them."""
+    max_file_size: int = 5 * 1024**3
+    max_object_name_length: int = 1024
+    max_container_name_length: int = 256
+    max_account_name_length: int = 256
+    max_meta_name_length: int = 128
+    max_meta_value_length: int = 256
+    max_meta_count: int = 90
+    max_meta_overall_size: int = 4096
+    container_listing_limit: int = 10000
+    account_listing_limit: int = 10000
+    max_header_size: int = 8192
+    max_manifest_segments: int = 1000
+    max_manifest_size: int = 8 * 1024 * 1024
+    min_segment_size: int = 1
+
+
+def check_names(limits: Limits, account: str, container: str | None,
+                obj: str | None) -> None:
+    """InvalidArgument for an empty account or container name, or one over its limit (in
+    UTF-8 bytes); `container` and `obj` None: not part of the path."""
+    if not account:
+        raise InvalidArgument("no account in the path")
+    if len(account.encode()) > limits.max_account_name_length:
+        raise InvalidArgument("Account name length exceeds the maximum")
+    if container is not None:
+        if not container:
+            raise InvalidArgument("empty container name")
+        if len(container.encode()) > limits.max_container_name_length:
+            raise InvalidArgument(f"Container name length of {len(container.encode())} "
+                                  f"longer than {limits.max_container_name_length}")
+    if obj is not None and len(obj.encode()) > limits.max_object_name_length:
+        raise InvalidArgument(f"Object name length of {len(obj.encode())} longer than "
+                              f"{limits.max_object_name_length}")
