@@ -263,6 +263,7 @@ class WriterLeases:
         self._published: float | None = None  # the start the row says (None: no row)
         self._published_at = 0.0
         self._syncing = False  # a write of the row is under way
+        self._stale_row = False  # a write of the row failed: the catalog may hold an old one
         self._clear_armed = False
 
     # -- writers ---------------------------------------------------------------------------------
@@ -296,18 +297,24 @@ class WriterLeases:
         with self._lock:
             self._inflight.pop(ticket.token, None)
             idle = not self._inflight
-            arm = (idle and self._published is not None and not self._clear_armed
+            due = not idle and self.clock() - self._published_at >= REFRESH_S
+        if idle:
+            self._arm_clear()
+        elif due:
+            with contextlib.suppress(Exception):  # a stale start only makes gc more careful
+                self._sync()
+
+    def _arm_clear(self) -> None:
+        """Clear the row in `idle_clear_s` if still idle then (one timer at a time)."""
+        with self._lock:
+            arm = ((self._published is not None or self._stale_row) and not self._clear_armed
                    and self.idle_clear_s > 0)
             if arm:
                 self._clear_armed = True
-            due = not idle and self.clock() - self._published_at >= REFRESH_S
         if arm:
             timer = threading.Timer(self.idle_clear_s, self.clear_if_idle)
             timer.daemon = True
             timer.start()
-        elif due:
-            with contextlib.suppress(Exception):  # a stale start only makes gc more careful
-                self._sync()
 
     @contextlib.contextmanager
     def commit_guard(self, ticket: Ticket) -> Iterator[None]:
@@ -347,19 +354,27 @@ class WriterLeases:
             except BaseException:
                 with self._lock:
                     self._published = None  # the next writer writes it again
+                    self._stale_row = True
                 raise
+            else:
+                with self._lock:
+                    self._stale_row = False
             finally:
                 with self._lock:
                     self._syncing = False
 
     def clear_if_idle(self) -> None:
-        """Drop the row if no writer is in flight (the idle timer calls this)."""
+        """Drop the row if no writer is in flight (the idle timer calls this).  If that fails
+        (say the disk is full), the row stays, which only makes gc more careful, and the
+        timer tries again."""
         with self._lock:
             self._clear_armed = False  # (busy now: the next idle moment arms another)
-            if self._inflight or self._published is None:
+            if self._inflight or (self._published is None and not self._stale_row):
                 return
-        with contextlib.suppress(Exception):  # a stale row only makes gc more careful
+        try:
             self._sync()
+        except Exception:
+            self._arm_clear()
 
     def close(self) -> None:
         """The process is done writing: drop the row and the lock."""
