@@ -12,226 +12,51 @@ per catalog and run on a DBAPI cursor (prepared.py); the others go through SQLAl
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
-import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.exc import ArgumentError, NoResultFound
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
-from pithos.catalog.prepared import SnapshotReads, Statements, fetch, run
+from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
+from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.records import (
     AccountInfo,
     ContainerInfo,
     ListingEntry,
     ObjectVersion,
-    UserInfo,
 )
+from pithos.catalog.rows import ASK, MAX_CHAR, name_window, version_columns, version_record
+from pithos.catalog.sharing import SharingMixin
 from pithos.catalog.space import (
-    SpaceReserve,
-    disk_full_as_no_space,
     recovery_write,
-    release_and_retry,
 )
-from pithos.catalog.wal_sync import WalSync
-from pithos.core.errors import BackendError, Conflict, InvalidArgument, NotFound, QuotaExceeded
+from pithos.catalog.users import UsersMixin
+from pithos.core.errors import Conflict, NotFound
 
-STAT_SHARDS = 8
-# How long a SQLite connection waits for a lock before giving up with "database is locked".
-BUSY_TIMEOUT_MS = 30000
-# "Not read yet" for an optional argument whose None is a value.
-_ASK = object()
-# Upper bound of every string that can follow a prefix in a listing (used to skip a subdir).
-_MAX_CHAR = "\U0010ffff"
+__all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
-def _sqlite_setup(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the sqlite3 module, decide when transactions start.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: no fsync inside COMMIT (the catalog syncs the WAL itself before a write
-        # returns: wal_sync.py), and the WAL synced before and the database file after every
-        # checkpoint, whichever connection runs it.  Every connection needs it: one with OFF
-        # could checkpoint acknowledged commits into an unsynced database file and let the
-        # WAL be overwritten.
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(conn: Connection) -> None:
-        mode = conn.info.get("begin_mode", "DEFERRED")
-        if mode == "IMMEDIATE":
-            _begin_immediate(conn.connection.dbapi_connection)
-        else:
-            conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _begin_immediate(dbapi_conn: Any) -> None:
-    """BEGIN IMMEDIATE, waiting for the database's write lock with time.sleep instead of in
-    SQLite's busy handler.  The handler sleeps inside the C call: under a gevent server that
-    stops every request of the worker while another process commits (measured: 4 KiB PUTs of
-    16 clients on two workers waited most of their time there).  Monkey-patched, time.sleep
-    lets the worker's other requests run meanwhile."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.0001
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute("PRAGMA busy_timeout=0")
-        while True:
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.004)
-    finally:
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.close()
-
-
-def missing_driver(url: str, exc: ImportError) -> str:
-    """One line naming the database driver a catalog URL needs and how to install it."""
-    scheme = url.split(":", 1)[0]
-    if scheme.startswith("postgresql") and (exc.name or "").startswith("psycopg"):
-        return (f"a {scheme}:// catalog needs the psycopg driver, which is not installed: "
-                "run scripts/setup, or pip install 'psycopg[binary]>=3.1'")
-    return f"the driver for a {scheme}:// catalog is not installed (no module {exc.name!r})"
-
-
-class Catalog:
+class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open."""
 
-    def __init__(self, url: str, executor: Executor | None = None,
-                 reserve_bytes: int = 0) -> None:
-        """`executor` runs the WAL syncs of an SQLite catalog (see WalSync); without one a
-        writer syncs on its own thread.  `reserve_bytes`: the room an SQLite catalog keeps
-        beside its database for getting out of a full disk (pithos/catalog/space.py)."""
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if not self.is_sqlite:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
-        try:
-            self.engine = create_engine(url, **kwargs)
-        except ImportError as exc:
-            raise BackendError(missing_driver(url, exc)) from None
-        except ArgumentError as exc:
-            raise InvalidArgument(f"bad catalog URL: {exc}") from None
-        self._lease_engine: Engine | None = None
-        self._read_engine: Engine | None = None
-        self._wal_sync: WalSync | None = None
-        reserve = None
-        if self.is_sqlite:
-            _sqlite_setup(self.engine)
-            database = self.engine.url.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                self._wal_sync = WalSync(os.path.abspath(database), executor)
-                if reserve_bytes:
-                    reserve = SpaceReserve(os.path.abspath(database) + "-reserve",
-                                           reserve_bytes)
-            # Lease rows are not synced when written (see _lease_write).
-            self._lease_engine = create_engine(url)
-            _sqlite_setup(self._lease_engine)
-            # The sqlite3 module's connections are in autocommit (see _sqlite_setup).
-            self._reads = SnapshotReads(self.engine)
-        else:
-            # Connections of their own, in autocommit, for reads of one statement; no ping
-            # before each use (SnapshotReads retries a read that finds its connection dead).
-            self._read_engine = create_engine(url, isolation_level="AUTOCOMMIT", pool_size=5,
-                                              max_overflow=10)
-            self._reads = SnapshotReads(self._read_engine)
-        self._dialect = self.engine.dialect
-        self._statements = Statements(self._dialect)
-        # Opening is a way out of a full disk too (a reader may have to create SQLite's
-        # shared-memory file).  The reserve is made by writes only, not by a mere open.
-        self._reserve: SpaceReserve | None = None
-        self.schema_found = release_and_retry(reserve, lambda: s.migrate(self._write))
-        self._reserve = reserve
-
-    def close(self) -> None:
-        self.engine.dispose()
-        for engine in (self._lease_engine, self._read_engine):
-            if engine is not None:
-                engine.dispose()
-        if self._wal_sync is not None:
-            self._wal_sync.close()
-
-    # -- transactions ------------------------------------------------------------------------
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction, durable when the block exits without an error (every
-        write of the catalog goes through here: callers acknowledge what it returns).  A
-        full disk raises NoSpace, and nothing was written."""
-        with disk_full_as_no_space(), self.engine.connect() as conn:
-            conn.info["begin_mode"] = "IMMEDIATE"
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                conn.info.pop("begin_mode", None)
-        # After the connection went back to the pool: other writers commit meanwhile and
-        # share the sync.
-        if self._wal_sync is not None:
-            self._wal_sync.sync()
-        if self._reserve is not None:
-            self._reserve.ensure()
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with disk_full_as_no_space(), self.engine.connect() as conn, conn.begin():
-            yield conn
-
-    def _fetch(self, stmt: Any, **values: Any) -> list[Any]:
-        """The rows of one of hot_statements, read alone outside any transaction."""
-        return self._reads.fetch(self._statements[stmt], values)
-
-    def _fetch_in(self, conn: Connection, stmt: Any, **values: Any) -> list[Any]:
-        """The rows of one of hot_statements, run in `conn`'s transaction."""
-        return fetch(conn.connection.dbapi_connection, self._statements[stmt], values,
-                     self._dialect)
-
-    def _run_in(self, conn: Connection, stmt: Any,
-                values: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
-        """Run one of hot_statements (that returns no rows) in `conn`'s transaction, once
-        or, for a list of value maps, once for each."""
-        return run(conn.connection.dbapi_connection, self._statements[stmt], values,
-                   self._dialect)
-
-    def _lock(self, query: Any) -> Any:
-        """Row lock for a read that decides a write (PostgreSQL; SQLite is already locked)."""
-        return query if self.is_sqlite else query.with_for_update()
+    # Opening, closing and transactions: pithos.catalog.engine.CatalogEngine.
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -297,100 +122,6 @@ class Catalog:
         with self._read() as conn:
             return list(conn.execute(select(s.accounts.c.name).order_by(s.accounts.c.name))
                         .scalars())
-
-    # -- users and tokens ----------------------------------------------------------------------
-
-    def add_user(self, account: str, user: str, key_hash: str, admin: bool) -> UserInfo:
-        with self._write() as conn:
-            account_id = self._ensure_account(conn, account)
-            existing = conn.execute(select(s.users.c.id).where(and_(
-                s.users.c.account_id == account_id, s.users.c.name == user))).scalar()
-            if existing is not None:
-                conn.execute(update(s.users).where(s.users.c.id == existing)
-                             .values(key_hash=key_hash, admin=admin, initial_key=False))
-                conn.execute(delete(s.tokens).where(s.tokens.c.user_id == existing))
-                user_id = int(existing)
-            else:
-                user_id = int(conn.execute(insert(s.users).values(
-                    account_id=account_id, name=user, key_hash=key_hash, admin=admin,
-                    created=time.time())).inserted_primary_key[0])
-        return UserInfo(user_id, account, user, admin)
-
-    def set_initial_key(self, account: str, user: str, key_hash: str,
-                        admin: bool) -> UserInfo | None:
-        """A server's start: on a catalog with no user, add this one with an initial key; if
-        this user still has an initial key (never used to log in), replace it.  None when
-        neither (the key is in use, or other users exist).  Atomic: of several nodes starting
-        at once on an empty catalog, one adds its user (SQLite: the write lock; PostgreSQL: a
-        table lock held until the commit)."""
-        try:
-            with self._write() as conn:
-                if not self.is_sqlite:
-                    conn.execute(text("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"))
-                if conn.execute(select(s.users.c.id).limit(1)).first() is None:
-                    account_id = self._ensure_account(conn, account)
-                    user_id = int(conn.execute(insert(s.users).values(
-                        account_id=account_id, name=user, key_hash=key_hash, admin=admin,
-                        initial_key=True, created=time.time())).inserted_primary_key[0])
-                    return UserInfo(user_id, account, user, admin)
-                row = conn.execute(
-                    select(s.users.c.id, s.users.c.admin).select_from(s.users.join(s.accounts))
-                    .where(and_(s.accounts.c.name == account, s.users.c.name == user,
-                                s.users.c.initial_key))).first()
-                if row is None:
-                    return None
-                conn.execute(update(s.users).where(s.users.c.id == row.id)
-                             .values(key_hash=key_hash))
-                return UserInfo(int(row.id), account, user, bool(row.admin))
-        except SQLIntegrityError:  # another node's user came first
-            return None
-
-    @recovery_write
-    def delete_user(self, account: str, user: str) -> bool:
-        with self._write() as conn:
-            found = conn.execute(select(s.users.c.id).select_from(s.users.join(s.accounts))
-                                 .where(and_(s.accounts.c.name == account,
-                                             s.users.c.name == user))).scalar()
-            if found is None:
-                return False
-            conn.execute(delete(s.tokens).where(s.tokens.c.user_id == found))
-            conn.execute(delete(s.users).where(s.users.c.id == found))
-            return True
-
-    def users(self) -> list[UserInfo]:
-        with self._read() as conn:
-            rows = conn.execute(select(s.users.c.id, s.accounts.c.name.label("account"),
-                                       s.users.c.name, s.users.c.admin)
-                                .select_from(s.users.join(s.accounts))
-                                .order_by(s.accounts.c.name, s.users.c.name)).all()
-        return [UserInfo(r.id, r.account, r.name, bool(r.admin)) for r in rows]
-
-    def user_credentials(self, account: str, user: str) -> tuple[UserInfo, str] | None:
-        with self._read() as conn:
-            row = conn.execute(select(s.users.c.id, s.users.c.key_hash, s.users.c.admin)
-                               .select_from(s.users.join(s.accounts))
-                               .where(and_(s.accounts.c.name == account,
-                                           s.users.c.name == user))).first()
-        if row is None:
-            return None
-        return UserInfo(row.id, account, user, bool(row.admin)), row.key_hash
-
-    @recovery_write
-    def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
-        with self._write() as conn:
-            conn.execute(insert(s.tokens).values(token_hash=token_hash, user_id=user_id,
-                                                 expires=expires))
-            # The key has been used: the server stops showing (and replacing) it.
-            conn.execute(update(s.users).where(and_(s.users.c.id == user_id,
-                                                    s.users.c.initial_key))
-                         .values(initial_key=False))
-            # Expired tokens are of no use to anyone; drop a few on every login.
-            old = select(s.tokens.c.token_hash).where(s.tokens.c.expires < time.time()).limit(100)
-            conn.execute(delete(s.tokens).where(s.tokens.c.token_hash.in_(old)))
-
-    def token_user(self, token_hash: str, now: float) -> tuple[UserInfo, float] | None:
-        rows = self._fetch(h.TOKEN_USER, token_hash=token_hash, now=now)
-        return h.token_user(rows[0]) if rows else None
 
     # -- containers ----------------------------------------------------------------------------
 
@@ -491,7 +222,7 @@ class Catalog:
         q = (select(c.c.name, stats.c.objects, stats.c.bytes, c.c.created)
              .select_from(c.outerjoin(stats, stats.c.container_id == c.c.id))
              .where(c.c.account_id == account_id))
-        q = _name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
+        q = name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
         with self._read() as conn:
             return [(r.name, int(r.objects or 0), int(r.bytes or 0), r.created)
                     for r in conn.execute(q)]
@@ -502,7 +233,7 @@ class Catalog:
         c, v = s.containers, s.versions
         q = select(c.c.id, c.c.name, c.c.created).where(and_(c.c.account_id == account_id,
                                                              c.c.created <= until))
-        q = _name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
+        q = name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
         out = []
         with self._read() as conn:
             for row in conn.execute(q).all():
@@ -635,7 +366,7 @@ class Catalog:
         version is not copied."""
         now = time.time()
         with self._write() as conn:
-            row = conn.execute(self._lock(self._visible(_version_columns(), now).where(and_(
+            row = conn.execute(self._lock(self._visible(version_columns(), now).where(and_(
                 s.objects.c.container_id == container_id, s.objects.c.name == name)))).first()
             if row is None:
                 raise NotFound(f"object {name!r} not found")
@@ -651,10 +382,10 @@ class Catalog:
                 values["content_type"] = content_type
             conn.execute(update(s.versions).where(s.versions.c.id == row.version_id)
                          .values(**values))
-            row = conn.execute(_version_columns().select_from(
+            row = conn.execute(version_columns().select_from(
                 s.objects.join(s.versions, s.versions.c.id == s.objects.c.current_id))
                 .where(s.objects.c.id == row.object_id)).one()
-            return _version(conn, row)
+            return version_record(conn, row)
 
     @recovery_write
     def delete_object(self, container_id: int, name: str, modified_by: str | None = None
@@ -684,11 +415,11 @@ class Catalog:
         self._drop_history_unless_kept(conn, container_id, object_id, int(marker))
 
     def _drop_history_unless_kept(self, conn: Connection, container_id: int, object_id: int,
-                                  current_id: int, versioning: Any = _ASK) -> None:
+                                  current_id: int, versioning: Any = ASK) -> None:
         """Under the container policy `X-Container-Policy-Versioning: none`, a new version
         replaces the old ones instead of keeping them.  `versioning`: the policy, if the
         caller has read it already."""
-        if versioning is _ASK:
+        if versioning is ASK:
             versioning = conn.execute(select(s.containers.c.versioning)
                                       .where(s.containers.c.id == container_id)).scalar()
         if versioning == "none":
@@ -754,184 +485,6 @@ class Catalog:
                 self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
         return len(rows)
 
-    # -- groups, sharing, public links, quotas --------------------------------------------------
-
-    def set_group(self, account_id: int, name: str, members: Sequence[str]) -> None:
-        """Replace the members of one of the account's groups (none: delete it)."""
-        g = s.groups
-        with self._write() as conn:
-            conn.execute(delete(g).where(and_(g.c.account_id == account_id, g.c.name == name)))
-            if members:
-                conn.execute(insert(g), [{"account_id": account_id, "name": name, "member": m}
-                                         for m in dict.fromkeys(members)])
-
-    def groups(self, account_id: int) -> dict[str, list[str]]:
-        g = s.groups
-        out: dict[str, list[str]] = {}
-        with self._read() as conn:
-            for name, member in conn.execute(select(g.c.name, g.c.member)
-                                             .where(g.c.account_id == account_id)
-                                             .order_by(g.c.name, g.c.member)):
-                out.setdefault(name, []).append(member)
-        return out
-
-    def set_sharing(self, account_id: int, container_id: int, path: str, read: str,
-                    write: str) -> None:
-        """Set (or, with both lists empty, remove) the sharing of an object or directory."""
-        sh = s.sharing
-        with self._write() as conn:
-            conn.execute(delete(sh).where(and_(sh.c.container_id == container_id,
-                                               sh.c.path == path)))
-            if read or write:
-                conn.execute(insert(sh).values(account_id=account_id, container_id=container_id,
-                                               path=path, read=read, write=write))
-
-    def sharing_for(self, container_id: int, name: str) -> tuple[str, str, str] | None:
-        """(path, read, write) of the sharing that applies to an object: its own, else the
-        nearest pseudo-directory's above it."""
-        candidates = [name]
-        parts = name.split("/")
-        for k in range(len(parts) - 1, 0, -1):
-            prefix = "/".join(parts[:k])
-            candidates += [prefix + "/", prefix]
-        stmt, size = h.sharing_paths(len(candidates))
-        paths = {f"path{i}": candidates[min(i, len(candidates) - 1)] for i in range(size)}
-        rows = {path: (path, read, write) for path, read, write in self._fetch(
-            stmt, container_id=container_id, **paths)}
-        for c in candidates:
-            if c in rows:
-                return rows[c]
-        return None
-
-    def container_sharing(self, container_id: int) -> list[tuple[str, str, str]]:
-        sh = s.sharing
-        with self._read() as conn:
-            return [(r.path, r.read, r.write) for r in conn.execute(
-                select(sh.c.path, sh.c.read, sh.c.write)
-                .where(sh.c.container_id == container_id).order_by(sh.c.path))]
-
-    def all_sharing(self) -> list[tuple[str, str, str, str]]:
-        """(owner account, container, read, write) of every sharing entry."""
-        sh = s.sharing
-        with self._read() as conn:
-            return [(r.account, r.container, r.read, r.write) for r in conn.execute(
-                select(s.accounts.c.name.label("account"), s.containers.c.name.label("container"),
-                       sh.c.read, sh.c.write)
-                .select_from(sh.join(s.containers).join(s.accounts,
-                                                        s.accounts.c.id == sh.c.account_id)))]
-
-    def publish(self, object_id: int) -> str:
-        """The object's public token, made (random, unguessable) if it has none."""
-        p = s.public_links
-        with self._write() as conn:
-            found = conn.execute(select(p.c.token).where(p.c.object_id == object_id)).scalar()
-            if found:
-                return str(found)
-            token = secrets.token_urlsafe(24)
-            conn.execute(insert(p).values(token=token, object_id=object_id, created=time.time()))
-            return token
-
-    def unpublish(self, object_id: int) -> None:
-        with self._write() as conn:
-            conn.execute(delete(s.public_links).where(s.public_links.c.object_id == object_id))
-
-    def public_token(self, object_id: int) -> str | None:
-        rows = self._fetch(h.PUBLIC_TOKEN, object_id=object_id)
-        return str(rows[0][0]) if rows else None
-
-    def public_object(self, token: str) -> ObjectVersion | None:
-        """The current version of the object a public token names."""
-        found = self.public_object_and_account(token)
-        return None if found is None else found[0]
-
-    def public_object_and_account(self, token: str) -> tuple[ObjectVersion, int] | None:
-        """As public_object(), with the id of the account that holds it, in one statement."""
-        rows = self._fetch(h.PUBLIC_OBJECT, token=token, now=time.time())
-        version = h.object_version(rows)
-        return None if version is None else (version, int(h.extra(rows)))
-
-    def container_account(self, container_id: int) -> int:
-        rows = self._fetch(h.CONTAINER_ACCOUNT, container_id=container_id)
-        if not rows:
-            raise NoResultFound("No row was found when one was required")
-        return int(rows[0][0])
-
-    def set_account_quota(self, name: str, quota_bytes: int | None) -> None:
-        with self._write() as conn:
-            account_id = self._ensure_account(conn, name)
-            conn.execute(update(s.accounts).where(s.accounts.c.id == account_id)
-                         .values(quota_bytes=quota_bytes or None))
-
-    def _check_quota(self, conn: Connection, container_id: int, growth: int,
-                     policy: Sequence[Any] | None = None) -> None:
-        """Raise QuotaExceeded if `growth` more bytes would exceed the container's or its
-        account's quota (inside the committing transaction, so concurrent writers cannot
-        both slip under it).  `policy`: the row of CONTAINER_POLICY, if read already."""
-        if growth <= 0:
-            return
-        if policy is None:
-            policy = self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0]
-        quota_bytes, account_id, account_quota = policy[:3]
-        if not quota_bytes and not account_quota:
-            return  # the common case: one cheap query
-        st = s.container_stats
-        if quota_bytes:
-            used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
-                                .where(st.c.container_id == container_id)).scalar_one()
-            if used + growth > quota_bytes:
-                raise QuotaExceeded(f"container quota of {quota_bytes} bytes exceeded")
-        if account_quota:
-            used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
-                                .select_from(st.join(s.containers))
-                                .where(s.containers.c.account_id == account_id)).scalar_one()
-            if used + growth > account_quota:
-                raise QuotaExceeded(f"account quota of {account_quota} bytes exceeded")
-
-    def usage(self, container_id: int) -> tuple[int, int | None, int, int | None]:
-        """(container bytes, container quota, account bytes, account quota)."""
-        found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
-        if not found:
-            raise NoResultFound("No row was found when one was required")
-        quota_bytes, account_id, account_quota, _ = found[0]
-        if not quota_bytes and not account_quota:
-            return 0, None, 0, None  # no quota: the usage does not matter (the common case)
-        st = s.container_stats
-        with self._read() as conn:
-            cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
-                                  .where(st.c.container_id == container_id)).scalar_one()
-            abytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
-                                  .select_from(st.join(s.containers))
-                                  .where(s.containers.c.account_id == account_id)
-                                  ).scalar_one()
-        return int(cbytes), quota_bytes, int(abytes), account_quota
-
-    # -- blocks an account may name (dedup without leaking) ------------------------------------
-
-    def grant_blocks(self, account_id: int, hashes: Sequence[bytes]) -> None:
-        """Record that the account may name these blocks by hash (it sent their bytes or read
-        a map that names them)."""
-        with self._write() as conn:
-            self._grant(conn, account_id, hashes)
-
-    def _grant(self, conn: Connection, account_id: int, hashes: Sequence[bytes]) -> None:
-        unique = list(dict.fromkeys(hashes))
-        if not unique:
-            return
-        self._run_in(conn, h.GRANT[self._dialect.name],
-                     [{"account_id": account_id, "hash": block} for block in unique])
-
-    def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
-        """Which of these blocks the account may name."""
-        unique = list(dict.fromkeys(hashes))
-        found: set[bytes] = set()
-        with self._read() as conn:
-            for i in range(0, len(unique), 500):
-                found.update(bytes(h) for h in conn.execute(
-                    select(s.account_blocks.c.hash).where(and_(
-                        s.account_blocks.c.account_id == account_id,
-                        s.account_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
-        return found
-
     @recovery_write
     def drop_version(self, version_id: int) -> None:
         """Undo a version just committed (a hashmap upload whose blocks vanished under it):
@@ -955,74 +508,6 @@ class Catalog:
             self._count(conn, row.container_id, 0 if live_before else -1,
                         (prev.size if live_before else 0) - row.size)
 
-    # -- garbage collection support ------------------------------------------------------------
-
-    def version_roots(self, batch: int = 10000) -> Iterator[bytes]:
-        """The map root of every retained version (current or not), each at least once."""
-        last = 0
-        while True:
-            with self._read() as conn:
-                rows = conn.execute(select(s.versions.c.id, s.versions.c.root)
-                                    .where(and_(s.versions.c.id > last,
-                                                s.versions.c.root.is_not(None)))
-                                    .order_by(s.versions.c.id).limit(batch)).all()
-            for r in rows:
-                yield bytes(r.root)
-            if len(rows) < batch:
-                return
-            last = rows[-1].id
-
-    @contextmanager
-    def _lease_write(self) -> Iterator[Connection]:
-        """A write that need not survive a crash (a lease dies with its holder anyway), so it
-        skips the commit's fsync: leases are taken on every upload."""
-        engine = self._lease_engine or self.engine
-        with disk_full_as_no_space(), engine.connect() as conn:
-            conn.info["begin_mode"] = "IMMEDIATE"
-            try:
-                with conn.begin():
-                    if not self.is_sqlite:
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    yield conn
-            finally:
-                conn.info.pop("begin_mode", None)
-
-    def max_version_id(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute(select(func.max(s.versions.c.id))).scalar() or 0)
-
-    def roots_after(self, version_id: int) -> tuple[list[bytes], int]:
-        """Roots of versions committed after `version_id`, and the newest id seen: the
-        collector asks again just before each sweep, to spare maps committed while it ran."""
-        with self._read() as conn:
-            rows = conn.execute(select(s.versions.c.id, s.versions.c.root)
-                                .where(s.versions.c.id > version_id)
-                                .order_by(s.versions.c.id)).all()
-        newest = rows[-1].id if rows else version_id
-        return [bytes(r.root) for r in rows if r.root is not None], int(newest)
-
-    def publish_upload_lease(self, lease_id: int, oldest: float | None) -> None:
-        """A process's writer lease: its oldest writer in flight began at `oldest` (None: it
-        has none, and the row goes).  See pithos/catalog/leases.py."""
-        ul = s.upload_leases
-        with self._lease_write() as conn:
-            conn.execute(delete(ul).where(ul.c.id == lease_id))
-            if oldest is not None:
-                # `expires` is no longer read (a lease lives as long as its process); far
-                # in the future, so a collector of an earlier release spares it too.
-                conn.execute(insert(ul).values(id=lease_id, started=oldest, expires=1e15))
-
-    def upload_lease_rows(self) -> list[tuple[int, float]]:
-        """Every writer lease row: (lease id, start of its oldest writer)."""
-        with self._read() as conn:
-            rows = conn.execute(select(s.upload_leases.c.id, s.upload_leases.c.started)).all()
-        return [(int(r.id), float(r.started)) for r in rows]
-
-    def delete_upload_lease(self, lease_id: int) -> None:
-        """Drop a lease row (its process is dead: the collector revokes it)."""
-        with self._write() as conn:
-            conn.execute(delete(s.upload_leases).where(s.upload_leases.c.id == lease_id))
-
     def list_objects(self, container_id: int, prefix: str = "", marker: str = "",
                      end_marker: str = "", limit: int = 10000, reverse: bool = False,
                      delimiter: str = "", now: float | None = None,
@@ -1037,7 +522,7 @@ class Catalog:
                                          s.versions.c.etag, s.versions.c.content_type,
                                          s.versions.c.created), now, until).where(
                     s.objects.c.container_id == container_id)
-                q = _name_window(q, s.objects.c.name, prefix, marker, end_marker, reverse)
+                q = name_window(q, s.objects.c.name, prefix, marker, end_marker, reverse)
                 rows = conn.execute(q.limit(limit - len(out))).all()
                 if not rows:
                     break
@@ -1049,7 +534,7 @@ class Catalog:
                             if not out or out[-1].name != sub:
                                 out.append(ListingEntry(sub, subdir=True))
                             # Skip every other name under this pseudo-directory.
-                            marker = sub if reverse else sub + _MAX_CHAR
+                            marker = sub if reverse else sub + MAX_CHAR
                             break
                     out.append(ListingEntry(r.name, r.size, r.etag, r.content_type, r.created))
                     marker = r.name
@@ -1061,39 +546,3 @@ class Catalog:
         return out[:limit]
 
 
-def _name_window(q: Any, col: Any, prefix: str, marker: str, end_marker: str,
-                 reverse: bool) -> Any:
-    if prefix:
-        q = q.where(and_(col >= prefix, col < prefix + _MAX_CHAR))
-    if reverse:
-        # In reverse, the marker bounds from above and the end marker from below (as Swift).
-        if marker:
-            q = q.where(col < marker)
-        if end_marker:
-            q = q.where(col > end_marker)
-        return q.order_by(col.desc())
-    if marker:
-        q = q.where(col > marker)
-    if end_marker:
-        q = q.where(col < end_marker)
-    return q.order_by(col)
-
-
-def _version_columns() -> Any:
-    o, v = s.objects, s.versions
-    return select(o.c.id.label("object_id"), o.c.container_id, o.c.name, o.c.uuid,
-                  v.c.id.label("version_id"), v.c.vid, v.c.root, v.c.size, v.c.etag,
-                  v.c.content_type, v.c.created, v.c.modified_by, v.c.delete_at,
-                  v.c.dlo_manifest, v.c.slo_manifest)
-
-
-def _version(conn: Connection, row: Any) -> ObjectVersion:
-    meta: dict[str, dict[str, str]] = {}
-    for d, k, val in conn.execute(select(s.version_meta.c.domain, s.version_meta.c.key,
-                                         s.version_meta.c.value)
-                                  .where(s.version_meta.c.version_id == row.version_id)):
-        meta.setdefault(d, {})[k] = val
-    return ObjectVersion(row.object_id, row.container_id, row.name, row.uuid, row.version_id,
-                         row.vid, row.root, row.size, row.etag, row.content_type, row.created,
-                         row.modified_by, row.delete_at, row.dlo_manifest, row.slo_manifest,
-                         meta)

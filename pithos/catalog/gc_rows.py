@@ -1,0 +1,72 @@
+"""What the garbage collector and the writer leases read and write in the catalog: every
+retained root, roots committed since a mark, and the lease rows (pithos.catalog.leases)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import (
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from pithos.catalog import schema as s
+
+
+class GcRowsMixin:
+    """Roots and writer lease rows: a part of Catalog (pithos.catalog.catalog)."""
+
+    def version_roots(self, batch: int = 10000) -> Iterator[bytes]:
+        """The map root of every retained version (current or not), each at least once."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(select(s.versions.c.id, s.versions.c.root)
+                                    .where(and_(s.versions.c.id > last,
+                                                s.versions.c.root.is_not(None)))
+                                    .order_by(s.versions.c.id).limit(batch)).all()
+            for r in rows:
+                yield bytes(r.root)
+            if len(rows) < batch:
+                return
+            last = rows[-1].id
+
+    def max_version_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(s.versions.c.id))).scalar() or 0)
+
+    def roots_after(self, version_id: int) -> tuple[list[bytes], int]:
+        """Roots of versions committed after `version_id`, and the newest id seen: the
+        collector asks again just before each sweep, to spare maps committed while it ran."""
+        with self._read() as conn:
+            rows = conn.execute(select(s.versions.c.id, s.versions.c.root)
+                                .where(s.versions.c.id > version_id)
+                                .order_by(s.versions.c.id)).all()
+        newest = rows[-1].id if rows else version_id
+        return [bytes(r.root) for r in rows if r.root is not None], int(newest)
+
+    def publish_upload_lease(self, lease_id: int, oldest: float | None) -> None:
+        """A process's writer lease: its oldest writer in flight began at `oldest` (None: it
+        has none, and the row goes).  See pithos/catalog/leases.py."""
+        ul = s.upload_leases
+        with self._lease_write() as conn:
+            conn.execute(delete(ul).where(ul.c.id == lease_id))
+            if oldest is not None:
+                # `expires` is no longer read (a lease lives as long as its process); far
+                # in the future, so a collector of an earlier release spares it too.
+                conn.execute(insert(ul).values(id=lease_id, started=oldest, expires=1e15))
+
+    def upload_lease_rows(self) -> list[tuple[int, float]]:
+        """Every writer lease row: (lease id, start of its oldest writer)."""
+        with self._read() as conn:
+            rows = conn.execute(select(s.upload_leases.c.id, s.upload_leases.c.started)).all()
+        return [(int(r.id), float(r.started)) for r in rows]
+
+    def delete_upload_lease(self, lease_id: int) -> None:
+        """Drop a lease row (its process is dead: the collector revokes it)."""
+        with self._write() as conn:
+            conn.execute(delete(s.upload_leases).where(s.upload_leases.c.id == lease_id))
+

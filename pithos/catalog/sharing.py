@@ -1,0 +1,208 @@
+"""Groups, sharing, public links, quotas and block grants in the catalog."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import NoResultFound
+
+from pithos.catalog import hot_statements as h
+from pithos.catalog import schema as s
+from pithos.catalog.records import (
+    ObjectVersion,
+)
+from pithos.core.errors import QuotaExceeded
+
+
+class SharingMixin:
+    """Groups, sharing, public links, quotas and the blocks an account may name: a part of
+    Catalog (pithos.catalog.catalog)."""
+
+    def set_group(self, account_id: int, name: str, members: Sequence[str]) -> None:
+        """Replace the members of one of the account's groups (none: delete it)."""
+        g = s.groups
+        with self._write() as conn:
+            conn.execute(delete(g).where(and_(g.c.account_id == account_id, g.c.name == name)))
+            if members:
+                conn.execute(insert(g), [{"account_id": account_id, "name": name, "member": m}
+                                         for m in dict.fromkeys(members)])
+
+    def groups(self, account_id: int) -> dict[str, list[str]]:
+        g = s.groups
+        out: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for name, member in conn.execute(select(g.c.name, g.c.member)
+                                             .where(g.c.account_id == account_id)
+                                             .order_by(g.c.name, g.c.member)):
+                out.setdefault(name, []).append(member)
+        return out
+
+    def set_sharing(self, account_id: int, container_id: int, path: str, read: str,
+                    write: str) -> None:
+        """Set (or, with both lists empty, remove) the sharing of an object or directory."""
+        sh = s.sharing
+        with self._write() as conn:
+            conn.execute(delete(sh).where(and_(sh.c.container_id == container_id,
+                                               sh.c.path == path)))
+            if read or write:
+                conn.execute(insert(sh).values(account_id=account_id, container_id=container_id,
+                                               path=path, read=read, write=write))
+
+    def sharing_for(self, container_id: int, name: str) -> tuple[str, str, str] | None:
+        """(path, read, write) of the sharing that applies to an object: its own, else the
+        nearest pseudo-directory's above it."""
+        candidates = [name]
+        parts = name.split("/")
+        for k in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:k])
+            candidates += [prefix + "/", prefix]
+        stmt, size = h.sharing_paths(len(candidates))
+        paths = {f"path{i}": candidates[min(i, len(candidates) - 1)] for i in range(size)}
+        rows = {path: (path, read, write) for path, read, write in self._fetch(
+            stmt, container_id=container_id, **paths)}
+        for c in candidates:
+            if c in rows:
+                return rows[c]
+        return None
+
+    def container_sharing(self, container_id: int) -> list[tuple[str, str, str]]:
+        sh = s.sharing
+        with self._read() as conn:
+            return [(r.path, r.read, r.write) for r in conn.execute(
+                select(sh.c.path, sh.c.read, sh.c.write)
+                .where(sh.c.container_id == container_id).order_by(sh.c.path))]
+
+    def all_sharing(self) -> list[tuple[str, str, str, str]]:
+        """(owner account, container, read, write) of every sharing entry."""
+        sh = s.sharing
+        with self._read() as conn:
+            return [(r.account, r.container, r.read, r.write) for r in conn.execute(
+                select(s.accounts.c.name.label("account"), s.containers.c.name.label("container"),
+                       sh.c.read, sh.c.write)
+                .select_from(sh.join(s.containers).join(s.accounts,
+                                                        s.accounts.c.id == sh.c.account_id)))]
+
+    def publish(self, object_id: int) -> str:
+        """The object's public token, made (random, unguessable) if it has none."""
+        p = s.public_links
+        with self._write() as conn:
+            found = conn.execute(select(p.c.token).where(p.c.object_id == object_id)).scalar()
+            if found:
+                return str(found)
+            token = secrets.token_urlsafe(24)
+            conn.execute(insert(p).values(token=token, object_id=object_id, created=time.time()))
+            return token
+
+    def unpublish(self, object_id: int) -> None:
+        with self._write() as conn:
+            conn.execute(delete(s.public_links).where(s.public_links.c.object_id == object_id))
+
+    def public_token(self, object_id: int) -> str | None:
+        rows = self._fetch(h.PUBLIC_TOKEN, object_id=object_id)
+        return str(rows[0][0]) if rows else None
+
+    def public_object(self, token: str) -> ObjectVersion | None:
+        """The current version of the object a public token names."""
+        found = self.public_object_and_account(token)
+        return None if found is None else found[0]
+
+    def public_object_and_account(self, token: str) -> tuple[ObjectVersion, int] | None:
+        """As public_object(), with the id of the account that holds it, in one statement."""
+        rows = self._fetch(h.PUBLIC_OBJECT, token=token, now=time.time())
+        version = h.object_version(rows)
+        return None if version is None else (version, int(h.extra(rows)))
+
+    def container_account(self, container_id: int) -> int:
+        rows = self._fetch(h.CONTAINER_ACCOUNT, container_id=container_id)
+        if not rows:
+            raise NoResultFound("No row was found when one was required")
+        return int(rows[0][0])
+
+    def set_account_quota(self, name: str, quota_bytes: int | None) -> None:
+        with self._write() as conn:
+            account_id = self._ensure_account(conn, name)
+            conn.execute(update(s.accounts).where(s.accounts.c.id == account_id)
+                         .values(quota_bytes=quota_bytes or None))
+
+    def _check_quota(self, conn: Connection, container_id: int, growth: int,
+                     policy: Sequence[Any] | None = None) -> None:
+        """Raise QuotaExceeded if `growth` more bytes would exceed the container's or its
+        account's quota (inside the committing transaction, so concurrent writers cannot
+        both slip under it).  `policy`: the row of CONTAINER_POLICY, if read already."""
+        if growth <= 0:
+            return
+        if policy is None:
+            policy = self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0]
+        quota_bytes, account_id, account_quota = policy[:3]
+        if not quota_bytes and not account_quota:
+            return  # the common case: one cheap query
+        st = s.container_stats
+        if quota_bytes:
+            used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                .where(st.c.container_id == container_id)).scalar_one()
+            if used + growth > quota_bytes:
+                raise QuotaExceeded(f"container quota of {quota_bytes} bytes exceeded")
+        if account_quota:
+            used = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                .select_from(st.join(s.containers))
+                                .where(s.containers.c.account_id == account_id)).scalar_one()
+            if used + growth > account_quota:
+                raise QuotaExceeded(f"account quota of {account_quota} bytes exceeded")
+
+    def usage(self, container_id: int) -> tuple[int, int | None, int, int | None]:
+        """(container bytes, container quota, account bytes, account quota)."""
+        found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
+        if not found:
+            raise NoResultFound("No row was found when one was required")
+        quota_bytes, account_id, account_quota, _ = found[0]
+        if not quota_bytes and not account_quota:
+            return 0, None, 0, None  # no quota: the usage does not matter (the common case)
+        st = s.container_stats
+        with self._read() as conn:
+            cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                  .where(st.c.container_id == container_id)).scalar_one()
+            abytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
+                                  .select_from(st.join(s.containers))
+                                  .where(s.containers.c.account_id == account_id)
+                                  ).scalar_one()
+        return int(cbytes), quota_bytes, int(abytes), account_quota
+
+    # -- blocks an account may name (dedup without leaking) ------------------------------------
+
+    def grant_blocks(self, account_id: int, hashes: Sequence[bytes]) -> None:
+        """Record that the account may name these blocks by hash (it sent their bytes or read
+        a map that names them)."""
+        with self._write() as conn:
+            self._grant(conn, account_id, hashes)
+
+    def _grant(self, conn: Connection, account_id: int, hashes: Sequence[bytes]) -> None:
+        unique = list(dict.fromkeys(hashes))
+        if not unique:
+            return
+        self._run_in(conn, h.GRANT[self._dialect.name],
+                     [{"account_id": account_id, "hash": block} for block in unique])
+
+    def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
+        """Which of these blocks the account may name."""
+        unique = list(dict.fromkeys(hashes))
+        found: set[bytes] = set()
+        with self._read() as conn:
+            for i in range(0, len(unique), 500):
+                found.update(bytes(h) for h in conn.execute(
+                    select(s.account_blocks.c.hash).where(and_(
+                        s.account_blocks.c.account_id == account_id,
+                        s.account_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
+        return found
+
