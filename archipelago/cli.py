@@ -6,7 +6,8 @@
     archipelago volume clone --from-root ROOTHEX NEWVOLUME [--size S]
     archipelago volume clone --from-object ACCOUNT/CONTAINER/OBJECT NEWVOLUME
     archipelago volume list|info NAME|resize NAME --size S|delete NAME   [--json]
-    archipelago serve [--listen 127.0.0.1:10809] [--socket PATH]
+    archipelago serve [--listen 127.0.0.1:10809] [--socket PATH] [--handshake-timeout S]
+                      [--max-connections N] [--buffer-memory SIZE]
 
 Every command takes `--data-dir DIR` (default ./data).  Errors are one line on stderr and exit
 status 1 (2 for bad usage).  This is the only module of the package that reads the environment
@@ -130,12 +131,19 @@ def cmd_delete(args: argparse.Namespace, vols: Volumes) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, vols: Volumes) -> int:
-    from archipelago.nbd.server import NbdServer
+    from archipelago.nbd.server import Limits, NbdServer
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="archipelago: %(message)s")
+    try:
+        limits = Limits(handshake_timeout_s=args.handshake_timeout,
+                        max_connections=args.max_connections,
+                        buffer_memory_bytes=args.buffer_memory)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     host, _, port = args.listen.rpartition(":")
-    server = NbdServer(vols, host or "127.0.0.1", int(port), unix_path=args.socket)
+    server = NbdServer(vols, host or "127.0.0.1", int(port), unix_path=args.socket,
+                       limits=limits)
 
     def stop(signum: int, frame: object) -> None:
         server.interrupt()  # serve_forever returns; the volumes are closed below
@@ -205,6 +213,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:10809", metavar="HOST:PORT",
                        help="TCP address (default 127.0.0.1:10809; port 0 picks one)")
     serve.add_argument("--socket", metavar="PATH", help="listen on a Unix socket instead")
+    serve.add_argument("--handshake-timeout", type=float, default=10.0, metavar="S",
+                       help="close a client that has not finished its handshake after S "
+                            "seconds (default 10)")
+    serve.add_argument("--max-connections", type=int, default=256, metavar="N",
+                       help="connections at once; beyond, new ones are closed (default 256)")
+    serve.add_argument("--buffer-memory", type=size_arg, default=256 << 20, metavar="SIZE",
+                       help="memory for the buffers of all connections (default 256M, "
+                            "at least 64M)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=cmd_serve)
     return top

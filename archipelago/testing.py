@@ -8,19 +8,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 
 class ServerProcess:
     """`archipelago serve` on a data directory, on a free 127.0.0.1 port (or a Unix socket).
-    Always stop (or kill) it: use it as a context manager or in a fixture's teardown."""
+    Always stop (or kill) it: use it as a context manager or in a fixture's teardown.
+
+    `args`: more options of `archipelago serve`.  `log_path`: its stderr (the log) goes to
+    this file instead of a pipe, to be read while it runs (a pipe nobody reads fills up)."""
 
     def __init__(self, data_dir: str, unix_path: str | None = None,
-                 timeout_s: float = 20.0) -> None:
+                 timeout_s: float = 20.0, args: Sequence[str] = (),
+                 log_path: str | None = None) -> None:
         self.data_dir = data_dir
         self.unix_path = unix_path
+        self.log_path = log_path
         cmd = [sys.executable, "-m", "archipelago.cli", "serve", "--data-dir", data_dir]
         cmd += ["--socket", unix_path] if unix_path else ["--listen", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cmd += list(args)
+        if log_path is None:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        else:
+            with open(log_path, "ab") as log:
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         line = b""
@@ -32,7 +43,7 @@ class ServerProcess:
                 raise TimeoutError("archipelago serve did not start")
             chunk = os.read(self.proc.stdout.fileno(), 1)
             if not chunk:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.proc.stderr.read().decode() if self.proc.stderr else self.log()
                 raise RuntimeError(f"archipelago serve exited: {err}")
             line += chunk
         self.address = line.decode().strip().removeprefix("listening on ")
@@ -41,6 +52,13 @@ class ServerProcess:
         else:
             host, _, port = self.address.rpartition(":")
             self.host, self.port = host, int(port)
+
+    def log(self) -> str:
+        """What it logged so far (with `log_path` only)."""
+        if self.log_path is None:
+            return ""
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
 
     def uri(self, name: str) -> str:
         if self.unix_path:
