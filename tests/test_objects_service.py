@@ -318,3 +318,26 @@ def test_publishing_gives_a_token_that_unpublishing_takes_back(service):
                                  account, c, v) is None
     with pytest.raises(NotFound):
         service.sharing.public_object(token)
+
+
+def test_a_dynamic_large_object_serves_its_segments_read_with_the_readers_rights(service):
+    import hashlib
+
+    segs = make_container(service, "segs")
+    c = make_container(service, "c", read_acl="bob")
+    for i in range(3):
+        put(service, segs, f"part/{i}", bytes([65 + i]) * 5)
+    stored = service.store(io.BytesIO(b""), 0)
+    dlo = service.create(c, "dlo", stored, etag=None, content_type="x", meta={},
+                         modified_by=None, delete_at=None, dlo_manifest="segs/part/")
+    account = service.catalog.account("alice", detail=False)
+    content = service.content(dlo, account.id, service.authz.may_read(OWNER, account))
+    etags = [service.find_object(segs, f"part/{i}").etag for i in range(3)]
+    assert (content.size, content.large) == (15, True)
+    assert content.etag == hashlib.md5("".join(etags).encode()).hexdigest()
+    assert b"".join(service.read(content.parts, 0, content.size)) == b"AAAAABBBBBCCCCC"
+    assert service.content(dlo, account.id, manifest=True) == ([], 0, dlo.etag, False)
+    with pytest.raises(Forbidden):
+        service.content(dlo, account.id, service.authz.may_read(OTHER, account))
+    plain = service.content(service.find_object(segs, "part/0"), account.id)
+    assert (plain.size, plain.large, len(plain.parts)) == (5, False, 1)

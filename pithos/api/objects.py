@@ -213,17 +213,10 @@ class ObjectHandlers:
             if not head:
                 resp.data = body
             return
-        if v.dlo_manifest and not manifest_get:
-            segments = self.services.objects.dlo_segments(account_id, v.dlo_manifest,
-                                                          may_read)
-            parts = [(s.root, s.size) for s in segments if s.root is not None]
-            size = sum(s.size for s in segments)
-            joined = "".join(s.etag for s in segments).encode()
-            etag = f'"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}"'
-        else:
-            parts = [(v.root, v.size)] if v.root is not None and not v.dlo_manifest else []
-            size = v.size if not v.dlo_manifest else 0
-            etag = f'"{v.etag}"' if v.slo_manifest else v.etag
+        parts, size, etag, large = self.objects.content(v, account_id, may_read,
+                                                        manifest=manifest_get)
+        if large:
+            etag = f'"{etag}"'  # as Swift quotes a large object's ETag
         self._headers(resp, v, etag)
         resp.content_type = v.content_type
         decided = check_preconditions(req.headers, etag.strip('"'), v.created, req.method)

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from pithos.catalog import (
     AccountInfo,
@@ -55,6 +55,15 @@ class Stored:
     root: bytes
     size: int
     md5: str
+
+
+class Content(NamedTuple):
+    """What a read of a version serves: the maps `(root, size)` it concatenates, its size and
+    ETag, and whether it is a large object's (DLO or SLO) content."""
+    parts: list[tuple[bytes, int]]
+    size: int
+    etag: str
+    large: bool
 
 
 # A long upload says it is alive (refreshes its lease) this often.
@@ -433,7 +442,25 @@ class ObjectService:
             marker = last.name + _MAX_CHAR if last.subdir and not reverse else last.name
         return out
 
-    # -- dynamic large objects -----------------------------------------------------------------
+    # -- large objects -------------------------------------------------------------------------
+
+    def content(self, v: ObjectVersion, account_id: int,
+                may_read: Callable[[ContainerInfo], bool] = lambda _: True, *,
+                manifest: bool = False) -> Content:
+        """What a read of version `v` (of account `account_id`) serves: a DLO's content is
+        its segments' (read with `may_read`, Forbidden otherwise) and its ETag the MD5 of
+        their ETags, as Swift's; with `manifest`, a DLO is its manifest object alone."""
+        if v.dlo_manifest:
+            if manifest:
+                return Content([], 0, v.etag, False)
+            segments = self.dlo_segments(account_id, v.dlo_manifest, may_read)
+            joined = "".join(s.etag for s in segments).encode()
+            return Content([(s.root, s.size) for s in segments if s.root is not None],
+                           sum(s.size for s in segments),
+                           hashlib.md5(joined, usedforsecurity=False).hexdigest(), True)
+        return Content([(v.root, v.size)] if v.root is not None else [], v.size, v.etag,
+                       bool(v.slo_manifest))
+
 
     def dlo_segments(self, account_id: int, manifest: str,
                      may_read: Callable[[ContainerInfo], bool] = lambda _: True
