@@ -341,3 +341,27 @@ def test_a_dynamic_large_object_serves_its_segments_read_with_the_readers_rights
         service.content(dlo, account.id, service.authz.may_read(OTHER, account))
     plain = service.content(service.find_object(segs, "part/0"), account.id)
     assert (plain.size, plain.large, len(plain.parts)) == (5, False, 1)
+
+
+def test_an_image_is_an_objects_map_read_with_the_readers_rights(service):
+    c = make_container(service, "images", read_acl="bob")
+    v = put(service, c, "disk.raw", b"\0" * 10000)
+    stored = service.store(io.BytesIO(b""), 0)
+    service.create(c, "dlo", stored, etag=None, content_type="x", meta={},
+                   modified_by=None, delete_at=None, dlo_manifest="images/disk")
+    images = service.images
+    assert images.root("alice", "images", "disk.raw", user=OWNER) == v.root
+    assert images.root("alice", "images", "disk.raw", user=OTHER) == v.root
+    assert images.root("alice", "images", "disk.raw", operator=True) == v.root
+    with pytest.raises(Forbidden):
+        images.root("alice", "images", "disk.raw", user=THIRD)
+    with pytest.raises(Unauthenticated):
+        images.root("alice", "images", "disk.raw")
+    for account, container in (("alice", "images"), ("alice", "none"), ("nobody", "x")):
+        with pytest.raises(NotFound):
+            images.root(account, container, "absent", operator=True)
+    with pytest.raises(NotFound):
+        images.root("alice", "images", "absent", user=OTHER)
+    with pytest.raises(InvalidArgument, match="not an image"):
+        images.root("alice", "images", "dlo", operator=True)
+    assert service.catalog.account("nobody") is None

@@ -43,6 +43,7 @@ from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
 from pithos.objects.authz import Authz
 from pithos.objects.bulk import BulkDeletes
 from pithos.objects.digest import StreamDigest
+from pithos.objects.images import Images
 from pithos.objects.names import Limits
 from pithos.objects.sharing import Sharing
 
@@ -137,6 +138,7 @@ class ObjectService:
         self.authz = Authz(catalog)
         self.sharing = Sharing(catalog, self.authz)
         self.bulk = BulkDeletes(catalog, self.authz, self.limits)
+        self.images = Images(catalog, self.authz)
 
     # -- accounts ------------------------------------------------------------------------------
 
