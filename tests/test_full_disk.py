@@ -19,10 +19,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 import swiftclient
 from blake3 import blake3
 from conftest import PithosServer, free_port
+from sqlalchemy.exc import OperationalError
 
 from pithos.blocker import LocalBlockStore
 from pithos.catalog import Catalog
@@ -39,14 +41,12 @@ GC_PATIENCE_S = 60
 # -- units: errors, the reserve, the retry ------------------------------------------------------
 
 
-class _PgError(Exception):
-    sqlstate = "53100"
-
-
 def test_disk_full_errors_become_no_space():
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-    for exc in (full, _PgError("could not extend file: No space left on device")):
+    pg_full = psycopg.errors.DiskFull("could not extend file: No space left on device")
+    for exc in (full, OperationalError("INSERT ...", {}, full),
+                OperationalError("INSERT ...", {}, pg_full)):
         with pytest.raises(NoSpace, match="the catalog is out of space"), \
                 disk_full_as_no_space():
             raise exc
