@@ -365,3 +365,31 @@ def test_an_image_is_an_objects_map_read_with_the_readers_rights(service):
     with pytest.raises(InvalidArgument, match="not an image"):
         images.root("alice", "images", "dlo", operator=True)
     assert service.catalog.account("nobody") is None
+
+
+# -- names and values a request sets ---------------------------------------------------------
+
+def test_names_expiry_times_and_dlo_manifests_are_checked():
+    from pithos.objects import names
+    from pithos.objects.names import Limits, check_names
+
+    limits = Limits()
+    check_names(limits, "a", "c", "o" * 1024)
+    for account, container, obj in (("", None, None), ("a" * 257, None, None),
+                                    ("a", "", None), ("a", "é" * 129, None),
+                                    ("a", "c", "o" * 1025)):
+        with pytest.raises(InvalidArgument):
+            check_names(limits, account, container, obj)
+    now = 1_000_000.5
+    assert names.delete_at(None, None, now) is None
+    assert names.delete_at("5", "10", now) == 1_000_010.0  # X-Delete-After wins
+    assert names.delete_at("2000000.9", None, now) == 2_000_000.0
+    assert names.delete_at(None, "1" + "0" * 12, now) == names.MAX_DELETE_AT
+    for at, after in (("soon", None), ("nan", None), ("999999", None), (None, "-1"),
+                      (None, "1.5")):
+        with pytest.raises(InvalidArgument):
+            names.delete_at(at, after, now)
+    assert names.dlo_manifest("/segs/part/") == "segs/part/"
+    for bad in ("segs", "/segs", ""):
+        with pytest.raises(InvalidArgument, match="container/prefix"):
+            names.dlo_manifest(bad)

@@ -30,9 +30,9 @@ from pithos.api.http import (
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.hashing import to_hex
-from pithos.objects import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
+from pithos.objects import AccountInfo, ContainerInfo, ObjectVersion, UserInfo, names
 from pithos.objects.acl import Action
-from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, update_content
+from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, check_updatable, update_content
 from pithos.objects.service import UPLOAD_PIECE_BYTES
 from pithos.objects.sharing import SharingChange
 
@@ -54,31 +54,9 @@ def _content_type(req: falcon.Request, name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-MAX_DELETE_AT = 9999999999
-
-
 def _delete_at(req: falcon.Request) -> float | None:
-    at = req.get_header("X-Delete-At")
-    after = req.get_header("X-Delete-After")
-    now = time.time()
-    if after is not None:
-        try:
-            seconds = int(after)
-        except ValueError:
-            raise HTTPStatusError(400, "Non-integer X-Delete-After") from None
-        if seconds < 0:
-            raise HTTPStatusError(400, "X-Delete-After in past")
-        return float(min(int(now) + seconds, MAX_DELETE_AT))
-    if at is not None:
-        try:
-            when = int(float(at))
-        except (ValueError, OverflowError):  # "nan", "inf"
-            raise HTTPStatusError(400, "Non-integer X-Delete-At") from None
-        if when <= now:
-            raise HTTPStatusError(400, "X-Delete-At in past")
-        # Swift's largest delete-at timestamp (year 2286): later is never.
-        return float(min(when, MAX_DELETE_AT))
-    return None
+    return names.delete_at(req.get_header("X-Delete-At"), req.get_header("X-Delete-After"),
+                           time.time())
 
 
 def parse_until(req: falcon.Request) -> float | None:
@@ -315,10 +293,7 @@ class ObjectHandlers:
             return
         dlo = req.get_header("X-Object-Manifest")
         if dlo is not None:
-            dlo = unquote(dlo).lstrip("/")
-            if "/" not in dlo or dlo.startswith("/"):
-                raise HTTPStatusError(400, "X-Object-Manifest must be in the format "
-                                           "container/prefix")
+            dlo = names.dlo_manifest(unquote(dlo))
         with objects.upload_lease():
             stored = objects.store(request_body(req.env, self.pieces,
                                                 self.services.client_timeout_s), length)
@@ -464,8 +439,7 @@ class ObjectHandlers:
         """Pithos in-place updates: Content-Range: bytes START-END/* writes the body (or
         X-Source-Object's data) there, bytes */* appends, X-Object-Bytes truncates."""
         user = req.context.user
-        if current.root is None or current.dlo_manifest or current.slo_manifest:
-            raise HTTPStatusError(409, "a large object manifest cannot be updated in place")
+        check_updatable(current)
         offset, length = _content_range(req.get_header("Content-Range"))
         source = None
         src_name = req.get_header("X-Source-Object")

@@ -152,6 +152,13 @@ class Hashmaps:
         return v
 
 
+def check_updatable(v: ObjectVersion) -> None:
+    """Conflict unless `v` has content of its own to update in place (a large object's
+    manifest has not)."""
+    if v.root is None or v.dlo_manifest or v.slo_manifest:
+        raise Conflict("a large object manifest cannot be updated in place")
+
+
 def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
                    offset: int | None, length: int | None, body: BinaryIO | None,
                    source: tuple[bytes, int] | None, truncate: int | None,
@@ -159,6 +166,7 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
     """A new version of `v` with a range updated in place (copy-on-write at the map):
     `offset` None appends; the data comes from `body` (`length` bytes) or from the start of
     `source` (root, size) without copying it; then `truncate` cuts or extends the result."""
+    check_updatable(v)
     mapper = hm.mapper
     assert v.root is not None
     root, size = v.root, v.size

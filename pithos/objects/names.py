@@ -1,5 +1,6 @@
-"""Swift's limits on names, metadata and large objects (as /info reports them), and the check
-of account, container and object names against them."""
+"""Swift's limits on names, metadata and large objects (as /info reports them), and the checks
+of what a request names or sets: account, container and object names, an expiry time, a
+dynamic large object's manifest."""
 
 from __future__ import annotations
 
@@ -44,3 +45,38 @@ def check_names(limits: Limits, account: str, container: str | None,
     if obj is not None and len(obj.encode()) > limits.max_object_name_length:
         raise InvalidArgument(f"Object name length of {len(obj.encode())} longer than "
                               f"{limits.max_object_name_length}")
+
+
+# Swift's largest delete-at timestamp (year 2286): later is never.
+MAX_DELETE_AT = 9999999999
+
+
+def delete_at(at: str | None, after: str | None, now: float) -> float | None:
+    """When an object expires, from X-Delete-At (a UNIX time) or X-Delete-After (seconds from
+    `now`, which wins); None: never.  InvalidArgument for a non-integer or a past time."""
+    if after is not None:
+        try:
+            seconds = int(after)
+        except ValueError:
+            raise InvalidArgument("Non-integer X-Delete-After") from None
+        if seconds < 0:
+            raise InvalidArgument("X-Delete-After in past")
+        return float(min(int(now) + seconds, MAX_DELETE_AT))
+    if at is not None:
+        try:
+            when = int(float(at))
+        except (ValueError, OverflowError):  # "nan", "inf"
+            raise InvalidArgument("Non-integer X-Delete-At") from None
+        if when <= now:
+            raise InvalidArgument("X-Delete-At in past")
+        return float(min(when, MAX_DELETE_AT))
+    return None
+
+
+def dlo_manifest(text: str) -> str:
+    """A dynamic large object's manifest, "container/prefix" (a leading "/" is dropped);
+    InvalidArgument for anything else."""
+    manifest = text.lstrip("/")
+    if "/" not in manifest or manifest.startswith("/"):
+        raise InvalidArgument("X-Object-Manifest must be in the format container/prefix")
+    return manifest
