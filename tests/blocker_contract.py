@@ -327,3 +327,93 @@ class BlockStoreContract:
         writer = store.open_writer()
         writer.commit(h)
         assert store.get_many([h]) == [b""]
+
+    # -- quarantine (blocks heal) ----------------------------------------------------------------
+
+    def test_quarantine_moves_the_damaged_bytes_aside_and_a_put_stores_afresh(
+            self, store: BlockStore) -> None:
+        (h, good), (_, bad) = blob(5000, seed=1), blob(5000, seed=2)
+        other = blob(300)
+        store.put_many([(h, bad), other])  # the store never checks: damage stands in for rot
+        assert store.quarantined() == [] and store.quarantined([h]) == []
+        assert store.quarantine_many([(h, bad), (h, bad)]) == [h]
+        assert store.missing([h, other[0]]) == [h]
+        with pytest.raises(NotFound):
+            store.get_many([h])
+        assert [x for x, _ in store.iterate()] == [other[0]]
+        assert store.quarantined() == [h]
+        assert store.quarantined([other[0], h, h]) == [h]
+        assert store.quarantine_many([(h, bad)]) == []  # repeat: absent now
+        store.put_many([(h, good)])  # heals
+        assert store.get_many([h]) == [good]
+        assert store.quarantined([h]) == [h]  # the damaged copy is kept for the operator
+        assert store.get_many([other[0]]) == [other[1]]
+
+    def test_quarantine_never_moves_a_copy_stored_since_the_read(self, store: BlockStore) -> None:
+        (h, good), (_, bad) = blob(4000, seed=3), blob(4000, seed=4)
+        store.put_many([(h, bad)])
+        assert store.quarantine_many([(h, bad)]) == [h]
+        store.put_many([(h, good)])
+        # A second reader that saw the same damage before the heal: the new copy stays.
+        assert store.quarantine_many([(h, bad)]) == []
+        assert store.get_many([h]) == [good]
+        # Bytes other than the stored ones (another read, another damage): nothing moves.
+        assert store.quarantine_many([(h, good[:-1] + b"?")]) == []
+        assert store.quarantine_many([(blob()[0], b"absent")]) == []
+        assert store.get_many([h]) == [good]
+
+    def test_a_present_blob_of_another_size_is_quarantined_and_replaced_by_a_put(
+            self, store: BlockStore) -> None:
+        (h, good), (g, streamed) = blob(6000, seed=5), blob(70_000, seed=6)
+        store.put_many([(h, good[:1000]), (g, streamed + b"tail")])  # truncated, and longer
+        store.put_many([(h, good)])
+        writer = store.open_writer()
+        writer.write(streamed)
+        writer.commit(g)
+        assert store.get_many([h, g]) == [good, streamed]
+        assert store.quarantined([h, g]) == [h, g]
+        assert sorted(x for x, _ in store.iterate()) == sorted([h, g])
+
+    def test_quarantines_racing_a_heal_move_only_the_damaged_copy(
+            self, store: BlockStore) -> None:
+        # Readers that all found the same damage quarantine it at once while a writer stores
+        # the block again until it reads back whole: the damaged copy is moved once, and the
+        # copy stored afresh never.
+        for round_ in range(10):
+            (h, good), (_, bad) = blob(20_000, seed=round_), blob(20_000, seed=100 + round_)
+            store.put_many([(h, bad)])
+            start = threading.Barrier(5)
+            moved: list[bytes] = []
+            errors: list[BaseException] = []
+
+            def reader(h: bytes = h, bad: bytes = bad, start: threading.Barrier = start,
+                       moved: list[bytes] = moved, errors: list[BaseException] = errors) -> None:
+                try:
+                    start.wait()
+                    moved.extend(store.quarantine_many([(h, bad)]))
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            def writer(h: bytes = h, good: bytes = good, start: threading.Barrier = start,
+                       errors: list[BaseException] = errors) -> None:
+                try:
+                    start.wait()
+                    while True:
+                        store.put_many([(h, good)])
+                        try:
+                            if store.get_many([h]) == [good]:
+                                return
+                        except NotFound:
+                            pass
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=reader) for _ in range(4)]
+            threads.append(threading.Thread(target=writer))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            assert moved == [h]
+            assert store.get_many([h]) == [good]

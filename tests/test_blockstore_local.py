@@ -38,15 +38,21 @@ def test_temporary_files_are_never_listed_as_blocks(tmp_path):
         assert store.stale_tmp_files() == [f"{h.hex()}.123.0"]
 
 
-def test_stale_temporary_files_are_removed_on_open(tmp_path):
+def test_dead_writers_temporary_files_are_removed_on_open(tmp_path):
+    import fcntl
+
     LocalBlockStore(tmp_path / "b").close()
     stale = tmp_path / "b" / "tmp" / "dead.1.0"
-    stale.write_bytes(b"partial")
-    os.utime(stale, (0, 0))
-    fresh = tmp_path / "b" / "tmp" / "live.2.0"
-    fresh.write_bytes(b"being written")
+    stale.write_bytes(b"partial")  # nobody holds it: its writer is gone
+    live = tmp_path / "b" / "tmp" / "live.2.0"
+    live.write_bytes(b"being written")
+    os.utime(live, (0, 0))  # however old: its writer holds it
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        LocalBlockStore(tmp_path / "b").close()
+        assert not stale.exists() and live.exists()
     LocalBlockStore(tmp_path / "b").close()
-    assert not stale.exists() and fresh.exists()
+    assert not live.exists()
 
 
 def test_streamed_block_leaves_no_temporary_file(tmp_path):

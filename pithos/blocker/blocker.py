@@ -4,6 +4,12 @@ It names blocks (hashes them on put), caps their size, verifies every block it r
 content-addressed store checks itself: a mismatch is corruption, reported and never served) and
 works in batches, hashing on a thread pool because blake3 releases the GIL.
 
+A block found damaged by a read is quarantined (moved aside in the store, see
+`BlockStore.quarantine_many`): the reader still gets `IntegrityError`, and the next put of the
+same content stores it afresh, so the objects that name it heal.  A later read of a block held
+in quarantine (and not yet stored afresh) gets `IntegrityError` too, not `NotFound`: the block
+was stored, and is damaged.
+
 A block streamed in is hashed as a BLAKE3 tree whose outboard the store may keep
 (pithos.core.treehash); such a block can be read back part by part, each part verified before
 it is handed out (`read_parts`), so a reader starts on its first bytes before the rest is read.
@@ -12,6 +18,7 @@ it is handed out (`read_parts`), so a reader starts on its first bytes before th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -21,12 +28,23 @@ import blake3
 
 from pithos.blocker.store import BlockStore, BlockWriter, PartReader
 from pithos.core import treehash
-from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
+from pithos.core.errors import IntegrityError, InvalidArgument, NotFound, PithosError
 from pithos.core.hashing import block_hash, hash_many, to_hex
 
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 # A batch is split into store puts of at most this many blocks.
 MAX_BATCH_BLOCKS = 256
+
+log = logging.getLogger("pithos.blocker")
+
+
+class ScrubResult(NamedTuple):
+    """What `Blocker.scrub_many` found: the damaged blocks (each found damaged by this
+    check, or held in quarantine from before and not stored afresh since), those of them it
+    moved to quarantine now, and the absent ones."""
+    corrupt: list[bytes]
+    quarantined: list[bytes]
+    missing: list[bytes]
 
 
 class StagedBlock(NamedTuple):
@@ -112,17 +130,40 @@ class Blocker:
 
     def _verify(self, hashes: Sequence[bytes], blocks: Sequence[bytes]) -> None:
         actual = hash_many(blocks, self._pool)
-        bad = [h for h, a in zip(hashes, actual, strict=True) if h != a]
+        bad = {h: data for h, data, a in zip(hashes, blocks, actual, strict=True) if h != a}
         if bad:
+            moved = self._quarantine(list(bad.items()))
             raise IntegrityError(
-                "corrupt block(s), hash mismatch: " + ", ".join(to_hex(h) for h in bad[:8]),
-                bad)
+                "corrupt block(s), hash mismatch: " + ", ".join(to_hex(h) for h in list(bad)[:8])
+                + (" (moved to quarantine)" if moved else ""), list(bad))
+
+    def _quarantine(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Move blocks found damaged (with the bytes found) aside; the ones moved.  A store
+        that fails to is logged, never raised: the caller's error is the damage."""
+        try:
+            moved = self.store.quarantine_many(items)
+        except PithosError as exc:
+            log.error("cannot quarantine %d damaged block(s): %s", len(items), exc)
+            return []
+        return moved
+
+    def _absent(self, exc: NotFound) -> PithosError:
+        """The error for blocks the store lacks: IntegrityError for those held in quarantine
+        (they were stored, and are damaged), else `exc` itself."""
+        held = self.store.quarantined(exc.hashes) if exc.hashes else []
+        if not held:
+            return exc
+        return IntegrityError("corrupt block(s), quarantined: "
+                              + ", ".join(to_hex(h) for h in held[:8]), held)
 
     def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         """The verified data of each block, in order.  Raises NotFound (listing every absent
         hash) or IntegrityError (listing every corrupt one); a corrupt block is never
-        returned."""
-        blocks = self.store.get_many(hashes)
+        returned, and is quarantined (see the module's docstring)."""
+        try:
+            blocks = self.store.get_many(hashes)
+        except NotFound as exc:
+            raise self._absent(exc) from None
         self._verify(hashes, blocks)
         return blocks
 
@@ -141,9 +182,13 @@ class Blocker:
         read; a piece is handed out once the part of the tree it belongs to is verified (the
         first piece against the block's name, then each sibling of the spine).  Any other
         block comes whole, as from `get`.  Raises NotFound, or IntegrityError when a part
-        fails its check: the pieces handed out before it were verified, and nothing after."""
-        reader = self._pool.submit(self.store.open_parts, hash_).result() \
-            if treehash.AVAILABLE else None
+        fails its check: the pieces handed out before it were verified, and nothing after
+        (and the block is quarantined once a whole read confirms the damage)."""
+        try:
+            reader = self._pool.submit(self.store.open_parts, hash_).result() \
+                if treehash.AVAILABLE else None
+        except NotFound as exc:
+            raise self._absent(exc) from None
         if reader is None:
             yield self.get(hash_)
             return
@@ -163,6 +208,7 @@ class Blocker:
                     values = [v for _, v in group if v is not None]
                     if len(values) != count or not treehash.sibling_values_match(
                             reader.outboard, index, values):
+                        self._confirm_damage(hash_)
                         raise IntegrityError(f"corrupt block, bytes {start}-{end} do not match "
                                              f"its hash {to_hex(hash_)}", [hash_])
                     for data, _ in group:
@@ -176,6 +222,12 @@ class Blocker:
             reader.close()
         if not matched:  # no harm in a wrong outboard: the block is verified whole instead
             yield self.get(hash_)
+
+    def _confirm_damage(self, hash_: bytes) -> None:
+        """A part of the block failed its check: read it whole, and quarantine it if that
+        fails too (the whole bytes are what the store compares before moving it)."""
+        with contextlib.suppress(PithosError):
+            self.get(hash_)
 
     @staticmethod
     def _read_piece(reader: PartReader, start: int, end: int) -> tuple[bytes, bytes | None]:
@@ -215,7 +267,16 @@ class Blocker:
         return self.store.iterate(start_after)
 
     def check(self, hashes: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
-        """Verify blocks without serving them: returns (corrupt, missing) hashes."""
+        """Verify blocks without serving them or moving any: returns (corrupt, missing)
+        hashes; a block held in quarantine and not stored afresh counts as corrupt."""
+        result = self._check(hashes, quarantine=False)
+        return result.corrupt, result.missing
+
+    def scrub_many(self, hashes: Sequence[bytes]) -> ScrubResult:
+        """Verify blocks as `check` does, and quarantine the damaged ones."""
+        return self._check(hashes, quarantine=True)
+
+    def _check(self, hashes: Sequence[bytes], quarantine: bool) -> ScrubResult:
         absent = self.store.missing(hashes)
         gone = set(absent)
         present = [h for h in dict.fromkeys(hashes) if h not in gone]
@@ -227,8 +288,11 @@ class Blocker:
             present = [h for h in present if h not in gone]
             blocks = self.store.get_many(present)
         actual = hash_many(blocks, self._pool)
-        corrupt = [h for h, a in zip(present, actual, strict=True) if h != a]
-        return corrupt, absent
+        bad = [(h, data) for h, data, a in zip(present, blocks, actual, strict=True) if h != a]
+        moved = self._quarantine(bad) if quarantine and bad else []
+        held = set(self.store.quarantined(absent)) if absent else set()
+        corrupt = [h for h, _ in bad] + [h for h in absent if h in held]
+        return ScrubResult(corrupt, moved, [h for h in absent if h not in held])
 
     def close(self) -> None:
         if self._own_pool:

@@ -5,6 +5,7 @@ Layout under the store's directory:
     00/ .. ff/      256 fan-out directories; a block lives at `ab/abcdef...` (its hex hash)
     tmp/            blocks being written; a name appears under its hash only when complete
     trash/          blocks a conditional delete has moved out of place and not yet decided on
+    quarantine/     damaged blocks moved aside (`quarantine_many`), one file per hex hash
 
 A put writes a temporary file, fdatasyncs it, renames it into place and, once for the whole
 batch, fsyncs every directory that gained an entry: the rename is then durable too.  Files of a
@@ -30,6 +31,18 @@ leaves its block there, and the next sweep decides again.  A reader that misses 
 back too if it finds it in trash/ (a block refreshed and then named by a committed version may
 be there for the moment between the rename and the link back).
 
+Every temporary file is held under an flock(2) by its writer until it is renamed into place
+(pithos.blocker.tmpfiles): one nobody holds is a dead writer's, which `remove_leftovers` (and
+opening a store) removes, without guessing from its age.
+
+A damaged block is quarantined in two renames: first to an undecided name
+(`quarantine/<hex>.<pid>.<n>`, which a store being opened puts back, should this process die
+there), then, once the file moved is known to be the one found damaged (same inode as the file
+read, whose bytes were those the reader saw), to `quarantine/<hex>`.  A file stored afresh in
+between (another reader quarantined the damaged one first, and a writer stored the block
+again) is put back instead.  Readers missing a block do not look there (they do in trash/):
+they would put back the damaged block being moved.
+
 A block streamed in (`open_writer`) keeps its BLAKE3 tree outboard (pithos.core.treehash) in
 the extended attribute `user.b3` of its file: 64 bytes for a 4 MiB block, which ext4 and XFS
 keep inside the inode, so it costs no extra block or seek.  `open_parts` hands it out with the
@@ -50,7 +63,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from pithos.blocker import pagecache
+from pithos.blocker import pagecache, tmpfiles
 from pithos.blocker.store import BlockStore, BlockWriter, PartReader
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 from pithos.core.files import fsync_dir
@@ -59,8 +72,6 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 _HEX_LEN = 64
 _TRANSIENT_ERRNOS = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
-# A temporary file this old belongs to a writer that died: no put takes an hour.
-_STALE_TMP_S = 3600.0
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _OUTBOARD_XATTR = "user.b3"
 _NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -111,8 +122,8 @@ _ONE_TASK_ITEMS = 4
 _DIRECT_WRITERS = 3
 
 
-def _refresh(path: str) -> bool:
-    """Refresh the age of the block file at `path` (its mtime); False if it is absent.
+def _refresh(path: str) -> int | None:
+    """Refresh the age of the block file at `path` (its mtime); its size, None if absent.
 
     utime sets the time of the file that `path` named when it was looked up; a conditional
     delete may have moved that file to the trash since, and read its time before this change
@@ -121,10 +132,21 @@ def _refresh(path: str) -> bool:
     time and put the file back), or the block is back in place (put back, or stored anew)."""
     try:
         os.utime(path)
-        os.stat(path)
+        return os.stat(path).st_size
     except FileNotFoundError:
-        return False
-    return True
+        return None
+
+
+def _reads_as(fd: int, expected: bytes) -> bool:
+    """Whether the file of `fd` holds exactly `expected`."""
+    view = memoryview(expected)
+    offset = 0
+    while offset < len(view):
+        chunk = os.pread(fd, min(len(view) - offset, 1 << 22), offset)
+        if not chunk or chunk != view[offset:offset + len(chunk)]:
+            return False
+        offset += len(chunk)
+    return os.pread(fd, 1, offset) == b""
 
 
 def _untrash(trash: str, path: str) -> None:
@@ -159,6 +181,7 @@ class LocalBlockStore(BlockStore):
         self._syncfs = _libc_syncfs() if sync == "syncfs" else None
         self._tmp = os.path.join(self.path, "tmp")
         self._trash = os.path.join(self.path, "trash")
+        self._quarantine = os.path.join(self.path, "quarantine")
         self._names = itertools.count()
         self._reads = pagecache.ReadPolicy()
         # Streamed writers not yet committed or aborted (ids; set.add/discard are atomic), and
@@ -169,9 +192,12 @@ class LocalBlockStore(BlockStore):
         self.keep_free_bytes = keep_free_bytes
         try:
             created = not os.path.isdir(self._tmp)
-            trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
+            # (Stores made before they existed gain them.)
+            trash_created = not os.path.isdir(self._trash) \
+                or not os.path.isdir(self._quarantine)
             os.makedirs(self._tmp, exist_ok=True)
             os.makedirs(self._trash, exist_ok=True)
+            os.makedirs(self._quarantine, exist_ok=True)
             for i in range(256):
                 os.makedirs(os.path.join(self.path, f"{i:02x}"), exist_ok=True)
             if created or trash_created:
@@ -187,7 +213,7 @@ class LocalBlockStore(BlockStore):
                                                     thread_name_prefix="blockio")
         self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self._remove_stale_tmp()
+            self.remove_leftovers()
             self._restore_trash()
         except OSError as exc:
             self.close()
@@ -199,28 +225,21 @@ class LocalBlockStore(BlockStore):
         hex_ = hash_.hex()
         return f"{self.path}/{hex_[:2]}/{hex_}"
 
-    def _remove_stale_tmp(self) -> None:
-        now = time.time()
-        with os.scandir(self._tmp) as entries:
-            for entry in entries:
-                try:
-                    if now - entry.stat().st_mtime > _STALE_TMP_S:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
-
     def _restore_trash(self) -> None:
         """Put back every block found in the trash.  A conditional delete that was killed
         between moving a block there and deciding leaves it: the block may have been refreshed
         just before, and the next sweep decides again.  (A delete running in another process
-        meanwhile loses nothing either: at worst a block it removes stays, as garbage.)"""
-        with os.scandir(self._trash) as entries:
-            names = [entry.name for entry in entries]
-        for name in names:
-            hex_ = name[:_HEX_LEN]
-            if name[_HEX_LEN:_HEX_LEN + 1] == "." and _HEX_DIGITS.issuperset(hex_) \
-                    and len(hex_) == _HEX_LEN:
-                _untrash(f"{self._trash}/{name}", self._path(bytes.fromhex(hex_)))
+        meanwhile loses nothing either: at worst a block it removes stays, as garbage.)  So is
+        every block a quarantine left undecided (`quarantine/<hex>.<pid>.<n>`): at worst a
+        damaged block is back, for the next read to find."""
+        for directory in (self._trash, self._quarantine):
+            with os.scandir(directory) as entries:
+                names = [entry.name for entry in entries]
+            for name in names:
+                hex_ = name[:_HEX_LEN]
+                if name[_HEX_LEN:_HEX_LEN + 1] == "." and _HEX_DIGITS.issuperset(hex_) \
+                        and len(hex_) == _HEX_LEN:
+                    _untrash(f"{directory}/{name}", self._path(bytes.fromhex(hex_)))
 
     def trash_files(self) -> list[str]:
         """Blocks a conditional delete has moved to the trash and not yet decided on (in
@@ -228,8 +247,14 @@ class LocalBlockStore(BlockStore):
         return sorted(os.listdir(self._trash))
 
     def stale_tmp_files(self) -> list[str]:
-        """Temporary files left by writers (live or killed); never named as blocks."""
+        """Every temporary file, of live writers and of dead ones; never named as blocks."""
         return sorted(os.listdir(self._tmp))
+
+    def leftovers(self) -> list[str]:
+        return [f"tmp/{name}" for name in tmpfiles.dead(self._tmp, remove=False)]
+
+    def remove_leftovers(self) -> list[str]:
+        return [f"tmp/{name}" for name in tmpfiles.dead(self._tmp, remove=True)]
 
     def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         # Threads pay off only when there is more than one file to wait on, except under an
@@ -253,17 +278,20 @@ class LocalBlockStore(BlockStore):
         a writer that has not synced yet), and whether this put wrote it."""
         hash_, data = item
         path = self._path(hash_)
-        if _refresh(path):  # present: refresh its age, keep its bytes
+        view = memoryview(data)
+        size = _refresh(path)
+        if size == view.nbytes:  # present: refresh its age, keep its bytes
             return os.path.dirname(path), False
-        tmp = f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
+        if size is not None:  # damaged (see BlockStore.put_many): replaced below
+            self._quarantine_one(hash_, None, view.nbytes)
         self._check_room(len(data))
         # An outboard is an xattr in the user namespace, which needs write permission: such
         # a file is made read-only once it is set (as a streamed block's).
         keep = bool(outboard) and self._outboards
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                     0o644 if keep else 0o444)
+        fd, tmp = tmpfiles.create_locked(
+            lambda: f"{self._tmp}/{hash_.hex()}.{os.getpid()}.{next(self._names)}",
+            0o644 if keep else 0o444)
         try:
-            view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if keep:
@@ -272,13 +300,14 @@ class LocalBlockStore(BlockStore):
             if self._syncfs is None:
                 os.fdatasync(fd)
                 pagecache.drop(fd, len(data))
+            # (Still locked: the temporary name is ours until it is gone.)
+            os.rename(tmp, path)
         except BaseException:
-            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        os.close(fd)
-        os.rename(tmp, path)
+        finally:
+            os.close(fd)
         return os.path.dirname(path), True
 
     def _check_room(self, size: int) -> None:
@@ -452,10 +481,10 @@ class LocalBlockStore(BlockStore):
         unique = list(dict.fromkeys(hashes))
 
         try:
-            present = self._map(lambda h: _refresh(self._path(h)), unique)
+            sizes = self._map(lambda h: _refresh(self._path(h)), unique)
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
-        return [h for h, here in zip(unique, present, strict=True) if not here]
+        return [h for h, size in zip(unique, sizes, strict=True) if size is None]
 
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)
@@ -515,6 +544,59 @@ class LocalBlockStore(BlockStore):
             raise _backend_error(exc, "cannot delete block") from exc
         return gone
 
+    def _quarantine_one(self, hash_: bytes, seen: bytes | None, size: int = 0) -> bool:
+        """Move the block's file into quarantine/ if it is the damaged one: its bytes are
+        `seen`, or (`seen` None) its size is not `size`; whether it was moved."""
+        path = self._path(hash_)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            held = os.fstat(fd)
+            if seen is None:
+                if held.st_size == size:
+                    return False
+            elif held.st_size != len(seen) or not _reads_as(fd, seen):
+                return False  # stored afresh since it was read
+            # Undecided under a name of its own, which readers do not put back (as they do
+            # the trash's): a reader would put back the damaged block we are moving.
+            pending = f"{self._quarantine}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
+            try:
+                os.rename(path, pending)
+            except FileNotFoundError:
+                return False
+            try:
+                moved = os.stat(pending)
+                if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino):
+                    _untrash(pending, path)  # a copy stored since our read: not ours to move
+                    return False
+                os.rename(pending, f"{self._quarantine}/{hash_.hex()}")
+            except FileNotFoundError:
+                return False  # put back by a store opened meanwhile: a read finds it again
+        finally:
+            os.close(fd)
+        return True
+
+    def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        unique = list({h: (h, seen) for h, seen in items}.values())
+        try:
+            moved = self._map(lambda item: self._quarantine_one(*item), unique)
+            gone = [h for (h, _), m in zip(unique, moved, strict=True) if m]
+            if gone:
+                dirs = {os.path.dirname(self._path(h)) for h in gone}
+                self._map(fsync_dir, sorted(dirs | {self._quarantine}))
+        except OSError as exc:
+            raise _backend_error(exc, "cannot quarantine block") from exc
+        return gone
+
+    def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
+        if hashes is None:
+            return sorted(bytes.fromhex(n) for n in os.listdir(self._quarantine)
+                          if len(n) == _HEX_LEN and _HEX_DIGITS.issuperset(n))
+        return [h for h in dict.fromkeys(hashes)
+                if os.path.exists(f"{self._quarantine}/{h.hex()}")]
+
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         after = "" if start_after is None else start_after.hex()
         for i in range(256):
@@ -567,11 +649,10 @@ class _FileWriter(BlockWriter):
     def _open(self) -> int:
         if self._fd is None:
             store = self._store
-            self._tmp = f"{store._tmp}/stream.{os.getpid()}.{next(store._names)}"
             # Writable by its owner until commit, which sets the outboard (an xattr in the
             # user namespace needs write permission) and then makes the file read-only.
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                               0o644)
+            self._fd, self._tmp = tmpfiles.create_locked(
+                lambda: f"{store._tmp}/stream.{os.getpid()}.{next(store._names)}", 0o644)
         return self._fd
 
     def write(self, data: bytes | memoryview) -> None:
@@ -599,17 +680,21 @@ class _FileWriter(BlockWriter):
         store = self._store
         path = store._path(hash_)
         try:
-            if _refresh(path):  # present: keep its bytes, refresh its age
+            size = _refresh(path)
+            if size == self._written:  # present: keep its bytes, refresh its age
                 self.abort()
             else:
+                if size is not None:  # damaged (see BlockStore.put_many): replaced
+                    store._quarantine_one(hash_, None, self._written)
                 fd = self._open()
                 store._set_outboard(fd, self._outboard)
                 os.fchmod(fd, 0o444)
                 os.fdatasync(fd)
                 pagecache.drop(fd, self._written)
+                # Renamed while still locked: the temporary name is ours until it is gone.
+                os.rename(self._tmp, path)
                 os.close(fd)
                 self._fd = None
-                os.rename(self._tmp, path)
             # As in put_many: the rename (ours, or another writer's not yet synced) must be
             # durable before we return.
             fsync_dir(os.path.dirname(path))
@@ -624,11 +709,11 @@ class _FileWriter(BlockWriter):
     def abort(self) -> None:
         self._store._writing.discard(id(self))
         if self._fd is not None:
+            with contextlib.suppress(OSError):  # before the close lets the lock go
+                os.unlink(self._tmp)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
 
 
 class _LocalParts(PartReader):

@@ -19,6 +19,8 @@ class MemoryBlockStore(BlockStore):
         # Put times on time.time()'s clock, the clock of `delete_if_put_before`'s cutoff.
         self._put_at: dict[bytes, float] = {}
         self._lock = threading.Lock()
+        # Damaged bytes moved aside by `quarantine_many`, by hash (the latest copy).
+        self._quarantine: dict[bytes, bytes] = {}
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]],
                  outboards: Mapping[bytes, bytes] | None = None) -> None:
@@ -26,8 +28,30 @@ class MemoryBlockStore(BlockStore):
         now = time.time()
         with self._lock:
             for hash_, data in items:
-                self._blobs.setdefault(hash_, bytes(data))
+                stored = self._blobs.get(hash_)
+                if stored is not None and len(stored) != len(data):
+                    self._quarantine[hash_] = stored  # damaged: replaced below
+                    stored = None
+                if stored is None:
+                    self._blobs[hash_] = bytes(data)
                 self._put_at[hash_] = now
+
+    def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        moved = []
+        with self._lock:  # compare and move are one step
+            for hash_, seen in items:
+                stored = self._blobs.get(hash_)
+                if stored is not None and stored == seen and hash_ not in moved:
+                    self._quarantine[hash_] = stored
+                    del self._blobs[hash_], self._put_at[hash_]
+                    moved.append(hash_)
+        return moved
+
+    def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
+        with self._lock:
+            if hashes is None:
+                return sorted(self._quarantine)
+            return [h for h in dict.fromkeys(hashes) if h in self._quarantine]
 
     def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         with self._lock:

@@ -3,10 +3,22 @@
 Layout in the pool (and the store's namespace, "" by default):
 
     <hex hash>      one object per block: its bytes, plus one omap key `pithos.put_ns` holding
-                    the time of the last put (ns since the epoch, ASCII), which gives `age_s`
+                    the time of the last put (ns since the epoch, ASCII), which gives `age_s`,
+                    and one `pithos.gen` set at its creation (see the quarantine, below)
 
 Objects whose names are not 64 lowercase hex digits are not blocks: `iterate` skips them, so
 other data may share the pool (in another namespace preferably).
+
+Damaged blocks (`quarantine_many`) are moved to the namespace `<namespace>.quarantine`, one
+object per hex hash.  RADOS has no rename, so a move is a copy and a conditional remove: the
+block is read with its generation, its bytes compared with those the reader found damaged,
+copied into the quarantine namespace, and removed by one write op that compares its
+generation: an omap key `pithos.gen` that its create sets to a random value and a refresh
+leaves alone.  A block stored afresh since the read has another generation, and stays; a
+re-put of the damaged one (a refresh) changes nothing, so a busy block cannot starve its
+quarantine (as an object version, which every refresh bumps, would).  A crash between the
+copy and the remove leaves the damaged block in place with a copy in quarantine: the next read
+finds the damage again.
 
 Put, in batches through aio with at most `queue_depth` ops in flight:
 
@@ -45,8 +57,10 @@ The timestamp needs omap, so the pool must be replicated (erasure-coded pools ha
 from __future__ import annotations
 
 import _queue
+import contextlib
 import errno
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -60,6 +74,8 @@ RADOS_MISSING = ("the rados Python module is not installed: as root run "
                  "apt-get install -y python3-rados && scripts/ceph link-venv (docs/ceph.md)")
 
 PUT_TIME_KEY = "pithos.put_ns"
+# Set once, when the block is created (random): tells a block stored afresh from the one read.
+GENERATION_KEY = "pithos.gen"
 # Never set on any object: omap_cmp(absent key == "") holds exactly when the object exists.
 _EXISTS_GUARD_KEY = "pithos.exists"
 _HEX_LEN = 64
@@ -74,6 +90,10 @@ _TRANSIENT_ERRNOS = frozenset({
 _PUT_NS_DIGITS = 19
 # Sizes of the hash batches that `iterate` stats at a time.
 _ITERATE_STAT_BATCH = 512
+QUARANTINE_SUFFIX = ".quarantine"
+# A quarantine that keeps finding the block stored afresh while it reads it gives up after
+# this many reads; the block stays, and the next reader tries again.
+_QUARANTINE_TRIES = 5
 
 
 def _is_block_name(name: str) -> bool:
@@ -155,6 +175,10 @@ class RadosBlockStore(BlockStore):
         self._ioctx.set_namespace(namespace)
         self._executor = executor
         self._closed = False
+        # Quarantines run one at a time on ioctxs of their own, so that the object version
+        # of a read (get_last_version) is that read's.
+        self._quarantine_lock = threading.Lock()
+        self._quarantine_ioctxs: tuple[Any, Any] | None = None
 
     # -- the batch engine --------------------------------------------------------------------
 
@@ -262,7 +286,8 @@ class RadosBlockStore(BlockStore):
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             if datas[i]:  # (an empty block is the create alone: no write of 0 bytes)
                 op.write_full(datas[i])
-            io.set_omap(op, (PUT_TIME_KEY,), (str(time.time_ns()).encode(),))
+            io.set_omap(op, (PUT_TIME_KEY, GENERATION_KEY),
+                        (str(time.time_ns()).encode(), os.urandom(8).hex().encode()))
             return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
 
         codes = self._batch(len(which), start)
@@ -277,6 +302,11 @@ class RadosBlockStore(BlockStore):
         # librados takes bytes only (an upload's pieces may come as bytearrays).
         datas = [d if type(d) is bytes else bytes(d) for d in unique.values()]
         sizes = self._stat_many(hashes)
+        for i, size in enumerate(sizes):
+            if size is not None and size != len(datas[i]):
+                # Damaged (see BlockStore.put_many): moved aside and stored afresh.
+                self._quarantine_one(hashes[i], None, len(datas[i]))
+                sizes[i] = None
         self._create(names, datas, [i for i, size in enumerate(sizes) if size is None])
         present = [i for i, size in enumerate(sizes) if size is not None]
         codes = self._refresh([names[i] for i in present])
@@ -347,10 +377,10 @@ class RadosBlockStore(BlockStore):
             return b""
         return self._read_range(hash_, offset, length)
 
-    def _stat_many(self, hashes: Sequence[bytes]) -> list[int | None]:
-        """The size of each blob, None if absent."""
+    def _stat_many(self, hashes: Sequence[bytes], io: Any = None) -> list[int | None]:
+        """The size of each blob (of the ioctx `io`, by default the blocks'), None if absent."""
         sizes: list[int | None] = [None] * len(hashes)
-        io = self._ioctx
+        io = io or self._ioctx
 
         def start(i: int, done: _Done) -> tuple[Any, Any]:
             def stat(completion: Any, size: int | None, mtime: Any) -> None:
@@ -367,6 +397,103 @@ class RadosBlockStore(BlockStore):
         unique = list(dict.fromkeys(hashes))
         return [h for h, size in zip(unique, self._stat_many(unique), strict=True)
                 if size is None]
+
+    # -- quarantine ---------------------------------------------------------------------------
+
+    def _quarantine_io(self) -> tuple[Any, Any]:
+        """(blocks, quarantine) ioctxs for quarantines alone; call with the lock held."""
+        if self._quarantine_ioctxs is None:
+            blocks = self._cluster.open_ioctx(self.pool)
+            blocks.set_namespace(self.namespace)
+            quarantine = self._cluster.open_ioctx(self.pool)
+            quarantine.set_namespace(self.namespace + QUARANTINE_SUFFIX)
+            self._quarantine_ioctxs = (blocks, quarantine)
+        return self._quarantine_ioctxs
+
+    def _open_quarantine_io(self) -> Any:
+        with self._quarantine_lock:
+            return self._quarantine_io()[1]
+
+    def _generation(self, io: Any, name: str) -> str:
+        """The block's `pithos.gen` ("" for a block stored before it was kept)."""
+        op = io.create_read_op()
+        try:
+            values, _ = io.get_omap_vals_by_keys(op, (GENERATION_KEY,))
+            self._call(io.operate_read_op, op, name)
+            return next((v.decode() for k, v in values if k == GENERATION_KEY), "")
+        finally:
+            op.release()
+
+    def _quarantine_one(self, hash_: bytes, seen: bytes | None, size: int = 0) -> bool:
+        """Move the block into the quarantine namespace if it is the damaged one: its bytes
+        are `seen`, or (`seen` None) its size is not `size`; whether it was moved."""
+        rados = self._rados
+        name = hash_.hex()
+        with self._quarantine_lock:
+            io, qio = self._quarantine_io()
+            for _ in range(_QUARANTINE_TRIES):
+                try:
+                    generation = self._generation(io, name)
+                    stored_size, _ = self._call(io.stat, name)
+                    data = self._call(io.read, name, stored_size + 1, 0)
+                    if self._generation(io, name) != generation:
+                        continue  # stored afresh while we read: read that one
+                except rados.ObjectNotFound:
+                    return False
+                if data != seen if seen is not None else len(data) == size:
+                    return False  # stored afresh since it was read
+                try:
+                    self._call(qio.stat, name)
+                    kept = True
+                except rados.ObjectNotFound:
+                    kept = False
+                self._call(qio.write_full, name, data)
+                op = io.create_write_op()
+                try:
+                    # The generation read (an absent key compares as ""): a block stored
+                    # afresh since has another, and stays; a refresh leaves it as it was.
+                    op.omap_cmp(GENERATION_KEY, generation, rados.LIBRADOS_CMPXATTR_OP_EQ)
+                    op.remove()
+                    self._call(io.operate_write_op, op, name)
+                    return True
+                except rados.Error as exc:
+                    if _errno_of(exc) not in (errno.ECANCELED, errno.ENOENT):
+                        raise
+                finally:
+                    op.release()
+                if not kept:  # not moved after all: no copy of ours is left behind
+                    with contextlib.suppress(rados.ObjectNotFound):
+                        self._call(qio.remove_object, name)
+        return False
+
+    def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        if self._executor is not None and items:  # blocking calls: off the event loop
+            return self._executor.submit(self._quarantine_many, items).result()
+        return self._quarantine_many(items)
+
+    def _quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        moved = []
+        for hash_, seen in {h: (h, bytes(d)) for h, d in items}.values():
+            try:
+                if self._quarantine_one(hash_, seen):
+                    moved.append(hash_)
+            except self._rados.Error as exc:
+                raise _error(_errno_of(exc), "cannot quarantine block") from exc
+        return moved
+
+    def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
+        if self._executor is not None and self._quarantine_ioctxs is None:
+            self._executor.submit(self._open_quarantine_io).result()
+        qio = self._open_quarantine_io()
+        if hashes is None:
+            try:
+                return sorted(bytes.fromhex(obj.key) for obj in qio.list_objects()
+                              if _is_block_name(obj.key))
+            except self._rados.Error as exc:
+                raise _error(_errno_of(exc), "cannot list quarantined blocks") from exc
+        unique = list(dict.fromkeys(hashes))
+        return [h for h, size in zip(unique, self._stat_many(unique, qio), strict=True)
+                if size is not None]
 
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         unique = list(dict.fromkeys(hashes))
@@ -451,5 +578,7 @@ class RadosBlockStore(BlockStore):
         if self._closed:
             return
         self._closed = True
+        for ioctx in self._quarantine_ioctxs or ():
+            ioctx.close()
         self._ioctx.close()
         self._cluster.shutdown()

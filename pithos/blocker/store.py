@@ -32,6 +32,10 @@ class BlockStore(ABC):
         - Repeat-safe: putting a hash that is present is a no-op (the stored bytes are kept; the
           caller vouches that `hash` names `data`).  It refreshes the blob's age, so a sweep
           that only removes blobs older than its start never removes a blob just re-put.
+        - Cheaply checked: a present blob whose size differs from `data`'s is damaged (the
+          caller vouches for `data`), so it is quarantined (see `quarantine_many`) and `data`
+          stored in its place.  Its content is not compared: a damaged blob of the right size
+          is found by the read that fails on it, or by a scrub, and quarantined then.
         - Raises `NoSpace` when out of space, `BackendError` on other failures (`transient`
           says whether a retry may help).  After an error some blobs of the batch may be stored.
         """
@@ -96,6 +100,40 @@ class BlockStore(ABC):
         garbage collector sweeps only blobs older than the start of its mark (with
         `delete_if_put_before`; ages alone only serve to count, as in a dry run)."""
 
+    @abstractmethod
+    def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Move aside each blob `(hash, seen)` whose stored bytes are still `seen`: the bytes a
+        read returned and the caller found damaged (they do not match the hash).  A blob moved
+        aside is absent afterwards (`missing` lists it, `get_many` raises `NotFound`), so the
+        next put of the hash stores it afresh; its damaged bytes are kept apart, where
+        `quarantined` finds them (one entry per hash: a later quarantine of the same hash
+        replaces it).  Returns the hashes moved aside (each once, in the order given).
+
+        - Atomic per blob: the blob is moved whole or not at all, and only if its bytes are
+          `seen`: a blob that is absent, or was stored afresh since it was read (a healthy
+          copy, or another damaged one), is left in place and not returned.  So two readers
+          that found the same damage never move a copy stored in between.
+        - Repeat-safe: a second call finds the blob absent (or healthy) and does nothing.
+        - Durable on return.  Raises `BackendError` on failures."""
+
+    @abstractmethod
+    def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
+        """The hashes that have damaged bytes held in quarantine: among `hashes` (in the order
+        given, each once), or all of them (sorted) when None.  A hash may also be present
+        again, stored afresh by a later put: it is then healed, and its quarantined copy is
+        kept for the operator."""
+
+    def leftovers(self) -> list[str]:
+        """Temporary data of writers that died (killed mid-put), by name; never that of a
+        writer still alive, however slow.  A store whose writes leave nothing behind (the
+        default) returns []."""
+        return []
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove `leftovers()` and return their names; a live writer's data is never
+        touched.  Repeat-safe."""
+        return []
+
     def open_parts(self, hash_: bytes) -> PartReader | None:
         """A reader of the blob's byte ranges, with the outboard kept beside it (see
         pithos.core.treehash), so that it can be verified and served part by part; None
@@ -140,7 +178,8 @@ class BlockWriter(ABC):
     def commit(self, hash_: bytes) -> None:
         """Store everything written under `hash_`, with `put_many`'s guarantees: durable and
         complete on return, and a no-op that refreshes the age if `hash_` is already
-        present.  The writer is finished afterwards."""
+        present (with the same size; one of another size is quarantined and replaced).  The
+        writer is finished afterwards."""
 
     @abstractmethod
     def abort(self) -> None:
