@@ -356,9 +356,10 @@ def test_a_disk_full_to_the_last_byte_takes_deletes_and_gc(small_fs, tmp_path):
     finally:
         server.stop()
 
-    # Served on by a new process: the writer lease row of the one that ran while the catalog
-    # was full may pin gc (test_gc_reclaims_after_a_full_catalog_with_no_writer_since); a
-    # dead process's row is revoked by gc.
+    # Served on by a new process.  In the one that ran while the catalog was full, an upload
+    # whose writer lease row could not be written (WriterLeases.begin raising) stays in flight
+    # for ever, and its start holds gc back (pithos/catalog/leases.py); a dead process's row
+    # is revoked by gc.
     proc, url = _serve(data, tmp_path / "serve-again.log")
     try:
         conn = _connection(url)
