@@ -15,6 +15,6 @@ reference, for the garbage collector.  docs/volumes.md describes the design.
 
 from archipelago.heads import Head, LeaseLost
 from archipelago.volume import Volume
-from archipelago.volumes import Volumes, gc_roots
+from archipelago.volumes import Volumes, gc_roots, root_heads
 
-__all__ = ["Head", "LeaseLost", "Volume", "Volumes", "gc_roots"]
+__all__ = ["Head", "LeaseLost", "Volume", "Volumes", "gc_roots", "root_heads"]

@@ -348,18 +348,20 @@ def gc_roots(data_dir: str, blocks_url: str | None = None) -> Iterator[bytes]:
     """Every map root referenced by the volumes and snapshots of a data directory (for the
     garbage collector's mark phase).  With a rados:// `blocks_url`, the volumes are those of
     the cluster (see `Volumes.at`), not of the directory."""
+    for head in root_heads(data_dir, blocks_url):
+        assert head.root is not None
+        yield from_hex(head.root)
+
+
+def root_heads(data_dir: str, blocks_url: str | None = None) -> list[Head]:
+    """The volumes and snapshots that name a map (as `gc_roots`), with their names."""
     if blocks_url is not None and blocks_url.startswith("rados:"):
         heads, deltas = _mutable_stores(data_dir, blocks_url)
         try:
-            roots = [from_hex(head.root) for head in heads.heads() if head.root]
+            return [head for head in heads.heads() if head.root]
         finally:
             _close_stores(deltas, heads)
-        yield from roots
-        return
     vdir = os.path.join(data_dir, "volumes")
     if not os.path.isdir(vdir):
-        return  # no volume was ever made (and a reader makes no directory: the disk may be full)
-    heads = LocalHeadStore(vdir)
-    for head in heads.heads():
-        if head.root:
-            yield from_hex(head.root)
+        return []  # no volume was ever made (and a reader makes no directory: the disk may be full)
+    return [head for head in LocalHeadStore(vdir).heads() if head.root]

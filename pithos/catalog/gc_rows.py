@@ -3,7 +3,8 @@ retained root, roots committed since a mark, and the lease rows (pithos.catalog.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from sqlalchemy import (
     and_,
@@ -14,6 +15,16 @@ from sqlalchemy import (
 )
 
 from pithos.catalog import schema as s
+
+
+class VersionNaming(NamedTuple):
+    """A retained version whose map is a given root (`GcRowsMixin.versions_naming`)."""
+    root: bytes
+    account: str
+    container: str
+    name: str
+    version: str  # the version id clients see
+    current: bool  # the object's visible version
 
 
 class GcRowsMixin:
@@ -47,6 +58,28 @@ class GcRowsMixin:
                                 .order_by(s.versions.c.id)).all()
         newest = rows[-1].id if rows else version_id
         return [bytes(r.root) for r in rows if r.root is not None], int(newest)
+
+    def versions_naming(self, roots: Iterable[bytes], batch: int = 500
+                        ) -> list[VersionNaming]:
+        """Every retained version whose map is one of `roots`, by account, container, name
+        and age: to name the objects that damage reaches.  No index covers roots, so this
+        scans the versions: for an operator's report, not a hot path."""
+        wanted = list(dict.fromkeys(roots))
+        v, o, c, a = s.versions, s.objects, s.containers, s.accounts
+        found: list[VersionNaming] = []
+        for i in range(0, len(wanted), batch):
+            with self._read() as conn:
+                rows = conn.execute(
+                    select(v.c.root, a.c.name, c.c.name, o.c.name, v.c.vid,
+                           o.c.current_id == v.c.id)
+                    .select_from(v.join(o, o.c.id == v.c.object_id)
+                                 .join(c, c.c.id == o.c.container_id)
+                                 .join(a, a.c.id == c.c.account_id))
+                    .where(v.c.root.in_(wanted[i:i + batch]))
+                    .order_by(a.c.name, c.c.name, o.c.name, v.c.id)).all()
+            found.extend(VersionNaming(bytes(r[0]), r[1], r[2], r[3], r[4], bool(r[5]))
+                         for r in rows)
+        return found
 
     def publish_upload_lease(self, lease_id: int, oldest: float | None) -> None:
         """A process's writer lease: its oldest writer in flight began at `oldest` (None: it

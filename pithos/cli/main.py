@@ -7,6 +7,8 @@
     pithos store get ROOT [-o FILE] write a map's content to FILE or stdout
     pithos store stats [--json]     blocks and bytes in the store
     pithos store fsck [--json]      verify every block and every recorded map
+    pithos store scrub [--rate MB/s] [--json]   verify every block at a bounded rate and
+                                    quarantine the damaged ones
 
 Every command takes --data-dir DIR (default ./data).
 
@@ -140,10 +142,11 @@ def all_roots(data: DataDir) -> Iterator[bytes]:
 
 
 def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
+    from pithos.cli.damage import name_quarantined, quarantine_lines
+
     report = fsck(data.blocker, all_roots(data))
     result = report.as_dict()
-    stale = getattr(data.store, "stale_tmp_files", None)
-    result["stale_tmp_files"] = stale() if stale else []
+    name_quarantined(data, result["quarantined"])  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(result))
     else:
@@ -155,8 +158,20 @@ def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
             print(f"missing block {to_hex(h)} (named by map {to_hex(root)})")
         for h in report.not_maps:
             print(f"not a map page {to_hex(h)}")
+        for line in quarantine_lines(result["quarantined"]):  # type: ignore[arg-type]
+            print(line)
+        for name in report.leftovers:
+            print(f"leftover {name} of a writer that died (pithos gc removes it)")
         print("clean" if report.clean else "damaged")
     return 0 if report.clean else 1
+
+
+def cmd_scrub(args: argparse.Namespace, data: DataDir) -> int:
+    from pithos.cli.damage import run_scrub
+
+    if args.rate < 0:
+        raise CliError("--rate must not be negative")
+    return run_scrub(data, all_roots(data), args.rate, args.json)
 
 
 def cmd_serve(args: argparse.Namespace, data: DataDir | None) -> int:
@@ -231,7 +246,10 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
                          clock_margin_s=args.clock_margin)
     except UnsafeToSweep as exc:
         raise CliError(str(exc)) from None
+    # Temporary files of writers that died (never a live writer's: see BlockStore.leftovers).
+    leftovers = data.store.leftovers() if args.dry_run else data.store.remove_leftovers()
     result = report.as_dict()
+    result["leftovers"] = leftovers
     if args.json:
         print(json.dumps(result))
     else:
@@ -240,7 +258,8 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
         size = report.garbage_bytes if args.dry_run else report.reclaimed_bytes
         print(f"{verb} {count} blocks ({size} bytes); {report.reachable_blocks} reachable "
               f"from {report.roots} roots; {report.spared_young_blocks} spared as too young; "
-              f"{report.seconds:.1f} s")
+              f"{'would remove' if args.dry_run else 'removed'} {len(leftovers)} temporary "
+              f"files of dead writers; {report.seconds:.1f} s")
     return 0
 
 
@@ -289,6 +308,15 @@ def parser() -> argparse.ArgumentParser:
                                help="verify every block and every recorded map")
     check.add_argument("--json", action="store_true", help="one JSON object")
     check.set_defaults(func=cmd_fsck)
+
+    scrub = actions.add_parser("scrub", parents=[common],
+                               help="verify every block at a bounded rate; quarantine the "
+                                    "damaged ones and name the maps that need them")
+    scrub.add_argument("--rate", type=float, default=100.0, metavar="MB/s",
+                       help="read at most this many MB (10^6 bytes) a second on average "
+                            "(default 100; 0: no bound)")
+    scrub.add_argument("--json", action="store_true", help="one JSON object")
+    scrub.set_defaults(func=cmd_scrub)
 
     gc = commands.add_parser("gc", parents=[common],
                              help="reclaim blocks no version, volume or recorded map uses")
