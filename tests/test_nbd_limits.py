@@ -6,6 +6,7 @@ The server runs as a real subprocess; its memory is read from /proc/PID/status."
 from __future__ import annotations
 
 import os
+import random
 import select
 import shutil
 import socket
@@ -236,3 +237,72 @@ def test_buffer_pool_stays_under_its_limit_and_reuses():
     assert len(pool.get(100_000)) == 128 * 1024
     with pytest.raises(ValueError):
         pool.get(5 * MiB)
+
+
+def _request(cmd: int, handle: int, offset: int, length: int, data: bytes = b"") -> bytes:
+    return struct.pack(">IHHQQI", 0x25609513, 0, cmd, handle, offset, length) + data
+
+
+def test_pipelined_requests_share_small_pools(tmp_path):
+    """--buffer-memory 64M (16 MiB of receive buffers, 48 of request data): four connections
+    pipeline reads and writes of every size up to 32 MiB at once; each reply carries its own
+    data (a buffer is reused only after its reply is sent) and nobody waits forever for one."""
+    data_dir = tmp_path / "data"
+    os.makedirs(data_dir)
+    _cli(data_dir, "volume", "create", "big", "--size", "64M")
+    rng = random.Random(26)
+    content = bytearray(rng.randbytes(64 * MiB))
+    image = tmp_path / "image.raw"
+    image.write_bytes(content)
+    with ServerProcess(str(data_dir), args=["--buffer-memory", "64M"]) as srv:
+        subprocess.run(["nbdcopy", str(image), srv.uri("big")], check=True, timeout=120)
+        sizes = [4096, 70 * 1024, 100 * 1024, 200 * 1024, 300 * 1024, MiB, 32 * MiB]
+        errors: list[BaseException] = []
+
+        def client(k: int) -> None:
+            try:
+                s = _go(srv.port, b"big")
+                # Each connection writes in its own 16 MiB quarter and reads mostly there.
+                lo, hi = k * 16 * MiB, (k + 1) * 16 * MiB
+                plan = []
+                crng = random.Random(k)
+                for i in range(40):
+                    size = crng.choice(sizes)
+                    if size > MiB:
+                        plan.append((0, i, crng.randrange(64 * MiB - size + 1), size))
+                    elif crng.random() < 0.3:
+                        plan.append((1, i, lo + crng.randrange(16 * MiB - size),
+                                     crng.randbytes(size)))
+                    else:
+                        plan.append((0, i, lo + crng.randrange(16 * MiB - size), size))
+
+                def send() -> None:
+                    for cmd, i, off, arg in plan:
+                        s.sendall(_request(1, i, off, len(arg), arg) if cmd == 1
+                                  else _request(0, i, off, arg))
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                mine = bytearray(content)  # its quarter as it must read it
+                for cmd, i, off, arg in plan:
+                    magic, error, handle = struct.unpack(">IIQ", _recv(s, 16))
+                    assert (magic, error, handle) == (0x67446698, 0, i)
+                    if cmd == 1:
+                        mine[off:off + len(arg)] = arg
+                        continue
+                    got = _recv(s, arg)
+                    a, b = max(off, lo), min(off + arg, hi)  # others write outside it
+                    if a < b:
+                        assert got[a - off:b - off] == mine[a:b], (k, i, off, arg)
+                sender.join()
+                s.close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors, errors[0]
+        assert srv.proc.poll() is None

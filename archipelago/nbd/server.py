@@ -464,6 +464,7 @@ class Connection:
             try:
                 flags, cmd, handle, offset, length = parse(self.take(28))
             except ValueError as exc:
+                self.flush_out()  # the requests before it still get their replies
                 raise Hangup(str(exc)) from None
             if cmd == p.CMD_READ:
                 if flags & ~p.CMD_FLAG_FUA or length > p.MAX_BLOCK or offset + length > size:
@@ -483,6 +484,7 @@ class Connection:
                 self.send(reply(0, handle), data)
             elif cmd == p.CMD_WRITE:
                 if length > p.MAX_BLOCK:
+                    self.flush_out()
                     raise Hangup(f"write of {length} bytes")  # its payload cannot be trusted
                 payload, pooled = self.payload(length)
                 try:
