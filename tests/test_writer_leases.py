@@ -239,3 +239,25 @@ def test_sqlite_leases_live_beside_the_catalog(tmp_path):
         assert liveness_for(catalog).directory == f"{tmp_path}/catalog.sqlite-leases"
     finally:
         catalog.close()
+
+
+def test_a_writer_that_could_not_begin_is_not_in_flight(catalog, quick_clear):
+    """begin() fails when the row cannot be written (a full catalog, say): the writer never
+    began, so its start holds no collector back afterwards."""
+    from pithos.catalog import schema
+
+    leases = WriterLeases(catalog)
+    # The row's table gone: every write of a row fails, as on a full catalog.
+    with catalog.engine.begin() as conn:
+        schema.upload_leases.drop(conn)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (whatever the database says)
+            leases.begin()
+    finally:
+        with catalog.engine.begin() as conn:
+            schema.upload_leases.create(conn)
+    assert leases._inflight == {}
+    with leases.held():
+        pass
+    assert wait_for(lambda: oldest_live_writer(catalog) is None)
+    leases.close()

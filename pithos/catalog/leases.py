@@ -289,7 +289,13 @@ class WriterLeases:
             ticket = Ticket(self._lease_id, token)
             need = self._published is None or self._syncing
         if need:
-            self._sync()
+            try:
+                self._sync()
+            except BaseException:
+                # Not begun (say the catalog is full: 507): it must not count as in flight,
+                # or its start would hold every collector back for the process's life.
+                self.end(ticket)
+                raise
         return ticket
 
     def end(self, ticket: Ticket) -> None:
