@@ -306,3 +306,35 @@ def test_pipelined_requests_share_small_pools(tmp_path):
             t.join(300)
         assert not errors, errors[0]
         assert srv.proc.poll() is None
+
+
+def test_a_request_stalled_half_way_ends_its_connection(tmp_path):
+    """In-process server with a 1 s stall timeout: a WRITE whose payload stops coming and a
+    header cut in two end their connections; a connection idle between requests for longer
+    stays and is served; the pools are whole again afterwards."""
+    from archipelago import Volumes
+    from archipelago.nbd.server import Limits, NbdServer
+
+    vols = Volumes.local(str(tmp_path / "data"))
+    vols.create("v", 4 * MiB)
+    server = NbdServer(vols, port=0, limits=Limits(stall_timeout_s=1.0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = int(server.address.rpartition(":")[2])
+    try:
+        payload_stalls, header_stalls, idle = (_go(port, b"v") for _ in range(3))
+        payload_stalls.sendall(_request(1, 1, 0, MiB) + bytes(1000))
+        header_stalls.sendall(_request(0, 1, 0, 4096)[:10])
+        assert _closed_by_server(payload_stalls)
+        assert _closed_by_server(header_stalls)
+        time.sleep(1.5)
+        assert _read(idle, 0, 4096) == bytes(4096)
+        idle.close()
+        deadline = time.monotonic() + WAIT_S
+        while server.data_pool._waiters or server._conns:  # the connections finish
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for pool in (server.recv_pool, server.data_pool):
+            assert pool.allocated_bytes == pool._kept_bytes  # everything was given back
+    finally:
+        server.stop()
+        vols.close()
