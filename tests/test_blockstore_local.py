@@ -38,10 +38,10 @@ def test_temporary_files_are_never_listed_as_blocks(tmp_path):
         assert store.stale_tmp_files() == [f"{h.hex()}.123.0"]
 
 
-def test_dead_writers_temporary_files_are_removed_on_open(tmp_path):
+def test_only_dead_writers_temporary_files_are_leftovers(tmp_path):
     import fcntl
 
-    LocalBlockStore(tmp_path / "b").close()
+    store = LocalBlockStore(tmp_path / "b")
     stale = tmp_path / "b" / "tmp" / "dead.1.0"
     stale.write_bytes(b"partial")  # nobody holds it: its writer is gone
     live = tmp_path / "b" / "tmp" / "live.2.0"
@@ -49,10 +49,14 @@ def test_dead_writers_temporary_files_are_removed_on_open(tmp_path):
     os.utime(live, (0, 0))  # however old: its writer holds it
     with open(live, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        LocalBlockStore(tmp_path / "b").close()
+        assert store.leftovers() == ["tmp/dead.1.0"]
+        LocalBlockStore(tmp_path / "b").close()  # opening a store removes nothing
+        assert stale.exists()
+        assert store.remove_leftovers() == ["tmp/dead.1.0"]
         assert not stale.exists() and live.exists()
-    LocalBlockStore(tmp_path / "b").close()
-    assert not live.exists()
+        assert store.remove_leftovers() == []
+    assert store.remove_leftovers() == ["tmp/live.2.0"]  # its writer let go without renaming
+    store.close()
 
 
 def test_streamed_block_leaves_no_temporary_file(tmp_path):

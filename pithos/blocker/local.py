@@ -32,8 +32,9 @@ back too if it finds it in trash/ (a block refreshed and then named by a committ
 be there for the moment between the rename and the link back).
 
 Every temporary file is held under an flock(2) by its writer until it is renamed into place
-(pithos.blocker.tmpfiles): one nobody holds is a dead writer's, which `remove_leftovers` (and
-opening a store) removes, without guessing from its age.
+(pithos.blocker.tmpfiles): one nobody holds is a dead writer's, which `leftovers` lists (for
+fsck) and `remove_leftovers` removes (for the garbage collector), without guessing from its
+age.
 
 A damaged block is quarantined in two renames: first to an undecided name
 (`quarantine/<hex>.<pid>.<n>`, which a store being opened puts back, should this process die
@@ -213,7 +214,6 @@ class LocalBlockStore(BlockStore):
                                                     thread_name_prefix="blockio")
         self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.remove_leftovers()
             self._restore_trash()
         except OSError as exc:
             self.close()
