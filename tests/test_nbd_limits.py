@@ -338,3 +338,16 @@ def test_a_request_stalled_half_way_ends_its_connection(tmp_path):
     finally:
         server.stop()
         vols.close()
+
+
+def test_thousands_of_pipelined_requests_get_their_replies(data_dir):
+    """Replies gathered for many small requests at once (more than one sendmsg takes) all go
+    out, in order: 3,000 unknown commands and 3,000 zero-length reads sent in one piece."""
+    with ServerProcess(str(data_dir)) as srv:
+        s = _go(srv.port, b"v")
+        n = 3000
+        s.sendall(b"".join(_request(9 if i % 2 else 0, i, 0, 0) for i in range(2 * n)))
+        for i in range(2 * n):
+            magic, error, handle = struct.unpack(">IIQ", _recv(s, 16))
+            assert (magic, error, handle) == (0x67446698, 22 if i % 2 else 0, i)
+        s.close()
