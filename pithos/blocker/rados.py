@@ -305,7 +305,7 @@ class RadosBlockStore(BlockStore):
         for i, size in enumerate(sizes):
             if size is not None and size != len(datas[i]):
                 # Damaged (see BlockStore.put_many): moved aside and stored afresh.
-                self._quarantine_one(hashes[i], None, len(datas[i]))
+                self._off_loop(self._quarantine_one, hashes[i], None, len(datas[i]))
                 sizes[i] = None
         self._create(names, datas, [i for i, size in enumerate(sizes) if size is None])
         present = [i for i, size in enumerate(sizes) if size is not None]
@@ -466,10 +466,15 @@ class RadosBlockStore(BlockStore):
                         self._call(qio.remove_object, name)
         return False
 
+    def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, a run of blocking librados calls: on the executor when one is given
+        (under an event loop), as `_batch` waits for completions."""
+        if self._executor is not None:
+            return self._executor.submit(fn, *args).result()
+        return fn(*args)
+
     def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-        if self._executor is not None and items:  # blocking calls: off the event loop
-            return self._executor.submit(self._quarantine_many, items).result()
-        return self._quarantine_many(items)
+        return self._off_loop(self._quarantine_many, items) if items else []
 
     def _quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         moved = []
@@ -482,9 +487,7 @@ class RadosBlockStore(BlockStore):
         return moved
 
     def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
-        if self._executor is not None and self._quarantine_ioctxs is None:
-            self._executor.submit(self._open_quarantine_io).result()
-        qio = self._open_quarantine_io()
+        qio = self._off_loop(self._open_quarantine_io)
         if hashes is None:
             try:
                 return sorted(bytes.fromhex(obj.key) for obj in qio.list_objects()
