@@ -75,3 +75,30 @@ def test_streamed_block_leaves_no_temporary_file(tmp_path):
         assert store.stale_tmp_files() == []
     with LocalBlockStore(tmp_path / "b") as store:
         assert store.get_many([h]) == [data]
+
+
+def test_a_store_made_before_the_quarantine_gains_it_at_its_first_quarantine(tmp_path):
+    (h, good), (_, bad) = blob(3000, seed=1), blob(3000, seed=2)
+    with LocalBlockStore(tmp_path / "b") as store:
+        store.put_many([(h, bad)])
+    os.rmdir(tmp_path / "b" / "quarantine")
+    with LocalBlockStore(tmp_path / "b") as store:
+        assert not (tmp_path / "b" / "quarantine").exists()  # opening creates nothing
+        assert store.quarantined() == [] and store.quarantined([h]) == []
+        assert store.quarantine_many([(h, bad)]) == [h]
+        assert store.quarantined() == [h]
+        store.put_many([(h, good)])
+        assert store.get_many([h]) == [good]
+
+
+def test_an_interrupted_quarantine_is_undone_when_a_store_is_opened(tmp_path):
+    h, data = blob(3000)
+    with LocalBlockStore(tmp_path / "b") as store:
+        store.put_many([(h, data)])
+        path = store._path(h)
+    # Killed between its two renames: the block sits under an undecided name.
+    os.rename(path, tmp_path / "b" / "quarantine" / f"{h.hex()}.123.0")
+    with LocalBlockStore(tmp_path / "b") as store:
+        assert store.get_many([h]) == [data]  # put back, for the next read to judge
+        assert store.quarantined() == []
+        assert os.listdir(tmp_path / "b" / "quarantine") == []

@@ -193,12 +193,11 @@ class LocalBlockStore(BlockStore):
         self.keep_free_bytes = keep_free_bytes
         try:
             created = not os.path.isdir(self._tmp)
-            # (Stores made before they existed gain them.)
-            trash_created = not os.path.isdir(self._trash) \
-                or not os.path.isdir(self._quarantine)
+            trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
             os.makedirs(self._tmp, exist_ok=True)
             os.makedirs(self._trash, exist_ok=True)
-            os.makedirs(self._quarantine, exist_ok=True)
+            if created:  # (in a store made before it, at its first quarantine: see there)
+                os.makedirs(self._quarantine, exist_ok=True)
             for i in range(256):
                 os.makedirs(os.path.join(self.path, f"{i:02x}"), exist_ok=True)
             if created or trash_created:
@@ -233,8 +232,11 @@ class LocalBlockStore(BlockStore):
         every block a quarantine left undecided (`quarantine/<hex>.<pid>.<n>`): at worst a
         damaged block is back, for the next read to find."""
         for directory in (self._trash, self._quarantine):
-            with os.scandir(directory) as entries:
-                names = [entry.name for entry in entries]
+            try:
+                with os.scandir(directory) as entries:
+                    names = [entry.name for entry in entries]
+            except FileNotFoundError:
+                continue  # no quarantine yet
             for name in names:
                 hex_ = name[:_HEX_LEN]
                 if name[_HEX_LEN:_HEX_LEN + 1] == "." and _HEX_DIGITS.issuperset(hex_) \
@@ -561,6 +563,7 @@ class LocalBlockStore(BlockStore):
                 return False  # stored afresh since it was read
             # Undecided under a name of its own, which readers do not put back (as they do
             # the trash's): a reader would put back the damaged block we are moving.
+            self._make_quarantine()
             pending = f"{self._quarantine}/{hash_.hex()}.{os.getpid()}.{next(self._names)}"
             try:
                 os.rename(path, pending)
@@ -578,6 +581,13 @@ class LocalBlockStore(BlockStore):
             os.close(fd)
         return True
 
+    def _make_quarantine(self) -> None:
+        """quarantine/, durably, in a store made before it existed (made when needed rather
+        than when the store is opened: opening a store on a full disk creates nothing)."""
+        if not os.path.isdir(self._quarantine):
+            os.makedirs(self._quarantine, exist_ok=True)
+            fsync_dir(self.path)
+
     def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         unique = list({h: (h, seen) for h, seen in items}.values())
         try:
@@ -592,7 +602,11 @@ class LocalBlockStore(BlockStore):
 
     def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
         if hashes is None:
-            return sorted(bytes.fromhex(n) for n in os.listdir(self._quarantine)
+            try:
+                names = os.listdir(self._quarantine)
+            except FileNotFoundError:
+                return []
+            return sorted(bytes.fromhex(n) for n in names
                           if len(n) == _HEX_LEN and _HEX_DIGITS.issuperset(n))
         return [h for h in dict.fromkeys(hashes)
                 if os.path.exists(f"{self._quarantine}/{h.hex()}")]
