@@ -84,7 +84,7 @@ class VerifiedBlocks:
         first, last = offset // PIECE, (offset + n - 1) // PIECE
         last = min(last, len(pieces) - 1)
         start = first * PIECE
-        raw = self.blocker.store.read(hash_, start, (last - first + 1) * PIECE)
+        raw = self.blocker.raw_read(hash_, start, (last - first + 1) * PIECE)
         for k, i in enumerate(range(first, last + 1)):
             if block_hash(memoryview(raw)[k * PIECE:(k + 1) * PIECE]) != pieces[i]:
                 with self._lock:

@@ -18,7 +18,8 @@ from archipelago.base import BaseView, VerifiedBlocks
 from archipelago.delta import DeltaStore, LocalDeltaStore
 from archipelago.heads import SECTOR_SIZE, Head, HeadStore, LocalHeadStore, check_name, new_head
 from archipelago.volume import Volume
-from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker, LocalBlockStore
+from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker
+from pithos.blocker.urls import open_block_store
 from pithos.catalog.leases import WriterLeases
 from pithos.core.errors import Conflict, InvalidArgument, NotFound
 from pithos.core.hashing import from_hex, to_hex
@@ -62,7 +63,7 @@ class Volumes:
         """The embedded layout: blocks in `<data_dir>/blocks` (shared with `pithos store`),
         volumes in `<data_dir>/volumes`."""
         os.makedirs(data_dir, exist_ok=True)
-        blocker = Blocker(LocalBlockStore(os.path.join(data_dir, "blocks")),
+        blocker = Blocker(open_block_store(os.path.join(data_dir, "blocks")),
                           block_size=DEFAULT_BLOCK_SIZE)
         vdir = os.path.join(data_dir, "volumes")
         return cls(blocker, LocalHeadStore(vdir), LocalDeltaStore(vdir), lease_wait_s)
@@ -73,8 +74,6 @@ class Volumes:
         rados://; see pithos.blocker.urls).  With file://, heads and deltas stay in
         `<data_dir>/volumes`; with rados://, they live in the same pool, in the namespace
         `<namespace>.volumes` (archipelago.rados), so every host of the cluster shares them."""
-        from pithos.blocker.urls import open_block_store
-
         os.makedirs(data_dir, exist_ok=True)
         heads, deltas = _mutable_stores(data_dir, blocks_url)
         try:

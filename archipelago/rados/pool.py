@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from archipelago.delta import BITMAP_PAGE, SECTOR_SHIFT
-from pithos.blocker.rados import RADOS_MISSING
 from pithos.core.errors import (
+    RADOS_MISSING,
     BackendError,
     InvalidArgument,
     NoSpace,

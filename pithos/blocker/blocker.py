@@ -294,6 +294,35 @@ class Blocker:
         corrupt = [h for h, _ in bad] + [h for h in absent if h in held]
         return ScrubResult(corrupt, moved, [h for h in absent if h not in held])
 
+    # -- what the collector, fsck and volumes need of the store (nothing else touches it) --
+
+    def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
+        """Seconds since each block was last put or touched (None: absent); for counting
+        only (a dry run): sweeps delete with `delete_if_put_before`."""
+        return self.store.age_s(hashes)
+
+    def raw_get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Blocks as stored, neither verified nor quarantined if damaged: for a caller that
+        checks them itself and must move nothing (fsck).  Raises NotFound as `get_many`."""
+        return self.store.get_many(hashes)
+
+    def raw_read(self, hash_: bytes, offset: int, length: int) -> bytes:
+        """A range of a block as stored, not verified: for a caller that verifies it against
+        hashes of its own (volumes check 16 KiB pieces of a block they verified whole)."""
+        return self.store.read(hash_, offset, length)
+
+    def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
+        """Blocks whose damaged bytes are held in quarantine (see BlockStore.quarantined)."""
+        return self.store.quarantined(hashes)
+
+    def leftovers(self) -> list[str]:
+        """Temporary data of dead writers (see BlockStore.leftovers)."""
+        return self.store.leftovers()
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove the temporary data of dead writers; returns what was removed."""
+        return self.store.remove_leftovers()
+
     def close(self) -> None:
         if self._own_pool:
             self._pool.shutdown(wait=True)

@@ -67,11 +67,14 @@ from concurrent.futures import Executor
 from typing import Any
 
 from pithos.blocker.store import BlockStore
-from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound, PithosError
-
-# Debian builds python3-rados for its own Python; scripts/ceph links it into the project's venv.
-RADOS_MISSING = ("the rados Python module is not installed: as root run "
-                 "apt-get install -y python3-rados && scripts/ceph link-venv (docs/ceph.md)")
+from pithos.core.errors import (
+    RADOS_MISSING,
+    BackendError,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    PithosError,
+)
 
 PUT_TIME_KEY = "pithos.put_ns"
 # Set once, when the block is created (random): tells a block stored afresh from the one read.

@@ -17,7 +17,7 @@ MB = 1_000_000
 def root_names(data: DataDir, roots: Iterable[bytes]) -> dict[bytes, list[str]]:
     """What each root names, for people: object versions in the catalog, volumes and
     snapshots, maps recorded by `pithos store put`."""
-    import archipelago
+    from pithos.cli.roots import provided_roots
 
     names: dict[bytes, list[str]] = {root: [] for root in roots}
     if not names:
@@ -25,11 +25,9 @@ def root_names(data: DataDir, roots: Iterable[bytes]) -> dict[bytes, list[str]]:
     for v in data.catalog().versions_naming(names):
         names[v.root].append(f"object {v.account}/{v.container}/{v.name} version {v.version}"
                              + ("" if v.current else " (not current)"))
-    for head in archipelago.root_heads(data.path, data.storage.blocks):
-        assert head.root is not None
-        root = from_hex(head.root)
-        if root in names:
-            names[root].append(f"{head.kind} {head.name}")
+    for named in provided_roots(data):
+        if named.root in names:
+            names[named.root].append(named.name)
     recorded = {root for root in data.roots() if root in names}
     for root in recorded:
         names[root].append(f"map {to_hex(root)} recorded by pithos store put")

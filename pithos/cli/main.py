@@ -134,10 +134,10 @@ def cmd_stats(args: argparse.Namespace, data: DataDir) -> int:
 def all_roots(data: DataDir) -> Iterator[bytes]:
     """Every map root the data directory keeps: retained versions in the catalog, volumes and
     snapshots, and maps recorded by `pithos store put`."""
-    import archipelago
+    from pithos.cli.roots import provided_roots
 
     yield from data.catalog().version_roots()
-    yield from archipelago.gc_roots(data.path, data.storage.blocks)
+    yield from (named.root for named in provided_roots(data))
     yield from data.roots()
 
 
@@ -247,7 +247,7 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
     except UnsafeToSweep as exc:
         raise CliError(str(exc)) from None
     # Temporary files of writers that died (never a live writer's: see BlockStore.leftovers).
-    leftovers = data.store.leftovers() if args.dry_run else data.store.remove_leftovers()
+    leftovers = data.blocker.leftovers() if args.dry_run else data.blocker.remove_leftovers()
     result = report.as_dict()
     result["leftovers"] = leftovers
     if args.json:

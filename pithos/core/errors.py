@@ -82,3 +82,9 @@ class IncompleteBody(InvalidArgument):
 class ClientTimeout(IncompleteBody):
     """The client stopped sending its request body: no byte came for the server's client
     timeout.  Nothing was committed."""
+
+
+# The one-line fix for an install without the rados binding (Debian builds python3-rados for
+# its own Python; scripts/ceph links it into the project's venv).
+RADOS_MISSING = ("the rados Python module is not installed: as root run "
+                 "apt-get install -y python3-rados && scripts/ceph link-venv (docs/ceph.md)")

@@ -79,7 +79,7 @@ def fsck(blocker: Blocker, roots: Iterable[bytes]) -> FsckReport:
         if len(batch) >= _BATCH:
             check_batch()
     check_batch()
-    report.leftovers = blocker.store.leftovers()
+    report.leftovers = blocker.leftovers()
     walk_maps(blocker, roots, report)
     found = set(report.corrupt)
     report.corrupt.extend(h for h in report.quarantined
@@ -90,7 +90,7 @@ def fsck(blocker: Blocker, roots: Iterable[bytes]) -> FsckReport:
 def walk_maps(blocker: Blocker, roots: Iterable[bytes], report: FsckReport) -> None:
     """Walk every map from `roots` (each once) into `report`: pages absent, or not map pages,
     blocks absent, and the maps naming each block held in quarantine (and not healed)."""
-    report.quarantined = blocker.store.quarantined()
+    report.quarantined = blocker.quarantined()
     if report.quarantined:
         report.healed = set(report.quarantined) - set(blocker.missing(report.quarantined))
     held = {h for h in report.quarantined if h not in report.healed}
@@ -121,7 +121,7 @@ def _walk(blocker: Blocker, root: bytes, corrupt: set[bytes], held: set[bytes],
         for i in range(0, len(readable), _BATCH):
             chunk = readable[i:i + _BATCH]
             try:
-                blobs = blocker.store.get_many(chunk)
+                blobs = blocker.raw_get_many(chunk)
             except NotFound as exc:  # deleted (or quarantined) while we walked
                 _absent(root, exc.hashes, held, report)
                 continue

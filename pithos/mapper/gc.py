@@ -139,7 +139,7 @@ class Collection:
             self.reachable |= mark(self.blocker, self.late_roots(), GcReport(dry_run=True))
             batch = [(h, n) for h, n in batch if h not in self.reachable]
         if report.dry_run:
-            ages = self.blocker.store.age_s([h for h, _ in batch])
+            ages = self.blocker.age_s([h for h, _ in batch])
             now = time.time()
             old = [(h, n) for (h, n), age in zip(batch, ages, strict=True)
                    if age is not None and now - age < self.cutoff]

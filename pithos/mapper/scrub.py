@@ -120,7 +120,7 @@ def scrub(blocker: Blocker, roots: Iterable[bytes], rate_bytes_s: float | None =
     if batch:
         check()
     maps = FsckReport()
-    report.held = blocker.store.quarantined()
+    report.held = blocker.quarantined()
     if report.held:
         report.healed = set(report.held) - set(blocker.missing(report.held))
         if len(report.healed) < len(report.held):
