@@ -9,8 +9,8 @@
     vols.snapshot("disk", "disk@1")
     vols.clone("disk@1", "disk2")
 
-`gc_roots(data_dir)` (or `Volumes.gc_roots()`) lists every map root volumes and snapshots
-reference, for the garbage collector.  docs/volumes.md describes the design.
+`archipelago.roots.named_roots(data_dir)` (or `Volumes.gc_roots()`) lists every map root
+volumes and snapshots reference, for the garbage collector.  docs/volumes.md describes the design.
 """
 
 from archipelago.heads import Head, LeaseLost

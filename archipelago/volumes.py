@@ -107,7 +107,7 @@ class Volumes:
     def gc_roots(self) -> Iterator[bytes]:
         """Every map root a volume or snapshot references (the GC must keep them and all they
         name).  Blocks a snapshot in progress has stored but not yet committed are not
-        listed: the GC's age rule (sweep only blocks older than the mark) protects them."""
+        listed: its writer lease protects them (pithos.catalog.leases)."""
         for head in self.heads.heads():
             if head.root:
                 yield from_hex(head.root)

@@ -3,7 +3,7 @@
 Measures, in one run on the disk under --dir, the time to make N blocks durable three ways:
 a file per block (write, fdatasync, rename, then fsync of the touched directories, on 1, 4 and 16
 threads) and appends to one packfile with one fdatasync per batch, for 4 MiB and 4 KiB blocks.
-The figures chose LocalBlockStore's design (docs/design.md, "LocalBlockStore").
+The figures chose LocalBlockStore's design (docs/design.md, "Local layout").
 
     python benchmarks/blockstore_layout.py [--dir DIR]
 """
