@@ -177,12 +177,13 @@ class ObjectHandlers:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and
         conditional requests work; an unpublished or deleted object is 404)."""
         v, account_id = self.objects.sharing.public_object(token)
-        self.serve(req, resp, v, account_id, req.method == "HEAD")
+        self.serve(req, resp, v, account_id, req.method == "HEAD", public=True)
 
     def serve(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion,
               account_id: int, head: bool,
-              may_read: Callable[[ContainerInfo], bool] = lambda _: True) -> None:
-        manifest_get = req.get_param("multipart-manifest") == "get"
+              may_read: Callable[[ContainerInfo], bool] = lambda _: True,
+              public: bool = False) -> None:
+        manifest_get = not public and req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:
             body = v.slo_manifest.encode()
             self._headers(resp, v, hashlib.md5(body, usedforsecurity=False).hexdigest())
@@ -191,8 +192,11 @@ class ObjectHandlers:
             if not head:
                 resp.data = body
             return
-        parts, size, etag, large = self.objects.content(v, account_id, may_read,
-                                                        manifest=manifest_get)
+        if public:
+            parts, size, etag, large = self.objects.public_content(v, account_id)
+        else:
+            parts, size, etag, large = self.objects.content(v, account_id, may_read,
+                                                            manifest=manifest_get)
         if large:
             etag = f'"{etag}"'  # as Swift quotes a large object's ETag
         self._headers(resp, v, etag)

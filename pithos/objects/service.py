@@ -464,6 +464,19 @@ class ObjectService:
                        bool(v.slo_manifest))
 
 
+    def public_content(self, v: ObjectVersion, account_id: int) -> Content:
+        """What a public link to version `v` serves: as `content`, but a DLO follows only
+        segments that are published themselves (whoever may write a published object may
+        point its manifest anywhere in the owner's account: the link must not reach further
+        than the owner's publishing), and an SLO is its content, never its manifest."""
+        if v.dlo_manifest:
+            segments = self.dlo_segments(account_id, v.dlo_manifest)
+            hidden = [s.name for s in segments if self.catalog.public_token(s.object_id) is None]
+            if hidden:
+                raise Forbidden("a public large object serves only segments that are public "
+                                f"themselves ({len(hidden)} are not)")
+        return self.content(v, account_id)
+
     def dlo_segments(self, account_id: int, manifest: str,
                      may_read: Callable[[ContainerInfo], bool] = lambda _: True
                      ) -> list[ObjectVersion]:

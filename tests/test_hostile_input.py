@@ -1,0 +1,77 @@
+"""Regression tests of issue 26's findings (an outside security review), each named after its
+finding, against a real `pithos serve`."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+
+T = 30
+
+
+def auth(server, user="test:tester", key="testing"):
+    r = requests.get(server.auth_url, headers={"X-Auth-User": user, "X-Auth-Key": key},
+                     timeout=T)
+    r.raise_for_status()
+    return r.headers["X-Storage-Url"], {"X-Auth-Token": r.headers["X-Auth-Token"]}
+
+
+def publish(url: str, h: dict, path: str) -> str:
+    r = requests.post(f"{url}/{path}", headers={**h, "X-Object-Public": "true"}, timeout=T)
+    assert r.status_code in (202, 204), r.text
+    return r.headers["X-Object-Public"]
+
+
+# -- 1. public link + DLO = ACL bypass ------------------------------------------------------------
+
+def test_finding_1_a_public_link_never_follows_a_manifest_into_private_objects(pithos_server):
+    url, owner = auth(pithos_server)
+    _, writer = auth(pithos_server, "test:reader", "reading")  # no admin, no read ACL
+    for c in ("pub", "private"):
+        assert requests.put(f"{url}/{c}", headers=owner, timeout=T).status_code in (201, 202)
+    assert requests.put(f"{url}/private/secret", data=b"the owner's secret", headers=owner,
+                        timeout=T).status_code == 201
+    assert requests.put(f"{url}/pub/page", data=b"hello", headers=owner,
+                        timeout=T).status_code == 201
+    link = publish(url, owner, "pub/page")
+    # The owner lets the non-admin user write (not read) the public container.
+    assert requests.post(f"{url}/pub", headers={**owner, "X-Container-Write": "test:reader"},
+                         timeout=T).status_code in (202, 204)
+    r = requests.put(f"{url}/pub/page", data=b"", timeout=T,
+                     headers={**writer, "X-Object-Manifest": "private/"})
+    assert r.status_code == 201, r.text
+    # The writer itself may not read through the manifest, and nor may anyone via the link.
+    assert requests.get(f"{url}/pub/page", headers=writer, timeout=T).status_code == 403
+    got = requests.get(link, timeout=T)
+    assert got.status_code == 403 and b"secret" not in got.content
+    assert requests.head(link, timeout=T).status_code == 403
+
+
+def test_finding_1_a_public_dlo_whose_segments_are_public_is_served(pithos_server):
+    url, owner = auth(pithos_server)
+    requests.put(f"{url}/dlo", headers=owner, timeout=T)
+    for i, part in enumerate((b"one ", b"two")):
+        assert requests.put(f"{url}/dlo/seg/{i}", data=part, headers=owner,
+                            timeout=T).status_code == 201
+    assert requests.put(f"{url}/dlo/whole", data=b"", timeout=T,
+                        headers={**owner, "X-Object-Manifest": "dlo/seg/"}).status_code == 201
+    link = publish(url, owner, "dlo/whole")
+    assert requests.get(link, timeout=T).status_code == 403  # its segments are not public
+    for i in range(2):
+        publish(url, owner, f"dlo/seg/{i}")
+    got = requests.get(link, timeout=T)
+    assert got.status_code == 200 and got.content == b"one two"
+
+
+def test_finding_14_a_public_slo_link_serves_content_not_the_manifest(pithos_server):
+    url, owner = auth(pithos_server)
+    requests.put(f"{url}/slo", headers=owner, timeout=T)
+    seg = b"x" * (1024 * 1024)
+    assert requests.put(f"{url}/slo/s1", data=seg, headers=owner, timeout=T).status_code == 201
+    manifest = json.dumps([{"path": "/slo/s1"}])
+    assert requests.put(f"{url}/slo/big?multipart-manifest=put", data=manifest, headers=owner,
+                        timeout=T).status_code == 201
+    link = publish(url, owner, "slo/big")
+    got = requests.get(link, params={"multipart-manifest": "get"}, timeout=T)
+    assert got.status_code == 200 and got.content == seg
