@@ -1,23 +1,18 @@
 """The overlay hot path: the native twin when built, else the pure one.
 
-`PITHOS_PURE=1` forces the pure twin, as for pithos.mapper.codec: the choice is made at import
-time, so this is the one place below the entry points that reads the environment.
+The choice is made once, at import, by pithos.core.native (where `PITHOS_PURE=1` forces the
+pure twin), as for pithos.mapper.codec.
 """
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
 from archipelago import _overlay_py as pure
+from pithos.core.native import load
 
-native: ModuleType | None
-try:
-    from archipelago import _overlay as native  # type: ignore[attr-defined,no-redef,unused-ignore]
-except ImportError:
-    native = None
-
-impl: ModuleType = pure if native is None or os.environ.get("PITHOS_PURE") == "1" else native
+impl: ModuleType
+impl, IS_NATIVE = load("archipelago._overlay", pure)
 
 parse_request = impl.parse_request
 simple_reply = impl.simple_reply
@@ -25,4 +20,3 @@ runs = impl.runs
 count = impl.count
 mark = impl.mark
 recv_spin = impl.recv_spin
-IS_NATIVE = impl is not pure

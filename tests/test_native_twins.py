@@ -5,6 +5,7 @@ otherwise turn this whole module into a skip."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import native_module
 from hypothesis import given
@@ -96,3 +97,14 @@ def test_pure_switch_selects_the_twin():
                                 env={"PATH": ""}, check=True)
     assert env_pure.stdout.strip() == "False"
     assert env_native.stdout.strip() == "True"
+
+
+def test_pure_switch_is_read_in_one_module():
+    """Only the entry points read the environment; `PITHOS_PURE` is the one exception, read by
+    pithos.core.native alone (every accelerated module loads its twin there)."""
+    root = Path(__file__).resolve().parent.parent
+    readers = sorted(str(path.relative_to(root))
+                     for package in ("pithos", "archipelago", "compute")
+                     for path in (root / package).rglob("*.py")
+                     if '"PITHOS_PURE"' in path.read_text())
+    assert readers == ["pithos/core/native.py"]

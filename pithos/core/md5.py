@@ -5,15 +5,16 @@ stream's MD5 cannot be split, but 16 streams cost about as much as two or three)
 stream is hashed by the native portable code too (`single`): it orders each step's work so
 that less of it waits for the previous step, 5% faster than OpenSSL's here.  Where the CPU has
 no usable vectors (neither AVX2 nor AVX-512) there are no lanes (`MULTI_BUFFER` is False).
-`PITHOS_PURE=1` forces hashlib, as for the other twins.
+`PITHOS_PURE=1` forces hashlib, as for the other twins (pithos.core.native).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from pithos.core.native import native
 
 
 class Md5(Protocol):
@@ -36,16 +37,11 @@ def _update_each(digests: Sequence[Md5], datas: Sequence[Any]) -> None:
 new: Callable[[], Md5]
 # update_many(digests, datas): digests[i].update(datas[i]) for each i, side by side in lanes
 update_many: Callable[[Sequence[Md5], Sequence[Any]], None]
-try:
-    from pithos.core import _md5lanes  # type: ignore[attr-defined,unused-ignore]
-except ImportError:
-    _md5lanes = None
+_md5lanes: Any = native("pithos.core._md5lanes")  # None without the build or under PITHOS_PURE
 
 # Whether `new` makes multi-buffer digests (which pay off only beside other streams).
-MULTI_BUFFER = (_md5lanes is not None and os.environ.get("PITHOS_PURE") != "1"
-                and _md5lanes.vector_available() != "scalar")
+MULTI_BUFFER = _md5lanes is not None and _md5lanes.vector_available() != "scalar"
 new = _md5lanes.LaneMd5 if MULTI_BUFFER else _hashlib_md5
 # single(): a digest for a stream hashed alone.
-single: Callable[[], Md5] = (_md5lanes.LaneMd5 if _md5lanes is not None
-                             and os.environ.get("PITHOS_PURE") != "1" else _hashlib_md5)
+single: Callable[[], Md5] = _md5lanes.LaneMd5 if _md5lanes is not None else _hashlib_md5
 update_many = _md5lanes.update_many if MULTI_BUFFER else _update_each

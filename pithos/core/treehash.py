@@ -12,23 +12,23 @@ The outboard needs no trust: a wrong one fails the first check, and the block is
 and verified whole.  A block of `PART` bytes or less has no outboard.
 
 Computing chaining values of parts needs BLAKE3 internals that the blake3 package does not
-expose: native/b3subtree.c, built into pithos.core._treehash.  Without it, `AVAILABLE` is
-False and nothing here is used.
+expose: native/b3subtree.c, built into pithos.core._treehash.  Without it (or under
+`PITHOS_PURE=1`, see pithos.core.native), `AVAILABLE` is False and nothing here is used.
 """
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Executor
+from typing import Any
 
 from pithos.core.hashing import HASH_SIZE, block_hash
+from pithos.core.native import PURE, built
 
-try:
-    from pithos.core import _treehash as _native  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover - the build always has it (scripts/setup checks)
-    _native = None
+_native: Any = built("pithos.core._treehash")  # (scripts/setup checks that it is built)
 
-AVAILABLE = _native is not None and os.environ.get("PITHOS_PURE") != "1"
+# Whether the blocker uses outboards.  (Under PITHOS_PURE the functions below still work, for
+# the tests that check them.)
+AVAILABLE = _native is not None and not PURE
 
 PART = 1 << 20  # the first part's size; every sibling is a power of two of it, or the tail
 _CHUNK = 1024

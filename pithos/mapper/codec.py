@@ -1,31 +1,24 @@
 """Map page codec and range resolution: the native twin when built, else the pure one.
 
-`PITHOS_PURE=1` in the environment forces the pure-Python twin (like dulwich and falcon's
-switches); it is the one environment variable read below the entry points, because the choice
-must be made at import time.
+The choice is made once, at import, by pithos.core.native (where `PITHOS_PURE=1` forces the
+pure-Python twin).
 """
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
+from pithos.core.native import load
 from pithos.mapper import _mapcodec_py as pure
 
-native: ModuleType | None
-try:
-    from pithos.mapper import _mapcodec as native  # type: ignore[attr-defined,no-redef,unused-ignore]
-except ImportError:
-    native = None
-
-impl: ModuleType = pure if native is None or os.environ.get("PITHOS_PURE") == "1" else native
+impl: ModuleType
+impl, IS_NATIVE = load("pithos.mapper._mapcodec", pure)
 
 encode_leaf = impl.encode_leaf
 encode_node = impl.encode_node
 decode_page = impl.decode_page
 locate = impl.locate
 is_zero = impl.is_zero
-IS_NATIVE = impl is not pure
 
 
 def page_size(fanout: int) -> int:
