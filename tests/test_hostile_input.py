@@ -75,3 +75,47 @@ def test_finding_14_a_public_slo_link_serves_content_not_the_manifest(pithos_ser
     link = publish(url, owner, "slo/big")
     got = requests.get(link, params={"multipart-manifest": "get"}, timeout=T)
     assert got.status_code == 200 and got.content == seg
+
+
+# -- 2. one request stalls a worker -------------------------------------------------------------
+
+def test_finding_2_a_far_offset_or_size_is_refused_before_any_zero_fill(pithos_server):
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/far", headers=h, timeout=T)
+    assert requests.put(f"{url}/far/o", data=b"abc", headers=h, timeout=T).status_code == 201
+    for headers, body in (
+            ({"Content-Range": "bytes 99999999999999999999999-99999999999999999999999/*"}, b"x"),
+            ({"X-Object-Bytes": "1000000000000000000"}, b""),
+            ({"Content-Range": "bytes 6000000000-6000000000/*"}, b"x")):
+        r = requests.post(f"{url}/far/o", data=body, headers={**h, **headers}, timeout=T)
+        assert r.status_code == 413, (headers, r.status_code, r.text)
+        assert r.text.strip()  # with a reason
+    # The same worker answers at once afterwards, and the object is as it was.
+    got = requests.get(f"{url}/far/o", headers=h, timeout=T)
+    assert got.status_code == 200 and got.content == b"abc"
+
+
+# -- 3. negative sizes, and hashmap numbers that are no sizes (13) ------------------------------
+
+def test_finding_3_and_13_hashmap_sizes_are_whole_numbers_in_range(pithos_server):
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/hm", headers=h, timeout=T)
+    before = requests.head(url, headers=h, timeout=T).headers["X-Account-Bytes-Used"]
+    bad = [
+        b'{"bytes": -5, "hashes": []}',
+        b'{"bytes": -4194304, "hashes": []}',
+        b'{"bytes": 1e999, "hashes": []}',
+        b'{"bytes": 1.5, "hashes": []}',
+        b'{"bytes": true, "hashes": []}',
+        b'{"bytes": 0, "hashes": [], "block_size": 1e999}',
+        b'{"bytes": 1, "hashes": ["' + b"00" * 32 + b'"], "lengths": ["x"]}',
+        b'{"bytes": 1, "hashes": ["' + b"00" * 32 + b'"], "lengths": [-1]}',
+        b'{"bytes": 2, "hashes": ["' + b"00" * 32 + b'"], "lengths": [5000000000]}',
+        b'[' * 100_000 + b']' * 100_000,
+    ]
+    for body in bad:
+        r = requests.put(f"{url}/hm/o?hashmap", data=body, headers=h, timeout=T)
+        assert r.status_code == 400, (body[:60], r.status_code, r.text)
+        assert r.text.strip()
+    assert requests.head(f"{url}/hm/o", headers=h, timeout=T).status_code == 404
+    assert requests.head(url, headers=h, timeout=T).headers["X-Account-Bytes-Used"] == before

@@ -100,20 +100,28 @@ class Hashmaps:
         return hashes
 
     def parse(self, body: bytes) -> tuple[list[bytes], list[int], int]:
-        """A hashmap document -> (hashes, lengths, size)."""
+        """A hashmap document -> (hashes, lengths, size).  Every number is a whole number in
+        its range (no negative, fractional or infinite sizes; each length in (0, block size]),
+        checked before anything is built from it."""
         try:
             doc = json.loads(body)
             hashes = [from_hex(h) for h in doc["hashes"]]
-            size = int(doc["bytes"])
-        except (ValueError, KeyError, TypeError):
+            size = _whole(doc["bytes"], "bytes")
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise InvalidArgument("a hashmap is JSON with 'bytes' and 'hashes' (hex)") from None
         if doc.get("block_hash", HASH_NAME) != HASH_NAME:
             raise InvalidArgument(f"block hashes here are {HASH_NAME}")
-        bs = int(doc.get("block_size", self.mapper.block_size))
+        if size > self.objects.limits.max_file_size:
+            raise TooLarge("object too large")
+        bs = _whole(doc.get("block_size", self.mapper.block_size), "block_size")
         if bs != self.mapper.block_size and "lengths" not in doc:
             raise InvalidArgument(f"block size here is {self.mapper.block_size}")
         if "lengths" in doc:
-            lengths = [int(n) for n in doc["lengths"]]
+            if not isinstance(doc["lengths"], list):
+                raise InvalidArgument("lengths is a list of whole numbers")
+            lengths = [_whole(n, "lengths") for n in doc["lengths"]]
+            if any(not 0 < n <= self.mapper.block_size for n in lengths):
+                raise InvalidArgument(f"each length is in (0, {self.mapper.block_size}]")
             if len(lengths) != len(hashes) or sum(lengths) != size:
                 raise InvalidArgument("lengths must match hashes and add up to bytes")
         else:
@@ -121,8 +129,6 @@ class Hashmaps:
             if not (n - 1) * bs < size <= n * bs and not (n == 0 and size == 0):
                 raise InvalidArgument(f"{n} blocks of {bs} bytes cannot hold {size} bytes")
             lengths = [bs] * (n - 1) + [size - (n - 1) * bs] if n else []
-        if size > self.objects.limits.max_file_size:
-            raise TooLarge("object too large")
         return hashes, lengths, size
 
     def put(self, account_id: int, container: ContainerInfo, name: str, body: bytes, *,
@@ -171,6 +177,15 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
     assert v.root is not None
     root, size = v.root, v.size
     start = size if offset is None else offset
+    # Sizes first, before any map is built: a gap up to a far offset (or a far truncation) is
+    # filled with zero blocks, which must never be more than an object may hold.
+    limit = hm.objects.limits.max_file_size
+    if min(start, length or 0, truncate or 0) < 0:
+        raise InvalidArgument("offsets, lengths and sizes are not negative")
+    reach = start + (length if length is not None else
+                     source[1] if source is not None else 0)
+    if max(reach, truncate or 0) > limit:
+        raise TooLarge(f"the object would exceed the maximum object size ({limit} bytes)")
     if source is not None:
         src_root, src_size = source
         n = src_size if length is None else min(length, src_size)
@@ -196,6 +211,15 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
         content_type=v.content_type, meta=v.meta, modified_by=modified_by,
         delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)),
         sources=[v.version_id])
+
+
+def _whole(value: Any, what: str) -> int:
+    """A JSON number (or a string of digits) that must be a whole number >= 0."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{what} must be whole numbers, not negative")
+    return value
 
 
 def _cut(reader: BodyReader, lengths: Sequence[int]) -> Iterator[bytes]:
