@@ -7,11 +7,14 @@ database useless for logging in).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 
 from pithos.catalog import Catalog, UserInfo
 from pithos.core.errors import InvalidArgument
@@ -41,6 +44,13 @@ def check_key(key: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+@functools.cache
+def _decoy() -> str:
+    """A stored key that matches nothing: an unknown user's login costs as much as a known
+    one's."""
+    return hash_key(secrets.token_hex(16))
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -57,11 +67,20 @@ def split_user(spec: str) -> tuple[str, str]:
 
 
 class Identity:
-    def __init__(self, catalog: Catalog, token_ttl_s: float = TOKEN_TTL_S) -> None:
+    def __init__(self, catalog: Catalog, token_ttl_s: float = TOKEN_TTL_S,
+                 executor: Executor | None = None) -> None:
+        """`executor` runs the key derivation (scrypt, ~40 ms of CPU) off the caller's thread:
+        a server's event loop must not stall on logins, least of all on failed ones."""
         self.catalog = catalog
         self.token_ttl_s = token_ttl_s
+        self.executor = executor
         self._cache: dict[str, tuple[UserInfo, float, float]] = {}
         self._lock = threading.Lock()
+
+    def _derive(self, check: Callable[[str, str], bool], key: str, stored: str) -> bool:
+        if self.executor is None:
+            return check(key, stored)
+        return self.executor.submit(check, key, stored).result()
 
     def add_user(self, account: str, user: str, key: str, admin: bool) -> UserInfo:
         if not key:
@@ -81,10 +100,10 @@ class Identity:
         found = self.catalog.user_credentials(account, user)
         if found is None:
             # Spend the same time as a real check, so timing does not reveal user names.
-            check_key(key, hash_key("x"))
+            self._derive(check_key, key, _decoy())
             return None
         info, stored = found
-        if not check_key(key, stored):
+        if not self._derive(check_key, key, stored):
             return None
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = time.time() + self.token_ttl_s

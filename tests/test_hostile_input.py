@@ -119,3 +119,54 @@ def test_finding_3_and_13_hashmap_sizes_are_whole_numbers_in_range(pithos_server
         assert r.text.strip()
     assert requests.head(f"{url}/hm/o", headers=h, timeout=T).status_code == 404
     assert requests.head(url, headers=h, timeout=T).headers["X-Account-Bytes-Used"] == before
+
+
+# -- 6. failed logins block the event loop ------------------------------------------------------
+
+def test_finding_6_a_login_derives_its_key_off_the_event_loop(tmp_path):
+    """While a login's key derivation (scrypt) runs, the worker's other greenlets run: the
+    derivation is on the thread pool, not on the hub.  (On the hub, the login would finish
+    before the other greenlet ever ran.)"""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import gevent
+        from gevent.threadpool import ThreadPoolExecutor
+        from pithos.catalog import Catalog
+        from pithos.identity import Identity
+
+        catalog = Catalog("sqlite:///{tmp_path}/catalog.sqlite")
+        identity = Identity(catalog, executor=ThreadPoolExecutor(max_workers=2))
+        identity.add_user("acct", "user", "right", admin=True)
+        events = []
+        def login(key):
+            events.append("login " + str(identity.login("acct", "user", key) is not None))
+        def other():
+            events.append("other")
+        logins = [gevent.spawn(login, "wrong"), gevent.spawn(login, "right")]
+        gevent.sleep(0)  # both logins start and wait for their derivations
+        gevent.spawn(other).join()
+        gevent.joinall(logins)
+        print(" ".join(events))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = done.stdout.split(" ", 1)
+    assert events[0] == "other", done.stdout
+    assert sorted(done.stdout.split()) == sorted(["other", "login", "False", "login", "True"])
+
+
+def test_finding_6_the_server_gives_its_identity_the_thread_pool(tmp_path):
+    import os
+
+    from pithos.catalog import local_url
+    from pithos.cli.serve import build_services
+    from pithos.config import Storage
+
+    data = str(tmp_path / "data")
+    os.makedirs(data)
+    services = build_services(Storage(data, "file://" + data + "/blocks", local_url(data)))
+    assert services.identity.executor is not None

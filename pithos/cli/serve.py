@@ -80,7 +80,7 @@ def build_services(storage: Storage, io_threads: int = 32,
     data = DataDir(storage, executor=pool)
     catalog = data.catalog()
     objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
-    return Services(identity=Identity(catalog), objects=objects,
+    return Services(identity=Identity(catalog, executor=pool), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"),
