@@ -170,3 +170,22 @@ def test_finding_6_the_server_gives_its_identity_the_thread_pool(tmp_path):
     os.makedirs(data)
     services = build_services(Storage(data, "file://" + data + "/blocks", local_url(data)))
     assert services.identity.executor is not None
+
+
+# -- 7. a public link outlives its object ---------------------------------------------------------
+
+def test_finding_7_a_public_link_dies_with_its_object(pithos_server):
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/links", headers=h, timeout=T)
+    assert requests.put(f"{url}/links/doc", data=b"public once", headers=h,
+                        timeout=T).status_code == 201
+    link = publish(url, h, "links/doc")
+    assert requests.get(link, timeout=T).content == b"public once"
+    assert requests.delete(f"{url}/links/doc", headers=h, timeout=T).status_code == 204
+    assert requests.get(link, timeout=T).status_code == 404
+    # A new, private object under the same name is not served by the old link.
+    assert requests.put(f"{url}/links/doc", data=b"private now", headers=h,
+                        timeout=T).status_code == 201
+    assert requests.get(link, timeout=T).status_code == 404
+    assert "X-Object-Public" not in requests.head(f"{url}/links/doc", headers=h,
+                                                  timeout=T).headers

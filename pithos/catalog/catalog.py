@@ -411,6 +411,9 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
         ).inserted_primary_key[0]
         conn.execute(update(s.objects).where(s.objects.c.id == object_id)
                      .values(current_id=marker))
+        # Its public link dies with it: an object later put under the same name (the same
+        # objects row) is not published by the link of the one deleted.
+        conn.execute(delete(s.public_links).where(s.public_links.c.object_id == object_id))
         self._count(conn, container_id, -1, -size)
         self._drop_history_unless_kept(conn, container_id, object_id, int(marker))
 
