@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pithos.core import md5 as md5_impl
-from pithos.objects import digest as digest_mod
-from pithos.objects.digest import StreamDigest
+from pithos.objects.digest import LanePolicy, StreamDigest
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,14 @@ def pool():
         yield executor
 
 
-@pytest.fixture(autouse=True)
-def no_digest_left_counted():
-    yield
-    assert StreamDigest.active == 0
-    assert not StreamDigest._lane_digests
+@pytest.fixture
+def lanes():
+    """The test's own lane policy (a server worker's, made by the entry point); every digest
+    of it must have finished or been abandoned by the end."""
+    policy = LanePolicy()
+    yield policy
+    assert policy.active == 0
+    assert not policy.lane_digests
 
 
 class GatedExecutor(Executor):
@@ -53,18 +55,20 @@ pieces = st.lists(st.sampled_from([0, 1, 100, 65_535, 65_536, 70_000, 300_001]),
 @given(sizes=pieces, backlog=st.integers(1, 4), use_executor=st.booleans())
 def test_digest_of_pieces_in_order(pool, sizes, backlog, use_executor):
     data = os.urandom(sum(sizes))
-    digest = StreamDigest(pool if use_executor else None, backlog=backlog)
+    lanes = LanePolicy()
+    digest = StreamDigest(pool if use_executor else None, backlog=backlog, lanes=lanes)
     at = 0
     for size in sizes:
         # each piece a fresh object, as the body reader hands out
         digest.update(bytearray(data[at:at + size]))
         at += size
     assert digest.hexdigest() == hashlib.md5(data).hexdigest()
+    assert lanes.active == 0
 
 
-def test_reader_is_held_back_past_the_backlog(pool):
+def test_reader_is_held_back_past_the_backlog(pool, lanes):
     gated = GatedExecutor(pool)
-    digest = StreamDigest(gated, backlog=3)
+    digest = StreamDigest(gated, backlog=3, lanes=lanes)
     piece = os.urandom(100_000)
     done = []
 
@@ -89,44 +93,44 @@ def test_reader_is_held_back_past_the_backlog(pool):
     assert digest.hexdigest() == hashlib.md5(piece * 10).hexdigest()
 
 
-def test_abandon_drops_queued_pieces_and_uncounts(pool):
+def test_abandon_drops_queued_pieces_and_uncounts(pool, lanes):
     gated = GatedExecutor(pool)
-    digest = StreamDigest(gated, backlog=8)
+    digest = StreamDigest(gated, backlog=8, lanes=lanes)
     for _ in range(5):
         digest.update(os.urandom(100_000))
-    assert StreamDigest.active == 1
+    assert lanes.active == 1
     gated.gate.set()
     digest.abandon()
-    assert StreamDigest.active == 0
+    assert lanes.active == 0
     assert not digest._queue
 
 
-def test_an_error_in_the_drain_reaches_hexdigest(pool):
-    digest = StreamDigest(pool)
+def test_an_error_in_the_drain_reaches_hexdigest(pool, lanes):
+    digest = StreamDigest(pool, lanes=lanes)
     digest.update("not bytes" * 10_000)  # queued (large), fails on the executor
     with pytest.raises(TypeError):
         digest.hexdigest()
-    assert StreamDigest.active == 0
+    assert lanes.active == 0
 
 
-def test_abandon_swallows_the_drains_error(pool):
-    digest = StreamDigest(pool)
+def test_abandon_swallows_the_drains_error(pool, lanes):
+    digest = StreamDigest(pool, lanes=lanes)
     digest.update("not bytes" * 10_000)
     digest.abandon()  # the upload's own error is the one that counts
 
 
-def test_lanes_only_with_company_and_for_large_bodies(pool):
+def test_lanes_only_with_company_and_for_large_bodies(pool, lanes):
     """(Without the multi-buffer MD5 - no build, PITHOS_PURE, no vectors - never lanes.)"""
-    lanes = md5_impl.MULTI_BUFFER
-    first = StreamDigest(pool, length=4 << 20)
-    second = StreamDigest(pool, length=None)
+    multi = md5_impl.MULTI_BUFFER
+    first = StreamDigest(pool, length=4 << 20, lanes=lanes)
+    second = StreamDigest(pool, length=None, lanes=lanes)
     assert not first.multi_buffer and not second.multi_buffer  # alone: hashed by md5.single
-    small = StreamDigest(pool, length=4096)
-    large = StreamDigest(pool, length=digest_mod.LANES_MIN_BYTES)
-    unknown = StreamDigest(pool, length=None)
+    small = StreamDigest(pool, length=4096, lanes=lanes)
+    large = StreamDigest(pool, length=lanes.min_bytes, lanes=lanes)
+    unknown = StreamDigest(pool, length=None, lanes=lanes)
     assert not small.multi_buffer
-    assert large.multi_buffer == lanes and unknown.multi_buffer == lanes
-    inline = StreamDigest(None, length=None)
+    assert large.multi_buffer == multi and unknown.multi_buffer == multi
+    inline = StreamDigest(None, length=None, lanes=lanes)
     assert not inline.multi_buffer  # no executor: hashed on the caller's thread
     datas = {d: os.urandom(1_000_000 + i) for i, d in
              enumerate([first, second, small, large, unknown, inline])}
@@ -138,9 +142,30 @@ def test_lanes_only_with_company_and_for_large_bodies(pool):
         assert d.hexdigest() == hashlib.md5(data * 3).hexdigest()
 
 
-def test_concurrent_lane_digests_from_one_thread(pool):
+def test_company_is_counted_within_one_policy_only(pool, lanes, monkeypatch):
+    """Uploads share lanes only with the uploads of their own policy (one per server worker,
+    made by the entry point); a digest given none is hashed alone and counted nowhere."""
+    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+    monkeypatch.setattr(md5_impl, "update_many", md5_impl._update_each)
+    other = LanePolicy()
+    company = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.lanes_from)]
+    assert lanes.active == lanes.lanes_from and other.active == 0
+    elsewhere = StreamDigest(pool, lanes=other)
+    assert not elsewhere.multi_buffer
+    loner = StreamDigest(pool)
+    assert not loner.multi_buffer and lanes.active == lanes.lanes_from
+    joined = StreamDigest(pool, lanes=lanes)
+    assert joined.multi_buffer and lanes.lane_digests == {joined}
+    assert other.active == 1 and not other.lane_digests
+    for d in [*company, joined, loner, elsewhere]:
+        assert d.hexdigest() == hashlib.md5(b"").hexdigest()
+    assert other.active == 0
+
+
+def test_concurrent_lane_digests_from_one_thread(pool, lanes):
     """Many uploads interleaved by one event-loop thread, as in a server worker."""
-    digests = [StreamDigest(pool, length=None) for _ in range(12)]
+    digests = [StreamDigest(pool, length=None, lanes=lanes) for _ in range(12)]
     datas = [[os.urandom(200_000 + 7 * i) for _ in range(6)] for i in range(12)]
     for round_ in range(6):
         for d, data in zip(digests, datas, strict=True):
@@ -161,16 +186,16 @@ class CountingExecutor(Executor):
         return self.pool.submit(fn, *args, **kwargs)
 
 
-def test_lane_digests_wait_for_a_group(pool, monkeypatch):
-    """Multi-buffer digests start hashing only together (LANES_GROUP) or when one holds
-    LANES_PATIENCE pieces; the grouping does not depend on the hash, so hashlib stands in
+def test_lane_digests_wait_for_a_group(pool, lanes, monkeypatch):
+    """Multi-buffer digests start hashing only together (the policy's `group`) or when one
+    holds `patience` pieces; the grouping does not depend on the hash, so hashlib stands in
     (and a loop for the batches)."""
     monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
     monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
     monkeypatch.setattr(md5_impl, "update_many", md5_impl._update_each)
     counting = CountingExecutor(pool)
-    plain = [StreamDigest(counting) for _ in range(digest_mod.LANES_FROM)]
-    group = [StreamDigest(counting) for _ in range(digest_mod.LANES_GROUP)]
+    plain = [StreamDigest(counting, lanes=lanes) for _ in range(lanes.lanes_from)]
+    group = [StreamDigest(counting, lanes=lanes) for _ in range(lanes.group)]
     assert not any(d.multi_buffer for d in plain) and all(d.multi_buffer for d in group)
     piece = os.urandom(100_000)
     for d in group[:-1]:
@@ -178,29 +203,29 @@ def test_lane_digests_wait_for_a_group(pool, monkeypatch):
     assert counting.started == 0  # held back: not a group yet
     group[-1].update(piece)
     assert counting.started == 1  # all start together, in one task that hashes them side by side
-    # one digest alone holds its pieces until it has LANES_PATIENCE
+    # one digest alone holds its pieces until it has `patience`
     for d in group:
         d._wait()
     lone = group[0]
-    for i in range(digest_mod.LANES_PATIENCE):
+    for i in range(lanes.patience):
         assert counting.started == 1, i
         lone.update(piece)
     assert counting.started == 2
     for d in group[1:]:  # a result asked for starts the digest at once
         assert d.hexdigest() == hashlib.md5(piece).hexdigest()
-    assert lone.hexdigest() == hashlib.md5(piece * (1 + digest_mod.LANES_PATIENCE)).hexdigest()
+    assert lone.hexdigest() == hashlib.md5(piece * (1 + lanes.patience)).hexdigest()
     for d in plain:
         assert d.hexdigest() == hashlib.md5(b"").hexdigest()
 
 
 @pytest.mark.parametrize("real_lanes", [True, False])
-def test_a_bad_piece_fails_only_its_own_digest(pool, monkeypatch, real_lanes):
+def test_a_bad_piece_fails_only_its_own_digest(pool, lanes, monkeypatch, real_lanes):
     if not (real_lanes and md5_impl.MULTI_BUFFER):
         monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
         monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
         monkeypatch.setattr(md5_impl, "update_many", md5_impl._update_each)
-    plain = [StreamDigest(pool) for _ in range(digest_mod.LANES_FROM)]
-    group = [StreamDigest(pool) for _ in range(digest_mod.LANES_GROUP)]
+    plain = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.lanes_from)]
+    group = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.group)]
     assert all(d.multi_buffer for d in group)
     good = os.urandom(200_000)
     for i, d in enumerate(group):
@@ -216,7 +241,7 @@ def test_a_bad_piece_fails_only_its_own_digest(pool, monkeypatch, real_lanes):
         d.abandon()
 
 
-def test_uploads_interleaved_by_greenlets():
+def test_uploads_interleaved_by_greenlets(lanes):
     """As under the server: greenlets of one thread feed digests and wait for their drains on
     gevent's pool, so one digest may be grouped again while a greenlet still waits for its
     last drain; every digest must still hash its pieces once each, in order, before its
@@ -232,7 +257,7 @@ def test_uploads_interleaved_by_greenlets():
         for n in range(40):
             pieces = [bytearray(rnd.randbytes(rnd.choice([65_536, 131_072, 262_144])))
                       for _ in range(rnd.randint(1, 10))]
-            digest = StreamDigest(pool, length=None)
+            digest = StreamDigest(pool, length=None, lanes=lanes)
             for piece in pieces:
                 digest.update(piece)
                 gevent.sleep(rnd.random() * 0.002)
@@ -248,7 +273,7 @@ def test_uploads_interleaved_by_greenlets():
     assert len(finished) == 16 and not wrong
 
 
-def test_lane_groups_hash_full_width_rounds(pool, monkeypatch):
+def test_lane_groups_hash_full_width_rounds(pool, lanes, monkeypatch):
     """A group hashes as many rounds as its shortest member has pieces, so each batch is as
     wide as the group; a digest with more pieces keeps the rest for the next group, which it
     joins as soon as the others have pieces again (its drain having ended), without a piece of
@@ -263,8 +288,8 @@ def test_lane_groups_hash_full_width_rounds(pool, monkeypatch):
         md5_impl._update_each(digests, datas)
 
     monkeypatch.setattr(md5_impl, "update_many", recording)
-    plain = [StreamDigest(pool) for _ in range(digest_mod.LANES_FROM)]
-    group = [StreamDigest(pool) for _ in range(digest_mod.LANES_GROUP)]
+    plain = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.lanes_from)]
+    group = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.group)]
     piece = os.urandom(50_000)
     long_one, others = group[0], group[1:]
     for _ in range(3):

@@ -72,6 +72,7 @@ def build_services(storage: Storage, io_threads: int = 32,
 
     from pithos.api.context import Services
     from pithos.identity import Identity
+    from pithos.objects.digest import LanePolicy
     from pithos.objects.hashmaps import Hashmaps
     from pithos.objects.names import Limits
     from pithos.objects.service import ObjectService
@@ -79,7 +80,9 @@ def build_services(storage: Storage, io_threads: int = 32,
     pool = ThreadPoolExecutor(max_workers=io_threads)
     data = DataDir(storage, executor=pool)
     catalog = data.catalog()
-    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor())
+    # One worker, one event loop: its uploads' MD5s share the multi-buffer lanes.
+    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor(),
+                            md5_lanes=LanePolicy())
     return Services(identity=Identity(catalog, executor=pool), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),

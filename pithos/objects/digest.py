@@ -8,6 +8,8 @@ and the map pages' write overlap the MD5's tail instead of following it.
 
 Under many concurrent uploads, streams share the vector lanes of the multi-buffer MD5
 (pithos.core.md5): their pieces are hashed in batches, one piece of each stream side by side.
+Which streams do, and when their batches start, is a `LanePolicy`: the entry point makes one per
+server worker and hands it to the object service, which gives it to every upload's digest.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from concurrent.futures import Executor, Future
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 from pithos.core import md5 as md5_impl
 
-# The multi-buffer MD5 pays off only with company: a lone stream goes faster through
-# OpenSSL's.  An upload of at least LANES_MIN_BYTES (or of unknown length) that starts while at
-# least LANES_FROM others are hashing uses it; any other is hashed alone (md5.single).
+# LanePolicy's defaults.  The multi-buffer MD5 pays off only with company: a lone stream goes
+# faster through OpenSSL's.  An upload of at least LANES_MIN_BYTES (or of unknown length) that
+# starts while at least LANES_FROM others are hashing uses it; any other is hashed alone
+# (md5.single).
 LANES_FROM = 2
 LANES_MIN_BYTES = 1 << 20
 # Multi-buffer digests hold their pieces back until LANES_GROUP of them (or every lane digest
@@ -40,6 +43,38 @@ LANES_PATIENCE = 6
 INLINE_BYTES = 65536
 
 
+@dataclass(eq=False, slots=True)
+class LanePolicy:
+    """When uploads' MD5s share the multi-buffer lanes, and the digests that do: the
+    `StreamDigest`s given the same policy count each other as company (`lanes_from`,
+    `min_bytes`) and are grouped together (`group`, `patience`); see LANES_FROM and
+    LANES_GROUP for what each means.
+
+    The entry point makes one per event loop (a server worker: `build_services`) and passes it
+    down (ObjectService); every digest of one policy must be created and driven from that
+    loop's thread, so its bookkeeping needs no lock.  Digests of different policies never
+    share lanes."""
+
+    lanes_from: int = LANES_FROM
+    min_bytes: int = LANES_MIN_BYTES
+    group: int = LANES_GROUP
+    patience: int = LANES_PATIENCE
+    active: int = field(default=0, init=False)  # digests of this policy still hashing
+    lane_digests: set[StreamDigest] = field(default_factory=set, init=False)  # multi-buffer
+
+    def ready(self) -> list[StreamDigest]:
+        """The lane digests with pieces queued and no hashing running."""
+        return [d for d in self.lane_digests if d._queue and d._idle()]
+
+    def start_if_grouped(self, ready: list[StreamDigest]) -> bool:
+        """Start `ready` as one group if they are a whole one (`group`, or every lane digest
+        there is, if fewer)."""
+        if ready and len(ready) >= min(self.group, len(self.lane_digests)):
+            StreamDigest._start_group(ready, None)
+            return True
+        return False
+
+
 class StreamDigest:
     """`update` pieces in order; `hexdigest` once all are given.
 
@@ -53,24 +88,23 @@ class StreamDigest:
     task serves a group of them, a piece of each per batch.  Whether to start one is decided
     whenever a digest is given a piece, finishes or leaves, over every lane digest ready then
     (pieces queued, no drain running), so one whose drain ended joins the next group without
-    waiting for its own next piece.  Every digest of a process is created and driven from one
-    thread (the event loop's), so the class-level bookkeeping needs no lock."""
-
-    active: ClassVar[int] = 0  # digests of this process still hashing
-    _lane_digests: ClassVar[set[StreamDigest]] = set()  # of which multi-buffer
+    waiting for its own next piece.  That bookkeeping is the `LanePolicy`'s, given by the
+    object service; a digest without one is hashed alone (as a lone upload is)."""
 
     def __init__(self, executor: Executor | None, backlog: int = 8,
-                 length: int | None = None) -> None:
+                 length: int | None = None, lanes: LanePolicy | None = None) -> None:
         self._executor = executor
         self._backlog = max(1, backlog)
-        self._lanes = (executor is not None and md5_impl.MULTI_BUFFER
-                       and StreamDigest.active >= LANES_FROM
-                       and (length is None or length >= LANES_MIN_BYTES))
+        self._policy = lanes
+        self._lanes = (lanes is not None and executor is not None and md5_impl.MULTI_BUFFER
+                       and lanes.active >= lanes.lanes_from
+                       and (length is None or length >= lanes.min_bytes))
         self._md5: md5_impl.Md5 = md5_impl.new() if self._lanes else md5_impl.single()
-        self._counted = True
-        StreamDigest.active += 1
-        if self._lanes:
-            StreamDigest._lane_digests.add(self)
+        self._counted = lanes is not None
+        if lanes is not None:
+            lanes.active += 1
+            if self._lanes:
+                lanes.lane_digests.add(self)
         self._queue: deque[bytes | bytearray | memoryview] = deque()
         self._pending: Future[None] | None = None
         self._error: BaseException | None = None  # of a batch, raised by hexdigest
@@ -140,13 +174,8 @@ class StreamDigest:
         pending = self._pending
         return pending is None or pending.done()
 
-    @classmethod
-    def _ready(cls) -> list[StreamDigest]:
-        """The lane digests with pieces queued and no hashing running."""
-        return [d for d in cls._lane_digests if d._queue and d._idle()]
-
-    @classmethod
-    def _start_group(cls, group: list[StreamDigest], urgent: StreamDigest | None) -> None:
+    @staticmethod
+    def _start_group(group: list[StreamDigest], urgent: StreamDigest | None) -> None:
         """One task hashing `group` side by side (see LANES_GROUP): all of `urgent`'s pieces
         if given, else as many rounds as every member has pieces for."""
         if not group:
@@ -155,16 +184,9 @@ class StreamDigest:
         counts = [len(d._queue) if d is urgent else min(len(d._queue), rounds) for d in group]
         executor = group[0]._executor
         assert executor is not None
-        future = executor.submit(cls._drain_batches, group, counts)
+        future = executor.submit(StreamDigest._drain_batches, group, counts)
         for digest in group:
             digest._pending = future
-
-    @classmethod
-    def _start_if_grouped(cls, ready: list[StreamDigest]) -> bool:
-        if ready and len(ready) >= min(LANES_GROUP, len(cls._lane_digests)):
-            cls._start_group(ready, None)
-            return True
-        return False
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._executor is None:
@@ -183,17 +205,21 @@ class StreamDigest:
         if not self._lanes:
             self._start()
             return
-        ready = StreamDigest._ready()
-        if not StreamDigest._start_if_grouped(ready) and len(self._queue) >= LANES_PATIENCE:
+        policy = self._policy
+        assert policy is not None  # (a lane digest has one)
+        ready = policy.ready()
+        if not policy.start_if_grouped(ready) and len(self._queue) >= policy.patience:
             StreamDigest._start_group(ready, self)
 
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            StreamDigest.active -= 1
+            policy = self._policy
+            assert policy is not None  # (only a digest with one is counted)
+            policy.active -= 1
             if self._lanes:  # one fewer to wait for: the others may now be a whole group
-                StreamDigest._lane_digests.discard(self)
-                StreamDigest._start_if_grouped(StreamDigest._ready())
+                policy.lane_digests.discard(self)
+                policy.start_if_grouped(policy.ready())
 
     def hexdigest(self) -> str:
         try:
@@ -204,7 +230,8 @@ class StreamDigest:
                 if not self._queue:
                     return self._md5.hexdigest()
                 if self._lanes:  # (it is among the ready: idle, with pieces)
-                    StreamDigest._start_group(StreamDigest._ready(), self)
+                    assert self._policy is not None
+                    StreamDigest._start_group(self._policy.ready(), self)
                 else:
                     self._start()
         finally:

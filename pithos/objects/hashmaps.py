@@ -76,7 +76,8 @@ class Hashmaps:
         """Raw blocks sent in one body (cut at the block size, or at `lengths`); returns their
         hashes, which the account may name from now on."""
         bs = self.mapper.block_size
-        reader = BodyReader(body, length, self.objects.limits.max_file_size, None)
+        reader = BodyReader(body, length, self.objects.limits.max_file_size, None,
+                            lanes=self.objects.md5_lanes)
         if lengths is not None:
             if any(not 0 < n <= bs for n in lengths):
                 raise InvalidArgument(f"block lengths must be in (0, {bs}]")
@@ -194,7 +195,8 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
         root, size = mapper.concat([(root, 0, start), (src_root, 0, n),
                                     (root, min(start + n, size), None)])
     elif body is not None and length is not None:
-        reader = BodyReader(body, length, hm.objects.limits.max_file_size, None)
+        reader = BodyReader(body, length, hm.objects.limits.max_file_size, None,
+                            lanes=hm.objects.md5_lanes)
         root = mapper.write_stream(root, start, read_chunks(reader, mapper.block_size),  # type: ignore[arg-type]
                                    length)
         reader.finish()

@@ -42,7 +42,7 @@ from pithos.mapper.mapper import STREAM_PIECE
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
 from pithos.objects.authz import Authz
 from pithos.objects.bulk import BulkDeletes
-from pithos.objects.digest import StreamDigest
+from pithos.objects.digest import LanePolicy, StreamDigest
 from pithos.objects.images import Images
 from pithos.objects.names import Limits
 from pithos.objects.sharing import Sharing
@@ -73,15 +73,17 @@ PROGRESS_BYTES = 64 * 1024 * 1024
 
 class BodyReader:
     """A request body as a file: counts bytes, refuses more than `max_size`, and computes the
-    MD5 on `executor`, behind the reads (`StreamDigest`)."""
+    MD5 on `executor`, behind the reads (`StreamDigest`), in lanes beside the other uploads of
+    `lanes` (the object service's `md5_lanes`; without it, alone)."""
 
     def __init__(self, stream: BinaryIO, length: int | None, max_size: int,
                  executor: Executor | None,
-                 on_progress: Callable[[], None] | None = None) -> None:
+                 on_progress: Callable[[], None] | None = None,
+                 lanes: LanePolicy | None = None) -> None:
         self._stream = stream
         self._length = length
         self._max = max_size
-        self._digest = StreamDigest(executor, length=length)
+        self._digest = StreamDigest(executor, length=length, lanes=lanes)
         self._on_progress = on_progress
         self._next_progress = PROGRESS_BYTES
         self.count = 0
@@ -123,14 +125,17 @@ _WRITER: ContextVar[Ticket | None] = ContextVar("pithos_writer", default=None)
 class ObjectService:
     def __init__(self, catalog: Catalog, mapper: Mapper, executor: Executor | None = None,
                  limits: Limits | None = None, read_batch_blocks: int = 2,
-                 prefetch: Executor | None = None) -> None:
+                 prefetch: Executor | None = None,
+                 md5_lanes: LanePolicy | None = None) -> None:
         """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
-        executor)."""
+        executor); `md5_lanes` groups the MD5s of concurrent uploads (the entry point makes
+        one per event loop; default: one of this service's own)."""
         self.catalog = catalog
         self.leases = WriterLeases(catalog)
         self.mapper = mapper
         self.executor = executor
         self.prefetch = prefetch or executor
+        self.md5_lanes = md5_lanes if md5_lanes is not None else LanePolicy()
         self.limits = limits or Limits()
         # Per-request memory: an upload's pieces in flight (Mapper.build_stream), two read
         # batches.
@@ -343,7 +348,8 @@ class ObjectService:
         """Store a request body as a map (durable on return)."""
         if length is not None and length > self.limits.max_file_size:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
-        reader = BodyReader(body, length, self.limits.max_file_size, self.executor)
+        reader = BodyReader(body, length, self.limits.max_file_size, self.executor,
+                            lanes=self.md5_lanes)
         try:
             root, size = self.mapper.build_stream(reader)
         except BaseException:
