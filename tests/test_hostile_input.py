@@ -189,3 +189,29 @@ def test_finding_7_a_public_link_dies_with_its_object(pithos_server):
     assert requests.get(link, timeout=T).status_code == 404
     assert "X-Object-Public" not in requests.head(f"{url}/links/doc", headers=h,
                                                   timeout=T).headers
+
+
+# -- 11. COPY's Destination skips name checks -----------------------------------------------------
+
+def test_finding_11_copy_destinations_are_held_to_the_name_rules(pithos_server):
+    from urllib.parse import quote
+
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/cp", headers=h, timeout=T)
+    assert requests.put(f"{url}/cp/src", data=b"data", headers=h, timeout=T).status_code == 201
+    before = [o["name"] for o in requests.get(f"{url}/cp?format=json", headers=h,
+                                                timeout=T).json()]
+    for destination, status in ((f"cp/{'n' * 1100}", 400), ("cp/a%00b", 412),
+                                ("cp/bad%ff%fe", 412), ("cp/", 412)):
+        r = requests.request("COPY", f"{url}/cp/src", timeout=T,
+                             headers={**h, "Destination": destination})
+        assert r.status_code == status, (destination, r.status_code, r.text)
+    after = [o["name"] for o in requests.get(f"{url}/cp?format=json", headers=h,
+                                               timeout=T).json()]
+    assert after == before
+    # A good name still copies (non-ASCII included).
+    name = quote("caf\u00e9")
+    r = requests.request("COPY", f"{url}/cp/src", timeout=T,
+                         headers={**h, "Destination": f"cp/{name}"})
+    assert r.status_code == 201
+    assert requests.get(f"{url}/cp/{name}", headers=h, timeout=T).content == b"data"

@@ -403,6 +403,9 @@ class ObjectHandlers:
             raise HTTPStatusError(412, "Destination header required")
         dest_container, dest_obj = _split_source(destination)
         dest_account = account_name(req.get_header("Destination-Account") or t.account)
+        # The names a COPY creates are held to the limits of a PUT's (a 1,100-byte name made
+        # an object no request could then name).
+        names.check_names(self.services.limits, dest_account, dest_container, dest_obj)
         _, container = self.authz.container(req.context.user, dest_account, dest_container,
                                             Action.OBJECT_WRITE)
         self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
@@ -526,7 +529,14 @@ def _content_range(text: str | None) -> tuple[int | None, int | None]:
 
 
 def _split_source(text: str) -> tuple[str, str]:
-    path = unquote(text).lstrip("/")
+    # Header values arrive as latin-1 characters carrying the client's bytes (WSGI); the
+    # name is their UTF-8, percent-decoded, and as strict as a path's (Swift: 412).
+    try:
+        path = unquote(text.encode("latin-1").decode("utf-8"), errors="strict").lstrip("/")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise HTTPStatusError(412, "Invalid UTF8 or contains NULL") from None
+    if "\x00" in path:
+        raise HTTPStatusError(412, "Invalid UTF8 or contains NULL")
     container, _, obj = path.partition("/")
     if not container or not obj:
         raise HTTPStatusError(412, "X-Copy-From / Destination must be container/object")
