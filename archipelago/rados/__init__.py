@@ -107,10 +107,10 @@ from archipelago.rados.pool import (
     MAX_INFLIGHT_OPS,
     NOTIFY_TIMEOUT_MS,
     WATCH_TIMEOUT_S,
-    Blocklisted,
     RadosPool,
     volumes_namespace,
 )
+from pithos.blocker.rados_io import Blocklisted
 
 __all__ = [
     "BLOCKLIST_S", "Blocklisted", "CHUNK_SIZE", "DEFAULT_LEASE_S", "HOLDER_KEY", "LOCK_NAME",

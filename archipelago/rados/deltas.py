@@ -16,16 +16,19 @@ from archipelago.rados.pool import (
     CHUNK_SIZE,
     MAX_INFLIGHT_BYTES,
     MAX_INFLIGHT_OPS,
-    OMAP_PAGE,
     READ_PIECE_BYTES,
     RadosPool,
+)
+from pithos.blocker.rados_io import (
+    OMAP_PAGE,
+    Done,
     errno_of,
     omap_items,
     operate,
     rados_error,
+    raise_failed,
     remove_objects,
     stat_objects,
-    wait_all,
 )
 from pithos.core.errors import (
     BackendError,
@@ -120,23 +123,20 @@ class RadosDelta(Delta):
             if clear:
                 zeroes.append((self._data_obj(chunk), clear))
         remove_objects(pool, io, removes, f"the delta of {self.name!r}")
-        ops: dict[str, Any] = {}
-        ranges = dict(zeroes)
 
-        def start(io: Any, obj: str, cb: Callable[..., None]) -> Any:
-            op = ops[obj] = io.create_write_op()
-            for lo, n in ranges[obj]:
-                pool.zero(io, op, lo, n)
-            return io.operate_aio_write_op(op, obj, oncomplete=cb)
-
-        try:
-            codes = wait_all(pool, io, [obj for obj, _ in zeroes], start)
-        finally:
-            for op in ops.values():
+        def start(i: int, done: Done) -> tuple[Any, Any]:
+            obj, ranges = zeroes[i]
+            op = io.create_write_op()
+            try:
+                for lo, n in ranges:
+                    pool.zero(io, op, lo, n)
+                return io.operate_aio_write_op(op, obj, oncomplete=done), op
+            except BaseException:
                 op.release()
-        bad = [c for c in codes if c < 0 and c != -errno.ENOENT]
-        if bad:
-            raise rados_error(-bad[0], f"cannot repair the delta of {self.name!r}")
+                raise
+
+        codes = pool.run_aio(len(zeroes), start)
+        raise_failed(codes, f"cannot repair the delta of {self.name!r}", ok=(0, -errno.ENOENT))
         keys = [f"w.{chunk:08x}" for chunk in chunks]
         for i in range(0, len(keys), OMAP_PAGE):
             code = operate(pool, io, self._bits_obj,
@@ -240,17 +240,20 @@ class RadosDelta(Delta):
         else:
             by_name = {self._data_obj(chunk): (lo, n, pos) for chunk, lo, n, pos in pieces}
 
-            def start(io: Any, obj: str, cb: Callable[..., None]) -> Any:
-                lo, n, pos = by_name[obj]
+            objs = list(by_name)
+            io = self._io
+
+            def start(i: int, done: Done) -> tuple[Any, Any]:
+                lo, n, pos = by_name[objs[i]]
 
                 def got(completion: Any, data: bytes | None) -> None:
                     code = completion.get_return_value()
                     results[pos] = (code, data[:code] if data is not None and code >= 0
                                     else None)
-                    cb()
-                return io.aio_read(obj, n, lo, got)
+                    done()
+                return io.aio_read(objs[i], n, lo, got), None
 
-            codes = wait_all(self._pool, self._io, list(by_name), start)
+            codes = self._pool.run_aio(len(objs), start)
             for obj, code in zip(by_name, codes, strict=True):
                 if code < 0:
                     results[by_name[obj][2]] = (code, None)

@@ -21,8 +21,10 @@ from archipelago.rados.pool import (
     LOCK_NAME,
     NOTIFY_TIMEOUT_MS,
     WATCH_TIMEOUT_S,
-    Blocklisted,
     RadosPool,
+)
+from pithos.blocker.rados_io import (
+    Blocklisted,
     errno_of,
     omap_get,
     omap_items,

@@ -1,5 +1,6 @@
-"""RADOS plumbing of the volume stores: the pool handle, errno translation, omap and aio
-helpers (see the package docstring)."""
+"""The pool handle of the volume stores (see the package docstring): a shared, reference-counted
+connection that can fence other clients.  Connecting, errno translation, aio batches and omap
+helpers are the RADOS plumbing the block store uses too (pithos/blocker/rados_io.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,20 @@ import contextlib
 import errno
 import json
 import os
-import queue
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from archipelago.delta import BITMAP_PAGE, SECTOR_SHIFT
-from pithos.core.errors import (
-    RADOS_MISSING,
-    BackendError,
-    InvalidArgument,
-    NoSpace,
-    PithosError,
+from pithos.blocker.rados_io import (
+    TRANSIENT_ERRNOS,
+    RadosConnection,
+    errno_of,
+    rados_error,
 )
+from pithos.core.errors import BackendError, InvalidArgument
 
 CHUNK_SIZE = 4 * 1024 * 1024  # bytes of the volume per data object
 assert CHUNK_SIZE % BITMAP_PAGE == 0 and CHUNK_SIZE >> SECTOR_SHIFT << SECTOR_SHIFT == CHUNK_SIZE
@@ -38,35 +37,11 @@ MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 BITS_OP_BYTES = 4 * 1024 * 1024  # bitmap bytes per write op (far below osd_max_write_size)
 READ_PIECE_BYTES = 16 * 1024 * 1024
 HEAD_READ_BYTES = 64 * 1024
-OMAP_PAGE = 1000
 LOCK_FLAG_MUST_RENEW = 0x2  # LIBRADOS_LOCK_FLAG_MUST_RENEW (not exported by the binding)
 HOLDER_KEY = "holder"  # omap key of head/<name>: the lease holder's client (see Fencing)
 # Seconds a fenced client stays blocklisted: the mon's default.  Long enough that no op of the
 # fenced client is still alive when it ends (librados fails an op after op_timeout_s).
 BLOCKLIST_S = 3600
-_TRANSIENT = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT,
-                        errno.ENOTCONN, errno.ECONNRESET, errno.ECONNREFUSED,
-                        errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
-
-
-def errno_of(exc: BaseException) -> int:
-    code = getattr(exc, "errno", None)
-    return code if isinstance(code, int) and code > 0 else errno.EIO
-
-
-class Blocklisted(BackendError):
-    """The OSDs reject this client (EBLOCKLISTED): another host fenced it to take over a
-    volume it held (see Fencing)."""
-
-
-def rados_error(code: int, what: str) -> PithosError:
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return NoSpace(f"{what}: {os.strerror(code)}")
-    if code == errno.ESHUTDOWN:  # EBLOCKLISTED
-        return Blocklisted(f"{what}: this client is blocklisted: another host took over a "
-                           "volume it held", transient=False)
-    return BackendError(f"{what}: {os.strerror(code)} (errno {code})",
-                        transient=code in _TRANSIENT)
 
 
 def volumes_namespace(block_namespace: str) -> str:
@@ -74,35 +49,18 @@ def volumes_namespace(block_namespace: str) -> str:
     return f"{block_namespace}.volumes" if block_namespace else "volumes"
 
 
-class RadosPool:
+class RadosPool(RadosConnection):
     """One connection to a Ceph cluster and one of its pools, shared by the stores made over
     it.  Reference-counted: the creator and every store `retain` it and `close` it; the
-    connection ends with the last close."""
+    connection ends with the last close.  Nothing is retried (a failed delta write poisons
+    its delta); aio batches keep up to MAX_INFLIGHT_OPS in flight."""
 
     def __init__(self, pool: str, conf_path: str | os.PathLike[str] | None = None, *,
                  client_id: str = "admin", op_timeout_s: int = 30,
                  connect_timeout_s: int = 30) -> None:
-        try:
-            import rados
-        except ImportError as exc:
-            raise BackendError(RADOS_MISSING, transient=False) from exc
-        self.rados: Any = rados
-        self.pool = pool
-        timeout = str(int(op_timeout_s))
-        self.cluster = rados.Rados(
-            conffile=os.fspath(conf_path) if conf_path is not None else "",
-            rados_id=client_id,
-            conf={"rados_osd_op_timeout": timeout, "rados_mon_op_timeout": timeout,
-                  "client_mount_timeout": str(int(connect_timeout_s))})
-        try:
-            self.cluster.connect(timeout=int(connect_timeout_s))
-        except rados.Error as exc:
-            self.cluster.shutdown()
-            raise BackendError(f"cannot connect to the Ceph cluster: {exc}",
-                               transient=True) from exc
-        if not self.cluster.pool_exists(pool):
-            self.cluster.shutdown()
-            raise BackendError(f"no RADOS pool named {pool!r}", transient=False)
+        super().__init__(pool, conf_path, client_id=client_id, op_timeout_s=op_timeout_s,
+                         connect_timeout_s=connect_timeout_s, queue_depth=MAX_INFLIGHT_OPS,
+                         retries=0)
         # This client instance as the OSDs know it: what a lease holder records, and what
         # another host blocklists to fence it (see Fencing in the module's docstring).
         self.addr = str(self.cluster.get_addrs())
@@ -128,14 +86,6 @@ class RadosPool:
             raise InvalidArgument(f"unknown rados URL parameter(s): {', '.join(sorted(unknown))}")
         return (cls(pool, query.get("conf"), client_id=query.get("id", "admin")),
                 query.get("namespace", ""))
-
-    def ioctx(self, namespace: str) -> Any:
-        try:
-            io = self.cluster.open_ioctx(self.pool)
-        except self.rados.Error as exc:
-            raise rados_error(errno_of(exc), f"cannot open the pool {self.pool!r}") from exc
-        io.set_namespace(namespace)
-        return io
 
     def retain(self) -> RadosPool:
         with self._lock:
@@ -183,7 +133,7 @@ class RadosPool:
                     "blocklistop=add', see docs/ceph.md)" if code in (-errno.EACCES, -errno.EPERM)
                     else "")
             raise BackendError(f"cannot blocklist {addr}: {status or os.strerror(-code)}{hint}",
-                               transient=-code in _TRANSIENT)
+                               transient=-code in TRANSIENT_ERRNOS)
         try:
             code = self.cluster.wait_for_latest_osdmap()
         except self.rados.Error as exc:
@@ -225,110 +175,4 @@ class RadosPool:
         if got == b"AA\0AAAAA":
             return True
         raise BackendError(f"the rados binding's zero op did something unexpected: {got!r}")
-
-
-def omap_items(pool: RadosPool, io: Any, obj: str, prefix: str = ""
-                ) -> Iterator[tuple[str, bytes]]:
-    """Every omap (key, value) of `obj` whose key starts with `prefix`, in key order; nothing
-    if the object does not exist."""
-    rados = pool.rados
-    after = ""
-    while True:
-        op = io.create_read_op()
-        try:
-            it, _ = io.get_omap_vals(op, after, prefix, OMAP_PAGE)
-            io.operate_read_op(op, obj)
-            items = [(k, v) for k, v in it]
-        except rados.ObjectNotFound:
-            return
-        except rados.Error as exc:
-            raise rados_error(errno_of(exc), f"cannot list {obj}") from exc
-        finally:
-            op.release()
-        yield from items
-        if len(items) < OMAP_PAGE:
-            return
-        after = items[-1][0]
-
-
-def operate(pool: RadosPool, io: Any, obj: str, build: Callable[[Any], object]) -> int:
-    """Run one write op; its return code (0 or a negative errno)."""
-    op = io.create_write_op()
-    try:
-        build(op)
-        io.operate_write_op(op, obj)
-        return 0
-    except pool.rados.Error as exc:
-        return -errno_of(exc)
-    finally:
-        op.release()
-
-
-def omap_get(pool: RadosPool, io: Any, obj: str, keys: Sequence[str]) -> dict[str, bytes]:
-    """The values of these omap keys of `obj` (absent keys, or an absent object: left out)."""
-    op = io.create_read_op()
-    try:
-        it, _ = io.get_omap_vals_by_keys(op, tuple(keys))
-        io.operate_read_op(op, obj)
-        return {k: v for k, v in it}
-    except pool.rados.ObjectNotFound:
-        return {}
-    except pool.rados.Error as exc:
-        raise rados_error(errno_of(exc), f"cannot read {obj}") from exc
-    finally:
-        op.release()
-
-
-def wait_all(pool: RadosPool, io: Any, names: Sequence[str],
-              start: Callable[[Any, str, Callable[..., None]], Any]) -> list[int]:
-    """Run one aio op per name, `start(io, name, oncomplete)`, at most MAX_INFLIGHT_OPS at a
-    time; their return codes (0 or a negative errno), in order."""
-    codes = [0] * len(names)
-    finished: queue.SimpleQueue[int] = queue.SimpleQueue()
-    inflight: dict[int, Any] = {}
-
-    def reap() -> None:
-        i = finished.get()
-        completion = inflight.pop(i)
-        completion.wait_for_complete_and_cb()
-        codes[i] = completion.get_return_value()
-
-    try:
-        for i, name in enumerate(names):
-            while len(inflight) >= MAX_INFLIGHT_OPS:
-                reap()
-            try:
-                inflight[i] = start(io, name, lambda *_, i=i: finished.put(i))
-            except pool.rados.Error as exc:
-                codes[i] = -errno_of(exc)
-    finally:
-        while inflight:  # no op may outlive the buffers and callbacks it uses
-            reap()
-    return codes
-
-
-def remove_objects(pool: RadosPool, io: Any, names: Sequence[str], what: str) -> None:
-    codes = wait_all(pool, io, names, lambda io, n, cb: io.aio_remove(n, oncomplete=cb))
-    bad = [c for c in codes if c < 0 and c != -errno.ENOENT]
-    if bad:
-        raise rados_error(-bad[0], f"cannot remove {what}")
-
-
-def stat_objects(pool: RadosPool, io: Any, names: Sequence[str]) -> list[int | None]:
-    """The size of each object, None if absent."""
-    sizes: list[int | None] = [None] * len(names)
-    index = {n: i for i, n in enumerate(names)}
-
-    def start(io: Any, name: str, cb: Callable[..., None]) -> Any:
-        def stat(completion: Any, size: int | None, mtime: Any) -> None:
-            sizes[index[name]] = size
-            cb()
-        return io.aio_stat(name, stat)
-
-    codes = wait_all(pool, io, names, start)
-    bad = [c for c in codes if c < 0 and c != -errno.ENOENT]
-    if bad:
-        raise rados_error(-bad[0], "cannot stat objects")
-    return [None if c == -errno.ENOENT else s for c, s in zip(codes, sizes, strict=True)]
-
 

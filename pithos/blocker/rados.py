@@ -46,17 +46,18 @@ about 550 us of OSD time per new 4 MiB block here (7% of the write rate), a stat
 RADOS acknowledges a write once it is committed on every replica, so a put is durable when its
 completion returns.
 
-Transient errors (timeouts, EAGAIN, lost connections) are retried a bounded number of times,
-batch by batch for only the ops that failed; anything else maps to `NoSpace` (ENOSPC, EDQUOT)
-or `BackendError(transient=...)`.  The `rados` module (Debian's python3-rados) is imported when
-a store is made, so this package imports on machines without Ceph.
+Connecting, errno translation, retries and the aio window are the shared RADOS plumbing of
+pithos/blocker/rados_io.py: transient errors (timeouts, EAGAIN, lost connections) are retried a
+bounded number of times, batch by batch for only the ops that failed; anything else maps to
+`NoSpace` (ENOSPC, EDQUOT, EFBIG) or `BackendError(transient=...)`.  The `rados` module
+(Debian's python3-rados) is imported when a store is made, so this package imports on machines
+without Ceph.
 
 The timestamp needs omap, so the pool must be replicated (erasure-coded pools have no omap).
 """
 
 from __future__ import annotations
 
-import _queue
 import contextlib
 import errno
 import os
@@ -66,15 +67,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from pithos.blocker.store import BlockStore
-from pithos.core.errors import (
-    RADOS_MISSING,
-    BackendError,
-    InvalidArgument,
-    NoSpace,
-    NotFound,
-    PithosError,
+from pithos.blocker.rados_io import (
+    Done,
+    RadosConnection,
+    Start,
+    errno_of,
+    rados_error,
+    raise_failed,
+    stat_objects,
 )
+from pithos.blocker.store import BlockStore
+from pithos.core.errors import InvalidArgument, NotFound
 
 PUT_TIME_KEY = "pithos.put_ns"
 # Set once, when the block is created (random): tells a block stored afresh from the one read.
@@ -83,11 +86,6 @@ GENERATION_KEY = "pithos.gen"
 _EXISTS_GUARD_KEY = "pithos.exists"
 _HEX_LEN = 64
 _HEX_DIGITS = frozenset("0123456789abcdef")
-_TRANSIENT_ERRNOS = frozenset({
-    errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ENOTCONN,
-    errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-})
 # Put times (ns since the epoch) have this many digits from 2001 to 2286, so that in that span
 # their order as strings, which omap_cmp compares, is their order as numbers.
 _PUT_NS_DIGITS = 19
@@ -101,26 +99,6 @@ _QUARANTINE_TRIES = 5
 
 def _is_block_name(name: str) -> bool:
     return len(name) == _HEX_LEN and _HEX_DIGITS.issuperset(name)
-
-
-def _errno_of(exc: BaseException) -> int:
-    code = getattr(exc, "errno", None)
-    return code if isinstance(code, int) and code > 0 else errno.EIO
-
-
-def _error(code: int, what: str) -> PithosError:
-    """The PithosError for a positive errno."""
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"{what}: {os.strerror(code)}")
-    return BackendError(f"{what}: {os.strerror(code)} (errno {code})",
-                        transient=code in _TRANSIENT_ERRNOS)
-
-
-# Starts op i of a batch: submits it with `done` as (or called at the end of) its completion
-# callback; returns the completion and the op object to release once reaped (or None).  Raises
-# the `rados.Error` of a failed submission.
-_Done = Callable[..., None]
-_Start = Callable[[int, _Done], tuple[Any, Any]]
 
 
 class RadosBlockStore(BlockStore):
@@ -143,39 +121,20 @@ class RadosBlockStore(BlockStore):
         if min(queue_depth, read_size, op_timeout_s, connect_timeout_s) < 1 or retries < 0:
             raise InvalidArgument("queue depth, read size and timeouts must be positive "
                                   "(librados takes whole seconds), retries >= 0")
-        try:
-            import rados
-        except ImportError as exc:
-            raise BackendError(RADOS_MISSING, transient=False) from exc
-        self._rados = rados
+        self._conn = RadosConnection(
+            pool, conf_path, client_id=client_id, op_timeout_s=op_timeout_s,
+            connect_timeout_s=connect_timeout_s, queue_depth=queue_depth, retries=retries,
+            retry_delay_s=retry_delay_s)
+        self._rados = self._conn.rados
+        self._cluster = self._conn.cluster
         self.pool = pool
         self.namespace = namespace
-        self._queue_depth = queue_depth
-        self._retries = retries
-        self._retry_delay_s = retry_delay_s
         self._read_size = read_size
-        # How many ops were retried after a transient error (for tests and monitoring).
-        self.retried_ops = 0
-        timeout = str(int(op_timeout_s))
-        self._cluster = rados.Rados(
-            conffile=os.fspath(conf_path) if conf_path is not None else "",
-            rados_id=client_id,
-            conf={"rados_osd_op_timeout": timeout, "rados_mon_op_timeout": timeout,
-                  "client_mount_timeout": str(int(connect_timeout_s))})
         try:
-            self._cluster.connect(timeout=int(connect_timeout_s))
-        except rados.Error as exc:
-            self._cluster.shutdown()
-            raise BackendError(f"cannot connect to the Ceph cluster: {exc}",
-                               transient=True) from exc
-        try:
-            self._ioctx = self._cluster.open_ioctx(pool)
-        except rados.Error as exc:
-            self._cluster.shutdown()
-            if isinstance(exc, rados.ObjectNotFound):
-                raise BackendError(f"no RADOS pool named {pool!r}", transient=False) from exc
-            raise _error(_errno_of(exc), f"cannot open the pool {pool!r}") from exc
-        self._ioctx.set_namespace(namespace)
+            self._ioctx = self._conn.ioctx(namespace)
+        except BaseException:
+            self._conn.shutdown()
+            raise
         self._executor = executor
         self._closed = False
         # Quarantines run one at a time on ioctxs of their own, so that the object version
@@ -183,80 +142,23 @@ class RadosBlockStore(BlockStore):
         self._quarantine_lock = threading.Lock()
         self._quarantine_ioctxs: tuple[Any, Any] | None = None
 
-    # -- the batch engine --------------------------------------------------------------------
+    @property
+    def retried_ops(self) -> int:
+        """How many ops were retried after a transient error (for tests and monitoring)."""
+        return self._conn.retried_ops
 
-    def _batch(self, count: int, start: _Start) -> list[int]:
+    # -- the batch engine (the window and the retries: rados_io.RadosConnection) -------------
+
+    def _batch(self, count: int, start: Start) -> list[int]:
         if self._executor is not None and count:
             # Under an event loop (a given executor: gevent's pool of real threads under
             # `pithos serve`), waiting for completions must leave the loop's thread, as the
             # LocalBlockStore's file calls do, or one request's RADOS round trips stall all.
-            return self._executor.submit(self._batch_here, count, start).result()
-        return self._batch_here(count, start)
-
-    def _batch_here(self, count: int, start: _Start) -> list[int]:
-        """Run ops 0..count-1, at most `queue_depth` in flight; their return codes (0 or a
-        negative errno) in order.  Ops that fail with a transient error are run again, up to
-        `retries` times; what is still failing then is returned as it failed."""
-        codes = [0] * count
-        todo = list(range(count))
-        for attempt in range(self._retries + 1):
-            self._run_window(todo, start, codes)
-            failed = [i for i in todo if -codes[i] in _TRANSIENT_ERRNOS]
-            if not failed or attempt == self._retries:
-                break
-            self.retried_ops += len(failed)
-            time.sleep(self._retry_delay_s * 2 ** attempt)
-            todo = failed
-        return codes
-
-    def _run_window(self, todo: Sequence[int], start: _Start, codes: list[int]) -> None:
-        # A sliding window: a new op starts as soon as any op in flight finishes (their
-        # callbacks, on librados' thread, say which), so the cluster always has queue_depth.
-        # The C queue, never gevent's (which monkey-patching puts in `queue`): librados calls
-        # back on its own thread, and a gevent queue fed from a foreign thread wakes its waiter
-        # only on the hub's next timer tick (about a second per batch under `pithos serve`).
-        finished: _queue.SimpleQueue[int] = _queue.SimpleQueue()
-        inflight: dict[int, tuple[Any, Any]] = {}
-
-        def reap() -> None:
-            i = finished.get()
-            completion, op = inflight.pop(i)
-            completion.wait_for_complete_and_cb()
-            codes[i] = completion.get_return_value()
-            if op is not None:
-                op.release()
-
-        try:
-            for i in todo:
-                while len(inflight) >= self._queue_depth:
-                    reap()
-                try:
-                    inflight[i] = start(i, lambda *_, i=i: finished.put(i))
-                except self._rados.Error as exc:
-                    codes[i] = -_errno_of(exc)
-        finally:
-            # Even on an exception, no op may outlive the buffers it reads into.
-            while inflight:
-                reap()
+            return self._executor.submit(self._conn.run_aio, count, start).result()
+        return self._conn.run_aio(count, start)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A synchronous librados call, retried on transient errors.  Raises `rados.Error`
-        subclasses other than transient ones as they come (the caller maps them)."""
-        for attempt in range(self._retries + 1):
-            try:
-                return fn(*args)
-            except self._rados.Error as exc:
-                if _errno_of(exc) not in _TRANSIENT_ERRNOS or attempt == self._retries:
-                    raise
-            self.retried_ops += 1
-            time.sleep(self._retry_delay_s * 2 ** attempt)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _raise_failed(codes: Sequence[int], what: str, ok: Sequence[int] = (0,)) -> None:
-        bad = [c for c in codes if c < 0 and c not in ok]
-        if bad:
-            raise _error(-bad[0], f"{what} ({len(bad)} of {len(codes)} failed)")
+        return self._conn.call(fn, *args)
 
     # -- BlockStore --------------------------------------------------------------------------
 
@@ -266,14 +168,14 @@ class RadosBlockStore(BlockStore):
         io = self._ioctx
         rados = self._rados
 
-        def start(i: int, done: _Done) -> tuple[Any, Any]:
+        def start(i: int, done: Done) -> tuple[Any, Any]:
             op = io.create_write_op()
             op.omap_cmp(_EXISTS_GUARD_KEY, "", rados.LIBRADOS_CMPXATTR_OP_EQ)
             io.set_omap(op, (PUT_TIME_KEY,), (str(time.time_ns()).encode(),))
             return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
 
         codes = self._batch(len(names), start)
-        self._raise_failed(codes, "cannot refresh blocks", ok=(0, -errno.ENOENT))
+        raise_failed(codes, "cannot refresh blocks", ok=(0, -errno.ENOENT))
         return codes
 
     def _create(self, names: Sequence[str], datas: Sequence[bytes],
@@ -283,7 +185,7 @@ class RadosBlockStore(BlockStore):
         io = self._ioctx
         rados = self._rados
 
-        def start(k: int, done: _Done) -> tuple[Any, Any]:
+        def start(k: int, done: Done) -> tuple[Any, Any]:
             i = which[k]
             op = io.create_write_op()
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
@@ -294,7 +196,7 @@ class RadosBlockStore(BlockStore):
             return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
 
         codes = self._batch(len(which), start)
-        self._raise_failed(codes, "cannot store blocks", ok=(0, -errno.EEXIST))
+        raise_failed(codes, "cannot store blocks", ok=(0, -errno.EEXIST))
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]],
                  outboards: Mapping[bytes, bytes] | None = None) -> None:
@@ -330,7 +232,7 @@ class RadosBlockStore(BlockStore):
         # first read (a read of exactly `size` bytes may have more behind it).
         size = self._read_size + 1
 
-        def start(i: int, done: _Done) -> tuple[Any, Any]:
+        def start(i: int, done: Done) -> tuple[Any, Any]:
             def read(completion: Any, data: bytes | None) -> None:
                 try:
                     n = completion.get_return_value()
@@ -341,7 +243,7 @@ class RadosBlockStore(BlockStore):
             return io.aio_read(unique[i].hex(), size, 0, read), None
 
         codes = self._batch(len(unique), start)
-        self._raise_failed(codes, "cannot read blocks", ok=(0, -errno.ENOENT))
+        raise_failed(codes, "cannot read blocks", ok=(0, -errno.ENOENT))
         absent = [h for h, code in zip(unique, codes, strict=True) if code == -errno.ENOENT]
         if absent:
             raise NotFound(f"{len(absent)} block(s) not found", absent)
@@ -362,7 +264,7 @@ class RadosBlockStore(BlockStore):
             except self._rados.ObjectNotFound:
                 raise NotFound("block not found", [hash_]) from None
             except self._rados.Error as exc:
-                raise _error(_errno_of(exc), "cannot read block") from exc
+                raise rados_error(errno_of(exc), "cannot read block") from exc
             parts.append(chunk)
             if len(chunk) < want:
                 break
@@ -382,19 +284,12 @@ class RadosBlockStore(BlockStore):
 
     def _stat_many(self, hashes: Sequence[bytes], io: Any = None) -> list[int | None]:
         """The size of each blob (of the ioctx `io`, by default the blocks'), None if absent."""
-        sizes: list[int | None] = [None] * len(hashes)
-        io = io or self._ioctx
-
-        def start(i: int, done: _Done) -> tuple[Any, Any]:
-            def stat(completion: Any, size: int | None, mtime: Any) -> None:
-                sizes[i] = size
-                done()  # (an assignment cannot fail: no try needed)
-            return io.aio_stat(hashes[i].hex(), stat), None
-
-        codes = self._batch(len(hashes), start)
-        self._raise_failed(codes, "cannot stat blocks", ok=(0, -errno.ENOENT))
-        return [None if code == -errno.ENOENT else size
-                for code, size in zip(codes, sizes, strict=True)]
+        if not hashes:
+            return []
+        sizes: list[int | None] = self._off_loop(
+            stat_objects, self._conn, io or self._ioctx, [h.hex() for h in hashes],
+            "cannot stat blocks")
+        return sizes
 
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
@@ -406,10 +301,8 @@ class RadosBlockStore(BlockStore):
     def _quarantine_io(self) -> tuple[Any, Any]:
         """(blocks, quarantine) ioctxs for quarantines alone; call with the lock held."""
         if self._quarantine_ioctxs is None:
-            blocks = self._cluster.open_ioctx(self.pool)
-            blocks.set_namespace(self.namespace)
-            quarantine = self._cluster.open_ioctx(self.pool)
-            quarantine.set_namespace(self.namespace + QUARANTINE_SUFFIX)
+            blocks = self._conn.ioctx(self.namespace)
+            quarantine = self._conn.ioctx(self.namespace + QUARANTINE_SUFFIX)
             self._quarantine_ioctxs = (blocks, quarantine)
         return self._quarantine_ioctxs
 
@@ -460,7 +353,7 @@ class RadosBlockStore(BlockStore):
                     self._call(io.operate_write_op, op, name)
                     return True
                 except rados.Error as exc:
-                    if _errno_of(exc) not in (errno.ECANCELED, errno.ENOENT):
+                    if errno_of(exc) not in (errno.ECANCELED, errno.ENOENT):
                         raise
                 finally:
                     op.release()
@@ -486,7 +379,7 @@ class RadosBlockStore(BlockStore):
                 if self._quarantine_one(hash_, seen):
                     moved.append(hash_)
             except self._rados.Error as exc:
-                raise _error(_errno_of(exc), "cannot quarantine block") from exc
+                raise rados_error(errno_of(exc), "cannot quarantine block") from exc
         return moved
 
     def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
@@ -496,7 +389,7 @@ class RadosBlockStore(BlockStore):
                 return sorted(bytes.fromhex(obj.key) for obj in qio.list_objects()
                               if _is_block_name(obj.key))
             except self._rados.Error as exc:
-                raise _error(_errno_of(exc), "cannot list quarantined blocks") from exc
+                raise rados_error(errno_of(exc), "cannot list quarantined blocks") from exc
         unique = list(dict.fromkeys(hashes))
         return [h for h, size in zip(unique, self._stat_many(unique, qio), strict=True)
                 if size is not None]
@@ -505,11 +398,11 @@ class RadosBlockStore(BlockStore):
         unique = list(dict.fromkeys(hashes))
         io = self._ioctx
 
-        def start(i: int, done: _Done) -> tuple[Any, Any]:
+        def start(i: int, done: Done) -> tuple[Any, Any]:
             return io.aio_remove(unique[i].hex(), done), None
 
         codes = self._batch(len(unique), start)
-        self._raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT))
+        raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT))
         return sum(1 for code in codes if code == 0)
 
     def delete_if_put_before(self, hashes: Sequence[bytes], cutoff: float) -> list[bytes]:
@@ -523,7 +416,7 @@ class RadosBlockStore(BlockStore):
         io = self._ioctx
         rados = self._rados
 
-        def start(i: int, done: _Done) -> tuple[Any, Any]:
+        def start(i: int, done: Done) -> tuple[Any, Any]:
             op = io.create_write_op()
             # Dated (a block not put by this store has no time: never removed), and older.
             op.omap_cmp(PUT_TIME_KEY, "", rados.LIBRADOS_CMPXATTR_OP_GT)
@@ -532,7 +425,7 @@ class RadosBlockStore(BlockStore):
             return io.operate_aio_write_op(op, unique[i].hex(), done), op
 
         codes = self._batch(len(unique), start)
-        self._raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT, -errno.ECANCELED))
+        raise_failed(codes, "cannot delete blocks", ok=(0, -errno.ENOENT, -errno.ECANCELED))
         return [h for h, code in zip(unique, codes, strict=True) if code == 0]
 
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
@@ -546,7 +439,7 @@ class RadosBlockStore(BlockStore):
                                        if _is_block_name(obj.key))
                            if h > after)
         except self._rados.Error as exc:
-            raise _error(_errno_of(exc), "cannot list blocks") from exc
+            raise rados_error(errno_of(exc), "cannot list blocks") from exc
         for i in range(0, len(names), _ITERATE_STAT_BATCH):
             batch = names[i:i + _ITERATE_STAT_BATCH]
             for h, size in zip(batch, self._stat_many(batch), strict=True):
@@ -558,13 +451,13 @@ class RadosBlockStore(BlockStore):
         iterators: list[Any] = [None] * len(hashes)
         io = self._ioctx
 
-        def start(i: int, done: _Done) -> tuple[Any, Any]:
+        def start(i: int, done: Done) -> tuple[Any, Any]:
             op = io.create_read_op()
             iterators[i], _ = io.get_omap_vals_by_keys(op, (PUT_TIME_KEY,))
             return io.operate_aio_read_op(op, hashes[i].hex(), done), op
 
         codes = self._batch(len(hashes), start)
-        self._raise_failed(codes, "cannot read block ages", ok=(0, -errno.ENOENT))
+        raise_failed(codes, "cannot read block ages", ok=(0, -errno.ENOENT))
         now_ns = time.time_ns()
         ages: list[float | None] = []
         for i, code in enumerate(codes):
@@ -587,4 +480,4 @@ class RadosBlockStore(BlockStore):
         for ioctx in self._quarantine_ioctxs or ():
             ioctx.close()
         self._ioctx.close()
-        self._cluster.shutdown()
+        self._conn.shutdown()
