@@ -215,3 +215,34 @@ def test_finding_11_copy_destinations_are_held_to_the_name_rules(pithos_server):
                          headers={**h, "Destination": f"cp/{name}"})
     assert r.status_code == 201
     assert requests.get(f"{url}/cp/{name}", headers=h, timeout=T).content == b"data"
+
+
+# -- 8. deleted objects stay readable to anonymous readers -----------------------------------------
+
+def test_finding_8_history_needs_more_than_a_read_acl(pithos_server):
+    url, owner = auth(pithos_server)
+    _, writer = auth(pithos_server, "test:reader", "reading")
+    requests.put(f"{url}/open", timeout=T,
+                 headers={**owner, "X-Container-Read": ".r:*,.rlistings"})
+    assert requests.put(f"{url}/open/doc", data=b"first, regretted", headers=owner,
+                        timeout=T).status_code == 201
+    v1 = requests.head(f"{url}/open/doc", headers=owner, timeout=T).headers["X-Object-Version"]
+    assert requests.put(f"{url}/open/doc", data=b"second", headers=owner,
+                        timeout=T).status_code == 201
+    # Anyone reads the current version...
+    assert requests.get(f"{url}/open/doc", timeout=T).content == b"second"
+    # ...but not the history, by any of its three doors.
+    for params in ({"version": "list"}, {"version": v1}, {"until": "1"}):
+        r = requests.get(f"{url}/open/doc", params=params, timeout=T)
+        assert r.status_code in (401, 403), (params, r.status_code)
+        assert b"regretted" not in r.content
+    assert requests.delete(f"{url}/open/doc", headers=owner, timeout=T).status_code == 204
+    r = requests.get(f"{url}/open/doc", params={"version": v1}, timeout=T)
+    assert r.status_code in (401, 403) and b"regretted" not in r.content
+    # The owner sees it, and so does a user the owner lets write.
+    assert requests.get(f"{url}/open/doc", params={"version": v1}, headers=owner,
+                        timeout=T).content == b"first, regretted"
+    requests.post(f"{url}/open", headers={**owner, "X-Container-Write": "test:reader"},
+                  timeout=T)
+    assert requests.get(f"{url}/open/doc", params={"version": v1}, headers=writer,
+                        timeout=T).content == b"first, regretted"

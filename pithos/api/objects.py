@@ -160,6 +160,10 @@ class ObjectHandlers:
                                                            t.obj, Action.OBJECT_READ)
         if via:
             resp.set_header("X-Object-Allowed-To", via)
+        if req.get_param("version") is not None or req.get_param("until") is not None:
+            # An object's history (deleted and replaced content) is its owner's, or a
+            # writer's, to see: a read ACL (".r:*" included) grants the current version only.
+            self.authz.object_access(user, t.account, t.container, t.obj, Action.OBJECT_WRITE)
         if req.get_param("version") == "list":
             self._version_list(req, resp, container, t.obj)
             return
