@@ -246,3 +246,72 @@ def test_finding_8_history_needs_more_than_a_read_acl(pithos_server):
                   timeout=T)
     assert requests.get(f"{url}/open/doc", params={"version": v1}, headers=writer,
                         timeout=T).content == b"first, regretted"
+
+
+# -- 13. 500 instead of 4xx -------------------------------------------------------------------------
+
+def raw(server, data: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=T) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_finding_13_broken_chunked_framing_is_400(pithos_server):
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/chunks", headers=h, timeout=T)
+    path = url.split("127.0.0.1:", 1)[1].split("/", 1)[1]
+    for target in (f"/{path}/chunks/o", f"/{path}/chunks?blocks"):
+        method = "PUT" if target.endswith("/o") else "POST"
+        for body in (b"zz\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n"):
+            reply = raw(pithos_server, (
+                f"{method} {target} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {h['X-Auth-Token']}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode() + body)
+            status = int(reply.split(b" ", 2)[1])
+            assert status == 400, (target, body, reply[:200])
+    assert requests.head(f"{url}/chunks/o", headers=h, timeout=T).status_code == 404
+
+
+def test_finding_13_deep_or_huge_json_numbers_are_400(pithos_server):
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/js", headers=h, timeout=T)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert requests.post(f"{url}/js?missing", data=deep, headers=h,
+                         timeout=T).status_code == 400
+    assert requests.put(f"{url}/js/slo?multipart-manifest=put", data=deep, headers=h,
+                        timeout=T).status_code == 400
+    assert requests.put(f"{url}/js/seg", data=b"x" * 10, headers=h, timeout=T).status_code == 201
+    r = requests.put(f"{url}/js/slo?multipart-manifest=put", headers=h, timeout=T,
+                     data=b'[{"path": "/js/seg", "size_bytes": 1e999}]')
+    assert r.status_code == 400, r.text
+    base = pithos_server.url
+    r = requests.post(f"{base}/v3/auth/tokens", data=deep, timeout=T,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    r = requests.post(f"{url}/js", headers={**h, "X-Container-Policy-Quota": str(2**63)},
+                      timeout=T)
+    assert r.status_code == 400, r.text
+
+
+def test_finding_13_a_shared_directory_name_is_sent_percent_encoded(pithos_server):
+    from urllib.parse import quote
+
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/crlf", headers=h, timeout=T)
+    name = "dir\r\nX-Injected: yes/"
+    assert requests.put(f"{url}/crlf/{quote(name)}", data=b"", headers=h,
+                        timeout=T).status_code == 201
+    r = requests.post(f"{url}/crlf/{quote(name)}", timeout=T,
+                      headers={**h, "X-Object-Sharing": "read=test2"})
+    assert r.status_code in (202, 204), r.text
+    assert requests.put(f"{url}/crlf/{quote(name)}file", data=b"x", headers=h,
+                        timeout=T).status_code == 201
+    r = requests.head(f"{url}/crlf/{quote(name)}file", headers=h, timeout=T)
+    assert r.status_code == 200
+    assert "X-Injected" not in r.headers
+    assert r.headers["X-Object-Shared-By"] == quote(name, safe="/")

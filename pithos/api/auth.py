@@ -100,7 +100,7 @@ class KeystoneTokens:
             scope = body["auth"].get("scope") or {}
             project = scope.get("project") or {}
             project_name = project.get("name") or project.get("id")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise HTTPStatusError(400, "malformed auth request") from None
         if ":" in name:
             account, user = name.split(":", 1)

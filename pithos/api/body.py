@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any, BinaryIO, TypeVar
 
-from pithos.core.errors import ClientTimeout
+from pithos.core.errors import ClientTimeout, InvalidArgument
 
 T = TypeVar("T")
 
@@ -131,9 +131,29 @@ def _timed(sock: Any, timeout_s: float, stream: Any, read: Callable[[], T]) -> T
     except TimeoutError:  # (socket.timeout)
         _end_connection(stream, sock)
         raise ClientTimeout(f"no byte of the request body came for {timeout_s:g} s") from None
+    except Exception as exc:
+        if not _framing_error(exc):
+            raise
+        # A chunk size that is no number, a chunk without its CRLF: the body's end is
+        # unknown, so the connection carries nothing more.
+        _end_connection(stream, sock)
+        raise InvalidArgument(f"the request body's chunked framing is broken ({exc})") from None
     finally:
         with suppress(OSError):
             sock.settimeout(prior)
+
+
+def _framing_error(exc: Exception) -> bool:
+    """Whether gunicorn's body reader gave up on the request's framing."""
+    try:
+        from gunicorn.http import errors
+    except ImportError:
+        return False
+    # (The chunk errors are OSErrors, not ParseExceptions, in gunicorn.)
+    kinds = tuple(getattr(errors, name) for name in (
+        "ParseException", "InvalidChunkSize", "ChunkMissingTerminator", "InvalidChunkExtension")
+        if hasattr(errors, name))
+    return isinstance(exc, kinds)
 
 
 class TimedBody:

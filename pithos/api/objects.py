@@ -351,7 +351,8 @@ class ObjectHandlers:
         if found is not None:
             resp.set_header("X-Object-Sharing", found.text)
             if found.path != v.name:
-                resp.set_header("X-Object-Shared-By", found.path)
+                # Percent-encoded, as Swift sends names in headers: a name may hold CR or LF.
+                resp.set_header("X-Object-Shared-By", quote(found.path, safe="/"))
         if token is not None:
             resp.set_header("X-Object-Public", public_url(self.services, req, token))
 

@@ -190,7 +190,7 @@ class SwiftSink:
         if "missing" in req.params:
             try:
                 wanted = [from_hex(h) for h in json.loads(req.stream.read(16 * 1024 * 1024))]
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):
                 raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
             missing = hashmaps.missing(account_id, wanted)
         else:

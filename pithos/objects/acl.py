@@ -50,7 +50,7 @@ def parse_account_acl(text: str | None) -> dict[str, list[str]]:
         return {}
     try:
         acl = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidArgument("the account ACL is not JSON") from None
     if not isinstance(acl, dict) or any(k not in ACCOUNT_ACL_KEYS for k in acl):
         raise InvalidArgument(f"the account ACL may only have the keys {ACCOUNT_ACL_KEYS}")

@@ -194,7 +194,7 @@ class ObjectService:
         if quota is not None:
             try:
                 policy["quota_bytes"] = int(quota) or None
-                if int(quota) < 0:
+                if not 0 <= int(quota) < 2**63:  # (the catalog's BIGINT)
                     raise ValueError
             except ValueError:
                 raise InvalidArgument("X-Container-Policy-Quota is a number of bytes "
@@ -525,7 +525,7 @@ class ObjectService:
             raise TooLarge("manifest too large")
         try:
             segments = json.loads(manifest)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidArgument("Manifest must be valid JSON.") from None
         if not isinstance(segments, list) or not segments:
             raise InvalidArgument("Manifest must be a non-empty list of segments.")
@@ -598,7 +598,7 @@ _MAX_CHAR = "\U0010ffff"
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (1e999 is a JSON number too)
         return None
 
 
