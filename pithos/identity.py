@@ -102,8 +102,8 @@ class Identity:
             # Spend the same time as a real check, so timing does not reveal user names.
             self._derive(check_key, key, _decoy())
             return None
-        info, stored = found
-        if not self._derive(check_key, key, stored):
+        info = found.user
+        if not self._derive(check_key, key, found.key_hash):
             return None
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = time.time() + self.token_ttl_s
@@ -120,7 +120,7 @@ class Identity:
         found = self.catalog.token_user(digest, now)
         if found is None:
             return None
-        user, expires = found
+        user, expires = found.user, found.expires
         with self._lock:
             if len(self._cache) > 10000:
                 self._cache.clear()

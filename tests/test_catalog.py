@@ -118,16 +118,16 @@ def test_container_listing(catalog):
     put(catalog, cid, "o", size=9)
     rows = catalog.list_containers(a)
     assert [(n, o, b) for n, o, b, _ in rows] == [("x", 0, 0), ("y", 1, 9), ("z", 0, 0)]
-    assert [r[0] for r in catalog.list_containers(a, marker="x", limit=1)] == ["y"]
-    assert [r[0] for r in catalog.list_containers(a, reverse=True)] == ["z", "y", "x"]
+    assert [r.name for r in catalog.list_containers(a, marker="x", limit=1)] == ["y"]
+    assert [r.name for r in catalog.list_containers(a, reverse=True)] == ["z", "y", "x"]
 
 
 def test_users_and_tokens(catalog):
     u = catalog.add_user("acct", "bob", "hash", admin=False)
-    assert catalog.user_credentials("acct", "bob")[1] == "hash"
+    assert catalog.user_credentials("acct", "bob").key_hash == "hash"
     catalog.add_token("t" * 64, u.id, time.time() + 60)
     catalog.add_token("x" * 64, u.id, time.time() - 1)
-    assert catalog.token_user("t" * 64, time.time())[0].name == "bob"
+    assert catalog.token_user("t" * 64, time.time()).user.name == "bob"
     assert catalog.token_user("x" * 64, time.time()) is None  # expired
     assert catalog.delete_user("acct", "bob")
     assert catalog.token_user("t" * 64, time.time()) is None  # tokens go with the user
@@ -166,7 +166,7 @@ def test_version_history_until_and_purge(catalog, container):
     time.sleep(0.01)
     v2 = put(catalog, c.id, "o", size=2)
     put(catalog, c.id, "other", size=5)
-    assert [vid for vid, _, _ in catalog.versions(c.id, "o")] == [v1.vid, v2.vid]
+    assert [v.vid for v in catalog.versions(c.id, "o")] == [v1.vid, v2.vid]
     assert catalog.object_version(c.id, "o", v1.vid).size == 1
     assert catalog.object_version(c.id, "other", v1.vid) is None  # ids are per object
     assert catalog.object_at(c.id, "o", t1).size == 1
@@ -184,7 +184,7 @@ def test_versioning_none_keeps_no_history(catalog):
     c = catalog.container(acct, "flat")
     put(catalog, c.id, "o", size=1)
     v2 = put(catalog, c.id, "o", size=2)
-    assert [vid for vid, _, _ in catalog.versions(c.id, "o")] == [v2.vid]
+    assert [v.vid for v in catalog.versions(c.id, "o")] == [v2.vid]
     catalog.delete_object(c.id, "o")
     assert catalog.versions(c.id, "o") == []
 
@@ -199,9 +199,9 @@ def test_container_listing_until(catalog):
     time.sleep(0.01)
     put(catalog, c1.id, "y", size=7)
     catalog.create_container(a, "c2")
-    assert [(n, o, b) for n, o, b, _ in catalog.list_containers(a, until=then)] == [
+    assert [(r.name, r.objects, r.bytes) for r in catalog.list_containers(a, until=then)] == [
         ("c1", 1, 5)]
-    assert [(n, o, b) for n, o, b, _ in catalog.list_containers(a)] == [
+    assert [(r.name, r.objects, r.bytes) for r in catalog.list_containers(a)] == [
         ("c1", 2, 12), ("c2", 0, 0)]
 
 
@@ -227,14 +227,14 @@ def test_only_the_first_of_concurrent_first_starts_adds_its_user(catalog):
         other.close()
     assert all(r is not None for r in results)
     assert [u.name for u in catalog.users()] == ["admin"]
-    (info, stored) = catalog.user_credentials("admin", "admin")
+    info, stored = catalog.user_credentials("admin", "admin")
     assert stored in {f"key-{i}" for i in range(4)} and info.admin
     # Another user's name with an initial key: neither added nor changed.
     assert catalog.set_initial_key("other", "x", "k", admin=False) is None
     # Once the key is used (a token issued), it is no initial key any more.
     catalog.add_token("t" * 64, info.id, time.time() + 60)
     assert catalog.set_initial_key("admin", "admin", "again", admin=True) is None
-    assert catalog.user_credentials("admin", "admin")[1] == stored
+    assert catalog.user_credentials("admin", "admin").key_hash == stored
     # A key set by hand is none either.
     catalog.add_user("admin", "admin", "hand", admin=True)
     assert catalog.set_initial_key("admin", "admin", "again", admin=True) is None
@@ -260,7 +260,7 @@ def test_migration_3_adds_the_initial_key_column_to_an_older_catalog(tmp_path):
     upgraded = Catalog(f"sqlite:///{path}")
     try:
         assert upgraded.schema_found == 2
-        assert upgraded.user_credentials("ops", "alice")[1] == "hash"
+        assert upgraded.user_credentials("ops", "alice").key_hash == "hash"
         assert upgraded.set_initial_key("ops", "alice", "new", admin=True) is None
     finally:
         upgraded.close()

@@ -10,11 +10,17 @@ import pytest
 from conftest import catalog_databases
 from sqlalchemy import bindparam, create_engine, event, select, text
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-from sqlalchemy.exc import IntegrityError, NoResultFound
 
 from pithos.catalog import schema as s
 from pithos.catalog.prepared import Prepared
-from pithos.core.errors import QuotaExceeded
+from pithos.catalog.records import (
+    AccountAndContainer,
+    PublicObject,
+    SharingEntry,
+    TokenOwner,
+    Usage,
+)
+from pithos.core.errors import Conflict, NotFound, QuotaExceeded
 
 ROOT = b"r" * 32
 
@@ -25,7 +31,7 @@ def put(cat, cid, name, size=10, **kw):
 
 
 def test_account_and_container_match_the_separate_lookups(catalog):
-    assert catalog.account_and_container("nobody", "c") == (None, None)
+    assert catalog.account_and_container("nobody", "c") == AccountAndContainer(None, None)
     acct = catalog.ensure_account("acct")
     catalog.update_account(acct, acl='{"read-only": ["x"]}', set_acl=True)
     info, c = catalog.account_and_container("acct", "c")
@@ -40,12 +46,12 @@ def test_account_and_container_match_the_separate_lookups(catalog):
     assert (c.read_acl, c.write_acl, c.versioning, c.quota_bytes) == (".r:*", "bob", "none", 5)
     assert c.has_sharing is False
     catalog.set_sharing(acct, c.id, "dir/", "someone", "")
-    assert catalog.account_and_container("acct", "c")[1].has_sharing is True
-    assert catalog.account_and_container("acct", "other")[1].has_sharing is False
+    assert catalog.account_and_container("acct", "c").container.has_sharing is True
+    assert catalog.account_and_container("acct", "other").container.has_sharing is False
     # Another account's container of the same name is not this one.
     other = catalog.ensure_account("acct2")
     catalog.create_container(other, "c")
-    assert catalog.account_and_container("acct2", "c")[1].account_id == other
+    assert catalog.account_and_container("acct2", "c").container.account_id == other
 
 
 def test_object_comes_with_its_metadata_and_public_token(catalog, container):
@@ -83,13 +89,13 @@ def test_public_object_and_account(catalog, container):
     acct, c = container
     v = put(catalog, c.id, "o", meta={"user": {"k": "v"}})
     token = catalog.publish(v.object_id)
-    assert catalog.public_object_and_account(token) == (v, acct)
+    assert catalog.public_object_and_account(token) == PublicObject(v, acct)
     assert catalog.public_object(token) == v
     assert catalog.container_account(c.id) == acct
     assert catalog.public_object_and_account("nope") is None
     catalog.delete_object(c.id, "o")
     assert catalog.public_object(token) is None
-    with pytest.raises(NoResultFound):
+    with pytest.raises(NotFound):
         catalog.container_account(c.id + 1000)
 
 
@@ -98,9 +104,9 @@ def test_sharing_for_finds_the_nearest_at_every_depth(catalog, container):
     catalog.set_sharing(acct, c.id, "a/", "dir-slash", "")
     catalog.set_sharing(acct, c.id, "a/b/c", "plain", "w")
     assert catalog.sharing_for(c.id, "a") is None
-    assert catalog.sharing_for(c.id, "a/x") == ("a/", "dir-slash", "")
-    assert catalog.sharing_for(c.id, "a/b/c") == ("a/b/c", "plain", "w")
-    assert catalog.sharing_for(c.id, "a/b/c/d") == ("a/b/c", "plain", "w")
+    assert catalog.sharing_for(c.id, "a/x") == SharingEntry("a/", "dir-slash", "")
+    assert catalog.sharing_for(c.id, "a/b/c") == SharingEntry("a/b/c", "plain", "w")
+    assert catalog.sharing_for(c.id, "a/b/c/d").path == "a/b/c"
     # Many depths, so that many sizes of the statement are used (and padded).
     deep = "a/" + "/".join(f"p{i}" for i in range(12))
     for k in range(2, 14):
@@ -133,17 +139,22 @@ def test_token_user_and_usage(catalog, container):
     _, c = container
     u = catalog.add_user("acct", "bob", "hash", admin=True)
     catalog.add_token("t" * 64, u.id, 2e9)
-    user, expires = catalog.token_user("t" * 64, time.time())
+    found = catalog.token_user("t" * 64, time.time())
+    assert type(found) is TokenOwner
+    user, expires = found.user, found.expires
     assert (user.id, user.account, user.name, user.admin, expires) == (u.id, "acct", "bob",
                                                                        True, 2e9)
     assert type(user.admin) is bool
     assert catalog.token_user("t" * 64, 2e9 + 1) is None
     put(catalog, c.id, "o", size=100)
-    assert catalog.usage(c.id) == (0, None, 0, None)  # no quota: not counted
+    assert catalog.usage(c.id) == Usage(0, None, 0, None)  # no quota: not counted
     catalog.update_container(c.id, quota_bytes=1000)
     catalog.set_account_quota("acct", 5000)
-    assert catalog.usage(c.id) == (100, 1000, 100, 5000)
-    with pytest.raises(NoResultFound):
+    usage = catalog.usage(c.id)
+    assert type(usage) is Usage
+    assert (usage.container_bytes, usage.container_quota_bytes, usage.account_bytes,
+            usage.account_quota_bytes) == (100, 1000, 100, 5000)
+    with pytest.raises(NotFound):
         catalog.usage(c.id + 1000)
 
 
@@ -171,8 +182,9 @@ def test_put_version_counts_and_uuids(catalog, container):
     assert (info.objects, info.bytes) == (2, 7)
 
 
-def test_put_version_into_a_missing_container_is_sqlalchemys_integrity_error(catalog):
-    with pytest.raises(IntegrityError):
+def test_put_version_into_a_missing_container_is_a_conflict(catalog):
+    # (A container deleted under the write: its foreign key refuses the object row.)
+    with pytest.raises(Conflict):
         put(catalog, 12345, "o")
 
 
@@ -181,7 +193,7 @@ def test_put_version_quota_and_flat_versioning(catalog, container):
     catalog.update_container(c.id, quota_bytes=100, versioning="none")
     put(catalog, c.id, "o", size=60)
     v = put(catalog, c.id, "o", size=90)
-    assert [vid for vid, _, _ in catalog.versions(c.id, "o")] == [v.vid]
+    assert [found.vid for found in catalog.versions(c.id, "o")] == [v.vid]
     with pytest.raises(QuotaExceeded):
         put(catalog, c.id, "p", size=20)
     assert catalog.object(c.id, "p") is None  # nothing of the refused version stays

@@ -167,7 +167,7 @@ def test_versions_and_the_chosen_version(service):
     c = make_container(service, "c")
     first = put(service, c, "o", b"one")
     put(service, c, "o", b"two!")
-    assert [size for _, _, size in service.versions(c, "o")] == [3, 4]
+    assert [v.size for v in service.versions(c, "o")] == [3, 4]
     v, token = service.chosen_version(c, "o", vid=first.vid, until=None)
     assert (v.size, token) == (3, None)
     assert service.chosen_version(c, "o", vid=None, until=None)[0].size == 4

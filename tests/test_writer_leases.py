@@ -95,7 +95,7 @@ def test_a_clear_racing_a_new_writer_never_leaves_it_without_a_row(catalog):
             with leases.held():
                 started = time.time()
                 rows = catalog.upload_lease_rows()
-                if not rows or min(s for _, s in rows) > started:
+                if not rows or min(r.started for r in rows) > started:
                     failures.append(repr(rows))
     finally:
         stop.set()

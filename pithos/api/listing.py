@@ -10,7 +10,7 @@ import falcon
 
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
-from pithos.objects import ListingEntry
+from pithos.objects import ContainerSummary, ListingEntry
 
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 
@@ -65,19 +65,20 @@ def _send(resp: falcon.Response, fmt: str, body: str, empty: bool) -> None:
 
 
 def send_containers(resp: falcon.Response, fmt: str, account: str,
-                    rows: Sequence[tuple[str, int, int, float]]) -> None:
+                    rows: Sequence[ContainerSummary]) -> None:
     if fmt == "json":
-        body = json.dumps([{"name": n, "count": c, "bytes": b, "last_modified": iso_date(t)}
-                           for n, c, b, t in rows])
+        body = json.dumps([{"name": r.name, "count": r.objects, "bytes": r.bytes,
+                            "last_modified": iso_date(r.created)} for r in rows])
     elif fmt == "xml":
         items = "".join(
-            f"<container><name>{escape(n)}</name><count>{c}</count><bytes>{b}</bytes>"
-            f"<last_modified>{iso_date(t)}</last_modified></container>"
-            for n, c, b, t in rows)
+            f"<container><name>{escape(r.name)}</name><count>{r.objects}</count>"
+            f"<bytes>{r.bytes}</bytes><last_modified>{iso_date(r.created)}</last_modified>"
+            "</container>"
+            for r in rows)
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<account name={quoteattr(account)}>'
                 f"{items}</account>")
     else:
-        body = "".join(f"{n}\n" for n, _, _, _ in rows)
+        body = "".join(f"{r.name}\n" for r in rows)
     _send(resp, fmt, body, not rows)
 
 

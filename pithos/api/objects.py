@@ -114,10 +114,10 @@ class ObjectHandlers:
         versions = self.objects.versions(container, name)
         if (req.get_param("format") or "json") == "json":
             resp.content_type = "application/json; charset=utf-8"
-            resp.text = json.dumps({"versions": [[vid, ts] for vid, ts, _ in versions]})
+            resp.text = json.dumps({"versions": [[v.vid, v.created] for v in versions]})
         else:
             resp.content_type = "text/plain; charset=utf-8"
-            resp.text = "".join(f"{vid} {ts}\n" for vid, ts, _ in versions)
+            resp.text = "".join(f"{v.vid} {v.created}\n" for v in versions)
 
     def _headers(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
         resp.set_header("ETag", etag)
@@ -180,8 +180,9 @@ class ObjectHandlers:
     def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and
         conditional requests work; an unpublished or deleted object is 404)."""
-        v, account_id = self.objects.sharing.public_object(token)
-        self.serve(req, resp, v, account_id, req.method == "HEAD", public=True)
+        found = self.objects.sharing.public_object(token)
+        self.serve(req, resp, found.version, found.account_id, req.method == "HEAD",
+                   public=True)
 
     def serve(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion,
               account_id: int, head: bool,

@@ -100,7 +100,7 @@ class SwiftSink:
                                        **params)  # type: ignore[arg-type]
         if "shared" in req.params:
             shared = objects.sharing.shared_containers(info.name)
-            rows = [r for r in rows if r[0] in shared]
+            rows = [r for r in rows if r.name in shared]
         self._account_headers(resp, info, req.context.user)
         listing.send_containers(resp, fmt, RESELLER_PREFIX + t.account, rows)
 

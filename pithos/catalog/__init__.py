@@ -5,11 +5,25 @@ import os
 
 from pithos.catalog.catalog import Catalog
 from pithos.catalog.records import (
+    AccountAndContainer,
     AccountInfo,
+    AccountSharing,
     ContainerInfo,
+    ContainerPolicy,
+    ContainerSummary,
+    CurrentVersion,
+    LeaseRow,
     ListingEntry,
     ObjectVersion,
+    PublicObject,
+    RootsAfter,
+    SharingEntry,
+    TokenOwner,
+    Usage,
+    UserCredentials,
     UserInfo,
+    VersionNaming,
+    VersionSummary,
 )
 
 
@@ -18,5 +32,7 @@ def local_url(data_dir: str) -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(data_dir, "catalog.sqlite"))
 
 
-__all__ = ["AccountInfo", "Catalog", "ContainerInfo", "ListingEntry", "ObjectVersion",
-           "UserInfo", "local_url"]
+__all__ = ["AccountAndContainer", "AccountInfo", "AccountSharing", "Catalog", "ContainerInfo",
+           "ContainerPolicy", "ContainerSummary", "CurrentVersion", "LeaseRow", "ListingEntry",
+           "ObjectVersion", "PublicObject", "RootsAfter", "SharingEntry", "TokenOwner", "Usage",
+           "UserCredentials", "UserInfo", "VersionNaming", "VersionSummary", "local_url"]

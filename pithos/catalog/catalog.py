@@ -36,10 +36,14 @@ from pithos.catalog import schema as s
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.records import (
+    AccountAndContainer,
     AccountInfo,
     ContainerInfo,
+    ContainerSummary,
+    CurrentVersion,
     ListingEntry,
     ObjectVersion,
+    VersionSummary,
 )
 from pithos.catalog.rows import ASK, MAX_CHAR, name_window, version_columns, version_record
 from pithos.catalog.sharing import SharingMixin
@@ -54,7 +58,13 @@ __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
-    ``postgresql://user@host/db``).  Creates or upgrades the schema on open."""
+    ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
+
+    Every method returns the records of pithos.catalog.records (never a database row or a
+    positional tuple) and raises only PithosError subclasses: besides those it documents,
+    NoSpace for a full disk, Conflict for a write that lost to a concurrent one, and
+    BackendError (`transient` when a retry may succeed) for a database that failed or is
+    out of reach (pithos/catalog/db_errors.py)."""
 
     # Opening, closing and transactions: pithos.catalog.engine.CatalogEngine.
 
@@ -134,8 +144,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
         with self._read() as conn:
             return self._container(conn, account_id, name, detail)
 
-    def account_and_container(self, account: str, container: str
-                              ) -> tuple[AccountInfo | None, ContainerInfo | None]:
+    def account_and_container(self, account: str, container: str) -> AccountAndContainer:
         """The account and its container by name, as account(detail=False) and
         container(detail=False) (None for either that does not exist), in one statement;
         the container also tells whether it holds any sharing entry (`has_sharing`)."""
@@ -208,9 +217,9 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
 
     def list_containers(self, account_id: int, prefix: str = "", marker: str = "",
                         end_marker: str = "", limit: int = 10000, reverse: bool = False,
-                        until: float | None = None) -> list[tuple[str, int, int, float]]:
-        """(name, objects, bytes, created) of containers, by name; with `until`, the
-        containers that existed then (and still do) with their usage at that time."""
+                        until: float | None = None) -> list[ContainerSummary]:
+        """The account's containers with their usage, by name; with `until`, the containers
+        that existed then (and still do) with their usage at that time."""
         c = s.containers
         if until is not None:
             return self._containers_at(account_id, prefix, marker, end_marker, limit, reverse,
@@ -224,12 +233,11 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
              .where(c.c.account_id == account_id))
         q = name_window(q, c.c.name, prefix, marker, end_marker, reverse).limit(limit)
         with self._read() as conn:
-            return [(r.name, int(r.objects or 0), int(r.bytes or 0), r.created)
+            return [ContainerSummary(r.name, int(r.objects or 0), int(r.bytes or 0), r.created)
                     for r in conn.execute(q)]
 
     def _containers_at(self, account_id: int, prefix: str, marker: str, end_marker: str,
-                       limit: int, reverse: bool, until: float
-                       ) -> list[tuple[str, int, int, float]]:
+                       limit: int, reverse: bool, until: float) -> list[ContainerSummary]:
         c, v = s.containers, s.versions
         q = select(c.c.id, c.c.name, c.c.created).where(and_(c.c.account_id == account_id,
                                                              c.c.created <= until))
@@ -240,7 +248,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
                 n, size = conn.execute(self._visible(
                     select(func.count(), func.coalesce(func.sum(v.c.size), 0)), until, until)
                     .where(s.objects.c.container_id == row.id)).one()
-                out.append((row.name, int(n), int(size), row.created))
+                out.append(ContainerSummary(row.name, int(n), int(size), row.created))
         return out
 
     # -- objects -------------------------------------------------------------------------------
@@ -265,16 +273,16 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
                ) -> ObjectVersion | None:
         """The current version of an object, None if absent, deleted or expired."""
         found = self.object_and_public_token(container_id, name, now)
-        return None if found is None else found[0]
+        return None if found is None else found.version
 
     def object_and_public_token(self, container_id: int, name: str, now: float | None = None
-                                ) -> tuple[ObjectVersion, str | None] | None:
+                                ) -> CurrentVersion | None:
         """As object(), with the object's public token (None if unpublished), in one
         statement."""
         rows = self._fetch(h.OBJECT, container_id=container_id, name=name,
                            now=time.time() if now is None else now)
         version = h.object_version(rows)
-        return None if version is None else (version, h.extra(rows))
+        return None if version is None else CurrentVersion(version, h.extra(rows))
 
     def put_version(self, container_id: int, name: str, *, root: bytes, size: int, etag: str,
                     content_type: str, meta: Mapping[str, Mapping[str, str]],
@@ -311,12 +319,13 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
             if rows:
                 self._run_in(conn, h.NEW_META, rows)
             self._run_in(conn, h.SET_CURRENT, {"object_id": obj_id, "current_id": version_id})
-            policy = self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0]
+            policy = h.container_policy(
+                self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0])
             self._check_quota(conn, container_id, size - (old_size or 0), policy)
             self._count(conn, container_id, 0 if old_size is not None else 1,
                         size - (old_size or 0))
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id,
-                                           policy[3])
+                                           policy.versioning)
         return ObjectVersion(obj_id, container_id, name, uuid, version_id, vid, root, size,
                              etag, content_type, created or now, modified_by, delete_at,
                              dlo_manifest, slo_manifest,
@@ -431,9 +440,9 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
 
     # -- versions ------------------------------------------------------------------------------
 
-    def versions(self, container_id: int, name: str) -> list[tuple[str, float, int]]:
-        """(version id, timestamp, size) of every retained content version of an object,
-        oldest first (deletion markers are not versions)."""
+    def versions(self, container_id: int, name: str) -> list[VersionSummary]:
+        """Every retained content version of an object, oldest first (deletion markers are
+        not versions)."""
         o, v = s.objects, s.versions
         with self._read() as conn:
             rows = conn.execute(select(v.c.vid, v.c.created, v.c.size)
@@ -441,7 +450,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
                                 .where(and_(o.c.container_id == container_id, o.c.name == name,
                                             v.c.deleted.is_(False)))
                                 .order_by(v.c.id)).all()
-        return [(r.vid, r.created, r.size) for r in rows]
+        return [VersionSummary(r.vid, r.created, r.size) for r in rows]
 
     def object_version(self, container_id: int, name: str, vid: str) -> ObjectVersion | None:
         """A retained version of this object by its id (ids of other objects give None)."""

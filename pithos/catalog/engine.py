@@ -4,6 +4,8 @@ unsynced writes of lease rows.  The Catalog's parts (pithos.catalog.catalog) bui
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -21,14 +23,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError
 
 from pithos.catalog import schema as s
+from pithos.catalog.db_errors import database_errors
 from pithos.catalog.prepared import SnapshotReads, Statements, fetch, run
 from pithos.catalog.space import (
     SpaceReserve,
-    disk_full_as_no_space,
     release_and_retry,
 )
 from pithos.catalog.wal_sync import WalSync
-from pithos.core.errors import BackendError, InvalidArgument
+from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 
 STAT_SHARDS = 8
 # How long a SQLite connection waits for a lock before giving up with "database is locked".
@@ -140,6 +142,7 @@ class CatalogEngine:
                                               max_overflow=10)
             self._reads = SnapshotReads(self._read_engine)
         self._dialect = self.engine.dialect
+        self._driver_error: type[BaseException] = self._dialect.loaded_dbapi.Error
         self._statements = Statements(self._dialect)
         # Opening is a way out of a full disk too (a reader may have to create SQLite's
         # shared-memory file).  The reserve is made by writes only, not by a mere open.
@@ -157,12 +160,23 @@ class CatalogEngine:
 
     # -- transactions ------------------------------------------------------------------------
 
+    # Every statement runs inside one of these helpers, which raise the project's errors for
+    # the database's (pithos/catalog/db_errors.py): nothing above the catalog sees SQLAlchemy.
+
+    def database_errors(self) -> contextlib.AbstractContextManager[None]:
+        """Raise a database error from the block as the project's error (NoSpace, Conflict,
+        BackendError): for the catalog's helpers, and for statements run on `engine` outside
+        them (pithos/catalog/leases.py)."""
+        return database_errors(self._driver_error)
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction, durable when the block exits without an error (every
         write of the catalog goes through here: callers acknowledge what it returns).  A
-        full disk raises NoSpace, and nothing was written."""
-        with disk_full_as_no_space(), self.engine.connect() as conn:
+        full disk raises NoSpace, and nothing was written; a write that conflicts with a
+        concurrent one (a unique name taken meanwhile) raises Conflict; the database failing
+        or out of reach, BackendError."""
+        with self.database_errors(), self.engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():
@@ -172,18 +186,24 @@ class CatalogEngine:
         # After the connection went back to the pool: other writers commit meanwhile and
         # share the sync.
         if self._wal_sync is not None:
-            self._wal_sync.sync()
+            try:
+                self._wal_sync.sync()
+            except OSError as exc:
+                # Committed, but not known to be durable: the write is not acknowledged.
+                error = NoSpace if exc.errno in (errno.ENOSPC, errno.EDQUOT) else BackendError
+                raise error(f"the catalog could not sync its WAL: {exc}") from exc
         if self._reserve is not None:
             self._reserve.ensure()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with disk_full_as_no_space(), self.engine.connect() as conn, conn.begin():
+        with self.database_errors(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     def _fetch(self, stmt: Any, **values: Any) -> list[Any]:
         """The rows of one of hot_statements, read alone outside any transaction."""
-        return self._reads.fetch(self._statements[stmt], values)
+        with self.database_errors():
+            return self._reads.fetch(self._statements[stmt], values)
 
     def _fetch_in(self, conn: Connection, stmt: Any, **values: Any) -> list[Any]:
         """The rows of one of hot_statements, run in `conn`'s transaction."""
@@ -206,7 +226,7 @@ class CatalogEngine:
         """A write that need not survive a crash (a lease dies with its holder anyway), so it
         skips the commit's fsync: leases are taken on every upload."""
         engine = self._lease_engine or self.engine
-        with disk_full_as_no_space(), engine.connect() as conn:
+        with self.database_errors(), engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():

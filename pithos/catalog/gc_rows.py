@@ -4,7 +4,6 @@ retained root, roots committed since a mark, and the lease rows (pithos.catalog.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
 from sqlalchemy import (
     and_,
@@ -15,16 +14,7 @@ from sqlalchemy import (
 )
 
 from pithos.catalog import schema as s
-
-
-class VersionNaming(NamedTuple):
-    """A retained version whose map is a given root (`GcRowsMixin.versions_naming`)."""
-    root: bytes
-    account: str
-    container: str
-    name: str
-    version: str  # the version id clients see
-    current: bool  # the object's visible version
+from pithos.catalog.records import LeaseRow, RootsAfter, VersionNaming
 
 
 class GcRowsMixin:
@@ -49,7 +39,7 @@ class GcRowsMixin:
         with self._read() as conn:
             return int(conn.execute(select(func.max(s.versions.c.id))).scalar() or 0)
 
-    def roots_after(self, version_id: int) -> tuple[list[bytes], int]:
+    def roots_after(self, version_id: int) -> RootsAfter:
         """Roots of versions committed after `version_id`, and the newest id seen: the
         collector asks again just before each sweep, to spare maps committed while it ran."""
         with self._read() as conn:
@@ -57,7 +47,7 @@ class GcRowsMixin:
                                 .where(s.versions.c.id > version_id)
                                 .order_by(s.versions.c.id)).all()
         newest = rows[-1].id if rows else version_id
-        return [bytes(r.root) for r in rows if r.root is not None], int(newest)
+        return RootsAfter([bytes(r.root) for r in rows if r.root is not None], int(newest))
 
     def versions_naming(self, roots: Iterable[bytes], batch: int = 500
                         ) -> list[VersionNaming]:
@@ -92,11 +82,11 @@ class GcRowsMixin:
                 # in the future, so a collector of an earlier release spares it too.
                 conn.execute(insert(ul).values(id=lease_id, started=oldest, expires=1e15))
 
-    def upload_lease_rows(self) -> list[tuple[int, float]]:
-        """Every writer lease row: (lease id, start of its oldest writer)."""
+    def upload_lease_rows(self) -> list[LeaseRow]:
+        """Every writer lease row."""
         with self._read() as conn:
             rows = conn.execute(select(s.upload_leases.c.id, s.upload_leases.c.started)).all()
-        return [(int(r.id), float(r.started)) for r in rows]
+        return [LeaseRow(int(r.id), float(r.started)) for r in rows]
 
     def delete_upload_lease(self, lease_id: int) -> None:
         """Drop a lease row (its process is dead: the collector revokes it)."""

@@ -13,7 +13,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import ClauseElement
 
 from pithos.catalog import schema as s
-from pithos.catalog.records import AccountInfo, ContainerInfo, ObjectVersion, UserInfo
+from pithos.catalog.records import (
+    AccountAndContainer,
+    AccountInfo,
+    ContainerInfo,
+    ContainerPolicy,
+    ObjectVersion,
+    TokenOwner,
+    UserInfo,
+)
 
 a, c, o, v, vm = s.accounts, s.containers, s.objects, s.versions, s.version_meta
 p, sh = s.public_links, s.sharing
@@ -58,14 +66,18 @@ def container_info(row: Sequence[Any], has_sharing: bool | None = None) -> Conta
                          row[7], has_sharing)
 
 
-def account_and_container(row: Sequence[Any] | None
-                          ) -> tuple[AccountInfo | None, ContainerInfo | None]:
+def account_and_container(row: Sequence[Any] | None) -> AccountAndContainer:
     if row is None:
-        return None, None
+        return AccountAndContainer(None, None)
     n = len(_ACCOUNT_COLUMNS)
     found = row[n] is not None
-    return (account_info(row),
-            container_info(row[n:], bool(row[-1])) if found else None)
+    return AccountAndContainer(account_info(row),
+                               container_info(row[n:], bool(row[-1])) if found else None)
+
+
+def container_policy(row: Sequence[Any]) -> ContainerPolicy:
+    """A row of CONTAINER_POLICY."""
+    return ContainerPolicy(*row)
 
 
 # -- objects -----------------------------------------------------------------------------------
@@ -158,8 +170,8 @@ TOKEN_USER = (select(s.users.c.id, s.users.c.name, s.users.c.admin, a.c.name,
                           s.tokens.c.expires > bindparam("now"))))
 
 
-def token_user(row: Sequence[Any]) -> tuple[UserInfo, float]:
-    return UserInfo(row[0], row[3], row[1], bool(row[2])), row[4]
+def token_user(row: Sequence[Any]) -> TokenOwner:
+    return TokenOwner(UserInfo(row[0], row[3], row[1], bool(row[2])), row[4])
 
 
 _SHARING: dict[int, ClauseElement] = {}

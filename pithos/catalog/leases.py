@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import os
 import secrets
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pithos.catalog.db_errors import database_errors
 from pithos.core.errors import BackendError
 
 if TYPE_CHECKING:
@@ -162,7 +164,8 @@ class PostgresLiveness:
     shared mode on a connection of its own for as long as the process lives; a commit guard
     takes it in shared mode for its transaction; the collector revokes only when it can take
     it exclusively (neither is there).  A dropped session releases its locks: the lease is
-    then lost, and its writers' commits fail."""
+    then lost, and its writers' commits fail.  Database errors are raised as the project's
+    (pithos/catalog/db_errors.py)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -172,14 +175,15 @@ class PostgresLiveness:
     def hold(self, lease_id: int) -> None:
         from sqlalchemy import text
 
-        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            pid = conn.execute(text("SELECT pg_backend_pid() FROM "
-                                    "(SELECT pg_advisory_lock_shared(:c, :i)) AS locked"),
-                               {"c": PG_LOCK_CLASS, "i": lease_id}).scalar()
-        except BaseException:
-            conn.close()
-            raise
+        with database_errors():
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                pid = conn.execute(text("SELECT pg_backend_pid() FROM "
+                                        "(SELECT pg_advisory_lock_shared(:c, :i)) AS locked"),
+                                   {"c": PG_LOCK_CLASS, "i": lease_id}).scalar()
+            except BaseException:
+                conn.close()
+                raise
         self._held[lease_id] = (conn, int(pid))
 
     def release(self, lease_id: int) -> None:
@@ -196,7 +200,8 @@ class PostgresLiveness:
 
         if lease_id in self._held:
             return False
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with database_errors(), \
+                self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :i)"),
                                {"c": PG_LOCK_CLASS, "i": lease_id}).scalar()
             if not got:
@@ -215,7 +220,7 @@ class PostgresLiveness:
         held = self._held.get(lease_id)
         if held is None:
             raise LeaseLost()
-        with self.engine.connect() as conn, conn.begin():
+        with database_errors(), self.engine.connect() as conn, conn.begin():
             alive = conn.execute(text(
                 "SELECT pg_try_advisory_xact_lock_shared(:c, :i) AND EXISTS "
                 "(SELECT 1 FROM upload_leases WHERE id = :i) AND EXISTS "
@@ -398,12 +403,12 @@ def oldest_live_writer(catalog: Catalog, liveness: Liveness | None = None) -> fl
     and return the start of the oldest writer in flight of the live ones (None: none)."""
     liveness = liveness or liveness_for(catalog)
     starts: list[float] = []
-    for lease_id, started in catalog.upload_lease_rows():
+    for row in catalog.upload_lease_rows():
         try:
-            revoked = liveness.try_revoke(lease_id,
-                                          lambda i=lease_id: catalog.delete_upload_lease(i))
+            revoked = liveness.try_revoke(
+                row.lease_id, functools.partial(catalog.delete_upload_lease, row.lease_id))
         except Exception:
             revoked = False  # (e.g. a full disk): taken for alive, which only spares more
         if not revoked:
-            starts.append(started)
+            starts.append(row.started)
     return min(starts, default=None)

@@ -1,8 +1,10 @@
-"""Plain records the catalog returns (never SQLAlchemy rows above this package)."""
+"""Plain records the catalog returns (never SQLAlchemy rows or positional tuples above this
+package)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,110 @@ class ListingEntry:
     content_type: str = ""
     created: float = 0.0
     subdir: bool = False
+
+
+# -- small records (NamedTuples: made from a raw row without a copy of its columns) ------------
+
+
+class AccountAndContainer(NamedTuple):
+    """An account and one of its containers by name (`Catalog.account_and_container`): both
+    without counters and metadata; None for either that does not exist."""
+    account: AccountInfo | None
+    container: ContainerInfo | None
+
+
+class ContainerSummary(NamedTuple):
+    """One line of an account listing (`Catalog.list_containers`)."""
+    name: str
+    objects: int
+    bytes: int
+    created: float
+
+
+class CurrentVersion(NamedTuple):
+    """The current version of an object and its public token, None if it is unpublished
+    (`Catalog.object_and_public_token`)."""
+    version: ObjectVersion
+    public_token: str | None
+
+
+class PublicObject(NamedTuple):
+    """The current version a public token names, and the id of the account that holds it
+    (`Catalog.public_object_and_account`)."""
+    version: ObjectVersion
+    account_id: int
+
+
+class VersionSummary(NamedTuple):
+    """One retained content version of an object (`Catalog.versions`)."""
+    vid: str  # the version id clients see
+    created: float
+    size: int
+
+
+class ContainerPolicy(NamedTuple):
+    """The quotas of a container and of its account, and the container's versioning policy."""
+    quota_bytes: int | None
+    account_id: int
+    account_quota_bytes: int | None
+    versioning: str | None
+
+
+class Usage(NamedTuple):
+    """The bytes a container and its account hold, and their quotas (`Catalog.usage`); both
+    byte counts are 0 when neither has a quota (they are not counted then)."""
+    container_bytes: int
+    container_quota_bytes: int | None
+    account_bytes: int
+    account_quota_bytes: int | None
+
+
+class SharingEntry(NamedTuple):
+    """An X-Object-Sharing entry of an object or pseudo-directory of a container: who may read
+    and who may write (comma-separated accounts, account:group names or `*`)."""
+    path: str
+    read: str
+    write: str
+
+
+class AccountSharing(NamedTuple):
+    """A sharing entry by the account and container that hold it (`Catalog.all_sharing`)."""
+    account: str
+    container: str
+    read: str
+    write: str
+
+
+class UserCredentials(NamedTuple):
+    """A user and the hash of its key (`Catalog.user_credentials`)."""
+    user: UserInfo
+    key_hash: str
+
+
+class TokenOwner(NamedTuple):
+    """The user a token authenticates, and when the token expires (`Catalog.token_user`)."""
+    user: UserInfo
+    expires: float
+
+
+class RootsAfter(NamedTuple):
+    """The map roots of versions committed after a version id, and the newest id seen
+    (`Catalog.roots_after`)."""
+    roots: list[bytes]
+    newest_version_id: int
+
+
+class VersionNaming(NamedTuple):
+    """A retained version whose map is a given root (`Catalog.versions_naming`)."""
+    root: bytes
+    account: str
+    container: str
+    name: str
+    version: str  # the version id clients see
+    current: bool  # the object's visible version
+
+
+class LeaseRow(NamedTuple):
+    """A writer lease row (`Catalog.upload_lease_rows`; pithos/catalog/leases.py)."""
+    lease_id: int
+    started: float  # the start of the oldest writer in flight under the lease

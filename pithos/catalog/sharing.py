@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -16,14 +15,18 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import NoResultFound
 
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
 from pithos.catalog.records import (
+    AccountSharing,
+    ContainerPolicy,
     ObjectVersion,
+    PublicObject,
+    SharingEntry,
+    Usage,
 )
-from pithos.core.errors import QuotaExceeded
+from pithos.core.errors import NotFound, QuotaExceeded
 
 
 class SharingMixin:
@@ -60,9 +63,9 @@ class SharingMixin:
                 conn.execute(insert(sh).values(account_id=account_id, container_id=container_id,
                                                path=path, read=read, write=write))
 
-    def sharing_for(self, container_id: int, name: str) -> tuple[str, str, str] | None:
-        """(path, read, write) of the sharing that applies to an object: its own, else the
-        nearest pseudo-directory's above it."""
+    def sharing_for(self, container_id: int, name: str) -> SharingEntry | None:
+        """The sharing that applies to an object: its own, else the nearest
+        pseudo-directory's above it."""
         candidates = [name]
         parts = name.split("/")
         for k in range(len(parts) - 1, 0, -1):
@@ -70,25 +73,26 @@ class SharingMixin:
             candidates += [prefix + "/", prefix]
         stmt, size = h.sharing_paths(len(candidates))
         paths = {f"path{i}": candidates[min(i, len(candidates) - 1)] for i in range(size)}
-        rows = {path: (path, read, write) for path, read, write in self._fetch(
+        rows = {path: SharingEntry(path, read, write) for path, read, write in self._fetch(
             stmt, container_id=container_id, **paths)}
         for c in candidates:
             if c in rows:
                 return rows[c]
         return None
 
-    def container_sharing(self, container_id: int) -> list[tuple[str, str, str]]:
+    def container_sharing(self, container_id: int) -> list[SharingEntry]:
+        """The container's sharing entries, by path."""
         sh = s.sharing
         with self._read() as conn:
-            return [(r.path, r.read, r.write) for r in conn.execute(
+            return [SharingEntry(r.path, r.read, r.write) for r in conn.execute(
                 select(sh.c.path, sh.c.read, sh.c.write)
                 .where(sh.c.container_id == container_id).order_by(sh.c.path))]
 
-    def all_sharing(self) -> list[tuple[str, str, str, str]]:
-        """(owner account, container, read, write) of every sharing entry."""
+    def all_sharing(self) -> list[AccountSharing]:
+        """Every sharing entry, by the account and container that hold it."""
         sh = s.sharing
         with self._read() as conn:
-            return [(r.account, r.container, r.read, r.write) for r in conn.execute(
+            return [AccountSharing(r.account, r.container, r.read, r.write) for r in conn.execute(
                 select(s.accounts.c.name.label("account"), s.containers.c.name.label("container"),
                        sh.c.read, sh.c.write)
                 .select_from(sh.join(s.containers).join(s.accounts,
@@ -116,18 +120,19 @@ class SharingMixin:
     def public_object(self, token: str) -> ObjectVersion | None:
         """The current version of the object a public token names."""
         found = self.public_object_and_account(token)
-        return None if found is None else found[0]
+        return None if found is None else found.version
 
-    def public_object_and_account(self, token: str) -> tuple[ObjectVersion, int] | None:
+    def public_object_and_account(self, token: str) -> PublicObject | None:
         """As public_object(), with the id of the account that holds it, in one statement."""
         rows = self._fetch(h.PUBLIC_OBJECT, token=token, now=time.time())
         version = h.object_version(rows)
-        return None if version is None else (version, int(h.extra(rows)))
+        return None if version is None else PublicObject(version, int(h.extra(rows)))
 
     def container_account(self, container_id: int) -> int:
+        """The id of the account that holds the container; NotFound if there is none."""
         rows = self._fetch(h.CONTAINER_ACCOUNT, container_id=container_id)
         if not rows:
-            raise NoResultFound("No row was found when one was required")
+            raise NotFound(f"no container with id {container_id}")
         return int(rows[0][0])
 
     def set_account_quota(self, name: str, quota_bytes: int | None) -> None:
@@ -137,15 +142,17 @@ class SharingMixin:
                          .values(quota_bytes=quota_bytes or None))
 
     def _check_quota(self, conn: Connection, container_id: int, growth: int,
-                     policy: Sequence[Any] | None = None) -> None:
+                     policy: ContainerPolicy | None = None) -> None:
         """Raise QuotaExceeded if `growth` more bytes would exceed the container's or its
         account's quota (inside the committing transaction, so concurrent writers cannot
         both slip under it).  `policy`: the row of CONTAINER_POLICY, if read already."""
         if growth <= 0:
             return
         if policy is None:
-            policy = self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0]
-        quota_bytes, account_id, account_quota = policy[:3]
+            policy = h.container_policy(
+                self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0])
+        quota_bytes, account_id = policy.quota_bytes, policy.account_id
+        account_quota = policy.account_quota_bytes
         if not quota_bytes and not account_quota:
             return  # the common case: one cheap query
         st = s.container_stats
@@ -161,23 +168,26 @@ class SharingMixin:
             if used + growth > account_quota:
                 raise QuotaExceeded(f"account quota of {account_quota} bytes exceeded")
 
-    def usage(self, container_id: int) -> tuple[int, int | None, int, int | None]:
-        """(container bytes, container quota, account bytes, account quota)."""
+    def usage(self, container_id: int) -> Usage:
+        """The bytes the container and its account hold, and their quotas; NotFound if there
+        is no such container."""
         found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
         if not found:
-            raise NoResultFound("No row was found when one was required")
-        quota_bytes, account_id, account_quota, _ = found[0]
+            raise NotFound(f"no container with id {container_id}")
+        policy = h.container_policy(found[0])
+        quota_bytes, account_quota = policy.quota_bytes, policy.account_quota_bytes
         if not quota_bytes and not account_quota:
-            return 0, None, 0, None  # no quota: the usage does not matter (the common case)
+            # No quota: the usage does not matter (the common case).
+            return Usage(0, None, 0, None)
         st = s.container_stats
         with self._read() as conn:
             cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .where(st.c.container_id == container_id)).scalar_one()
             abytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .select_from(st.join(s.containers))
-                                  .where(s.containers.c.account_id == account_id)
+                                  .where(s.containers.c.account_id == policy.account_id)
                                   ).scalar_one()
-        return int(cbytes), quota_bytes, int(abytes), account_quota
+        return Usage(int(cbytes), quota_bytes, int(abytes), account_quota)
 
     # -- blocks an account may name (dedup without leaking) ------------------------------------
 

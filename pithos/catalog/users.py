@@ -12,16 +12,18 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
 from pithos.catalog.records import (
+    TokenOwner,
+    UserCredentials,
     UserInfo,
 )
 from pithos.catalog.space import (
     recovery_write,
 )
+from pithos.core.errors import Conflict
 
 
 class UsersMixin:
@@ -69,7 +71,7 @@ class UsersMixin:
                 conn.execute(update(s.users).where(s.users.c.id == row.id)
                              .values(key_hash=key_hash))
                 return UserInfo(int(row.id), account, user, bool(row.admin))
-        except SQLIntegrityError:  # another node's user came first
+        except Conflict:  # another node's user came first
             return None
 
     @recovery_write
@@ -92,7 +94,7 @@ class UsersMixin:
                                 .order_by(s.accounts.c.name, s.users.c.name)).all()
         return [UserInfo(r.id, r.account, r.name, bool(r.admin)) for r in rows]
 
-    def user_credentials(self, account: str, user: str) -> tuple[UserInfo, str] | None:
+    def user_credentials(self, account: str, user: str) -> UserCredentials | None:
         with self._read() as conn:
             row = conn.execute(select(s.users.c.id, s.users.c.key_hash, s.users.c.admin)
                                .select_from(s.users.join(s.accounts))
@@ -100,7 +102,7 @@ class UsersMixin:
                                            s.users.c.name == user))).first()
         if row is None:
             return None
-        return UserInfo(row.id, account, user, bool(row.admin)), row.key_hash
+        return UserCredentials(UserInfo(row.id, account, user, bool(row.admin)), row.key_hash)
 
     @recovery_write
     def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
@@ -115,7 +117,9 @@ class UsersMixin:
             old = select(s.tokens.c.token_hash).where(s.tokens.c.expires < time.time()).limit(100)
             conn.execute(delete(s.tokens).where(s.tokens.c.token_hash.in_(old)))
 
-    def token_user(self, token_hash: str, now: float) -> tuple[UserInfo, float] | None:
+    def token_user(self, token_hash: str, now: float) -> TokenOwner | None:
+        """The user a token (by its hash) authenticates at `now`, None if unknown or
+        expired."""
         rows = self._fetch(h.TOKEN_USER, token_hash=token_hash, now=now)
         return h.token_user(rows[0]) if rows else None
 

@@ -236,8 +236,9 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
 
     def late_roots() -> list[bytes]:
         nonlocal seen
-        found, seen = catalog.roots_after(seen)
-        return found
+        found = catalog.roots_after(seen)
+        seen = found.newest_version_id
+        return found.roots
 
     try:
         report = collect(data.blocker, all_roots(data), dry_run=args.dry_run,

@@ -5,9 +5,13 @@ from it, and takes the catalog's records from here: it never imports the catalog
 from pithos.catalog.records import (
     AccountInfo,
     ContainerInfo,
+    ContainerSummary,
     ListingEntry,
     ObjectVersion,
+    PublicObject,
     UserInfo,
+    VersionSummary,
 )
 
-__all__ = ["AccountInfo", "ContainerInfo", "ListingEntry", "ObjectVersion", "UserInfo"]
+__all__ = ["AccountInfo", "ContainerInfo", "ContainerSummary", "ListingEntry", "ObjectVersion",
+           "PublicObject", "UserInfo", "VersionSummary"]

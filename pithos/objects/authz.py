@@ -61,11 +61,11 @@ class Authz:
         """Both by name in one catalog statement; only ids and ACLs (no counters: they cost
         aggregate queries).  The account's admin makes it on first use."""
         catalog = self.catalog
-        info, container = catalog.account_and_container(account, name)
-        if info is None and user is not None and user.account == account and user.admin:
+        found = catalog.account_and_container(account, name)
+        if found.account is None and user is not None and user.account == account and user.admin:
             catalog.ensure_account(account)
-            info, container = catalog.account_and_container(account, name)
-        return info, container
+            found = catalog.account_and_container(account, name)
+        return found.account, found.container
 
     def object_access(self, user: UserInfo | None, account: str, container_name: str,
                       obj: str, action: Action) -> tuple[AccountInfo | None, ContainerInfo,
@@ -91,8 +91,8 @@ class Authz:
     def shared_right(self, user: UserInfo | None, account: str, container_name: str,
                      obj: str) -> str | None:
         """What X-Object-Sharing gives `user` on `obj` ("read"/"write"; None: nothing)."""
-        info, container = self.catalog.account_and_container(account, container_name)
-        return self._shared_right(user, account, info, container, obj)
+        found = self.catalog.account_and_container(account, container_name)
+        return self._shared_right(user, account, found.account, found.container, obj)
 
     def _shared_right(self, user: UserInfo | None, account: str, info: AccountInfo | None,
                       container: ContainerInfo | None, obj: str) -> str | None:
@@ -103,7 +103,7 @@ class Authz:
         found = catalog.sharing_for(container.id, obj)
         if found is None:
             return None
-        return sharing_right(found[1], found[2], user, account, catalog.groups(info.id))
+        return sharing_right(found.read, found.write, user, account, catalog.groups(info.id))
 
     @staticmethod
     def owns(user: UserInfo | None, account: AccountInfo | None) -> bool:

@@ -23,7 +23,7 @@ class Images:
         InvalidArgument for a dynamic large object's manifest, which has no map of its own.
         Makes no account."""
         if operator:
-            _, found = self.catalog.account_and_container(account, container)
+            found = self.catalog.account_and_container(account, container).container
         else:
             _, found, _ = self.authz.object_access(user, account, container, name,
                                                    Action.OBJECT_READ)

@@ -22,9 +22,11 @@ from pithos.catalog import (
     AccountInfo,
     Catalog,
     ContainerInfo,
+    ContainerSummary,
     ListingEntry,
     ObjectVersion,
     UserInfo,
+    VersionSummary,
 )
 from pithos.catalog.leases import Ticket, WriterLeases
 from pithos.core.errors import (
@@ -155,8 +157,8 @@ class ObjectService:
 
     def list_containers(self, account_id: int, *, limit: int, marker: str = "",
                         end_marker: str = "", prefix: str = "", reverse: bool = False,
-                        until: float | None = None) -> list[tuple[str, int, int, float]]:
-        """(name, objects, bytes, last modified) of the account's containers, in name order."""
+                        until: float | None = None) -> list[ContainerSummary]:
+        """The account's containers with their usage, in name order."""
         return self.catalog.list_containers(account_id, prefix=prefix, marker=marker,
                                             end_marker=end_marker, limit=limit,
                                             reverse=reverse, until=until)
@@ -270,7 +272,7 @@ class ObjectService:
             v = catalog.object_at(container.id, name, until)
         else:
             found = catalog.object_and_public_token(container.id, name)
-            v, token = found if found is not None else (None, None)
+            v, token = (found.version, found.public_token) if found is not None else (None, None)
         if v is None:
             raise NotFound("The resource could not be found.")
         if not with_token:
@@ -282,9 +284,9 @@ class ObjectService:
                        ) -> ObjectVersion | None:
         return self.catalog.object_version(container.id, name, vid)
 
-    def versions(self, container: ContainerInfo, name: str) -> list[tuple[str, float, int]]:
-        """(version id, timestamp, size) of the object's versions; NotFound when there is no
-        such object."""
+    def versions(self, container: ContainerInfo, name: str) -> list[VersionSummary]:
+        """The object's retained versions, oldest first; NotFound when there is no such
+        object."""
         versions = self.catalog.versions(container.id, name)
         if not versions and self.catalog.object(container.id, name) is None:
             raise NotFound("The resource could not be found.")
@@ -308,13 +310,14 @@ class ObjectService:
         """QuotaExceeded if writing `size` bytes as `name` cannot fit the container's or its
         account's quota: a refusal before the body is read.  The commit checks again,
         atomically, for bodies of unknown length and concurrent writers."""
-        cbytes, cquota, abytes, aquota = self.catalog.usage(container.id)
+        usage = self.catalog.usage(container.id)
+        cquota, aquota = usage.container_quota_bytes, usage.account_quota_bytes
         if not cquota and not aquota:
             return
         current = self.catalog.object(container.id, name)
         growth = size - (current.size if current else 0)
-        if growth > 0 and ((cquota and cbytes + growth > cquota) or
-                           (aquota and abytes + growth > aquota)):
+        if growth > 0 and ((cquota and usage.container_bytes + growth > cquota) or
+                           (aquota and usage.account_bytes + growth > aquota)):
             raise QuotaExceeded("quota exceeded")
 
     def object_hash(self, root: bytes) -> bytes:

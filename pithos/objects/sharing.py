@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pithos.catalog import AccountInfo, Catalog, ContainerInfo, ObjectVersion, UserInfo
+from pithos.catalog import (
+    AccountInfo,
+    Catalog,
+    ContainerInfo,
+    ObjectVersion,
+    PublicObject,
+    UserInfo,
+)
 from pithos.core.errors import Forbidden, InvalidArgument, NotFound
 from pithos.objects.acl import Action, format_sharing, parse_sharing, sharing_right
 from pithos.objects.authz import Authz
@@ -104,9 +111,9 @@ class Sharing:
         found = self.catalog.sharing_for(container.id, name)
         if found is None:
             return None
-        return ObjectSharing(format_sharing(found[1], found[2]), found[0])
+        return ObjectSharing(format_sharing(found.read, found.write), found.path)
 
-    def public_object(self, token: str) -> tuple[ObjectVersion, int]:
+    def public_object(self, token: str) -> PublicObject:
         """The current version a public token names, and its account's id; NotFound for an
         unknown token or an unpublished or deleted object."""
         found = self.catalog.public_object_and_account(token)
@@ -121,20 +128,21 @@ class Sharing:
 
     def shared_containers(self, owner: str) -> set[str]:
         """The names of `owner`'s containers that hold a sharing entry (`?shared`)."""
-        return {c for o, c, _, _ in self.catalog.all_sharing() if o == owner}
+        return {e.container for e in self.catalog.all_sharing() if e.account == owner}
 
     def sharing_accounts(self, user: UserInfo) -> list[str]:
         """The accounts that share something with `user`, sorted (Pithos' `GET /v1`)."""
         catalog = self.catalog
         owners = []
         groups_of: dict[str, dict[str, list[str]]] = {}
-        for owner, _, read, write in catalog.all_sharing():
+        for entry in catalog.all_sharing():
+            owner = entry.account
             if owner == user.account or owner in owners:
                 continue
             if owner not in groups_of:
                 info = catalog.account(owner)
                 groups_of[owner] = catalog.groups(info.id) if info else {}
-            if sharing_right(read, write, user, owner, groups_of[owner]):
+            if sharing_right(entry.read, entry.write, user, owner, groups_of[owner]):
                 owners.append(owner)
         owners.sort()
         return owners
@@ -167,8 +175,8 @@ class Sharing:
         if account is None or c is None:
             return None
         groups = catalog.groups(account.id)
-        paths = [p for p, r, w in catalog.container_sharing(c.id)
-                 if sharing_right(r, w, user, account.name, groups)]
+        paths = [e.path for e in catalog.container_sharing(c.id)
+                 if sharing_right(e.read, e.write, user, account.name, groups)]
         if not paths:
             return None
         return account, c, self._filter(account, c, user)
@@ -184,11 +192,11 @@ class Sharing:
 
         def keep(name: str, subdir: bool) -> bool:
             if subdir:
-                return any(p.startswith(name) or name.startswith(p) for p, _, _ in entries)
+                return any(e.path.startswith(name) or name.startswith(e.path) for e in entries)
             found = catalog.sharing_for(c.id, name)
             if found is None:
                 return False
-            return user is None or sharing_right(found[1], found[2], user, account.name,
+            return user is None or sharing_right(found.read, found.write, user, account.name,
                                                  groups) is not None
 
         return keep
