@@ -61,6 +61,16 @@ class BlockStoreContract:
             finally:
                 plain.close()
 
+    def test_sizes_give_each_blobs_length_or_none(self, store: BlockStore) -> None:
+        items = [blob(n) for n in (0, 1, 4096, 100_000)]
+        store.put_many(items)
+        absent = blob(7)[0]
+        hashes = [h for h, _ in items]
+        assert store.sizes([*hashes, absent, hashes[2]]) == [0, 1, 4096, 100_000, None, 4096]
+        assert store.sizes([]) == []
+        # The default (reading the blobs) agrees with the store's own look-up.
+        assert BlockStore.sizes(store, [*hashes, absent]) == [0, 1, 4096, 100_000, None]
+
     def test_put_takes_any_bytes_like_data(self, store: BlockStore) -> None:
         items = [blob(5000), blob(7000), blob(100)]
         store.put_many([(items[0][0], bytearray(items[0][1])),

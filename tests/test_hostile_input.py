@@ -315,3 +315,36 @@ def test_finding_13_a_shared_directory_name_is_sent_percent_encoded(pithos_serve
     assert r.status_code == 200
     assert "X-Injected" not in r.headers
     assert r.headers["X-Object-Shared-By"] == quote(name, safe="/")
+
+
+# -- 4 and 12. hashmap lengths are trusted; CPU amplification ----------------------------------
+
+def test_findings_4_and_12_each_hashmap_entry_is_its_whole_block(pithos_server):
+    import os
+
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/ent", headers=h, timeout=T)
+    big, small = os.urandom(4 * 1024 * 1024), b"ten bytes!"
+    hashes = []
+    for data in (big, small):
+        r = requests.post(f"{url}/ent?blocks", data=data, headers=h, timeout=T)
+        assert r.status_code == 200, r.text
+        hashes += r.json()
+    hb, hs = hashes
+    before = requests.head(url, headers=h, timeout=T).headers["X-Account-Bytes-Used"]
+    for doc in (
+            # a 10-byte block claimed as 4 MiB: a GET would promise bytes it never sends
+            {"bytes": 4194304, "hashes": [hs], "lengths": [4194304]},
+            {"bytes": 4194304, "hashes": [hs]},
+            # one 4 MiB block named 100 times for one byte each: 100 whole verifications
+            {"bytes": 100, "hashes": [hb] * 100, "lengths": [1] * 100}):
+        r = requests.put(f"{url}/ent/o?hashmap", data=json.dumps(doc), headers=h, timeout=T)
+        assert r.status_code == 400, (doc["bytes"], r.status_code, r.text)
+        assert r.text.strip()
+    assert requests.head(f"{url}/ent/o", headers=h, timeout=T).status_code == 404
+    assert requests.head(url, headers=h, timeout=T).headers["X-Account-Bytes-Used"] == before
+    # Whole blocks make an object that reads back whole.
+    doc = {"bytes": len(big) + len(small), "hashes": [hb, hs]}
+    assert requests.put(f"{url}/ent/o?hashmap", data=json.dumps(doc), headers=h,
+                        timeout=T).status_code == 201
+    assert requests.get(f"{url}/ent/o", headers=h, timeout=T).content == big + small

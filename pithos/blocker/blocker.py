@@ -311,6 +311,10 @@ class Blocker:
         hashes of its own (volumes check 16 KiB pieces of a block they verified whole)."""
         return self.store.read(hash_, offset, length)
 
+    def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        """The size of each block, None if absent (see BlockStore.sizes)."""
+        return self.store.sizes(hashes)
+
     def quarantined(self, hashes: Sequence[bytes] | None = None) -> list[bytes]:
         """Blocks whose damaged bytes are held in quarantine (see BlockStore.quarantined)."""
         return self.store.quarantined(hashes)

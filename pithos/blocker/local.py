@@ -629,6 +629,15 @@ class LocalBlockStore(BlockStore):
                 except ValueError:
                     continue  # not a block file
 
+    def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        def one(h: bytes) -> int | None:
+            try:
+                return os.stat(self._path(h)).st_size
+            except FileNotFoundError:
+                return None
+
+        return self._map(one, hashes)
+
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
         now = time.time()
 

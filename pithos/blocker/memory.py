@@ -69,6 +69,10 @@ class MemoryBlockStore(BlockStore):
             raise NotFound("block not found", [hash_])
         return data[offset:offset + length]
 
+    def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        with self._lock:
+            return [len(self._blobs[h]) if h in self._blobs else None for h in hashes]
+
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         with self._lock:
             return list(dict.fromkeys(h for h in hashes if h not in self._blobs))

@@ -291,6 +291,11 @@ class RadosBlockStore(BlockStore):
             "cannot stat blocks")
         return sizes
 
+    def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        unique = list(dict.fromkeys(hashes))
+        found = dict(zip(unique, self._stat_many(unique), strict=True))
+        return [found[h] for h in hashes]
+
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
         return [h for h, size in zip(unique, self._stat_many(unique), strict=True)

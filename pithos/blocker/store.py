@@ -13,6 +13,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 
+from pithos.core.errors import NotFound
+
 
 class BlockStore(ABC):
     """Immutable blobs by hash.  Thread-safe: any method may be called from several threads."""
@@ -93,6 +95,20 @@ class BlockStore(ABC):
         """Every stored blob as `(hash, size)` in ascending hash order, starting after
         `start_after` (so an interrupted scan resumes from the last hash it saw).  Blobs put or
         deleted during the scan may or may not appear."""
+
+    def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        """The size of each blob in bytes, None if absent (in the order given).  A hashmap
+        upload holds the lengths its entries claim to this.  The default reads the blobs;
+        stores override it with a cheaper look-up."""
+        absent = set(self.missing(hashes))
+        present = [h for h in dict.fromkeys(hashes) if h not in absent]
+        try:
+            found = dict(zip(present, (len(b) for b in self.get_many(present)), strict=True))
+        except NotFound as exc:  # removed between the two calls
+            gone = set(exc.hashes)
+            rest = [h for h in present if h not in gone]
+            found = dict(zip(rest, (len(b) for b in self.get_many(rest)), strict=True))
+        return [found.get(h) for h in hashes]
 
     @abstractmethod
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:

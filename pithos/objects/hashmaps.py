@@ -143,6 +143,16 @@ class Hashmaps:
         missing = self.missing(account_id, hashes)
         if missing:
             raise MissingBlocks(missing)
+        # Each entry is its whole block: a length over the block's size made a GET promise
+        # bytes it never sent, and one short of it let a small hashmap name one big block
+        # thousands of times (each piece of a GET verifies the whole block).
+        stored = dict(zip(hashes, self.mapper.blocker.sizes(hashes), strict=True))
+        wrong = [i for i, (h, n) in enumerate(zip(hashes, lengths, strict=True))
+                 if stored[h] is not None and stored[h] != n]
+        if wrong:
+            i = wrong[0]
+            raise InvalidArgument(f"entry {i} claims {lengths[i]} bytes of a block of "
+                                  f"{stored[hashes[i]]} ({len(wrong)} entries are wrong)")
         root = self.mapper.store_entries(hashes, lengths) if hashes else self.mapper.empty()
         md5 = hashlib.md5(usedforsecurity=False)
         for piece in self.objects.read([(root, size)], 0, size):
