@@ -348,3 +348,33 @@ def test_findings_4_and_12_each_hashmap_entry_is_its_whole_block(pithos_server):
     assert requests.put(f"{url}/ent/o?hashmap", data=json.dumps(doc), headers=h,
                         timeout=T).status_code == 201
     assert requests.get(f"{url}/ent/o", headers=h, timeout=T).content == big + small
+
+
+# -- 9. sharing a plain object shares everything under it -----------------------------------------
+
+def test_finding_9_only_a_directory_shares_what_is_under_it(pithos_server):
+    url, owner = auth(pithos_server)
+    other_url, other = auth(pithos_server, "test2:tester2", "testing2")
+    requests.put(f"{url}/sh", headers=owner, timeout=T)
+    put = {**owner, "Content-Type": "image/jpeg"}
+    assert requests.put(f"{url}/sh/photo", data=b"shared", headers=put,
+                        timeout=T).status_code == 201
+    assert requests.put(f"{url}/sh/photo/private.jpg", data=b"private", headers=put,
+                        timeout=T).status_code == 201
+    r = requests.post(f"{url}/sh/photo", timeout=T,
+                      headers={**owner, "X-Object-Sharing": "read=test2;write=test2"})
+    assert r.status_code in (202, 204), r.text
+    assert requests.get(f"{url}/sh/photo", headers=other, timeout=T).content == b"shared"
+    r = requests.get(f"{url}/sh/photo/private.jpg", headers=other, timeout=T)
+    assert r.status_code == 403 and b"private" not in r.content
+    assert requests.put(f"{url}/sh/photo/planted", data=b"x", headers=other,
+                        timeout=T).status_code == 403
+    # A directory (a dir/ path, or an application/directory object) shares what is under it.
+    assert requests.put(f"{url}/sh/album", data=b"", timeout=T,
+                        headers={**owner, "Content-Type": "application/directory"}
+                        ).status_code == 201
+    assert requests.put(f"{url}/sh/album/1.jpg", data=b"one", headers=put,
+                        timeout=T).status_code == 201
+    requests.post(f"{url}/sh/album", headers={**owner, "X-Object-Sharing": "read=test2"},
+                  timeout=T)
+    assert requests.get(f"{url}/sh/album/1.jpg", headers=other, timeout=T).content == b"one"

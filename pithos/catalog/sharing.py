@@ -64,8 +64,9 @@ class SharingMixin:
                                                path=path, read=read, write=write))
 
     def sharing_for(self, container_id: int, name: str) -> SharingEntry | None:
-        """The sharing that applies to an object: its own, else the nearest
-        pseudo-directory's above it."""
+        """The sharing that applies to an object: its own, else the nearest directory's
+        above it: a `dir/` path, or a `dir` object of a directory type.  A plain object's
+        sharing is its own (sharing `photo` shares nothing under `photo/`)."""
         candidates = [name]
         parts = name.split("/")
         for k in range(len(parts) - 1, 0, -1):
@@ -76,9 +77,16 @@ class SharingMixin:
         rows = {path: SharingEntry(path, read, write) for path, read, write in self._fetch(
             stmt, container_id=container_id, **paths)}
         for c in candidates:
-            if c in rows:
+            if c in rows and (c == name or c.endswith("/") or self._is_directory(container_id, c)):
                 return rows[c]
         return None
+
+    def _is_directory(self, container_id: int, name: str) -> bool:
+        """Whether the current version of `name` is a directory marker (Pithos'
+        application/directory, or application/folder as some clients write it)."""
+        version = self.object(container_id, name)  # type: ignore[attr-defined]
+        return version is not None and version.content_type.split(";")[0].strip().lower() in (
+            "application/directory", "application/folder")
 
     def container_sharing(self, container_id: int) -> list[SharingEntry]:
         """The container's sharing entries, by path."""
