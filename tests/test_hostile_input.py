@@ -378,3 +378,17 @@ def test_finding_9_only_a_directory_shares_what_is_under_it(pithos_server):
     requests.post(f"{url}/sh/album", headers={**owner, "X-Object-Sharing": "read=test2"},
                   timeout=T)
     assert requests.get(f"{url}/sh/album/1.jpg", headers=other, timeout=T).content == b"one"
+
+
+# -- 14. a hashmap page that never ends -----------------------------------------------------------
+
+def test_finding_14_hashmap_pages_are_bounded(pithos_server):
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/pages", headers=h, timeout=T)
+    requests.put(f"{url}/pages/o", data=b"x" * 100, headers=h, timeout=T)
+    for params in ({"marker": "-5"}, {"limit": "-1"}, {"limit": "0"}, {"marker": "x"}):
+        r = requests.get(f"{url}/pages/o", params={"hashmap": "", **params}, headers=h,
+                         timeout=T)
+        assert r.status_code == 400, (params, r.status_code, r.text)
+    r = requests.get(f"{url}/pages/o", params={"hashmap": ""}, headers=h, timeout=T)
+    assert r.status_code == 200 and "next" not in r.json() and len(r.json()["hashes"]) == 1

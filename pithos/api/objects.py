@@ -102,8 +102,11 @@ class ObjectHandlers:
         try:
             start = int(req.get_param("marker") or 0)
             limit = min(int(req.get_param("limit") or HASHMAP_PAGE), HASHMAP_PAGE)
+            if start < 0 or limit < 1:  # (a negative one gave a "next" that never ended)
+                raise ValueError
         except ValueError:
-            raise HTTPStatusError(400, "marker and limit are entry counts") from None
+            raise HTTPStatusError(400, "marker and limit are entry counts (marker >= 0, "
+                                       "limit >= 1)") from None
         doc = self.services.hashmaps.hashmap(reader_id, v, start, limit)
         self._headers(resp, v, v.etag)
         resp.content_type = "application/json; charset=utf-8"
