@@ -392,3 +392,35 @@ def test_finding_14_hashmap_pages_are_bounded(pithos_server):
         assert r.status_code == 400, (params, r.status_code, r.text)
     r = requests.get(f"{url}/pages/o", params={"hashmap": ""}, headers=h, timeout=T)
     assert r.status_code == 200 and "next" not in r.json() and len(r.json()["hashes"]) == 1
+
+
+# -- 5. slowloris ---------------------------------------------------------------------------------
+
+def test_finding_5_a_normal_client_is_served_beside_2000_stalled_connections(pithos_server):
+    """2,000 connections (half of them without a token) that sent part of their headers or of
+    a body and stalled: a normal client's GET is still answered."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/loris", headers=h, timeout=T)
+    requests.put(f"{url}/loris/o", data=b"still here", headers=h, timeout=T)
+    path = url.split("127.0.0.1:", 1)[1].split("/", 1)[1]
+    stalled = []
+    try:
+        for i in range(2000):
+            s = socket.create_connection(("127.0.0.1", pithos_server.port), timeout=T)
+            if i % 2:
+                s.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # headers, stalled
+            else:
+                s.sendall((f"PUT /{path}/loris/s{i} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: "
+                           f"{h['X-Auth-Token']}\r\nContent-Length: 1000\r\n\r\npart").encode())
+            stalled.append(s)
+        got = requests.get(f"{url}/loris/o", headers=h, timeout=T)
+        assert got.status_code == 200 and got.content == b"still here"
+    finally:
+        for s in stalled:
+            s.close()

@@ -7,6 +7,7 @@ one request's hashing never stalls the other requests of its worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -150,6 +151,24 @@ def show_initial_key(storage: Storage, listen: str) -> None:
         catalog.close()
 
 
+# Connections a worker serves at once.  A greenlet each (tens of KiB): many stalled clients
+# (whose line, headers or body stop arriving; cut off by the keep-alive and client timeouts)
+# must not leave a normal client waiting to be accepted.
+WORKER_CONNECTIONS = 8192
+
+
+def _raise_open_files_limit() -> None:
+    """Each connection is a descriptor: take the hard limit (a shell's soft one is often
+    1024, fewer than one worker's connections)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def serve(storage: Storage, listen: str, workers: int,
           client_timeout_s: float = CLIENT_TIMEOUT_S, keepalive_s: int = KEEPALIVE_S) -> int:
     """Run the object API until stopped.  A request body's read waits at most
@@ -159,6 +178,7 @@ def serve(storage: Storage, listen: str, workers: int,
     from gunicorn.app.base import BaseApplication
 
     open_catalog_once(storage)
+    _raise_open_files_limit()
 
     def when_ready(server: Any) -> None:
         # The socket is bound and the worker class loaded: the server is able to serve.
@@ -171,7 +191,8 @@ def serve(storage: Storage, listen: str, workers: int,
         def load_config(self) -> None:
             for key, value in {
                 "bind": listen, "workers": workers, "worker_class": "gevent",
-                "worker_connections": 1000, "timeout": 300, "graceful_timeout": 30,
+                "worker_connections": WORKER_CONNECTIONS, "timeout": 300,
+                "graceful_timeout": 30,
                 "keepalive": keepalive_s, "loglevel": "warning", "errorlog": "-",
                 "limit_request_line": 8190, "limit_request_field_size": 8190,
                 "proc_name": "pithos-serve", "when_ready": when_ready,
