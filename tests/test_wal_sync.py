@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pithos.catalog import Catalog
+from pithos.core.errors import BackendError
 
 ROOT = b"r" * 32
 
@@ -96,8 +97,9 @@ def test_a_failed_sync_fails_the_write_and_the_next_one_syncs_again(tmp_path):
     executor = ThreadPoolExecutor(2)
     cat, cid, recorder = _catalog(tmp_path, executor)
     recorder.fail_next = True
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(BackendError, match=r"could not sync its WAL: .*injected") as failed:
         _put(cat, cid, "unsynced")
+    assert isinstance(failed.value.__cause__, OSError)
     _put(cat, cid, "synced")
     assert recorder.covered("synced")
     cat.close()

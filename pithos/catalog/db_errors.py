@@ -14,13 +14,12 @@ The messages are one line; the database's own error stays attached as `__cause__
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Iterator
+from types import TracebackType
 
 from sqlalchemy import exc as sa
 
-from pithos.catalog.space import disk_full_as_no_space
+from pithos.catalog.space import is_disk_full, no_space
 from pithos.core.errors import BackendError, Conflict, PithosError
 
 # SQLite's result codes (primary, the low byte of an extended one) that a retry may get past.
@@ -79,21 +78,37 @@ def translate(exc: BaseException) -> PithosError:
     return BackendError(f"the catalog failed: {reason(exc)}")
 
 
-@contextlib.contextmanager
-def database_errors(driver_error: type[BaseException] | tuple[type[BaseException], ...] = ()
-                    ) -> Iterator[None]:
-    """Raise a database error from the block as the project's error (see the module's
-    docstring); PithosError and every other exception pass unchanged.  `driver_error`: the
-    DBAPI driver's base error class, for errors raised by a cursor used directly (SQLite's
-    is always included)."""
-    try:
-        with disk_full_as_no_space():
-            yield
-    except PithosError:
-        raise
-    except (sa.SQLAlchemyError, sqlite3.Error) as exc:
-        raise translate(exc) from exc
-    except Exception as exc:
-        if driver_error and isinstance(exc, driver_error):
+class DatabaseErrors:
+    """A context manager that raises a database error from its block as the project's error
+    (see the module's docstring); PithosError and every other exception pass unchanged.
+    Stateless, so one instance serves every block of a catalog (the hot reads enter it on
+    every lookup: no generator, no allocation).  `driver_error`: the DBAPI driver's base
+    error class, for errors raised by a cursor or a pool used directly (SQLite's is always
+    included)."""
+
+    __slots__ = ("_translated",)
+
+    def __init__(self, driver_error: type[BaseException] | tuple[type[BaseException], ...] = ()
+                 ) -> None:
+        extra = driver_error if isinstance(driver_error, tuple) else (driver_error,)
+        self._translated: tuple[type[BaseException], ...] = (
+            sa.SQLAlchemyError, sqlite3.Error, *extra)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # Never swallows: an error passes unchanged or is raised as another.
+        if exc is None or isinstance(exc, PithosError) or not isinstance(exc, Exception):
+            return
+        if is_disk_full(exc):
+            raise no_space(exc) from exc
+        if isinstance(exc, self._translated):
             raise translate(exc) from exc
-        raise
+
+
+def database_errors(driver_error: type[BaseException] | tuple[type[BaseException], ...] = ()
+                    ) -> DatabaseErrors:
+    """A DatabaseErrors: `with database_errors(): ...`."""
+    return DatabaseErrors(driver_error)

@@ -4,7 +4,6 @@ unsynced writes of lease rows.  The Catalog's parts (pithos.catalog.catalog) bui
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import sqlite3
@@ -23,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError
 
 from pithos.catalog import schema as s
-from pithos.catalog.db_errors import database_errors
+from pithos.catalog.db_errors import DatabaseErrors
 from pithos.catalog.prepared import SnapshotReads, Statements, fetch, run
 from pithos.catalog.space import (
     SpaceReserve,
@@ -142,7 +141,8 @@ class CatalogEngine:
                                               max_overflow=10)
             self._reads = SnapshotReads(self._read_engine)
         self._dialect = self.engine.dialect
-        self._driver_error: type[BaseException] = self._dialect.loaded_dbapi.Error
+        # Raises a database error as the project's (one instance: entered on every lookup).
+        self._errors = DatabaseErrors(self._dialect.loaded_dbapi.Error)
         self._statements = Statements(self._dialect)
         # Opening is a way out of a full disk too (a reader may have to create SQLite's
         # shared-memory file).  The reserve is made by writes only, not by a mere open.
@@ -163,12 +163,6 @@ class CatalogEngine:
     # Every statement runs inside one of these helpers, which raise the project's errors for
     # the database's (pithos/catalog/db_errors.py): nothing above the catalog sees SQLAlchemy.
 
-    def database_errors(self) -> contextlib.AbstractContextManager[None]:
-        """Raise a database error from the block as the project's error (NoSpace, Conflict,
-        BackendError): for the catalog's helpers, and for statements run on `engine` outside
-        them (pithos/catalog/leases.py)."""
-        return database_errors(self._driver_error)
-
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction, durable when the block exits without an error (every
@@ -176,7 +170,7 @@ class CatalogEngine:
         full disk raises NoSpace, and nothing was written; a write that conflicts with a
         concurrent one (a unique name taken meanwhile) raises Conflict; the database failing
         or out of reach, BackendError."""
-        with self.database_errors(), self.engine.connect() as conn:
+        with self._errors, self.engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():
@@ -197,12 +191,12 @@ class CatalogEngine:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.database_errors(), self.engine.connect() as conn, conn.begin():
+        with self._errors, self.engine.connect() as conn, conn.begin():
             yield conn
 
     def _fetch(self, stmt: Any, **values: Any) -> list[Any]:
         """The rows of one of hot_statements, read alone outside any transaction."""
-        with self.database_errors():
+        with self._errors:
             return self._reads.fetch(self._statements[stmt], values)
 
     def _fetch_in(self, conn: Connection, stmt: Any, **values: Any) -> list[Any]:
@@ -226,7 +220,7 @@ class CatalogEngine:
         """A write that need not survive a crash (a lease dies with its holder anyway), so it
         skips the commit's fsync: leases are taken on every upload."""
         engine = self._lease_engine or self.engine
-        with self.database_errors(), engine.connect() as conn:
+        with self._errors, engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():

@@ -65,9 +65,14 @@ def disk_full_as_no_space() -> Iterator[None]:
     except Exception as exc:
         if not is_disk_full(exc):
             raise
-        orig = getattr(exc, "orig", None) or exc
-        reason = (str(orig).strip().splitlines() or ["disk full"])[0]
-        raise NoSpace(f"the catalog is out of space: {reason}") from exc
+        raise no_space(exc) from exc
+
+
+def no_space(exc: BaseException) -> NoSpace:
+    """The NoSpace for a database error that says the disk is full."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or ["disk full"])[0]
+    return NoSpace(f"the catalog is out of space: {reason}")
 
 
 class SpaceReserve:
