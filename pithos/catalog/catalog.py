@@ -272,8 +272,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
     def object(self, container_id: int, name: str, now: float | None = None
                ) -> ObjectVersion | None:
         """The current version of an object, None if absent, deleted or expired."""
-        found = self.object_and_public_token(container_id, name, now)
-        return None if found is None else found.version
+        return h.object_version(self._fetch(h.OBJECT, container_id=container_id, name=name,
+                                            now=time.time() if now is None else now))
 
     def object_and_public_token(self, container_id: int, name: str, now: float | None = None
                                 ) -> CurrentVersion | None:

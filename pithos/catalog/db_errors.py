@@ -100,7 +100,14 @@ class DatabaseErrors:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         # Never swallows: an error passes unchanged or is raised as another.
-        if exc is None or isinstance(exc, PithosError) or not isinstance(exc, Exception):
+        if exc is not None:
+            self.raise_translated(exc)
+
+    def raise_translated(self, exc: BaseException) -> None:
+        """Raise the project's error for `exc` if it is a database error; return if it is
+        not (the caller re-raises it).  For a hot path's `except Exception` (a try block
+        costs nothing until it raises, a `with` a call on each way)."""
+        if isinstance(exc, PithosError) or not isinstance(exc, Exception):
             return
         if is_disk_full(exc):
             raise no_space(exc) from exc

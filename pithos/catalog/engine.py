@@ -196,8 +196,11 @@ class CatalogEngine:
 
     def _fetch(self, stmt: Any, **values: Any) -> list[Any]:
         """The rows of one of hot_statements, read alone outside any transaction."""
-        with self._errors:
+        try:
             return self._reads.fetch(self._statements[stmt], values)
+        except Exception as exc:
+            self._errors.raise_translated(exc)
+            raise
 
     def _fetch_in(self, conn: Connection, stmt: Any, **values: Any) -> list[Any]:
         """The rows of one of hot_statements, run in `conn`'s transaction."""

@@ -28,6 +28,9 @@ from pithos.catalog.records import (
 )
 from pithos.core.errors import NotFound, QuotaExceeded
 
+# The usage of a container without quotas, whose account has none either: not counted.
+NO_QUOTA = Usage(0, None, 0, None)
+
 
 class SharingMixin:
     """Groups, sharing, public links, quotas and the blocks an account may name: a part of
@@ -127,8 +130,7 @@ class SharingMixin:
 
     def public_object(self, token: str) -> ObjectVersion | None:
         """The current version of the object a public token names."""
-        found = self.public_object_and_account(token)
-        return None if found is None else found.version
+        return h.object_version(self._fetch(h.PUBLIC_OBJECT, token=token, now=time.time()))
 
     def public_object_and_account(self, token: str) -> PublicObject | None:
         """As public_object(), with the id of the account that holds it, in one statement."""
@@ -182,18 +184,16 @@ class SharingMixin:
         found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
         if not found:
             raise NotFound(f"no container with id {container_id}")
-        policy = h.container_policy(found[0])
-        quota_bytes, account_quota = policy.quota_bytes, policy.account_quota_bytes
+        quota_bytes, account_id, account_quota, _ = found[0]
         if not quota_bytes and not account_quota:
-            # No quota: the usage does not matter (the common case).
-            return Usage(0, None, 0, None)
+            return NO_QUOTA  # the usage does not matter (the common case)
         st = s.container_stats
         with self._read() as conn:
             cbytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .where(st.c.container_id == container_id)).scalar_one()
             abytes = conn.execute(select(func.coalesce(func.sum(st.c.bytes), 0))
                                   .select_from(st.join(s.containers))
-                                  .where(s.containers.c.account_id == policy.account_id)
+                                  .where(s.containers.c.account_id == account_id)
                                   ).scalar_one()
         return Usage(int(cbytes), quota_bytes, int(abytes), account_quota)
 
