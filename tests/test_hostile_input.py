@@ -248,7 +248,7 @@ def test_finding_8_history_needs_more_than_a_read_acl(pithos_server):
                         timeout=T).content == b"first, regretted"
 
 
-# -- 13. 500 instead of 4xx -------------------------------------------------------------------------
+# -- 13. 500 instead of 4xx --------------------------------------------------------------------
 
 def raw(server, data: bytes) -> bytes:
     import socket
@@ -354,7 +354,7 @@ def test_findings_4_and_12_each_hashmap_entry_is_its_whole_block(pithos_server):
 
 def test_finding_9_only_a_directory_shares_what_is_under_it(pithos_server):
     url, owner = auth(pithos_server)
-    other_url, other = auth(pithos_server, "test2:tester2", "testing2")
+    _, other = auth(pithos_server, "test2:tester2", "testing2")
     requests.put(f"{url}/sh", headers=owner, timeout=T)
     put = {**owner, "Content-Type": "image/jpeg"}
     assert requests.put(f"{url}/sh/photo", data=b"shared", headers=put,
