@@ -86,6 +86,8 @@ CALLS = {
     "usage": lambda c: c.usage(1),
     "grant_blocks": lambda c: c.grant_blocks(1, [ROOT]),
     "granted_blocks": lambda c: c.granted_blocks(1, [ROOT]),
+    "grant_user_blocks": lambda c: c.grant_user_blocks(1, [ROOT]),
+    "granted_user_blocks": lambda c: c.granted_user_blocks(1, [ROOT]),
     "version_roots": lambda c: list(c.version_roots()),
     "max_version_id": lambda c: c.max_version_id(),
     "roots_after": lambda c: c.roots_after(0),

@@ -424,3 +424,41 @@ def test_finding_5_a_normal_client_is_served_beside_2000_stalled_connections(pit
     finally:
         for s in stalled:
             s.close()
+
+
+# -- 10. block grants are per account, not per user ------------------------------------------------
+
+def test_finding_10_a_non_admin_user_names_only_blocks_it_sent_or_read(pithos_server):
+    import os
+
+    url, owner = auth(pithos_server)
+    _, reader = auth(pithos_server, "test:reader", "reading")
+    for c in ("vault", "drop"):
+        requests.put(f"{url}/{c}", headers=owner, timeout=T)
+    requests.post(f"{url}/drop", timeout=T, headers={
+        **owner, "X-Container-Read": "test:reader", "X-Container-Write": "test:reader"})
+    secret = os.urandom(3000)
+    assert requests.put(f"{url}/vault/secret", data=secret, headers=owner,
+                        timeout=T).status_code == 201
+    doc = requests.get(f"{url}/vault/secret", params={"hashmap": ""}, headers=owner,
+                       timeout=T).json()
+    hashes = doc["hashes"]
+    # The owner's account holds the block: the admin may name it...
+    assert requests.post(f"{url}/drop?missing", data=json.dumps(hashes), headers=owner,
+                         timeout=T).json() == []
+    # ...but to a user without the right to read it, it is missing, as another account's.
+    assert requests.post(f"{url}/drop?missing", data=json.dumps(hashes), headers=reader,
+                         timeout=T).json() == hashes
+    r = requests.put(f"{url}/drop/copy?hashmap", data=json.dumps(doc), headers=reader,
+                     timeout=T)
+    assert r.status_code == 409 and r.json() == hashes
+    assert requests.get(f"{url}/drop/copy", headers=reader, timeout=T).status_code == 404
+    # What the user sent itself, it may name.
+    mine = os.urandom(2000)
+    assert requests.put(f"{url}/drop/mine", data=mine, headers=reader,
+                        timeout=T).status_code == 201
+    own = requests.get(f"{url}/drop/mine", params={"hashmap": ""}, headers=reader,
+                       timeout=T).json()
+    assert requests.put(f"{url}/drop/again?hashmap", data=json.dumps(own), headers=reader,
+                        timeout=T).status_code == 201
+    assert requests.get(f"{url}/drop/again", headers=reader, timeout=T).content == mine

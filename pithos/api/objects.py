@@ -107,7 +107,7 @@ class ObjectHandlers:
         except ValueError:
             raise HTTPStatusError(400, "marker and limit are entry counts (marker >= 0, "
                                        "limit >= 1)") from None
-        doc = self.services.hashmaps.hashmap(reader_id, v, start, limit)
+        doc = self.services.hashmaps.hashmap(reader_id, v, start, limit, user=user)
         self._headers(resp, v, v.etag)
         resp.content_type = "application/json; charset=utf-8"
         resp.text = json.dumps(doc)
@@ -311,7 +311,7 @@ class ObjectHandlers:
                                                 self.services.client_timeout_s), length)
             v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
                                content_type=content_type, meta=meta, modified_by=modified_by,
-                               delete_at=delete_at, dlo_manifest=dlo)
+                               delete_at=delete_at, dlo_manifest=dlo, uploader=user)
         self._created(resp, v, v.etag)
 
     def _put_hashmap(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
@@ -325,7 +325,7 @@ class ObjectHandlers:
         try:
             with self.services.objects.upload_lease():
                 v = self.services.hashmaps.put(account_id, container, name, body,
-                                               etag=req.get_header("ETag"), **kw)
+                                               etag=req.get_header("ETag"), user=user, **kw)
         except MissingBlocks as exc:
             resp.status = falcon.HTTP_409
             resp.content_type = "application/json; charset=utf-8"

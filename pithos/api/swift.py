@@ -192,7 +192,7 @@ class SwiftSink:
                 wanted = [from_hex(h) for h in json.loads(req.stream.read(16 * 1024 * 1024))]
             except (ValueError, TypeError, RecursionError):
                 raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
-            missing = hashmaps.missing(account_id, wanted)
+            missing = hashmaps.missing(account_id, wanted, user)
         else:
             lengths_text = req.get_header("X-Block-Lengths")
             try:
@@ -206,7 +206,7 @@ class SwiftSink:
                 raise HTTPStatusError(411, "Length Required")
             with self.services.objects.upload_lease():
                 missing = hashmaps.store_blocks(account_id, req.stream, req.content_length,
-                                                lengths)
+                                                lengths, user)
         resp.status = falcon.HTTP_200
         resp.content_type = "application/json; charset=utf-8"
         resp.text = json.dumps([to_hex(h) for h in missing])

@@ -221,6 +221,10 @@ GRANT = {name: ins(s.account_blocks).values(account_id=bindparam("account_id"),
                                            hash=bindparam("hash")).on_conflict_do_nothing()
          for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
 
+USER_GRANT = {name: ins(s.user_blocks).values(user_id=bindparam("user_id"),
+                                              hash=bindparam("hash")).on_conflict_do_nothing()
+              for name, ins in (("sqlite", sqlite_insert), ("postgresql", pg_insert))}
+
 NEW_VERSION = (v.insert().values(
     object_id=bindparam("object_id"), vid=bindparam("vid"), root=bindparam("root"),
     size=bindparam("size"), etag=bindparam("etag"), content_type=bindparam("content_type"),

@@ -172,6 +172,15 @@ account_blocks = Table(
     Column("hash", LargeBinary(32), primary_key=True),
 )
 
+# Blocks a user who is not its account's admin may name by hash (it sent them, or read a map
+# naming them): such a user must not learn, or name, what the rest of its account holds.
+# Added by migration 4.
+user_blocks = Table(
+    "user_blocks", metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("hash", LargeBinary(32), primary_key=True),
+)
+
 groups = Table(
     "groups", metadata,
     Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
@@ -223,10 +232,15 @@ def _v3(conn: Connection) -> None:
                           "DEFAULT FALSE"))
 
 
+def _v4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[user_blocks])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 

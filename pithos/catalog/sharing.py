@@ -212,6 +212,27 @@ class SharingMixin:
         self._run_in(conn, h.GRANT[self._dialect.name],
                      [{"account_id": account_id, "hash": block} for block in unique])
 
+    def grant_user_blocks(self, user_id: int, hashes: Sequence[bytes]) -> None:
+        """Record that this user (not its account's admin) may name these blocks by hash."""
+        unique = list(dict.fromkeys(hashes))
+        if not unique:
+            return
+        with self._write() as conn:
+            self._run_in(conn, h.USER_GRANT[self._dialect.name],
+                         [{"user_id": user_id, "hash": block} for block in unique])
+
+    def granted_user_blocks(self, user_id: int, hashes: Sequence[bytes]) -> set[bytes]:
+        """Which of these blocks the user may name (its own grants only)."""
+        unique = list(dict.fromkeys(hashes))
+        found: set[bytes] = set()
+        with self._read() as conn:
+            for i in range(0, len(unique), 500):
+                found.update(bytes(h) for h in conn.execute(
+                    select(s.user_blocks.c.hash).where(and_(
+                        s.user_blocks.c.user_id == user_id,
+                        s.user_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
+        return found
+
     def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the account may name."""
         unique = list(dict.fromkeys(hashes))

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
-from pithos.catalog import ContainerInfo, ObjectVersion
+from pithos.catalog import ContainerInfo, ObjectVersion, UserInfo
 from pithos.core.errors import Conflict, InvalidArgument, TooLarge
 from pithos.core.hashing import HASH_NAME, from_hex, to_hex
 from pithos.mapper.mapper import read_chunks
@@ -40,14 +40,15 @@ class Hashmaps:
     # -- reading -------------------------------------------------------------------------------
 
     def hashmap(self, account_id: int, v: ObjectVersion, start: int = 0,
-                limit: int = HASHMAP_PAGE) -> dict[str, Any]:
+                limit: int = HASHMAP_PAGE, user: UserInfo | None = None) -> dict[str, Any]:
         """The object's block list (a page of it), and a grant to name those blocks: whoever
-        reads the hashmap can read the data anyway."""
+        reads the hashmap can read the data anyway.  (A `user` who is not its account's admin
+        gets the grant for itself alone: see `missing`.)"""
         if v.root is None:
             raise InvalidArgument("this object has no content map (a manifest?)")
         entries = list(self.mapper.entries(v.root, start, start + limit))
         stat = self.mapper.stat(v.root)
-        self.catalog.grant_blocks(account_id, [h for h, _ in entries])
+        self._grant(account_id, [h for h, _ in entries], user)
         bs = self.mapper.block_size
         doc: dict[str, Any] = {
             "block_size": bs, "block_hash": HASH_NAME, "bytes": v.size,
@@ -63,16 +64,32 @@ class Hashmaps:
 
     # -- uploading -----------------------------------------------------------------------------
 
-    def missing(self, account_id: int, hashes: Sequence[bytes]) -> list[bytes]:
+    def _grant(self, account_id: int, hashes: Sequence[bytes], user: UserInfo | None) -> None:
+        if _member(user):
+            assert user is not None
+            self.catalog.grant_user_blocks(user.id, hashes)
+        else:
+            self.catalog.grant_blocks(account_id, hashes)
+
+    def missing(self, account_id: int, hashes: Sequence[bytes],
+                user: UserInfo | None = None) -> list[bytes]:
         """The blocks the account must send: those it may not name, and those absent.  Present
-        blocks it may name are refreshed, so a running collector spares them."""
-        allowed = self.catalog.granted_blocks(account_id, hashes)
+        blocks it may name are refreshed, so a running collector spares them.  A `user` who
+        is not its account's admin may name only the blocks it sent or read itself: what
+        the rest of its account holds (say in containers it cannot read) is "missing" to it,
+        as another account's blocks are."""
+        if _member(user):
+            assert user is not None
+            allowed = self.catalog.granted_user_blocks(user.id, hashes)
+        else:
+            allowed = self.catalog.granted_blocks(account_id, hashes)
         refused = [h for h in dict.fromkeys(hashes) if h not in allowed]
         absent = set(self.mapper.blocker.touch_many([h for h in hashes if h in allowed]))
         return refused + [h for h in dict.fromkeys(hashes) if h in absent]
 
     def store_blocks(self, account_id: int, body: BinaryIO, length: int | None,
-                     lengths: Sequence[int] | None = None) -> list[bytes]:
+                     lengths: Sequence[int] | None = None,
+                     user: UserInfo | None = None) -> list[bytes]:
         """Raw blocks sent in one body (cut at the block size, or at `lengths`); returns their
         hashes, which the account may name from now on."""
         bs = self.mapper.block_size
@@ -98,6 +115,9 @@ class Hashmaps:
             hashes.extend(blocker.put_many(batch))
         reader.finish()
         self.catalog.grant_blocks(account_id, hashes)
+        if _member(user):
+            assert user is not None
+            self.catalog.grant_user_blocks(user.id, hashes)
         return hashes
 
     def parse(self, body: bytes) -> tuple[list[bytes], list[int], int]:
@@ -134,13 +154,15 @@ class Hashmaps:
 
     def put(self, account_id: int, container: ContainerInfo, name: str, body: bytes, *,
             etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
-            modified_by: str | None, delete_at: float | None) -> ObjectVersion:
-        """Create an object from blocks the server has and the account may name; else raise
+            modified_by: str | None, delete_at: float | None,
+            user: UserInfo | None = None) -> ObjectVersion:
+        """Create an object from blocks the server has and the account (or `user`, see
+        `missing`) may name; else raise
         MissingBlocks listing what to send.  The blocks are checked again after the commit:
         if a collector removed one meanwhile, the version is undone and MissingBlocks
         raised, never a dangling map."""
         hashes, lengths, size = self.parse(body)
-        missing = self.missing(account_id, hashes)
+        missing = self.missing(account_id, hashes, user)
         if missing:
             raise MissingBlocks(missing)
         # Each entry is its whole block: a length over the block's size made a GET promise
@@ -223,6 +245,11 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
         content_type=v.content_type, meta=v.meta, modified_by=modified_by,
         delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)),
         sources=[v.version_id])
+
+
+def _member(user: UserInfo | None) -> bool:
+    """A user acting in its account without being its admin: its block grants are its own."""
+    return user is not None and not user.admin
 
 
 def _whole(value: Any, what: str) -> int:

@@ -364,14 +364,21 @@ class ObjectService:
     def create(self, container: ContainerInfo, name: str, stored: Stored, *,
                etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
                modified_by: str | None, delete_at: float | None,
-               dlo_manifest: str | None = None) -> ObjectVersion:
+               dlo_manifest: str | None = None,
+               uploader: UserInfo | None = None) -> ObjectVersion:
+        """A new version from a stored body.  Its blocks may be named by hash from now on by
+        the account, and by `uploader` if that user is not its account's admin (who has
+        only the grants it earns itself: pithos.objects.hashmaps.Hashmaps.missing)."""
         if etag is not None and etag.strip('"').lower() != stored.md5:
             raise ChecksumMismatch(f"ETag {etag} does not match the content's MD5 {stored.md5}")
-        return self.commit_version(
+        hashes = self.block_hashes(stored.root)
+        v = self.commit_version(
             container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
             content_type=content_type, meta=meta, modified_by=modified_by, delete_at=delete_at,
-            dlo_manifest=dlo_manifest, grant=(container.account_id, self.block_hashes(
-                stored.root)))
+            dlo_manifest=dlo_manifest, grant=(container.account_id, hashes))
+        if uploader is not None and not uploader.admin:
+            self.catalog.grant_user_blocks(uploader.id, hashes)
+        return v
 
     def block_hashes(self, root: bytes) -> list[bytes]:
         return [h for h, _ in self.mapper.entries(root)]
