@@ -12,16 +12,16 @@ import sys
 import threading
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from archipelago.delta import BITMAP_PAGE, SECTOR_SHIFT
 from pithos.blocker.rados_io import (
     TRANSIENT_ERRNOS,
     RadosConnection,
     errno_of,
+    parse_rados_url,
     rados_error,
 )
-from pithos.core.errors import BackendError, InvalidArgument
+from pithos.core.errors import BackendError
 
 CHUNK_SIZE = 4 * 1024 * 1024  # bytes of the volume per data object
 assert CHUNK_SIZE % BITMAP_PAGE == 0 and CHUNK_SIZE >> SECTOR_SHIFT << SECTOR_SHIFT == CHUNK_SIZE
@@ -74,18 +74,8 @@ class RadosPool(RadosConnection):
     def from_url(cls, url: str) -> tuple[RadosPool, str]:
         """The pool of a `rados://POOL?conf=...&namespace=NS&id=...` block store URL, and the
         block store's namespace."""
-        parts = urlsplit(url)
-        if parts.scheme != "rados":
-            raise InvalidArgument(f"not a rados:// URL: {url!r}")
-        pool = unquote(parts.netloc or parts.path.lstrip("/"))
-        if not pool:
-            raise InvalidArgument(f"no pool in {url!r} (rados://POOL?conf=...)")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"conf", "namespace", "id"}
-        if unknown:
-            raise InvalidArgument(f"unknown rados URL parameter(s): {', '.join(sorted(unknown))}")
-        return (cls(pool, query.get("conf"), client_id=query.get("id", "admin")),
-                query.get("namespace", ""))
+        pool, conf, namespace, client_id = parse_rados_url(url)
+        return cls(pool, conf, client_id=client_id), namespace
 
     def retain(self) -> RadosPool:
         with self._lock:

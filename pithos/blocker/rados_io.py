@@ -31,8 +31,15 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from pithos.core.errors import RADOS_MISSING, BackendError, NoSpace, PithosError
+from pithos.core.errors import (
+    RADOS_MISSING,
+    BackendError,
+    InvalidArgument,
+    NoSpace,
+    PithosError,
+)
 
 TRANSIENT_ERRNOS = frozenset({
     errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ENOTCONN,
@@ -292,3 +299,19 @@ def remove_objects(conn: RadosConnection, io: Any, names: Sequence[str],
     codes = conn.run_aio(len(names), start)
     raise_failed(codes, f"cannot remove {what}", ok=(0, -errno.ENOENT))
     return codes
+
+
+def parse_rados_url(url: str) -> tuple[str, str | None, str, str]:
+    """`rados://POOL?conf=PATH&namespace=NS&id=USER` -> (pool, conf path or None, namespace,
+    cephx user): the one reading of a RADOS URL, for the block store and the volume stores."""
+    parts = urlsplit(url)
+    if parts.scheme != "rados":
+        raise InvalidArgument(f"not a rados:// URL: {url!r}")
+    pool = unquote(parts.netloc or parts.path.lstrip("/"))
+    if not pool:
+        raise InvalidArgument(f"no pool in {url!r} (rados://POOL?conf=...)")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"conf", "namespace", "id"}
+    if unknown:
+        raise InvalidArgument(f"unknown rados URL parameter(s): {', '.join(sorted(unknown))}")
+    return pool, query.get("conf"), query.get("namespace", ""), query.get("id", "admin")

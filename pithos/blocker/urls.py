@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pithos.blocker.local import LocalBlockStore
 from pithos.blocker.memory import MemoryBlockStore
@@ -30,14 +30,9 @@ def open_block_store(url: str, executor: Executor | None = None,
         return MemoryBlockStore()
     if parts.scheme == "rados":
         from pithos.blocker.rados import RadosBlockStore
+        from pithos.blocker.rados_io import parse_rados_url
 
-        pool = unquote(parts.netloc or parts.path.lstrip("/"))
-        if not pool:
-            raise InvalidArgument(f"no pool in {url!r} (rados://POOL?conf=...)")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"conf", "namespace", "id"}
-        if unknown:
-            raise InvalidArgument(f"unknown rados URL parameter(s): {', '.join(sorted(unknown))}")
-        return RadosBlockStore(pool, query.get("conf"), namespace=query.get("namespace", ""),
-                               client_id=query.get("id", "admin"), executor=executor)
+        pool, conf, namespace, client_id = parse_rados_url(url)
+        return RadosBlockStore(pool, conf, namespace=namespace, client_id=client_id,
+                               executor=executor)
     raise InvalidArgument(f"unknown block store URL {url!r} (file://, rados://, memory://)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -223,25 +224,22 @@ class SharingMixin:
 
     def granted_user_blocks(self, user_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the user may name (its own grants only)."""
-        unique = list(dict.fromkeys(hashes))
-        found: set[bytes] = set()
-        with self._read() as conn:
-            for i in range(0, len(unique), 500):
-                found.update(bytes(h) for h in conn.execute(
-                    select(s.user_blocks.c.hash).where(and_(
-                        s.user_blocks.c.user_id == user_id,
-                        s.user_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
-        return found
+        return self._granted(s.user_blocks.c.user_id, user_id, hashes)
 
     def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the account may name."""
+        return self._granted(s.account_blocks.c.account_id, account_id, hashes)
+
+    def _granted(self, owner: Any, owner_id: int, hashes: Sequence[bytes]) -> set[bytes]:
+        """The hashes among `hashes` that `owner` (a grants table's owner column) equal to
+        `owner_id` holds, in batches of 500."""
+        hash_col = owner.table.c.hash
         unique = list(dict.fromkeys(hashes))
         found: set[bytes] = set()
         with self._read() as conn:
             for i in range(0, len(unique), 500):
                 found.update(bytes(h) for h in conn.execute(
-                    select(s.account_blocks.c.hash).where(and_(
-                        s.account_blocks.c.account_id == account_id,
-                        s.account_blocks.c.hash.in_(unique[i:i + 500])))).scalars())
+                    select(hash_col).where(and_(owner == owner_id,
+                                                hash_col.in_(unique[i:i + 500])))).scalars())
         return found
 
