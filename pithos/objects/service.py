@@ -69,10 +69,6 @@ class Content(NamedTuple):
     large: bool
 
 
-# A long upload says it is alive (refreshes its lease) this often.
-PROGRESS_BYTES = 64 * 1024 * 1024
-
-
 class BodyReader:
     """A request body as a file: counts bytes, refuses more than `max_size`, and computes the
     MD5 on `executor`, behind the reads (`StreamDigest`), in lanes beside the other uploads of
@@ -80,14 +76,11 @@ class BodyReader:
 
     def __init__(self, stream: BinaryIO, length: int | None, max_size: int,
                  executor: Executor | None,
-                 on_progress: Callable[[], None] | None = None,
                  lanes: LanePolicy | None = None) -> None:
         self._stream = stream
         self._length = length
         self._max = max_size
         self._digest = StreamDigest(executor, length=length, lanes=lanes)
-        self._on_progress = on_progress
-        self._next_progress = PROGRESS_BYTES
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -102,9 +95,6 @@ class BodyReader:
         self.count += len(data)
         if self.count > self._max:
             raise TooLarge(f"object larger than {self._max} bytes")
-        if self._on_progress is not None and self.count >= self._next_progress:
-            self._next_progress += PROGRESS_BYTES
-            self._on_progress()
         self._digest.update(data)
         return data
 
