@@ -73,7 +73,9 @@ def gc_loop(storage_flags: list[str]) -> Iterator[list[dict]]:
     finally:
         stop.set()
         thread.join(timeout=300)
-    assert errors == []
+    # A run may give up on a busy SQLite catalog ("unavailable for now": a transient error,
+    # after which it swept nothing); any other failure fails the test.
+    assert [e for e in errors if "unavailable for now" not in e] == []
     assert len(reports) >= 2
 
 
