@@ -462,3 +462,84 @@ def test_finding_10_a_non_admin_user_names_only_blocks_it_sent_or_read(pithos_se
     assert requests.put(f"{url}/drop/again?hashmap", data=json.dumps(own), headers=reader,
                         timeout=T).status_code == 201
     assert requests.get(f"{url}/drop/again", headers=reader, timeout=T).content == mine
+
+
+# -- 14. what a sharee of one object sees of the container; container names via segments ---------
+
+def test_finding_14_a_sharee_sees_only_what_is_shared_with_it_of_the_container(pithos_server):
+    url, owner = auth(pithos_server)
+    _, sharee = auth(pithos_server, "test2:tester2", "testing2")
+    assert requests.put(f"{url}/mixed", timeout=T, headers={
+        **owner, "X-Container-Meta-Secret": "owner only",
+        "X-Container-Policy-Quota": "1000000"}).status_code == 201
+    for name, data in (("mine/a", b"12345"), ("others/b", b"x" * 70), ("plain", b"y" * 9),
+                       ("team/x", b"abc"), ("team/hidden/y", b"z" * 11)):
+        assert requests.put(f"{url}/mixed/{name}", data=data, headers=owner,
+                            timeout=T).status_code == 201
+    # team/ is shared with the sharee, but team/hidden/ (nearer) with someone else only.
+    for path in ("team/", "team/hidden/"):
+        assert requests.put(f"{url}/mixed/{path}", data=b"", timeout=T, headers={
+            **owner, "Content-Type": "application/directory"}).status_code == 201
+    for path, sharing in (("mine/a", "read=test2"), ("others/b", "read=test:reader"),
+                          ("team/", "read=test2"), ("team/hidden/", "read=test:reader")):
+        assert requests.post(f"{url}/mixed/{path}", timeout=T, headers={
+            **owner, "X-Object-Sharing": sharing}).status_code == 202
+    visible = {"mine/a": 5, "team/": 0, "team/x": 3}
+    listed = requests.get(f"{url}/mixed", params={"format": "json"}, headers=sharee, timeout=T)
+    assert listed.status_code == 200
+    assert {e["name"]: e["bytes"] for e in listed.json()} == visible
+    # Pseudo-directories: only those that lead to what is shared with the sharee.
+    dirs = requests.get(f"{url}/mixed", params={"format": "json", "delimiter": "/"},
+                        headers=sharee, timeout=T).json()
+    assert sorted(e.get("subdir") or e["name"] for e in dirs) == ["mine/", "team/"]
+    inner = requests.get(f"{url}/mixed", params={"format": "json", "delimiter": "/",
+                                                 "prefix": "team/"}, headers=sharee,
+                         timeout=T).json()
+    assert sorted(e.get("subdir") or e["name"] for e in inner) == ["team/", "team/x"]
+    for reply in (listed, requests.head(f"{url}/mixed", headers=sharee, timeout=T)):
+        assert reply.status_code in (200, 204)
+        assert reply.headers["X-Container-Object-Count"] == str(len(visible))
+        assert reply.headers["X-Container-Bytes-Used"] == str(sum(visible.values()))
+        leaked = [k for k in reply.headers
+                  if k.lower().startswith(("x-container-meta-", "x-container-policy-",
+                                           "x-container-read", "x-container-write"))]
+        assert leaked == [], leaked
+    # The owner sees the container whole; someone shared nothing is refused.
+    full = requests.head(f"{url}/mixed", headers=owner, timeout=T)
+    assert full.headers["X-Container-Object-Count"] == "7"
+    assert full.headers["X-Container-Meta-Secret"] == "owner only"
+    _, reader = auth(pithos_server, "test:reader", "reading")
+    assert requests.head(f"{url}/mixed", headers=reader, timeout=T).status_code == 204
+    requests.put(f"{url}/alone", headers=owner, timeout=T)
+    assert requests.head(f"{url}/alone", headers=sharee, timeout=T).status_code == 403
+    assert requests.head(f"{url}/alone", timeout=T).status_code == 401
+
+
+def test_finding_14_segments_tell_nothing_of_container_names_the_caller_cannot_read(
+        pithos_server):
+    url, owner = auth(pithos_server)
+    _, writer = auth(pithos_server, "test:reader", "reading")  # not admin: ACLs only
+    for c in ("drop14", "vault14"):
+        requests.put(f"{url}/{c}", headers=owner, timeout=T)
+    requests.put(f"{url}/vault14/seg", data=b"secret", headers=owner, timeout=T)
+    assert requests.post(f"{url}/drop14", timeout=T, headers={
+        **owner, "X-Container-Read": "test:reader",
+        "X-Container-Write": "test:reader"}).status_code == 204
+    answers = {}
+    for target in ("vault14", "no-such-container-14"):
+        # A DLO naming the container...
+        assert requests.put(f"{url}/drop14/dlo-{target}", data=b"", timeout=T, headers={
+            **writer, "X-Object-Manifest": f"{target}/"}).status_code == 201
+        got = requests.get(f"{url}/drop14/dlo-{target}", headers=writer, timeout=T)
+        copied = requests.put(f"{url}/drop14/copy-{target}", data=b"", timeout=T, headers={
+            **writer, "X-Copy-From": f"drop14/dlo-{target}"})
+        # ...and an SLO naming a segment in it.
+        slo = requests.put(f"{url}/drop14/slo-{target}?multipart-manifest=put", timeout=T,
+                           data=json.dumps([{"path": f"/{target}/seg"}]), headers=writer)
+        answers[target] = (got.status_code, copied.status_code, slo.status_code,
+                           slo.text.replace(target, "C"))
+    assert answers["vault14"] == answers["no-such-container-14"], answers
+    assert answers["vault14"][:3] == (403, 403, 400)
+    # Who may read the account (its admin) still gets an empty DLO for a missing container.
+    got = requests.get(f"{url}/drop14/dlo-no-such-container-14", headers=owner, timeout=T)
+    assert got.status_code == 200 and got.content == b""

@@ -287,14 +287,19 @@ def test_objects_shared_with_a_group_are_reachable_and_nothing_more(service):
     assert shared is not None and (shared.text, shared.path) == ("read=alice:friends", "team/")
 
     # Bob lists only what is shared with him; carol is refused; the owner's ?shared.
-    _, _, keep = service.sharing.listing_access(OTHER, "alice", "docs", shared=False)
+    view = service.sharing.listing_access(OTHER, "alice", "docs", shared=False)
     entries = service.list_objects(c.id, limit=100)
-    assert keep is not None
+    keep = view.visible
+    assert keep is not None and view.sharee == OTHER
     assert [e.name for e in entries if keep(e.name, e.subdir)] == ["team/", "team/plan"]
+    # Bob's totals are those of what he sees.
+    assert service.sharing.sharee_totals(view) == (
+        2, sum(e.size for e in entries if e.name in ("team/", "team/plan")))
     with pytest.raises(Forbidden):
         service.sharing.listing_access(THIRD, "alice", "docs", shared=False)
-    assert service.sharing.listing_access(OWNER, "alice", "docs", shared=False)[2] is None
-    _, _, owners = service.sharing.listing_access(OWNER, "alice", "docs", shared=True)
+    mine = service.sharing.listing_access(OWNER, "alice", "docs", shared=False)
+    assert mine.visible is None and mine.sharee is None
+    owners = service.sharing.listing_access(OWNER, "alice", "docs", shared=True).visible
     assert owners is not None and owners("team/plan", False) and not owners("private", False)
 
     assert service.sharing.sharing_accounts(OTHER) == ["alice"]

@@ -189,7 +189,7 @@ class ObjectHandlers:
 
     def serve(self, req: falcon.Request, resp: falcon.Response, v: ObjectVersion,
               account_id: int, head: bool,
-              may_read: Callable[[ContainerInfo], bool] = lambda _: True,
+              may_read: Callable[[ContainerInfo | None], bool] = lambda _: True,
               public: bool = False) -> None:
         manifest_get = not public and req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:

@@ -23,9 +23,10 @@ from pithos.api.http import (
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name
 from pithos.core.hashing import from_hex, to_hex
-from pithos.objects import AccountInfo, ContainerInfo, UserInfo
+from pithos.objects import AccountInfo, UserInfo
 from pithos.objects.acl import Action
 from pithos.objects.names import check_names
+from pithos.objects.sharing import ContainerView
 
 
 class SwiftSink:
@@ -223,16 +224,25 @@ class SwiftSink:
             self.services.objects.delete_container(container)
         resp.status = falcon.HTTP_204
 
-    def _container_headers(self, resp: falcon.Response, account: AccountInfo | None,
-                           c: ContainerInfo, user: UserInfo | None) -> None:
-        c = self.services.objects.container_detail(c)
-        resp.set_header("X-Container-Object-Count", str(c.objects))
-        resp.set_header("X-Container-Bytes-Used", str(c.bytes))
+    def _container_headers(self, resp: falcon.Response, view: ContainerView,
+                           user: UserInfo | None) -> None:
+        account = view.account
+        c = self.services.objects.container_detail(view.container)
+        if view.sharee is not None:
+            # A sharee sees the objects shared with it and nothing of the owner's container:
+            # totals of what it sees, no metadata, no policy (issue 26, finding 14).
+            objects, used = self.services.objects.sharing.sharee_totals(view)
+        else:
+            objects, used = c.objects, c.bytes
+        resp.set_header("X-Container-Object-Count", str(objects))
+        resp.set_header("X-Container-Bytes-Used", str(used))
         resp.set_header("X-Timestamp", x_timestamp(c.created))
         resp.set_header("X-Put-Timestamp", x_timestamp(c.created))
         resp.set_header("X-Storage-Policy", "default")
         resp.set_header("X-Container-Block-Size", str(self.services.block_size))
         resp.set_header("X-Container-Block-Hash", "blake3")
+        if view.sharee is not None:
+            return
         resp.set_header("X-Container-Policy-Versioning", c.versioning or "auto")
         resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
         for k, v in meta_headers("X-Container-Meta-", c.meta).items():
@@ -246,17 +256,20 @@ class SwiftSink:
     def container_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
         user = req.context.user
-        account, c = self.authz.container(user, t.account, t.container, Action.LISTING)
-        self._container_headers(resp, account, c, user)
+        # As a GET: who lists the container, or a sharee of objects in it (its own view).
+        view = self.services.objects.sharing.listing_access(user, t.account, t.container,
+                                                            False)
+        self._container_headers(resp, view, user)
         resp.status = falcon.HTTP_204
 
     def container_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
         user = req.context.user
         objects = self.services.objects
-        # `visible`: a filter, for who sees only what is shared with them (or ?shared).
-        account, c, visible = objects.sharing.listing_access(
-            user, t.account, t.container, "shared" in req.params)
+        # `view.visible`: a filter, for who sees only what is shared with them (or ?shared).
+        view = objects.sharing.listing_access(user, t.account, t.container,
+                                              "shared" in req.params)
+        c, visible = view.container, view.visible
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
         delimiter = req.get_param("delimiter") or ""
         path = req.get_param("path")
@@ -269,5 +282,5 @@ class SwiftSink:
                                            **params)  # type: ignore[arg-type]
         if visible is not None:
             entries = [e for e in entries if visible(e.name, e.subdir)]
-        self._container_headers(resp, account, c, user)
+        self._container_headers(resp, view, user)
         listing.send_objects(resp, listing.listing_format(req), t.container, entries)

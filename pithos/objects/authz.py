@@ -114,10 +114,12 @@ class Authz:
 
     @staticmethod
     def may_read(user: UserInfo | None, account: AccountInfo | None
-                 ) -> Callable[[ContainerInfo], bool]:
+                 ) -> Callable[[ContainerInfo | None], bool]:
         """May `user` read the objects of a container of `account`?  Asked of the containers
-        that hold a large object's segments: a manifest is no way around an ACL."""
-        def check(c: ContainerInfo) -> bool:
+        that hold a large object's segments: a manifest is no way around an ACL.  Of a
+        container that does not exist (None), it answers for the account's rights alone (no
+        container ACL), so a refusal does not depend on the container's existence."""
+        def check(c: ContainerInfo | None) -> bool:
             return account is not None and decide(user, account.name, account.acl,
                                                   Action.OBJECT_READ, c).allowed
         return check

@@ -391,7 +391,7 @@ class ObjectService:
             sources=[] if content else [source.version_id])
 
     def large_content(self, src: ObjectVersion, account: AccountInfo | None,
-                      may_read: Callable[[ContainerInfo], bool] = lambda _: True
+                      may_read: Callable[[ContainerInfo | None], bool] = lambda _: True
                       ) -> tuple[bytes, int, str] | None:
         """What a copy of `src` names when `src` is a large object (`copy`'s `content`): one
         map naming its segments' blocks (read with `may_read`), and the MD5 of that content
@@ -453,7 +453,7 @@ class ObjectService:
     # -- large objects -------------------------------------------------------------------------
 
     def content(self, v: ObjectVersion, account_id: int,
-                may_read: Callable[[ContainerInfo], bool] = lambda _: True, *,
+                may_read: Callable[[ContainerInfo | None], bool] = lambda _: True, *,
                 manifest: bool = False) -> Content:
         """What a read of version `v` (of account `account_id`) serves: a DLO's content is
         its segments' (read with `may_read`, Forbidden otherwise) and its ETag the MD5 of
@@ -484,18 +484,22 @@ class ObjectService:
         return self.content(v, account_id)
 
     def dlo_segments(self, account_id: int, manifest: str,
-                     may_read: Callable[[ContainerInfo], bool] = lambda _: True
+                     may_read: Callable[[ContainerInfo | None], bool] = lambda _: True
                      ) -> list[ObjectVersion]:
         """The segments of a DLO: the objects under "container/prefix", in name order.
         Forbidden when the reader may not read the segments' container (`may_read`), as a
         Swift proxy lists it with the reader's rights: a manifest is no way around an ACL."""
         container_name, _, prefix = manifest.partition("/")
         container = self.catalog.container(account_id, container_name)
-        if container is None:
-            return []
+        # Asked of a missing container too (may_read(None): could the reader read one there
+        # without an ACL?): a reader who may not read it is refused the same way whether it
+        # exists or not, or a manifest would tell which container names the account holds
+        # (issue 26, finding 14).
         if not may_read(container):
             raise Forbidden(f"the segments of this large object are in {container_name!r}, "
                             "which you may not read")
+        if container is None:
+            return []
         out: list[ObjectVersion] = []
         marker = ""
         while True:
@@ -514,7 +518,7 @@ class ObjectService:
     def put_slo(self, account_id: int, container: ContainerInfo, name: str, manifest: bytes,
                 *, content_type: str, meta: Mapping[str, Mapping[str, str]],
                 modified_by: str | None, delete_at: float | None,
-                may_read: Callable[[ContainerInfo], bool] = lambda _: True,
+                may_read: Callable[[ContainerInfo | None], bool] = lambda _: True,
                 etag: str | None = None) -> ObjectVersion:
         """Assemble an SLO from its manifest into one map that names the segments' blocks
         (no data copied but the edges of ranged segments).  Swift's checks apply: every
@@ -544,8 +548,10 @@ class ObjectService:
             cname, _, oname = path.partition("/")
             seg_container = self.catalog.container(account_id, cname) if oname else None
             version = self.catalog.object(seg_container.id, oname) if seg_container else None
-            if seg_container is not None and not may_read(seg_container):
-                # The same answer whether it exists or not.
+            if oname and not may_read(seg_container):
+                # The same answer whether the container (or the object) exists or not: a
+                # missing container is asked about too (may_read(None)), or 403 against 404
+                # would tell which container names the account holds (issue 26, finding 14).
                 problems.append(f"/{path}: 403 Forbidden")
                 continue
             if version is None:

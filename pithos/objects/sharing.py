@@ -17,6 +17,7 @@ from pithos.catalog import (
     ContainerInfo,
     ObjectVersion,
     PublicObject,
+    SharingEntry,
     UserInfo,
 )
 from pithos.core.errors import Forbidden, InvalidArgument, NotFound
@@ -148,13 +149,13 @@ class Sharing:
         return owners
 
     def listing_access(self, user: UserInfo | None, account: str, container: str,
-                       shared: bool) -> tuple[AccountInfo | None, ContainerInfo,
-                                              Callable[[str, bool], bool] | None]:
-        """The account and container of a container listing, and a filter of the entries
-        `user` sees (name, is a pseudo-directory) -> keep; None: all of them.  Who may list
-        the container sees everything (with `shared`, the owner's `?shared`: what carries a
-        sharing entry); who may not, but has objects of it shared with them, sees those;
-        anyone else is refused as `Authz.container` refuses."""
+                       shared: bool) -> ContainerView:
+        """The account and container of a container listing (GET or HEAD), and what `user`
+        sees of it.  Who may list the container sees everything (with `shared`, the owner's
+        `?shared`: what carries a sharing entry); who may not, but has objects of it shared
+        with them (a sharee), sees those only, and nothing of the owner's container (its
+        totals are those of what the sharee sees, no metadata, no policy); anyone else is
+        refused as `Authz.container` refuses."""
         try:
             info, c = self.authz.container(user, account, container, Action.LISTING)
         except Forbidden:
@@ -164,11 +165,43 @@ class Sharing:
             if found is None:
                 raise
             return found
-        return info, c, self._filter(info, c, None) if shared else None
+        return ContainerView(info, c, self._filter(info, c, None) if shared else None, None)
+
+    def sharee_totals(self, view: ContainerView) -> tuple[int, int]:
+        """(objects, bytes) of what a sharee's `view` shows: the objects under the paths
+        shared with it, each kept by the view's filter (the nearest sharing decides)."""
+        assert view.visible is not None and view.sharee is not None
+        catalog = self.catalog
+        groups = catalog.groups(view.container.account_id)
+        assert view.account is not None
+        seen: set[str] = set()
+        count = size = 0
+        for e in catalog.container_sharing(view.container.id):
+            if sharing_right(e.read, e.write, view.sharee, view.account.name, groups) is None:
+                continue
+            # The entry's object, and what lies under it if it is a directory (the filter
+            # drops what a plain object's entry does not cover, and what a nearer entry
+            # keeps from this sharee).
+            under = e.path if e.path.endswith("/") else e.path + "/"
+            own = catalog.object(view.container.id, e.path)
+            if own is not None and e.path not in seen and view.visible(e.path, False):
+                seen.add(e.path)
+                count, size = count + 1, size + own.size
+            marker = ""
+            while True:
+                page = catalog.list_objects(view.container.id, prefix=under, marker=marker,
+                                            limit=LISTING_PAGE)
+                for entry in page:
+                    if entry.name not in seen and view.visible(entry.name, False):
+                        seen.add(entry.name)
+                        count, size = count + 1, size + entry.size
+                if len(page) < LISTING_PAGE:
+                    break
+                marker = page[-1].name
+        return count, size
 
     def _shared_listing(self, user: UserInfo, account_name: str, container: str
-                        ) -> tuple[AccountInfo, ContainerInfo, Callable[[str, bool], bool]
-                                   ] | None:
+                        ) -> ContainerView | None:
         catalog = self.catalog
         account = catalog.account(account_name)
         c = catalog.container(account.id, container) if account else None
@@ -179,24 +212,50 @@ class Sharing:
                  if sharing_right(e.read, e.write, user, account.name, groups)]
         if not paths:
             return None
-        return account, c, self._filter(account, c, user)
+        return ContainerView(account, c, self._filter(account, c, user), user)
 
     def _filter(self, account: AccountInfo | None, c: ContainerInfo,
                 user: UserInfo | None) -> Callable[[str, bool], bool]:
         """Keep objects with sharing that applies (to `user`, or for the owner's ?shared: to
-        anyone) and the pseudo-directories that lead to them."""
+        anyone) and the pseudo-directories that lead to them: one that holds a path shared
+        with `user`, or one under a directory whose sharing (the nearest above it) applies
+        to `user`.  (Any sharing entry under a name once kept the name: a sharee of one
+        object learnt the pseudo-directories of what was shared with others.)"""
         catalog = self.catalog
         assert account is not None
         groups = catalog.groups(account.id)
-        entries = catalog.container_sharing(c.id)
 
-        def keep(name: str, subdir: bool) -> bool:
-            if subdir:
-                return any(e.path.startswith(name) or name.startswith(e.path) for e in entries)
-            found = catalog.sharing_for(c.id, name)
+        def applies(found: SharingEntry | None) -> bool:
             if found is None:
                 return False
             return user is None or sharing_right(found.read, found.write, user, account.name,
                                                  groups) is not None
 
+        mine = [e.path for e in catalog.container_sharing(c.id) if applies(e)]
+
+        def keep(name: str, subdir: bool) -> bool:
+            if subdir:
+                if any(p.startswith(name) for p in mine):
+                    return True
+                # The sharing that names under `name` inherit unless nearer entries say
+                # otherwise: the nearest directory's at or above it (`name`, "dir/", is
+                # one of the candidates, as a directory).
+                return applies(catalog.sharing_for(c.id, name))
+            return applies(catalog.sharing_for(c.id, name))
+
         return keep
+
+
+# Objects read per catalog page when adding up what a sharee sees.
+LISTING_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """What a caller sees of a container (`Sharing.listing_access`): `visible` filters the
+    listing's entries (name, is a pseudo-directory) -> keep, None: all of them; `sharee`, the
+    caller when it sees only objects shared with it (None: the owner's view)."""
+    account: AccountInfo | None
+    container: ContainerInfo
+    visible: Callable[[str, bool], bool] | None
+    sharee: UserInfo | None
