@@ -14,10 +14,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 from pithos.catalog import Catalog, UserInfo
 from pithos.core.errors import InvalidArgument
+from pithos.core.offload import Offload
 
 TOKEN_TTL_S = 24 * 3600.0
 TOKEN_PREFIX = "PTK_"
@@ -68,19 +68,19 @@ def split_user(spec: str) -> tuple[str, str]:
 
 class Identity:
     def __init__(self, catalog: Catalog, token_ttl_s: float = TOKEN_TTL_S,
-                 executor: Executor | None = None) -> None:
-        """`executor` runs the key derivation (scrypt, ~40 ms of CPU) off the caller's thread:
-        a server's event loop must not stall on logins, least of all on failed ones."""
+                 offload: Offload | None = None) -> None:
+        """`offload` runs the key derivation (scrypt, ~40 ms of CPU) off an event loop: a
+        server's loop must not stall on logins, least of all on failed ones."""
         self.catalog = catalog
         self.token_ttl_s = token_ttl_s
-        self.executor = executor
+        self.offload = offload
         self._cache: dict[str, tuple[UserInfo, float, float]] = {}
         self._lock = threading.Lock()
 
     def _derive(self, check: Callable[[str, str], bool], key: str, stored: str) -> bool:
-        if self.executor is None:
+        if self.offload is None:
             return check(key, stored)
-        return self.executor.submit(check, key, stored).result()
+        return self.offload.run(check, key, stored)
 
     def add_user(self, account: str, user: str, key: str, admin: bool) -> UserInfo:
         if not key:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pithos.api.body import PieceBuffers
 from pithos.blocker import LocalBlockStore, pagecache
 from pithos.core.hashing import block_hash
+from pithos.core.offload import Offload
 
 LARGE = 1 << 20
 SMALL = 4096
@@ -45,13 +46,15 @@ def evict(store: LocalBlockStore, hash_: bytes) -> None:
         os.close(fd)
 
 
-@pytest.fixture(params=["syncfs", "file", "syncfs-executor", "file-executor", "streamed"])
+@pytest.fixture(params=["syncfs", "file", "syncfs-cooperative", "file-cooperative", "streamed"])
 def put(request, tmp_path):
-    """A store, and a function that stores one block the way the parameter says."""
-    mode, _, executor = request.param.partition("-")
-    pool = ThreadPoolExecutor(max_workers=4) if executor else None
+    """A store, and a function that stores one block the way the parameter says
+    ("cooperative": the store's paths for an event loop, driven from plain threads)."""
+    mode, _, cooperative = request.param.partition("-")
+    pool = ThreadPoolExecutor(max_workers=4) if cooperative else None
+    offload = Offload(pool, cooperative=True, spawner=pool) if pool is not None else None
     store = LocalBlockStore(tmp_path / "blocks", sync="syncfs" if mode == "streamed" else mode,
-                            executor=pool)
+                            offload=offload)
 
     def put_one(hash_: bytes, data: bytes) -> None:
         if mode == "streamed":

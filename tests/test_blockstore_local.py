@@ -4,16 +4,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pithos.blocker import LocalBlockStore
+from pithos.core.offload import Offload
 from tests.blocker_contract import BlockStoreContract, blob
 
 
 class TestLocalBlockStore(BlockStoreContract):
-    @pytest.fixture(params=["syncfs", "file", "syncfs-executor", "file-executor"])
+    @pytest.fixture(params=["syncfs", "file", "syncfs-cooperative", "file-cooperative"])
     def store(self, request, tmp_path):
-        # With an executor given (as under the server), small syncfs puts run in one pool task.
-        sync, _, executor = request.param.partition("-")
-        pool = ThreadPoolExecutor(max_workers=4) if executor else None
-        s = LocalBlockStore(tmp_path / "blocks", sync=sync, executor=pool)
+        # Under a cooperative offload (as under the server), small syncfs puts run in one
+        # pool task: those paths, driven from plain threads.
+        sync, _, cooperative = request.param.partition("-")
+        pool = ThreadPoolExecutor(max_workers=4) if cooperative else None
+        offload = Offload(pool, cooperative=True, spawner=pool) if pool is not None else None
+        s = LocalBlockStore(tmp_path / "blocks", sync=sync, offload=offload)
         yield s
         s.close()
         if pool is not None:

@@ -25,6 +25,7 @@ import requests
 
 from pithos.core.errors import ClientTimeout
 from pithos.core.hashing import block_hash, to_hex
+from pithos.core.offload import Offload
 from pithos.mapper.gc import CLOCK_MARGIN_S
 from tests.conftest import PithosServer
 
@@ -303,10 +304,11 @@ def test_a_body_that_times_out_lets_go_of_its_hashing_and_its_block_file(tmp_pat
 
     with ThreadPoolExecutor(4) as pool:
         store = LocalBlockStore(tmp_path / "blocks")
-        mapper = Mapper(Blocker(store, executor=pool))
+        offload = Offload(pool, cooperative=True, spawner=pool)
+        mapper = Mapper(Blocker(store, offload=offload))
         catalog = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
         try:
-            objects = ObjectService(catalog, mapper, executor=pool)
+            objects = ObjectService(catalog, mapper, offload=offload)
             size = mapper.block_size * 3 // 2
             with pytest.raises(ClientTimeout), objects.upload_lease():
                 objects.store(Stalls(size), 2 * size)  # type: ignore[arg-type]

@@ -133,12 +133,12 @@ def test_finding_6_a_login_derives_its_key_off_the_event_loop(tmp_path):
 
     script = textwrap.dedent(f"""
         import gevent
-        from gevent.threadpool import ThreadPoolExecutor
         from pithos.catalog import Catalog
+        from pithos.core.offload import Offload
         from pithos.identity import Identity
 
         catalog = Catalog("sqlite:///{tmp_path}/catalog.sqlite")
-        identity = Identity(catalog, executor=ThreadPoolExecutor(max_workers=2))
+        identity = Identity(catalog, offload=Offload.gevent(2))
         identity.add_user("acct", "user", "right", admin=True)
         events = []
         def login(key):
@@ -169,7 +169,7 @@ def test_finding_6_the_server_gives_its_identity_the_thread_pool(tmp_path):
     data = str(tmp_path / "data")
     os.makedirs(data)
     services = build_services(Storage(data, "file://" + data + "/blocks", local_url(data)))
-    assert services.identity.executor is not None
+    assert services.identity.offload is not None and services.identity.offload.cooperative
 
 
 # -- 7. a public link outlives its object ---------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 
 from pithos.catalog import Catalog
 from pithos.core.errors import BackendError
+from pithos.core.offload import Offload
 
 ROOT = b"r" * 32
 
@@ -52,7 +53,10 @@ class RecordingFsync:
 
 def _catalog(tmp_path, executor):
     path = str(tmp_path / "catalog.sqlite")
-    cat = Catalog(f"sqlite:///{path}", executor=executor)
+    # A cooperative offload: the catalog's paths for an event loop, driven from plain threads.
+    offload = None if executor is None else Offload(executor, cooperative=True,
+                                                    spawner=executor)
+    cat = Catalog(f"sqlite:///{path}", offload=offload)
     recorder = RecordingFsync(path)
     cat._wal_sync.fsync = recorder
     account = cat.ensure_account("a")
@@ -138,11 +142,11 @@ def test_under_gevent_the_syncs_leave_the_hub_free_and_are_shared(tmp_path):
         import os, time
         import gevent
         from gevent.monkey import get_original
-        from gevent.threadpool import ThreadPoolExecutor
         from pithos.catalog import Catalog
+        from pithos.core.offload import Offload
 
         path = "{tmp_path}/catalog.sqlite"
-        catalog = Catalog("sqlite:///" + path, executor=ThreadPoolExecutor(4))
+        catalog = Catalog("sqlite:///" + path, offload=Offload.gevent(4))
         calls = []
         blocking_sleep = get_original("time", "sleep")
         def slow_fsync(fd):  # blocks its thread as a real sync does: the hub, if run there

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple
 
 import blake3
@@ -30,6 +30,7 @@ from pithos.blocker.store import BlockStore, BlockWriter, PartReader
 from pithos.core import treehash
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound, PithosError
 from pithos.core.hashing import block_hash, hash_many, to_hex
+from pithos.core.offload import Offload
 
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 # A batch is split into store puts of at most this many blocks.
@@ -63,15 +64,17 @@ class Blocker:
     """
 
     def __init__(self, store: BlockStore, block_size: int = DEFAULT_BLOCK_SIZE,
-                 hash_threads: int | None = None, executor: Executor | None = None) -> None:
+                 hash_threads: int | None = None, offload: Offload | None = None) -> None:
         if block_size <= 0:
             raise InvalidArgument(f"block size must be positive, not {block_size}")
         self.store = store
         self.block_size = block_size
-        # An executor may be given (e.g. gevent's pool of real threads under a gevent server).
-        self._own_pool = executor is None
-        self._pool = executor or ThreadPoolExecutor(
-            max_workers=hash_threads or os.cpu_count() or 2, thread_name_prefix="blockhash")
+        # Hashing fans out to the offload context's pool (pithos.core.offload); without one
+        # given, to threads of the Blocker's own.
+        self._own_offload = offload is None
+        self._offload = offload or Offload.threads(hash_threads or os.cpu_count() or 2,
+                                                   name="blockhash")
+        self._pool = self._offload.pool
 
     def stage(self, data: bytes) -> StagedBlock:
         """Name one block now (hash it on this thread) to store it later with `put_staged`.
@@ -185,7 +188,7 @@ class Blocker:
         fails its check: the pieces handed out before it were verified, and nothing after
         (and the block is quarantined once a whole read confirms the damage)."""
         try:
-            reader = self._pool.submit(self.store.open_parts, hash_).result() \
+            reader = self._offload.run(self.store.open_parts, hash_) \
                 if treehash.AVAILABLE else None
         except NotFound as exc:
             raise self._absent(exc) from None
@@ -328,8 +331,8 @@ class Blocker:
         return self.store.remove_leftovers()
 
     def close(self) -> None:
-        if self._own_pool:
-            self._pool.shutdown(wait=True)
+        if self._own_offload:
+            self._offload.close()
         self.store.close()
 
 

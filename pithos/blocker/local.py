@@ -61,13 +61,13 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pithos.blocker import pagecache, tmpfiles
 from pithos.blocker.store import BlockStore, BlockWriter, PartReader
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 from pithos.core.files import fsync_dir
+from pithos.core.offload import Offload
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -168,14 +168,16 @@ class LocalBlockStore(BlockStore):
     """Blocks as files under `path` (created if absent)."""
 
     def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
-                 executor: Executor | None = None, sync: str = "syncfs",
+                 offload: Offload | None = None, sync: str = "syncfs",
                  keep_free_bytes: int = 0) -> None:
         """`sync` chooses how a batch is made durable: "file" (fdatasync each new file, fsync
         each directory it was renamed into) or "syncfs" (one syncfs(2) of the whole filesystem
         per batch: fewer syncs for batches of small blocks, but it also flushes whatever else
         is dirty on that filesystem).  A write that would leave less than `keep_free_bytes`
         free on the filesystem fails with NoSpace (room kept for a catalog beside the
-        blocks: deletes on a full disk, pithos/catalog/space.py)."""
+        blocks: deletes on a full disk, pithos/catalog/space.py).  `offload` says where
+        blocking file work runs (pithos.core.offload; default: `io_threads` threads of the
+        store's own)."""
         if sync not in ("file", "syncfs"):
             raise InvalidArgument(f"unknown sync mode {sync!r}")
         self.path = os.fspath(path)
@@ -207,10 +209,9 @@ class LocalBlockStore(BlockStore):
                 fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except OSError as exc:
             raise _backend_error(exc, f"cannot open block store at {self.path}") from exc
-        # An executor may be given (e.g. gevent's pool of real threads under a gevent server).
-        self._own_pool = executor is None
-        self._pool = executor or ThreadPoolExecutor(max_workers=io_threads,
-                                                    thread_name_prefix="blockio")
+        self._own_offload = offload is None
+        self._offload = offload or Offload.threads(io_threads, name="blockio")
+        self._pool = self._offload.pool
         self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self._restore_trash()
@@ -260,17 +261,14 @@ class LocalBlockStore(BlockStore):
 
     def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         # Threads pay off only when there is more than one file to wait on, except under an
-        # event loop (a given executor): there even one blocking call must leave its thread.
-        if len(items) < 2 and self._own_pool:
+        # event loop: there even one blocking call must leave its thread.
+        if len(items) < 2 and not self._offload.cooperative:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
     def _call(self, fn: Callable[[], None]) -> None:
         """`fn()`, on the pool when under an event loop (see `_map`)."""
-        if self._own_pool:
-            fn()
-        else:
-            self._pool.submit(fn).result()
+        self._offload.run(fn)
 
     # -- BlockStore --------------------------------------------------------------------------
 
@@ -356,7 +354,7 @@ class LocalBlockStore(BlockStore):
             return
         kept: Mapping[bytes, bytes] = outboards or {}
         try:
-            if self._syncfs is not None and not self._own_pool and \
+            if self._syncfs is not None and self._offload.cooperative and \
                     len(items) <= _ONE_TASK_ITEMS:
                 # Under an event loop a few files (an upload's map page, a small object and
                 # its page) are written and synced in one pool task: each hand-off is a
@@ -652,8 +650,8 @@ class LocalBlockStore(BlockStore):
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._root_fd)
-        if self._own_pool:
-            self._pool.shutdown(wait=True)
+        if self._own_offload:
+            self._offload.close()
 
 
 class _FileWriter(BlockWriter):

@@ -64,7 +64,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor
 from typing import Any
 
 from pithos.blocker.rados_io import (
@@ -78,6 +77,7 @@ from pithos.blocker.rados_io import (
 )
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument, NotFound
+from pithos.core.offload import Offload
 
 PUT_TIME_KEY = "pithos.put_ns"
 # Set once, when the block is created (random): tells a block stored afresh from the one read.
@@ -117,7 +117,7 @@ class RadosBlockStore(BlockStore):
                  namespace: str = "", client_id: str = "admin", queue_depth: int = 16,
                  op_timeout_s: int = 30, connect_timeout_s: int = 30,
                  retries: int = 3, retry_delay_s: float = 0.2,
-                 read_size: int = 4 * 1024 * 1024, executor: Executor | None = None) -> None:
+                 read_size: int = 4 * 1024 * 1024, offload: Offload | None = None) -> None:
         if min(queue_depth, read_size, op_timeout_s, connect_timeout_s) < 1 or retries < 0:
             raise InvalidArgument("queue depth, read size and timeouts must be positive "
                                   "(librados takes whole seconds), retries >= 0")
@@ -135,7 +135,9 @@ class RadosBlockStore(BlockStore):
         except BaseException:
             self._conn.shutdown()
             raise
-        self._executor = executor
+        # Where blocking librados waits run (pithos.core.offload): off the event loop under one.
+        self._offload = offload or Offload.threads(1, name="rados")
+        self._own_offload = offload is None
         self._closed = False
         # Quarantines run one at a time on ioctxs of their own, so that the object version
         # of a read (get_last_version) is that read's.
@@ -150,11 +152,11 @@ class RadosBlockStore(BlockStore):
     # -- the batch engine (the window and the retries: rados_io.RadosConnection) -------------
 
     def _batch(self, count: int, start: Start) -> list[int]:
-        if self._executor is not None and count:
-            # Under an event loop (a given executor: gevent's pool of real threads under
-            # `pithos serve`), waiting for completions must leave the loop's thread, as the
-            # LocalBlockStore's file calls do, or one request's RADOS round trips stall all.
-            return self._executor.submit(self._conn.run_aio, count, start).result()
+        if count:
+            # Under an event loop (`pithos serve`), waiting for completions must leave the
+            # loop's thread, as the LocalBlockStore's file calls do, or one request's RADOS
+            # round trips stall all.
+            return self._offload.run(self._conn.run_aio, count, start)
         return self._conn.run_aio(count, start)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -368,11 +370,9 @@ class RadosBlockStore(BlockStore):
         return False
 
     def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)`, a run of blocking librados calls: on the executor when one is given
-        (under an event loop), as `_batch` waits for completions."""
-        if self._executor is not None:
-            return self._executor.submit(fn, *args).result()
-        return fn(*args)
+        """`fn(*args)`, a run of blocking librados calls: off the event loop under one, as
+        `_batch` waits for completions."""
+        return self._offload.run(fn, *args)
 
     def quarantine_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         return self._off_loop(self._quarantine_many, items) if items else []
@@ -486,3 +486,5 @@ class RadosBlockStore(BlockStore):
             ioctx.close()
         self._ioctx.close()
         self._conn.shutdown()
+        if self._own_offload:
+            self._offload.close()

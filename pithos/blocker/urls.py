@@ -8,16 +8,16 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from urllib.parse import unquote, urlsplit
 
 from pithos.blocker.local import LocalBlockStore
 from pithos.blocker.memory import MemoryBlockStore
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument
+from pithos.core.offload import Offload
 
 
-def open_block_store(url: str, executor: Executor | None = None,
+def open_block_store(url: str, offload: Offload | None = None,
                      keep_free_bytes: int = 0) -> BlockStore:
     """The store at `url`; `keep_free_bytes` is LocalBlockStore's (other stores ignore it)."""
     parts = urlsplit(url)
@@ -25,7 +25,7 @@ def open_block_store(url: str, executor: Executor | None = None,
         path = unquote(parts.path if parts.scheme else url)
         if not path:
             raise InvalidArgument(f"no path in block store URL {url!r}")
-        return LocalBlockStore(path, executor=executor, keep_free_bytes=keep_free_bytes)
+        return LocalBlockStore(path, offload=offload, keep_free_bytes=keep_free_bytes)
     if parts.scheme == "memory":
         return MemoryBlockStore()
     if parts.scheme == "rados":
@@ -34,5 +34,5 @@ def open_block_store(url: str, executor: Executor | None = None,
 
         pool, conf, namespace, client_id = parse_rados_url(url)
         return RadosBlockStore(pool, conf, namespace=namespace, client_id=client_id,
-                               executor=executor)
+                               offload=offload)
     raise InvalidArgument(f"unknown block store URL {url!r} (file://, rados://, memory://)")

@@ -9,7 +9,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +29,7 @@ from pithos.catalog.space import (
 )
 from pithos.catalog.wal_sync import WalSync
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
+from pithos.core.offload import Offload
 
 STAT_SHARDS = 8
 # How long a SQLite connection waits for a lock before giving up with "database is locked".
@@ -101,11 +101,13 @@ class CatalogEngine:
     ``sqlite:///data/catalog.sqlite`` or ``postgresql://user@host/db``).  Creates or upgrades
     the schema on open."""
 
-    def __init__(self, url: str, executor: Executor | None = None,
+    def __init__(self, url: str, offload: Offload | None = None,
                  reserve_bytes: int = 0) -> None:
-        """`executor` runs the WAL syncs of an SQLite catalog (see WalSync); without one a
-        writer syncs on its own thread.  `reserve_bytes`: the room an SQLite catalog keeps
-        beside its database for getting out of a full disk (pithos/catalog/space.py)."""
+        """`offload`: under an event loop (a cooperative one, pithos.core.offload) the WAL
+        syncs of an SQLite catalog run on its pool, shared by concurrent commits (see
+        WalSync); otherwise a writer syncs on its own thread.  `reserve_bytes`: the room an
+        SQLite catalog keeps beside its database for getting out of a full disk
+        (pithos/catalog/space.py)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -125,7 +127,9 @@ class CatalogEngine:
             _sqlite_setup(self.engine)
             database = self.engine.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
-                self._wal_sync = WalSync(os.path.abspath(database), executor)
+                self._wal_sync = WalSync(
+                    os.path.abspath(database),
+                    offload.pool if offload is not None and offload.cooperative else None)
                 if reserve_bytes:
                     reserve = SpaceReserve(os.path.abspath(database) + "-reserve",
                                            reserve_bytes)

@@ -15,7 +15,8 @@ which returns once an fdatasync of the WAL that *started after the call* has com
   synced WAL or in the synced database file.
 
 Tickets order the calls: a sync started when tickets up to N had been issued covers tickets
-up to N.  With an executor (gevent's pool under the server) one sync is in flight at a time and
+up to N.  With an executor (gevent's pool under the server, chosen by CatalogEngine from its offload
+context) one sync is in flight at a time and
 callers that arrive meanwhile wait for the next one, which covers them all.  Without one the
 caller syncs itself.
 

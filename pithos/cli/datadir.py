@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor
 
 from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker
 from pithos.blocker.urls import open_block_store
@@ -20,6 +19,7 @@ from pithos.catalog.space import RESERVE_BYTES
 from pithos.config import Storage
 from pithos.core.errors import BackendError
 from pithos.core.hashing import from_hex, to_hex
+from pithos.core.offload import Offload
 from pithos.mapper import Mapper
 
 # A local block store leaves this much of its filesystem free (its writes fail with NoSpace,
@@ -33,7 +33,7 @@ class DataDir:
     (by default both inside the data directory) and the data directory's local files."""
 
     def __init__(self, storage: Storage | str, block_size: int = DEFAULT_BLOCK_SIZE,
-                 executor: Executor | None = None) -> None:
+                 offload: Offload | None = None) -> None:
         if isinstance(storage, str):
             storage = Storage(storage, "file://" + os.path.abspath(
                 os.path.join(storage, "blocks")), local_url(storage))
@@ -43,13 +43,13 @@ class DataDir:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create data directory {path}: {exc.strerror}") from exc
-        self.store = open_block_store(storage.blocks, executor=executor,
+        self.store = open_block_store(storage.blocks, offload=offload,
                                       keep_free_bytes=KEEP_FREE_BYTES)
         self.blocker = Blocker(self.store, block_size=max(block_size, DEFAULT_BLOCK_SIZE),
-                               executor=executor)
+                               offload=offload)
         self.mapper = Mapper(self.blocker, block_size=block_size)
         self._roots_path = os.path.join(path, "roots.log")
-        self._executor = executor
+        self._offload = offload
         self._catalog: Catalog | None = None
 
     @property
@@ -59,7 +59,7 @@ class DataDir:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             # An SQLite catalog keeps room for deletes on a full disk (pithos/catalog/space.py).
-            self._catalog = Catalog(self.catalog_url, executor=self._executor,
+            self._catalog = Catalog(self.catalog_url, offload=self._offload,
                                     reserve_bytes=RESERVE_BYTES)
         return self._catalog
 

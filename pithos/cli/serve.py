@@ -18,6 +18,7 @@ from pithos.catalog.space import RESERVE_BYTES
 from pithos.cli.datadir import DataDir
 from pithos.config import Storage
 from pithos.core.errors import NoSpace
+from pithos.core.offload import Offload
 
 log = logging.getLogger("pithos.serve")
 REAP_INTERVAL_S = 30.0
@@ -40,37 +41,9 @@ def _redacted(url: str) -> str:
         return url.split(":", 1)[0] + ":..."
 
 
-def greenlet_executor() -> Any:
-    """An Executor whose tasks run as greenlets of this worker.  Read-ahead uses it: a task
-    that itself fans out to the pool of real threads must start from the hub's thread (gevent
-    forbids submitting to its thread pool from one of the pool's own threads)."""
-    from concurrent.futures import Executor, Future
-
-    import gevent
-
-    class GreenletExecutor(Executor):
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-            future: Future[Any] = Future()
-
-            def run() -> None:
-                if not future.set_running_or_notify_cancel():
-                    return
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-            gevent.spawn(run)
-            return future
-
-    return GreenletExecutor()
-
-
 def build_services(storage: Storage, io_threads: int = 32,
                    client_timeout_s: float | None = CLIENT_TIMEOUT_S) -> Any:
     """The API's services over a data directory, for a gevent worker."""
-    from gevent.threadpool import ThreadPoolExecutor
-
     from pithos.api.context import Services
     from pithos.identity import Identity
     from pithos.objects.digest import LanePolicy
@@ -78,13 +51,14 @@ def build_services(storage: Storage, io_threads: int = 32,
     from pithos.objects.names import Limits
     from pithos.objects.service import ObjectService
 
-    pool = ThreadPoolExecutor(max_workers=io_threads)
-    data = DataDir(storage, executor=pool)
+    # The composition root's one choice of where blocking work runs: gevent's pool of real
+    # threads, shared by the stores, the catalog, MD5 and logins (pithos.core.offload).
+    offload = Offload.gevent(io_threads)
+    data = DataDir(storage, offload=offload)
     catalog = data.catalog()
     # One worker, one event loop: its uploads' MD5s share the multi-buffer lanes.
-    objects = ObjectService(catalog, data.mapper, executor=pool, prefetch=greenlet_executor(),
-                            md5_lanes=LanePolicy())
-    return Services(identity=Identity(catalog, executor=pool), objects=objects,
+    objects = ObjectService(catalog, data.mapper, offload=offload, md5_lanes=LanePolicy())
+    return Services(identity=Identity(catalog, offload=offload), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"),

@@ -39,6 +39,7 @@ from pithos.core.errors import (
     QuotaExceeded,
     TooLarge,
 )
+from pithos.core.offload import Offload
 from pithos.mapper import Mapper, Piece
 from pithos.mapper.mapper import STREAM_PIECE
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
@@ -115,18 +116,17 @@ _WRITER: ContextVar[Ticket | None] = ContextVar("pithos_writer", default=None)
 
 
 class ObjectService:
-    def __init__(self, catalog: Catalog, mapper: Mapper, executor: Executor | None = None,
+    def __init__(self, catalog: Catalog, mapper: Mapper, offload: Offload | None = None,
                  limits: Limits | None = None, read_batch_blocks: int = 2,
-                 prefetch: Executor | None = None,
                  md5_lanes: LanePolicy | None = None) -> None:
-        """`executor` runs MD5 beside the upload; `prefetch` runs read-ahead (default: the
-        executor); `md5_lanes` groups the MD5s of concurrent uploads (the entry point makes
-        one per event loop; default: one of this service's own)."""
+        """`offload` (pithos.core.offload): its pool runs an upload's MD5 beside the upload
+        and its spawner a read's read-ahead (without one: MD5 inline, no read-ahead);
+        `md5_lanes` groups the MD5s of concurrent uploads (the entry point makes one per
+        event loop; default: one of this service's own)."""
         self.catalog = catalog
         self.leases = WriterLeases(catalog)
         self.mapper = mapper
-        self.executor = executor
-        self.prefetch = prefetch or executor
+        self.offload = offload
         self.md5_lanes = md5_lanes if md5_lanes is not None else LanePolicy()
         self.limits = limits or Limits()
         # Per-request memory: an upload's pieces in flight (Mapper.build_stream), two read
@@ -341,7 +341,8 @@ class ObjectService:
         """Store a request body as a map (durable on return)."""
         if length is not None and length > self.limits.max_file_size:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
-        reader = BodyReader(body, length, self.limits.max_file_size, self.executor,
+        reader = BodyReader(body, length, self.limits.max_file_size,
+                            self.offload.pool if self.offload is not None else None,
                             lanes=self.md5_lanes)
         try:
             root, size = self.mapper.build_stream(reader)
@@ -425,7 +426,8 @@ class ObjectService:
             if hi > lo:
                 pieces.append(self.mapper.pieces(root, lo, hi - lo))
             start += size
-        return self.mapper.read_pieces(_chain(pieces), self.read_batch_blocks, self.prefetch)
+        prefetch = self.offload.spawner if self.offload is not None else None
+        return self.mapper.read_pieces(_chain(pieces), self.read_batch_blocks, prefetch)
 
     # -- listings ------------------------------------------------------------------------------
 
