@@ -131,6 +131,23 @@ def show_initial_key(storage: Storage, listen: str) -> None:
 WORKER_CONNECTIONS = 8192
 
 
+def worker_connections() -> int:
+    """A worker's cap on open connections: PITHOS_WORKER_CONNECTIONS, else
+    WORKER_CONNECTIONS.  At the cap a worker logs one line (pithos.cli.serve_worker) and new
+    clients wait in the listen backlog."""
+    text = os.environ.get("PITHOS_WORKER_CONNECTIONS")
+    if text is None:
+        return WORKER_CONNECTIONS
+    try:
+        value = int(text)
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"pithos serve: PITHOS_WORKER_CONNECTIONS must be a whole number "
+                         f"of connections, 1 or more (got {text!r})") from None
+    return value
+
+
 def _raise_open_files_limit() -> None:
     """Each connection is a descriptor: take the hard limit (a shell's soft one is often
     1024, fewer than one worker's connections)."""
@@ -153,6 +170,7 @@ def serve(storage: Storage, listen: str, workers: int,
 
     open_catalog_once(storage)
     _raise_open_files_limit()
+    connections = worker_connections()
 
     def when_ready(server: Any) -> None:
         # The socket is bound and the worker class loaded: the server is able to serve.
@@ -164,8 +182,10 @@ def serve(storage: Storage, listen: str, workers: int,
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for key, value in {
-                "bind": listen, "workers": workers, "worker_class": "gevent",
-                "worker_connections": WORKER_CONNECTIONS, "timeout": 300,
+                "bind": listen, "workers": workers,
+                # gunicorn's gevent worker, which logs when it reaches its cap.
+                "worker_class": "pithos.cli.serve_worker.CappedGeventWorker",
+                "worker_connections": connections, "timeout": 300,
                 "graceful_timeout": 30,
                 "keepalive": keepalive_s, "loglevel": "warning", "errorlog": "-",
                 "limit_request_line": 8190, "limit_request_field_size": 8190,

@@ -1,0 +1,61 @@
+"""The gunicorn worker of `pithos serve`: gunicorn's gevent worker, which says when it is full.
+
+A gevent worker serves at most `worker_connections` connections at once (a pool of greenlets);
+at the cap it stops accepting and new clients wait, unanswered, in the listen backlog, and
+gunicorn says nothing.  This worker counts its open connections and logs one line when it
+reaches the cap and one when it is under it again: once per episode, not per connection, and
+at most one episode's start every `CAP_LOG_INTERVAL_S`, so a worker that hovers at its cap
+cannot flood the log.
+
+Imported by gunicorn (by its dotted name, in the master and in each worker), so gevent is
+imported here only as gunicorn's gevent worker imports it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gunicorn.workers.ggevent import GeventWorker
+
+# The least time between two "at its cap" lines of one worker.
+CAP_LOG_INTERVAL_S = 60.0
+
+
+class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
+    """GeventWorker that logs when its connections reach `worker_connections`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_connections = 0
+        self._full_since: float | None = None  # the logged episode's start (monotonic)
+        self._last_full_log = -CAP_LOG_INTERVAL_S
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        # Each accepted connection runs here, in a greenlet of the pool that holds at most
+        # worker_connections: the count is the pool's, and at the cap the server has stopped
+        # accepting.  (The hub runs one greenlet at a time: no lock is needed.)
+        self.open_connections += 1
+        if self.open_connections >= self.worker_connections:
+            self._at_cap()
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self.open_connections -= 1
+            if self._full_since is not None and self.open_connections < self.worker_connections:
+                self.log.warning(
+                    "pithos serve: worker %s is under its cap of %d open connections again "
+                    "(after %.0f s); it accepts new connections", self.pid,
+                    self.worker_connections, time.monotonic() - self._full_since)
+                self._full_since = None
+
+    def _at_cap(self) -> None:
+        now = time.monotonic()
+        if self._full_since is not None or now - self._last_full_log < CAP_LOG_INTERVAL_S:
+            return
+        self._full_since = self._last_full_log = now
+        self.log.warning(
+            "pithos serve: worker %s is at its cap of %d open connections "
+            "(PITHOS_WORKER_CONNECTIONS); new connections wait unanswered in the listen "
+            "backlog until one of these closes (idle and stalled ones are cut off by the "
+            "keep-alive and client timeouts)", self.pid, self.worker_connections)
