@@ -10,6 +10,7 @@ from pithos.api import errors
 from pithos.api.auth import AuthV1, Info, KeystoneTokens, KeystoneVersion, TokenMiddleware
 from pithos.api.body import timed_body
 from pithos.api.context import Services
+from pithos.api.openapi import OpenAPIDocument
 from pithos.api.swift import SwiftSink
 
 
@@ -48,6 +49,7 @@ def create_app(services: Services) -> falcon.App:
     app.resp_options.default_media_type = "application/json"
     errors.install(app)
     app.add_route("/info", Info(services))
+    app.add_route("/openapi.json", OpenAPIDocument())
     app.add_route("/auth/v1.0", AuthV1(services))
     app.add_route("/auth/v1", AuthV1(services))
     app.add_route("/v3", KeystoneVersion(services))
