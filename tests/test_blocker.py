@@ -83,3 +83,54 @@ def test_delete(blocker):
     a, b = blocker.put_many([b"a", b"b"])
     assert blocker.delete_many([a]) == 1
     assert blocker.missing([a, b]) == [a]
+
+
+# -- verified ranges (Blocker.read_range_into, pithos/blocker/ranges.py) ---------------------
+
+
+def _range(blocker, h, offset, length):
+    buf = bytearray(length)
+    blocker.read_range_into(h, offset, memoryview(buf))
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("offset,length", [(0, 1), (5, 40_000), (16_384, 16_384),
+                                           (60_000, 10_000), (65_000, 536)])
+def test_ranges_are_the_blocks_bytes_with_zeros_past_its_end(blocker, offset, length):
+    data = os.urandom(64 * 1024 - 7)
+    (h,) = blocker.put_many([data])
+    want = data[offset:offset + length]
+    want += bytes(length - len(want))
+    assert _range(blocker, h, offset, length) == want  # the first read verifies it whole
+    for other in range(3):  # push it out of the few blocks kept whole: pieces are checked
+        blocker.put_many([os.urandom(1000)])
+        _range(blocker, blocker.put_many([os.urandom(100 + other)])[0], 0, 10)
+    assert _range(blocker, h, offset, length) == want
+
+
+def test_a_range_of_a_block_damaged_before_its_first_read_is_refused(blocker):
+    (h,) = blocker.put_many([os.urandom(64 * 1024)])
+    corrupt(blocker, h)
+    with pytest.raises(IntegrityError):
+        _range(blocker, h, 0, 4096)
+
+
+def test_a_range_of_a_block_damaged_after_its_first_read_is_refused(blocker):
+    """Once verified whole, later ranges are checked piece by piece against what was verified:
+    damage found later is an IntegrityError, never served."""
+    data = os.urandom(64 * 1024)
+    (h,) = blocker.put_many([data])
+    assert _range(blocker, h, 0, 10) == data[:10]
+    for n in range(10):  # more than the blocks kept whole
+        _range(blocker, blocker.put_many([os.urandom(100 + n)])[0], 0, 10)
+    corrupt(blocker, h)  # one byte
+    refused = []
+    for at in range(0, len(data), 16_384):
+        try:
+            assert _range(blocker, h, at, 16_384) == data[at:at + 16_384]
+        except IntegrityError:
+            refused.append(at)
+    # Undamaged pieces read before the damaged one are served (each checked); from the damaged
+    # one on, the block is refused: a failed piece drops what was verified, and the block,
+    # verified whole again, fails.
+    assert refused and refused == list(range(refused[0], len(data), 16_384))

@@ -5,10 +5,10 @@ import pytest
 
 from pithos.blocker import LocalBlockStore
 from pithos.core.offload import Offload
-from tests.blocker_contract import BlockStoreContract, blob
+from tests.blocker_contract import PartsStoreContract, blob
 
 
-class TestLocalBlockStore(BlockStoreContract):
+class TestLocalBlockStore(PartsStoreContract):
     @pytest.fixture(params=["syncfs", "file", "syncfs-cooperative", "file-cooperative"])
     def store(self, request, tmp_path):
         # Under a cooperative offload (as under the server), small syncfs puts run in one

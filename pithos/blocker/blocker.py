@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple
 
 import blake3
 
-from pithos.blocker.store import BlockStore, BlockWriter, PartReader
+from pithos.blocker.ranges import VerifiedRanges
+from pithos.blocker.store import BlockStore, BlockWriter, PartReader, PartsStore, PartsWriter
 from pithos.core import treehash
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound, PithosError
 from pithos.core.hashing import block_hash, hash_many, to_hex
@@ -68,6 +70,8 @@ class Blocker:
         if block_size <= 0:
             raise InvalidArgument(f"block size must be positive, not {block_size}")
         self.store = store
+        # Verified part reads, where the store offers them (pithos.blocker.store.PartsStore).
+        self._parts = store if isinstance(store, PartsStore) else None
         self.block_size = block_size
         # Hashing fans out to the offload context's pool (pithos.core.offload); without one
         # given, to threads of the Blocker's own.
@@ -75,6 +79,9 @@ class Blocker:
         self._offload = offload or Offload.threads(hash_threads or os.cpu_count() or 2,
                                                    name="blockhash")
         self._pool = self._offload.pool
+        # Made at the first range read (volumes), with its piece-hash cache.
+        self._ranges: VerifiedRanges | None = None
+        self._ranges_lock = threading.Lock()
 
     def stage(self, data: bytes) -> StagedBlock:
         """Name one block now (hash it on this thread) to store it later with `put_staged`.
@@ -112,7 +119,10 @@ class Blocker:
         items = [pair for _, pair in unique]
         outboards = {b.hash: b.outboard for b in staged if b.outboard}
         for i in range(0, len(items), MAX_BATCH_BLOCKS):
-            self.store.put_many(items[i:i + MAX_BATCH_BLOCKS], outboards or None)
+            if self._parts is not None and outboards:
+                self._parts.put_many(items[i:i + MAX_BATCH_BLOCKS], outboards)
+            else:
+                self.store.put_many(items[i:i + MAX_BATCH_BLOCKS])
 
     def put_many(self, blocks: Sequence[bytes]) -> list[bytes]:
         """Store blocks; returns their hashes, in order.  Durable on return (the store's
@@ -188,8 +198,8 @@ class Blocker:
         fails its check: the pieces handed out before it were verified, and nothing after
         (and the block is quarantined once a whole read confirms the damage)."""
         try:
-            reader = self._offload.run(self.store.open_parts, hash_) \
-                if treehash.AVAILABLE else None
+            reader = self._offload.run(self._parts.open_parts, hash_) \
+                if treehash.AVAILABLE and self._parts is not None else None
         except NotFound as exc:
             raise self._absent(exc) from None
         if reader is None:
@@ -309,10 +319,17 @@ class Blocker:
         checks them itself and must move nothing (fsck).  Raises NotFound as `get_many`."""
         return self.store.get_many(hashes)
 
-    def raw_read(self, hash_: bytes, offset: int, length: int) -> bytes:
-        """A range of a block as stored, not verified: for a caller that verifies it against
-        hashes of its own (volumes check 16 KiB pieces of a block they verified whole)."""
-        return self.store.read(hash_, offset, length)
+    def read_range_into(self, hash_: bytes, offset: int, buf: memoryview) -> None:
+        """Fill `buf` with verified bytes `[offset, offset + len(buf))` of a block (zeros
+        past its end), verifying the block whole at its first range read and later ranges
+        piece by piece (pithos.blocker.ranges).  Raises NotFound or IntegrityError."""
+        ranges = self._ranges
+        if ranges is None:
+            with self._ranges_lock:
+                if self._ranges is None:
+                    self._ranges = VerifiedRanges(self.get, self.store.read)
+                ranges = self._ranges
+        ranges.read_into(hash_, offset, buf)
 
     def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
         """The size of each block, None if absent (see BlockStore.sizes)."""
@@ -393,7 +410,7 @@ class BlockStream:
         hash_: bytes
         if treehash.AVAILABLE:
             hash_, outboard = self._hasher.finish()
-            if outboard:
+            if outboard and isinstance(self._writer, PartsWriter):
                 self._writer.keep_outboard(outboard)
         else:
             hash_ = self._hasher.digest()

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pithos.blocker import pagecache, tmpfiles
-from pithos.blocker.store import BlockStore, BlockWriter, PartReader
+from pithos.blocker.store import PartReader, PartsStore, PartsWriter
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
 from pithos.core.files import fsync_dir
 from pithos.core.offload import Offload
@@ -164,7 +164,7 @@ def _untrash(trash: str, path: str) -> None:
         os.unlink(trash)
 
 
-class LocalBlockStore(BlockStore):
+class LocalBlockStore(PartsStore):
     """Blocks as files under `path` (created if absent)."""
 
     def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
@@ -373,7 +373,7 @@ class LocalBlockStore(BlockStore):
         except OSError as exc:
             raise _backend_error(exc, "cannot store block") from exc
 
-    def open_writer(self) -> BlockWriter:
+    def open_writer(self) -> PartsWriter:
         writer = _FileWriter(self)
         self._writing.add(id(writer))
         return writer
@@ -654,7 +654,7 @@ class LocalBlockStore(BlockStore):
             self._offload.close()
 
 
-class _FileWriter(BlockWriter):
+class _FileWriter(PartsWriter):
     """A blob written into a temporary file as it arrives, renamed to its hash at commit."""
 
     blocking_io = True

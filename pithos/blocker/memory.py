@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument, NotFound
@@ -22,9 +22,7 @@ class MemoryBlockStore(BlockStore):
         # Damaged bytes moved aside by `quarantine_many`, by hash (the latest copy).
         self._quarantine: dict[bytes, bytes] = {}
 
-    def put_many(self, items: Sequence[tuple[bytes, bytes]],
-                 outboards: Mapping[bytes, bytes] | None = None) -> None:
-        # Outboards are ignored: a blob in memory is read whole (open_parts is None).
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         now = time.time()
         with self._lock:
             for hash_, data in items:

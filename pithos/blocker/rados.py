@@ -63,7 +63,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pithos.blocker.rados_io import (
@@ -200,9 +200,8 @@ class RadosBlockStore(BlockStore):
         codes = self._batch(len(which), start)
         raise_failed(codes, "cannot store blocks", ok=(0, -errno.EEXIST))
 
-    def put_many(self, items: Sequence[tuple[bytes, bytes]],
-                 outboards: Mapping[bytes, bytes] | None = None) -> None:
-        # Outboards are not kept yet: a RADOS object is read and verified whole.
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        # Not a PartsStore (yet): a RADOS object is read and verified whole.
         unique = dict(items)  # the caller vouches that equal hashes name equal bytes
         hashes = list(unique)
         names = [h.hex() for h in hashes]

@@ -6,6 +6,10 @@ them passes the same contract suite (tests/blocker_contract.py).
 
 Hashes are raw 32-byte `bytes`.  Every method takes a batch so that no hot path pays a round trip
 per block; backends are free to serve a batch in parallel.
+
+Reading a block in verified parts is an optional capability (`PartsStore`): a store that offers
+it keeps each block's tree outboard (pithos.core.treehash) beside it and opens blocks for ranged
+reads; the Blocker uses it where the store offers it and reads blocks whole elsewhere.
 """
 
 from __future__ import annotations
@@ -20,12 +24,8 @@ class BlockStore(ABC):
     """Immutable blobs by hash.  Thread-safe: any method may be called from several threads."""
 
     @abstractmethod
-    def put_many(self, items: Sequence[tuple[bytes, bytes]],
-                 outboards: Mapping[bytes, bytes] | None = None) -> None:
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """Store each `(hash, data)` pair (`data`: bytes or another bytes-like object).
-        `outboards` gives the tree outboard (pithos.core.treehash) of some of them, by hash,
-        to keep beside the blob for `open_parts`; a store that keeps none ignores them, and
-        so may one that cannot (the outboard is an aid to reading, never needed to read).
 
         - Durable: returns only when every blob is on stable storage (a crash after the return
           loses none of them).
@@ -150,13 +150,6 @@ class BlockStore(ABC):
         touched.  Repeat-safe."""
         return []
 
-    def open_parts(self, hash_: bytes) -> PartReader | None:
-        """A reader of the blob's byte ranges, with the outboard kept beside it (see
-        pithos.core.treehash), so that it can be verified and served part by part; None
-        when the store keeps no outboard for it (the default).  Blocking: call it from a
-        thread that may block.  Raises `NotFound` when the blob is absent."""
-        return None
-
     def open_writer(self) -> BlockWriter:
         """A writer for one blob whose bytes arrive in pieces before its name is known (an
         upload streamed from the network).  Backends that can place bytes before naming them
@@ -201,14 +194,43 @@ class BlockWriter(ABC):
     def abort(self) -> None:
         """Drop what was written.  Safe to call after `commit` or twice."""
 
-    def keep_outboard(self, outboard: bytes) -> None:  # noqa: B027 - optional, see below
-        """Before `commit`: the blob's tree outboard (pithos.core.treehash), to keep beside
-        it for `open_parts`.  A store that keeps none ignores it; so may one that cannot
-        (the outboard is an aid to reading, never needed to read)."""
+
+
+class PartsStore(BlockStore):
+    """The optional capability of reading a blob in verified parts: the store keeps a
+    blob's tree outboard (pithos.core.treehash) beside it when given one, and opens the blob
+    for ranged reads with it.  The outboard is an aid to reading, never needed to read: a
+    store may drop it (e.g. a filesystem that refuses extended attributes), and then reads
+    that blob whole."""
+
+    @abstractmethod
+    def put_many(self, items: Sequence[tuple[bytes, bytes]],
+                 outboards: Mapping[bytes, bytes] | None = None) -> None:
+        """`BlockStore.put_many`, keeping beside each blob the outboard `outboards` gives
+        for its hash, if any."""
+
+    @abstractmethod
+    def open_parts(self, hash_: bytes) -> PartReader | None:
+        """A reader of the blob's byte ranges, with the outboard kept beside it, so that it
+        can be verified and served part by part; None when the store keeps no outboard for
+        it.  Blocking: call it from a thread that may block.  Raises `NotFound` when the blob
+        is absent."""
+
+    @abstractmethod
+    def open_writer(self) -> PartsWriter:
+        """`BlockStore.open_writer`, whose writer can keep the blob's outboard."""
+
+
+class PartsWriter(BlockWriter):
+    """A `PartsStore`'s writer."""
+
+    @abstractmethod
+    def keep_outboard(self, outboard: bytes) -> None:
+        """Before `commit`: the blob's tree outboard, to keep beside it for `open_parts`."""
 
 
 class PartReader(ABC):
-    """One blob opened for reading ranges (`BlockStore.open_parts`).  Blocking, and safe to
+    """One blob opened for reading ranges (`PartsStore.open_parts`).  Blocking, and safe to
     read from two threads at once; `close` once no read is running."""
 
     size: int
@@ -229,19 +251,14 @@ class BufferedBlockWriter(BlockWriter):
     def __init__(self, store: BlockStore) -> None:
         self._store = store
         self._pieces: list[bytes] = []
-        self._outboard = b""
 
     def write(self, data: bytes | memoryview) -> None:
         self._pieces.append(bytes(data))
 
-    def keep_outboard(self, outboard: bytes) -> None:
-        self._outboard = outboard
-
     def commit(self, hash_: bytes) -> None:
         data = b"".join(self._pieces)
         self._pieces = []
-        self._store.put_many([(hash_, data)],
-                             {hash_: self._outboard} if self._outboard else None)
+        self._store.put_many([(hash_, data)])
 
     def abort(self) -> None:
         self._pieces = []
