@@ -270,6 +270,12 @@ class SwiftSink:
         view = objects.sharing.listing_access(user, t.account, t.container,
                                               "shared" in req.params)
         c, visible = view.container, view.visible
+        until = parse_until(req)
+        if until is not None:
+            # A listing as it was names deleted objects: the container's history, like an
+            # object's, is for who may write in it, not for a read ACL or a sharee (issue
+            # 26, finding 8; found by tests/test_authz_matrix.py).
+            self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
         delimiter = req.get_param("delimiter") or ""
         path = req.get_param("path")
@@ -278,7 +284,7 @@ class SwiftSink:
         if path is not None:
             entries = objects.list_path(c.id, path, **params)  # type: ignore[arg-type]
         else:
-            entries = objects.list_objects(c.id, delimiter=delimiter, until=parse_until(req),
+            entries = objects.list_objects(c.id, delimiter=delimiter, until=until,
                                            **params)  # type: ignore[arg-type]
         if visible is not None:
             entries = [e for e in entries if visible(e.name, e.subdir)]

@@ -1,0 +1,498 @@
+"""The authorization matrix of `pithos serve` (issue 26): every route the app registers, every
+method it answers, the query variants that change what a request does, against every kind of
+caller, with the expected status of each cell written out below as data.
+
+Callers (the columns):
+  anon    no token                              bad     a token nobody issued
+  other   another account's admin (test2)       user    a non-admin user of the account
+                                                        (test:reader), no ACL names it
+  reader  that user, named by X-Container-Read  writer  that user, named by X-Container-Write
+  owner   the account's admin (test:tester)     public  no token, on a `.r:*` container
+  sharee  test2, with `d/` (everything the rows touch) shared with it for reading
+            (X-Object-Sharing: read=test2)
+  wsharee test2, with `d/` shared with it for writing (write=test2; writing implies reading)
+
+Every cell runs against a container of its own, made for it (with its column's ACL or
+sharing, and the objects its row needs), so a write or delete in one cell changes no other.
+
+`test_every_route_and_method_has_rows` walks falcon's router, and the /v1 sink's handlers,
+and fails when the app answers a (route, method) the table has no row for: a new route or
+method cannot ship without its row here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import PithosServer
+
+T = 30
+COLUMNS = ("anon", "bad", "other", "user", "reader", "writer", "owner", "public", "sharee",
+           "wsharee")
+ACCOUNT = "AUTH_test"
+# Who each column is: (user, key) to log in with (None: no token), and for "bad" a token
+# nobody issued.
+CALLERS: dict[str, tuple[str, str] | None] = {
+    "anon": None, "bad": None, "other": ("test2:tester2", "testing2"),
+    "user": ("test:reader", "reading"), "reader": ("test:reader", "reading"),
+    "writer": ("test:reader", "reading"), "owner": ("test:tester", "testing"),
+    "public": None, "sharee": ("test2:tester2", "testing2"),
+    "wsharee": ("test2:tester2", "testing2")}
+BAD_TOKEN = "PTK_" + "0" * 64
+# The container ACL each column's containers carry.
+CONTAINER_ACL = {"reader": {"X-Container-Read": "test:reader"},
+                 "writer": {"X-Container-Write": "test:reader"},
+                 "public": {"X-Container-Read": ".r:*"}}
+# The sharing of `d/` in each column's containers.
+SHARING = {"sharee": "read=test2", "wsharee": "write=test2"}
+
+# The routes, as the coverage test names them: falcon's URI templates, and the /v1 sink's
+# four shapes (the sink parses the path itself).
+V1 = "/v1"
+V1_ACCOUNT = "/v1/{account}"
+V1_CONTAINER = "/v1/{account}/{container}"
+V1_OBJECT = "/v1/{account}/{container}/{object}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request shape against every column.  `path` and the values of `headers` and
+    `body` are formatted with the cell's fields: {c} its container, {acct} the account,
+    {vid} the first version of d/o, {ptoken} d/o's public token, {hashmap} d/o's hashmap
+    document, {hash} its first block's hash, {user} / {key} the column's credentials.
+    `needs` names what the cell's container must hold beyond d/o (see `_make_cell`).
+    `expect`: the statuses, one per column in COLUMNS' order."""
+    id: str
+    route: str
+    method: str
+    path: str
+    expect: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+    needs: frozenset[str] = frozenset()
+    credentials: bool = False  # send the column's X-Auth-User/Key instead of a token
+    # A check by the owner after the request, (method, path, expect): what the request did,
+    # or that a refused one left nothing behind.  A GET's cell is "status:body" when 200.
+    after: tuple[str, str, str] | None = None
+
+
+def row(id: str, route: str, method: str, path: str, expect: str, *,
+        headers: dict[str, str] | None = None, body: str | None = None,
+        needs: str = "", credentials: bool = False,
+        after: tuple[str, str, str] | None = None) -> Row:
+    return Row(id, route, method, path, expect, headers or {}, body,
+               frozenset(needs.split()), credentials, after)
+
+
+OBJ = "/v1/{acct}/{c}/d/o"  # the object every cell's container holds (b"hello")
+C = "/v1/{acct}/{c}"
+A = "/v1/{acct}"
+KEYSTONE = json.dumps({"auth": {"identity": {"methods": ["password"], "password": {
+    "user": {"name": "{user}", "password": "{key}"}}}}}).replace("{", "{{").replace(
+    "}", "}}").replace("{{user}}", "{user}").replace("{{key}}", "{key}")
+
+# Statuses by column:  anon bad other user reader writer owner public sharee wsharee
+ROWS: tuple[Row, ...] = (
+    # -- outside /v1: no token is read; credentials decide the logins -------------------------
+    row("info-get", "/info", "GET", "/info", "200 200 200 200 200 200 200 200 200 200"),
+    row("info-head", "/info", "HEAD", "/info", "200 200 200 200 200 200 200 200 200 200"),
+    row("auth-get", "/auth/v1.0", "GET", "/auth/v1.0", "401 401 200 200 200 200 200 401 200 200",
+        credentials=True),
+    row("auth-head", "/auth/v1.0", "HEAD", "/auth/v1.0",
+        "401 401 200 200 200 200 200 401 200 200", credentials=True),
+    row("auth1-get", "/auth/v1", "GET", "/auth/v1", "401 401 200 200 200 200 200 401 200 200",
+        credentials=True),
+    row("auth1-head", "/auth/v1", "HEAD", "/auth/v1", "401 401 200 200 200 200 200 401 200 200",
+        credentials=True),
+    row("v3-get", "/v3", "GET", "/v3", "200 200 200 200 200 200 200 200 200 200"),
+    row("openapi-get", "/openapi.json", "GET", "/openapi.json",
+        "200 200 200 200 200 200 200 200 200 200"),
+    row("openapi-head", "/openapi.json", "HEAD", "/openapi.json",
+        "200 200 200 200 200 200 200 200 200 200"),
+    row("v3-tokens", "/v3/auth/tokens", "POST", "/v3/auth/tokens",
+        "401 401 201 201 201 201 201 401 201 201", body=KEYSTONE, credentials=True,
+        headers={"Content-Type": "application/json"}),
+    row("public-get", "/public/{token}", "GET", "/public/{ptoken}",
+        "200 200 200 200 200 200 200 200 200 200", needs="publish"),
+    row("public-head", "/public/{token}", "HEAD", "/public/{ptoken}",
+        "200 200 200 200 200 200 200 200 200 200", needs="publish"),
+    row("public-unknown", "/public/{token}", "GET", "/public/no-such-token",
+        "404 404 404 404 404 404 404 404 404 404"),
+    # -- /v1: the accounts that share with the caller ------------------------------------------
+    row("v1-get", V1, "GET", "/v1", "401 401 200 204 204 204 204 401 200 200"),
+    row("v1-post", V1, "POST", "/v1", "400 401 400 400 400 400 400 400 400 400"),
+    # -- an account: its admin only (no account ACL is set) ---------------------------------
+    row("a-head", V1_ACCOUNT, "HEAD", A, "401 401 403 403 403 403 204 401 403 403"),
+    row("a-get", V1_ACCOUNT, "GET", A, "401 401 403 403 403 403 200 401 403 403"),
+    row("a-get-shared", V1_ACCOUNT, "GET", A + "?shared",
+        "401 401 403 403 403 403 200 401 403 403"),
+    row("a-get-until", V1_ACCOUNT, "GET", A + "?until=9999999999",
+        "401 401 403 403 403 403 200 401 403 403"),
+    row("a-post-meta", V1_ACCOUNT, "POST", A, "401 401 403 403 403 403 204 401 403 403",
+        headers={"X-Account-Meta-Color": "blue"}),
+    row("a-post-acl", V1_ACCOUNT, "POST", A, "401 401 403 403 403 403 204 401 403 403",
+        headers={"X-Account-Access-Control": "{{}}"}),
+    row("a-post-group", V1_ACCOUNT, "POST", A, "401 401 403 403 403 403 204 401 403 403",
+        headers={"X-Account-Group-Friends": "test2"}),
+    # Bulk deletes answer 200 with a status per name (Swift's): the owner's look after
+    # says which went.
+    row("a-post-bulk-delete", V1_ACCOUNT, "POST", A + "?bulk-delete",
+        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
+        headers={"Content-Type": "text/plain", "Accept": "application/json"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "404 404 200:hello 200:hello 200:hello")),
+    row("a-delete-bulk-delete", V1_ACCOUNT, "DELETE", A + "?bulk-delete",
+        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
+        headers={"Content-Type": "text/plain", "Accept": "application/json"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "404 404 200:hello 200:hello 200:hello")),
+    row("a-delete", V1_ACCOUNT, "DELETE", A, "405 401 405 405 405 405 405 405 405 405"),
+    row("a-put", V1_ACCOUNT, "PUT", A, "405 401 405 405 405 405 405 405 405 405"),
+    row("a-put-extract-archive", V1_ACCOUNT, "PUT", A + "?extract-archive=tar",
+        "405 401 405 405 405 405 405 405 405 405"),
+    row("a-copy", V1_ACCOUNT, "COPY", A, "405 401 405 405 405 405 405 405 405 405"),
+    # -- a container: listing needs a read ACL (or .rlistings), changes the account's admin;
+    # a sharee lists what is shared with it -------------------------------------------------
+    row("c-head", V1_CONTAINER, "HEAD", C, "401 401 403 403 204 403 204 401 204 204"),
+    row("c-get", V1_CONTAINER, "GET", C, "401 401 403 403 200 403 200 401 200 200"),
+    # (?shared: only what carries sharing, and only the sharee's container has any.)
+    row("c-get-shared", V1_CONTAINER, "GET", C + "?shared",
+        "401 401 403 403 204 403 204 401 200 200"),
+    row("c-get-until", V1_CONTAINER, "GET", C + "?until=9999999999",
+        "401 401 403 403 403 403 200 401 403 403"),
+    row("c-get-path", V1_CONTAINER, "GET", C + "?path=d",
+        "401 401 403 403 200 403 200 401 200 200"),
+    # A container that does not exist: refused alike to who could not list it if it did.
+    row("c-head-missing", V1_CONTAINER, "HEAD", C + "-none",
+        "401 401 403 403 403 403 404 401 403 403"),
+    row("c-get-delimiter", V1_CONTAINER, "GET", C + "?delimiter=/&format=json",
+        "401 401 403 403 200 403 200 401 200 200"),
+    row("c-put", V1_CONTAINER, "PUT", C, "401 401 403 403 403 403 202 401 403 403",
+        headers={"X-Container-Meta-Color": "blue"}),
+    row("c-put-new", V1_CONTAINER, "PUT", C + "-new", "401 401 403 403 403 403 201 401 403 403",
+        after=("HEAD", C + "-new", "404 404 404 404 404 404 204 404 404 404")),
+    row("c-put-extract-archive", V1_CONTAINER, "PUT", C + "?extract-archive=tar",
+        "401 401 403 403 403 403 202 401 403 403"),
+    row("c-put-acl", V1_CONTAINER, "PUT", C, "401 401 403 403 403 403 202 401 403 403",
+        headers={"X-Container-Read": "*"}),
+    row("c-post-meta", V1_CONTAINER, "POST", C, "401 401 403 403 403 403 204 401 403 403",
+        headers={"X-Container-Meta-Color": "blue"}),
+    row("c-post-acl", V1_CONTAINER, "POST", C, "401 401 403 403 403 403 204 401 403 403",
+        headers={"X-Container-Write": "*"}),
+    row("c-post-blocks", V1_CONTAINER, "POST", C + "?blocks",
+        "401 401 403 403 403 200 200 401 403 403", body="some block"),
+    row("c-post-missing", V1_CONTAINER, "POST", C + "?missing",
+        "401 401 403 403 403 200 200 401 403 403", body='["{hash}"]', needs="hashmap"),
+    row("c-delete", V1_CONTAINER, "DELETE", C, "401 401 403 403 403 403 409 401 403 403",
+        after=("HEAD", C, "204 204 204 204 204 204 204 204 204 204")),
+    row("c-delete-empty", V1_CONTAINER, "DELETE", C + "-empty",
+        "401 401 403 403 403 403 204 401 403 403", needs="empty",
+        after=("HEAD", C + "-empty", "204 204 204 204 204 204 404 204 204 204")),
+    row("c-delete-until", V1_CONTAINER, "DELETE", C + "?until=9999999999",
+        "401 401 403 403 403 403 204 401 403 403",
+        after=("GET", OBJ + "?version=list", "200 200 200 200 200 200 200 200 200 200")),
+    row("c-copy", V1_CONTAINER, "COPY", C, "405 401 405 405 405 405 405 405 405 405"),
+    # -- an object ------------------------------------------------------------------------
+    row("o-get", V1_OBJECT, "GET", OBJ, "401 401 403 403 200 403 200 200 200 200"),
+    row("o-head", V1_OBJECT, "HEAD", OBJ, "401 401 403 403 200 403 200 200 200 200"),
+    row("o-get-hashmap", V1_OBJECT, "GET", OBJ + "?hashmap",
+        "401 401 403 403 200 403 200 401 200 200"),
+    row("o-get-version-list", V1_OBJECT, "GET", OBJ + "?version=list",
+        "401 401 403 403 403 403 200 401 403 200"),
+    row("o-get-version-id", V1_OBJECT, "GET", OBJ + "?version={vid}",
+        "401 401 403 403 403 403 200 401 403 200"),
+    row("o-get-until", V1_OBJECT, "GET", OBJ + "?until=9999999999",
+        "401 401 403 403 403 403 200 401 403 200"),
+    row("o-get-no-container", V1_OBJECT, "GET", "/v1/{acct}/{c}-none/d/o",
+        "401 401 403 403 403 403 404 401 403 403"),
+    row("o-get-missing", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/none",
+        "401 401 403 403 404 403 404 404 404 404"),
+    row("o-get-slo", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/slo",
+        "401 401 403 403 200 403 200 200 200 200", needs="slo"),
+    row("o-get-slo-manifest", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/slo?multipart-manifest=get",
+        "401 401 403 403 200 403 200 200 200 200", needs="slo"),
+    row("o-get-dlo", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/dlo",
+        "401 401 403 403 200 403 200 200 403 403", needs="dlo"),
+    row("o-get-dlo-manifest", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/dlo?multipart-manifest=get",
+        "401 401 403 403 200 403 200 200 200 200", needs="dlo"),
+    row("o-put", V1_OBJECT, "PUT", OBJ, "401 401 403 403 403 201 201 401 403 201", body="new",
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:new 200:new 200:hello 200:hello 200:new")),
+    row("o-put-new", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
+        "401 401 403 403 403 201 201 401 403 201", body="new",
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 200 200 404 404 200")),
+    # (A non-admin writer names by hash only blocks it sent or read itself: 409.)
+    row("o-put-hashmap", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new?hashmap",
+        "401 401 403 403 403 409 201 401 403 409", body="{hashmap}", needs="hashmap",
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+    row("o-put-slo", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new?multipart-manifest=put",
+        "401 401 403 403 403 400 201 401 403 400", body='[{{"path": "/{c}/d/seg"}}]',
+        needs="slo",
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+    row("o-put-copy-from", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
+        "401 401 403 403 403 403 201 401 403 201", body="", headers={"X-Copy-From": "{c}/d/o"},
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 200")),
+    row("o-put-dlo", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
+        "401 401 403 403 403 201 201 401 403 201", body="",
+        headers={"X-Object-Manifest": "{c}/d/"},
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 200 200 404 404 200")),
+    row("o-put-sharing", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
+        "401 401 403 403 403 403 201 401 403 403", body="new",
+        headers={"X-Object-Sharing": "read=*"},
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+    row("o-put-public", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
+        "401 401 403 403 403 403 201 401 403 403", body="new",
+        headers={"X-Object-Public": "true"},
+        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+    row("o-post-meta", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 202 202 401 403 202",
+        headers={"X-Object-Meta-Color": "blue"}),
+    row("o-post-public", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 403 202 401 403 403",
+        headers={"X-Object-Public": "true"}),
+    row("o-post-sharing", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 403 202 401 403 403",
+        headers={"X-Object-Sharing": "read=*"}),
+    row("o-post-range", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 204 204 401 403 204",
+        body="J", headers={"Content-Range": "bytes 0-0/*"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:Jello 200:Jello 200:hello 200:hello 200:Jello")),
+    row("o-post-append", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 204 204 401 403 204",
+        body="!", headers={"Content-Range": "bytes */*"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:hello! 200:hello! 200:hello 200:hello 200:hello!")),
+    row("o-post-truncate", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 204 204 401 403 204",
+        headers={"X-Object-Bytes": "2"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:he 200:he 200:hello 200:hello 200:he")),
+    row("o-post-source", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 403 204 401 403 204",
+        headers={"Content-Range": "bytes 0-2/*", "X-Source-Object": "/{c}/d/seg"},
+        needs="slo",
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:hello 200:seglo 200:hello 200:hello 200:seglo")),
+    row("o-delete", V1_OBJECT, "DELETE", OBJ, "401 401 403 403 403 204 204 401 403 403",
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "404 404 200:hello 200:hello 200:hello")),
+    row("o-delete-until", V1_OBJECT, "DELETE", OBJ + "?until=9999999999",
+        "401 401 403 403 403 204 204 401 403 403",
+        after=("GET", OBJ + "?version={vid}", "200:hell 200:hell 200:hell 200:hell 200:hell "
+                                            "404 404 200:hell 200:hell 200:hell")),
+    row("o-delete-slo", V1_OBJECT, "DELETE", "/v1/{acct}/{c}/d/slo?multipart-manifest=delete",
+        "401 401 403 403 403 200 200 401 403 403", needs="slo",
+        headers={"Accept": "application/json"},
+        after=("HEAD", "/v1/{acct}/{c}/d/seg", "200 200 200 200 200 404 404 200 200 200")),
+    row("o-copy", V1_OBJECT, "COPY", OBJ, "401 401 403 403 403 403 201 401 403 403",
+        headers={"Destination": "{c}/d/copy"},
+        after=("HEAD", "/v1/{acct}/{c}/d/copy", "404 404 404 404 404 404 200 404 404 404")),
+    row("o-patch", V1_OBJECT, "PATCH", OBJ, "405 401 405 405 405 405 405 405 405 405"),
+)
+
+
+def _fields(server: PithosServer, cell: dict[str, Any], column: str) -> dict[str, str]:
+    creds = CALLERS[column]
+    user, key = creds if creds else ("nobody:none", "none")
+    if column == "bad":
+        user, key = "test:tester", "wrong"
+    return {"c": cell["container"], "acct": ACCOUNT, "vid": cell.get("vid", ""),
+            "ptoken": cell.get("ptoken", ""), "hashmap": cell.get("hashmap", ""),
+            "hash": cell.get("hash", ""), "user": user, "key": key}
+
+
+@dataclass
+class Matrix:
+    server: PithosServer
+    tokens: dict[str, str]
+    cells: dict[tuple[str, str], dict[str, Any]]
+
+
+def _login(server: PithosServer, user: str, key: str) -> str:
+    r = requests.get(server.auth_url, headers={"X-Auth-User": user, "X-Auth-Key": key},
+                     timeout=T)
+    assert r.status_code == 200, r.text
+    return r.headers["X-Auth-Token"]
+
+
+def _ok(r: requests.Response) -> requests.Response:
+    assert r.status_code < 300, (r.request.method, r.request.url, r.status_code, r.text)
+    return r
+
+
+def _make_cell(s: requests.Session, server: PithosServer, owner: dict[str, str],
+               row: Row, column: str) -> dict[str, Any]:
+    """A container of the cell's own: its column's ACL or sharing, d/o (two versions), and
+    what the row `needs`: "publish" (d/o's public link), "slo" / "dlo" (d/slo, d/dlo over
+    d/seg), "hashmap" (the hashmap document and first block of d/hm, of content no other
+    cell holds), "empty" (an empty container beside it, with the same ACL)."""
+    name = re.sub(r"[^a-z0-9-]", "-", f"{row.id}-{column}".lower())
+    base = f"{server.url}/v1/{ACCOUNT}/{name}"
+    _ok(s.put(base, headers={**owner, **CONTAINER_ACL.get(column, {})}, timeout=T))
+    cell: dict[str, Any] = {"container": name}
+    first = _ok(s.put(f"{base}/d/o", data=b"hell", headers=owner, timeout=T))
+    cell["vid"] = first.headers["X-Object-Version"]
+    _ok(s.put(f"{base}/d/o", data=b"hello", headers=owner, timeout=T))
+    if column in SHARING:
+        _ok(s.put(f"{base}/d/", data=b"", timeout=T,
+                  headers={**owner, "Content-Type": "application/directory"}))
+        _ok(s.post(f"{base}/d/", headers={**owner, "X-Object-Sharing": SHARING[column]},
+                   timeout=T))
+    if "empty" in row.needs:
+        _ok(s.put(base + "-empty", headers={**owner, **CONTAINER_ACL.get(column, {})},
+                  timeout=T))
+    if "publish" in row.needs:
+        r = _ok(s.post(f"{base}/d/o", headers={**owner, "X-Object-Public": "true"},
+                       timeout=T))
+        cell["ptoken"] = r.headers["X-Object-Public"].rsplit("/", 1)[1]
+    if "slo" in row.needs or "dlo" in row.needs:
+        _ok(s.put(f"{base}/d/seg", data=b"segment", headers=owner, timeout=T))
+        _ok(s.put(f"{base}/d/slo?multipart-manifest=put", headers=owner, timeout=T,
+                  data=json.dumps([{"path": f"/{name}/d/seg"}])))
+        _ok(s.put(f"{base}/d/dlo", data=b"", timeout=T,
+                  headers={**owner, "X-Object-Manifest": f"{name}/d/seg"}))
+    if "hashmap" in row.needs:
+        # Content of the cell's own: no other cell's caller has sent or read its block.
+        _ok(s.put(f"{base}/d/hm", data=f"blocks of {name}".encode(), headers=owner,
+                  timeout=T))
+        doc = _ok(s.get(f"{base}/d/hm?hashmap", headers=owner, timeout=T)).json()
+        cell["hashmap"] = json.dumps(doc)
+        cell["hash"] = doc["hashes"][0]
+    return cell
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory) -> Any:
+    server = PithosServer(tmp_path_factory.mktemp("authz-matrix"))
+    try:
+        tokens = {u: _login(server, u, k) for u, k in {c for c in CALLERS.values() if c}}
+        owner = {"X-Auth-Token": tokens["test:tester"]}
+        cells: dict[tuple[str, str], dict[str, Any]] = {}
+        with requests.Session() as s:
+            # Reads share a container per column (holding what every read row needs); each
+            # write (PUT, POST, DELETE, COPY) has its own; a row that names no container
+            # has none.
+            every = Row("reads", "", "GET", "", "", needs=frozenset(
+                n for r in ROWS for n in r.needs))
+            shared = {column: _make_cell(s, server, owner, every, column)
+                      for column in COLUMNS}
+            for r in ROWS:
+                for column in COLUMNS:
+                    if "{c}" not in r.path + (r.body or "") + "".join(r.headers.values()) \
+                            and "publish" not in r.needs:
+                        cells[r.id, column] = {"container": ""}
+                    elif r.method in ("GET", "HEAD"):
+                        cells[r.id, column] = shared[column]
+                    else:
+                        cells[r.id, column] = _make_cell(s, server, owner, r, column)
+        yield Matrix(server, tokens, cells)
+    finally:
+        server.stop()
+
+
+def _send(m: Matrix, s: requests.Session, r: Row, column: str) -> requests.Response:
+    f = _fields(m.server, m.cells[r.id, column], column)
+    headers = {k: v.format(**f) for k, v in r.headers.items()}
+    creds = CALLERS[column]
+    if r.credentials:
+        if creds or column == "bad":
+            headers.update({"X-Auth-User": f["user"], "X-Auth-Key": f["key"]})
+    elif column == "bad":
+        headers["X-Auth-Token"] = BAD_TOKEN
+    elif creds:
+        headers["X-Auth-Token"] = m.tokens[creds[0]]
+    body = r.body.format(**f).encode() if r.body is not None else None
+    return s.request(r.method, m.server.url + r.path.format(**f), headers=headers, data=body,
+                     timeout=T, allow_redirects=False)
+
+
+def _after(m: Matrix, r: Row, column: str) -> str:
+    """The owner's look, after the cell's request, at what it should have changed."""
+    assert r.after is not None
+    method, path, _ = r.after
+    f = _fields(m.server, m.cells[r.id, column], column)
+    reply = requests.request(method, m.server.url + path.format(**f), timeout=T,
+                             headers={"X-Auth-Token": m.tokens["test:tester"]})
+    if method == "GET" and reply.status_code == 200 and "version=list" not in path:
+        return f"{reply.status_code}:{reply.text}"
+    return str(reply.status_code)
+
+
+@pytest.mark.parametrize("r", ROWS, ids=[r.id for r in ROWS])
+def test_matrix_row(matrix: Matrix, r: Row) -> None:
+    expected = r.expect.split()
+    assert len(expected) == len(COLUMNS), f"{r.id}: one status per column"
+    got = []
+    with requests.Session() as s:
+        for column in COLUMNS:
+            reply = _send(matrix, s, r, column)
+            got.append(str(reply.status_code))
+            if reply.status_code >= 400 and r.method != "HEAD":
+                # Every refusal says why.
+                assert reply.text.strip(), (r.id, column, reply.status_code)
+    if r.after is not None:
+        got.append("|")
+        expected = [*expected, "|", *r.after[2].split()]
+        for column in COLUMNS:
+            got.append(_after(matrix, r, column))
+    assert " ".join(got) == " ".join(expected), (
+        f"{r.id} ({r.method} {r.path}):\n  expected {' '.join(expected)}\n"
+        f"  got      {' '.join(got)}\n  columns  {' '.join(COLUMNS)}")
+
+
+# -- the route table --------------------------------------------------------------------------
+
+def _falcon_routes(app: Any) -> set[tuple[str, str]]:
+    """(URI template, method) of every responder a resource defines, from falcon's router
+    (not falcon's own defaults: 405 for other methods, OPTIONS)."""
+    found = set()
+    stack = list(app._router._roots)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.resource is None:
+            continue
+        for method in node.method_map:
+            if callable(getattr(node.resource, f"on_{method.lower()}", None)):
+                found.add((node.uri_template, method))
+    return found
+
+
+def _sink_routes() -> set[tuple[str, str]]:
+    """What the /v1 sink answers: GET /v1 (the accounts sharing with the caller), and each
+    handler SwiftSink (account_<method>, container_<method>) and ObjectHandlers
+    (on_<method>) define: the sink dispatches on these names."""
+    from pithos.api.objects import ObjectHandlers
+    from pithos.api.swift import SwiftSink
+
+    found = {(V1, "GET")}
+    for owner, pattern, route in ((SwiftSink, r"account_([a-z]+)", V1_ACCOUNT),
+                                  (SwiftSink, r"container_([a-z]+)", V1_CONTAINER),
+                                  (ObjectHandlers, r"on_([a-z]+)", V1_OBJECT)):
+        for name in dir(owner):
+            m = re.fullmatch(pattern, name)
+            if m and callable(getattr(owner, name)):
+                found.add((route, m.group(1).upper()))
+    return found
+
+
+def test_every_route_and_method_has_rows(tmp_path) -> None:
+    from pithos.api.app import create_app
+    from pithos.catalog import local_url
+    from pithos.cli.serve import build_services
+    from pithos.config import Storage
+
+    data = str(tmp_path / "data")
+    services = build_services(Storage(data, "file://" + data + "/blocks", local_url(data)))
+    app = create_app(services)
+    sinks = [sink for sink in app._sinks]
+    assert len(sinks) == 1, "a new sink: add its routes to _sink_routes and rows to ROWS"
+    served = _falcon_routes(app) | _sink_routes()
+    tabled = {(r.route, r.method) for r in ROWS}
+    missing = sorted(served - tabled)
+    assert not missing, f"routes and methods the app answers without a row in ROWS: {missing}"
+    # And no row for something the app no longer answers (a stale row tests nothing).
+    refusing = {(r.route, r.method) for r in ROWS if set(r.expect.split()) <= {"400", "401",
+                                                                                "405"}}
+    stale = sorted(tabled - served - refusing)
+    assert not stale, f"rows for routes or methods the app does not answer: {stale}"
