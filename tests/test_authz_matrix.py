@@ -12,8 +12,10 @@ Callers (the columns):
             (X-Object-Sharing: read=test2)
   wsharee test2, with `d/` shared with it for writing (write=test2; writing implies reading)
 
-Every cell runs against a container of its own, made for it (with its column's ACL or
-sharing, and the objects its row needs), so a write or delete in one cell changes no other.
+A write (PUT, POST, DELETE, COPY) runs against a container of its cell's own, made for it
+(with its column's ACL or sharing, and the objects its row needs), so a write in one cell
+changes no other; reads share one such container per column.  A write's row may add the
+owner's look afterwards (`after`): what the write did, or that a refused one left nothing.
 
 `test_every_route_and_method_has_rows` walks falcon's router, and the /v1 sink's handlers,
 and fails when the app answers a (route, method) the table has no row for: a new route or
