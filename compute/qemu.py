@@ -502,15 +502,22 @@ class Vm:
             # It exited between the two looks.
             return "shutoff" if not self.is_running() else "unknown"
 
-    def powerdown(self, timeout_s: float = 60.0) -> bool:
+    def powerdown(self, timeout_s: float = 60.0, repeat_s: float = 5.0) -> bool:
         """Press the ACPI power button and wait for the guest to power off (qemu exits).
-        True if it did within `timeout_s`; the VM is left running otherwise (call `kill`).
-        A repeat is safe; a VM that does not run is already down."""
-        if not self.is_running():
-            return True
-        with contextlib.suppress(QemuError):  # it may exit while we ask
-            self.qmp("system_powerdown")
-        return self.wait_exit(timeout_s)
+        The button is pressed again every `repeat_s`: a press a guest gets before it listens
+        (early in its boot) is lost. True if qemu exited within `timeout_s`; the VM is left
+        running otherwise (then `quit` or `kill`). A repeat is safe; a VM that does not run
+        is already down."""
+        deadline = time.monotonic() + timeout_s
+        while self.is_running():
+            with contextlib.suppress(QemuError):  # it may exit while we ask
+                self.qmp("system_powerdown")
+            left = deadline - time.monotonic()
+            if self.wait_exit(min(repeat_s, max(left, 0))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def reset(self) -> None:
         """A hard reset, in place: the same qemu boots the guest again (the kernel and initrd

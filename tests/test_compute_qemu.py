@@ -236,3 +236,22 @@ def test_accel_choice_and_bad_specs(tmp_path):
         write_seed(str(tmp_path / "s"), {"colour": "blue"})
     with pytest.raises(ValueError):
         write_seed(str(tmp_path / "s"), {"marker": "two words"})
+
+
+def test_powerdown_right_after_start_is_not_lost(guest, tmp_path, vms):
+    disk = tmp_path / "disk.raw"
+    shutil.copyfile(guest["disk"], disk)
+    vm = Vm(spec_for(guest, tmp_path / "vm5", (FileDisk(str(disk)),),
+                     "pithos.after=wait pithos.net=0", network=False))
+    vms.append(vm)
+    vm.start()
+    # Pressed before the guest listens: powerdown presses again until it is heard.
+    assert vm.powerdown(timeout_s=BOOT_TIMEOUT_S, repeat_s=2), vm.console()
+    assert "PITHOS-GUEST-POWERDOWN" in vm.console()
+
+
+def test_guest_image_is_cached(guest):
+    before = {k: os.stat(p).st_mtime_ns for k, p in guest.items()}
+    out = run(str(REPO / "scripts" / "guest-image"), timeout=60)
+    assert dict(line.split(" ", 1) for line in out.splitlines()) == guest
+    assert {k: os.stat(p).st_mtime_ns for k, p in guest.items()} == before
