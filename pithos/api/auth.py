@@ -17,6 +17,10 @@ from pithos.core.errors import InvalidArgument
 from pithos.identity import split_user
 from pithos.objects import bulk
 
+# The paths whose requests carry a token: the Swift API, and the OpenStack APIs listed in
+# the Keystone catalog (image, compute).  Auth endpoints, /info and public links take none.
+TOKEN_PREFIXES = ("/v1", "/image/", "/compute/")
+
 
 class TokenMiddleware:
     """Resolves X-Auth-Token / X-Storage-Token to a user on `req.context.user`.  A request
@@ -28,8 +32,8 @@ class TokenMiddleware:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.user = None
-        if not req.path.startswith("/v1"):
-            return  # auth endpoints and /info take no token
+        if not req.path.startswith(TOKEN_PREFIXES):
+            return  # auth endpoints, /info and public links take no token
         token = req.get_header("X-Auth-Token") or req.get_header("X-Storage-Token")
         if token:
             user = self.services.identity.authenticate(token)
@@ -123,11 +127,18 @@ class KeystoneTokens:
             "project": {"id": account, "name": account, "domain": domain},
             "roles": [{"id": "admin" if info.admin else "member",
                        "name": "admin" if info.admin else "member"}],
-            "catalog": [{
-                "type": "object-store", "name": "swift", "id": "pithos-object-store",
-                "endpoints": [{"id": f"pithos-{iface}", "interface": iface,
-                               "region": "RegionOne", "region_id": "RegionOne", "url": url}
-                              for iface in ("public", "internal", "admin")]}]}}
+            "catalog": [
+                _catalog_entry("object-store", "swift", url),
+                *(_catalog_entry(kind, name, base_url(self.services, req) + path)
+                  for kind, name, path in self.services.endpoints)]}}
+
+
+def _catalog_entry(kind: str, name: str, url: str) -> dict[str, Any]:
+    """One service of a Keystone token's catalog, reached at `url` on every interface."""
+    return {"type": kind, "name": name, "id": f"pithos-{kind}",
+            "endpoints": [{"id": f"pithos-{kind}-{iface}", "interface": iface,
+                           "region": "RegionOne", "region_id": "RegionOne", "url": url}
+                          for iface in ("public", "internal", "admin")]}
 
 
 def info_document(services: Services) -> dict[str, Any]:

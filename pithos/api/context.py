@@ -24,3 +24,7 @@ class Services:
     # The longest a request body's read waits for the client's next bytes (ClientTimeout,
     # 408, past it); None: forever.
     client_timeout_s: float | None = None
+    # The services listed in a Keystone token's catalog beside object-store, as (type, name,
+    # path below the base URL): the image API always, compute when the server runs it
+    # (`pithos serve --compute`).
+    endpoints: tuple[tuple[str, str, str], ...] = (("image", "glance", "/image"),)
