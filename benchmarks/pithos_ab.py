@@ -14,7 +14,8 @@ the previous commit, with its native extensions built or copied in), the runs al
 between DIR (A) and this checkout (B) for `--rounds` rounds, so drift of the machine hits both:
 on the development VM, runs of the same build vary by 20% and more from minute to minute.
 DIR's code is put first on the server's PYTHONPATH; the venv and `pithos` script are this
-checkout's.
+checkout's. `--this DIR` measures DIR as B instead of this checkout (a worktree of HEAD, when
+the checkout has changes in progress).
 
 Each line gives the rate, the CPU of server, client, kernel and other programs, and the
 server's CPU milliseconds per request (the figure to compare when the cell is CPU-bound).
@@ -122,6 +123,9 @@ def one_run(args: argparse.Namespace, tree: Path | None, work: Path,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--against", type=Path, help="another checkout, measured as A")
+    p.add_argument("--this", type=Path,
+                   help="measure this tree as B instead of the installed checkout (e.g. a "
+                        "worktree of HEAD while the checkout has changes in progress)")
     p.add_argument("--op", choices=["PUT", "GET"], default="PUT")
     p.add_argument("--size", choices=sorted(SIZES), default="4MiB")
     p.add_argument("--clients", type=int, default=16)
@@ -140,8 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretouch", action="store_true")
     p.add_argument("--keep-data", action="store_true")
     args = p.parse_args(argv)
-    if args.against is not None and not (args.against / "pithos" / "__init__.py").exists():
-        p.error(f"{args.against} is not a checkout of this project (no pithos/ package)")
+    for tree in (args.against, args.this):
+        if tree is not None and not (tree / "pithos" / "__init__.py").exists():
+            p.error(f"{tree} is not a checkout of this project (no pithos/ package)")
     return args
 
 
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     base = HERE / ".bench-work"
     base.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ab-", dir=base))
-    trees: list[tuple[str, Path | None]] = [("B", None)]
+    trees: list[tuple[str, Path | None]] = [
+        ("B", args.this.resolve() if args.this is not None else None)]
     if args.against is not None:
         trees.insert(0, ("A", args.against.resolve()))
     failed = False
