@@ -543,3 +543,31 @@ def test_finding_14_segments_tell_nothing_of_container_names_the_caller_cannot_r
     # Who may read the account (its admin) still gets an empty DLO for a missing container.
     got = requests.get(f"{url}/drop14/dlo-no-such-container-14", headers=owner, timeout=T)
     assert got.status_code == 200 and got.content == b""
+
+
+# -- found by tests/test_schemathesis.py -------------------------------------------------------
+
+def test_schemathesis_a_refused_post_neither_publishes_nor_shares(pithos_server):
+    """A POST that publishes (or shares) and also carries a bad Content-Range or bad
+    metadata was refused (416, 400) after the object had been published: refused, yet
+    half-written."""
+    url, owner = auth(pithos_server)
+    requests.put(f"{url}/refused", headers=owner, timeout=T)
+    assert requests.put(f"{url}/refused/o", data=b"hello", headers=owner,
+                        timeout=T).status_code == 201
+    for bad in ({"Content-Range": "bytes x-y/*"}, {"X-Object-Bytes": "-1"},
+                {"X-Object-Meta-" + "k" * 200: "v"},
+                {"X-Object-Meta-K": "v", "X-Delete-At": "soon"}):
+        r = requests.post(f"{url}/refused/o", timeout=T, headers={
+            **owner, **bad, "X-Object-Public": "true", "X-Object-Sharing": "read=test2"})
+        assert r.status_code in (400, 416), (bad, r.status_code, r.text)
+        head = requests.head(f"{url}/refused/o", headers=owner, timeout=T)
+        assert "X-Object-Public" not in head.headers, bad
+        assert "X-Object-Sharing" not in head.headers, bad
+    # The same request without the bad header does both.
+    r = requests.post(f"{url}/refused/o", timeout=T, headers={
+        **owner, "X-Object-Meta-K": "v", "X-Object-Public": "true",
+        "X-Object-Sharing": "read=test2"})
+    assert r.status_code == 202 and r.headers["X-Object-Public"]
+    head = requests.head(f"{url}/refused/o", headers=owner, timeout=T)
+    assert head.headers["X-Object-Sharing"] == "read=test2" and head.headers["X-Object-Meta-K"]

@@ -429,26 +429,27 @@ class ObjectHandlers:
                                                          Action.OBJECT_WRITE)
         current = self.objects.get_object(container, t.obj)
         sharing_public = self._sharing_public(req, user, account)
-        if sharing_public is not None:
-            self._apply_sharing_public(req, resp, sharing_public, account, container, current)
-            if not any(k.upper().startswith("X-OBJECT-META-") for k in req.headers) and \
-                    req.get_header("Content-Type") is None:
-                resp.status = falcon.HTTP_202
-                return
         if any(req.get_header(h) is not None
                for h in ("Content-Range", "X-Object-Bytes", "X-Source-Object")):
             self._update(req, resp, t, container, current)
-            return
-        delete_at = _delete_at(req)
-        if delete_at is None and req.get_header("X-Remove-Delete-At") is None:
-            delete_at = current.delete_at
-        content_type = req.get_header("Content-Type")
-        self.objects.update_meta(
-            container, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
-            delete_at=delete_at, content_type=content_type)
-        resp.status = falcon.HTTP_202
-        resp.content_type = "text/html; charset=UTF-8"
-        resp.text = ""
+        elif sharing_public is None or req.get_header("Content-Type") is not None or any(
+                k.upper().startswith("X-OBJECT-META-") for k in req.headers):
+            delete_at = _delete_at(req)
+            if delete_at is None and req.get_header("X-Remove-Delete-At") is None:
+                delete_at = current.delete_at
+            content_type = req.get_header("Content-Type")
+            self.objects.update_meta(
+                container, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
+                delete_at=delete_at, content_type=content_type)
+            resp.status = falcon.HTTP_202
+            resp.content_type = "text/html; charset=UTF-8"
+            resp.text = ""
+        else:
+            resp.status = falcon.HTTP_202
+        # Sharing and publishing last: a request refused for its other headers (a bad
+        # Content-Range, metadata over the limits) changes nothing, not even them.
+        if sharing_public is not None:
+            self._apply_sharing_public(req, resp, sharing_public, account, container, current)
 
     def _update(self, req: falcon.Request, resp: falcon.Response, t: Target,
                 container: ContainerInfo, current: ObjectVersion) -> None:
