@@ -95,6 +95,18 @@ CALLS = {
     "publish_upload_lease": lambda c: c.publish_upload_lease(1, time.time()),
     "upload_lease_rows": lambda c: c.upload_lease_rows(),
     "delete_upload_lease": lambda c: c.delete_upload_lease(1),
+    "create_image": lambda c: c.create_image(
+        1, "i", name="n", disk_format="raw", container_format="bare", min_disk=0, min_ram=0,
+        visibility="private", protected=False, properties={}),
+    "image": lambda c: c.image("i"),
+    "list_images": lambda c: c.list_images("a"),
+    "update_image": lambda c: c.update_image("i", {"name": "m"}),
+    "delete_image": lambda c: c.delete_image("i"),
+    "image_roots": lambda c: list(c.image_roots()),
+    "put_image_member": lambda c: c.put_image_member("i", "b", "pending", create=True),
+    "delete_image_member": lambda c: c.delete_image_member("i", "b"),
+    "image_members": lambda c: c.image_members("i"),
+    "image_member": lambda c: c.image_member("i", "b"),
     # The writer leases reach the database beside the catalog's methods (PostgreSQL's
     # advisory locks): the same rule holds for them.
     "WriterLeases.begin": lambda c: WriterLeases(c, idle_clear_s=0).begin(),

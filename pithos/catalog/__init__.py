@@ -12,6 +12,8 @@ from pithos.catalog.records import (
     ContainerPolicy,
     ContainerSummary,
     CurrentVersion,
+    Image,
+    ImageMember,
     LeaseRow,
     ListingEntry,
     ObjectVersion,
@@ -33,6 +35,7 @@ def local_url(data_dir: str) -> str:
 
 
 __all__ = ["AccountAndContainer", "AccountInfo", "AccountSharing", "Catalog", "ContainerInfo",
-           "ContainerPolicy", "ContainerSummary", "CurrentVersion", "LeaseRow", "ListingEntry",
-           "ObjectVersion", "PublicObject", "RootsAfter", "SharingEntry", "TokenOwner", "Usage",
-           "UserCredentials", "UserInfo", "VersionNaming", "VersionSummary", "local_url"]
+           "ContainerPolicy", "ContainerSummary", "CurrentVersion", "Image", "ImageMember",
+           "LeaseRow", "ListingEntry", "ObjectVersion", "PublicObject", "RootsAfter",
+           "SharingEntry", "TokenOwner", "Usage", "UserCredentials", "UserInfo", "VersionNaming",
+           "VersionSummary", "local_url"]

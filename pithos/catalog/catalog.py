@@ -35,6 +35,7 @@ from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
+from pithos.catalog.images import ImagesMixin
 from pithos.catalog.records import (
     AccountAndContainer,
     AccountInfo,
@@ -56,7 +57,7 @@ from pithos.core.errors import Conflict, NotFound
 __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
-class Catalog(UsersMixin, SharingMixin, GcRowsMixin, CatalogEngine):
+class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 

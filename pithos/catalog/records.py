@@ -187,3 +187,39 @@ class LeaseRow(NamedTuple):
     """A writer lease row (`Catalog.upload_lease_rows`; pithos/catalog/leases.py)."""
     lease_id: int
     started: float  # the start of the oldest writer in flight under the lease
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image (pithos/catalog/images.py): metadata over the map `root` (None until its data
+    is uploaded), which the image keeps alive.  `owner` is the account's name (the Keystone
+    project); `container`/`object` the object its data came from or went to; times are Unix
+    seconds."""
+    id: str
+    owner: str
+    name: str
+    container: str | None
+    object: str | None
+    root: bytes | None
+    size: int | None
+    checksum: str | None
+    disk_format: str | None
+    container_format: str | None
+    min_disk: int
+    min_ram: int
+    visibility: str
+    status: str
+    protected: bool
+    properties: dict[str, str]
+    created_at: float
+    updated_at: float
+    made_object: bool = False
+
+
+class ImageMember(NamedTuple):
+    """An account an image is shared with (`Catalog.image_members`)."""
+    image_id: str
+    member: str  # an account name
+    status: str  # pending, accepted, rejected
+    created_at: float
+    updated_at: float

@@ -212,6 +212,57 @@ public_links = Table(
     Column("created", Float, nullable=False),
 )
 
+# -- schema version 5: images (Plankton, the Glance v2 subset; pithos/catalog/images.py) ---------
+
+# An image: metadata over a map.  `root`/`size` name the map of the object version it was made
+# from (or uploaded to); the row keeps that map alive on its own (gc takes it as a root), so
+# the object may change or go without the image losing its data.  `made_object`: the image
+# created that object (an upload, a snapshot), so deleting the image deletes it too.
+images = Table(
+    "images", metadata,
+    Column("id", String(36), primary_key=True),  # uuid4
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("container", String(256), nullable=True),
+    Column("object", String(1024), nullable=True),
+    Column("root", LargeBinary(32), nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("checksum", String(32), nullable=True),  # MD5 hex of the content
+    Column("disk_format", String(16), nullable=True),
+    Column("container_format", String(16), nullable=True),
+    Column("min_disk", Integer, nullable=False),
+    Column("min_ram", Integer, nullable=False),
+    Column("visibility", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("protected", Boolean, nullable=False),
+    Column("made_object", Boolean, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Index("images_account", "account_id", "id"),
+    Index("images_visibility", "visibility", "id"),
+)
+
+image_properties = Table(
+    "image_properties", metadata,
+    Column("image_id", String(36), ForeignKey("images.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# The accounts a `shared` image is shared with, and whether each accepted it.
+image_members = Table(
+    "image_members", metadata,
+    Column("image_id", String(36), ForeignKey("images.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("member", String(256), primary_key=True),  # an account name
+    Column("status", String(16), nullable=False),  # pending, accepted, rejected
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Index("image_members_member", "member"),
+)
+
 V1_TABLES = [accounts, account_meta, users, tokens, containers, container_meta,
              container_stats, objects, versions, version_meta]
 V2_TABLES = [upload_leases, account_blocks, groups, sharing, public_links]
@@ -236,11 +287,16 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[user_blocks])
 
 
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[images, image_properties, image_members])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -132,11 +132,12 @@ def cmd_stats(args: argparse.Namespace, data: DataDir) -> int:
 
 
 def all_roots(data: DataDir) -> Iterator[bytes]:
-    """Every map root the data directory keeps: retained versions in the catalog, volumes and
-    snapshots, and maps recorded by `pithos store put`."""
+    """Every map root the data directory keeps: retained versions and images in the catalog,
+    volumes and snapshots, and maps recorded by `pithos store put`."""
     from pithos.cli.roots import provided_roots
 
     yield from data.catalog().version_roots()
+    yield from data.catalog().image_roots()
     yield from (named.root for named in provided_roots(data))
     yield from data.roots()
 

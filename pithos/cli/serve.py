@@ -57,7 +57,9 @@ def build_services(storage: Storage, io_threads: int = 32,
     data = DataDir(storage, offload=offload)
     catalog = data.catalog()
     # One worker, one event loop: its uploads' MD5s share the multi-buffer lanes.
-    objects = ObjectService(catalog, data.mapper, offload=offload, md5_lanes=LanePolicy())
+    # Image uploads converted from qcow2 are spooled beside the data they join.
+    objects = ObjectService(catalog, data.mapper, offload=offload, md5_lanes=LanePolicy(),
+                            spool_dir=os.path.join(storage.data_dir, "images-tmp"))
     return Services(identity=Identity(catalog, offload=offload), objects=objects,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),

@@ -118,11 +118,13 @@ _WRITER: ContextVar[Ticket | None] = ContextVar("pithos_writer", default=None)
 class ObjectService:
     def __init__(self, catalog: Catalog, mapper: Mapper, offload: Offload | None = None,
                  limits: Limits | None = None, read_batch_blocks: int = 2,
-                 md5_lanes: LanePolicy | None = None) -> None:
+                 md5_lanes: LanePolicy | None = None, spool_dir: str | None = None) -> None:
         """`offload` (pithos.core.offload): its pool runs an upload's MD5 beside the upload
         and its spawner a read's read-ahead (without one: MD5 inline, no read-ahead);
         `md5_lanes` groups the MD5s of concurrent uploads (the entry point makes one per
-        event loop; default: one of this service's own)."""
+        event loop; default: one of this service's own); `spool_dir`: where image uploads
+        are converted (pithos.objects.image_import; default the system's temporary
+        directory)."""
         self.catalog = catalog
         self.leases = WriterLeases(catalog)
         self.mapper = mapper
@@ -135,7 +137,7 @@ class ObjectService:
         self.authz = Authz(catalog)
         self.sharing = Sharing(catalog, self.authz)
         self.bulk = BulkDeletes(catalog, self.authz, self.limits)
-        self.images = Images(catalog, self.authz)
+        self.images = Images(catalog, self.authz, self, spool_dir=spool_dir)
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -373,6 +375,26 @@ class ObjectService:
 
     def block_hashes(self, root: bytes) -> list[bytes]:
         return [h for h, _ in self.mapper.entries(root)]
+
+    def touch_map(self, root: bytes) -> int:
+        """Refresh every page and block of map `root`, which a writer in flight is about to
+        name without having put them (an image over a snapshot's map): a collector that did
+        not take the map as a root then spares them.  Returns the map's size; NotFound if
+        the map is not whole."""
+        from pithos.mapper.gc import GcReport, mark
+
+        try:
+            size = self.mapper.stat(root).size
+        except NotFound:
+            raise NotFound("no such map") from None
+        report = GcReport(dry_run=True)
+        named = mark(self.mapper.blocker, [root], report)
+        if report.unwalkable_roots or self.mapper.blocker.touch_many(sorted(named)):
+            raise NotFound("the map is not whole")
+        return size
+
+    def max_file_size(self) -> int:
+        return self.limits.max_file_size
 
     def copy(self, source: ObjectVersion, container: ContainerInfo, name: str, *,
              meta: Mapping[str, Mapping[str, str]], content_type: str,
