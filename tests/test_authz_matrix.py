@@ -60,6 +60,8 @@ V1 = "/v1"
 V1_ACCOUNT = "/v1/{account}"
 V1_CONTAINER = "/v1/{account}/{container}"
 V1_OBJECT = "/v1/{account}/{container}/{object}"
+IMAGES = "/image/v2/images"
+IMAGE = "/image/v2/images/{image_id}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class Row:
     """One request shape against every column.  `path` and the values of `headers` and
     `body` are formatted with the cell's fields: {c} its container, {acct} the account,
     {vid} the first version of d/o, {ptoken} d/o's public token, {hashmap} d/o's hashmap
-    document, {hash} its first block's hash, {user} / {key} the column's credentials.
+    document, {hash} its first block's hash, {img} its image's id, {user} / {key} the
+    column's credentials.
     `needs` names what the cell's container must hold beyond d/o (see `_make_cell`).
     `expect`: the statuses, one per column in COLUMNS' order."""
     id: str
@@ -290,6 +293,53 @@ ROWS: tuple[Row, ...] = (
         headers={"Destination": "{c}/d/copy"},
         after=("HEAD", "/v1/{acct}/{c}/d/copy", "404 404 404 404 404 404 200 404 404 404")),
     row("o-patch", V1_OBJECT, "PATCH", OBJ, "405 401 405 405 405 405 405 405 405 405"),
+    # -- images (Glance v2 under /image): each cell's image is the owner's, private, but
+    # shared with test2 (a pending member) in the sharee columns.  Who cannot see an image
+    # gets 404 (never 403: ids are not probed); the account's users see it, its admin alone
+    # changes it. ------------------------------------------------------------------------
+    row("img-versions", "/image", "GET", "/image", "200 200 200 200 200 200 200 200 200 200"),
+    row("img-versions-slash", "/image/", "GET", "/image/",
+        "200 401 200 200 200 200 200 200 200 200"),
+    row("img-list", IMAGES, "GET", IMAGES, "401 401 200 200 200 200 200 401 200 200"),
+    row("img-create", IMAGES, "POST", IMAGES, "401 401 201 403 403 403 201 401 201 201",
+        body='{{"name": "new"}}', headers={"Content-Type": "application/json"}),
+    row("img-get", IMAGE, "GET", "/image/v2/images/{img}",
+        "401 401 404 200 200 200 200 401 200 200", needs="image"),
+    row("img-get-unknown", IMAGE, "GET", "/image/v2/images/00000000-0000-4000-8000-000000000000",
+        "401 401 404 404 404 404 404 401 404 404"),
+    row("img-patch", IMAGE, "PATCH", "/image/v2/images/{img}",
+        "401 401 404 403 403 403 200 401 403 403", needs="image",
+        body='[{{"op": "replace", "path": "/name", "value": "renamed"}}]',
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}),
+    row("img-delete", IMAGE, "DELETE", "/image/v2/images/{img}",
+        "401 401 404 403 403 403 204 401 403 403", needs="image",
+        after=("GET", "/image/v2/images/{img}/file",
+               "200:imagedata 200:imagedata 200:imagedata 200:imagedata 200:imagedata "
+               "200:imagedata 404 200:imagedata 200:imagedata 200:imagedata")),
+    row("img-file-get", IMAGE + "/file", "GET", "/image/v2/images/{img}/file",
+        "401 401 404 200 200 200 200 401 200 200", needs="image"),
+    # (The owner's image has its data already: an image takes one upload.)
+    row("img-file-put", IMAGE + "/file", "PUT", "/image/v2/images/{img}/file",
+        "401 401 404 403 403 403 409 401 403 403", needs="image", body="data",
+        headers={"Content-Type": "application/octet-stream"}),
+    row("img-members-get", IMAGE + "/members", "GET", "/image/v2/images/{img}/members",
+        "401 401 404 200 200 200 200 401 200 200", needs="image"),
+    # (A private image has no members: only a shared one takes them.)
+    row("img-members-post", IMAGE + "/members", "POST", "/image/v2/images/{img}/members",
+        "401 401 404 403 403 403 403 401 403 403", needs="image",
+        body='{{"member": "carol"}}', headers={"Content-Type": "application/json"}),
+    row("img-member-get", IMAGE + "/members/{member_id}", "GET",
+        "/image/v2/images/{img}/members/test2", "401 401 404 404 404 404 404 401 200 200",
+        needs="image"),
+    row("img-member-put", IMAGE + "/members/{member_id}", "PUT",
+        "/image/v2/images/{img}/members/test2", "401 401 404 404 404 404 404 401 200 200",
+        needs="image", body='{{"status": "accepted"}}',
+        headers={"Content-Type": "application/json"}),
+    row("img-member-delete", IMAGE + "/members/{member_id}", "DELETE",
+        "/image/v2/images/{img}/members/test2", "401 401 404 403 403 403 404 401 403 403",
+        needs="image"),
+    row("img-schema", "/image/v2/schemas/{name}", "GET", "/image/v2/schemas/image",
+        "401 401 200 200 200 200 200 401 200 200"),
 )
 
 
@@ -300,7 +350,8 @@ def _fields(server: PithosServer, cell: dict[str, Any], column: str) -> dict[str
         user, key = "test:tester", "wrong"
     return {"c": cell["container"], "acct": ACCOUNT, "vid": cell.get("vid", ""),
             "ptoken": cell.get("ptoken", ""), "hashmap": cell.get("hashmap", ""),
-            "hash": cell.get("hash", ""), "user": user, "key": key}
+            "hash": cell.get("hash", ""), "img": cell.get("img", ""), "user": user,
+            "key": key}
 
 
 @dataclass
@@ -327,7 +378,8 @@ def _make_cell(s: requests.Session, server: PithosServer, owner: dict[str, str],
     """A container of the cell's own: its column's ACL or sharing, d/o (two versions), and
     what the row `needs`: "publish" (d/o's public link), "slo" / "dlo" (d/slo, d/dlo over
     d/seg), "hashmap" (the hashmap document and first block of d/hm, of content no other
-    cell holds), "empty" (an empty container beside it, with the same ACL)."""
+    cell holds), "empty" (an empty container beside it, with the same ACL), "image" (an
+    image of the owner with data: private, or shared with test2 in the sharee columns)."""
     name = re.sub(r"[^a-z0-9-]", "-", f"{row.id}-{column}".lower())
     base = f"{server.url}/v1/{ACCOUNT}/{name}"
     _ok(s.put(base, headers={**owner, **CONTAINER_ACL.get(column, {})}, timeout=T))
@@ -360,6 +412,18 @@ def _make_cell(s: requests.Session, server: PithosServer, owner: dict[str, str],
         doc = _ok(s.get(f"{base}/d/hm?hashmap", headers=owner, timeout=T)).json()
         cell["hashmap"] = json.dumps(doc)
         cell["hash"] = doc["hashes"][0]
+    if "image" in row.needs:
+        images = f"{server.url}/image/v2/images"
+        shared = column in SHARING
+        made = _ok(s.post(images, headers=owner, timeout=T, json={
+            "name": name, "disk_format": "raw", "container_format": "bare",
+            "visibility": "shared" if shared else "private"})).json()
+        _ok(s.put(f"{images}/{made['id']}/file", data=b"imagedata", headers=owner,
+                  timeout=T))
+        if shared:
+            _ok(s.post(f"{images}/{made['id']}/members", json={"member": "test2"},
+                       headers=owner, timeout=T))
+        cell["img"] = made["id"]
     return cell
 
 
@@ -381,7 +445,7 @@ def matrix(tmp_path_factory) -> Any:
             for r in ROWS:
                 for column in COLUMNS:
                     if "{c}" not in r.path + (r.body or "") + "".join(r.headers.values()) \
-                            and "publish" not in r.needs:
+                            and not r.needs & {"publish", "image"}:
                         cells[r.id, column] = {"container": ""}
                     elif r.method in ("GET", "HEAD"):
                         cells[r.id, column] = shared[column]

@@ -10,6 +10,7 @@ from pithos.api import errors
 from pithos.api.auth import AuthV1, Info, KeystoneTokens, KeystoneVersion, TokenMiddleware
 from pithos.api.body import timed_body
 from pithos.api.context import Services
+from pithos.api.images import add_routes as add_image_routes
 from pithos.api.openapi import OpenAPIDocument
 from pithos.api.swift import SwiftSink
 
@@ -56,5 +57,6 @@ def create_app(services: Services) -> falcon.App:
     app.add_route("/v3/auth/tokens", KeystoneTokens(services))
     sink = SwiftSink(services)
     app.add_route("/public/{token}", PublicLinks(sink))
+    add_image_routes(app, services)  # the Image API v2 subset (Glance), under /image
     app.add_sink(sink, r"/v1")
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -32,7 +33,8 @@ STATUS: list[tuple[type[e.PithosError], int]] = [
 REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
-    412: "Precondition Failed", 413: "Request Entity Too Large", 416: "Requested Range Not "
+    412: "Precondition Failed", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
+    416: "Requested Range Not "
     "Satisfiable", 422: "Unprocessable Entity", 499: "Client Disconnect",
     500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage",
 }
@@ -56,14 +58,25 @@ def status_of(exc: e.PithosError) -> int:
     return 500
 
 
+# Paths whose errors are JSON: OpenStack's clients (openstacksdk) show a reason only from a
+# JSON body ({"<title>": {"message": ...}}), and print a bare "Bad Request" for text.
+JSON_ERROR_PREFIXES: tuple[str, ...] = ("/image/",)
+
+
 def _answer(resp: falcon.Response, status: int, message: str,
-            headers: dict[str, str] | None = None) -> None:
+            headers: dict[str, str] | None = None, req: falcon.Request | None = None) -> None:
     resp.status = falcon.code_to_http_status(status) if status != 499 else "499 Client Disconnect"
+    for k, v in (headers or {}).items():
+        resp.set_header(k, v)
+    if req is not None and req.path.startswith(JSON_ERROR_PREFIXES):
+        title = REASONS.get(status, "Error")
+        resp.content_type = "application/json"
+        resp.text = json.dumps({title.lower().replace(" ", "_"): {
+            "code": status, "title": title, "message": message or title}})
+        return
     resp.content_type = "text/plain; charset=utf-8"
     text = message or REASONS.get(status, "")
     resp.text = text + ("\n" if text and not text.endswith("\n") else "")
-    for k, v in (headers or {}).items():
-        resp.set_header(k, v)
 
 
 def pithos_error(req: falcon.Request, resp: falcon.Response, exc: e.PithosError,
@@ -71,12 +84,12 @@ def pithos_error(req: falcon.Request, resp: falcon.Response, exc: e.PithosError,
     status = status_of(exc)
     if status >= 500:
         log.error("%s %s: %s", req.method, req.path, exc)
-    _answer(resp, status, str(exc))
+    _answer(resp, status, str(exc), req=req)
 
 
 def http_status_error(req: falcon.Request, resp: falcon.Response, exc: HTTPStatusError,
                       params: Any) -> None:
-    _answer(resp, exc.status, exc.message, exc.headers)
+    _answer(resp, exc.status, exc.message, exc.headers, req=req)
 
 
 def unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception,
