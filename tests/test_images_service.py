@@ -187,7 +187,16 @@ def test_bad_values_are_refused_with_a_reason(service):
         images.create(ALICE, name="x", min_disk=-1)
     with pytest.raises(InvalidArgument, match="visibility"):
         images.create(ALICE, name="x", visibility="everyone")
+    # NUL is no character of a name (PostgreSQL's text refuses it).
+    with pytest.raises(InvalidArgument, match="NUL"):
+        images.create(ALICE, name="a\0b")
+    with pytest.raises(InvalidArgument, match="NUL"):
+        images.list(ALICE, name="a\0b")
     img = images.create(ALICE, name="x", disk_format="raw", container_format="bare")
+    with pytest.raises(InvalidArgument, match="NUL"):
+        images.update(ALICE, img.id, {"k": "a\0b"})
+    with pytest.raises(NotFound):
+        images.remove_member(ALICE, img.id, "a\0b")
     with pytest.raises(Forbidden, match="read-only"):
         images.update(ALICE, img.id, {"status": "active"})
     with pytest.raises(Forbidden, match="read-only"):

@@ -31,8 +31,9 @@ from pithos.objects.images import (
     ImageMember,
 )
 
+# Glance's JSON patch media types, and RFC 6902's.
 PATCH_TYPES = ("application/openstack-images-v2.1-json-patch",
-               "application/openstack-images-v2.0-json-patch")
+               "application/openstack-images-v2.0-json-patch", "application/json-patch+json")
 MAX_JSON_BYTES = 1 << 20
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 1000
@@ -107,18 +108,18 @@ class ImageCollection(_Base):
     """GET (list) and POST (create) /image/v2/images."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        q = req.params
-        limit = _int_param(q.get("limit"), "limit", DEFAULT_LIMIT)
-        limit = min(limit, MAX_LIMIT)
+        # (A parameter given twice counts once: the last.)
+        q = {k: req.get_param(k) for k in ("limit", "marker", "name", "visibility", "status",
+                                           "owner", "member_status")}
+        limit = min(_int_param(q["limit"], "limit", DEFAULT_LIMIT), MAX_LIMIT)
         found = self.images.list(
-            req.context.user, name=q.get("name"), visibility=q.get("visibility"),
-            status=q.get("status"), owner=q.get("owner"),
-            member_status=q.get("member_status") or "accepted", limit=limit,
-            marker=q.get("marker"))
+            req.context.user, name=q["name"], visibility=q["visibility"], status=q["status"],
+            owner=q["owner"], member_status=q["member_status"] or "accepted", limit=limit,
+            marker=q["marker"])
         doc: dict[str, Any] = {"images": [image_doc(i) for i in found],
                                "first": "/v2/images", "schema": "/v2/schemas/images"}
         if found and len(found) == limit:
-            rest = {k: v for k, v in q.items() if k != "marker" and isinstance(v, str)}
+            rest = {k: v for k, v in q.items() if k != "marker" and v is not None}
             doc["next"] = "/v2/images?" + urlencode({**rest, "marker": found[-1].id})
         resp.media = doc
 

@@ -130,6 +130,9 @@ class Images:
         images only with `visibility="community"` (or "all").  `marker`: the last id of the
         previous page (InvalidArgument if `user` cannot see such an image)."""
         user = _who(user)
+        for text in (name, owner):
+            if text is not None and (len(text) > 256 or "\0" in text):
+                raise InvalidArgument("a name or owner is at most 256 characters, without NUL")
         if visibility is not None and visibility not in (*VISIBILITIES, "all"):
             raise InvalidArgument(f"visibility is one of {', '.join(VISIBILITIES)} or all")
         if status is not None and status not in STATUSES:
@@ -346,7 +349,7 @@ class Images:
         image = self._owned(user, image_id)
         if image.visibility != "shared":
             raise Forbidden("only a shared image has members: set its visibility to shared")
-        if not member or len(member) > 256 or member == image.owner:
+        if not member or len(member) > 256 or "\0" in member or member == image.owner:
             raise InvalidArgument("a member is another account (a project id)")
         added = self.catalog.put_image_member(image_id, member, "pending", create=True)
         assert added is not None
@@ -354,7 +357,7 @@ class Images:
 
     def remove_member(self, user: UserInfo | None, image_id: str, member: str) -> None:
         self._owned(user, image_id)
-        if not self.catalog.delete_image_member(image_id, member):
+        if not _account_name(member) or not self.catalog.delete_image_member(image_id, member):
             raise NotFound(f"{member} is not a member of image {image_id}")
 
     def set_member_status(self, user: UserInfo | None, image_id: str, member: str,
@@ -366,7 +369,8 @@ class Images:
         if status not in MEMBER_STATUSES:
             raise InvalidArgument(f"status is one of {', '.join(MEMBER_STATUSES)}")
         if user.account != member:
-            if self.catalog.image_member(image_id, member) is None:
+            if not _account_name(member) or self.catalog.image_member(image_id,
+                                                                        member) is None:
                 raise NotFound(f"{member} is not a member of image {image_id}")
             raise Forbidden("only the member itself accepts or rejects an image")
         done = self.catalog.put_image_member(image_id, member, status, create=False)
@@ -448,6 +452,11 @@ def _who(user: UserInfo | None) -> UserInfo:
     return user
 
 
+def _account_name(text: str) -> bool:
+    """Whether `text` can be an account's name (what a member is); else no account has it."""
+    return 0 < len(text) <= 256 and "\0" not in text
+
+
 def _is_uuid(text: str) -> bool:
     try:
         return str(uuidlib.UUID(text)) == text.lower() and len(text) == 36
@@ -462,8 +471,8 @@ def _checked(values: Mapping[str, Any], partial: bool = False) -> dict[str, Any]
         if key == "name":
             if value is None:
                 value = ""
-            if not isinstance(value, str) or len(value) > 255:
-                raise InvalidArgument("name is a string of at most 255 characters")
+            if not isinstance(value, str) or len(value) > 255 or "\0" in value:
+                raise InvalidArgument("name is a string of at most 255 characters (no NUL)")
         elif key == "disk_format":
             if value is not None and value not in DISK_FORMATS:
                 raise InvalidArgument(f"Invalid disk format '{value}' for image: disk_format "
@@ -490,11 +499,12 @@ def _checked_properties(props: Mapping[str, Any], count: int | None = None) -> d
     if (count if count is not None else len(props)) > MAX_PROPERTIES:
         raise InvalidArgument(f"an image has at most {MAX_PROPERTIES} properties")
     for key, value in props.items():
-        if not isinstance(key, str) or not key or len(key) > MAX_PROPERTY_KEY:
-            raise InvalidArgument(f"a property name is 1 to {MAX_PROPERTY_KEY} characters")
+        if not isinstance(key, str) or not key or len(key) > MAX_PROPERTY_KEY or "\0" in key:
+            raise InvalidArgument(f"a property name is 1 to {MAX_PROPERTY_KEY} characters "
+                                  "(no NUL)")
         if key in READ_ONLY or key in _FIELDS:
             raise InvalidArgument(f"{key!r} is an attribute, not a property")
-        if not isinstance(value, str) or len(value) > MAX_PROPERTY_VALUE:
+        if not isinstance(value, str) or len(value) > MAX_PROPERTY_VALUE or "\0" in value:
             raise InvalidArgument(f"property {key!r} is a string of at most "
-                                  f"{MAX_PROPERTY_VALUE} characters")
+                                  f"{MAX_PROPERTY_VALUE} characters (no NUL)")
     return dict(props)
