@@ -360,3 +360,28 @@ def test_an_upload_over_the_largest_object_is_refused(service):
 def test_image_roots_are_gc_roots_of_the_catalog(service):
     img, _ = uploaded(service)
     assert list(service.catalog.image_roots()) == [img.root]
+
+
+def test_a_collector_that_missed_the_snapshot_spares_the_image_made_from_it(service):
+    """The snapshot's map is no root of a collector that started before the image (the
+    snapshot went meanwhile), and the image commits while that collector runs: from_root
+    touched the map inside a writer, so the sweep spares it.  An untouched map put at the
+    same time (the control) is swept."""
+    import time
+
+    from pithos.mapper.gc import Collection
+
+    blocker = service.mapper.blocker
+    snap_data, other_data = disk(), disk()
+    root, size = service.mapper.build_stream(io.BytesIO(snap_data))
+    other, _ = service.mapper.build_stream(io.BytesIO(other_data))
+    time.sleep(0.05)  # both maps' blocks were put before the collector's start
+    run = Collection(blocker, started=time.time(), oldest_upload=None, clock_margin_s=0)
+    run.mark([])  # neither map is a root when the collector looks
+    img = service.images.from_root(ALICE, "snap", root, size)
+    for batch in run.candidates():
+        run.sweep(batch)
+    run.finish()
+    assert content(service, ALICE, img.id) == snap_data
+    with pytest.raises(NotFound):
+        b"".join(service.read([(other, len(other_data))], 0, len(other_data)))
