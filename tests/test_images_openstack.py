@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -224,3 +225,33 @@ def test_an_image_and_an_object_of_the_same_content_share_blocks(pithos_server, 
     # The object (in another account) adds at most a map page, no data block.
     assert after["bytes"] - middle["bytes"] < 64 * 1024
     assert after["blocks"] - middle["blocks"] <= 2
+
+
+def test_gc_keeps_an_images_data_when_its_object_goes(pithos_server, tmp_path):
+    """The image row is a root of its own: deleting the object the data came in frees nothing
+    the image names, while a plain object deleted the same way is collected (the control)."""
+    image_data = os.urandom(2 * 4 * 1024 * 1024 + 1000)
+    (tmp_path / "g.raw").write_bytes(image_data)
+    made = create(pithos_server, tmp_path / "g.raw", "kept-by-gc")
+    token = login(pithos_server).token
+    control = os.urandom(2 * 4 * 1024 * 1024 + 1000)
+    assert request(pithos_server, "PUT", "/v1/AUTH_test/ctrl", token=token).status in (201,
+                                                                                        202)
+    assert request(pithos_server, "PUT", "/v1/AUTH_test/ctrl/o", body=control,
+                   token=token).status == 201
+    for path in ("/v1/AUTH_test/ctrl/o", f"/v1/AUTH_test/images/{made['id']}"):
+        assert request(pithos_server, "DELETE", path, token=token).status == 204
+    # The history of the deleted objects goes too (a deletion keeps it by default), and the
+    # server's writer lease ends a second after its last writer.
+    for container in ("ctrl", "images"):
+        assert request(pithos_server, "DELETE", f"/v1/AUTH_test/{container}?until=9999999999",
+                       token=token).status == 204
+    time.sleep(1.5)
+    before = store_stats(pithos_server)
+    subprocess.run([sys.executable, "-m", "pithos.cli.main", "gc", "--clock-margin", "0",
+                    *pithos_server.storage_flags], check=True, capture_output=True, timeout=300)
+    after = store_stats(pithos_server)
+    assert before["bytes"] - after["bytes"] >= len(control)  # the control went
+    assert before["bytes"] - after["bytes"] < len(control) + len(image_data)
+    openstack(pithos_server, "image", "save", "--file", str(tmp_path / "out"), made["id"])
+    assert (tmp_path / "out").read_bytes() == image_data
