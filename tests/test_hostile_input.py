@@ -571,3 +571,25 @@ def test_schemathesis_a_refused_post_neither_publishes_nor_shares(pithos_server)
     assert r.status_code == 202 and r.headers["X-Object-Public"]
     head = requests.head(f"{url}/refused/o", headers=owner, timeout=T)
     assert head.headers["X-Object-Sharing"] == "read=test2" and head.headers["X-Object-Meta-K"]
+
+
+def test_schemathesis_a_keystone_login_naming_its_project_or_user_id_by_a_list_is_400(
+        pithos_server):
+    """A project name or id, or a user id, that is not a string reached the catalog as a
+    query parameter: 503 'the catalog failed: Error binding parameter'."""
+    def body(project=None, user_id=None):
+        user = {"name": "tester", "password": "testing"}
+        if user_id is not None:
+            user["id"] = user_id
+        doc = {"auth": {"identity": {"methods": ["password"], "password": {"user": user}}}}
+        if project is not None:
+            doc["auth"]["scope"] = {"project": project}
+        return doc
+
+    for doc in (body({"name": ["test"]}), body({"id": {"a": 1}}), body(user_id=[1]),
+                body({"name": 5})):
+        r = requests.post(f"{pithos_server.url}/v3/auth/tokens", json=doc, timeout=T)
+        assert r.status_code == 400 and r.text.strip(), (doc, r.status_code, r.text)
+    r = requests.post(f"{pithos_server.url}/v3/auth/tokens", json=body({"name": "test"}),
+                      timeout=T)
+    assert r.status_code == 201 and r.headers["X-Subject-Token"]

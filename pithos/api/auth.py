@@ -104,6 +104,9 @@ class KeystoneTokens:
             scope = body["auth"].get("scope") or {}
             project = scope.get("project") or {}
             project_name = project.get("name") or project.get("id")
+            if not all(isinstance(v, str) for v in (project_name or "",
+                                                    user_doc.get("id") or "")):
+                raise TypeError  # (a list here reached the catalog as a parameter: a 503)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise HTTPStatusError(400, "malformed auth request") from None
         if ":" in name:
