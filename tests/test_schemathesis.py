@@ -209,3 +209,13 @@ def test_the_api_holds_against_generated_requests(case, live):
             after = snapshot(live, url)
             assert after == before, (who, case.as_curl_command(sent), response.status_code,
                                      response.content[:200], "half-written")
+
+
+def test_the_server_logged_no_traceback_nor_lost_a_worker(pithos_server, live):
+    """After every example above (this module's server is theirs): an error that never reached
+    a response (a failure inside a streamed body, a worker killed for a timeout) shows here."""
+    with open(pithos_server.log.name, "rb") as f:
+        log = f.read().decode("utf-8", "replace")
+    for sign in ("Traceback", "WORKER TIMEOUT", "Worker exited"):
+        assert sign not in log, log[log.find(sign) - 2000:log.find(sign) + 2000]
+    assert requests.get(f"{live.url}/info", timeout=T).status_code == 200
