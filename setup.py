@@ -18,6 +18,7 @@ NATIVE = {
     "pithos.mapper._mapcodec": "native/mapcodec.pyx",
     "archipelago._overlay": "native/overlay.pyx",
     "pithos.core._md5lanes": "native/md5lanes.pyx",
+    "pithos.core._cdc": "native/cdc.pyx",
 }
 
 

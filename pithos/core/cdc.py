@@ -1,0 +1,127 @@
+"""Content-defined chunking: FastCDC (Xia et al., 2016) with normalized chunking and a gear
+hash, the native twin when built (native/cdc.pyx), else the pure one (pithos/core/_cdc_py.py).
+
+Cut points must be the same everywhere and forever: a sync client and the server cut the same
+content into the same chunks, which is what makes an upload find its chunks already stored.
+So the gear table is generated here from a fixed recipe (BLAKE2b of its index under a fixed
+key), the masks from the sizes, and tests/test_cdc.py holds golden cut points of a fixed
+input that fail if either ever changes.  Change nothing here without a new chunking name.
+
+    Chunker(...).update(piece) -> chunks completed so far; .finish() -> the rest (0 or 1)
+    cut_points(data) -> the end offsets of the chunks of `data` as one stream
+
+The same cuts come out whatever the sizes of the pieces fed to `update`: a cut is made only
+where it cannot depend on bytes not yet fed (the scan stops at the first match, and at
+`max_size` past the chunk's start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import ModuleType
+
+from pithos.core import _cdc_py as pure
+from pithos.core.native import load
+
+impl: ModuleType
+impl, IS_NATIVE = load("pithos.core._cdc", pure)
+
+# Chosen by measurement on the edit workload of issue 24 (benchmarks/README.md, "Chunk size"):
+# the bytes an edit stores against the map entries a file costs.
+MIN_SIZE = 16 * 1024
+AVG_SIZE = 64 * 1024
+MAX_SIZE = 256 * 1024
+
+# Normalized chunking level 2 (the paper's NC-2): a mask 2 bits stricter than the average's
+# before avg_size, 2 bits looser after, so chunk sizes bunch around the average.
+NORMALIZATION = 2
+
+
+def _gear_table() -> bytes:
+    """256 little-endian u64: entry i is the first 8 bytes of BLAKE2b-64 of i (2 bytes,
+    little-endian) keyed with b"pithos-fastcdc-gear"."""
+    return b"".join(hashlib.blake2b(i.to_bytes(2, "little"), digest_size=8,
+                                    key=b"pithos-fastcdc-gear").digest()
+                    for i in range(256))
+
+
+GEAR = _gear_table()
+
+
+def _top_bits(count: int) -> int:
+    """A mask of the `count` highest bits of a u64 (the bits of the gear hash that depend on
+    the most recent 64 bytes, not on the last few only)."""
+    return ((1 << count) - 1) << (64 - count)
+
+
+def masks(avg_size: int) -> tuple[int, int]:
+    """(mask_s, mask_l) for an average chunk of `avg_size` (a power of two)."""
+    bits = avg_size.bit_length() - 1
+    return _top_bits(bits + NORMALIZATION), _top_bits(bits - NORMALIZATION)
+
+
+def check_sizes(min_size: int, avg_size: int, max_size: int) -> None:
+    """Raise ValueError unless 64 <= min_size < avg_size < max_size and avg_size is a power
+    of two (its log2 gives the masks)."""
+    if avg_size < 256 or avg_size & (avg_size - 1):
+        raise ValueError(f"avg_size {avg_size} is not a power of two of at least 256")
+    if not 64 <= min_size < avg_size < max_size:
+        raise ValueError(f"need 64 <= min_size < avg_size < max_size, got "
+                         f"{min_size}, {avg_size}, {max_size}")
+
+
+class Chunker:
+    """Cuts one stream into chunks fed in pieces of any size; keeps at most about `max_size`
+    bytes plus the last piece.  Not thread-safe; one stream per Chunker."""
+
+    def __init__(self, min_size: int = MIN_SIZE, avg_size: int = AVG_SIZE,
+                 max_size: int = MAX_SIZE) -> None:
+        check_sizes(min_size, avg_size, max_size)
+        self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
+        self._mask_s, self._mask_l = masks(avg_size)
+        self._buf = bytearray()
+        self._scanned = 0
+        self._finished = False
+
+    def _cut(self, final: bool) -> list[bytes]:
+        buf = self._buf
+        ends = impl.cuts(buf, 0, len(buf), final, self._scanned, self.min_size,
+                         self.avg_size, self.max_size, self._mask_s, self._mask_l, GEAR)
+        chunks: list[bytes] = []
+        start = 0
+        for end in ends:
+            chunks.append(bytes(buf[start:end]))
+            start = end
+        # A bytearray drops a prefix without moving the rest (CPython moves its start).
+        del buf[:start]
+        # What is left was scanned to its end without a match: the next scan resumes there,
+        # so feeding small pieces costs no rescans.
+        self._scanned = len(buf)
+        return chunks
+
+    def update(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add the next piece of the stream; the chunks it completed, in order (a chunk is
+        complete once its cut is known, often before `max_size` bytes follow it)."""
+        if self._finished:
+            raise ValueError("update after finish")
+        self._buf += data
+        return self._cut(final=False)
+
+    def finish(self) -> list[bytes]:
+        """End the stream: its last chunk, if any bytes are left (0 or 1 chunk).  Repeating it
+        gives []."""
+        if self._finished:
+            return []
+        self._finished = True
+        return self._cut(final=True)
+
+
+def cut_points(data: bytes | bytearray | memoryview, min_size: int = MIN_SIZE,
+               avg_size: int = AVG_SIZE, max_size: int = MAX_SIZE) -> list[int]:
+    """The end offsets of the chunks of `data` as one whole stream (the Chunker's cuts); []
+    for empty data."""
+    check_sizes(min_size, avg_size, max_size)
+    mask_s, mask_l = masks(avg_size)
+    view = memoryview(data).cast("B")
+    return list(impl.cuts(view, 0, len(view), True, 0, min_size, avg_size, max_size,
+                          mask_s, mask_l, GEAR))
