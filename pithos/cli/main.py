@@ -1,6 +1,7 @@
 """`pithos`: the command-line entry point.
 
     pithos serve [--listen HOST:PORT] [--workers N] [--client-timeout S] [--keepalive S]
+                 [--compute]
                                     the object API (the main job)
     pithos user add ACCOUNT:USER --key KEY [--admin]  users; also `user list`, `user del`
     pithos store put FILE...        store files as maps, print "<root-hex> <size>" for each
@@ -189,7 +190,8 @@ def cmd_serve(args: argparse.Namespace, data: DataDir | None) -> int:
         if args.keepalive < 1:  # (0 would leave a half-sent request line unbounded)
             raise CliError("--keepalive must be at least 1 second")
         timeouts["keepalive_s"] = args.keepalive
-    return serve(Storage.from_args(args), args.listen, args.workers, **timeouts)
+    return serve(Storage.from_args(args), args.listen, args.workers, **timeouts,
+                 compute=args.compute)
 
 
 def cmd_user_add(args: argparse.Namespace, data: DataDir) -> int:
@@ -352,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--keepalive", type=int, metavar="S",
                        help="close a connection idle for S seconds, or whose request line and "
                             "headers take longer to arrive (default 75)")
+    serve.add_argument("--compute", action="store_true",
+                       help="also run the compute API (Nova v2.1 subset) and one local compute "
+                            "agent on the data directory")
     serve.set_defaults(func=cmd_serve, no_data=True)
 
     user = commands.add_parser("user", parents=[common], help="manage users (tempauth style)")

@@ -162,17 +162,68 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def mount_compute(app: Any, services: Any, storage: Storage, key: str) -> None:
+    """The compute API (compute.api) on the object API's app, over compute's own tables and
+    the object service's images. pithos.api never imports compute: this entry point joins
+    them."""
+    from compute.api import mount
+    from compute.db import ComputeDb, database_url
+    from compute.service import ComputeService
+
+    db = ComputeDb(database_url(storage.catalog, storage.data_dir))
+    mount(app, ComputeService(db, services.objects.images, key), services.public_url)
+
+
+def start_local_agent(storage: Storage, listen: str, key_file: str) -> Any:
+    """`pithos serve --compute`'s own agent: a child process on the same data directory,
+    reporting to this server. Its VMs outlive it (and this server); the next start finds
+    them again."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "pithos.cli.compute", "agent", "--api", f"http://{listen}",
+           "--name", os.environ.get("PITHOS_COMPUTE_AGENT_NAME", "local"),
+           "--key-file", key_file, "--data-dir", storage.data_dir, "--blocks", storage.blocks,
+           "--catalog", storage.catalog]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+
+def _stop_agent(agent: Any) -> None:
+    import subprocess
+
+    if agent.poll() is None:
+        agent.terminate()
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=10)
+
+
 def serve(storage: Storage, listen: str, workers: int,
-          client_timeout_s: float = CLIENT_TIMEOUT_S, keepalive_s: int = KEEPALIVE_S) -> int:
+          client_timeout_s: float = CLIENT_TIMEOUT_S, keepalive_s: int = KEEPALIVE_S,
+          compute: bool = False) -> int:
     """Run the object API until stopped.  A request body's read waits at most
     `client_timeout_s` for the client's next bytes (then 408, and whatever the upload held is
     released); `keepalive_s` bounds an idle connection's wait for its next request and the
-    reading of a request's line and headers, together (whole seconds, gunicorn's unit)."""
+    reading of a request's line and headers, together (whole seconds, gunicorn's unit).
+    `compute`: the compute API too, and one local agent (a child process) on the data
+    directory."""
     from gunicorn.app.base import BaseApplication
 
     open_catalog_once(storage)
     _raise_open_files_limit()
     connections = worker_connections()
+    compute_key = None
+    key_file = os.path.join(storage.data_dir, "compute.key")
+    if compute:
+        from pithos.cli.compute import ensure_key
+
+        compute_key = ensure_key(key_file)
+        # Made once here (its tables, its seeded flavors), not by each worker at once.
+        from compute.db import ComputeDb, database_url
+        ComputeDb(database_url(storage.catalog, storage.data_dir)).close()
+    master = os.getpid()
+    agent: Any = None
 
     def when_ready(server: Any) -> None:
         # The socket is bound and the worker class loaded: the server is able to serve.
@@ -180,6 +231,9 @@ def serve(storage: Storage, listen: str, workers: int,
               f"{os.path.abspath(storage.data_dir)}, blocks {storage.blocks}, catalog "
               f"{_redacted(storage.catalog)}, {workers} worker(s))", file=sys.stderr, flush=True)
         show_initial_key(storage, listen)
+        nonlocal agent
+        if compute:
+            agent = start_local_agent(storage, listen, key_file)
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -201,8 +255,21 @@ def serve(storage: Storage, listen: str, workers: int,
             from pithos.api.app import create_app
 
             services = build_services(storage, client_timeout_s=client_timeout_s)
+            if compute_key is not None:
+                # `openstack server list` asks the catalog for the identity service too.
+                services.endpoints = (*services.endpoints, ("compute", "nova", "/compute/v2.1"),
+                                      ("identity", "keystone", "/v3"))
             gevent.spawn(_reaper, services)
-            return create_app(services)
+            app = create_app(services)
+            if compute_key is not None:
+                mount_compute(app, services, storage, compute_key)
+            return app
 
-    Application().run()
+    try:
+        Application().run()
+    finally:
+        # gunicorn's workers leave through here too (they are forks of this process): only
+        # the master stops the agent.
+        if agent is not None and os.getpid() == master:
+            _stop_agent(agent)
     return 0
