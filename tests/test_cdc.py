@@ -45,10 +45,18 @@ def test_golden_cut_points_small():
         60095, 61647, 63054, 64148, 65536]
 
 
+# The default sizes' cuts of GOLDEN_INPUT: their count and the SHA-256 of repr(list).
+LEN_DEFAULT = 114
+SHA_DEFAULT = "e523cfc04fa68f81142447d7d0d6d2a4750fac6a374a7e447975527fef124b9b"
+
+
 def test_defaults():
     # The defaults are part of the format: a client and the server must cut alike.
-    assert (cdc.MIN_SIZE, cdc.AVG_SIZE, cdc.MAX_SIZE) == (16384, 65536, 262144)
-    assert cdc.cut_points(GOLDEN_INPUT) == cdc.cut_points(GOLDEN_INPUT, 16384, 65536, 262144)
+    assert (cdc.MIN_SIZE, cdc.AVG_SIZE, cdc.MAX_SIZE) == (4096, 16384, 65536)
+    ends = cdc.cut_points(GOLDEN_INPUT)
+    assert ends == cdc.cut_points(GOLDEN_INPUT, 4096, 16384, 65536)
+    assert len(ends) == LEN_DEFAULT and hashlib.sha256(repr(ends).encode()).hexdigest() == \
+        SHA_DEFAULT
 
 
 def test_chunk_sizes_within_limits():

@@ -27,10 +27,14 @@ impl: ModuleType
 impl, IS_NATIVE = load("pithos.core._cdc", pure)
 
 # Chosen by measurement on the edit workload of issue 24 (benchmarks/README.md, "Chunk size"):
-# the bytes an edit stores against the map entries a file costs.
-MIN_SIZE = 16 * 1024
-AVG_SIZE = 64 * 1024
-MAX_SIZE = 256 * 1024
+# an insert stores about one new chunk per edited file (and a 4 KiB write into an image one or
+# two), so the edit's cost grows with the average (8 KiB: 0.14 MB on 265 MB with 15 files
+# edited, 16 KiB: 0.27, 32 KiB: 0.49, 64 KiB: 0.99), while map entries (36 bytes each) and
+# blocks to store grow as it shrinks (0.19% of the data at 16 KiB, 0.39% at 8 KiB).  16 KiB
+# keeps the edit of issue 24's data set within its 3 MB target; 64 KiB would not.
+MIN_SIZE = 4 * 1024
+AVG_SIZE = 16 * 1024
+MAX_SIZE = 64 * 1024
 
 # Normalized chunking level 2 (the paper's NC-2): a mask 2 bits stricter than the average's
 # before avg_size, 2 bits looser after, so chunk sizes bunch around the average.
