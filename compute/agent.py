@@ -62,10 +62,10 @@ class Capacity:
 
 
 def host_capacity(vcpus: int | None = None, ram_mib: int | None = None) -> Capacity:
-    """What this host offers: the operator's figures, else vCPUs at 4 per core (guests are
-    mostly idle; Nova's default ratio is 16) and the RAM less 512 MiB for the host."""
+    """What this host offers: the operator's figures, else vCPUs at 16 per core (guests are
+    mostly idle: Nova's default ratio) and the RAM less 512 MiB for the host."""
     if vcpus is None:
-        vcpus = 4 * (os.cpu_count() or 1)
+        vcpus = 16 * (os.cpu_count() or 1)
     if ram_mib is None:
         ram_mib = 1024
         with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:

@@ -185,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="this agent's name (default: the host name)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where the VMs' state lives (default DATA_DIR/compute)")
-    p.add_argument("--vcpus", type=int, help="vCPUs to offer (default 4 per core)")
+    p.add_argument("--vcpus", type=int, help="vCPUs to offer (default 16 per core, as Nova)")
     p.add_argument("--ram-mib", type=int, help="RAM to offer (default: all less 512 MiB)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--key-file", help="the shared compute key (default DATA_DIR/compute.key)")

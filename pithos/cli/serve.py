@@ -184,6 +184,8 @@ def start_local_agent(storage: Storage, listen: str, key_file: str) -> Any:
            "--name", os.environ.get("PITHOS_COMPUTE_AGENT_NAME", "local"),
            "--key-file", key_file, "--data-dir", storage.data_dir, "--blocks", storage.blocks,
            "--catalog", storage.catalog]
+    # More agent options (e.g. "--ram-mib 1024 --vcpus 4" to offer less than the machine).
+    cmd += os.environ.get("PITHOS_COMPUTE_AGENT_ARGS", "").split()
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
 
