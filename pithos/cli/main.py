@@ -372,6 +372,10 @@ def parser() -> argparse.ArgumentParser:
     rm = user_actions.add_parser("del", parents=[common], help="delete a user and its tokens")
     rm.add_argument("user", metavar="ACCOUNT:USER")
     rm.set_defaults(func=cmd_user_del)
+
+    from pithos.cli.sync import add_parser as add_sync_parser
+
+    add_sync_parser(commands)
     return top
 
 

@@ -1,0 +1,530 @@
+"""Carrying out a plan: one sync pass is refresh the remote mirror (change feed), scan the
+folder, plan, act; `sync_once` repeats passes until one finds nothing to do.
+
+Rules every action keeps:
+- every remote write is conditional (If-Match the ETag we last saw, If-None-Match: * for a
+  new name); a 412 leaves the path for the next pass, which plans it again from fresh state;
+- a local file is replaced, renamed or deleted only if its stat is still the one the scan
+  hashed (else it changed meanwhile: the next pass sees the edit);
+- a download is written to a temporary file under `.pithos-sync/tmp/` (never in the folder),
+  each chunk verified (BLAKE3) as it is written and the whole checked against the ETag (MD5),
+  then fsynced and renamed into place: the folder never holds a half file.  A killed download
+  resumes from the verified prefix of its temporary file;
+- an upload sends only the chunks `?missing` names, each read back from the file and verified
+  against the scan's hash (a file replaced meanwhile is skipped this pass), then PUTs the
+  hashmap; blocks sent before a kill are not sent again (`?missing` no longer names them);
+- every action is journaled (an intent row) before it starts and cleared when recorded;
+- a failure of one path (permission denied, disk full, vanished) is one line and the pass goes
+  on; the path is retried on the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pithos.core.files import fsync_dir
+from pithos.core.hashing import block_hash
+from pithos.sync import plan as P
+from pithos.sync.remote import (
+    MissingBlocks,
+    NotFoundRemote,
+    PreconditionFailed,
+    Remote,
+    RemoteError,
+    RemoteMap,
+)
+from pithos.sync.scan import READ_SIZE, Ignore, ScanResult, same_stat, scan
+from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State
+
+BLOCKS_BATCH_BYTES = 8 << 20  # chunks per POST ?blocks
+RANGE_BATCH_BYTES = 16 << 20  # bytes per ranged GET of missing chunks
+MAX_PASSES = 8
+
+
+class Skip(Exception):
+    """This path cannot be done now (changed meanwhile, unreadable...): one line, retried on
+    the next pass."""
+
+
+@dataclass
+class Stats:
+    """What a run did; `sent_bytes` counts the chunk bytes uploaded, `fetched_bytes` the
+    chunk bytes downloaded (local copies not counted)."""
+    uploaded: int = 0
+    downloaded: int = 0
+    deleted: int = 0
+    moved: int = 0
+    conflicts: int = 0
+    sent_bytes: int = 0
+    fetched_bytes: int = 0
+    reused_bytes: int = 0
+    agreed: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """Bytes and files of a pass's transfers; a no-op base that the CLI replaces with a bar."""
+
+    def start(self, total_bytes: int, total_files: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def file_done(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Engine:
+    def __init__(self, state: State, remote: Remote, *, report: Callable[[str], None],
+                 say: Callable[[str], None] = lambda _: None,
+                 progress: Progress | None = None, dry_run: bool = False) -> None:
+        self.state = state
+        self.remote = remote
+        self.folder = state.folder
+        self.report_line = report
+        self.say = say
+        self.progress = progress or Progress()
+        self.dry_run = dry_run
+        self.stats = Stats()
+        self.host = socket.gethostname().split(".")[0] or "this device"
+
+    def report(self, line: str) -> None:
+        self.stats.errors.append(line)
+        self.report_line(line)
+
+    # -- a run ---------------------------------------------------------------------------------
+
+    def sync_once(self) -> bool:
+        """Passes until the folder and the container agree (True) or MAX_PASSES went by or a
+        pass could do nothing more (False: something was skipped, reported)."""
+        self.stats.agreed = self._sync_once()
+        return self.stats.agreed
+
+    def _sync_once(self) -> bool:
+        self.remote.ensure_container()
+        for _ in range(MAX_PASSES):
+            errors_before = len(self.stats.errors)
+            actions, unknown = self.one_pass()
+            if self.dry_run:
+                return not any(a.kind in P.TRANSFERS for a in actions) and not unknown
+            if not any(a.kind in P.TRANSFERS for a in actions) and not unknown:
+                return True
+            if len(self.stats.errors) > errors_before and not any(
+                    a.kind in P.TRANSFERS for a in actions):
+                return False
+        return False
+
+    def refresh_remote(self) -> None:
+        """Bring the remote mirror up to date from the change feed (or a full listing)."""
+        state = self.state
+        cursor = state.get("cursor") or "0"
+        listing: dict[str, RemoteEntry] | None = None
+        for page in self.remote.changes(cursor):
+            if page.cursor is None:
+                listing = listing if listing is not None else {}
+                for c in page.changes:
+                    if c.entry is not None:
+                        listing[c.path] = c.entry
+                continue
+            with state.transaction():
+                for c in page.changes:
+                    if c.deleted or c.entry is None:
+                        state.drop_remote(c.path)
+                    else:
+                        state.put_remote(c.entry)
+                state.set("cursor", page.cursor)
+        if listing is not None:
+            with state.transaction() as db:
+                db.execute("DELETE FROM remote")
+                for e in listing.values():
+                    state.put_remote(e)
+
+    def scan(self) -> tuple[ScanResult, Ignore]:
+        ignore = Ignore(self.folder)
+        return scan(self.folder, self.state, ignore, self.report), ignore
+
+    def one_pass(self) -> tuple[list[P.Action], set[str]]:
+        self.refresh_remote()
+        result, ignore = self.scan()
+        actions = P.plan(self.state.base(), result.files, self.state.remote(), result.unknown,
+                         ignore)
+        if self.dry_run:
+            for a in actions:
+                if a.kind in P.TRANSFERS:
+                    self.say(f"would {a.describe()}")
+            return actions, result.unknown
+        transfers = [a for a in actions if a.kind in P.TRANSFERS]
+        total = sum(_transfer_bytes(a) for a in transfers)
+        self.progress.start(total, len(transfers))
+        try:
+            for a in actions:
+                self.act(a)
+        finally:
+            self.progress.stop()
+        return actions, result.unknown
+
+    def act(self, a: P.Action) -> None:
+        try:
+            getattr(self, "do_" + a.kind.replace("-", "_"))(a)
+        except Skip as exc:
+            self.report(f"{exc} (skipped, will retry)")
+        except PreconditionFailed:
+            self.report(f"{a.path} changed on the server meanwhile (will plan it again)")
+        except RemoteError as exc:
+            if exc.status in (0, 401, 403) or (exc.status >= 500 and exc.status != 507):
+                raise  # the server is unreachable or refuses us: nothing else would work
+            self.report(f"{a.describe()}: {exc}")
+        except OSError as exc:
+            self.report(f"{a.path}: {_os_reason(exc)} (skipped, will retry)")
+        finally:
+            if a.kind in P.TRANSFERS:
+                self.progress.file_done()
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def do_agree(self, a: P.Action) -> None:
+        lf = a.local
+        assert lf is not None
+        self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode))
+
+    def do_forget(self, a: P.Action) -> None:
+        self.state.drop_base(a.path)
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    def do_upload(self, a: P.Action) -> None:
+        lf = a.local
+        assert lf is not None
+        self.state.intend(a.path, "upload", lf.md5)
+        if_match = a.remote.md5 if a.remote is not None else None
+        self._send_missing(lf, None)
+        try:
+            etag = self.remote.put_hashmap(a.path, lf.size, lf.chunks, lf.md5, if_match)
+        except MissingBlocks as exc:
+            # A collector removed a block between ?missing and the PUT: send it, once more.
+            self._send_missing(lf, set(exc.hashes))
+            etag = self.remote.put_hashmap(a.path, lf.size, lf.chunks, lf.md5, if_match)
+        with self.state.transaction():
+            self.state.put_remote(RemoteEntry(a.path, lf.size, etag))
+            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode))
+            self.state.done(a.path)
+        self.stats.uploaded += 1
+        self.say(f"uploaded {a.path}")
+
+    def _send_missing(self, lf: LocalFile, wanted: set[bytes] | None) -> None:
+        if wanted is None:
+            wanted = self.remote.missing([c.hash for c in lf.chunks]) if lf.chunks else set()
+        if not wanted:
+            self.progress.advance(lf.size)
+            return
+        path = os.path.join(self.folder, lf.path)
+        batch: list[bytes] = []
+        batch_bytes = 0
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise Skip(f"{lf.path} vanished before its upload") from None
+        try:
+            if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode):
+                raise Skip(f"{lf.path} changed before its upload")
+            offset = 0
+            for c in lf.chunks:
+                if c.hash in wanted:
+                    wanted.discard(c.hash)
+                    data = os.pread(fd, c.length, offset)
+                    if len(data) != c.length or block_hash(data) != c.hash:
+                        raise Skip(f"{lf.path} changed while being uploaded")
+                    batch.append(data)
+                    batch_bytes += len(data)
+                    if batch_bytes >= BLOCKS_BATCH_BYTES:
+                        self._post_blocks(batch)
+                        batch, batch_bytes = [], 0
+                offset += c.length
+                self.progress.advance(c.length)
+            if batch:
+                self._post_blocks(batch)
+        finally:
+            os.close(fd)
+
+    def _post_blocks(self, batch: list[bytes]) -> None:
+        self.remote.put_blocks(batch)
+        self.stats.sent_bytes += sum(len(b) for b in batch)
+
+    # -- downloads -----------------------------------------------------------------------------
+
+    def do_download(self, a: P.Action) -> None:
+        self._download(a.path, a.local)
+        self.stats.downloaded += 1
+        self.say(f"downloaded {a.path}")
+
+    def _download(self, rel: str, expect: LocalFile | None) -> None:
+        """Fetch the current remote version of `rel` and put it in place of `expect` (the
+        local file as scanned; None: there was none)."""
+        try:
+            m = self.remote.hashmap(rel)
+        except NotFoundRemote:
+            raise Skip(f"{rel} vanished from the server") from None
+        self.state.intend(rel, "download", m.etag)
+        tmp = os.path.join(self.state.tmp_dir,
+                           "dl-" + hashlib.sha256(f"{rel}\0{m.etag}".encode()).hexdigest()[:32])
+        try:
+            self._fill(rel, m, tmp)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # give the space back; the download starts over later
+            raise
+        target = os.path.join(self.folder, rel)
+        self._check_unchanged(rel, expect)
+        parent = os.path.dirname(target)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise Skip(f"cannot create {rel}: a file of the folder is in the way") from None
+        if os.path.isdir(target):
+            raise Skip(f"cannot create {rel}: a directory of the folder has that name")
+        os.replace(tmp, target)
+        fsync_dir(parent)
+        st = os.stat(target, follow_symlinks=False)
+        lf = LocalFile(rel, m.size, st.st_mtime_ns, st.st_ino, m.etag, tuple(m.chunks))
+        self.state.put_file(lf)
+        with self.state.transaction():
+            self.state.put_remote(RemoteEntry(rel, m.size, m.etag))
+            self.state.set_base(BaseEntry(rel, m.size, m.etag, st.st_mtime_ns, st.st_ino))
+            self.state.done(rel)
+
+    def _fill(self, rel: str, m: RemoteMap, tmp: str) -> None:
+        """Write the map's content into `tmp`, resuming after its verified prefix; chunks
+        come from the folder where it holds them, else from ranged GETs."""
+        md5 = hashlib.md5(usedforsecurity=False)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with open(fd, "r+b") as f:
+            done = 0  # chunks already in tmp, verified
+            offset = 0
+            for c in m.chunks:
+                data = f.read(c.length)
+                if len(data) != c.length or block_hash(data) != c.hash:
+                    break
+                md5.update(data)
+                done += 1
+                offset += c.length
+                self.progress.advance(c.length)
+            f.truncate(offset)
+            f.seek(offset)
+            run: list[Chunk] = []
+            run_bytes = 0
+            for c in m.chunks[done:]:
+                found = self._local_chunk(c)
+                if found is None:
+                    run.append(c)
+                    run_bytes += c.length
+                    if run_bytes >= RANGE_BATCH_BYTES:
+                        offset = self._fetch_run(rel, m, run, offset, f, md5)
+                        run, run_bytes = [], 0
+                    continue
+                if run:
+                    offset = self._fetch_run(rel, m, run, offset, f, md5)
+                    run, run_bytes = [], 0
+                f.write(found)
+                md5.update(found)
+                offset += c.length
+                self.stats.reused_bytes += c.length
+                self.progress.advance(c.length)
+            if run:
+                offset = self._fetch_run(rel, m, run, offset, f, md5)
+            f.flush()
+            if offset != m.size or md5.hexdigest() != m.etag:
+                f.truncate(0)
+                raise RemoteError(f"{rel}: the downloaded content does not match its ETag", 0)
+            os.fsync(f.fileno())
+
+    def _local_chunk(self, c: Chunk) -> bytes | None:
+        """The chunk's bytes from a file of the folder that held it, verified; None if no
+        file holds it now."""
+        for src in self.state.chunk_sources(c.hash):
+            try:
+                with open(os.path.join(self.folder, src.path), "rb", buffering=0) as f:
+                    data = os.pread(f.fileno(), src.length, src.offset)
+            except OSError:
+                continue
+            if len(data) == c.length and block_hash(data) == c.hash:
+                return data
+        return None
+
+    def _fetch_run(self, rel: str, m: RemoteMap, run: list[Chunk], offset: int, f: object,
+                   md5: object) -> int:
+        end = offset + sum(c.length for c in run)
+        r = self.remote.get_range(rel, m.etag, offset, end)
+        try:
+            for c in run:
+                data = r.read(c.length)
+                if len(data) != c.length or block_hash(data) != c.hash:
+                    raise RemoteError(f"{rel}: a chunk from the server failed verification", 0)
+                f.write(data)  # type: ignore[attr-defined]
+                md5.update(data)  # type: ignore[attr-defined]
+                self.stats.fetched_bytes += c.length
+                self.remote.received_bytes += c.length
+                self.progress.advance(c.length)
+        finally:
+            r.release_conn()
+        return end
+
+    def _check_unchanged(self, rel: str, expect: LocalFile | None) -> None:
+        try:
+            st = os.stat(os.path.join(self.folder, rel), follow_symlinks=False)
+        except FileNotFoundError:
+            if expect is None:
+                return
+            raise Skip(f"{rel} vanished locally meanwhile") from None
+        if expect is None:
+            raise Skip(f"{rel} appeared locally meanwhile")
+        if not same_stat(st, expect.size, expect.mtime_ns, expect.inode):
+            raise Skip(f"{rel} changed locally meanwhile")
+
+    # -- deletes -------------------------------------------------------------------------------
+
+    def do_delete_local(self, a: P.Action) -> None:
+        self._check_unchanged(a.path, a.local)
+        self.state.intend(a.path, "delete-local")
+        path = os.path.join(self.folder, a.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._prune_dirs(os.path.dirname(path))
+        self.state.drop_file(a.path)
+        with self.state.transaction():
+            self.state.drop_base(a.path)
+            self.state.done(a.path)
+        self.stats.deleted += 1
+        self.say(f"deleted {a.path} (deleted on the server)")
+
+    def _prune_dirs(self, directory: str) -> None:
+        """Remove directories a remote delete or move left empty, up to the folder."""
+        while os.path.abspath(directory) != self.folder:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+
+    def do_delete_remote(self, a: P.Action) -> None:
+        assert a.base is not None
+        self.state.intend(a.path, "delete-remote")
+        self.remote.delete(a.path, a.base.md5)
+        with self.state.transaction():
+            self.state.drop_remote(a.path)
+            self.state.drop_base(a.path)
+            self.state.done(a.path)
+        self.stats.deleted += 1
+        self.say(f"deleted {a.path} on the server")
+
+    # -- moves ---------------------------------------------------------------------------------
+
+    def do_move_remote(self, a: P.Action) -> None:
+        lf, src = a.local, a.source
+        assert lf is not None and src is not None and a.remote is not None
+        self.state.intend(a.path, "move-remote", src)
+        if self.remote.supports_move():
+            etag = self.remote.move(src, a.path, a.remote.md5)
+        else:
+            # No server-side move: name the same chunks under the new name (no data moves:
+            # ?missing finds them all), then delete the old name if it is still ours.
+            self._send_missing(lf, None)
+            etag = self.remote.put_hashmap(a.path, lf.size, lf.chunks, lf.md5, None)
+            self.remote.delete(src, a.remote.md5)
+        with self.state.transaction():
+            self.state.drop_remote(src)
+            self.state.drop_base(src)
+            self.state.put_remote(RemoteEntry(a.path, lf.size, etag))
+            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode))
+            self.state.done(a.path)
+        self.stats.moved += 1
+        self.say(f"moved {src} -> {a.path} on the server")
+
+    def do_move_local(self, a: P.Action) -> None:
+        lf, src, r = a.local, a.source, a.remote
+        assert lf is not None and src is not None and r is not None
+        self._check_unchanged(src, lf)
+        self._check_unchanged(a.path, None)
+        self.state.intend(a.path, "move-local", src)
+        old = os.path.join(self.folder, src)
+        new = os.path.join(self.folder, a.path)
+        try:
+            os.makedirs(os.path.dirname(new), exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise Skip(f"cannot create {a.path}: a file of the folder is in the way") from None
+        os.rename(old, new)
+        fsync_dir(os.path.dirname(new))
+        self._prune_dirs(os.path.dirname(old))
+        self.state.drop_file(src)
+        st = os.stat(new, follow_symlinks=False)
+        moved = LocalFile(a.path, lf.size, st.st_mtime_ns, st.st_ino, lf.md5, lf.chunks)
+        self.state.put_file(moved)
+        with self.state.transaction():
+            self.state.drop_base(src)
+            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, st.st_mtime_ns, st.st_ino))
+            self.state.done(a.path)
+        self.stats.moved += 1
+        self.say(f"moved {src} -> {a.path} (moved on the server)")
+
+    # -- conflicts -----------------------------------------------------------------------------
+
+    def do_conflict(self, a: P.Action) -> None:
+        """Both sides changed: keep both.  The local file goes to a conflict copy (a new
+        file, uploaded on the next pass) and the remote version takes its name."""
+        lf = a.local
+        assert lf is not None
+        self._check_unchanged(a.path, lf)
+        copy = self.conflict_name(a.path)
+        self.state.intend(a.path, "conflict", copy)
+        os.rename(os.path.join(self.folder, a.path), os.path.join(self.folder, copy))
+        self.state.drop_file(a.path)
+        self.stats.conflicts += 1
+        self.say(f"conflict: {a.path} changed on both sides; yours is now {copy}")
+        self._download(a.path, None)
+        self.stats.downloaded += 1
+
+    def conflict_name(self, rel: str) -> str:
+        directory, name = os.path.split(rel)
+        stem, ext = os.path.splitext(name)
+        if stem.startswith(".") and not ext:
+            stem, ext = name, ""
+        stamp = time.strftime("%Y-%m-%d %H%M")
+        for n in range(1, 1000):
+            suffix = "" if n == 1 else f" {n}"
+            candidate = os.path.join(directory,
+                                     f"{stem} (conflict from {self.host} {stamp}{suffix}){ext}")
+            if not os.path.lexists(os.path.join(self.folder, candidate)):
+                return candidate
+        raise Skip(f"{rel}: no free name for a conflict copy")
+
+
+def _transfer_bytes(a: P.Action) -> int:
+    if a.kind == P.UPLOAD and a.local is not None:
+        return a.local.size
+    if a.kind in (P.DOWNLOAD, P.CONFLICT) and a.remote is not None:
+        return a.remote.size
+    return 0
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOENT:
+        return "vanished"
+    return exc.strerror or str(exc)
+
+
+__all__ = ["READ_SIZE", "Engine", "Progress", "Stats"]

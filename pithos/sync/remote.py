@@ -1,0 +1,351 @@
+"""The remote side: an HTTP client of one container (Swift v1 with the Pithos extensions).
+
+Only HTTP: tempauth v1.0 login, the change feed (`?changes_since=`), hashmaps (`GET/PUT
+?hashmap`), `POST ?missing` and `?blocks`, ranged GETs, conditional PUT/DELETE and server-side
+moves.  Every write is conditional: `If-Match` the ETag last seen, or `If-None-Match: *` for a
+new name; a failed precondition is `PreconditionFailed` (the caller re-plans that path).
+Bytes sent and received are counted (`sent_bytes`, `received_bytes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import urllib3
+
+from pithos.sync.state import Chunk, RemoteEntry
+
+MISSING_BATCH = 20000  # hashes per POST ?missing (the server reads 16 MiB of JSON at most)
+RETRIES = 4  # for 5xx and dropped connections, with backoff
+
+
+class RemoteError(Exception):
+    """The server refused or failed a request; `status` 0 when it could not be reached."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PreconditionFailed(RemoteError):
+    """If-Match / If-None-Match failed: the remote changed since we looked (412)."""
+
+
+class NotFoundRemote(RemoteError):
+    pass
+
+
+class MissingBlocks(RemoteError):
+    """A hashmap PUT named blocks the server lacks (409): send them and retry."""
+
+    def __init__(self, hashes: list[bytes]) -> None:
+        super().__init__(f"{len(hashes)} block(s) missing", 409)
+        self.hashes = hashes
+
+
+@dataclass(frozen=True)
+class Credentials:
+    auth_url: str
+    user: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change feed (or of a full listing)."""
+    path: str
+    deleted: bool
+    entry: RemoteEntry | None
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    changes: list[Change]
+    cursor: str | None  # None: the server has no feed, `changes` is a full listing
+    more: bool
+
+
+@dataclass(frozen=True)
+class RemoteMap:
+    etag: str
+    size: int
+    chunks: list[Chunk]
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="/")
+
+
+class Remote:
+    def __init__(self, creds: Credentials, container: str, timeout_s: float = 120.0) -> None:
+        self.creds = creds
+        self.container = container
+        self.http = urllib3.PoolManager(
+            num_pools=2, maxsize=2, retries=False,
+            timeout=urllib3.Timeout(connect=min(timeout_s, 30.0), read=timeout_s))
+        self.storage_url = ""
+        self.token = ""
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        self._move: bool | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def login(self) -> None:
+        try:
+            r = self.http.request("GET", self.creds.auth_url,
+                                  headers={"X-Auth-User": self.creds.user,
+                                           "X-Auth-Key": self.creds.key})
+        except urllib3.exceptions.HTTPError as exc:
+            raise RemoteError(f"cannot reach {self.creds.auth_url}: {_reason(exc)}") from None
+        if r.status in (401, 403):
+            raise RemoteError(f"login refused for {self.creds.user} at {self.creds.auth_url}",
+                              r.status)
+        if r.status >= 300 or "X-Storage-Url" not in r.headers:
+            raise RemoteError(f"login failed at {self.creds.auth_url}: HTTP {r.status}",
+                              r.status)
+        self.storage_url = r.headers["X-Storage-Url"].rstrip("/")
+        self.token = r.headers["X-Auth-Token"]
+
+    def _url(self, name: str | None) -> str:
+        base = f"{self.storage_url}/{_quote(self.container)}"
+        return base if name is None else f"{base}/{_quote(name)}"
+
+    def request(self, method: str, name: str | None, *, query: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, body: bytes | None = None,
+                stream: bool = False, ok: Sequence[int] = (200, 201, 202, 204)
+                ) -> urllib3.BaseHTTPResponse:
+        """One request, logged in (again on a 401), retried on 5xx and dropped connections;
+        412 is PreconditionFailed, 404 NotFoundRemote, other statuses outside `ok`
+        RemoteError with the server's reason."""
+        if not self.token:
+            self.login()
+        url = self._url(name)
+        if query:
+            url += "?" + "&".join(f"{k}={quote(v, safe='')}" if v else k
+                                  for k, v in query.items())
+        relogged = False
+        for attempt in range(RETRIES + 1):
+            h = {"X-Auth-Token": self.token, **(headers or {})}
+            try:
+                r = self.http.request(method, url, headers=h, body=body,
+                                      preload_content=not stream)
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt == RETRIES:
+                    raise RemoteError(f"{method} {name or self.container}: {_reason(exc)}"
+                                      ) from None
+                time.sleep(min(0.2 * 2 ** attempt, 5))
+                continue
+            if body is not None:
+                self.sent_bytes += len(body)
+            if r.status == 401 and not relogged:
+                relogged = True
+                _drain(r)
+                self.login()
+                continue
+            if r.status >= 500 and r.status != 507 and attempt < RETRIES:
+                _drain(r)
+                time.sleep(min(0.2 * 2 ** attempt, 5))
+                continue
+            if r.status in ok:
+                if not stream:
+                    self.received_bytes += len(r.data)
+                return r
+            text = _drain(r)
+            what = f"{method} {name or self.container}"
+            if r.status == 412:
+                raise PreconditionFailed(f"{what}: precondition failed", 412)
+            if r.status == 404:
+                raise NotFoundRemote(f"{what}: not found", 404)
+            if r.status == 409 and text.startswith("["):
+                from pithos.core.hashing import from_hex
+
+                raise MissingBlocks([from_hex(h) for h in json.loads(text)])
+            raise RemoteError(f"{what}: HTTP {r.status} {text.strip()[:200]}", r.status)
+        raise AssertionError("unreachable")
+
+    # -- the container -------------------------------------------------------------------------
+
+    def ensure_container(self) -> None:
+        try:
+            self.request("HEAD", None)
+        except NotFoundRemote:
+            self.request("PUT", None, ok=(201, 202))
+
+    def changes(self, cursor: str, limit: int = 1000) -> Iterator[ChangePage]:
+        """The change feed from `cursor` ("0": from the start), page by page.  A server
+        without the feed answers a plain listing: then one page per listing page, with
+        cursor None (the caller replaces its mirror)."""
+        r = self.request("GET", None, query={"changes_since": cursor, "limit": str(limit),
+                                             "format": "json"})
+        doc = json.loads(r.data)
+        if isinstance(doc, list):
+            yield from self._listing(doc)
+            return
+        while True:
+            yield ChangePage([_change(c) for c in doc["changes"]], str(doc["cursor"]),
+                             bool(doc.get("more")))
+            if not doc.get("more"):
+                return
+            r = self.request("GET", None, query={"changes_since": str(doc["cursor"]),
+                                                 "limit": str(limit), "format": "json"})
+            doc = json.loads(r.data)
+
+    def _listing(self, first: list[dict[str, Any]]) -> Iterator[ChangePage]:
+        page = first
+        while True:
+            changes = [_change(c) for c in page if "name" in c]
+            more = bool(page)
+            if more:
+                marker = page[-1]["name"]
+                page = json.loads(self.request("GET", None, query={
+                    "format": "json", "marker": marker}).data)
+                more = bool(page)
+            yield ChangePage(changes, None, more)
+            if not more:
+                return
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def hashmap(self, name: str) -> RemoteMap:
+        """The current version's chunk list (every page of it) and its ETag."""
+        chunks: list[Chunk] = []
+        marker = 0
+        etag = None
+        from pithos.core.hashing import from_hex
+
+        while True:
+            q = {"hashmap": "", "format": "json"}
+            if marker:
+                q["marker"] = str(marker)
+            h: dict[str, str] = {"If-Match": etag} if etag else {}
+            r = self.request("GET", name, query=q, headers=h)
+            page_etag = r.headers.get("ETag", "").strip('"')
+            if etag is None:
+                etag = page_etag
+            doc = json.loads(r.data)
+            hashes = [from_hex(x) for x in doc["hashes"]]
+            lengths = doc.get("lengths")
+            if lengths is None:
+                bs = int(doc["block_size"])
+                last = "next" not in doc
+                size = int(doc["bytes"])
+                lengths = [bs] * len(hashes)
+                if last and hashes:
+                    lengths[-1] = size - (len(chunks) + len(hashes) - 1) * bs
+            chunks.extend(Chunk(h, int(n)) for h, n in zip(hashes, lengths, strict=True))
+            if "next" not in doc:
+                return RemoteMap(etag, int(doc["bytes"]), chunks)
+            marker = int(doc["next"])
+
+    def get_range(self, name: str, etag: str, start: int, end: int
+                  ) -> urllib3.BaseHTTPResponse:
+        """Bytes [start, end) of the version `etag` (412 if it is no longer current), as a
+        stream the caller reads and releases."""
+        r = self.request("GET", name, headers={"Range": f"bytes={start}-{end - 1}",
+                                               "If-Match": etag},
+                         stream=True, ok=(200, 206))
+        if r.status == 200 and (start != 0 or end != int(r.headers.get("Content-Length", -1))):
+            _drain(r)
+            raise RemoteError(f"GET {name}: the server ignored the range", 200)
+        return r
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def missing(self, hashes: Sequence[bytes]) -> set[bytes]:
+        """Which of these chunks the server wants sent (lacks, or we may not name)."""
+        from pithos.core.hashing import from_hex, to_hex
+
+        wanted: set[bytes] = set()
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), MISSING_BATCH):
+            body = json.dumps([to_hex(h) for h in unique[i:i + MISSING_BATCH]]).encode()
+            r = self.request("POST", None, query={"missing": ""}, body=body,
+                             headers={"Content-Type": "application/json"})
+            wanted.update(from_hex(h) for h in json.loads(r.data))
+        return wanted
+
+    def put_blocks(self, blocks: Sequence[bytes]) -> None:
+        """Send chunks as blocks of their own lengths (one request)."""
+        body = b"".join(blocks)
+        self.request("POST", None, query={"blocks": ""}, body=body, headers={
+            "Content-Type": "application/octet-stream",
+            "X-Block-Lengths": ",".join(str(len(b)) for b in blocks)})
+
+    def put_hashmap(self, name: str, size: int, chunks: Sequence[Chunk], md5: str,
+                    if_match: str | None, content_type: str | None = None) -> str:
+        """Create the new version from chunks the server holds: If-Match `if_match`, or
+        If-None-Match: * when None.  Returns the new ETag."""
+        from pithos.core.hashing import HASH_NAME, to_hex
+
+        doc = {"bytes": size, "block_hash": HASH_NAME,
+               "hashes": [to_hex(c.hash) for c in chunks],
+               "lengths": [c.length for c in chunks]}
+        h = {"ETag": md5, "Content-Type": content_type or "application/octet-stream"}
+        h.update(_condition(if_match))
+        r = self.request("PUT", name, query={"hashmap": ""}, body=json.dumps(doc).encode(),
+                         headers=h, ok=(201,))
+        return r.headers.get("ETag", md5).strip('"')
+
+    def delete(self, name: str, if_match: str) -> None:
+        with contextlib.suppress(NotFoundRemote):  # gone already: what we wanted
+            self.request("DELETE", name, headers={"If-Match": if_match})
+
+    def supports_move(self) -> bool:
+        """Whether the server moves objects (PUT with X-Move-From), as its API description
+        (GET /openapi.json, served without a token) says; asked once."""
+        if self._move is None:
+            if not self.token:
+                self.login()
+            root = self.storage_url.split("/v1/")[0]
+            try:
+                r = self.http.request("GET", f"{root}/openapi.json")
+                self._move = r.status == 200 and b"X-Move-From" in r.data
+            except urllib3.exceptions.HTTPError:
+                self._move = False
+        return self._move
+
+    def move(self, src: str, dst: str, src_etag: str) -> str:
+        """Rename `src` (if still at `src_etag`) to the new name `dst` (if still free) on the
+        server, moving no data.  Returns the new ETag."""
+        r = self.request("PUT", dst, body=b"", headers={
+            "X-Move-From": f"/{_quote(self.container)}/{_quote(src)}",
+            "X-Move-From-If-Match": src_etag, "If-None-Match": "*"}, ok=(201,))
+        return r.headers.get("ETag", src_etag).strip('"')
+
+
+def _condition(if_match: str | None) -> dict[str, str]:
+    return {"If-Match": if_match} if if_match else {"If-None-Match": "*"}
+
+
+def _change(c: dict[str, Any]) -> Change:
+    name = str(c["name"])
+    if c.get("deleted"):
+        return Change(name, True, None)
+    return Change(name, False, RemoteEntry(
+        name, int(c.get("bytes", 0)), str(c.get("hash", "")).strip('"'),
+        str(c.get("content_type", "")), str(c.get("version", ""))))
+
+
+def _drain(r: urllib3.BaseHTTPResponse) -> str:
+    try:
+        data = r.data
+    except urllib3.exceptions.HTTPError:
+        data = b""
+    r.release_conn()
+    return data.decode("utf-8", "replace") if data else ""
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc)
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).netloc

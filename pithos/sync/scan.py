@@ -1,0 +1,164 @@
+"""The local side: walking the folder under the ignore rules, and hashing a file into its MD5
+(the remote ETag) and its content-defined chunks, streamed (bounded memory for any size).
+
+A file is hashed again only when its (size, mtime_ns, inode) differs from the files cache.  A
+file that changes while it is read, or cannot be read, is reported and left out of this pass
+as *unknown* (never as deleted: that would delete it remotely).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pathspec
+
+from pithos.core.hashing import block_hash
+from pithos.sync.chunks import new_chunker
+from pithos.sync.state import STATE_DIR, Chunk, LocalFile, State
+
+IGNORE_FILE = ".pithosignore"
+READ_SIZE = 1 << 20
+
+
+class Changed(Exception):
+    """The file changed (or vanished) while it was read."""
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, LocalFile] = field(default_factory=dict)
+    # Present but not hashed this pass (unreadable, changing): the planner leaves them alone.
+    unknown: set[str] = field(default_factory=set)
+    hashed_bytes: int = 0
+
+
+class Ignore:
+    """`.pithosignore` at the folder's top, gitignore syntax; the state directory always."""
+
+    def __init__(self, folder: str) -> None:
+        lines: list[str] = []
+        try:
+            with open(os.path.join(folder, IGNORE_FILE), encoding="utf-8",
+                      errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            pass
+        self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
+
+    def __call__(self, path: str, is_dir: bool = False) -> bool:
+        if path == STATE_DIR or path.startswith(STATE_DIR + "/"):
+            return True
+        return bool(self.spec.match_file(path + "/" if is_dir else path))
+
+
+def walk(folder: str, ignore: Ignore, report: Callable[[str], None]) -> Iterator[
+        tuple[str, os.stat_result]]:
+    """(relative POSIX path, lstat) of every regular file not ignored.  Symlinks and special
+    files are skipped (object names cannot hold them faithfully)."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(folder, rel_dir) if rel_dir else folder))
+        except OSError as exc:
+            report(f"cannot list {rel_dir or '.'}: {exc.strerror} (skipped, will retry)")
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                report(f"skipping {rel!r}: its name is not UTF-8")
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished between the listing and the stat
+            if stat.S_ISDIR(st.st_mode):
+                if not ignore(rel, is_dir=True):
+                    stack.append(rel)
+            elif stat.S_ISREG(st.st_mode) and not ignore(rel):
+                yield rel, st
+
+
+def hash_open_file(f: object, on_bytes: Callable[[int], None] | None = None
+                   ) -> tuple[str, tuple[Chunk, ...], int]:
+    """(md5 hex, chunks, size) of an open binary file read to its end, 1 MiB at a time."""
+    read = f.read  # type: ignore[attr-defined]
+    md5 = hashlib.md5(usedforsecurity=False)
+    chunker = new_chunker()
+    chunks: list[Chunk] = []
+    size = 0
+    while True:
+        piece = read(READ_SIZE)
+        if not piece:
+            break
+        md5.update(piece)
+        size += len(piece)
+        chunks.extend(Chunk(block_hash(c), len(c)) for c in chunker.update(piece))
+        if on_bytes is not None:
+            on_bytes(len(piece))
+    chunks.extend(Chunk(block_hash(c), len(c)) for c in chunker.finish())
+    return md5.hexdigest(), tuple(chunks), size
+
+
+def same_stat(a: os.stat_result, size: int, mtime_ns: int, inode: int) -> bool:
+    return a.st_size == size and a.st_mtime_ns == mtime_ns and a.st_ino == inode
+
+
+def hash_file(folder: str, rel: str, st: os.stat_result) -> LocalFile:
+    """Hash one file; Changed if it is not the file `st` described from start to end."""
+    path = os.path.join(folder, rel)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            before = os.fstat(f.fileno())
+            if not same_stat(before, st.st_size, st.st_mtime_ns, st.st_ino):
+                raise Changed(rel)
+            md5, chunks, size = hash_open_file(f)
+            after = os.fstat(f.fileno())
+    except FileNotFoundError:
+        raise Changed(rel) from None
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Changed(rel) from None
+    if size != st.st_size or not same_stat(after, st.st_size, st.st_mtime_ns, st.st_ino) \
+            or not same_stat(now, st.st_size, st.st_mtime_ns, st.st_ino):
+        raise Changed(rel)
+    return LocalFile(rel, size, st.st_mtime_ns, st.st_ino, md5, chunks)
+
+
+def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None]
+         ) -> ScanResult:
+    """Every file of the folder, hashed where the files cache is stale; the cache and the
+    chunk index are brought up to date (rows of vanished files dropped)."""
+    result = ScanResult()
+    for rel, st in walk(folder, ignore, report):
+        cached = state.cached(rel)
+        if cached is not None and same_stat(st, cached.size, cached.mtime_ns, cached.inode):
+            result.files[rel] = cached
+            continue
+        try:
+            f = hash_file(folder, rel, st)
+        except Changed:
+            report(f"{rel} changed while being read (skipped, will retry)")
+            result.unknown.add(rel)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            report(f"cannot read {rel}: {exc.strerror} (skipped, will retry)")
+            result.unknown.add(rel)
+            continue
+        state.put_file(f)
+        result.files[rel] = f
+        result.hashed_bytes += f.size
+    for rel in state.cached_paths():
+        if rel not in result.files and rel not in result.unknown:
+            state.drop_file(rel)
+    return result

@@ -1,0 +1,114 @@
+"""Two devices (two folders, two state databases) kept in step through one live `pithos serve`:
+create, edit, rename, move, delete, conflicting edits, edit-vs-delete; after each step both
+folders and the container agree byte for byte."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from sync_helpers import Device, assert_agree, container_files
+
+
+@pytest.fixture
+def devices(pithos_server, tmp_path, request):
+    container = f"sync-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    a = Device(pithos_server, tmp_path / "a", container)
+    b = Device(pithos_server, tmp_path / "b", container)
+    return a, b
+
+
+def both(server, a, b):
+    a.sync()
+    b.sync()
+    a.sync()
+    return assert_agree(server, a, b, container=a.container)
+
+
+def test_create_edit_delete(pithos_server, devices):
+    a, b = devices
+    a.write("hello.txt", b"hello\n")
+    a.write("docs/deep/note.md", b"# note\n" * 100)
+    a.write("empty", b"")
+    remote = both(pithos_server, a, b)
+    assert remote == {"hello.txt": b"hello\n", "docs/deep/note.md": b"# note\n" * 100,
+                      "empty": b""}
+    b.write("hello.txt", b"hello from b\n")
+    remote = both(pithos_server, a, b)
+    assert a.read("hello.txt") == b"hello from b\n"
+    os.unlink(a.path("docs/deep/note.md"))
+    remote = both(pithos_server, a, b)
+    assert "docs/deep/note.md" not in remote
+    assert not os.path.exists(b.path("docs")), "the emptied directories go too"
+
+
+def test_rename_and_move_move_no_data(pithos_server, devices):
+    a, b = devices
+    data = random.Random(1).randbytes(3 << 20)
+    a.write("photo.jpg", data)
+    both(pithos_server, a, b)
+    os.rename(a.path("photo.jpg"), a.path("renamed.jpg"))
+    os.makedirs(a.path("album/2026"))
+    a.write("other.bin", random.Random(2).randbytes(1000))
+    s = a.sync()
+    assert s.moved == 1 and s.sent_bytes == 1000, s
+    os.rename(a.path("renamed.jpg"), a.path("album/2026/photo.jpg"))
+    s = a.sync()
+    assert s.moved == 1 and s.sent_bytes == 0
+    s = b.sync()
+    assert s.moved == 1 and s.fetched_bytes == 1000, s
+    remote = assert_agree(pithos_server, a, b, container=a.container)
+    assert remote["album/2026/photo.jpg"] == data
+
+
+def test_conflicting_edits_keep_both(pithos_server, devices):
+    a, b = devices
+    a.write("doc.txt", b"v1\n")
+    both(pithos_server, a, b)
+    a.write("doc.txt", b"v2 from a\n")
+    b.write("doc.txt", b"v2 from b, longer\n")
+    a.sync()
+    s = b.sync()
+    assert s.conflicts == 1
+    remote = both(pithos_server, a, b)
+    assert remote["doc.txt"] == b"v2 from a\n"
+    copies = [n for n in remote if n.startswith("doc (conflict from ")]
+    assert len(copies) == 1 and copies[0].endswith(").txt")
+    assert remote[copies[0]] == b"v2 from b, longer\n"
+
+
+def test_both_create_the_same_name(pithos_server, devices):
+    a, b = devices
+    a.write("new.txt", b"a's\n")
+    b.write("new.txt", b"b's\n")
+    a.sync()
+    b.sync()
+    remote = both(pithos_server, a, b)
+    assert len(remote) == 2 and sorted(remote.values()) == [b"a's\n", b"b's\n"]
+
+
+def test_edit_vs_delete_keeps_the_edit(pithos_server, devices):
+    a, b = devices
+    a.write("x.txt", b"x1")
+    a.write("y.txt", b"y1")
+    both(pithos_server, a, b)
+    # x: edited on a, deleted on b.  y: deleted on a, edited on b.
+    a.write("x.txt", b"x2 edited")
+    os.unlink(b.path("x.txt"))
+    os.unlink(a.path("y.txt"))
+    b.write("y.txt", b"y2 edited")
+    a.sync()
+    b.sync()
+    remote = both(pithos_server, a, b)
+    assert remote == {"x.txt": b"x2 edited", "y.txt": b"y2 edited"}
+
+
+def test_same_content_on_both_sides_is_no_conflict(pithos_server, devices):
+    a, b = devices
+    a.write("same", b"identical")
+    b.write("same", b"identical")
+    a.sync()
+    s = b.sync()
+    assert s.conflicts == 0 and s.downloaded == 0 and s.uploaded == 0
+    assert container_files(pithos_server, a.container) == {"same": b"identical"}
