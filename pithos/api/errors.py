@@ -19,9 +19,11 @@ STATUS: list[tuple[type[e.PithosError], int]] = [
     (e.ClientTimeout, 408),
     (e.IncompleteBody, 499),
     (e.QuotaExceeded, 413),
+    (e.PreconditionFailed, 412),
     (e.VersionConflict, 409),
     (e.Conflict, 409),
     (e.NotFound, 404),
+    (e.Gone, 410),
     (e.Forbidden, 403),
     (e.Unauthenticated, 401),
     (e.InvalidArgument, 400),
@@ -32,7 +34,8 @@ STATUS: list[tuple[type[e.PithosError], int]] = [
 
 REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    411: "Length Required",
     412: "Precondition Failed", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
     416: "Requested Range Not "
     "Satisfiable", 422: "Unprocessable Entity", 499: "Client Disconnect",

@@ -10,6 +10,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from pithos.api.errors import HTTPStatusError
+from pithos.objects import Expect
 from pithos.objects.names import Limits
 
 
@@ -185,6 +186,22 @@ def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
 
 def _etags(header: str) -> list[str]:
     return [t.strip().removeprefix("W/").strip('"') for t in header.split(",") if t.strip()]
+
+
+def write_expect(if_match: str | None, if_none_match: str | None) -> Expect | None:
+    """The precondition of a write (PUT, POST of metadata, DELETE, a move's target) from its
+    If-Match and If-None-Match, for the object service to check in the write's transaction;
+    None without either.  A write's If-None-Match takes only "*" (as Swift's: 400)."""
+    if if_match is None and if_none_match is None:
+        return None
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise HTTPStatusError(400, "If-None-Match on a write takes only '*'")
+    match = None
+    if if_match is not None:
+        match = frozenset(_etags(if_match))
+        if not match:
+            raise HTTPStatusError(400, "If-Match names no ETag")
+    return Expect(match=match, absent=if_none_match is not None)
 
 
 def check_preconditions(headers: Mapping[str, str], etag: str, last_modified: float,

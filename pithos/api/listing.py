@@ -11,6 +11,7 @@ import falcon
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
 from pithos.objects import ContainerSummary, ListingEntry
+from pithos.objects.changes import Feed
 
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 
@@ -103,3 +104,14 @@ def send_objects(resp: falcon.Response, fmt: str, container: str,
     else:
         body = "".join(f"{e.name}\n" for e in entries)
     _send(resp, fmt, body, not entries)
+
+
+def send_changes(resp: falcon.Response, feed: Feed) -> None:
+    """A page of the change feed (GET ?changes_since=), always JSON."""
+    resp.status = falcon.HTTP_200
+    resp.content_type = "application/json; charset=utf-8"
+    resp.text = json.dumps({
+        "cursor": feed.cursor, "more": feed.more,
+        "changes": [{"name": c.name, "deleted": c.deleted, "bytes": c.size, "hash": c.etag,
+                     "content_type": c.content_type, "last_modified": iso_date(c.created),
+                     "version": c.vid} for c in feed.changes]})

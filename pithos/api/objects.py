@@ -25,12 +25,13 @@ from pithos.api.http import (
     meta_from_headers,
     meta_headers,
     parse_range,
+    write_expect,
     x_timestamp,
 )
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.hashing import to_hex
-from pithos.objects import AccountInfo, ContainerInfo, ObjectVersion, UserInfo, names
+from pithos.objects import AccountInfo, ContainerInfo, Expect, ObjectVersion, UserInfo, names
 from pithos.objects.acl import Action
 from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, check_updatable, update_content
 from pithos.objects.service import UPLOAD_PIECE_BYTES
@@ -269,14 +270,22 @@ class ObjectHandlers:
     def _put(self, req: falcon.Request, resp: falcon.Response, t: Target,
              user: UserInfo | None, account: AccountInfo, container: ContainerInfo) -> None:
         assert t.obj is not None
+        expect = _expect(req)
         copy_from = req.get_header("X-Copy-From")
-        if copy_from is not None:
+        move_from = req.get_header("X-Move-From")
+        if copy_from is not None and move_from is not None:
+            raise HTTPStatusError(400, "X-Copy-From and X-Move-From together")
+        if copy_from is not None or move_from is not None:
             source_account = account_name(req.get_header("X-Copy-From-Account") or t.account)
-            self._copy(req, resp, user, _split_source(copy_from), source_account, container,
-                       t.obj)
+            if move_from is not None and source_account != t.account:
+                raise HTTPStatusError(400, "a move stays in its account")
+            self._copy(req, resp, user, _split_source(copy_from or move_from or ""),
+                       source_account, container, t.obj, expect=expect,
+                       move=move_from is not None)
             return
-        if req.get_header("If-None-Match") == "*" and \
+        if expect is not None and expect.absent and \
                 self.objects.find_object(container, t.obj) is not None:
+            # Before the body is read; the commit checks again, atomically.
             raise HTTPStatusError(412, "Precondition Failed")
         meta = {"user": self._user_meta(req), "sys": _sys_meta(req)}
         delete_at = _delete_at(req)
@@ -291,7 +300,8 @@ class ObjectHandlers:
         objects = self.services.objects
         if "hashmap" in req.params:
             self._put_hashmap(req, resp, user, container, t.obj, content_type=content_type,
-                              meta=meta, modified_by=modified_by, delete_at=delete_at)
+                              meta=meta, modified_by=modified_by, delete_at=delete_at,
+                              expect=expect)
             return
         if req.get_param("multipart-manifest") == "put":
             manifest = req.stream.read(self.services.limits.max_manifest_size + 1)
@@ -308,10 +318,12 @@ class ObjectHandlers:
             dlo = names.dlo_manifest(unquote(dlo))
         with objects.upload_lease():
             stored = objects.store(request_body(req.env, self.pieces,
-                                                self.services.client_timeout_s), length)
+                                                self.services.client_timeout_s), length,
+                                   chunking=container.chunking)
             v = objects.create(container, t.obj, stored, etag=req.get_header("ETag"),
                                content_type=content_type, meta=meta, modified_by=modified_by,
-                               delete_at=delete_at, dlo_manifest=dlo, uploader=user)
+                               delete_at=delete_at, dlo_manifest=dlo, uploader=user,
+                               expect=expect)
         self._created(resp, v, v.etag)
 
     def _put_hashmap(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
@@ -370,10 +382,23 @@ class ObjectHandlers:
 
     def _copy(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
               source: tuple[str, str], source_account: str, dest: ContainerInfo,
-              dest_name: str) -> None:
+              dest_name: str, expect: Expect | None = None, move: bool = False) -> None:
+        """A copy (X-Copy-From, COPY) or a move (X-Move-From) naming the source's map, no
+        data moved.  `expect`: the target's precondition; X-Source-If-Match: the source's,
+        checked with the target's in the commit's transaction, as is (for a move) the
+        source's delete."""
         src_account, src_container, _ = self.authz.object_access(
             user, source_account, source[0], source[1], Action.OBJECT_READ)
+        if move:
+            # A move deletes the source: the right to write there too.
+            self.authz.object_access(user, source_account, source[0], source[1],
+                                     Action.OBJECT_WRITE)
+        source_if_match = req.get_header("X-Source-If-Match")
+        source_expect = (write_expect(source_if_match, None) if source_if_match is not None
+                         else None)
         source_version = req.get_header("X-Source-Version")
+        if source_version and (move or source_expect is not None):
+            raise HTTPStatusError(400, "X-Source-Version with a move or X-Source-If-Match")
         if source_version:
             src = self.objects.object_version(src_container, source[1], source_version)
             if src is None:
@@ -386,7 +411,8 @@ class ObjectHandlers:
         user_meta.update(self._user_meta(req))
         sys_meta = {} if fresh else dict(src.sys_meta())
         sys_meta.update(_sys_meta(req))
-        keep_manifest = req.get_param("multipart-manifest") == "get"
+        # A move takes the object as it is (a large object's manifest, not its content).
+        keep_manifest = move or req.get_param("multipart-manifest") == "get"
         content = None
         # The lease covers the new map of a large object's content and the copy's commit, and
         # the source's map until the copy names it.
@@ -398,8 +424,12 @@ class ObjectHandlers:
                              content_type=req.get_header("Content-Type") or src.content_type,
                              modified_by=f"{user.account}:{user.name}" if user else None,
                              delete_at=_delete_at(req), content=content,
-                             keep_manifest=keep_manifest)
+                             keep_manifest=keep_manifest, expect=expect,
+                             source_expect=source_expect, move=move)
         self._created(resp, v, f'"{v.etag}"' if v.slo_manifest else v.etag)
+        if move:
+            resp.set_header("X-Moved-From", quote(f"{source[0]}/{source[1]}"))
+            return
         # Quoted, as Swift does: names may hold characters a header cannot.
         resp.set_header("X-Copied-From", quote(f"{source[0]}/{source[1]}"))
         resp.set_header("X-Copied-From-Account", quote(RESELLER_PREFIX + source_account))
@@ -440,7 +470,7 @@ class ObjectHandlers:
             content_type = req.get_header("Content-Type")
             self.objects.update_meta(
                 container, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
-                delete_at=delete_at, content_type=content_type)
+                delete_at=delete_at, content_type=content_type, expect=_expect(req))
             resp.status = falcon.HTTP_202
             resp.content_type = "text/html; charset=UTF-8"
             resp.text = ""
@@ -513,8 +543,13 @@ class ObjectHandlers:
                 bulk.send_result(req, resp,
                                  self.objects.bulk.delete_slo(user, t.account, container, v))
                 return
-        self.objects.delete_object(container, t.obj, modified_by)
+        self.objects.delete_object(container, t.obj, modified_by, expect=_expect(req))
         resp.status = falcon.HTTP_204
+
+
+def _expect(req: falcon.Request) -> Expect | None:
+    """A write's If-Match / If-None-Match, to be checked in its transaction."""
+    return write_expect(req.get_header("If-Match"), req.get_header("If-None-Match"))
 
 
 def _content_range(text: str | None) -> tuple[int | None, int | None]:

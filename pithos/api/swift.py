@@ -151,7 +151,8 @@ class SwiftSink:
         return self.services.objects.container_policy(
             user, account, versioning=req.get_header("X-Container-Policy-Versioning"),
             quota=req.get_header("X-Container-Policy-Quota"),
-            read_acl=acls["X-Container-Read"], write_acl=acls["X-Container-Write"])
+            read_acl=acls["X-Container-Read"], write_acl=acls["X-Container-Write"],
+            chunking=req.get_header("X-Container-Policy-Chunking"))
 
     def container_put(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
@@ -245,6 +246,7 @@ class SwiftSink:
             return
         resp.set_header("X-Container-Policy-Versioning", c.versioning or "auto")
         resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
+        resp.set_header("X-Container-Policy-Chunking", c.chunking or "fixed")
         for k, v in meta_headers("X-Container-Meta-", c.meta).items():
             resp.set_header(k, v)
         if self.authz.owns(user, account):
@@ -262,8 +264,24 @@ class SwiftSink:
         self._container_headers(resp, view, user)
         resp.status = falcon.HTTP_204
 
+    def _changes(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
+        """GET ?changes_since=CURSOR[&limit=N]: the change feed, for who may list the
+        container (a sharee's view of it has no feed: it would name what is not shared)."""
+        assert t.container is not None
+        _, container = self.authz.container(req.context.user, t.account, t.container,
+                                            Action.LISTING)
+        limit_text = req.get_param("limit") or "1000"
+        if not limit_text.isdigit() or len(limit_text) > 6:
+            raise HTTPStatusError(400, "limit is a number of changes (1 to 10000)")
+        feed = self.services.objects.changes(container, req.get_param("changes_since") or "",
+                                             int(limit_text))
+        listing.send_changes(resp, feed)
+
     def container_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
+        if "changes_since" in req.params:
+            self._changes(req, resp, t)
+            return
         user = req.context.user
         objects = self.services.objects
         # `view.visible`: a filter, for who sees only what is shared with them (or ?shared).

@@ -8,10 +8,13 @@ from pithos.catalog.records import (
     AccountAndContainer,
     AccountInfo,
     AccountSharing,
+    Change,
+    ChangePage,
     ContainerInfo,
     ContainerPolicy,
     ContainerSummary,
     CurrentVersion,
+    Expect,
     Image,
     ImageMember,
     LeaseRow,
@@ -34,8 +37,9 @@ def local_url(data_dir: str) -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(data_dir, "catalog.sqlite"))
 
 
-__all__ = ["AccountAndContainer", "AccountInfo", "AccountSharing", "Catalog", "ContainerInfo",
-           "ContainerPolicy", "ContainerSummary", "CurrentVersion", "Image", "ImageMember",
+__all__ = ["AccountAndContainer", "AccountInfo", "AccountSharing", "Catalog", "Change",
+           "ChangePage", "ContainerInfo", "ContainerPolicy", "ContainerSummary",
+           "CurrentVersion", "Expect", "Image", "ImageMember",
            "LeaseRow", "ListingEntry", "ObjectVersion", "PublicObject", "RootsAfter",
            "SharingEntry", "TokenOwner", "Usage", "UserCredentials", "UserInfo", "VersionNaming",
            "VersionSummary", "local_url"]

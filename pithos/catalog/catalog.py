@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
+from pithos.catalog.changes import ChangesMixin, check_expect
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.images import ImagesMixin
@@ -42,6 +43,7 @@ from pithos.catalog.records import (
     ContainerInfo,
     ContainerSummary,
     CurrentVersion,
+    Expect,
     ListingEntry,
     ObjectVersion,
     VersionSummary,
@@ -57,7 +59,7 @@ from pithos.core.errors import Conflict, NotFound
 __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
-class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine):
+class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 
@@ -160,7 +162,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
             return None
         if not detail:
             return ContainerInfo(row.id, row.account_id, row.name, row.created, 0, 0, {},
-                                 row.read_acl, row.write_acl, row.versioning, row.quota_bytes)
+                                 row.read_acl, row.write_acl, row.versioning, row.quota_bytes,
+                                 chunking=row.chunking)
         objs, size = conn.execute(
             select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
                    func.coalesce(func.sum(s.container_stats.c.bytes), 0))
@@ -169,7 +172,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
             s.container_meta.c.container_id == row.id)).all())
         return ContainerInfo(row.id, row.account_id, row.name, row.created, int(objs),
                              int(size), meta, row.read_acl, row.write_acl, row.versioning,
-                             row.quota_bytes)
+                             row.quota_bytes, chunking=row.chunking)
 
     def create_container(self, account_id: int, name: str,
                          meta: Mapping[str, str | None] | None = None,
@@ -291,15 +294,25 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
                     dlo_manifest: str | None = None, slo_manifest: str | None = None,
                     created: float | None = None,
                     grant: tuple[int, Sequence[bytes]] | None = None,
-                    sources: Sequence[int] = ()) -> ObjectVersion:
+                    sources: Sequence[int] = (), expect: Expect | None = None,
+                    source: ObjectVersion | None = None, source_expect: Expect | None = None,
+                    move: bool = False) -> ObjectVersion:
         """Make a new version the current one, atomically with the usage counters (and with
         `grant`: (account id, block hashes) it may name from now on).  The map it names must
         already be durable (write ordering).  `sources`: ids of the versions whose maps it
         shares without having put or touched their blocks (a copy, an SLO's segments, the
         version an in-place update starts from); Conflict if one of them is gone by now,
-        since a collector may then have taken blocks the new map names."""
+        since a collector may then have taken blocks the new map names.
+
+        `expect`: the precondition on this object's current version (PreconditionFailed,
+        nothing written).  `source`: the version this one copies, which must still be its
+        object's current one (PreconditionFailed when `source_expect` does not hold on that
+        object, else Conflict: retry); with `move`, that object is deleted in the same
+        transaction (a server-side move)."""
         now = time.time()
         with self._write() as conn:
+            if source is not None:
+                self._check_source(conn, source, source_expect, now)
             if sources:
                 wanted = set(sources)
                 found = conn.execute(select(func.count()).select_from(s.versions).where(
@@ -308,7 +321,11 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
                     raise Conflict("a source of this object was removed meanwhile; retry")
             if grant is not None:
                 self._grant(conn, *grant)
-            obj_id, uuid, old_size = self._object_for_write(conn, container_id, name, now)
+            obj_id, uuid, old_size, old_etag = self._object_for_write(conn, container_id, name,
+                                                                      now)
+            check_expect(expect, old_etag)
+            if move and source is not None and source.object_id == obj_id:
+                raise Conflict("an object cannot be moved onto itself")
             vid = secrets.token_hex(16)
             version_id = int(self._fetch_in(
                 conn, h.NEW_VERSION, object_id=obj_id, vid=vid, root=root, size=size,
@@ -327,23 +344,42 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
                         size - (old_size or 0))
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id,
                                            policy.versioning)
+            changed = [(container_id, obj_id)]
+            if move and source is not None:
+                self._mark_deleted(conn, source.container_id, source.object_id, source.size,
+                                   now, modified_by)
+                changed.append((source.container_id, source.object_id))
+            self._changed(conn, changed)
         return ObjectVersion(obj_id, container_id, name, uuid, version_id, vid, root, size,
                              etag, content_type, created or now, modified_by, delete_at,
                              dlo_manifest, slo_manifest,
                              {d: dict(kv) for d, kv in meta.items() if kv})
 
+    def _check_source(self, conn: Connection, source: ObjectVersion, expect: Expect | None,
+                      now: float) -> None:
+        """The source of a copy or move is still current (its row locked on PostgreSQL) and
+        meets `expect`."""
+        row = conn.execute(self._lock(self._visible(
+            select(s.versions.c.id, s.versions.c.etag), now)
+            .where(s.objects.c.id == source.object_id))).first()
+        check_expect(expect, None if row is None else row.etag)
+        if row is None:
+            raise NotFound("the source object is gone")
+        if row.id != source.version_id:
+            raise Conflict("the source object changed meanwhile; retry")
+
     def _object_for_write(self, conn: Connection, container_id: int, name: str,
-                          now: float) -> tuple[int, str, int | None]:
-        """(object id, its UUID, size of its visible current version or None), creating the
-        object row (locked on PostgreSQL); a recreated object (after a delete or expiry)
-        gets a new UUID."""
+                          now: float) -> tuple[int, str, int | None, str | None]:
+        """(object id, its UUID, size and ETag of its visible current version or None),
+        creating the object row (locked on PostgreSQL); a recreated object (after a delete
+        or expiry) gets a new UUID."""
         found = self._fetch_in(conn, h.OBJECT_FOR_WRITE, container_id=container_id, name=name)
         if not found:
             uuid = str(uuidlib.uuid4())
             made = self._fetch_in(conn, h.NEW_OBJECT[self._dialect.name],
                                   container_id=container_id, name=name, uuid=uuid)
             if made:
-                return int(made[0][0]), uuid, None
+                return int(made[0][0]), uuid, None, None
             # Created concurrently (PostgreSQL): the insert waited for that writer's commit.
             found = self._fetch_in(conn, h.OBJECT_FOR_WRITE, container_id=container_id,
                                    name=name)
@@ -351,15 +387,15 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
         current = (self._fetch_in(conn, h.VERSION_STATE, version_id=current_id)
                    if current_id is not None else None)
         if not current:
-            return int(obj_id), uuid, None
-        size, deleted, delete_at = current[0]
+            return int(obj_id), uuid, None, None
+        size, deleted, delete_at, etag = current[0]
         if deleted or (delete_at is not None and delete_at <= now):
             if not deleted:  # expired but not reaped: its usage is still counted
                 self._count(conn, container_id, -1, -size)
             uuid = str(uuidlib.uuid4())
             self._run_in(conn, h.NEW_UUID, {"object_id": obj_id, "uuid": uuid})
-            return int(obj_id), uuid, None
-        return int(obj_id), uuid, int(size)
+            return int(obj_id), uuid, None, None
+        return int(obj_id), uuid, int(size), etag
 
     def _count(self, conn: Connection, container_id: int, objects: int, size: int) -> None:
         if objects == 0 and size == 0:
@@ -371,13 +407,15 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
     def update_object_meta(self, container_id: int, name: str,
                            meta: Mapping[str, Mapping[str, str]], *,
                            delete_at: float | None, content_type: str | None = None,
-                           replace_domains: tuple[str, ...] = ("user", "sys")) -> ObjectVersion:
+                           replace_domains: tuple[str, ...] = ("user", "sys"),
+                           expect: Expect | None = None) -> ObjectVersion:
         """Replace the metadata of the current version in place (Swift POST): the content
-        version is not copied."""
+        version is not copied.  `expect`: its precondition (PreconditionFailed)."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(self._lock(self._visible(version_columns(), now).where(and_(
                 s.objects.c.container_id == container_id, s.objects.c.name == name)))).first()
+            check_expect(expect, None if row is None else row.etag)
             if row is None:
                 raise NotFound(f"object {name!r} not found")
             vm = s.version_meta
@@ -395,22 +433,26 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
             row = conn.execute(version_columns().select_from(
                 s.objects.join(s.versions, s.versions.c.id == s.objects.c.current_id))
                 .where(s.objects.c.id == row.object_id)).one()
-            return version_record(conn, row)
+            record = version_record(conn, row)
+            self._changed(conn, [(container_id, row.object_id)])
+            return record
 
     @recovery_write
-    def delete_object(self, container_id: int, name: str, modified_by: str | None = None
-                      ) -> bool:
+    def delete_object(self, container_id: int, name: str, modified_by: str | None = None,
+                      expect: Expect | None = None) -> bool:
         """Delete an object (a deletion marker becomes its current version).  Returns whether
-        a visible object was deleted."""
+        a visible object was deleted.  `expect`: its precondition (PreconditionFailed)."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(self._lock(self._visible(
-                select(s.objects.c.id, s.versions.c.size), now).where(and_(
+                select(s.objects.c.id, s.versions.c.size, s.versions.c.etag), now).where(and_(
                     s.objects.c.container_id == container_id,
                     s.objects.c.name == name)))).first()
+            check_expect(expect, None if row is None else row.etag)
             if row is None:
                 return False
             self._mark_deleted(conn, container_id, row.id, row.size, now, modified_by)
+            self._changed(conn, [(container_id, row.id)])
             return True
 
     def _mark_deleted(self, conn: Connection, container_id: int, object_id: int, size: int,
@@ -496,6 +538,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
                             v.c.delete_at <= now)).limit(limit)).all()
             for r in rows:
                 self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
+            self._changed(conn, [(r.container_id, r.id) for r in rows])
         return len(rows)
 
     @recovery_write
@@ -520,6 +563,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, CatalogEngine)
             live_before = prev is not None and not prev.deleted
             self._count(conn, row.container_id, 0 if live_before else -1,
                         (prev.size if live_before else 0) - row.size)
+            self._changed(conn, [(row.container_id, row.object_id)])
 
     def list_objects(self, container_id: int, prefix: str = "", marker: str = "",
                      end_marker: str = "", limit: int = 10000, reverse: bool = False,

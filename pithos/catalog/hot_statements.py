@@ -30,7 +30,7 @@ p, sh = s.public_links, s.sharing
 
 _ACCOUNT_COLUMNS = (a.c.id, a.c.name, a.c.created, a.c.quota_bytes, a.c.acl)
 _CONTAINER_COLUMNS = (c.c.id, c.c.account_id, c.c.name, c.c.created, c.c.read_acl,
-                      c.c.write_acl, c.c.versioning, c.c.quota_bytes)
+                      c.c.write_acl, c.c.versioning, c.c.quota_bytes, c.c.chunking)
 
 ACCOUNT = select(*_ACCOUNT_COLUMNS).where(a.c.name == bindparam("name"))
 
@@ -63,7 +63,7 @@ def account_info(row: Sequence[Any]) -> AccountInfo:
 def container_info(row: Sequence[Any], has_sharing: bool | None = None) -> ContainerInfo:
     """A container without its counters and metadata (zero and empty)."""
     return ContainerInfo(row[0], row[1], row[2], row[3], 0, 0, {}, row[4], row[5], row[6],
-                         row[7], has_sharing)
+                         row[7], has_sharing, row[8])
 
 
 def account_and_container(row: Sequence[Any] | None) -> AccountAndContainer:
@@ -201,7 +201,7 @@ OBJECT_FOR_WRITE = (select(o.c.id, o.c.current_id, o.c.uuid)
                                 o.c.name == bindparam("name")))
                     .with_for_update())
 
-VERSION_STATE = (select(v.c.size, v.c.deleted, v.c.delete_at)
+VERSION_STATE = (select(v.c.size, v.c.deleted, v.c.delete_at, v.c.etag)
                  .where(v.c.id == bindparam("version_id")))
 
 

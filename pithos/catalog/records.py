@@ -43,6 +43,8 @@ class ContainerInfo:
     quota_bytes: int | None = None
     # Whether any X-Object-Sharing entry lives in the container; None when not asked (look).
     has_sharing: bool | None = None
+    # X-Container-Policy-Chunking: None (fixed blocks) or "cdc" (pithos.core.cdc).
+    chunking: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,3 +225,31 @@ class ImageMember(NamedTuple):
     status: str  # pending, accepted, rejected
     created_at: float
     updated_at: float
+
+
+class Expect(NamedTuple):
+    """A write's precondition on an object's current version (If-Match / If-None-Match),
+    checked inside the write's transaction: PreconditionFailed when it does not hold, and
+    nothing is written."""
+    match: frozenset[str] | None = None  # If-Match: one of these ETags; {"*"}: any version
+    absent: bool = False                 # If-None-Match: *: no visible version
+
+
+class Change(NamedTuple):
+    """One object of the change feed, as it is now (`Catalog.changes`)."""
+    seq: int  # its last change's number in the container
+    name: str
+    deleted: bool
+    size: int
+    etag: str
+    content_type: str
+    created: float  # of the current version (of the deletion, for a deleted object)
+    vid: str
+
+
+class ChangePage(NamedTuple):
+    """A page of the change feed: the changes after the caller's cursor in change order,
+    `last`, the number to continue after, and `more`, whether a next page already exists."""
+    changes: list[Change]
+    last: int
+    more: bool

@@ -89,6 +89,13 @@ containers = Table(
     Column("write_acl", Text, nullable=True),
     Column("versioning", String(16), nullable=True),
     Column("quota_bytes", BigInteger, nullable=True),
+    # The last change number given to an object of this container (the change feed's
+    # sequence; migration 6).  A write takes the next one as its last statement, holding the
+    # row's lock only until its commit: numbers are committed in order, so a reader at
+    # cursor N never misses a change numbered below N committed later.
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    # X-Container-Policy-Chunking: NULL (fixed blocks) or "cdc" (migration 6).
+    Column("chunking", String(16), nullable=True),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -120,8 +127,12 @@ objects = Table(
     Column("uuid", String(36), nullable=False),
     # The visible version; NULL or a deleted version means the object does not exist.
     Column("current_id", Integer, nullable=True),
+    # The container's change number of this object's last change (migration 6): the change
+    # feed reads objects by it, one row per object with its state now.
+    Column("change_seq", BigInteger, nullable=True),
     UniqueConstraint("container_id", "name"),
     Index("objects_uuid", "uuid"),
+    Index("objects_changes", "container_id", "change_seq"),
 )
 
 versions = Table(
@@ -291,12 +302,34 @@ def _v5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[images, image_properties, image_members])
 
 
+def _v6(conn: Connection) -> None:
+    # The change feed (pithos/catalog/changes.py) and the chunking policy.  A database made
+    # by migration 1 of this release already has them (create_all).
+    have = {c["name"] for c in inspect(conn).get_columns("containers")}
+    if "change_seq" not in have:
+        conn.execute(text("ALTER TABLE containers ADD COLUMN change_seq BIGINT NOT NULL "
+                          "DEFAULT 0"))
+    if "chunking" not in have:
+        conn.execute(text("ALTER TABLE containers ADD COLUMN chunking VARCHAR(16)"))
+    if "change_seq" not in {c["name"] for c in inspect(conn).get_columns("objects")}:
+        conn.execute(text("ALTER TABLE objects ADD COLUMN change_seq BIGINT"))
+        # Objects already there are changes of the feed's first page, numbered in the
+        # order they were made.
+        conn.execute(text("UPDATE objects SET change_seq = id"))
+        conn.execute(text("UPDATE containers SET change_seq = COALESCE((SELECT MAX(id) FROM "
+                          "objects WHERE objects.container_id = containers.id), 0)"))
+    for index in objects.indexes:
+        if index.name == "objects_changes":
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
     (5, _v5),
+    (6, _v6),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -29,6 +29,16 @@ class VersionConflict(Conflict):
     """A compare-and-swap lost: the state changed since the caller read it."""
 
 
+class PreconditionFailed(Conflict):
+    """A conditional write's precondition (If-Match, If-None-Match) does not hold on the
+    current state; nothing was written (HTTP 412)."""
+
+
+class Gone(PithosError):
+    """What the caller names existed once and is gone for good (HTTP 410): e.g. a change
+    feed cursor of a container since deleted and made again."""
+
+
 class InvalidArgument(PithosError):
     """Bad input from a caller: a bad range, an oversized block, a malformed name.  Nothing
     was changed."""

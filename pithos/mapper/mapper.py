@@ -26,6 +26,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import BinaryIO, NamedTuple
 
 from pithos.blocker.blocker import Blocker, BlockStream, StagedBlock
+from pithos.core.cdc import Chunker
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root, to_hex
 from pithos.mapper import codec
@@ -41,6 +42,8 @@ MAX_INFLIGHT = 2
 # 512 KiB ones, and PUT at one client was no slower (its MD5 starts a piece later, but the
 # hand-offs it competed with for the two cores are halved).
 STREAM_PIECE = 1024 * 1024
+# The bytes of content-defined chunks an upload hashes and stores at once (_build_chunked).
+CHUNKED_BATCH = 4 * 1024 * 1024
 # Blocks of one upload being synced at once.
 STREAM_INFLIGHT = 4
 
@@ -336,10 +339,12 @@ class Mapper:
                 fut.cancel()
             writer.shutdown(wait=True)
 
-    def build_stream(self, stream: BinaryIO, piece_size: int = STREAM_PIECE
-                     ) -> tuple[bytes, int]:
+    def build_stream(self, stream: BinaryIO, piece_size: int = STREAM_PIECE,
+                     chunker: Chunker | None = None) -> tuple[bytes, int]:
         """Store one stream as a new map, each block written while it arrives; returns
-        (root, size) once blocks and pages are durable.
+        (root, size) once blocks and pages are durable.  With a `chunker` (a fresh
+        pithos.core.cdc.Chunker), blocks are its content-defined chunks instead of fixed
+        blocks (`_build_chunked`).
 
         For uploads from the network: a block of several pieces is hashed and written piece
         by piece on the blocker's pool while the next piece is read (`Blocker.open_stream`),
@@ -347,6 +352,8 @@ class Mapper:
         whole block.  A block that fits in one piece (a small object, a short last block)
         is stored with the map pages in one batch, as `build_many` does.  Zero blocks are
         recognised as ever (nothing written)."""
+        if chunker is not None:
+            return self._build_chunked(stream, piece_size, chunker)
         piece_size = min(piece_size, self.block_size)
         hashes: list[bytes] = []
         lengths: list[int] = []
@@ -404,6 +411,60 @@ class Mapper:
                 with contextlib.suppress(BaseException):
                     pending.result()
             raise
+        return root, sum(lengths)
+
+    def _build_chunked(self, stream: BinaryIO, piece_size: int, chunker: Chunker
+                       ) -> tuple[bytes, int]:
+        """build_stream with content-defined chunks: each chunk is a block of its own length
+        (so the same content at any offset, in any object, is the same blocks).  Chunks are
+        hashed on the blocker's pool and stored in batches of about CHUNKED_BATCH bytes,
+        which bound the memory an upload holds; blocks already stored are not written
+        again (a refresh is enough: the collector spares what a writer touched)."""
+        if chunker.max_size > self.block_size:
+            raise InvalidArgument(f"chunks of up to {chunker.max_size} bytes exceed the "
+                                  f"block size {self.block_size}")
+        hashes: list[bytes] = []
+        lengths: list[int] = []
+        pending: list[bytes] = []
+        pending_bytes = 0
+        zeros: dict[int, bytes] = {}  # length -> zero block hash, stored once per build
+
+        def flush() -> None:
+            nonlocal pending_bytes
+            data = [c for c in pending if not codec.is_zero(c)]
+            named = iter(self.blocker.stage_many(data) if data else [])
+            staged: dict[bytes, StagedBlock] = {}
+            for chunk in pending:
+                if codec.is_zero(chunk):
+                    if len(chunk) not in zeros:
+                        zeros[len(chunk)] = self._store_zero(len(chunk))
+                    hashes.append(zeros[len(chunk)])
+                else:
+                    block = next(named)
+                    staged[block.hash] = block
+                    hashes.append(block.hash)
+                lengths.append(len(chunk))
+            if staged:
+                # touch_many refreshes the blocks already stored and names those absent.
+                absent = set(self.blocker.touch_many(list(staged)))
+                self.blocker.put_staged([b for h, b in staged.items() if h in absent])
+            pending.clear()
+            pending_bytes = 0
+
+        while True:
+            piece = _read_exactly(stream, piece_size)
+            chunks = chunker.update(piece) if piece else chunker.finish()
+            for chunk in chunks:
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+            if pending_bytes >= CHUNKED_BATCH:
+                flush()
+            if not piece:
+                break
+        flush()
+        root, pages, built = self._tree(self._leaf_pages(hashes, lengths))
+        self.blocker.put_staged(pages)
+        self._remember(built)
         return root, sum(lengths)
 
     def _zero_or_staged(self, data: bytes, batch: list[StagedBlock]) -> bytes:

@@ -4,8 +4,10 @@ from it, and takes the catalog's records from here: it never imports the catalog
 
 from pithos.catalog.records import (
     AccountInfo,
+    Change,
     ContainerInfo,
     ContainerSummary,
+    Expect,
     ListingEntry,
     ObjectVersion,
     PublicObject,
@@ -13,5 +15,5 @@ from pithos.catalog.records import (
     VersionSummary,
 )
 
-__all__ = ["AccountInfo", "ContainerInfo", "ContainerSummary", "ListingEntry", "ObjectVersion",
-           "PublicObject", "UserInfo", "VersionSummary"]
+__all__ = ["AccountInfo", "Change", "ContainerInfo", "ContainerSummary", "Expect",
+           "ListingEntry", "ObjectVersion", "PublicObject", "UserInfo", "VersionSummary"]

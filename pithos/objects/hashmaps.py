@@ -14,7 +14,8 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
-from pithos.catalog import ContainerInfo, ObjectVersion, UserInfo
+from pithos.catalog import ContainerInfo, Expect, ObjectVersion, UserInfo
+from pithos.catalog.changes import check_expect
 from pithos.core.errors import Conflict, InvalidArgument, TooLarge
 from pithos.core.hashing import HASH_NAME, from_hex, to_hex
 from pithos.mapper.mapper import read_chunks
@@ -155,13 +156,19 @@ class Hashmaps:
     def put(self, account_id: int, container: ContainerInfo, name: str, body: bytes, *,
             etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
             modified_by: str | None, delete_at: float | None,
-            user: UserInfo | None = None) -> ObjectVersion:
+            user: UserInfo | None = None, expect: Expect | None = None) -> ObjectVersion:
         """Create an object from blocks the server has and the account (or `user`, see
         `missing`) may name; else raise
-        MissingBlocks listing what to send.  The blocks are checked again after the commit:
+        MissingBlocks listing what to send.  `expect`: the precondition on the object
+        (If-Match / If-None-Match), checked in the commit's transaction (PreconditionFailed;
+        checked first too, before the blocks).  The blocks are checked again after the commit:
         if a collector removed one meanwhile, the version is undone and MissingBlocks
         raised, never a dangling map."""
         hashes, lengths, size = self.parse(body)
+        if expect is not None:
+            # Early, so a client told 412 sends no blocks; the commit checks again.
+            current = self.catalog.object(container.id, name)
+            check_expect(expect, None if current is None else current.etag)
         missing = self.missing(account_id, hashes, user)
         if missing:
             raise MissingBlocks(missing)
@@ -183,7 +190,8 @@ class Hashmaps:
             raise InvalidArgument("ETag does not match the content the hashmap names")
         v = self.objects.commit_version(container.id, name, root=root, size=size,
                                      etag=md5.hexdigest(), content_type=content_type, meta=meta,
-                                     modified_by=modified_by, delete_at=delete_at)
+                                     modified_by=modified_by, delete_at=delete_at,
+                                     expect=expect)
         gone = self.mapper.blocker.missing(list(dict.fromkeys(hashes)))
         if gone:
             self.catalog.drop_version(v.version_id)

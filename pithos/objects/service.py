@@ -29,6 +29,8 @@ from pithos.catalog import (
     VersionSummary,
 )
 from pithos.catalog.leases import Ticket, WriterLeases
+from pithos.catalog.records import Expect
+from pithos.core import cdc
 from pithos.core.errors import (
     ChecksumMismatch,
     Conflict,
@@ -42,9 +44,11 @@ from pithos.core.errors import (
 from pithos.core.offload import Offload
 from pithos.mapper import Mapper, Piece
 from pithos.mapper.mapper import STREAM_PIECE
+from pithos.objects import changes
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
 from pithos.objects.authz import Authz
 from pithos.objects.bulk import BulkDeletes
+from pithos.objects.changes import Feed
 from pithos.objects.digest import LanePolicy, StreamDigest
 from pithos.objects.images import Images
 from pithos.objects.names import Limits
@@ -175,8 +179,8 @@ class ObjectService:
 
     def container_policy(self, user: UserInfo | None, account: AccountInfo, *,
                          versioning: str | None = None, quota: str | None = None,
-                         read_acl: str | None = None, write_acl: str | None = None
-                         ) -> dict[str, object]:
+                         read_acl: str | None = None, write_acl: str | None = None,
+                         chunking: str | None = None) -> dict[str, object]:
         """A container's policy from its headers' values (None: unchanged; an empty ACL
         removes it): InvalidArgument for bad values, and only an account admin may change
         who gets in (the ACLs)."""
@@ -185,6 +189,11 @@ class ObjectService:
             if versioning.lower() not in ("auto", "none"):
                 raise InvalidArgument("X-Container-Policy-Versioning is auto or none")
             policy["versioning"] = versioning.lower()
+        if chunking is not None:
+            # Which blocks new objects are cut into: objects already stored keep theirs.
+            if chunking.strip().lower() not in ("cdc", "fixed"):
+                raise InvalidArgument("X-Container-Policy-Chunking is cdc or fixed")
+            policy["chunking"] = "cdc" if chunking.strip().lower() == "cdc" else None
         if quota is not None:
             try:
                 policy["quota_bytes"] = int(quota) or None
@@ -286,17 +295,24 @@ class ObjectService:
 
     def update_meta(self, container: ContainerInfo, name: str,
                     meta: Mapping[str, Mapping[str, str]], *, delete_at: float | None,
-                    content_type: str | None) -> None:
-        """Replace the current version's metadata (a POST: no new content)."""
+                    content_type: str | None, expect: Expect | None = None) -> None:
+        """Replace the current version's metadata (a POST: no new content); `expect`: its
+        precondition, checked in the same transaction (PreconditionFailed)."""
         self.catalog.update_object_meta(container.id, name, meta, delete_at=delete_at,
-                                        content_type=content_type)
+                                        content_type=content_type, expect=expect)
 
     def delete_object(self, container: ContainerInfo, name: str,
-                      modified_by: str | None) -> None:
+                      modified_by: str | None, expect: Expect | None = None) -> None:
         """Delete an object (its versions stay, as the container's policy says); NotFound
-        if there is none."""
-        if not self.catalog.delete_object(container.id, name, modified_by):
+        if there is none; `expect`: its precondition, checked in the same transaction
+        (PreconditionFailed)."""
+        if not self.catalog.delete_object(container.id, name, modified_by, expect=expect):
             raise NotFound("The resource could not be found.")
+
+    def changes(self, container: ContainerInfo, cursor: str, limit: int) -> Feed:
+        """The container's change feed after `cursor` (pithos.objects.changes).  The caller
+        was allowed to list the container."""
+        return changes.feed(self.catalog, container, cursor, limit)
 
     def check_quota(self, container: ContainerInfo, name: str, size: int) -> None:
         """QuotaExceeded if writing `size` bytes as `name` cannot fit the container's or its
@@ -339,15 +355,19 @@ class ObjectService:
         with self.leases.commit_guard(ticket):
             return self.catalog.put_version(container_id, name, **version)
 
-    def store(self, body: BinaryIO, length: int | None) -> Stored:
-        """Store a request body as a map (durable on return)."""
+    def store(self, body: BinaryIO, length: int | None, chunking: str | None = None
+              ) -> Stored:
+        """Store a request body as a map (durable on return): in fixed blocks, or with
+        `chunking` "cdc" (a container's X-Container-Policy-Chunking) in content-defined
+        chunks (pithos.core.cdc), each a block of its own length."""
         if length is not None and length > self.limits.max_file_size:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
         reader = BodyReader(body, length, self.limits.max_file_size,
                             self.offload.pool if self.offload is not None else None,
                             lanes=self.md5_lanes)
         try:
-            root, size = self.mapper.build_stream(reader)
+            root, size = self.mapper.build_stream(
+                reader, chunker=cdc.Chunker() if chunking == "cdc" else None)
         except BaseException:
             reader.abandon()
             raise
@@ -358,7 +378,8 @@ class ObjectService:
                etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
                modified_by: str | None, delete_at: float | None,
                dlo_manifest: str | None = None,
-               uploader: UserInfo | None = None) -> ObjectVersion:
+               uploader: UserInfo | None = None, expect: Expect | None = None
+               ) -> ObjectVersion:
         """A new version from a stored body.  Its blocks may be named by hash from now on by
         the account, and by `uploader` if that user is not its account's admin (who has
         only the grants it earns itself: pithos.objects.hashmaps.Hashmaps.missing)."""
@@ -368,7 +389,7 @@ class ObjectService:
         v = self.commit_version(
             container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
             content_type=content_type, meta=meta, modified_by=modified_by, delete_at=delete_at,
-            dlo_manifest=dlo_manifest, grant=(container.account_id, hashes))
+            dlo_manifest=dlo_manifest, grant=(container.account_id, hashes), expect=expect)
         if uploader is not None and not uploader.admin:
             self.catalog.grant_user_blocks(uploader.id, hashes)
         return v
@@ -400,9 +421,16 @@ class ObjectService:
              meta: Mapping[str, Mapping[str, str]], content_type: str,
              modified_by: str | None, delete_at: float | None,
              content: tuple[bytes, int, str] | None = None,
-             keep_manifest: bool = False) -> ObjectVersion:
+             keep_manifest: bool = False, expect: Expect | None = None,
+             source_expect: Expect | None = None, move: bool = False) -> ObjectVersion:
         """A new version naming the source's map: no data is copied.  `content` overrides
-        (root, size, etag) for a large object copied as its concatenated content."""
+        (root, size, etag) for a large object copied as its concatenated content.
+
+        `expect`: the precondition on the target (If-Match / If-None-Match).  With
+        `source_expect` or `move`, the source must still be its object's current version,
+        checked in the commit's transaction (PreconditionFailed when `source_expect` fails
+        there, Conflict when the source changed otherwise); `move` deletes the source in the
+        same transaction (PUT with X-Move-From)."""
         root, size, etag = content or (source.root or self.mapper.empty(), source.size,
                                        source.etag)
         return self.commit_version(
@@ -411,7 +439,9 @@ class ObjectService:
             dlo_manifest=source.dlo_manifest if keep_manifest else None,
             slo_manifest=source.slo_manifest if keep_manifest else None,
             grant=(container.account_id, self.block_hashes(root)),
-            sources=[] if content else [source.version_id])
+            sources=[] if content else [source.version_id], expect=expect,
+            source=source if (move or source_expect is not None) else None,
+            source_expect=source_expect, move=move)
 
     def large_content(self, src: ObjectVersion, account: AccountInfo | None,
                       may_read: Callable[[ContainerInfo | None], bool] = lambda _: True
