@@ -6,8 +6,9 @@ data disk). Its first bytes are "PITHOS-SEED\\n", then "key=value" lines (marker
 the kernel command line's pithos.* keys without the prefix; the seed wins over the command
 line), then "public-key: KEY" lines (the server's SSH keys; this guest has no SSH and skips
 them, a real guest's init would install them), then optionally a line "user-data:" and a shell
-script the guest runs as root before it writes the marker (its exit status is printed as "PITHOS-USER-DATA-EXIT: N"). The guest reads
-the first 64 KiB and drops NUL bytes; the rest of the file is zeros.
+script the guest runs as root before it writes the marker (its exit status is printed as
+"PITHOS-USER-DATA-EXIT: N"). The guest reads the first 64 KiB and drops NUL bytes; the rest of
+the file is zeros.
 """
 
 from __future__ import annotations

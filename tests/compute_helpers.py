@@ -129,7 +129,7 @@ class Cloud:
     """`pithos serve --compute` on a fresh data directory, with an admin token."""
 
     def __init__(self, agent_args: str = "", env: dict[str, str] | None = None) -> None:
-        self.dir = short_dir("pc")
+        self.dir = short_dir("pcomp-")
         self.data_dir = os.path.join(self.dir, "d")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -181,7 +181,7 @@ class Cloud:
         state = os.path.join(self.dir, name)
         p = Proc([sys.executable, "-m", "pithos.cli.compute", "agent", "--api", self.url,
                   "--name", name, "--state-dir", state, "--data-dir", self.data_dir, *args],
-                 os.path.join(self.dir, f"{name}.log"), env=env)
+                 os.path.join(self.dir, f"{name}.{len(self.agents)}.log"), env=env)
         self.agents.append(p)
         p.wait_log(rf"compute agent {name}: listening")
         return p
