@@ -171,6 +171,12 @@ ROWS: tuple[Row, ...] = (
         "401 401 403 403 204 403 204 401 200 200"),
     row("c-get-until", V1_CONTAINER, "GET", C + "?until=9999999999",
         "401 401 403 403 403 403 200 401 403 403"),
+    # The change feed (issue 24): who may list the container; a sharee's view has none (it
+    # would name what is not shared).
+    row("c-get-changes", V1_CONTAINER, "GET", C + "?changes_since=0",
+        "401 401 403 403 200 403 200 401 403 403"),
+    row("c-get-changes-bad", V1_CONTAINER, "GET", C + "?changes_since=nonsense",
+        "401 401 403 403 400 403 400 401 403 403"),
     row("c-get-path", V1_CONTAINER, "GET", C + "?path=d",
         "401 401 403 403 200 403 200 401 200 200"),
     # A container that does not exist: refused alike to who could not list it if it did.
@@ -243,6 +249,15 @@ ROWS: tuple[Row, ...] = (
     row("o-put-copy-from", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 403 201 401 403 201", body="", headers={"X-Copy-From": "{c}/d/o"},
         after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 200")),
+    # A move (issue 24) needs to read and to write the source: a write ACL alone cannot.
+    row("o-put-move-from", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
+        "401 401 403 403 403 403 201 401 403 201", body="", headers={"X-Move-From": "{c}/d/o"},
+        after=("HEAD", OBJ, "200 200 200 200 200 200 404 200 200 404")),
+    # Conditional writes (issue 24): a failed precondition writes nothing (412).
+    row("o-put-if-match", V1_OBJECT, "PUT", OBJ, "401 401 403 403 403 412 412 401 403 412",
+        body="new", headers={"If-Match": '"0123456789abcdef0123456789abcdef"'},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:hello 200:hello 200:hello 200:hello 200:hello")),
     row("o-put-dlo", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 201 201 401 403 201", body="",
         headers={"X-Object-Manifest": "{c}/d/"},
@@ -257,6 +272,8 @@ ROWS: tuple[Row, ...] = (
         after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
     row("o-post-meta", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 202 202 401 403 202",
         headers={"X-Object-Meta-Color": "blue"}),
+    row("o-post-if-match", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 412 412 401 403 412",
+        headers={"X-Object-Meta-Color": "blue", "If-Match": "nomatch"}),
     row("o-post-public", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 403 202 401 403 403",
         headers={"X-Object-Public": "true"}),
     row("o-post-sharing", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 403 202 401 403 403",
@@ -281,6 +298,10 @@ ROWS: tuple[Row, ...] = (
     row("o-delete", V1_OBJECT, "DELETE", OBJ, "401 401 403 403 403 204 204 401 403 403",
         after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
                          "404 404 200:hello 200:hello 200:hello")),
+    row("o-delete-if-match", V1_OBJECT, "DELETE", OBJ, "401 401 403 403 403 412 412 401 403 403",
+        headers={"If-Match": "nomatch"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:hello 200:hello 200:hello 200:hello 200:hello")),
     row("o-delete-until", V1_OBJECT, "DELETE", OBJ + "?until=9999999999",
         "401 401 403 403 403 204 204 401 403 403",
         after=("GET", OBJ + "?version={vid}", "200:hell 200:hell 200:hell 200:hell 200:hell "
