@@ -89,7 +89,7 @@ def test_hashmap_put_with_preconditions_and_lengths(pithos_server):
     requests.put(c, headers=h, timeout=T)
     data = random.Random(3).randbytes(200_000)
     ends = cdc.cut_points(data)
-    chunks = [data[a:b] for a, b in zip([0, *ends], ends)]
+    chunks = [data[a:b] for a, b in zip([0, *ends], ends, strict=True)]
     doc = json.dumps({"bytes": len(data), "hashes": [blake3.blake3(x).hexdigest()
                                                      for x in chunks],
                       "lengths": [len(x) for x in chunks], "block_hash": "blake3"})

@@ -99,7 +99,7 @@ def test_feed_pages_give_nothing_twice_and_miss_nothing(service):
     names = [f"f{i:03d}" for i in range(57)]
     for n in names:
         put(service, c, n, n.encode())
-    seen, cursor, pages = feed_all(service, c, limit=10)
+    seen, _, pages = feed_all(service, c, limit=10)
     assert pages == 6 and [x.name for x in seen] == names
     assert len({x.seq for x in seen}) == len(seen)
     # Changes between pages: a page boundary never repeats a change nor skips one.
@@ -274,7 +274,7 @@ def test_cdc_round_trip_around_the_chunk_limits(service, size):
     got = b"".join(service.read([(v.root, v.size)], 0, v.size)) if size else b""
     assert got == data
     assert [n for _, n in service.mapper.entries(v.root)] == \
-        [b - a for a, b in zip([0, *cdc.cut_points(data)], cdc.cut_points(data))]
+        [b - a for a, b in zip([0, *cdc.cut_points(data)], cdc.cut_points(data), strict=True)]
     if size > 10:
         mid = b"".join(service.read([(v.root, v.size)], size // 3, size // 3))
         assert mid == data[size // 3:2 * (size // 3)]
