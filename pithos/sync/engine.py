@@ -33,6 +33,7 @@ from pithos.core.files import fsync_dir
 from pithos.core.hashing import block_hash
 from pithos.sync import plan as P
 from pithos.sync.remote import (
+    CursorGone,
     MissingBlocks,
     NotFoundRemote,
     PreconditionFailed,
@@ -97,11 +98,14 @@ class Engine:
         self.progress = progress or Progress()
         self.dry_run = dry_run
         self.stats = Stats()
+        self.done = 0  # actions carried out (a pass that does none ends the run)
         self.host = socket.gethostname().split(".")[0] or "this device"
 
     def report(self, line: str) -> None:
+        """One line per problem; the same line again in the same run is not repeated."""
+        if line not in self.stats.errors:
+            self.report_line(line)
         self.stats.errors.append(line)
-        self.report_line(line)
 
     # -- a run ---------------------------------------------------------------------------------
 
@@ -113,20 +117,44 @@ class Engine:
 
     def _sync_once(self) -> bool:
         self.remote.ensure_container()
+        if not self.dry_run:
+            self.clean_tmp()
+        previous: object = None
         for _ in range(MAX_PASSES):
-            errors_before = len(self.stats.errors)
+            done_before = self.done
             actions, unknown = self.one_pass()
-            if self.dry_run:
-                return not any(a.kind in P.TRANSFERS for a in actions) and not unknown
-            if not any(a.kind in P.TRANSFERS for a in actions) and not unknown:
-                return True
-            if len(self.stats.errors) > errors_before and not any(
-                    a.kind in P.TRANSFERS for a in actions):
+            pending = any(a.kind in P.TRANSFERS for a in actions) or bool(unknown)
+            if self.dry_run or not pending:
+                return not pending
+            # A pass that did nothing on the same plan as the one before will not do better:
+            # each reason was reported.  (A file that changed while read plans differently.)
+            seen = (sorted(map(repr, actions)), sorted(unknown))
+            if self.done == done_before and seen == previous:
                 return False
+            previous = seen
         return False
+
+    def clean_tmp(self) -> None:
+        """Remove temporary files no journaled download will resume (a killed download's
+        file stays, and the next attempt at the same version continues it)."""
+        keep = {_tmp_name(path, detail) for path, op, detail in self.state.journal()
+                if op == "download"}
+        for name in os.listdir(self.state.tmp_dir):
+            if name not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.state.tmp_dir, name))
 
     def refresh_remote(self) -> None:
         """Bring the remote mirror up to date from the change feed (or a full listing)."""
+        try:
+            self._refresh_remote()
+        except CursorGone:
+            with self.state.transaction() as db:
+                db.execute("DELETE FROM remote")
+                self.state.set("cursor", "0")
+            self._refresh_remote()
+
+    def _refresh_remote(self) -> None:
         state = self.state
         cursor = state.get("cursor") or "0"
         listing: dict[str, RemoteEntry] | None = None
@@ -177,6 +205,8 @@ class Engine:
     def act(self, a: P.Action) -> None:
         try:
             getattr(self, "do_" + a.kind.replace("-", "_"))(a)
+            if a.kind in P.TRANSFERS:
+                self.done += 1
         except Skip as exc:
             self.report(f"{exc} (skipped, will retry)")
         except PreconditionFailed:
@@ -276,8 +306,7 @@ class Engine:
         except NotFoundRemote:
             raise Skip(f"{rel} vanished from the server") from None
         self.state.intend(rel, "download", m.etag)
-        tmp = os.path.join(self.state.tmp_dir,
-                           "dl-" + hashlib.sha256(f"{rel}\0{m.etag}".encode()).hexdigest()[:32])
+        tmp = os.path.join(self.state.tmp_dir, _tmp_name(rel, m.etag))
         try:
             self._fill(rel, m, tmp)
         except OSError as exc:
@@ -387,6 +416,8 @@ class Engine:
             if expect is None:
                 return
             raise Skip(f"{rel} vanished locally meanwhile") from None
+        except NotADirectoryError:
+            raise Skip(f"cannot create {rel}: a file of the folder is in the way") from None
         if expect is None:
             raise Skip(f"{rel} appeared locally meanwhile")
         if not same_stat(st, expect.size, expect.mtime_ns, expect.inode):
@@ -507,6 +538,12 @@ class Engine:
             if not os.path.lexists(os.path.join(self.folder, candidate)):
                 return candidate
         raise Skip(f"{rel}: no free name for a conflict copy")
+
+
+def _tmp_name(rel: str, etag: str) -> str:
+    """The temporary file of a download of version `etag` of `rel`: the same name after a
+    restart, so the download resumes."""
+    return "dl-" + hashlib.sha256(f"{rel}\0{etag}".encode()).hexdigest()[:32]
 
 
 def _transfer_bytes(a: P.Action) -> int:

@@ -41,6 +41,10 @@ class NotFoundRemote(RemoteError):
     pass
 
 
+class CursorGone(RemoteError):
+    """The change feed no longer knows our cursor (410): read it again from the start."""
+
+
 class MissingBlocks(RemoteError):
     """A hashmap PUT named blocks the server lacks (409): send them and retry."""
 
@@ -182,8 +186,14 @@ class Remote:
         """The change feed from `cursor` ("0": from the start), page by page.  A server
         without the feed answers a plain listing: then one page per listing page, with
         cursor None (the caller replaces its mirror)."""
-        r = self.request("GET", None, query={"changes_since": cursor, "limit": str(limit),
-                                             "format": "json"})
+        try:
+            r = self.request("GET", None, query={"changes_since": cursor,
+                                                 "limit": str(limit), "format": "json"},
+                             ok=(200,))
+        except RemoteError as exc:
+            if exc.status == 410:  # the container was deleted and made again since
+                raise CursorGone(str(exc), 410) from None
+            raise
         doc = json.loads(r.data)
         if isinstance(doc, list):
             yield from self._listing(doc)
@@ -313,10 +323,16 @@ class Remote:
 
     def move(self, src: str, dst: str, src_etag: str) -> str:
         """Rename `src` (if still at `src_etag`) to the new name `dst` (if still free) on the
-        server, moving no data.  Returns the new ETag."""
-        r = self.request("PUT", dst, body=b"", headers={
-            "X-Move-From": f"/{_quote(self.container)}/{_quote(src)}",
-            "X-Move-From-If-Match": src_etag, "If-None-Match": "*"}, ok=(201,))
+        server, moving no data: the target appears and the source goes in one transaction.
+        Returns the new ETag.  PreconditionFailed if either side changed."""
+        try:
+            r = self.request("PUT", dst, body=b"", headers={
+                "X-Move-From": f"/{_quote(self.container)}/{_quote(src)}",
+                "X-Source-If-Match": src_etag, "If-None-Match": "*"}, ok=(201,))
+        except RemoteError as exc:
+            if exc.status == 409:  # the source changed while the server read it
+                raise PreconditionFailed(f"move {src}: it changed meanwhile", 409) from None
+            raise
         return r.headers.get("ETag", src_etag).strip('"')
 
 

@@ -1,0 +1,96 @@
+"""What moves over the wire: a big file edited in the middle sends and fetches only the chunks
+around the edit (content-defined chunks; bytes counted by the client), a file changed while it
+is uploaded is never stored half old, half new, and a download takes the chunks the folder
+already holds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from sync_helpers import Device, assert_agree
+
+from pithos.sync.engine import Progress
+
+MiB = 1 << 20
+BIG = 64 * MiB
+
+
+def big_data(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_a_big_file_edited_in_the_middle_moves_a_few_chunks(pithos_server, tmp_path):
+    a = Device(pithos_server, tmp_path / "a", "big")
+    b = Device(pithos_server, tmp_path / "b", "big")
+    data = big_data(1, BIG)
+    a.write("disk.img", data)
+    s = a.sync()
+    assert s.sent_bytes == BIG
+    s = b.sync()
+    assert s.fetched_bytes == BIG
+    # An insert of 100 bytes in the middle, and a 4 KiB overwrite near the end.
+    edited = bytearray(data[:BIG // 2] + b"x" * 100 + data[BIG // 2:])
+    edited[BIG - 10 * MiB:BIG - 10 * MiB + 4096] = b"y" * 4096
+    a.write("disk.img", bytes(edited))
+    s = a.sync()
+    assert 0 < s.sent_bytes <= 512 * 1024, s.sent_bytes
+    s = b.sync()
+    assert 0 < s.fetched_bytes <= 512 * 1024, s.fetched_bytes
+    assert s.reused_bytes >= len(edited) - 512 * 1024
+    assert b.read("disk.img") == bytes(edited)
+    assert_agree(pithos_server, a, b, container="big")
+
+
+def test_a_copy_under_a_new_name_sends_nothing(pithos_server, tmp_path):
+    a = Device(pithos_server, tmp_path / "a", "copies")
+    b = Device(pithos_server, tmp_path / "b", "copies")
+    data = big_data(2, 4 * MiB)
+    a.write("one", data)
+    a.sync()
+    b.sync()
+    a.write("two/copy", data)
+    s = a.sync()
+    assert s.uploaded == 1 and s.sent_bytes == 0
+    s = b.sync()
+    assert s.downloaded == 1 and s.fetched_bytes == 0  # every chunk from "one"
+    assert_agree(pithos_server, a, b, container="copies")
+
+
+class EditWhileUploading(Progress):
+    """Changes the file at its first progress step: after the scan hashed it, while its
+    chunks are being read and sent."""
+
+    def __init__(self, path: str, replace: bool) -> None:
+        self.path = path
+        self.replace = replace
+        self.done = False
+
+    def advance(self, n: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        new = big_data(4, 3 * MiB)
+        if self.replace:  # a new file renamed over it (an editor's save)
+            with open(self.path + ".new", "wb") as f:
+                f.write(new)
+            os.replace(self.path + ".new", self.path)
+        else:  # rewritten in place (same inode)
+            with open(self.path, "r+b") as f:
+                f.seek(2 * MiB)
+                f.write(new[2 * MiB:])
+
+
+def test_a_file_changed_while_uploaded(pithos_server, tmp_path):
+    for replace in (False, True):
+        name = f"busy-{replace}"
+        a = Device(pithos_server, tmp_path / name / "a", name)
+        b = Device(pithos_server, tmp_path / name / "b", name)
+        a.write("f.bin", big_data(3, 3 * MiB))
+        s = a.sync(progress=EditWhileUploading(a.path("f.bin"), replace))
+        b.sync()
+        remote = assert_agree(pithos_server, a, b, container=name)
+        new = big_data(4, 3 * MiB)
+        assert remote["f.bin"] == (new if replace else big_data(3, 3 * MiB)[:2 * MiB]
+                                   + new[2 * MiB:])
+        assert s.uploaded >= 1
