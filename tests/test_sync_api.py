@@ -4,6 +4,7 @@ writes (also by hashmap), server-side moves, and the CDC chunking policy's heade
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 
@@ -89,7 +90,7 @@ def test_hashmap_put_with_preconditions_and_lengths(pithos_server):
     requests.put(c, headers=h, timeout=T)
     data = random.Random(3).randbytes(200_000)
     ends = cdc.cut_points(data)
-    chunks = [data[a:b] for a, b in zip([0, *ends], ends, strict=True)]
+    chunks = [data[a:b] for a, b in itertools.pairwise([0, *ends])]
     doc = json.dumps({"bytes": len(data), "hashes": [blake3.blake3(x).hexdigest()
                                                      for x in chunks],
                       "lengths": [len(x) for x in chunks], "block_hash": "blake3"})
