@@ -73,9 +73,17 @@ class Device:
 
 
 def container_files(server, container: str = "sync") -> dict[str, bytes]:
+    """{name: bytes} of the container ({} while it does not exist)."""
+    from swiftclient.exceptions import ClientException
+
     conn = server.connection()
     try:
-        _, listing = conn.get_container(container, full_listing=True)
+        try:
+            _, listing = conn.get_container(container, full_listing=True)
+        except ClientException as exc:
+            if exc.http_status == 404:
+                return {}
+            raise
         return {o["name"]: conn.get_object(container, o["name"])[1] for o in listing}
     finally:
         conn.close()

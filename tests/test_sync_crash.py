@@ -1,0 +1,112 @@
+"""kill -9 of `pithos sync` in the middle of a transfer, then a restart: it finishes, the
+folder never held a half file, nothing is duplicated or lost, and a download resumes from the
+chunks its temporary file already holds."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from sync_helpers import Device, assert_agree
+
+MiB = 1 << 20
+SIZE = 128 * MiB
+
+
+def start(device: Device) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pithos.cli.main", "sync", device.folder, device.container,
+         "--auth-url", device.creds.auth_url, "--user", device.creds.user,
+         "--key", device.creds.key],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
+    """Poll until `predicate()` holds; False if the process ended first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def journal(device: Device) -> list[str]:
+    path = os.path.join(device.folder, ".pithos-sync", "state.sqlite")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            return [r[0] for r in db.execute("SELECT op FROM journal")]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+def finish(device: Device) -> str:
+    proc = device.cli()
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.decode()
+
+
+def test_kill_9_mid_upload_then_restart(pithos_server, tmp_path):
+    a = Device(pithos_server, tmp_path / "a", "crash-up")
+    data = random.Random(5).randbytes(SIZE)
+    a.write("big.bin", data)
+    a.write("small.txt", b"small")
+    proc = start(a)
+    # Killed once its upload is under way (the intent is journaled before the first chunk).
+    assert wait_for(lambda: "upload" in journal(a), proc), proc.communicate()
+    time.sleep(0.3)
+    assert proc.poll() is None, "the upload ended before the kill: make the file bigger"
+    kill(proc)
+    out = finish(a)
+    sent = int(re.search(r"(\d+) bytes sent", out).group(1))
+    assert sent <= SIZE
+    b = Device(pithos_server, tmp_path / "b", "crash-up")
+    b.sync()
+    remote = assert_agree(pithos_server, a, b, container="crash-up")
+    assert sorted(remote) == ["big.bin", "small.txt"] and remote["big.bin"] == data
+
+
+def test_kill_9_mid_download_then_restart_resumes(pithos_server, tmp_path):
+    a = Device(pithos_server, tmp_path / "a", "crash-down")
+    data = random.Random(6).randbytes(SIZE)
+    a.write("big.bin", data)
+    a.sync()
+    b = Device(pithos_server, tmp_path / "b", "crash-down")
+    tmp_dir = os.path.join(b.folder, ".pithos-sync", "tmp")
+
+    def partial() -> int:
+        try:
+            return max((os.path.getsize(os.path.join(tmp_dir, n)) for n in os.listdir(tmp_dir)),
+                       default=0)
+        except OSError:
+            return 0
+
+    proc = start(b)
+    assert wait_for(lambda: partial() >= 16 * MiB, proc), proc.communicate()
+    assert proc.poll() is None, "the download ended before the kill: make the file bigger"
+    kill(proc)
+    held = partial()
+    # Never a half file in the folder: the data is only in the temporary file.
+    assert not os.path.exists(b.path("big.bin"))
+    out = finish(b)
+    fetched = int(re.search(r"(\d+) fetched", out).group(1))
+    assert fetched <= SIZE - held + 64 * 1024, (fetched, held)  # the rest, not it all again
+    assert os.listdir(tmp_dir) == []
+    remote = assert_agree(pithos_server, a, b, container="crash-down")
+    assert list(remote) == ["big.bin"]
