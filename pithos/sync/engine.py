@@ -99,6 +99,7 @@ class Engine:
         self.dry_run = dry_run
         self.stats = Stats()
         self.done = 0  # actions carried out (a pass that does none ends the run)
+        self._fds: dict[str, int] = {}  # files a download reads chunks from
         self.host = socket.gethostname().split(".")[0] or "this device"
 
     def report(self, line: str) -> None:
@@ -233,9 +234,17 @@ class Engine:
 
     # -- uploads -------------------------------------------------------------------------------
 
+    def _full(self, lf: LocalFile) -> LocalFile:
+        """`lf` with its chunk list, from the files cache (a scan keeps none in memory)."""
+        full = self.state.cached(lf.path)
+        if full is None or (full.size, full.mtime_ns, full.inode, full.md5) != (
+                lf.size, lf.mtime_ns, lf.inode, lf.md5):
+            raise Skip(f"{lf.path} changed meanwhile")
+        return full
+
     def do_upload(self, a: P.Action) -> None:
-        lf = a.local
-        assert lf is not None
+        assert a.local is not None
+        lf = self._full(a.local)
         self.state.intend(a.path, "upload", lf.md5)
         if_match = a.remote.md5 if a.remote is not None else None
         self._send_missing(lf, None)
@@ -336,6 +345,12 @@ class Engine:
     def _fill(self, rel: str, m: RemoteMap, tmp: str) -> None:
         """Write the map's content into `tmp`, resuming after its verified prefix; chunks
         come from the folder where it holds them, else from ranged GETs."""
+        try:
+            self._fill_from(rel, m, tmp)
+        finally:
+            self._close_fds()
+
+    def _fill_from(self, rel: str, m: RemoteMap, tmp: str) -> None:
         md5 = hashlib.md5(usedforsecurity=False)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         with open(fd, "r+b") as f:
@@ -383,13 +398,24 @@ class Engine:
         file holds it now."""
         for src in self.state.chunk_sources(c.hash):
             try:
-                with open(os.path.join(self.folder, src.path), "rb", buffering=0) as f:
-                    data = os.pread(f.fileno(), src.length, src.offset)
+                fd = self._fds.get(src.path)
+                if fd is None:
+                    if len(self._fds) >= 64:
+                        self._close_fds()
+                    fd = os.open(os.path.join(self.folder, src.path),
+                                 os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    self._fds[src.path] = fd
+                data = os.pread(fd, src.length, src.offset)
             except OSError:
                 continue
             if len(data) == c.length and block_hash(data) == c.hash:
                 return data
         return None
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def _fetch_run(self, rel: str, m: RemoteMap, run: list[Chunk], offset: int, f: object,
                    md5: object) -> int:
@@ -464,6 +490,7 @@ class Engine:
     def do_move_remote(self, a: P.Action) -> None:
         lf, src = a.local, a.source
         assert lf is not None and src is not None and a.remote is not None
+        lf = self._full(lf)
         self.state.intend(a.path, "move-remote", src)
         if self.remote.supports_move():
             etag = self.remote.move(src, a.path, a.remote.md5)
@@ -486,6 +513,7 @@ class Engine:
         lf, src, r = a.local, a.source, a.remote
         assert lf is not None and src is not None and r is not None
         self._check_unchanged(src, lf)
+        lf = self._full(lf)
         self._check_unchanged(a.path, None)
         self.state.intend(a.path, "move-local", src)
         old = os.path.join(self.folder, src)

@@ -8,6 +8,7 @@ as *unknown* (never as deleted: that would delete it remotely).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -31,6 +32,7 @@ class Changed(Exception):
 
 @dataclass
 class ScanResult:
+    # Without their chunk lists (State.cached has them): memory per file, not per byte.
     files: dict[str, LocalFile] = field(default_factory=dict)
     # Present but not hashed this pass (unreadable, changing): the planner leaves them alone.
     unknown: set[str] = field(default_factory=set)
@@ -139,7 +141,7 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
     chunk index are brought up to date (rows of vanished files dropped)."""
     result = ScanResult()
     for rel, st in walk(folder, ignore, report):
-        cached = state.cached(rel)
+        cached = state.cached_stat(rel)
         if cached is not None and same_stat(st, cached.size, cached.mtime_ns, cached.inode):
             result.files[rel] = cached
             continue
@@ -156,7 +158,7 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
             result.unknown.add(rel)
             continue
         state.put_file(f)
-        result.files[rel] = f
+        result.files[rel] = dataclasses.replace(f, chunks=())  # the cache holds them
         result.hashed_bytes += f.size
     for rel in state.cached_paths():
         if rel not in result.files and rel not in result.unknown:

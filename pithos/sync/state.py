@@ -186,6 +186,13 @@ class State:
             return None
         return LocalFile(row[0], row[1], row[2], row[3], row[4], unpack_chunks(row[5]))
 
+    def cached_stat(self, path: str) -> LocalFile | None:
+        """The cache's row without its chunk list (`chunks` empty): what a scan keeps in
+        memory for every file, so a pass's memory does not grow with the folder's bytes."""
+        row = self.db.execute("SELECT path, size, mtime_ns, inode, md5 FROM files "
+                              "WHERE path = ?", (path,)).fetchone()
+        return None if row is None else LocalFile(row[0], row[1], row[2], row[3], row[4], ())
+
     def cached_paths(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM files")]
 
