@@ -302,9 +302,13 @@ def _image_from_bdm(body: dict[str, Any]) -> None:
             raise NovaError(400, "imageRef and the block device mapping name different images")
 
 
-class Servers:
-    def __init__(self, ctx: Context, detail: bool) -> None:
-        self.ctx, self.detail = ctx, detail
+class ServersDetail:
+    """GET /servers/detail (and, through Servers, GET /servers: ids, names and links)."""
+
+    detail = True
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     @nova
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -315,10 +319,13 @@ class Servers:
         resp.media = {"servers": [server_doc(self.ctx, req, s, self.detail)
                                   for s in _filtered(req, servers)]}
 
+
+
+class Servers(ServersDetail):
+    detail = False
+
     @nova
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self.detail:
-            raise NovaError(405, "Method not allowed")
         self.ctx.service.require_user(req.context.user)
         body = _body(req).get("server")
         if not isinstance(body, dict):
@@ -495,8 +502,8 @@ def mount(app: falcon.App[Any, Any], service: ComputeService,
     app.add_route(BASE + "/flavors", Flavors(ctx, detail=False))
     app.add_route(BASE + "/flavors/detail", Flavors(ctx, detail=True))
     app.add_route(BASE + "/flavors/{flavor_id}", FlavorItem(ctx))
-    app.add_route(BASE + "/servers", Servers(ctx, detail=False))
-    app.add_route(BASE + "/servers/detail", Servers(ctx, detail=True))
+    app.add_route(BASE + "/servers", Servers(ctx))
+    app.add_route(BASE + "/servers/detail", ServersDetail(ctx))
     app.add_route(BASE + "/servers/{server_id}", ServerItem(ctx))
     app.add_route(BASE + "/servers/{server_id}/action", ServerAction(ctx))
     app.add_route(BASE + "/os-keypairs", Keypairs(ctx))

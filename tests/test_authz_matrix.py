@@ -25,6 +25,7 @@ method cannot ship without its row here.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,9 @@ V1_CONTAINER = "/v1/{account}/{container}"
 V1_OBJECT = "/v1/{account}/{container}/{object}"
 IMAGES = "/image/v2/images"
 IMAGE = "/image/v2/images/{image_id}"
+NOVA = "/compute/v2.1"
+PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmVtDVp0RzLb0rAYm6TDfBCs6tAVdxsD0Gc"
+              "cDgG1DhF matrix@example")
 
 
 @dataclass(frozen=True)
@@ -361,6 +365,56 @@ ROWS: tuple[Row, ...] = (
         needs="image"),
     row("img-schema", "/image/v2/schemas/{name}", "GET", "/image/v2/schemas/image",
         "401 401 200 200 200 200 200 401 200 200"),
+    # -- compute (Nova v2.1 under /compute, served with --compute): an account's servers are
+    # its users' (any of them acts on them, as a Nova project's members); other accounts get
+    # 404; key pairs are each user's own. Each cell's server is the owner's, booted from an
+    # image whose kernel qemu refuses, so it is in ERROR at once and no VM runs. ------------
+    row("cmp-versions", "/compute", "GET", "/compute",
+        "200 200 200 200 200 200 200 200 200 200"),
+    row("cmp-versions-slash", "/compute/", "GET", "/compute/",
+        "200 401 200 200 200 200 200 200 200 200"),
+    row("cmp-version", NOVA, "GET", NOVA, "200 401 200 200 200 200 200 200 200 200"),
+    row("cmp-version-slash", NOVA + "/", "GET", NOVA + "/",
+        "200 401 200 200 200 200 200 200 200 200"),
+    row("cmp-flavors", NOVA + "/flavors", "GET", NOVA + "/flavors",
+        "401 401 200 200 200 200 200 401 200 200"),
+    row("cmp-flavors-detail", NOVA + "/flavors/detail", "GET", NOVA + "/flavors/detail",
+        "401 401 200 200 200 200 200 401 200 200"),
+    row("cmp-flavor", NOVA + "/flavors/{flavor_id}", "GET", NOVA + "/flavors/1",
+        "401 401 200 200 200 200 200 401 200 200"),
+    row("cmp-servers", NOVA + "/servers", "GET", NOVA + "/servers",
+        "401 401 200 200 200 200 200 401 200 200"),
+    row("cmp-servers-detail", NOVA + "/servers/detail", "GET", NOVA + "/servers/detail",
+        "401 401 200 200 200 200 200 401 200 200"),
+    # (The image is the owner account's and private: another account cannot name it.)
+    row("cmp-servers-post", NOVA + "/servers", "POST", NOVA + "/servers",
+        "401 401 400 202 202 202 202 401 400 400", needs="server",
+        body='{{"server": {{"name": "{c}", "imageRef": "{simg}", "flavorRef": "1"}}}}',
+        headers={"Content-Type": "application/json"}),
+    row("cmp-server", NOVA + "/servers/{server_id}", "GET", NOVA + "/servers/{srv}",
+        "401 401 404 200 200 200 200 401 404 404", needs="server"),
+    row("cmp-server-delete", NOVA + "/servers/{server_id}", "DELETE", NOVA + "/servers/{srv}",
+        "401 401 404 204 204 204 204 401 404 404", needs="server"),
+    row("cmp-server-action", NOVA + "/servers/{server_id}/action", "POST",
+        NOVA + "/servers/{srv}/action", "401 401 404 200 200 200 200 401 404 404",
+        needs="server", body='{{"os-getConsoleOutput": {{}}}}',
+        headers={"Content-Type": "application/json"}),
+    row("cmp-keypairs", NOVA + "/os-keypairs", "GET", NOVA + "/os-keypairs",
+        "401 401 200 200 200 200 200 401 200 200"),
+    row("cmp-keypairs-post", NOVA + "/os-keypairs", "POST", NOVA + "/os-keypairs",
+        "401 401 200 200 200 200 200 401 200 200",
+        body='{{"keypair": {{"name": "{c}", "public_key": "' + PUBLIC_KEY + '"}}}}',
+        headers={"Content-Type": "application/json"}),
+    row("cmp-keypair", NOVA + "/os-keypairs/{name}", "GET", NOVA + "/os-keypairs/{kp}",
+        "401 401 404 404 404 404 200 401 404 404", needs="keypair"),
+    row("cmp-keypair-delete", NOVA + "/os-keypairs/{name}", "DELETE",
+        NOVA + "/os-keypairs/{kp}", "401 401 404 404 404 404 202 401 404 404",
+        needs="keypair"),
+    # Agents report with the deployment's compute key, never a user's token.
+    row("cmp-agent-report", "/compute/internal/agents/{name}", "PUT",
+        "/compute/internal/agents/rogue", "401 401 401 401 401 401 401 401 401 401",
+        body='{{"url": "http://127.0.0.1:9", "vcpus": 1, "ram_mib": 1, "vms": []}}',
+        headers={"Content-Type": "application/json"}),
 )
 
 
@@ -372,7 +426,8 @@ def _fields(server: PithosServer, cell: dict[str, Any], column: str) -> dict[str
     return {"c": cell["container"], "acct": ACCOUNT, "vid": cell.get("vid", ""),
             "ptoken": cell.get("ptoken", ""), "hashmap": cell.get("hashmap", ""),
             "hash": cell.get("hash", ""), "img": cell.get("img", ""), "user": user,
-            "key": key}
+            "key": key, "simg": cell.get("simg", ""), "srv": cell.get("srv", ""),
+            "kp": cell.get("kp", "")}
 
 
 @dataclass
@@ -445,12 +500,47 @@ def _make_cell(s: requests.Session, server: PithosServer, owner: dict[str, str],
             _ok(s.post(f"{images}/{made['id']}/members", json={"member": "test2"},
                        headers=owner, timeout=T))
         cell["img"] = made["id"]
+    if "server" in row.needs:
+        # A disk image naming a "kernel" qemu refuses: the owner's server of it goes to ERROR
+        # at once (no VM runs), and is a real server for every row to aim at.
+        images = f"{server.url}/image/v2/images"
+        ids = []
+        for fields, data in (({"disk_format": "aki", "container_format": "aki"}, b"no kernel"),
+                             ({"disk_format": "raw", "container_format": "bare"}, b"disk")):
+            if ids:
+                fields = {**fields, "kernel_id": ids[0]}
+            made = _ok(s.post(images, headers=owner, timeout=T,
+                              json={"name": f"{name}-srv", **fields})).json()
+            _ok(s.put(f"{images}/{made['id']}/file", data=data, headers=owner, timeout=T))
+            ids.append(made["id"])
+        cell["simg"] = ids[1]
+        created = _ok(s.post(f"{server.url}{NOVA}/servers", headers=owner, timeout=T, json={
+            "server": {"name": name, "imageRef": ids[1], "flavorRef": "1"}})).json()
+        cell["srv"] = created["server"]["id"]
+    if "keypair" in row.needs:
+        _ok(s.post(f"{server.url}{NOVA}/os-keypairs", headers=owner, timeout=T, json={
+            "keypair": {"name": name, "public_key": PUBLIC_KEY}}))
+        cell["kp"] = name
     return cell
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory) -> Any:
-    server = PithosServer(tmp_path_factory.mktemp("authz-matrix"))
+    # With the compute API; its local agent offers room for every cell's server (each in
+    # ERROR, no VM), and the account's quota takes them all.
+    env = {"PITHOS_COMPUTE_AGENT_ARGS": "--ram-mib 100000 --vcpus 1000",
+           "PITHOS_COMPUTE_QUOTA": "instances=1000,cores=1000,ram_mib=1000000"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        server = PithosServer(tmp_path_factory.mktemp("authz-matrix"),
+                              serve_args=("--compute",))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         tokens = {u: _login(server, u, k) for u, k in {c for c in CALLERS.values() if c}}
         owner = {"X-Auth-Token": tokens["test:tester"]}
@@ -466,7 +556,7 @@ def matrix(tmp_path_factory) -> Any:
             for r in ROWS:
                 for column in COLUMNS:
                     if "{c}" not in r.path + (r.body or "") + "".join(r.headers.values()) \
-                            and not r.needs & {"publish", "image"}:
+                            and not r.needs & {"publish", "image", "server", "keypair"}:
                         cells[r.id, column] = {"container": ""}
                     elif r.method in ("GET", "HEAD"):
                         cells[r.id, column] = shared[column]
@@ -566,12 +656,14 @@ def _sink_routes() -> set[tuple[str, str]]:
 def test_every_route_and_method_has_rows(tmp_path) -> None:
     from pithos.api.app import create_app
     from pithos.catalog import local_url
-    from pithos.cli.serve import build_services
+    from pithos.cli.serve import build_services, mount_compute
     from pithos.config import Storage
 
     data = str(tmp_path / "data")
-    services = build_services(Storage(data, "file://" + data + "/blocks", local_url(data)))
+    storage = Storage(data, "file://" + data + "/blocks", local_url(data))
+    services = build_services(storage)
     app = create_app(services)
+    mount_compute(app, services, storage, key="not-used-here")  # as with --compute
     sinks = [sink for sink in app._sinks]
     assert len(sinks) == 1, "a new sink: add its routes to _sink_routes and rows to ROWS"
     served = _falcon_routes(app) | _sink_routes()

@@ -37,14 +37,18 @@ def described(doc: dict) -> set[tuple[str, str]]:
 
 
 def app(data: Path):
-    """The app `pithos serve` runs, on real services over an empty data directory."""
+    """The app `pithos serve --compute` runs (the compute routes mounted too), on real
+    services over an empty data directory."""
     from pithos.api.app import create_app
     from pithos.catalog import local_url
-    from pithos.cli.serve import build_services
+    from pithos.cli.serve import build_services, mount_compute
     from pithos.config import Storage
 
-    return create_app(build_services(Storage(str(data), "file://" + str(data / "blocks"),
-                                             local_url(str(data)))))
+    storage = Storage(str(data), "file://" + str(data / "blocks"), local_url(str(data)))
+    services = build_services(storage)
+    the_app = create_app(services)
+    mount_compute(the_app, services, storage, key="not-used-here")
+    return the_app
 
 
 def sink_routes(sink: object) -> set[tuple[str, str]]:

@@ -168,10 +168,19 @@ def mount_compute(app: Any, services: Any, storage: Storage, key: str) -> None:
     them."""
     from compute.api import mount
     from compute.db import ComputeDb, database_url
-    from compute.service import ComputeService
+    from compute.service import ComputeService, Quota
 
     db = ComputeDb(database_url(storage.catalog, storage.data_dir))
-    mount(app, ComputeService(db, services.objects.images, key), services.public_url)
+    # Per-account limits: PITHOS_COMPUTE_QUOTA="instances=20,cores=40,ram_mib=51200".
+    quota = {}
+    for item in filter(None, os.environ.get("PITHOS_COMPUTE_QUOTA", "").split(",")):
+        name, _, value = item.partition("=")
+        if name.strip() not in Quota.__dataclass_fields__ or not value.strip().isdigit():
+            raise SystemExit(f"pithos serve: PITHOS_COMPUTE_QUOTA: bad item {item!r} (use "
+                             "instances=N,cores=N,ram_mib=N)")
+        quota[name.strip()] = int(value)
+    mount(app, ComputeService(db, services.objects.images, key, Quota(**quota)),
+          services.public_url)
 
 
 def start_local_agent(storage: Storage, listen: str, key_file: str) -> Any:
