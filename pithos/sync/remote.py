@@ -177,10 +177,21 @@ class Remote:
     # -- the container -------------------------------------------------------------------------
 
     def ensure_container(self) -> None:
+        """Create the container if absent, CDC-chunked (X-Container-Policy-Chunking: cdc),
+        so the server cuts a plain PUT of a small file as this client does."""
         try:
             self.request("HEAD", None)
         except NotFoundRemote:
-            self.request("PUT", None, ok=(201, 202))
+            self.request("PUT", None, headers={"X-Container-Policy-Chunking": "cdc"},
+                         ok=(201, 202))
+
+    def put_object(self, name: str, data: bytes, md5: str, if_match: str | None,
+                   content_type: str | None = None) -> str:
+        """A plain conditional PUT of a small file (one request instead of three)."""
+        h = {"ETag": md5, "Content-Type": content_type or "application/octet-stream"}
+        h.update(_condition(if_match))
+        r = self.request("PUT", name, body=data, headers=h, ok=(201,))
+        return r.headers.get("ETag", md5).strip('"')
 
     def changes(self, cursor: str, limit: int = 1000) -> Iterator[ChangePage]:
         """The change feed from `cursor` ("0": from the start), page by page.  A server
