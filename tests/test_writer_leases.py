@@ -26,8 +26,11 @@ def wait_for(predicate, timeout_s=10.0):
     return predicate()
 
 
-def clear_timers():
-    return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+def clear_timers(leases):
+    """The clear timers `leases` has armed and that have not fired yet (other tests' timers,
+    e.g. of a service whose leases were never closed, are not counted)."""
+    return [t for t in threading.enumerate() if isinstance(t, threading.Timer)
+            and getattr(t.function, "__self__", None) is leases]
 
 
 @pytest.fixture
@@ -56,23 +59,22 @@ def test_the_row_covers_writers_in_flight_and_is_cleared_once_idle(catalog, quic
 def test_one_clear_timer_for_many_idle_moments(catalog, quick_clear):
     """A server with one client at a time goes idle between every two requests: that arms
     one timer, not one per request."""
-    assert wait_for(lambda: not clear_timers())  # (timers of earlier tests have fired)
     leases = WriterLeases(catalog)
     for _ in range(50):
         with leases.held():
             pass
-        assert len(clear_timers()) <= 1
+        assert len(clear_timers(leases)) <= 1
     assert wait_for(lambda: oldest_live_writer(catalog) is None)
-    assert wait_for(lambda: not clear_timers())
+    assert wait_for(lambda: not clear_timers(leases))
     # A timer that fires while a writer is in flight leaves the row; the next idle moment
     # arms a new one, which clears it.
     with leases.held():
         pass
     ticket = leases.begin()
     time.sleep(0.5)
-    assert oldest_live_writer(catalog) is not None and not clear_timers()
+    assert oldest_live_writer(catalog) is not None and not clear_timers(leases)
     leases.end(ticket)
-    assert len(clear_timers()) == 1
+    assert len(clear_timers(leases)) == 1
     assert wait_for(lambda: oldest_live_writer(catalog) is None)
     leases.close()
 
