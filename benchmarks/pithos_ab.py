@@ -5,6 +5,7 @@
                                          [--clients 16] [--seconds 8] [--rounds 3]
                                          [--workers 2] [--pretouch] [--keep-data]
                                          [--gc-every S] [--gc-compare]
+                                         [--chunking fixed|cdc|compare]
 ```
 
 Each run starts a fresh `pithos serve` (embedded defaults) under `benchmarks/.bench-work/`,
@@ -29,6 +30,10 @@ Data is deleted after the series, not after each run: on a root ext4 without a j
 inodes cost a scan of recently deleted ones for a minute or more after a large delete, which
 would slow the next run. `--keep-data` keeps it all (watch the disk: a 4 MiB PUT run writes
 several GB). `--pretouch` first pre-touches the VM's free memory (vm_memory.steady).
+
+`--chunking cdc` makes the container with `X-Container-Policy-Chunking: cdc` (PUTs cut into
+content-defined chunks); `--chunking compare` measures each tree twice per round, into a
+fixed-block container and then into a CDC one, so the policy's cost is a ratio of the same run.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def collector(data_dir: Path, every_s: float) -> Iterator[list[int]]:
 
 
 def one_run(args: argparse.Namespace, tree: Path | None, work: Path,
-            gc_every_s: float = 0.0) -> str:
+            gc_every_s: float = 0.0, chunking: str = "fixed") -> str:
     """Start a server from `tree` (None: this checkout), measure the cell (with `pithos gc`
     every `gc_every_s` seconds, if not 0), stop it."""
     saved = os.environ.get("PYTHONPATH")
@@ -90,8 +95,9 @@ def one_run(args: argparse.Namespace, tree: Path | None, work: Path,
     try:
         url, token = peer.start()
         host, port, base = split_url(url)
-        resp = Connection(host, port).request("PUT", f"{base}/ab",
-                                              f"X-Auth-Token: {token}\r\n".encode(), b"")
+        resp = Connection(host, port).request(
+            "PUT", f"{base}/ab", f"X-Auth-Token: {token}\r\n"
+            f"X-Container-Policy-Chunking: {chunking}\r\n".encode(), b"")
         if resp.status not in (201, 202):
             raise RuntimeError(f"PUT container: {resp.status}")
         load = ObjectLoad(url, token, "ab", size, 16)
@@ -141,6 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run `pithos gc` every S seconds during the cell")
     p.add_argument("--gc-compare", action="store_true",
                    help="each tree twice per round: without, then with --gc-every (default 10)")
+    p.add_argument("--chunking", choices=["fixed", "cdc", "compare"], default="fixed",
+                   help="the container's X-Container-Policy-Chunking; compare: both, each "
+                        "round")
     p.add_argument("--pretouch", action="store_true")
     p.add_argument("--keep-data", action="store_true")
     args = p.parse_args(argv)
@@ -169,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             for label, tree in trees:
-                runs = [("", args.gc_every)]
+                chunkings = ["fixed", "cdc"] if args.chunking == "compare" else [args.chunking]
+                runs = [("", args.gc_every, c) for c in chunkings]
                 if args.gc_compare:
-                    runs = [(" no gc", 0.0), (" gc", args.gc_every or 10.0)]
-                for suffix, every in runs:
-                    line = one_run(args, tree, work, every)
+                    runs = [(s, e, c) for c in chunkings
+                            for s, e in ((" no gc", 0.0), (" gc", args.gc_every or 10.0))]
+                for suffix, every, chunking in runs:
+                    if args.chunking != "fixed":
+                        suffix = f" {chunking}{suffix}"
+                    line = one_run(args, tree, work, every, chunking)
                     failed |= "ERRORS" in line or ("failed 0)" not in line and every > 0)
                     print(f"{label}{suffix}: {line}", flush=True)
     finally:
