@@ -31,9 +31,10 @@ def test_create_edit_delete(pithos_server, devices):
     a.write("hello.txt", b"hello\n")
     a.write("docs/deep/note.md", b"# note\n" * 100)
     a.write("empty", b"")
+    a.write("ünïcode dir/a name with spaces & 100%.txt", b"u")
     remote = both(pithos_server, a, b)
     assert remote == {"hello.txt": b"hello\n", "docs/deep/note.md": b"# note\n" * 100,
-                      "empty": b""}
+                      "empty": b"", "ünïcode dir/a name with spaces & 100%.txt": b"u"}
     b.write("hello.txt", b"hello from b\n")
     remote = both(pithos_server, a, b)
     assert a.read("hello.txt") == b"hello from b\n"
