@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ pytestmark = [needs_qemu, pytest.mark.skipif(not os.path.exists(OPENSTACK),
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Cloud]:
-    c = Cloud(agent_args="--ram-mib 2048 --vcpus 8")
+    # The local agent offers 2 GiB; an account may use 4 GiB of RAM.
+    c = Cloud(agent_args="--ram-mib 2048 --vcpus 8", env={"PITHOS_COMPUTE_QUOTA": "ram_mib=4096"})
     try:
         yield c
     finally:
@@ -164,11 +166,25 @@ def test_bad_input_gets_novas_errors(cloud: Cloud, image: str) -> None:
         create(imageRef="0b7c8a4e-0000-4000-8000-00000000abcd").json()["badRequest"][
             "message"].replace("0b7c8a4e-0000-4000-8000-00000000abcd", theirs)
 
-    # More than any agent has: 409 with the reason, nothing created.
-    r = create(flavorRef="m1.large")
+    # Flavors made by the operator's command: more RAM than any agent has (409), more than
+    # the account's quota (403); each with the reason, nothing created.
+    for name, ram in (("huge", "3000"), ("giant", "8192")):
+        subprocess.run([sys.executable, "-m", "pithos.cli.compute", "flavor", "create", name,
+                        "--vcpus", "1", "--ram-mib", ram, "--disk-gib", "1", "--data-dir",
+                        cloud.data_dir], check=True, capture_output=True, timeout=60, cwd=REPO)
+    assert {"huge", "giant"} <= {f["Name"] for f in osc_json(cloud, "flavor", "list")}  # type: ignore
+    r = create(flavorRef="huge")
     assert r.status_code == 409, r.text
     assert "No valid host was found" in r.json()["conflictingRequest"]["message"]
-    assert "4096 MiB" in r.json()["conflictingRequest"]["message"]
+    assert "3000 MiB" in r.json()["conflictingRequest"]["message"]
+    r = create(flavorRef="giant")
+    assert r.status_code == 403, r.text
+    assert "Quota exceeded for ram" in r.json()["forbidden"]["message"]
+    subprocess.run([sys.executable, "-m", "pithos.cli.compute", "flavor", "delete", "giant",
+                    "--data-dir", cloud.data_dir], check=True, capture_output=True, timeout=60,
+                   cwd=REPO)
+    r = create(flavorRef="giant")
+    assert r.status_code == 400 and "Flavor giant could not be found" in r.text
 
     # Unknown servers and other accounts' servers: 404; no token: 401; a microversion we do
     # not have: 406.
