@@ -30,6 +30,7 @@ from pithos.core.cdc import Chunker
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root, to_hex
 from pithos.mapper import codec
+from pithos.mapper.streams import concat_chunks, exactly, read_chunks, read_exactly, rechunk, zeros
 
 DEFAULT_FANOUT = 1024
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
@@ -83,21 +84,6 @@ class _NewLeaf(NamedTuple):
     size: int
     entries: int
     decoded: _Page
-
-
-def read_chunks(stream: BinaryIO, size: int) -> Iterator[bytes]:
-    """Full `size`-byte chunks of a stream (the last may be shorter), whatever its read()s
-    return."""
-    while True:
-        chunk = stream.read(size)
-        if not chunk:
-            return
-        while len(chunk) < size:
-            more = stream.read(size - len(chunk))
-            if not more:
-                break
-            chunk += more
-        yield chunk
 
 
 class Mapper:
@@ -362,7 +348,7 @@ class Mapper:
         storing: deque[Future[bytes]] = deque()  # streamed blocks still being synced
         try:
             while True:
-                first = _read_exactly(stream, piece_size)
+                first = read_exactly(stream, piece_size)
                 if not first:
                     break
                 if len(first) < piece_size or piece_size == self.block_size:
@@ -384,7 +370,7 @@ class Mapper:
                     length += len(piece)
                     if length == self.block_size:
                         break
-                    piece = _read_exactly(stream, min(piece_size, self.block_size - length))
+                    piece = read_exactly(stream, min(piece_size, self.block_size - length))
                 if current is None:
                     hashes.append(self._store_zero(length))
                 else:
@@ -452,7 +438,7 @@ class Mapper:
             pending_bytes = 0
 
         while True:
-            piece = _read_exactly(stream, piece_size)
+            piece = read_exactly(stream, piece_size)
             chunks = chunker.update(piece) if piece else chunker.finish()
             for chunk in chunks:
                 pending.append(chunk)
@@ -625,7 +611,7 @@ class Mapper:
         size = self.stat(root).size
         if offset > size:
             gap = offset - size
-            return self._splice(root, size, 0, _concat([_zeros(gap), [data]]))
+            return self._splice(root, size, 0, concat_chunks([zeros(gap), [data]]))
         remove = min(len(data), size - offset)
         return self._splice(root, offset, remove, iter([data]))
 
@@ -636,9 +622,9 @@ class Mapper:
         if offset < 0 or length < 0:
             raise InvalidArgument(f"bad range: offset {offset}, length {length}")
         size = self.stat(root).size
-        checked = _exactly(iter(chunks), length)
+        checked = exactly(iter(chunks), length)
         if offset > size:
-            return self._splice(root, size, 0, _concat([_zeros(offset - size), checked]))
+            return self._splice(root, size, 0, concat_chunks([zeros(offset - size), checked]))
         return self._splice(root, offset, min(length, size - offset), checked)
 
     def append(self, root: bytes, stream: BinaryIO | bytes) -> bytes:
@@ -654,7 +640,7 @@ class Mapper:
             raise InvalidArgument(f"bad size {new_size}")
         size = self.stat(root).size
         if new_size >= size:
-            return self._splice(root, size, 0, _zeros(new_size - size))
+            return self._splice(root, size, 0, zeros(new_size - size))
         return self._splice(root, new_size, size - new_size, iter(()))
 
     def _splice(self, root: bytes, offset: int, remove: int, content: Iterator[bytes]) -> bytes:
@@ -696,7 +682,7 @@ class Mapper:
                     new_hashes[k] = h
                 batch, slots, batch_bytes = [], [], 0
 
-        for chunk in _rechunk(_concat([[head], content, [tail]]), self.block_size):
+        for chunk in rechunk(concat_chunks([[head], content, [tail]]), self.block_size):
             if codec.is_zero(chunk):
                 new_hashes.append(self._store_zero(len(chunk)))
             else:
@@ -761,55 +747,3 @@ class Mapper:
         all_lengths = old_lengths[:lo] + lengths + old_lengths[hi:]
         kept = leaves[:a] + leaves[b + 1:]
         return self._store_tree(self._leaf_pages(all_hashes, all_lengths), kept, at=a)
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    """`size` bytes of a stream, fewer only at its end, whatever its read()s return."""
-    data = stream.read(size)
-    while data and len(data) < size:
-        more = stream.read(size - len(data))
-        if not more:
-            break
-        data = data + more  # (never in place: the caller may hold what read() gave)
-    return data
-
-
-def _exactly(chunks: Iterator[bytes], length: int) -> Iterator[bytes]:
-    """The chunks, checked to add up to exactly `length` bytes."""
-    seen = 0
-    for chunk in chunks:
-        seen += len(chunk)
-        if seen > length:
-            raise InvalidArgument(f"more than the {length} bytes announced")
-        yield chunk
-    if seen != length:
-        raise InvalidArgument(f"got {seen} of the {length} bytes announced")
-
-
-def _zeros(n: int, piece: int = 1 << 20) -> Iterator[bytes]:
-    while n > 0:
-        k = min(n, piece)
-        yield bytes(k)
-        n -= k
-
-
-def _concat(parts: Iterable[Iterable[bytes]]) -> Iterator[bytes]:
-    for part in parts:
-        for chunk in part:
-            if chunk:
-                yield chunk
-
-
-def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
-    """Regroup a stream of byte strings into `size`-byte chunks (the last may be shorter)."""
-    buf = bytearray()
-    for piece in pieces:
-        if not buf and len(piece) == size:
-            yield piece
-            continue
-        buf += piece
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)

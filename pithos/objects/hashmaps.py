@@ -18,7 +18,7 @@ from pithos.catalog import ContainerInfo, Expect, ObjectVersion, UserInfo
 from pithos.catalog.changes import check_expect
 from pithos.core.errors import Conflict, InvalidArgument, TooLarge
 from pithos.core.hashing import HASH_NAME, from_hex, to_hex
-from pithos.mapper.mapper import read_chunks
+from pithos.mapper.streams import read_chunks
 from pithos.objects.service import BodyReader, ObjectService
 
 HASHMAP_PAGE = 10000  # hashes per page of a hashmap GET
