@@ -61,6 +61,13 @@ def test_usage_and_login_errors_are_one_line(pithos_server, tmp_path):
     assert "login refused" in proc.stderr and "Traceback" not in proc.stderr
     proc = pithos_sync(str(tmp_path / "nope"), "c")
     assert proc.returncode == 2 and "not a directory" in proc.stderr
+    from conftest import free_port
+
+    proc = pithos_sync(str(folder), "c", "--auth-url",
+                       f"http://127.0.0.1:{free_port()}/auth/v1.0", "--user", "test:tester",
+                       "--key", "testing")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "cannot reach" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_status_and_dry_run_change_nothing(pithos_server, tmp_path):

@@ -61,9 +61,9 @@ class EditWhileUploading(Progress):
     """Changes the file at its first progress step: after the scan hashed it, while its
     chunks are being read and sent."""
 
-    def __init__(self, path: str, replace: bool) -> None:
+    def __init__(self, path: str, how: str) -> None:
         self.path = path
-        self.replace = replace
+        self.how = how
         self.done = False
 
     def advance(self, n: int) -> None:
@@ -71,7 +71,9 @@ class EditWhileUploading(Progress):
             return
         self.done = True
         new = big_data(4, 3 * MiB)
-        if self.replace:  # a new file renamed over it (an editor's save)
+        if self.how == "delete":  # vanished mid-read
+            os.unlink(self.path)
+        elif self.how == "replace":  # a new file renamed over it (an editor's save)
             with open(self.path + ".new", "wb") as f:
                 f.write(new)
             os.replace(self.path + ".new", self.path)
@@ -82,15 +84,15 @@ class EditWhileUploading(Progress):
 
 
 def test_a_file_changed_while_uploaded(pithos_server, tmp_path):
-    for replace in (False, True):
-        name = f"busy-{replace}"
+    new = big_data(4, 3 * MiB)
+    expected = {"replace": new, "rewrite": big_data(3, 3 * MiB)[:2 * MiB] + new[2 * MiB:],
+                "delete": None}
+    for how, content in expected.items():
+        name = f"busy-{how}"
         a = Device(pithos_server, tmp_path / name / "a", name)
         b = Device(pithos_server, tmp_path / name / "b", name)
         a.write("f.bin", big_data(3, 3 * MiB))
-        s = a.sync(progress=EditWhileUploading(a.path("f.bin"), replace))
+        a.sync(progress=EditWhileUploading(a.path("f.bin"), how))
         b.sync()
         remote = assert_agree(pithos_server, a, b, container=name)
-        new = big_data(4, 3 * MiB)
-        assert remote["f.bin"] == (new if replace else big_data(3, 3 * MiB)[:2 * MiB]
-                                   + new[2 * MiB:])
-        assert s.uploaded >= 1
+        assert remote.get("f.bin") == content
