@@ -115,6 +115,7 @@ class Engine:
     def sync_once(self) -> bool:
         """Passes until the folder and the container agree (True) or MAX_PASSES went by or a
         pass could do nothing more (False: something was skipped, reported)."""
+        self.stats.errors = []  # (--watch: a problem still there is reported again each run)
         self.stats.agreed = self._sync_once()
         return self.stats.agreed
 
