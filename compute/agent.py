@@ -32,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -73,6 +74,9 @@ def host_capacity(vcpus: int | None = None, ram_mib: int | None = None) -> Capac
                 if line.startswith("MemTotal:"):
                     ram_mib = max(int(line.split()[1]) // 1024 - 512, 256)
     return Capacity(vcpus, ram_mib)
+
+
+_SERVER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def volume_name(server_id: str) -> str:
@@ -155,11 +159,14 @@ class Agent:
     # -- records -----------------------------------------------------------------------------
 
     def _dir(self, sid: str) -> str:
+        # A server id names a directory: only a UUID's characters, never a path.
+        if not _SERVER_ID.fullmatch(sid):
+            raise NotFound(f"no server {sid!r} on this agent")
         return os.path.join(self.vms_dir, sid)
 
     def _server_ids(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.vms_dir)
-                      if os.path.isfile(os.path.join(self.vms_dir, n, "server.json")))
+        return sorted(n for n in os.listdir(self.vms_dir) if _SERVER_ID.fullmatch(n)
+                      and os.path.isfile(os.path.join(self.vms_dir, n, "server.json")))
 
     def _read(self, sid: str) -> dict[str, Any]:
         try:
@@ -280,7 +287,9 @@ class Agent:
     def create(self, req: dict[str, Any]) -> dict[str, Any]:
         """Record the new server and build it in the background: clone the image's map into
         its volume, fetch its kernel and ramdisk, write its seed, start qemu."""
-        sid = str(req["id"])
+        sid = str(req.get("id"))
+        if not _SERVER_ID.fullmatch(sid):
+            raise InvalidArgument("create needs the server's id (a UUID)")
         if os.path.exists(self._dir(sid)):
             raise Conflict(f"server {sid} exists on this agent")
         for key in ("image_root", "disk_bytes", "vcpus", "ram_mib"):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from tests.compute_helpers import Cloud, guest_files, needs_qemu, qemu_pids
 
@@ -110,3 +113,39 @@ def test_agent_killed_during_a_create_leaves_no_half_made_volume(cloud: Cloud) -
     assert not qemu_pids(cloud.dir)
     cloud.delete(sid)
     assert not os.path.exists(os.path.dirname(record))
+
+
+def test_the_agents_api_wants_the_key_and_refuses_bad_input(cloud: Cloud) -> None:
+    out = subprocess.run([sys.executable, "-m", "pithos.cli.compute", "agents", "--json",
+                          "--data-dir", cloud.data_dir], capture_output=True, timeout=60,
+                         check=True)
+    (agent,) = json.loads(out.stdout)
+    assert (agent["name"], agent["ram_mib"], agent["vcpus"]) == ("local", 300, 4)
+    url = agent["url"]
+    with open(os.path.join(cloud.data_dir, "compute.key")) as f:
+        key = {"X-Compute-Key": f.read().strip()}
+    assert oct(os.stat(os.path.join(cloud.data_dir, "compute.key")).st_mode & 0o777) == "0o600"
+
+    assert requests.get(f"{url}/v1/vms", timeout=10).status_code == 401
+    assert requests.get(f"{url}/v1/vms", headers={"X-Compute-Key": "guess"},
+                        timeout=10).status_code == 401
+    r = requests.get(f"{url}/v1/vms", headers=key, timeout=10)
+    assert r.status_code == 200 and r.json() == {"vms": []}
+    for body, status in (({}, 400), ({"id": "../../etc"}, 400),
+                         ({"id": "0b7c8a4e-0000-4000-8000-000000000000"}, 400)):
+        r = requests.post(f"{url}/v1/vms", json=body, headers=key, timeout=10)
+        assert r.status_code == status and r.json()["error"], (body, r.text)
+    r = requests.post(f"{url}/v1/vms", data=b"{", headers=key, timeout=10)
+    assert r.status_code == 400
+    for path in ("/v1/vms/..", "/v1/vms/../agent.lock", "/v1/nothing"):
+        assert requests.get(url + path, headers=key, timeout=10).status_code == 404, path
+    # The API takes reports only with the key.
+    r = requests.put(f"{cloud.url}/compute/internal/agents/rogue", timeout=10,
+                     json={"url": "http://127.0.0.1:9", "vcpus": 64, "ram_mib": 1 << 20,
+                           "vms": []})
+    assert r.status_code == 401
+    # A second agent on the same state directory is refused (the first holds its lock).
+    proc = subprocess.run([sys.executable, "-m", "pithos.cli.compute", "agent", "--api",
+                           cloud.url, "--name", "twin", "--data-dir", cloud.data_dir],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 1 and b"another compute agent runs on" in proc.stderr
