@@ -27,6 +27,9 @@ OPENSTACK = str(REPO / ".venv" / "bin" / "openstack")
 if not os.path.exists(OPENSTACK):
     OPENSTACK = shutil.which("openstack") or OPENSTACK
 
+PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmVtDVp0RzLb0rAYm6TDfBCs6tAVdxsD0Gc"
+              "cDgG1DhF test@example")
+
 pytestmark = [needs_qemu, pytest.mark.skipif(not os.path.exists(OPENSTACK),
                                              reason="python-openstackclient not installed")]
 
@@ -80,11 +83,18 @@ def test_flavor_list(cloud: Cloud) -> None:
 def test_a_servers_life_through_the_cli(cloud: Cloud, image: str, tmp_path: Path) -> None:
     user_data = tmp_path / "user-data"
     user_data.write_text("echo user-data says hello\n")
+    pub = tmp_path / "life.pub"
+    pub.write_text(PUBLIC_KEY + "\n")
+    osc(cloud, "keypair", "create", "--public-key", str(pub), "life")
     created = osc_json(cloud, "server", "create", "--image", "guest", "--flavor", "m1.tiny",
                        "--property", "marker=CLI-1", "--property", "after=wait",
-                       "--user-data", str(user_data), "--wait", "vm1")
+                       "--user-data", str(user_data), "--key-name", "life", "--wait", "vm1")
     assert isinstance(created, dict) and created["status"] == "ACTIVE", created
     sid = created["id"]
+    assert created["key_name"] == "life"
+    # The key reached the guest's seed disk, beside the properties and the user data.
+    seed = Path(cloud.data_dir, "compute", "vms", sid, "seed.raw").read_bytes()
+    assert f"public-key: {PUBLIC_KEY}\n".encode() in seed and b"marker=CLI-1\n" in seed
 
     listed = osc_json(cloud, "server", "list")
     assert isinstance(listed, list)
@@ -214,13 +224,12 @@ def test_bad_input_gets_novas_errors(cloud: Cloud, image: str) -> None:
 
 def test_keypairs(cloud: Cloud, tmp_path: Path) -> None:
     pub = tmp_path / "id.pub"
-    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmVtDVp0RzLb0rAYm6TDfBCs6tAVdxsD0Gc"
-                   "cDgG1DhF test@example\n")
+    pub.write_text(PUBLIC_KEY + "\n")
     kp = osc_json(cloud, "keypair", "create", "--public-key", str(pub), "k1")
     assert isinstance(kp, dict) and kp["name"] == "k1" and kp["fingerprint"].count(":") == 15
-    assert [k["Name"] for k in osc_json(cloud, "keypair", "list")] == ["k1"]  # type: ignore
+    assert [k["Name"] for k in osc_json(cloud, "keypair", "list")] == ["k1", "life"]  # type: ignore
     r = requests.post(f"{cloud.nova}/os-keypairs", json={"keypair": {"name": "k2"}},
                       headers=cloud.h(), timeout=30)
     assert r.status_code == 400 and "public key is required" in r.text
     osc(cloud, "keypair", "delete", "k1")
-    assert osc_json(cloud, "keypair", "list") == []
+    assert [k["Name"] for k in osc_json(cloud, "keypair", "list")] == ["life"]  # type: ignore
