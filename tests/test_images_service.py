@@ -231,6 +231,8 @@ def test_delete_removes_the_image_and_the_object_it_made(service):
     _, c = service.authz.container(ALICE, "alice", CONTAINER, Action.LISTING)
     assert service.find_object(c, img.id) is None
     assert list(service.catalog.image_roots()) == []
+    # Nor is its history kept: nothing names the image's data, gc may reclaim it.
+    assert img.root not in set(service.catalog.version_roots())
 
 
 # -- registration and images over existing maps --------------------------------------------------

@@ -22,6 +22,7 @@ the writer ends (docs/design.md, "Writers and the collector").
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -441,9 +442,12 @@ class Images:
         return self.catalog.object(found.id, name) if found is not None else None
 
     def _delete_object(self, account: str, name: str, container: str = CONTAINER) -> None:
+        """Delete an object the image system made, with its history: its versions are the
+        image's data and nobody else's, and kept they would keep that data from gc."""
         found = self.catalog.account_and_container(account, container).container
         if found is not None:
             self.catalog.delete_object(found.id, name)
+            self.catalog.purge_history(found.id, name, time.time() + 1.0)
 
 
 def _who(user: UserInfo | None) -> UserInfo:
