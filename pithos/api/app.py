@@ -39,11 +39,26 @@ class BodyTimeout:
         req.stream = timed_body(req.env, self.timeout_s)  # type: ignore[assignment]
 
 
+class App(falcon.App):
+    """falcon lower-cases every response header name; Swift answers with them title-cased
+    (X-Object-Meta-Color, Etag, X-Trans-Id), and clients that compare header names as written
+    (Swift's own functional tests among them) rely on that: the case is put back on the way
+    out, as Swift's HeaderKeyDict does it.  (Non-ASCII names are left alone: str.title() may
+    change their length.)"""
+
+    def __call__(self, env: dict[str, Any], start_response: Any) -> Any:  # type: ignore[override]
+        def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(
+                status, [(k.title() if k.isascii() else k, v) for k, v in headers], exc_info)
+
+        return super().__call__(env, titled)
+
+
 def create_app(services: Services) -> falcon.App:
     middleware: list[Any] = [TokenMiddleware(services)]
     if services.client_timeout_s is not None:
         middleware.insert(0, BodyTimeout(services.client_timeout_s))
-    app = falcon.App(middleware=middleware, cors_enable=False)
+    app = App(middleware=middleware, cors_enable=False)
     app.req_options.keep_blank_qs_values = True
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False

@@ -117,8 +117,16 @@ def _end_connection(stream: Any, sock: Any) -> None:
     request = getattr(getattr(stream, "reader", None), "req", None)
     if request is not None and hasattr(request, "must_close"):
         request.must_close = True
-    with suppress(OSError):
+    with suppress(OSError, AttributeError):
         sock.shutdown(socket.SHUT_RD)
+
+
+def refuse_body(env: dict[str, Any]) -> None:
+    """The answer refuses a request whose body it will not read, and whose framing cannot be
+    trusted (no Content-Length nor chunked: gunicorn would read to the end of the connection;
+    a transfer coding we do not take): the connection ends after the answer, which is sent at
+    once instead of after a body that may never end."""
+    _end_connection(env.get("wsgi.input"), env.get("gunicorn.socket"))
 
 
 def _timed(sock: Any, timeout_s: float, stream: Any, read: Callable[[], T]) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import falcon
 
@@ -39,7 +40,8 @@ REASONS = {
     412: "Precondition Failed", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
     416: "Requested Range Not "
     "Satisfiable", 422: "Unprocessable Entity", 499: "Client Disconnect",
-    500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 
@@ -66,6 +68,37 @@ def status_of(exc: e.PithosError) -> int:
 JSON_ERROR_PREFIXES: tuple[str, ...] = ("/image/",)
 
 
+# Swift's explanations (swob.RESPONSE_REASONS) for an error that has no message of its own: its
+# body is then `<html><h1>TITLE</h1><p>EXPLANATION</p></html>`, as text/html.
+EXPLANATIONS = {
+    400: "The server could not comply with the request since it is either malformed or "
+         "otherwise incorrect.",
+    401: "This server could not verify that you are authorized to access the document you "
+         "requested.",
+    403: "Access was denied to this resource.",
+    404: "The resource could not be found.",
+    405: "The method is not allowed for this resource.",
+    408: "The server has waited too long for the request to be sent by the client.",
+    409: "There was a conflict when trying to complete your request.",
+    411: "Content-Length header required.",
+    412: "A precondition for this request was not met.",
+    413: "The body of your request was too large for this server.",
+    416: "The Range requested is not available.",
+    499: "The client was disconnected during request.",
+    500: "The server has either erred or is incapable of performing the requested operation.",
+    501: "The server is either unable or unwilling to support the request.",
+    503: "The server is currently unavailable. Please try again at a later time.",
+}
+
+
+def www_authenticate(req: falcon.Request) -> str:
+    """The challenge of a 401, as Swift's tempauth words it: the realm is the account segment
+    of a /v1 path (quoted as the client would send it), else "unknown"."""
+    parts = req.path.split("/", 3)
+    realm = parts[2] if len(parts) > 2 and parts[1] == "v1" and parts[2] else "unknown"
+    return f'Swift realm="{quote(realm)}"'
+
+
 def _answer(resp: falcon.Response, status: int, message: str,
             headers: dict[str, str] | None = None, req: falcon.Request | None = None) -> None:
     resp.status = falcon.code_to_http_status(status) if status != 499 else "499 Client Disconnect"
@@ -77,9 +110,19 @@ def _answer(resp: falcon.Response, status: int, message: str,
         resp.text = json.dumps({title.lower().replace(" ", "_"): {
             "code": status, "title": title, "message": message or title}})
         return
-    resp.content_type = "text/plain; charset=utf-8"
-    text = message or REASONS.get(status, "")
-    resp.text = text + ("\n" if text and not text.endswith("\n") else "")
+    if status == 401 and req is not None and "www-authenticate" not in resp.headers:
+        resp.set_header("WWW-Authenticate", www_authenticate(req))
+    # As Swift's: the message as it is (text/plain), or Swift's HTML page for the status.
+    if message:
+        resp.content_type = "text/plain; charset=utf-8"
+        resp.text = message
+    elif status in EXPLANATIONS:
+        resp.content_type = "text/html; charset=UTF-8"
+        resp.text = (f"<html><h1>{REASONS.get(status, 'Error')}</h1>"
+                     f"<p>{EXPLANATIONS[status]}</p></html>")
+    else:
+        resp.content_type = "text/plain; charset=utf-8"
+        resp.text = ""
 
 
 def pithos_error(req: falcon.Request, resp: falcon.Response, exc: e.PithosError,

@@ -12,6 +12,7 @@ from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
 from pithos.objects import ContainerSummary, ListingEntry
 from pithos.objects.changes import Feed
+from pithos.objects.service import ContainerSubdir
 
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 
@@ -54,24 +55,31 @@ def listing_params(req: falcon.Request, max_limit: int) -> dict[str, object]:
     return params
 
 
+CONTENT_TYPES = {"json": "application/json; charset=utf-8",
+                 "xml": "application/xml; charset=utf-8",
+                 "plain": "text/plain; charset=utf-8"}
+
+
 def _send(resp: falcon.Response, fmt: str, body: str, empty: bool) -> None:
+    # An empty plain listing is a 204, still typed as the listing would be (as Swift's).
+    resp.content_type = CONTENT_TYPES[fmt]
     if fmt == "plain" and empty:
         resp.status = falcon.HTTP_204
         return
     resp.status = falcon.HTTP_200
-    resp.content_type = {"json": "application/json; charset=utf-8",
-                         "xml": "application/xml; charset=utf-8",
-                         "plain": "text/plain; charset=utf-8"}[fmt]
     resp.text = body
 
 
 def send_containers(resp: falcon.Response, fmt: str, account: str,
                     rows: Sequence[ContainerSummary]) -> None:
     if fmt == "json":
-        body = json.dumps([{"name": r.name, "count": r.objects, "bytes": r.bytes,
+        body = json.dumps([{"subdir": r.name} if isinstance(r, ContainerSubdir) else
+                           {"name": r.name, "count": r.objects, "bytes": r.bytes,
                             "last_modified": iso_date(r.created)} for r in rows])
     elif fmt == "xml":
         items = "".join(
+            f"<subdir name={quoteattr(r.name)}><name>{escape(r.name)}</name></subdir>"
+            if isinstance(r, ContainerSubdir) else
             f"<container><name>{escape(r.name)}</name><count>{r.objects}</count>"
             f"<bytes>{r.bytes}</bytes><last_modified>{iso_date(r.created)}</last_modified>"
             "</container>"

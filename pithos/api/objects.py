@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 import falcon
 
 from pithos.api import bulk
-from pithos.api.body import PieceBuffers, request_body
+from pithos.api.body import PieceBuffers, refuse_body, request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import (
@@ -294,7 +294,8 @@ class ObjectHandlers:
         length = req.content_length
         chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
         if length is None and not chunked:
-            raise HTTPStatusError(411, "Length Required")
+            refuse_body(req.env)
+            raise HTTPStatusError(411, "Missing Content-Length header.")
         if length is not None:
             self.objects.check_quota(container, t.obj, length)
         objects = self.services.objects

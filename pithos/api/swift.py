@@ -10,11 +10,13 @@ import secrets
 import falcon
 
 from pithos.api import bulk, listing
+from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import (
     decode_path,
     encoded_slash_in_container,
+    http_date,
     meta_from_headers,
     meta_headers,
     path_info,
@@ -44,6 +46,13 @@ class SwiftSink:
         txid = "tx" + secrets.token_hex(12)
         resp.set_header("X-Trans-Id", txid)
         resp.set_header("X-Openstack-Request-Id", txid)
+        coding = req.get_header("Transfer-Encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # As Swift: only plain chunked framing (gunicorn would read "gzip, chunked" as
+            # chunked and hand us gzip bytes).
+            refuse_body(req.env)
+            raise HTTPStatusError(501, "Unsupported Transfer-Coding header value specified in "
+                                       "Transfer-Encoding header")
         parts: list[str | None] = [*decode_path(raw), None, None, None]
         account, container, obj = parts[0], parts[1] or None, parts[2] or None
         if not account:
@@ -90,6 +99,7 @@ class SwiftSink:
     def account_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
         self._account_headers(resp, info, req.context.user)
+        resp.content_type = listing.CONTENT_TYPES[listing.listing_format(req)]
         resp.status = falcon.HTTP_204
 
     def account_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
@@ -98,6 +108,7 @@ class SwiftSink:
         fmt = listing.listing_format(req)
         objects = self.services.objects
         rows = objects.list_containers(info.id, until=parse_until(req),
+                                       delimiter=req.get_param("delimiter") or "",
                                        **params)  # type: ignore[arg-type]
         if "shared" in req.params:
             shared = objects.sharing.shared_containers(info.name)
@@ -176,42 +187,60 @@ class SwiftSink:
         policy = self._container_policy(req, user, info)
         self.services.objects.update_container(container, meta, policy)
         resp.status = falcon.HTTP_204
+        content_type = (req.content_type or "").partition(";")[0].strip().lower()
+        if content_type == "application/octet-stream" and req.content_length != 0:
+            # Pithos+: a container POST with raw data stores its blocks (as POST ?blocks)
+            # and answers 202 with their hashes, one a line (or JSON, by format).
+            hashes = [to_hex(h) for h in self._store_blocks(req, t)]
+            resp.status = falcon.HTTP_202
+            fmt = listing.listing_format(req)
+            resp.content_type = listing.CONTENT_TYPES["json" if fmt == "json" else "plain"]
+            resp.text = json.dumps(hashes) if fmt == "json" else "".join(
+                f"{h}\n" for h in hashes)
 
     def _blocks(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         """POST ?blocks: raw blocks in the body (cut at the block size, or at the lengths in
         X-Block-Lengths), answered with their hashes.  POST ?missing: a JSON list of hashes,
         answered with those the client must send.  Both only for who may write here, and
         both answer for the caller's own account only (dedup without leaking)."""
+        if "missing" in req.params:
+            user, account_id = self._block_writer(req, t)
+            try:
+                wanted = [from_hex(h) for h in json.loads(req.stream.read(16 * 1024 * 1024))]
+            except (ValueError, TypeError, RecursionError):
+                raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
+            missing = self.services.hashmaps.missing(account_id, wanted, user)
+        else:
+            missing = self._store_blocks(req, t)
+        resp.status = falcon.HTTP_200
+        resp.content_type = "application/json; charset=utf-8"
+        resp.text = json.dumps([to_hex(h) for h in missing])
+
+    def _block_writer(self, req: falcon.Request, t: Target) -> tuple[UserInfo, int]:
+        """(the user, its account's id) for who may write objects here and is logged in."""
         assert t.container is not None
         user = req.context.user
         self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         if user is None:
             raise HTTPStatusError(401, "log in to upload blocks")
-        account_id = self.services.objects.account_id(user.account)
-        hashmaps = self.services.hashmaps
-        if "missing" in req.params:
-            try:
-                wanted = [from_hex(h) for h in json.loads(req.stream.read(16 * 1024 * 1024))]
-            except (ValueError, TypeError, RecursionError):
-                raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
-            missing = hashmaps.missing(account_id, wanted, user)
-        else:
-            lengths_text = req.get_header("X-Block-Lengths")
-            try:
-                lengths = ([int(n) for n in lengths_text.split(",")] if lengths_text
-                           else None)
-            except ValueError:
-                raise HTTPStatusError(400, "X-Block-Lengths is a comma-separated list") \
-                    from None
-            if req.content_length is None and "chunked" not in (
-                    req.get_header("Transfer-Encoding") or "").lower():
-                raise HTTPStatusError(411, "Length Required")
-            with self.services.objects.upload_lease():
-                missing = hashmaps.store_blocks(account_id, req.stream, req.content_length,
-                                                lengths, user)
-        resp.status = falcon.HTTP_200
-        resp.content_type = "application/json; charset=utf-8"
-        resp.text = json.dumps([to_hex(h) for h in missing])
+        return user, self.services.objects.account_id(user.account)
+
+    def _store_blocks(self, req: falcon.Request, t: Target) -> list[bytes]:
+        """The body's blocks (cut at the block size, or at X-Block-Lengths) stored; their
+        hashes, in order."""
+        user, account_id = self._block_writer(req, t)
+        lengths_text = req.get_header("X-Block-Lengths")
+        try:
+            lengths = [int(n) for n in lengths_text.split(",")] if lengths_text else None
+        except ValueError:
+            raise HTTPStatusError(400, "X-Block-Lengths is a comma-separated list") from None
+        if req.content_length is None and "chunked" not in (
+                req.get_header("Transfer-Encoding") or "").lower():
+            refuse_body(req.env)
+            raise HTTPStatusError(411, "Missing Content-Length header.")
+        with self.services.objects.upload_lease():
+            return self.services.hashmaps.store_blocks(account_id, req.stream,
+                                                       req.content_length, lengths, user)
 
     def container_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
@@ -239,6 +268,8 @@ class SwiftSink:
         resp.set_header("X-Container-Bytes-Used", str(used))
         resp.set_header("X-Timestamp", x_timestamp(c.created))
         resp.set_header("X-Put-Timestamp", x_timestamp(c.created))
+        # Swift's is the last PUT or POST of the container; the catalog keeps its creation.
+        resp.set_header("Last-Modified", http_date(c.created))
         resp.set_header("X-Storage-Policy", "default")
         resp.set_header("X-Container-Block-Size", str(self.services.block_size))
         resp.set_header("X-Container-Block-Hash", "blake3")
@@ -262,6 +293,7 @@ class SwiftSink:
         view = self.services.objects.sharing.listing_access(user, t.account, t.container,
                                                             False)
         self._container_headers(resp, view, user)
+        resp.content_type = listing.CONTENT_TYPES[listing.listing_format(req)]
         resp.status = falcon.HTTP_204
 
     def _changes(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
@@ -297,8 +329,6 @@ class SwiftSink:
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
         delimiter = req.get_param("delimiter") or ""
         path = req.get_param("path")
-        if len(delimiter) > 1:
-            raise HTTPStatusError(412, "Bad delimiter")
         if path is not None:
             entries = objects.list_path(c.id, path, **params)  # type: ignore[arg-type]
         else:

@@ -573,6 +573,9 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         prefix collapse into one pseudo-directory entry."""
         now = time.time() if now is None else now
         out: list[ListingEntry] = []
+        # A pseudo-directory equal to the marker was the last entry of the page before: as
+        # Swift, it is not named again (a client paging by marker would loop on it forever).
+        asked_marker = marker
         with self._read() as conn:
             while len(out) < limit:
                 q = self._visible(select(s.objects.c.name, s.versions.c.size,
@@ -588,7 +591,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                         cut = r.name.find(delimiter, len(prefix))
                         if cut >= 0:
                             sub = r.name[:cut + len(delimiter)]
-                            if not out or out[-1].name != sub:
+                            if sub != asked_marker and (not out or out[-1].name != sub):
                                 out.append(ListingEntry(sub, subdir=True))
                             # Skip every other name under this pseudo-directory.
                             marker = sub if reverse else sub + MAX_CHAR

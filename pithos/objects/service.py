@@ -153,11 +153,34 @@ class ObjectService:
 
     def list_containers(self, account_id: int, *, limit: int, marker: str = "",
                         end_marker: str = "", prefix: str = "", reverse: bool = False,
-                        until: float | None = None) -> list[ContainerSummary]:
-        """The account's containers with their usage, in name order."""
-        return self.catalog.list_containers(account_id, prefix=prefix, marker=marker,
-                                            end_marker=end_marker, limit=limit,
-                                            reverse=reverse, until=until)
+                        until: float | None = None,
+                        delimiter: str = "") -> list[ContainerSummary]:
+        """The account's containers with their usage, in name order; with a delimiter, names
+        that continue past it after the prefix collapse into one pseudo-directory entry
+        (`subdir`), never the marker itself (as Swift's, and as object listings)."""
+        page = self.catalog.list_containers
+        if not delimiter:
+            return page(account_id, prefix=prefix, marker=marker, end_marker=end_marker,
+                        limit=limit, reverse=reverse, until=until)
+        out: list[ContainerSummary] = []
+        cursor = marker
+        while len(out) < limit:
+            rows = page(account_id, prefix=prefix, marker=cursor, end_marker=end_marker,
+                        limit=limit - len(out), reverse=reverse, until=until)
+            for row in rows:
+                cut = row.name.find(delimiter, len(prefix))
+                if cut >= 0:
+                    sub = row.name[:cut + len(delimiter)]
+                    if sub != marker and (not out or out[-1].name != sub):
+                        out.append(ContainerSubdir(sub, 0, 0, 0.0))
+                    # Skip every other name under it: the next page starts past it.
+                    cursor = sub if reverse else sub + _MAX_CHAR
+                    break
+                out.append(row)
+                cursor = row.name
+            else:
+                return out  # the page ended without a pseudo-directory: nothing more
+        return out[:limit]
 
     def update_account(self, user: UserInfo | None, account: AccountInfo,
                        meta: Mapping[str, str | None], *, acl: str | None = None,
@@ -653,6 +676,12 @@ class ObjectService:
 
 # Sorts after every name that follows a given prefix (as the catalog's listings use it).
 _MAX_CHAR = "\U0010ffff"
+
+
+class ContainerSubdir(ContainerSummary):
+    """A pseudo-directory of an account listing with a delimiter (its name ends in it)."""
+
+    __slots__ = ()
 
 
 def _int_or_none(value: Any) -> int | None:

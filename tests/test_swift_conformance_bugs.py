@@ -1,0 +1,193 @@
+"""Issue 21: the protocol bugs OpenStack Swift's own functional suite found (see
+scripts/swift-conformance), each pinned here against a real `pithos serve`, through the `swift`
+CLI, python-swiftclient and raw HTTP."""
+
+from __future__ import annotations
+
+import gc
+import json
+import socket
+
+import pytest
+import swiftclient
+
+from tests.swift_helpers import TIMEOUT_S, Login, login, request, swift_cli
+
+# Answers that must come while the client still holds the connection open (the server must not
+# wait for a body): bounded well below the suite's own time limits.
+REPLY_S = 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_idle_connections(pithos_server):
+    yield
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def me(pithos_server) -> Login:
+    return login(pithos_server)
+
+
+def reply_head(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` and read the answer's status and headers without closing our side: a
+    server that waits for more of the request never answers (the socket times out)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=REPLY_S) as s:
+        s.sendall(data)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        head, _, body = got.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = 0 if data.startswith(b"HEAD ") else int(headers.get("Content-Length", 0))
+        while len(body) < length and (chunk := s.recv(65536)):
+            body += chunk
+    return int(lines[0].split(" ", 2)[1]), headers, body
+
+
+def conn(server) -> swiftclient.Connection:
+    return swiftclient.Connection(server.auth_url, "test:tester", "testing", retries=0,
+                                  timeout=TIMEOUT_S)
+
+
+# -- listings ------------------------------------------------------------------------------------
+
+def test_delimiter_listing_does_not_repeat_the_marker_subdir(pithos_server, me):
+    """marker=a/&delimiter=/ must not name a/ again, or every client paging by marker loops."""
+    c = conn(pithos_server)
+    c.put_container("delim")
+    for name in ("a/b", "a/c", "b", "c/d"):
+        c.put_object("delim", name, b"x")
+    _, page = c.get_container("delim", delimiter="/", marker="a/")
+    assert [e.get("subdir", e.get("name")) for e in page] == ["b", "c/"]
+    _, whole = c.get_container("delim", delimiter="/")
+    assert [e.get("subdir", e.get("name")) for e in whole] == ["a/", "b", "c/"]
+    # The swift CLI pages by marker until an empty page: it ends, each entry once.
+    out = swift_cli(pithos_server, "list", "delim", "--delimiter", "/", timeout=60).stdout
+    assert out.split() == ["a/", "b", "c/"]
+
+
+def test_account_listing_honours_the_delimiter(pithos_server, me):
+    c = conn(pithos_server)
+    for name in ("test", "test-bar", "test-foo", "tesu"):
+        c.put_container(name)
+    _, rows = c.get_account(prefix="tes", delimiter="-")
+    assert [r.get("subdir", r.get("name")) for r in rows] == ["test", "test-", "tesu"]
+    assert rows[1] == {"subdir": "test-"}
+    # Paging past the pseudo-directory by marker goes on after it, without repeating it.
+    _, rows = c.get_account(prefix="tes", delimiter="-", marker="test-")
+    assert [r["name"] for r in rows] == ["tesu"]
+    r = request(pithos_server, "GET", f"{me.path}?prefix=tes&delimiter=-", token=me.token)
+    assert r.body.decode().split() == ["test", "test-", "tesu"]
+    # A delimiter of several characters, as Swift allows.
+    _, rows = c.get_account(prefix="tes", delimiter="-f")
+    assert [r.get("subdir", r.get("name")) for r in rows] == [
+        "test", "test-bar", "test-f", "tesu"]
+
+
+def test_container_get_and_head_carry_last_modified_and_listing_type(pithos_server, me):
+    c = conn(pithos_server)
+    c.put_container("dated")
+    for method in ("HEAD", "GET"):
+        r = request(pithos_server, method, f"{me.path}/dated", token=me.token)
+        assert r.status == 204
+        assert r.headers["last-modified"].endswith(" GMT")
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    head = c.head_container("dated")
+    assert "last-modified" in head
+
+
+# -- framing -------------------------------------------------------------------------------------
+
+def test_put_without_length_or_chunking_is_411_at_once(pithos_server, me):
+    request(pithos_server, "PUT", f"{me.path}/framing", token=me.token)
+    # The body follows the headers but nothing says where it ends: no waiting for it.
+    status, _, _ = reply_head(pithos_server, (
+        f"PUT {me.path}/framing/obj HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Auth-Token: {me.token}"
+        "\r\n\r\n0123456789").encode())
+    assert status == 411
+    assert request(pithos_server, "HEAD", f"{me.path}/framing/obj",
+                   token=me.token).status == 404
+
+
+def test_a_transfer_coding_other_than_chunked_is_501(pithos_server, me):
+    request(pithos_server, "PUT", f"{me.path}/framing", token=me.token)
+    status, _, body = reply_head(pithos_server, (
+        f"PUT {me.path}/framing/gz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Auth-Token: {me.token}"
+        "\r\nTransfer-Encoding: gzip,chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").encode())
+    assert status == 501
+    assert b"Transfer-Encoding" in body
+    assert request(pithos_server, "HEAD", f"{me.path}/framing/gz", token=me.token).status == 404
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+def test_invalid_utf8_path_is_412_and_raw_utf8_works(pithos_server, me):
+    request(pithos_server, "PUT", f"{me.path}/names", token=me.token)
+    bad = "\u00e9t\u00e9".encode()[::-1]  # bytes that are not UTF-8
+    status, _, _ = reply_head(pithos_server, (
+        f"PUT {me.path}/".encode() + bad + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"X-Auth-Token: {me.token}\r\nContent-Length: 0\r\n\r\n".encode()))
+    assert status == 412
+    # Raw UTF-8 in the request line, as Swift's clients send non-ASCII names.
+    status, _, _ = reply_head(pithos_server, (
+        f"PUT {me.path}/names/".encode() + "\u00e9t\u00e9".encode() + b" HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1\r\nX-Auth-Token: {me.token}\r\nContent-Length: 2\r\n\r\nhi".encode()))
+    assert status == 201
+    _, rows = conn(pithos_server).get_container("names")
+    assert [r["name"] for r in rows] == ["\u00e9t\u00e9"]
+
+
+# -- headers -------------------------------------------------------------------------------------
+
+def test_header_names_come_back_title_cased_as_swift(pithos_server, me):
+    request(pithos_server, "PUT", f"{me.path}/cased", token=me.token)
+    request(pithos_server, "PUT", f"{me.path}/cased/obj", body=b"x", token=me.token,
+            headers={"X-Object-Meta-color": "blue"})
+    status, headers, _ = reply_head(pithos_server, (
+        f"HEAD {me.path}/cased/obj HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Auth-Token: {me.token}"
+        "\r\nConnection: close\r\n\r\n").encode())
+    assert status == 200
+    assert headers.get("X-Object-Meta-Color") == "blue", headers
+    assert "X-Trans-Id" in headers and "Etag" in headers and "Content-Length" in headers
+
+
+def test_401_has_a_swift_challenge_and_errors_have_swift_bodies(pithos_server, me):
+    r = request(pithos_server, "GET", f"{me.path}/x", token="not-a-token")
+    assert r.status == 401
+    assert r.headers["www-authenticate"] == f'Swift realm="{me.path.split("/")[2]}"'
+    r = request(pithos_server, "GET", "/v1/AUTH_test", headers={"X-Auth-Token": "nope"})
+    assert r.headers["www-authenticate"] == 'Swift realm="AUTH_test"'
+    # A message of our own is sent as it is, as Swift's own messages are (no newline added).
+    r = request(pithos_server, "GET", f"{me.path}/a%ff", token=me.token)
+    assert (r.status, r.body) == (412, b"Invalid UTF8 or contains NULL")
+
+
+# -- Pithos compatibility ------------------------------------------------------------------------
+
+def test_container_post_of_octet_stream_stores_blocks(pithos_server, me):
+    request(pithos_server, "PUT", f"{me.path}/raw", token=me.token)
+    data = b"some block data"
+    r = request(pithos_server, "POST", f"{me.path}/raw", body=data, token=me.token,
+                headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 202
+    hashes = r.body.decode().split()
+    assert len(hashes) == 1
+    # The same hash ?blocks answers, and the block is now there: ?missing names none.
+    r = request(pithos_server, "POST", f"{me.path}/raw?blocks", body=data, token=me.token)
+    assert json.loads(r.body) == hashes
+    r = request(pithos_server, "POST", f"{me.path}/raw?missing", token=me.token,
+                body=json.dumps(hashes).encode())
+    assert json.loads(r.body) == []
+    r = request(pithos_server, "POST", f"{me.path}/raw?format=json", body=b"other", token=me.token,
+                headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 202 and len(r.json()) == 1
+    # Without a body it stays the metadata update it was.
+    r = request(pithos_server, "POST", f"{me.path}/raw", token=me.token,
+                headers={"X-Container-Meta-K": "v"})
+    assert r.status == 204
