@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -39,6 +39,10 @@ class PreconditionFailed(RemoteError):
 
 class NotFoundRemote(RemoteError):
     pass
+
+
+class ContentChanged(RemoteError):
+    """The bytes sent are not those the ETag promised: the file changed while sent."""
 
 
 class CursorGone(RemoteError):
@@ -98,6 +102,7 @@ class Remote:
         self.sent_bytes = 0
         self.received_bytes = 0
         self._move: bool | None = None
+        self.cdc = False  # the container cuts plain PUTs as this client does (ensure_container)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -122,8 +127,9 @@ class Remote:
         return base if name is None else f"{base}/{_quote(name)}"
 
     def request(self, method: str, name: str | None, *, query: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None, body: bytes | None = None,
-                stream: bool = False, ok: Sequence[int] = (200, 201, 202, 204)
+                headers: dict[str, str] | None = None,
+                body: bytes | Iterable[bytes] | None = None, stream: bool = False,
+                ok: Sequence[int] = (200, 201, 202, 204), retries: int = RETRIES
                 ) -> urllib3.BaseHTTPResponse:
         """One request, logged in (again on a 401), retried on 5xx and dropped connections;
         412 is PreconditionFailed, 404 NotFoundRemote, other statuses outside `ok`
@@ -135,25 +141,25 @@ class Remote:
             url += "?" + "&".join(f"{k}={quote(v, safe='')}" if v else k
                                   for k, v in query.items())
         relogged = False
-        for attempt in range(RETRIES + 1):
+        for attempt in range(retries + 1):
             h = {"X-Auth-Token": self.token, **(headers or {})}
             try:
                 r = self.http.request(method, url, headers=h, body=body,
                                       preload_content=not stream)
             except urllib3.exceptions.HTTPError as exc:
-                if attempt == RETRIES:
+                if attempt == retries:
                     raise RemoteError(f"{method} {name or self.container}: {_reason(exc)}"
                                       ) from None
                 time.sleep(min(0.2 * 2 ** attempt, 5))
                 continue
-            if body is not None:
+            if isinstance(body, bytes):
                 self.sent_bytes += len(body)
-            if r.status == 401 and not relogged:
+            if r.status == 401 and not relogged and retries:
                 relogged = True
                 _drain(r)
                 self.login()
                 continue
-            if r.status >= 500 and r.status != 507 and attempt < RETRIES:
+            if r.status >= 500 and r.status != 507 and attempt < retries:
                 _drain(r)
                 time.sleep(min(0.2 * 2 ** attempt, 5))
                 continue
@@ -180,17 +186,33 @@ class Remote:
         """Create the container if absent, CDC-chunked (X-Container-Policy-Chunking: cdc),
         so the server cuts a plain PUT of a small file as this client does."""
         try:
-            self.request("HEAD", None)
+            r = self.request("HEAD", None)
+            self.cdc = r.headers.get("X-Container-Policy-Chunking") == "cdc"
         except NotFoundRemote:
             self.request("PUT", None, headers={"X-Container-Policy-Chunking": "cdc"},
                          ok=(201, 202))
+            self.cdc = True
 
-    def put_object(self, name: str, data: bytes, md5: str, if_match: str | None,
-                   content_type: str | None = None) -> str:
-        """A plain conditional PUT of a small file (one request instead of three)."""
+    def put_object(self, name: str, data: bytes | Iterable[bytes], md5: str,
+                   if_match: str | None, content_type: str | None = None,
+                   size: int | None = None) -> str:
+        """A plain conditional PUT; `data` is bytes, or pieces adding up to `size` bytes
+        (sent once: no retry).  The server checks the content against `md5` (422 if it
+        differs: ContentChanged)."""
         h = {"ETag": md5, "Content-Type": content_type or "application/octet-stream"}
         h.update(_condition(if_match))
-        r = self.request("PUT", name, body=data, headers=h, ok=(201,))
+        if not isinstance(data, bytes):
+            h["Content-Length"] = str(size)
+        try:
+            r = self.request("PUT", name, body=data, headers=h, ok=(201,),
+                             retries=RETRIES if isinstance(data, bytes) else 0)
+        except RemoteError as exc:
+            if exc.status == 422:
+                raise ContentChanged(f"PUT {name}: the content is not what was hashed",
+                                     422) from None
+            raise
+        if not isinstance(data, bytes):
+            self.sent_bytes += size or 0
         return r.headers.get("ETag", md5).strip('"')
 
     def changes(self, cursor: str, limit: int = 1000) -> Iterator[ChangePage]:
