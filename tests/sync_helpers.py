@@ -41,6 +41,15 @@ class Device:
         finally:
             state.close()
 
+    def state_chunks(self, rel: str):
+        """The chunk list the files cache holds for `rel`."""
+        state = State(self.folder)
+        try:
+            f = state.cached(rel)
+            return f.chunks if f is not None else ()
+        finally:
+            state.close()
+
     def cli(self, *args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "pithos.cli.main", "sync", self.folder, self.container,
                "--auth-url", self.creds.auth_url, "--user", self.creds.user,

@@ -70,6 +70,7 @@ class Stats:
     sent_bytes: int = 0
     fetched_bytes: int = 0
     reused_bytes: int = 0
+    request_bytes: int = 0  # every request body: chunks, hash lists, hashmaps
     agreed: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -118,7 +119,11 @@ class Engine:
         """Passes until the folder and the container agree (True) or MAX_PASSES went by or a
         pass could do nothing more (False: something was skipped, reported)."""
         self.stats.errors = []  # (--watch: a problem still there is reported again each run)
-        self.stats.agreed = self._sync_once()
+        sent_before = self.remote.sent_bytes
+        try:
+            self.stats.agreed = self._sync_once()
+        finally:
+            self.stats.request_bytes += self.remote.sent_bytes - sent_before
         return self.stats.agreed
 
     def _sync_once(self) -> bool:
@@ -234,7 +239,9 @@ class Engine:
     def do_agree(self, a: P.Action) -> None:
         lf = a.local
         assert lf is not None
-        self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode))
+        full = self.state.cached(a.path)
+        chunks = full.chunks if full is not None and full.md5 == lf.md5 else ()
+        self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode), chunks)
 
     def do_forget(self, a: P.Action) -> None:
         self.state.drop_base(a.path)
@@ -263,8 +270,13 @@ class Engine:
             self.progress.advance(len(data))
         else:
             lf = self._full(lf)
-            wanted = self.remote.missing([c.hash for c in lf.chunks])
-            if len(wanted) == len({c.hash for c in lf.chunks}) and self.remote.cdc and \
+            # The chunks of the version last synced are on the server already: ask only
+            # about the others (an edit's ?missing names a few hashes, not the whole file).
+            known = {c.hash for c in self.state.base_chunks(a.path)}
+            unique = {c.hash for c in lf.chunks}
+            ask = [h for h in unique if h not in known]
+            wanted = self.remote.missing(ask) if ask else set()
+            if len(wanted) == len(unique) and self.remote.cdc and \
                     lf.size <= STREAM_PUT_MAX_BYTES:
                 # Nothing of it is on the server: one streamed PUT sends the same bytes and
                 # costs the server half (it cuts them as we did).  Only up to a size a
@@ -286,7 +298,8 @@ class Engine:
     def _uploaded(self, rel: str, lf: LocalFile, etag: str) -> None:
         with self.state.transaction():
             self.state.put_remote(RemoteEntry(rel, lf.size, etag))
-            self.state.set_base(BaseEntry(rel, lf.size, lf.md5, lf.mtime_ns, lf.inode))
+            self.state.set_base(BaseEntry(rel, lf.size, lf.md5, lf.mtime_ns, lf.inode),
+                                lf.chunks)
             self.state.done(rel)
         self.stats.uploaded += 1
         self.say(f"uploaded {rel}")
@@ -410,7 +423,8 @@ class Engine:
         self.state.put_file(lf)
         with self.state.transaction():
             self.state.put_remote(RemoteEntry(rel, m.size, m.etag))
-            self.state.set_base(BaseEntry(rel, m.size, m.etag, st.st_mtime_ns, st.st_ino))
+            self.state.set_base(BaseEntry(rel, m.size, m.etag, st.st_mtime_ns, st.st_ino),
+                                m.chunks)
             self.state.done(rel)
 
     def _fill(self, rel: str, m: RemoteMap, tmp: str) -> None:
@@ -575,7 +589,8 @@ class Engine:
             self.state.drop_remote(src)
             self.state.drop_base(src)
             self.state.put_remote(RemoteEntry(a.path, lf.size, etag))
-            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode))
+            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, lf.mtime_ns, lf.inode),
+                                lf.chunks)
             self.state.done(a.path)
         self.stats.moved += 1
         self.say(f"moved {src} -> {a.path} on the server")
@@ -602,7 +617,8 @@ class Engine:
         self.state.put_file(moved)
         with self.state.transaction():
             self.state.drop_base(src)
-            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, st.st_mtime_ns, st.st_ino))
+            self.state.set_base(BaseEntry(a.path, lf.size, lf.md5, st.st_mtime_ns, st.st_ino),
+                                lf.chunks)
             self.state.done(a.path)
         self.stats.moved += 1
         self.say(f"moved {src} -> {a.path} (moved on the server)")

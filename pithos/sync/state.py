@@ -31,7 +31,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS base (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, md5 TEXT NOT NULL,
-    mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL);
+    mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, chunks BLOB NOT NULL DEFAULT x'');
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL, md5 TEXT NOT NULL, chunks BLOB NOT NULL);
@@ -121,6 +121,9 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        if "chunks" not in [r[1] for r in self.db.execute("PRAGMA table_info(base)")]:
+            # (a state made before base kept its chunk list)
+            self.db.execute("ALTER TABLE base ADD COLUMN chunks BLOB NOT NULL DEFAULT x''")
         self._lock_fd: int | None = None
 
     def close(self) -> None:
@@ -170,9 +173,17 @@ class State:
         return {r[0]: BaseEntry(*r) for r in
                 self.db.execute("SELECT path, size, md5, mtime_ns, inode FROM base")}
 
-    def set_base(self, entry: BaseEntry) -> None:
-        self.db.execute("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?)",
-                        (entry.path, entry.size, entry.md5, entry.mtime_ns, entry.inode))
+    def set_base(self, entry: BaseEntry, chunks: Iterable[Chunk] = ()) -> None:
+        """Record what both sides agree on; `chunks`, the content's chunk list if known
+        (the server holds them and we may name them: an upload of an edit asks ?missing
+        only about the others)."""
+        self.db.execute("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?)",
+                        (entry.path, entry.size, entry.md5, entry.mtime_ns, entry.inode,
+                         pack_chunks(chunks)))
+
+    def base_chunks(self, path: str) -> tuple[Chunk, ...]:
+        row = self.db.execute("SELECT chunks FROM base WHERE path = ?", (path,)).fetchone()
+        return () if row is None else unpack_chunks(row[0])
 
     def drop_base(self, path: str) -> None:
         self.db.execute("DELETE FROM base WHERE path = ?", (path,))
