@@ -4,7 +4,9 @@ CLI, python-swiftclient and raw HTTP."""
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
 import json
 import socket
 
@@ -191,3 +193,48 @@ def test_container_post_of_octet_stream_stores_blocks(pithos_server, me):
     r = request(pithos_server, "POST", f"{me.path}/raw", token=me.token,
                 headers={"X-Container-Meta-K": "v"})
     assert r.status == 204
+
+
+def test_slo_with_inline_data_segments(pithos_server, me):
+    """A manifest mixing {"data": base64} segments with object segments (Swift's SLO suite
+    builds one in its setUp): the bytes in order, Swift's ETag, the manifest as stored."""
+    c = conn(pithos_server)
+    c.put_container("inline")
+    c.put_object("inline", "seg", b"B" * 10)
+    manifest = [{"data": base64.b64encode(b"head-").decode()},
+                {"path": "/inline/seg"},
+                {"data": base64.b64encode(b"-tail").decode()}]
+    c.put_object("inline", "mixed", json.dumps(manifest).encode(),
+                 query_string="multipart-manifest=put")
+    headers, body = c.get_object("inline", "mixed")
+    assert body == b"head-" + b"B" * 10 + b"-tail"
+    parts = [hashlib.md5(p).hexdigest() for p in (b"head-", b"B" * 10, b"-tail")]
+    assert headers["etag"].strip('"') == hashlib.md5("".join(parts).encode()).hexdigest()
+    _, stored = c.get_object("inline", "mixed", query_string="multipart-manifest=get")
+    assert [("data" in s, s.get("name")) for s in json.loads(stored)] == [
+        (True, None), (False, "/inline/seg"), (True, None)]
+    # Bad base64, or a data segment with other keys: 400, nothing stored.
+    for bad in ([{"data": "not base64!"}], [{"data": "aGk=", "path": "/inline/seg"}]):
+        r = request(pithos_server, "PUT", f"{me.path}/inline/bad?multipart-manifest=put",
+                    body=json.dumps(bad).encode(), token=me.token)
+        assert r.status == 400, r
+    assert request(pithos_server, "HEAD", f"{me.path}/inline/bad", token=me.token).status == 404
+    # Deleting it with its segments deletes the object segment; the inline data goes with it.
+    c.delete_object("inline", "mixed", query_string="multipart-manifest=delete")
+    assert [o["name"] for o in c.get_container("inline")[1]] == []
+
+
+def test_empty_account_or_container_before_a_name_is_404(pithos_server, me):
+    for path in ("/v1//c/o", f"{me.path}//o", "/v1///o"):
+        r = request(pithos_server, "GET", path, token=me.token)
+        assert r.status == 404, path
+
+
+def test_account_listing_names_the_storage_policy(pithos_server, me):
+    c = conn(pithos_server)
+    c.put_container("policy-named")
+    _, rows = c.get_account(prefix="policy-named")
+    assert rows[0]["storage_policy"] == "default"
+    r = request(pithos_server, "GET", f"{me.path}?prefix=policy-named&format=xml",
+                token=me.token)
+    assert b"<storage_policy>default</storage_policy>" in r.body

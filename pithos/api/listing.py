@@ -75,14 +75,15 @@ def send_containers(resp: falcon.Response, fmt: str, account: str,
     if fmt == "json":
         body = json.dumps([{"subdir": r.name} if isinstance(r, ContainerSubdir) else
                            {"name": r.name, "count": r.objects, "bytes": r.bytes,
-                            "last_modified": iso_date(r.created)} for r in rows])
+                            "last_modified": iso_date(r.created),
+                            "storage_policy": "default"} for r in rows])
     elif fmt == "xml":
         items = "".join(
             f"<subdir name={quoteattr(r.name)}><name>{escape(r.name)}</name></subdir>"
             if isinstance(r, ContainerSubdir) else
             f"<container><name>{escape(r.name)}</name><count>{r.objects}</count>"
             f"<bytes>{r.bytes}</bytes><last_modified>{iso_date(r.created)}</last_modified>"
-            "</container>"
+            "<storage_policy>default</storage_policy></container>"
             for r in rows)
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<account name={quoteattr(account)}>'
                 f"{items}</account>")

@@ -53,8 +53,12 @@ class SwiftSink:
             refuse_body(req.env)
             raise HTTPStatusError(501, "Unsupported Transfer-Coding header value specified in "
                                        "Transfer-Encoding header")
-        parts: list[str | None] = [*decode_path(raw), None, None, None]
+        segments = decode_path(raw)
+        parts: list[str | None] = [*segments, None, None, None]
         account, container, obj = parts[0], parts[1] or None, parts[2] or None
+        if any(not s for s in segments[:-1]):
+            # /v1//c/o, /v1/a//o: an empty account or container before a name (as Swift's).
+            raise HTTPStatusError(404, "empty account or container in the path")
         if not account:
             if req.method == "GET":
                 self.sharing_accounts(req, resp)

@@ -91,7 +91,8 @@ class BulkDeletes:
         `delete_paths`), then its manifest `v` in `container` (which the caller may write)."""
         assert v.slo_manifest is not None
         # A segment always names an object: a bare container path among them is nothing.
-        paths = [seg["name"] for seg in json.loads(v.slo_manifest)]
+        # (An inline data segment has no name: nothing to delete but the manifest.)
+        paths = [seg["name"] for seg in json.loads(v.slo_manifest) if "name" in seg]
         result = DeleteResult(not_found=sum(1 for p in paths if "/" not in p.lstrip("/")))
         self.delete_paths(user, account, [p for p in paths if "/" in p.lstrip("/")], result)
         modified_by = f"{user.account}:{user.name}" if user else None
