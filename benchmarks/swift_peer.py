@@ -260,10 +260,15 @@ class SwiftPeer:
 
     name = "swift"
 
-    def __init__(self, work_dir: Path, venv: Path, workers: int) -> None:
+    def __init__(
+        self, work_dir: Path, venv: Path, workers: int, proxy_conf: str | None = None
+    ) -> None:
+        """`proxy_conf`: the proxy's pipeline and filters in place of the benchmark's (the
+        conformance run wants more middleware and users); `{memcache_port}` is filled in."""
         self.work_dir = work_dir
         self.venv = venv
         self.workers = workers
+        self.proxy_conf = proxy_conf or _PROXY
         self.services: list[Service] = []
         self.auth_url = ""
 
@@ -293,7 +298,7 @@ class SwiftPeer:
                 devices=devices,
                 name=f"{kind}-server",
             )
-            text += (_PROXY if kind == "proxy" else _BACKEND).format(
+            text += (self.proxy_conf if kind == "proxy" else _BACKEND).format(
                 kind=kind, memcache_port=memcache_port
             )
             (conf_dir / f"{kind}-server.conf").write_text(text)
