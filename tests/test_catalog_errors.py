@@ -107,6 +107,7 @@ CALLS = {
     "delete_image_member": lambda c: c.delete_image_member("i", "b"),
     "image_members": lambda c: c.image_members("i"),
     "image_member": lambda c: c.image_member("i", "b"),
+    "changes": lambda c: c.changes(1, 0, 10),
     # The writer leases reach the database beside the catalog's methods (PostgreSQL's
     # advisory locks): the same rule holds for them.
     "WriterLeases.begin": lambda c: WriterLeases(c, idle_clear_s=0).begin(),
