@@ -25,6 +25,7 @@ from pithos.core.errors import Conflict, InvalidArgument, NotFound
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
 from pithos.mapper import codec as mapcodec
+from pithos.mapper.gc import refresh_map
 
 # Blocks folded and stored per batch at snapshot time (bounds memory to ~64 MiB).
 FOLD_BATCH_BYTES = 64 * 1024 * 1024
@@ -123,17 +124,6 @@ class Volumes:
         with self.writers.held() as ticket:
             yield self.writers.commit_guard(ticket)
 
-    def _touch_map(self, root: bytes) -> None:
-        """Refresh every page and block of a map a writer is about to name, so that a
-        collector that did not see the map among its roots spares them; NotFound if one is
-        gone."""
-        from pithos.mapper.gc import GcReport, mark
-
-        report = GcReport(dry_run=True)
-        named = mark(self.blocker, [root], report)
-        if report.unwalkable_roots or self.blocker.touch_many(sorted(named)):
-            raise NotFound(f"the map {to_hex(root)} is not whole")
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     def create(self, name: str, size: int, block_size: int = DEFAULT_BLOCK_SIZE) -> Head:
@@ -179,7 +169,7 @@ class Volumes:
             # The source may stop naming the map meanwhile (an object deleted, a snapshot
             # removed): as a writer, the clone refreshes what it names.  (Metadata only: a
             # touch per page and block, no data read or copied.)
-            self._touch_map(root)
+            refresh_map(self.blocker, root)
             with commit:
                 return self.heads.put(head, None)
 

@@ -227,10 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         storage = Storage.from_args(args)
         return int(args.func(args, storage))
-    except PithosError as exc:
-        print(f"compute: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (PithosError, OSError) as exc:
         print(f"compute: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from pithos.blocker.blocker import Blocker
-from pithos.core.errors import PithosError
+from pithos.core.errors import NotFound, PithosError
 from pithos.core.hashing import to_hex
 from pithos.mapper import codec
 
@@ -87,6 +87,17 @@ def mark(blocker: Blocker, roots: Iterable[bytes], report: GcReport) -> set[byte
                         reachable.update(hashes)
     report.reachable_blocks = len(reachable)
     return reachable
+
+
+def refresh_map(blocker: Blocker, root: bytes) -> None:
+    """Refresh every page and block of map `root`, for a writer about to name a map it did
+    not put (a clone, an image over a snapshot): a collector that did not take the map among
+    its roots then spares them, their age being newer than the writer's start.  NotFound if
+    the map is not whole."""
+    report = GcReport(dry_run=True)
+    named = mark(blocker, [root], report)
+    if report.unwalkable_roots or blocker.touch_many(sorted(named)):
+        raise NotFound(f"the map {to_hex(root)} is not whole")
 
 
 class Collection:

@@ -427,16 +427,13 @@ class ObjectService:
         name without having put them (an image over a snapshot's map): a collector that did
         not take the map as a root then spares them.  Returns the map's size; NotFound if
         the map is not whole."""
-        from pithos.mapper.gc import GcReport, mark
+        from pithos.mapper.gc import refresh_map
 
         try:
             size = self.mapper.stat(root).size
         except NotFound:
             raise NotFound("no such map") from None
-        report = GcReport(dry_run=True)
-        named = mark(self.mapper.blocker, [root], report)
-        if report.unwalkable_roots or self.mapper.blocker.touch_many(sorted(named)):
-            raise NotFound("the map is not whole")
+        refresh_map(self.mapper.blocker, root)
         return size
 
     def max_file_size(self) -> int:
