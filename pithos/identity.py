@@ -95,8 +95,10 @@ class Identity:
             raise InvalidArgument("the key must not be empty")
         return self.catalog.set_initial_key(account, user, hash_key(key), admin)
 
-    def login(self, account: str, user: str, key: str) -> tuple[UserInfo, str, float] | None:
-        """(user, token, expires) for good credentials, None otherwise."""
+    def login(self, account: str, user: str, key: str, ttl_s: float | None = None
+              ) -> tuple[UserInfo, str, float] | None:
+        """(user, token, expires) for good credentials, None otherwise; the token lasts
+        `ttl_s` (default: the identity's token_ttl_s)."""
         found = self.catalog.user_credentials(account, user)
         if found is None:
             # Spend the same time as a real check, so timing does not reveal user names.
@@ -106,16 +108,25 @@ class Identity:
         if not self._derive(check_key, key, found.key_hash):
             return None
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        expires = time.time() + self.token_ttl_s
+        expires = time.time() + (self.token_ttl_s if ttl_s is None else ttl_s)
         self.catalog.add_token(token_hash(token), info.id, expires)
         return info, token, expires
 
-    def authenticate(self, token: str) -> UserInfo | None:
+    def revoke(self, token: str) -> None:
+        """The token stops working (here at once; `authenticate(cached=False)` everywhere)."""
+        digest = token_hash(token)
+        self.catalog.delete_token(digest)
+        with self._lock:
+            self._cache.pop(digest, None)
+
+    def authenticate(self, token: str, cached: bool = True) -> UserInfo | None:
+        """The token's user; `cached=False` asks the database even within _CACHE_S (for
+        tokens that may be revoked: UI sessions)."""
         now = time.time()
         digest = token_hash(token)
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is not None and hit[2] > now and hit[1] > now:
+        if cached and hit is not None and hit[2] > now and hit[1] > now:
             return hit[0]
         found = self.catalog.token_user(digest, now)
         if found is None:

@@ -106,8 +106,30 @@ KEYSTONE = json.dumps({"auth": {"identity": {"methods": ["password"], "password"
     "user": {"name": "{user}", "password": "{key}"}}}}}).replace("{", "{{").replace(
     "}", "}}").replace("{{user}}", "{user}").replace("{{key}}", "{key}")
 
+# The web UI's sign-in body (account:user and key), formatted as KEYSTONE.
+UI_SIGNIN = json.dumps({"user": "{user}", "key": "{key}"}).replace("{", "{{").replace(
+    "}", "}}").replace("{{user}}", "{user}").replace("{{key}}", "{key}")
+
 # Statuses by column:  anon bad other user reader writer owner public sharee wsharee
 ROWS: tuple[Row, ...] = (
+    # -- the web UI: its pages for anyone; its session by cookie only (an API token is not a
+    # session: 401), tests/test_ui_security.py has the cookie callers ---------------------------
+    row("root-browser", "/", "GET", "/", "303 303 303 303 303 303 303 303 303 303",
+        headers={"Accept": "text/html"}),
+    row("root-head", "/", "HEAD", "/", "404 404 404 404 404 404 404 404 404 404"),
+    row("ui-get", "/ui/", "GET", "/ui/", "200 200 200 200 200 200 200 200 200 200"),
+    row("ui-head", "/ui/", "HEAD", "/ui/", "200 200 200 200 200 200 200 200 200 200"),
+    row("ui-file-get", "/ui/{name}", "GET", "/ui/app.js",
+        "200 200 200 200 200 200 200 200 200 200"),
+    row("ui-file-head", "/ui/{name}", "HEAD", "/ui/nope.js",
+        "404 404 404 404 404 404 404 404 404 404"),
+    row("ui-signin", "/ui/api/session", "POST", "/ui/api/session",
+        "401 401 200 200 200 200 200 401 200 200", body=UI_SIGNIN, credentials=True,
+        headers={"Content-Type": "application/json"}),
+    row("ui-session-get", "/ui/api/session", "GET", "/ui/api/session",
+        "401 401 401 401 401 401 401 401 401 401"),
+    row("ui-signout", "/ui/api/session", "DELETE", "/ui/api/session",
+        "401 401 401 401 401 401 401 401 401 401"),
     # -- outside /v1: no token is read; credentials decide the logins -------------------------
     row("info-get", "/info", "GET", "/info", "200 200 200 200 200 200 200 200 200 200"),
     row("info-head", "/info", "HEAD", "/info", "200 200 200 200 200 200 200 200 200 200"),

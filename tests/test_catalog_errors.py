@@ -70,6 +70,7 @@ CALLS = {
     "user_credentials": lambda c: c.user_credentials("a", "u"),
     "add_token": lambda c: c.add_token("t" * 64, 1, 2e9),
     "token_user": lambda c: c.token_user("t" * 64, time.time()),
+    "delete_token": lambda c: c.delete_token("t" * 64),
     "set_group": lambda c: c.set_group(1, "g", ["x"]),
     "groups": lambda c: c.groups(1),
     "set_sharing": lambda c: c.set_sharing(1, 1, "p", "x", ""),

@@ -13,6 +13,7 @@ from pithos.api.context import Services
 from pithos.api.images import add_routes as add_image_routes
 from pithos.api.openapi import OpenAPIDocument
 from pithos.api.swift import SwiftSink
+from pithos.api.ui import add_routes as add_ui_routes
 
 
 class PublicLinks:
@@ -23,6 +24,10 @@ class PublicLinks:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         self.sink.objects.public(req, resp, token)
+        # Anyone's content, served on the web UI's origin: a browser opens it as a page of
+        # no origin, so a published HTML file's script cannot act as the signed-in viewer.
+        resp.set_header("Content-Security-Policy", "sandbox")
+        resp.set_header("X-Content-Type-Options", "nosniff")
 
     on_head = on_get
 
@@ -73,5 +78,6 @@ def create_app(services: Services) -> falcon.App:
     sink = SwiftSink(services)
     app.add_route("/public/{token}", PublicLinks(sink))
     add_image_routes(app, services)  # the Image API v2 subset (Glance), under /image
+    add_ui_routes(app, services)  # the web UI: /ui/, its session, / for a browser
     app.add_sink(sink, r"/v1")
     return app

@@ -13,6 +13,7 @@ from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
 from pithos.api.paths import base_url, storage_url
+from pithos.api.ui import cookie_user
 from pithos.core.errors import InvalidArgument
 from pithos.identity import split_user
 from pithos.objects import bulk
@@ -20,6 +21,8 @@ from pithos.objects import bulk
 # The paths whose requests carry a token: the Swift API, and the OpenStack APIs listed in
 # the Keystone catalog (image, compute).  Auth endpoints, /info and public links take none.
 TOKEN_PREFIXES = ("/v1", "/image/", "/compute/")
+# The web UI's session endpoint: its cookie is read there too (pithos.api.ui).
+COOKIE_PREFIXES = (*TOKEN_PREFIXES, "/ui/api/")
 
 
 class TokenMiddleware:
@@ -32,14 +35,18 @@ class TokenMiddleware:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.user = None
-        if not req.path.startswith(TOKEN_PREFIXES):
+        if not req.path.startswith(COOKIE_PREFIXES):
             return  # auth endpoints, /info and public links take no token
         token = req.get_header("X-Auth-Token") or req.get_header("X-Storage-Token")
-        if token:
+        if token and req.path.startswith(TOKEN_PREFIXES):
             user = self.services.identity.authenticate(token)
             if user is None:
                 raise HTTPStatusError(401, "invalid or expired token")
             req.context.user = user
+        elif not (req.path == "/ui/api/session" and req.method == "POST"):
+            # No token: the web UI's session cookie, with its CSRF header (signing in is
+            # the one request that needs neither).
+            req.context.user = cookie_user(self.services, req)
 
 
 class AuthV1:

@@ -28,3 +28,6 @@ class Services:
     # path below the base URL): the image API always, compute when the server runs it
     # (`pithos serve --compute`).
     endpoints: tuple[tuple[str, str, str], ...] = (("image", "glance", "/image"),)
+    # The web UI's cookies always get the Secure flag (else only over TLS): for a server
+    # behind a TLS proxy that does not say so (PITHOS_UI_SECURE_COOKIES=1).
+    ui_secure_cookies: bool = False

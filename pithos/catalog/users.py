@@ -117,6 +117,12 @@ class UsersMixin:
             old = select(s.tokens.c.token_hash).where(s.tokens.c.expires < time.time()).limit(100)
             conn.execute(delete(s.tokens).where(s.tokens.c.token_hash.in_(old)))
 
+    @recovery_write
+    def delete_token(self, token_hash: str) -> None:
+        """Revoke a token (a signed-out UI session); an unknown one is no error."""
+        with self._write() as conn:
+            conn.execute(delete(s.tokens).where(s.tokens.c.token_hash == token_hash))
+
     def token_user(self, token_hash: str, now: float) -> TokenOwner | None:
         """The user a token (by its hash) authenticates at `now`, None if unknown or
         expired."""

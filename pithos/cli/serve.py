@@ -64,6 +64,7 @@ def build_services(storage: Storage, io_threads: int = 32,
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"),
+                    ui_secure_cookies=os.environ.get("PITHOS_UI_SECURE_COOKIES") == "1",
                     client_timeout_s=client_timeout_s)
 
 
