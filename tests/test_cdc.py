@@ -113,9 +113,7 @@ def _stream(data, pieces, sizes):
         out += chunker.update(memoryview(data)[at:at + n])
         at += n
     out += chunker.update(data[at:])
-    last = chunker.finish()
-    assert len(last) <= 1
-    return out + last
+    return out + chunker.finish()
 
 
 SMALL = (64, 256, 1024)
@@ -132,8 +130,8 @@ def test_streaming_cuts_as_whole(raw, pieces, seed):
     assert list(itertools.accumulate(map(len, chunks))) == cdc.cut_points(data, *SMALL)
 
 
-def test_streaming_default_sizes_one_byte_pieces_resume():
-    # Small pieces resume the scan where it stopped (no rescans) and still cut identically.
+def test_streaming_default_sizes_small_pieces():
+    # Small pieces wait until a chunk can be decided (no rescans) and still cut identically.
     data = GOLDEN_INPUT[:300_000]
     chunker = cdc.Chunker()
     out: list[bytes] = []
@@ -166,10 +164,9 @@ def test_native_equals_pure(seed, length, draw):
     max_size = draw.draw(st.integers(avg + 1, 8 * avg))
     start = draw.draw(st.integers(0, length))
     end = draw.draw(st.integers(start, length))
-    scanned = draw.draw(st.integers(start, end))
     final = draw.draw(st.booleans())
     mask_s, mask_l = cdc.masks(avg)
-    kind, _ = _both(data, start, end, final, scanned, min_size, avg, max_size, mask_s, mask_l,
+    kind, _ = _both(data, start, end, final, min_size, avg, max_size, mask_s, mask_l,
                     cdc.GEAR)
     assert kind == "ok"
 
@@ -178,14 +175,105 @@ def test_native_equals_pure(seed, length, draw):
 def test_native_equals_pure_default_sizes():
     mask_s, mask_l = cdc.masks(cdc.AVG_SIZE)
     data = GOLDEN_INPUT[:1 << 20] + bytes(600_000) + GOLDEN_INPUT[:300_000]
-    _both(data, 0, len(data), True, 0, cdc.MIN_SIZE, cdc.AVG_SIZE, cdc.MAX_SIZE, mask_s,
+    _both(data, 0, len(data), True, cdc.MIN_SIZE, cdc.AVG_SIZE, cdc.MAX_SIZE, mask_s,
           mask_l, cdc.GEAR)
 
 
 @native_mark
-@pytest.mark.parametrize("args", [(-1, 10, True, 0), (5, 3, True, 5), (0, 5, True, 6),
-                                  (0, 99, False, 0)])
+@pytest.mark.parametrize("args", [(-1, 10, True), (5, 3, True), (0, 99, False)])
 def test_twins_refuse_bad_ranges_alike(args):
     mask_s, mask_l = cdc.masks(256)
     kind, _ = _both(b"0123456789" * 5, *args, 64, 256, 1024, mask_s, mask_l, cdc.GEAR)
     assert kind == "error"
+
+
+# -- runs of zeros ------------------------------------------------------------------------------
+
+def _image_like(seed: int, extents: list[tuple[bool, int]]) -> bytes:
+    """Extents of zeros (True) or pseudo-random bytes (False) of the given sizes."""
+    out = bytearray()
+    for i, (zero, n) in enumerate(extents):
+        out += bytes(n) if zero else hashlib.shake_256(b"%d-%d" % (seed, i)).digest(n)
+    return bytes(out)
+
+
+IMAGE = _image_like(1, [(False, 100_000), (True, 300_000), (False, 50_001), (True, 4096),
+                        (False, 7), (True, 4095), (False, 70_000), (True, 200_003)])
+
+
+def test_golden_cut_points_zero_runs():
+    # Pinned like the random input's: a zero run is cut at its start and end, and into
+    # max-size chunks counted from its start (the last run ends the stream: its remainder
+    # 200_003 - 3 * 65536 = 3395 bytes is a chunk of its own).
+    ends = cdc.cut_points(IMAGE)
+    assert 100_000 in ends and 400_000 in ends and 450_001 in ends and 454_097 in ends
+    assert [e for e in ends if 100_000 <= e <= 400_000] == [
+        100_000, 165_536, 231_072, 296_608, 362_144, 400_000]
+    assert ends[-4:] == [len(IMAGE) - 200_003 + n for n in (65536, 131072, 196608, 200_003)]
+    assert hashlib.sha256(repr(ends).encode()).hexdigest() == \
+        "4499836115e80d214b80a54541df428d8df4e3ac7b2fe4e5ddbd1440083c9b87"
+
+
+def test_short_zero_runs_are_data():
+    # Fewer than min_size zeros are not a run: 4095 zeros between random bytes cut as
+    # plain FastCDC would (no cut at their edges unless the hash says so).
+    data = GOLDEN_INPUT[:200_000] + bytes(4095) + GOLDEN_INPUT[200_000:400_000]
+    ends = cdc.cut_points(data)
+    assert 200_000 not in ends and 204_095 not in ends
+
+
+def test_write_into_zero_extent_changes_little():
+    # The image's case: a 4 KiB write into the middle of a long zero extent.  Before zero
+    # runs were cut apart, every chunk from the write to the extent's end was new (the
+    # max-size grid moved); now the write's chunk and the two runs' remainders.
+    def chunks(data):
+        ends = cdc.cut_points(data)
+        return {data[a:b] for a, b in itertools.pairwise([0, *ends])}
+
+    base = _image_like(2, [(False, 300_000), (True, 3 << 20), (False, 300_000)])
+    at = 300_000 + (1 << 20) + 12_288
+    edited = base[:at] + GOLDEN_INPUT[:4096] + base[at + 4096:]
+    new = chunks(edited) - chunks(base)
+    assert GOLDEN_INPUT[:4096] in new
+    assert len(new) <= 3
+    assert sum(1 for c in new if c.count(0) != len(c)) == 1  # the others are zeros
+
+
+def test_zero_runs_stream_as_whole():
+    chunker = cdc.Chunker()
+    out: list[bytes] = []
+    for i in range(0, len(IMAGE), 5000):
+        out += chunker.update(IMAGE[i:i + 5000])
+    out += chunker.finish()
+    assert list(itertools.accumulate(map(len, out))) == cdc.cut_points(IMAGE)
+
+
+_extents = st.lists(st.tuples(st.booleans(), st.integers(1, 3000)), max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_extents, st.integers(0, 2**32), st.lists(st.integers(0, 1500), max_size=30))
+def test_zero_runs_streaming_cuts_as_whole(extents, seed, pieces):
+    data = _image_like(seed, extents)
+    chunks = _stream(data, pieces, SMALL)
+    assert b"".join(chunks) == data
+    ends = cdc.cut_points(data, *SMALL)
+    assert list(itertools.accumulate(map(len, chunks))) == ends
+    sizes = [b - a for a, b in itertools.pairwise([0, *ends])]
+    assert all(0 < n <= SMALL[2] for n in sizes)
+
+
+@native_mark
+@settings(max_examples=120, deadline=None)
+@given(_extents, st.integers(0, 2**32), st.data())
+def test_native_equals_pure_zero_runs(extents, seed, draw):
+    data = _image_like(seed, extents)
+    avg = 1 << draw.draw(st.integers(8, 11))
+    min_size = draw.draw(st.integers(64, avg - 1))
+    max_size = draw.draw(st.integers(avg + 1, 8 * avg))
+    start = draw.draw(st.integers(0, len(data)))
+    end = draw.draw(st.integers(start, len(data)))
+    mask_s, mask_l = cdc.masks(avg)
+    kind, _ = _both(data, start, end, draw.draw(st.booleans()), min_size, avg, max_size,
+                    mask_s, mask_l, cdc.GEAR)
+    assert kind == "ok"

@@ -7,12 +7,18 @@ So the gear table is generated here from a fixed recipe (BLAKE2b of its index un
 key), the masks from the sizes, and tests/test_cdc.py holds golden cut points of a fixed
 input that fail if either ever changes.  Change nothing here without a new chunking name.
 
-    Chunker(...).update(piece) -> chunks completed so far; .finish() -> the rest (0 or 1)
+    Chunker(...).update(piece) -> chunks completed so far; .finish() -> the rest
     cut_points(data) -> the end offsets of the chunks of `data` as one stream
 
-The same cuts come out whatever the sizes of the pieces fed to `update`: a cut is made only
-where it cannot depend on bytes not yet fed (the scan stops at the first match, and at
-`max_size` past the chunk's start).
+The same cuts come out whatever the sizes of the pieces fed to `update`: a chunk is cut only
+once `max_size + min_size` bytes from its start are known, by when no rule can depend on
+bytes not yet fed.
+
+Runs of zeros (at least `min_size` zero bytes) are cut apart from the data around them and
+into max-size chunks counted from the run's start (pithos/core/_cdc_py.py says how): an
+image's zero extents are then a few identical blocks, and a write into one changes the chunk
+it lands in and two remainders, not every chunk after it up to the extent's end.  Data
+without such runs (random, compressed, text) is cut exactly as plain FastCDC cuts it.
 """
 
 from __future__ import annotations
@@ -75,8 +81,8 @@ def check_sizes(min_size: int, avg_size: int, max_size: int) -> None:
 
 
 class Chunker:
-    """Cuts one stream into chunks fed in pieces of any size; keeps at most about `max_size`
-    bytes plus the last piece.  Not thread-safe; one stream per Chunker."""
+    """Cuts one stream into chunks fed in pieces of any size; keeps at most about
+    `max_size + min_size` bytes plus the last piece.  Not thread-safe; one stream per Chunker."""
 
     def __init__(self, min_size: int = MIN_SIZE, avg_size: int = AVG_SIZE,
                  max_size: int = MAX_SIZE) -> None:
@@ -84,13 +90,14 @@ class Chunker:
         self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
         self._mask_s, self._mask_l = masks(avg_size)
         self._buf = bytearray()
-        self._scanned = 0
         self._finished = False
 
     def _cut(self, final: bool) -> list[bytes]:
         buf = self._buf
-        ends = impl.cuts(buf, 0, len(buf), final, self._scanned, self.min_size,
-                         self.avg_size, self.max_size, self._mask_s, self._mask_l, GEAR)
+        # Scanned only once max_size + min_size bytes are there (or at the end): no chunk is
+        # scanned twice, whatever the sizes of the pieces.
+        ends = impl.cuts(buf, 0, len(buf), final, self.min_size, self.avg_size,
+                         self.max_size, self._mask_s, self._mask_l, GEAR)
         chunks: list[bytes] = []
         start = 0
         for end in ends:
@@ -98,9 +105,6 @@ class Chunker:
             start = end
         # A bytearray drops a prefix without moving the rest (CPython moves its start).
         del buf[:start]
-        # What is left was scanned to its end without a match: the next scan resumes there,
-        # so feeding small pieces costs no rescans.
-        self._scanned = len(buf)
         return chunks
 
     def update(self, data: bytes | bytearray | memoryview) -> list[bytes]:
@@ -112,8 +116,8 @@ class Chunker:
         return self._cut(final=False)
 
     def finish(self) -> list[bytes]:
-        """End the stream: its last chunk, if any bytes are left (0 or 1 chunk).  Repeating it
-        gives []."""
+        """End the stream: the chunks of the bytes left (none if none; several when zero runs
+        cut them).  Repeating it gives []."""
         if self._finished:
             return []
         self._finished = True
@@ -127,5 +131,5 @@ def cut_points(data: bytes | bytearray | memoryview, min_size: int = MIN_SIZE,
     check_sizes(min_size, avg_size, max_size)
     mask_s, mask_l = masks(avg_size)
     view = memoryview(data).cast("B")
-    return list(impl.cuts(view, 0, len(view), True, 0, min_size, avg_size, max_size,
+    return list(impl.cuts(view, 0, len(view), True, min_size, avg_size, max_size,
                           mask_s, mask_l, GEAR))
