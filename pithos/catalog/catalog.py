@@ -37,6 +37,7 @@ from pithos.catalog.changes import ChangesMixin, check_expect
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.images import ImagesMixin
+from pithos.catalog.projects import ProjectsMixin
 from pithos.catalog.records import (
     AccountAndContainer,
     AccountInfo,
@@ -59,7 +60,8 @@ from pithos.core.errors import Conflict, NotFound
 __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
-class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, CatalogEngine):
+class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, ProjectsMixin,
+              CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 
@@ -217,6 +219,12 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 s.objects.c.container_id == container_id).limit(1)).first()
             if live is not None:
                 raise Conflict("container not empty")
+            # What its counters still hold (objects expired and not reaped yet) leaves its
+            # project's usage with it.
+            left = conn.execute(select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
+                                       func.coalesce(func.sum(s.container_stats.c.bytes), 0))
+                                .where(s.container_stats.c.container_id == container_id)).one()
+            self._charge_container(conn, container_id, -int(left[0]), -int(left[1]), False)
             conn.execute(delete(s.containers).where(s.containers.c.id == container_id))
 
     def list_containers(self, account_id: int, prefix: str = "", marker: str = "",
@@ -341,7 +349,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0])
             self._check_quota(conn, container_id, size - (old_size or 0), policy)
             self._count(conn, container_id, 0 if old_size is not None else 1,
-                        size - (old_size or 0))
+                        size - (old_size or 0), check=True)
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id,
                                            policy.versioning)
             changed = [(container_id, obj_id)]
@@ -397,12 +405,16 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             return int(obj_id), uuid, None, None
         return int(obj_id), uuid, int(size), etag
 
-    def _count(self, conn: Connection, container_id: int, objects: int, size: int) -> None:
+    def _count(self, conn: Connection, container_id: int, objects: int, size: int,
+               check: bool = False) -> None:
+        """Change the container's counters and charge its project the same (`check`: a
+        charge past the project's limit is QuotaExceeded, for a new version)."""
         if objects == 0 and size == 0:
             return
         self._run_in(conn, h.COUNT, {"container_id": container_id,
                                      "shard": random.randrange(STAT_SHARDS),
                                      "add_objects": objects, "add_bytes": size})
+        self._charge_container(conn, container_id, objects, size, check)
 
     def update_object_meta(self, container_id: int, name: str,
                            meta: Mapping[str, Mapping[str, str]], *,

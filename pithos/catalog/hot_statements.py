@@ -164,14 +164,14 @@ def extra(rows: Sequence[Sequence[Any]], i: int = 0) -> Any:
 # -- users and sharing -------------------------------------------------------------------------
 
 TOKEN_USER = (select(s.users.c.id, s.users.c.name, s.users.c.admin, a.c.name,
-                     s.tokens.c.expires)
+                     s.tokens.c.expires, s.tokens.c.project_id)
               .select_from(s.tokens.join(s.users).join(a))
               .where(and_(s.tokens.c.token_hash == bindparam("token_hash"),
                           s.tokens.c.expires > bindparam("now"))))
 
 
 def token_user(row: Sequence[Any]) -> TokenOwner:
-    return TokenOwner(UserInfo(row[0], row[3], row[1], bool(row[2])), row[4])
+    return TokenOwner(UserInfo(row[0], row[3], row[1], bool(row[2]), row[5]), row[4])
 
 
 _SHARING: dict[int, ClauseElement] = {}

@@ -38,9 +38,11 @@ class ImagesMixin:
                      container: str | None = None, obj: str | None = None,
                      root: bytes | None = None, size: int | None = None,
                      checksum: str | None = None, made_object: bool = False,
-                     sources: Sequence[int] = ()) -> Image:
+                     sources: Sequence[int] = (), project_id: str | None = None) -> Image:
         """A new image row.  `sources`: ids of the object versions whose map it names; Conflict
-        if one is gone by now (as put_version's), or if the id is taken."""
+        if one is gone by now (as put_version's), or if the id is taken.  The image is
+        charged to `project_id` (None: the account's home project) in the same transaction:
+        QuotaExceeded past its limit of images."""
         now = time.time()
         with self._write() as conn:  # type: ignore[attr-defined]
             self._require_versions(conn, sources)
@@ -49,7 +51,9 @@ class ImagesMixin:
                 object=obj, root=root, size=size, checksum=checksum, disk_format=disk_format,
                 container_format=container_format, min_disk=min_disk, min_ram=min_ram,
                 visibility=visibility, status=status, protected=protected,
-                made_object=made_object, created=now, updated=now))
+                made_object=made_object, created=now, updated=now, project_id=project_id))
+            self._charge_in(conn,  # type: ignore[attr-defined]
+                            project_id or self._account_name(conn, account_id), {"images": 1})
             if properties:
                 conn.execute(insert(s.image_properties), [
                     {"image_id": image_id, "key": k, "value": v} for k, v in properties.items()])
@@ -169,10 +173,20 @@ class ImagesMixin:
         with self._write() as conn:  # type: ignore[attr-defined]
             found = self._image_in(conn, image_id)
             if found is not None:
+                charged = conn.execute(select(s.images.c.project_id, s.images.c.account_id)
+                                       .where(s.images.c.id == image_id)).one()
+                self._charge_in(conn, charged.project_id  # type: ignore[attr-defined]
+                                or self._account_name(conn, charged.account_id),
+                                {"images": -1})
                 for table in (s.image_properties, s.image_members):
                     conn.execute(delete(table).where(table.c.image_id == image_id))
                 conn.execute(delete(s.images).where(s.images.c.id == image_id))
             return found
+
+    @staticmethod
+    def _account_name(conn: Connection, account_id: int) -> str:
+        return str(conn.execute(select(s.accounts.c.name)
+                                .where(s.accounts.c.id == account_id)).scalar_one())
 
     def image_roots(self) -> Iterator[bytes]:
         """The map root of every image: roots for the collector, beside version_roots."""

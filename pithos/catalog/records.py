@@ -13,6 +13,8 @@ class UserInfo:
     account: str
     name: str
     admin: bool
+    # The project the user acts in (its token's scope); None: its account's home project.
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class ListingEntry:
     content_type: str = ""
     created: float = 0.0
     subdir: bool = False
+    # An SLO's manifest (None for any other object): Swift lists its MD5 as the hash.
+    slo_manifest: str | None = None
 
 
 # -- small records (NamedTuples: made from a raw row without a copy of its columns) ------------
@@ -253,3 +257,37 @@ class ChangePage(NamedTuple):
     changes: list[Change]
     last: int
     more: bool
+
+
+# -- projects and quotas (pithos/catalog/projects.py) -------------------------------------------
+
+@dataclass(frozen=True)
+class Project:
+    """A project.  `home`: an account's home project (id and name are the account's name;
+    its members are the account's users), which every user acts in unless it asks for
+    another."""
+    id: str
+    name: str
+    description: str
+    home: bool
+
+
+class Holding(NamedTuple):
+    """A project's holding of one resource: its limit (None: no limit), the usage accepted
+    commissions charged and what issued ones may still charge."""
+    resource: str
+    limit: int | None
+    usage: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class Commission:
+    """An issued commission not yet accepted or rejected: its provisions by resource
+    (positive: a charge, negative: a release), and when the reaper rejects it."""
+    id: int
+    project_id: str
+    name: str
+    created: float
+    expires: float
+    provisions: dict[str, int] = field(default_factory=dict)

@@ -67,6 +67,9 @@ users = Table(
     # a new one at each start until it is (so a failed first start never loses the only
     # credentials).  Added by migration 3.
     Column("initial_key", Boolean, nullable=False, server_default=false()),
+    # The user's password (salted scrypt, as the key), NULL until one is set: a password
+    # login then takes the key (migration 7).
+    Column("password_hash", String(256), nullable=True),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -75,6 +78,8 @@ tokens = Table(
     Column("token_hash", String(64), primary_key=True),  # sha256 of the token; never the token
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("expires", Float, nullable=False),
+    # The project the token acts in (migration 7); NULL: its user's home project.
+    Column("project_id", String(256), nullable=True),
     Index("tokens_expires", "expires"),
 )
 
@@ -96,6 +101,8 @@ containers = Table(
     Column("change_seq", BigInteger, nullable=False, server_default="0"),
     # X-Container-Policy-Chunking: NULL (fixed blocks) or "cdc" (migration 6).
     Column("chunking", String(16), nullable=True),
+    # The project its usage is charged to (migration 7); NULL: the account's home project.
+    Column("project_id", String(256), nullable=True),
     UniqueConstraint("account_id", "name"),
 )
 
@@ -250,6 +257,8 @@ images = Table(
     Column("made_object", Boolean, nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
+    # The project the image is charged to (migration 7); NULL: the owner's home project.
+    Column("project_id", String(256), nullable=True),
     Index("images_account", "account_id", "id"),
     Index("images_visibility", "visibility", "id"),
 )
@@ -273,6 +282,61 @@ image_members = Table(
     Column("updated", Float, nullable=False),
     Index("image_members_member", "member"),
 )
+
+# -- schema version 7: projects, their quotas and commissions (pithos/catalog/quotas.py) --------
+
+# A project: a pool of quota that users act within.  Every account has a home project that is
+# not a row here: its id and name are the account's name, its members the account's users.
+projects = Table(
+    "projects", metadata,
+    Column("id", String(64), primary_key=True),  # uuid4 hex
+    Column("name", String(256), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+project_members = Table(
+    "project_members", metadata,
+    Column("project_id", String(64), ForeignKey("projects.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Index("project_members_user", "user_id"),
+)
+
+# A project's holding of one resource: its limit (NULL: none), what accepted commissions
+# charged (`usage`) and what issued ones may still charge (`pending`, positive quantities
+# only).  A charge is one conditional UPDATE of this row: usage + pending + q <= limit.
+# `project_id` names a project row or a home project (an account's name): no foreign key.
+project_holdings = Table(
+    "project_holdings", metadata,
+    Column("project_id", String(256), primary_key=True),
+    Column("resource", String(32), primary_key=True),
+    Column("quota_limit", BigInteger, nullable=True),
+    Column("usage", BigInteger, nullable=False, server_default="0"),
+    Column("pending", BigInteger, nullable=False, server_default="0"),
+)
+
+# An issued commission not yet accepted or rejected, and its provisions.  One past `expires`
+# is rejected by the reaper (Catalog.reap_commissions, at each server start and by `pithos
+# project reap`).
+commissions = Table(
+    "commissions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", String(256), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("commissions_expires", "expires"),
+)
+
+commission_provisions = Table(
+    "commission_provisions", metadata,
+    Column("commission_id", Integer, ForeignKey("commissions.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("resource", String(32), primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+)
+
 
 V1_TABLES = [accounts, account_meta, users, tokens, containers, container_meta,
              container_stats, objects, versions, version_meta]
@@ -323,6 +387,34 @@ def _v6(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v7(conn: Connection) -> None:
+    # Projects and commissions; users' passwords, the project a token acts in and the project
+    # a container's and an image's usage is charged to (NULL: the owner account's home
+    # project).  Today's usage becomes the home projects' holdings.
+    metadata.create_all(conn, tables=[projects, project_members, project_holdings,
+                                      commissions, commission_provisions])
+    for table, column, kind in (("users", "password_hash", "VARCHAR(256)"),
+                                ("tokens", "project_id", "VARCHAR(256)"),
+                                ("containers", "project_id", "VARCHAR(256)"),
+                                ("images", "project_id", "VARCHAR(256)")):
+        if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    conn.execute(text(
+        "INSERT INTO project_holdings (project_id, resource, usage, pending) "
+        "SELECT a.name, 'bytes', COALESCE(SUM(st.bytes), 0), 0 FROM accounts a "
+        "JOIN containers c ON c.account_id = a.id JOIN container_stats st "
+        "ON st.container_id = c.id GROUP BY a.name"))
+    conn.execute(text(
+        "INSERT INTO project_holdings (project_id, resource, usage, pending) "
+        "SELECT a.name, 'objects', COALESCE(SUM(st.objects), 0), 0 FROM accounts a "
+        "JOIN containers c ON c.account_id = a.id JOIN container_stats st "
+        "ON st.container_id = c.id GROUP BY a.name"))
+    conn.execute(text(
+        "INSERT INTO project_holdings (project_id, resource, usage, pending) "
+        "SELECT a.name, 'images', COUNT(*), 0 FROM accounts a JOIN images i "
+        "ON i.account_id = a.id GROUP BY a.name"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -330,6 +422,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _v4),
     (5, _v5),
     (6, _v6),
+    (7, _v7),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -105,10 +105,12 @@ class UsersMixin:
         return UserCredentials(UserInfo(row.id, account, user, bool(row.admin)), row.key_hash)
 
     @recovery_write
-    def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
+    def add_token(self, token_hash: str, user_id: int, expires: float,
+                  project_id: str | None = None) -> None:
+        """A token of the user, acting in `project_id` (None: its home project)."""
         with self._write() as conn:
             conn.execute(insert(s.tokens).values(token_hash=token_hash, user_id=user_id,
-                                                 expires=expires))
+                                                 expires=expires, project_id=project_id))
             # The key has been used: the server stops showing (and replacing) it.
             conn.execute(update(s.users).where(and_(s.users.c.id == user_id,
                                                     s.users.c.initial_key))
