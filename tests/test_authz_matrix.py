@@ -24,9 +24,12 @@ method cannot ship without its row here.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,14 +92,18 @@ class Row:
     # A check by the owner after the request, (method, path, expect): what the request did,
     # or that a refused one left nothing behind.  A GET's cell is "status:body" when 200.
     after: tuple[str, str, str] | None = None
+    # A Swift temporary URL: (method, path) it is signed for with the account's Temp-URL key
+    # (TEMPURL_KEY); its temp_url_sig and temp_url_expires go on the row's path.
+    signed: tuple[str, str] | None = None
 
 
 def row(id: str, route: str, method: str, path: str, expect: str, *,
         headers: dict[str, str] | None = None, body: str | None = None,
         needs: str = "", credentials: bool = False,
-        after: tuple[str, str, str] | None = None) -> Row:
+        after: tuple[str, str, str] | None = None,
+        signed: tuple[str, str] | None = None) -> Row:
     return Row(id, route, method, path, expect, headers or {}, body,
-               frozenset(needs.split()), credentials, after)
+               frozenset(needs.split()), credentials, after, signed)
 
 
 OBJ = "/v1/{acct}/{c}/d/o"  # the object every cell's container holds (b"hello")
@@ -105,6 +112,8 @@ A = "/v1/{acct}"
 KEYSTONE = json.dumps({"auth": {"identity": {"methods": ["password"], "password": {
     "user": {"name": "{user}", "password": "{key}"}}}}}).replace("{", "{{").replace(
     "}", "}}").replace("{{user}}", "{user}").replace("{{key}}", "{key}")
+
+TEMPURL_KEY = "matrix-tempurl-key"
 
 # The web UI's sign-in body (account:user and key), formatted as KEYSTONE.
 UI_SIGNIN = json.dumps({"user": "{user}", "key": "{key}"}).replace("{", "{{").replace(
@@ -130,6 +139,42 @@ ROWS: tuple[Row, ...] = (
         "401 401 401 401 401 401 401 401 401 401"),
     row("ui-signout", "/ui/api/session", "DELETE", "/ui/api/session",
         "401 401 401 401 401 401 401 401 401 401"),
+    # -- Swift temporary URLs: the signature decides, whoever sends it (a token that is not
+    # valid is still refused); objects of the signed path only, never a container's, no
+    # rights, no other object, no other method ----------------------------------------------
+    row("tu-o-get", V1_OBJECT, "GET", OBJ, "200 401 200 200 200 200 200 200 200 200",
+        signed=("GET", OBJ)),
+    row("tu-o-head-by-get", V1_OBJECT, "HEAD", OBJ, "200 401 200 200 200 200 200 200 200 200",
+        signed=("GET", OBJ)),
+    row("tu-o-get-other-object", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/slo",
+        "401 401 401 401 401 401 401 401 401 401", signed=("GET", OBJ), needs="slo"),
+    row("tu-o-get-other-container", V1_OBJECT, "GET", "/v1/{acct}/{c}-empty/d/o",
+        "401 401 401 401 401 401 401 401 401 401", signed=("GET", OBJ), needs="empty"),
+    row("tu-o-get-hashmap-dropped", V1_OBJECT, "GET", OBJ + "?hashmap",
+        "200 401 200 200 200 200 200 200 200 200", signed=("GET", OBJ)),
+    row("tu-o-put", V1_OBJECT, "PUT", OBJ, "201 401 201 201 201 201 201 201 201 201",
+        body="new", signed=("PUT", OBJ),
+        after=("GET", OBJ, "200:new 200:hello 200:new 200:new 200:new 200:new 200:new "
+                           "200:new 200:new 200:new")),
+    row("tu-o-put-signed-get", V1_OBJECT, "PUT", OBJ, "401 401 401 401 401 401 401 401 401 401",
+        body="new", signed=("GET", OBJ),
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello 200:hello "
+                           "200:hello 200:hello 200:hello 200:hello")),
+    row("tu-o-put-sharing", V1_OBJECT, "PUT", OBJ, "400 401 400 400 400 400 400 400 400 400",
+        body="new", signed=("PUT", OBJ), headers={"X-Object-Sharing": "read=test2"}),
+    row("tu-o-post-public", V1_OBJECT, "POST", OBJ, "400 401 400 400 400 400 400 400 400 400",
+        signed=("POST", OBJ), headers={"X-Object-Public": "true"}),
+    row("tu-o-put-copy-from", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/copy",
+        "400 401 400 400 400 400 400 400 400 400", signed=("PUT", "/v1/{acct}/{c}/d/copy"),
+        headers={"X-Copy-From": "{c}/d/o"}),
+    row("tu-o-delete", V1_OBJECT, "DELETE", OBJ, "204 401 204 204 204 204 204 204 204 204",
+        signed=("DELETE", OBJ)),
+    row("tu-c-get", V1_CONTAINER, "GET", C, "401 401 401 401 401 401 401 401 401 401",
+        signed=("GET", C + "/")),
+    row("tu-c-post-keys", V1_CONTAINER, "POST", C, "401 401 401 401 401 401 401 401 401 401",
+        signed=("POST", C + "/"), headers={"X-Container-Meta-Temp-URL-Key": "mine"}),
+    row("tu-a-post", V1_ACCOUNT, "POST", A, "401 401 401 401 401 401 401 401 401 401",
+        signed=("POST", A + "//"), headers={"X-Account-Meta-Temp-URL-Key": "mine"}),
     # -- outside /v1: no token is read; credentials decide the logins -------------------------
     row("info-get", "/info", "GET", "/info", "200 200 200 200 200 200 200 200 200 200"),
     row("info-head", "/info", "HEAD", "/info", "200 200 200 200 200 200 200 200 200 200"),
@@ -566,6 +611,8 @@ def matrix(tmp_path_factory) -> Any:
     try:
         tokens = {u: _login(server, u, k) for u, k in {c for c in CALLERS.values() if c}}
         owner = {"X-Auth-Token": tokens["test:tester"]}
+        _ok(requests.post(f"{server.url}/v1/{ACCOUNT}", timeout=T,
+                          headers={**owner, "X-Account-Meta-Temp-URL-Key": TEMPURL_KEY}))
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         with requests.Session() as s:
             # Reads share a container per column (holding what every read row needs); each
@@ -601,7 +648,14 @@ def _send(m: Matrix, s: requests.Session, r: Row, column: str) -> requests.Respo
     elif creds:
         headers["X-Auth-Token"] = m.tokens[creds[0]]
     body = r.body.format(**f).encode() if r.body is not None else None
-    return s.request(r.method, m.server.url + r.path.format(**f), headers=headers, data=body,
+    path = r.path.format(**f)
+    if r.signed is not None:
+        method, signed = r.signed[0], r.signed[1].format(**f)
+        expires = int(time.time()) + 3600
+        sig = hmac.new(TEMPURL_KEY.encode(), f"{method}\n{expires}\n{signed}".encode(),
+                       hashlib.sha256).hexdigest()
+        path += ("&" if "?" in path else "?") + f"temp_url_sig={sig}&temp_url_expires={expires}"
+    return s.request(r.method, m.server.url + path, headers=headers, data=body,
                      timeout=T, allow_redirects=False)
 
 

@@ -13,6 +13,7 @@ from pithos.api.context import Services
 from pithos.api.images import add_routes as add_image_routes
 from pithos.api.openapi import OpenAPIDocument
 from pithos.api.swift import SwiftSink
+from pithos.api.tempurl import TempURLMiddleware
 from pithos.api.ui import add_routes as add_ui_routes
 
 
@@ -60,7 +61,8 @@ class App(falcon.App):
 
 
 def create_app(services: Services) -> falcon.App:
-    middleware: list[Any] = [TokenMiddleware(services)]
+    # The temporary URL's after the token's: a signed URL acts as its key's account.
+    middleware: list[Any] = [TokenMiddleware(services), TempURLMiddleware(services)]
     if services.client_timeout_s is not None:
         middleware.insert(0, BodyTimeout(services.client_timeout_s))
     app = App(middleware=middleware, cors_enable=False)

@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 
+from pithos.api import tempurl
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date
@@ -180,6 +181,7 @@ def info_document(services: Services) -> dict[str, Any]:
         },
         "tempauth": {"account_acls": True},
         "bulk_delete": bulk.limits_info(),
+        "tempurl": tempurl.info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 

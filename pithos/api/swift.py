@@ -9,7 +9,7 @@ import secrets
 
 import falcon
 
-from pithos.api import bulk, listing
+from pithos.api import bulk, listing, tempurl
 from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -89,7 +89,8 @@ class SwiftSink:
         resp.set_header("X-Account-Bytes-Used", str(info.bytes))
         resp.set_header("X-Timestamp", x_timestamp(info.created))
         resp.set_header("X-Put-Timestamp", x_timestamp(info.created))
-        for k, v in meta_headers("X-Account-Meta-", info.meta).items():
+        meta = tempurl.visible_meta(info.meta, self.authz.owns(user, info))
+        for k, v in meta_headers("X-Account-Meta-", meta).items():
             resp.set_header(k, v)
         # Every account admin sees the ACL, groups and quota (the owner, and those the ACL
         # makes admins).
@@ -282,7 +283,8 @@ class SwiftSink:
         resp.set_header("X-Container-Policy-Versioning", c.versioning or "auto")
         resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
         resp.set_header("X-Container-Policy-Chunking", c.chunking or "fixed")
-        for k, v in meta_headers("X-Container-Meta-", c.meta).items():
+        meta = tempurl.visible_meta(c.meta, self.authz.owns(user, account))
+        for k, v in meta_headers("X-Container-Meta-", meta).items():
             resp.set_header(k, v)
         if self.authz.owns(user, account):
             if c.read_acl:

@@ -71,6 +71,18 @@ def _public_read(entries: list[str]) -> bool:
 
 
 @dataclass(frozen=True)
+class ScopedUser(UserInfo):
+    """Who a Swift temporary URL (or a signed form post) acts as: the account's rights on the
+    objects of that account, or of one container of it (`container`), and nothing else: no
+    container or account writes, no ACLs, no sharing (pithos.objects.tempurl)."""
+    container: str | None = None
+
+
+# What a scoped user may do (in its scope).
+SCOPED_ACTIONS = (Action.OBJECT_READ, Action.OBJECT_WRITE, Action.LISTING)
+
+
+@dataclass(frozen=True)
 class Decision:
     allowed: bool
     # Anonymous and refused: answer 401 (log in) rather than 403.
@@ -80,6 +92,13 @@ class Decision:
 def decide(user: UserInfo | None, account: str, account_acl: str | None, action: Action,
            container: ContainerInfo | None = None) -> Decision:
     """May `user` (None: no token) do `action` in `account` (and `container`)?"""
+    if isinstance(user, ScopedUser):
+        # Before the owner's rule below: a scoped user carries the owner's name.  Refused as
+        # an anonymous caller is (401), as Swift's tempurl refuses what it does not sign.
+        in_scope = user.account == account and action in SCOPED_ACTIONS and (
+            user.container is None or (container is not None
+                                       and container.name == user.container))
+        return Decision(in_scope, needs_login=not in_scope)
     if user is not None:
         if user.account == account and user.admin:
             return Decision(True)

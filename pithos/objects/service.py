@@ -55,6 +55,7 @@ from pithos.objects.digest import LanePolicy, StreamDigest
 from pithos.objects.images import Images
 from pithos.objects.names import Limits
 from pithos.objects.sharing import Sharing
+from pithos.objects.tempurl import TempURLKeys
 
 # The pieces an upload streams in: the size of the receive buffers the HTTP layer keeps.
 UPLOAD_PIECE_BYTES = STREAM_PIECE
@@ -143,6 +144,7 @@ class ObjectService:
         self.authz = Authz(catalog)
         self.sharing = Sharing(catalog, self.authz)
         self.bulk = BulkDeletes(catalog, self.authz, self.limits)
+        self.tempurl = TempURLKeys(catalog)
         self.images = Images(catalog, self.authz, self, spool_dir=spool_dir)
 
     # -- accounts ------------------------------------------------------------------------------
