@@ -69,3 +69,22 @@ def test_remote_names_that_cannot_be_files_are_skipped():
               ("ok", "dir/", "../up", "a//b", "./x", ".pithos-sync/state.sqlite", "ignored.tmp")}
     actions = P.plan({}, {}, remote, ignored=lambda p: p.endswith(".tmp"))
     assert [a.path for a in actions] == ["ok"]
+
+
+def test_new_name_of_remote_content_is_a_copy():
+    # A duplicate of a synced file is copied on the server (no data, no hashmap), from an
+    # object this plan leaves alone; a source being deleted is not used.
+    base = {"a": BaseEntry("a", 1, md5("a"), 1, 1), "b": BaseEntry("b", 1, md5("b"), 1, 1)}
+    local = {"a": LocalFile("a", 1, 1, 1, md5("a"), ()),
+             "copy-of-a": LocalFile("copy-of-a", 1, 1, 1, md5("a"), ()),
+             "copy-of-b": LocalFile("copy-of-b", 1, 1, 1, md5("b"), ()),
+             "new": LocalFile("new", 1, 1, 1, md5("n"), ())}
+    remote = {"a": RemoteEntry("a", 1, md5("a")), "b": RemoteEntry("b", 1, md5("b")),
+              "old-b": RemoteEntry("old-b", 1, md5("b"))}
+    base["old-b"] = BaseEntry("old-b", 1, md5("b"), 1, 1)
+    local["b"] = LocalFile("b", 1, 1, 1, md5("changed"), ())
+    actions = P.plan(base, local, remote)
+    got = sorted((a.kind, a.source, a.path) for a in actions)
+    # copy-of-b pairs with old-b's delete as a move; copy-of-a copies a; b is uploaded.
+    assert got == [(P.COPY_REMOTE, "a", "copy-of-a"), (P.MOVE_REMOTE, "old-b", "copy-of-b"),
+                   (P.UPLOAD, None, "b"), (P.UPLOAD, None, "new")]

@@ -50,14 +50,18 @@ def test_a_copy_under_a_new_name_sends_nothing(pithos_server, tmp_path):
     a = Device(pithos_server, tmp_path / "a", "copies")
     b = Device(pithos_server, tmp_path / "b", "copies")
     data = big_data(2, 4 * MiB)
+    small = big_data(5, 20_000)
     a.write("one", data)
+    a.write("small", small)
     a.sync()
     b.sync()
     a.write("two/copy", data)
+    a.write("copy of small", small)
     s = a.sync()
-    assert s.uploaded == 1 and s.sent_bytes == 0
+    # Server-side copies: neither the data nor a hashmap (nor a small file whole) goes up.
+    assert s.uploaded == 2 and s.sent_bytes == 0 and s.request_bytes == 0, s
     s = b.sync()
-    assert s.downloaded == 1 and s.fetched_bytes == 0  # every chunk from "one"
+    assert s.downloaded == 2 and s.fetched_bytes == 0  # every chunk from "one" and "small"
     assert_agree(pithos_server, a, b, container="copies")
 
 

@@ -595,6 +595,19 @@ class Engine:
         self.stats.moved += 1
         self.say(f"moved {src} -> {a.path} on the server")
 
+    def do_copy_remote(self, a: P.Action) -> None:
+        """A new file whose content a remote object holds: copied on the server (If-None-Match
+        the new name, X-Source-If-Match the source), no data or hashmap sent."""
+        lf, src = a.local, a.source
+        assert lf is not None and src is not None and a.remote is not None
+        lf = self._full(lf)
+        self.state.intend(a.path, "copy-remote", src)
+        etag = self.remote.copy(src, a.path, a.remote.md5)
+        if etag != lf.md5:  # (the source was checked by its ETag: cannot differ)
+            raise RemoteError(f"copy {src} -> {a.path}: the server made {etag}", 0)
+        self._uploaded(a.path, lf, etag)
+        self.progress.advance(lf.size)
+
     def do_move_local(self, a: P.Action) -> None:
         lf, src, r = a.local, a.source, a.remote
         assert lf is not None and src is not None and r is not None

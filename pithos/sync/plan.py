@@ -16,7 +16,9 @@ Contents are compared by MD5 (the remote ETag; the local one is computed by the 
 
 Then renames: a remote delete of A plus an upload of a new name B of the same content is a
 server-side move A -> B (no data moved); a local delete of A plus a download of a new name B
-of the content A holds is a local rename.
+of the content A holds is a local rename.  And copies: an upload of a new name B whose
+content a remote object A holds (A left as it is by this plan) is a server-side copy A -> B
+(no data, no hashmap sent).
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ DELETE_LOCAL = "delete-local"
 DELETE_REMOTE = "delete-remote"
 MOVE_REMOTE = "move-remote"
 MOVE_LOCAL = "move-local"
+COPY_REMOTE = "copy-remote"
 CONFLICT = "conflict"
 
 # What changes something (everything but bookkeeping).
 TRANSFERS = frozenset({UPLOAD, DOWNLOAD, DELETE_LOCAL, DELETE_REMOTE, MOVE_REMOTE, MOVE_LOCAL,
-                       CONFLICT})
+                       COPY_REMOTE, CONFLICT})
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,10 @@ class Action:
     local: LocalFile | None = None  # the local file as scanned (checked again before use)
     remote: RemoteEntry | None = None  # the remote object as last seen
     base: BaseEntry | None = None
-    source: str | None = None  # moves: the old name
+    source: str | None = None  # moves: the old name; copies: the remote object copied
 
     def describe(self) -> str:
-        if self.kind in (MOVE_LOCAL, MOVE_REMOTE):
+        if self.kind in (MOVE_LOCAL, MOVE_REMOTE, COPY_REMOTE):
             return f"{self.kind} {self.source} -> {self.path}"
         return f"{self.kind} {self.path}"
 
@@ -96,7 +99,7 @@ def plan(base: Mapping[str, BaseEntry], local: Mapping[str, LocalFile],
             actions.append(Action(UPLOAD, path, lf, r, b))
         else:
             actions.append(Action(CONFLICT, path, lf, r, b))
-    return find_moves(actions)
+    return find_copies(find_moves(actions), remote)
 
 
 def find_moves(actions: list[Action]) -> list[Action]:
@@ -129,3 +132,25 @@ def find_moves(actions: list[Action]) -> list[Action]:
                 continue
         out.append(a)
     return [a for a in out if not (a.kind in (DELETE_REMOTE, DELETE_LOCAL) and a.path in used)]
+
+
+def find_copies(actions: list[Action], remote: Mapping[str, RemoteEntry]) -> list[Action]:
+    """Uploads of new names whose content a remote object holds become server-side copies
+    of it, from objects no action of this plan touches (a source deleted or replaced
+    meanwhile fails the copy's X-Source-If-Match: the next pass plans the path again)."""
+    touched = {a.path for a in actions if a.kind in TRANSFERS}
+    touched |= {a.source for a in actions if a.source is not None}
+    sources: dict[str, str] = {}
+    for path in sorted(remote):
+        r = remote[path]
+        if path not in touched and r.md5 and r.size > 0:
+            sources.setdefault(r.md5, path)
+    out: list[Action] = []
+    for a in actions:
+        src = (sources.get(a.local.md5) if a.kind == UPLOAD and a.remote is None
+               and a.local is not None else None)
+        if src is not None:
+            out.append(Action(COPY_REMOTE, a.path, a.local, remote[src], a.base, source=src))
+        else:
+            out.append(a)
+    return out

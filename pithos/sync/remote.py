@@ -368,6 +368,22 @@ class Remote:
             raise
         return r.headers.get("ETag", src_etag).strip('"')
 
+    def copy(self, src: str, dst: str, src_etag: str) -> str:
+        """Copy `src` (if still at `src_etag`) to the new name `dst` (if still free) on the
+        server, naming the source's map: no data moves.  Returns the new ETag.
+        PreconditionFailed if either side changed (the source gone too)."""
+        try:
+            r = self.request("PUT", dst, body=b"", headers={
+                "X-Copy-From": f"/{_quote(self.container)}/{_quote(src)}",
+                "X-Source-If-Match": src_etag, "If-None-Match": "*"}, ok=(201,))
+        except NotFoundRemote:
+            raise PreconditionFailed(f"copy {src}: it is gone", 404) from None
+        except RemoteError as exc:
+            if exc.status == 409:  # the source changed while the server read it
+                raise PreconditionFailed(f"copy {src}: it changed meanwhile", 409) from None
+            raise
+        return r.headers.get("ETag", src_etag).strip('"')
+
 
 def _condition(if_match: str | None) -> dict[str, str]:
     return {"If-Match": if_match} if if_match else {"If-None-Match": "*"}
