@@ -192,6 +192,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 conn.execute(insert(s.container_stats), [
                     {"container_id": found, "shard": i, "objects": 0, "bytes": 0}
                     for i in range(STAT_SHARDS)])
+                self._ensure_storage_holdings(conn, int(found))
             elif policy:
                 conn.execute(update(s.containers).where(s.containers.c.id == found)
                              .values(**policy))

@@ -31,10 +31,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     and_,
     bindparam,
+    case,
     delete,
+    func,
     insert,
     literal_column,
     or_,
@@ -62,6 +65,24 @@ CHARGE = (update(_hd).where(and_(
 CHARGE_ANYWAY = (update(_hd).where(and_(_hd.c.project_id == bindparam("project_id"),
                                         _hd.c.resource == bindparam("resource")))
                  .values(usage=_hd.c.usage + _q))
+# A container's change of usage, charged to its project (its own, else its account's home
+# project) in one statement over both storage rows, which exist from the container's creation
+# (or migration 7) on: 2 rows matched, or (checked) one passed its limit.
+_project_of_container = (select(func.coalesce(s.containers.c.project_id, s.accounts.c.name))
+                         .select_from(s.containers.join(s.accounts))
+                         .where(s.containers.c.id == bindparam("container_id"))
+                         .scalar_subquery())
+_storage_q = case((_hd.c.resource == literal_column("'bytes'"),
+                   bindparam("add_bytes", type_=BigInteger)),
+                  else_=bindparam("add_objects", type_=BigInteger))
+_storage_rows = and_(_hd.c.project_id == _project_of_container,
+                     or_(_hd.c.resource == literal_column("'bytes'"),
+                         _hd.c.resource == literal_column("'objects'")))
+CHARGE_CONTAINER = update(_hd).where(_storage_rows).values(usage=_hd.c.usage + _storage_q)
+CHARGE_CONTAINER_CHECKED = (update(_hd).where(and_(_storage_rows, or_(
+    _storage_q <= literal_column("0"), _hd.c.quota_limit.is_(None),
+    _hd.c.usage + _hd.c.pending + _storage_q <= _hd.c.quota_limit)))
+    .values(usage=_hd.c.usage + _storage_q))
 # A container's own project, and its account's name (whose home project is the default).
 CONTAINER_PROJECT = (select(s.containers.c.project_id, s.accounts.c.name)
                      .select_from(s.containers.join(s.accounts))
@@ -265,13 +286,41 @@ class ProjectsMixin:
     def _charge_container(self, conn: Connection, container_id: int, objects: int,
                           size: int, check: bool) -> None:
         """Charge a container's usage change to its project (the container's counters
-        change in the same transaction: Catalog._count)."""
+        change in the same transaction: Catalog._count).  One statement on the hot path."""
+        stmt = CHARGE_CONTAINER_CHECKED if check else CHARGE_CONTAINER
+        values = {"container_id": container_id, "add_bytes": size, "add_objects": objects}
+        if self._run_in(conn, stmt, values) == 2:  # type: ignore[attr-defined]
+            return
+        # Fewer than both rows: a row is missing (a container older than its project's
+        # rows), or, checked, a limit would be passed (then the caller's rollback undoes
+        # what the statement did charge).
         row = self._fetch_in(conn, CONTAINER_PROJECT,  # type: ignore[attr-defined]
                              container_id=container_id)
         if not row:
-            return
+            return  # the container is gone: so are its counters
         project_id = row[0][0] or row[0][1]
-        self._charge_in(conn, project_id, {"bytes": size, "objects": objects}, check)
+        want = {"bytes": size, "objects": objects}
+        rows = conn.execute(select(_hd.c.resource, _hd.c.quota_limit, _hd.c.usage,
+                                   _hd.c.pending).where(and_(
+            _hd.c.project_id == project_id, _hd.c.resource.in_(list(want))))).all()
+        there = {r.resource for r in rows}
+        if there == set(want):
+            over = [r.resource for r in rows if r.quota_limit is not None
+                    and r.usage + r.pending + want[r.resource] > r.quota_limit]
+            raise QuotaExceeded(f"project quota exceeded for {' and '.join(over) or 'storage'}"
+                                ": the new version would pass its limit")
+        # The missing rows had no limit and were not charged: charge them alone.
+        self._charge_in(conn, project_id, {r: q for r, q in (("bytes", size),
+                                                              ("objects", objects))
+                                           if r not in there}, check)
+
+    def _ensure_storage_holdings(self, conn: Connection, container_id: int) -> None:
+        """The storage rows of a new container's project, so its charges take one
+        statement."""
+        row = self._fetch_in(conn, CONTAINER_PROJECT,  # type: ignore[attr-defined]
+                             container_id=container_id)
+        for resource in ("bytes", "objects"):
+            self._ensure_holding(conn, row[0][0] or row[0][1], resource)
 
     # -- commissions ---------------------------------------------------------------------------
 
