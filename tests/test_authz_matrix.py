@@ -139,6 +139,8 @@ ROWS: tuple[Row, ...] = (
         "401 401 401 401 401 401 401 401 401 401"),
     row("ui-signout", "/ui/api/session", "DELETE", "/ui/api/session",
         "401 401 401 401 401 401 401 401 401 401"),
+    row("ui-shared", "/ui/api/shared", "GET", "/ui/api/shared",
+        "401 401 401 401 401 401 401 401 401 401"),
     # -- Swift temporary URLs: the signature decides, whoever sends it (a token that is not
     # valid is still refused); objects of the signed path only, never a container's, no
     # rights, no other object, no other method ----------------------------------------------

@@ -304,6 +304,8 @@ def test_objects_shared_with_a_group_are_reachable_and_nothing_more(service):
 
     assert service.sharing.sharing_accounts(OTHER) == ["alice"]
     assert service.sharing.sharing_accounts(THIRD) == []
+    assert service.sharing.shared_with(OTHER) == {"alice": ["docs"]}
+    assert service.sharing.shared_with(THIRD) == {} == service.sharing.shared_with(OWNER)
     assert service.sharing.shared_containers("alice") == {"docs"}
 
 

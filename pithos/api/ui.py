@@ -146,6 +146,22 @@ class Session:
         resp.status = falcon.HTTP_204
 
 
+class Shared:
+    """/ui/api/shared: the accounts that share something with the signed-in user, each with
+    the containers that hold it (a sharee may not list the owner's account)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _secure_headers(resp)
+        if req.context.user is None:
+            raise HTTPStatusError(401, "not signed in")
+        found = self.services.objects.sharing.shared_with(req.context.user)
+        resp.media = {"accounts": [{"name": f"{RESELLER_PREFIX}{owner}",
+                                    "containers": found[owner]} for owner in sorted(found)]}
+
+
 class StaticFiles:
     """/ui/ and /ui/{name}: the UI's files, shipped in the package (pithos/api/ui_static),
     read once; nothing else is served from the disk."""
@@ -188,3 +204,4 @@ def add_routes(app: falcon.App[Any, Any], services: Services) -> None:
     app.add_route("/ui/", static)
     app.add_route("/ui/{name}", static)
     app.add_route("/ui/api/session", Session(services))
+    app.add_route("/ui/api/shared", Shared(services))

@@ -133,20 +133,24 @@ class Sharing:
 
     def sharing_accounts(self, user: UserInfo) -> list[str]:
         """The accounts that share something with `user`, sorted (Pithos' `GET /v1`)."""
+        return sorted(self.shared_with(user))
+
+    def shared_with(self, user: UserInfo) -> dict[str, list[str]]:
+        """{account: its containers (sorted)} of every other account that shares something
+        with `user` (the web UI's "shared with me": a sharee may not list the account)."""
         catalog = self.catalog
-        owners = []
+        found: dict[str, set[str]] = {}
         groups_of: dict[str, dict[str, list[str]]] = {}
         for entry in catalog.all_sharing():
             owner = entry.account
-            if owner == user.account or owner in owners:
+            if owner == user.account or entry.container in found.get(owner, ()):
                 continue
             if owner not in groups_of:
                 info = catalog.account(owner)
                 groups_of[owner] = catalog.groups(info.id) if info else {}
             if sharing_right(entry.read, entry.write, user, owner, groups_of[owner]):
-                owners.append(owner)
-        owners.sort()
-        return owners
+                found.setdefault(owner, set()).add(entry.container)
+        return {owner: sorted(names) for owner, names in found.items()}
 
     def listing_access(self, user: UserInfo | None, account: str, container: str,
                        shared: bool) -> ContainerView:

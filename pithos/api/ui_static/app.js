@@ -38,7 +38,7 @@ function signedOut(message) {
   $("nav").hidden = true;
   $("signout").hidden = true;
   show("signin");
-  if (message) say(message);
+  say(message || "");
   $("signin-user").focus();
 }
 

@@ -77,21 +77,25 @@ export class Files {
 
   async accounts() {
     const sel = $("account-select");
-    const r = await api("GET", "/v1?format=json");
-    const shared = (await r.json()).map((a) => `/v1/${a.name}`);
+    const r = await api("GET", "/ui/api/shared");
+    this.shared = new Map((await r.json()).accounts.map((a) => [`/v1/${a.name}`, a.containers]));
     sel.replaceChildren(el("option", { value: this.who.storage, text: "My files" }),
-      ...shared.filter((a) => a !== this.who.storage)
-        .map((a) => el("option", { value: a, text: `Shared by ${a.slice(4).replace(/^AUTH_/, "")}` })));
+      ...[...this.shared.keys()].map((a) => el("option", {
+        value: a, text: `Shared by ${a.slice(4).replace(/^AUTH_/, "")}` })));
+    if (!this.own && !this.shared.has(this.account)) {
+      this.account = this.who.storage; this.container = null; this.prefix = "";
+    }
     sel.value = this.account;
   }
 
   async containers() {
     const list = $("container-list");
-    const r = await api("GET", `${this.account}?format=json`);
-    const rows = await r.json();
+    // Another account's: only the containers holding what it shares with us.
+    const rows = this.own ? await (await api("GET", `${this.account}?format=json`)).json()
+                          : this.shared.get(this.account).map((name) => ({ name }));
     list.replaceChildren(...rows.map((c) => el("li", {}, el("button", {
       type: "button", class: "link", "aria-current": c.name === this.container ? "true" : null,
-      text: c.name, onclick: () => { this.container = c.name; this.prefix = ""; this.closeDetails(); this.list(); },
+      text: c.name, onclick: () => act(null, () => { this.container = c.name; this.prefix = ""; this.closeDetails(); return this.list(); }),
     }))));
     if (!rows.length) list.append(el("li", { text: "No containers yet." }));
     $("new-container-form").hidden = !this.own;
@@ -120,7 +124,7 @@ export class Files {
         const label = e.subdir.slice(this.prefix.length);
         out.push(el("tr", {}, el("td", {}, el("button", {
           type: "button", class: "link", text: `📁 ${label}`,
-          onclick: () => { this.prefix = e.subdir; this.closeDetails(); this.list(); },
+          onclick: () => act(null, () => { this.prefix = e.subdir; this.closeDetails(); return this.list(); }),
         })), el("td"), el("td"), el("td")));
       } else if (!dirs.has(e.name) && e.name !== this.prefix) {
         const label = e.name.slice(this.prefix.length);
@@ -150,13 +154,13 @@ export class Files {
     nav.replaceChildren();
     if (!this.container) { nav.textContent = "Choose or create a container."; return; }
     nav.append(el("button", { type: "button", class: "link", text: this.container,
-                              onclick: () => { this.prefix = ""; this.list(); } }));
+                              onclick: () => act(null, () => { this.prefix = ""; return this.list(); }) }));
     let at = "";
     for (const part of this.prefix.split("/").filter(Boolean)) {
       at += `${part}/`;
       const here = at;
       nav.append(" / ", el("button", { type: "button", class: "link", text: part,
-                                       onclick: () => { this.prefix = here; this.list(); } }));
+                                       onclick: () => act(null, () => { this.prefix = here; return this.list(); }) }));
     }
   }
 
@@ -172,6 +176,7 @@ export class Files {
     $("uploads").append(item);
     try {
       await upload(path(this.account, this.container, name), file, (loaded, total) => {
+        item.dataset.progressEvents = Number(item.dataset.progressEvents || 0) + 1;
         const pct = total ? Math.round((100 * loaded) / total) : 100;
         bar.value = pct;
         note.textContent = ` ${pct}%`;
