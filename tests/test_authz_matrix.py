@@ -125,7 +125,8 @@ ROWS: tuple[Row, ...] = (
     # session: 401), tests/test_ui_security.py has the cookie callers ---------------------------
     row("root-browser", "/", "GET", "/", "303 303 303 303 303 303 303 303 303 303",
         headers={"Accept": "text/html"}),
-    row("root-head", "/", "HEAD", "/", "404 404 404 404 404 404 404 404 404 404"),
+    row("root-head", "/", "HEAD", "/", "303 303 303 303 303 303 303 303 303 303",
+        headers={"Accept": "text/html"}),
     row("ui-get", "/ui/", "GET", "/ui/", "200 200 200 200 200 200 200 200 200 200"),
     row("ui-head", "/ui/", "HEAD", "/ui/", "200 200 200 200 200 200 200 200 200 200"),
     row("ui-file-get", "/ui/{name}", "GET", "/ui/app.js",

@@ -70,6 +70,15 @@ def row(p: Page, name: str) -> Any:
     return p.visible(f'#listing-body tr[data-name="{name}"]')
 
 
+def saved_bytes(path: str) -> bytes | None:
+    """A downloaded file's content, once the browser has finished saving it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def details(p: Page, name: str) -> None:
     row(p, name).find_element(By.CSS_SELECTOR, "td:first-child button").click()
     p.wait(lambda d: p.text("details-name") == name, message=f"no details of {name}")
@@ -129,7 +138,7 @@ def test_sign_in_upload_with_progress_folders_download_move_delete(page: Page,
     row(p, "reports/note.txt").find_element(By.CSS_SELECTOR, "td:last-child button").click()
     p.status_says("reports/note.txt downloaded")
     saved = os.path.join(downloads, "note.txt")
-    p.wait(lambda d: os.path.exists(saved) and open(saved, "rb").read() == b"quarterly numbers",
+    p.wait(lambda d: saved_bytes(saved) == b"quarterly numbers",
            message="the download did not arrive")
     # Move (server-side, X-Move-From): listed under its new name, the old one gone.
     details(p, "reports/note.txt")
@@ -182,7 +191,7 @@ def test_share_with_another_user_who_then_sees_it(page: Page, server: PithosServ
     row(p, "plan.txt").find_element(By.CSS_SELECTOR, "td:last-child button").click()
     p.status_says("plan.txt downloaded")
     saved = os.path.join(downloads, "plan.txt")
-    p.wait(lambda d: os.path.exists(saved) and open(saved, "rb").read() == b"the plan",
+    p.wait(lambda d: saved_bytes(saved) == b"the plan",
            message="the shared file did not download")
     # Only what is shared: the sharee sees no other file of the container.
     assert [r.get_attribute("data-name") for r in p.els("#listing-body tr[data-name]")] \

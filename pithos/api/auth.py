@@ -182,6 +182,7 @@ def info_document(services: Services) -> dict[str, Any]:
         "tempauth": {"account_acls": True},
         "bulk_delete": bulk.limits_info(),
         "tempurl": tempurl.info(),
+        "staticweb": {},
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 

@@ -9,7 +9,7 @@ import secrets
 
 import falcon
 
-from pithos.api import bulk, listing, tempurl
+from pithos.api import bulk, listing, staticweb, tempurl
 from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -38,6 +38,7 @@ class SwiftSink:
         self.services = services
         self.authz = services.objects.authz
         self.objects = ObjectHandlers(services)
+        self.web = staticweb.StaticWeb(services, self.objects)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
         raw = path_info(req.env)
@@ -78,6 +79,9 @@ class SwiftSink:
             handler = getattr(self, f"account_{method.lower()}", None)
         if handler is None:
             raise HTTPStatusError(405, f"{method} is not allowed here")
+        if container is not None and method in ("GET", "HEAD") and staticweb.applies(req) \
+                and self.web.handle(req, resp, target, handler):
+            return
         handler(req, resp, target)
 
     # -- account -------------------------------------------------------------------------------

@@ -233,7 +233,9 @@ class TempURLMiddleware:
                 resp.delete_header(name)
         if req.method not in ("GET", "HEAD") or not 200 <= status < 300:
             return
-        web = resp.get_header("X-Backend-Content-Generator") == "staticweb"
+        # A static web listing (pithos.api.staticweb) is the one thing a container's root
+        # serves to a temporary URL, inline, as Swift's.
+        web = getattr(req.context, "web_generated", False)
         if root and not web:
             resp.status = falcon.HTTP_401
             resp.content_type = "text/plain; charset=utf-8"
