@@ -101,6 +101,17 @@ def _wire_length(text: str) -> int:
         return len(text.encode())
 
 
+def utf8_header(text: str) -> str:
+    """A header value as the text the client meant: WSGI hands over latin-1 characters, one
+    per byte, and Swift's clients send UTF-8 (a value that is not UTF-8 is kept as it is)."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
 def check_meta(meta: Mapping[str, str | None], limits: Limits) -> None:
     """Swift's limits, counted in bytes as sent."""
     total = 0

@@ -9,8 +9,8 @@ from xml.sax.saxutils import escape, quoteattr
 import falcon
 
 from pithos.api.errors import HTTPStatusError
-from pithos.api.http import iso_date
-from pithos.objects import ContainerSummary, ListingEntry
+from pithos.api.http import iso_date, utf8_header
+from pithos.objects import ContainerSummary, ListingEntry, slo
 from pithos.objects.changes import Feed
 from pithos.objects.service import ContainerSubdir
 
@@ -92,21 +92,28 @@ def send_containers(resp: falcon.Response, fmt: str, account: str,
     _send(resp, fmt, body, not rows)
 
 
+def _object(e: ListingEntry) -> dict[str, object]:
+    """An object's line of a listing, as Swift's: an SLO's hash is its manifest's MD5 and
+    its own ETag (quoted) is slo_etag; a content type is the client's UTF-8."""
+    item: dict[str, object] = {
+        "name": e.name, "hash": e.etag, "bytes": e.size,
+        "content_type": utf8_header(e.content_type), "last_modified": iso_date(e.created)}
+    if e.slo_manifest is not None:
+        item["hash"] = slo.manifest_etag(e.slo_manifest)
+        item["slo_etag"] = f'"{e.etag}"'
+    return item
+
+
 def send_objects(resp: falcon.Response, fmt: str, container: str,
                  entries: Sequence[ListingEntry]) -> None:
     if fmt == "json":
-        body = json.dumps([
-            {"subdir": e.name} if e.subdir else
-            {"name": e.name, "hash": e.etag, "bytes": e.size, "content_type": e.content_type,
-             "last_modified": iso_date(e.created)}
-            for e in entries])
+        body = json.dumps([{"subdir": e.name} if e.subdir else _object(e) for e in entries])
     elif fmt == "xml":
         items = "".join(
             f"<subdir name={quoteattr(e.name)}><name>{escape(e.name)}</name></subdir>"
             if e.subdir else
-            f"<object><name>{escape(e.name)}</name><hash>{e.etag}</hash>"
-            f"<bytes>{e.size}</bytes><content_type>{escape(e.content_type)}</content_type>"
-            f"<last_modified>{iso_date(e.created)}</last_modified></object>"
+            "<object>" + "".join(f"<{k}>{escape(str(v))}</{k}>"
+                                 for k, v in _object(e).items()) + "</object>"
             for e in entries)
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<container name={quoteattr(container)}>'
                 f"{items}</container>")

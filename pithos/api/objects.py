@@ -14,7 +14,7 @@ from urllib.parse import quote, unquote
 
 import falcon
 
-from pithos.api import bulk
+from pithos.api import bulk, slo
 from pithos.api.body import PieceBuffers, refuse_body, request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -25,6 +25,7 @@ from pithos.api.http import (
     meta_from_headers,
     meta_headers,
     parse_range,
+    utf8_header,
     write_expect,
     x_timestamp,
 )
@@ -144,8 +145,7 @@ class ObjectHandlers:
         if v.delete_at is not None:
             resp.set_header("X-Delete-At", str(int(v.delete_at)))
         if v.dlo_manifest:
-            # Quoted, as clients send it (and unquote it): a name may hold any character.
-            resp.set_header("X-Object-Manifest", quote(v.dlo_manifest))
+            resp.set_header("X-Object-Manifest", manifest_header(v.dlo_manifest))
         if v.slo_manifest:
             resp.set_header("X-Static-Large-Object", "True")
 
@@ -194,9 +194,9 @@ class ObjectHandlers:
               public: bool = False) -> None:
         manifest_get = not public and req.get_param("multipart-manifest") == "get"
         if v.slo_manifest and manifest_get:
-            body = v.slo_manifest.encode()
+            body, content_type = slo.manifest_body(req, v)
             self._headers(resp, v, hashlib.md5(body, usedforsecurity=False).hexdigest())
-            resp.content_type = "application/json; charset=utf-8"
+            resp.content_type = content_type
             resp.content_length = len(body)
             if not head:
                 resp.data = body
@@ -210,6 +210,10 @@ class ObjectHandlers:
             etag = f'"{etag}"'  # as Swift quotes a large object's ETag
         self._headers(resp, v, etag)
         resp.content_type = v.content_type
+        part = None
+        if v.slo_manifest and not manifest_get:
+            slo.read_headers(resp, v)
+            part = slo.part_number(req)
         decided = check_preconditions(req.headers, etag.strip('"'), v.created, req.method)
         if decided == 304:
             resp.status = falcon.HTTP_304
@@ -217,7 +221,15 @@ class ObjectHandlers:
         if decided == 412:
             raise HTTPStatusError(412, "Precondition Failed",
                                   {"ETag": etag, "Last-Modified": http_date(v.created)})
-        ranges = parse_range(req.get_header("Range"), size)
+        if part is not None:
+            part_range = slo.part_range(req, resp, v, part, size)
+            if part_range is None:
+                return
+            ranges: list[ByteRange] | None = [part_range]
+        else:
+            ranges = parse_range(req.get_header("Range"), size)
+            if ranges and len(ranges) > 1 and v.dlo_manifest and large:
+                ranges = None  # Swift's DLO serves a multi-range request whole (a 200)
         if not ranges:
             resp.status = falcon.HTTP_200
             resp.content_length = size
@@ -281,7 +293,7 @@ class ObjectHandlers:
                 raise HTTPStatusError(400, "a move stays in its account")
             self._copy(req, resp, user, _split_source(copy_from or move_from or ""),
                        source_account, container, t.obj, expect=expect,
-                       move=move_from is not None)
+                       move=move_from is not None, dest_account=account)
             return
         if expect is not None and expect.absent and \
                 self.objects.find_object(container, t.obj) is not None:
@@ -314,9 +326,7 @@ class ObjectHandlers:
                                     etag=req.get_header("ETag"))
             self._created(resp, v, f'"{v.etag}"')
             return
-        dlo = req.get_header("X-Object-Manifest")
-        if dlo is not None:
-            dlo = names.dlo_manifest(unquote(dlo))
+        dlo = _dlo_manifest(req)
         with objects.upload_lease():
             stored = objects.store(request_body(req.env, self.pieces,
                                                 self.services.client_timeout_s), length,
@@ -383,7 +393,8 @@ class ObjectHandlers:
 
     def _copy(self, req: falcon.Request, resp: falcon.Response, user: UserInfo | None,
               source: tuple[str, str], source_account: str, dest: ContainerInfo,
-              dest_name: str, expect: Expect | None = None, move: bool = False) -> None:
+              dest_name: str, expect: Expect | None = None, move: bool = False,
+              dest_account: AccountInfo | None = None) -> None:
         """A copy (X-Copy-From, COPY) or a move (X-Move-From) naming the source's map, no
         data moved.  `expect`: the target's precondition; X-Source-If-Match: the source's,
         checked with the target's in the commit's transaction, as is (for a move) the
@@ -414,13 +425,26 @@ class ObjectHandlers:
         sys_meta.update(_sys_meta(req))
         # A move takes the object as it is (a large object's manifest, not its content).
         keep_manifest = move or req.get_param("multipart-manifest") == "get"
+        if keep_manifest and src.slo_manifest and dest.account_id != src_container.account_id:
+            # A manifest's paths name containers of its own account: in another account it
+            # is a new manifest, checked there as a PUT of it is (as Swift's).
+            with objects.upload_lease():
+                v = objects.put_slo(
+                    dest.account_id, dest, dest_name, slo.raw_body(src),
+                    content_type=req.get_header("Content-Type") or src.content_type,
+                    meta={"user": user_meta, "sys": sys_meta},
+                    modified_by=f"{user.account}:{user.name}" if user else None,
+                    delete_at=_delete_at(req), may_read=self.authz.may_read(user, dest_account))
+            self._created(resp, v, f'"{v.etag}"')
+            return
         content = None
         # The lease covers the new map of a large object's content and the copy's commit, and
         # the source's map until the copy names it.
         with objects.upload_lease():
             if not keep_manifest:
                 content = objects.large_content(src, src_account,
-                                                self.authz.may_read(user, src_account))
+                                                self.authz.may_read(user, src_account),
+                                                span=_copy_span(req, src))
             v = objects.copy(src, dest, dest_name, meta={"user": user_meta, "sys": sys_meta},
                              content_type=req.get_header("Content-Type") or src.content_type,
                              modified_by=f"{user.account}:{user.name}" if user else None,
@@ -446,10 +470,10 @@ class ObjectHandlers:
         # The names a COPY creates are held to the limits of a PUT's (a 1,100-byte name made
         # an object no request could then name).
         names.check_names(self.services.limits, dest_account, dest_container, dest_obj)
-        _, container = self.authz.container(req.context.user, dest_account, dest_container,
-                                            Action.OBJECT_WRITE)
+        account, container = self.authz.container(req.context.user, dest_account,
+                                                  dest_container, Action.OBJECT_WRITE)
         self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
-                   dest_obj)
+                   dest_obj, dest_account=account)
 
     # -- POST / DELETE -------------------------------------------------------------------------
 
@@ -471,7 +495,8 @@ class ObjectHandlers:
             content_type = req.get_header("Content-Type")
             self.objects.update_meta(
                 container, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
-                delete_at=delete_at, content_type=content_type, expect=_expect(req))
+                delete_at=delete_at, content_type=content_type, expect=_expect(req),
+                replace_dlo=not current.slo_manifest, dlo_manifest=_dlo_manifest(req))
             resp.status = falcon.HTTP_202
             resp.content_type = "text/html; charset=UTF-8"
             resp.text = ""
@@ -546,6 +571,36 @@ class ObjectHandlers:
                 return
         self.objects.delete_object(container, t.obj, modified_by, expect=_expect(req))
         resp.status = falcon.HTTP_204
+
+
+def manifest_header(manifest: str) -> str:
+    """X-Object-Manifest as Swift answers it: the UTF-8 bytes of "container/prefix" (as WSGI
+    carries them, latin-1 characters), or percent-encoded when the name holds a control
+    character that a header cannot carry."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in manifest):
+        return quote(manifest)
+    return manifest.encode("utf-8").decode("latin-1")
+
+
+def _copy_span(req: falcon.Request, src: ObjectVersion) -> tuple[int, int] | None:
+    """(offset, length) of the source a copy takes, as Swift's copy reads it: one part of an
+    SLO (?part-number=N), or the one range of a Range header; None for the whole source.
+    (Not of a DLO, whose size is known only once its segments are listed.)"""
+    if src.dlo_manifest:
+        return None
+    part = slo.part_number(req) if src.slo_manifest else None
+    if part is not None:
+        return slo.part_span(src, part)
+    ranges = parse_range(req.get_header("Range"), src.size)
+    if ranges and len(ranges) == 1:
+        return ranges[0].start, ranges[0].length
+    return None
+
+
+def _dlo_manifest(req: falcon.Request) -> str | None:
+    """X-Object-Manifest of a PUT or POST: "container/prefix", percent-decoded UTF-8."""
+    text = req.get_header("X-Object-Manifest")
+    return None if text is None else names.dlo_manifest(unquote(utf8_header(text)))
 
 
 def _expect(req: falcon.Request) -> Expect | None:

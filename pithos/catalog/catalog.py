@@ -421,9 +421,11 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                            meta: Mapping[str, Mapping[str, str]], *,
                            delete_at: float | None, content_type: str | None = None,
                            replace_domains: tuple[str, ...] = ("user", "sys"),
-                           expect: Expect | None = None) -> ObjectVersion:
+                           expect: Expect | None = None, replace_dlo: bool = False,
+                           dlo_manifest: str | None = None) -> ObjectVersion:
         """Replace the metadata of the current version in place (Swift POST): the content
-        version is not copied.  `expect`: its precondition (PreconditionFailed)."""
+        version is not copied.  `expect`: its precondition (PreconditionFailed).  With
+        `replace_dlo`, X-Object-Manifest becomes `dlo_manifest` (None: not a DLO any more)."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(self._lock(self._visible(version_columns(), now).where(and_(
@@ -441,6 +443,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             values: dict[str, Any] = {"delete_at": delete_at}
             if content_type:
                 values["content_type"] = content_type
+            if replace_dlo:
+                values["dlo_manifest"] = dlo_manifest
             conn.execute(update(s.versions).where(s.versions.c.id == row.version_id)
                          .values(**values))
             row = conn.execute(version_columns().select_from(
@@ -593,7 +597,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             while len(out) < limit:
                 q = self._visible(select(s.objects.c.name, s.versions.c.size,
                                          s.versions.c.etag, s.versions.c.content_type,
-                                         s.versions.c.created), now, until).where(
+                                         s.versions.c.created, s.versions.c.slo_manifest),
+                                  now, until).where(
                     s.objects.c.container_id == container_id)
                 q = name_window(q, s.objects.c.name, prefix, marker, end_marker, reverse)
                 rows = conn.execute(q.limit(limit - len(out))).all()
@@ -609,7 +614,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                             # Skip every other name under this pseudo-directory.
                             marker = sub if reverse else sub + MAX_CHAR
                             break
-                    out.append(ListingEntry(r.name, r.size, r.etag, r.content_type, r.created))
+                    out.append(ListingEntry(r.name, r.size, r.etag, r.content_type, r.created,
+                                            slo_manifest=r.slo_manifest))
                     marker = r.name
                     if len(out) >= limit:
                         break

@@ -46,7 +46,7 @@ from pithos.core.errors import (
 from pithos.core.offload import Offload
 from pithos.mapper import Mapper, Piece
 from pithos.mapper.mapper import STREAM_PIECE
-from pithos.objects import changes
+from pithos.objects import changes, slo
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
 from pithos.objects.authz import Authz
 from pithos.objects.bulk import BulkDeletes
@@ -322,11 +322,15 @@ class ObjectService:
 
     def update_meta(self, container: ContainerInfo, name: str,
                     meta: Mapping[str, Mapping[str, str]], *, delete_at: float | None,
-                    content_type: str | None, expect: Expect | None = None) -> None:
+                    content_type: str | None, expect: Expect | None = None,
+                    replace_dlo: bool = False, dlo_manifest: str | None = None) -> None:
         """Replace the current version's metadata (a POST: no new content); `expect`: its
-        precondition, checked in the same transaction (PreconditionFailed)."""
+        precondition, checked in the same transaction (PreconditionFailed).  `replace_dlo`:
+        X-Object-Manifest too, which a Swift POST replaces with the rest (`dlo_manifest`,
+        None to make a DLO a plain object again)."""
         self.catalog.update_object_meta(container.id, name, meta, delete_at=delete_at,
-                                        content_type=content_type, expect=expect)
+                                        content_type=content_type, expect=expect,
+                                        replace_dlo=replace_dlo, dlo_manifest=dlo_manifest)
 
     def delete_object(self, container: ContainerInfo, name: str,
                       modified_by: str | None, expect: Expect | None = None) -> None:
@@ -468,22 +472,24 @@ class ObjectService:
             source_expect=source_expect, move=move)
 
     def large_content(self, src: ObjectVersion, account: AccountInfo | None,
-                      may_read: Callable[[ContainerInfo | None], bool] = lambda _: True
-                      ) -> tuple[bytes, int, str] | None:
+                      may_read: Callable[[ContainerInfo | None], bool] = lambda _: True,
+                      span: tuple[int, int] | None = None) -> tuple[bytes, int, str] | None:
         """What a copy of `src` names when `src` is a large object (`copy`'s `content`): one
         map naming its segments' blocks (read with `may_read`), and the MD5 of that content
-        as the ETag (the data is read, not written); None for any other object.  Inside the
-        writer's upload lease: the new map is garbage until the copy commits."""
-        if not (src.dlo_manifest or src.slo_manifest):
+        as the ETag (the data is read, not written); None for any other object.  `span`
+        (offset, length): that part of an SLO or of any other object only (a copy of one
+        part, or of a range).  Inside the writer's upload lease: the new map is garbage until
+        the copy commits."""
+        if not (src.dlo_manifest or src.slo_manifest) and span is None:
             return None
         if src.dlo_manifest:
             assert account is not None
             segs = self.dlo_segments(account.id, src.dlo_manifest, may_read)
-            parts = [(s.root, s.size) for s in segs if s.root is not None]
+            parts = [(s.root, 0, None) for s in segs if s.root is not None]
         else:
-            assert src.root is not None
-            parts = [(src.root, src.size)]
-        root, size = self.mapper.concat([(r, 0, None) for r, _ in parts])
+            offset, length = span or (0, src.size)
+            parts = [(src.root, offset, length)] if src.root is not None and length else []
+        root, size = self.mapper.concat(parts)
         md5 = hashlib.md5(usedforsecurity=False)
         for piece in self.read([(root, size)], 0, size):
             md5.update(piece)
@@ -535,10 +541,9 @@ class ObjectService:
                 manifest: bool = False) -> Content:
         """What a read of version `v` (of account `account_id`) serves: a DLO's content is
         its segments' (read with `may_read`, Forbidden otherwise) and its ETag the MD5 of
-        their ETags, as Swift's; with `manifest`, a DLO is its manifest object alone."""
-        if v.dlo_manifest:
-            if manifest:
-                return Content([], 0, v.etag, False)
+        their ETags, as Swift's; with `manifest`, a DLO is its manifest object alone (its own
+        content)."""
+        if v.dlo_manifest and not manifest:
             segments = self.dlo_segments(account_id, v.dlo_manifest, may_read)
             joined = "".join(s.etag for s in segments).encode()
             return Content([(s.root, s.size) for s in segments if s.root is not None],
@@ -613,6 +618,11 @@ class ObjectService:
             raise InvalidArgument("Manifest must be a non-empty list of segments.")
         if len(segments) > self.limits.max_manifest_segments:
             raise InvalidArgument(f"Too many segments (max {self.limits.max_manifest_segments})")
+        # Swift's parse checks come first and list every bad segment (unknown keys, itself).
+        bad = [p for i, seg in enumerate(segments)
+               if (p := slo.segment_problem(i, seg, f"{container.name}/{name}")) is not None]
+        if bad:
+            raise InvalidArgument("\n".join(bad))
         parts: list[tuple[bytes, int, int | None]] = []
         sources: list[int] = []  # the segments' versions, which must outlive the commit
         stored: list[dict[str, Any]] = []
