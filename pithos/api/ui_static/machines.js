@@ -57,18 +57,36 @@ export class Machines {
 
   async poll() {
     const servers = (await (await api("GET", `${NOVA}/servers/detail`)).json()).servers || [];
-    $("machines-body").replaceChildren(...servers.map((s) => this.row(s)));
+    // Rows are updated in place, not rebuilt: a button keeps the keyboard's focus while the
+    // states change around it.
+    const body = $("machines-body");
+    const old = new Map([...body.children].map((tr) => [tr.dataset.id, tr]));
+    let at = null;
+    for (const s of servers) {
+      let tr = old.get(s.id);
+      old.delete(s.id);
+      if (!tr) tr = this.row(s);
+      tr.querySelector(".state").textContent = this.state(s);
+      if (at ? at.nextSibling !== tr : body.firstChild !== tr) {
+        body.insertBefore(tr, at ? at.nextSibling : body.firstChild);
+      }
+      at = tr;
+    }
+    for (const tr of old.values()) tr.remove();
     $("machines-empty").hidden = servers.length > 0;
+  }
+
+  state(s) {
+    return s.status + (s["OS-EXT-STS:task_state"] ? ` (${s["OS-EXT-STS:task_state"]})` : "");
   }
 
   row(s) {
     const f = this.flavors.get(String((s.flavor || {}).id)) || {};
-    const state = s.status + (s["OS-EXT-STS:task_state"] ? ` (${s["OS-EXT-STS:task_state"]})` : "");
     const b = (text, fn, cls = "secondary") => el("button", {
       type: "button", class: cls, text, "aria-label": `${text} ${s.name}`, onclick: fn });
     return el("tr", { "data-id": s.id },
       el("td", { text: s.name }),
-      el("td", { class: "state", text: state }),
+      el("td", { class: "state", text: this.state(s) }),
       el("td", { text: f.name || (s.flavor || {}).id || "" }),
       el("td", {},
         b("Start", () => this.action(s, { "os-start": null }, "starting")),
