@@ -113,7 +113,7 @@ def test_concurrent_uploads_never_pass_the_project_limit(catalog, container):
             stored.append(i)
         except QuotaExceeded:
             refused.append(i)
-        except Exception as exc:  # noqa: BLE001 - counted: the test fails on any
+        except Exception as exc:  # counted: the test fails on any
             other.append(exc)
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]

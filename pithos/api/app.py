@@ -7,10 +7,11 @@ from typing import Any
 import falcon
 
 from pithos.api import errors
-from pithos.api.auth import AuthV1, Info, KeystoneTokens, KeystoneVersion, TokenMiddleware
+from pithos.api.auth import AuthV1, Info, KeystoneVersion, TokenMiddleware
 from pithos.api.body import timed_body
 from pithos.api.context import Services
 from pithos.api.images import add_routes as add_image_routes
+from pithos.api.keystone import add_routes as add_keystone_routes
 from pithos.api.openapi import OpenAPIDocument
 from pithos.api.swift import SwiftSink
 from pithos.api.tempurl import TempURLMiddleware
@@ -76,7 +77,7 @@ def create_app(services: Services) -> falcon.App:
     app.add_route("/auth/v1.0", AuthV1(services))
     app.add_route("/auth/v1", AuthV1(services))
     app.add_route("/v3", KeystoneVersion(services))
-    app.add_route("/v3/auth/tokens", KeystoneTokens(services))
+    add_keystone_routes(app, services)  # Keystone v3 with projects; Astakos' quotas
     sink = SwiftSink(services)
     app.add_route("/public/{token}", PublicLinks(sink))
     add_image_routes(app, services)  # the Image API v2 subset (Glance), under /image

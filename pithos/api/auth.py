@@ -3,7 +3,6 @@ middleware that puts the authenticated user (or None) on every request."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,7 +11,6 @@ import falcon
 from pithos.api import tempurl
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
-from pithos.api.http import iso_date
 from pithos.api.paths import base_url, storage_url
 from pithos.api.ui import cookie_user
 from pithos.core.errors import InvalidArgument
@@ -92,64 +90,6 @@ class KeystoneVersion:
             "links": [{"rel": "self", "href": f"{base_url(self.services, req)}/v3/"}],
             "media-types": [{"base": "application/json",
                              "type": "application/vnd.openstack.identity-v3+json"}]}}
-
-
-class KeystoneTokens:
-    """POST /v3/auth/tokens with the password method.  The project is the account; the user
-    may be named "user" (with the project) or "account:user"."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            body = json.loads(req.bounded_stream.read(65536) or b"{}")
-            ident = body["auth"]["identity"]
-            if "password" not in ident.get("methods", []):
-                raise HTTPStatusError(401, "only the password method is supported")
-            user_doc = ident["password"]["user"]
-            name, key = str(user_doc["name"]), str(user_doc["password"])
-            scope = body["auth"].get("scope") or {}
-            project = scope.get("project") or {}
-            project_name = project.get("name") or project.get("id")
-            if not all(isinstance(v, str) for v in (project_name or "",
-                                                    user_doc.get("id") or "")):
-                raise TypeError  # (a list here reached the catalog as a parameter: a 503)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            raise HTTPStatusError(400, "malformed auth request") from None
-        if ":" in name:
-            account, user = name.split(":", 1)
-        else:
-            account, user = project_name or user_doc.get("id") or "", name
-        if project_name and project_name != account:
-            raise HTTPStatusError(401, "the user does not belong to that project")
-        found = self.services.identity.login(account, user, key) if account else None
-        if found is None:
-            raise HTTPStatusError(401, "The request you have made requires authentication.")
-        info, token, expires = found
-        url = storage_url(self.services, req, account)
-        domain = {"id": "default", "name": "Default"}
-        resp.status = falcon.HTTP_201
-        resp.set_header("X-Subject-Token", token)
-        resp.media = {"token": {
-            "methods": ["password"], "expires_at": iso_date(expires) + "Z",
-            "issued_at": iso_date(time.time()) + "Z",
-            "user": {"id": f"{account}:{user}", "name": user, "domain": domain},
-            "project": {"id": account, "name": account, "domain": domain},
-            "roles": [{"id": "admin" if info.admin else "member",
-                       "name": "admin" if info.admin else "member"}],
-            "catalog": [
-                _catalog_entry("object-store", "swift", url),
-                *(_catalog_entry(kind, name, base_url(self.services, req) + path)
-                  for kind, name, path in self.services.endpoints)]}}
-
-
-def _catalog_entry(kind: str, name: str, url: str) -> dict[str, Any]:
-    """One service of a Keystone token's catalog, reached at `url` on every interface."""
-    return {"type": kind, "name": name, "id": f"pithos-{kind}",
-            "endpoints": [{"id": f"pithos-{kind}-{iface}", "interface": iface,
-                           "region": "RegionOne", "region_id": "RegionOne", "url": url}
-                          for iface in ("public", "internal", "admin")]}
 
 
 def info_document(services: Services) -> dict[str, Any]:

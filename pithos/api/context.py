@@ -8,6 +8,7 @@ from pithos.identity import Identity
 from pithos.objects.hashmaps import Hashmaps
 from pithos.objects.names import Limits
 from pithos.objects.service import ObjectService
+from pithos.projects import Projects
 
 
 @dataclass
@@ -31,3 +32,6 @@ class Services:
     # The web UI's cookies always get the Secure flag (else only over TLS): for a server
     # behind a TLS proxy that does not say so (PITHOS_UI_SECURE_COOKIES=1).
     ui_secure_cookies: bool = False
+    # Projects, passwords and quotas (pithos.projects); None: made over the identity's
+    # catalog when first needed (Services built by hand, in tests).
+    projects: Projects | None = None

@@ -172,7 +172,8 @@ class SwiftSink:
             user, account, versioning=req.get_header("X-Container-Policy-Versioning"),
             quota=req.get_header("X-Container-Policy-Quota"),
             read_acl=acls["X-Container-Read"], write_acl=acls["X-Container-Write"],
-            chunking=req.get_header("X-Container-Policy-Chunking"))
+            chunking=req.get_header("X-Container-Policy-Chunking"),
+            project=req.get_header("X-Container-Policy-Project"))
 
     def container_put(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None

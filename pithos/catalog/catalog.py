@@ -181,6 +181,10 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                          **policy: Any) -> bool:
         """Create a container, or update an existing one's metadata and policy.  Returns
         whether it was created."""
+        policy = dict(policy)
+        # The project a new container is charged to when the policy names none (the one its
+        # creator acts in); an existing container keeps its own.
+        new_project = policy.pop("new_project_id", None)
         with self._write() as conn:
             found = conn.execute(select(s.containers.c.id).where(and_(
                 s.containers.c.account_id == account_id, s.containers.c.name == name))).scalar()
@@ -188,14 +192,17 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             if created:
                 found = conn.execute(insert(s.containers).values(
                     account_id=account_id, name=name, created=time.time(),
-                    **policy)).inserted_primary_key[0]
+                    **{"project_id": new_project, **policy})).inserted_primary_key[0]
                 conn.execute(insert(s.container_stats), [
                     {"container_id": found, "shard": i, "objects": 0, "bytes": 0}
                     for i in range(STAT_SHARDS)])
                 self._ensure_storage_holdings(conn, int(found))
             elif policy:
-                conn.execute(update(s.containers).where(s.containers.c.id == found)
-                             .values(**policy))
+                if "project_id" in policy:
+                    self._move_container(conn, int(found), policy.pop("project_id"))
+                if policy:
+                    conn.execute(update(s.containers).where(s.containers.c.id == found)
+                                 .values(**policy))
             if meta:
                 self._update_meta(conn, s.container_meta, s.container_meta.c.container_id,
                                   int(found), meta)
@@ -203,7 +210,13 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
 
     def update_container(self, container_id: int, meta: Mapping[str, str | None] | None = None,
                          **policy: Any) -> None:
+        """Change a container's metadata and policy.  A change of its project
+        (`project_id`) moves its usage to the new project, within that project's limits
+        (QuotaExceeded: nothing changed)."""
+        policy.pop("new_project_id", None)
         with self._write() as conn:
+            if "project_id" in policy:
+                self._move_container(conn, container_id, policy.pop("project_id"))
             if policy:
                 conn.execute(update(s.containers).where(s.containers.c.id == container_id)
                              .values(**policy))
@@ -227,6 +240,19 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                                 .where(s.container_stats.c.container_id == container_id)).one()
             self._charge_container(conn, container_id, -int(left[0]), -int(left[1]), False)
             conn.execute(delete(s.containers).where(s.containers.c.id == container_id))
+
+    def _move_container(self, conn: Connection, container_id: int,
+                        project_id: str | None) -> None:
+        left = conn.execute(select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
+                                   func.coalesce(func.sum(s.container_stats.c.bytes), 0))
+                            .where(s.container_stats.c.container_id == container_id)).one()
+        objects, size = int(left[0]), int(left[1])
+        self._charge_container(conn, container_id, -objects, -size, False)
+        conn.execute(update(s.containers).where(s.containers.c.id == container_id)
+                     .values(project_id=project_id))
+        self._ensure_storage_holdings(conn, container_id)
+        # Checked: moving data into a project is charging it (QuotaExceeded, nothing moved).
+        self._charge_container(conn, container_id, objects, size, True)
 
     def list_containers(self, account_id: int, prefix: str = "", marker: str = "",
                         end_marker: str = "", limit: int = 10000, reverse: bool = False,
@@ -350,7 +376,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0])
             self._check_quota(conn, container_id, size - (old_size or 0), policy)
             self._count(conn, container_id, 0 if old_size is not None else 1,
-                        size - (old_size or 0), check=True)
+                        size - (old_size or 0), check=True, project_id=policy.project_id)
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id,
                                            policy.versioning)
             changed = [(container_id, obj_id)]
@@ -407,15 +433,16 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         return int(obj_id), uuid, int(size), etag
 
     def _count(self, conn: Connection, container_id: int, objects: int, size: int,
-               check: bool = False) -> None:
+               check: bool = False, project_id: str | None = None) -> None:
         """Change the container's counters and charge its project the same (`check`: a
-        charge past the project's limit is QuotaExceeded, for a new version)."""
+        charge past the project's limit is QuotaExceeded, for a new version; `project_id`:
+        the container's project, if read already)."""
         if objects == 0 and size == 0:
             return
         self._run_in(conn, h.COUNT, {"container_id": container_id,
                                      "shard": random.randrange(STAT_SHARDS),
                                      "add_objects": objects, "add_bytes": size})
-        self._charge_container(conn, container_id, objects, size, check)
+        self._charge_container(conn, container_id, objects, size, check, project_id)
 
     def update_object_meta(self, container_id: int, name: str,
                            meta: Mapping[str, Mapping[str, str]], *,

@@ -51,7 +51,8 @@ CONTAINER_ACCOUNT = select(c.c.account_id).where(c.c.id == bindparam("container_
 
 # The quotas of a container and its account, and the container's versioning policy.
 CONTAINER_POLICY = (select(c.c.quota_bytes, c.c.account_id,
-                           a.c.quota_bytes.label("account_quota"), c.c.versioning)
+                           a.c.quota_bytes.label("account_quota"), c.c.versioning,
+                           func.coalesce(c.c.project_id, a.c.name))
                     .select_from(c.join(a)).where(c.c.id == bindparam("container_id")))
 
 

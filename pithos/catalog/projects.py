@@ -78,11 +78,17 @@ _storage_q = case((_hd.c.resource == literal_column("'bytes'"),
 _storage_rows = and_(_hd.c.project_id == _project_of_container,
                      or_(_hd.c.resource == literal_column("'bytes'"),
                          _hd.c.resource == literal_column("'objects'")))
+_within = or_(_storage_q <= literal_column("0"), _hd.c.quota_limit.is_(None),
+              _hd.c.usage + _hd.c.pending + _storage_q <= _hd.c.quota_limit)
 CHARGE_CONTAINER = update(_hd).where(_storage_rows).values(usage=_hd.c.usage + _storage_q)
-CHARGE_CONTAINER_CHECKED = (update(_hd).where(and_(_storage_rows, or_(
-    _storage_q <= literal_column("0"), _hd.c.quota_limit.is_(None),
-    _hd.c.usage + _hd.c.pending + _storage_q <= _hd.c.quota_limit)))
-    .values(usage=_hd.c.usage + _storage_q))
+CHARGE_CONTAINER_CHECKED = (update(_hd).where(and_(_storage_rows, _within))
+                            .values(usage=_hd.c.usage + _storage_q))
+# The same when the project is known already (a new version read the container's policy).
+_project_rows = and_(_hd.c.project_id == bindparam("project_id"),
+                     or_(_hd.c.resource == literal_column("'bytes'"),
+                         _hd.c.resource == literal_column("'objects'")))
+CHARGE_PROJECT_STORAGE_CHECKED = (update(_hd).where(and_(_project_rows, _within))
+                                  .values(usage=_hd.c.usage + _storage_q))
 # A container's own project, and its account's name (whose home project is the default).
 CONTAINER_PROJECT = (select(s.containers.c.project_id, s.accounts.c.name)
                      .select_from(s.containers.join(s.accounts))
@@ -284,11 +290,16 @@ class ProjectsMixin:
             self._charge_in(conn, project_id, provisions)
 
     def _charge_container(self, conn: Connection, container_id: int, objects: int,
-                          size: int, check: bool) -> None:
-        """Charge a container's usage change to its project (the container's counters
-        change in the same transaction: Catalog._count).  One statement on the hot path."""
-        stmt = CHARGE_CONTAINER_CHECKED if check else CHARGE_CONTAINER
-        values = {"container_id": container_id, "add_bytes": size, "add_objects": objects}
+                          size: int, check: bool, project_id: str | None = None) -> None:
+        """Charge a container's usage change to its project (`project_id`, if the caller
+        read it; the container's counters change in the same transaction: Catalog._count).
+        One statement on the hot path."""
+        values: dict[str, Any] = {"container_id": container_id, "add_bytes": size,
+                                  "add_objects": objects}
+        if project_id and check:
+            stmt, values["project_id"] = CHARGE_PROJECT_STORAGE_CHECKED, project_id
+        else:
+            stmt = CHARGE_CONTAINER_CHECKED if check else CHARGE_CONTAINER
         if self._run_in(conn, stmt, values) == 2:  # type: ignore[attr-defined]
             return
         # Fewer than both rows: a row is missing (a container older than its project's

@@ -133,6 +133,8 @@ class ContainerPolicy(NamedTuple):
     account_id: int
     account_quota_bytes: int | None
     versioning: str | None
+    # The project its usage is charged to (its own, else its account's home project).
+    project_id: str = ""
 
 
 class Usage(NamedTuple):

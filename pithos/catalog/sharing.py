@@ -185,7 +185,7 @@ class SharingMixin:
         found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
         if not found:
             raise NotFound(f"no container with id {container_id}")
-        quota_bytes, account_id, account_quota, _ = found[0]
+        quota_bytes, account_id, account_quota = found[0][:3]
         if not quota_bytes and not account_quota:
             return NO_QUOTA  # the usage does not matter (the common case)
         st = s.container_stats

@@ -3,7 +3,9 @@
     pithos serve [--listen HOST:PORT] [--workers N] [--client-timeout S] [--keepalive S]
                  [--compute]
                                     the object API (the main job)
-    pithos user add ACCOUNT:USER --key KEY [--admin]  users; also `user list`, `user del`
+    pithos user add ACCOUNT:USER --key KEY [--admin]  users; also `user list`, `user del`,
+                                                  `user passwd`
+    pithos project create|list|show|quota|member|reap  projects and their quotas
     pithos store put FILE...        store files as maps, print "<root-hex> <size>" for each
     pithos store get ROOT [-o FILE] write a map's content to FILE or stdout
     pithos store stats [--json]     blocks and bytes in the store
@@ -373,6 +375,9 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("user", metavar="ACCOUNT:USER")
     rm.set_defaults(func=cmd_user_del)
 
+    from pithos.cli.projects import add_parsers as add_project_parsers
+
+    add_project_parsers(commands, user_actions, common)
     from pithos.cli.sync import add_parser as add_sync_parser
 
     add_sync_parser(commands)

@@ -50,6 +50,7 @@ def build_services(storage: Storage, io_threads: int = 32,
     from pithos.objects.hashmaps import Hashmaps
     from pithos.objects.names import Limits
     from pithos.objects.service import ObjectService
+    from pithos.projects import Projects
 
     # The composition root's one choice of where blocking work runs: gevent's pool of real
     # threads, shared by the stores, the catalog, MD5 and logins (pithos.core.offload).
@@ -60,7 +61,8 @@ def build_services(storage: Storage, io_threads: int = 32,
     # Image uploads converted from qcow2 are spooled beside the data they join.
     objects = ObjectService(catalog, data.mapper, offload=offload, md5_lanes=LanePolicy(),
                             spool_dir=os.path.join(storage.data_dir, "images-tmp"))
-    return Services(identity=Identity(catalog, offload=offload), objects=objects,
+    identity = Identity(catalog, offload=offload)
+    return Services(identity=identity, objects=objects, projects=Projects(catalog, identity),
                     limits=Limits(), block_size=data.mapper.block_size,
                     hashmaps=Hashmaps(objects),
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"),
@@ -77,6 +79,13 @@ def _reaper(services: Any) -> None:
             services.objects.reap_expired()
         except Exception:
             log.exception("reaping expired objects failed")
+        try:
+            # Commissions whose issuer died before resolving them (their lease is over):
+            # their reservations go back (pithos.catalog.projects).
+            if services.projects is not None:
+                services.projects.catalog.reap_commissions()
+        except Exception:
+            log.exception("reaping expired commissions failed")
 
 
 def open_catalog_once(storage: Storage) -> None:
@@ -86,7 +95,13 @@ def open_catalog_once(storage: Storage) -> None:
 
     os.makedirs(storage.data_dir, exist_ok=True)  # an SQLite catalog lives there
     # With its reserve: on a full disk, opening may need the room (pithos/catalog/space.py).
-    Catalog(storage.catalog, reserve_bytes=RESERVE_BYTES).close()
+    catalog = Catalog(storage.catalog, reserve_bytes=RESERVE_BYTES)
+    try:
+        # A server that crashed left commissions nobody will resolve: past their lease, their
+        # reservations go back before anyone charges again (the workers' reaper goes on).
+        catalog.reap_commissions()
+    finally:
+        catalog.close()
 
 
 def show_initial_key(storage: Storage, listen: str) -> None:

@@ -183,8 +183,9 @@ class Images:
         image_id = image_id or str(uuidlib.uuid4())
         if self.catalog.image(image_id) is not None:
             raise Conflict(f"image {image_id} exists")
+        # Charged to the project the user acts in (its token's scope; else its home).
         return self.catalog.create_image(self._account_id(user.account), image_id,
-                                         properties=props, **values)
+                                         properties=props, project_id=user.project, **values)
 
     def upload(self, user: UserInfo | None, image_id: str, body: BinaryIO,
                length: int | None) -> Image:
@@ -251,7 +252,7 @@ class Images:
                 self._account_id(user.account), image_id, properties=props, status="active",
                 container=CONTAINER, obj=image_id, root=root, size=size,
                 checksum=md5.hexdigest(), made_object=True, sources=[version.version_id],
-                **values)
+                project_id=user.project, **values)
 
     def register(self, user: UserInfo | None, container: str, obj: str, *, name: str = "",
                  disk_format: str = "raw", container_format: str = "bare",
@@ -287,7 +288,7 @@ class Images:
                 self._account_id(user.account), image_id, properties=props, status="active",
                 container=container, obj=obj, root=version.root, size=version.size,
                 checksum=None if version.slo_manifest else version.etag,
-                sources=[version.version_id], **values)
+                sources=[version.version_id], project_id=user.project, **values)
 
     # -- changing and deleting -----------------------------------------------------------------
 

@@ -207,11 +207,22 @@ class ObjectService:
     def container_policy(self, user: UserInfo | None, account: AccountInfo, *,
                          versioning: str | None = None, quota: str | None = None,
                          read_acl: str | None = None, write_acl: str | None = None,
-                         chunking: str | None = None) -> dict[str, object]:
+                         chunking: str | None = None, project: str | None = None
+                         ) -> dict[str, object]:
         """A container's policy from its headers' values (None: unchanged; an empty ACL
         removes it): InvalidArgument for bad values, and only an account admin may change
-        who gets in (the ACLs)."""
+        who gets in (the ACLs).  `project` (X-Container-Policy-Project): the project its
+        usage is charged to, one the user is a member of (NotFound otherwise: projects
+        cannot be probed); a container created without it is charged to the project the
+        user acts in."""
         policy: dict[str, object] = {}
+        if project is not None:
+            found = self.catalog.project(project) if user is not None else None
+            if found is None or user is None or not self.catalog.is_member(user, found.id):
+                raise NotFound("no such project")
+            policy["project_id"] = None if found.id == account.name else found.id
+        elif user is not None and user.project is not None:
+            policy["new_project_id"] = user.project  # (a creation's default only)
         if versioning is not None:
             if versioning.lower() not in ("auto", "none"):
                 raise InvalidArgument("X-Container-Policy-Versioning is auto or none")
