@@ -206,3 +206,21 @@ def test_the_pages_have_no_inline_script_nor_anything_from_elsewhere() -> None:
             f"{f.name} names another origin"
         # No token in a URL: the API is called with headers, never ?token= nor a path.
         assert "token=" not in text.lower() and "X-Auth-Token" not in text
+
+
+def test_every_ui_file_ships_as_package_data() -> None:
+    """A wheel (a non-editable install) carries what pyproject's package-data names: every
+    file the UI serves must match it, and StaticFiles serves each of them."""
+    import fnmatch
+    import tomllib
+
+    from pithos.api.ui import CONTENT_TYPES, StaticFiles
+
+    with open(STATIC.parent.parent.parent / "pyproject.toml", "rb") as f:
+        globs = tomllib.load(f)["tool"]["setuptools"]["package-data"]["pithos.api"]
+    files = sorted(f.name for f in STATIC.iterdir())
+    assert {"index.html", "app.js", "api.js", "files.js", "machines.js", "ui.css"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(f"ui_static/{name}", g) for g in globs), name
+        assert "." + name.rsplit(".", 1)[-1] in CONTENT_TYPES, f"{name}: a type to serve it as"
+    assert sorted(StaticFiles().files) == files
