@@ -1,12 +1,15 @@
 """The sync client's server API through real HTTP (issue 24): the change feed, conditional
-writes (also by hashmap), server-side moves, and the CDC chunking policy's headers."""
+writes (also by hashmap), server-side moves, the CDC chunking policy's headers, and the block
+operations' compressed bodies (bounded inflation)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
 import random
+import zlib
 
 import blake3
 import requests
@@ -169,3 +172,63 @@ def test_chunking_policy_shown_and_refused(pithos_server):
     assert requests.get(f"{url}/cdc/o", headers=h, timeout=T).content == data
     r = requests.get(f"{url}/cdc/o", headers={**h, "Range": "bytes=70000-150000"}, timeout=T)
     assert r.status_code == 206 and r.content == data[70000:150001]
+
+
+def test_block_operations_take_compressed_bodies(pithos_server):
+    url, h = auth(pithos_server)
+    c = f"{url}/z"
+    requests.put(c, headers=h, timeout=T)
+    text = b"".join(b"%06d INFO request served\n" % i for i in range(3000))
+    data = text + random.Random(4).randbytes(100_000) + bytes(70_000)
+    ends = cdc.cut_points(data)
+    chunks = [data[a:b] for a, b in itertools.pairwise([0, *ends])]
+    hashes = [blake3.blake3(x).hexdigest() for x in chunks]
+    lengths = ",".join(str(len(x)) for x in chunks)
+    body = zlib.compress(b"".join(chunks))
+    assert len(body) < len(data) // 2
+    r = requests.post(c, params={"blocks": ""}, data=body, timeout=T, headers={
+        **h, "X-Block-Lengths": lengths, "Content-Encoding": "deflate"})
+    assert r.status_code == 200 and r.json() == hashes
+    unknown = blake3.blake3(b"never sent").hexdigest()
+    r = requests.post(c, params={"missing": ""}, data=gzip.compress(
+        json.dumps([*hashes, unknown]).encode()), headers={**h, "Content-Encoding": "gzip"},
+        timeout=T)
+    assert r.status_code == 200 and r.json() == [unknown]
+    doc = json.dumps({"bytes": len(data), "hashes": hashes,
+                      "lengths": [len(x) for x in chunks]}).encode()
+    r = requests.put(f"{c}/o", params={"hashmap": ""}, data=gzip.compress(doc), timeout=T,
+                     headers={**h, "Content-Encoding": "gzip", "If-None-Match": "*"})
+    assert r.status_code == 201 and r.headers["ETag"] == md5(data)
+    r = requests.get(f"{c}/o", headers=h, timeout=T)
+    # The hashmap's coding is not the object's: it is served as stored, uncoded.
+    assert r.content == data and "Content-Encoding" not in r.headers
+
+
+def test_compressed_bodies_are_bounded_and_checked(pithos_server):
+    url, h = auth(pithos_server)
+    c = f"{url}/zb"
+    requests.put(c, headers=h, timeout=T)
+    # ~100 KB that inflate to 100 MiB: refused once past the bound, never inflated whole.
+    bomb = zlib.compress(bytes(100 << 20), 9)
+    assert len(bomb) < 200_000
+    r = requests.post(c, params={"blocks": ""}, data=bomb, timeout=T,
+                      headers={**h, "Content-Encoding": "deflate"})
+    assert r.status_code == 413 and "larger than" in r.text
+    r = requests.post(c, params={"blocks": ""}, data=bomb, timeout=T, headers={
+        **h, "Content-Encoding": "deflate", "X-Block-Lengths": "4096,4096"})
+    assert r.status_code == 413
+    r = requests.put(f"{c}/o", params={"hashmap": ""}, timeout=T,
+                     data=zlib.compress(b" " * (100 << 20), 9),
+                     headers={**h, "Content-Encoding": "deflate"})
+    assert r.status_code == 413
+    r = requests.post(c, params={"blocks": ""}, data=b"not deflate at all", timeout=T,
+                      headers={**h, "Content-Encoding": "deflate"})
+    assert r.status_code == 400 and "compressed" in r.text
+    r = requests.post(c, params={"blocks": ""}, data=zlib.compress(b"x" * 5000)[:-6],
+                      timeout=T, headers={**h, "Content-Encoding": "deflate"})
+    assert r.status_code == 400
+    r = requests.post(c, params={"missing": ""}, data=b"[]", timeout=T,
+                      headers={**h, "Content-Encoding": "br"})
+    assert r.status_code == 415 and "gzip or deflate" in r.text
+    # The server still answers on a new connection (a refused body closes its own).
+    assert requests.head(c, headers=h, timeout=T).status_code == 204

@@ -29,6 +29,7 @@ from pithos.api.http import (
     write_expect,
     x_timestamp,
 )
+from pithos.api.inflate import Inflating, encoding
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.hashing import to_hex
@@ -341,7 +342,12 @@ class ObjectHandlers:
                      container: ContainerInfo, name: str, **kw: Any) -> None:
         if user is None:
             raise HTTPStatusError(401, "log in to upload by hashmap")
-        body = req.stream.read(HASHMAP_BODY_MAX + 1)
+        how = encoding(req.get_header("Content-Encoding"), req.env)
+        stream = (req.stream if how is None else
+                  Inflating(req.stream, how, HASHMAP_BODY_MAX, req.env))
+        if how is not None:  # the coding of the hashmap sent, not of the object's content
+            kw["meta"]["sys"].pop("content-encoding", None)
+        body = stream.read(HASHMAP_BODY_MAX + 1)
         if len(body) > HASHMAP_BODY_MAX:
             raise HTTPStatusError(413, "hashmap too large")
         account_id = self.objects.account_id(user.account)

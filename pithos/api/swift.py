@@ -22,6 +22,7 @@ from pithos.api.http import (
     path_info,
     x_timestamp,
 )
+from pithos.api.inflate import BLOCKS_INFLATED_MAX, MISSING_BODY_MAX, Inflating, encoding
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name
 from pithos.core.hashing import from_hex, to_hex
@@ -215,8 +216,11 @@ class SwiftSink:
         both answer for the caller's own account only (dedup without leaking)."""
         if "missing" in req.params:
             user, account_id = self._block_writer(req, t)
+            how = encoding(req.get_header("Content-Encoding"), req.env)
+            body = (req.stream if how is None else
+                    Inflating(req.stream, how, MISSING_BODY_MAX, req.env))
             try:
-                wanted = [from_hex(h) for h in json.loads(req.stream.read(16 * 1024 * 1024))]
+                wanted = [from_hex(h) for h in json.loads(body.read(MISSING_BODY_MAX))]
             except (ValueError, TypeError, RecursionError):
                 raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
             missing = self.services.hashmaps.missing(account_id, wanted, user)
@@ -248,9 +252,19 @@ class SwiftSink:
                 req.get_header("Transfer-Encoding") or "").lower():
             refuse_body(req.env)
             raise HTTPStatusError(411, "Missing Content-Length header.")
+        body, length = req.stream, req.content_length
+        how = encoding(req.get_header("Content-Encoding"), req.env)
+        if how is not None:
+            # Inflated as it is read, never past the lengths' sum (or a bound): 413 beyond.
+            body = Inflating(body, how, sum(lengths) if lengths else BLOCKS_INFLATED_MAX,
+                             req.env)
+            length = None
         with self.services.objects.upload_lease():
-            return self.services.hashmaps.store_blocks(account_id, req.stream,
-                                                       req.content_length, lengths, user)
+            hashes = self.services.hashmaps.store_blocks(account_id, body, length, lengths,
+                                                         user)
+        if how is not None and lengths and body.read(1):
+            raise HTTPStatusError(413, "the inflated body is longer than X-Block-Lengths")
+        return hashes
 
     def container_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from pithos.sync.state import Chunk, RemoteEntry
 
 MISSING_BATCH = 20000  # hashes per POST ?missing (the server reads 16 MiB of JSON at most)
 RETRIES = 4  # for 5xx and dropped connections, with backoff
+# Hash lists and hashmaps (hex) deflate to about 55% at any level; chunk batches are
+# deflated at level 6 up to this size (an edit's few chunks: every byte counts), above it
+# at level 1 (a first sync's big batches: the CPU counts).
+DEFLATE_FINE_MAX = 1 << 20
 
 
 class RemoteError(Exception):
@@ -101,7 +106,7 @@ class Remote:
         self.token = ""
         self.sent_bytes = 0
         self.received_bytes = 0
-        self._move: bool | None = None
+        self._description: dict[str, Any] | None = None
         self.cdc = False  # the container cuts plain PUTs as this client does (ensure_container)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -309,17 +314,29 @@ class Remote:
         unique = list(dict.fromkeys(hashes))
         for i in range(0, len(unique), MISSING_BATCH):
             body = json.dumps([to_hex(h) for h in unique[i:i + MISSING_BATCH]]).encode()
-            r = self.request("POST", None, query={"missing": ""}, body=body,
-                             headers={"Content-Type": "application/json"})
+            h = {"Content-Type": "application/json"}
+            r = self.request("POST", None, query={"missing": ""}, body=self._deflate(body, h),
+                             headers=h)
             wanted.update(from_hex(h) for h in json.loads(r.data))
         return wanted
 
-    def put_blocks(self, blocks: Sequence[bytes]) -> None:
-        """Send chunks as blocks of their own lengths (one request)."""
+    def put_blocks(self, blocks: Sequence[bytes], compress: bool = False) -> None:
+        """Send chunks as blocks of their own lengths (one request), deflated if `compress`
+        (the caller found them compressible) and the server takes it."""
         body = b"".join(blocks)
-        self.request("POST", None, query={"blocks": ""}, body=body, headers={
-            "Content-Type": "application/octet-stream",
-            "X-Block-Lengths": ",".join(str(len(b)) for b in blocks)})
+        h = {"Content-Type": "application/octet-stream",
+             "X-Block-Lengths": ",".join(str(len(b)) for b in blocks)}
+        if compress:
+            body = self._deflate(body, h, 6 if len(body) <= DEFLATE_FINE_MAX else 1)
+        self.request("POST", None, query={"blocks": ""}, body=body, headers=h)
+
+    def _deflate(self, body: bytes, headers: dict[str, str], level: int = 6) -> bytes:
+        """`body` deflated (Content-Encoding: deflate added to `headers`) if the server
+        inflates request bodies of the block operations, else as it is."""
+        if not self.inflates():
+            return body
+        headers["Content-Encoding"] = "deflate"
+        return zlib.compress(body, level)
 
     def put_hashmap(self, name: str, size: int, chunks: Sequence[Chunk], md5: str,
                     if_match: str | None, content_type: str | None = None) -> str:
@@ -332,27 +349,39 @@ class Remote:
                "lengths": [c.length for c in chunks]}
         h = {"ETag": md5, "Content-Type": content_type or "application/octet-stream"}
         h.update(_condition(if_match))
-        r = self.request("PUT", name, query={"hashmap": ""}, body=json.dumps(doc).encode(),
-                         headers=h, ok=(201,))
+        body = self._deflate(json.dumps(doc, separators=(",", ":")).encode(), h)
+        r = self.request("PUT", name, query={"hashmap": ""}, body=body, headers=h, ok=(201,))
         return r.headers.get("ETag", md5).strip('"')
 
     def delete(self, name: str, if_match: str) -> None:
         with contextlib.suppress(NotFoundRemote):  # gone already: what we wanted
             self.request("DELETE", name, headers={"If-Match": if_match})
 
-    def supports_move(self) -> bool:
-        """Whether the server moves objects (PUT with X-Move-From), as its API description
-        (GET /openapi.json, served without a token) says; asked once."""
-        if self._move is None:
+    def _described(self, path: str, method: str) -> set[str]:
+        """The header parameters the server's API description (GET /openapi.json, served
+        without a token; read once) names for an operation; empty if it has none."""
+        if self._description is None:
             if not self.token:
                 self.login()
             root = self.storage_url.split("/v1/")[0]
-            try:
+            self._description = {}
+            with contextlib.suppress(urllib3.exceptions.HTTPError, ValueError):
                 r = self.http.request("GET", f"{root}/openapi.json")
-                self._move = r.status == 200 and b"X-Move-From" in r.data
-            except urllib3.exceptions.HTTPError:
-                self._move = False
-        return self._move
+                if r.status == 200:
+                    self._description = json.loads(r.data)
+        op = self._description.get("paths", {}).get(path, {}).get(method, {})
+        return {p.get("name", "") for p in op.get("parameters", [])
+                if isinstance(p, dict) and p.get("in") == "header"}
+
+    def supports_move(self) -> bool:
+        """Whether the server moves objects (PUT with X-Move-From), as its API description
+        says."""
+        return "X-Move-From" in self._described("/v1/{account}/{container}/{object}", "put")
+
+    def inflates(self) -> bool:
+        """Whether the server takes the block operations' bodies compressed
+        (Content-Encoding on POST ?blocks / ?missing), as its API description says."""
+        return "Content-Encoding" in self._described("/v1/{account}/{container}", "post")
 
     def move(self, src: str, dst: str, src_etag: str) -> str:
         """Rename `src` (if still at `src_etag`) to the new name `dst` (if still free) on the
