@@ -61,6 +61,9 @@ servers = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("updated", sa.Float, nullable=False),
     sa.Column("launched", sa.Float, nullable=True),
+    # The project its servers, vCPUs, RAM and disk are charged to (pithos.projects); added
+    # to older databases on open.
+    sa.Column("project", sa.String(256), nullable=True),
 )
 
 agents = sa.Table(
@@ -131,6 +134,7 @@ class Server:
     created: float
     updated: float
     launched: float | None
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,7 @@ class ComputeDb:
             if url.startswith("sqlite"):
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             metadata.create_all(self.engine)
+            self._add_project_column()
             with self.engine.begin() as conn:
                 if conn.execute(sa.select(sa.func.count()).select_from(flavors)).scalar() == 0:
                     for fid, name, vcpus, ram, disk in DEFAULT_FLAVORS:
@@ -191,6 +196,23 @@ class ComputeDb:
             pass  # another process seeded the flavors at the same moment
         except sa.exc.SQLAlchemyError as exc:
             raise BackendError(f"compute database {url.split(':', 1)[0]}: {exc}") from None
+
+    def _add_project_column(self) -> None:
+        """compute_servers.project on a database made before projects (create_all adds no
+        column to a table that exists); another process may add it at the same moment."""
+        def have() -> bool:
+            return "project" in {c["name"] for c in sa.inspect(self.engine).get_columns(
+                "compute_servers")}
+
+        if have():
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE compute_servers ADD COLUMN project "
+                                     "VARCHAR(256)"))
+        except sa.exc.SQLAlchemyError:
+            if not have():
+                raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -351,9 +373,11 @@ class ComputeDb:
         with self._tx() as conn:
             return bool(conn.execute(q.values(**values)).rowcount)
 
-    def delete_server(self, server_id: str) -> None:
+    def delete_server(self, server_id: str) -> bool:
+        """Remove a server's row; whether there was one."""
         with self._tx() as conn:
-            conn.execute(servers.delete().where(servers.c.id == server_id))
+            return bool(conn.execute(servers.delete().where(servers.c.id == server_id))
+                        .rowcount)
 
     # -- key pairs ---------------------------------------------------------------------------
 

@@ -46,6 +46,28 @@ AGENT_DOWN_S = 30.0
 LOST_AFTER_S = 60.0
 
 
+# How long an issued commission may stay unresolved before the catalog's reaper rejects it:
+# long, since compute resolves its own (resolve_commissions: it knows whether the server row
+# was made or removed), and a server must not lose its charge to the generic reaper.
+COMMISSION_LEASE_S = 24 * 3600.0
+# A commission of compute's this old is resolved by resolve_commissions (its issuer died).
+RESOLVE_AFTER_S = 15.0
+
+
+class CommissionsApi(Protocol):
+    """What compute needs of pithos.projects.Commissions: the project quota's two-step
+    charge (the entry point hands it over; compute never imports the catalog)."""
+
+    def issue(self, project_id: str, provisions: dict[str, int], name: str,
+              lease_s: float = ...) -> int: ...
+
+    def accept(self, serial: int) -> bool: ...
+
+    def reject(self, serial: int) -> bool: ...
+
+    def pending(self, name_prefix: str = ...) -> list[Any]: ...
+
+
 @dataclass(frozen=True)
 class Quota:
     """Per account (Nova's defaults, less RAM: one machine runs the try-out)."""
@@ -72,12 +94,16 @@ def _user_name(user: Any) -> str:
 class ComputeService:
     def __init__(self, db: ComputeDb, images: ImagesApi, key: str,
                  quota: Quota | None = None,
-                 client: Callable[[str, str], AgentClient] = AgentClient) -> None:
+                 client: Callable[[str, str], AgentClient] = AgentClient,
+                 commissions: CommissionsApi | None = None) -> None:
+        """`commissions`: the projects' quotas (None: only the per-account Quota)."""
         self.db = db
         self.images = images
         self.key = key
         self.quota = quota or Quota()
         self._client = client
+        self.commissions = commissions
+        self._resolved_at = 0.0
 
     def client(self, agent: Agent | str) -> AgentClient:
         url = agent.url if isinstance(agent, Agent) else self.db.agent(agent).url
@@ -229,9 +255,18 @@ class ComputeService:
             image_id=image_id, flavor_id=flavor.id, vcpus=flavor.vcpus,
             ram_mib=flavor.ram_mib, disk_gib=flavor.disk_gib, host=None, status="BUILD",
             task_state="scheduling", fault=None, metadata=metadata, key_name=key_name,
-            ssh_port=None, created=now, updated=now, launched=None)
-        server = self.db.place_server(server, lambda agents, usage: choose_agent(
-            agents, usage, flavor, time.time() - AGENT_DOWN_S))
+            ssh_port=None, created=now, updated=now, launched=None,
+            project=getattr(user, "project", None) or user.account)
+        # The project's quota: reserved before the row is made, accepted once it is, given
+        # back if it is not (a crash in between: resolve_commissions).
+        serial = self._issue(server, "create")
+        try:
+            server = self.db.place_server(server, lambda agents, usage: choose_agent(
+                agents, usage, flavor, time.time() - AGENT_DOWN_S))
+        except BaseException:
+            self._resolve(serial, False)
+            raise
+        self._resolve(serial, True)
         assert server.host is not None
         request = {
             "id": server.id, "name": name, "vcpus": flavor.vcpus, "ram_mib": flavor.ram_mib,
@@ -249,6 +284,51 @@ class ComputeService:
             self.db.update_server(server.id, status="ERROR", task_state=None,
                                   fault=f"the compute agent refused the server: {exc}")
         return self.db.server(server.id)
+
+    # -- project quotas (commissions) ---------------------------------------------------------
+
+    def _issue(self, server: Server, kind: str) -> int | None:
+        """A commission for a server being made (`create`: a charge, QuotaExceeded = 403
+        past a limit) or removed (`delete`: a release), named after the server so that
+        resolve_commissions can tell, after a crash, whether it happened.  Disk is the
+        flavor's (a 0 GB flavor's server, sized to its image, is charged none)."""
+        if self.commissions is None or server.project is None:
+            return None
+        sign = 1 if kind == "create" else -1
+        provisions = {"servers": sign, "vcpus": sign * server.vcpus,
+                      "ram_mib": sign * server.ram_mib, "disk_gib": sign * server.disk_gib}
+        return self.commissions.issue(server.project, provisions,
+                                      f"compute:{kind}:{server.id}", COMMISSION_LEASE_S)
+
+    def _resolve(self, serial: int | None, done: bool) -> None:
+        if serial is not None and self.commissions is not None:
+            (self.commissions.accept if done else self.commissions.reject)(serial)
+
+    def _forget(self, server: Server) -> None:
+        """Remove a server's row and release what it held of its project's quota."""
+        serial = self._issue(server, "delete")
+        self._resolve(serial, self.db.delete_server(server.id))
+
+    def resolve_commissions(self, older_than_s: float = RESOLVE_AFTER_S) -> int:
+        """Resolve compute's commissions whose issuer died (older than `older_than_s`):
+        a create is accepted if its server's row exists, a delete if it is gone; the other
+        ones are rejected.  Returns how many.  Run at start and every RESOLVE_AFTER_S from
+        the agents' reports."""
+        if self.commissions is None:
+            return 0
+        done = 0
+        for commission in self.commissions.pending("compute:"):
+            if commission.created > time.time() - older_than_s:
+                continue
+            _, kind, server_id = commission.name.split(":", 2)
+            try:
+                self.db.server(server_id)
+                exists = True
+            except NotFound:
+                exists = False
+            self._resolve(commission.id, exists == (kind == "create"))
+            done += 1
+        return done
 
     def _check_quota(self, account: str, flavor: Flavor) -> None:
         mine = self.db.servers(account=account)
@@ -301,12 +381,12 @@ class ComputeService:
         server = self.server(user, server_id)
         self.db.update_server(server.id, task_state="deleting")
         if server.host is None:
-            self.db.delete_server(server.id)
+            self._forget(server)
             return
         try:
             self._agent_call(server, "DELETE", f"/vms/{server.id}")
         except NotFound:
-            self.db.delete_server(server.id)  # the agent has none: nothing to clean up
+            self._forget(server)  # the agent has none: nothing to clean up
         except BackendError:
             agent = self.db.agent(server.host)
             if agent.heartbeat < time.time() - AGENT_DOWN_S:
@@ -314,7 +394,7 @@ class ComputeService:
                 # operator removes it.
                 log.warning("server %s deleted while its agent %s is down", server.id,
                             server.host)
-                self.db.delete_server(server.id)
+                self._forget(server)
                 return
             raise
 
@@ -370,12 +450,15 @@ class ComputeService:
             raise InvalidArgument("the agent's url must be http(s)")
         self.db.put_agent(name, url, vcpus, ram)
         now = time.time()
+        if now - self._resolved_at > RESOLVE_AFTER_S:
+            self._resolved_at = now
+            self.resolve_commissions()
         for server in self.db.servers(host=name):
             state = vms.get(server.id)
             if state is not None:
                 self._apply(server, state)
             elif server.task_state == "deleting":
-                self.db.delete_server(server.id)
+                self._forget(server)
             elif server.status not in ("ERROR",) and now - server.created > LOST_AFTER_S:
                 self.db.update_server(server.id, status="ERROR", task_state=None,
                                       fault="the compute agent does not know this server")

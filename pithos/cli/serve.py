@@ -195,8 +195,14 @@ def mount_compute(app: Any, services: Any, storage: Storage, key: str) -> None:
             raise SystemExit(f"pithos serve: PITHOS_COMPUTE_QUOTA: bad item {item!r} (use "
                              "instances=N,cores=N,ram_mib=N)")
         quota[name.strip()] = int(value)
-    mount(app, ComputeService(db, services.objects.images, key, Quota(**quota)),
-          services.public_url)
+    # The projects' quotas on servers, vCPUs, RAM and disk, through the catalog's commissions
+    # (compute never imports the catalog): the entry point hands them over.
+    from pithos.projects import Commissions
+
+    service = ComputeService(db, services.objects.images, key, Quota(**quota),
+                             commissions=Commissions(services.objects.catalog))
+    service.resolve_commissions()  # those a crashed server left (this server's are new)
+    mount(app, service, services.public_url)
 
 
 def start_local_agent(storage: Storage, listen: str, key_file: str) -> Any:
