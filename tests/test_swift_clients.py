@@ -529,9 +529,11 @@ def test_conditional_gets(pithos_server, conn):
     assert get(**{"If-Modified-Since": before}).status == 200
     assert get(**{"If-Unmodified-Since": before}).status == 412
     assert get(**{"If-Unmodified-Since": after}).status == 200
-    # If-None-Match wins over If-Modified-Since; If-Match over If-Unmodified-Since.
+    # If-None-Match wins over If-Modified-Since; If-Unmodified-Since is checked beside a
+    # matching If-Match, as Swift checks it.
     assert get(**{"If-None-Match": "0" * 32, "If-Modified-Since": after}).status == 200
-    assert get(**{"If-Match": etag, "If-Unmodified-Since": before}).status == 200
+    assert get(**{"If-Match": etag, "If-Unmodified-Since": before}).status == 412
+    assert get(**{"If-Match": etag, "If-Unmodified-Since": after}).status == 200
     # With a range.
     r = get(**{"If-Match": etag, "Range": "bytes=0-3"})
     assert r.status == 206 and r.body == b"cond"
@@ -723,7 +725,8 @@ def test_account_acl(pithos_server, conn, reader):
         conn.post_account({"X-Account-Access-Control": acl})
         reader.post_container("acct-acl", {"X-Container-Read": "test2"})
         assert conn.head_container("acct-acl")["x-container-read"] == "test2"
-        assert reader.head_account()["x-account-access-control"] == acl
+        # Kept compact, as Swift's tempauth keeps it.
+        assert reader.head_account()["x-account-access-control"] == '{"admin":["test:reader"]}'
         r = request(pithos_server, "POST", me.path, token=me.token,
                     headers={"X-Account-Access-Control": "not json"})
         assert r.status == 400

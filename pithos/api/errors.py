@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any
 from urllib.parse import quote
 
@@ -146,7 +147,23 @@ def unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception,
     _answer(resp, 500, "internal error")
 
 
+# First path segments of the APIs that are not Swift's: an unknown path under them is their
+# 404; any other unknown path is Swift's "Bad URL" (no controller for it: 412).
+NOT_SWIFT = frozenset({"image", "compute", "ui", "v3", "public"})
+
+
+def no_route(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+    if req.path.split("/", 2)[1] in NOT_SWIFT:
+        _answer(resp, 404, "", req=req)
+        return
+    txid = "tx" + secrets.token_hex(12)
+    resp.set_header("X-Trans-Id", txid)
+    resp.set_header("X-Openstack-Request-Id", txid)
+    _answer(resp, 412, "Bad URL", req=req)
+
+
 def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, unexpected_error)
+    app.add_error_handler(falcon.HTTPRouteNotFound, no_route)
     app.add_error_handler(e.PithosError, pithos_error)
     app.add_error_handler(HTTPStatusError, http_status_error)

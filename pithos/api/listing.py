@@ -38,12 +38,10 @@ def listing_format(req: falcon.Request) -> str:
 def listing_params(req: falcon.Request, max_limit: int) -> dict[str, object]:
     limit_text = req.get_param("limit")
     limit = max_limit
-    if limit_text is not None:
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            raise HTTPStatusError(412, "Value of limit must be an integer") from None
-        if limit < 0 or limit > max_limit:
+    # As Swift's: a limit that is not a number of digits is no limit ("5000.0", "-1").
+    if limit_text is not None and limit_text.isascii() and limit_text.isdigit():
+        limit = int(limit_text)
+        if limit > max_limit:
             raise HTTPStatusError(412, f"Maximum limit is {max_limit}")
     params: dict[str, object] = {
         "limit": limit,
@@ -60,12 +58,18 @@ CONTENT_TYPES = {"json": "application/json; charset=utf-8",
                  "plain": "text/plain; charset=utf-8"}
 
 
+def send_empty(resp: falcon.Response, fmt: str) -> None:
+    """A 204 typed as the listing would be (as Swift's)."""
+    resp.content_type = CONTENT_TYPES[fmt]
+    resp.status = falcon.HTTP_204
+
+
 def _send(resp: falcon.Response, fmt: str, body: str, empty: bool) -> None:
     # An empty plain listing is a 204, still typed as the listing would be (as Swift's).
-    resp.content_type = CONTENT_TYPES[fmt]
     if fmt == "plain" and empty:
-        resp.status = falcon.HTTP_204
+        send_empty(resp, fmt)
         return
+    resp.content_type = CONTENT_TYPES[fmt]
     resp.status = falcon.HTTP_200
     resp.text = body
 

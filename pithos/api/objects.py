@@ -270,6 +270,11 @@ class ObjectHandlers:
     def on_put(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None and t.obj is not None
         user = req.context.user
+        copy_from = req.get_header("X-Copy-From")
+        if copy_from is not None:
+            self._check_source(user, account_name(req.get_header("X-Copy-From-Account")
+                                                  or t.account), _split_source(copy_from),
+                               exists=not req.get_header("X-Source-Version"))
         account, container, _ = self.authz.object_access(user, t.account, t.container, t.obj,
                                                          Action.OBJECT_WRITE)
         sharing_public = self._sharing_public(req, user, account)
@@ -465,6 +470,16 @@ class ObjectHandlers:
         resp.set_header("X-Copied-From", quote(f"{source[0]}/{source[1]}"))
         resp.set_header("X-Copied-From-Account", quote(RESELLER_PREFIX + source_account))
 
+    def _check_source(self, user: UserInfo | None, account: str,
+                      source: tuple[str, str], exists: bool = True) -> None:
+        """A copy's source readable (and, with `exists`, there), or its refusal: as Swift's
+        copy, which reads the source before it writes the target, a copy answers for its
+        source first."""
+        _, container, _ = self.authz.object_access(user, account, source[0], source[1],
+                                                   Action.OBJECT_READ)
+        if exists:
+            self.objects.get_object(container, source[1])
+
     def on_copy(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         """COPY with Destination: container/object (and Destination-Account)."""
         assert t.container is not None and t.obj is not None
@@ -476,6 +491,7 @@ class ObjectHandlers:
         # The names a COPY creates are held to the limits of a PUT's (a 1,100-byte name made
         # an object no request could then name).
         names.check_names(self.services.limits, dest_account, dest_container, dest_obj)
+        self._check_source(req.context.user, t.account, (t.container, t.obj))
         account, container = self.authz.container(req.context.user, dest_account,
                                                   dest_container, Action.OBJECT_WRITE)
         self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
@@ -575,8 +591,17 @@ class ObjectHandlers:
                 bulk.send_result(req, resp,
                                  self.objects.bulk.delete_slo(user, t.account, container, v))
                 return
+        if_delete_at = req.get_header("X-If-Delete-At")
+        if if_delete_at is not None:
+            # Swift's: delete only if the object's X-Delete-At is this one.
+            if not if_delete_at.isascii() or not if_delete_at.isdigit():
+                raise HTTPStatusError(400, "Bad X-If-Delete-At header value")
+            at = self.objects.get_object(container, t.obj).delete_at
+            if at is None or int(at) != int(if_delete_at):
+                raise HTTPStatusError(412, "X-If-Delete-At does not match the object's")
         self.objects.delete_object(container, t.obj, modified_by, expect=_expect(req))
         resp.status = falcon.HTTP_204
+        resp.content_type = "text/html; charset=UTF-8"  # as Swift types its 204
 
 
 def manifest_header(manifest: str) -> str:

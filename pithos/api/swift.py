@@ -14,6 +14,7 @@ from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.http import (
+    check_meta_update,
     decode_path,
     encoded_slash_in_container,
     http_date,
@@ -65,7 +66,7 @@ class SwiftSink:
             if req.method == "GET":
                 self.sharing_accounts(req, resp)
                 return
-            raise HTTPStatusError(400, "no account in the path")
+            raise HTTPStatusError(412, "Bad URL")  # as Swift's: /v1 alone names nothing
         raw_uri = req.env.get("RAW_URI") or req.env.get("REQUEST_URI") or ""
         if container is not None and encoded_slash_in_container(raw_uri):
             raise HTTPStatusError(400, "container names cannot contain '/'")
@@ -109,8 +110,7 @@ class SwiftSink:
     def account_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
         self._account_headers(resp, info, req.context.user)
-        resp.content_type = listing.CONTENT_TYPES[listing.listing_format(req)]
-        resp.status = falcon.HTTP_204
+        listing.send_empty(resp, listing.listing_format(req))
 
     def account_get(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         info = self.authz.account(req.context.user, t.account, Action.ACCOUNT_READ)
@@ -133,6 +133,7 @@ class SwiftSink:
         user = req.context.user
         info = self.authz.account(user, t.account, Action.ACCOUNT_WRITE)
         meta = meta_from_headers(req.headers, "X-ACCOUNT-META-", self.services.limits)
+        check_meta_update(info.meta, meta, self.services.limits)
         groups = {k[len("X-Account-Group-"):].lower(): v for k, v in req.headers.items()
                   if k.upper().startswith("X-ACCOUNT-GROUP-")}
         self.services.objects.update_account(
@@ -195,6 +196,9 @@ class SwiftSink:
                                                 Action.CONTAINER_WRITE)
         assert info is not None
         meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
+        if meta:
+            check_meta_update(self.services.objects.container_detail(container).meta, meta,
+                              self.services.limits)
         policy = self._container_policy(req, user, info)
         self.services.objects.update_container(container, meta, policy)
         resp.status = falcon.HTTP_204
@@ -318,8 +322,7 @@ class SwiftSink:
         view = self.services.objects.sharing.listing_access(user, t.account, t.container,
                                                             False)
         self._container_headers(resp, view, user)
-        resp.content_type = listing.CONTENT_TYPES[listing.listing_format(req)]
-        resp.status = falcon.HTTP_204
+        listing.send_empty(resp, listing.listing_format(req))
 
     def _changes(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         """GET ?changes_since=CURSOR[&limit=N]: the change feed, for who may list the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gunicorn.http.errors import InvalidHeader, LimitRequestHeaders
 from gunicorn.workers.ggevent import GeventWorker
 
 # The least time between two "at its cap" lines of one worker.
@@ -59,3 +60,11 @@ class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
             "(PITHOS_WORKER_CONNECTIONS); new connections wait unanswered in the listen "
             "backlog until one of these closes (idle and stalled ones are cut off by the "
             "keep-alive and client timeouts)", self.pid, self.worker_connections)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: Exception) -> None:
+        # A header over its size limit, or too many of them, is Swift's 400 (its clients
+        # and tests expect that), not the 431 gunicorn answers: the same refusal, worded
+        # as a bad header.
+        if isinstance(exc, LimitRequestHeaders):
+            exc = InvalidHeader(str(exc))
+        super().handle_error(req, client, addr, exc)

@@ -194,7 +194,10 @@ class ObjectService:
         The caller was allowed ACCOUNT_WRITE."""
         if acl is not None:
             self.authz.require(user, account.name, account.acl, Action.ACCOUNT_ADMIN)
-            parse_account_acl(acl)
+            # Kept as Swift's tempauth keeps it (compact, sorted; "{}" clears it), and shown
+            # back so.
+            parsed = parse_account_acl(acl)
+            acl = json.dumps(parsed, separators=(",", ":"), sort_keys=True) if parsed else ""
         self.sharing.set_groups(user, account, groups or {})
         self.catalog.update_account(account.id, meta, acl=acl, set_acl=acl is not None)
 
@@ -528,7 +531,8 @@ class ObjectService:
                   end_marker: str = "", reverse: bool = False, prefix: str = ""
                   ) -> list[ListingEntry]:
         """Swift's `path=`: the objects directly under the pseudo-directory `path`, in name
-        order.  Deeper names are skipped (no subdir entries) and so is the directory marker
+        order, with the directory marker objects directly under it ("path/sub/", as Swift
+        lists them).  Deeper names are skipped (no subdir entries) and so is the marker
         object `path/` itself; `prefix` is ignored, as Swift ignores it with a path."""
         under = path.rstrip("/") + "/" if path else ""
         out: list[ListingEntry] = []
@@ -537,7 +541,17 @@ class ObjectService:
             page = self.catalog.list_objects(container_id, prefix=under, marker=marker,
                                              end_marker=end_marker, limit=want,
                                              reverse=reverse, delimiter="/")
-            out.extend(e for e in page if not e.subdir and e.name != under)
+            for e in page:
+                if e.name == under:
+                    continue
+                if e.subdir:
+                    # The pseudo-directory stands for its marker object too, if there is one.
+                    found = self.catalog.object(container_id, e.name)
+                    if found is None:
+                        continue
+                    e = ListingEntry(e.name, found.size, found.etag, found.content_type,
+                                     found.created, slo_manifest=found.slo_manifest)
+                out.append(e)
             if len(page) < want:
                 break
             last = page[-1]
