@@ -8,7 +8,7 @@ from typing import Any
 
 import falcon
 
-from pithos.api import tempurl
+from pithos.api import quotas, tempurl
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.paths import base_url, storage_url
@@ -123,6 +123,7 @@ def info_document(services: Services) -> dict[str, Any]:
         "bulk_delete": bulk.limits_info(),
         "tempurl": tempurl.info(),
         "staticweb": {},
+        **quotas.info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 

@@ -9,7 +9,7 @@ import secrets
 
 import falcon
 
-from pithos.api import bulk, listing, staticweb, tempurl
+from pithos.api import bulk, listing, quotas, staticweb, tempurl
 from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -132,6 +132,7 @@ class SwiftSink:
             return
         user = req.context.user
         info = self.authz.account(user, t.account, Action.ACCOUNT_WRITE)
+        quotas.refuse_account_quotas(req)
         meta = meta_from_headers(req.headers, "X-ACCOUNT-META-", self.services.limits)
         check_meta_update(info.meta, meta, self.services.limits)
         groups = {k[len("X-Account-Group-"):].lower(): v for k, v in req.headers.items()
@@ -172,7 +173,7 @@ class SwiftSink:
             acls[header] = value
         return self.services.objects.container_policy(
             user, account, versioning=req.get_header("X-Container-Policy-Versioning"),
-            quota=req.get_header("X-Container-Policy-Quota"),
+            quota=quotas.container_quota(req, self.services),
             read_acl=acls["X-Container-Read"], write_acl=acls["X-Container-Write"],
             chunking=req.get_header("X-Container-Policy-Chunking"),
             project=req.get_header("X-Container-Policy-Project"))

@@ -54,6 +54,7 @@ from pithos.objects.changes import Feed
 from pithos.objects.digest import LanePolicy, StreamDigest
 from pithos.objects.images import Images
 from pithos.objects.names import Limits
+from pithos.objects.quotas import SwiftQuotas
 from pithos.objects.sharing import Sharing
 from pithos.objects.tempurl import TempURLKeys
 
@@ -145,6 +146,7 @@ class ObjectService:
         self.sharing = Sharing(catalog, self.authz)
         self.bulk = BulkDeletes(catalog, self.authz, self.limits)
         self.tempurl = TempURLKeys(catalog)
+        self.swift_quotas = SwiftQuotas(catalog)
         self.images = Images(catalog, self.authz, self, spool_dir=spool_dir)
 
     # -- accounts ------------------------------------------------------------------------------
@@ -363,6 +365,8 @@ class ObjectService:
         """QuotaExceeded if writing `size` bytes as `name` cannot fit the container's or its
         account's quota: a refusal before the body is read.  The commit checks again,
         atomically, for bodies of unknown length and concurrent writers."""
+        if container.quota_bytes is not None:  # (Swift's quotas set one: see there)
+            self.swift_quotas.check(container, size)
         usage = self.catalog.usage(container.id)
         cquota, aquota = usage.container_quota_bytes, usage.account_quota_bytes
         if not cquota and not aquota:
