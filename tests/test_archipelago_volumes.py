@@ -235,10 +235,9 @@ def test_corrupt_base_block_is_an_integrity_error(tmp_path):
         vol.write(0, os.urandom(BS))
     snap = vols.snapshot("v", "s")
     first = next(iter(vols.mapper(BS).entries(bytes.fromhex(snap.root))))[0]
-    path = store._path(first)
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.write(b"rot")
+    from tests import block_damage
+
+    block_damage.write_stored(store, first, b"rot" + block_damage.stored(store, first)[3:])
     fresh = make_volumes(str(tmp_path), LocalBlockStore(str(tmp_path / "blocks")))
     with contextlib.closing(fresh.open("s")) as s, pytest.raises(IntegrityError):
         s.read(0, 4096)

@@ -5,6 +5,7 @@ import pytest
 from pithos.blocker import Blocker, LocalBlockStore, MemoryBlockStore
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash
+from tests import block_damage
 
 
 @pytest.fixture(params=["memory", "local"])
@@ -20,13 +21,8 @@ def corrupt(blocker, h):
     store = blocker.store
     if isinstance(store, MemoryBlockStore):
         store._blobs[h] = b"X" + store._blobs[h][1:]
-    else:
-        path = store._path(h)
-        data = bytearray(path_bytes(path))
-        data[len(data) // 2] ^= 0xFF
-        os.chmod(path, 0o644)
-        with open(path, "wb") as f:
-            f.write(bytes(data))
+    else:  # (a file of its own, or a record in a pack)
+        block_damage.flip(store, h, len(block_damage.stored(store, h)) // 2, 0xFF)
 
 
 def path_bytes(path):

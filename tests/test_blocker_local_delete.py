@@ -2,7 +2,9 @@
 reads the time of the file it moved, then unlinks it or puts it back; a refresh checks that the
 name is still there after its utime; a store opened puts back what a killed delete left in the
 trash.  The contract suite (tests/blocker_contract.py) tests the behaviour every store shares;
-these force the interleavings particular to files."""
+these force the interleavings particular to files.
+Blocks of their own files here (pack_max=0): small blocks are packed by default
+(pithos.blocker.packs)."""
 
 import os
 import threading
@@ -26,7 +28,7 @@ def _cutoff_after_put(store, items):
 
 def test_a_block_left_in_the_trash_by_a_crash_is_put_back_on_open(tmp_path):
     a, b = blob(), blob()
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         store.put_many([a, b])
         # Killed between moving the blocks to the trash and deciding: b was also stored anew
         # by a writer meanwhile (the trash holds an older copy).
@@ -37,14 +39,14 @@ def test_a_block_left_in_the_trash_by_a_crash_is_put_back_on_open(tmp_path):
         assert store.missing([a[0], b[0]]) == [a[0]]
         assert [h for h, _ in store.iterate()] == [b[0]]  # the trash is not listed
         assert len(store.trash_files()) == 3
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         assert store.get_many([a[0], b[0]]) == [a[1], b[1]]
         assert store.trash_files() == ["not-a-block"]  # only block names are put back
         assert sorted(h for h, _ in store.iterate()) == sorted([a[0], b[0]])
 
 
 def test_a_refresh_just_before_the_move_to_trash_keeps_the_block(tmp_path, monkeypatch):
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         touched, reput = blob(), blob()
         cutoff = _cutoff_after_put(store, [touched, reput])
         real_rename = os.rename
@@ -72,7 +74,7 @@ def test_a_refresh_landing_after_the_delete_decided_counts_the_block_absent(
     # utime looks the path up, then sets the time: a delete may move the file and decide
     # (old: unlink) in between, so the new time lands on a file that is gone.  The refresh
     # must not report the block present: a touch says absent, a put stores it anew.
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         h, data = blob()
         cutoff = _cutoff_after_put(store, [(h, data)])
         real_utime = os.utime
@@ -109,7 +111,7 @@ def test_a_refresh_landing_after_the_delete_decided_counts_the_block_absent(
 def test_puts_racing_conditional_deletes_in_threads(tmp_path):
     # Many writers re-put old blocks while deleters sweep them: every block a put returned
     # for is whole and readable at the end, and the trash is empty.
-    with LocalBlockStore(tmp_path / "b", sync="file") as store:
+    with LocalBlockStore(tmp_path / "b", sync="file", pack_max=0) as store:
         items = [blob(1000) for _ in range(200)]
         cutoff = _cutoff_after_put(store, items)
         errors = []
@@ -142,7 +144,7 @@ def test_puts_racing_conditional_deletes_in_threads(tmp_path):
 def test_a_reader_puts_back_a_block_it_finds_in_the_trash(tmp_path):
     # A block refreshed just before a delete moved it, and named by a version committed at
     # once, may be read before the delete links it back: the reader links it back itself.
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         a, b, c = blob(), blob(5000), blob()
         store.put_many([a, b])
         os.rename(store._path(a[0]), f"{store._trash}/{a[0].hex()}.999.0")

@@ -1,5 +1,7 @@
 """LocalBlockStore and the page cache: large written blocks leave it once durable, cold blocks
-are read past it (O_DIRECT) and let in when read cold again; every path returns the bytes."""
+are read past it (O_DIRECT) and let in when read cold again; every path returns the bytes.
+Blocks of their own files here (pack_max=0): small blocks are packed by default
+(pithos.blocker.packs)."""
 
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +56,7 @@ def put(request, tmp_path):
     pool = ThreadPoolExecutor(max_workers=4) if cooperative else None
     offload = Offload(pool, cooperative=True, spawner=pool) if pool is not None else None
     store = LocalBlockStore(tmp_path / "blocks", sync="syncfs" if mode == "streamed" else mode,
-                            offload=offload)
+                            offload=offload, pack_max=0)
 
     def put_one(hash_: bytes, data: bytes) -> None:
         if mode == "streamed":
@@ -95,7 +97,7 @@ def test_a_block_put_again_keeps_its_cached_pages(put):
 
 
 def test_a_cold_block_is_read_past_the_cache_and_let_in_when_read_cold_again(tmp_path):
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         h, data = block(LARGE + 123)
         store.put_many([(h, data)])
         assert cached(store, h) == 0
@@ -107,7 +109,7 @@ def test_a_cold_block_is_read_past_the_cache_and_let_in_when_read_cold_again(tmp
 
 
 def test_a_cached_block_is_read_through_the_cache(tmp_path):
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         h, data = block(LARGE)
         store.put_many([(h, data)])
         with open(store._path(h), "rb") as f:  # something else read it: cached
@@ -118,7 +120,7 @@ def test_a_cached_block_is_read_through_the_cache(tmp_path):
 
 
 def test_cold_reads_remember_a_bounded_number_of_blocks(tmp_path):
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         store._reads = pagecache.ReadPolicy(remembered=2)
         blocks = [block(LARGE, i) for i in range(3)]
         store.put_many(blocks)
@@ -138,7 +140,7 @@ def test_cold_reads_remember_a_bounded_number_of_blocks(tmp_path):
 def test_every_size_reads_back_whatever_path_it_takes(tmp_path_factory, size):
     """Unaligned sizes, sizes past the pooled buffer: cold (O_DIRECT), cold again (through the
     cache) and cached reads all return the block."""
-    with LocalBlockStore(tmp_path_factory.mktemp("b")) as store:
+    with LocalBlockStore(tmp_path_factory.mktemp("b"), pack_max=0) as store:
         h, data = block(size, size)
         store.put_many([(h, data)])
         for _ in range(2):
@@ -168,7 +170,7 @@ def stream_in_pieces(store, data, others=0):
 def test_under_load_aligned_pieces_are_written_past_the_cache(tmp_path):
     """With three blocks streaming at once, pieces in aligned buffers go to the disk with
     O_DIRECT; an unaligned tail goes through the cache; the block reads back whole."""
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         data = block(3 * PIECE + 1000)[1]
         assert stream_in_pieces(store, data, others=2) == [0, 0, 0, 1]
         assert store.get_many([block_hash(data)]) == [data]
@@ -178,7 +180,7 @@ def test_under_load_aligned_pieces_are_written_past_the_cache(tmp_path):
 @pytest.mark.parametrize("others", [0, 1])
 def test_one_or_two_streams_write_through_the_cache(tmp_path, others):
     """Without load a direct write would put the disk's latency on the upload's path."""
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         data = block(2 * PIECE)[1]
         assert stream_in_pieces(store, data, others) == [pages(PIECE), pages(2 * PIECE)]
         assert cached(store, block_hash(data)) == 0  # and left it once durable
@@ -186,7 +188,7 @@ def test_one_or_two_streams_write_through_the_cache(tmp_path, others):
 
 
 def test_unaligned_pieces_are_written_through_the_cache(tmp_path):
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:
         busy = [store.open_writer() for _ in range(2)]
         h, data = block(2 * PIECE)
         writer = store.open_writer()

@@ -4,19 +4,24 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pithos.blocker import LocalBlockStore
+from pithos.blocker.local import PACK_MAX
 from pithos.core.offload import Offload
 from tests.blocker_contract import PartsStoreContract, blob
 
 
 class TestLocalBlockStore(PartsStoreContract):
-    @pytest.fixture(params=["syncfs", "file", "syncfs-cooperative", "file-cooperative"])
+    @pytest.fixture(params=["syncfs", "file", "syncfs-cooperative", "file-cooperative",
+                            "syncfs-files", "file-files", "syncfs-packed"])
     def store(self, request, tmp_path):
         # Under a cooperative offload (as under the server), small syncfs puts run in one
-        # pool task: those paths, driven from plain threads.
-        sync, _, cooperative = request.param.partition("-")
-        pool = ThreadPoolExecutor(max_workers=4) if cooperative else None
+        # pool task: those paths, driven from plain threads.  Blocks up to 64 KiB are packed
+        # by default; "files" packs none (the layout before packs), "packed" every block put
+        # whole without an outboard, whatever its size.
+        sync, _, mode = request.param.partition("-")
+        pool = ThreadPoolExecutor(max_workers=4) if mode == "cooperative" else None
         offload = Offload(pool, cooperative=True, spawner=pool) if pool is not None else None
-        s = LocalBlockStore(tmp_path / "blocks", sync=sync, offload=offload)
+        pack_max = {"files": 0, "packed": 1 << 30}.get(mode, PACK_MAX)
+        s = LocalBlockStore(tmp_path / "blocks", sync=sync, offload=offload, pack_max=pack_max)
         yield s
         s.close()
         if pool is not None:
@@ -96,7 +101,7 @@ def test_a_store_made_before_the_quarantine_gains_it_at_its_first_quarantine(tmp
 
 def test_an_interrupted_quarantine_is_undone_when_a_store_is_opened(tmp_path):
     h, data = blob(3000)
-    with LocalBlockStore(tmp_path / "b") as store:
+    with LocalBlockStore(tmp_path / "b", pack_max=0) as store:  # (a file of its own)
         store.put_many([(h, data)])
         path = store._path(h)
     # Killed between its two renames: the block sits under an undecided name.

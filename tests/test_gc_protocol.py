@@ -5,7 +5,9 @@ its liveness locks) begin, put new blocks, reuse blocks others stored (touch, or
 if gone), pause (other steps run meanwhile, for as long as the machine likes), commit their
 maps, or die with their process (kill -9: its lock goes, its row stays).  Collectors take
 their mark start and the leases, mark, sweep batch by batch, or crash between any two steps;
-committed maps are also dropped again, making garbage.  Blocks live in a MemoryBlockStore.
+committed maps are also dropped again, making garbage.  Blocks live in a MemoryBlockStore,
+and again in a LocalBlockStore whose blocks are all packed (pithos.blocker.packs), where a
+compaction by another store on the same directory (another process) may run between steps.
 
 Invariants, after every step:
 - every committed map is whole: its pages and blocks are all present;
@@ -33,7 +35,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pithos.blocker import Blocker, MemoryBlockStore
+from pithos.blocker import Blocker, LocalBlockStore, MemoryBlockStore
+from pithos.blocker.store import BlockStore
 from pithos.catalog import Catalog
 from pithos.catalog.leases import FileLiveness, WriterLeases, oldest_live_writer
 from pithos.core.hashing import block_hash
@@ -62,7 +65,7 @@ class WritersAndCollector(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="gc-protocol-")
         self.catalog = Catalog(f"sqlite:///{self.dir}/catalog.sqlite")
         self.lock_dir = os.path.join(self.dir, "catalog.sqlite-leases")
-        self.blocker = Blocker(MemoryBlockStore(), block_size=4096)  # (map pages are blocks)
+        self.blocker = Blocker(self.make_store(), block_size=4096)  # (map pages are blocks)
         self.mapper = Mapper(self.blocker, fanout=4)  # (deep trees: pages are writes too)
         self.processes: dict[int, WriterLeases] = {}
         self.dead: set[int] = set()
@@ -73,10 +76,14 @@ class WritersAndCollector(RuleBasedStateMachine):
         self.gc: GcRun | None = None
         self.data_seq = 0
 
+    def make_store(self) -> BlockStore:
+        return MemoryBlockStore()
+
     def teardown(self) -> None:
         for leases in self.processes.values():
             leases.liveness.close()
         self.catalog.close()
+        self.blocker.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def fresh_data(self) -> bytes:
@@ -231,3 +238,26 @@ WritersAndCollector.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestWritersAndCollector = WritersAndCollector.TestCase
+
+
+class WritersAndCollectorOnPacks(WritersAndCollector):
+    """The same protocol over packed blocks: a put or touch and a conditional delete meet in
+    the index's transactions, and compaction moves records under both."""
+
+    def make_store(self) -> BlockStore:
+        # Small packs, so that most are sealed (and compactable) within a few steps.
+        return LocalBlockStore(os.path.join(self.dir, "blocks"), io_threads=2,
+                               pack_max=1 << 20, pack_roll_bytes=512)
+
+    @rule(min_garbage=st.sampled_from([0.0, 0.5]))
+    def compact(self, min_garbage: float) -> None:
+        """Another process rewrites the packs nobody appends to (the writers' own pack is
+        held, as a live writer's is)."""
+        with LocalBlockStore(os.path.join(self.dir, "blocks"), io_threads=1) as other:
+            other.compact(min_garbage)
+
+
+WritersAndCollectorOnPacks.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+TestWritersAndCollectorOnPacks = WritersAndCollectorOnPacks.TestCase

@@ -153,16 +153,13 @@ def damage(blocker, hash_: bytes, offset: int, truncate: bool = False) -> None:
         store._blobs[hash_] = stored[:offset] if truncate else \
             stored[:offset] + bytes([stored[offset] ^ 1]) + stored[offset + 1:]
         return
-    path = store._path(hash_)
-    os.chmod(path, 0o644)
+    from tests import block_damage
+
+    # (a file of its own, or a record in a pack)
     if truncate:
-        os.truncate(path, offset)
-        return
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 1]))
+        block_damage.truncate(store, hash_, offset)
+    else:
+        block_damage.flip(store, hash_, offset, 1)
 
 
 def test_a_read_quarantines_the_damage_it_finds_and_a_put_heals(blocker):

@@ -51,12 +51,9 @@ class QuarantineProtocol(RuleBasedStateMachine):
         if isinstance(store, MemoryBlockStore):
             store._blobs[HASH] = data
         else:
-            path = store._path(HASH)
-            import os
+            from tests import block_damage
 
-            os.chmod(path, 0o644)
-            with open(path, "wb") as f:
-                f.write(data)
+            block_damage.write_stored(store, HASH, data)  # (its file, or its pack record)
 
     @rule()
     def put(self) -> None:

@@ -16,6 +16,7 @@ from pithos.blocker import Blocker, LocalBlockStore, MemoryBlockStore
 from pithos.core.hashing import block_hash
 from pithos.mapper import Mapper
 from pithos.mapper.scrub import Pacer, scrub
+from tests import block_damage
 
 MiB = 1 << 20
 
@@ -153,7 +154,7 @@ def damage(blocker: Blocker, hash_: bytes) -> None:
         stored = store._blobs[hash_]
         store._blobs[hash_] = stored[:1] + bytes([stored[1] ^ 1]) + stored[2:]
     else:
-        flip(store._path(hash_), 1)
+        block_damage.flip(store, hash_, 1)  # (a file of its own, or a record in a pack)
 
 
 def test_scrub_verifies_every_block_at_the_rate_and_quarantines_the_damaged(blocker):

@@ -1,4 +1,5 @@
-"""LocalBlockStore: one file per block in a local directory, durable on return.
+"""LocalBlockStore: blocks in a local directory, durable on return; a file per block, and
+small blocks packed.
 
 Layout under the store's directory:
 
@@ -6,16 +7,23 @@ Layout under the store's directory:
     tmp/            blocks being written; a name appears under its hash only when complete
     trash/          blocks a conditional delete has moved out of place and not yet decided on
     quarantine/     damaged blocks moved aside (`quarantine_many`), one file per hex hash
+    packs/          blocks put whole of at most `pack_max` bytes (64 KiB: CDC chunks, small
+                    objects, map pages), appended to pack files and named by an index that
+                    every process shares (pithos.blocker.packs, which says how each guarantee
+                    below holds there).  A block is looked for as a file first, then in the
+                    index: blocks stored as files before packs existed stay files.
+
+What follows is about blocks as files.
 
 A put writes a temporary file, fdatasyncs it, renames it into place and, once for the whole
 batch, fsyncs every directory that gained an entry: the rename is then durable too.  Files of a
 batch are written and synced on a thread pool, so their syncs overlap and the journal commits
 them together (group commit without a packfile).
 
-Why files and not packfiles: measured on this project's machines (see docs/design.md), for 4 MiB
-blocks a file per block writes as fast as appending to a pack, and it keeps every process that
-opens the directory (API workers, the NBD server, the CLI, the garbage collector) coherent with
-no shared index, and makes deleting a block one unlink.
+Why files for large blocks: measured on this project's machines (see docs/design.md), for 4 MiB
+blocks a file per block writes as fast as appending to a pack, needs no index and no compaction,
+and makes deleting a block one unlink.  For small blocks a file each costs 100-300 us (write,
+rename, a share of the sync) where an append costs ~10: those are packed.
 
 A conditional delete (`delete_if_put_before`, the garbage collector's) must not lose a block that
 a writer re-puts or touches while it runs, and POSIX has no "unlink if older than".  So it moves
@@ -57,87 +65,41 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import heapq
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pithos.blocker import pagecache, tmpfiles
+from pithos.blocker.local_files import (
+    _NO_XATTRS,
+    _OUTBOARD_XATTR,
+    _backend_error,
+    _FileWriter,
+    _libc_syncfs,
+    _LocalParts,
+    _refresh,
+)
+from pithos.blocker.packs import PACK_ROLL_BYTES, Location, Packs
 from pithos.blocker.store import PartReader, PartsStore, PartsWriter
-from pithos.core.errors import BackendError, InvalidArgument, NoSpace, NotFound
+from pithos.core.errors import InvalidArgument, NotFound
 from pithos.core.files import fsync_dir
 from pithos.core.offload import Offload
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _HEX_LEN = 64
-_TRANSIENT_ERRNOS = {errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
 _HEX_DIGITS = frozenset("0123456789abcdef")
-_OUTBOARD_XATTR = "user.b3"
-_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}
+# Blocks up to this size are packed (pithos.blocker.packs): every CDC chunk (4-64 KiB), small
+# objects and map pages (see benchmarks/README.md, "The packed layout for small blocks").
+PACK_MAX = 64 * 1024
 
 
-def _backend_error(exc: OSError, what: str) -> Exception:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"{what}: {exc.strerror}")
-    return BackendError(f"{what}: {exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
-
-
-def _libc_function(name: str) -> Any:
-    """A function of the C library (with errno), or None where it is missing."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return getattr(libc, name)
-    except (OSError, AttributeError):
-        return None
-
-
-def _libc_syncfs() -> Callable[[int], int]:
-    fn: Callable[[int], int] | None = _libc_function("syncfs")
-    if fn is None:
-        raise InvalidArgument("syncfs is not available here")
-    return fn
-
-
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    fn = _libc_function("sync_file_range")
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return fn  # type: ignore[no-any-return]
-
-
-# Start writing back what a streamed block has received so far, without waiting: the sync at
-# its commit then waits for the last piece only (measured: 4 MiB in 512 KiB pieces, fdatasync
-# 2.3 ms -> 1.0 ms).  Optional: where it is missing, the commit's fdatasync does it all.
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = _libc_sync_file_range()
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
 _ONE_TASK_ITEMS = 4
-# With this many blocks streaming at once in the process, pieces in page-aligned buffers are
-# written with O_DIRECT (_FileWriter.write).  Under that load the CPU is what limits uploads,
-# and a direct write skips the copy into the page cache and the writeback and drop that
-# follow (server CPU per 4 MiB PUT at 16 clients about -8%).  With one or two, the disk's
-# latency would be on the upload's path (each direct write waits for the device): PUT 4 MiB
-# at one client was 13% slower direct.
-_DIRECT_WRITERS = 3
-
-
-def _refresh(path: str) -> int | None:
-    """Refresh the age of the block file at `path` (its mtime); its size, None if absent.
-
-    utime sets the time of the file that `path` named when it was looked up; a conditional
-    delete may have moved that file to the trash since, and read its time before this change
-    (it then unlinks it).  So the block counts as present only if its name is still there
-    after the change: then either the delete had not moved the file yet (it will read the new
-    time and put the file back), or the block is back in place (put back, or stored anew)."""
-    try:
-        os.utime(path)
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None
-
-
 def _reads_as(fd: int, expected: bytes) -> bool:
     """Whether the file of `fd` holds exactly `expected`."""
     view = memoryview(expected)
@@ -169,7 +131,8 @@ class LocalBlockStore(PartsStore):
 
     def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
                  offload: Offload | None = None, sync: str = "syncfs",
-                 keep_free_bytes: int = 0) -> None:
+                 keep_free_bytes: int = 0, pack_max: int = PACK_MAX,
+                 pack_roll_bytes: int = PACK_ROLL_BYTES) -> None:
         """`sync` chooses how a batch is made durable: "file" (fdatasync each new file, fsync
         each directory it was renamed into) or "syncfs" (one syncfs(2) of the whole filesystem
         per batch: fewer syncs for batches of small blocks, but it also flushes whatever else
@@ -177,7 +140,9 @@ class LocalBlockStore(PartsStore):
         free on the filesystem fails with NoSpace (room kept for a catalog beside the
         blocks: deletes on a full disk, pithos/catalog/space.py).  `offload` says where
         blocking file work runs (pithos.core.offload; default: `io_threads` threads of the
-        store's own)."""
+        store's own).  Blocks put whole of at most `pack_max` bytes, without an outboard,
+        are packed (0: none; blocks packed before are read whatever it says), in packs
+        of about `pack_roll_bytes` at most."""
         if sync not in ("file", "syncfs"):
             raise InvalidArgument(f"unknown sync mode {sync!r}")
         self.path = os.fspath(path)
@@ -193,6 +158,10 @@ class LocalBlockStore(PartsStore):
         self._direct_writes = True
         self._outboards = True  # until the filesystem refuses user xattrs
         self.keep_free_bytes = keep_free_bytes
+        self.pack_max = pack_max
+        self._pack_roll_bytes = pack_roll_bytes
+        self._packs: Packs | None = None  # opened at the first packed put or read
+        self._packs_lock = threading.Lock()
         try:
             created = not os.path.isdir(self._tmp)
             trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
@@ -224,6 +193,87 @@ class LocalBlockStore(PartsStore):
     def _path(self, hash_: bytes) -> str:
         hex_ = hash_.hex()
         return f"{self.path}/{hex_[:2]}/{hex_}"
+
+    def _packs_ro(self) -> Packs | None:
+        """The packed blocks, if this store has any (opening a store creates nothing)."""
+        if self._packs is None and os.path.exists(f"{self.path}/packs/index.sqlite"):
+            return self._packs_rw()
+        return self._packs
+
+    def _packs_rw(self) -> Packs:
+        with self._packs_lock:
+            if self._packs is None:
+                self._packs = Packs(self.path, self._quarantine, self._tmp,
+                                    self._pack_roll_bytes)
+            return self._packs
+
+    def locate(self, hash_: bytes) -> Location | None:
+        """Where the block's bytes are on disk (its file, or its record in a pack), for
+        tools that inspect or damage them; None if absent."""
+        try:
+            return Location(self._path(hash_), 0, os.stat(self._path(hash_)).st_size)
+        except FileNotFoundError:
+            packs = self._packs_ro()
+            return packs.locate(hash_) if packs is not None else None
+
+    def compact(self, min_garbage: float = 0.25) -> dict[str, int]:
+        """Rewrite the packs of which at least `min_garbage` is dead (see Packs.compact)."""
+        packs = self._packs_ro()
+        try:
+            return packs.compact(min_garbage) if packs is not None else {}
+        except OSError as exc:
+            raise _backend_error(exc, "cannot compact packs") from exc
+
+    def _put_packed(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """put_many of blocks to pack: a present one (packed, or a file stored before) is
+        refreshed; one of another size is quarantined and replaced."""
+        packs = self._packs_rw()
+        given = dict(items)
+        rows = packs.lookup(list(given))
+        for h, row in rows.items():
+            if row[2] != len(memoryview(given[h])):
+                packs.quarantine(h, None, len(memoryview(given[h])))
+        refreshed = set(packs.refresh([h for h, row in rows.items()
+                                       if row[2] == len(memoryview(given[h]))]))
+        write, dirs = [], set()
+        for h, data in given.items():
+            if h in refreshed:
+                continue
+            size = len(memoryview(data))
+            found = _refresh(self._path(h))
+            if found == size:  # a file of the layout before packs: kept, as a file
+                dirs.add(os.path.dirname(self._path(h)))
+                continue
+            if found is not None:
+                self._quarantine_one(h, None, size)
+            write.append((h, data))
+        for directory in sorted(dirs):  # (its writer may not have synced it yet)
+            fsync_dir(directory)
+        self._check_room(sum(len(memoryview(d)) for _, d in write))
+        packs.put(write)
+
+    def _refresh_packed(self, hash_: bytes, size: int) -> bool:
+        """Whether the block is packed with this size (then refreshed, as a put would);
+        packed with another size, it is damaged: quarantined, for the caller to replace."""
+        packs = self._packs_ro()
+        if packs is None:
+            return False
+        row = packs.lookup([hash_]).get(hash_)
+        if row is not None and row[2] != size:
+            packs.quarantine(hash_, None, size)
+            return False
+        return row is not None and packs.refresh([hash_]) == [hash_]
+
+    def _packed_get(self, hash_: bytes) -> bytes | None:
+        packs = self._packs_ro()
+        return packs.get([hash_]).get(hash_) if packs is not None else None
+
+    def _packed_rows(self, hashes: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, float]]:
+        """The index rows of the packed ones among `hashes` (run where it may block)."""
+        packs = self._packs_ro()
+        if packs is None or not hashes:
+            return {}
+        return self._offload.run(packs.lookup, hashes)
 
     def _restore_trash(self) -> None:
         """Put back every block found in the trash.  A conditional delete that was killed
@@ -354,6 +404,16 @@ class LocalBlockStore(PartsStore):
             return
         kept: Mapping[bytes, bytes] = outboards or {}
         try:
+            if self.pack_max:
+                # A block with an outboard keeps a file of its own, for reads by parts.
+                packed = [item for item in items if item[0] not in kept
+                          and len(memoryview(item[1])) <= self.pack_max]
+                if packed:
+                    self._offload.run(self._put_packed, packed)
+                    if len(packed) == len(items):
+                        return
+                    items = [item for item in items if item[0] in kept
+                             or len(memoryview(item[1])) > self.pack_max]
             if self._syncfs is not None and self._offload.cooperative and \
                     len(items) <= _ONE_TASK_ITEMS:
                 # Under an event loop a few files (an upload's map page, a small object and
@@ -382,7 +442,7 @@ class LocalBlockStore(PartsStore):
         try:
             fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            return self._packed_get(hash_)
         try:
             return self._reads.read(fd, hash_)
         finally:
@@ -408,7 +468,16 @@ class LocalBlockStore(PartsStore):
 
     def get_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         try:
-            found = self._map(self._get_one, hashes)
+            packs = self._packs_ro()
+            if packs is not None and len(hashes) > 1:
+                # Packed blocks in one look-up of the index (a single block is looked for
+                # in one task, file first: see _get_one).
+                packed: dict[bytes, bytes | None] = {**self._offload.run(packs.get, hashes)}
+                rest = [h for h in dict.fromkeys(hashes) if h not in packed]
+                packed.update(zip(rest, self._map(self._get_one, rest), strict=True))
+                found = [packed[h] for h in hashes]
+            else:
+                found = self._map(self._get_one, hashes)
             absent = [h for h, data in zip(hashes, found, strict=True) if data is None]
             if absent and self._untrash_for_reader(absent):
                 found = [data if data is not None else self._get_one(h)
@@ -439,6 +508,13 @@ class LocalBlockStore(PartsStore):
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise InvalidArgument(f"bad range: offset {offset}, length {length}")
+        if not os.path.exists(self._path(hash_)) and (packs := self._packs_ro()) is not None:
+            try:
+                data = self._offload.run(packs.read, hash_, offset, length)
+            except OSError as exc:
+                raise _backend_error(exc, "cannot read block") from exc
+            if data is not None:
+                return data
         fd = self._open_block(hash_)
         try:
             return os.pread(fd, length, offset)
@@ -448,7 +524,12 @@ class LocalBlockStore(PartsStore):
     def open_parts(self, hash_: bytes) -> PartReader | None:
         if not self._outboards:
             return None
-        fd = self._open_block(hash_)
+        try:
+            fd = self._open_block(hash_)
+        except NotFound:
+            if self._packed_rows([hash_]):
+                return None  # packed: no outboard, read whole
+            raise
         try:
             try:
                 outboard = os.getxattr(fd, _OUTBOARD_XATTR)
@@ -475,16 +556,23 @@ class LocalBlockStore(PartsStore):
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
         present = self._map(lambda h: os.path.exists(self._path(h)), unique)
-        return [h for h, here in zip(unique, present, strict=True) if not here]
+        absent = [h for h, here in zip(unique, present, strict=True) if not here]
+        packed = self._packed_rows(absent)
+        return [h for h in absent if h not in packed]
 
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
 
         try:
             sizes = self._map(lambda h: _refresh(self._path(h)), unique)
+            absent = [h for h, size in zip(unique, sizes, strict=True) if size is None]
+            packs = self._packs_ro()
+            if packs is not None and absent:
+                refreshed = set(self._offload.run(packs.refresh, absent))
+                absent = [h for h in absent if h not in refreshed]
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
-        return [h for h, size in zip(unique, sizes, strict=True) if size is None]
+        return absent
 
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)
@@ -496,12 +584,14 @@ class LocalBlockStore(PartsStore):
 
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         try:
-            dirs = [d for d in self._map(self._delete_one, list(dict.fromkeys(hashes)))
-                    if d is not None]
-            self._map(fsync_dir, sorted(set(dirs)))
+            unique = list(dict.fromkeys(hashes))
+            dirs = self._map(self._delete_one, unique)
+            self._map(fsync_dir, sorted({d for d in dirs if d is not None}))
+            packs = self._packs_ro()
+            packed = set(self._offload.run(packs.delete, unique)) if packs else set()
         except OSError as exc:
             raise _backend_error(exc, "cannot delete block") from exc
-        return len(dirs)
+        return sum(1 for h, d in zip(unique, dirs, strict=True) if d or h in packed)
 
     def _delete_if_put_before(self, hash_: bytes, cutoff: float) -> bool:
         """Remove one block if its file's mtime is before `cutoff`; whether it was removed."""
@@ -535,14 +625,18 @@ class LocalBlockStore(PartsStore):
         unique = list(dict.fromkeys(hashes))
         try:
             removed = self._map(lambda h: self._delete_if_put_before(h, cutoff), unique)
-            gone = [h for h, r in zip(unique, removed, strict=True) if r]
-            if gone:
+            files = [h for h, r in zip(unique, removed, strict=True) if r]
+            if files:
                 # Durable: the names left the fan-out directories, then the trash.
-                dirs = {os.path.dirname(self._path(h)) for h in gone} | {self._trash}
+                dirs = {os.path.dirname(self._path(h)) for h in files} | {self._trash}
                 self._map(fsync_dir, sorted(dirs))
+            # Packed blocks: one transaction, ordered by SQLite against any put or touch.
+            packs = self._packs_ro()
+            packed = set(self._offload.run(packs.delete, unique, cutoff)) if packs else set()
         except OSError as exc:
             raise _backend_error(exc, "cannot delete block") from exc
-        return gone
+        gone = set(files) | packed
+        return [h for h in unique if h in gone]
 
     def _quarantine_one(self, hash_: bytes, seen: bytes | None, size: int = 0) -> bool:
         """Move the block's file into quarantine/ if it is the damaged one: its bytes are
@@ -594,6 +688,10 @@ class LocalBlockStore(PartsStore):
             if gone:
                 dirs = {os.path.dirname(self._path(h)) for h in gone}
                 self._map(fsync_dir, sorted(dirs | {self._quarantine}))
+            packs = self._packs_ro()
+            if packs is not None:  # (a packed record is moved aside durably, one by one)
+                gone += [h for h, seen in unique if h not in gone
+                         and self._offload.run(packs.quarantine, h, seen)]
         except OSError as exc:
             raise _backend_error(exc, "cannot quarantine block") from exc
         return gone
@@ -610,6 +708,18 @@ class LocalBlockStore(PartsStore):
                 if os.path.exists(f"{self._quarantine}/{h.hex()}")]
 
     def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        packs = self._packs_ro()
+        if packs is None:
+            yield from self._iterate_files(start_after)
+            return
+        last = None  # a block both packed and a file is listed once
+        for hash_, size in heapq.merge(self._iterate_files(start_after),
+                                       packs.iterate(start_after)):
+            if hash_ != last:
+                yield hash_, size
+            last = hash_
+
+    def _iterate_files(self, start_after: bytes | None) -> Iterator[tuple[bytes, int]]:
         after = "" if start_after is None else start_after.hex()
         for i in range(256):
             prefix = f"{i:02x}"
@@ -634,7 +744,11 @@ class LocalBlockStore(PartsStore):
             except FileNotFoundError:
                 return None
 
-        return self._map(one, hashes)
+        found = self._map(one, hashes)
+        rows = self._packed_rows([h for h, size in zip(hashes, found, strict=True)
+                                  if size is None])
+        return [size if size is not None or h not in rows else rows[h][2]
+                for h, size in zip(hashes, found, strict=True)]
 
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
         now = time.time()
@@ -645,122 +759,16 @@ class LocalBlockStore(PartsStore):
             except FileNotFoundError:
                 return None
 
-        return self._map(one, hashes)
+        found = self._map(one, hashes)
+        rows = self._packed_rows([h for h, age in zip(hashes, found, strict=True)
+                                  if age is None])
+        return [age if age is not None or h not in rows else max(0.0, now - rows[h][3])
+                for h, age in zip(hashes, found, strict=True)]
 
     def close(self) -> None:
+        if self._packs is not None:
+            self._packs.close()
         with contextlib.suppress(OSError):
             os.close(self._root_fd)
         if self._own_offload:
             self._offload.close()
-
-
-class _FileWriter(PartsWriter):
-    """A blob written into a temporary file as it arrives, renamed to its hash at commit."""
-
-    blocking_io = True
-
-    def __init__(self, store: LocalBlockStore) -> None:
-        self._store = store
-        self._fd: int | None = None
-        self._tmp = ""
-        self._written = 0
-        self._direct = False
-        self._outboard = b""
-
-    def _open(self) -> int:
-        if self._fd is None:
-            store = self._store
-            # Writable by its owner until commit, which sets the outboard (an xattr in the
-            # user namespace needs write permission) and then makes the file read-only.
-            self._fd, self._tmp = tmpfiles.create_locked(
-                lambda: f"{store._tmp}/stream.{os.getpid()}.{next(store._names)}", 0o644)
-        return self._fd
-
-    def write(self, data: bytes | memoryview) -> None:
-        try:
-            fd = self._open()
-            view = memoryview(data)
-            direct = self._store._direct_writes \
-                and len(self._store._writing) >= _DIRECT_WRITERS \
-                and pagecache.direct_writable(view, self._written)
-            if direct != self._direct:
-                if not pagecache.set_direct(fd, direct):
-                    self._store._direct_writes = direct = False
-                self._direct = direct
-            self._store._check_room(view.nbytes)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as exc:
-            self.abort()
-            raise _backend_error(exc, "cannot store block") from exc
-        if not self._direct and _sync_file_range is not None:
-            _sync_file_range(fd, self._written, len(data), _SYNC_FILE_RANGE_WRITE)
-        self._written += len(data)
-
-    def commit(self, hash_: bytes) -> None:
-        store = self._store
-        path = store._path(hash_)
-        try:
-            size = _refresh(path)
-            if size == self._written:  # present: keep its bytes, refresh its age
-                self.abort()
-            else:
-                if size is not None:  # damaged (see BlockStore.put_many): replaced
-                    store._quarantine_one(hash_, None, self._written)
-                fd = self._open()
-                store._set_outboard(fd, self._outboard)
-                os.fchmod(fd, 0o444)
-                os.fdatasync(fd)
-                pagecache.drop(fd, self._written)
-                # Renamed while still locked: the temporary name is ours until it is gone.
-                os.rename(self._tmp, path)
-                os.close(fd)
-                self._fd = None
-            # As in put_many: the rename (ours, or another writer's not yet synced) must be
-            # durable before we return.
-            fsync_dir(os.path.dirname(path))
-        except OSError as exc:
-            self.abort()
-            raise _backend_error(exc, "cannot store block") from exc
-        store._writing.discard(id(self))
-
-    def keep_outboard(self, outboard: bytes) -> None:
-        self._outboard = outboard
-
-    def abort(self) -> None:
-        self._store._writing.discard(id(self))
-        if self._fd is not None:
-            with contextlib.suppress(OSError):  # before the close lets the lock go
-                os.unlink(self._tmp)
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-
-
-class _LocalParts(PartReader):
-    """A block file opened for ranged reads (see `LocalBlockStore.open_parts`)."""
-
-    def __init__(self, reads: pagecache.ReadPolicy, fd: int, direct_fd: int, size: int,
-                 outboard: bytes) -> None:
-        self._reads = reads
-        self._fd = fd
-        self._direct_fd = direct_fd
-        self.size = size
-        self.outboard = outboard
-
-    def read(self, offset: int, length: int) -> bytes:
-        try:
-            if self._direct_fd >= 0:
-                data = self._reads.read_direct_range(self._direct_fd, offset, length)
-                if data is not None:
-                    return data
-            return os.pread(self._fd, length, offset)
-        except OSError as exc:
-            raise _backend_error(exc, "cannot read block") from exc
-
-    def close(self) -> None:
-        for fd in (self._fd, self._direct_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._fd = self._direct_fd = -1

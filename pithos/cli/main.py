@@ -12,6 +12,8 @@
     pithos store fsck [--json]      verify every block and every recorded map
     pithos store scrub [--rate MB/s] [--json]   verify every block at a bounded rate and
                                     quarantine the damaged ones
+    pithos store compact [--min-garbage F] [--json]   rewrite packs of small blocks whose
+                                    dead records are at least F of their size
 
 Every command takes --data-dir DIR (default ./data).
 
@@ -256,6 +258,8 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
     leftovers = data.blocker.leftovers() if args.dry_run else data.blocker.remove_leftovers()
     result = report.as_dict()
     result["leftovers"] = leftovers
+    # The space of swept packed blocks comes back when their packs are rewritten.
+    result["compaction"] = {} if args.dry_run else _compact(data, COMPACT_MIN_GARBAGE)
     if args.json:
         print(json.dumps(result))
     else:
@@ -266,6 +270,31 @@ def cmd_gc(args: argparse.Namespace, data: DataDir) -> int:
               f"from {report.roots} roots; {report.spared_young_blocks} spared as too young; "
               f"{'would remove' if args.dry_run else 'removed'} {len(leftovers)} temporary "
               f"files of dead writers; {report.seconds:.1f} s")
+    return 0
+
+
+# `pithos gc` rewrites a pack once a quarter of it is dead: each live byte is copied at most
+# about 4 times over its life for every byte reclaimed.
+COMPACT_MIN_GARBAGE = 0.25
+
+
+def _compact(data: DataDir, min_garbage: float) -> dict[str, int]:
+    from pithos.blocker import LocalBlockStore
+
+    store = data.store
+    return store.compact(min_garbage) if isinstance(store, LocalBlockStore) else {}
+
+
+def cmd_compact(args: argparse.Namespace, data: DataDir) -> int:
+    if not 0 <= args.min_garbage <= 1:
+        raise CliError("--min-garbage must be between 0 and 1")
+    report = _compact(data, args.min_garbage)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report.get('compacted', 0)} packs rewritten, {report.get('removed', 0)} "
+              f"removed of {report.get('packs', 0)}; {report.get('copied_bytes', 0)} bytes "
+              f"copied, {report.get('reclaimed_bytes', 0)} bytes reclaimed")
     return 0
 
 
@@ -323,6 +352,16 @@ def parser() -> argparse.ArgumentParser:
                             "(default 100; 0: no bound)")
     scrub.add_argument("--json", action="store_true", help="one JSON object")
     scrub.set_defaults(func=cmd_scrub)
+
+    compact = actions.add_parser("compact", parents=[common],
+                                 help="rewrite the packs of small blocks that hold enough "
+                                      "dead records (pithos gc does it too)")
+    compact.add_argument("--min-garbage", type=float, default=COMPACT_MIN_GARBAGE,
+                         metavar="F", help="rewrite a pack when at least this share of it "
+                                           f"is dead (default {COMPACT_MIN_GARBAGE:g}; 0: "
+                                           "every pack with any)")
+    compact.add_argument("--json", action="store_true", help="one JSON object")
+    compact.set_defaults(func=cmd_compact)
 
     gc = commands.add_parser("gc", parents=[common],
                              help="reclaim blocks no version, volume or recorded map uses")

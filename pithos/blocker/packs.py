@@ -1,0 +1,540 @@
+"""Small blocks appended to pack files, with one index every process shares.
+
+LocalBlockStore's packed layout (docs/design.md, "Local layout"): a block at or below the
+store's `pack_max` is a record in a pack rather than a file of its own.  A file per block
+costs a write, a rename and its share of a sync (100-300 us for 16 KiB); an append costs a
+copy, and a batch one data sync and one index commit however many blocks it holds.
+
+    packs/<16 hex>.pack     append-only records: MAGIC, hash (32 bytes), length (4), data
+    packs/index.sqlite      SQLite (WAL): hash -> pack, offset, length, stamp
+
+- A process appends to a pack of its own (`_Active`), which it holds under an exclusive
+  flock(2) from its creation until no batch of the process writes to it any more (a new pack
+  is begun past PACK_ROLL_BYTES).  A pack nobody holds is sealed: nothing is appended to it
+  again, and only then may compaction take it.
+- Durable on return: a batch's records are written, the pack fdatasynced, and only then are
+  the index rows committed (synchronous=FULL: the WAL is fsynced at commit).  A writer killed
+  at any point leaves at worst bytes no row points at (a torn tail), never a row pointing at
+  bytes not on disk.
+- The age of a block is its row's stamp: a put of a present block, and a touch, set it to
+  now; a conditional delete removes the rows whose stamp is before the cutoff.  Each is one
+  transaction, so SQLite's write lock orders a delete against a concurrent put or touch of
+  the same block (the rename dance the file layout needs is not needed here).
+- Compaction (`compact`, run by `pithos gc` and `pithos store compact`) copies the live
+  records of a sealed pack with enough dead bytes into the compactor's own pack, syncs it,
+  moves the rows that still point at the old places, and unlinks the old pack.  A reader that
+  looked a block up before the move and finds its pack gone looks again (`_read_record`).
+- A damaged record is quarantined as a file in quarantine/, as a damaged block file is: its
+  bytes are copied there while the index's write lock is held, and its row is deleted in the
+  same transaction, only if the record still reads as the damaged bytes seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from pithos.blocker import tmpfiles
+from pithos.core.files import fsync_dir
+
+MAGIC = b"PKB1"
+HEADER = struct.Struct(">4s32sI")
+# A writer begins a new pack past this size: compaction copies a pack whole, so a pack is
+# kept to what one pass copies in seconds.
+PACK_ROLL_BYTES = 128 << 20
+# Compaction copies and moves the rows of at most this many bytes of records at a time.
+_COMPACT_BATCH_BYTES = 32 << 20
+# A look-up of many hashes is cut into statements of at most this many parameters.
+_IN_CHUNK = 500
+# A block whose pack vanished under a reader (compacted) is looked up again this many times.
+_RELOOKS = 8
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    hash BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    stamp REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack, offset);
+"""
+
+
+@contextlib.contextmanager
+def _sql_errors() -> Iterator[None]:
+    """The index's failures as the OSErrors the store reports (a full disk is ENOSPC)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        text = str(exc).lower()
+        code = errno.ENOSPC if "full" in text else \
+            errno.EAGAIN if "locked" in text or "busy" in text else errno.EIO
+        what = "out of space" if code == errno.ENOSPC else "failed"
+        raise OSError(code, f"block index: {what} ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a packed block's bytes are: `length` bytes at `offset` of the file `path`."""
+
+    path: str
+    offset: int
+    length: int
+
+
+class _Active:
+    """A pack this process appends to, held under flock while it may still be written."""
+
+    def __init__(self, fd: int, pack_id: int) -> None:
+        self.fd = fd
+        self.id = pack_id
+        self.end = 0
+        self.users = 0
+        self.sealed = False
+
+
+class Packs:
+    """The packed blocks of the store rooted at `root` (packs/ created if absent)."""
+
+    def __init__(self, root: str, quarantine_dir: str, tmp_dir: str,
+                 roll_bytes: int = PACK_ROLL_BYTES) -> None:
+        self.dir = os.path.join(root, "packs")
+        self.roll_bytes = roll_bytes
+        self._quarantine = quarantine_dir
+        self._tmp = tmp_dir
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir, exist_ok=True)
+            fsync_dir(root)
+        self._db_path = os.path.join(self.dir, "index.sqlite")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._append_lock = threading.Lock()
+        self._active: _Active | None = None
+        self._pid = os.getpid()
+        self._names = iter(range(1 << 62))
+        db = self._db()
+        with self._write(db):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    # -- the index ---------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (SQLite connections are not shared across threads, nor
+        carried across a fork: a child opens its own and appends to packs of its own)."""
+        if self._pid != os.getpid():
+            self._forked()
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            with _sql_errors():
+                db = sqlite3.connect(self._db_path, timeout=120, isolation_level=None,
+                                     check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                # The WAL is cut back to this after a checkpoint (it would stay at its
+                # largest): the room it took is the disk's again.
+                db.execute("PRAGMA journal_size_limit=4194304")
+            self._local.db = db
+            with self._conns_lock:
+                self._conns.append(db)
+        return db
+
+    def _forked(self) -> None:
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._conns = []
+        active, self._active = self._active, None
+        if active is not None:
+            with contextlib.suppress(OSError):
+                os.close(active.fd)
+
+    @contextlib.contextmanager
+    def _write(self, db: sqlite3.Connection) -> Iterator[None]:
+        """One write transaction, taking the write lock at its start (so a read in it sees
+        what the commit will be judged against)."""
+        with _sql_errors():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    def _rows(self, db: sqlite3.Connection, hashes: Sequence[bytes]
+              ) -> dict[bytes, tuple[int, int, int, float]]:
+        """hash -> (pack, offset, length, stamp) of the packed ones among `hashes`."""
+        found: dict[bytes, tuple[int, int, int, float]] = {}
+        unique = list(dict.fromkeys(hashes))
+        with _sql_errors():
+            self._select(db, unique, found)
+        return found
+
+    @staticmethod
+    def _select(db: sqlite3.Connection, unique: Sequence[bytes],
+                found: dict[bytes, tuple[int, int, int, float]]) -> None:
+        for i in range(0, len(unique), _IN_CHUNK):
+            part = unique[i:i + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            for h, pack, offset, length, stamp in db.execute(
+                    "SELECT hash, pack, offset, length, stamp FROM blocks "
+                    f"WHERE hash IN ({marks})", part):
+                found[bytes(h)] = (pack, offset, length, stamp)
+
+    def lookup(self, hashes: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, float]]:
+        return self._rows(self._db(), hashes)
+
+    # -- packs -------------------------------------------------------------------------------
+
+    def pack_path(self, pack_id: int) -> str:
+        return f"{self.dir}/{pack_id:016x}.pack"
+
+    def _begin_pack(self) -> _Active:
+        """A new pack, created locked and named durably before any row can point at it."""
+        fd, path = tmpfiles.create_locked(lambda: self.pack_path(secrets.randbits(63)), 0o444)
+        fsync_dir(self.dir)
+        return _Active(fd, int(os.path.basename(path)[:-5], 16))
+
+    def _take(self, size: int) -> tuple[_Active, int]:
+        """Room for `size` bytes at the end of this process's pack: (pack, offset)."""
+        with self._append_lock:
+            if self._pid != os.getpid():
+                self._forked()
+            active = self._active
+            if active is None or active.end >= self.roll_bytes:
+                if active is not None:
+                    active.sealed = True
+                    if active.users == 0:
+                        os.close(active.fd)  # lets the lock go: compactable
+                active = self._active = self._begin_pack()
+            offset = active.end
+            active.end += size
+            active.users += 1
+            return active, offset
+
+    def _release(self, active: _Active) -> None:
+        with self._append_lock:
+            active.users -= 1
+            if active.sealed and active.users == 0:
+                os.close(active.fd)
+
+    def append(self, records: Sequence[tuple[bytes, bytes | memoryview]]
+               ) -> tuple[int, list[int]]:
+        """Write `records` (hash, data) to this process's pack and fdatasync it; returns the
+        pack and each record's offset (of its header).  Nothing points at them yet."""
+        framed = bytearray()
+        offsets = []
+        for hash_, data in records:
+            offsets.append(len(framed))
+            framed += HEADER.pack(MAGIC, hash_, len(data))
+            framed += data
+        active, start = self._take(len(framed))
+        try:
+            view = memoryview(framed)
+            at = start
+            while view:
+                written = os.pwrite(active.fd, view, at)
+                view = view[written:]
+                at += written
+            os.fdatasync(active.fd)
+        finally:
+            self._release(active)
+        return active.id, [start + o for o in offsets]
+
+    # -- the BlockStore operations on packed blocks ------------------------------------------
+
+    def refresh(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Set the stamp of each packed block among `hashes` to now; returns those that had
+        a row (and so are present, refreshed, when this returns)."""
+        if not hashes:
+            return []
+        db = self._db()
+        now = time.time()
+        done = []
+        with self._write(db):
+            for h in dict.fromkeys(hashes):
+                if db.execute("UPDATE blocks SET stamp = ? WHERE hash = ?",
+                              (now, h)).rowcount:
+                    done.append(h)
+        return done
+
+    def put(self, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
+        """Append blocks known absent from the index (or to be replaced) and index them."""
+        if not items:
+            return
+        pack, offsets = self.append(items)
+        db = self._db()
+        now = time.time()
+        with self._write(db):
+            # A concurrent writer may have indexed the same block meanwhile: either copy
+            # serves (same hash), so the last row wins.
+            db.executemany(
+                "INSERT INTO blocks (hash, pack, offset, length, stamp) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (hash) DO UPDATE SET pack = excluded.pack, "
+                "offset = excluded.offset, length = excluded.length, stamp = excluded.stamp",
+                [(h, pack, off, len(memoryview(d)), now)
+                 for (h, d), off in zip(items, offsets, strict=True)])
+
+    def _read_record(self, hash_: bytes, fds: dict[int, int],
+                     row: tuple[int, int, int, float] | None, offset: int = 0,
+                     length: int | None = None) -> bytes | None:
+        """Bytes [offset, offset + length) of the packed block (all of it when `length` is
+        None), None if it has no row.  Looks again when the pack vanished (compacted)."""
+        for _ in range(_RELOOKS):
+            if row is None:
+                return None
+            pack, at, size, _ = row
+            fd = fds.get(pack)
+            if fd is None:
+                try:
+                    fd = os.open(self.pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    row = self._rows(self._db(), [hash_]).get(hash_)
+                    continue
+                fds[pack] = fd
+            if length is None:
+                return os.pread(fd, size, at + HEADER.size)
+            start = min(offset, size)
+            return os.pread(fd, max(0, min(length, size - start)), at + HEADER.size + start)
+        raise OSError(errno.EAGAIN, f"block {hash_.hex()} keeps moving between packs")
+
+    def get(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The data of the packed ones among `hashes`."""
+        rows = self.lookup(hashes)
+        fds: dict[int, int] = {}
+        found = {}
+        try:
+            for h, row in rows.items():
+                data = self._read_record(h, fds, row)
+                if data is not None:
+                    found[h] = data
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return found
+
+    def read(self, hash_: bytes, offset: int, length: int) -> bytes | None:
+        fds: dict[int, int] = {}
+        try:
+            return self._read_record(hash_, fds, self.lookup([hash_]).get(hash_),
+                                     offset, length)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def locate(self, hash_: bytes) -> Location | None:
+        """Where the packed block's bytes are (for tools that damage or inspect them)."""
+        row = self.lookup([hash_]).get(hash_)
+        if row is None:
+            return None
+        return Location(self.pack_path(row[0]), row[1] + HEADER.size, row[2])
+
+    def delete(self, hashes: Sequence[bytes], cutoff: float | None = None) -> list[bytes]:
+        """Remove the rows of `hashes` (only those stamped before `cutoff`, if given);
+        returns the hashes removed.  Durable on return (the commit)."""
+        if not hashes:
+            return []
+        db = self._db()
+        gone = []
+        with self._write(db):
+            for h in dict.fromkeys(hashes):
+                if cutoff is None:
+                    cursor = db.execute("DELETE FROM blocks WHERE hash = ?", (h,))
+                else:
+                    cursor = db.execute("DELETE FROM blocks WHERE hash = ? AND stamp < ?",
+                                        (h, cutoff))
+                if cursor.rowcount:
+                    gone.append(h)
+        return gone
+
+    def quarantine(self, hash_: bytes, seen: bytes | None, size: int = 0) -> bool | None:
+        """Move the packed block aside into quarantine/ if its record is the damaged one (its
+        bytes are `seen`, or, `seen` None, its length is not `size`); whether it was moved,
+        None if it has no row."""
+        db = self._db()
+        with self._write(db):
+            row = self._rows(db, [hash_]).get(hash_)
+            if row is None:
+                return None
+            fds: dict[int, int] = {}
+            try:
+                data = self._read_record(hash_, fds, row)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+            if data is None:
+                return None
+            if seen is None:
+                if len(data) == size:
+                    return False
+            elif data != seen:
+                return False  # stored afresh (or moved intact) since it was read
+            self._keep_quarantined(hash_, data)
+            db.execute("DELETE FROM blocks WHERE hash = ?", (hash_,))
+        return True
+
+    def _keep_quarantined(self, hash_: bytes, data: bytes) -> None:
+        """quarantine/<hex> holding `data`, durably (written under tmp/, then renamed)."""
+        if not os.path.isdir(self._quarantine):
+            os.makedirs(self._quarantine, exist_ok=True)
+            fsync_dir(os.path.dirname(self._quarantine))
+        fd, tmp = tmpfiles.create_locked(
+            lambda: f"{self._tmp}/{hash_.hex()}.q.{os.getpid()}.{next(self._names)}", 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+            os.rename(tmp, f"{self._quarantine}/{hash_.hex()}")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        fsync_dir(self._quarantine)
+
+    def iterate(self, start_after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        """(hash, length) of every packed block in hash order, after `start_after`."""
+        after = start_after or b""
+        while True:
+            with _sql_errors():
+                rows = self._db().execute(
+                    "SELECT hash, length FROM blocks WHERE hash > ? ORDER BY hash LIMIT 1000",
+                    (after,)).fetchall()
+            for h, length in rows:
+                yield bytes(h), length
+            if len(rows) < 1000:
+                return
+            after = bytes(rows[-1][0])
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def usage(self) -> dict[int, tuple[int, int]]:
+        """pack -> (live records, live bytes with headers)."""
+        with _sql_errors():
+            return {pack: (count, live) for pack, count, live in self._db().execute(
+                "SELECT pack, COUNT(*), SUM(length) + COUNT(*) * ? FROM blocks GROUP BY pack",
+                (HEADER.size,))}
+
+    def compact(self, min_garbage: float = 0.25,
+                progress: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Rewrite every sealed pack of which at least `min_garbage` (a share of its size)
+        is dead bytes; a pack with no live record is unlinked.  Returns counts."""
+        report = {"packs": 0, "compacted": 0, "removed": 0, "copied_bytes": 0,
+                  "reclaimed_bytes": 0}
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return report
+        for name in names:
+            if not name.endswith(".pack"):
+                continue
+            report["packs"] += 1
+            try:
+                pack_id = int(name[:-5], 16)
+            except ValueError:
+                continue
+            self._compact_one(pack_id, min_garbage, report)
+        self._shrink_wal()
+        return report
+
+    def _shrink_wal(self) -> None:
+        """Give the index's log back to the disk (what a sweep's deletes grew it by), unless
+        another process is using it right now: then it stays, for a later checkpoint."""
+        db = self._db()
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA busy_timeout=1000")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                db.execute("PRAGMA busy_timeout=120000")
+
+    def _compact_one(self, pack_id: int, min_garbage: float, report: dict[str, int]) -> None:
+        path = self.pack_path(pack_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return  # being written (or compacted by another process)
+                raise
+            if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return  # compacted by another process before we held it
+            size = os.fstat(fd).st_size
+            # Held: no writer appends to it, so no new row can point into it from now on.
+            db = self._db()
+            count, live = self.usage().get(pack_id, (0, 0))
+            if count and (size - live <= 0 or size - live < min_garbage * size):
+                return
+            if count:
+                self._move_live(db, fd, pack_id, report)
+            # Every row that pointed here has moved (or was deleted): the old pack can go.
+            with self._write(db):
+                left = db.execute("SELECT COUNT(*) FROM blocks WHERE pack = ?",
+                                  (pack_id,)).fetchone()[0]
+                if left:
+                    return  # (cannot happen: nothing appends here; kept safe regardless)
+            os.unlink(path)
+            fsync_dir(self.dir)
+            report["compacted" if count else "removed"] += 1
+            report["reclaimed_bytes"] += size - live
+        finally:
+            os.close(fd)
+
+    def _move_live(self, db: sqlite3.Connection, fd: int, pack_id: int,
+                   report: dict[str, int]) -> None:
+        """Copy the live records of the held pack `fd` into this process's pack and move
+        their rows, batch by batch; a row changed meanwhile (deleted, stored anew) stays."""
+        with _sql_errors():
+            rows = db.execute("SELECT hash, offset, length FROM blocks WHERE pack = ? "
+                              "ORDER BY offset", (pack_id,)).fetchall()
+        i = 0
+        while i < len(rows):
+            batch: list[tuple[bytes, int, int]] = []
+            total = 0
+            while i < len(rows) and (not batch or total < _COMPACT_BATCH_BYTES):
+                batch.append(rows[i])
+                total += rows[i][2]
+                i += 1
+            records = [(bytes(h), os.pread(fd, length, offset + HEADER.size))
+                       for h, offset, length in batch]
+            new_pack, offsets = self.append(records)
+            with self._write(db):
+                db.executemany(
+                    "UPDATE blocks SET pack = ?, offset = ? "
+                    "WHERE hash = ? AND pack = ? AND offset = ?",
+                    [(new_pack, new_offset, h, pack_id, offset)
+                     for (h, offset, _), new_offset in zip(batch, offsets, strict=True)])
+            report["copied_bytes"] += total
+
+    def close(self) -> None:
+        with self._append_lock:
+            active, self._active = self._active, None
+            if active is not None and self._pid == os.getpid():
+                if active.users == 0:
+                    os.close(active.fd)
+                else:
+                    active.sealed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for db in conns:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
