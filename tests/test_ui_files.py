@@ -255,7 +255,7 @@ def test_hitting_the_quota_shows_the_message(page: Page, server: PithosServer,
     p.wait(lambda d: "of 1000 B" in p.text("container-usage"),
            message="the container's quota is not shown")
     f = tmp_path / "large.bin"
-    f.write_bytes(b"x" * 5000)
+    f.write_bytes(b"x" * (8 << 20))  # far more than a socket buffer: refused before sent
     p.el("#upload-input").send_keys(str(f))
     message = p.error_says("Over quota")
     assert "quota" in message.lower() and "Traceback" not in message

@@ -79,6 +79,14 @@ def test_create_in_three_clicks_live_state_console_and_actions(page: Page,
     # Followed live by the page's polling: the same page, never reloaded.
     assert p.d.execute_script("return window.pithosTestMark") == "same page"
     p.shot("machines-active")
+    # At phone width: nothing wider than the screen.
+    p.d.set_window_size(390, 844)
+    try:
+        assert p.d.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        p.shot("machines-phone")
+    finally:
+        p.d.set_window_size(1280, 900)
     # The console log, until the guest says it is up.
     def booted(_: object) -> bool:
         p.click('#machines-body button[aria-label^="Console"]')
