@@ -10,6 +10,7 @@ from pithos.api import errors
 from pithos.api.auth import AuthV1, Info, KeystoneVersion, TokenMiddleware
 from pithos.api.body import timed_body
 from pithos.api.context import Services
+from pithos.api.cors import CORSMiddleware
 from pithos.api.images import add_routes as add_image_routes
 from pithos.api.keystone import add_routes as add_keystone_routes
 from pithos.api.openapi import OpenAPIDocument
@@ -63,7 +64,8 @@ class App(falcon.App):
 
 def create_app(services: Services) -> falcon.App:
     # The temporary URL's after the token's: a signed URL acts as its key's account.
-    middleware: list[Any] = [TokenMiddleware(services), TempURLMiddleware(services)]
+    middleware: list[Any] = [TokenMiddleware(services), TempURLMiddleware(services),
+                             CORSMiddleware(services)]
     if services.client_timeout_s is not None:
         middleware.insert(0, BodyTimeout(services.client_timeout_s))
     app = App(middleware=middleware, cors_enable=False)

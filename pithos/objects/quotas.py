@@ -35,7 +35,8 @@ class SwiftQuotas:
         self.catalog = catalog
 
     def meta(self, account: str, container: str) -> dict[str, str]:
-        """The metadata of a container (empty when there is none), for the quota it has."""
+        """The metadata of a container (empty when there is none), for the quotas it has
+        (and the CORS settings, pithos.api.cors)."""
         info = self.catalog.account(account, detail=False)
         found = self.catalog.container(info.id, container) if info is not None else None
         return found.meta if found is not None else {}
