@@ -177,8 +177,11 @@ def test_cookies_headers_and_sign_in(server: PithosServer) -> None:
                          data={"user": "test:tester", "key": "testing"})
     assert form.status_code == 415 and "Set-Cookie" not in form.headers
     # Every UI response carries the policy; no page can be framed.
-    for path in ("/ui/", "/ui/index.html", "/ui/app.js", "/ui/ui.css", "/ui/api/session"):
-        got = requests.get(server.url + path, timeout=T)
+    for path, csrf in (("/ui/", None), ("/ui/index.html", None), ("/ui/app.js", None),
+                       ("/ui/ui.css", None), ("/ui/nope.js", None), ("/ui/api/session", None),
+                       ("/ui/api/session", "forged")):
+        got = requests.get(server.url + path, timeout=T, cookies={"pithos_session": secret},
+                           headers={"X-CSRF-Token": csrf} if csrf else {})
         csp = got.headers["Content-Security-Policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp

@@ -97,6 +97,16 @@ def _secure_headers(resp: falcon.Response) -> None:
     resp.set_header("Cache-Control", "no-store")
 
 
+class SecurityHeaders:
+    """Every response under /ui/ carries SECURITY_HEADERS, refusals too (a 401 or 403 the
+    token middleware answers before any UI resource runs)."""
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        if req.path.startswith("/ui/"):
+            _secure_headers(resp)
+
+
 def _whoami(services: Services, user: UserInfo) -> dict[str, Any]:
     return {"account": user.account, "user": user.name, "admin": user.admin,
             "storage": f"/v1/{RESELLER_PREFIX}{user.account}",
@@ -199,6 +209,7 @@ class Root:
 
 
 def add_routes(app: falcon.App[Any, Any], services: Services) -> None:
+    app.add_middleware(SecurityHeaders())
     static = StaticFiles()
     app.add_route("/", Root())
     app.add_route("/ui/", static)
