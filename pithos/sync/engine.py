@@ -407,7 +407,7 @@ class Engine:
         try:
             self._fill(rel, m, tmp)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)  # give the space back; the download starts over later
             raise
@@ -697,6 +697,8 @@ def _transfer_bytes(a: P.Action) -> int:
 def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "disk full"
+    if exc.errno == errno.EFBIG:
+        return "disk full (the file size limit)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     if exc.errno == errno.ENOENT:
