@@ -30,7 +30,6 @@ from pithos.api.http import (
     x_timestamp,
 )
 from pithos.api.inflate import Inflating, encoding
-from pithos.api.inflate import Inflating, encoding
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.hashing import to_hex

@@ -24,7 +24,6 @@ from pithos.api.http import (
     x_timestamp,
 )
 from pithos.api.inflate import BLOCKS_INFLATED_MAX, MISSING_BODY_MAX, Inflating, encoding
-from pithos.api.inflate import BLOCKS_INFLATED_MAX, MISSING_BODY_MAX, Inflating, encoding
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name
 from pithos.core.hashing import from_hex, to_hex
