@@ -237,3 +237,33 @@ class CommissionProtocol(RuleBasedStateMachine):
 CommissionProtocol.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
                                                 deadline=None)
 test_commission_protocol = CommissionProtocol.TestCase
+
+
+def test_migration_7_makes_todays_usage_the_home_projects_holdings(tmp_path, monkeypatch):
+    """A catalog of schema 6 with data: after the upgrade each account's home project holds
+    what its containers' counters and its images say, and charges go on from there."""
+    from sqlalchemy import create_engine
+
+    from pithos.catalog import schema
+
+    url = f"sqlite:///{tmp_path}/c.sqlite"
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:6])
+    Catalog(url).close()
+    monkeypatch.undo()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # rows as schema 6 kept them (no holdings)
+        conn.execute(schema.accounts.insert().values(id=1, name="old", created=1.0))
+        conn.execute(schema.containers.insert().values(id=1, account_id=1, name="c",
+                                                       created=1.0))
+        conn.execute(schema.container_stats.insert(), [
+            {"container_id": 1, "shard": i, "objects": 1, "bytes": 10} for i in range(8)])
+    engine.dispose()
+    upgraded = Catalog(url)
+    try:
+        held = upgraded.holdings("old")
+        assert (held["bytes"].usage, held["objects"].usage) == (80, 8)
+        put(upgraded, 1, "new", 5)
+        assert upgraded.holdings("old")["bytes"].usage == 85
+        assert upgraded.holdings("old")["objects"].usage == 9
+    finally:
+        upgraded.close()
