@@ -260,6 +260,9 @@ def test_hitting_the_quota_shows_the_message(page: Page, server: PithosServer,
     message = p.error_says("Over quota")
     assert "quota" in message.lower() and "Traceback" not in message
     assert "failed: Over quota" in p.visible("#uploads li.upload").text
+    # The projects' quotas (Astakos' view): the home project's usage is shown.
+    home = p.visible('#project-quota-list li[data-project="test"]').text
+    assert home.startswith("test (home): ") and "bytes" in home, home
     p.shot("files-quota")
     assert requests.get(f"{server.url}/v1/AUTH_test/small/large.bin", headers=h,
                         timeout=T).status_code == 404

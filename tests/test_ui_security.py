@@ -72,6 +72,7 @@ ENDPOINTS = (
     ("PUT", "/v1/AUTH_test/box/moved.txt", {"X-Move-From": "/box/written.txt"}, 201),
     ("DELETE", "/v1/AUTH_test/box/moved.txt", {}, 204),
     ("GET", "/image/v2/images", {}, 200),
+    ("GET", "/account/v1.0/quotas", {}, 200),
 )
 
 
@@ -113,7 +114,8 @@ def test_the_matrix_of_callers_refuses_and_leaks_nothing(server: PithosServer) -
     token2 = requests.get(server.auth_url, timeout=T, headers={
         "X-Auth-User": "test2:tester2", "X-Auth-Key": "testing2"}).headers["X-Auth-Token"]
     for method, path, headers, _ in ENDPOINTS:
-        own_ui = path.startswith("/ui/api/") or path in ("/v1", "/image/v2/images")
+        own_ui = path.startswith("/ui/api/") or path in ("/v1", "/image/v2/images",
+                                                         "/account/v1.0/quotas")
         # No session at all.
         refused(call(server, method, path, headers, None, None), {401})
         # No session, a CSRF token alone (a session's, or made up): still nobody.
@@ -130,10 +132,10 @@ def test_the_matrix_of_callers_refuses_and_leaks_nothing(server: PithosServer) -
             refused(call(server, method, path, headers, owner.cookie, csrf), {403})
         # A session used after signing out (with its right CSRF token): 401.
         refused(call(server, method, path, headers, ended.cookie, ended.csrf), {401})
-        # An API token beside a cookie: the token decides, as the API always did.
-        r = call(server, method, path, headers, owner.cookie, None, token=token2)
+        # An API token beside a cookie: the token decides alone, as the API always did.
+        r = call(server, method, path, headers, owner.cookie, owner.csrf, token=token2)
         if path.startswith("/ui/api/"):
-            refused(r, {403})  # the UI's endpoints take the cookie only: here without CSRF
+            refused(r, {401})  # the UI's endpoints take no token, and the cookie is ignored
         elif not own_ui:
             refused(r, {403})
     # Nothing the refused calls did changed the owner's things.

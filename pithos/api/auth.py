@@ -20,8 +20,9 @@ from pithos.objects import bulk
 # The paths whose requests carry a token: the Swift API, and the OpenStack APIs listed in
 # the Keystone catalog (image, compute).  Auth endpoints, /info and public links take none.
 TOKEN_PREFIXES = ("/v1", "/image/", "/compute/")
-# The web UI's session endpoint: its cookie is read there too (pithos.api.ui).
-COOKIE_PREFIXES = (*TOKEN_PREFIXES, "/ui/api/")
+# Where the web UI's session cookie is read too (pithos.api.ui): its own endpoints, and
+# Astakos' quota view (pithos.api.keystone), which the UI shows.
+COOKIE_PREFIXES = (*TOKEN_PREFIXES, "/ui/api/", "/account/v1.0/")
 
 
 class TokenMiddleware:
@@ -42,9 +43,9 @@ class TokenMiddleware:
             if user is None:
                 raise HTTPStatusError(401, "invalid or expired token")
             req.context.user = user
-        elif not (req.path == "/ui/api/session" and req.method == "POST"):
+        elif not token and not (req.path == "/ui/api/session" and req.method == "POST"):
             # No token: the web UI's session cookie, with its CSRF header (signing in is
-            # the one request that needs neither).
+            # the one request that needs neither).  A token, when sent, decides alone.
             req.context.user = cookie_user(self.services, req)
 
 

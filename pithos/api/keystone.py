@@ -45,6 +45,8 @@ def _projects(services: Services) -> Projects:
 
 def _caller(services: Services, req: falcon.Request) -> UserInfo:
     token = req.get_header("X-Auth-Token")
+    if not token and req.context.user is not None:
+        return req.context.user  # the web UI's session (TokenMiddleware checked its CSRF)
     if not token:
         raise HTTPStatusError(401, "The request you have made requires authentication.")
     user = services.identity.authenticate(token)

@@ -103,10 +103,31 @@ export class Files {
       const h = await api("HEAD", this.account);
       $("account-usage").textContent = quotaText("Account", h.headers.get("X-Account-Bytes-Used"),
                                                  h.headers.get("X-Account-Policy-Quota"));
+      await this.projectQuotas();
     } else {
       $("account-usage").textContent = "";
+      $("project-quotas").hidden = true;
     }
     if (this.container === null && rows.length) this.container = rows[0].name;
+  }
+
+  // Every project the user acts in, each resource's usage against its limit (Astakos'
+  // quota view); the home project is named by the account.
+  async projectQuotas() {
+    const r = await api("GET", "/account/v1.0/quotas");
+    const projects = Object.entries(await r.json());
+    const items = [];
+    for (const [project, resources] of projects) {
+      const label = project === this.who.account ? `${project} (home)` : project;
+      const parts = Object.entries(resources).map(([name, h]) => {
+        const show = (v) => (name === "bytes" ? size(v) : String(v));
+        return h.limit === null || h.limit === undefined ? `${name} ${show(h.usage)}`
+                                                         : `${name} ${show(h.usage)} of ${show(h.limit)}`;
+      });
+      items.push(el("li", { "data-project": project, text: `${label}: ${parts.join(", ")}` }));
+    }
+    $("project-quota-list").replaceChildren(...items);
+    $("project-quotas").hidden = items.length === 0;
   }
 
   async list() {
