@@ -259,7 +259,9 @@ def test_hitting_the_quota_shows_the_message(page: Page, server: PithosServer,
     p.el("#upload-input").send_keys(str(f))
     message = p.error_says("Over quota")
     assert "quota" in message.lower() and "Traceback" not in message
-    assert "failed: Over quota" in p.visible("#uploads li.upload").text
+    failed = p.visible("#uploads li.upload")
+    assert "failed: Over quota" in failed.text and "failed" in failed.get_attribute("class")
+    assert failed.find_element(By.TAG_NAME, "progress").get_attribute("value") == "0"
     # The projects' quotas (Astakos' view): the home project's usage is shown.
     home = p.visible('#project-quota-list li[data-project="test"]').text
     assert home.startswith("test (home): ") and "bytes" in home, home

@@ -229,3 +229,25 @@ def test_every_ui_file_ships_as_package_data() -> None:
         assert any(fnmatch.fnmatch(f"ui_static/{name}", g) for g in globs), name
         assert "." + name.rsplit(".", 1)[-1] in CONTENT_TYPES, f"{name}: a type to serve it as"
     assert sorted(StaticFiles().files) == files
+
+
+def test_secure_cookies_forced_by_the_operator(tmp_path, monkeypatch) -> None:
+    """PITHOS_UI_SECURE_COOKIES=1: Secure even over plain HTTP (a TLS proxy that does not
+    say so), in the app `pithos serve` builds."""
+    from falcon import testing
+
+    from pithos.api.app import create_app
+    from pithos.catalog import local_url
+    from pithos.cli.serve import build_services
+    from pithos.config import Storage
+
+    monkeypatch.setenv("PITHOS_UI_SECURE_COOKIES", "1")
+    data = str(tmp_path / "data")
+    services = build_services(Storage(data, f"file://{data}/blocks", local_url(data)))
+    services.identity.add_user("acct", "me", "secret-key", admin=True)
+    client = testing.TestClient(create_app(services))
+    r = client.simulate_post("/ui/api/session", json={"user": "acct:me", "key": "secret-key"})
+    assert r.status_code == 200
+    assert {c.name: c.secure for c in r.cookies.values()} == {"pithos_session": True,
+                                                               "pithos_csrf": True}
+    assert all(c.http_only == (c.name == "pithos_session") for c in r.cookies.values())

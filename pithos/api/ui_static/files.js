@@ -208,6 +208,9 @@ export class Files {
       await this.list();
       await this.containers();
     } catch (e) {
+      // What was sent is not what was stored: the bar says so, not "100%".
+      item.classList.add("failed");
+      bar.value = 0;
       note.textContent = ` failed: ${e.message}`;
       fail(e);
     }
