@@ -184,11 +184,24 @@ def test_a_missing_block_is_not_found(blocker):
 def test_a_reader_that_stops_early_leaves_nothing_open(blocker):
     data = os.urandom(4 * MIB)
     hash_ = stream(blocker, data)
-    before = len(os.listdir("/proc/self/fd"))
+    path = os.path.realpath(path_of(blocker, hash_))
     parts = blocker.read_parts(hash_)
     assert next(parts) == data[:MIB]
+    assert path in open_files()  # the reader holds the block's file while it reads
     parts.close()
-    assert len(os.listdir("/proc/self/fd")) == before
+    # Which files are open, not how many: other threads of a test worker (pytest-xdist's
+    # channel) open and close descriptors of their own meanwhile.
+    assert path not in open_files()
+
+
+def open_files() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # closed between the listing and the readlink
+    return found
 
 
 def test_an_object_of_streamed_blocks_reads_whole_with_read_ahead(blocker):
