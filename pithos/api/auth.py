@@ -8,7 +8,7 @@ from typing import Any
 
 import falcon
 
-from pithos.api import quotas, tempurl
+from pithos.api import bulk_upload, quotas, tempurl
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.paths import base_url, storage_url
@@ -122,6 +122,7 @@ def info_document(services: Services) -> dict[str, Any]:
         },
         "tempauth": {"account_acls": True},
         "bulk_delete": bulk.limits_info(),
+        "bulk_upload": bulk_upload.info(),
         "tempurl": tempurl.info(),
         "staticweb": {},
         **quotas.info(),

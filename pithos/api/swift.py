@@ -9,7 +9,7 @@ import secrets
 
 import falcon
 
-from pithos.api import bulk, listing, quotas, staticweb, tempurl
+from pithos.api import bulk, bulk_upload, listing, quotas, staticweb, tempurl
 from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -79,6 +79,9 @@ class SwiftSink:
             handler = getattr(self, f"container_{method.lower()}", None)
         else:
             handler = getattr(self, f"account_{method.lower()}", None)
+        if method == "PUT" and bulk_upload.wanted(req) is not None:
+            bulk_upload.extract(self.services, req, resp, target.account, container, obj)
+            return
         if handler is None:
             raise HTTPStatusError(405, f"{method} is not allowed here")
         if container is not None and method in ("GET", "HEAD") and staticweb.applies(req) \
