@@ -8,9 +8,11 @@ from pithos.core.hashing import block_hash
 from tests import block_damage
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "packed"])
 def blocker(request, tmp_path):
-    store = MemoryBlockStore() if request.param == "memory" else LocalBlockStore(tmp_path / "b")
+    # "packed": every small block a record in a pack (pithos.blocker.packs), even alone.
+    store = MemoryBlockStore() if request.param == "memory" else \
+        LocalBlockStore(tmp_path / "b", pack_min_batch=1 if request.param == "packed" else 5)
     b = Blocker(store, block_size=64 * 1024)
     yield b
     b.close()

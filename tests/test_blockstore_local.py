@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pithos.blocker import LocalBlockStore
-from pithos.blocker.local import PACK_MAX
+from pithos.blocker.local import PACK_MAX, PACK_MIN_BATCH
 from pithos.core.offload import Offload
 from tests.blocker_contract import PartsStoreContract, blob
 
@@ -15,13 +15,14 @@ class TestLocalBlockStore(PartsStoreContract):
     def store(self, request, tmp_path):
         # Under a cooperative offload (as under the server), small syncfs puts run in one
         # pool task: those paths, driven from plain threads.  Blocks up to 64 KiB are packed
-        # by default; "files" packs none (the layout before packs), "packed" every block put
-        # whole without an outboard, whatever its size.
+        # by default (in puts of 5 or more); "files" packs none (the layout before packs),
+        # "packed" every block put whole without an outboard, whatever its size or number.
         sync, _, mode = request.param.partition("-")
         pool = ThreadPoolExecutor(max_workers=4) if mode == "cooperative" else None
         offload = Offload(pool, cooperative=True, spawner=pool) if pool is not None else None
         pack_max = {"files": 0, "packed": 1 << 30}.get(mode, PACK_MAX)
-        s = LocalBlockStore(tmp_path / "blocks", sync=sync, offload=offload, pack_max=pack_max)
+        s = LocalBlockStore(tmp_path / "blocks", sync=sync, offload=offload, pack_max=pack_max,
+                            pack_min_batch=1 if mode == "packed" else PACK_MIN_BATCH)
         yield s
         s.close()
         if pool is not None:

@@ -247,7 +247,7 @@ class WritersAndCollectorOnPacks(WritersAndCollector):
     def make_store(self) -> BlockStore:
         # Small packs, so that most are sealed (and compactable) within a few steps.
         return LocalBlockStore(os.path.join(self.dir, "blocks"), io_threads=2,
-                               pack_max=1 << 20, pack_roll_bytes=512)
+                               pack_max=1 << 20, pack_min_batch=1, pack_roll_bytes=512)
 
     @rule(min_garbage=st.sampled_from([0.0, 0.5]))
     def compact(self, min_garbage: float) -> None:

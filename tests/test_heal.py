@@ -134,11 +134,13 @@ def test_a_corrupt_block_heals_when_its_content_is_uploaded_again(pithos_server,
 # -- the blocker alone ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "packed"])
 def blocker(request, tmp_path):
     from pithos.blocker import Blocker, LocalBlockStore, MemoryBlockStore
 
-    store = MemoryBlockStore() if request.param == "memory" else LocalBlockStore(tmp_path / "b")
+    # "packed": every small block a record in a pack (pithos.blocker.packs), even alone.
+    store = MemoryBlockStore() if request.param == "memory" else \
+        LocalBlockStore(tmp_path / "b", pack_min_batch=1 if request.param == "packed" else 5)
     b = Blocker(store)
     yield b
     b.close()

@@ -30,11 +30,13 @@ HASH = block_hash(GOOD)
 
 class QuarantineProtocol(RuleBasedStateMachine):
     local = False
+    pack_min_batch = 5  # (the store's default: a put of one block is a file)
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp() if self.local else None
-        store = LocalBlockStore(self.dir, io_threads=2) if self.dir else MemoryBlockStore()
+        store = LocalBlockStore(self.dir, io_threads=2, pack_min_batch=self.pack_min_batch) \
+            if self.dir else MemoryBlockStore()
         self.blocker = Blocker(store, hash_threads=1)
         self.stored: bytes | None = None  # the model
         self.ever_stored = False
@@ -114,8 +116,14 @@ class LocalQuarantineProtocol(QuarantineProtocol):
     local = True
 
 
-@pytest.mark.parametrize("machine", [QuarantineProtocol, LocalQuarantineProtocol],
-                         ids=["memory", "local"])
+class PackedQuarantineProtocol(QuarantineProtocol):
+    local = True
+    pack_min_batch = 1  # the block is a record in a pack (pithos.blocker.packs)
+
+
+@pytest.mark.parametrize("machine", [QuarantineProtocol, LocalQuarantineProtocol,
+                                     PackedQuarantineProtocol],
+                         ids=["memory", "local", "packed"])
 def test_quarantine_protocol(machine):
     from hypothesis.stateful import run_state_machine_as_test
 

@@ -140,9 +140,11 @@ def test_the_pacer_keeps_the_average_rate_under_its_bound():
     assert unbounded.slept == []
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "packed"])
 def blocker(request, tmp_path):
-    store = MemoryBlockStore() if request.param == "memory" else LocalBlockStore(tmp_path / "b")
+    # "packed": every small block a record in a pack (pithos.blocker.packs), even alone.
+    store = MemoryBlockStore() if request.param == "memory" else \
+        LocalBlockStore(tmp_path / "b", pack_min_batch=1 if request.param == "packed" else 5)
     b = Blocker(store)
     yield b
     b.close()

@@ -96,6 +96,11 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 # Blocks up to this size are packed (pithos.blocker.packs): every CDC chunk (4-64 KiB), small
 # objects and map pages (see benchmarks/README.md, "The packed layout for small blocks").
 PACK_MAX = 64 * 1024
+# ... when a put has at least this many of them: a packed batch pays two syncs (the pack's
+# and the index's commit) where a file per block shares one syncfs, so a put of a few blocks
+# (a small object, its map page) stays files (measured: PUT 4 KiB cost 15% more server CPU
+# packed; benchmarks/README.md).
+PACK_MIN_BATCH = 5
 
 
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
@@ -132,6 +137,7 @@ class LocalBlockStore(PartsStore):
     def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
                  offload: Offload | None = None, sync: str = "syncfs",
                  keep_free_bytes: int = 0, pack_max: int = PACK_MAX,
+                 pack_min_batch: int = PACK_MIN_BATCH,
                  pack_roll_bytes: int = PACK_ROLL_BYTES) -> None:
         """`sync` chooses how a batch is made durable: "file" (fdatasync each new file, fsync
         each directory it was renamed into) or "syncfs" (one syncfs(2) of the whole filesystem
@@ -141,8 +147,9 @@ class LocalBlockStore(PartsStore):
         blocks: deletes on a full disk, pithos/catalog/space.py).  `offload` says where
         blocking file work runs (pithos.core.offload; default: `io_threads` threads of the
         store's own).  Blocks put whole of at most `pack_max` bytes, without an outboard,
-        are packed (0: none; blocks packed before are read whatever it says), in packs
-        of about `pack_roll_bytes` at most."""
+        at least `pack_min_batch` of them in one put, are packed (`pack_max` 0: none;
+        blocks packed before are read whatever it says), in packs of about
+        `pack_roll_bytes` at most."""
         if sync not in ("file", "syncfs"):
             raise InvalidArgument(f"unknown sync mode {sync!r}")
         self.path = os.fspath(path)
@@ -159,6 +166,7 @@ class LocalBlockStore(PartsStore):
         self._outboards = True  # until the filesystem refuses user xattrs
         self.keep_free_bytes = keep_free_bytes
         self.pack_max = pack_max
+        self.pack_min_batch = pack_min_batch
         self._pack_roll_bytes = pack_roll_bytes
         self._packs: Packs | None = None  # opened at the first packed put or read
         self._packs_lock = threading.Lock()
@@ -332,6 +340,9 @@ class LocalBlockStore(PartsStore):
         size = _refresh(path)
         if size == view.nbytes:  # present: refresh its age, keep its bytes
             return os.path.dirname(path), False
+        if size is None and view.nbytes <= self.pack_max and \
+                self._refresh_packed(hash_, view.nbytes):
+            return os.path.dirname(path), False  # packed by an earlier put: refreshed
         if size is not None:  # damaged (see BlockStore.put_many): replaced below
             self._quarantine_one(hash_, None, view.nbytes)
         self._check_room(len(data))
@@ -408,7 +419,7 @@ class LocalBlockStore(PartsStore):
                 # A block with an outboard keeps a file of its own, for reads by parts.
                 packed = [item for item in items if item[0] not in kept
                           and len(memoryview(item[1])) <= self.pack_max]
-                if packed:
+                if packed and len(packed) >= self.pack_min_batch:
                     self._offload.run(self._put_packed, packed)
                     if len(packed) == len(items):
                         return
