@@ -84,16 +84,26 @@ def _processes() -> Iterator[tuple[int, int, bytes, float]]:
         yield int(entry.name), int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def backend_cpu(ceph_conf: str, pg_port: int) -> dict[int, float]:
+def backend_cpu(ceph_conf: str, pg_port: int, database: str | None = None
+                ) -> dict[int, float]:
     """CPU seconds of each storage daemon the scale-out server uses: every process started
     with this ceph.conf (mon, mgr, osd) and the PostgreSQL server on `pg_port` (the
-    postmaster and its children: backends, walwriter, checkpointer...)."""
+    postmaster and its children: backends, walwriter, checkpointer...).  With `database`,
+    only the backends connected to it (`postgres: USER DATABASE ...`) among the backends:
+    the server may also serve others' databases (a test suite running beside)."""
     procs = list(_processes())
     conf = ceph_conf.encode()
     port = f"-p {pg_port} ".encode()
     postmasters = {pid for pid, _, cmd, _ in procs if b"postgres" in cmd and port in cmd + b" "}
+
+    def ours(cmd: bytes) -> bool:
+        words = cmd.split()
+        backend = len(words) >= 4 and words[0] == b"postgres:" and b"(" in words[3]
+        return database is None or not backend or words[2] == database.encode()
+
     return {pid: cpu for pid, ppid, cmd, cpu in procs
-            if (conf in cmd and b"ceph-" in cmd) or pid in postmasters or ppid in postmasters}
+            if (conf in cmd and b"ceph-" in cmd) or pid in postmasters
+            or (ppid in postmasters and ours(cmd))}
 
 
 class ScaleoutPeer(PithosPeer):
@@ -106,13 +116,15 @@ class ScaleoutPeer(PithosPeer):
                          name="scaleout")
         self.ceph_conf = ceph_conf
         self.pg_port = pg_port
+        # Backends of this database only: others may share the PostgreSQL server.
+        self.database = catalog.rsplit("/", 1)[1]
         # Backend CPU as a running sum of per-process increments, so that a daemon restarted
         # meanwhile (its counter starts again from zero) never makes it go backwards.
         self._backend_seen: dict[int, float] = {}
         self._backend_total = 0.0
 
     def cpu_seconds(self) -> float:
-        now = backend_cpu(self.ceph_conf, self.pg_port)
+        now = backend_cpu(self.ceph_conf, self.pg_port, self.database)
         for pid, cpu in now.items():
             self._backend_total += max(0.0, cpu - self._backend_seen.get(pid, 0.0))
         self._backend_seen = now

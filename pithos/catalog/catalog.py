@@ -153,8 +153,13 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         """The account and its container by name, as account(detail=False) and
         container(detail=False) (None for either that does not exist), in one statement;
         the container also tells whether it holds any sharing entry (`has_sharing`)."""
-        rows = self._fetch(h.ACCOUNT_AND_CONTAINER, account=account, container=container)
-        return h.account_and_container(rows[0] if rows else None)
+        def load() -> AccountAndContainer:
+            rows = self._fetch(h.ACCOUNT_AND_CONTAINER, account=account, container=container)
+            return h.account_and_container(rows[0] if rows else None)
+
+        # Cached briefly in a server worker (CatalogEngine._cached_info): found ones only.
+        return self._cached_info(("ac", account, container), load,
+                                 lambda found: found.container is not None)
 
     def _container(self, conn: Connection, account_id: int, name: str,
                    detail: bool = True) -> ContainerInfo | None:
@@ -345,7 +350,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         object, else Conflict: retry); with `move`, that object is deleted in the same
         transaction (a server-side move)."""
         now = time.time()
-        with self._write() as conn:
+        # Changes no account's or container's looked-up columns: the lookups stay cached.
+        with self._write(keeps_info=True) as conn:
             if source is not None:
                 self._check_source(conn, source, source_expect, now)
             if sources:

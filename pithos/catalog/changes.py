@@ -29,6 +29,13 @@ BUMP = (c.update().where(c.c.id == bindparam("container_id"))
 
 MARK = o.update().where(o.c.id == bindparam("object_id")).values(change_seq=bindparam("seq"))
 
+# Both in one statement on PostgreSQL (a data-modifying CTE): every writer of the container
+# waits for its row from the bump to the commit, so a round trip less there is one less for
+# each of them.
+_bump = BUMP.cte("bump")
+BUMP_AND_MARK = (o.update().where(o.c.id == bindparam("object_id"))
+                 .values(change_seq=select(_bump.c.change_seq).scalar_subquery()))
+
 CHANGES = (select(o.c.change_seq, o.c.name, v.c.vid, v.c.size, v.c.etag, v.c.content_type,
                   v.c.created, v.c.deleted, v.c.delete_at)
            .select_from(o.outerjoin(v, v.c.id == o.c.current_id))
@@ -58,6 +65,10 @@ class ChangesMixin(CatalogEngine):
         """Give each (container id, object id) its container's next change number.  Call it
         last in the transaction: it locks the containers rows until the commit."""
         for container_id, object_id in changed:
+            if not self.is_sqlite:
+                self._run_in(conn, BUMP_AND_MARK, {"container_id": container_id,
+                                                   "object_id": object_id})
+                continue
             seq = int(self._fetch_in(conn, BUMP, container_id=container_id)[0][0])
             self._run_in(conn, MARK, {"object_id": object_id, "seq": seq})
 

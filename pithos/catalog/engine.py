@@ -8,9 +8,9 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -31,7 +31,18 @@ from pithos.catalog.wal_sync import WalSync
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 from pithos.core.offload import Offload
 
+T = TypeVar("T")
 STAT_SHARDS = 8
+# A pooled PostgreSQL connection idle for longer than this is pinged before it is used (the
+# server may have closed it meanwhile); one in steady use is not (a ping is a round trip).
+PING_IDLE_S = 1.0
+# How long a server worker trusts an account-and-container lookup it made (as Swift's proxy
+# keeps container info in memcache, there for 60 s): most small requests then ask the
+# database one statement instead of two.  Any other write through the same catalog drops
+# them at once; another process's change (an ACL, a deleted container) is seen at most this
+# late, as a validated token is trusted for 5 s.
+INFO_TTL_S = 1.0
+INFO_MAX_ENTRIES = 4096
 # How long a SQLite connection waits for a lock before giving up with "database is locked".
 BUSY_TIMEOUT_MS = 30000
 
@@ -87,6 +98,75 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         cur.close()
 
 
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections idle longer than PING_IDLE_S only: a
+    pessimistic ping before every checkout cost a small upload two of its round trips.  A
+    connection found dead is replaced before use (DisconnectionError: the pool retries
+    with a new one), so a restarted server still fails no transaction that starts on a
+    connection which sat idle, and one in steady use fails at most the transaction that
+    finds it dead (a transient BackendError, 503 "retry")."""
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkout")
+    def checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get("pithos_used", 0.0) > PING_IDLE_S:
+            try:
+                cur = dbapi_conn.cursor()
+                try:
+                    cur.execute(";")
+                finally:
+                    cur.close()
+                if not dbapi_conn.autocommit:
+                    # The ping began a transaction: the connection goes out idle, as it came.
+                    dbapi_conn.rollback()
+            except Exception as exc:
+                raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+
+    @event.listens_for(engine, "checkin")
+    def checkin(dbapi_conn: Any, record: Any) -> None:
+        record.info["pithos_used"] = time.monotonic()
+
+
+def _gevent_wait(gen: Any, fileno: int, interval: float = 0.0,
+                 timeout: float | None = None) -> Any:
+    """psycopg's wait protocol on gevent's loop: the greenlet waits for the connection's
+    socket with one io watcher on the hub, and the worker's other requests run meanwhile.
+    (psycopg's own choice for a patched process, poll(2) through gevent.select, costs about
+    twice the CPU per round trip.)  The ready mask sent back is the one waited for: libpq
+    takes a spurious readable or writable without harm."""
+    from gevent._hub_primitives import wait_on_watcher
+    from gevent.hub import get_hub
+    from psycopg import waiting
+
+    if timeout is not None:  # (notifies and the like: not the catalog's queries)
+        return waiting.wait_poll(gen, fileno, interval, timeout)
+    loop = get_hub().loop
+    try:
+        state = next(gen)
+        while True:
+            watcher = loop.io(fileno, int(state))
+            try:
+                wait_on_watcher(watcher)
+            finally:
+                watcher.close()
+            state = gen.send(int(state))
+    except StopIteration as ex:
+        return ex.value
+
+
+def cooperative_psycopg() -> None:
+    """psycopg chooses how to wait for the server when it is first imported: in C (poll(2)
+    holding the whole process) unless gevent has patched `select` by then.  `pithos serve`'s
+    master imports it (to open the catalog once) before gunicorn's gevent worker patches,
+    so each worker stopped all its requests for every round trip to PostgreSQL.  Once
+    patched, wait on the hub instead."""
+    from gevent import monkey
+    from psycopg import waiting
+
+    if monkey.is_module_patched("select"):
+        waiting.wait = _gevent_wait
+
+
 def missing_driver(url: str, exc: ImportError) -> str:
     """One line naming the database driver a catalog URL needs and how to install it."""
     scheme = url.split(":", 1)[0]
@@ -112,15 +192,24 @@ class CatalogEngine:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            kwargs.update(pool_size=5, max_overflow=10)
         try:
             self.engine = create_engine(url, **kwargs)
         except ImportError as exc:
             raise BackendError(missing_driver(url, exc)) from None
         except ArgumentError as exc:
             raise InvalidArgument(f"bad catalog URL: {exc}") from None
+        if not self.is_sqlite:
+            _ping_when_idle(self.engine)
+            if offload is not None and offload.cooperative:
+                cooperative_psycopg()
         self._lease_engine: Engine | None = None
         self._read_engine: Engine | None = None
+        # The lookup cache (see INFO_TTL_S): in a server worker only (a cooperative offload),
+        # never in the CLI, gc or tests of the catalog itself.
+        self._info_ttl = INFO_TTL_S if offload is not None and offload.cooperative else 0.0
+        self._info: dict[Any, tuple[float, Any]] = {}
+        self._info_gen = 0
         self._wal_sync: WalSync | None = None
         reserve = None
         if self.is_sqlite:
@@ -167,13 +256,46 @@ class CatalogEngine:
     # Every statement runs inside one of these helpers, which raise the project's errors for
     # the database's (pithos/catalog/db_errors.py): nothing above the catalog sees SQLAlchemy.
 
+    def _cached_info(self, key: Hashable, load: Callable[[], T], keep: Callable[[T], bool]
+                     ) -> T:
+        """`load()`, or what it returned for `key` less than INFO_TTL_S ago in this process
+        (when caching is on and `keep(value)`: found things only, so that a container made
+        by another process is never missed for the TTL).  A value loaded while a write
+        committed is not kept: it may predate the write."""
+        if not self._info_ttl:
+            return load()
+        now = time.monotonic()
+        hit = self._info.get(key)
+        if hit is not None and hit[0] > now:
+            kept: T = hit[1]
+            return kept
+        generation = self._info_gen
+        value = load()
+        if generation == self._info_gen and keep(value):
+            if len(self._info) >= INFO_MAX_ENTRIES:
+                self._info.clear()
+            self._info[key] = (now + self._info_ttl, value)
+        return value
+
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, keeps_info: bool = False) -> Iterator[Connection]:
         """One write transaction, durable when the block exits without an error (every
         write of the catalog goes through here: callers acknowledge what it returns).  A
         full disk raises NoSpace, and nothing was written; a write that conflicts with a
         concurrent one (a unique name taken meanwhile) raises Conflict; the database failing
-        or out of reach, BackendError."""
+        or out of reach, BackendError.  Drops the cached lookups (`_cached_info`) unless
+        `keeps_info`: the write changes no account, container or sharing row's cached
+        columns (a new object version)."""
+        try:
+            with self._write_transaction() as conn:
+                yield conn
+        finally:
+            if not keeps_info and self._info_ttl:
+                self._info_gen += 1
+                self._info.clear()
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
         with self._errors, self.engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
