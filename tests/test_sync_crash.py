@@ -4,6 +4,7 @@ chunks its temporary file already holds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -38,11 +39,15 @@ def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
     raise AssertionError("timed out")
 
 
-def stored_blocks(server) -> int:
-    """Block files in the server's local store."""
+def stored_bytes(server) -> int:
+    """Bytes in the server's local store (block files and packs of small blocks)."""
     root = os.path.join(str(server.data_dir), "blocks")
-    return sum(len(os.listdir(os.path.join(root, d))) for d in os.listdir(root)
-               if len(d) == 2)
+    total = 0
+    for where, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):  # (a temporary file renamed)
+                total += os.stat(os.path.join(where, name)).st_size
+    return total
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -61,11 +66,11 @@ def test_kill_9_mid_upload_then_restart(pithos_server, tmp_path):
     data = random.Random(5).randbytes(SIZE)
     a.write("big.bin", data)
     a.write("small.txt", b"small")
-    before = stored_blocks(pithos_server)
+    before = stored_bytes(pithos_server)
     proc = start(a)
-    # Killed once the server holds 24 MiB of its chunks (in 16 KiB chunks, so at least two of
-    # its 8 MiB ?blocks requests were answered: batches go one after the other).
-    assert wait_for(lambda: stored_blocks(pithos_server) >= before + 1536, proc), \
+    # Killed once the server holds 24 MiB of its chunks (so at least two of its 8 MiB
+    # ?blocks requests were answered: one file's batches go one after the other).
+    assert wait_for(lambda: stored_bytes(pithos_server) >= before + 24 * MiB, proc), \
         proc.communicate()
     assert proc.poll() is None, "the upload ended before the kill: make the file bigger"
     kill(proc)

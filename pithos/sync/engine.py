@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import mimetypes
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pithos.core.files import fsync_dir
 from pithos.core.hashing import block_hash
@@ -46,11 +50,16 @@ from pithos.sync.remote import (
 from pithos.sync.scan import READ_SIZE, Ignore, ScanResult, same_stat, scan
 from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State
 
+T = TypeVar("T")
+
 SMALL_FILE_BYTES = 64 << 10  # uploaded by a plain PUT (the server cuts it as we would)
 STREAM_PUT_MAX_BYTES = 32 << 20  # new content up to this size: one streamed PUT
 BLOCKS_BATCH_BYTES = 8 << 20  # chunks per POST ?blocks
 RANGE_BATCH_BYTES = 16 << 20  # bytes per ranged GET of missing chunks
 MAX_PASSES = 8
+# Uploads in flight at once: while one waits for the server (its fsyncs, its commit), the
+# others send; the server's workers take them side by side.
+UPLOAD_WORKERS = 4
 
 
 class Skip(Exception):
@@ -105,6 +114,8 @@ class Engine:
         self.stats = Stats()
         self.done = 0  # actions carried out (a pass that does none ends the run)
         self._fds: dict[str, int] = {}  # files a download reads chunks from
+        self.upload_workers = UPLOAD_WORKERS
+        self._stats_lock = threading.Lock()
         self.host = socket.gethostname().split(".")[0] or "this device"
 
     def report(self, line: str) -> None:
@@ -209,17 +220,76 @@ class Engine:
         total = sum(_transfer_bytes(a) for a in transfers)
         self.progress.start(total, len(transfers))
         try:
-            for a in actions:
-                self.act(a)
+            self._act_all(actions)
         finally:
             self.progress.stop()
         return actions, result.unknown
 
+    def _act_all(self, actions: list[P.Action]) -> None:
+        """Carry out the actions in order, uploads several at once: each is prepared here
+        (the state database is this thread's), sent on a worker (the file read and the
+        requests) and recorded here when done.  Any other action first waits for the
+        uploads in flight."""
+        if self.upload_workers <= 1:
+            for a in actions:
+                self.act(a)
+            return
+        inflight: dict[Future[tuple[LocalFile, str]], P.Action] = {}
+        with ThreadPoolExecutor(self.upload_workers, "pithos-sync-upload") as pool:
+            try:
+                for a in actions:
+                    if a.kind != P.UPLOAD:
+                        self._reap(inflight, everything=True)
+                        self.act(a)
+                        continue
+                    job = self._guard(a, functools.partial(self._prepare_upload, a))
+                    if job is None:
+                        self.progress.file_done()
+                        continue
+                    inflight[pool.submit(job)] = a
+                    while len(inflight) >= self.upload_workers:
+                        self._reap(inflight, everything=False)
+                self._reap(inflight, everything=True)
+            finally:
+                for f in inflight:
+                    f.cancel()
+
+    def _reap(self, inflight: dict[Future[tuple[LocalFile, str]], P.Action],
+              everything: bool) -> None:
+        """Record the uploads that finished (all of them if `everything`)."""
+        while inflight:
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            for f in done:
+                a = inflight.pop(f)
+
+                def record(f: Future[tuple[LocalFile, str]] = f, a: P.Action = a) -> bool:
+                    self._uploaded(a.path, *f.result())
+                    return True
+
+                if self._guard(a, record):
+                    self.done += 1
+                self.progress.file_done()
+            if not everything:
+                return
+
     def act(self, a: P.Action) -> None:
-        try:
+        def do() -> bool:
             getattr(self, "do_" + a.kind.replace("-", "_"))(a)
-            if a.kind in P.TRANSFERS:
+            return True
+
+        try:
+            if self._guard(a, do) and a.kind in P.TRANSFERS:
                 self.done += 1
+        finally:
+            if a.kind in P.TRANSFERS:
+                self.progress.file_done()
+
+    def _guard(self, a: P.Action, fn: Callable[[], T]) -> T | None:
+        """fn(), or None after one line for a failure of this path alone (it is retried on
+        the next pass); failures that stop everything (the server unreachable or refusing
+        us) go up."""
+        try:
+            return fn()
         except Skip as exc:
             self.report(f"{exc} (skipped, will retry)")
         except PreconditionFailed:
@@ -230,9 +300,11 @@ class Engine:
             self.report(f"{a.describe()}: {exc}")
         except OSError as exc:
             self.report(f"{a.path}: {_os_reason(exc)} (skipped, will retry)")
-        finally:
-            if a.kind in P.TRANSFERS:
-                self.progress.file_done()
+        return None
+
+    def _count_sent(self, n: int) -> None:
+        with self._stats_lock:  # (upload workers add at once)
+            self.stats.sent_bytes += n
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -257,43 +329,53 @@ class Engine:
         return full
 
     def do_upload(self, a: P.Action) -> None:
+        self._uploaded(a.path, *self._prepare_upload(a)())
+
+    def _prepare_upload(self, a: P.Action) -> Callable[[], tuple[LocalFile, str]]:
+        """Journal the upload and read what it needs from the state; the returned job does
+        the rest (reading the file, the requests: no state database) and gives the file as
+        sent and its new ETag, for `_uploaded`."""
         assert a.local is not None
         lf = a.local
         if_match = a.remote.md5 if a.remote is not None else None
         content_type = mimetypes.guess_type(a.path)[0]
         self.state.intend(a.path, "upload", lf.md5)
         if lf.size <= SMALL_FILE_BYTES:
-            # One request: sending a small file costs less than asking what the server has.
-            data = self._read_small(lf)
-            etag = self.remote.put_object(a.path, data, lf.md5, if_match, content_type)
-            self.stats.sent_bytes += len(data)
-            self.progress.advance(len(data))
-        else:
-            lf = self._full(lf)
-            # The chunks of the version last synced are on the server already: ask only
-            # about the others (an edit's ?missing names a few hashes, not the whole file).
-            known = {c.hash for c in self.state.base_chunks(a.path)}
-            unique = {c.hash for c in lf.chunks}
+            def small() -> tuple[LocalFile, str]:
+                # One request: sending a small file costs less than asking what the server
+                # has.
+                data = self._read_small(lf)
+                etag = self.remote.put_object(a.path, data, lf.md5, if_match, content_type)
+                self._count_sent(len(data))
+                self.progress.advance(len(data))
+                return lf, etag
+            return small
+        full = self._full(lf)
+        # The chunks of the version last synced are on the server already: ask only about
+        # the others (an edit's ?missing names a few hashes, not the whole file).
+        known = {c.hash for c in self.state.base_chunks(a.path)}
+
+        def chunked() -> tuple[LocalFile, str]:
+            unique = {c.hash for c in full.chunks}
             ask = [h for h in unique if h not in known]
             wanted = self.remote.missing(ask) if ask else set()
             if len(wanted) == len(unique) and self.remote.cdc and \
-                    lf.size <= STREAM_PUT_MAX_BYTES:
+                    full.size <= STREAM_PUT_MAX_BYTES:
                 # Nothing of it is on the server: one streamed PUT sends the same bytes and
                 # costs the server half (it cuts them as we did).  Only up to a size a
                 # killed run may send again whole: bigger files go in resumable batches.
-                etag = self._stream_put(a.path, lf, if_match, content_type)
-                self._uploaded(a.path, lf, etag)
-                return
-            self._send_missing(lf, wanted)
+                return full, self._stream_put(a.path, full, if_match, content_type)
+            self._send_missing(full, wanted)
             try:
-                etag = self.remote.put_hashmap(a.path, lf.size, lf.chunks, lf.md5, if_match,
-                                               content_type)
+                etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
+                                               if_match, content_type)
             except MissingBlocks as exc:
                 # A collector removed a block between ?missing and the PUT: send it again.
-                self._send_missing(lf, set(exc.hashes))
-                etag = self.remote.put_hashmap(a.path, lf.size, lf.chunks, lf.md5, if_match,
-                                               content_type)
-        self._uploaded(a.path, lf, etag)
+                self._send_missing(full, set(exc.hashes))
+                etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
+                                               if_match, content_type)
+            return full, etag
+        return chunked
 
     def _uploaded(self, rel: str, lf: LocalFile, etag: str) -> None:
         with self.state.transaction():
@@ -332,7 +414,7 @@ class Engine:
             raise Skip(f"{rel} changed while being uploaded") from None
         finally:
             f.close()
-        self.stats.sent_bytes += lf.size
+        self._count_sent(lf.size)
         return etag
 
     def _read_small(self, lf: LocalFile) -> bytes:
@@ -386,7 +468,7 @@ class Engine:
 
     def _post_blocks(self, batch: list[bytes], compress: bool = False) -> None:
         self.remote.put_blocks(batch, compress)
-        self.stats.sent_bytes += sum(len(b) for b in batch)
+        self._count_sent(sum(len(b) for b in batch))
 
     # -- downloads -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -99,13 +100,15 @@ class Remote:
     def __init__(self, creds: Credentials, container: str, timeout_s: float = 120.0) -> None:
         self.creds = creds
         self.container = container
+        # Connections kept: one per upload worker (pithos.sync.engine) and one more.
         self.http = urllib3.PoolManager(
-            num_pools=2, maxsize=2, retries=False,
+            num_pools=2, maxsize=8, retries=False,
             timeout=urllib3.Timeout(connect=min(timeout_s, 30.0), read=timeout_s))
         self.storage_url = ""
         self.token = ""
         self.sent_bytes = 0
         self.received_bytes = 0
+        self._count_lock = threading.Lock()
         self._description: dict[str, Any] | None = None
         self.cdc = False  # the container cuts plain PUTs as this client does (ensure_container)
 
@@ -158,7 +161,8 @@ class Remote:
                 time.sleep(min(0.2 * 2 ** attempt, 5))
                 continue
             if isinstance(body, bytes):
-                self.sent_bytes += len(body)
+                with self._count_lock:  # (several upload workers)
+                    self.sent_bytes += len(body)
             if r.status == 401 and not relogged and retries:
                 relogged = True
                 _drain(r)
@@ -189,7 +193,9 @@ class Remote:
 
     def ensure_container(self) -> None:
         """Create the container if absent, CDC-chunked (X-Container-Policy-Chunking: cdc),
-        so the server cuts a plain PUT of a small file as this client does."""
+        so the server cuts a plain PUT of a small file as this client does.  (Reads the API
+        description too, before upload workers share this client.)"""
+        self.inflates()
         try:
             r = self.request("HEAD", None)
             self.cdc = r.headers.get("X-Container-Policy-Chunking") == "cdc"
@@ -217,7 +223,8 @@ class Remote:
                                      422) from None
             raise
         if not isinstance(data, bytes):
-            self.sent_bytes += size or 0
+            with self._count_lock:
+                self.sent_bytes += size or 0
         return r.headers.get("ETag", md5).strip('"')
 
     def changes(self, cursor: str, limit: int = 1000) -> Iterator[ChangePage]:
