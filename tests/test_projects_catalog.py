@@ -33,18 +33,37 @@ def put(catalog, container_id: int, name: str, size: int):
 
 
 def test_storage_is_charged_to_the_home_project_and_released(catalog, container):
+    """Bytes are those of every version kept (the history too); objects the live ones."""
     _, box = container
     catalog.set_quota("acct", {"bytes": 100})
     put(catalog, box.id, "a", 60)
     with pytest.raises(QuotaExceeded, match="bytes"):
         put(catalog, box.id, "b", 41)
     assert catalog.container(box.account_id, "c").objects == 1  # the refused one left nothing
-    put(catalog, box.id, "a", 100)  # an overwrite is charged its growth only
+    with pytest.raises(QuotaExceeded, match="bytes"):
+        put(catalog, box.id, "a", 41)  # an overwrite keeps the old version: 60 + 41
+    put(catalog, box.id, "a", 40)
     held = catalog.holdings("acct")
     assert (held["bytes"].usage, held["objects"].usage, held["bytes"].limit) == (100, 1, 100)
     catalog.delete_object(box.id, "a")
+    held = catalog.holdings("acct")
+    assert (held["bytes"].usage, held["objects"].usage) == (100, 0)  # its versions are kept
+    assert catalog.purge_history(box.id, "a", time.time() + 1) == 2
     assert catalog.holdings("acct")["bytes"].usage == 0
-    assert catalog.holdings("acct")["objects"].usage == 0
+
+
+def test_a_container_that_keeps_no_history_is_charged_its_current_versions(catalog):
+    acct = catalog.ensure_account("acct")
+    catalog.create_container(acct, "flat", versioning="none")
+    box = catalog.container(acct, "flat")
+    catalog.set_quota("acct", {"bytes": 100})
+    put(catalog, box.id, "a", 60)
+    put(catalog, box.id, "a", 100)  # replaces the 60: its growth only
+    assert catalog.holdings("acct")["bytes"].usage == 100
+    with pytest.raises(QuotaExceeded):
+        put(catalog, box.id, "b", 1)
+    catalog.delete_object(box.id, "a")
+    assert catalog.holdings("acct")["bytes"].usage == 0
 
 
 def test_a_container_of_another_project_charges_that_project(catalog):
@@ -61,8 +80,10 @@ def test_a_container_of_another_project_charges_that_project(catalog):
     assert catalog.holdings("acct")["bytes"].usage == 0
     for name in ("a", "b"):
         catalog.delete_object(box.id, name)
+    assert catalog.holdings(project.id)["bytes"].usage == 12  # the versions are kept
     catalog.delete_container(box.id)
-    assert catalog.holdings(project.id)["objects"].usage == 0
+    held = catalog.holdings(project.id)
+    assert (held["objects"].usage, held["bytes"].usage) == (0, 0)
 
 
 def test_images_count_against_their_project(catalog):
@@ -240,8 +261,9 @@ test_commission_protocol = CommissionProtocol.TestCase
 
 
 def test_migration_7_makes_todays_usage_the_home_projects_holdings(tmp_path, monkeypatch):
-    """A catalog of schema 6 with data: after the upgrade each account's home project holds
-    what its containers' counters and its images say, and charges go on from there."""
+    """A catalog of schema 6 with data: after the upgrade (migrations 7 and 8) each account's
+    home project holds its live objects (the counters) and the bytes of every version kept,
+    and charges go on from there."""
     from sqlalchemy import create_engine
 
     from pithos.catalog import schema
@@ -256,14 +278,21 @@ def test_migration_7_makes_todays_usage_the_home_projects_holdings(tmp_path, mon
         conn.execute(schema.containers.insert().values(id=1, account_id=1, name="c",
                                                        created=1.0))
         conn.execute(schema.container_stats.insert(), [
-            {"container_id": 1, "shard": i, "objects": 1, "bytes": 10} for i in range(8)])
+            {"container_id": 1, "shard": i, "objects": int(i == 0), "bytes": 70 * (i == 0)}
+            for i in range(8)])
+        conn.execute(schema.objects.insert().values(id=1, container_id=1, name="o", uuid="u",
+                                                    current_id=2))
+        conn.execute(schema.versions.insert(), [  # an old version kept, and the current one
+            {"id": i, "object_id": 1, "vid": f"v{i}", "root": ROOT, "size": size, "etag": "e",
+             "content_type": "t", "created": 1.0, "deleted": False}
+            for i, size in ((1, 10), (2, 70))])
     engine.dispose()
     upgraded = Catalog(url)
     try:
         held = upgraded.holdings("old")
-        assert (held["bytes"].usage, held["objects"].usage) == (80, 8)
+        assert (held["bytes"].usage, held["objects"].usage) == (80, 1)
         put(upgraded, 1, "new", 5)
         assert upgraded.holdings("old")["bytes"].usage == 85
-        assert upgraded.holdings("old")["objects"].usage == 9
+        assert upgraded.holdings("old")["objects"].usage == 2
     finally:
         upgraded.close()

@@ -166,3 +166,43 @@ def test_the_openstack_cli_with_a_project_scoped_password_login(server):
     names = {p["Name"] for p in openstack("project", "list")}
     assert {"test", "cli-project"} <= names and "test2" not in names
     assert openstack("user", "show", "tester")["id"] == "test:tester"
+
+
+def test_commissions_a_crashed_create_or_delete_left_are_resolved_by_what_happened(tmp_path):
+    """A process that died between issuing a commission and resolving it: the next one
+    accepts a create whose server row exists and a delete whose row is gone, and rejects the
+    others; fresh ones (another process's, in flight) are left alone."""
+    from compute.db import ComputeDb, Server
+    from compute.service import ComputeService
+    from pithos.catalog import Catalog
+    from pithos.projects import Commissions
+
+    catalog = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
+    db = ComputeDb(f"sqlite:///{tmp_path}/compute.sqlite")
+    try:
+        commissions = Commissions(catalog)
+        service = ComputeService(db, images=None, key="k",  # type: ignore[arg-type]
+                                 commissions=commissions)
+
+        def server(sid: str) -> Server:
+            return Server(id=sid, account="acct", user="u", name=sid, image_id="i",
+                          flavor_id="1", vcpus=2, ram_mib=512, disk_gib=1, host=None,
+                          status="ERROR", task_state=None, fault=None, metadata={},
+                          key_name=None, ssh_port=None, created=0.0, updated=0.0,
+                          launched=None, project="acct")
+
+        made, lost, kept = server("made"), server("lost"), server("kept")
+        db.insert_server(made)
+        db.insert_server(kept)
+        for s in (made, lost):  # creates: made's row exists, lost's never did
+            service._issue(s, "create")
+        service._issue(kept, "delete")  # a delete whose row is still there: did not happen
+        assert catalog.holdings("acct")["vcpus"].pending == 4
+        assert service.resolve_commissions(older_than_s=3600) == 0  # too fresh: in flight
+        assert service.resolve_commissions(older_than_s=0) == 3
+        held = catalog.holdings("acct")
+        assert (held["servers"].usage, held["vcpus"].usage, held["vcpus"].pending) == (1, 2, 0)
+        assert commissions.pending() == []
+    finally:
+        db.close()
+        catalog.close()

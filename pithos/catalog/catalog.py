@@ -238,20 +238,25 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 s.objects.c.container_id == container_id).limit(1)).first()
             if live is not None:
                 raise Conflict("container not empty")
-            # What its counters still hold (objects expired and not reaped yet) leaves its
-            # project's usage with it.
-            left = conn.execute(select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
-                                       func.coalesce(func.sum(s.container_stats.c.bytes), 0))
-                                .where(s.container_stats.c.container_id == container_id)).one()
-            self._charge_container(conn, container_id, -int(left[0]), -int(left[1]), False)
+            # What it still holds (its versions kept, objects expired and not reaped yet)
+            # leaves its project's usage with it.
+            objects, kept = self._container_holds(conn, container_id)
+            self._charge_container(conn, container_id, -objects, -kept, False)
             conn.execute(delete(s.containers).where(s.containers.c.id == container_id))
+
+    def _container_holds(self, conn: Connection, container_id: int) -> tuple[int, int]:
+        """(objects its counters count, bytes its versions hold): its project's charge."""
+        objects = conn.execute(select(func.coalesce(func.sum(s.container_stats.c.objects), 0))
+                               .where(s.container_stats.c.container_id == container_id)
+                               ).scalar_one()
+        kept = conn.execute(select(func.coalesce(func.sum(s.versions.c.size), 0))
+                            .select_from(s.versions.join(s.objects))
+                            .where(s.objects.c.container_id == container_id)).scalar_one()
+        return int(objects), int(kept)
 
     def _move_container(self, conn: Connection, container_id: int,
                         project_id: str | None) -> None:
-        left = conn.execute(select(func.coalesce(func.sum(s.container_stats.c.objects), 0),
-                                   func.coalesce(func.sum(s.container_stats.c.bytes), 0))
-                            .where(s.container_stats.c.container_id == container_id)).one()
-        objects, size = int(left[0]), int(left[1])
+        objects, size = self._container_holds(conn, container_id)
         self._charge_container(conn, container_id, -objects, -size, False)
         conn.execute(update(s.containers).where(s.containers.c.id == container_id)
                      .values(project_id=project_id))
@@ -381,8 +386,13 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             policy = h.container_policy(
                 self._fetch_in(conn, h.CONTAINER_POLICY, container_id=container_id)[0])
             self._check_quota(conn, container_id, size - (old_size or 0), policy)
+            # The project holds every version kept: this one more, less those a container
+            # that keeps no history drops now.
+            dropped = (self._history_bytes(conn, obj_id, version_id)
+                       if policy.versioning == "none" else 0)
             self._count(conn, container_id, 0 if old_size is not None else 1,
-                        size - (old_size or 0), check=True, project_id=policy.project_id)
+                        size - (old_size or 0), check=True, project_id=policy.project_id,
+                        kept=size - dropped)
             self._drop_history_unless_kept(conn, container_id, obj_id, version_id,
                                            policy.versioning)
             changed = [(container_id, obj_id)]
@@ -439,16 +449,25 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         return int(obj_id), uuid, int(size), etag
 
     def _count(self, conn: Connection, container_id: int, objects: int, size: int,
-               check: bool = False, project_id: str | None = None) -> None:
-        """Change the container's counters and charge its project the same (`check`: a
-        charge past the project's limit is QuotaExceeded, for a new version; `project_id`:
-        the container's project, if read already)."""
-        if objects == 0 and size == 0:
-            return
-        self._run_in(conn, h.COUNT, {"container_id": container_id,
-                                     "shard": random.randrange(STAT_SHARDS),
-                                     "add_objects": objects, "add_bytes": size})
-        self._charge_container(conn, container_id, objects, size, check, project_id)
+               check: bool = False, project_id: str | None = None, kept: int = 0) -> None:
+        """Change the container's counters (live objects, their current bytes) and charge
+        its project the objects and `kept`, the change of the bytes its versions hold
+        (every version kept: the current ones and the history).  `check`: a charge past the
+        project's limit is QuotaExceeded (a new version); `project_id`: the container's
+        project, if read already."""
+        if objects or size:
+            self._run_in(conn, h.COUNT, {"container_id": container_id,
+                                         "shard": random.randrange(STAT_SHARDS),
+                                         "add_objects": objects, "add_bytes": size})
+        if objects or kept:
+            self._charge_container(conn, container_id, objects, kept, check, project_id)
+
+    def _history_bytes(self, conn: Connection, object_id: int, current_id: int) -> int:
+        """The bytes an object's versions other than `current_id` hold (deletion markers
+        hold none)."""
+        return int(conn.execute(select(func.coalesce(func.sum(s.versions.c.size), 0)).where(
+            and_(s.versions.c.object_id == object_id, s.versions.c.id != current_id))
+        ).scalar_one())
 
     def update_object_meta(self, container_id: int, name: str,
                            meta: Mapping[str, Mapping[str, str]], *,
@@ -516,8 +535,11 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         # Its public link dies with it: an object later put under the same name (the same
         # objects row) is not published by the link of the one deleted.
         conn.execute(delete(s.public_links).where(s.public_links.c.object_id == object_id))
-        self._count(conn, container_id, -1, -size)
-        self._drop_history_unless_kept(conn, container_id, object_id, int(marker))
+        versioning = conn.execute(select(s.containers.c.versioning)
+                                  .where(s.containers.c.id == container_id)).scalar()
+        dropped = self._history_bytes(conn, object_id, int(marker)) if versioning == "none" else 0
+        self._count(conn, container_id, -1, -size, kept=-dropped)
+        self._drop_history_unless_kept(conn, container_id, object_id, int(marker), versioning)
 
     def _drop_history_unless_kept(self, conn: Connection, container_id: int, object_id: int,
                                   current_id: int, versioning: Any = ASK) -> None:
@@ -565,14 +587,17 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         of the whole container; returns how many.  Their blocks become garbage."""
         o, v = s.objects, s.versions
         with self._write() as conn:
-            q = select(v.c.id).select_from(o.join(v, v.c.object_id == o.c.id)).where(and_(
-                o.c.container_id == container_id, v.c.created < until,
-                or_(o.c.current_id.is_(None), v.c.id != o.c.current_id)))
+            q = select(v.c.id, v.c.size).select_from(o.join(v, v.c.object_id == o.c.id)).where(
+                and_(o.c.container_id == container_id, v.c.created < until,
+                     or_(o.c.current_id.is_(None), v.c.id != o.c.current_id)))
             if name is not None:
                 q = q.where(o.c.name == name)
-            ids = list(conn.execute(q).scalars())
+            rows = conn.execute(q).all()
+            ids = [r.id for r in rows]
             for i in range(0, len(ids), 500):
                 conn.execute(delete(s.versions).where(s.versions.c.id.in_(ids[i:i + 500])))
+            # What they held leaves the container's project.
+            self._charge_container(conn, container_id, 0, -sum(r.size for r in rows), False)
             return len(ids)
 
     @recovery_write
@@ -604,6 +629,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 return
             conn.execute(delete(v).where(v.c.id == version_id))
             if row.current_id != version_id:
+                self._charge_container(conn, row.container_id, 0, -row.size, False)
                 return
             prev = conn.execute(select(v.c.id, v.c.size, v.c.deleted)
                                 .where(v.c.object_id == row.object_id)
@@ -612,7 +638,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                          .values(current_id=prev.id if prev else None))
             live_before = prev is not None and not prev.deleted
             self._count(conn, row.container_id, 0 if live_before else -1,
-                        (prev.size if live_before else 0) - row.size)
+                        (prev.size if live_before else 0) - row.size, kept=-row.size)
             self._changed(conn, [(row.container_id, row.object_id)])
 
     def list_objects(self, container_id: int, prefix: str = "", marker: str = "",

@@ -415,6 +415,19 @@ def _v7(conn: Connection) -> None:
         "ON i.account_id = a.id GROUP BY a.name"))
 
 
+
+def _v8(conn: Connection) -> None:
+    # A project's `bytes` holds every version kept (the history too), not only the current
+    # versions migration 7 took from the counters: recomputed from the versions, per
+    # project (a container's own, else its account's home project).
+    conn.execute(text(
+        "UPDATE project_holdings SET usage = (SELECT COALESCE(SUM(v.size), 0) FROM versions v "
+        "JOIN objects o ON o.id = v.object_id JOIN containers c ON c.id = o.container_id "
+        "JOIN accounts a ON a.id = c.account_id "
+        "WHERE COALESCE(c.project_id, a.name) = project_holdings.project_id) "
+        "WHERE resource = 'bytes'"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -423,6 +436,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _v5),
     (6, _v6),
     (7, _v7),
+    (8, _v8),
 ]
 LATEST = MIGRATIONS[-1][0]
 
