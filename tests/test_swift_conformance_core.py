@@ -201,3 +201,14 @@ def test_path_listing_names_directory_markers_directly_under_it(pithos_server):
     me = login(pithos_server)  # (swiftclient drops an empty path)
     top = request(pithos_server, "GET", f"{me.path}/paths?path=&format=json", token=me.token)
     assert [o["name"] for o in top.json()] == ["dir1/", "file1"]
+
+
+def test_unknown_storage_policy_is_400(pithos_server):
+    me = login(pithos_server)
+    r = request(pithos_server, "PUT", f"{me.path}/policied", token=me.token,
+                headers={"X-Storage-Policy": "gold"})
+    assert r.status == 400 and b"Invalid X-Storage-Policy" in r.body
+    assert request(pithos_server, "HEAD", f"{me.path}/policied", token=me.token).status == 404
+    r = request(pithos_server, "PUT", f"{me.path}/policied", token=me.token,
+                headers={"X-Storage-Policy": "default"})
+    assert r.status == 201
