@@ -22,6 +22,12 @@ from pithos.mapper.streams import read_chunks
 from pithos.objects.service import BodyReader, ObjectService
 
 HASHMAP_PAGE = 10000  # hashes per page of a hashmap GET
+# Blocks of a POST ?blocks stored per put_many (one data sync and one index commit each):
+# up to this many, or this many bytes, whichever comes first: 8 blocks of 4 MiB as before,
+# and a few hundred content-defined chunks instead of 8 (a sync per 128 KiB of 16 KiB
+# chunks; the sync bench's first sync at --scale 0.25, same session: 11.5 s -> 9.7 s).
+STORE_BATCH_BLOCKS = 256
+STORE_BATCH_BYTES = 32 * 1024 * 1024
 
 
 class MissingBlocks(Conflict):
@@ -106,12 +112,14 @@ class Hashmaps:
             chunks = read_chunks(reader, bs)  # type: ignore[arg-type]
         hashes: list[bytes] = []
         batch: list[bytes] = []
+        batch_bytes = 0
         blocker = self.mapper.blocker
         for chunk in chunks:
             batch.append(chunk)
-            if len(batch) >= 8:
+            batch_bytes += len(chunk)
+            if len(batch) >= STORE_BATCH_BLOCKS or batch_bytes >= STORE_BATCH_BYTES:
                 hashes.extend(blocker.put_many(batch))
-                batch = []
+                batch, batch_bytes = [], 0
         if batch:
             hashes.extend(blocker.put_many(batch))
         reader.finish()
