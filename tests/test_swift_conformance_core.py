@@ -212,3 +212,6 @@ def test_unknown_storage_policy_is_400(pithos_server):
     r = request(pithos_server, "PUT", f"{me.path}/policied", token=me.token,
                 headers={"X-Storage-Policy": "default"})
     assert r.status == 201
+    r = request(pithos_server, "PUT", f"{me.path}/policied-too", token=me.token,
+                headers={"X-Storage-Policy": ""})  # (empty: the default, as Swift's)
+    assert r.status == 201

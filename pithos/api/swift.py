@@ -186,8 +186,9 @@ class SwiftSink:
         user = req.context.user
         info = self.authz.account(user, t.account, Action.CONTAINER_WRITE)
         storage_policy = req.get_header("X-Storage-Policy")
-        if storage_policy is not None and storage_policy.strip().lower() != "default":
-            # One storage policy, /info's "default"; Swift refuses a name it does not have.
+        if storage_policy and storage_policy.strip().lower() != "default":
+            # One storage policy, /info's "default" (an empty value names it too); Swift
+            # refuses a name it does not have.
             raise HTTPStatusError(400, f"Invalid X-Storage-Policy {storage_policy!r}")
         meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
         policy = self._container_policy(req, user, info)
