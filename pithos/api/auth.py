@@ -8,7 +8,7 @@ from typing import Any
 
 import falcon
 
-from pithos.api import bulk_upload, quotas, tempurl
+from pithos.api import bulk_upload, formpost, quotas, tempurl
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.paths import base_url, storage_url
@@ -124,6 +124,7 @@ def info_document(services: Services) -> dict[str, Any]:
         "bulk_delete": bulk.limits_info(),
         "bulk_upload": bulk_upload.info(),
         "tempurl": tempurl.info(),
+        "formpost": formpost.info(),
         "staticweb": {},
         **quotas.info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},

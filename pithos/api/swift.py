@@ -9,7 +9,7 @@ import secrets
 
 import falcon
 
-from pithos.api import bulk, bulk_upload, listing, quotas, staticweb, tempurl
+from pithos.api import bulk, bulk_upload, formpost, listing, quotas, staticweb, tempurl
 from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -41,6 +41,7 @@ class SwiftSink:
         self.authz = services.objects.authz
         self.objects = ObjectHandlers(services)
         self.web = staticweb.StaticWeb(services, self.objects)
+        self.form = formpost.FormPost(services)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
         raw = path_info(req.env)
@@ -81,6 +82,10 @@ class SwiftSink:
             handler = getattr(self, f"account_{method.lower()}", None)
         if method == "PUT" and bulk_upload.wanted(req) is not None:
             bulk_upload.extract(self.services, req, resp, target.account, container, obj)
+            return
+        if method == "POST" and container is not None and \
+                (boundary := formpost.boundary_of(req)) is not None:
+            self.form.handle(req, resp, boundary)
             return
         if handler is None:
             raise HTTPStatusError(405, f"{method} is not allowed here")

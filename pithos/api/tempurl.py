@@ -111,10 +111,10 @@ def signature(key: str, method: str, expires: int, path: str, algo: str,
     message = f"{method}\n{expires}\n{path}"
     if ip_range:
         message = f"ip={ip_range}\n{message}"
-    return hmac.new(_key_bytes(key), message.encode(), algo).digest()
+    return hmac.new(key_bytes(key), message.encode(), algo).digest()
 
 
-def _key_bytes(key: str) -> bytes:
+def key_bytes(key: str) -> bytes:
     """A key as the client sent it: metadata keeps header values as WSGI hands them over
     (latin-1 characters, one per byte of the UTF-8 sent)."""
     try:
