@@ -197,6 +197,16 @@ def test_keys_are_the_owners_secret(pithos_server, me):
     assert r.status == 204 and "x-container-meta-temp-url-key" not in r.headers
 
 
+def test_container_root_is_no_temp_urls(pithos_server, me):
+    # A signed empty prefix lets in the objects, not the container's own GET/HEAD (that is a
+    # static web site's listing only): the 401 carries nothing of the container.
+    for method in ("GET", "HEAD"):
+        url = signed(me, method, "tu/o", prefix="").replace("/tu/o?", "/tu?")
+        r = request(pithos_server, method, url)
+        assert r.status == 401
+        assert not any(k.startswith("x-container-") for k in r.headers), r.headers
+
+
 def test_info_lists_tempurl(pithos_server):
     r = request(pithos_server, "GET", "/info")
     info = r.json()["tempurl"]

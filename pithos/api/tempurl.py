@@ -127,6 +127,18 @@ def disposition(kind: str, filename: str) -> str:
     return f"{kind}; filename=\"{quote(filename, safe=' /')}\"; filename*=UTF-8''{quote(filename)}"
 
 
+def _invalid(req: falcon.Request, resp: falcon.Response) -> None:
+    """Turn an answer the URL may not have into Swift's 401, made afresh: nothing of what
+    the handler prepared (a container's metadata, counts) goes out with it."""
+    for name in list(resp.headers):
+        if name.lower() not in ("x-trans-id", "x-openstack-request-id"):
+            resp.delete_header(name)
+    resp.status = falcon.HTTP_401
+    resp.content_type = "text/plain; charset=utf-8"
+    resp.text = INVALID if req.method != "HEAD" else None
+    resp.stream = None
+
+
 class TempURLMiddleware:
     """Falcon middleware, after the token's: a signed request gets its ScopedUser on
     `req.context.user` (and `req.context.tempurl` set), a badly signed one 401."""
@@ -222,10 +234,7 @@ class TempURLMiddleware:
         if status == 403:
             # A refusal inside the scope (a large object's segments elsewhere): as Swift's
             # tempurl, which answers anything it does not authorize with its 401.
-            resp.status = falcon.HTTP_401
-            resp.content_type = "text/plain; charset=utf-8"
-            resp.text = INVALID if req.method != "HEAD" else None
-            resp.stream = None
+            _invalid(req, resp)
             return
         for name in list(resp.headers):
             lower = name.lower()
@@ -237,10 +246,7 @@ class TempURLMiddleware:
         # serves to a temporary URL, inline, as Swift's.
         web = getattr(req.context, "web_generated", False)
         if root and not web:
-            resp.status = falcon.HTTP_401
-            resp.content_type = "text/plain; charset=utf-8"
-            resp.text = INVALID if req.method != "HEAD" else None
-            resp.stream = None
+            _invalid(req, resp)
             return
         filename = req.get_param("filename")
         inline = web or "inline" in req.params
