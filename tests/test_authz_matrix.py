@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
+import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +116,17 @@ KEYSTONE = json.dumps({"auth": {"identity": {"methods": ["password"], "password"
     "}", "}}").replace("{{user}}", "{user}").replace("{{key}}", "{key}")
 
 TEMPURL_KEY = "matrix-tempurl-key"
+
+
+def _tar(name: str) -> str:
+    """A tar archive of one file `name` (b"x"), as a row's body (ASCII: braces doubled)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    return out.getvalue().decode("ascii").replace("{", "{{").replace("}", "}}")
+
 
 # The web UI's sign-in body (account:user and key), formatted as KEYSTONE.
 UI_SIGNIN = json.dumps({"user": "{user}", "key": "{key}"}).replace("{", "{{").replace(
@@ -275,8 +288,10 @@ ROWS: tuple[Row, ...] = (
                          "404 404 200:hello 200:hello 200:hello")),
     row("a-delete", V1_ACCOUNT, "DELETE", A, "405 401 405 405 405 405 405 405 405 405"),
     row("a-put", V1_ACCOUNT, "PUT", A, "405 401 405 405 405 405 405 405 405 405"),
+    # Extraction answers 200 with a status per file (Swift's): here a top-level file, which
+    # names no container (listed 400), for every caller who logged in.
     row("a-put-extract-archive", V1_ACCOUNT, "PUT", A + "?extract-archive=tar",
-        "405 401 405 405 405 405 405 405 405 405"),
+        "401 401 200 200 200 200 200 401 200 200", body=_tar("toplevel")),
     row("a-copy", V1_ACCOUNT, "COPY", A, "405 401 405 405 405 405 405 405 405 405"),
     # -- a container: listing needs a read ACL (or .rlistings), changes the account's admin;
     # a sharee lists what is shared with it -------------------------------------------------
@@ -304,8 +319,10 @@ ROWS: tuple[Row, ...] = (
         headers={"X-Container-Meta-Color": "blue"}),
     row("c-put-new", V1_CONTAINER, "PUT", C + "-new", "401 401 403 403 403 403 201 401 403 403",
         after=("HEAD", C + "-new", "404 404 404 404 404 404 204 404 404 404")),
+    # Each file is written with the caller's rights: refused ones are listed in the 200.
     row("c-put-extract-archive", V1_CONTAINER, "PUT", C + "?extract-archive=tar",
-        "401 401 403 403 403 403 202 401 403 403"),
+        "401 401 200 200 200 200 200 401 200 200", body=_tar("tar-new"),
+        after=("HEAD", C + "/tar-new", "404 404 404 404 404 200 200 404 404 404")),
     row("c-put-acl", V1_CONTAINER, "PUT", C, "401 401 403 403 403 403 202 401 403 403",
         headers={"X-Container-Read": "*"}),
     row("c-post-meta", V1_CONTAINER, "POST", C, "401 401 403 403 403 403 204 401 403 403",
