@@ -102,7 +102,7 @@ class Remote:
         self.container = container
         # Connections kept: one per upload worker (pithos.sync.engine) and one more.
         self.http = urllib3.PoolManager(
-            num_pools=2, maxsize=8, retries=False,
+            num_pools=2, maxsize=10, retries=False,
             timeout=urllib3.Timeout(connect=min(timeout_s, 30.0), read=timeout_s))
         self.storage_url = ""
         self.token = ""
