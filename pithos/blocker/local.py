@@ -565,25 +565,26 @@ class LocalBlockStore(PartsStore):
         return _LocalParts(self._reads, fd, direct_fd, size, outboard)
 
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
-        unique = list(dict.fromkeys(hashes))
-        present = self._map(lambda h: os.path.exists(self._path(h)), unique)
-        absent = [h for h, here in zip(unique, present, strict=True) if not here]
-        packed = self._packed_rows(absent)
-        return [h for h in absent if h not in packed]
+        # The index first, in one look-up: a batch of packed blocks (a CDC upload's) would
+        # otherwise cost a file look-up on the pool per block.
+        packed = self._packed_rows(list(dict.fromkeys(hashes)))
+        rest = [h for h in dict.fromkeys(hashes) if h not in packed]
+        present = self._map(lambda h: os.path.exists(self._path(h)), rest)
+        return [h for h, here in zip(rest, present, strict=True) if not here]
 
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
 
         try:
-            sizes = self._map(lambda h: _refresh(self._path(h)), unique)
-            absent = [h for h, size in zip(unique, sizes, strict=True) if size is None]
             packs = self._packs_ro()
-            if packs is not None and absent:
-                refreshed = set(self._offload.run(packs.refresh, absent))
-                absent = [h for h in absent if h not in refreshed]
+            packed = self._packed_rows(unique)
+            refreshed = set(self._offload.run(packs.refresh, list(packed))) \
+                if packs is not None and packed else set()
+            rest = [h for h in unique if h not in refreshed]
+            sizes = self._map(lambda h: _refresh(self._path(h)), rest)
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
-        return absent
+        return [h for h, size in zip(rest, sizes, strict=True) if size is None]
 
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)
@@ -755,11 +756,11 @@ class LocalBlockStore(PartsStore):
             except FileNotFoundError:
                 return None
 
-        found = self._map(one, hashes)
-        rows = self._packed_rows([h for h, size in zip(hashes, found, strict=True)
-                                  if size is None])
-        return [size if size is not None or h not in rows else rows[h][2]
-                for h, size in zip(hashes, found, strict=True)]
+        rows = self._packed_rows(list(dict.fromkeys(hashes)))  # (first: see `missing`)
+        rest = [h for h in dict.fromkeys(hashes) if h not in rows]
+        found: dict[bytes, int | None] = {h: row[2] for h, row in rows.items()}
+        found.update(zip(rest, self._map(one, rest), strict=True))
+        return [found[h] for h in hashes]
 
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
         now = time.time()
@@ -770,11 +771,12 @@ class LocalBlockStore(PartsStore):
             except FileNotFoundError:
                 return None
 
-        found = self._map(one, hashes)
-        rows = self._packed_rows([h for h, age in zip(hashes, found, strict=True)
-                                  if age is None])
-        return [age if age is not None or h not in rows else max(0.0, now - rows[h][3])
-                for h, age in zip(hashes, found, strict=True)]
+        rows = self._packed_rows(list(dict.fromkeys(hashes)))  # (first: see `missing`)
+        rest = [h for h in dict.fromkeys(hashes) if h not in rows]
+        found: dict[bytes, float | None] = {h: max(0.0, now - row[3])
+                                            for h, row in rows.items()}
+        found.update(zip(rest, self._map(one, rest), strict=True))
+        return [found[h] for h in hashes]
 
     def close(self) -> None:
         if self._packs is not None:

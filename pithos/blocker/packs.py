@@ -145,6 +145,9 @@ class Packs:
                 # The WAL is cut back to this after a checkpoint (it would stay at its
                 # largest): the room it took is the disk's again.
                 db.execute("PRAGMA journal_size_limit=4194304")
+                # A connection per thread (up to a pool's worth): each keeps a small cache of
+                # its own; the kernel's page cache holds the index for all of them.
+                db.execute("PRAGMA cache_size=-1024")
             self._local.db = db
             with self._conns_lock:
                 self._conns.append(db)
