@@ -346,3 +346,38 @@ def test_volume_written_snapshotted_and_cloned_with_gc_in_a_loop(tmp_path):
                 assert hashlib.md5(out.read_bytes()).hexdigest() == digests[f"snap-{n}"], name
                 out.unlink()
     assert_fsck_clean(flags)
+
+
+# -- Swift's versioned writes ---------------------------------------------------------------------
+
+
+def test_versioned_writes_and_restores_with_gc_in_a_loop(tmp_path):
+    """X-Versions-Location: each overwrite archives the current version as a copy of its map
+    (nothing re-sent), each DELETE restores the newest archived one as another copy and
+    deletes it from the archive (garbage for the collector, but the restored object names the
+    same map): every acknowledged current and archived version reads back whole."""
+    server = PithosServer(tmp_path / "data")
+    try:
+        client = Client(server, login(server))
+        assert client.request("PUT", "/vw-archive")[0] == 201
+        assert client.request("PUT", "/vw", headers={"X-Versions-Location": "vw-archive"}
+                              )[0] == 201
+        rng = random.Random(11)
+        bodies = [rng.randbytes(rng.choice((3000, 5 * MiB + 17))) for _ in range(10)]
+        with gc_loop(server.storage_flags):
+            for body in bodies:
+                assert client.request("PUT", "/vw/o", body)[0] == 201
+                time.sleep(0.3)
+            for _ in range(4):
+                assert client.request("DELETE", "/vw/o")[0] == 204
+                time.sleep(0.3)
+        status, listing = client.request("GET", "/vw-archive?format=json")
+        assert status == 200
+        archived = [row["name"] for row in json.loads(listing)]
+        assert len(archived) == len(bodies) - 5
+        check_http([client], {"/vw/o": bodies[-5],
+                              **{f"/vw-archive/{n}": b for n, b in zip(archived, bodies,
+                                                                         strict=False)}})
+        assert_fsck_clean(server.storage_flags)
+    finally:
+        server.stop()

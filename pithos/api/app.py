@@ -14,7 +14,9 @@ from pithos.api.cors import CORSMiddleware
 from pithos.api.images import add_routes as add_image_routes
 from pithos.api.keystone import add_routes as add_keystone_routes
 from pithos.api.openapi import OpenAPIDocument
+from pithos.api.subrequest import Gatekeeper, sysmeta_out
 from pithos.api.swift import SwiftSink
+from pithos.api.symlink import Symlinks
 from pithos.api.tempurl import TempURLMiddleware
 from pithos.api.ui import add_routes as add_ui_routes
 
@@ -54,12 +56,24 @@ class App(falcon.App):
     out, as Swift's HeaderKeyDict does it.  (Non-ASCII names are left alone: str.title() may
     change their length.)"""
 
-    def __call__(self, env: dict[str, Any], start_response: Any) -> Any:  # type: ignore[override]
-        def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(
-                status, [(k.title() if k.isascii() else k, v) for k, v in headers], exc_info)
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        # Swift's middleware, as WSGI layers in front of the API (Swift's pipeline order:
+        # the gatekeeper first, symlinks last); each asks the layers below it.
+        self._layers = Gatekeeper(Symlinks(self._api))
 
-        return super().__call__(env, titled)
+    def _api(self, env: dict[str, Any], start_response: Any) -> Any:
+        def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, sysmeta_out(env, headers, _title), exc_info)
+
+        return falcon.App.__call__(self, env, titled)
+
+    def __call__(self, env: dict[str, Any], start_response: Any) -> Any:  # type: ignore[override]
+        return self._layers(env, start_response)
+
+
+def _title(name: str) -> str:
+    return name.title() if name.isascii() else name
 
 
 def create_app(services: Services) -> falcon.App:

@@ -8,7 +8,7 @@ from typing import Any
 
 import falcon
 
-from pithos.api import bulk_upload, formpost, quotas, tempurl
+from pithos.api import bulk_upload, formpost, quotas, symlink, tempurl, versioned_writes
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.paths import base_url, storage_url
@@ -127,6 +127,8 @@ def info_document(services: Services) -> dict[str, Any]:
         "formpost": formpost.info(),
         "staticweb": {},
         **quotas.info(),
+        "symlink": symlink.info(),
+        "versioned_writes": versioned_writes.info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 

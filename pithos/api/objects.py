@@ -33,7 +33,15 @@ from pithos.api.inflate import Inflating, encoding
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.hashing import to_hex
-from pithos.objects import AccountInfo, ContainerInfo, Expect, ObjectVersion, UserInfo, names
+from pithos.objects import (
+    AccountInfo,
+    ContainerInfo,
+    Expect,
+    ObjectVersion,
+    UserInfo,
+    names,
+    versioned_writes,
+)
 from pithos.objects.acl import Action
 from pithos.objects.hashmaps import HASHMAP_PAGE, MissingBlocks, check_updatable, update_content
 from pithos.objects.service import UPLOAD_PIECE_BYTES
@@ -73,7 +81,12 @@ def parse_until(req: falcon.Request) -> float | None:
 
 
 def _sys_meta(req: falcon.Request) -> dict[str, str]:
-    return {h.lower(): v for h in SYS_HEADERS if (v := req.get_header(h)) is not None}
+    meta = {h.lower(): v for h in SYS_HEADERS if (v := req.get_header(h)) is not None}
+    # System metadata of our Swift middleware (symlinks, versioned writes); clients cannot
+    # send it (pithos.api.subrequest.Gatekeeper removes it from their requests).
+    meta.update((k.lower(), v) for k, v in req.headers.items()
+                if k.startswith("X-OBJECT-SYSMETA-"))
+    return meta
 
 
 class ObjectHandlers:
@@ -140,9 +153,14 @@ class ObjectHandlers:
             resp.set_header("X-Object-Modified-By", v.modified_by)
         for k, val in meta_headers("X-Object-Meta-", v.user_meta()).items():
             resp.set_header(k, val)
-        for h in SYS_HEADERS:
-            if h.lower() in v.sys_meta():
-                resp.set_header(h, v.sys_meta()[h.lower()])
+        sys_meta = v.sys_meta()
+        if sys_meta:
+            for h in SYS_HEADERS:
+                if h.lower() in sys_meta:
+                    resp.set_header(h, sys_meta[h.lower()])
+            for k, val in sys_meta.items():
+                if k.startswith("x-object-sysmeta-"):
+                    resp.set_header(k, val)
         if v.delete_at is not None:
             resp.set_header("X-Delete-At", str(int(v.delete_at)))
         if v.dlo_manifest:
@@ -293,6 +311,8 @@ class ObjectHandlers:
         move_from = req.get_header("X-Move-From")
         if copy_from is not None and move_from is not None:
             raise HTTPStatusError(400, "X-Copy-From and X-Move-From together")
+        if container.versioning in versioned_writes.MODES:
+            versioned_writes.before_write(self.objects, container, t.obj, _modified_by(user))
         if copy_from is not None or move_from is not None:
             source_account = account_name(req.get_header("X-Copy-From-Account") or t.account)
             if move_from is not None and source_account != t.account:
@@ -494,6 +514,9 @@ class ObjectHandlers:
         self._check_source(req.context.user, t.account, (t.container, t.obj))
         account, container = self.authz.container(req.context.user, dest_account,
                                                   dest_container, Action.OBJECT_WRITE)
+        if container.versioning in versioned_writes.MODES:
+            versioned_writes.before_write(self.objects, container, dest_obj,
+                                          _modified_by(req.context.user))
         self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
                    dest_obj, dest_account=account)
 
@@ -515,8 +538,12 @@ class ObjectHandlers:
             if delete_at is None and req.get_header("X-Remove-Delete-At") is None:
                 delete_at = current.delete_at
             content_type = req.get_header("Content-Type")
+            # A POST replaces the metadata but not the system metadata (as Swift's).
+            sys_meta = {k: val for k, val in current.sys_meta().items()
+                        if k.startswith("x-object-sysmeta-")}
+            sys_meta.update(_sys_meta(req))
             self.objects.update_meta(
-                container, t.obj, {"user": self._user_meta(req), "sys": _sys_meta(req)},
+                container, t.obj, {"user": self._user_meta(req), "sys": sys_meta},
                 delete_at=delete_at, content_type=content_type, expect=_expect(req),
                 replace_dlo=not current.slo_manifest, dlo_manifest=_dlo_manifest(req))
             resp.status = falcon.HTTP_202
@@ -524,6 +551,9 @@ class ObjectHandlers:
             resp.text = ""
         else:
             resp.status = falcon.HTTP_202
+        for k, val in current.sys_meta().items():
+            if k.startswith("x-object-sysmeta-"):  # for the middleware (a POST to a symlink)
+                resp.set_header(k, val)
         # Sharing and publishing last: a request refused for its other headers (a bad
         # Content-Range, metadata over the limits) changes nothing, not even them.
         if sharing_public is not None:
@@ -599,6 +629,10 @@ class ObjectHandlers:
             at = self.objects.get_object(container, t.obj).delete_at
             if at is None or int(at) != int(if_delete_at):
                 raise HTTPStatusError(412, "X-If-Delete-At does not match the object's")
+        if container.versioning in versioned_writes.MODES and versioned_writes.delete(
+                self.objects, container, t.obj, modified_by, time.time()):
+            resp.status = falcon.HTTP_204  # stack mode: the previous version is back
+            return
         self.objects.delete_object(container, t.obj, modified_by, expect=_expect(req))
         resp.status = falcon.HTTP_204
         resp.content_type = "text/html; charset=UTF-8"  # as Swift types its 204
@@ -632,6 +666,10 @@ def _dlo_manifest(req: falcon.Request) -> str | None:
     """X-Object-Manifest of a PUT or POST: "container/prefix", percent-decoded UTF-8."""
     text = req.get_header("X-Object-Manifest")
     return None if text is None else names.dlo_manifest(unquote(utf8_header(text)))
+
+
+def _modified_by(user: UserInfo | None) -> str | None:
+    return f"{user.account}:{user.name}" if user else None
 
 
 def _expect(req: falcon.Request) -> Expect | None:

@@ -9,7 +9,16 @@ import secrets
 
 import falcon
 
-from pithos.api import bulk, bulk_upload, formpost, listing, quotas, staticweb, tempurl
+from pithos.api import (
+    bulk,
+    bulk_upload,
+    formpost,
+    listing,
+    quotas,
+    staticweb,
+    tempurl,
+    versioned_writes,
+)
 from pithos.api.body import refuse_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -197,6 +206,7 @@ class SwiftSink:
             raise HTTPStatusError(400, f"Invalid X-Storage-Policy {storage_policy!r}")
         meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
         policy = self._container_policy(req, user, info)
+        versioned_writes.container_policy(req, policy, meta)
         created = self.services.objects.create_container(info, t.container, meta, policy)
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_202
 
@@ -214,6 +224,7 @@ class SwiftSink:
             check_meta_update(self.services.objects.container_detail(container).meta, meta,
                               self.services.limits)
         policy = self._container_policy(req, user, info)
+        versioned_writes.container_policy(req, policy, meta)
         self.services.objects.update_container(container, meta, policy)
         resp.status = falcon.HTTP_204
         content_type = (req.content_type or "").partition(";")[0].strip().lower()
@@ -317,10 +328,14 @@ class SwiftSink:
         resp.set_header("X-Container-Block-Hash", "blake3")
         if view.sharee is not None:
             return
-        resp.set_header("X-Container-Policy-Versioning", c.versioning or "auto")
+        resp.set_header("X-Container-Policy-Versioning",
+                        versioned_writes.policy_shown(c.versioning))
+        versioned_writes.container_headers(resp, c)
         resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
         resp.set_header("X-Container-Policy-Chunking", c.chunking or "fixed")
-        meta = tempurl.visible_meta(c.meta, self.authz.owns(user, account))
+        # (Keys with a colon are our middleware's system metadata, never a client's.)
+        meta = tempurl.visible_meta({k: v for k, v in c.meta.items() if ":" not in k},
+                                    self.authz.owns(user, account))
         for k, v in meta_headers("X-Container-Meta-", meta).items():
             resp.set_header(k, v)
         if self.authz.owns(user, account):

@@ -46,7 +46,7 @@ from pithos.core.errors import (
 from pithos.core.offload import Offload
 from pithos.mapper import Mapper, Piece
 from pithos.mapper.mapper import STREAM_PIECE
-from pithos.objects import changes, slo
+from pithos.objects import changes, slo, symlinks
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
 from pithos.objects.authz import Authz
 from pithos.objects.bulk import BulkDeletes
@@ -681,6 +681,9 @@ class ObjectService:
                 # would tell which container names the account holds (issue 26, finding 14).
                 problems.append(f"/{path}: 403 Forbidden")
                 continue
+            if version is not None and version.sys_meta():
+                # A symlink as a segment: its target's content (as Swift's SLO reads it).
+                version = symlinks.resolve(self.catalog, account_id, version, may_read)
             if version is None:
                 problems.append(f"/{path}: 404 Not Found")
                 continue
