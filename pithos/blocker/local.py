@@ -519,14 +519,20 @@ class LocalBlockStore(PartsStore):
     def read(self, hash_: bytes, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise InvalidArgument(f"bad range: offset {offset}, length {length}")
-        if not os.path.exists(self._path(hash_)) and (packs := self._packs_ro()) is not None:
+        try:
+            fd = os.open(self._path(hash_), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            packs = self._packs_ro()
             try:
-                data = self._offload.run(packs.read, hash_, offset, length)
+                data = self._offload.run(packs.read, hash_, offset, length) \
+                    if packs is not None else None
             except OSError as exc:
                 raise _backend_error(exc, "cannot read block") from exc
             if data is not None:
                 return data
-        fd = self._open_block(hash_)
+            fd = self._open_block(hash_)  # (put back from the trash, or NotFound)
+        except OSError as exc:
+            raise _backend_error(exc, "cannot read block") from exc
         try:
             return os.pread(fd, length, offset)
         finally:
