@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -171,4 +173,44 @@ def test_postgres_round_trips_let_the_worker_serve_others():
         assert done.returncode == 0, done.stderr[-2000:]
         assert int(done.stdout.strip().splitlines()[-1]) > 0
     finally:
+        drop()
+
+
+def test_more_guarded_commits_than_half_the_pool_all_commit():
+    """Each guarded commit holds two pooled connections (the guard's, then its
+    transaction's): 24 writers committing at once must not each take one and wait for a
+    second (the pool has 5 + 10): that ended in the pool's 30 s timeout, a 503."""
+    from pithos.catalog.leases import WriterLeases
+
+    url, drop = postgres_database("guards")
+    cat = Catalog(url)
+    leases = WriterLeases(cat)
+    errors: list[BaseException] = []
+    try:
+        acct = cat.ensure_account("acct")
+        cat.create_container(acct, "c")
+        cid = cat.container(acct, "c").id
+        start = threading.Barrier(24, timeout=60)
+
+        def writer(i: int) -> None:
+            try:
+                start.wait()
+                for n in range(3):
+                    with leases.held() as ticket, leases.commit_guard(ticket):
+                        time.sleep(0.1)  # (so that many writers hold their guards at once)
+                        put(cat, cid, f"o{i}-{n}")
+            except BaseException as exc:  # the test reports it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors, errors[:3]
+        assert len(cat.changes(cid, 0, 100).changes) == 72
+    finally:
+        leases.close()
+        cat.close()
         drop()

@@ -159,6 +159,11 @@ class FileLiveness:
             self.release(lease_id)
 
 
+# Guarded commits in flight per process on PostgreSQL, at most: each holds two of the
+# catalog's pooled connections (5, and 10 more on demand), one more holds the lease's lock.
+GUARD_SLOTS = 4
+
+
 class PostgresLiveness:
     """Session-level advisory locks (PG_LOCK_CLASS, lease id): each lease holds its lock in
     shared mode on a connection of its own for as long as the process lives; a commit guard
@@ -171,6 +176,12 @@ class PostgresLiveness:
         self.engine = engine
         # lease id -> (the connection holding the lock, its server process id)
         self._held: dict[int, tuple[Any, int]] = {}
+        # A guarded commit holds two pooled connections at once, the guard's and then its
+        # transaction's: with more guards in flight than half the pool, each could hold one
+        # and wait for a second that never comes (a worker whose waits are cooperative runs
+        # many commits at once).  Made in the process that commits (a server worker, after
+        # gevent's patch): there it is gevent's semaphore.
+        self._guards = threading.BoundedSemaphore(GUARD_SLOTS)
 
     def hold(self, lease_id: int) -> None:
         from sqlalchemy import text
@@ -220,7 +231,7 @@ class PostgresLiveness:
         held = self._held.get(lease_id)
         if held is None:
             raise LeaseLost()
-        with database_errors(), self.engine.connect() as conn, conn.begin():
+        with self._guards, database_errors(), self.engine.connect() as conn, conn.begin():
             alive = conn.execute(text(
                 "SELECT pg_try_advisory_xact_lock_shared(:c, :i) AND EXISTS "
                 "(SELECT 1 FROM upload_leases WHERE id = :i) AND EXISTS "
