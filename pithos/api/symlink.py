@@ -258,7 +258,11 @@ class Symlinks:
         if resp.code != 200 or not (resp.header("content-type") or "").startswith(
                 "application/json"):
             return resp
-        rows = json.loads(resp.read())
+        raw = resp.read()
+        rows = json.loads(raw)
+        if not isinstance(rows, list):  # the change feed (?changes_since) is an object
+            resp.body_iter = [raw]
+            return resp
         container = split_v1(env["PATH_INFO"])[1]  # type: ignore[index]
         for row in rows:
             # A link is an empty object: only those are asked about.
