@@ -77,6 +77,33 @@ def test_a_worker_keeps_found_lookups_until_a_write_drops_them(catalog_url, work
         other.close()
 
 
+def test_a_write_by_another_process_of_the_data_directory_drops_the_lookups(
+        catalog_url, worker_offload, tmp_path):
+    """Two workers (and the CLI) of one `pithos serve` share the stamp file: an ACL revoked
+    through one is refused at once by the other, however long the TTL."""
+    stamp = str(tmp_path / "catalog.stamp")
+    worker = Catalog(catalog_url, offload=worker_offload, info_stamp=stamp)
+    other = Catalog(catalog_url, offload=worker_offload, info_stamp=stamp)
+    cli = Catalog(catalog_url, info_stamp=stamp)  # no event loop: no cache, but it bumps
+    try:
+        worker._info_ttl = other._info_ttl = 3600.0
+        acct = cli.ensure_account("acct")
+        cli.create_container(acct, "c")
+        cid = worker.account_and_container("acct", "c").container.id
+        other.update_container(cid, read_acl=".r:*")
+        assert worker.account_and_container("acct", "c").container.read_acl == ".r:*"
+        cli.update_container(cid, read_acl=None)
+        assert worker.account_and_container("acct", "c").container.read_acl is None
+        assert other.account_and_container("acct", "c").container.read_acl is None
+        # A new version bumps nothing: the lookups stay (the point of the cache).
+        before = worker._stamp.read()
+        put(other, cid, "o")
+        assert worker._stamp.read() == before
+    finally:
+        for cat in (worker, other, cli):
+            cat.close()
+
+
 def test_without_an_event_loop_nothing_is_kept(catalog_url):
     mine, other = Catalog(catalog_url), Catalog(catalog_url)
     try:

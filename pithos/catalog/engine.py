@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pithos.catalog import schema as s
 from pithos.catalog.db_errors import DatabaseErrors
+from pithos.catalog.info_stamp import InfoStamp
 from pithos.catalog.prepared import SnapshotReads, Statements, fetch, run
 from pithos.catalog.space import (
     SpaceReserve,
@@ -39,8 +40,9 @@ PING_IDLE_S = 1.0
 # How long a server worker trusts an account-and-container lookup it made (as Swift's proxy
 # keeps container info in memcache, there for 60 s): most small requests then ask the
 # database one statement instead of two.  Any other write through the same catalog drops
-# them at once; another process's change (an ACL, a deleted container) is seen at most this
-# late, as a validated token is trusted for 5 s.
+# them at once, and so does another process's write on the same machine (the stamp of
+# pithos/catalog/info_stamp.py); another node's change (an ACL, a deleted container) is
+# seen at most this late, as a validated token is trusted for 5 s.
 INFO_TTL_S = 1.0
 INFO_MAX_ENTRIES = 4096
 # How long a SQLite connection waits for a lock before giving up with "database is locked".
@@ -182,12 +184,14 @@ class CatalogEngine:
     the schema on open."""
 
     def __init__(self, url: str, offload: Offload | None = None,
-                 reserve_bytes: int = 0) -> None:
+                 reserve_bytes: int = 0, info_stamp: str | None = None) -> None:
         """`offload`: under an event loop (a cooperative one, pithos.core.offload) the WAL
         syncs of an SQLite catalog run on its pool, shared by concurrent commits (see
         WalSync); otherwise a writer syncs on its own thread.  `reserve_bytes`: the room an
         SQLite catalog keeps beside its database for getting out of a full disk
-        (pithos/catalog/space.py)."""
+        (pithos/catalog/space.py).  `info_stamp`: the file of the stamp the processes of
+        one data directory share (pithos/catalog/info_stamp.py): this catalog's writes
+        bump it, and its cached lookups last only while it is unchanged."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -208,8 +212,9 @@ class CatalogEngine:
         # The lookup cache (see INFO_TTL_S): in a server worker only (a cooperative offload),
         # never in the CLI, gc or tests of the catalog itself.
         self._info_ttl = INFO_TTL_S if offload is not None and offload.cooperative else 0.0
-        self._info: dict[Any, tuple[float, Any]] = {}
+        self._info: dict[Any, tuple[float, int, Any]] = {}
         self._info_gen = 0
+        self._stamp = InfoStamp(info_stamp) if info_stamp is not None else None
         self._wal_sync: WalSync | None = None
         reserve = None
         if self.is_sqlite:
@@ -250,6 +255,8 @@ class CatalogEngine:
                 engine.dispose()
         if self._wal_sync is not None:
             self._wal_sync.close()
+        if self._stamp is not None:
+            self._stamp.close()
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -266,15 +273,18 @@ class CatalogEngine:
             return load()
         now = time.monotonic()
         hit = self._info.get(key)
-        if hit is not None and hit[0] > now:
-            kept: T = hit[1]
+        stamp = self._stamp.read() if self._stamp is not None else 0
+        if hit is not None and hit[0] > now and hit[1] == stamp:
+            kept: T = hit[2]
             return kept
         generation = self._info_gen
         value = load()
         if generation == self._info_gen and keep(value):
             if len(self._info) >= INFO_MAX_ENTRIES:
                 self._info.clear()
-            self._info[key] = (now + self._info_ttl, value)
+            # With the stamp read before the load: a write committed by another process
+            # after that read changes it, and the entry is not trusted again.
+            self._info[key] = (now + self._info_ttl, stamp, value)
         return value
 
     @contextmanager
@@ -290,9 +300,12 @@ class CatalogEngine:
             with self._write_transaction() as conn:
                 yield conn
         finally:
-            if not keeps_info and self._info_ttl:
-                self._info_gen += 1
-                self._info.clear()
+            if not keeps_info:
+                if self._stamp is not None:
+                    self._stamp.bump()  # the other processes' lookups
+                if self._info_ttl:
+                    self._info_gen += 1
+                    self._info.clear()
 
     @contextmanager
     def _write_transaction(self) -> Iterator[Connection]:

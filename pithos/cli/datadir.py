@@ -59,8 +59,11 @@ class DataDir:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             # An SQLite catalog keeps room for deletes on a full disk (pithos/catalog/space.py).
+            # Every process of this data directory (server workers, the CLI) shares the
+            # stamp that drops the workers' cached lookups when one of them writes.
             self._catalog = Catalog(self.catalog_url, offload=self._offload,
-                                    reserve_bytes=RESERVE_BYTES)
+                                    reserve_bytes=RESERVE_BYTES,
+                                    info_stamp=os.path.join(self.path, "catalog.stamp"))
         return self._catalog
 
     def record_roots(self, roots: Iterable[tuple[bytes, int]]) -> None:
