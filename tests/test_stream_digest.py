@@ -313,3 +313,44 @@ def test_lane_groups_hash_full_width_rounds(pool, lanes, monkeypatch):
         assert d.hexdigest() == hashlib.md5(piece * 2).hexdigest()
     for d in plain:
         d.abandon()
+
+
+class WaitingSubmit(Executor):
+    """gevent's pool as a busy server worker's: its submit waits for a free thread (gevent's
+    ThreadPool.spawn does, on a semaphore), and other greenlets run meanwhile."""
+
+    def __init__(self, pool, rnd: random.Random) -> None:
+        self.pool = pool
+        self.rnd = rnd
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        gevent.sleep(self.rnd.random() * 0.002)
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def test_uploads_interleaved_while_submit_waits_for_a_thread(lanes):
+    """A group being started while submit waits for a thread is busy: another greenlet must
+    not start a second drain of its digests meanwhile (two drains of one digest hashed its
+    pieces out of order: wrong ETags under 16 CDC uploads of 4 MiB, whose chunk hashing
+    keeps the worker's pool full)."""
+    pool = GeventPool(max_workers=24)
+    executor = WaitingSubmit(pool, random.Random(5))
+    wrong: list[int] = []
+
+    def uploads(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(15):
+            pieces = [rnd.randbytes(rnd.choice([65_536, 131_072])) for _ in range(8)]
+            digest = StreamDigest(executor, length=None, lanes=lanes)
+            for piece in pieces:
+                digest.update(piece)
+                gevent.sleep(rnd.random() * 0.001)
+            if digest.hexdigest() != hashlib.md5(b"".join(pieces)).hexdigest():
+                wrong.append(seed)
+
+    try:
+        finished = gevent.joinall([gevent.spawn(uploads, seed) for seed in range(12)],
+                                  raise_error=True, timeout=120)
+    finally:
+        pool.shutdown()
+    assert len(finished) == 12 and not wrong

@@ -43,6 +43,29 @@ LANES_PATIENCE = 6
 INLINE_BYTES = 65536
 
 
+def _nothing() -> None:
+    return None
+
+
+class _Starting:
+    """The drain of a group while its submit is under way (see _start_group): not done, and
+    its result waited for once the submit has given the real future."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self.future: Future[None] | None = None
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def result(self) -> None:
+        while self.future is None:
+            # Wait as the submit under way does, for a thread of the pool (other greenlets
+            # run meanwhile, the submitting one among them).
+            self._executor.submit(_nothing).result()
+        return self.future.result()
+
+
 @dataclass(eq=False, slots=True)
 class LanePolicy:
     """When uploads' MD5s share the multi-buffer lanes, and the digests that do: the
@@ -106,7 +129,7 @@ class StreamDigest:
             if self._lanes:
                 lanes.lane_digests.add(self)
         self._queue: deque[bytes | bytearray | memoryview] = deque()
-        self._pending: Future[None] | None = None
+        self._pending: Future[None] | _Starting | None = None
         self._error: BaseException | None = None  # of a batch, raised by hexdigest
 
     @property
@@ -184,9 +207,18 @@ class StreamDigest:
         counts = [len(d._queue) if d is urgent else min(len(d._queue), rounds) for d in group]
         executor = group[0]._executor
         assert executor is not None
-        future = executor.submit(StreamDigest._drain_batches, group, counts)
+        # Busy before the submit: under gevent it may wait for a free thread of the pool
+        # while other greenlets run, which would otherwise find these digests idle and start
+        # a second drain of them beside this one (pieces hashed out of order: wrong ETags).
+        starting = _Starting(executor)
         for digest in group:
-            digest._pending = future
+            digest._pending = starting
+        try:
+            starting.future = executor.submit(StreamDigest._drain_batches, group, counts)
+        except BaseException as exc:
+            starting.future = Future()
+            starting.future.set_exception(exc)
+            raise
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._executor is None:
