@@ -8,7 +8,15 @@ from typing import Any
 
 import falcon
 
-from pithos.api import bulk_upload, formpost, quotas, symlink, tempurl, versioned_writes
+from pithos.api import (
+    bulk_upload,
+    formpost,
+    object_versioning,
+    quotas,
+    symlink,
+    tempurl,
+    versioned_writes,
+)
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
 from pithos.api.paths import base_url, storage_url
@@ -129,6 +137,7 @@ def info_document(services: Services) -> dict[str, Any]:
         **quotas.info(),
         "symlink": symlink.info(),
         "versioned_writes": versioned_writes.info(),
+        "object_versioning": object_versioning.info(),
         "pithos": {"block_size": services.block_size, "block_hash": "blake3"},
     }
 

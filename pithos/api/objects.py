@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote
 import falcon
 
 from pithos.api import bulk, slo
+from pithos.api import object_versioning as versioning
 from pithos.api.body import PieceBuffers, refuse_body, request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
@@ -191,7 +192,12 @@ class ObjectHandlers:
             self._version_list(req, resp, container, t.obj)
             return
         owner = self.authz.owns(user, account)
-        v, token = self._chosen_version(req, container, t.obj, with_token=owner)
+        chosen = versioning.chosen(self.objects, req, resp, container, t.obj)  # ?version-id
+        if chosen is None and versioning.version_id(req) is not None:
+            return  # (a delete marker's 404)
+        v, token = ((chosen, None) if chosen is not None else
+                    self._chosen_version(req, container, t.obj, with_token=owner))
+        versioning.read_headers(self.objects, req, resp, container, v)
         if "hashmap" in req.params:
             self._hashmap(req, resp, v)
             return
@@ -297,7 +303,10 @@ class ObjectHandlers:
                                                          Action.OBJECT_WRITE)
         sharing_public = self._sharing_public(req, user, account)
         assert account is not None
+        if versioning.put(self.objects, req, resp, container, t.obj):  # ?version-id
+            return
         self._put(req, resp, t, user, account, container)
+        versioning.written(resp, container)
         if sharing_public is not None and resp.status in (falcon.HTTP_201, 201):
             v = self.objects.find_object(container, t.obj)
             if v is not None:
@@ -511,7 +520,11 @@ class ObjectHandlers:
         # The names a COPY creates are held to the limits of a PUT's (a 1,100-byte name made
         # an object no request could then name).
         names.check_names(self.services.limits, dest_account, dest_container, dest_obj)
-        self._check_source(req.context.user, t.account, (t.container, t.obj))
+        _, src_container, _ = self.authz.object_access(req.context.user, t.account,
+                                                       t.container, t.obj, Action.OBJECT_READ)
+        versioning.copy_source(req, src_container, t.obj, self.objects)  # ?version-id
+        self._check_source(req.context.user, t.account, (t.container, t.obj),
+                           exists=versioning.version_id(req) is None)
         account, container = self.authz.container(req.context.user, dest_account,
                                                   dest_container, Action.OBJECT_WRITE)
         if container.versioning in versioned_writes.MODES:
@@ -519,6 +532,7 @@ class ObjectHandlers:
                                           _modified_by(req.context.user))
         self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
                    dest_obj, dest_account=account)
+        versioning.written(resp, container)
 
     # -- POST / DELETE -------------------------------------------------------------------------
 
@@ -527,6 +541,8 @@ class ObjectHandlers:
         user = req.context.user
         account, container, _ = self.authz.object_access(user, t.account, t.container, t.obj,
                                                          Action.OBJECT_WRITE)
+        if versioning.version_id(req) is not None:
+            raise HTTPStatusError(400, "POST to a specific version is not allowed")
         current = self.objects.get_object(container, t.obj)
         sharing_public = self._sharing_public(req, user, account)
         if any(req.get_header(h) is not None
@@ -629,6 +645,8 @@ class ObjectHandlers:
             at = self.objects.get_object(container, t.obj).delete_at
             if at is None or int(at) != int(if_delete_at):
                 raise HTTPStatusError(412, "X-If-Delete-At does not match the object's")
+        if versioning.delete(self.objects, req, resp, container, t.obj, modified_by):
+            return  # Swift's object versioning: a delete marker, or one version dropped
         if container.versioning in versioned_writes.MODES and versioned_writes.delete(
                 self.objects, container, t.obj, modified_by, time.time()):
             resp.status = falcon.HTTP_204  # stack mode: the previous version is back

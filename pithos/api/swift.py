@@ -14,6 +14,7 @@ from pithos.api import (
     bulk_upload,
     formpost,
     listing,
+    object_versioning,
     quotas,
     staticweb,
     tempurl,
@@ -207,6 +208,10 @@ class SwiftSink:
         meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
         policy = self._container_policy(req, user, info)
         versioned_writes.container_policy(req, policy, meta)
+        object_versioning.container_policy(
+            req, self.services.objects, self.services.objects.catalog.container(
+                info.id, t.container) if req.get_header(object_versioning.HEADER) else None,
+            policy, meta)
         created = self.services.objects.create_container(info, t.container, meta, policy)
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_202
 
@@ -225,6 +230,7 @@ class SwiftSink:
                               self.services.limits)
         policy = self._container_policy(req, user, info)
         versioned_writes.container_policy(req, policy, meta)
+        object_versioning.container_policy(req, self.services.objects, container, policy, meta)
         self.services.objects.update_container(container, meta, policy)
         resp.status = falcon.HTTP_204
         content_type = (req.content_type or "").partition(";")[0].strip().lower()
@@ -331,6 +337,7 @@ class SwiftSink:
         resp.set_header("X-Container-Policy-Versioning",
                         versioned_writes.policy_shown(c.versioning))
         versioned_writes.container_headers(resp, c)
+        object_versioning.container_headers(resp, c)
         resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
         resp.set_header("X-Container-Policy-Chunking", c.chunking or "fixed")
         # (Keys with a colon are our middleware's system metadata, never a client's.)
@@ -384,6 +391,11 @@ class SwiftSink:
             # 26, finding 8; found by tests/test_authz_matrix.py).
             self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
+        if "versions" in req.params and visible is None:
+            # Swift's object versioning: every version and delete marker (not a sharee's).
+            self._container_headers(resp, view, user)
+            object_versioning.send_listing(req, resp, objects, c, params)
+            return
         delimiter = req.get_param("delimiter") or ""
         path = req.get_param("path")
         if path is not None:

@@ -54,4 +54,6 @@ def container_headers(resp: falcon.Response, c: ContainerInfo) -> None:
 
 def policy_shown(versioning: str | None) -> str:
     """X-Container-Policy-Versioning: Pithos keeps its history in Swift's modes too."""
-    return "auto" if versioning in MODES or not versioning else versioning
+    # (Swift's object versioning's modes too: pithos.objects.object_versioning.)
+    return "auto" if versioning in MODES or not versioning or versioning.startswith(
+        "swift") else versioning

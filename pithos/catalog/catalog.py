@@ -37,6 +37,7 @@ from pithos.catalog.changes import ChangesMixin, check_expect
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.images import ImagesMixin
+from pithos.catalog.object_versions import ObjectVersionsMixin
 from pithos.catalog.projects import ProjectsMixin
 from pithos.catalog.records import (
     AccountAndContainer,
@@ -61,7 +62,7 @@ __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
 class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, ProjectsMixin,
-              CatalogEngine):
+              ObjectVersionsMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 
