@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
 from pithos.catalog.changes import ChangesMixin, check_expect
+from pithos.catalog.db_errors import retried_write
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.images import ImagesMixin
@@ -334,6 +335,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         version = h.object_version(rows)
         return None if version is None else CurrentVersion(version, h.extra(rows))
 
+    @retried_write
     def put_version(self, container_id: int, name: str, *, root: bytes, size: int, etag: str,
                     content_type: str, meta: Mapping[str, Mapping[str, str]],
                     modified_by: str | None = None, delete_at: float | None = None,
@@ -457,8 +459,13 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         project's limit is QuotaExceeded (a new version); `project_id`: the container's
         project, if read already."""
         if objects or size:
-            self._run_in(conn, h.COUNT, {"container_id": container_id,
-                                         "shard": random.randrange(STAT_SHARDS),
+            # One shard per pooled connection, so per transaction: a write that counts
+            # twice in one container (a new version over an expired one, a reap) locks one
+            # shard row, never two in an order another write could reverse.
+            shard = conn.info.get("pithos_stat_shard")
+            if shard is None:
+                shard = conn.info["pithos_stat_shard"] = random.randrange(STAT_SHARDS)
+            self._run_in(conn, h.COUNT, {"container_id": container_id, "shard": shard,
                                          "add_objects": objects, "add_bytes": size})
         if objects or kept:
             self._charge_container(conn, container_id, objects, kept, check, project_id)
@@ -470,6 +477,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             and_(s.versions.c.object_id == object_id, s.versions.c.id != current_id))
         ).scalar_one())
 
+    @retried_write
     def update_object_meta(self, container_id: int, name: str,
                            meta: Mapping[str, Mapping[str, str]], *,
                            delete_at: float | None, content_type: str | None = None,
@@ -507,6 +515,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             self._changed(conn, [(container_id, row.object_id)])
             return record
 
+    @retried_write
     @recovery_write
     def delete_object(self, container_id: int, name: str, modified_by: str | None = None,
                       expect: Expect | None = None) -> bool:
@@ -617,6 +626,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             self._changed(conn, [(r.container_id, r.id) for r in rows])
         return len(rows)
 
+    @retried_write
     @recovery_write
     def drop_version(self, version_id: int) -> None:
         """Undo a version just committed (a hashmap upload whose blocks vanished under it):

@@ -63,8 +63,10 @@ class ChangesMixin(CatalogEngine):
 
     def _changed(self, conn: Connection, changed: list[tuple[int, int]]) -> None:
         """Give each (container id, object id) its container's next change number.  Call it
-        last in the transaction: it locks the containers rows until the commit."""
-        for container_id, object_id in changed:
+        last in the transaction: it locks the containers rows until the commit, in the
+        order of their ids (a move between two containers and one back lock the same row
+        first)."""
+        for container_id, object_id in sorted(changed):
             if not self.is_sqlite:
                 self._run_in(conn, BUMP_AND_MARK, {"container_id": container_id,
                                                    "object_id": object_id})

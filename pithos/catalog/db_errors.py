@@ -14,8 +14,13 @@ The messages are one line; the database's own error stays attached as `__cause__
 
 from __future__ import annotations
 
+import functools
+import random
 import sqlite3
+import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import exc as sa
 
@@ -31,6 +36,9 @@ SQLITE_LOCKED = 6
 # (a server shutting down or starting), lock not available.
 PG_TRANSIENT_CLASSES = ("08", "40", "53", "57")
 PG_TRANSIENT_CODES = ("55P03",)
+# PostgreSQL's verdicts on a whole transaction that a new run of it may get past: deadlock
+# detected, serialization failure.
+PG_RETRY_WHOLE = ("40P01", "40001")
 # How much of the database's message a BackendError carries.
 REASON_CHARS = 300
 
@@ -119,3 +127,51 @@ def database_errors(driver_error: type[BaseException] | tuple[type[BaseException
                     ) -> DatabaseErrors:
     """A DatabaseErrors: `with database_errors(): ...`."""
     return DatabaseErrors(driver_error)
+
+
+def is_retriable_transaction(exc: BaseException) -> bool:
+    """Whether `exc` (the project's error or the database's) is PostgreSQL's deadlock or
+    serialization failure: the transaction was rolled back whole, nothing of it committed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None) or seen
+        if getattr(orig, "sqlstate", None) in PG_RETRY_WHOLE:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+class _Retries(Protocol):
+    write_retries: int
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C", bound=_Retries)
+
+
+def retried_write(method: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
+    """Run a catalog write again (up to `write_retries` times, after a short random pause)
+    when PostgreSQL rolled it back as a deadlock's victim or a serialization failure.  The
+    second line of defence behind one lock order for every write (Catalog._count): safe for
+    a method that is one transaction and reads everything it decides on inside it, since the
+    failed run committed nothing (the error comes from a statement's wait, never from a
+    COMMIT: the catalog has no deferred constraints) and the new run decides afresh on what
+    is there now (preconditions, the object's current version, quotas), as if the call had
+    come a moment later."""
+
+    def write(self: C, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        attempt = 0
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if attempt >= self.write_retries or not is_retriable_transaction(exc):
+                    raise
+            attempt += 1
+            # (Monkey-patched in a server worker: the worker's other requests run meanwhile.)
+            # The pause lets the transactions it deadlocked with take the rows it let go.
+            time.sleep(random.uniform(0.005, 0.02) * attempt)
+
+    functools.update_wrapper(write, method)
+    return write

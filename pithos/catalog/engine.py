@@ -183,6 +183,10 @@ class CatalogEngine:
     ``sqlite:///data/catalog.sqlite`` or ``postgresql://user@host/db``).  Creates or upgrades
     the schema on open."""
 
+    # How many times a write marked retried_write runs again after PostgreSQL chose it as
+    # a deadlock's victim (pithos/catalog/db_errors.py).
+    write_retries = 2
+
     def __init__(self, url: str, offload: Offload | None = None,
                  reserve_bytes: int = 0, info_stamp: str | None = None) -> None:
         """`offload`: under an event loop (a cooperative one, pithos.core.offload) the WAL
