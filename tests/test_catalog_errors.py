@@ -66,6 +66,7 @@ CALLS = {
     "remove_version": lambda c: c.remove_version(1, "o", "v"),
     "make_current": lambda c: c.make_current(1, "o", "v"),
     "version_rows": lambda c: c.version_rows(1),
+    "kept_bytes": lambda c: c.kept_bytes(1),
     "list_objects": lambda c: c.list_objects(1),
     "add_user": lambda c: c.add_user("a", "u", "hash", admin=False),
     "set_initial_key": lambda c: c.set_initial_key("a", "u", "hash", admin=True),

@@ -107,10 +107,11 @@ def test_delete_one_version_and_restore_by_copy(pithos_server, me, cont):
                    token=me.token).status == 404
     assert request(pithos_server, "DELETE", f"{me.path}/{cont}/o?version-id={ids[1]}",
                    token=me.token).status == 404
-    # The current object is unchanged, its counters too.
+    # The current object is unchanged; the bytes used (every version kept, as Swift's)
+    # lose the dropped version's.
     assert request(pithos_server, "GET", f"{me.path}/{cont}/o", token=me.token).body == b"three"
     assert int(request(pithos_server, "HEAD", f"{me.path}/{cont}",
-                       token=me.token).headers["x-container-bytes-used"]) == before
+                       token=me.token).headers["x-container-bytes-used"]) == before - 3
     # Restore the first by a COPY of it onto the object: a new version.
     copied = request(pithos_server, "COPY", f"{me.path}/{cont}/o?version-id={ids[0]}",
                      headers={"Destination": f"{cont}/o"}, token=me.token)
@@ -161,3 +162,68 @@ def test_null_version_before_enabling_and_while_disabled(pithos_server, me):
     assert request(pithos_server, "GET", f"{me.path}/{cont}/o", token=me.token).status == 404
     assert [r["version_id"] for r in versions(pithos_server, me, cont)] == [v1, rows[2][
         "version_id"]]
+
+
+def test_versions_are_for_writers_and_keep_the_container(pithos_server, me, cont):
+    """A read ACL grants the latest version only (a version by id, the versions listing:
+    403, as ?version= and ?until=); a container with versions left is not deleted (409)."""
+    vid = put(pithos_server, me, f"{cont}/o", b"data").headers["x-object-version-id"]
+    other = login(pithos_server, "test2:tester2", "testing2")
+    assert request(pithos_server, "POST", f"{me.path}/{cont}",
+                   headers={"X-Container-Read": "test2"}, token=me.token).status == 204
+    assert request(pithos_server, "GET", f"{me.path}/{cont}/o", token=other.token).body \
+        == b"data"
+    assert request(pithos_server, "GET", f"{me.path}/{cont}/o?version-id={vid}",
+                   token=other.token).status == 403
+    assert request(pithos_server, "GET", f"{me.path}/{cont}?versions&format=json",
+                   token=other.token).status == 403
+    assert request(pithos_server, "DELETE", f"{me.path}/{cont}/o", token=me.token).status \
+        == 204
+    assert request(pithos_server, "DELETE", f"{me.path}/{cont}", token=me.token).status == 409
+    enable(pithos_server, me, cont, False)
+    assert request(pithos_server, "DELETE", f"{me.path}/{cont}", token=me.token).status == 409
+    for row in versions(pithos_server, me, cont):
+        assert request(pithos_server, "DELETE",
+                       f"{me.path}/{cont}/o?version-id={row['version_id']}",
+                       token=me.token).status == 204
+    assert versions(pithos_server, me, cont) == []
+    assert request(pithos_server, "DELETE", f"{me.path}/{cont}", token=me.token).status == 204
+
+
+def _put(cat, cid, name, size):
+    return cat.put_version(cid, name, root=bytes([size]) * 32, size=size, etag="e" * 32,
+                           content_type="text/plain", meta={})
+
+
+def test_catalog_charges_follow_the_versions_kept(catalog, container):
+    """The project is charged every version kept: dropping one by its id gives its bytes
+    back, a delete marker holds none, making an old version the latest again charges
+    nothing more; the container's live counters follow the latest."""
+    acct, c = container
+    v1, v2 = _put(catalog, c.id, "o", 10), _put(catalog, c.id, "o", 20)
+    assert catalog.holdings("acct")["bytes"].usage == 30
+    assert catalog.kept_bytes(c.id) == 30
+    assert catalog.remove_version(c.id, "o", v1.vid)
+    assert not catalog.remove_version(c.id, "o", v1.vid)
+    assert catalog.holdings("acct")["bytes"].usage == 20
+    marker = catalog.put_delete_marker(c.id, "o", "application/x-deleted")
+    assert marker.existed and catalog.object(c.id, "o") is None
+    assert catalog.holdings("acct")["bytes"].usage == 20
+    assert catalog.container(acct, "c").objects == 0
+    assert catalog.make_current(c.id, "o", v2.vid)
+    assert catalog.object(c.id, "o").vid == v2.vid
+    assert catalog.container(acct, "c").objects == 1
+    assert catalog.container(acct, "c").bytes == 20
+    assert catalog.holdings("acct")["bytes"].usage == 20
+    # Dropping the latest deletes the object: nothing charged or counted is left.
+    assert catalog.remove_version(c.id, "o", v2.vid)
+    assert catalog.object(c.id, "o") is None
+    assert catalog.holdings("acct")["bytes"].usage == 0
+    assert catalog.container(acct, "c").bytes == 0
+    rows = catalog.version_rows(c.id)
+    assert [(r.deleted, r.content_type) for r in rows][-1] == (True, "application/x-deleted")
+    # A marker for an object that never was.
+    assert not catalog.put_delete_marker(c.id, "never", "application/x-deleted").existed
+    assert [r.name for r in catalog.version_rows(c.id, marker="never", inclusive=True)] \
+        == ["never"] + ["o"] * len(rows)
+    assert [r.name for r in catalog.version_rows(c.id, marker="never")] == ["o"] * len(rows)

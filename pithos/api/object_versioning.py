@@ -5,10 +5,12 @@ catalog's (pithos/catalog/object_versions.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 import falcon
 
@@ -17,6 +19,7 @@ from pithos.api.errors import HTTPStatusError
 from pithos.api.http import iso_date, utf8_header
 from pithos.objects import ContainerInfo, ObjectVersion, slo
 from pithos.objects import object_versioning as ov
+from pithos.objects.quotas import BYTES as QUOTA_BYTES
 from pithos.objects.service import ObjectService
 from pithos.objects.versioned_writes import MODES as LEGACY_MODES
 
@@ -49,9 +52,23 @@ def container_policy(req: falcon.Request, objects: ObjectService,
     meta[ov.SPANS_KEY] = ov.toggled(current, enable, time.time())
 
 
-def container_headers(resp: falcon.Response, c: ContainerInfo) -> None:
+def container_headers(resp: falcon.Response, objects: ObjectService, c: ContainerInfo
+                      ) -> None:
+    """X-Versions-Enabled; the bytes used count every version kept (as Swift's)."""
     if c.versioning in ov.MODES:
         resp.set_header(HEADER, "True" if c.versioning == ov.ENABLED else "False")
+        resp.set_header("X-Container-Bytes-Used", str(objects.catalog.kept_bytes(c.id)))
+
+
+def check_quota(objects: ObjectService, req: falcon.Request, container: ContainerInfo) -> None:
+    """Swift's container quota (X-Container-Meta-Quota-Bytes) counts every version kept:
+    a refusal before the body is read (the commit holds the live bytes to it)."""
+    if container.versioning not in ov.MODES or container.quota_bytes is None:
+        return
+    quota = objects.container_detail(container).meta.get(QUOTA_BYTES, "")
+    if quota.isdigit() and objects.catalog.kept_bytes(container.id) + (
+            req.content_length or 0) > int(quota):
+        raise HTTPStatusError(413, "Upload exceeds quota.")
 
 
 def _spans(objects: ObjectService, container: ContainerInfo) -> list[tuple[float, float | None]]:
@@ -115,14 +132,33 @@ def read_headers(objects: ObjectService, req: falcon.Request, resp: falcon.Respo
         resp.set_header(ID_HEADER, vid)
     elif ov.versioned(v.created, _spans(objects, container)):
         resp.set_header(ID_HEADER, v.vid)
+        # Where this version is read by its id (Swift's symlink to it).
+        path = req.env.get("PATH_INFO", "")
+        with contextlib.suppress(UnicodeError):
+            path = path.encode("latin-1").decode("utf-8")
+        resp.set_header("Content-Location", f"{quote(path)}?{VERSION_ID}={v.vid}")
 
 
-def written(resp: falcon.Response, container: ContainerInfo) -> None:
-    """After a PUT, copy or COPY: the new version's id, if versioning is on."""
-    if container.versioning == ov.ENABLED:
-        vid = resp.get_header("X-Object-Version")
-        if vid:
-            resp.set_header(ID_HEADER, vid)
+def replaced_null(objects: ObjectService, container: ContainerInfo, name: str) -> str | None:
+    """Before a write while versioning is suspended: the current version if it is Swift's
+    null version, which the write replaces for good (its row then goes)."""
+    if container.versioning != ov.SUSPENDED:
+        return None
+    current = objects.find_object(container, name)
+    if current is None or ov.versioned(current.created, _spans(objects, container)):
+        return None
+    return current.vid
+
+
+def written(resp: falcon.Response, container: ContainerInfo, objects: ObjectService,
+            name: str, replaced: str | None = None) -> None:
+    """After a PUT, copy or COPY: the new version's id, if versioning is on; the null
+    version it replaced (`replaced_null`) dropped."""
+    vid = resp.get_header("X-Object-Version")
+    if container.versioning == ov.ENABLED and vid:
+        resp.set_header(ID_HEADER, vid)
+    if replaced is not None and vid and vid != replaced:
+        objects.catalog.remove_version(container.id, name, replaced)
 
 
 def copy_source(req: falcon.Request, container: ContainerInfo, name: str,
@@ -167,6 +203,12 @@ def delete(objects: ObjectService, req: falcon.Request, resp: falcon.Response,
     vid = version_id(req)
     catalog = objects.catalog
     if vid is None:
+        null = replaced_null(objects, container, name)
+        if null is not None:
+            # Suspended: the null version is deleted for good, as Swift's.
+            catalog.remove_version(container.id, name, null, modified_by)
+            _done(resp, {})
+            return True
         if container.versioning != ov.ENABLED:
             return False
         marker = catalog.put_delete_marker(container.id, name, ov.DELETE_MARKER, modified_by)
@@ -200,6 +242,32 @@ def _done(resp: falcon.Response, headers: dict[str, str]) -> None:
         resp.set_header(k, val)
 
 
+def check_empty(objects: ObjectService, container: ContainerInfo) -> None:
+    """A versioned container is deleted only when no version is left in it (409, as
+    Swift's, whose versions container is not empty then)."""
+    if container.versioning not in ov.MODES:
+        return
+    if _entries(objects, container, limit=1, prefix="", marker="", version_marker=None,
+                reverse=False, delimiter=""):
+        raise HTTPStatusError(409, "There was a conflict when trying to complete your "
+                                   "request: versions of objects remain in the container.")
+
+
+def _entries(objects: ObjectService, container: ContainerInfo, *, limit: int, prefix: str,
+             marker: str, version_marker: str | None, reverse: bool, delimiter: str
+             ) -> list[ov.Shown | str]:
+    on = ov.spans(objects.container_detail(container).meta) if (
+        container.versioning in ov.MODES) else []
+
+    def fetch(cursor: str, inclusive: bool, count: int) -> Any:
+        return objects.catalog.version_rows(container.id, prefix=prefix, marker=cursor,
+                                            inclusive=inclusive, reverse=reverse,
+                                            objects=count)
+
+    return ov.listing(fetch, on, limit=limit, prefix=prefix, marker=marker,
+                      version_marker=version_marker, reverse=reverse, delimiter=delimiter)
+
+
 # -- listings ------------------------------------------------------------------------------------
 
 
@@ -218,17 +286,10 @@ def send_listing(req: falcon.Request, resp: falcon.Response, objects: ObjectServ
     delimiter = req.get_param("delimiter") or ""
     if set(delimiter) & set("0123456789."):
         raise HTTPStatusError(400, "invalid delimiter param")
-    prefix, reverse = str(params["prefix"]), bool(params["reverse"])
-    on = ov.spans(objects.container_detail(container).meta) if (
-        container.versioning in ov.MODES) else []
-
-    def fetch(cursor: str, inclusive: bool, count: int) -> Any:
-        return objects.catalog.version_rows(container.id, prefix=prefix, marker=cursor,
-                                            inclusive=inclusive, reverse=reverse,
-                                            objects=count)
-
-    entries = ov.listing(fetch, on, limit=int(params["limit"]), prefix=prefix, marker=marker,
-                         version_marker=version_marker, reverse=reverse, delimiter=delimiter)
+    entries = _entries(objects, container, limit=int(params["limit"]),
+                       prefix=str(params["prefix"]), marker=marker,
+                       version_marker=version_marker, reverse=bool(params["reverse"]),
+                       delimiter=delimiter)
     resp.status = falcon.HTTP_200
     resp.content_type = listing.CONTENT_TYPES["json"]
     resp.text = json.dumps([{"subdir": e} if isinstance(e, str) else _item(e)

@@ -184,7 +184,8 @@ class ObjectHandlers:
                                                            t.obj, Action.OBJECT_READ)
         if via:
             resp.set_header("X-Object-Allowed-To", via)
-        if req.get_param("version") is not None or req.get_param("until") is not None:
+        if req.get_param("version") is not None or req.get_param("until") is not None or \
+                versioning.version_id(req) is not None:
             # An object's history (deleted and replaced content) is its owner's, or a
             # writer's, to see: a read ACL (".r:*" included) grants the current version only.
             self.authz.object_access(user, t.account, t.container, t.obj, Action.OBJECT_WRITE)
@@ -305,8 +306,10 @@ class ObjectHandlers:
         assert account is not None
         if versioning.put(self.objects, req, resp, container, t.obj):  # ?version-id
             return
+        versioning.check_quota(self.objects, req, container)
+        replaced = versioning.replaced_null(self.objects, container, t.obj)
         self._put(req, resp, t, user, account, container)
-        versioning.written(resp, container)
+        versioning.written(resp, container, self.objects, t.obj, replaced)
         if sharing_public is not None and resp.status in (falcon.HTTP_201, 201):
             v = self.objects.find_object(container, t.obj)
             if v is not None:
@@ -532,7 +535,7 @@ class ObjectHandlers:
                                           _modified_by(req.context.user))
         self._copy(req, resp, req.context.user, (t.container, t.obj), t.account, container,
                    dest_obj, dest_account=account)
-        versioning.written(resp, container)
+        versioning.written(resp, container, self.objects, dest_obj)
 
     # -- POST / DELETE -------------------------------------------------------------------------
 

@@ -310,6 +310,7 @@ class SwiftSink:
             # Pithos: DELETE ?until= purges the history of every object in the container.
             self.services.objects.purge_history(container, None, until)
         else:
+            object_versioning.check_empty(self.services.objects, container)
             self.services.objects.delete_container(container)
         resp.status = falcon.HTTP_204
 
@@ -337,7 +338,7 @@ class SwiftSink:
         resp.set_header("X-Container-Policy-Versioning",
                         versioned_writes.policy_shown(c.versioning))
         versioned_writes.container_headers(resp, c)
-        object_versioning.container_headers(resp, c)
+        object_versioning.container_headers(resp, self.services.objects, c)
         resp.set_header("X-Container-Policy-Quota", str(c.quota_bytes or 0))
         resp.set_header("X-Container-Policy-Chunking", c.chunking or "fixed")
         # (Keys with a colon are our middleware's system metadata, never a client's.)
@@ -392,7 +393,9 @@ class SwiftSink:
             self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
         if "versions" in req.params and visible is None:
-            # Swift's object versioning: every version and delete marker (not a sharee's).
+            # Swift's object versioning: every version and delete marker, for who may see
+            # the container's history (as ?until=, above).
+            self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
             self._container_headers(resp, view, user)
             object_versioning.send_listing(req, resp, objects, c, params)
             return

@@ -236,7 +236,8 @@ class Symlinks:
         resp = self._follow(new_env(env, "HEAD", source), source.split("/")[2])
         resp.drain()
         location = resp.header("content-location")
-        if not resp.ok or location is None:
+        if not resp.ok or location is None or unquote(location.split("?")[0]) == source:
+            # (Not a link; an object of a versioned container names its own version there.)
             return env
         _, _, account, target = unquote(location).split("/", 3)
         if env["REQUEST_METHOD"] == "COPY":

@@ -9,7 +9,7 @@ import secrets
 import time
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from pithos.catalog import schema as s
 from pithos.catalog.db_errors import retried_write
@@ -143,6 +143,15 @@ class ObjectVersionsMixin(CatalogEngine):
                         int(row.size) - (int(cur.size) if visible and cur else 0))
             self._changed(conn, [(container_id, row.id)])  # type: ignore[attr-defined]
             return True
+
+    def kept_bytes(self, container_id: int) -> int:
+        """The bytes every version row of the container's objects holds (Swift's
+        X-Container-Bytes-Used of a versioned container counts its versions)."""
+        with self._read() as conn:
+            return int(conn.execute(
+                select(func.coalesce(func.sum(v.c.size), 0))
+                .select_from(o.join(v, v.c.object_id == o.c.id))
+                .where(o.c.container_id == container_id)).scalar_one())
 
     def version_rows(self, container_id: int, *, prefix: str = "", marker: str = "",
                      inclusive: bool = False, reverse: bool = False, objects: int = 1000

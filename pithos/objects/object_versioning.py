@@ -134,8 +134,12 @@ def listing(fetch: Any, on: Sequence[tuple[float, float | None]], *, limit: int,
                 entries.reverse()
             if name == marker and version_marker is not None:
                 ids = [e.version_id for e in entries]
-                entries = entries[ids.index(version_marker) + 1:] if (
-                    version_marker in ids) else []
+                if version_marker in ids:
+                    entries = entries[ids.index(version_marker) + 1:]
+                elif version_marker != NULL or reverse:
+                    # (An id not there: nothing of this object.  "null" with none: before
+                    # every version, which all follow; in reverse, after them all.)
+                    entries = []
             out.extend(entries[:limit - len(out)])
             if len(out) >= limit:
                 break
