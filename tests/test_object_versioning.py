@@ -227,3 +227,25 @@ def test_catalog_charges_follow_the_versions_kept(catalog, container):
     assert [r.name for r in catalog.version_rows(c.id, marker="never", inclusive=True)] \
         == ["never"] + ["o"] * len(rows)
     assert [r.name for r in catalog.version_rows(c.id, marker="never")] == ["o"] * len(rows)
+
+
+def test_a_version_of_a_link_reads_its_target(pithos_server, me, cont):
+    """A link's old version, read by its id, follows the target it named then (the version
+    id is the link's, not asked of the target); a COPY of the latest is a copy, not a link
+    followed through its Content-Location."""
+    put(pithos_server, me, f"{cont}/a", b"aaaaa")
+    put(pithos_server, me, f"{cont}/b", b"bbbbb")
+    v1 = put(pithos_server, me, f"{cont}/link", b"",
+             {"X-Symlink-Target": f"{cont}/a"}).headers["x-object-version-id"]
+    put(pithos_server, me, f"{cont}/link", b"", {"X-Symlink-Target": f"{cont}/b"})
+    assert request(pithos_server, "GET", f"{me.path}/{cont}/link",
+                   token=me.token).body == b"bbbbb"
+    assert request(pithos_server, "GET", f"{me.path}/{cont}/link?version-id={v1}",
+                   token=me.token).body == b"aaaaa"
+    head = request(pithos_server, "HEAD", f"{me.path}/{cont}/a", token=me.token)
+    assert head.headers["content-location"].endswith(
+        f"/{cont}/a?version-id={head.headers['x-object-version-id']}")
+    assert request(pithos_server, "COPY", f"{me.path}/{cont}/a",
+                   headers={"Destination": f"{cont}/c"}, token=me.token).status == 201
+    assert request(pithos_server, "GET", f"{me.path}/{cont}/c", token=me.token).body \
+        == b"aaaaa"

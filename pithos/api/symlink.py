@@ -133,6 +133,11 @@ class Symlinks:
             last_path = quote(path)
             env = dict(env)
             env["PATH_INFO"] = wsgi_path(path)
+            # A version of the link (object versioning's ?version-id) names its target,
+            # whose current version is read.
+            env["QUERY_STRING"] = "&".join(
+                p for p in env.get("QUERY_STRING", "").split("&")
+                if p.split("=", 1)[0] != "version-id")
             env["RAW_URI"] = last_path + ("?" + env["QUERY_STRING"]
                                           if env.get("QUERY_STRING") else "")
             env.pop("REQUEST_URI", None)
