@@ -231,6 +231,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 self._update_meta(conn, s.container_meta, s.container_meta.c.container_id,
                                   container_id, meta)
 
+    @retried_write
     @recovery_write
     def delete_container(self, container_id: int) -> None:
         """Delete an empty container; Conflict if it holds a visible object."""
@@ -457,7 +458,16 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         its project the objects and `kept`, the change of the bytes its versions hold
         (every version kept: the current ones and the history).  `check`: a charge past the
         project's limit is QuotaExceeded (a new version); `project_id`: the container's
-        project, if read already."""
+        project, if read already.
+
+        Lock order (PostgreSQL), the same in every write: the objects rows, the project's
+        holdings (bytes, then objects), the container's stat shard, the containers rows of
+        the change numbers (last: ChangesMixin._changed).  The holdings come before the
+        shard: a write that counts in two containers of one project (a reap, a move) then
+        takes its second shard already holding the project's rows, which every other
+        charging write waits for before it takes a shard."""
+        if objects or kept:
+            self._charge_container(conn, container_id, objects, kept, check, project_id)
         if objects or size:
             # One shard per pooled connection, so per transaction: a write that counts
             # twice in one container (a new version over an expired one, a reap) locks one
@@ -467,8 +477,6 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 shard = conn.info["pithos_stat_shard"] = random.randrange(STAT_SHARDS)
             self._run_in(conn, h.COUNT, {"container_id": container_id, "shard": shard,
                                          "add_objects": objects, "add_bytes": size})
-        if objects or kept:
-            self._charge_container(conn, container_id, objects, kept, check, project_id)
 
     def _history_bytes(self, conn: Connection, object_id: int, current_id: int) -> int:
         """The bytes an object's versions other than `current_id` hold (deletion markers
@@ -591,6 +599,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             return None
         return version
 
+    @retried_write
     @recovery_write
     def purge_history(self, container_id: int, name: str | None, until: float) -> int:
         """Delete the versions (not the current ones) created before `until`, of one object or
@@ -610,17 +619,20 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
             self._charge_container(conn, container_id, 0, -sum(r.size for r in rows), False)
             return len(ids)
 
+    @retried_write
     @recovery_write
     def reap_expired(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete objects whose X-Delete-At has passed; returns how many."""
         now = time.time() if now is None else now
         v, o = s.versions, s.objects
         with self._write() as conn:
-            rows = conn.execute(
+            # Every object's row locked first, in id order (see _count): a new version of
+            # one of them waits here for the whole reap, never holding a row it needs.
+            rows = conn.execute(self._lock(
                 select(o.c.id, o.c.container_id, v.c.size)
                 .select_from(o.join(v, v.c.id == o.c.current_id))
                 .where(and_(v.c.deleted.is_(False), v.c.delete_at.is_not(None),
-                            v.c.delete_at <= now)).limit(limit)).all()
+                            v.c.delete_at <= now)).order_by(o.c.id).limit(limit))).all()
             for r in rows:
                 self._mark_deleted(conn, r.container_id, r.id, r.size, now, None)
             self._changed(conn, [(r.container_id, r.id) for r in rows])
@@ -633,6 +645,10 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         the previous version becomes current again, counters follow."""
         o, v = s.objects, s.versions
         with self._write() as conn:
+            # The object's row first, as every write of an object (see _count).
+            conn.execute(self._lock(select(o.c.id).where(
+                o.c.id == select(v.c.object_id).where(v.c.id == version_id)
+                .scalar_subquery())))
             row = conn.execute(select(v.c.object_id, v.c.size, o.c.container_id, o.c.current_id)
                                .select_from(v.join(o, o.c.id == v.c.object_id))
                                .where(v.c.id == version_id)).first()

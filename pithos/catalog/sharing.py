@@ -207,7 +207,9 @@ class SharingMixin:
             self._grant(conn, account_id, hashes)
 
     def _grant(self, conn: Connection, account_id: int, hashes: Sequence[bytes]) -> None:
-        unique = list(dict.fromkeys(hashes))
+        # Sorted: inserting a row another uncommitted insert made waits for that writer, so
+        # two uploads granting shared blocks in opposite orders would wait for each other.
+        unique = sorted(set(hashes))
         if not unique:
             return
         self._run_in(conn, h.GRANT[self._dialect.name],
