@@ -302,6 +302,9 @@ ROWS: tuple[Row, ...] = (
         "401 401 403 403 204 403 204 401 200 200"),
     row("c-get-until", V1_CONTAINER, "GET", C + "?until=9999999999",
         "401 401 403 403 403 403 200 401 403 403"),
+    # Swift's object versioning's listing: the container's history, as ?until=.
+    row("c-get-versions", V1_CONTAINER, "GET", C + "?versions&format=json",
+        "401 401 403 403 403 403 200 401 403 403"),
     # The change feed (issue 24): who may list the container; a sharee's view has none (it
     # would name what is not shared).
     row("c-get-changes", V1_CONTAINER, "GET", C + "?changes_since=0",
@@ -353,6 +356,12 @@ ROWS: tuple[Row, ...] = (
         "401 401 403 403 403 403 200 401 403 200"),
     row("o-get-until", V1_OBJECT, "GET", OBJ + "?until=9999999999",
         "401 401 403 403 403 403 200 401 403 200"),
+    # Swift's object versioning: a version by id is history too; this container was never
+    # versioned, so only 'null' (the current object) is asked for, any other id is 400.
+    row("o-get-swift-version-null", V1_OBJECT, "GET", OBJ + "?version-id=null",
+        "401 401 403 403 403 403 200 401 403 200"),
+    row("o-get-swift-version-id", V1_OBJECT, "GET", OBJ + "?version-id={vid}",
+        "401 401 403 403 403 403 400 401 403 400"),
     row("o-get-no-container", V1_OBJECT, "GET", "/v1/{acct}/{c}-none/d/o",
         "401 401 403 403 403 403 404 401 403 403"),
     row("o-get-missing", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/none",

@@ -392,9 +392,9 @@ class SwiftSink:
             # 26, finding 8; found by tests/test_authz_matrix.py).
             self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
         params = listing.listing_params(req, self.services.limits.container_listing_limit)
-        if "versions" in req.params and visible is None:
+        if "versions" in req.params:
             # Swift's object versioning: every version and delete marker, for who may see
-            # the container's history (as ?until=, above).
+            # the container's history (as ?until=, above; not a sharee's view).
             self.authz.container(user, t.account, t.container, Action.OBJECT_WRITE)
             self._container_headers(resp, view, user)
             object_versioning.send_listing(req, resp, objects, c, params)
