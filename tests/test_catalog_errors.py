@@ -67,6 +67,7 @@ CALLS = {
     "make_current": lambda c: c.make_current(1, "o", "v"),
     "version_rows": lambda c: c.version_rows(1),
     "kept_bytes": lambda c: c.kept_bytes(1),
+    "current_vids": lambda c: c.current_vids(1, ["o"]),
     "list_objects": lambda c: c.list_objects(1),
     "add_user": lambda c: c.add_user("a", "u", "hash", admin=False),
     "set_initial_key": lambda c: c.set_initial_key("a", "u", "hash", admin=True),

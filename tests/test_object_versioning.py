@@ -303,3 +303,17 @@ def test_versions_and_restores_with_gc_in_a_loop(tmp_path):
         assert_fsck_clean(server.storage_flags)
     finally:
         server.stop()
+
+
+def test_plain_listing_names_the_latest_version(pithos_server, me, cont):
+    """A JSON listing of a versioned container names each object's latest version, as
+    Swift's symlinks to versions show (symlink_path, version_symlink); an object written
+    while versioning was off has none."""
+    vid = put(pithos_server, me, f"{cont}/v", b"x").headers["x-object-version-id"]
+    enable(pithos_server, me, cont, False)
+    put(pithos_server, me, f"{cont}/w", b"y")
+    rows = request(pithos_server, "GET", f"{me.path}/{cont}?format=json",
+                   token=me.token).json()
+    assert rows[0]["symlink_path"] == f"{me.path}/{cont}/v?version-id={vid}"
+    assert rows[0]["version_symlink"] is True and rows[0]["bytes"] == 1
+    assert "symlink_path" not in rows[1] and rows[1]["name"] == "w"

@@ -108,6 +108,9 @@ def _object(e: ListingEntry) -> dict[str, object]:
     return item
 
 
+object_item = _object  # (a JSON listing's line, for the listings made elsewhere)
+
+
 def send_objects(resp: falcon.Response, fmt: str, container: str,
                  entries: Sequence[ListingEntry]) -> None:
     if fmt == "json":

@@ -121,6 +121,20 @@ def chosen(objects: ObjectService, req: falcon.Request, resp: falcon.Response,
     return v
 
 
+def version(objects: ObjectService, req: falcon.Request, container: ContainerInfo,
+            name: str) -> ObjectVersion | None:
+    """The content version ?version-id names (not 'null': that is the object); None
+    without one."""
+    vid = version_id(req)
+    if vid is None or vid == ov.NULL:
+        return None
+    _check(container, vid)
+    v = objects.object_version(container, name, vid) if _OUR_ID.fullmatch(vid) else None
+    if v is None:
+        raise HTTPStatusError(404, "The resource could not be found.")
+    return v
+
+
 def read_headers(objects: ObjectService, req: falcon.Request, resp: falcon.Response,
                  container: ContainerInfo, v: ObjectVersion) -> None:
     """X-Object-Version-Id on a GET or HEAD of a versioned container's object (none for the
@@ -268,7 +282,34 @@ def _entries(objects: ObjectService, container: ContainerInfo, *, limit: int, pr
                       version_marker=version_marker, reverse=reverse, delimiter=delimiter)
 
 
-# -- listings ------------------------------------------------------------------------------------
+# -- listings ----------------------------------------------------------------------------------
+
+
+def send_current(req: falcon.Request, resp: falcon.Response, objects: ObjectService,
+                 container: ContainerInfo, account: str, entries: list[Any]) -> bool:
+    """A JSON listing of a versioned container: an object whose latest is a version names
+    it (symlink_path ...?version-id=ID, version_symlink), as Swift's symlinks to versions
+    show.  False: not such a listing, for the caller."""
+    if container.versioning not in ov.MODES or listing.listing_format(req) != "json":
+        return False
+    on = _spans(objects, container)
+    vids = objects.catalog.current_vids(container.id, [
+        e.name for e in entries if not e.subdir and ov.versioned(e.created, on)])
+    items: list[dict[str, Any]] = []
+    for e in entries:
+        if e.subdir:
+            items.append({"subdir": e.name})
+            continue
+        item = listing.object_item(e)
+        if e.name in vids:
+            item["symlink_path"] = quote(f"/v1/{account}/{container.name}/{e.name}") + \
+                f"?{VERSION_ID}={vids[e.name]}"
+            item["version_symlink"] = True
+        items.append(item)
+    resp.status = falcon.HTTP_200
+    resp.content_type = listing.CONTENT_TYPES["json"]
+    resp.text = json.dumps(items)
+    return True
 
 
 def send_listing(req: falcon.Request, resp: falcon.Response, objects: ObjectService,

@@ -635,10 +635,11 @@ class ObjectHandlers:
             resp.status = falcon.HTTP_204
             return
         if req.get_param("multipart-manifest") == "delete":
-            v = self.objects.get_object(container, t.obj)
+            version = versioning.version(self.objects, req, container, t.obj)  # ?version-id
+            v = version or self.objects.get_object(container, t.obj)
             if v.slo_manifest:
-                bulk.send_result(req, resp,
-                                 self.objects.bulk.delete_slo(user, t.account, container, v))
+                bulk.send_result(req, resp, self.objects.bulk.delete_slo(
+                    user, t.account, container, v, version_only=version is not None))
                 return
         if_delete_at = req.get_header("X-If-Delete-At")
         if if_delete_at is not None:

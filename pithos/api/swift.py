@@ -409,4 +409,7 @@ class SwiftSink:
         if visible is not None:
             entries = [e for e in entries if visible(e.name, e.subdir)]
         self._container_headers(resp, view, user)
+        if visible is None and object_versioning.send_current(
+                req, resp, objects, c, RESELLER_PREFIX + t.account, entries):
+            return
         listing.send_objects(resp, listing.listing_format(req), t.container, entries)

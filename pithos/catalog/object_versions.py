@@ -144,6 +144,18 @@ class ObjectVersionsMixin(CatalogEngine):
             self._changed(conn, [(container_id, row.id)])  # type: ignore[attr-defined]
             return True
 
+    def current_vids(self, container_id: int, names: list[str]) -> dict[str, str]:
+        """The version id of each named object's current version (those that have one)."""
+        out: dict[str, str] = {}
+        with self._read() as conn:
+            for i in range(0, len(names), 500):
+                out.update((r.name, r.vid) for r in conn.execute(
+                    select(o.c.name, v.c.vid).select_from(
+                        o.join(v, v.c.id == o.c.current_id))
+                    .where(and_(o.c.container_id == container_id,
+                                o.c.name.in_(names[i:i + 500])))))
+        return out
+
     def kept_bytes(self, container_id: int) -> int:
         """The bytes every version row of the container's objects holds (Swift's
         X-Container-Bytes-Used of a versioned container counts its versions)."""

@@ -86,9 +86,10 @@ class BulkDeletes:
         return result
 
     def delete_slo(self, user: UserInfo | None, account: str, container: ContainerInfo,
-                   v: ObjectVersion) -> DeleteResult:
+                   v: ObjectVersion, version_only: bool = False) -> DeleteResult:
         """Delete a static large object's segments (each with `user`'s rights, as
-        `delete_paths`), then its manifest `v` in `container` (which the caller may write)."""
+        `delete_paths`), then its manifest `v` in `container` (which the caller may write):
+        the object, or with `version_only` that version of it (Swift's ?version-id)."""
         assert v.slo_manifest is not None
         # A segment always names an object: a bare container path among them is nothing.
         # (An inline data segment has no name: nothing to delete but the manifest.)
@@ -96,7 +97,11 @@ class BulkDeletes:
         result = DeleteResult(not_found=sum(1 for p in paths if "/" not in p.lstrip("/")))
         self.delete_paths(user, account, [p for p in paths if "/" in p.lstrip("/")], result)
         modified_by = f"{user.account}:{user.name}" if user else None
-        if self.catalog.delete_object(container.id, v.name, modified_by):
+        if version_only:
+            gone = self.catalog.remove_version(container.id, v.name, v.vid, modified_by)
+        else:
+            gone = self.catalog.delete_object(container.id, v.name, modified_by)
+        if gone:
             result.deleted += 1
         else:
             result.not_found += 1
