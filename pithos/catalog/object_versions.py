@@ -93,6 +93,11 @@ class ObjectVersionsMixin(CatalogEngine):
                             v.c.vid == vid)))).first()
             if row is None:
                 return False
+            # Its bytes leave the project first: the project's holdings are locked before
+            # the container's stat shard, in every write (Catalog._count).
+            if row.size:
+                self._charge_container(conn, container_id, 0, -int(row.size),  # type: ignore
+                                       False)
             if row.current_id == row.version_id:
                 if not row.deleted and (row.delete_at is None or row.delete_at > now):
                     self._mark_deleted(conn, container_id, row.id, row.size, now,  # type: ignore
@@ -100,9 +105,6 @@ class ObjectVersionsMixin(CatalogEngine):
                 else:
                     self._drop_current(conn, row.id)
             self._drop_rows(conn, [row.version_id])
-            if row.size:
-                self._charge_container(conn, container_id, 0, -int(row.size),  # type: ignore
-                                       False)
             self._changed(conn, [(container_id, row.id)])  # type: ignore[attr-defined]
             return True
 
