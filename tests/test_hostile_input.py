@@ -292,6 +292,10 @@ def test_finding_13_deep_or_huge_json_numbers_are_400(pithos_server):
     base = pithos_server.url
     r = requests.post(f"{base}/v3/auth/tokens", data=deep, timeout=T,
                       headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text  # a login is small: refused before it is parsed
+    within = b"[" * 30_000 + b"]" * 30_000  # under the login's 64 KiB bound, still too deep
+    r = requests.post(f"{base}/v3/auth/tokens", data=within, timeout=T,
+                      headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     r = requests.post(f"{url}/js", headers={**h, "X-Container-Policy-Quota": str(2**63)},
                       timeout=T)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -72,7 +72,11 @@ class Page:
     def wait(self, what: Callable[[WebDriver], Any], timeout_s: float = WAIT_S,
              message: str = "") -> Any:
         try:
-            return WebDriverWait(self.d, timeout_s, poll_frequency=0.1).until(what)
+            # A listing re-rendered between finding an element and asking about it leaves a
+            # stale reference: the condition is asked again, as for one not there yet.
+            return WebDriverWait(self.d, timeout_s, poll_frequency=0.1,
+                                 ignored_exceptions=(StaleElementReferenceException,)
+                                 ).until(what)
         except TimeoutException:
             self.shot("timeout")
             raise AssertionError(f"{message} (status: {self.text('status')!r}, error: "
