@@ -8,6 +8,7 @@ way, and swiftclient many objects.  A static large object's delete answers the s
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote, unquote
 
 import falcon
@@ -47,16 +48,23 @@ def bulk_delete(services: Services, req: falcon.Request, resp: falcon.Response,
 def send_result(req: falcon.Request, resp: falcon.Response, result: DeleteResult) -> None:
     errors = [[quote(path), f"{status_of(exc)} {REASONS.get(status_of(exc), '')}"]
               for path, exc in result.errors]
-    summary = {"Number Deleted": result.deleted, "Number Not Found": result.not_found,
-               "Response Status": "400 Bad Request" if errors else "200 OK",
-               "Response Body": "", "Errors": errors}
+    send_report(req, resp, {"Number Deleted": result.deleted,
+                            "Number Not Found": result.not_found,
+                            "Response Status": "400 Bad Request" if errors else "200 OK",
+                            "Response Body": "", "Errors": errors})
+
+
+def send_report(req: falcon.Request, resp: falcon.Response, summary: dict[str, Any]) -> None:
+    """A bulk operation's report, as Swift's bulk middleware writes it: always 200 (the
+    outcome is in "Response Status"), JSON when the client accepts it, else "Key: value"
+    lines and then one "name, reason" line per entry of summary["Errors"]."""
     resp.status = falcon.HTTP_200
     if "json" in (req.get_header("Accept") or ""):
         resp.content_type = "application/json; charset=utf-8"
         resp.text = json.dumps(summary)
-    else:
-        resp.content_type = "text/plain; charset=utf-8"
-        lines = [f"{k}: {v}" for k, v in summary.items() if k != "Errors"]
-        lines.append("Errors:")
-        lines.extend(f"{name}, {status}" for name, status in errors)
-        resp.text = "\n".join(lines) + "\n"
+        return
+    resp.content_type = "text/plain; charset=utf-8"
+    lines = [f"{k}: {v}" for k, v in summary.items() if k != "Errors"]
+    lines.append("Errors:")
+    lines.extend(f"{name}, {why}" for name, why in summary["Errors"])
+    resp.text = "\n".join(lines) + "\n"

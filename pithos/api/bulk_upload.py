@@ -15,7 +15,6 @@ the extraction (400): tarfile would read it whole into memory.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import tarfile
 import zlib
@@ -25,6 +24,7 @@ from urllib.parse import quote
 import falcon
 
 from pithos.api.body import refuse_body
+from pithos.api.bulk import send_report
 from pithos.api.context import Services
 from pithos.api.errors import REASONS, HTTPStatusError, status_of
 from pithos.core.errors import (
@@ -119,18 +119,8 @@ def extract(services: Services, req: falcon.Request, resp: falcon.Response, acco
     except _TooManyContainers as exc:
         failure = str(exc)
     status = "201 Created" if not errors and failure is None else "400 Bad Request"
-    summary: dict[str, Any] = {"Number Files Created": created, "Response Body": failure or "",
-                               "Response Status": status, "Errors": errors}
-    resp.status = falcon.HTTP_200
-    if "json" in (req.get_header("Accept") or ""):
-        resp.content_type = "application/json; charset=utf-8"
-        resp.text = json.dumps(summary)
-    else:
-        resp.content_type = "text/plain; charset=utf-8"
-        lines = [f"{k}: {v}" for k, v in summary.items() if k != "Errors"]
-        lines.append("Errors:")
-        lines.extend(f"{name}, {why}" for name, why in errors)
-        resp.text = "\n".join(lines) + "\n"
+    send_report(req, resp, {"Number Files Created": created, "Response Body": failure or "",
+                            "Response Status": status, "Errors": errors})
 
 
 def _store(services: Services, user: UserInfo, account: str, cname: str, obj: str,

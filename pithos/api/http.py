@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
+from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from pithos.api.errors import HTTPStatusError
@@ -259,3 +261,20 @@ def check_preconditions(headers: Mapping[str, str], etag: str, last_modified: fl
         if ims is not None and modified <= ims:
             return 304
     return None
+
+
+def json_body(req: Any, limit: int) -> Any:
+    """The request's body parsed as JSON (`{}` when empty), read only up to `limit` bytes:
+    413 past it (a declared length is refused before anything is read), 400 when it is not
+    JSON or nests too deep to parse."""
+    length = req.content_length
+    too_large = HTTPStatusError(413, f"a JSON body is at most {limit} bytes")
+    if length is not None and length > limit:
+        raise too_large
+    data = req.bounded_stream.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    try:
+        return json.loads(data or b"{}")
+    except (ValueError, RecursionError):
+        raise HTTPStatusError(400, "the body is not valid JSON") from None

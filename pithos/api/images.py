@@ -10,7 +10,6 @@ link; errors are text with a reason.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,6 +18,7 @@ import falcon
 from pithos.api.body import request_body
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
+from pithos.api.http import json_body
 from pithos.api.paths import base_url
 from pithos.core.errors import Forbidden, InvalidArgument
 from pithos.objects.images import (
@@ -73,16 +73,7 @@ def member_doc(m: ImageMember) -> dict[str, Any]:
 
 
 def _json_body(req: falcon.Request) -> Any:
-    length = req.content_length
-    if length is not None and length > MAX_JSON_BYTES:
-        raise HTTPStatusError(413, f"a JSON body is at most {MAX_JSON_BYTES} bytes")
-    data = req.bounded_stream.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise HTTPStatusError(413, f"a JSON body is at most {MAX_JSON_BYTES} bytes")
-    try:
-        return json.loads(data or b"{}")
-    except (ValueError, RecursionError):
-        raise InvalidArgument("the body is not valid JSON") from None
+    return json_body(req, MAX_JSON_BYTES)
 
 
 class Versions:

@@ -19,7 +19,6 @@ or 404 (not visible), naming nothing.  The rules live in pithos.projects.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -27,7 +26,7 @@ import falcon
 
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
-from pithos.api.http import iso_date
+from pithos.api.http import iso_date, json_body
 from pithos.api.paths import base_url, storage_url
 from pithos.core.errors import InvalidArgument
 from pithos.projects import Holding, Project, Projects, UserInfo, is_cloud_admin, user_ref
@@ -56,13 +55,7 @@ def _caller(services: Services, req: falcon.Request) -> UserInfo:
 
 
 def _body(req: falcon.Request) -> dict[str, Any]:
-    raw = req.bounded_stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise HTTPStatusError(413, "the request body is too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
-        raise HTTPStatusError(400, "the body is not JSON") from None
+    body = json_body(req, MAX_BODY)
     if not isinstance(body, dict):
         raise HTTPStatusError(400, "the body must be a JSON object")
     return body

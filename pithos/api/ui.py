@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from importlib import resources
 from typing import Any
@@ -25,6 +24,7 @@ import falcon
 
 from pithos.api.context import Services
 from pithos.api.errors import HTTPStatusError
+from pithos.api.http import json_body
 from pithos.api.paths import RESELLER_PREFIX
 from pithos.core.errors import InvalidArgument
 from pithos.identity import split_user
@@ -127,7 +127,7 @@ class Session:
         if (req.content_type or "").split(";")[0].strip().lower() != "application/json":
             raise HTTPStatusError(415, "sign in with a JSON body")
         try:
-            body = json.loads(req.bounded_stream.read(65536) or b"{}")
+            body = json_body(req, 65536)
             spec, key = body["user"], body["key"]
             if not isinstance(spec, str) or not isinstance(key, str):
                 raise TypeError
