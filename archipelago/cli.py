@@ -65,8 +65,8 @@ def cmd_snapshot(args: argparse.Namespace, vols: Volumes) -> int:
 
 def cmd_clone(args: argparse.Namespace, vols: Volumes) -> int:
     if args.from_object:
-        root = _object_root(args.storage.catalog, args.from_object)
-        head = vols.clone_root(root, args.newvolume, args.size)
+        root, inline = _object_root(args.storage.catalog, args.from_object)
+        head = vols.clone_root(root, args.newvolume, args.size, content=inline)
     elif args.from_root:
         head = vols.clone_root(from_hex(args.from_root), args.newvolume, args.size)
     elif args.source:
@@ -77,10 +77,11 @@ def cmd_clone(args: argparse.Namespace, vols: Volumes) -> int:
     return 0
 
 
-def _object_root(catalog_url: str, spec: str) -> bytes:
+def _object_root(catalog_url: str, spec: str) -> tuple[bytes, bytes | None]:
     """The map root of the current version of ACCOUNT/CONTAINER/OBJECT in the catalog of the
     data directory (the image a clone starts from; the clone keeps the map alive for the GC
-    even if the object is later deleted)."""
+    even if the object is later deleted), and its content if it is kept inline (the clone
+    stores it as blocks)."""
     from pithos.catalog import Catalog
     from pithos.objects.images import Images
 
@@ -92,7 +93,7 @@ def _object_root(catalog_url: str, spec: str) -> bytes:
     catalog = Catalog(catalog_url)
     try:
         # The operator's command: no user's rights to ask.
-        return Images(catalog).root(account, container, obj, operator=True)
+        return Images(catalog).current(account, container, obj, operator=True)
     except NotFound:
         raise CliError(f"no object {spec}") from None
     except InvalidArgument:

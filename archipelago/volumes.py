@@ -11,6 +11,7 @@ A crash between any two steps leaves every head readable with its old or new con
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from archipelago.volume import Volume
 from pithos.blocker import DEFAULT_BLOCK_SIZE, Blocker
 from pithos.blocker.urls import open_block_store
 from pithos.catalog.leases import WriterLeases
-from pithos.core.errors import Conflict, InvalidArgument, NotFound
+from pithos.core.errors import Conflict, IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import from_hex, to_hex
 from pithos.mapper import Mapper
 from pithos.mapper import codec as mapcodec
@@ -144,8 +145,18 @@ class Volumes:
         return self._clone(from_hex(snap.root), snap.base_size, snap.block_size, name, size,
                            origin=f"snapshot {source}")
 
-    def clone_root(self, root: bytes, name: str, size: int | None = None) -> Head:
-        """A new volume over any map (an image stored with `pithos store put`): O(1)."""
+    def clone_root(self, root: bytes, name: str, size: int | None = None,
+                   content: bytes | None = None) -> Head:
+        """A new volume over any map (an image stored with `pithos store put`): O(1).  With
+        `content` (a small object's, kept inline in its version row, whose root names
+        nothing stored), the clone stores it as one block and its map first, as a writer."""
+        if content is not None:
+            block_size = DEFAULT_BLOCK_SIZE
+            if content and len(content) % SECTOR_SIZE == 0 \
+                    and len(content) <= self.blocker.block_size:
+                block_size = len(content)
+            return self._clone(root, len(content), block_size, name, size,
+                               origin=f"map {to_hex(root)}", content=content)
         m = self.mapper(DEFAULT_BLOCK_SIZE)
         try:
             stat = m.stat(root)
@@ -159,7 +170,7 @@ class Volumes:
         return self._clone(root, stat.size, block_size, name, size, origin=f"map {to_hex(root)}")
 
     def _clone(self, root: bytes, base_size: int, block_size: int, name: str,
-               size: int | None, origin: str) -> Head:
+               size: int | None, origin: str, content: bytes | None = None) -> Head:
         natural = max(-(-base_size // MIN_SIZE_ALIGN) * MIN_SIZE_ALIGN, MIN_SIZE_ALIGN)
         size = natural if size is None else _check_size(size)
         if size < base_size:
@@ -169,7 +180,13 @@ class Volumes:
             # The source may stop naming the map meanwhile (an object deleted, a snapshot
             # removed): as a writer, the clone refreshes what it names.  (Metadata only: a
             # touch per page and block, no data read or copied.)
-            refresh_map(self.blocker, root)
+            if content is not None:
+                stored, _ = self.mapper(DEFAULT_BLOCK_SIZE).build(io.BytesIO(content))
+                if stored != root:
+                    raise IntegrityError(f"content stored as {to_hex(stored)} is not map "
+                                         f"{to_hex(root)}", [root])
+            else:
+                refresh_map(self.blocker, root)
             with commit:
                 return self.heads.put(head, None)
 

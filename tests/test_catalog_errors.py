@@ -99,6 +99,7 @@ CALLS = {
     "max_version_id": lambda c: c.max_version_id(),
     "roots_after": lambda c: c.roots_after(0),
     "versions_naming": lambda c: c.versions_naming([ROOT]),
+    "inline_contents": lambda c: list(c.inline_contents()),
     "publish_upload_lease": lambda c: c.publish_upload_lease(1, time.time()),
     "upload_lease_rows": lambda c: c.upload_lease_rows(),
     "delete_upload_lease": lambda c: c.delete_upload_lease(1),
@@ -330,3 +331,4 @@ def test_every_lookup_returns_named_records(catalog, container):
     assert after.newest_version_id == catalog.max_version_id()
     assert catalog.upload_lease_rows() == [r.LeaseRow(7, 123.0)]
     assert [type(x) for x in catalog.versions_naming([ROOT])] == [r.VersionNaming]
+    assert list(catalog.inline_contents()) == []  # (ROOT's version is stored as blocks)

@@ -128,7 +128,8 @@ def http_writers(clients: list[Client], acknowledged: dict[str, bytes],
                  failed: list[str], seconds: float, stall_s: float) -> None:
     """8 clients for `seconds`: mixed sizes, some slow (a body over ~3 s), deletes making
     garbage, and one client that stalls its body past the server's client timeout."""
-    sizes = [0, 1, 4096, 100_000, 4 * MiB + 3, 9 * MiB + 17]
+    # Up to 16 KiB kept inline (no block, no guard), just past it stored as blocks.
+    sizes = [0, 1, 4096, 16384, 16385, 100_000, 4 * MiB + 3, 9 * MiB + 17]
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 

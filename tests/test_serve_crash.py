@@ -18,7 +18,8 @@ MiB = 1 << 20
 
 def _content(name: str) -> bytes:
     rng = random.Random(name)
-    size = rng.choice([0, 1, 4096, MiB + 7, 4 * MiB, 5 * MiB + 3])
+    # Up to 16 KiB kept inline in the version row (the row is the only copy), past it blocks.
+    size = rng.choice([0, 1, 4096, 16384, 16385, MiB + 7, 4 * MiB, 5 * MiB + 3])
     return rng.randbytes(size)
 
 

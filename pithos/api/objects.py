@@ -149,7 +149,7 @@ class ObjectHandlers:
         resp.set_header("X-Object-Version-Timestamp", x_timestamp(v.created))
         if v.root is not None and not v.dlo_manifest:
             resp.set_header("X-Object-Hash",
-                            to_hex(self.objects.object_hash(v.root)))
+                            to_hex(self.objects.object_hash(v.root, v.inline)))
         if v.modified_by:
             resp.set_header("X-Object-Modified-By", v.modified_by)
         for k, val in meta_headers("X-Object-Meta-", v.user_meta()).items():
@@ -597,7 +597,7 @@ class ObjectHandlers:
                    if vid else self.objects.find_object(src_container, src_obj))
             if src is None or src.root is None:
                 raise HTTPStatusError(404, "no such source object")
-            source = (src.root, src.size)
+            source = src
         elif req.get_header("Content-Range") is not None:
             body_length = req.content_length
             if body_length is None:

@@ -19,6 +19,7 @@ from pithos.catalog.records import (
     Holding,
     Image,
     ImageMember,
+    InlineContent,
     LeaseRow,
     ListingEntry,
     ObjectVersion,
@@ -42,7 +43,7 @@ def local_url(data_dir: str) -> str:
 
 __all__ = ["AccountAndContainer", "AccountInfo", "AccountSharing", "Catalog", "Change",
            "ChangePage", "Commission", "ContainerInfo", "ContainerPolicy", "ContainerSummary",
-           "CurrentVersion", "Expect", "Holding", "Image", "ImageMember",
+           "CurrentVersion", "Expect", "Holding", "Image", "ImageMember", "InlineContent",
            "LeaseRow", "ListingEntry", "ObjectVersion", "Project", "PublicObject", "RootsAfter",
            "SharingEntry", "TokenOwner", "Usage", "UserCredentials", "UserInfo", "VersionNaming",
            "VersionSummary", "local_url"]

@@ -345,7 +345,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                     grant: tuple[int, Sequence[bytes]] | None = None,
                     sources: Sequence[int] = (), expect: Expect | None = None,
                     source: ObjectVersion | None = None, source_expect: Expect | None = None,
-                    move: bool = False) -> ObjectVersion:
+                    move: bool = False, inline: bytes | None = None) -> ObjectVersion:
         """Make a new version the current one, atomically with the usage counters (and with
         `grant`: (account id, block hashes) it may name from now on).  The map it names must
         already be durable (write ordering).  `sources`: ids of the versions whose maps it
@@ -357,7 +357,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         nothing written).  `source`: the version this one copies, which must still be its
         object's current one (PreconditionFailed when `source_expect` does not hold on that
         object, else Conflict: retry); with `move`, that object is deleted in the same
-        transaction (a server-side move)."""
+        transaction (a server-side move).  `inline`: the content itself, kept in the row
+        (a small object: `root` is its blocks' would-be root, none of them stored)."""
         now = time.time()
         # Changes no account's or container's looked-up columns: the lookups stay cached.
         with self._write(keeps_info=True) as conn:
@@ -381,7 +382,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                 conn, h.NEW_VERSION, object_id=obj_id, vid=vid, root=root, size=size,
                 etag=etag, content_type=content_type, created=created or now,
                 modified_by=modified_by, delete_at=delete_at, dlo_manifest=dlo_manifest,
-                slo_manifest=slo_manifest)[0][0])
+                slo_manifest=slo_manifest, inline_data=inline)[0][0])
             rows = [{"version_id": version_id, "domain": domain, "key": k, "value": v}
                     for domain, kv in meta.items() for k, v in kv.items()]
             if rows:
@@ -408,7 +409,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         return ObjectVersion(obj_id, container_id, name, uuid, version_id, vid, root, size,
                              etag, content_type, created or now, modified_by, delete_at,
                              dlo_manifest, slo_manifest,
-                             {d: dict(kv) for d, kv in meta.items() if kv})
+                             {d: dict(kv) for d, kv in meta.items() if kv}, inline)
 
     def _check_source(self, conn: Connection, source: ObjectVersion, expect: Expect | None,
                       now: float) -> None:

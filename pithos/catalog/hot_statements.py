@@ -85,7 +85,7 @@ def container_policy(row: Sequence[Any]) -> ContainerPolicy:
 
 _VERSION_COLUMNS = (o.c.id, o.c.container_id, o.c.name, o.c.uuid, v.c.id, v.c.vid, v.c.root,
                     v.c.size, v.c.etag, v.c.content_type, v.c.created, v.c.modified_by,
-                    v.c.delete_at, v.c.dlo_manifest, v.c.slo_manifest)
+                    v.c.delete_at, v.c.dlo_manifest, v.c.slo_manifest, v.c.inline_data)
 _META_COLUMNS = (vm.c.domain, vm.c.key, vm.c.value)
 _N = len(_VERSION_COLUMNS)
 
@@ -151,10 +151,11 @@ def object_version(rows: Sequence[Sequence[Any]]) -> ObjectVersion | None:
         if r[_N] is not None:
             meta.setdefault(r[_N], {})[r[_N + 1]] = r[_N + 2]
     (object_id, container_id, name, uuid, version_id, vid, root, size, etag, content_type,
-     created, modified_by, delete_at, dlo_manifest, slo_manifest) = rows[0][:_N]
+     created, modified_by, delete_at, dlo_manifest, slo_manifest, inline) = rows[0][:_N]
     return ObjectVersion(object_id, container_id, name, uuid, version_id, vid,
                          None if root is None else bytes(root), size, etag, content_type,
-                         created, modified_by, delete_at, dlo_manifest, slo_manifest, meta)
+                         created, modified_by, delete_at, dlo_manifest, slo_manifest, meta,
+                         None if inline is None else bytes(inline))
 
 
 def extra(rows: Sequence[Sequence[Any]], i: int = 0) -> Any:
@@ -231,7 +232,8 @@ NEW_VERSION = (v.insert().values(
     size=bindparam("size"), etag=bindparam("etag"), content_type=bindparam("content_type"),
     created=bindparam("created"), modified_by=bindparam("modified_by"), deleted=false(),
     delete_at=bindparam("delete_at"), dlo_manifest=bindparam("dlo_manifest"),
-    slo_manifest=bindparam("slo_manifest")).returning(v.c.id))
+    slo_manifest=bindparam("slo_manifest"), inline_data=bindparam("inline_data"))
+    .returning(v.c.id))
 
 NEW_META = vm.insert().values(version_id=bindparam("version_id"), domain=bindparam("domain"),
                               key=bindparam("key"), value=bindparam("value"))

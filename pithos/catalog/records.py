@@ -67,6 +67,9 @@ class ObjectVersion:
     dlo_manifest: str | None
     slo_manifest: str | None
     meta: dict[str, dict[str, str]] = field(default_factory=dict)  # domain -> key -> value
+    # The content of a small object kept in its row (docs/design.md, "Small objects
+    # inline"), None for one stored as blocks; `root` is then its blocks' would-be root.
+    inline: bytes | None = None
 
     def user_meta(self) -> dict[str, str]:
         return self.meta.get("user", {})
@@ -189,6 +192,12 @@ class VersionNaming(NamedTuple):
     name: str
     version: str  # the version id clients see
     current: bool  # the object's visible version
+
+
+class InlineContent(NamedTuple):
+    """A retained version kept inline, with its content (`Catalog.inline_contents`)."""
+    naming: VersionNaming
+    data: bytes
 
 
 class LeaseRow(NamedTuple):

@@ -45,7 +45,7 @@ def version_columns() -> Any:
     return select(o.c.id.label("object_id"), o.c.container_id, o.c.name, o.c.uuid,
                   v.c.id.label("version_id"), v.c.vid, v.c.root, v.c.size, v.c.etag,
                   v.c.content_type, v.c.created, v.c.modified_by, v.c.delete_at,
-                  v.c.dlo_manifest, v.c.slo_manifest)
+                  v.c.dlo_manifest, v.c.slo_manifest, v.c.inline_data)
 
 
 def version_record(conn: Connection, row: Any) -> ObjectVersion:
@@ -57,5 +57,5 @@ def version_record(conn: Connection, row: Any) -> ObjectVersion:
     return ObjectVersion(row.object_id, row.container_id, row.name, row.uuid, row.version_id,
                          row.vid, row.root, row.size, row.etag, row.content_type, row.created,
                          row.modified_by, row.delete_at, row.dlo_manifest, row.slo_manifest,
-                         meta)
+                         meta, None if row.inline_data is None else bytes(row.inline_data))
 

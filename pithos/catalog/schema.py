@@ -157,6 +157,9 @@ versions = Table(
     Column("delete_at", Float, nullable=True),
     Column("dlo_manifest", String(1280), nullable=True),  # X-Object-Manifest "container/prefix"
     Column("slo_manifest", Text, nullable=True),  # SLO segment list, JSON, as the client sent it
+    # A small object's content kept in its row instead of blocks (migration 9); NULL when
+    # stored as blocks.  `root` is then the root its blocks would have (never stored).
+    Column("inline_data", LargeBinary, nullable=True),
     Index("versions_object", "object_id", "id"),
     Index("versions_delete_at", "delete_at"),
 )
@@ -428,6 +431,14 @@ def _v8(conn: Connection) -> None:
         "WHERE resource = 'bytes'"))
 
 
+def _v9(conn: Connection) -> None:
+    # Small objects inline in their version row.  A database made by migration 1 of this
+    # release already has the column (create_all).
+    if "inline_data" not in {c["name"] for c in inspect(conn).get_columns("versions")}:
+        kind = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+        conn.execute(text(f"ALTER TABLE versions ADD COLUMN inline_data {kind}"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -437,6 +448,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (6, _v6),
     (7, _v7),
     (8, _v8),
+    (9, _v9),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -57,11 +57,31 @@ def quarantine_lines(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def inline_damage(data: DataDir) -> tuple[int, list[str]]:
+    """Every version kept inline checked against its root (the row is its content's only
+    copy): how many, and one line per damaged one."""
+    from pithos.mapper.inline import inline_root
+
+    checked, damaged = 0, []
+    for found in data.catalog().inline_contents():
+        checked += 1
+        if inline_root(found.data) != found.naming.root:
+            n = found.naming
+            damaged.append(f"corrupt inline object {n.account}/{n.container}/{n.name} "
+                           f"version {n.version}" + ("" if n.current else " (not current)"))
+    return checked, damaged
+
+
 def run_scrub(data: DataDir, roots: Iterable[bytes], rate_mb_s: float, as_json: bool) -> int:
-    """`pithos store scrub`: exit status 1 when a block was found damaged, or a map names a
-    block held in quarantine."""
+    """`pithos store scrub`: exit status 1 when a block was found damaged, a map names a
+    block held in quarantine, or a version kept inline does not match its root."""
     report = scrub(data.blocker, roots, rate_mb_s * MB if rate_mb_s > 0 else None)
+    inline_checked, inline_corrupt = inline_damage(data)
+    clean = report.clean and not inline_corrupt
     result = report.as_dict()
+    result["inline_objects"] = inline_checked
+    result["inline_corrupt"] = inline_corrupt
+    result["clean"] = clean
     entries: list[dict[str, Any]] = result["quarantined"]  # type: ignore[assignment]
     name_quarantined(data, entries)
     if as_json:
@@ -76,5 +96,8 @@ def run_scrub(data: DataDir, roots: Iterable[bytes], rate_mb_s: float, as_json: 
               f"quarantine ({len(report.healed)} healed)")
         for line in quarantine_lines(entries):
             print(line)
-        print("clean" if report.clean else "damaged")
-    return 0 if report.clean else 1
+        print(f"checked {inline_checked} objects kept inline")
+        for line in inline_corrupt:
+            print(line)
+        print("clean" if clean else "damaged")
+    return 0 if clean else 1

@@ -148,16 +148,22 @@ def all_roots(data: DataDir) -> Iterator[bytes]:
 
 
 def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
-    from pithos.cli.damage import name_quarantined, quarantine_lines
+    from pithos.cli.damage import inline_damage, name_quarantined, quarantine_lines
 
     report = fsck(data.blocker, all_roots(data))
+    inline_checked, inline_corrupt = inline_damage(data)
+    clean = report.clean and not inline_corrupt
     result = report.as_dict()
+    result["inline_objects"] = inline_checked
+    result["inline_corrupt"] = inline_corrupt
+    result["clean"] = clean
     name_quarantined(data, result["quarantined"])  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(result))
     else:
         print(f"checked {report.blocks} blocks ({report.bytes_checked} bytes), "
-              f"{report.maps} maps ({report.pages} pages)")
+              f"{report.maps} maps ({report.pages} pages), {inline_checked} objects kept "
+              "inline")
         for h in report.corrupt:
             print(f"corrupt block {to_hex(h)}")
         for h, root in report.missing:
@@ -168,8 +174,10 @@ def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
             print(line)
         for name in report.leftovers:
             print(f"leftover {name} of a writer that died (pithos gc removes it)")
-        print("clean" if report.clean else "damaged")
-    return 0 if report.clean else 1
+        for line in inline_corrupt:
+            print(line)
+        print("clean" if clean else "damaged")
+    return 0 if clean else 1
 
 
 def cmd_scrub(args: argparse.Namespace, data: DataDir) -> int:

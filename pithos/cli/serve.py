@@ -60,7 +60,8 @@ def build_services(storage: Storage, io_threads: int = 32,
     # One worker, one event loop: its uploads' MD5s share the multi-buffer lanes.
     # Image uploads converted from qcow2 are spooled beside the data they join.
     objects = ObjectService(catalog, data.mapper, offload=offload, md5_lanes=LanePolicy(),
-                            spool_dir=os.path.join(storage.data_dir, "images-tmp"))
+                            spool_dir=os.path.join(storage.data_dir, "images-tmp"),
+                            **_inline_max())
     identity = Identity(catalog, offload=offload)
     return Services(identity=identity, objects=objects, projects=Projects(catalog, identity),
                     limits=Limits(), block_size=data.mapper.block_size,
@@ -68,6 +69,21 @@ def build_services(storage: Storage, io_threads: int = 32,
                     public_url=os.environ.get("PITHOS_PUBLIC_URL"),
                     ui_secure_cookies=os.environ.get("PITHOS_UI_SECURE_COOKIES") == "1",
                     client_timeout_s=client_timeout_s)
+
+
+def _inline_max() -> dict[str, int]:
+    """PITHOS_INLINE_MAX_BYTES: objects up to this size are kept in their version row
+    (docs/design.md, "Small objects inline"; 0 turns it off; default the object service's)."""
+    from pithos.core.errors import InvalidArgument
+
+    value = os.environ.get("PITHOS_INLINE_MAX_BYTES")
+    if value is None:
+        return {}
+    try:
+        return {"inline_max_bytes": int(value)}
+    except ValueError:
+        raise InvalidArgument(f"PITHOS_INLINE_MAX_BYTES is a number of bytes, not {value!r}"
+                              ) from None
 
 
 def _reaper(services: Any) -> None:

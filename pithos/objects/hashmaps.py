@@ -18,6 +18,7 @@ from pithos.catalog import ContainerInfo, Expect, ObjectVersion, UserInfo
 from pithos.catalog.changes import check_expect
 from pithos.core.errors import Conflict, InvalidArgument, TooLarge
 from pithos.core.hashing import HASH_NAME, from_hex, to_hex
+from pithos.mapper.inline import inline_entries, verified
 from pithos.mapper.streams import read_chunks
 from pithos.objects.service import BodyReader, ObjectService
 
@@ -53,8 +54,14 @@ class Hashmaps:
         gets the grant for itself alone: see `missing`.)"""
         if v.root is None:
             raise InvalidArgument("this object has no content map (a manifest?)")
-        entries = list(self.mapper.entries(v.root, start, start + limit))
-        stat = self.mapper.stat(v.root)
+        if v.inline is not None:
+            # The entries its content has as blocks (none stored: a hashmap PUT naming
+            # them finds them missing and sends them).
+            every = inline_entries(verified(v.root, v.inline))
+            entries, count = every[start:start + limit], len(every)
+        else:
+            entries = list(self.mapper.entries(v.root, start, start + limit))
+            count = self.mapper.stat(v.root).entries
         self._grant(account_id, [h for h, _ in entries], user)
         bs = self.mapper.block_size
         doc: dict[str, Any] = {
@@ -62,7 +69,7 @@ class Hashmaps:
             "hashes": [to_hex(h) for h, _ in entries],
         }
         lengths = [n for _, n in entries]
-        last = start + len(entries) >= stat.entries
+        last = start + len(entries) >= count
         if any(n != bs for n in (lengths[:-1] if last else lengths)):
             doc["lengths"] = lengths  # blocks of varying size (e.g. an assembled SLO)
         if not last:
@@ -216,15 +223,17 @@ def check_updatable(v: ObjectVersion) -> None:
 
 def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
                    offset: int | None, length: int | None, body: BinaryIO | None,
-                   source: tuple[bytes, int] | None, truncate: int | None,
+                   source: ObjectVersion | None, truncate: int | None,
                    modified_by: str | None) -> ObjectVersion:
     """A new version of `v` with a range updated in place (copy-on-write at the map):
     `offset` None appends; the data comes from `body` (`length` bytes) or from the start of
-    `source` (root, size) without copying it; then `truncate` cuts or extends the result."""
+    `source` without copying it; then `truncate` cuts or extends the result.  Inside an
+    upload lease: a version kept inline (`v` or `source`) has its content stored as blocks
+    first, and the result is stored as blocks."""
     check_updatable(v)
     mapper = hm.mapper
     assert v.root is not None
-    root, size = v.root, v.size
+    root, size = hm.objects.stored_root(v), v.size
     start = size if offset is None else offset
     # Sizes first, before any map is built: a gap up to a far offset (or a far truncation) is
     # filled with zero blocks, which must never be more than an object may hold.
@@ -236,7 +245,7 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
     if max(reach, truncate or 0) > limit:
         raise TooLarge(f"the object would exceed the maximum object size ({limit} bytes)")
     if source is not None:
-        src_root, src_size = source
+        src_root, src_size = hm.objects.stored_root(source), source.size
         n = src_size if length is None else min(length, src_size)
         if start > size:
             root, size = mapper.truncate(root, start), start

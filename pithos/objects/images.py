@@ -69,7 +69,9 @@ class ObjectStore(Protocol):
 
     catalog: Catalog
 
-    def store(self, body: BinaryIO, length: int | None) -> Any: ...
+    def store(self, body: BinaryIO, length: int | None, chunking: str | None = None,
+              inline: bool = True) -> Any: ...
+    def stored_root(self, v: ObjectVersion) -> bytes: ...
     def upload_lease(self) -> AbstractContextManager[None]: ...
     def commit_version(self, container_id: int, name: str, **version: Any
                        ) -> ObjectVersion: ...
@@ -98,7 +100,15 @@ class Images:
         (Unauthenticated / Forbidden as `Authz.object_access`), or, with `operator` (the
         machine's own command line), without asking.  NotFound when there is no such object;
         InvalidArgument for a dynamic large object's manifest, which has no map of its own.
-        Makes no account."""
+        Makes no account.  A small object kept inline has a root that names nothing stored:
+        see `current`."""
+        return self.current(account, container, name, user=user, operator=operator)[0]
+
+    def current(self, account: str, container: str, name: str, *,
+                user: UserInfo | None = None, operator: bool = False
+                ) -> tuple[bytes, bytes | None]:
+        """As `root`, with the version's content when it is kept inline (else None): a
+        consumer that needs a real map stores it as blocks first, as a writer."""
         if operator:
             found = self.catalog.account_and_container(account, container).container
         else:
@@ -110,7 +120,7 @@ class Images:
         if version.root is None or version.dlo_manifest:
             raise InvalidArgument(f"{account}/{container}/{name} is a dynamic large object "
                                   "manifest, not an image")
-        return version.root
+        return version.root, version.inline
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -205,9 +215,10 @@ class Images:
                 if qcow2:
                     with converted_to_raw(stream, length, service.max_file_size(),
                                           self.spool_dir, self.qemu_img) as (raw, size):
-                        stored = service.store(raw, size)
+                        stored = service.store(raw, size, inline=False)
                 else:
-                    stored = service.store(stream, length)
+                    # Never inline: the image row names a real map (volumes clone it).
+                    stored = service.store(stream, length, inline=False)
                 version = self._commit_object(image.owner, image_id, stored.root,
                                               stored.size, stored.md5)
                 done = self.catalog.update_image(
@@ -283,10 +294,13 @@ class Images:
                                   "not an image")
         image_id = str(uuidlib.uuid4())
         with service.upload_lease():
-            service.touch_map(version.root)
+            # A small object kept inline gets its blocks and map stored now: an image names
+            # a real map (volumes clone it), kept alive by the image row.
+            root = service.stored_root(version)
+            service.touch_map(root)
             return self.catalog.create_image(
                 self._account_id(user.account), image_id, properties=props, status="active",
-                container=container, obj=obj, root=version.root, size=version.size,
+                container=container, obj=obj, root=root, size=version.size,
                 checksum=None if version.slo_manifest else version.etag,
                 sources=[version.version_id], project_id=user.project, **values)
 

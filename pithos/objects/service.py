@@ -38,6 +38,7 @@ from pithos.core.errors import (
     Conflict,
     Forbidden,
     IncompleteBody,
+    IntegrityError,
     InvalidArgument,
     NotFound,
     QuotaExceeded,
@@ -45,6 +46,7 @@ from pithos.core.errors import (
 )
 from pithos.core.offload import Offload
 from pithos.mapper import Mapper, Piece
+from pithos.mapper.inline import inline_entries, inline_object_hash, inline_root, verified
 from pithos.mapper.mapper import STREAM_PIECE
 from pithos.objects import changes, slo, symlinks
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
@@ -60,6 +62,12 @@ from pithos.objects.tempurl import TempURLKeys
 
 # The pieces an upload streams in: the size of the receive buffers the HTTP layer keeps.
 UPLOAD_PIECE_BYTES = STREAM_PIECE
+# Objects of at most this many bytes (and whose content is one block) are kept in their
+# version row, not as blocks: a small PUT is then one catalog transaction and a small GET
+# one statement, with no block or map page round trip to the block store (docs/design.md,
+# "Small objects inline").  At most INLINE_LIMIT (a row is no place for big values).
+INLINE_MAX_BYTES = 16 * 1024
+INLINE_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,31 @@ class Stored:
     root: bytes
     size: int
     md5: str
+    # The content itself, to keep in the version row (a small object; nothing was stored).
+    inline: bytes | None = None
+
+
+class Part(NamedTuple):
+    """One map a read concatenates: its root and size, and the content itself when its
+    version keeps it inline (the root then names nothing stored)."""
+    root: bytes
+    size: int
+    inline: bytes | None = None
+
+
+class CopyContent(NamedTuple):
+    """What a copy of a large object, or of a part of an object, names (`copy`'s
+    `content`): a map built for it, or the bytes to keep inline."""
+    root: bytes
+    size: int
+    etag: str
+    inline: bytes | None = None
 
 
 class Content(NamedTuple):
-    """What a read of a version serves: the maps `(root, size)` it concatenates, its size and
-    ETag, and whether it is a large object's (DLO or SLO) content."""
-    parts: list[tuple[bytes, int]]
+    """What a read of a version serves: the maps it concatenates, its size and ETag, and
+    whether it is a large object's (DLO or SLO) content."""
+    parts: list[Part]
     size: int
     etag: str
     large: bool
@@ -126,13 +153,19 @@ _WRITER: ContextVar[Ticket | None] = ContextVar("pithos_writer", default=None)
 class ObjectService:
     def __init__(self, catalog: Catalog, mapper: Mapper, offload: Offload | None = None,
                  limits: Limits | None = None, read_batch_blocks: int = 2,
-                 md5_lanes: LanePolicy | None = None, spool_dir: str | None = None) -> None:
+                 md5_lanes: LanePolicy | None = None, spool_dir: str | None = None,
+                 inline_max_bytes: int = INLINE_MAX_BYTES) -> None:
         """`offload` (pithos.core.offload): its pool runs an upload's MD5 beside the upload
         and its spawner a read's read-ahead (without one: MD5 inline, no read-ahead);
         `md5_lanes` groups the MD5s of concurrent uploads (the entry point makes one per
         event loop; default: one of this service's own); `spool_dir`: where image uploads
         are converted (pithos.objects.image_import; default the system's temporary
-        directory)."""
+        directory); `inline_max_bytes`: objects up to this size are kept in their version
+        row (0: none; at most INLINE_LIMIT; and the block size, so that the content is one
+        block)."""
+        if not 0 <= inline_max_bytes <= INLINE_LIMIT:
+            raise InvalidArgument(f"objects kept inline are at most {INLINE_LIMIT} bytes")
+        self.inline_max_bytes = min(inline_max_bytes, mapper.block_size)
         self.catalog = catalog
         self.leases = WriterLeases(catalog)
         self.mapper = mapper
@@ -377,8 +410,11 @@ class ObjectService:
                            (aquota and usage.account_bytes + growth > aquota)):
             raise QuotaExceeded("quota exceeded")
 
-    def object_hash(self, root: bytes) -> bytes:
-        """The object hash (Pithos' X-Object-Hash) of the map `root`."""
+    def object_hash(self, root: bytes, inline: bytes | None = None) -> bytes:
+        """The object hash (Pithos' X-Object-Hash) of the map `root`, or of a version's
+        `inline` content (whose root names nothing stored)."""
+        if inline is not None:
+            return inline_object_hash(inline)
         return self.mapper.object_hash(root)
 
     # -- storing -------------------------------------------------------------------------------
@@ -399,18 +435,25 @@ class ObjectService:
     def commit_version(self, container_id: int, name: str, **version: Any) -> ObjectVersion:
         """catalog.put_version, inside the commit guard of the writer in flight (if any)."""
         ticket = _WRITER.get()
-        if ticket is None:
+        if ticket is None or version.get("inline") is not None:
+            # A version kept inline names no stored block: a collector can take nothing it
+            # needs, so its commit needs no guard (and saves the guard's round trip).
             return self.catalog.put_version(container_id, name, **version)
-        with self.leases.commit_guard(ticket):
-            return self.catalog.put_version(container_id, name, **version)
+        # On PostgreSQL the guard's check runs inside the commit's own statement.
+        return self.leases.guarded_commit(ticket, lambda guard: self.catalog.put_version(
+            container_id, name, guard=guard, **version))
 
-    def store(self, body: BinaryIO, length: int | None, chunking: str | None = None
-              ) -> Stored:
+    def store(self, body: BinaryIO, length: int | None, chunking: str | None = None,
+              inline: bool = True) -> Stored:
         """Store a request body as a map (durable on return): in fixed blocks, or with
         `chunking` "cdc" (a container's X-Container-Policy-Chunking) in content-defined
-        chunks (pithos.core.cdc), each a block of its own length."""
+        chunks (pithos.core.cdc), each a block of its own length.  A small body (at most
+        `inline_max_bytes`, of a known length) is only read, to be kept in its version row
+        (`Stored.inline`; `create` commits it so), unless `inline` is False."""
         if length is not None and length > self.limits.max_file_size:
             raise TooLarge(f"object larger than {self.limits.max_file_size} bytes")
+        if inline and length is not None and length <= self.inline_max_bytes:
+            return self._store_small(body, length, chunking)
         reader = BodyReader(body, length, self.limits.max_file_size,
                             self.offload.pool if self.offload is not None else None,
                             lanes=self.md5_lanes)
@@ -423,6 +466,39 @@ class ObjectService:
         md5 = reader.finish()
         return Stored(root, size, md5)
 
+    def _store_small(self, body: BinaryIO, length: int, chunking: str | None) -> Stored:
+        """A body of at most inline_max_bytes: read whole (its MD5 on this thread: pool
+        hand-offs cost more than hashing a few KiB) and kept inline, unless a CDC container
+        would cut it in more than one chunk (then stored as those chunks, as before)."""
+        reader = BodyReader(body, length, self.limits.max_file_size, None)
+        pieces = []
+        while piece := reader.read(length - reader.count):
+            pieces.append(piece)
+        md5 = reader.finish()  # IncompleteBody if short
+        data = b"".join(pieces)
+        if chunking == "cdc" and len(data) > 1:
+            chunker = cdc.Chunker()
+            if len(chunker.update(data)) + len(chunker.finish()) > 1:
+                root, size = self.mapper.build_stream(io.BytesIO(data), chunker=cdc.Chunker())
+                return Stored(root, size, md5)
+        return Stored(inline_root(data), len(data), md5, data)
+
+    def stored_root(self, v: ObjectVersion) -> bytes:
+        """The root of `v`'s map with its pages and blocks stored: a version kept inline has
+        its content stored as blocks now (the same root), for a consumer that needs a real
+        map (a concatenation, an image, an update in place, a clone).  Call it inside an
+        upload lease that lasts until what names the root is committed (the collector
+        spares what a writer in flight put)."""
+        if v.root is None:
+            raise InvalidArgument("this version has no content map")
+        if v.inline is None:
+            return v.root
+        root, _ = self.mapper.build(io.BytesIO(verified(v.root, v.inline)))
+        if root != v.root:  # (the canonical tree: the same content, the same root)
+            raise IntegrityError(f"stored inline content as {root.hex()}, named {v.root.hex()}",
+                                 [v.root])
+        return root
+
     def create(self, container: ContainerInfo, name: str, stored: Stored, *,
                etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
                modified_by: str | None, delete_at: float | None,
@@ -434,6 +510,14 @@ class ObjectService:
         only the grants it earns itself: pithos.objects.hashmaps.Hashmaps.missing)."""
         if etag is not None and etag.strip('"').lower() != stored.md5:
             raise ChecksumMismatch(f"ETag {etag} does not match the content's MD5 {stored.md5}")
+        if stored.inline is not None:
+            # No block grant: nothing is stored that the account could name by hash (a
+            # hashmap naming this content sends its block, as for any block absent).
+            return self.commit_version(
+                container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
+                content_type=content_type, meta=meta, modified_by=modified_by,
+                delete_at=delete_at, dlo_manifest=dlo_manifest, expect=expect,
+                inline=stored.inline)
         hashes = self.block_hashes(stored.root)
         v = self.commit_version(
             container.id, name, root=stored.root, size=stored.size, etag=stored.md5,
@@ -443,7 +527,9 @@ class ObjectService:
             self.catalog.grant_user_blocks(uploader.id, hashes)
         return v
 
-    def block_hashes(self, root: bytes) -> list[bytes]:
+    def block_hashes(self, root: bytes, inline: bytes | None = None) -> list[bytes]:
+        if inline is not None:
+            return [h for h, _ in inline_entries(inline)]
         return [h for h, _ in self.mapper.entries(root)]
 
     def touch_map(self, root: bytes) -> int:
@@ -466,7 +552,7 @@ class ObjectService:
     def copy(self, source: ObjectVersion, container: ContainerInfo, name: str, *,
              meta: Mapping[str, Mapping[str, str]], content_type: str,
              modified_by: str | None, delete_at: float | None,
-             content: tuple[bytes, int, str] | None = None,
+             content: CopyContent | None = None,
              keep_manifest: bool = False, expect: Expect | None = None,
              source_expect: Expect | None = None, move: bool = False) -> ObjectVersion:
         """A new version naming the source's map: no data is copied.  `content` overrides
@@ -476,22 +562,27 @@ class ObjectService:
         `source_expect` or `move`, the source must still be its object's current version,
         checked in the commit's transaction (PreconditionFailed when `source_expect` fails
         there, Conflict when the source changed otherwise); `move` deletes the source in the
-        same transaction (PUT with X-Move-From)."""
-        root, size, etag = content or (source.root or self.mapper.empty(), source.size,
-                                       source.etag)
+        same transaction (PUT with X-Move-From).  A source kept inline is copied as its bytes
+        (inline again)."""
+        root, size, etag, inline = content or CopyContent(
+            source.root or self.mapper.empty(), source.size, source.etag, source.inline)
+        if inline is not None:
+            verified(root, inline)
         return self.commit_version(
             container.id, name, root=root, size=size, etag=etag, content_type=content_type,
             meta=meta, modified_by=modified_by, delete_at=delete_at,
             dlo_manifest=source.dlo_manifest if keep_manifest else None,
             slo_manifest=source.slo_manifest if keep_manifest else None,
-            grant=(container.account_id, self.block_hashes(root)),
-            sources=[] if content else [source.version_id], expect=expect,
+            grant=None if inline is not None else (container.account_id,
+                                                   self.block_hashes(root)),
+            sources=[] if content or inline is not None else [source.version_id],
+            expect=expect, inline=inline,
             source=source if (move or source_expect is not None) else None,
             source_expect=source_expect, move=move)
 
     def large_content(self, src: ObjectVersion, account: AccountInfo | None,
                       may_read: Callable[[ContainerInfo | None], bool] = lambda _: True,
-                      span: tuple[int, int] | None = None) -> tuple[bytes, int, str] | None:
+                      span: tuple[int, int] | None = None) -> CopyContent | None:
         """What a copy of `src` names when `src` is a large object (`copy`'s `content`): one
         map naming its segments' blocks (read with `may_read`), and the MD5 of that content
         as the ETag (the data is read, not written); None for any other object.  `span`
@@ -503,31 +594,48 @@ class ObjectService:
         if src.dlo_manifest:
             assert account is not None
             segs = self.dlo_segments(account.id, src.dlo_manifest, may_read)
-            parts = [(s.root, 0, None) for s in segs if s.root is not None]
+            parts = [(self.stored_root(s), 0, None) for s in segs if s.root is not None]
         else:
             offset, length = span or (0, src.size)
+            if src.inline is not None:
+                # A part of a small object is a small object: its bytes, inline.
+                data = verified(src.root or b"", src.inline)[offset:offset + length]
+                return CopyContent(inline_root(data), len(data),
+                                   hashlib.md5(data, usedforsecurity=False).hexdigest(), data)
             parts = [(src.root, offset, length)] if src.root is not None and length else []
         root, size = self.mapper.concat(parts)
         md5 = hashlib.md5(usedforsecurity=False)
-        for piece in self.read([(root, size)], 0, size):
+        for piece in self.read([Part(root, size)], 0, size):
             md5.update(piece)
-        return root, size, md5.hexdigest()
+        return CopyContent(root, size, md5.hexdigest())
 
     # -- reading -------------------------------------------------------------------------------
 
-    def read(self, parts: Sequence[tuple[bytes, int]], offset: int, length: int
+    def read(self, parts: Sequence[Part | tuple[bytes, int]], offset: int, length: int
              ) -> Iterator[bytes]:
-        """Bytes `[offset, offset + length)` of the concatenation of maps `(root, size)`,
-        with read-ahead.  Raises NotFound / IntegrityError for a bad map before returning."""
-        pieces: list[Iterator[Piece]] = []
+        """Bytes `[offset, offset + length)` of the concatenation of maps `(root, size)`
+        (`Part`s: the content of one kept inline is served from it, verified), with
+        read-ahead.  Raises NotFound / IntegrityError for a bad map before returning."""
+        pieces: list[Iterator[Piece] | bytes] = []
         start = 0
-        for root, size in parts:
+        for part in parts:
+            root, size = part[0], part[1]
+            inline = part.inline if isinstance(part, Part) else None
             lo, hi = max(offset - start, 0), min(offset + length - start, size)
             if hi > lo:
-                pieces.append(self.mapper.pieces(root, lo, hi - lo))
+                if inline is not None:
+                    pieces.append(verified(root, inline)[lo:hi])
+                else:
+                    pieces.append(self.mapper.pieces(root, lo, hi - lo))
             start += size
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return iter(pieces)  # type: ignore[arg-type]  # (a small object's GET)
         prefetch = self.offload.spawner if self.offload is not None else None
-        return self.mapper.read_pieces(_chain(pieces), self.read_batch_blocks, prefetch)
+        if not any(isinstance(p, bytes) for p in pieces):
+            return self.mapper.read_pieces(_chain(pieces), self.read_batch_blocks,  # type: ignore[arg-type]
+                                           prefetch)
+        return _mixed(pieces, lambda p: self.mapper.read_pieces(p, self.read_batch_blocks,
+                                                                prefetch))
 
     # -- listings ------------------------------------------------------------------------------
 
@@ -575,11 +683,12 @@ class ObjectService:
         if v.dlo_manifest and not manifest:
             segments = self.dlo_segments(account_id, v.dlo_manifest, may_read)
             joined = "".join(s.etag for s in segments).encode()
-            return Content([(s.root, s.size) for s in segments if s.root is not None],
+            return Content([Part(s.root, s.size, s.inline)
+                            for s in segments if s.root is not None],
                            sum(s.size for s in segments),
                            hashlib.md5(joined, usedforsecurity=False).hexdigest(), True)
-        return Content([(v.root, v.size)] if v.root is not None else [], v.size, v.etag,
-                       bool(v.slo_manifest))
+        return Content([Part(v.root, v.size, v.inline)] if v.root is not None else [], v.size,
+                       v.etag, bool(v.slo_manifest))
 
 
     def public_content(self, v: ObjectVersion, account_id: int) -> Content:
@@ -699,7 +808,7 @@ class ObjectService:
             if length < self.limits.min_segment_size and i < len(segments) - 1:
                 problems.append(f"/{path}: Too Small")
             if version.root is not None and length:
-                parts.append((version.root, offset, length))
+                parts.append((self.stored_root(version), offset, length))
                 sources.append(version.version_id)
             total += length
             etags.update(version.etag.encode()
@@ -771,6 +880,24 @@ def _segment_range(text: str, size: int) -> tuple[int, int]:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}"
+
+
+def _mixed(pieces: Sequence[Iterator[Piece] | bytes],
+           read: Callable[[Iterator[Piece]], Iterator[bytes]]) -> Iterator[bytes]:
+    """The bytes of `pieces`: runs of map pieces read together (`read`, with its
+    read-ahead), the inline contents between them as they are.  Every map's root was
+    resolved already (bad ones raised before this starts)."""
+    run: list[Iterator[Piece]] = []
+    for p in pieces:
+        if isinstance(p, bytes):
+            if run:
+                yield from read(_chain(run))
+                run = []
+            yield p
+        else:
+            run.append(p)
+    if run:
+        yield from read(_chain(run))
 
 
 def _chain(iterators: Sequence[Iterator[Piece]]) -> Iterator[Piece]:

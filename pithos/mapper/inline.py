@@ -1,0 +1,41 @@
+"""Small objects kept inline: the map their content would have, named without storing it.
+
+A small object's content may live in its catalog row instead of blocks (docs/design.md,
+"Small objects inline").  Its version still carries the root its content would have as
+blocks, so ETags, X-Object-Hash, hashmaps, dedup and conditional requests see the same
+hashes whichever way it is kept.  That root is only a name here: no block and no page of it
+is stored, so it is never walked.  Content is kept inline only when its map is at most one
+entry (the whole content one block: see `ObjectService.store`), which these functions assume.
+"""
+
+from __future__ import annotations
+
+from pithos.core.errors import IntegrityError
+from pithos.core.hashing import block_hash, merkle_root, to_hex
+from pithos.mapper import codec
+
+
+def inline_entries(data: bytes) -> list[tuple[bytes, int]]:
+    """The entries of `data` stored as one block (none when empty): what a fixed-block
+    build of it gives (a zero block is named by the same hash)."""
+    return [(block_hash(data), len(data))] if data else []
+
+
+def inline_root(data: bytes) -> bytes:
+    """The root of the map of `data` as one block: the hash of its only (leaf) page."""
+    entries = inline_entries(data)
+    return block_hash(codec.encode_leaf([h for h, _ in entries], [n for _, n in entries]))
+
+
+def inline_object_hash(data: bytes) -> bytes:
+    """X-Object-Hash of `data` as one block (Mapper.object_hash of its map)."""
+    return merkle_root([h for h, _ in inline_entries(data)])
+
+
+def verified(root: bytes, data: bytes) -> bytes:
+    """`data`, once checked against the root its version names: IntegrityError if the bytes
+    kept in the row are not the content that root names (never served)."""
+    if inline_root(data) != root:
+        raise IntegrityError(f"the inline content of map {to_hex(root)} does not match it",
+                             [root])
+    return data
