@@ -30,7 +30,8 @@ from pithos.mapper.inline import inline_root
 from pithos.objects import ContainerInfo, ObjectVersion, UserInfo
 from pithos.objects.acl import Action
 from pithos.objects.hashmaps import Hashmaps, update_content
-from pithos.objects.service import ObjectService, Part
+from pithos.objects.large_objects import Part
+from pithos.objects.service import ObjectService
 from tests.conftest import CEPH_CONF, CEPH_POOL
 
 OWNER = UserInfo(1, "alice", "admin", True)

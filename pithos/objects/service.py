@@ -8,11 +8,9 @@ client gone), no version is created and the stored blocks are garbage for the co
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -36,7 +34,6 @@ from pithos.core import cdc
 from pithos.core.errors import (
     ChecksumMismatch,
     Conflict,
-    Forbidden,
     IncompleteBody,
     IntegrityError,
     InvalidArgument,
@@ -48,13 +45,14 @@ from pithos.core.offload import Offload
 from pithos.mapper import Mapper, Piece
 from pithos.mapper.inline import inline_entries, inline_object_hash, inline_root, verified
 from pithos.mapper.mapper import STREAM_PIECE
-from pithos.objects import changes, slo, symlinks
+from pithos.objects import changes
 from pithos.objects.acl import Action, parse_account_acl, validate_container_acl
 from pithos.objects.authz import Authz
 from pithos.objects.bulk import BulkDeletes
 from pithos.objects.changes import Feed
 from pithos.objects.digest import LanePolicy, StreamDigest
 from pithos.objects.images import Images
+from pithos.objects.large_objects import LargeObjects, Part
 from pithos.objects.names import Limits
 from pithos.objects.quotas import SwiftQuotas
 from pithos.objects.sharing import Sharing
@@ -79,14 +77,6 @@ class Stored:
     inline: bytes | None = None
 
 
-class Part(NamedTuple):
-    """One map a read concatenates: its root and size, and the content itself when its
-    version keeps it inline (the root then names nothing stored)."""
-    root: bytes
-    size: int
-    inline: bytes | None = None
-
-
 class CopyContent(NamedTuple):
     """What a copy of a large object, or of a part of an object, names (`copy`'s
     `content`): a map built for it, or the bytes to keep inline."""
@@ -94,15 +84,6 @@ class CopyContent(NamedTuple):
     size: int
     etag: str
     inline: bytes | None = None
-
-
-class Content(NamedTuple):
-    """What a read of a version serves: the maps it concatenates, its size and ETag, and
-    whether it is a large object's (DLO or SLO) content."""
-    parts: list[Part]
-    size: int
-    etag: str
-    large: bool
 
 
 class BodyReader:
@@ -150,7 +131,7 @@ class BodyReader:
 _WRITER: ContextVar[Ticket | None] = ContextVar("pithos_writer", default=None)
 
 
-class ObjectService:
+class ObjectService(LargeObjects):
     def __init__(self, catalog: Catalog, mapper: Mapper, offload: Offload | None = None,
                  limits: Limits | None = None, read_batch_blocks: int = 2,
                  md5_lanes: LanePolicy | None = None, spool_dir: str | None = None,
@@ -439,9 +420,8 @@ class ObjectService:
             # A version kept inline names no stored block: a collector can take nothing it
             # needs, so its commit needs no guard (and saves the guard's round trip).
             return self.catalog.put_version(container_id, name, **version)
-        # On PostgreSQL the guard's check runs inside the commit's own statement.
-        return self.leases.guarded_commit(ticket, lambda guard: self.catalog.put_version(
-            container_id, name, guard=guard, **version))
+        with self.leases.commit_guard(ticket):
+            return self.catalog.put_version(container_id, name, **version)
 
     def store(self, body: BinaryIO, length: int | None, chunking: str | None = None,
               inline: bool = True) -> Stored:
@@ -671,170 +651,6 @@ class ObjectService:
             marker = last.name + _MAX_CHAR if last.subdir and not reverse else last.name
         return out
 
-    # -- large objects -------------------------------------------------------------------------
-
-    def content(self, v: ObjectVersion, account_id: int,
-                may_read: Callable[[ContainerInfo | None], bool] = lambda _: True, *,
-                manifest: bool = False) -> Content:
-        """What a read of version `v` (of account `account_id`) serves: a DLO's content is
-        its segments' (read with `may_read`, Forbidden otherwise) and its ETag the MD5 of
-        their ETags, as Swift's; with `manifest`, a DLO is its manifest object alone (its own
-        content)."""
-        if v.dlo_manifest and not manifest:
-            segments = self.dlo_segments(account_id, v.dlo_manifest, may_read)
-            joined = "".join(s.etag for s in segments).encode()
-            return Content([Part(s.root, s.size, s.inline)
-                            for s in segments if s.root is not None],
-                           sum(s.size for s in segments),
-                           hashlib.md5(joined, usedforsecurity=False).hexdigest(), True)
-        return Content([Part(v.root, v.size, v.inline)] if v.root is not None else [], v.size,
-                       v.etag, bool(v.slo_manifest))
-
-
-    def public_content(self, v: ObjectVersion, account_id: int) -> Content:
-        """What a public link to version `v` serves: as `content`, but a DLO follows only
-        segments that are published themselves (whoever may write a published object may
-        point its manifest anywhere in the owner's account: the link must not reach further
-        than the owner's publishing), and an SLO is its content, never its manifest."""
-        if v.dlo_manifest:
-            segments = self.dlo_segments(account_id, v.dlo_manifest)
-            hidden = [s.name for s in segments if self.catalog.public_token(s.object_id) is None]
-            if hidden:
-                raise Forbidden("a public large object serves only segments that are public "
-                                f"themselves ({len(hidden)} are not)")
-        return self.content(v, account_id)
-
-    def dlo_segments(self, account_id: int, manifest: str,
-                     may_read: Callable[[ContainerInfo | None], bool] = lambda _: True
-                     ) -> list[ObjectVersion]:
-        """The segments of a DLO: the objects under "container/prefix", in name order.
-        Forbidden when the reader may not read the segments' container (`may_read`), as a
-        Swift proxy lists it with the reader's rights: a manifest is no way around an ACL."""
-        container_name, _, prefix = manifest.partition("/")
-        container = self.catalog.container(account_id, container_name)
-        # Asked of a missing container too (may_read(None): could the reader read one there
-        # without an ACL?): a reader who may not read it is refused the same way whether it
-        # exists or not, or a manifest would tell which container names the account holds
-        # (issue 26, finding 14).
-        if not may_read(container):
-            raise Forbidden(f"the segments of this large object are in {container_name!r}, "
-                            "which you may not read")
-        if container is None:
-            return []
-        out: list[ObjectVersion] = []
-        marker = ""
-        while True:
-            page = self.catalog.list_objects(container.id, prefix=prefix, marker=marker,
-                                             limit=1000)
-            for entry in page:
-                version = self.catalog.object(container.id, entry.name)
-                if version is not None:
-                    out.append(version)
-            if len(page) < 1000:
-                return out
-            marker = page[-1].name
-
-    # -- static large objects ------------------------------------------------------------------
-
-    def put_slo(self, account_id: int, container: ContainerInfo, name: str, manifest: bytes,
-                *, content_type: str, meta: Mapping[str, Mapping[str, str]],
-                modified_by: str | None, delete_at: float | None,
-                may_read: Callable[[ContainerInfo | None], bool] = lambda _: True,
-                etag: str | None = None) -> ObjectVersion:
-        """Assemble an SLO from its manifest into one map that names the segments' blocks
-        (no data copied but the edges of ranged segments).  Swift's checks apply: every
-        segment exists and is readable by the uploader (`may_read` of its container), its
-        ETag and size match when given (InvalidArgument listing every problem, as Swift's
-        400), and `etag`, when given, is the SLO's ETag (ChecksumMismatch)."""
-        if len(manifest) > self.limits.max_manifest_size:
-            raise TooLarge("manifest too large")
-        try:
-            segments = json.loads(manifest)
-        except (ValueError, RecursionError):
-            raise InvalidArgument("Manifest must be valid JSON.") from None
-        if not isinstance(segments, list) or not segments:
-            raise InvalidArgument("Manifest must be a non-empty list of segments.")
-        if len(segments) > self.limits.max_manifest_segments:
-            raise InvalidArgument(f"Too many segments (max {self.limits.max_manifest_segments})")
-        # Swift's parse checks come first and list every bad segment (unknown keys, itself).
-        bad = [p for i, seg in enumerate(segments)
-               if (p := slo.segment_problem(i, seg, f"{container.name}/{name}")) is not None]
-        if bad:
-            raise InvalidArgument("\n".join(bad))
-        parts: list[tuple[bytes, int, int | None]] = []
-        sources: list[int] = []  # the segments' versions, which must outlive the commit
-        stored: list[dict[str, Any]] = []
-        etags = hashlib.md5(usedforsecurity=False)
-        total = 0
-        problems: list[str] = []
-        for i, seg in enumerate(segments):
-            if isinstance(seg, dict) and "data" in seg:
-                # Swift's inline segment: base64 bytes stored with the manifest's object.
-                data = _inline_data(i, seg)
-                if data:
-                    root, length = self.mapper.build(io.BytesIO(data))
-                    parts.append((root, 0, length))
-                    total += length
-                etags.update(hashlib.md5(data, usedforsecurity=False).hexdigest().encode())
-                stored.append({"data": seg["data"]})
-                continue
-            if not isinstance(seg, dict) or not isinstance(seg.get("path"), str):
-                raise InvalidArgument(f"Index {i}: segment needs a 'path'")
-            path = seg["path"].lstrip("/")
-            cname, _, oname = path.partition("/")
-            seg_container = self.catalog.container(account_id, cname) if oname else None
-            version = self.catalog.object(seg_container.id, oname) if seg_container else None
-            if oname and not may_read(seg_container):
-                # The same answer whether the container (or the object) exists or not: a
-                # missing container is asked about too (may_read(None)), or 403 against 404
-                # would tell which container names the account holds (issue 26, finding 14).
-                problems.append(f"/{path}: 403 Forbidden")
-                continue
-            if version is not None and version.sys_meta():
-                # A symlink as a segment: its target's content (as Swift's SLO reads it).
-                version = symlinks.resolve(self.catalog, account_id, version, may_read)
-            if version is None:
-                problems.append(f"/{path}: 404 Not Found")
-                continue
-            want_etag = seg.get("etag")
-            want_size = seg.get("size_bytes")
-            if want_etag not in (None, "") and str(want_etag).strip('"').lower() != version.etag:
-                problems.append(f"/{path}: Etag Mismatch")
-            if want_size is not None and _int_or_none(want_size) != version.size:
-                problems.append(f"/{path}: Size Mismatch")
-            offset, length = 0, version.size
-            if seg.get("range"):
-                offset, length = _segment_range(str(seg["range"]), version.size)
-            if length < self.limits.min_segment_size and i < len(segments) - 1:
-                problems.append(f"/{path}: Too Small")
-            if version.root is not None and length:
-                parts.append((self.stored_root(version), offset, length))
-                sources.append(version.version_id)
-            total += length
-            etags.update(version.etag.encode()
-                         + (f":{offset}-{offset + length - 1};".encode()
-                            if seg.get("range") else b""))
-            entry: dict[str, Any] = {
-                "name": "/" + path, "hash": version.etag, "bytes": version.size,
-                "content_type": version.content_type,
-                "last_modified": _iso(version.created)}
-            if seg.get("range"):
-                entry["range"] = f"{offset}-{offset + length - 1}"
-            stored.append(entry)
-        if problems:
-            raise InvalidArgument("Errors:\n" + "\n".join(problems))
-        if total > self.limits.max_file_size:
-            raise TooLarge("the large object would exceed the maximum object size")
-        root, size = self.mapper.concat(parts) if parts else (self.mapper.empty(), 0)
-        assert size == total
-        if etag is not None and etag.strip('"').lower() != etags.hexdigest():
-            raise ChecksumMismatch(f"ETag {etag} does not match the manifest's "
-                                   f"{etags.hexdigest()}")
-        return self.commit_version(
-            container.id, name, root=root, size=size, etag=etags.hexdigest(),
-            content_type=content_type, meta=meta, modified_by=modified_by,
-            delete_at=delete_at, slo_manifest=json.dumps(stored), sources=sources)
-
 
 # Sorts after every name that follows a given prefix (as the catalog's listings use it).
 _MAX_CHAR = "\U0010ffff"
@@ -844,42 +660,6 @@ class ContainerSubdir(ContainerSummary):
     """A pseudo-directory of an account listing with a delimiter (its name ends in it)."""
 
     __slots__ = ()
-
-
-def _inline_data(index: int, seg: Mapping[str, Any]) -> bytes:
-    """The bytes of an inline SLO segment ({"data": base64}), refused as Swift's are."""
-    if set(seg) != {"data"}:
-        raise InvalidArgument(f"Index {index}: a data segment takes no other key")
-    try:
-        return base64.b64decode(str(seg["data"]), validate=True)
-    except ValueError:
-        raise InvalidArgument(f"Index {index}: bad base64 in 'data'") from None
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):  # (1e999 is a JSON number too)
-        return None
-
-
-def _segment_range(text: str, size: int) -> tuple[int, int]:
-    first, _, last = text.partition("-")
-    try:
-        if first == "":
-            n = min(int(last), size)
-            return size - n, n
-        start = int(first)
-        end = size - 1 if last == "" else min(int(last), size - 1)
-    except ValueError:
-        raise InvalidArgument(f"bad segment range {text!r}") from None
-    if start > end or start >= size:
-        raise InvalidArgument(f"unsatisfiable segment range {text!r}")
-    return start, end - start + 1
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}"
 
 
 def _mixed(pieces: Sequence[Iterator[Piece] | bytes],
