@@ -179,6 +179,9 @@ def test_a_write_chosen_as_a_deadlocks_victim_runs_again_once_whole(pg_catalog, 
     cat.create_container(acct, "c")
     cid = cat.container(acct, "c").id
     _put(cat, cid, "first")
+    # A limit, however far: the charge then locks the holdings FOR UPDATE (a project
+    # without one shares them, and nothing here would deadlock: pg_functions.py).
+    cat.set_quota("acct", {"bytes": 10**12, "objects": 10**6})
     where = "WHERE project_id = 'acct'"
     other = create_engine(pg_url)
     errors: list[BaseException] = []

@@ -38,7 +38,9 @@ from pithos.catalog.db_errors import retried_write
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.images import ImagesMixin
+from pithos.catalog.lease_check import LeaseCheck
 from pithos.catalog.object_versions import ObjectVersionsMixin
+from pithos.catalog.pg_commit import PgCommitMixin
 from pithos.catalog.projects import ProjectsMixin
 from pithos.catalog.records import (
     AccountAndContainer,
@@ -63,7 +65,7 @@ __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
 class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, ProjectsMixin,
-              ObjectVersionsMixin, CatalogEngine):
+              ObjectVersionsMixin, PgCommitMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 
@@ -341,7 +343,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                     content_type: str, meta: Mapping[str, Mapping[str, str]],
                     modified_by: str | None = None, delete_at: float | None = None,
                     dlo_manifest: str | None = None, slo_manifest: str | None = None,
-                    created: float | None = None,
+                    created: float | None = None, guard: LeaseCheck | None = None,
                     grant: tuple[int, Sequence[bytes]] | None = None,
                     sources: Sequence[int] = (), expect: Expect | None = None,
                     source: ObjectVersion | None = None, source_expect: Expect | None = None,
@@ -358,10 +360,26 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         object's current one (PreconditionFailed when `source_expect` does not hold on that
         object, else Conflict: retry); with `move`, that object is deleted in the same
         transaction (a server-side move).  `inline`: the content itself, kept in the row
-        (a small object: `root` is its blocks' would-be root, none of them stored)."""
+        (a small object: `root` is its blocks' would-be root, none of them stored).
+        `guard`: the writer's commit guard, checked inside this commit's own transaction
+        (PostgreSQL: leases.WriterLeases.guarded_commit; LeaseLost, nothing written)."""
         now = time.time()
+        if not self.is_sqlite and source is None:
+            # One round trip (pithos/catalog/pg_commit.py), the commit guard's check in it.
+            obj_id, uuid, version_id, vid = self._put_version_call(
+                container_id, name, root=root, size=size, etag=etag,
+                content_type=content_type, meta=meta, modified_by=modified_by,
+                delete_at=delete_at, dlo_manifest=dlo_manifest, slo_manifest=slo_manifest,
+                created=created or now, now=now, grant=grant, sources=sources,
+                expect=expect, inline=inline, guard=guard)
+            return ObjectVersion(obj_id, container_id, name, uuid, version_id, vid, root,
+                                 size, etag, content_type, created or now, modified_by,
+                                 delete_at, dlo_manifest, slo_manifest,
+                                 {d: dict(kv) for d, kv in meta.items() if kv}, inline)
         # Changes no account's or container's looked-up columns: the lookups stay cached.
         with self._write(keeps_info=True) as conn:
+            if guard is not None:
+                self._check_lease(conn, guard)
             if source is not None:
                 self._check_source(conn, source, source_expect, now)
             if sources:

@@ -37,13 +37,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pithos.catalog.db_errors import database_errors
+from pithos.catalog.lease_check import LeaseCheck, LeaseLost
 from pithos.core.errors import BackendError
 
 if TYPE_CHECKING:
     from pithos.catalog.catalog import Catalog
+
+__all__ = ["LeaseCheck", "LeaseLost", "Liveness", "Ticket", "WriterLeases", "liveness_for",
+           "oldest_live_writer"]
+
+T = TypeVar("T")
 
 # A busy process moves its row's start forward (to its oldest writer still in flight) at
 # most this often; a stale start only makes the collector spare more.
@@ -53,15 +59,6 @@ REFRESH_S = 2.0
 IDLE_CLEAR_S = 1.0
 # Advisory lock namespace of writer leases on PostgreSQL ("pilw").
 PG_LOCK_CLASS = 0x70696C77
-
-
-class LeaseLost(BackendError):
-    """This writer's lease was revoked (its process was taken for dead): its blocks may have
-    been collected, so it must not commit.  Retrying the whole write succeeds."""
-
-    def __init__(self, message: str = "the writer's lease was lost; nothing was committed, "
-                                      "retry") -> None:
-        super().__init__(message, transient=True)
 
 
 @dataclass(frozen=True)
@@ -89,6 +86,11 @@ class Liveness(Protocol):
     def guard(self, lease_id: int) -> contextlib.AbstractContextManager[None]:
         """Hold off any revocation of `lease_id` for the block's duration; raise LeaseLost
         if this process no longer holds it."""
+
+    def commit_check(self, lease_id: int) -> LeaseCheck | None:
+        """What a catalog commit can check itself, in its own transaction, instead of
+        `guard` around it (None: this liveness cannot be checked so; use `guard`).
+        LeaseLost if this process no longer holds `lease_id`."""
 
     def close(self) -> None:
         """Release everything (the process is going away)."""
@@ -153,6 +155,9 @@ class FileLiveness:
         if lease_id not in self._held:
             raise LeaseLost()
         yield
+
+    def commit_check(self, lease_id: int) -> LeaseCheck | None:
+        return None  # (the guard above costs nothing: no database statement)
 
     def close(self) -> None:
         for lease_id in list(self._held):
@@ -241,6 +246,12 @@ class PostgresLiveness:
             if not alive:
                 raise LeaseLost()
             yield
+
+    def commit_check(self, lease_id: int) -> LeaseCheck | None:
+        held = self._held.get(lease_id)
+        if held is None:
+            raise LeaseLost()
+        return LeaseCheck(PG_LOCK_CLASS, lease_id, held[1])
 
     def close(self) -> None:
         for lease_id in list(self._held):
@@ -345,6 +356,22 @@ class WriterLeases:
         try:
             with self.liveness.guard(ticket.lease_id):
                 yield
+        except LeaseLost:
+            self._lost(ticket.lease_id)
+            raise
+
+    def guarded_commit(self, ticket: Ticket, commit: Callable[[LeaseCheck | None], T]) -> T:
+        """`commit(check)` under the writer's commit guard: with a check (PostgreSQL) the
+        catalog holds the lease's lock inside the commit's own transaction and raises
+        LeaseLost itself (pithos/catalog/pg_commit.py); else (None) inside `commit_guard`.
+        Either way a revocation and the commit exclude each other, and a lost lease is
+        LeaseLost with nothing committed."""
+        try:
+            check = self.liveness.commit_check(ticket.lease_id)
+            if check is None:
+                with self.commit_guard(ticket):
+                    return commit(None)
+            return commit(check)
         except LeaseLost:
             self._lost(ticket.lease_id)
             raise

@@ -55,6 +55,7 @@ from pithos.core.errors import Conflict, InvalidArgument, NotFound, QuotaExceede
 RESOURCES = ("bytes", "objects", "images", "servers", "vcpus", "ram_mib", "disk_gib")
 
 _hd = s.project_holdings
+_st = s.holding_stripes
 _q: Any = bindparam("q")
 # Charge q of one resource unless that passes the limit (a release, q <= 0, always passes).
 CHARGE = (update(_hd).where(and_(
@@ -271,17 +272,41 @@ class ProjectsMixin:
                                       or limit < 0):
                 raise InvalidArgument(f"the limit of {resource} must be a whole number >= 0")
         with self._write() as conn:  # type: ignore[attr-defined]
-            for resource, limit in limits.items():
+            for resource, limit in sorted(limits.items()):
                 self._ensure_holding(conn, project_id, resource)
+                self._fold_stripes(conn, project_id, resource)
                 conn.execute(update(_hd).where(and_(_hd.c.project_id == project_id,
                                                     _hd.c.resource == resource))
                              .values(quota_limit=limit))
 
+    def _fold_stripes(self, conn: Connection, project_id: str, resource: str) -> None:
+        """Move a holding's striped usage into its row (PostgreSQL), as a limit is set: the
+        row locked FOR UPDATE first waits for every striped charge in flight (each holds a
+        KEY SHARE lock of it to its commit), and the next ones find the limit and take the
+        checked path.  So a limited holding's stripes stay zero (pithos/catalog/
+        pg_functions.py)."""
+        if self.is_sqlite:  # type: ignore[attr-defined]
+            return  # (no stripes: one writer at a time)
+        conn.execute(select(_hd.c.usage).where(and_(
+            _hd.c.project_id == project_id, _hd.c.resource == resource)).with_for_update())
+        # A statement of its own after the lock: it sees every charge committed meanwhile.
+        folded = conn.execute(delete(_st).where(and_(
+            _st.c.project_id == project_id, _st.c.resource == resource))
+            .returning(_st.c.usage)).scalars().all()
+        if any(folded):
+            conn.execute(update(_hd).where(and_(_hd.c.project_id == project_id,
+                                                _hd.c.resource == resource))
+                         .values(usage=_hd.c.usage + sum(folded)))
+
     def holdings(self, project_id: str) -> dict[str, Holding]:
         """Every resource's holding (a resource never charged nor limited: no limit, zero)."""
+        # The usage of a holding without a limit is its row's plus its stripes'.
+        striped = (select(func.coalesce(func.sum(_st.c.usage), 0))
+                   .where(and_(_st.c.project_id == _hd.c.project_id,
+                               _st.c.resource == _hd.c.resource)).scalar_subquery())
         with self._read() as conn:  # type: ignore[attr-defined]
-            rows = conn.execute(select(_hd.c.resource, _hd.c.quota_limit, _hd.c.usage,
-                                       _hd.c.pending)
+            rows = conn.execute(select(_hd.c.resource, _hd.c.quota_limit,
+                                       (_hd.c.usage + striped).label("usage"), _hd.c.pending)
                                 .where(_hd.c.project_id == project_id)).all()
         out = {r: Holding(r, None, 0, 0) for r in RESOURCES}
         out.update({r.resource: Holding(r.resource, None if r.quota_limit is None

@@ -319,6 +319,18 @@ project_holdings = Table(
     Column("pending", BigInteger, nullable=False, server_default="0"),
 )
 
+# Striped usage of a holding without a limit (PostgreSQL, migration 10): concurrent charges
+# add to one stripe each instead of all locking the holding's row; the usage is the
+# holding's plus its stripes'.  Folded into the holding before a limit is set, so a limited
+# holding's stripes are zero (pithos/catalog/pg_functions.py).
+holding_stripes = Table(
+    "holding_stripes", metadata,
+    Column("project_id", String(256), primary_key=True),
+    Column("resource", String(32), primary_key=True),
+    Column("stripe", Integer, primary_key=True),
+    Column("usage", BigInteger, nullable=False, server_default="0"),
+)
+
 # An issued commission not yet accepted or rejected, and its provisions.  One past `expires`
 # is rejected by the reaper (Catalog.reap_commissions, at each server start and by `pithos
 # project reap`).
@@ -439,6 +451,23 @@ def _v9(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE versions ADD COLUMN inline_data {kind}"))
 
 
+def _v10(conn: Connection) -> None:
+    # A new version committed in one call on PostgreSQL, and striped usage of holdings
+    # without a limit (pithos/catalog/pg_functions.py: the functions' text is this
+    # migration's).  SQLite gets the (unused) table only.
+    from pithos.catalog.pg_functions import FUNCTIONS_V10
+
+    metadata.create_all(conn, tables=[holding_stripes])
+    if conn.dialect.name == "postgresql":
+        # On the driver's cursor with no parameters: the bodies' '%' are PL/pgSQL's.
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for function in FUNCTIONS_V10:
+                cur.execute(function)
+        finally:
+            cur.close()
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -449,6 +478,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (7, _v7),
     (8, _v8),
     (9, _v9),
+    (10, _v10),
 ]
 LATEST = MIGRATIONS[-1][0]
 

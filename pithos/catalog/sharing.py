@@ -182,7 +182,12 @@ class SharingMixin:
     def usage(self, container_id: int) -> Usage:
         """The bytes the container and its account hold, and their quotas; NotFound if there
         is no such container."""
-        found = self._fetch(h.CONTAINER_POLICY, container_id=container_id)
+        # Kept briefly in a server worker as the account-and-container lookup is
+        # (CatalogEngine._cached_info): a quota is looked up by every upload's early refusal,
+        # and the commit checks it again in its own transaction whatever this said.
+        found = self._cached_info(
+            ("policy", container_id),
+            lambda: self._fetch(h.CONTAINER_POLICY, container_id=container_id), bool)
         if not found:
             raise NotFound(f"no container with id {container_id}")
         quota_bytes, account_id, account_quota = found[0][:3]

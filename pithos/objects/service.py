@@ -420,8 +420,9 @@ class ObjectService(LargeObjects):
             # A version kept inline names no stored block: a collector can take nothing it
             # needs, so its commit needs no guard (and saves the guard's round trip).
             return self.catalog.put_version(container_id, name, **version)
-        with self.leases.commit_guard(ticket):
-            return self.catalog.put_version(container_id, name, **version)
+        # On PostgreSQL the guard's check runs inside the commit's own statement.
+        return self.leases.guarded_commit(ticket, lambda guard: self.catalog.put_version(
+            container_id, name, guard=guard, **version))
 
     def store(self, body: BinaryIO, length: int | None, chunking: str | None = None,
               inline: bool = True) -> Stored:

@@ -1,0 +1,144 @@
+"""A new version committed on PostgreSQL in one round trip (issue 27): one call of
+`pithos_put_version` (pithos/catalog/pg_functions.py) in autocommit, so the statement is its
+own transaction, durable (synchronous_commit) before its answer comes back.  The Python path
+of `Catalog.put_version` took a dozen round trips, each costing the worker and the server CPU
+and holding the rows it had locked (the project's holdings, the stat shard, the change
+number) for one more round trip of every concurrent writer of the project.
+
+The commit guard is folded into the same statement (`guard`: a leases.LeaseCheck): the
+lease's lock taken in shared mode for the transaction, as `PostgresLiveness.guard` took it
+in a transaction of its own around the commit, so a revocation and the commit still exclude
+each other, with one pooled connection instead of two."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import uuid as uuidlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from pithos.catalog.engine import STAT_SHARDS, CatalogEngine
+from pithos.catalog.lease_check import LeaseCheck, LeaseLost
+from pithos.catalog.pg_functions import HOLDING_STRIPES
+from pithos.catalog.records import Expect
+from pithos.core.errors import Conflict, PreconditionFailed, QuotaExceeded
+
+PUT_VERSION_SQL = (
+    "SELECT object_id, object_uuid, version_id FROM pithos_put_version("
+    "%(guard_class)s::integer, %(guard_lease)s::integer, %(guard_pid)s::integer, "
+    "%(container_id)s::integer, %(name)s::text, %(vid)s::text, %(root)s::bytea, "
+    "%(size)s::bigint, %(etag)s::text, %(content_type)s::text, "
+    "%(created)s::double precision, %(modified_by)s::text, %(delete_at)s::double precision, "
+    "%(dlo_manifest)s::text, %(slo_manifest)s::text, %(inline)s::bytea, "
+    "%(meta_domains)s::text[], %(meta_keys)s::text[], %(meta_values)s::text[], "
+    "%(grant_account)s::integer, %(grant_hashes)s::bytea[], %(sources)s::integer[], "
+    "%(expect_absent)s::boolean, %(expect_match)s::text[], %(now)s::double precision, "
+    "%(new_uuid)s::text, %(shard)s::integer, %(stripe)s::integer)")
+
+# The function's own errors (RAISE ... USING ERRCODE), as the project's.
+_ERRORS: dict[str, type[Exception]] = {"PT002": Conflict, "PT003": PreconditionFailed,
+                                       "PT004": QuotaExceeded}
+
+
+class PgCommitMixin(CatalogEngine):
+    """Catalog.put_version's one-call path on PostgreSQL."""
+
+    def _put_version_call(self, container_id: int, name: str, *, root: bytes, size: int,
+                          etag: str, content_type: str,
+                          meta: Mapping[str, Mapping[str, str]], modified_by: str | None,
+                          delete_at: float | None, dlo_manifest: str | None,
+                          slo_manifest: str | None, created: float, now: float,
+                          grant: tuple[int, Sequence[bytes]] | None, sources: Sequence[int],
+                          expect: Expect | None, inline: bytes | None,
+                          guard: LeaseCheck | None) -> tuple[int, str, int, str]:
+        """(object id, its UUID, version id, vid) of the version committed."""
+        vid = secrets.token_hex(16)
+        items = [(d, k, v) for d, kv in meta.items() for k, v in kv.items()]
+        hashes = sorted(set(grant[1])) if grant is not None else []
+        values: dict[str, Any] = {
+            "guard_class": guard.lock_class if guard else None,
+            "guard_lease": guard.lease_id if guard else None,
+            "guard_pid": guard.pid if guard else None,
+            "container_id": container_id, "name": name, "vid": vid, "root": root,
+            "size": size, "etag": etag, "content_type": content_type, "created": created,
+            "modified_by": modified_by, "delete_at": delete_at,
+            "dlo_manifest": dlo_manifest, "slo_manifest": slo_manifest, "inline": inline,
+            "meta_domains": [i[0] for i in items] or None,
+            "meta_keys": [i[1] for i in items] or None,
+            "meta_values": [i[2] for i in items] or None,
+            "grant_account": grant[0] if grant is not None else None,
+            "grant_hashes": hashes or None,
+            "sources": sorted(set(sources)) or None,
+            "expect_absent": bool(expect is not None and expect.absent),
+            "expect_match": (list(expect.match) if expect is not None
+                             and expect.match is not None else None),
+            "now": now, "new_uuid": str(uuidlib.uuid4()),
+            "shard": random.randrange(STAT_SHARDS), "stripe": random.randrange(HOLDING_STRIPES),
+        }
+        try:
+            with self._errors:
+                row = self._call_autocommit(PUT_VERSION_SQL, values)
+        except Exception as exc:
+            state = _sqlstate(exc)
+            if state == "PT001":
+                raise LeaseLost() from exc
+            if state in _ERRORS:
+                raise _ERRORS[state](_message(exc)) from exc
+            raise
+        return int(row[0]), str(row[1]), int(row[2]), vid
+
+    def _check_lease(self, conn: Connection, guard: LeaseCheck) -> None:
+        """put_version's `guard` on its Python path (a copy or a move on PostgreSQL): the
+        same check as the function's, first in the commit's transaction."""
+        alive = conn.execute(text(
+            "SELECT pg_try_advisory_xact_lock_shared(:c, :i) AND EXISTS "
+            "(SELECT 1 FROM upload_leases WHERE id = :i) AND EXISTS "
+            "(SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = :c "
+            " AND objid = :i AND pid = :pid AND mode = 'ShareLock' AND granted)"),
+            {"c": guard.lock_class, "i": guard.lease_id, "pid": guard.pid}).scalar()
+        if not alive:
+            raise LeaseLost()
+
+    def _call_autocommit(self, sql: str, values: Mapping[str, Any]) -> Any:
+        """The one row of `sql`, run alone as its own transaction on a pooled connection of
+        the write engine (pinged when it sat idle, as any write's)."""
+        conn = self.engine.raw_connection()
+        try:
+            dbapi: Any = conn.dbapi_connection
+            dbapi.autocommit = True
+            try:
+                cur = dbapi.cursor()
+                try:
+                    cur.execute(sql, values)
+                    return cur.fetchone()
+                finally:
+                    cur.close()
+            finally:
+                if not dbapi.closed:
+                    dbapi.autocommit = False
+        finally:
+            conn.close()
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None) or seen
+        state = getattr(orig, "sqlstate", None)
+        if state:
+            return str(state)
+        seen = seen.__cause__
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    while seen is not None:
+        diag = getattr(getattr(seen, "orig", None) or seen, "diag", None)
+        if diag is not None and diag.message_primary:
+            return str(diag.message_primary)
+        seen = seen.__cause__
+    return str(exc)

@@ -1,0 +1,315 @@
+"""The PL/pgSQL functions of a PostgreSQL catalog, as migration 10 creates them.
+
+`pithos_put_version` commits a new version in one statement: one round trip to the server
+instead of a dozen (BEGIN, the object's row, the version, its metadata, the policy, the
+charge, the counters, the change number, COMMIT, and the commit guard's own transaction),
+each of which cost the worker and the server CPU.  It does exactly what the Python path of
+`Catalog.put_version` does (SQLite runs that path, and PostgreSQL for a copy or a move that
+checks its source), in the same order, so the lock order is unchanged: the object's row,
+the project's holdings (bytes, then objects), the container's stat shard, the containers row
+of the change number last.
+
+`pithos_charge_storage` charges a container's change of usage to its project.  A project's
+holding of a resource without a limit is not locked for writing: the charge is added to one
+of its **stripes** (`holding_stripes`, chosen at random by the caller) under a KEY SHARE
+lock of the holding, which concurrent charges share; its usage is the holding's plus its
+stripes'.  A holding with a limit is charged as before, locked FOR UPDATE and checked on its
+newest version.  Why that stays exact: stripes of a holding are zero whenever it has a limit,
+since `set_quota` locks the holding FOR UPDATE (waiting for every KEY SHARE holder, i.e. for
+every striped charge in flight, to commit) and folds the stripes into it before it sets a
+limit; a striped charge takes its KEY SHARE lock with a read of the limit on the newest row,
+so one that finds a limit set meanwhile is rolled back whole as a serialization failure
+(40001) and runs again (retried_write) on the checked path.
+
+Errors a caller turns into the project's (pithos/catalog/pg_commit.py): SQLSTATE PT001 the
+writer's lease was lost, PT002 a source gone (Conflict), PT003 a precondition failed, PT004 a
+quota exceeded; the message is the one the Python path gives.
+
+The text below is migration 10's: a later change is a new migration (CREATE OR REPLACE with
+its own text), never an edit of this one.
+"""
+
+from __future__ import annotations
+
+# Stripes per (project, resource): concurrent charges of one project pick one at random,
+# so two of them wait for each other only when they pick the same one.
+HOLDING_STRIPES = 32
+
+CHARGE_STORAGE_V10 = r"""
+CREATE OR REPLACE FUNCTION pithos_charge_storage(
+    p_project text, p_bytes bigint, p_objects bigint, p_check boolean, p_stripe integer,
+    p_released bigint)
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    v_open integer := 0;
+    v_rows integer;
+    v_there integer;
+    v_over text;
+BEGIN
+    IF p_bytes = 0 AND p_objects = 0 AND p_released = 0 THEN
+        RETURN;
+    END IF;
+    -- A look without a lock: both rows there and neither limited takes the striped path.
+    SELECT count(*) FILTER (WHERE quota_limit IS NULL) INTO v_open FROM project_holdings
+     WHERE project_id = p_project AND resource IN ('bytes', 'objects');
+    IF v_open = 2 THEN
+        -- Shared with every other striped charge; excludes set_quota's FOR UPDATE.  The
+        -- limits read here are the newest (a locking read waits, then re-reads the row).
+        v_open := 0;
+        FOR r IN SELECT quota_limit FROM project_holdings
+                  WHERE project_id = p_project AND resource IN ('bytes', 'objects')
+                  ORDER BY resource FOR KEY SHARE LOOP
+            IF r.quota_limit IS NULL THEN
+                v_open := v_open + 1;
+            END IF;
+        END LOOP;
+        IF v_open <> 2 THEN
+            RAISE EXCEPTION 'a limit was set on project % meanwhile', p_project
+                USING ERRCODE = '40001';
+        END IF;
+        INSERT INTO holding_stripes AS s (project_id, resource, stripe, usage)
+        SELECT p_project, q.resource, p_stripe, q.amount
+          FROM (VALUES ('bytes', p_bytes), ('objects', p_objects - p_released))
+               AS q(resource, amount)
+         WHERE q.amount <> 0
+         ORDER BY q.resource
+        ON CONFLICT (project_id, resource, stripe) DO UPDATE SET usage = s.usage + EXCLUDED.usage;
+        RETURN;
+    END IF;
+    -- Limited (or a row missing): the rows locked in resource order, checked on their newest
+    -- versions.
+    PERFORM 1 FROM project_holdings
+      WHERE project_id = p_project AND resource IN ('bytes', 'objects')
+      ORDER BY resource FOR UPDATE;
+    UPDATE project_holdings h
+       SET usage = h.usage + CASE WHEN h.resource = 'bytes' THEN p_bytes
+                                  ELSE p_objects - p_released END
+     WHERE h.project_id = p_project AND h.resource IN ('bytes', 'objects')
+       AND (NOT p_check
+            OR CASE WHEN h.resource = 'bytes' THEN p_bytes ELSE p_objects END <= 0
+            OR h.quota_limit IS NULL
+            OR h.usage + h.pending + CASE WHEN h.resource = 'bytes' THEN p_bytes
+                                          ELSE p_objects - p_released END
+               <= h.quota_limit);
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    IF v_rows = 2 THEN
+        RETURN;
+    END IF;
+    SELECT count(*), string_agg(resource, ' and ' ORDER BY resource)
+           FILTER (WHERE quota_limit IS NOT NULL AND usage + pending
+                   + CASE WHEN resource = 'bytes' THEN p_bytes
+                          ELSE p_objects - p_released END > quota_limit)
+      INTO v_there, v_over FROM project_holdings
+     WHERE project_id = p_project AND resource IN ('bytes', 'objects');
+    IF v_there = 2 THEN
+        RAISE EXCEPTION 'project quota exceeded for %: the new version would pass its limit',
+            coalesce(v_over, 'storage') USING ERRCODE = 'PT004';
+    END IF;
+    -- The missing rows had no limit and were never charged: made and charged alone.
+    FOR r IN SELECT q.resource, q.amount
+               FROM (VALUES ('bytes', p_bytes), ('objects', p_objects - p_released))
+                    AS q(resource, amount)
+              WHERE q.amount <> 0
+                AND NOT EXISTS (SELECT 1 FROM project_holdings
+                                 WHERE project_id = p_project AND resource = q.resource)
+              ORDER BY q.resource LOOP
+        INSERT INTO project_holdings (project_id, resource) VALUES (p_project, r.resource)
+        ON CONFLICT DO NOTHING;
+        UPDATE project_holdings h SET usage = h.usage + r.amount
+         WHERE h.project_id = p_project AND h.resource = r.resource
+           AND (NOT p_check OR r.amount <= 0 OR h.quota_limit IS NULL
+                OR h.usage + h.pending + r.amount <= h.quota_limit);
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows <> 1 THEN
+            RAISE EXCEPTION 'project quota exceeded for %: % more would pass its limit',
+                r.resource, r.amount USING ERRCODE = 'PT004';
+        END IF;
+    END LOOP;
+END
+$fn$
+"""
+
+PUT_VERSION_V10 = r"""
+CREATE OR REPLACE FUNCTION pithos_put_version(
+    p_guard_class integer, p_guard_lease integer, p_guard_pid integer,
+    p_container_id integer, p_name text, p_vid text, p_root bytea, p_size bigint,
+    p_etag text, p_content_type text, p_created double precision, p_modified_by text,
+    p_delete_at double precision, p_dlo_manifest text, p_slo_manifest text, p_inline bytea,
+    p_meta_domains text[], p_meta_keys text[], p_meta_values text[],
+    p_grant_account integer, p_grant_hashes bytea[], p_sources integer[],
+    p_expect_absent boolean, p_expect_match text[], p_now double precision,
+    p_new_uuid text, p_shard integer, p_stripe integer)
+RETURNS TABLE (object_id integer, object_uuid text, version_id integer)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_obj integer;
+    v_current integer;
+    v_uuid text;
+    v_old_size bigint;
+    v_old_etag text;
+    v_deleted boolean;
+    v_old_delete_at double precision;
+    v_version integer;
+    v_cquota bigint;
+    v_account integer;
+    v_aquota bigint;
+    v_versioning text;
+    v_project text;
+    v_growth bigint;
+    v_used bigint;
+    v_dropped bigint := 0;
+    v_new_objects integer;
+    v_released integer := 0;
+    v_gone_bytes bigint := 0;
+    v_seq bigint;
+BEGIN
+    -- The commit guard (pithos/catalog/leases.py), held in this transaction: the lease's
+    -- lock in shared mode until the commit, so no collector revokes it meanwhile; and the
+    -- lease must still be there, its lock held by its process's session.
+    IF p_guard_lease IS NOT NULL THEN
+        IF NOT (pg_try_advisory_xact_lock_shared(p_guard_class, p_guard_lease)
+                AND EXISTS (SELECT 1 FROM upload_leases WHERE id = p_guard_lease)
+                AND EXISTS (SELECT 1 FROM pg_locks
+                             WHERE locktype = 'advisory' AND classid = p_guard_class::oid
+                               AND objid = p_guard_lease::oid AND pid = p_guard_pid
+                               AND mode = 'ShareLock' AND granted)) THEN
+            RAISE EXCEPTION 'the writer''s lease was lost' USING ERRCODE = 'PT001';
+        END IF;
+    END IF;
+    IF p_sources IS NOT NULL THEN
+        IF (SELECT count(*) FROM versions WHERE id = ANY (p_sources))
+           <> cardinality(p_sources) THEN
+            RAISE EXCEPTION 'a source of this object was removed meanwhile; retry'
+                USING ERRCODE = 'PT002';
+        END IF;
+    END IF;
+    IF p_grant_hashes IS NOT NULL THEN
+        -- (Sorted by the caller: two uploads granting shared blocks never wait in a cycle.)
+        INSERT INTO account_blocks (account_id, hash)
+        SELECT p_grant_account, g.hash FROM unnest(p_grant_hashes) WITH ORDINALITY AS g(hash, i)
+         ORDER BY g.i
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- The object's row, locked; its current version read once the lock is held.
+    SELECT o.id, o.current_id, o.uuid INTO v_obj, v_current, v_uuid FROM objects o
+     WHERE o.container_id = p_container_id AND o.name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO objects AS o (container_id, name, uuid, current_id)
+        VALUES (p_container_id, p_name, p_new_uuid, NULL)
+        ON CONFLICT (container_id, name) DO NOTHING RETURNING o.id INTO v_obj;
+        IF v_obj IS NOT NULL THEN
+            v_uuid := p_new_uuid;
+            v_current := NULL;
+        ELSE  -- created concurrently: the insert waited for that writer's commit
+            SELECT o.id, o.current_id, o.uuid INTO v_obj, v_current, v_uuid FROM objects o
+             WHERE o.container_id = p_container_id AND o.name = p_name FOR UPDATE;
+        END IF;
+    END IF;
+    SELECT c.quota_bytes, c.account_id, a.quota_bytes, c.versioning,
+           coalesce(c.project_id, a.name)
+      INTO v_cquota, v_account, v_aquota, v_versioning, v_project
+      FROM containers c JOIN accounts a ON a.id = c.account_id WHERE c.id = p_container_id;
+    IF v_current IS NOT NULL THEN
+        SELECT v.size, v.deleted, v.delete_at, v.etag
+          INTO v_old_size, v_deleted, v_old_delete_at, v_old_etag
+          FROM versions v WHERE v.id = v_current;
+        IF NOT FOUND THEN
+            v_old_size := NULL;
+            v_old_etag := NULL;
+        ELSIF v_deleted OR (v_old_delete_at IS NOT NULL AND v_old_delete_at <= p_now) THEN
+            IF NOT v_deleted THEN
+                -- Expired but not reaped: its usage is still counted.  Released with the
+                -- new version's charge below, in one charge and one count, so the rows
+                -- are locked once each and in the one order.
+                v_released := 1;
+                v_gone_bytes := v_old_size;
+            END IF;
+            v_uuid := p_new_uuid;
+            UPDATE objects o SET uuid = v_uuid WHERE o.id = v_obj;
+            v_old_size := NULL;
+            v_old_etag := NULL;
+        END IF;
+    END IF;
+
+    -- The precondition, on the locked current version (pithos.catalog.changes.check_expect).
+    IF p_expect_absent AND v_old_etag IS NOT NULL THEN
+        RAISE EXCEPTION 'If-None-Match: * and the object exists' USING ERRCODE = 'PT003';
+    END IF;
+    IF p_expect_match IS NOT NULL THEN
+        IF v_old_etag IS NULL THEN
+            RAISE EXCEPTION 'If-Match and the object does not exist' USING ERRCODE = 'PT003';
+        END IF;
+        IF NOT ('*' = ANY (p_expect_match) OR v_old_etag = ANY (p_expect_match)) THEN
+            RAISE EXCEPTION 'If-Match: the object''s ETag is %', v_old_etag
+                USING ERRCODE = 'PT003';
+        END IF;
+    END IF;
+
+    INSERT INTO versions AS v (object_id, vid, root, size, etag, content_type, created,
+                               modified_by, deleted, delete_at, dlo_manifest, slo_manifest,
+                               inline_data)
+    VALUES (v_obj, p_vid, p_root, p_size, p_etag, p_content_type, p_created, p_modified_by,
+            false, p_delete_at, p_dlo_manifest, p_slo_manifest, p_inline)
+    RETURNING v.id INTO v_version;
+    IF p_meta_keys IS NOT NULL THEN
+        INSERT INTO version_meta (version_id, domain, key, value)
+        SELECT v_version, m.d, m.k, m.val
+          FROM unnest(p_meta_domains, p_meta_keys, p_meta_values) AS m(d, k, val);
+    END IF;
+    UPDATE objects o SET current_id = v_version WHERE o.id = v_obj;
+
+    -- The container's and the account's quotas (Catalog._check_quota).
+    v_growth := p_size - coalesce(v_old_size, 0);
+    IF v_growth > 0 AND coalesce(v_cquota, 0) <> 0 THEN
+        SELECT coalesce(sum(st.bytes), 0) INTO v_used FROM container_stats st
+         WHERE st.container_id = p_container_id;
+        IF v_used + v_growth > v_cquota THEN
+            RAISE EXCEPTION 'container quota of % bytes exceeded', v_cquota
+                USING ERRCODE = 'PT004';
+        END IF;
+    END IF;
+    IF v_growth > 0 AND coalesce(v_aquota, 0) <> 0 THEN
+        SELECT coalesce(sum(st.bytes), 0) INTO v_used
+          FROM container_stats st JOIN containers c ON c.id = st.container_id
+         WHERE c.account_id = v_account;
+        IF v_used + v_growth > v_aquota THEN
+            RAISE EXCEPTION 'account quota of % bytes exceeded', v_aquota
+                USING ERRCODE = 'PT004';
+        END IF;
+    END IF;
+
+    -- The project holds every version kept: this one more, less the history a container
+    -- that keeps none drops now (Catalog._count).
+    IF v_versioning = 'none' THEN
+        SELECT coalesce(sum(v.size), 0) INTO v_dropped FROM versions v
+         WHERE v.object_id = v_obj AND v.id <> v_version;
+    END IF;
+    v_new_objects := CASE WHEN v_old_size IS NULL THEN 1 ELSE 0 END;
+    PERFORM pithos_charge_storage(v_project, p_size - v_dropped, v_new_objects, true,
+                                  p_stripe, v_released);
+    IF v_new_objects - v_released <> 0 OR v_growth - v_gone_bytes <> 0 THEN
+        UPDATE container_stats st SET objects = st.objects + v_new_objects - v_released,
+               bytes = st.bytes + v_growth - v_gone_bytes
+         WHERE st.container_id = p_container_id AND st.shard = p_shard;
+    END IF;
+    IF v_versioning = 'none' THEN
+        DELETE FROM versions v WHERE v.object_id = v_obj AND v.id <> v_version;
+    END IF;
+
+    -- The change number, last: the containers row stays locked to the commit, so numbers
+    -- commit in order (pithos/catalog/changes.py).
+    UPDATE containers c SET change_seq = c.change_seq + 1 WHERE c.id = p_container_id
+    RETURNING c.change_seq INTO v_seq;
+    UPDATE objects o SET change_seq = v_seq WHERE o.id = v_obj;
+
+    object_id := v_obj;
+    object_uuid := v_uuid;
+    version_id := v_version;
+    RETURN NEXT;
+END
+$fn$
+"""
+
+FUNCTIONS_V10 = (CHARGE_STORAGE_V10, PUT_VERSION_V10)

@@ -1,0 +1,212 @@
+"""A new version committed in one call on PostgreSQL (pithos/catalog/pg_commit.py, issue 27):
+the commit guard folded into the commit's own statement, and the striped usage of holdings
+without a limit (pithos/catalog/pg_functions.py).  Each test fails if its path breaks: a
+commit under a revoked lease, a hot holdings row again, a limit passed after stripes were
+folded, counters that disagree with what was stored."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pithos.catalog import Catalog
+from pithos.catalog.leases import LeaseLost, WriterLeases, oldest_live_writer
+from pithos.core.errors import QuotaExceeded
+from tests.conftest import postgres_database
+from tests.test_writer_leases import cut_off, wait_for
+
+ROOT = b"\x02" * 32
+
+
+@pytest.fixture
+def pg_url():
+    url, drop = postgres_database("onecall")
+    yield url
+    drop()
+
+
+@pytest.fixture
+def pg_catalog(pg_url):
+    cat = Catalog(pg_url)
+    yield cat
+    cat.close()
+
+
+def _box(cat: Catalog) -> int:
+    acct = cat.ensure_account("acct")
+    cat.create_container(acct, "c")
+    return cat.container(acct, "c").id
+
+
+def put(cat: Catalog, cid: int, name: str, size: int = 1000, **kw) -> object:
+    return cat.put_version(cid, name, root=ROOT, size=size, etag="e" * 32,
+                           content_type="application/octet-stream", meta={}, **kw)
+
+
+def test_the_one_call_commit_is_refused_under_a_revoked_lease(pg_catalog):
+    cat = pg_catalog
+    cid = _box(cat)
+    leases = WriterLeases(cat)
+    try:
+        ticket = leases.begin()
+        # Alive: the check rides in the commit's own statement, and it commits.
+        leases.guarded_commit(ticket, lambda guard: put(cat, cid, "kept", guard=guard))
+        cut_off(cat, leases, ticket.lease_id)  # the session dies; a collector revokes
+        with pytest.raises(LeaseLost):
+            leases.guarded_commit(ticket, lambda guard: put(cat, cid, "lost", guard=guard))
+        assert cat.object(cid, "lost") is None and cat.object(cid, "kept") is not None
+        assert cat.holdings("acct")["objects"].usage == 1
+        leases.end(ticket)
+        again = leases.begin()  # a new lease for the process's next writer
+        assert again.lease_id != ticket.lease_id
+        leases.guarded_commit(again, lambda guard: put(cat, cid, "lost", guard=guard))
+        assert cat.object(cid, "lost") is not None
+        leases.end(again)
+    finally:
+        leases.close()
+
+
+def test_a_collector_cannot_revoke_a_lease_while_its_one_call_commit_runs(pg_catalog, pg_url):
+    """The commit's statement holds the lease's lock (shared) until it commits: a collector
+    that finds the session dead meanwhile cannot revoke it before the commit is done."""
+    cat = pg_catalog
+    cid = _box(cat)
+    leases = WriterLeases(cat)
+    other = create_engine(pg_url)
+    try:
+        ticket = leases.begin()
+        check = leases.liveness.commit_check(ticket.lease_id)
+        assert check is not None
+        with other.connect() as blocker:
+            # Holds the container's row: the commit's statement stops at its change number,
+            # already holding the lease's lock.
+            blocker.execute(text("SELECT 1 FROM containers WHERE id = :c FOR UPDATE"),
+                            {"c": cid})
+            done: list[object] = []
+            thread = threading.Thread(target=lambda: done.append(
+                put(cat, cid, "o", guard=check)))
+            thread.start()
+            assert wait_for(lambda: blocker.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :i "
+                "AND mode = 'ShareLock' AND granted"), {"i": ticket.lease_id}).scalar_one()
+                == 2)  # the lease's own session and the commit's transaction
+            cut_off_session = leases.liveness._held[ticket.lease_id][1]
+            blocker.execute(text("SELECT pg_terminate_backend(:p)"), {"p": cut_off_session})
+            assert wait_for(lambda: not blocker.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
+                {"p": cut_off_session}).scalar_one())
+            assert oldest_live_writer(cat) is not None  # not revoked: the commit holds it
+            blocker.rollback()
+        thread.join(60)
+        assert done and cat.object(cid, "o") is not None
+        assert wait_for(lambda: oldest_live_writer(cat) is None)  # revoked once committed
+    finally:
+        other.dispose()
+        leases.close()
+
+
+def test_charges_of_a_project_without_a_limit_do_not_wait_for_each_other(pg_url, monkeypatch):
+    """The holdings row of a project without a limit is shared, not locked for writing: a
+    new version commits while another transaction's striped charge of the same project is
+    in flight (a hot row again would wait for it: lock_timeout, 503)."""
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=5s")
+    cat = Catalog(pg_url)
+    other = create_engine(pg_url)
+    try:
+        cid = _box(cat)
+        put(cat, cid, "first")
+        with other.connect() as conn:
+            conn.execute(text("SELECT pithos_charge_storage('acct', 7, 1, true, 0, 0)"))
+            for n in range(8):  # each picks a stripe at random: some share the open one's
+                put(cat, cid, f"o{n}")
+            conn.commit()
+        held = cat.holdings("acct")
+        assert held["objects"].usage == 1 + 8 + 1
+        assert held["bytes"].usage == 9 * 1000 + 7
+    finally:
+        other.dispose()
+        cat.close()
+
+
+def test_a_limit_set_after_striped_charges_is_exact(pg_catalog):
+    """Charges made while the project had no limit sit in stripes; setting a limit folds
+    them into the holding (and waits for those in flight), and the checked path then counts
+    them: 20 writers at once against room for 3 more objects store exactly 3."""
+    cat = pg_catalog
+    cid = _box(cat)
+    for n in range(5):
+        put(cat, cid, f"before{n}")
+    with cat.engine.connect() as conn:
+        assert conn.execute(text("SELECT coalesce(sum(usage), 0) FROM holding_stripes "
+                                 "WHERE resource = 'objects'")).scalar_one() == 5
+    cat.set_quota("acct", {"objects": 8})
+    with cat.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM holding_stripes WHERE "
+                                 "resource = 'objects'")).scalar_one() == 0
+    assert cat.holdings("acct")["objects"] == ("objects", 8, 5, 0)
+    stored, refused, other = [], [], []
+
+    def writer(i: int) -> None:
+        try:
+            put(cat, cid, f"w{i}")
+            stored.append(i)
+        except QuotaExceeded:
+            refused.append(i)
+        except Exception as exc:  # the test fails on any
+            other.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not other, other[:3]
+    assert len(stored) == 3 and len(refused) == 17
+    assert cat.holdings("acct")["objects"].usage == 8
+    # Lifted again: new charges go to stripes, the usage stays whole.
+    cat.set_quota("acct", {"objects": None})
+    put(cat, cid, "after")
+    assert cat.holdings("acct")["objects"] == ("objects", None, 9, 0)
+
+
+def test_limits_set_and_lifted_under_concurrent_writers_keep_the_usage_exact(pg_catalog):
+    """Writers of one project while its limit comes and goes (a limit far above the usage):
+    striped and checked charges mix, and the usage is at the end exactly what the versions
+    and objects hold."""
+    cat = pg_catalog
+    cid = _box(cat)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            for n in range(25):
+                put(cat, cid, f"o{w}-{n % 7}", size=100 + n)  # overwrites: history kept
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def toggler() -> None:
+        try:
+            while not stop.is_set():
+                cat.set_quota("acct", {"bytes": 10**12, "objects": 10**6})
+                cat.set_quota("acct", {"bytes": None, "objects": None})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    flip = threading.Thread(target=toggler)
+    flip.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    flip.join(60)
+    assert not errors, errors[:3]
+    with cat.engine.connect() as conn:
+        kept = conn.execute(text("SELECT sum(size) FROM versions")).scalar_one()
+    held = cat.holdings("acct")
+    assert held["objects"].usage == len(cat.list_objects(cid)) == 8 * 7
+    assert held["bytes"].usage == kept
