@@ -8,6 +8,7 @@ Callers (the columns):
                                                         (test:reader), no ACL names it
   reader  that user, named by X-Container-Read  writer  that user, named by X-Container-Write
   owner   the account's admin (test:tester)     public  no token, on a `.r:*` container
+                                                        (but for the referrer bad.example.com)
   sharee  test2, with `d/` (everything the rows touch) shared with it for reading
             (X-Object-Sharing: read=test2)
   wsharee test2, with `d/` shared with it for writing (write=test2; writing implies reading)
@@ -56,7 +57,8 @@ BAD_TOKEN = "PTK_" + "0" * 64
 # The container ACL each column's containers carry.
 CONTAINER_ACL = {"reader": {"X-Container-Read": "test:reader"},
                  "writer": {"X-Container-Write": "test:reader"},
-                 "public": {"X-Container-Read": ".r:*"}}
+                 # Any referrer but one (a request without a Referer is let in).
+                 "public": {"X-Container-Read": ".r:*,.r:-bad.example.com"}}
 # The sharing of `d/` in each column's containers.
 SHARING = {"sharee": "read=test2", "wsharee": "write=test2"}
 
@@ -297,6 +299,9 @@ ROWS: tuple[Row, ...] = (
     # a sharee lists what is shared with it -------------------------------------------------
     row("c-head", V1_CONTAINER, "HEAD", C, "401 401 403 403 204 403 204 401 204 204"),
     row("c-get", V1_CONTAINER, "GET", C, "401 401 403 403 200 403 200 401 200 200"),
+    # (A referrer that an ACL lets in lists only with .rlistings, which none has here.)
+    row("c-get-good-referer", V1_CONTAINER, "GET", C, "401 401 403 403 200 403 200 401 200 200",
+        headers={"Referer": "http://www.example.com/"}),
     # (?shared: only what carries sharing, and only the sharee's container has any.)
     row("c-get-shared", V1_CONTAINER, "GET", C + "?shared",
         "401 401 403 403 204 403 204 401 200 200"),
@@ -348,6 +353,19 @@ ROWS: tuple[Row, ...] = (
     # -- an object ------------------------------------------------------------------------
     row("o-get", V1_OBJECT, "GET", OBJ, "401 401 403 403 200 403 200 200 200 200"),
     row("o-head", V1_OBJECT, "HEAD", OBJ, "401 401 403 403 200 403 200 200 200 200"),
+    # Swift's referrer ACL: the designation that names the Referer's host decides (a token's
+    # own rights are untouched); a referrer never opens a write.
+    row("o-get-bad-referer", V1_OBJECT, "GET", OBJ, "401 401 403 403 200 403 200 401 200 200",
+        headers={"Referer": "http://bad.example.com/page"}),
+    row("o-head-bad-referer", V1_OBJECT, "HEAD", OBJ,
+        "401 401 403 403 200 403 200 401 200 200",
+        headers={"Referer": "https://bad.example.com/"}),
+    row("o-get-good-referer", V1_OBJECT, "GET", OBJ, "401 401 403 403 200 403 200 200 200 200",
+        headers={"Referer": "http://www.example.com/page"}),
+    row("o-put-good-referer", V1_OBJECT, "PUT", OBJ, "401 401 403 403 403 201 201 401 403 201",
+        body="new", headers={"Referer": "http://www.example.com/page"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "200:new 200:new 200:hello 200:hello 200:new")),
     row("o-get-hashmap", V1_OBJECT, "GET", OBJ + "?hashmap",
         "401 401 403 403 200 403 200 401 200 200"),
     row("o-get-version-list", V1_OBJECT, "GET", OBJ + "?version=list",

@@ -131,7 +131,7 @@ def test_container_policy_checks_values_and_who_changes_acls(service):
     assert service.container_policy(OWNER, account, versioning="NONE", quota="0") == {
         "versioning": "none", "quota_bytes": None}
     for bad in ({"versioning": "some"}, {"quota": "-1"}, {"quota": "lots"},
-                {"read_acl": ".bad"}, {"write_acl": ".r:*"}):
+                {"read_acl": ".bad:x"}, {"read_acl": ".r:"}, {"write_acl": ".r:*"}):
         with pytest.raises(InvalidArgument):
             service.container_policy(OWNER, account, **bad)
     # Removing an ACL is "", and only an account admin changes who gets in.

@@ -238,3 +238,106 @@ def test_account_listing_names_the_storage_policy(pithos_server, me):
     r = request(pithos_server, "GET", f"{me.path}?prefix=policy-named&format=xml",
                 token=me.token)
     assert b"<storage_policy>default</storage_policy>" in r.body
+
+
+# -- test_container.py's last four ---------------------------------------------------------------
+
+def test_a_204_says_content_length_0_through_the_server(pithos_server, me):
+    """Swift's servers send `Content-Length: 0` on a 204 and its clients read it; gunicorn
+    drops a 204's Content-Length unless pithos serve's response keeps it."""
+    request(pithos_server, "PUT", f"{me.path}/empty204", token=me.token)
+    for method, path in (("GET", "/empty204"), ("HEAD", "/empty204"), ("HEAD", ""),
+                         ("POST", "/empty204")):
+        status, headers, body = reply_head(pithos_server, (
+            f"{method} {me.path}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"X-Auth-Token: {me.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ).encode())
+        assert (status, headers.get("Content-Length"), body) == (204, "0", b""), (method, path)
+        assert "Transfer-Encoding" not in headers
+    # The connection stays usable after a 204: two requests on one connection.
+    one = (f"HEAD {me.path}/empty204 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           f"X-Auth-Token: {me.token}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", pithos_server.port), timeout=REPLY_S) as s:
+        s.sendall((one + one).encode())
+        got = b""
+        while got.count(b"\r\n\r\n") < 2 and (chunk := s.recv(65536)):
+            got += chunk
+    assert got.count(b"HTTP/1.1 204") == 2
+
+
+def test_a_container_name_over_its_limit_is_refused_as_html(pithos_server, me):
+    r = request(pithos_server, "PUT", f"{me.path}/{'X' * 2048}", body=b"there", token=me.token)
+    assert r.status == 400
+    assert r.headers["content-type"] == "text/html; charset=UTF-8"
+    assert r.body == b"Container name length of 2048 longer than 256"
+    # An object's name over its limit is text/plain, as Swift's proxy words it.
+    request(pithos_server, "PUT", f"{me.path}/names", token=me.token)
+    r = request(pithos_server, "PUT", f"{me.path}/names/{'o' * 1025}", body=b"x", token=me.token)
+    assert (r.status, r.headers["content-type"]) == (400, "text/plain; charset=utf-8")
+
+
+def _acl_user(server, me: Login, right: str) -> Login:
+    """test:reader, given `right` ("read-write", "admin") by the account ACL."""
+    r = request(server, "POST", me.path, token=me.token,
+                headers={"X-Account-Access-Control": json.dumps({right: ["test:reader"]})})
+    assert r.status == 204
+    return login(server, "test:reader", "reading")
+
+
+def test_owner_headers_of_a_non_admin_writer_are_dropped_and_the_rest_done(pithos_server, me):
+    """As Swift's proxy drops its swift_owner_headers from whoever is not an account admin: a
+    read-write user's container POST sets the metadata, not the ACLs nor the sync key."""
+    path = f"{me.path}/owned"
+    r = request(pithos_server, "PUT", path, token=me.token, headers={
+        "X-Container-Read": "jdoe", "X-Container-Write": "jdoe",
+        "X-Container-Sync-Key": "secret", "X-Container-Meta-Test": "v1"})
+    assert r.status == 201
+    owner_view = request(pithos_server, "HEAD", path, token=me.token).headers
+    assert (owner_view["x-container-read"], owner_view["x-container-write"],
+            owner_view["x-container-sync-key"]) == ("jdoe", "jdoe", "secret")
+    rw = _acl_user(pithos_server, me, "read-write")
+    try:
+        seen = request(pithos_server, "HEAD", path, token=rw.token).headers
+        assert seen["x-container-meta-test"] == "v1"
+        assert not {"x-container-read", "x-container-write", "x-container-sync-key"} & set(seen)
+        r = request(pithos_server, "POST", path, token=rw.token, headers={
+            "X-Container-Read": "frank", "X-Container-Write": "frank",
+            "X-Container-Sync-Key": "stolen", "X-Container-Sync-To": "http://evil/v1/a/c",
+            "X-Container-Meta-Test": "v2"})
+        assert r.status == 204
+        owner_view = request(pithos_server, "HEAD", path, token=me.token).headers
+        assert owner_view["x-container-meta-test"] == "v2"
+        assert (owner_view["x-container-read"], owner_view["x-container-write"],
+                owner_view["x-container-sync-key"]) == ("jdoe", "jdoe", "secret")
+        # An admin by the account ACL is an owner: it sees and sets them.
+        admin = _acl_user(pithos_server, me, "admin")
+        assert request(pithos_server, "HEAD", path,
+                       token=admin.token).headers["x-container-sync-key"] == "secret"
+        r = request(pithos_server, "POST", path, token=admin.token, headers={
+            "X-Container-Read": ".r:*", "X-Container-Sync-Key": "new"})
+        assert r.status == 204
+        owner_view = request(pithos_server, "HEAD", path, token=me.token).headers
+        assert (owner_view["x-container-read"], owner_view["x-container-sync-key"]) == (
+            ".r:*", "new")
+    finally:
+        request(pithos_server, "POST", me.path, token=me.token,
+                headers={"X-Account-Access-Control": "{}"})
+    # An empty key removes it; the key is no user metadata.
+    request(pithos_server, "POST", path, token=me.token, headers={"X-Container-Sync-Key": ""})
+    owner_view = request(pithos_server, "HEAD", path, token=me.token).headers
+    assert "x-container-sync-key" not in owner_view
+    assert not any(k.startswith("x-container-meta-sysmeta") for k in owner_view)
+
+
+def test_container_sync_to_is_refused_with_a_reason(pithos_server, me):
+    """No container sync here (not in /info): a sync target is a 400 that says so, as a Swift
+    that allows no sync host answers; an empty one (a removal) is fine."""
+    path = f"{me.path}/nosync"
+    request(pithos_server, "PUT", path, token=me.token)
+    for target in ("http://127.0.0.1:8080/v1/AUTH_test/other", "//realm/cluster/a/c"):
+        r = request(pithos_server, "POST", path, token=me.token,
+                    headers={"X-Container-Sync-To": target})
+        assert r.status == 400 and b"container sync is not offered" in r.body, target
+    r = request(pithos_server, "POST", path, token=me.token, headers={"X-Container-Sync-To": ""})
+    assert r.status == 204
+    assert "container_sync" not in request(pithos_server, "GET", "/info").json()

@@ -64,7 +64,12 @@ class App(falcon.App):
 
     def _api(self, env: dict[str, Any], start_response: Any) -> Any:
         def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(status, sysmeta_out(env, headers, _title), exc_info)
+            out = sysmeta_out(env, headers, _title)
+            if status.startswith("204") and not any(
+                    k.lower() == "content-length" for k, _ in out):
+                # As Swift's: a 204 says its length (falcon sends none without a body).
+                out.append(("Content-Length", "0"))
+            return start_response(status, out, exc_info)
 
         return falcon.App.__call__(self, env, titled)
 

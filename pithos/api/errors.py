@@ -50,11 +50,14 @@ class HTTPStatusError(Exception):
     """An HTTP answer decided by the API layer itself (auth, preconditions, names)."""
 
     def __init__(self, status: int, message: str = "",
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, html: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        # The message sent as text/html, where Swift's proxy sends it so (swob's default
+        # type for a body given without one); text/plain otherwise.
+        self.html = html
 
 
 def status_of(exc: e.PithosError) -> int:
@@ -101,7 +104,8 @@ def www_authenticate(req: falcon.Request) -> str:
 
 
 def _answer(resp: falcon.Response, status: int, message: str,
-            headers: dict[str, str] | None = None, req: falcon.Request | None = None) -> None:
+            headers: dict[str, str] | None = None, req: falcon.Request | None = None,
+            html: bool = False) -> None:
     resp.status = falcon.code_to_http_status(status) if status != 499 else "499 Client Disconnect"
     for k, v in (headers or {}).items():
         resp.set_header(k, v)
@@ -115,7 +119,7 @@ def _answer(resp: falcon.Response, status: int, message: str,
         resp.set_header("WWW-Authenticate", www_authenticate(req))
     # As Swift's: the message as it is (text/plain), or Swift's HTML page for the status.
     if message:
-        resp.content_type = "text/plain; charset=utf-8"
+        resp.content_type = "text/html; charset=UTF-8" if html else "text/plain; charset=utf-8"
         resp.text = message
     elif status in EXPLANATIONS:
         resp.content_type = "text/html; charset=UTF-8"
@@ -136,7 +140,7 @@ def pithos_error(req: falcon.Request, resp: falcon.Response, exc: e.PithosError,
 
 def http_status_error(req: falcon.Request, resp: falcon.Response, exc: HTTPStatusError,
                       params: Any) -> None:
-    _answer(resp, exc.status, exc.message, exc.headers, req=req)
+    _answer(resp, exc.status, exc.message, exc.headers, req=req, html=exc.html)
 
 
 def unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception,

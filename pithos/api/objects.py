@@ -181,7 +181,8 @@ class ObjectHandlers:
         assert t.container is not None and t.obj is not None
         user = req.context.user
         account, container, via = self.authz.object_access(user, t.account, t.container,
-                                                           t.obj, Action.OBJECT_READ)
+                                                           t.obj, Action.OBJECT_READ,
+                                                           req.referer)
         if via:
             resp.set_header("X-Object-Allowed-To", via)
         if req.get_param("version") is not None or req.get_param("until") is not None or \
@@ -205,7 +206,9 @@ class ObjectHandlers:
         if owner:
             self._owner_headers(req, resp, container, v, token)
         assert account is not None
-        self.serve(req, resp, v, account.id, head, may_read=self.authz.may_read(user, account))
+        # A large object's segments are read with the same rights (the Referer included).
+        self.serve(req, resp, v, account.id, head,
+                   may_read=self.authz.may_read(user, account, req.referer))
 
     def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and

@@ -112,7 +112,8 @@ class StaticWeb:
         assert t.container is not None
         user = req.context.user
         try:
-            _, c = self.authz.container(user, t.account, t.container, Action.LISTING)
+            _, c = self.authz.container(user, t.account, t.container, Action.LISTING,
+                                        req.referer)
         except NotFound:
             return False
         web = Web(self.services.objects.container_detail(c).meta)
@@ -145,7 +146,7 @@ class StaticWeb:
             if length is None or int(length) > 1 or not 200 <= _status(resp) < 400:
                 return
             _, c, _ = self.authz.object_access(req.context.user, t.account, t.container,
-                                               t.obj, Action.OBJECT_READ)
+                                               t.obj, Action.OBJECT_READ, req.referer)
             web = Web(self.services.objects.container_detail(c).meta)
             kind = (resp.content_type or "").partition(";")[0].strip()
             if not web.on or kind != web.dir_type:
@@ -157,7 +158,7 @@ class StaticWeb:
             self._directory(req, resp, t, raw, c, web)
             return
         _, c, _ = self.authz.object_access(req.context.user, t.account, t.container, t.obj,
-                                           Action.OBJECT_READ)
+                                           Action.OBJECT_READ, req.referer)
         web = Web(self.services.objects.container_detail(c).meta)
         if not web.on:
             raise NotFound("The resource could not be found.")
@@ -261,7 +262,7 @@ class StaticWeb:
             self._error(req, resp, t, c, web, 404, body)
             return
         # The right to list, as Swift's listing subrequest needs it (.rlistings).
-        self.authz.container(req.context.user, t.account, c.name, Action.LISTING)
+        self.authz.container(req.context.user, t.account, c.name, Action.LISTING, req.referer)
         entries = self.services.objects.list_objects(
             c.id, prefix=prefix, delimiter="/",
             limit=self.services.limits.container_listing_limit)

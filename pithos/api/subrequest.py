@@ -19,8 +19,10 @@ SYSMETA_ENV = ("HTTP_X_OBJECT_SYSMETA_", "HTTP_X_CONTAINER_SYSMETA_")
 # request's environment (SYSMETA_KEY), never as headers (pithos.api.app.App).
 SYSMETA_HEADERS = ("x-object-sysmeta-", "x-container-sysmeta-")
 SYSMETA_KEY = "pithos.sysmeta"
-# Request headers a middleware's own request carries over from the client's: who it is.
-CREDENTIALS = ("HTTP_X_AUTH_TOKEN", "HTTP_X_STORAGE_TOKEN")
+# Request headers a middleware's own request carries over from the client's: who it is, and
+# the page it comes from (a container's referrer ACL may let it read: a link's target is read
+# with the caller's rights, as Swift's subrequests copy HTTP_REFERER).
+CREDENTIALS = ("HTTP_X_AUTH_TOKEN", "HTTP_X_STORAGE_TOKEN", "HTTP_REFERER")
 
 
 class Response:

@@ -36,11 +36,19 @@ from pithos.api.http import (
 from pithos.api.inflate import BLOCKS_INFLATED_MAX, MISSING_BODY_MAX, Inflating, encoding
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name
+from pithos.core.errors import InvalidArgument
 from pithos.core.hashing import from_hex, to_hex
 from pithos.objects import AccountInfo, UserInfo
 from pithos.objects.acl import Action
 from pithos.objects.names import check_names
 from pithos.objects.sharing import ContainerView
+
+# Swift's container sync headers.  There is no container sync here (/info does not offer
+# it); the key is kept and shown to the account's admins as Swift's container server keeps it
+# (a client may keep it as a secret of the container), under a key of our own (with a colon:
+# no client header names one).
+SYNC_KEY, SYNC_TO = "X-Container-Sync-Key", "X-Container-Sync-To"
+SYNC_KEY_META = "sysmeta:sync-key"
 
 
 class SwiftSink:
@@ -82,7 +90,13 @@ class SwiftSink:
         if container is not None and encoded_slash_in_container(raw_uri):
             raise HTTPStatusError(400, "container names cannot contain '/'")
         target = Target(account_name(account), container, obj)
-        check_names(self.services.limits, target.account, target.container, target.obj)
+        try:
+            check_names(self.services.limits, target.account, target.container, None)
+        except InvalidArgument as exc:
+            # Swift's proxy sends an account's or a container's name over its limit as
+            # text/html (an object's as text/plain, below).
+            raise HTTPStatusError(400, str(exc), html=True) from None
+        check_names(self.services.limits, target.account, None, target.obj)
         method = req.method
         if obj is not None and container is not None:
             handler = getattr(self.objects, f"on_{method.lower()}", None)
@@ -182,13 +196,29 @@ class SwiftSink:
     # -- container -----------------------------------------------------------------------------
 
     def _container_policy(self, req: falcon.Request, user: UserInfo | None,
-                          account: AccountInfo) -> dict[str, object]:
-        acls = {}
+                          account: AccountInfo, meta: dict[str, str | None]
+                          ) -> dict[str, object]:
+        """The policy a container PUT or POST sets, and into `meta` its Swift sync key.  The
+        ACLs and the sync key are Swift's owner headers (its proxy's swift_owner_headers):
+        an account admin's; anyone else who may write the container (an account ACL's
+        read-write user) has them dropped from the request, as Swift's proxy drops them, and
+        the rest of the request is done."""
+        owner = self.authz.owns(user, account)
+        acls: dict[str, str | None] = {}
         for header in ("X-Container-Read", "X-Container-Write"):
             value = req.get_header(header)
             if req.get_header("X-Remove-" + header[2:]) is not None:
                 value = ""
-            acls[header] = value
+            acls[header] = value if owner else None
+        sync_to = req.get_header(SYNC_TO)
+        if sync_to and sync_to.strip().rstrip("/") and owner:
+            # As a Swift whose container server allows no sync host and knows no realm
+            # (there is no container sync here, and /info does not offer it).
+            raise HTTPStatusError(400, f"Invalid {SYNC_TO}: container sync is not offered "
+                                       "by this server")
+        sync_key = req.get_header(SYNC_KEY)
+        if sync_key is not None and owner:
+            meta[SYNC_KEY_META] = sync_key or None
         return self.services.objects.container_policy(
             user, account, versioning=req.get_header("X-Container-Policy-Versioning"),
             quota=quotas.container_quota(req, self.services),
@@ -206,7 +236,7 @@ class SwiftSink:
             # refuses a name it does not have.
             raise HTTPStatusError(400, f"Invalid X-Storage-Policy {storage_policy!r}")
         meta = meta_from_headers(req.headers, "X-CONTAINER-META-", self.services.limits)
-        policy = self._container_policy(req, user, info)
+        policy = self._container_policy(req, user, info, meta)
         versioned_writes.container_policy(req, policy, meta)
         object_versioning.container_policy(
             req, self.services.objects, self.services.objects.catalog.container(
@@ -228,7 +258,7 @@ class SwiftSink:
         if meta:
             check_meta_update(self.services.objects.container_detail(container).meta, meta,
                               self.services.limits)
-        policy = self._container_policy(req, user, info)
+        policy = self._container_policy(req, user, info, meta)
         versioned_writes.container_policy(req, policy, meta)
         object_versioning.container_policy(req, self.services.objects, container, policy, meta)
         self.services.objects.update_container(container, meta, policy)
@@ -351,13 +381,15 @@ class SwiftSink:
                 resp.set_header("X-Container-Read", c.read_acl)
             if c.write_acl:
                 resp.set_header("X-Container-Write", c.write_acl)
+            if c.meta.get(SYNC_KEY_META):
+                resp.set_header(SYNC_KEY, c.meta[SYNC_KEY_META])
 
     def container_head(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
         assert t.container is not None
         user = req.context.user
         # As a GET: who lists the container, or a sharee of objects in it (its own view).
         view = self.services.objects.sharing.listing_access(user, t.account, t.container,
-                                                            False)
+                                                            False, req.referer)
         self._container_headers(resp, view, user)
         listing.send_empty(resp, listing.listing_format(req))
 
@@ -383,7 +415,7 @@ class SwiftSink:
         objects = self.services.objects
         # `view.visible`: a filter, for who sees only what is shared with them (or ?shared).
         view = objects.sharing.listing_access(user, t.account, t.container,
-                                              "shared" in req.params)
+                                              "shared" in req.params, req.referer)
         c, visible = view.container, view.visible
         until = parse_until(req)
         if until is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gunicorn.http import wsgi
 from gunicorn.http.errors import InvalidHeader, LimitRequestHeaders
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -23,8 +24,32 @@ from gunicorn.workers.ggevent import GeventWorker
 CAP_LOG_INTERVAL_S = 60.0
 
 
+class SwiftResponse(wsgi.Response):  # type: ignore[misc]
+    """gunicorn's response, which keeps a 204's `Content-Length: 0`.  gunicorn drops every
+    Content-Length of a 204 (RFC 9110 says a server must not send one); Swift's servers send
+    `Content-Length: 0` on theirs, and its clients and functional tests read it.  A zero
+    length frames nothing either way: the response still has no body, and the connection is
+    kept alive as before.  Any other length on a 204 is still dropped."""
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        write = super().start_response(status, headers, exc_info)
+        if self.status_code == 204 and any(
+                k.lower() == "content-length" and v.strip() == "0" for k, v in headers):
+            self.headers.append(("Content-Length", "0"))
+        return write
+
+
 class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
-    """GeventWorker that logs when its connections reach `worker_connections`."""
+    """GeventWorker that logs when its connections reach `worker_connections`, and answers
+    with `SwiftResponse`."""
+
+    def init_process(self) -> None:
+        # gunicorn makes each response in gunicorn.http.wsgi.create, by that module's name
+        # `Response`: there is no setting for it.  Set in the worker only (this module is
+        # gunicorn's worker class for `pithos serve`, and nothing else loads it).
+        wsgi.Response = SwiftResponse
+        super().init_process()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

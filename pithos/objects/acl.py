@@ -2,7 +2,12 @@
 
 Container ACLs (X-Container-Read / X-Container-Write) are comma-separated lists of
 `account:user`, `account` (every user of it), `*` (every authenticated user), and, for read,
-`.r:*` (anyone, without a token, may read objects) and `.rlistings` (with `.r:*`, may also list).
+Swift's referrer designations (swift.common.middleware.acl): `.r:*` (any request, without a
+token too, may read objects), `.r:example.com` / `.r:.example.com` (requests whose Referer
+names that host / a host of that domain), `.r:-host` (not that one: the designations apply in
+order), and `.rlistings` (whoever a referrer designation lets in may also list).  A Referer
+is the client's word: referrer ACLs are Swift's convenience for web pages, never a secret, and
+they only ever open reads.
 The account ACL (X-Account-Access-Control) is JSON with the keys `admin`, `read-write` and
 `read-only`, each a list of the same names.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import unquote, urlparse
 
 from pithos.catalog import ContainerInfo, UserInfo
 from pithos.core.errors import InvalidArgument
@@ -30,19 +36,70 @@ class Action(Enum):
 ACCOUNT_ACL_KEYS = ("admin", "read-write", "read-only")
 
 
-def parse_container_acl(text: str | None) -> list[str]:
-    return [e.strip() for e in (text or "").split(",") if e.strip()]
+def parse_container_acl(text: str | None) -> tuple[list[str], list[str]]:
+    """A cleaned container ACL -> (referrer designations without their `.r:`, the other
+    entries), as Swift's parse_acl."""
+    referrers: list[str] = []
+    groups: list[str] = []
+    for e in (text or "").split(","):
+        e = e.strip()
+        if e.startswith(".r:"):
+            referrers.append(e[3:])
+        elif e:
+            groups.append(unquote(e))
+    return referrers, groups
+
+
+REFERRER_DESIGNATORS = (".r", ".ref", ".referer", ".referrer")
 
 
 def validate_container_acl(text: str, for_read: bool) -> str:
-    entries = parse_container_acl(text)
-    for e in entries:
-        if e.startswith("."):
-            if not for_read or not (e.startswith(".r:") or e in (".rlistings",)):
-                raise InvalidArgument(f"bad ACL entry {e!r}")
-            if e.startswith(".r:") and len(e) == 3:
-                raise InvalidArgument(f"bad ACL entry {e!r}: a referrer is needed after .r:")
-    return ",".join(entries)
+    """The ACL cleaned as Swift's clean_acl cleans it (spaces and empty entries dropped, a
+    referrer designation written `.r:[-]host`, `*.example.com` as `.example.com`), or
+    InvalidArgument: a referrer in a write ACL, one without a host, an unknown `.designator:`."""
+    values = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        first, colon, second = (v.strip() for v in raw.partition(":"))
+        if not colon or not first.startswith("."):
+            values.append(raw)
+            continue
+        if first not in REFERRER_DESIGNATORS:
+            raise InvalidArgument(f"Unknown designator {first!r} in ACL: {raw!r}")
+        if not for_read:
+            raise InvalidArgument(f"Referrers not allowed in write ACL: {raw!r}")
+        negate = second.startswith("-")
+        if negate:
+            second = second[1:].strip()
+        if second != "*" and second.startswith("*"):
+            second = second[1:].strip()
+        if not second or second == ".":
+            raise InvalidArgument(
+                f"No host/domain value after referrer designation in ACL: {raw!r}")
+        values.append(f".r:{'-' if negate else ''}{second}")
+    return ",".join(values)
+
+
+def referrer_allowed(referrer: str | None, designations: list[str]) -> bool:
+    """Does a request with this Referer (None: none) pass the referrer designations?  Each
+    that matches sets the answer, the last one wins (Swift's referrer_allowed)."""
+    allow = False
+    if designations:
+        try:
+            host = urlparse(referrer or "").hostname or "unknown"
+        except ValueError:  # a Referer that is no URL names no host
+            host = "unknown"
+        for match in designations:
+            negate = match.startswith("-")
+            if negate:
+                match = match[1:]
+            if match == host or (match.startswith(".") and host.endswith(match)):
+                allow = not negate
+            elif match == "*" and not negate:
+                allow = True
+    return allow
 
 
 def parse_account_acl(text: str | None) -> dict[str, list[str]]:
@@ -65,11 +122,6 @@ def _matches(entries: list[str], user: UserInfo) -> bool:
     return any(e in mine for e in entries if not e.startswith("."))
 
 
-def _public_read(entries: list[str]) -> bool:
-    # Only the any-referrer grant is honoured: a Referer header proves nothing.
-    return ".r:*" in entries and ".r:-*" not in entries
-
-
 @dataclass(frozen=True)
 class ScopedUser(UserInfo):
     """Who a Swift temporary URL (or a signed form post) acts as: the account's rights on the
@@ -90,8 +142,9 @@ class Decision:
 
 
 def decide(user: UserInfo | None, account: str, account_acl: str | None, action: Action,
-           container: ContainerInfo | None = None) -> Decision:
-    """May `user` (None: no token) do `action` in `account` (and `container`)?"""
+           container: ContainerInfo | None = None, referrer: str | None = None) -> Decision:
+    """May `user` (None: no token) do `action` in `account` (and `container`), on a request
+    whose Referer header is `referrer` (None: none)?"""
     if isinstance(user, ScopedUser):
         # Before the owner's rule below: a scoped user carries the owner's name.  Refused as
         # an anonymous caller is (401), as Swift's tempurl refuses what it does not sign.
@@ -113,16 +166,17 @@ def decide(user: UserInfo | None, account: str, account_acl: str | None, action:
                 Action.ACCOUNT_READ, Action.LISTING, Action.OBJECT_READ):
             return Decision(True)
     if container is not None:
-        read = parse_container_acl(container.read_acl)
-        write = parse_container_acl(container.write_acl)
-        if action is Action.OBJECT_READ:
-            if _public_read(read) or (user is not None and _matches(read, user)):
+        if action in (Action.OBJECT_READ, Action.LISTING):
+            referrers, readers = parse_container_acl(container.read_acl)
+            # As tempauth: a referrer designation lets in object reads, and listings when
+            # the ACL has .rlistings too; whoever the request comes from.
+            if referrer_allowed(referrer, referrers) and (
+                    action is Action.OBJECT_READ or ".rlistings" in readers):
                 return Decision(True)
-        elif action is Action.LISTING:
-            if (_public_read(read) and ".rlistings" in read) or (
-                    user is not None and _matches(read, user)):
+            if user is not None and _matches(readers, user):
                 return Decision(True)
-        elif action is Action.OBJECT_WRITE and user is not None and _matches(write, user):
+        elif action is Action.OBJECT_WRITE and user is not None and _matches(
+                parse_container_acl(container.write_acl)[1], user):
             return Decision(True)
     return Decision(False, needs_login=user is None)
 

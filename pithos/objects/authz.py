@@ -38,20 +38,23 @@ class Authz:
 
     @staticmethod
     def require(user: UserInfo | None, account: str, account_acl: str | None,
-                action: Action, container: ContainerInfo | None = None) -> None:
-        """Unauthenticated or Forbidden unless `user` may do `action`."""
-        decision = decide(user, account, account_acl, action, container)
+                action: Action, container: ContainerInfo | None = None,
+                referrer: str | None = None) -> None:
+        """Unauthenticated or Forbidden unless `user` may do `action` (on a request whose
+        Referer is `referrer`: a container's referrer ACL may let it read)."""
+        decision = decide(user, account, account_acl, action, container, referrer)
         if not decision.allowed:
             if decision.needs_login:
                 raise Unauthenticated("authentication required")
             raise Forbidden("access denied")
 
     def container(self, user: UserInfo | None, account: str, name: str,
-                  action: Action) -> tuple[AccountInfo | None, ContainerInfo]:
+                  action: Action, referrer: str | None = None
+                  ) -> tuple[AccountInfo | None, ContainerInfo]:
         """The container (without counters), if `user` may do `action` in it; a refusal
         comes before any NotFound so that outsiders learn nothing about names."""
         info, container = self._account_and_container(user, account, name)
-        self.require(user, account, info.acl if info else None, action, container)
+        self.require(user, account, info.acl if info else None, action, container, referrer)
         if container is None:
             raise NotFound("no such container")
         return info, container
@@ -68,14 +71,15 @@ class Authz:
         return found.account, found.container
 
     def object_access(self, user: UserInfo | None, account: str, container_name: str,
-                      obj: str, action: Action) -> tuple[AccountInfo | None, ContainerInfo,
-                                                          str | None]:
+                      obj: str, action: Action, referrer: str | None = None
+                      ) -> tuple[AccountInfo | None, ContainerInfo, str | None]:
         """Like `container`, but an object shared with the user (X-Object-Sharing on it or
         on a pseudo-directory above it) is reachable too.  The third value is the right the
         sharing gives ("read"/"write"), None when the account or container grants it."""
         info, container = self._account_and_container(user, account, container_name)
         try:
-            self.require(user, account, info.acl if info else None, action, container)
+            self.require(user, account, info.acl if info else None, action, container,
+                         referrer)
         except Forbidden:
             if user is None or action not in (Action.OBJECT_READ, Action.OBJECT_WRITE):
                 raise
@@ -113,13 +117,13 @@ class Authz:
                                               Action.ACCOUNT_ADMIN).allowed
 
     @staticmethod
-    def may_read(user: UserInfo | None, account: AccountInfo | None
-                 ) -> Callable[[ContainerInfo | None], bool]:
+    def may_read(user: UserInfo | None, account: AccountInfo | None,
+                 referrer: str | None = None) -> Callable[[ContainerInfo | None], bool]:
         """May `user` read the objects of a container of `account`?  Asked of the containers
         that hold a large object's segments: a manifest is no way around an ACL.  Of a
         container that does not exist (None), it answers for the account's rights alone (no
         container ACL), so a refusal does not depend on the container's existence."""
         def check(c: ContainerInfo | None) -> bool:
             return account is not None and decide(user, account.name, account.acl,
-                                                  Action.OBJECT_READ, c).allowed
+                                                  Action.OBJECT_READ, c, referrer).allowed
         return check

@@ -153,7 +153,7 @@ class Sharing:
         return {owner: sorted(names) for owner, names in found.items()}
 
     def listing_access(self, user: UserInfo | None, account: str, container: str,
-                       shared: bool) -> ContainerView:
+                       shared: bool, referrer: str | None = None) -> ContainerView:
         """The account and container of a container listing (GET or HEAD), and what `user`
         sees of it.  Who may list the container sees everything (with `shared`, the owner's
         `?shared`: what carries a sharing entry); who may not, but has objects of it shared
@@ -161,7 +161,8 @@ class Sharing:
         totals are those of what the sharee sees, no metadata, no policy); anyone else is
         refused as `Authz.container` refuses."""
         try:
-            info, c = self.authz.container(user, account, container, Action.LISTING)
+            info, c = self.authz.container(user, account, container, Action.LISTING,
+                                           referrer)
         except Forbidden:
             if user is None:
                 raise
