@@ -230,6 +230,19 @@ def test_empty_account_or_container_before_a_name_is_404(pithos_server, me):
         assert r.status == 404, path
 
 
+def test_a_path_beginning_with_an_empty_segment_is_404_and_an_unknown_one_bad_url(
+        pithos_server, me):
+    """tests.py's testInvalidPath: //v1/AUTH_test is 404 (Swift's tempauth cannot split it),
+    where a path of no API is Swift's 412 "Bad URL", both as Swift's text/html."""
+    for path in (f"/{me.path}", f"/{me.path}/c/o", "//", "//v1"):
+        r = request(pithos_server, "GET", path, token=me.token)
+        assert (r.status, r.headers["content-type"]) == (404, "text/html; charset=UTF-8"), path
+    for path in ("/nothing", "/v1"):
+        r = request(pithos_server, "POST", path, token=me.token)
+        assert (r.status, r.body, r.headers["content-type"]) == (
+            412, b"Bad URL", "text/html; charset=UTF-8"), path
+
+
 def test_account_listing_names_the_storage_policy(pithos_server, me):
     c = conn(pithos_server)
     c.put_container("policy-named")

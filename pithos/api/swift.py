@@ -85,7 +85,8 @@ class SwiftSink:
             if req.method == "GET":
                 self.sharing_accounts(req, resp)
                 return
-            raise HTTPStatusError(412, "Bad URL")  # as Swift's: /v1 alone names nothing
+            # As Swift's: /v1 alone names nothing (its proxy's words, as text/html).
+            raise HTTPStatusError(412, "Bad URL", html=True)
         raw_uri = req.env.get("RAW_URI") or req.env.get("REQUEST_URI") or ""
         if container is not None and encoded_slash_in_container(raw_uri):
             raise HTTPStatusError(400, "container names cannot contain '/'")
