@@ -118,7 +118,8 @@ def test_without_an_event_loop_nothing_is_kept(catalog_url):
 
 
 def test_change_numbers_follow_commits(catalog_url):
-    """One statement bumps and marks on PostgreSQL, two on SQLite: the feed is the same."""
+    """SQLite numbers each change as it is written, PostgreSQL as the feed is read: the feed
+    is the same."""
     cat = Catalog(catalog_url)
     try:
         acct = cat.ensure_account("acct")
@@ -130,7 +131,9 @@ def test_change_numbers_follow_commits(catalog_url):
         assert [c.name for c in page.changes] == ["b", "a", "c"]
         seqs = [c.seq for c in page.changes]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3
-        assert seqs[-1] == 4  # every commit took the container's next number
+        # SQLite: every commit took the container's next number; PostgreSQL: the reader
+        # numbered the three objects changed (pithos/catalog/changes.py).
+        assert seqs[-1] == (4 if cat.is_sqlite else 3)
         assert [c.name for c in cat.changes(cid, seqs[0], 10).changes] == ["a", "c"]
     finally:
         cat.close()

@@ -7,7 +7,8 @@ each of which cost the worker and the server CPU.  It does exactly what the Pyth
 `Catalog.put_version` does (SQLite runs that path, and PostgreSQL for a copy or a move that
 checks its source), in the same order, so the lock order is unchanged: the object's row,
 the project's holdings (bytes, then objects), the container's stat shard, the containers row
-of the change number last.
+of the change number last (migration 10's; migration 11's takes none: the change is marked
+on the object's row and numbered by the feed's reader, pithos/catalog/changes.py).
 
 `pithos_charge_storage` charges a container's change of usage to its project.  A project's
 holding of a resource without a limit is not locked for writing: the charge is added to one
@@ -25,8 +26,8 @@ Errors a caller turns into the project's (pithos/catalog/pg_commit.py): SQLSTATE
 writer's lease was lost, PT002 a source gone (Conflict), PT003 a precondition failed, PT004 a
 quota exceeded; the message is the one the Python path gives.
 
-The text below is migration 10's: a later change is a new migration (CREATE OR REPLACE with
-its own text), never an edit of this one.
+The texts below are migration 10's and 11's: a later change is a new migration (CREATE OR
+REPLACE with its own text), never an edit of these.
 """
 
 from __future__ import annotations
@@ -313,3 +314,20 @@ $fn$
 """
 
 FUNCTIONS_V10 = (CHARGE_STORAGE_V10, PUT_VERSION_V10)
+
+# Migration 11: the change is marked, not numbered (pithos/catalog/changes.py): the writer
+# holds no containers row to its commit.  Migration 10's text with its last step replaced.
+_NUMBERED_V10 = (
+    "    -- The change number, last: the containers row stays locked to the commit, so numbers\n"
+    "    -- commit in order (pithos/catalog/changes.py).\n"
+    "    UPDATE containers c SET change_seq = c.change_seq + 1 WHERE c.id = p_container_id\n"
+    "    RETURNING c.change_seq INTO v_seq;\n"
+    "    UPDATE objects o SET change_seq = v_seq WHERE o.id = v_obj;\n")
+_MARKED_V11 = (
+    "    -- The change, marked for the feed's reader to number (pithos/catalog/changes.py):\n"
+    "    -- only the object's row, which this transaction holds already.\n"
+    "    UPDATE objects o SET change_seq = NULL,\n"
+    "           change_stamp = nextval('pithos_change_stamps') WHERE o.id = v_obj;\n")
+assert PUT_VERSION_V10.count(_NUMBERED_V10) == 1
+PUT_VERSION_V11 = PUT_VERSION_V10.replace(_NUMBERED_V10, _MARKED_V11)
+FUNCTIONS_V11 = (PUT_VERSION_V11,)

@@ -95,9 +95,10 @@ containers = Table(
     Column("versioning", String(16), nullable=True),
     Column("quota_bytes", BigInteger, nullable=True),
     # The last change number given to an object of this container (the change feed's
-    # sequence; migration 6).  A write takes the next one as its last statement, holding the
-    # row's lock only until its commit: numbers are committed in order, so a reader at
-    # cursor N never misses a change numbered below N committed later.
+    # sequence; migration 6).  On SQLite a write takes the next one as its last statement:
+    # numbers are committed in order, so a reader at cursor N never misses a change
+    # numbered below N committed later.  On PostgreSQL the feed's reader gives them, to the
+    # changes committed by then (migration 11; pithos/catalog/changes.py).
     Column("change_seq", BigInteger, nullable=False, server_default="0"),
     # X-Container-Policy-Chunking: NULL (fixed blocks) or "cdc" (migration 6).
     Column("chunking", String(16), nullable=True),
@@ -137,6 +138,10 @@ objects = Table(
     # The container's change number of this object's last change (migration 6): the change
     # feed reads objects by it, one row per object with its state now.
     Column("change_seq", BigInteger, nullable=True),
+    # PostgreSQL: the order of the object's last change among those not numbered yet (from
+    # the sequence pithos_change_stamps; migration 11), while change_seq is NULL until the
+    # feed's reader numbers it (pithos/catalog/changes.py).
+    Column("change_stamp", BigInteger, nullable=True),
     UniqueConstraint("container_id", "name"),
     Index("objects_uuid", "uuid"),
     Index("objects_changes", "container_id", "change_seq"),
@@ -468,6 +473,25 @@ def _v10(conn: Connection) -> None:
             cur.close()
 
 
+def _v11(conn: Connection) -> None:
+    # PostgreSQL: a write leaves its object's change unnumbered, stamped from a sequence, and
+    # the feed's reader numbers it (pithos/catalog/changes.py), so writers of one container no
+    # longer hold its row to their commits; the one-call commit does so too.  A database made
+    # by migration 1 of this release already has the column (create_all).
+    from pithos.catalog.pg_functions import FUNCTIONS_V11
+
+    if "change_stamp" not in {c["name"] for c in inspect(conn).get_columns("objects")}:
+        conn.execute(text("ALTER TABLE objects ADD COLUMN change_stamp BIGINT"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("CREATE SEQUENCE IF NOT EXISTS pithos_change_stamps"))
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for function in FUNCTIONS_V11:
+                cur.execute(function)
+        finally:
+            cur.close()
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -479,6 +503,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (8, _v8),
     (9, _v9),
     (10, _v10),
+    (11, _v11),
 ]
 LATEST = MIGRATIONS[-1][0]
 
