@@ -288,6 +288,18 @@ ROWS: tuple[Row, ...] = (
         headers={"Content-Type": "text/plain", "Accept": "application/json"},
         after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
                          "404 404 200:hello 200:hello 200:hello")),
+    # Swift's bulk middleware takes ?bulk-delete on any path of the account: the body's paths
+    # are the account's, with the caller's rights, whatever the path names.
+    row("o-delete-bulk-delete", V1_OBJECT, "DELETE", OBJ + "?bulk-delete",
+        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
+        headers={"Content-Type": "text/plain", "Accept": "application/xml"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "404 404 200:hello 200:hello 200:hello")),
+    row("c-post-bulk-delete", V1_CONTAINER, "POST", C + "?bulk-delete",
+        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
+        headers={"Content-Type": "text/plain", "Accept": "application/json"},
+        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                         "404 404 200:hello 200:hello 200:hello")),
     row("a-delete", V1_ACCOUNT, "DELETE", A, "405 401 405 405 405 405 405 405 405 405"),
     row("a-put", V1_ACCOUNT, "PUT", A, "405 401 405 405 405 405 405 405 405 405"),
     # Extraction answers 200 with a status per file (Swift's): here a top-level file, which

@@ -354,3 +354,32 @@ def test_container_sync_to_is_refused_with_a_reason(pithos_server, me):
     r = request(pithos_server, "POST", path, token=me.token, headers={"X-Container-Sync-To": ""})
     assert r.status == 204
     assert "container_sync" not in request(pithos_server, "GET", "/info").json()
+
+
+def test_bulk_delete_on_any_path_of_the_account_with_an_xml_report(pithos_server, me):
+    """test_object.py's test_bulk_delete: DELETE /v1/ACCOUNT/C/O?bulk-delete is Swift's bulk
+    delete (the body's paths are the account's), not a delete of O; its report in XML."""
+    from xml.dom import minidom
+
+    c = conn(pithos_server)
+    c.put_container("bulkany")
+    for name in ("o", "p", "q"):
+        c.put_object("bulkany", name, b"x")
+    r = request(pithos_server, "DELETE", f"{me.path}/bulkany/o?bulk-delete", token=me.token,
+                body=b"bulkany/p\n", headers={"Accept": "application/xml",
+                                               "Content-Type": "text/plain"})
+    assert (r.status, r.headers["content-type"]) == (200, "application/xml; charset=utf-8")
+    tree = minidom.parseString(r.body).documentElement
+    assert tree.tagName == "delete"
+    assert tree.getElementsByTagName("number_deleted")[0].childNodes[0].data == "1"
+    assert tree.getElementsByTagName("response_status")[0].childNodes[0].data == "200 OK"
+    assert [o["name"] for o in c.get_container("bulkany")[1]] == ["o", "q"]
+    # On a container's path, JSON; a failure is listed inside (escaped in XML).
+    r = request(pithos_server, "POST", f"{me.path}/bulkany?bulk-delete", token=me.token,
+                body=b"/bulkany/q\n", headers={"Accept": "application/json"})
+    assert (r.status, r.json()["Number Deleted"]) == (200, 1)
+    r = request(pithos_server, "DELETE", f"{me.path}/bulkany?bulk-delete", token=me.token,
+                body=b"/bulkany\n", headers={"Accept": "text/xml"})
+    assert r.headers["content-type"] == "text/xml; charset=utf-8"
+    assert b"<status>409 Conflict</status>" in r.body
+    assert [o["name"] for o in c.get_container("bulkany")[1]] == ["o"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 from urllib.parse import quote, unquote
+from xml.sax.saxutils import escape
 
 import falcon
 
@@ -51,17 +52,33 @@ def send_result(req: falcon.Request, resp: falcon.Response, result: DeleteResult
     send_report(req, resp, {"Number Deleted": result.deleted,
                             "Number Not Found": result.not_found,
                             "Response Status": "400 Bad Request" if errors else "200 OK",
-                            "Response Body": "", "Errors": errors})
+                            "Response Body": "", "Errors": errors}, "delete")
 
 
-def send_report(req: falcon.Request, resp: falcon.Response, summary: dict[str, Any]) -> None:
+def send_report(req: falcon.Request, resp: falcon.Response, summary: dict[str, Any],
+                root_tag: str) -> None:
     """A bulk operation's report, as Swift's bulk middleware writes it: always 200 (the
-    outcome is in "Response Status"), JSON when the client accepts it, else "Key: value"
-    lines and then one "name, reason" line per entry of summary["Errors"]."""
+    outcome is in "Response Status"), JSON when the client accepts it, XML (under
+    `root_tag`: "delete", "extract") when it accepts that, else "Key: value" lines and then
+    one "name, reason" line per entry of summary["Errors"]."""
     resp.status = falcon.HTTP_200
-    if "json" in (req.get_header("Accept") or ""):
+    accept = (req.get_header("Accept") or "").lower()
+    if "json" in accept:
         resp.content_type = "application/json; charset=utf-8"
         resp.text = json.dumps(summary)
+        return
+    if "xml" in accept:
+        resp.content_type = ("text/xml" if "text/xml" in accept else "application/xml") + \
+            "; charset=utf-8"
+        out = [f"<{root_tag}>\n"]
+        for key in sorted(k for k in summary if k != "Errors"):
+            tag = key.replace(" ", "_").lower()
+            out.append(f"<{tag}>{escape(str(summary[key]))}</{tag}>\n")
+        out.append("<errors>\n")
+        out.extend(f"<object><name>{escape(name)}</name><status>{escape(why)}</status>"
+                   "</object>\n" for name, why in summary["Errors"])
+        out.append(f"</errors>\n</{root_tag}>\n")
+        resp.text = "".join(out)
         return
     resp.content_type = "text/plain; charset=utf-8"
     lines = [f"{k}: {v}" for k, v in summary.items() if k != "Errors"]

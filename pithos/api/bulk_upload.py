@@ -120,7 +120,7 @@ def extract(services: Services, req: falcon.Request, resp: falcon.Response, acco
         failure = str(exc)
     status = "201 Created" if not errors and failure is None else "400 Bad Request"
     send_report(req, resp, {"Number Files Created": created, "Response Body": failure or "",
-                            "Response Status": status, "Errors": errors})
+                            "Response Status": status, "Errors": errors}, "extract")
 
 
 def _store(services: Services, user: UserInfo, account: str, cname: str, obj: str,

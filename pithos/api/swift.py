@@ -105,6 +105,13 @@ class SwiftSink:
             handler = getattr(self, f"container_{method.lower()}", None)
         else:
             handler = getattr(self, f"account_{method.lower()}", None)
+        if method in ("POST", "DELETE") and container is not None and \
+                req.get_param("bulk-delete") is not None:
+            # Swift's bulk middleware takes ?bulk-delete on any path of the account, not only
+            # the account's own (account_post/account_delete): the body's paths are the
+            # account's, whatever container or object the path names.
+            bulk.bulk_delete(self.services, req, resp, target.account)
+            return
         if method == "PUT" and bulk_upload.wanted(req) is not None:
             bulk_upload.extract(self.services, req, resp, target.account, container, obj)
             return
