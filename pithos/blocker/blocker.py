@@ -37,6 +37,9 @@ from pithos.core.offload import Offload
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 # A batch is split into store puts of at most this many blocks.
 MAX_BATCH_BLOCKS = 256
+# ... or of this many when none is over SMALL_BLOCK bytes (at most 64 MiB a put).
+MAX_BATCH_SMALL = 1024
+SMALL_BLOCK = 64 * 1024
 
 log = logging.getLogger("pithos.blocker")
 
@@ -118,11 +121,15 @@ class Blocker:
         unique = list({b.hash: (b.hash, b.data) for b in staged}.items())
         items = [pair for _, pair in unique]
         outboards = {b.hash: b.outboard for b in staged if b.outboard}
-        for i in range(0, len(items), MAX_BATCH_BLOCKS):
+        # Small blocks (content-defined chunks) go in batches of more: a store's put costs
+        # a sync or two however many blocks it holds.
+        step = MAX_BATCH_BLOCKS if any(len(d) > SMALL_BLOCK for _, d in items) else \
+            MAX_BATCH_SMALL
+        for i in range(0, len(items), step):
             if self._parts is not None and outboards:
-                self._parts.put_many(items[i:i + MAX_BATCH_BLOCKS], outboards)
+                self._parts.put_many(items[i:i + step], outboards)
             else:
-                self.store.put_many(items[i:i + MAX_BATCH_BLOCKS])
+                self.store.put_many(items[i:i + step])
 
     def put_many(self, blocks: Sequence[bytes]) -> list[bytes]:
         """Store blocks; returns their hashes, in order.  Durable on return (the store's

@@ -68,7 +68,6 @@ import errno
 import heapq
 import itertools
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
@@ -169,7 +168,6 @@ class LocalBlockStore(PartsStore):
         self.pack_min_batch = pack_min_batch
         self._pack_roll_bytes = pack_roll_bytes
         self._packs: Packs | None = None  # opened at the first packed put or read
-        self._packs_lock = threading.Lock()
         try:
             created = not os.path.isdir(self._tmp)
             trash_created = not os.path.isdir(self._trash)  # (stores made before it existed)
@@ -209,11 +207,17 @@ class LocalBlockStore(PartsStore):
         return self._packs
 
     def _packs_rw(self) -> Packs:
-        with self._packs_lock:
+        # No lock: under a gevent worker a lock is gevent's, and pool threads waiting on one
+        # another's were sometimes never woken (a first sync hung 120 s on the first packed
+        # puts of a worker, three threads waiting here with nobody holding it).  Two threads
+        # that both find none each open one: both work (each appends to a pack of its own),
+        # and the one not kept seals its pack when it goes.
+        packs = self._packs
+        if packs is None:
+            packs = Packs(self.path, self._quarantine, self._tmp, self._pack_roll_bytes)
             if self._packs is None:
-                self._packs = Packs(self.path, self._quarantine, self._tmp,
-                                    self._pack_roll_bytes)
-            return self._packs
+                self._packs = packs
+        return packs
 
     def locate(self, hash_: bytes) -> Location | None:
         """Where the block's bytes are on disk (its file, or its record in a pack), for

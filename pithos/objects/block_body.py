@@ -1,0 +1,79 @@
+"""The body of a `POST ?blocks`: raw blocks back to back, cut at given lengths or at the
+block size.
+
+Unlike an object's body it has no ETag, so nothing hashes it whole (an MD5 of every block
+body cost as much as storing it: 3 of the 7 ms a MB a first sync spent here).  It is read
+in large pieces and cut into blocks from them, not read a block at a time: a body of 8 MiB
+of 16 KiB chunks was 500 reads through the request's stream.  Each block is then named
+(BLAKE3) by the Blocker on its pool, which is where the server verifies what it received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+from pithos.core.errors import IncompleteBody, InvalidArgument, TooLarge
+
+# Bytes asked of the request's stream at a time (at most what the lengths still need).
+READ_PIECE = 1 << 20
+
+
+class BlockBody:
+    """`length` bytes of `stream` (None: to its end), at most `max_size` (TooLarge past
+    it), cut into blocks."""
+
+    def __init__(self, stream: BinaryIO, length: int | None, max_size: int) -> None:
+        self._stream = stream
+        self._length = length
+        self._max = max_size
+        self.count = 0
+
+    def _read(self, n: int) -> bytes:
+        if self._length is not None:
+            n = min(n, self._length - self.count)
+            if n <= 0:
+                return b""
+        data = self._stream.read(n)
+        self.count += len(data)
+        if self.count > self._max:
+            raise TooLarge(f"body larger than {self._max} bytes")
+        return data
+
+    def cut(self, lengths: Sequence[int]) -> Iterator[bytes]:
+        """Blocks of the given lengths, in order; never reads past their sum (what follows
+        is the caller's to refuse).  InvalidArgument if the body is shorter."""
+        left = sum(lengths)
+        buf = bytearray()
+        pos = 0
+        for n in lengths:
+            if len(buf) - pos < n:
+                del buf[:pos]
+                pos = 0
+                while len(buf) < n:
+                    more = self._read(min(max(READ_PIECE, n - len(buf)), left - len(buf)))
+                    if not more:
+                        raise InvalidArgument("the body is shorter than the block lengths")
+                    buf += more
+            yield bytes(buf[pos:pos + n])
+            pos += n
+            left -= n
+
+    def blocks(self, size: int) -> Iterator[bytes]:
+        """Blocks of `size` bytes (the last may be shorter) to the end of the body."""
+        buf = bytearray()
+        while True:
+            while len(buf) < size:
+                more = self._read(max(READ_PIECE, size - len(buf)))
+                if not more:
+                    break
+                buf += more
+            if not buf:
+                return
+            yield bytes(buf[:size])
+            del buf[:size]
+
+    def finish(self) -> None:
+        """IncompleteBody if the body ended before its announced length."""
+        if self._length is not None and self.count != self._length:
+            raise IncompleteBody(f"got {self.count} of {self._length} bytes")
