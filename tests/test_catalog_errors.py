@@ -62,6 +62,8 @@ CALLS = {
     "purge_history": lambda c: c.purge_history(1, None, time.time()),
     "reap_expired": lambda c: c.reap_expired(),
     "drop_version": lambda c: c.drop_version(1),
+    "declared_etags": lambda c: c.declared_etags(),
+    "settle_etag": lambda c: c.settle_etag(1, "e" * 32),
     "put_delete_marker": lambda c: c.put_delete_marker(1, "o", "application/x-deleted"),
     "remove_version": lambda c: c.remove_version(1, "o", "v"),
     "make_current": lambda c: c.make_current(1, "o", "v"),

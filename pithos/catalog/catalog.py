@@ -35,6 +35,7 @@ from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
 from pithos.catalog.changes import ChangesMixin, check_expect
 from pithos.catalog.db_errors import retried_write
+from pithos.catalog.declared_etags import DeclaredEtagsMixin
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine, missing_driver
 from pithos.catalog.gc_rows import GcRowsMixin
 from pithos.catalog.images import ImagesMixin
@@ -65,7 +66,7 @@ __all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
 
 
 class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, ProjectsMixin,
-              ObjectVersionsMixin, PgCommitMixin, CatalogEngine):
+              ObjectVersionsMixin, PgCommitMixin, DeclaredEtagsMixin, CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 

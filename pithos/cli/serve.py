@@ -312,6 +312,8 @@ def serve(storage: Storage, listen: str, workers: int,
                 services.endpoints = (*services.endpoints, ("compute", "nova", "/compute/v2.1"),
                                       ("identity", "keystone", "/v3"))
             gevent.spawn(_reaper, services)
+            # ETags declared by hashmap uploads, confirmed while the worker's uploads rest.
+            gevent.spawn(services.hashmaps.confirmer.run, gevent.sleep)
             app = create_app(services)
             if compute_key is not None:
                 mount_compute(app, services, storage, compute_key)

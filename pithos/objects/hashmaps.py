@@ -21,6 +21,8 @@ from pithos.core.hashing import HASH_NAME, from_hex, to_hex
 from pithos.mapper.inline import inline_entries, verified
 from pithos.mapper.streams import read_chunks
 from pithos.objects.block_body import BlockBody
+from pithos.objects.declared_etags import EtagConfirmer
+from pithos.objects.declared_etags import declared as declared_meta
 from pithos.objects.service import BodyReader, ObjectService
 
 HASHMAP_PAGE = 10000  # hashes per page of a hashmap GET
@@ -45,6 +47,7 @@ class Hashmaps:
         self.objects = objects
         self.catalog = objects.catalog
         self.mapper = objects.mapper
+        self.confirmer = EtagConfirmer(objects)  # of the ETags hashmap uploads declare
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Hashmaps:
                      user: UserInfo | None = None) -> list[bytes]:
         """Raw blocks sent in one body (cut at the block size, or at `lengths`); returns their
         hashes, which the account may name from now on."""
+        self.confirmer.uploading()
         bs = self.mapper.block_size
         reader = BlockBody(body, length, self.objects.limits.max_file_size)
         if lengths is not None:
@@ -180,6 +184,7 @@ class Hashmaps:
         if a collector removed one meanwhile, the version is undone and MissingBlocks
         raised, never a dangling map."""
         hashes, lengths, size = self.parse(body)
+        self.confirmer.uploading()
         if expect is not None:
             # Early, so a client told 412 sends no blocks; the commit checks again.
             current = self.catalog.object(container.id, name)
@@ -198,13 +203,23 @@ class Hashmaps:
             raise InvalidArgument(f"entry {i} claims {lengths[i]} bytes of a block of "
                                   f"{stored[hashes[i]]} ({len(wrong)} entries are wrong)")
         root = self.mapper.store_entries(hashes, lengths) if hashes else self.mapper.empty()
-        md5 = hashlib.md5(usedforsecurity=False)
-        for piece in self.objects.read([(root, size)], 0, size):
-            md5.update(piece)
-        if etag is not None and etag.strip('"').lower() != md5.hexdigest():
-            raise InvalidArgument("ETag does not match the content the hashmap names")
+        declared = _md5_hex(etag)
+        if declared is not None:
+            # Declared, confirmed after the upload (pithos.objects.declared_etags): the
+            # blocks were verified as they came; reading them all back for the MD5 the
+            # client computed cost the server as much as receiving them.
+            md5 = declared
+            meta = {**meta, **declared_meta(declared)}
+            self.confirmer.uploading(declared=True)
+        else:
+            digest = hashlib.md5(usedforsecurity=False)
+            for piece in self.objects.read([(root, size)], 0, size):
+                digest.update(piece)
+            md5 = digest.hexdigest()
+            if etag is not None and etag.strip('"').lower() != md5:
+                raise InvalidArgument("ETag does not match the content the hashmap names")
         v = self.objects.commit_version(container.id, name, root=root, size=size,
-                                     etag=md5.hexdigest(), content_type=content_type, meta=meta,
+                                     etag=md5, content_type=content_type, meta=meta,
                                      modified_by=modified_by, delete_at=delete_at,
                                      expect=expect)
         gone = self.mapper.blocker.missing(list(dict.fromkeys(hashes)))
@@ -270,6 +285,15 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
         content_type=v.content_type, meta=v.meta, modified_by=modified_by,
         delete_at=v.delete_at, grant=(container.account_id, hm.objects.block_hashes(root)),
         sources=[v.version_id])
+
+
+def _md5_hex(etag: str | None) -> str | None:
+    """An ETag header that is an MD5 (32 hex digits, quoted or not), lowercased; else None
+    (then the server computes the MD5 itself, and checks the header against it)."""
+    if etag is None:
+        return None
+    text = etag.strip().strip('"').lower()
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
 
 
 def _member(user: UserInfo | None) -> bool:

@@ -28,6 +28,7 @@ from pithos.catalog import (
     UserInfo,
     VersionSummary,
 )
+from pithos.catalog.declared_etags import DOMAIN as DECLARED
 from pithos.catalog.leases import Ticket, WriterLeases
 from pithos.catalog.records import Expect
 from pithos.core import cdc
@@ -549,6 +550,10 @@ class ObjectService(LargeObjects):
             source.root or self.mapper.empty(), source.size, source.etag, source.inline)
         if inline is not None:
             verified(root, inline)
+        if content is None and DECLARED in source.meta:
+            # The source's ETag awaits confirmation: the copy's is the same declaration
+            # (pithos.objects.declared_etags).
+            meta = {**meta, DECLARED: dict(source.meta[DECLARED])}
         return self.commit_version(
             container.id, name, root=root, size=size, etag=etag, content_type=content_type,
             meta=meta, modified_by=modified_by, delete_at=delete_at,
