@@ -236,3 +236,35 @@ def test_post_leaves_an_slo_an_slo(pithos_server, slo):
     head = c.head_object("lo", "m")
     assert head["x-static-large-object"] == "True" and head["x-object-meta-post"] == "yes"
     json.loads(c.get_object("lo", "m", query_string="multipart-manifest=get")[1])
+
+
+# -- an SLO's GET asks for its first segment, as Swift's does ------------------------------------
+
+def test_slo_get_is_409_when_its_first_segment_is_gone_or_not_readable(pithos_server):
+    """Swift's SLO fetches the first segment with the reader's rights before it answers a GET:
+    409 when it is gone (test_object_versioning's test_slo_manifest_version) or the reader may
+    not read its container (test_slo's test_slo_referer_on_segment_container).  A HEAD, and
+    the manifest itself, answer as before."""
+    c = conn(pithos_server)
+    c.put_container("slo-segs")
+    c.put_container("slo-pub", headers={"X-Container-Read": ".r:*"})
+    manifest = segments(c, "slo-segs")
+    c.put_object("slo-pub", "m", json.dumps(manifest), query_string="multipart-manifest=put")
+    me = login(pithos_server)
+    whole = b"a" * MiB + b"b" * MiB + b"c"
+    # Anyone reads the manifest's container, nobody but the owner the segments'.
+    r = request(pithos_server, "GET", f"{me.path}/slo-pub/m")
+    assert r.status == 409 and b"403" in r.body and b"/slo-segs/seg_a" in r.body
+    assert request(pithos_server, "HEAD", f"{me.path}/slo-pub/m").status == 200
+    r = request(pithos_server, "GET", f"{me.path}/slo-pub/m?multipart-manifest=get")
+    assert r.status == 200
+    assert c.get_object("slo-pub", "m")[1] == whole
+    c.post_container("slo-segs", {"X-Container-Read": ".r:*"})
+    r = request(pithos_server, "GET", f"{me.path}/slo-pub/m")
+    assert (r.status, r.body) == (200, whole)
+    # The first segment deleted: 409 to everyone, the owner included.
+    c.delete_object("slo-segs", "seg_a")
+    for token in (None, me.token):
+        r = request(pithos_server, "GET", f"{me.path}/slo-pub/m", token=token)
+        assert r.status == 409 and b"404" in r.body, token
+    assert request(pithos_server, "HEAD", f"{me.path}/slo-pub/m", token=me.token).status == 200

@@ -207,8 +207,14 @@ class ObjectHandlers:
             self._owner_headers(req, resp, container, v, token)
         assert account is not None
         # A large object's segments are read with the same rights (the Referer included).
-        self.serve(req, resp, v, account.id, head,
-                   may_read=self.authz.may_read(user, account, req.referer))
+        may_read = self.authz.may_read(user, account, req.referer)
+        if v.slo_manifest and not head and via is None and \
+                req.get_param("multipart-manifest") != "get":
+            # Swift's SLO GET asks for the first segment first (409 when it cannot have
+            # it).  Not of a sharee, whom no container ACL names: Pithos sharing has no
+            # Swift equivalent, and its reads stay what they were.
+            self.objects.check_slo_segments(v, account.id, may_read)
+        self.serve(req, resp, v, account.id, head, may_read=may_read)
 
     def public(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         """GET/HEAD /public/TOKEN: a published object, without a token (ranges and

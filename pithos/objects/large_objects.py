@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from pithos.catalog import Catalog, ContainerInfo, ObjectVersion
-from pithos.core.errors import ChecksumMismatch, Forbidden, InvalidArgument, TooLarge
+from pithos.core.errors import ChecksumMismatch, Conflict, Forbidden, InvalidArgument, TooLarge
 from pithos.mapper import Mapper
 from pithos.objects import slo, symlinks
 from pithos.objects.names import Limits
@@ -69,6 +69,22 @@ class LargeObjects:
         return Content([Part(v.root, v.size, v.inline)] if v.root is not None else [], v.size,
                        v.etag, bool(v.slo_manifest))
 
+
+    def check_slo_segments(self, v: ObjectVersion, account_id: int,
+                           may_read: Callable[[ContainerInfo | None], bool]) -> None:
+        """Conflict unless the first segment of SLO `v` is there and readable by the reader
+        (`may_read`), as Swift's SLO fetches it with the reader's rights before it answers
+        a GET (409 otherwise).  The content itself is the map assembled at the PUT."""
+        assert v.slo_manifest is not None
+        first = slo.first_segment(v.slo_manifest)
+        if first is None:
+            return
+        container = self.catalog.container(account_id, first[0])
+        path = f"/{first[0]}/{first[1]}"
+        if not may_read(container):
+            raise Conflict(f"got 403 while retrieving {path}")
+        if container is None or self.catalog.object(container.id, first[1]) is None:
+            raise Conflict(f"got 404 while retrieving {path}")
 
     def public_content(self, v: ObjectVersion, account_id: int) -> Content:
         """What a public link to version `v` serves: as `content`, but a DLO follows only

@@ -37,6 +37,16 @@ def _entries(manifest: str) -> list[dict[str, Any]]:
     return entries if isinstance(entries, list) else []
 
 
+def first_segment(manifest: str) -> tuple[str, str] | None:
+    """(container, object) of a stored manifest's first object segment (data segments are
+    skipped); None when it has none."""
+    for entry in _entries(manifest):
+        container, _, obj = str(entry.get("name") or "").lstrip("/").partition("/")
+        if obj:
+            return container, obj
+    return None
+
+
 def part_lengths(manifest: str) -> list[int]:
     """The length of each part (segment) of a stored manifest, in order."""
     out = []
