@@ -268,3 +268,30 @@ def test_slo_get_is_409_when_its_first_segment_is_gone_or_not_readable(pithos_se
         r = request(pithos_server, "GET", f"{me.path}/slo-pub/m", token=token)
         assert r.status == 409 and b"404" in r.body, token
     assert request(pithos_server, "HEAD", f"{me.path}/slo-pub/m", token=me.token).status == 200
+
+
+def test_slo_get_follows_first_segments_down_ten_manifests_and_no_deeper(pithos_server):
+    """test_symlink's test_symlink_and_slo_manifest_chain: manifests whose first segment is a
+    manifest (here through a symlink) are followed 10 deep, as Swift's SLO recursion; an 11th
+    is 409 with Swift's plain Conflict page."""
+    me = login(pithos_server)
+    base = f"{me.path}/slo-deep"
+    assert request(pithos_server, "PUT", base, token=me.token).status == 201
+    assert request(pithos_server, "PUT", f"{base}/t", body=b"target", token=me.token).status == 201
+    previous = "t"
+    for depth in range(1, 12):
+        if depth == 5:  # one link in the chain
+            assert request(pithos_server, "PUT", f"{base}/link", body=b"", token=me.token,
+                           headers={"X-Symlink-Target": f"slo-deep/{previous}"}).status == 201
+            previous = "link"
+        body = json.dumps([{"path": f"/slo-deep/{previous}"}]).encode()
+        r = request(pithos_server, "PUT", f"{base}/m{depth}?multipart-manifest=put", body=body,
+                    token=me.token)
+        assert r.status == 201, (depth, r)
+        previous = f"m{depth}"
+    r = request(pithos_server, "GET", f"{base}/m10", token=me.token)
+    assert (r.status, r.body) == (200, b"target")
+    r = request(pithos_server, "GET", f"{base}/m11", token=me.token)
+    assert (r.status, r.headers["content-type"]) == (409, "text/html; charset=UTF-8")
+    assert b"<h1>Conflict</h1>" in r.body
+    assert request(pithos_server, "HEAD", f"{base}/m11", token=me.token).status == 200

@@ -10,6 +10,9 @@ import hashlib
 import json
 from typing import Any
 
+# How many manifests deep a static large object's GET follows its first segment (Swift's
+# SloGetContext.max_slo_recursion_depth): a deeper one is 409 there.
+SLO_RECURSION_MAX = 10
 # A segment is an object ("path", with optional checks and a range) or inline "data"; any
 # other key is refused, as Swift's (a typo such as "teag" would otherwise skip the check).
 SEGMENT_KEYS = {"path": {"path", "etag", "size_bytes", "range"}, "data": {"data"}}
