@@ -263,3 +263,51 @@ def test_a_writer_that_could_not_begin_is_not_in_flight(catalog, quick_clear):
         pass
     assert wait_for(lambda: oldest_live_writer(catalog) is None)
     leases.close()
+
+
+def test_writers_that_begin_while_the_row_is_written_wait_for_it_not_write_it_again(
+        tmp_path):
+    """A refresh of the row under way covers every writer that begins meanwhile (it says an
+    earlier start): they wait for it to finish and write nothing.  Each wrote the row again,
+    one after another, and those that began during those writes did too: at 32 clients of
+    small PUTs, a lease write for nearly every upload."""
+    import sqlite3
+
+    from pithos.catalog import Catalog
+
+    db = tmp_path / "catalog.sqlite"
+    catalog = Catalog(f"sqlite:///{db}")
+    leases = WriterLeases(catalog, idle_clear_s=0)
+    counter = sqlite3.connect(db, isolation_level=None)
+    try:
+        # Every write of a lease row counted by the database itself.
+        counter.execute("CREATE TABLE lease_writes (n INTEGER)")
+        counter.execute("INSERT INTO lease_writes VALUES (0)")
+        counter.execute("CREATE TRIGGER counted AFTER INSERT ON upload_leases BEGIN "
+                        "UPDATE lease_writes SET n = n + 1; END")
+        first = leases.begin()
+        assert counter.execute("SELECT n FROM lease_writes").fetchone()[0] == 1
+        counter.execute("BEGIN IMMEDIATE")  # the refresh below waits for the database
+        refresh = threading.Thread(target=leases._sync)
+        refresh.start()
+        assert wait_for(lambda: leases._syncing)
+        tickets: list[object] = []
+        writers = [threading.Thread(target=lambda: tickets.append(leases.begin()))
+                   for _ in range(8)]
+        for t in writers:
+            t.start()
+        # All eight have found the write under way (each registers under the same lock).
+        assert wait_for(lambda: len(leases._inflight) == 9)
+        counter.execute("COMMIT")
+        for t in [refresh, *writers]:
+            t.join(30)
+        assert len(tickets) == 8
+        assert counter.execute("SELECT n FROM lease_writes").fetchone()[0] == 2
+        # The row covers them all: it says the first writer's start.
+        (row,) = catalog.upload_lease_rows()
+        assert row.started == leases._inflight[first.token]
+        assert all(row.started <= leases._inflight[t.token] for t in tickets)
+    finally:
+        counter.close()
+        leases.close()
+        catalog.close()

@@ -26,7 +26,7 @@ Errors a caller turns into the project's (pithos/catalog/pg_commit.py): SQLSTATE
 writer's lease was lost, PT002 a source gone (Conflict), PT003 a precondition failed, PT004 a
 quota exceeded; the message is the one the Python path gives.
 
-The texts below are migration 10's and 11's: a later change is a new migration (CREATE OR
+The texts below are migrations 10, 11 and 12's: a later change is a new migration (CREATE OR
 REPLACE with its own text), never an edit of these.
 """
 
@@ -331,3 +331,18 @@ _MARKED_V11 = (
 assert PUT_VERSION_V10.count(_NUMBERED_V10) == 1
 PUT_VERSION_V11 = PUT_VERSION_V10.replace(_NUMBERED_V10, _MARKED_V11)
 FUNCTIONS_V11 = (PUT_VERSION_V11,)
+
+# Migration 12: a striped charge locks both of its stripe rows (bytes, then objects) even for
+# a zero amount.  A transaction that charges more than once (a reap of several objects, one
+# in a container that keeps no history) otherwise locked `objects` first and `bytes` later,
+# the reverse of another's order: a deadlock, seen beside the one-call commits.
+_SOME_STRIPES_V10 = (
+    "               AS q(resource, amount)\n"
+    "         WHERE q.amount <> 0\n"
+    "         ORDER BY q.resource\n")
+_BOTH_STRIPES_V12 = (
+    "               AS q(resource, amount)\n"
+    "         ORDER BY q.resource\n")
+assert CHARGE_STORAGE_V10.count(_SOME_STRIPES_V10) == 1
+CHARGE_STORAGE_V12 = CHARGE_STORAGE_V10.replace(_SOME_STRIPES_V10, _BOTH_STRIPES_V12)
+FUNCTIONS_V12 = (CHARGE_STORAGE_V12,)

@@ -492,6 +492,20 @@ def _v11(conn: Connection) -> None:
             cur.close()
 
 
+def _v12(conn: Connection) -> None:
+    # PostgreSQL: a striped charge locks its two stripe rows in one order whatever its
+    # amounts (pithos/catalog/pg_functions.py), now that deletes and reaps charge so too.
+    from pithos.catalog.pg_functions import FUNCTIONS_V12
+
+    if conn.dialect.name == "postgresql":
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for function in FUNCTIONS_V12:
+                cur.execute(function)
+        finally:
+            cur.close()
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -504,6 +518,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (9, _v9),
     (10, _v10),
     (11, _v11),
+    (12, _v12),
 ]
 LATEST = MIGRATIONS[-1][0]
 
