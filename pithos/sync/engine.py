@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -37,36 +37,27 @@ from typing import TypeVar
 from pithos.core.files import fsync_dir
 from pithos.core.hashing import block_hash
 from pithos.sync import plan as P
+from pithos.sync.download import DownloadsMixin, Skip, _tmp_name
 from pithos.sync.remote import (
-    ContentChanged,
     CursorGone,
     MissingBlocks,
-    NotFoundRemote,
     PreconditionFailed,
     Remote,
     RemoteError,
-    RemoteMap,
 )
 from pithos.sync.scan import READ_SIZE, Ignore, ScanResult, same_stat, scan
-from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State
+from pithos.sync.state import BaseEntry, LocalFile, RemoteEntry, State
 
 T = TypeVar("T")
 
 SMALL_FILE_BYTES = 64 << 10  # uploaded by a plain PUT (the server cuts it as we would)
-STREAM_PUT_MAX_BYTES = 32 << 20  # new content up to this size: one streamed PUT
 BLOCKS_BATCH_BYTES = 8 << 20  # chunks per POST ?blocks
-RANGE_BATCH_BYTES = 16 << 20  # bytes per ranged GET of missing chunks
 MAX_PASSES = 8
 # Uploads in flight at once: while one waits for the server (its fsyncs, its commit), the
 # others send; the server's workers take them side by side.  The bench's first sync at
 # --scale 0.25, alternated in one session: 4 workers 5.6-13.7 s, 8 workers 3.7-10.0 s.  Each
 # holds at most two 8 MiB batches of chunks.
 UPLOAD_WORKERS = 8
-
-
-class Skip(Exception):
-    """This path cannot be done now (changed meanwhile, unreadable...): one line, retried on
-    the next pass."""
 
 
 @dataclass
@@ -102,7 +93,7 @@ class Progress:
         pass
 
 
-class Engine:
+class Engine(DownloadsMixin):
     def __init__(self, state: State, remote: Remote, *, report: Callable[[str], None],
                  say: Callable[[str], None] = lambda _: None,
                  progress: Progress | None = None, dry_run: bool = False) -> None:
@@ -113,7 +104,7 @@ class Engine:
         self.say = say
         self.progress = progress or Progress()
         self.dry_run = dry_run
-        self.stats = Stats()
+        self.stats: Stats = Stats()
         self.done = 0  # actions carried out (a pass that does none ends the run)
         self._fds: dict[str, int] = {}  # files a download reads chunks from
         self.upload_workers = UPLOAD_WORKERS
@@ -204,63 +195,103 @@ class Engine:
                 for e in listing.values():
                     state.put_remote(e)
 
-    def scan(self) -> tuple[ScanResult, Ignore]:
+    def scan(self, on_hashed: Callable[[LocalFile], None] | None = None
+             ) -> tuple[ScanResult, Ignore]:
         ignore = Ignore(self.folder)
-        return scan(self.folder, self.state, ignore, self.report), ignore
+        return scan(self.folder, self.state, ignore, self.report, on_hashed), ignore
 
     def one_pass(self) -> tuple[list[P.Action], set[str]]:
         self.refresh_remote()
-        result, ignore = self.scan()
-        actions = P.plan(self.state.base(), result.files, self.state.remote(), result.unknown,
-                         ignore)
-        if self.dry_run:
-            for a in actions:
-                if a.kind in P.TRANSFERS:
-                    self.say(f"would {a.describe()}")
+        if self.dry_run or self.upload_workers <= 1:
+            result, ignore = self.scan()
+            actions = P.plan(self.state.base(), result.files, self.state.remote(),
+                             result.unknown, ignore)
+            if self.dry_run:
+                for a in actions:
+                    if a.kind in P.TRANSFERS:
+                        self.say(f"would {a.describe()}")
+                return actions, result.unknown
+            self._act_planned(actions, None)
             return actions, result.unknown
+        with ThreadPoolExecutor(self.upload_workers, "pithos-sync-upload") as pool:
+            uploads = _Uploads(pool)
+            try:
+                # Files new on both sides are sent as soon as they are hashed, while the
+                # scan hashes the next ones: the plan would only upload them.
+                result, ignore = self.scan(self._eager(uploads))
+                self._reap(uploads, everything=True)
+                actions = P.plan(self.state.base(), result.files, self.state.remote(),
+                                 result.unknown, ignore)
+                # One attempt per pass: an early upload that failed waits for the next.
+                self._act_planned([a for a in actions if a.path not in uploads.failed],
+                                  uploads)
+            finally:
+                for f in uploads.inflight:
+                    f.cancel()
+        # The uploads made early count as this pass's actions: the run goes on to another
+        # pass, whose scan sees a file changed while it was sent.
+        return uploads.started + actions, result.unknown
+
+    def _eager(self, uploads: _Uploads) -> Callable[[LocalFile], None]:
+        """What the scan calls with each file it hashed: an upload started at once for a
+        path neither side had (no base, no remote object) whose content no remote object
+        or base holds (else the plan makes it a move or a copy)."""
+        base, remote = self.state.base(), self.state.remote()
+        held = {e.md5 for e in base.values()} | {e.md5 for e in remote.values()}
+
+        def start(lf: LocalFile) -> None:
+            if lf.path in base or lf.path in remote or lf.md5 in held:
+                return
+            held.add(lf.md5)  # a second new file of it: a server-side copy, planned
+            a = P.Action(P.UPLOAD, lf.path, local=lf)
+            uploads.started.append(a)
+            self._start_upload(a, uploads)
+            self._reap(uploads, everything=False, wait_for=self.upload_workers)
+
+        return start
+
+    def _act_planned(self, actions: list[P.Action], uploads: _Uploads | None) -> None:
         transfers = [a for a in actions if a.kind in P.TRANSFERS]
-        total = sum(_transfer_bytes(a) for a in transfers)
-        self.progress.start(total, len(transfers))
+        self.progress.start(sum(_transfer_bytes(a) for a in transfers), len(transfers))
         try:
-            self._act_all(actions)
+            if uploads is None:
+                for a in actions:
+                    self.act(a)
+            else:
+                self._act_all(actions, uploads)
         finally:
             self.progress.stop()
-        return actions, result.unknown
 
-    def _act_all(self, actions: list[P.Action]) -> None:
+    def _act_all(self, actions: list[P.Action], uploads: _Uploads) -> None:
         """Carry out the actions in order, uploads several at once: each is prepared here
         (the state database is this thread's), sent on a worker (the file read and the
         requests) and recorded here when done.  Any other action first waits for the
         uploads in flight."""
-        if self.upload_workers <= 1:
-            for a in actions:
+        for a in actions:
+            if a.kind != P.UPLOAD:
+                self._reap(uploads, everything=True)
                 self.act(a)
-            return
-        inflight: dict[Future[tuple[LocalFile, str]], P.Action] = {}
-        with ThreadPoolExecutor(self.upload_workers, "pithos-sync-upload") as pool:
-            try:
-                for a in actions:
-                    if a.kind != P.UPLOAD:
-                        self._reap(inflight, everything=True)
-                        self.act(a)
-                        continue
-                    job = self._guard(a, functools.partial(self._prepare_upload, a))
-                    if job is None:
-                        self.progress.file_done()
-                        continue
-                    inflight[pool.submit(job)] = a
-                    while len(inflight) >= self.upload_workers:
-                        self._reap(inflight, everything=False)
-                self._reap(inflight, everything=True)
-            finally:
-                for f in inflight:
-                    f.cancel()
+                continue
+            self._start_upload(a, uploads)
+            self._reap(uploads, everything=False, wait_for=self.upload_workers)
+        self._reap(uploads, everything=True)
 
-    def _reap(self, inflight: dict[Future[tuple[LocalFile, str]], P.Action],
-              everything: bool) -> None:
-        """Record the uploads that finished (all of them if `everything`)."""
+    def _start_upload(self, a: P.Action, uploads: _Uploads) -> None:
+        job = self._guard(a, functools.partial(self._prepare_upload, a))
+        if job is None:
+            uploads.failed.add(a.path)
+            self.progress.file_done()
+            return
+        uploads.inflight[uploads.pool.submit(job)] = a
+
+    def _reap(self, uploads: _Uploads, everything: bool, wait_for: int = 0) -> None:
+        """Record the uploads that finished: all of them if `everything`, else those done
+        now, waiting while `wait_for` or more are still in flight."""
+        inflight = uploads.inflight
         while inflight:
-            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            block = everything or len(inflight) >= max(wait_for, 1)
+            done, _ = wait(list(inflight), timeout=None if block else 0,
+                           return_when=FIRST_COMPLETED)
             for f in done:
                 a = inflight.pop(f)
 
@@ -270,8 +301,10 @@ class Engine:
 
                 if self._guard(a, record):
                     self.done += 1
+                else:
+                    uploads.failed.add(a.path)
                 self.progress.file_done()
-            if not everything:
+            if not done or not (everything or len(inflight) >= max(wait_for, 1)):
                 return
 
     def act(self, a: P.Action) -> None:
@@ -361,12 +394,10 @@ class Engine:
             unique = {c.hash for c in full.chunks}
             ask = [h for h in unique if h not in known]
             wanted = self.remote.missing(ask) if ask else set()
-            if len(wanted) == len(unique) and self.remote.cdc and \
-                    full.size <= STREAM_PUT_MAX_BYTES:
-                # Nothing of it is on the server: one streamed PUT sends the same bytes and
-                # costs the server half (it cuts them as we did).  Only up to a size a
-                # killed run may send again whole: bigger files go in resumable batches.
-                return full, self._stream_put(a.path, full, if_match, content_type)
+            # Only what the server lacks, then the hashmap with the MD5 the scan found as
+            # its ETag, which the server takes as declared and confirms later: it neither
+            # cuts nor hashes the content again (a streamed PUT made it do both, and a
+            # hashmap PUT read it all back for the MD5).
             self._send_missing(full, wanted)
             try:
                 etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
@@ -387,37 +418,6 @@ class Engine:
             self.state.done(rel)
         self.stats.uploaded += 1
         self.say(f"uploaded {rel}")
-
-    def _stream_put(self, rel: str, lf: LocalFile, if_match: str | None,
-                    content_type: str | None) -> str:
-        """PUT the file as it is read, 1 MiB at a time; the server checks the MD5 the scan
-        found (a file changed meanwhile is refused whole: ContentChanged, skipped)."""
-        try:
-            f = open(os.path.join(self.folder, rel), "rb", buffering=0)  # noqa: SIM115
-        except FileNotFoundError:
-            raise Skip(f"{rel} vanished before its upload") from None
-
-        def pieces() -> Iterator[bytes]:
-            left = lf.size
-            while left > 0:
-                piece = f.read(min(READ_SIZE, left))
-                if not piece:
-                    raise Skip(f"{rel} shrank while being uploaded")
-                left -= len(piece)
-                self.progress.advance(len(piece))
-                yield piece
-
-        try:
-            if not same_stat(os.fstat(f.fileno()), lf.size, lf.mtime_ns, lf.inode):
-                raise Skip(f"{rel} changed before its upload")
-            etag = self.remote.put_object(rel, pieces(), lf.md5, if_match, content_type,
-                                          size=lf.size)
-        except ContentChanged:
-            raise Skip(f"{rel} changed while being uploaded") from None
-        finally:
-            f.close()
-        self._count_sent(lf.size)
-        return etag
 
     def _read_small(self, lf: LocalFile) -> bytes:
         try:
@@ -471,156 +471,6 @@ class Engine:
     def _post_blocks(self, batch: list[bytes], compress: bool = False) -> None:
         self.remote.put_blocks(batch, compress)
         self._count_sent(sum(len(b) for b in batch))
-
-    # -- downloads -----------------------------------------------------------------------------
-
-    def do_download(self, a: P.Action) -> None:
-        self._download(a.path, a.local)
-        self.stats.downloaded += 1
-        self.say(f"downloaded {a.path}")
-
-    def _download(self, rel: str, expect: LocalFile | None) -> None:
-        """Fetch the current remote version of `rel` and put it in place of `expect` (the
-        local file as scanned; None: there was none)."""
-        try:
-            m = self.remote.hashmap(rel)
-        except NotFoundRemote:
-            raise Skip(f"{rel} vanished from the server") from None
-        self.state.intend(rel, "download", m.etag)
-        tmp = os.path.join(self.state.tmp_dir, _tmp_name(rel, m.etag))
-        try:
-            self._fill(rel, m, tmp)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)  # give the space back; the download starts over later
-            raise
-        target = os.path.join(self.folder, rel)
-        self._check_unchanged(rel, expect)
-        parent = os.path.dirname(target)
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise Skip(f"cannot create {rel}: a file of the folder is in the way") from None
-        if os.path.isdir(target):
-            raise Skip(f"cannot create {rel}: a directory of the folder has that name")
-        os.replace(tmp, target)
-        fsync_dir(parent)
-        st = os.stat(target, follow_symlinks=False)
-        lf = LocalFile(rel, m.size, st.st_mtime_ns, st.st_ino, m.etag, tuple(m.chunks))
-        self.state.put_file(lf)
-        with self.state.transaction():
-            self.state.put_remote(RemoteEntry(rel, m.size, m.etag))
-            self.state.set_base(BaseEntry(rel, m.size, m.etag, st.st_mtime_ns, st.st_ino),
-                                m.chunks)
-            self.state.done(rel)
-
-    def _fill(self, rel: str, m: RemoteMap, tmp: str) -> None:
-        """Write the map's content into `tmp`, resuming after its verified prefix; chunks
-        come from the folder where it holds them, else from ranged GETs."""
-        try:
-            self._fill_from(rel, m, tmp)
-        finally:
-            self._close_fds()
-
-    def _fill_from(self, rel: str, m: RemoteMap, tmp: str) -> None:
-        md5 = hashlib.md5(usedforsecurity=False)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        with open(fd, "r+b") as f:
-            done = 0  # chunks already in tmp, verified
-            offset = 0
-            for c in m.chunks:
-                data = f.read(c.length)
-                if len(data) != c.length or block_hash(data) != c.hash:
-                    break
-                md5.update(data)
-                done += 1
-                offset += c.length
-                self.progress.advance(c.length)
-            f.truncate(offset)
-            f.seek(offset)
-            run: list[Chunk] = []
-            run_bytes = 0
-            for c in m.chunks[done:]:
-                found = self._local_chunk(c)
-                if found is None:
-                    run.append(c)
-                    run_bytes += c.length
-                    if run_bytes >= RANGE_BATCH_BYTES:
-                        offset = self._fetch_run(rel, m, run, offset, f, md5)
-                        run, run_bytes = [], 0
-                    continue
-                if run:
-                    offset = self._fetch_run(rel, m, run, offset, f, md5)
-                    run, run_bytes = [], 0
-                f.write(found)
-                md5.update(found)
-                offset += c.length
-                self.stats.reused_bytes += c.length
-                self.progress.advance(c.length)
-            if run:
-                offset = self._fetch_run(rel, m, run, offset, f, md5)
-            f.flush()
-            if offset != m.size or md5.hexdigest() != m.etag:
-                f.truncate(0)
-                raise RemoteError(f"{rel}: the downloaded content does not match its ETag", 0)
-            os.fsync(f.fileno())
-
-    def _local_chunk(self, c: Chunk) -> bytes | None:
-        """The chunk's bytes from a file of the folder that held it, verified; None if no
-        file holds it now."""
-        for src in self.state.chunk_sources(c.hash):
-            try:
-                fd = self._fds.get(src.path)
-                if fd is None:
-                    if len(self._fds) >= 64:
-                        self._close_fds()
-                    fd = os.open(os.path.join(self.folder, src.path),
-                                 os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                    self._fds[src.path] = fd
-                data = os.pread(fd, src.length, src.offset)
-            except OSError:
-                continue
-            if len(data) == c.length and block_hash(data) == c.hash:
-                return data
-        return None
-
-    def _close_fds(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-    def _fetch_run(self, rel: str, m: RemoteMap, run: list[Chunk], offset: int, f: object,
-                   md5: object) -> int:
-        end = offset + sum(c.length for c in run)
-        r = self.remote.get_range(rel, m.etag, offset, end)
-        try:
-            for c in run:
-                data = r.read(c.length)
-                if len(data) != c.length or block_hash(data) != c.hash:
-                    raise RemoteError(f"{rel}: a chunk from the server failed verification", 0)
-                f.write(data)  # type: ignore[attr-defined]
-                md5.update(data)  # type: ignore[attr-defined]
-                self.stats.fetched_bytes += c.length
-                self.remote.received_bytes += c.length
-                self.progress.advance(c.length)
-        finally:
-            r.release_conn()
-        return end
-
-    def _check_unchanged(self, rel: str, expect: LocalFile | None) -> None:
-        try:
-            st = os.stat(os.path.join(self.folder, rel), follow_symlinks=False)
-        except FileNotFoundError:
-            if expect is None:
-                return
-            raise Skip(f"{rel} vanished locally meanwhile") from None
-        except NotADirectoryError:
-            raise Skip(f"cannot create {rel}: a file of the folder is in the way") from None
-        if expect is None:
-            raise Skip(f"{rel} appeared locally meanwhile")
-        if not same_stat(st, expect.size, expect.mtime_ns, expect.inode):
-            raise Skip(f"{rel} changed locally meanwhile")
 
     # -- deletes -------------------------------------------------------------------------------
 
@@ -756,18 +606,22 @@ class Engine:
         raise Skip(f"{rel}: no free name for a conflict copy")
 
 
+@dataclass
+class _Uploads:
+    """The uploads of a pass: in flight on `pool`, and the paths that failed (retried on
+    the next pass)."""
+    pool: ThreadPoolExecutor
+    inflight: dict[Future[tuple[LocalFile, str]], P.Action] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    started: list[P.Action] = field(default_factory=list)  # early (during the scan)
+
+
 def compressible(data: bytes) -> bool:
     """Whether a chunk looks worth deflating: few distinct byte values in 256 bytes from its
     middle (text ~40-70, zeros 1; random or compressed data ~160).  A few microseconds a
     chunk, where deflating a random one to learn it costs more than sending it."""
     mid = len(data) // 2
     return len(set(data[mid:mid + 256])) < 100
-
-
-def _tmp_name(rel: str, etag: str) -> str:
-    """The temporary file of a download of version `etag` of `rel`: the same name after a
-    restart, so the download resumes."""
-    return "dl-" + hashlib.sha256(f"{rel}\0{etag}".encode()).hexdigest()[:32]
 
 
 def _transfer_bytes(a: P.Action) -> int:
