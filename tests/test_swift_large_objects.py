@@ -295,3 +295,47 @@ def test_slo_get_follows_first_segments_down_ten_manifests_and_no_deeper(pithos_
     assert (r.status, r.headers["content-type"]) == (409, "text/html; charset=UTF-8")
     assert b"<h1>Conflict</h1>" in r.body
     assert request(pithos_server, "HEAD", f"{base}/m11", token=me.token).status == 200
+
+
+def test_manifest_put_with_heartbeat_reports_in_the_body(pithos_server, slo):
+    """test_slo's test_slo_put_heartbeating: ?heartbeat=on answers 202 at once, chunked,
+    whitespace and a blank line first, then the outcome as Swift's report."""
+    c, manifest = slo
+    me = login(pithos_server)
+    path = f"{me.path}/lo/beat?multipart-manifest=put&heartbeat=on"
+
+    def put(segments, **headers):
+        r = request(pithos_server, "PUT", path, body=json.dumps(segments).encode(),
+                    token=me.token, headers=headers)
+        assert (r.status, r.headers.get("transfer-encoding")) == (202, "chunked")
+        first, blank, rest = r.body.split(b"\n", 2)
+        assert not first.strip() and blank == b"\r"
+        return r, rest.decode()
+
+    r, text = put(manifest)
+    lines = text.split("\n")
+    assert "Response Status: 201 Created" in lines
+    assert {"Etag", "Last Modified"} <= {line.split(":", 1)[0] for line in lines}
+    assert c.get_object("lo", "beat")[1] == b"a" * MiB + b"b" * MiB + b"c"
+    r, text = put(manifest, Accept="application/json")
+    assert r.headers["content-type"].startswith("application/json")
+    got = json.loads(text)
+    assert got["Etag"] == f'"{c.head_object("lo", "beat")["etag"].strip(chr(34))}"'
+    assert {k: got[k] for k in ("Response Status", "Response Body", "Errors")} == {
+        "Response Status": "201 Created", "Response Body": "", "Errors": []}
+    # A missing segment: the report says 400 and names it, and nothing is made.
+    r, text = put([*manifest, {"path": "no-such/segment"}], Accept="application/json")
+    got = json.loads(text)
+    assert got["Response Status"] == "400 Bad Request"
+    assert got["Errors"] == [["no-such/segment", "404 Not Found"]]
+    assert "Etag" not in got
+    r, text = put([*manifest, {"path": "no-such/segment"}])
+    assert text.split("\n")[-3:] == ["Errors:", "no-such/segment, 404 Not Found", ""]
+    # A wrong ETag: 422 in the report.
+    r, text = put(manifest, Accept="application/json", ETag="bad etag")
+    assert json.loads(text) == {
+        "Response Status": "422 Unprocessable Entity",
+        "Response Body": "Unprocessable Entity\nUnable to process the contained instructions",
+        "Errors": []}
+    info = request(pithos_server, "GET", "/info").json()
+    assert info["slo"]["yield_frequency"] == 10

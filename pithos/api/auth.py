@@ -13,6 +13,7 @@ from pithos.api import (
     formpost,
     object_versioning,
     quotas,
+    slo,
     symlink,
     tempurl,
     versioned_writes,
@@ -127,6 +128,7 @@ def info_document(services: Services) -> dict[str, Any]:
             "max_manifest_segments": limits.max_manifest_segments,
             "max_manifest_size": limits.max_manifest_size,
             "min_segment_size": limits.min_segment_size,
+            "yield_frequency": slo.YIELD_FREQUENCY_S,  # ?heartbeat=on of a manifest PUT
         },
         "tempauth": {"account_acls": True},
         "bulk_delete": bulk.limits_info(),

@@ -58,18 +58,20 @@ def send_result(req: falcon.Request, resp: falcon.Response, result: DeleteResult
 def send_report(req: falcon.Request, resp: falcon.Response, summary: dict[str, Any],
                 root_tag: str) -> None:
     """A bulk operation's report, as Swift's bulk middleware writes it: always 200 (the
-    outcome is in "Response Status"), JSON when the client accepts it, XML (under
-    `root_tag`: "delete", "extract") when it accepts that, else "Key: value" lines and then
-    one "name, reason" line per entry of summary["Errors"]."""
+    outcome is in "Response Status"), in the form `report` gives it."""
     resp.status = falcon.HTTP_200
+    resp.content_type, resp.text = report(req, summary, root_tag)
+
+
+def report(req: falcon.Request, summary: dict[str, Any], root_tag: str) -> tuple[str, str]:
+    """(content type, body) of a report of Swift's bulk and SLO middleware: JSON when the
+    client accepts it, XML (under `root_tag`: "delete", "extract", "upload") when it accepts
+    that, else "Key: value" lines and then one "name, reason" line per entry of
+    summary["Errors"]."""
     accept = (req.get_header("Accept") or "").lower()
     if "json" in accept:
-        resp.content_type = "application/json; charset=utf-8"
-        resp.text = json.dumps(summary)
-        return
+        return "application/json; charset=utf-8", json.dumps(summary)
     if "xml" in accept:
-        resp.content_type = ("text/xml" if "text/xml" in accept else "application/xml") + \
-            "; charset=utf-8"
         out = [f"<{root_tag}>\n"]
         for key in sorted(k for k in summary if k != "Errors"):
             tag = key.replace(" ", "_").lower()
@@ -78,10 +80,9 @@ def send_report(req: falcon.Request, resp: falcon.Response, summary: dict[str, A
         out.extend(f"<object><name>{escape(name)}</name><status>{escape(why)}</status>"
                    "</object>\n" for name, why in summary["Errors"])
         out.append(f"</errors>\n</{root_tag}>\n")
-        resp.text = "".join(out)
-        return
-    resp.content_type = "text/plain; charset=utf-8"
+        kind = "text/xml" if "text/xml" in accept else "application/xml"
+        return f"{kind}; charset=utf-8", "".join(out)
     lines = [f"{k}: {v}" for k, v in summary.items() if k != "Errors"]
     lines.append("Errors:")
     lines.extend(f"{name}, {why}" for name, why in summary["Errors"])
-    resp.text = "\n".join(lines) + "\n"
+    return "text/plain; charset=utf-8", "\n".join(lines) + "\n"

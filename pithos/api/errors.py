@@ -88,6 +88,7 @@ EXPLANATIONS = {
     412: "A precondition for this request was not met.",
     413: "The body of your request was too large for this server.",
     416: "The Range requested is not available.",
+    422: "Unable to process the contained instructions",
     499: "The client was disconnected during request.",
     500: "The server has either erred or is incapable of performing the requested operation.",
     501: "The server is either unable or unwilling to support the request.",

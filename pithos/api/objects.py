@@ -365,12 +365,18 @@ class ObjectHandlers:
             return
         if req.get_param("multipart-manifest") == "put":
             manifest = req.stream.read(self.services.limits.max_manifest_size + 1)
-            with objects.upload_lease():
-                v = objects.put_slo(account.id, container, t.obj, manifest,
-                                    content_type=content_type, meta=meta,
-                                    modified_by=modified_by, delete_at=delete_at,
-                                    may_read=self.authz.may_read(user, account),
-                                    etag=req.get_header("ETag"))
+
+            def put_slo() -> ObjectVersion:
+                with objects.upload_lease():
+                    return objects.put_slo(account.id, container, t.obj, manifest,
+                                           content_type=content_type, meta=meta,
+                                           modified_by=modified_by, delete_at=delete_at,
+                                           may_read=self.authz.may_read(user, account),
+                                           etag=req.get_header("ETag"))
+            if truthy(req.get_param("heartbeat")):
+                slo.put_with_heartbeat(req, resp, put_slo, objects.offload)
+                return
+            v = put_slo()
             self._created(resp, v, f'"{v.etag}"')
             return
         dlo = _dlo_manifest(req)

@@ -3,11 +3,25 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from urllib.parse import quote
+
 import falcon
 
-from pithos.api.errors import HTTPStatusError
-from pithos.api.http import ByteRange
+from pithos.api.bulk import report
+from pithos.api.errors import EXPLANATIONS, REASONS, HTTPStatusError, status_of
+from pithos.api.http import ByteRange, http_date
+from pithos.core.errors import ChecksumMismatch, PithosError
+from pithos.core.offload import Offload
 from pithos.objects import ObjectVersion, slo
+
+log = logging.getLogger("pithos.api")
+
+# Seconds between two heartbeats of a manifest PUT with ?heartbeat=on (/info's slo
+# yield_frequency, Swift's default).
+YIELD_FREQUENCY_S = 10
 
 PART_NOT_SATISFIABLE = b"The requested part number is not satisfiable"
 
@@ -79,3 +93,51 @@ def raw_body(v: ObjectVersion) -> bytes:
     """SLO `v`'s manifest as a ?multipart-manifest=put takes it."""
     assert v.slo_manifest is not None
     return slo.raw_manifest(v.slo_manifest)
+
+
+def put_with_heartbeat(req: falcon.Request, resp: falcon.Response,
+                       put: Callable[[], ObjectVersion], offload: Offload | None) -> None:
+    """A manifest PUT with ?heartbeat=on, as Swift's SLO answers it: 202 at once, a space
+    every YIELD_FREQUENCY_S while `put` (the assembly and its commit) runs, so that a client
+    waiting on a long manifest sees the connection alive, then a blank line and the outcome
+    as a report (JSON, XML or text as Accept asks: Response Status, Response Body, Errors,
+    and Etag and Last Modified when it was made).  `put` runs as a task of `offload`'s
+    spawner (in-line without one)."""
+    resp.status = falcon.HTTP_202
+    resp.content_type = report(req, {"Errors": []}, "upload")[0]
+
+    def body() -> Iterator[bytes]:
+        yield b" "  # (the status and headers go out with it)
+        summary: dict[str, object]
+        try:
+            if offload is None:
+                v = put()
+            else:
+                task = offload.spawner.submit(put)
+                while True:
+                    try:
+                        v = task.result(timeout=YIELD_FREQUENCY_S)
+                        break
+                    except FutureTimeout:
+                        yield b" "
+        except PithosError as exc:
+            status = status_of(exc)
+            reason = REASONS.get(status, "Error")
+            # Swift's words for a segment's problems and a wrong ETag; ours otherwise.
+            swift_words = isinstance(exc, (slo.SegmentErrors, ChecksumMismatch))
+            summary = {"Response Status": f"{status} {reason}",
+                       "Response Body": f"{reason}\n" + (
+                           EXPLANATIONS.get(status, "") if swift_words else str(exc)),
+                       "Errors": [[quote(path), why] for path, why in
+                                  getattr(exc, "problems", [])]}
+        except Exception:
+            log.exception("%s %s (heartbeat) failed", req.method, req.path)
+            summary = {"Response Status": "500 Internal Server Error",
+                       "Response Body": "internal error", "Errors": []}
+        else:
+            summary = {"Response Status": "201 Created", "Etag": f'"{v.etag}"',
+                       "Last Modified": http_date(v.created), "Response Body": "",
+                       "Errors": []}
+        yield b"\r\n\r\n" + report(req, summary, "upload")[1].encode()
+
+    resp.stream = body()

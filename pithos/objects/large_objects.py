@@ -173,7 +173,7 @@ class LargeObjects:
         stored: list[dict[str, Any]] = []
         etags = hashlib.md5(usedforsecurity=False)
         total = 0
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []  # (the segment's path as given, what is wrong)
         for i, seg in enumerate(segments):
             if isinstance(seg, dict) and "data" in seg:
                 # Swift's inline segment: base64 bytes stored with the manifest's object.
@@ -195,25 +195,25 @@ class LargeObjects:
                 # The same answer whether the container (or the object) exists or not: a
                 # missing container is asked about too (may_read(None)), or 403 against 404
                 # would tell which container names the account holds (issue 26, finding 14).
-                problems.append(f"/{path}: 403 Forbidden")
+                problems.append((seg["path"], "403 Forbidden"))
                 continue
             if version is not None and version.sys_meta():
                 # A symlink as a segment: its target's content (as Swift's SLO reads it).
                 version = symlinks.resolve(self.catalog, account_id, version, may_read)
             if version is None:
-                problems.append(f"/{path}: 404 Not Found")
+                problems.append((seg["path"], "404 Not Found"))
                 continue
             want_etag = seg.get("etag")
             want_size = seg.get("size_bytes")
             if want_etag not in (None, "") and str(want_etag).strip('"').lower() != version.etag:
-                problems.append(f"/{path}: Etag Mismatch")
+                problems.append((seg["path"], "Etag Mismatch"))
             if want_size is not None and _int_or_none(want_size) != version.size:
-                problems.append(f"/{path}: Size Mismatch")
+                problems.append((seg["path"], "Size Mismatch"))
             offset, length = 0, version.size
             if seg.get("range"):
                 offset, length = _segment_range(str(seg["range"]), version.size)
             if length < self.limits.min_segment_size and i < len(segments) - 1:
-                problems.append(f"/{path}: Too Small")
+                problems.append((seg["path"], "Too Small"))
             if version.root is not None and length:
                 parts.append((self.stored_root(version), offset, length))
                 sources.append(version.version_id)
@@ -229,7 +229,7 @@ class LargeObjects:
                 entry["range"] = f"{offset}-{offset + length - 1}"
             stored.append(entry)
         if problems:
-            raise InvalidArgument("Errors:\n" + "\n".join(problems))
+            raise slo.SegmentErrors(problems)
         if total > self.limits.max_file_size:
             raise TooLarge("the large object would exceed the maximum object size")
         root, size = self.mapper.concat(parts) if parts else (self.mapper.empty(), 0)

@@ -10,12 +10,25 @@ import hashlib
 import json
 from typing import Any
 
+from pithos.core.errors import InvalidArgument
+
 # How many manifests deep a static large object's GET follows its first segment (Swift's
 # SloGetContext.max_slo_recursion_depth): a deeper one is 409 there.
 SLO_RECURSION_MAX = 10
 # A segment is an object ("path", with optional checks and a range) or inline "data"; any
 # other key is refused, as Swift's (a typo such as "teag" would otherwise skip the check).
 SEGMENT_KEYS = {"path": {"path", "etag", "size_bytes", "range"}, "data": {"data"}}
+
+
+class SegmentErrors(InvalidArgument):
+    """A manifest PUT refused for its segments (Swift's 400): `problems` lists each as
+    (its path as the manifest names it, what is wrong: "404 Not Found", "Etag Mismatch"...),
+    as Swift's SLO reports them."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("Errors:\n" + "\n".join(f"/{path.lstrip('/')}: {why}"
+                                                 for path, why in problems))
+        self.problems = problems
 
 
 def segment_problem(index: int, seg: Any, manifest_path: str) -> str | None:
