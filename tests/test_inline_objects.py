@@ -32,7 +32,7 @@ from pithos.objects.acl import Action
 from pithos.objects.hashmaps import Hashmaps, update_content
 from pithos.objects.large_objects import Part
 from pithos.objects.service import ObjectService
-from tests.conftest import CEPH_CONF, CEPH_POOL
+from tests.conftest import CEPH_CONF, CEPH_POOL, PithosServer
 
 OWNER = UserInfo(1, "alice", "admin", True)
 BLOCK = 4096
@@ -301,3 +301,42 @@ def test_a_part_is_read_from_the_row_not_the_store(service):
     parts = service.content(v, c.account_id).parts
     assert parts == [Part(v.root, 6, b"abcdef")]
     assert b"".join(service.read(parts, 2, 3)) == b"cde"
+
+
+def test_a_volume_cloned_from_a_small_object_outlives_it_and_the_collector(tmp_path):
+    """archipelago volume clone --from-object of an object kept inline: the clone stores its
+    content as a block and a map (it had none) and names them; the collector keeps them once
+    the object and its history are gone."""
+    import requests
+
+    from archipelago import Volumes
+
+    server = PithosServer(tmp_path / "data")
+    try:
+        swift = server.connection()
+        swift.put_container("images")
+        data = os.urandom(4096)
+        swift.put_object("images", "tiny.raw", data)
+        url, token = swift.get_auth()
+        proc = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
+                               "--from-object", "AUTH_test/images/tiny.raw", "vm1",
+                               "--data-dir", str(server.data_dir)], capture_output=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        swift.delete_object("images", "tiny.raw")
+        requests.delete(f"{url}/images", params={"until": time.time() + 1},
+                        headers={"X-Auth-Token": token}, timeout=30)
+        time.sleep(2.5)  # older than the collector's clock margin
+        gc_run = subprocess.run([sys.executable, "-m", "pithos.cli.main", "gc", "--json",
+                                 "--data-dir", str(server.data_dir)], capture_output=True,
+                                timeout=120)
+        assert gc_run.returncode == 0, gc_run.stderr.decode()
+        vol = Volumes.local(str(server.data_dir)).open("vm1")
+        try:
+            got = bytearray(len(data))
+            vol.read_into(memoryview(got), 0)
+        finally:
+            vol.close()
+        assert bytes(got) == data
+    finally:
+        server.stop()
