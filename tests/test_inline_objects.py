@@ -340,3 +340,27 @@ def test_a_volume_cloned_from_a_small_object_outlives_it_and_the_collector(tmp_p
         assert bytes(got) == data
     finally:
         server.stop()
+
+
+def test_the_threshold_is_set_by_the_environment_and_checked_at_start(tmp_path, monkeypatch):
+    """PITHOS_INLINE_MAX_BYTES=0: every object is stored as blocks; a bad value stops
+    `pithos serve` before any worker starts, naming the variable."""
+    monkeypatch.setenv("PITHOS_INLINE_MAX_BYTES", "0")
+    server = PithosServer(tmp_path / "data")
+    try:
+        swift = server.connection()
+        swift.put_container("c")
+        swift.put_object("c", "small", b"x" * 100)
+        stats = subprocess.run([sys.executable, "-m", "pithos.cli.main", "store", "stats",
+                                "--json", "--data-dir", str(server.data_dir)],
+                               capture_output=True, timeout=120)
+        assert json.loads(stats.stdout)["blocks"] == 2  # its block and its map page
+        assert swift.get_object("c", "small")[1] == b"x" * 100
+    finally:
+        server.stop()
+    for bad in ("lots", "-1", str(2 * 1024 * 1024)):
+        monkeypatch.setenv("PITHOS_INLINE_MAX_BYTES", bad)
+        proc = subprocess.run([sys.executable, "-m", "pithos.cli.main", "serve", "--data-dir",
+                               str(tmp_path / "data"), "--listen", "127.0.0.1:1"],
+                              capture_output=True, timeout=60)
+        assert proc.returncode != 0 and b"PITHOS_INLINE_MAX_BYTES" in proc.stderr, bad

@@ -73,17 +73,22 @@ def build_services(storage: Storage, io_threads: int = 32,
 
 def _inline_max() -> dict[str, int]:
     """PITHOS_INLINE_MAX_BYTES: objects up to this size are kept in their version row
-    (docs/design.md, "Small objects inline"; 0 turns it off; default the object service's)."""
-    from pithos.core.errors import InvalidArgument
+    (docs/design.md, "Small objects inline"; 0 turns it off; default the object service's).
+    Checked by `serve` before any worker starts (a worker that cannot start is restarted
+    for ever)."""
+    from pithos.objects.service import INLINE_LIMIT
 
     value = os.environ.get("PITHOS_INLINE_MAX_BYTES")
     if value is None:
         return {}
     try:
-        return {"inline_max_bytes": int(value)}
+        found = int(value)
+        if not 0 <= found <= INLINE_LIMIT:
+            raise ValueError
     except ValueError:
-        raise InvalidArgument(f"PITHOS_INLINE_MAX_BYTES is a number of bytes, not {value!r}"
-                              ) from None
+        raise SystemExit(f"pithos serve: PITHOS_INLINE_MAX_BYTES must be a number of bytes "
+                         f"from 0 to {INLINE_LIMIT} (got {value!r})") from None
+    return {"inline_max_bytes": found}
 
 
 def _reaper(services: Any) -> None:
@@ -262,6 +267,7 @@ def serve(storage: Storage, listen: str, workers: int,
     open_catalog_once(storage)
     _raise_open_files_limit()
     connections = worker_connections()
+    _inline_max()  # (refused here, not by every worker)
     compute_key = None
     key_file = os.path.join(storage.data_dir, "compute.key")
     if compute:
