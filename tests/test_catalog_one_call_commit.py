@@ -290,3 +290,25 @@ def test_concurrent_writers_and_a_reader_of_the_feed_end_in_the_same_state(pg_ca
     reading.join(60)
     assert not errors, errors[:3]
     assert view == {f"o{i}": cat.object(cid, f"o{i}").vid for i in range(10)}
+
+
+def test_a_connection_that_died_under_the_one_call_commit_is_not_used_again(pg_catalog):
+    """A server that dropped the commit's connection fails that commit (503, retry), and the
+    dead connection is not handed to the next one."""
+    from pithos.core.errors import BackendError
+
+    cat = pg_catalog
+    cid = _box(cat)
+    put(cat, cid, "warm")  # a pooled connection, used just now: not pinged before its next use
+    with cat._read_engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                           "datname = current_database() AND pid <> pg_backend_pid()"))
+    failed = 0
+    for n in range(3):
+        try:
+            put(cat, cid, f"o{n}")
+        except BackendError as exc:
+            assert exc.transient
+            failed += 1
+    assert failed <= 1
+    assert cat.object(cid, "o2") is not None

@@ -116,6 +116,10 @@ class PgCommitMixin(CatalogEngine):
                     return cur.fetchone()
                 finally:
                     cur.close()
+            except Exception:
+                if dbapi.closed:  # (dead: not back into the pool for the next request)
+                    conn.invalidate()
+                raise
             finally:
                 if not dbapi.closed:
                     dbapi.autocommit = False
