@@ -25,11 +25,13 @@ from pithos.sync.state import Chunk, RemoteEntry
 
 MISSING_BATCH = 20000  # hashes per POST ?missing (the server reads 16 MiB of JSON at most)
 RETRIES = 4  # for 5xx and dropped connections, with backoff
-# Hash lists and hashmaps (hex) deflate to about 57% at any level (so at level 1); chunk
-# batches up to this size are deflated at level 6 (an edit's few chunks: every byte
-# counts), bigger ones go as they are (a first sync's: deflating them, even at level 1,
-# was the client's largest cost, ~1.5 of its 3.9 s of CPU for 487 MB).
-DEFLATE_FINE_MAX = 1 << 20
+# Hash lists and hashmaps (hex) deflate to about 57% at any level (so at level 1).  Chunk
+# batches up to DEFLATE_FINE_MAX are deflated at level 6 (an edit's few chunks: every byte
+# counts), up to DEFLATE_MAX at level 1 (a small new file's: level 6 there was still ~18%
+# of the client's CPU on the sync bench's first sync), bigger ones go as they are (a first
+# sync's: deflating them, even at level 1, was ~1.5 of the client's 3.9 s for 487 MB).
+DEFLATE_FINE_MAX = 256 << 10
+DEFLATE_MAX = 1 << 20
 
 
 class RemoteError(Exception):
@@ -334,8 +336,8 @@ class Remote:
         body = b"".join(blocks)
         h = {"Content-Type": "application/octet-stream",
              "X-Block-Lengths": ",".join(str(len(b)) for b in blocks)}
-        if compress and len(body) <= DEFLATE_FINE_MAX:
-            body = self._deflate(body, h, 6)
+        if compress and len(body) <= DEFLATE_MAX:
+            body = self._deflate(body, h, 6 if len(body) <= DEFLATE_FINE_MAX else 1)
         self.request("POST", None, query={"blocks": ""}, body=body, headers=h)
 
     def _deflate(self, body: bytes, headers: dict[str, str], level: int = 1) -> bytes:
