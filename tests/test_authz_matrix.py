@@ -650,8 +650,9 @@ def _make_cell(s: requests.Session, server: PithosServer, owner: dict[str, str],
         _ok(s.put(f"{base}/d/dlo", data=b"", timeout=T,
                   headers={**owner, "X-Object-Manifest": f"{name}/d/seg"}))
     if "hashmap" in row.needs:
-        # Content of the cell's own: no other cell's caller has sent or read its block.
-        _ok(s.put(f"{base}/d/hm", data=f"blocks of {name}".encode(), headers=owner,
+        # Content of the cell's own: no other cell's caller has sent or read its block.  Over
+        # the inline bound (16 KiB), so that its block is in the store to be named.
+        _ok(s.put(f"{base}/d/hm", data=f"blocks of {name}".encode() * 4096, headers=owner,
                   timeout=T))
         doc = _ok(s.get(f"{base}/d/hm?hashmap", headers=owner, timeout=T)).json()
         cell["hashmap"] = json.dumps(doc)

@@ -441,7 +441,8 @@ def test_finding_10_a_non_admin_user_names_only_blocks_it_sent_or_read(pithos_se
         requests.put(f"{url}/{c}", headers=owner, timeout=T)
     requests.post(f"{url}/drop", timeout=T, headers={
         **owner, "X-Container-Read": "test:reader", "X-Container-Write": "test:reader"})
-    secret = os.urandom(3000)
+    # Larger than an object kept inline (16 KiB): its block is in the block store.
+    secret = os.urandom(30000)
     assert requests.put(f"{url}/vault/secret", data=secret, headers=owner,
                         timeout=T).status_code == 201
     doc = requests.get(f"{url}/vault/secret", params={"hashmap": ""}, headers=owner,
@@ -458,7 +459,7 @@ def test_finding_10_a_non_admin_user_names_only_blocks_it_sent_or_read(pithos_se
     assert r.status_code == 409 and r.json() == hashes
     assert requests.get(f"{url}/drop/copy", headers=reader, timeout=T).status_code == 404
     # What the user sent itself, it may name.
-    mine = os.urandom(2000)
+    mine = os.urandom(20000)
     assert requests.put(f"{url}/drop/mine", data=mine, headers=reader,
                         timeout=T).status_code == 201
     own = requests.get(f"{url}/drop/mine", params={"hashmap": ""}, headers=reader,
