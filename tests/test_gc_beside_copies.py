@@ -160,6 +160,9 @@ def test_archive_extraction_and_form_uploads_with_gc_in_a_loop(tmp_path):
                     assert client.request("PUT", f"/bulk/old-{name}", data)[0] == 201
                 for name in files:
                     assert client.request("DELETE", f"/bulk/old-{name}")[0] == 204
+                # And garbage nothing names again, so that the collector surely sweeps.
+                assert client.request("PUT", f"/bulk/junk{n}", rng.randbytes(70_000))[0] == 201
+                assert client.request("DELETE", f"/bulk/junk{n}")[0] == 204
                 time.sleep(rng.uniform(0, 0.6))
                 status, body = client.request("PUT", "/bulk?extract-archive=tar.gz",
                                               tar_of(files), {"Accept": "application/json"})
