@@ -395,8 +395,8 @@ class ObjectHandlers:
         if user is None:
             raise HTTPStatusError(401, "log in to upload by hashmap")
         how = encoding(req.get_header("Content-Encoding"), req.env)
-        stream = (req.stream if how is None else
-                  Inflating(req.stream, how, HASHMAP_BODY_MAX, req.env))
+        raw = request_body(req.env, None, self.services.client_timeout_s)  # (see _store_blocks)
+        stream = raw if how is None else Inflating(raw, how, HASHMAP_BODY_MAX, req.env)
         if how is not None:  # the coding of the hashmap sent, not of the object's content
             kw["meta"]["sys"].pop("content-encoding", None)
         body = stream.read(HASHMAP_BODY_MAX + 1)
