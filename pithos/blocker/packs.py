@@ -113,16 +113,16 @@ _IOV_MAX = 1024
 
 def _pwritev_all(fd: int, parts: Sequence[bytes | memoryview], at: int) -> int:
     """Write `parts` back to back at `at`, whatever each call writes; returns the end."""
-    views = [memoryview(p).cast("B") for p in parts]
+    views = list(parts)  # (bytes, or memoryviews of bytes: their length is their size)
     first = 0
     while first < len(views):
         written = os.pwritev(fd, views[first:], at)
         at += written
-        while first < len(views) and written >= views[first].nbytes:
-            written -= views[first].nbytes
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
             first += 1
-        if written:
-            views[first] = views[first][written:]
+        if written:  # a short write: the rest of that part next
+            views[first] = memoryview(views[first])[written:]
     return at
 
 
@@ -321,9 +321,11 @@ class Packs:
         size = 0
         for hash_, data in records:
             view = memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")  # (so that its length is its size in bytes)
             offsets.append(size)
             parts.append(HEADER.pack(MAGIC, hash_, view.nbytes))
-            parts.append(view)
+            parts.append(data if isinstance(data, bytes) else view)
             size += HEADER.size + view.nbytes
         active, start = self._take(size)
         try:

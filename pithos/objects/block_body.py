@@ -55,7 +55,10 @@ class BlockBody:
                     if not more:
                         raise InvalidArgument("the body is shorter than the block lengths")
                     buf += more
-            yield bytes(buf[pos:pos + n])
+            view = memoryview(buf)  # (one copy out, not a slice and a copy of it)
+            block = bytes(view[pos:pos + n])
+            view.release()  # (a view held would keep `del buf[...]` from resizing it)
+            yield block
             pos += n
             left -= n
 
