@@ -150,6 +150,8 @@ def test_a_storage_charge_locks_its_holdings_in_resource_order_whatever_the_plan
             deadline = time.monotonic() + 30
             waiting = 0
             while not waiting and time.monotonic() < deadline and thread.is_alive():
+                # pg_stat_activity is a snapshot taken once per transaction: drop it first.
+                conn.execute(text("SELECT pg_stat_clear_snapshot()"))
                 waiting = conn.execute(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalar_one()
@@ -204,6 +206,8 @@ def test_a_write_chosen_as_a_deadlocks_victim_runs_again_once_whole(pg_catalog, 
             deadline = time.monotonic() + 30
             waiting = 0
             while not waiting and time.monotonic() < deadline and thread.is_alive():
+                # pg_stat_activity is a snapshot taken once per transaction: drop it first.
+                conn.execute(text("SELECT pg_stat_clear_snapshot()"))
                 waiting = conn.execute(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalar_one()

@@ -94,9 +94,14 @@ def test_a_collector_cannot_revoke_a_lease_while_its_one_call_commit_runs(pg_cat
                 == 2)  # the lease's own session and the commit's transaction
             cut_off_session = leases.liveness._held[ticket.lease_id][1]
             blocker.execute(text("SELECT pg_terminate_backend(:p)"), {"p": cut_off_session})
-            assert wait_for(lambda: not blocker.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
-                {"p": cut_off_session}).scalar_one())
+            def session_gone() -> bool:
+                # pg_stat_activity is a snapshot taken once per transaction, and the
+                # blocker's transaction stays open: drop the snapshot before each look.
+                blocker.execute(text("SELECT pg_stat_clear_snapshot()"))
+                return not blocker.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
+                    {"p": cut_off_session}).scalar_one()
+            assert wait_for(session_gone)
             assert oldest_live_writer(cat) is not None  # not revoked: the commit holds it
             blocker.rollback()
         thread.join(60)
