@@ -1,5 +1,5 @@
 """An SQLite catalog write returns only after an fdatasync of the WAL that covers its commit
-(pithos/catalog/wal_sync.py); under gevent that sync runs off the hub and is shared.
+(pithos/core/wal_sync.py); under gevent that sync runs off the hub and is shared.
 
 The syscall is replaced by a recorder that first notes which objects are committed (a commit
 is visible to a new reader once its frames are in the WAL), then syncs: a write is covered by

@@ -17,7 +17,7 @@ copy, and a batch one data sync and one index commit however many blocks it hold
   commit (synchronous=FULL), which syncs with the index's write lock held, so that every
   other batch of every process waited for it: the commit is made with synchronous=NORMAL and
   the WAL fdatasynced after it, outside the lock, one sync serving every commit made before
-  it started (`_WalSync`, the catalog's group commit in small).  A writer killed
+  it started (`pithos.core.wal_sync`, the catalog's group commit).  A writer killed
   at any point leaves at worst bytes no row points at (a torn tail), never a row pointing at
   bytes not on disk.
 - The age of a block is its row's stamp: a put of a present block, and a touch, set it to
@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import os
 import secrets
 import sqlite3
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 
 from pithos.blocker import tmpfiles
 from pithos.core.files import fsync_dir
+from pithos.core.wal_sync import WalSync
 
 MAGIC = b"PKB1"
 HEADER = struct.Struct(">4s32sI")
@@ -126,56 +126,6 @@ def _pwritev_all(fd: int, parts: Sequence[bytes | memoryview], at: int) -> int:
     return at
 
 
-class _WalSync:
-    """`sync()` returns once the index's WAL was fdatasynced by a sync that started after
-    the call: the caller's commit, written to the WAL before it, is then durable.  A sync
-    that started after several commits serves them all (a thread finding its ticket
-    covered returns at once); frames are overwritten only after a checkpoint synced them
-    into the database file, so a commit is in the synced WAL or the synced database.  The
-    counters are shared without a lock: a race can only make `_synced` lag (an extra sync),
-    never claim a ticket whose commit came after the sync began."""
-
-    def __init__(self, wal_path: str) -> None:
-        self.path = wal_path
-        self._tickets = itertools.count(1)
-        self._issued = 0
-        self._synced = 0
-        self._fd: tuple[int, int] | None = None  # (fd, inode) of the WAL
-        self._old: list[int] = []
-
-    def sync(self) -> None:
-        ticket = self._issued = next(self._tickets)
-        if self._synced >= ticket:
-            return
-        target = self._issued
-        fd = self._wal_fd()
-        if fd is not None:
-            os.fdatasync(fd)
-        if target > self._synced:
-            self._synced = target
-
-    def _wal_fd(self) -> int | None:
-        """An fd of the current WAL (a new one is opened, and its directory synced, after
-        the last connection deleted the old one); None when there is none: its last
-        checkpoint synced everything into the database file."""
-        try:
-            ino = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return None
-        held = self._fd
-        if held is not None and held[1] == ino:
-            return held[0]
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        fsync_dir(os.path.dirname(self.path))
-        if held is not None:
-            self._old.append(held[0])  # (another thread may be syncing it: kept open)
-        self._fd = (fd, os.fstat(fd).st_ino)
-        return fd
-
-
 class Packs:
     """The packed blocks of the store rooted at `root` (packs/ created if absent)."""
 
@@ -196,7 +146,8 @@ class Packs:
         self._active: _Active | None = None
         self._pid = os.getpid()
         self._names = iter(range(1 << 62))
-        self._wal_sync = _WalSync(self._db_path + "-wal")
+        # (No executor: the store's callers are plain threads, a pool's under a server.)
+        self._wal_sync = WalSync(self._db_path + "-wal")
         db = self._db()
         with self._write(db):
             for statement in _SCHEMA.split(";"):
@@ -627,3 +578,4 @@ class Packs:
         for db in conns:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+        self._wal_sync.close()

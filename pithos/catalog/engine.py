@@ -28,9 +28,9 @@ from pithos.catalog.space import (
     SpaceReserve,
     release_and_retry,
 )
-from pithos.catalog.wal_sync import WalSync
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 from pithos.core.offload import Offload
+from pithos.core.wal_sync import WalSync
 
 T = TypeVar("T")
 STAT_SHARDS = 8
@@ -57,7 +57,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         # NORMAL: no fsync inside COMMIT (the catalog syncs the WAL itself before a write
-        # returns: wal_sync.py), and the WAL synced before and the database file after every
+        # returns: core/wal_sync.py), and the WAL synced before and the database file after every
         # checkpoint, whichever connection runs it.  Every connection needs it: one with OFF
         # could checkpoint acknowledged commits into an unsynced database file and let the
         # WAL be overwritten.
@@ -237,7 +237,7 @@ class CatalogEngine:
             database = self.engine.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
                 self._wal_sync = WalSync(
-                    os.path.abspath(database),
+                    os.path.abspath(database) + "-wal",
                     offload.pool if offload is not None and offload.cooperative else None)
                 if reserve_bytes:
                     reserve = SpaceReserve(os.path.abspath(database) + "-reserve",

@@ -1,0 +1,133 @@
+"""Group commit for SQLite in WAL mode: a commit is acknowledged only once the WAL is synced,
+but the sync runs outside the database's write lock (and, under an event loop, off the
+committing thread) and is shared by every commit it covers.
+
+Used by the catalog (pithos/catalog/engine.py) and by the packed blocks' index
+(pithos/blocker/packs.py): one class, here, since the blocker may not import the catalog.
+
+SQLite's ``synchronous=FULL`` fsyncs the WAL inside each COMMIT, with the write lock held:
+every other writer of the database waits for that sync, and under a gevent server the call
+holds the worker's only thread too.  Instead the database is written with
+``synchronous=NORMAL`` (no sync at commit; SQLite still syncs the WAL before a checkpoint and
+the database file after it) and the writer then calls `WalSync.sync`, which returns once an
+fdatasync of the WAL that *started after the call* has completed:
+
+- a commit's frames were written to the WAL before `sync` was called, so such a sync covers
+  them;
+- frames are only ever overwritten after a checkpoint copied them into the database file and
+  synced it (a WAL restart needs the whole log backfilled), so a commit is either in the
+  synced WAL or in the synced database file.
+
+Tickets order the calls: a sync started when tickets up to N had been issued covers tickets
+up to N.  One sync runs at a time, and the callers that arrive meanwhile wait for the next
+one, which covers them all: with an executor (gevent's pool under the server) they wait for
+its future, on the hub; without one (plain threads, or a pool's own threads, as the packed
+blocks' callers are) for a native lock, held only by a real thread across the sync's
+blocking system calls, never across a yield to a hub (pithos/core/locks.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+
+from pithos.core.files import fsync_dir
+from pithos.core.locks import native_lock
+
+
+class WalSync:
+    """The group commit of one SQLite database's WAL file, `wal_path` (the database's path
+    and "-wal")."""
+
+    def __init__(self, wal_path: str, executor: Executor | None = None,
+                 fsync: Callable[[int], None] = os.fdatasync) -> None:
+        """`executor`: where the sync runs when the callers must not block (a cooperative
+        offload's pool); None: on the caller's thread.  `fsync` is the system call (an
+        attribute, so that tests can observe the order)."""
+        self.wal_path = wal_path
+        self._executor = executor
+        self.fsync = fsync
+        self._tickets = itertools.count(1)
+        self._issued = 0
+        self._synced = 0
+        self._inflight: Future[None] | None = None
+        self._wal: tuple[int, int] | None = None  # (fd, inode): one attribute, read at once
+        # One sync at a time, and the fd's state with it.  (Greenlets of the hub never take
+        # it when there is an executor: only the pool's thread running the sync does.)
+        self._lock = native_lock()
+
+    def sync(self) -> None:
+        """Return once everything committed before this call is durable.  An OSError of the
+        sync is raised to every caller it was to cover; the next call syncs again."""
+        ticket = self._issued = next(self._tickets)
+        if self._executor is None:
+            self._sync_upto(ticket)
+            return
+        while self._synced < ticket:
+            future = self._inflight
+            if future is None:
+                try:
+                    future = self._executor.submit(self._sync_upto, ticket)
+                except Exception:
+                    # The executor refuses this thread (gevent's pool takes tasks only from
+                    # its hub's thread): sync here.
+                    self._sync_upto(ticket)
+                    return
+                self._inflight = future
+            try:
+                future.result()
+            finally:
+                if self._inflight is future:
+                    self._inflight = None
+
+    def _sync_upto(self, ticket: int) -> None:
+        """Sync the WAL unless a sync that began after `ticket` was issued has finished
+        meanwhile (the caller waited for the lock while it ran): the tickets issued before
+        the sync begins are then covered."""
+        with self._lock:
+            if self._synced >= ticket:
+                return
+            target = self._issued
+            fd = self._wal_fd()
+            if fd is not None:
+                self.fsync(fd)
+            self._synced = target
+
+    def _wal_fd(self) -> int | None:
+        """An fd of the current WAL file, or None if there is none.
+
+        The WAL is deleted when the last connection to the database closes (a connection
+        dropped by a pool, or another process), after a checkpoint that synced the database
+        file: then there is nothing left to sync.  The next connection creates a new WAL: a new
+        file is opened, and its directory synced once, as SQLite does for a WAL it creates.
+        Called with the lock held: nobody syncs the fd it replaces, closed at once (held till
+        then, the deleted file's inode cannot be the new WAL's)."""
+        try:
+            ino = os.stat(self.wal_path).st_ino
+        except FileNotFoundError:
+            return None
+        wal = self._wal
+        if wal is not None and wal[1] == ino:
+            return wal[0]
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fsync_dir(os.path.dirname(self.wal_path))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._wal = (fd, os.fstat(fd).st_ino)
+        if wal is not None:
+            os.close(wal[0])
+        return fd
+
+    def close(self) -> None:
+        """Close the WAL fds held (a later sync opens the WAL again)."""
+        with self._lock:
+            wal, self._wal = self._wal, None
+        if wal is not None:
+            os.close(wal[0])
