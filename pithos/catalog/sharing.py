@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -28,6 +29,24 @@ from pithos.catalog.records import (
     Usage,
 )
 from pithos.core.errors import NotFound, QuotaExceeded
+
+# Grants are read GRANTED_BATCH hashes a statement, by a statement built and compiled once
+# (pithos.catalog.prepared) with that many bind parameters, a short batch padded with its
+# last hash (an IN of a value twice finds it once).  An IN built from the list each time
+# (SQLAlchemy's expanding IN) cost ~1 ms a statement: a fifth of a worker's time on the sync
+# bench's first sync, whose ?missing and hashmap PUTs read the grants of every chunk.
+GRANTED_BATCH = 500
+_GRANTED_NAMES = tuple(f"h{i}" for i in range(GRANTED_BATCH))
+
+
+def _granted_statement(owner: Any) -> Any:
+    hash_col = owner.table.c.hash
+    return select(hash_col).where(and_(owner == bindparam("owner_id"), hash_col.in_(
+        [bindparam(name) for name in _GRANTED_NAMES])))
+
+
+GRANTED = _granted_statement(s.account_blocks.c.account_id)
+USER_GRANTED = _granted_statement(s.user_blocks.c.user_id)
 
 # The usage of a container without quotas, whose account has none either: not counted.
 NO_QUOTA = Usage(0, None, 0, None)
@@ -231,22 +250,24 @@ class SharingMixin:
 
     def granted_user_blocks(self, user_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the user may name (its own grants only)."""
-        return self._granted(s.user_blocks.c.user_id, user_id, hashes)
+        return self._granted(USER_GRANTED, user_id, hashes)
 
     def granted_blocks(self, account_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the account may name."""
-        return self._granted(s.account_blocks.c.account_id, account_id, hashes)
+        return self._granted(GRANTED, account_id, hashes)
 
-    def _granted(self, owner: Any, owner_id: int, hashes: Sequence[bytes]) -> set[bytes]:
-        """The hashes among `hashes` that `owner` (a grants table's owner column) equal to
-        `owner_id` holds, in batches of 500."""
-        hash_col = owner.table.c.hash
+    def _granted(self, stmt: Any, owner_id: int, hashes: Sequence[bytes]) -> set[bytes]:
+        """The hashes among `hashes` that the owner `owner_id` holds by `stmt` (GRANTED or
+        USER_GRANTED), GRANTED_BATCH at a time."""
         unique = list(dict.fromkeys(hashes))
         found: set[bytes] = set()
+        if not unique:
+            return found
         with self._read() as conn:
-            for i in range(0, len(unique), 500):
-                found.update(bytes(h) for h in conn.execute(
-                    select(hash_col).where(and_(owner == owner_id,
-                                                hash_col.in_(unique[i:i + 500])))).scalars())
+            for i in range(0, len(unique), GRANTED_BATCH):
+                part = unique[i:i + GRANTED_BATCH]
+                part += [part[-1]] * (GRANTED_BATCH - len(part))
+                values: dict[str, Any] = dict(zip(_GRANTED_NAMES, part, strict=True))
+                found.update(bytes(row[0]) for row in self._fetch_in(
+                    conn, stmt, owner_id=owner_id, **values))
         return found
-

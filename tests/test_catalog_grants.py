@@ -1,0 +1,40 @@
+"""Catalog.granted_blocks / granted_user_blocks read by a statement compiled once, 500
+hashes a statement (pithos.catalog.sharing.GRANTED_BATCH): the answer is exact across
+batches, for a short last batch (padded), duplicates, and one owner's grants never answer
+for another."""
+
+from __future__ import annotations
+
+from pithos.catalog.sharing import GRANTED_BATCH
+
+
+def h(i: int) -> bytes:
+    return i.to_bytes(4, "big") * 8
+
+
+def test_grants_across_batches(catalog, container):
+    acct, _ = container
+    other = catalog.ensure_account("other")
+    n = 2 * GRANTED_BATCH + 37  # two full batches and a short one
+    granted = [h(i) for i in range(n) if i % 3 == 0]
+    catalog.grant_blocks(acct, granted)
+    catalog.grant_blocks(other, [h(i) for i in range(n) if i % 3 == 1])
+    asked = [h(i) for i in range(n)] + [h(0), h(3)]  # duplicates in the question
+    assert catalog.granted_blocks(acct, asked) == set(granted)
+    assert catalog.granted_blocks(acct, [h(n - 1)]) == ({h(n - 1)} if (n - 1) % 3 == 0
+                                                       else set())
+    assert catalog.granted_blocks(acct, []) == set()
+    # The last batch is padded with its last hash: an ungranted one stays ungranted.
+    assert catalog.granted_blocks(acct, [h(0), h(1)]) == {h(0)}
+
+
+def test_user_grants_across_batches(catalog, container):
+    _, _ = container
+    u = catalog.add_user("acct", "bob", "hash", admin=False)
+    v = catalog.add_user("acct", "eve", "hash", admin=False)
+    n = GRANTED_BATCH + 1
+    catalog.grant_user_blocks(u.id, [h(i) for i in range(0, n, 2)])
+    catalog.grant_user_blocks(v.id, [h(i) for i in range(1, n, 2)])
+    assert catalog.granted_user_blocks(u.id, [h(i) for i in range(n)]) == {
+        h(i) for i in range(0, n, 2)}
+    assert catalog.granted_user_blocks(v.id, [h(n - 1)]) == set()
