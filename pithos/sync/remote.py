@@ -330,15 +330,23 @@ class Remote:
             wanted.update(from_hex(h) for h in json.loads(r.data))
         return wanted
 
-    def put_blocks(self, blocks: Sequence[bytes], compress: bool = False) -> None:
+    def put_blocks(self, blocks: Sequence[bytes], compress: bool = False) -> list[bytes]:
         """Send chunks as blocks of their own lengths (one request), deflated if `compress`
-        (the caller found them compressible) and the server takes it."""
+        (the caller found them compressible) and the server takes it; returns the hashes
+        the server found for them, in order (the caller checks them against its own)."""
+        from pithos.core.hashing import from_hex
+
         body = b"".join(blocks)
         h = {"Content-Type": "application/octet-stream",
              "X-Block-Lengths": ",".join(str(len(b)) for b in blocks)}
         if compress and len(body) <= DEFLATE_MAX:
             body = self._deflate(body, h, 6 if len(body) <= DEFLATE_FINE_MAX else 1)
-        self.request("POST", None, query={"blocks": ""}, body=body, headers=h)
+        r = self.request("POST", None, query={"blocks": ""}, body=body, headers=h)
+        try:
+            return [from_hex(x) for x in json.loads(r.data)]
+        except (ValueError, TypeError):
+            raise RemoteError("POST ?blocks: the answer is not a list of hashes", r.status
+                              ) from None
 
     def _deflate(self, body: bytes, headers: dict[str, str], level: int = 1) -> bytes:
         """`body` deflated (Content-Encoding: deflate added to `headers`) if the server
