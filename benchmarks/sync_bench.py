@@ -35,6 +35,7 @@ import contextlib
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -218,6 +219,8 @@ class Result:
     edit_s: float = 0.0
     edit_sent: int = 0
     edit_stored: int = 0
+    first_cpu: float = 0.0  # the client's CPU seconds (a tool run as a process; else 0)
+    first_server_cpu: float = 0.0  # pithos serve's, every worker's
     note: str = ""
 
 
@@ -354,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         def step(tool: str, phase: str) -> None:
             r = results[tool]
             src = copies[tool]
+            # CPU of the processes run and reaped meanwhile (the tool), and of the server's.
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            server_cpu0 = servers[tool].peer.cpu_seconds() if tool in servers else 0.0
             if tool == "pithos-sync":
                 server = servers[tool]
                 sent0, stored0 = server.proxy.sent, server.stored()
@@ -397,12 +403,18 @@ def main(argv: list[str] | None = None) -> int:
                                            str(repo / f"{phase}.caidx"), str(src)]))
                 stored = tree_bytes(repo) - stored0
                 sent = stored  # a local repository: what is added is what a remote one gets
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+            server_cpu = (servers[tool].peer.cpu_seconds() - server_cpu0 if tool in servers
+                          else 0.0)
             if phase == "first":
                 r.first_s, r.first_sent, r.first_stored = s, sent, stored
+                r.first_cpu, r.first_server_cpu = cpu, server_cpu
             else:
                 r.edit_s, r.edit_sent, r.edit_stored = s, sent, stored
             print(f"{tool:12s} {phase:5s}: {s:7.1f} s  sent {sent / 1e6:9.2f} MB  "
-                  f"stored {stored / 1e6:9.2f} MB", flush=True)
+                  f"stored {stored / 1e6:9.2f} MB  CPU client {cpu:.1f} s server "
+                  f"{server_cpu:.1f} s", flush=True)
 
         for tool in tools:
             step(tool, "first")
@@ -412,11 +424,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edit: {new / 1e6:.2f} MB of new content", flush=True)
         for tool in tools:
             step(tool, "edit")
-        print("\n| tool | first sync s | first sync MB/s | edit: sent MB | edit: stored MB |"
-              "\n|---|---:|---:|---:|---:|")
+        print("\n| tool | first sync s | first sync MB/s | client CPU s | server CPU s "
+              "| edit: sent MB | edit: stored MB |\n|---|---:|---:|---:|---:|---:|---:|")
         for r in results.values():
             print(f"| {r.tool} | {r.first_s:.1f} | {size / 1e6 / max(r.first_s, 1e-9):.0f} | "
+                  f"{r.first_cpu:.1f} | {r.first_server_cpu:.1f} | "
                   f"{r.edit_sent / 1e6:.2f} | {r.edit_stored / 1e6:.2f} |")
+        if "borg" in results and "pithos-sync" in results:
+            ratio = results["borg"].first_s / max(results["pithos-sync"].first_s, 1e-9)
+            print(f"\nfirst sync: pithos-sync at {ratio:.2f}x borg's MB/s")
     finally:
         for server in servers.values():
             server.stop()
