@@ -8,7 +8,11 @@ number) for one more round trip of every concurrent writer of the project.
 The commit guard is folded into the same statement (`guard`: a leases.LeaseCheck): the
 lease's lock taken in shared mode for the transaction, as `PostgresLiveness.guard` took it
 in a transaction of its own around the commit, so a revocation and the commit still exclude
-each other, with one pooled connection instead of two."""
+each other, with one pooled connection instead of two.
+
+In a server worker, concurrent calls are committed together, in one transaction per batch
+(pg_batch.py): one commit and one WAL flush for them all, each request still answered with
+its own outcome."""
 
 from __future__ import annotations
 
@@ -22,6 +26,13 @@ from sqlalchemy import Connection, text
 
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine
 from pithos.catalog.lease_check import LeaseCheck, LeaseLost
+from pithos.catalog.pg_batch import (
+    PUT_VERSIONS_SQL,
+    CommitBatcher,
+    ItemFailed,
+    batchable,
+    waits_cooperatively,
+)
 from pithos.catalog.pg_functions import HOLDING_STRIPES
 from pithos.catalog.records import Expect
 from pithos.core.errors import Conflict, PreconditionFailed, QuotaExceeded
@@ -45,6 +56,20 @@ _ERRORS: dict[str, type[Exception]] = {"PT002": Conflict, "PT003": PreconditionF
 
 class PgCommitMixin(CatalogEngine):
     """Catalog.put_version's one-call path on PostgreSQL."""
+
+    # Concurrent one-call commits batched (pg_batch.py): None, in a server worker only (a
+    # cooperative offload: where the catalog's lookups are cached too); True, everywhere.
+    batch_commits: bool | None = None
+    _batcher: CommitBatcher | None = None
+
+    def _commit_batcher(self) -> CommitBatcher | None:
+        wanted = self.batch_commits if self.batch_commits is not None else self._info_ttl > 0
+        if not wanted or not waits_cooperatively():
+            return None
+        if self._batcher is None:
+            self._batcher = CommitBatcher(self._call_batch, shards=STAT_SHARDS,
+                                          stripes=HOLDING_STRIPES)
+        return self._batcher
 
     def _put_version_call(self, container_id: int, name: str, *, root: bytes, size: int,
                           etag: str, content_type: str,
@@ -78,6 +103,19 @@ class PgCommitMixin(CatalogEngine):
             "now": now, "new_uuid": str(uuidlib.uuid4()),
             "shard": random.randrange(STAT_SHARDS), "stripe": random.randrange(HOLDING_STRIPES),
         }
+        batcher = self._commit_batcher()
+        if batcher is not None and batchable(values):
+            with self._errors:
+                outcome = batcher.commit(values)
+            if not isinstance(outcome, ItemFailed):
+                return outcome[0], outcome[1], outcome[2], vid
+            if outcome.state == "PT001":
+                raise LeaseLost()
+            if outcome.state in _ERRORS:
+                raise _ERRORS[outcome.state](outcome.message)
+            # Anything else (a deadlock with another batch, an error of the database's):
+            # rolled back alone in the batch, run again alone, which commits or raises as
+            # the one call does.
         try:
             with self._errors:
                 row = self._call_autocommit(PUT_VERSION_SQL, values)
@@ -102,9 +140,15 @@ class PgCommitMixin(CatalogEngine):
         if not alive:
             raise LeaseLost()
 
-    def _call_autocommit(self, sql: str, values: Mapping[str, Any]) -> Any:
-        """The one row of `sql`, run alone as its own transaction on a pooled connection of
-        the write engine (pinged when it sat idle, as any write's)."""
+    def _call_batch(self, values: Mapping[str, Any]) -> list[Any]:
+        """`pithos_put_versions`' rows (pg_batch.CommitBatcher's `run`)."""
+        with self._errors:
+            return list(self._call_autocommit(PUT_VERSIONS_SQL, values, every=True))
+
+    def _call_autocommit(self, sql: str, values: Mapping[str, Any], every: bool = False
+                         ) -> Any:
+        """The one row of `sql` (`every`: all its rows), run alone as its own transaction on
+        a pooled connection of the write engine (pinged when it sat idle, as any write's)."""
         conn = self.engine.raw_connection()
         try:
             dbapi: Any = conn.dbapi_connection
@@ -113,7 +157,7 @@ class PgCommitMixin(CatalogEngine):
                 cur = dbapi.cursor()
                 try:
                     cur.execute(sql, values)
-                    return cur.fetchone()
+                    return cur.fetchall() if every else cur.fetchone()
                 finally:
                     cur.close()
             except Exception:

@@ -26,7 +26,7 @@ Errors a caller turns into the project's (pithos/catalog/pg_commit.py): SQLSTATE
 writer's lease was lost, PT002 a source gone (Conflict), PT003 a precondition failed, PT004 a
 quota exceeded; the message is the one the Python path gives.
 
-The texts below are migrations 10, 11 and 12's: a later change is a new migration (CREATE OR
+The texts below are migrations 10, 11, 12 and 13's: a later change is a new migration (CREATE OR
 REPLACE with its own text), never an edit of these.
 """
 
@@ -346,3 +346,203 @@ _BOTH_STRIPES_V12 = (
 assert CHARGE_STORAGE_V10.count(_SOME_STRIPES_V10) == 1
 CHARGE_STORAGE_V12 = CHARGE_STORAGE_V10.replace(_SOME_STRIPES_V10, _BOTH_STRIPES_V12)
 FUNCTIONS_V12 = (CHARGE_STORAGE_V12,)
+
+# Migration 13.  `pithos_charge_storage` with its two storage resources as one relation
+# (resource, amount, growth) in their lock order, instead of a CASE on the resource repeated
+# in each statement and a VALUES list in two: the same charge, the same locks in the same
+# order, the same errors.  `growth` is what a limit checks (a release, <= 0, always passes);
+# `amount` is what the usage changes by (the objects' count less an expired one released).
+CHARGE_STORAGE_V13 = r"""
+CREATE OR REPLACE FUNCTION pithos_charge_storage(
+    p_project text, p_bytes bigint, p_objects bigint, p_check boolean, p_stripe integer,
+    p_released bigint)
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_resources text[] := ARRAY['bytes', 'objects'];
+    v_amounts bigint[] := ARRAY[p_bytes, p_objects - p_released];
+    v_growths bigint[] := ARRAY[p_bytes, p_objects];
+    r record;
+    v_open integer := 0;
+    v_rows integer;
+    v_there integer;
+    v_over text;
+BEGIN
+    IF p_bytes = 0 AND p_objects = 0 AND p_released = 0 THEN
+        RETURN;
+    END IF;
+    -- A look without a lock: both rows there and neither limited takes the striped path.
+    SELECT count(*) FILTER (WHERE quota_limit IS NULL) INTO v_open FROM project_holdings
+     WHERE project_id = p_project AND resource = ANY (v_resources);
+    IF v_open = 2 THEN
+        -- Shared with every other striped charge; excludes set_quota's FOR UPDATE.  The
+        -- limits read here are the newest (a locking read waits, then re-reads the row).
+        v_open := 0;
+        FOR r IN SELECT quota_limit FROM project_holdings
+                  WHERE project_id = p_project AND resource = ANY (v_resources)
+                  ORDER BY resource FOR KEY SHARE LOOP
+            IF r.quota_limit IS NULL THEN
+                v_open := v_open + 1;
+            END IF;
+        END LOOP;
+        IF v_open <> 2 THEN
+            RAISE EXCEPTION 'a limit was set on project % meanwhile', p_project
+                USING ERRCODE = '40001';
+        END IF;
+        -- Both stripe rows, in resource order, even for a zero amount (migration 12).
+        INSERT INTO holding_stripes AS s (project_id, resource, stripe, usage)
+        SELECT p_project, q.resource, p_stripe, q.amount
+          FROM unnest(v_resources, v_amounts) AS q(resource, amount)
+         ORDER BY q.resource
+        ON CONFLICT (project_id, resource, stripe) DO UPDATE SET usage = s.usage + EXCLUDED.usage;
+        RETURN;
+    END IF;
+    -- Limited (or a row missing): the rows locked in resource order, checked on their newest
+    -- versions.
+    PERFORM 1 FROM project_holdings
+      WHERE project_id = p_project AND resource = ANY (v_resources)
+      ORDER BY resource FOR UPDATE;
+    UPDATE project_holdings h SET usage = h.usage + q.amount
+      FROM unnest(v_resources, v_amounts, v_growths) AS q(resource, amount, growth)
+     WHERE h.project_id = p_project AND h.resource = q.resource
+       AND (NOT p_check OR q.growth <= 0 OR h.quota_limit IS NULL
+            OR h.usage + h.pending + q.amount <= h.quota_limit);
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    IF v_rows = 2 THEN
+        RETURN;
+    END IF;
+    SELECT count(*), string_agg(h.resource, ' and ' ORDER BY h.resource)
+           FILTER (WHERE h.quota_limit IS NOT NULL
+                   AND h.usage + h.pending + q.amount > h.quota_limit)
+      INTO v_there, v_over
+      FROM project_holdings h
+      JOIN unnest(v_resources, v_amounts) AS q(resource, amount) ON q.resource = h.resource
+     WHERE h.project_id = p_project;
+    IF v_there = 2 THEN
+        RAISE EXCEPTION 'project quota exceeded for %: the new version would pass its limit',
+            coalesce(v_over, 'storage') USING ERRCODE = 'PT004';
+    END IF;
+    -- The missing rows had no limit and were never charged: made and charged alone.
+    FOR r IN SELECT q.resource, q.amount, q.growth
+               FROM unnest(v_resources, v_amounts, v_growths) AS q(resource, amount, growth)
+              WHERE q.amount <> 0
+                AND NOT EXISTS (SELECT 1 FROM project_holdings
+                                 WHERE project_id = p_project AND resource = q.resource)
+              ORDER BY q.resource LOOP
+        INSERT INTO project_holdings (project_id, resource) VALUES (p_project, r.resource)
+        ON CONFLICT DO NOTHING;
+        UPDATE project_holdings h SET usage = h.usage + r.amount
+         WHERE h.project_id = p_project AND h.resource = r.resource
+           AND (NOT p_check OR r.growth <= 0 OR h.quota_limit IS NULL
+                OR h.usage + h.pending + r.amount <= h.quota_limit);
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        IF v_rows <> 1 THEN
+            RAISE EXCEPTION 'project quota exceeded for %: % more would pass its limit',
+                r.resource, r.amount USING ERRCODE = 'PT004';
+        END IF;
+    END LOOP;
+END
+$fn$
+"""
+
+# Migration 13: the versions of concurrent PUTs of one worker committed in one transaction
+# (pithos/catalog/pg_batch.py): one commit and one WAL flush for them all.  Each item is
+# `pithos_put_version`'s call, unchanged, inside a block of its own (a subtransaction): an
+# item that raises (a lost lease, a precondition, a quota, a deadlock) is rolled back alone
+# and answered with its SQLSTATE and message, and the others still commit.  The per-item
+# arrays (metadata, granted hashes, sources, If-Match's ETags) are flat, each element tagged
+# with its item's number (1-based).  One stat shard and one holdings stripe for the batch: its
+# transaction holds what its items lock until its commit, and a stripe or shard per item would
+# be many rows another batch could take in another order.
+PUT_VERSIONS_V13 = r"""
+CREATE OR REPLACE FUNCTION pithos_put_versions(
+    p_guard_class integer[], p_guard_lease integer[], p_guard_pid integer[],
+    p_container_id integer[], p_name text[], p_vid text[], p_root bytea[], p_size bigint[],
+    p_etag text[], p_content_type text[], p_created double precision[], p_modified_by text[],
+    p_delete_at double precision[], p_dlo_manifest text[], p_slo_manifest text[],
+    p_inline bytea[], p_meta_item integer[], p_meta_domains text[], p_meta_keys text[],
+    p_meta_values text[], p_grant_account integer[], p_grant_item integer[],
+    p_grant_hashes bytea[], p_source_item integer[], p_sources integer[],
+    p_expect_absent boolean[], p_match_item integer[], p_expect_match text[],
+    p_now double precision[], p_new_uuid text[], p_shard integer, p_stripe integer)
+RETURNS TABLE (item integer, object_id integer, object_uuid text, version_id integer,
+               err_state text, err_message text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    i integer;
+    v_md text[];
+    v_mk text[];
+    v_mv text[];
+    v_grant bytea[];
+    v_sources integer[];
+    v_match text[];
+    v_obj integer;
+    v_uuid text;
+    v_version integer;
+BEGIN
+    FOR i IN 1 .. cardinality(p_name) LOOP
+        v_md := NULL; v_mk := NULL; v_mv := NULL;
+        v_grant := NULL; v_sources := NULL; v_match := NULL;
+        IF i = ANY (p_meta_item) THEN
+            SELECT array_agg(m.d ORDER BY m.n), array_agg(m.k ORDER BY m.n),
+                   array_agg(m.val ORDER BY m.n)
+              INTO v_md, v_mk, v_mv
+              FROM unnest(p_meta_item, p_meta_domains, p_meta_keys, p_meta_values)
+                   WITH ORDINALITY AS m(it, d, k, val, n)
+             WHERE m.it = i;
+        END IF;
+        IF i = ANY (p_grant_item) THEN
+            SELECT array_agg(g.hash ORDER BY g.n) INTO v_grant
+              FROM unnest(p_grant_item, p_grant_hashes) WITH ORDINALITY AS g(it, hash, n)
+             WHERE g.it = i;
+        END IF;
+        IF i = ANY (p_source_item) THEN
+            SELECT array_agg(s.id ORDER BY s.n) INTO v_sources
+              FROM unnest(p_source_item, p_sources) WITH ORDINALITY AS s(it, id, n)
+             WHERE s.it = i;
+        END IF;
+        IF i = ANY (p_match_item) THEN
+            SELECT array_agg(e.etag ORDER BY e.n) INTO v_match
+              FROM unnest(p_match_item, p_expect_match) WITH ORDINALITY AS e(it, etag, n)
+             WHERE e.it = i;
+        END IF;
+        item := i;
+        BEGIN
+            SELECT f.object_id, f.object_uuid, f.version_id INTO v_obj, v_uuid, v_version
+              FROM pithos_put_version(
+                p_guard_class[i], p_guard_lease[i], p_guard_pid[i], p_container_id[i],
+                p_name[i], p_vid[i], p_root[i], p_size[i], p_etag[i], p_content_type[i],
+                p_created[i], p_modified_by[i], p_delete_at[i], p_dlo_manifest[i],
+                p_slo_manifest[i], p_inline[i], v_md, v_mk, v_mv, p_grant_account[i],
+                v_grant, v_sources, p_expect_absent[i], v_match, p_now[i], p_new_uuid[i],
+                p_shard, p_stripe) AS f;
+            object_id := v_obj;
+            object_uuid := v_uuid;
+            version_id := v_version;
+            err_state := NULL;
+            err_message := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            object_id := NULL;
+            object_uuid := NULL;
+            version_id := NULL;
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$
+"""
+
+# Migration 13: `pithos_put_version` writes its object's row once, not twice: the current
+# pointer and the change's mark (migration 11's) in one UPDATE, where the pointer was set.
+# A write of a row is a new version of it, with new index entries when an indexed column
+# changes (the mark does: objects_changes), and the row is the transaction's already.
+_CURRENT_V10 = "    UPDATE objects o SET current_id = v_version WHERE o.id = v_obj;\n"
+_CURRENT_AND_MARKED_V13 = (
+    "    -- The current pointer and the change, marked for the feed's reader to number\n"
+    "    -- (pithos/catalog/changes.py), in one write of the row this transaction holds.\n"
+    "    UPDATE objects o SET current_id = v_version, change_seq = NULL,\n"
+    "           change_stamp = nextval('pithos_change_stamps') WHERE o.id = v_obj;\n")
+assert PUT_VERSION_V11.count(_CURRENT_V10) == 1 and PUT_VERSION_V11.count(_MARKED_V11) == 1
+PUT_VERSION_V13 = PUT_VERSION_V11.replace(_CURRENT_V10, _CURRENT_AND_MARKED_V13).replace(
+    _MARKED_V11, "")
+FUNCTIONS_V13 = (CHARGE_STORAGE_V13, PUT_VERSION_V13, PUT_VERSIONS_V13)

@@ -44,7 +44,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -92,29 +91,11 @@ _project_rows = and_(_hd.c.project_id == bindparam("project_id"),
                          _hd.c.resource == literal_column("'objects'")))
 
 
-def _in_resource_order(rows: Any) -> Any:
-    """`rows` restricted to those a CTE first locks in resource order (PostgreSQL).  An
-    UPDATE of two rows locks them in the order its plan meets them: an index scan's (bytes,
-    objects), but a sequential or bitmap scan's is the rows' places in the heap, which move
-    as they are updated, so two writers of one project could each lock one row and wait for
-    the other ("deadlock detected", seen at 32 clients of small PUTs).  A SELECT ... ORDER BY
-    ... FOR UPDATE locks in its order whatever the plan; the UPDATE then finds them locked
-    by its own transaction, and evaluates the limit on their newest versions as before."""
-    locked = (select(_hd.c.project_id, _hd.c.resource).where(rows)
-              .order_by(_hd.c.resource).with_for_update(of=_hd)
-              .cte("locked").prefix_with("MATERIALIZED"))
-    return tuple_(_hd.c.project_id, _hd.c.resource).in_(
-        select(locked.c.project_id, locked.c.resource))
-
-
-def _charge_storage(rows: Any, checked: bool) -> dict[str, Any]:
-    """The storage charge of `rows`, by dialect (SQLite has one writer at a time: no row
-    locks to order)."""
-    out = {}
-    for dialect, where in (("sqlite", rows), ("postgresql", _in_resource_order(rows))):
-        out[dialect] = (update(_hd).where(and_(where, _within) if checked else where)
-                        .values(usage=_hd.c.usage + _storage_q))
-    return out
+def _charge_storage(rows: Any, checked: bool) -> Any:
+    """The storage charge of `rows` on SQLite (one writer at a time: no row locks to order;
+    PostgreSQL charges through pithos_charge_storage, `_charge_storage_pg`)."""
+    return (update(_hd).where(and_(rows, _within) if checked else rows)
+            .values(usage=_hd.c.usage + _storage_q))
 
 
 CHARGE_CONTAINER = _charge_storage(_storage_rows, False)
@@ -367,8 +348,7 @@ class ProjectsMixin:
             stmt, values["project_id"] = CHARGE_PROJECT_STORAGE_CHECKED, project_id
         else:
             stmt = CHARGE_CONTAINER_CHECKED if check else CHARGE_CONTAINER
-        if self._run_in(conn, stmt[self._dialect.name],  # type: ignore[attr-defined]
-                        values) == 2:
+        if self._run_in(conn, stmt, values) == 2:  # type: ignore[attr-defined]
             return
         # Fewer than both rows: a row is missing (a container older than its project's
         # rows), or, checked, a limit would be passed (then the caller's rollback undoes

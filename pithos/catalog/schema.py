@@ -506,6 +506,22 @@ def _v12(conn: Connection) -> None:
             cur.close()
 
 
+def _v13(conn: Connection) -> None:
+    # PostgreSQL: the versions of a worker's concurrent PUTs committed in one transaction
+    # (pithos_put_versions: pithos/catalog/pg_batch.py), a new version's object row written
+    # once, and pithos_charge_storage's text with its two resources as one relation (the same
+    # charge).
+    from pithos.catalog.pg_functions import FUNCTIONS_V13
+
+    if conn.dialect.name == "postgresql":
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for function in FUNCTIONS_V13:
+                cur.execute(function)
+        finally:
+            cur.close()
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -519,6 +535,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (10, _v10),
     (11, _v11),
     (12, _v12),
+    (13, _v13),
 ]
 LATEST = MIGRATIONS[-1][0]
 

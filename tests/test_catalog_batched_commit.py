@@ -1,0 +1,294 @@
+"""New versions of concurrent writers committed together on PostgreSQL (pithos/catalog/
+pg_batch.py, issue 27): one transaction for a batch, each request answered with its own
+outcome.  A batch is made deterministic here: a first commit is held on an object's row
+another session has locked, the others queue behind it, and when it is let go they go as
+one batch.  Each test fails if its path breaks: an item's failure that fails the others or
+commits anyway, a revoked lease that commits, a quota passed, a failed batch acknowledged."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pithos.catalog import Catalog
+from pithos.catalog.leases import LeaseLost, WriterLeases
+from pithos.catalog.records import Expect
+from pithos.core.errors import BackendError, PreconditionFailed, QuotaExceeded
+from tests.conftest import postgres_database
+from tests.test_writer_leases import cut_off, wait_for
+
+ROOT = b"\x02" * 32
+
+
+@pytest.fixture
+def pg_url():
+    url, drop = postgres_database("batched")
+    yield url
+    drop()
+
+
+@pytest.fixture
+def cat(pg_url):
+    catalog = Catalog(pg_url)
+    catalog.batch_commits = True
+    yield catalog
+    catalog.close()
+
+
+def _box(cat: Catalog, name: str = "c") -> int:
+    acct = cat.ensure_account("acct")
+    cat.create_container(acct, name)
+    return cat.container(acct, name).id
+
+
+def put(cat: Catalog, cid: int, name: str, size: int = 1000, **kw) -> object:
+    return cat.put_version(cid, name, root=ROOT, size=size, etag="e" * 32,
+                           content_type="application/octet-stream", meta={}, **kw)
+
+
+class Held:
+    """A first commit ('gate') held on its object's row, so that what comes meanwhile
+    queues for one batch."""
+
+    def __init__(self, cat: Catalog, url: str, cid: int) -> None:
+        self.cat, self.cid = cat, cid
+        put(cat, cid, "gate")
+        self.engine = create_engine(url)
+        self.conn = self.engine.connect()
+        self.conn.execute(text("SET lock_timeout = '60s'"))
+        self.conn.execute(text("SELECT 1 FROM objects WHERE container_id = :c AND "
+                               "name = 'gate' FOR UPDATE"), {"c": cid})
+        self.outcomes: dict[str, object] = {}
+        self.threads: list[threading.Thread] = []
+        self.start("gate", lambda: put(cat, cid, "gate"))
+        assert wait_for(lambda: self.waiting() == 1), "the gate's commit never waited"
+
+    def waiting(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%pithos_put_versions%'"))
+                .scalar_one())
+
+    def start(self, key: str, call: Callable[[], object]) -> None:
+        def run() -> None:
+            try:
+                self.outcomes[key] = call()
+            except BaseException as exc:  # what the request would answer
+                self.outcomes[key] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.threads.append(thread)
+
+    def queue(self, calls: dict[str, Callable[[], object]]) -> None:
+        """Start `calls`; return once all of them wait for the next batch."""
+        for key, call in calls.items():
+            self.start(key, call)
+        batcher = self.cat._batcher
+        assert batcher is not None
+        assert wait_for(lambda: batcher.queued() == len(calls)), batcher.queued()
+
+    def release(self) -> None:
+        self.conn.commit()
+        self.finish()
+
+    def finish(self) -> None:
+        for thread in self.threads:
+            thread.join(60)
+        assert not any(t.is_alive() for t in self.threads)
+        self.conn.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def held(cat, pg_url) -> Iterator[Callable[[int], Held]]:
+    made: list[Held] = []
+
+    def make(cid: int) -> Held:
+        made.append(Held(cat, pg_url, cid))
+        return made[-1]
+
+    yield make
+    for h in made:
+        if h.conn.closed is False:
+            h.conn.rollback()
+        for thread in h.threads:
+            thread.join(60)
+
+
+def test_one_batch_commits_each_item_and_fails_only_those_that_fail(cat, held):
+    cid = _box(cat)
+    put(cat, cid, "exists")
+    # The gate's two versions and 'exists' use 3000 bytes of 4000: of the batch's items, in
+    # their order (by name), 'b0' fits, then 'b1' and 'b2' would pass the limit; 'exists'
+    # fails its precondition.
+    cat.set_quota("acct", {"bytes": 4000})
+    h = held(cid)
+    batcher = cat._batcher
+    before = batcher.batches
+    h.queue({
+        "b0": lambda: put(cat, cid, "b0", size=500),
+        "b1": lambda: put(cat, cid, "b1", size=1000),
+        "b2": lambda: put(cat, cid, "b2", size=600),
+        "exists": lambda: put(cat, cid, "exists", size=0, expect=Expect(absent=True)),
+        "meta": lambda: cat.put_version(cid, "meta", root=ROOT, size=0, etag="f" * 32,
+                                        content_type="text/plain",
+                                        meta={"user": {"a": "1", "b": "2"}}),
+    })
+    h.release()
+    assert batcher.batches == before + 2  # the gate alone, then the five together
+    out = h.outcomes
+    assert not isinstance(out["gate"], BaseException)
+    assert not isinstance(out["b0"], BaseException) and not isinstance(out["meta"],
+                                                                       BaseException)
+    assert isinstance(out["b1"], QuotaExceeded) and isinstance(out["b2"], QuotaExceeded)
+    assert isinstance(out["exists"], PreconditionFailed)
+    assert cat.object(cid, "b1") is None and cat.object(cid, "b2") is None
+    assert cat.object(cid, "meta").meta == {"user": {"a": "1", "b": "2"}}
+    assert len(cat.versions(cid, "exists")) == 1
+    # Exact: what was committed, and nothing of what failed.
+    assert cat.holdings("acct")["bytes"].usage == 1000 * 3 + 500
+    assert cat.holdings("acct")["objects"].usage == 4
+    assert cat.container(cat.ensure_account("acct"), "c").objects == 4
+
+
+def test_a_lease_revoked_while_its_request_waits_in_the_batch_fails_that_request_alone(
+        cat, held):
+    cid = _box(cat)
+    leases = WriterLeases(cat)
+    try:
+        ticket = leases.begin()
+        h = held(cid)
+        h.queue({
+            "guarded": lambda: leases.guarded_commit(
+                ticket, lambda guard: put(cat, cid, "guarded", guard=guard)),
+            "other": lambda: put(cat, cid, "other"),
+        })
+        cut_off(cat, leases, ticket.lease_id)  # the session dies; a collector revokes
+        h.release()
+        assert isinstance(h.outcomes["guarded"], LeaseLost)
+        assert not isinstance(h.outcomes["other"], BaseException)
+        assert cat.object(cid, "guarded") is None and cat.object(cid, "other") is not None
+        assert cat.holdings("acct")["objects"].usage == 2  # the gate and 'other'
+    finally:
+        leases.close()
+
+
+def test_a_guard_holds_the_lease_to_the_batch_s_commit(cat, held):
+    """A collector cannot revoke a lease while a writer's item waits in a batch not yet
+    committed: the item's check took the lease's lock for the batch's whole transaction."""
+    cid = _box(cat)
+    put(cat, cid, "b")
+    leases = WriterLeases(cat)
+    try:
+        ticket = leases.begin()
+        check = leases.liveness.commit_check(ticket.lease_id)
+        h = held(cid)
+        h.queue({"guarded": lambda: leases.guarded_commit(
+            ticket, lambda guard: (put(cat, cid, "a", guard=guard),
+                                   put(cat, cid, "b", guard=guard)))})
+        # The gate let go, the next batch ('a') commits; the one after ('b') is held on
+        # its object's row, the lease's lock taken by its check.
+        with h.engine.connect() as locker:
+            locker.execute(text("SELECT 1 FROM objects WHERE container_id = :c AND "
+                                "name = 'b' FOR UPDATE"), {"c": cid})
+            h.conn.commit()
+            assert wait_for(lambda: cat.object(cid, "a") is not None and h.waiting() == 1)
+            holders = locker.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                "classid = :c AND objid = :i AND mode = 'ShareLock' AND granted AND "
+                "pid <> :session"), {"c": check.lock_class, "i": ticket.lease_id,
+                                     "session": check.pid}).scalar_one()
+            assert holders == 1  # the batch's transaction, beside the lease's own session
+            locker.commit()
+        h.finish()
+        assert not isinstance(h.outcomes["guarded"], BaseException)
+        assert len(cat.versions(cid, "b")) == 2
+    finally:
+        leases.close()
+
+
+def test_a_batch_that_fails_acknowledges_none_of_its_items_and_the_next_commits(
+        cat, held, pg_url):
+    cid = _box(cat)
+    h = held(cid)
+    h.queue({f"q{i}": (lambda i=i: put(cat, cid, f"q{i}")) for i in range(3)})
+    with h.engine.connect() as admin:  # the gate's batch loses its session mid-call
+        admin.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND query LIKE '%pithos_put_versions%' AND "
+            "wait_event_type = 'Lock'"))
+        admin.commit()
+    h.conn.rollback()
+    h.finish()
+    assert isinstance(h.outcomes["gate"], BackendError)
+    assert [cat.object(cid, f"q{i}") is not None for i in range(3)] == [True] * 3
+    assert len(cat.versions(cid, "gate")) == 1  # the held one never committed
+    assert cat.holdings("acct")["objects"].usage == 4
+
+
+def test_50_batched_writers_against_a_project_limit_that_fits_10(cat):
+    cid = _box(cat)
+    cat.set_quota("acct", {"bytes": 10 * 1000})
+    stored, refused, other = [], [], []
+
+    def writer(i: int) -> None:
+        try:
+            put(cat, cid, f"o{i}", 1000)
+            stored.append(i)
+        except QuotaExceeded:
+            refused.append(i)
+        except Exception as exc:  # counted: the test fails on any
+            other.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not other, other[:3]
+    assert len(stored) == 10 and len(refused) == 40
+    assert cat.holdings("acct")["bytes"].usage == 10 * 1000
+    assert cat.container(cat.ensure_account("acct"), "c").bytes == 10 * 1000
+    assert cat._batcher is not None and cat._batcher.items == 50
+
+
+def test_concurrent_batched_writers_of_shared_names_keep_every_counter_exact(cat):
+    """Writers in batches of two catalogs (two workers) over the same names in two
+    containers: a deadlock between batches is an item run again alone, never an error,
+    and the counters agree with what is stored."""
+    cids = [_box(cat, "c1"), _box(cat, "c2")]
+    second = Catalog(cat.url)
+    second.batch_commits = True
+    errors: list[BaseException] = []
+
+    def writer(c: Catalog, n: int) -> None:
+        for k in range(12):
+            try:
+                put(c, cids[(n + k) % 2], f"o{(n * 7 + k) % 9}", 100 + n)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(c, n))
+               for n, c in enumerate([cat, second] * 8)]
+    try:
+        deadline = time.monotonic() + 120
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(1.0, deadline - time.monotonic()))
+    finally:
+        second.close()
+    assert not errors, errors[:3]
+    acct = cat.ensure_account("acct")
+    versions = [v for cid in cids for o in cat.list_objects(cid)
+                for v in cat.versions(cid, o.name)]
+    assert len(versions) == 16 * 12
+    assert cat.holdings("acct")["bytes"].usage == sum(v.size for v in versions)
+    assert sum(cat.container(acct, n).objects for n in ("c1", "c2")) == sum(
+        len(cat.list_objects(cid)) for cid in cids)
