@@ -11,12 +11,12 @@ import functools
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable
 
 from pithos.catalog import Catalog, UserInfo
 from pithos.core.errors import InvalidArgument
+from pithos.core.locks import native_lock
 from pithos.core.offload import Offload
 
 TOKEN_TTL_S = 24 * 3600.0
@@ -75,7 +75,7 @@ class Identity:
         self.token_ttl_s = token_ttl_s
         self.offload = offload
         self._cache: dict[str, tuple[UserInfo, float, float]] = {}
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # (dict moves only: pithos/core/locks.py)
 
     def _derive(self, check: Callable[[str, str], bool], key: str, stored: str) -> bool:
         if self.offload is None:

@@ -28,12 +28,12 @@ from __future__ import annotations
 import mmap
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any, BinaryIO, TypeVar
 
 from pithos.core.errors import ClientTimeout, InvalidArgument
+from pithos.core.locks import native_lock
 
 T = TypeVar("T")
 
@@ -53,7 +53,9 @@ class PieceBuffers:
         self.size = size
         self.keep = keep
         self._buffers: list[mmap.mmap] = []
-        self._lock = threading.Lock()  # (one taker at a time: two could see the same idle)
+        # One taker at a time (two could see the same idle); a native lock, never held
+        # across a yield (pithos/core/locks.py).
+        self._lock = native_lock()
 
     def take(self) -> mmap.mmap:
         with self._lock:

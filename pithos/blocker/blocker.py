@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple
@@ -32,6 +31,7 @@ from pithos.blocker.store import BlockStore, BlockWriter, PartReader, PartsStore
 from pithos.core import treehash
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound, PithosError
 from pithos.core.hashing import block_hash, hash_many, to_hex
+from pithos.core.locks import native_lock
 from pithos.core.offload import Offload
 
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
@@ -84,7 +84,7 @@ class Blocker:
         self._pool = self._offload.pool
         # Made at the first range read (volumes), with its piece-hash cache.
         self._ranges: VerifiedRanges | None = None
-        self._ranges_lock = threading.Lock()
+        self._ranges_lock = native_lock()  # (greenlets and pool threads: pithos/core/locks.py)
 
     def stage(self, data: bytes) -> StagedBlock:
         """Name one block now (hash it on this thread) to store it later with `put_staged`.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import bisect
-import threading
 import time
 from collections.abc import Iterator, Sequence
 
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument, NotFound
+from pithos.core.locks import native_lock
 
 
 class MemoryBlockStore(BlockStore):
@@ -18,7 +18,7 @@ class MemoryBlockStore(BlockStore):
         self._blobs: dict[bytes, bytes] = {}
         # Put times on time.time()'s clock, the clock of `delete_if_put_before`'s cutoff.
         self._put_at: dict[bytes, float] = {}
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # (dict moves only; greenlets and pool threads take it)
         # Damaged bytes moved aside by `quarantine_many`, by hash (the latest copy).
         self._quarantine: dict[bytes, bytes] = {}
 

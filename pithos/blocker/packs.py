@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 from pithos.blocker import tmpfiles
 from pithos.core.files import fsync_dir
+from pithos.core.locks import native_lock
 from pithos.core.wal_sync import WalSync
 
 MAGIC = b"PKB1"
@@ -141,8 +142,10 @@ class Packs:
         self._db_path = os.path.join(self.dir, "index.sqlite")
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        self._append_lock = threading.Lock()
+        # Native locks (pithos/core/locks.py): a server's pool threads take them, and
+        # neither is held across a yield (only list and file-system calls inside).
+        self._conns_lock = native_lock()
+        self._append_lock = native_lock()
         self._active: _Active | None = None
         self._pid = os.getpid()
         self._names = iter(range(1 << 62))

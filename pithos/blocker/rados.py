@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -77,6 +76,7 @@ from pithos.blocker.rados_io import (
 )
 from pithos.blocker.store import BlockStore
 from pithos.core.errors import InvalidArgument, NotFound
+from pithos.core.locks import native_lock
 from pithos.core.offload import Offload
 
 PUT_TIME_KEY = "pithos.put_ns"
@@ -140,8 +140,9 @@ class RadosBlockStore(BlockStore):
         self._own_offload = offload is None
         self._closed = False
         # Quarantines run one at a time on ioctxs of their own, so that the object version
-        # of a read (get_last_version) is that read's.
-        self._quarantine_lock = threading.Lock()
+        # of a read (get_last_version) is that read's.  Taken on the offload's pool threads:
+        # a native lock (pithos/core/locks.py), held across blocking librados calls only.
+        self._quarantine_lock = native_lock()
         self._quarantine_ioctxs: tuple[Any, Any] | None = None
 
     @property

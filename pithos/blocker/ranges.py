@@ -17,12 +17,12 @@ before the whole block is hashed.)
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
 from pithos.core.errors import IntegrityError
 from pithos.core.hashing import block_hash, to_hex
+from pithos.core.locks import native_lock
 
 PIECE = 16 * 1024
 
@@ -43,7 +43,7 @@ class VerifiedRanges:
         self._whole: OrderedDict[bytes, bytes] = OrderedDict()
         self._max_pieces = max_pieces_blocks
         self._max_whole = max_whole_blocks
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # (dict moves only; greenlets and pool threads take it)
 
     def _load(self, hash_: bytes) -> bytes:
         data = self._get(hash_)  # verified whole

@@ -185,7 +185,8 @@ class PostgresLiveness:
         # transaction's: with more guards in flight than half the pool, each could hold one
         # and wait for a second that never comes (a worker whose waits are cooperative runs
         # many commits at once).  Made in the process that commits (a server worker, after
-        # gevent's patch): there it is gevent's semaphore.
+        # gevent's patch): there it is gevent's semaphore, taken by greenlets only (it is
+        # held across the guard's statements, which yield to the hub).
         self._guards = threading.BoundedSemaphore(GUARD_SLOTS)
 
     def hold(self, lease_id: int) -> None:
@@ -282,6 +283,10 @@ class WriterLeases:
         self.idle_clear_s = IDLE_CLEAR_S if idle_clear_s is None else idle_clear_s
         self.liveness = liveness or liveness_for(catalog)
         self.clock = clock
+        # Under a server these are gevent's, taken by the worker's greenlets only (the API's
+        # writers, the idle timer), never by its pool threads: `_publish` is held across the
+        # row's write and `_lock` across `liveness.hold`, both of which yield to the hub, so
+        # a native lock would stop the hub (pithos/core/locks.py).
         self._lock = threading.Lock()  # the state below
         self._publish = threading.Lock()  # orders the row's writes as the state changed
         self._tokens = itertools.count()

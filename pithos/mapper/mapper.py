@@ -19,7 +19,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import itertools
-import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -29,6 +28,7 @@ from pithos.blocker.blocker import Blocker, BlockStream, StagedBlock
 from pithos.core.cdc import Chunker
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root, to_hex
+from pithos.core.locks import native_lock
 from pithos.mapper import codec
 from pithos.mapper.streams import concat_chunks, exactly, read_chunks, read_exactly, rechunk, zeros
 
@@ -110,7 +110,7 @@ class Mapper:
         self.batch_bytes = max(batch_bytes, self.block_size)
         self._cache: OrderedDict[bytes, _Page] = OrderedDict()
         self._cache_max = page_cache
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # (dict moves only; greenlets and pool threads take it)
         # Zero blocks are recognised without hashing and served without reading.
         self._zero_hashes: dict[bytes, int] = {}
         self._zero_by_length: dict[int, bytes] = {}
