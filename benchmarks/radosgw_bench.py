@@ -21,7 +21,9 @@ Ceph daemons of that ceph.conf for both; the PostgreSQL server for pithos).
     .venv/bin/python benchmarks/radosgw_bench.py --json out.json
 
 At the end radosgw is stopped and the pools it used (`.rgw.root`, `default.rgw.*`) are
-removed, with everything the run wrote; pithos's namespace and database go too.
+removed, with everything the run wrote; pithos's namespace and database go too.  One run on
+the cluster at a time: it holds an flock on /var/tmp/pithos-ceph/bench.lock throughout (a
+second run waits, saying so).
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from typing import Any
 
 import swift_bench
 from bench_http import CellResult, ObjectLoad, run_cell
-from scaleout_bench import ClusterWatch, ScaleoutPeer, backend_cpu, scaleout_storage
+from scaleout_bench import (
+    ClusterWatch,
+    ScaleoutPeer,
+    backend_cpu,
+    bench_lock,
+    scaleout_storage,
+)
 from swift_bench import BUSY_OTHER_PCT, CONTAINER, Target, _pool, create_container, summarize, unit
 from swift_peer import TEST_KEY, TEST_USER, Service, free_port, session_cpu_seconds, wait_for_auth
 
@@ -307,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="radosgw-", dir=base))
     try:
         with contextlib.ExitStack() as stack:
+            # Before anything touches the cluster: another run's gateway has the same name
+            # and pools (scaleout_bench.BENCH_LOCK).
+            stack.enter_context(bench_lock("radosgw_bench"))
             # The pithos side's storage also finds the cluster's ceph.conf.
             blocks, catalog, conf, pg_port = stack.enter_context(scaleout_storage(args))
             watch = ClusterWatch(conf)

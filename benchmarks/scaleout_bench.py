@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -59,7 +60,32 @@ from swift_bench import (
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SYSTEMS = ("embedded", "scaleout")
+# One benchmark on the test cluster at a time (this one and radosgw_bench.py): two at once
+# collide (radosgw_bench's gateway name and pools, ClusterWatch's byte counts) and share the
+# two cores.  Beside the cluster's state (scripts/ceph), whatever --ceph-conf says.
+BENCH_LOCK = "/var/tmp/pithos-ceph/bench.lock"
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def bench_lock(name: str, path: str = BENCH_LOCK) -> Iterator[None]:
+    """Hold the cluster's benchmark lock (an exclusive flock on `path`) for the block, after
+    waiting for whichever benchmark holds it, with a line saying so."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+            print(f"{name}: waiting for {path}, held by {holder} (one benchmark on the "
+                  "cluster at a time)", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{name} pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # (lets the lock go)
 
 
 def _script_output(*argv: str) -> str:
@@ -320,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="scaleout-", dir=base))
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(bench_lock("scaleout_bench"))
             targets = []
             watch: ClusterWatch | None = None
             for system in systems:
