@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, literal_column, select, update
 
 from pithos.catalog import schema as s
 from pithos.catalog.db_errors import retried_write
@@ -19,6 +19,10 @@ from pithos.catalog.engine import CatalogEngine
 
 DOMAIN = "etag"
 KEY = "declared"
+# The domain as a constant in the scan's SQL, not a parameter: the marks' index is partial
+# (schema.version_meta_etag_marks), and neither SQLite nor a generic PostgreSQL plan uses a
+# partial index for a parameter that only happens to equal its predicate's constant.
+_MARKS = literal_column(f"'{DOMAIN}'")
 
 
 class DeclaredEtag(NamedTuple):
@@ -40,7 +44,7 @@ class DeclaredEtagsMixin(CatalogEngine):
             rows = conn.execute(
                 select(v.c.id, v.c.root, v.c.size, v.c.etag)
                 .select_from(vm.join(v, v.c.id == vm.c.version_id))
-                .where(and_(vm.c.domain == DOMAIN, vm.c.key == KEY, vm.c.version_id > after))
+                .where(and_(vm.c.domain == _MARKS, vm.c.key == KEY, vm.c.version_id > after))
                 .order_by(vm.c.version_id).limit(limit)).all()
         return [DeclaredEtag(r.id, r.root, r.size, r.etag) for r in rows]
 
