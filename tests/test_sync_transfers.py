@@ -112,3 +112,56 @@ def test_a_file_changed_while_uploaded(pithos_server, tmp_path):
             # Chunks read after the edit are not what the scan hashed: the server's hashes
             # of what it stored say so, and the file waits for the next pass.
             assert any("changed while being uploaded" in line for line in a.lines), a.lines
+
+
+class Counting(Progress):
+    """Each pass's totals and what was advanced in it."""
+
+    def __init__(self) -> None:
+        self.passes: list[list[int]] = []  # [total bytes, total files, advanced, files done]
+
+    def start(self, total_bytes: int, total_files: int) -> None:
+        self.passes.append([total_bytes, total_files, 0, 0])
+
+    def add(self, total_bytes: int, total_files: int) -> None:
+        self.passes[-1][0] += total_bytes
+        self.passes[-1][1] += total_files
+
+    def advance(self, n: int) -> None:
+        self.passes[-1][2] += n
+
+    def file_done(self) -> None:
+        self.passes[-1][3] += 1
+
+
+def test_progress_counts_the_uploads_begun_during_the_scan(pithos_server, tmp_path):
+    a = Device(pithos_server, tmp_path / "a", "progress")
+    sizes = {f"d/f{i}.bin": (i + 1) * 300_000 for i in range(6)} | {"small.txt": 10}
+    for i, (rel, n) in enumerate(sizes.items()):
+        a.write(rel, big_data(40 + i, n))
+    counting = Counting()
+    a.sync(progress=counting)
+    # The first pass sends every file, most of them as soon as the scan hashed them: each
+    # is in the pass's totals, and what was advanced is exactly those totals.
+    total_bytes, total_files, advanced, done = counting.passes[0]
+    assert (total_bytes, total_files) == (sum(sizes.values()), len(sizes)), counting.passes
+    assert (advanced, done) == (total_bytes, total_files), counting.passes
+
+
+def test_the_bar_shows_early_uploads_from_their_start():
+    from pithos.cli.sync import BarProgress
+
+    bar = BarProgress()
+    bar.start(0, 0)
+    bar.add(5 * MiB, 1)  # under the bar's threshold: not shown yet
+    assert bar.bar is None
+    bar.advance(MiB)
+    bar.add(5 * MiB, 1)
+    try:
+        (task,) = bar.bar.tasks
+        assert (task.completed, task.total) == (MiB, 10 * MiB)
+        bar.advance(2 * MiB)
+        bar.file_done()
+        assert (task.completed, task.fields["files"]) == (3 * MiB, "1/2 files")
+    finally:
+        bar.stop()

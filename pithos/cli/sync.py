@@ -179,16 +179,34 @@ def cmd_status(folder: str) -> int:
 
 
 class BarProgress(Progress):
-    """A rich progress bar with bytes and files, shown for transfers of 8 MiB or more."""
+    """A rich progress bar with bytes and files, shown once a pass's transfers come to 8 MiB
+    or more (uploads begun during the scan count from their start: `add`)."""
 
     def __init__(self) -> None:
         self.bar: Any = None
         self.task: Any = None
         self.files = 0
         self.total_files = 0
+        self.total_bytes = 0
+        self.done_bytes = 0  # advanced before the bar was shown
 
     def start(self, total_bytes: int, total_files: int) -> None:
-        if total_bytes < PROGRESS_MIN_BYTES:
+        self.stop()
+        self.files, self.total_files = 0, total_files
+        self.total_bytes, self.done_bytes = total_bytes, 0
+        self._show()
+
+    def add(self, total_bytes: int, total_files: int) -> None:
+        self.total_bytes += total_bytes
+        self.total_files += total_files
+        if self.bar is None:
+            self._show()
+        else:
+            self.bar.update(self.task, total=self.total_bytes,
+                            files=f"{self.files}/{self.total_files} files")
+
+    def _show(self) -> None:
+        if self.total_bytes < PROGRESS_MIN_BYTES:
             return
         from rich.progress import (
             BarColumn,
@@ -201,22 +219,24 @@ class BarProgress(Progress):
             Progress as RichProgress,
         )
 
-        self.files, self.total_files = 0, total_files
         self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
                                 DownloadColumn(), TransferSpeedColumn(),
                                 TextColumn("{task.fields[files]}"), TimeRemainingColumn(),
                                 transient=True)
-        self.task = self.bar.add_task("sync", total=total_bytes,
-                                      files=f"0/{total_files} files")
+        self.task = self.bar.add_task("sync", total=self.total_bytes,
+                                      completed=self.done_bytes,
+                                      files=f"{self.files}/{self.total_files} files")
         self.bar.start()
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
             self.bar.advance(self.task, n)
+        else:
+            self.done_bytes += n
 
     def file_done(self) -> None:
+        self.files += 1
         if self.bar is not None:
-            self.files += 1
             self.bar.update(self.task, files=f"{self.files}/{self.total_files} files")
 
     def stop(self) -> None:

@@ -77,9 +77,14 @@ class Stats:
 
 
 class Progress:
-    """Bytes and files of a pass's transfers; a no-op base that the CLI replaces with a bar."""
+    """Bytes and files of a pass's transfers; a no-op base that the CLI replaces with a bar.
+    `start` begins a pass's count; `add` grows its totals (the uploads begun while the scan
+    goes on, then the plan's transfers)."""
 
     def start(self, total_bytes: int, total_files: int) -> None:
+        pass
+
+    def add(self, total_bytes: int, total_files: int) -> None:
         pass
 
     def advance(self, n: int) -> None:
@@ -212,6 +217,8 @@ class Engine(DownloadsMixin):
                 return actions, result.unknown
             self._act_planned(actions, None)
             return actions, result.unknown
+        # One count for the pass: the early uploads are in it, then the plan's transfers.
+        self.progress.start(0, 0)
         with ThreadPoolExecutor(self.upload_workers, "pithos-sync-upload") as pool:
             uploads = _Uploads(pool)
             try:
@@ -227,6 +234,7 @@ class Engine(DownloadsMixin):
             finally:
                 for f in uploads.inflight:
                     f.cancel()
+                self.progress.stop()
         # The uploads made early count as this pass's actions: the run goes on to another
         # pass, whose scan sees a file changed while it was sent.
         return uploads.started + actions, result.unknown
@@ -243,6 +251,7 @@ class Engine(DownloadsMixin):
                 return
             held.add(lf.md5)  # a second new file of it: a server-side copy, planned
             a = P.Action(P.UPLOAD, lf.path, local=lf)
+            self.progress.add(lf.size, 1)
             uploads.started.append(a)
             self._start_upload(a, uploads)
             self._reap(uploads, everything=False, wait_for=self.upload_workers)
@@ -251,13 +260,15 @@ class Engine(DownloadsMixin):
 
     def _act_planned(self, actions: list[P.Action], uploads: _Uploads | None) -> None:
         transfers = [a for a in actions if a.kind in P.TRANSFERS]
-        self.progress.start(sum(_transfer_bytes(a) for a in transfers), len(transfers))
+        total = sum(_transfer_bytes(a) for a in transfers)
+        if uploads is not None:  # (the pass's count began before its scan: one_pass)
+            self.progress.add(total, len(transfers))
+            self._act_all(actions, uploads)
+            return
+        self.progress.start(total, len(transfers))
         try:
-            if uploads is None:
-                for a in actions:
-                    self.act(a)
-            else:
-                self._act_all(actions, uploads)
+            for a in actions:
+                self.act(a)
         finally:
             self.progress.stop()
 
