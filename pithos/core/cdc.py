@@ -100,9 +100,12 @@ class Chunker:
                          self.max_size, self._mask_s, self._mask_l, GEAR)
         chunks: list[bytes] = []
         start = 0
-        for end in ends:
-            chunks.append(bytes(buf[start:end]))
-            start = end
+        # Each chunk copied once, from a view (a slice of the bytearray would be a copy,
+        # then bytes() another); the view is released before the prefix is dropped.
+        with memoryview(buf) as view:
+            for end in ends:
+                chunks.append(bytes(view[start:end]))
+                start = end
         # A bytearray drops a prefix without moving the rest (CPython moves its start).
         del buf[:start]
         return chunks
