@@ -14,35 +14,11 @@ from sqlalchemy import create_engine, text
 from pithos.catalog import Catalog
 from pithos.catalog.leases import LeaseLost, WriterLeases, oldest_live_writer
 from pithos.core.errors import QuotaExceeded
-from tests.conftest import postgres_database
+from tests.pg_writers import box as _box
+from tests.pg_writers import pg_catalog, pg_url, put, run_together, sessions
 from tests.test_writer_leases import cut_off, wait_for
 
-ROOT = b"\x02" * 32
-
-
-@pytest.fixture
-def pg_url():
-    url, drop = postgres_database("onecall")
-    yield url
-    drop()
-
-
-@pytest.fixture
-def pg_catalog(pg_url):
-    cat = Catalog(pg_url)
-    yield cat
-    cat.close()
-
-
-def _box(cat: Catalog) -> int:
-    acct = cat.ensure_account("acct")
-    cat.create_container(acct, "c")
-    return cat.container(acct, "c").id
-
-
-def put(cat: Catalog, cid: int, name: str, size: int = 1000, **kw) -> object:
-    return cat.put_version(cid, name, root=ROOT, size=size, etag="e" * 32,
-                           content_type="application/octet-stream", meta={}, **kw)
+__all__ = ["pg_catalog", "pg_url"]  # (fixtures)
 
 
 def test_the_one_call_commit_is_refused_under_a_revoked_lease(pg_catalog):
@@ -94,14 +70,7 @@ def test_a_collector_cannot_revoke_a_lease_while_its_one_call_commit_runs(pg_cat
                 == 2)  # the lease's own session and the commit's transaction
             cut_off_session = leases.liveness._held[ticket.lease_id][1]
             blocker.execute(text("SELECT pg_terminate_backend(:p)"), {"p": cut_off_session})
-            def session_gone() -> bool:
-                # pg_stat_activity is a snapshot taken once per transaction, and the
-                # blocker's transaction stays open: drop the snapshot before each look.
-                blocker.execute(text("SELECT pg_stat_clear_snapshot()"))
-                return not blocker.execute(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
-                    {"p": cut_off_session}).scalar_one()
-            assert wait_for(session_gone)
+            assert wait_for(lambda: not sessions(blocker, "pid = :p", p=cut_off_session))
             assert oldest_live_writer(cat) is not None  # not revoked: the commit holds it
             blocker.rollback()
         thread.join(60)
@@ -155,23 +124,11 @@ def test_a_limit_set_after_striped_charges_is_exact(pg_catalog):
         assert conn.execute(text("SELECT count(*) FROM holding_stripes WHERE "
                                  "resource = 'objects'")).scalar_one() == 0
     assert cat.holdings("acct")["objects"] == ("objects", 8, 5, 0)
-    stored, refused, other = [], [], []
-
-    def writer(i: int) -> None:
-        try:
-            put(cat, cid, f"w{i}")
-            stored.append(i)
-        except QuotaExceeded:
-            refused.append(i)
-        except Exception as exc:  # the test fails on any
-            other.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not other, other[:3]
+    stored = []
+    errors = run_together([lambda i=i: stored.append(put(cat, cid, f"w{i}"))
+                           for i in range(20)], timeout_s=60)
+    refused = [e for e in errors if isinstance(e, QuotaExceeded)]
+    assert len(refused) == len(errors), [e for e in errors if e not in refused][:3]
     assert len(stored) == 3 and len(refused) == 17
     assert cat.holdings("acct")["objects"].usage == 8
     # Lifted again: new charges go to stripes, the usage stays whole.
@@ -186,37 +143,22 @@ def test_limits_set_and_lifted_under_concurrent_writers_keep_the_usage_exact(pg_
     and objects hold."""
     cat = pg_catalog
     cid = _box(cat)
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
     def writer(w: int) -> None:
-        try:
-            for n in range(25):
-                put(cat, cid, f"o{w}-{n % 7}", size=100 + n)  # overwrites: history kept
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for n in range(25):
+            put(cat, cid, f"o{w}-{n % 7}", size=100 + n)  # overwrites: history kept
 
-    def toggler() -> None:
-        try:
-            # Paced: a striped charge that finds a limit set since it looked is run again
-            # (a serialization failure, at most twice); limits flipped back to back with
-            # no pause could catch one writer three times in a row.
-            while not stop.wait(0.02):
-                cat.set_quota("acct", {"bytes": 10**12, "objects": 10**6})
-                stop.wait(0.02)
-                cat.set_quota("acct", {"bytes": None, "objects": None})
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def toggler(stop: threading.Event) -> None:
+        # Paced: a striped charge that finds a limit set since it looked is run again (a
+        # serialization failure, at most twice); limits flipped back to back with no pause
+        # could catch one writer three times in a row.
+        while not stop.wait(0.02):
+            cat.set_quota("acct", {"bytes": 10**12, "objects": 10**6})
+            stop.wait(0.02)
+            cat.set_quota("acct", {"bytes": None, "objects": None})
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
-    flip = threading.Thread(target=toggler)
-    flip.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    stop.set()
-    flip.join(60)
+    errors = run_together([lambda w=w: writer(w) for w in range(8)], beside=[toggler],
+                          timeout_s=120)
     assert not errors, errors[:3]
     with cat.engine.connect() as conn:
         kept = conn.execute(text("SELECT sum(size) FROM versions")).scalar_one()
@@ -259,40 +201,25 @@ def test_concurrent_writers_and_a_reader_of_the_feed_end_in_the_same_state(pg_ca
     end (each name's last version) is each object's current version."""
     cat = pg_catalog
     cid = _box(cat)
-    errors: list[BaseException] = []
-    done = threading.Event()
     view: dict[str, str] = {}
 
     def writer(w: int) -> None:
-        try:
-            for n in range(30):
-                put(cat, cid, f"o{(w * 3 + n) % 10}", size=n + 1)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for n in range(30):
+            put(cat, cid, f"o{(w * 3 + n) % 10}", size=n + 1)
 
-    def reader() -> None:
+    def reader(done: threading.Event) -> None:
         cursor = 0
-        try:
-            while True:
-                finished = done.is_set()
-                page = cat.changes(cid, cursor, 7)
-                for change in page.changes:
-                    view[change.name] = change.vid
-                cursor = page.last
-                if finished and not page.more:
-                    return
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        while True:
+            finished = done.is_set()
+            page = cat.changes(cid, cursor, 7)
+            for change in page.changes:
+                view[change.name] = change.vid
+            cursor = page.last
+            if finished and not page.more:
+                return
 
-    writers = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
-    reading = threading.Thread(target=reader)
-    reading.start()
-    for t in writers:
-        t.start()
-    for t in writers:
-        t.join(120)
-    done.set()
-    reading.join(60)
+    errors = run_together([lambda w=w: writer(w) for w in range(8)], beside=[reader],
+                          timeout_s=120)
     assert not errors, errors[:3]
     assert view == {f"o{i}": cat.object(cid, f"o{i}").vid for i in range(10)}
 
