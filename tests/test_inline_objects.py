@@ -307,9 +307,7 @@ def test_a_volume_cloned_from_a_small_object_outlives_it_and_the_collector(tmp_p
     """archipelago volume clone --from-object of an object kept inline: the clone stores its
     content as a block and a map (it had none) and names them; the collector keeps them once
     the object and its history are gone."""
-    import requests
-
-    from archipelago import Volumes
+    from tests.test_pithos_gc import auth, clone_outlives_its_object
 
     server = PithosServer(tmp_path / "data")
     try:
@@ -317,27 +315,8 @@ def test_a_volume_cloned_from_a_small_object_outlives_it_and_the_collector(tmp_p
         swift.put_container("images")
         data = os.urandom(4096)
         swift.put_object("images", "tiny.raw", data)
-        url, token = swift.get_auth()
-        proc = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
-                               "--from-object", "AUTH_test/images/tiny.raw", "vm1",
-                               "--data-dir", str(server.data_dir)], capture_output=True,
-                              timeout=120)
-        assert proc.returncode == 0, proc.stderr.decode()
-        swift.delete_object("images", "tiny.raw")
-        requests.delete(f"{url}/images", params={"until": time.time() + 1},
-                        headers={"X-Auth-Token": token}, timeout=30)
-        time.sleep(2.5)  # older than the collector's clock margin
-        gc_run = subprocess.run([sys.executable, "-m", "pithos.cli.main", "gc", "--json",
-                                 "--data-dir", str(server.data_dir)], capture_output=True,
-                                timeout=120)
-        assert gc_run.returncode == 0, gc_run.stderr.decode()
-        vol = Volumes.local(str(server.data_dir)).open("vm1")
-        try:
-            got = bytearray(len(data))
-            vol.read_into(memoryview(got), 0)
-        finally:
-            vol.close()
-        assert bytes(got) == data
+        url, headers = auth(server)
+        clone_outlives_its_object(server, url, headers, "tiny.raw", data)
     finally:
         server.stop()
 

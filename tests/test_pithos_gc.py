@@ -124,6 +124,33 @@ def test_gc_while_uploading_and_deleting_loses_nothing(tmp_path):
         server.stop()
 
 
+def clone_outlives_its_object(server, url, headers, name, data) -> None:
+    """archipelago volume clone --from-object of images/`name` (holding `data`) as volume
+    vm1; then the object goes, its history is purged and `pithos gc` runs: the volume still
+    reads `data` (the clone named the object's map, or stored it first)."""
+    from archipelago import Volumes
+
+    proc = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
+                           "--from-object", f"AUTH_test/images/{name}", "vm1",
+                           "--data-dir", str(server.data_dir)], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    requests.delete(f"{url}/images/{name}", headers=headers, timeout=30)
+    requests.delete(f"{url}/images", params={"until": time.time() + 1}, headers=headers,
+                    timeout=30)
+    assert requests.head(f"{url}/images/{name}", headers=headers, timeout=30).status_code \
+        == 404
+    time.sleep(2.5)  # older than the collector's clock margin
+    pithos(server, "gc", "--json")
+    vol = Volumes.local(str(server.data_dir)).open("vm1")
+    try:
+        got = bytearray(len(data))
+        vol.read_into(memoryview(got), 0)
+    finally:
+        vol.close()
+    assert bytes(got) == data
+
+
 def test_volume_cloned_from_an_object_survives_its_deletion(tmp_path):
     """archipelago volume clone --from-object: the clone names the object's map; the GC keeps
     it after the object and its history are gone."""
@@ -133,29 +160,10 @@ def test_volume_cloned_from_an_object_survives_its_deletion(tmp_path):
         requests.put(f"{url}/images", headers=h, timeout=30)
         image = os.urandom(8 * 1024 * 1024)
         requests.put(f"{url}/images/disk.raw", data=image, headers=h, timeout=60)
-        proc = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
-                               "--from-object", "AUTH_test/images/disk.raw", "vm1",
-                               "--data-dir", str(server.data_dir)], capture_output=True,
-                              timeout=120)
-        assert proc.returncode == 0, proc.stderr.decode()
         missing = subprocess.run([sys.executable, "-m", "archipelago.cli", "volume", "clone",
                                   "--from-object", "test/images/nope", "vm2", "--data-dir",
                                   str(server.data_dir)], capture_output=True, timeout=120)
         assert missing.returncode != 0 and b"no object" in missing.stderr
-        requests.delete(f"{url}/images/disk.raw", headers=h, timeout=30)
-        requests.delete(f"{url}/images", params={"until": time.time() + 1}, headers=h,
-                        timeout=30)
-        time.sleep(2.5)
-        pithos(server, "gc", "--json")
-        from archipelago import Volumes
-
-        vols = Volumes.local(str(server.data_dir))
-        vol = vols.open("vm1")
-        try:
-            got = bytearray(len(image))
-            vol.read_into(memoryview(got), 0)
-        finally:
-            vol.close()
-        assert bytes(got) == image
+        clone_outlives_its_object(server, url, h, "disk.raw", image)
     finally:
         server.stop()
