@@ -292,3 +292,21 @@ def test_concurrent_batched_writers_of_shared_names_keep_every_counter_exact(cat
     assert cat.holdings("acct")["bytes"].usage == sum(v.size for v in versions)
     assert sum(cat.container(acct, n).objects for n in ("c1", "c2")) == sum(
         len(cat.list_objects(cid)) for cid in cids)
+
+
+def test_only_the_hub_s_thread_of_a_gevent_worker_joins_a_batch():
+    """A commit on a pool thread of a gevent worker goes alone: its wait on the hub's Event
+    from another thread could lose its wakeup (the 120 s stall of a pool thread's gevent
+    lock).  Checked in a process patched as a worker is."""
+    import subprocess
+    import sys
+
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from gevent.hub import get_hub\n"
+        "from pithos.catalog.pg_batch import waits_cooperatively\n"
+        "hub = get_hub()\n"
+        "print(waits_cooperatively(), hub.threadpool.spawn(waits_cooperatively).get())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["True", "False"]
