@@ -69,14 +69,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# For `PithosServer(..., serve_args=("--compute",), env=ROOMY_COMPUTE)`: the local agent
+# offers room for many servers (each made to go to ERROR at once, no VM runs:
+# tests/test_authz_matrix.py), and every account's quota takes them all.
+ROOMY_COMPUTE = {"PITHOS_COMPUTE_AGENT_ARGS": "--ram-mib 100000 --vcpus 1000",
+                 "PITHOS_COMPUTE_QUOTA": "instances=1000,cores=1000,ram_mib=1000000"}
+
+
 class PithosServer:
     """A real `pithos serve` process on a free loopback port, with user test:tester (admin of
     account test) and test2:tester2 (admin of test2), and test:reader (not admin)."""
 
     def __init__(self, data_dir, workers: int = 1, blocks: str | None = None,
                  catalog: str | None = None, port: int | None = None,
-                 serve_args: tuple[str, ...] = ()) -> None:
-        """`serve_args`: more options for `pithos serve` (e.g. --client-timeout)."""
+                 serve_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        """`serve_args`: more options for `pithos serve` (e.g. --client-timeout); `env`: more
+        environment for it (e.g. ROOMY_COMPUTE)."""
         import time
         import urllib.request
 
@@ -100,7 +108,8 @@ class PithosServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pithos.cli.main", "serve", *self.storage_flags,
              "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers), *serve_args],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None)
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import re
 import tarfile
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import PithosServer
+from tests.conftest import ROOMY_COMPUTE, PithosServer
 
 T = 30
 COLUMNS = ("anon", "bad", "other", "user", "reader", "writer", "owner", "public", "sharee",
@@ -119,6 +118,22 @@ KEYSTONE = json.dumps({"auth": {"identity": {"methods": ["password"], "password"
 
 TEMPURL_KEY = "matrix-tempurl-key"
 
+# The owner's looks after a write (Row.after) that several rows share, one status (or
+# "status:body") per column in COLUMNS' order.
+# d/o as it was: nobody's write changed it.
+O_UNCHANGED = ("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                           "200:hello 200:hello 200:hello 200:hello 200:hello")
+# d/o rewritten to "new" by those who may write it: writer, owner, wsharee.
+O_NEW_BY_WRITERS = ("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                                "200:new 200:new 200:hello 200:hello 200:new")
+# d/o deleted by those who may delete it: writer, owner (a write sharing does not let
+# test2 delete).
+O_DELETED = ("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
+                              "404 404 200:hello 200:hello 200:hello")
+# d/new made by the owner alone, or by writer, owner and wsharee.
+NEW_BY_OWNER = ("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")
+NEW_BY_WRITERS = ("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 200 200 404 404 200")
+
 
 def _tar(name: str) -> str:
     """A tar archive of one file `name` (b"x"), as a row's body (ASCII: braces doubled)."""
@@ -176,8 +191,7 @@ ROWS: tuple[Row, ...] = (
                            "200:new 200:new 200:new")),
     row("tu-o-put-signed-get", V1_OBJECT, "PUT", OBJ, "401 401 401 401 401 401 401 401 401 401",
         body="new", signed=("GET", OBJ),
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello 200:hello "
-                           "200:hello 200:hello 200:hello 200:hello")),
+        after=O_UNCHANGED),
     row("tu-o-put-sharing", V1_OBJECT, "PUT", OBJ, "400 401 400 400 400 400 400 400 400 400",
         body="new", signed=("PUT", OBJ), headers={"X-Object-Sharing": "read=test2"}),
     row("tu-o-post-public", V1_OBJECT, "POST", OBJ, "400 401 400 400 400 400 400 400 400 400",
@@ -278,28 +292,16 @@ ROWS: tuple[Row, ...] = (
         headers={"X-Account-Group-Friends": "test2"}),
     # Bulk deletes answer 200 with a status per name (Swift's): the owner's look after
     # says which went.
-    row("a-post-bulk-delete", V1_ACCOUNT, "POST", A + "?bulk-delete",
-        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
-        headers={"Content-Type": "text/plain", "Accept": "application/json"},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "404 404 200:hello 200:hello 200:hello")),
-    row("a-delete-bulk-delete", V1_ACCOUNT, "DELETE", A + "?bulk-delete",
-        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
-        headers={"Content-Type": "text/plain", "Accept": "application/json"},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "404 404 200:hello 200:hello 200:hello")),
     # Swift's bulk middleware takes ?bulk-delete on any path of the account: the body's paths
     # are the account's, with the caller's rights, whatever the path names.
-    row("o-delete-bulk-delete", V1_OBJECT, "DELETE", OBJ + "?bulk-delete",
-        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
-        headers={"Content-Type": "text/plain", "Accept": "application/xml"},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "404 404 200:hello 200:hello 200:hello")),
-    row("c-post-bulk-delete", V1_CONTAINER, "POST", C + "?bulk-delete",
-        "401 401 200 200 200 200 200 401 200 200", body="/{c}/d/o\n",
-        headers={"Content-Type": "text/plain", "Accept": "application/json"},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "404 404 200:hello 200:hello 200:hello")),
+    *(row(id, route, method, path + "?bulk-delete", "401 401 200 200 200 200 200 401 200 200",
+          body="/{c}/d/o\n", headers={"Content-Type": "text/plain", "Accept": accept},
+          after=O_DELETED)
+      for id, route, method, path, accept in (
+          ("a-post-bulk-delete", V1_ACCOUNT, "POST", A, "application/json"),
+          ("a-delete-bulk-delete", V1_ACCOUNT, "DELETE", A, "application/json"),
+          ("o-delete-bulk-delete", V1_OBJECT, "DELETE", OBJ, "application/xml"),
+          ("c-post-bulk-delete", V1_CONTAINER, "POST", C, "application/json"))),
     row("a-delete", V1_ACCOUNT, "DELETE", A, "405 401 405 405 405 405 405 405 405 405"),
     row("a-put", V1_ACCOUNT, "PUT", A, "405 401 405 405 405 405 405 405 405 405"),
     # Extraction answers 200 with a status per file (Swift's): here a top-level file, which
@@ -376,8 +378,7 @@ ROWS: tuple[Row, ...] = (
         headers={"Referer": "http://www.example.com/page"}),
     row("o-put-good-referer", V1_OBJECT, "PUT", OBJ, "401 401 403 403 403 201 201 401 403 201",
         body="new", headers={"Referer": "http://www.example.com/page"},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "200:new 200:new 200:hello 200:hello 200:new")),
+        after=O_NEW_BY_WRITERS),
     row("o-get-hashmap", V1_OBJECT, "GET", OBJ + "?hashmap",
         "401 401 403 403 200 403 200 401 200 200"),
     row("o-get-version-list", V1_OBJECT, "GET", OBJ + "?version=list",
@@ -405,19 +406,18 @@ ROWS: tuple[Row, ...] = (
     row("o-get-dlo-manifest", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/dlo?multipart-manifest=get",
         "401 401 403 403 200 403 200 200 200 200", needs="dlo"),
     row("o-put", V1_OBJECT, "PUT", OBJ, "401 401 403 403 403 201 201 401 403 201", body="new",
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "200:new 200:new 200:hello 200:hello 200:new")),
+        after=O_NEW_BY_WRITERS),
     row("o-put-new", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 201 201 401 403 201", body="new",
-        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 200 200 404 404 200")),
+        after=NEW_BY_WRITERS),
     # (A non-admin writer names by hash only blocks it sent or read itself: 409.)
     row("o-put-hashmap", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new?hashmap",
         "401 401 403 403 403 409 201 401 403 409", body="{hashmap}", needs="hashmap",
-        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+        after=NEW_BY_OWNER),
     row("o-put-slo", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new?multipart-manifest=put",
         "401 401 403 403 403 400 201 401 403 400", body='[{{"path": "/{c}/d/seg"}}]',
         needs="slo",
-        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+        after=NEW_BY_OWNER),
     row("o-put-copy-from", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 403 201 401 403 201", body="", headers={"X-Copy-From": "{c}/d/o"},
         after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 200")),
@@ -428,20 +428,19 @@ ROWS: tuple[Row, ...] = (
     # Conditional writes (issue 24): a failed precondition writes nothing (412).
     row("o-put-if-match", V1_OBJECT, "PUT", OBJ, "401 401 403 403 403 412 412 401 403 412",
         body="new", headers={"If-Match": '"0123456789abcdef0123456789abcdef"'},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "200:hello 200:hello 200:hello 200:hello 200:hello")),
+        after=O_UNCHANGED),
     row("o-put-dlo", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 201 201 401 403 201", body="",
         headers={"X-Object-Manifest": "{c}/d/"},
-        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 200 200 404 404 200")),
+        after=NEW_BY_WRITERS),
     row("o-put-sharing", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 403 201 401 403 403", body="new",
         headers={"X-Object-Sharing": "read=*"},
-        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+        after=NEW_BY_OWNER),
     row("o-put-public", V1_OBJECT, "PUT", "/v1/{acct}/{c}/d/new",
         "401 401 403 403 403 403 201 401 403 403", body="new",
         headers={"X-Object-Public": "true"},
-        after=("HEAD", "/v1/{acct}/{c}/d/new", "404 404 404 404 404 404 200 404 404 404")),
+        after=NEW_BY_OWNER),
     row("o-post-meta", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 202 202 401 403 202",
         headers={"X-Object-Meta-Color": "blue"}),
     row("o-post-if-match", V1_OBJECT, "POST", OBJ, "401 401 403 403 403 412 412 401 403 412",
@@ -468,12 +467,10 @@ ROWS: tuple[Row, ...] = (
         after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
                          "200:hello 200:seglo 200:hello 200:hello 200:seglo")),
     row("o-delete", V1_OBJECT, "DELETE", OBJ, "401 401 403 403 403 204 204 401 403 403",
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "404 404 200:hello 200:hello 200:hello")),
+        after=O_DELETED),
     row("o-delete-if-match", V1_OBJECT, "DELETE", OBJ, "401 401 403 403 403 412 412 401 403 403",
         headers={"If-Match": "nomatch"},
-        after=("GET", OBJ, "200:hello 200:hello 200:hello 200:hello 200:hello "
-                         "200:hello 200:hello 200:hello 200:hello 200:hello")),
+        after=O_UNCHANGED),
     row("o-delete-until", V1_OBJECT, "DELETE", OBJ + "?until=9999999999",
         "401 401 403 403 403 204 204 401 403 403",
         after=("GET", OBJ + "?version={vid}", "200:hell 200:hell 200:hell 200:hell 200:hell "
@@ -697,19 +694,8 @@ def _make_cell(s: requests.Session, server: PithosServer, owner: dict[str, str],
 def matrix(tmp_path_factory) -> Any:
     # With the compute API; its local agent offers room for every cell's server (each in
     # ERROR, no VM), and the account's quota takes them all.
-    env = {"PITHOS_COMPUTE_AGENT_ARGS": "--ram-mib 100000 --vcpus 1000",
-           "PITHOS_COMPUTE_QUOTA": "instances=1000,cores=1000,ram_mib=1000000"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        server = PithosServer(tmp_path_factory.mktemp("authz-matrix"),
-                              serve_args=("--compute",))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    server = PithosServer(tmp_path_factory.mktemp("authz-matrix"), serve_args=("--compute",),
+                          env=ROOMY_COMPUTE)
     try:
         tokens = {u: _login(server, u, k) for u, k in {c for c in CALLERS.values() if c}}
         owner = {"X-Auth-Token": tokens["test:tester"]}

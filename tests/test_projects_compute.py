@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import PithosServer
+from tests.conftest import ROOMY_COMPUTE, PithosServer
 
 T = 30
 OPENSTACK = os.path.join(os.path.dirname(sys.executable), "openstack")
@@ -28,19 +28,8 @@ NOVA = "/compute/v2.1"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    env = {"PITHOS_COMPUTE_AGENT_ARGS": "--ram-mib 100000 --vcpus 1000",
-           "PITHOS_COMPUTE_QUOTA": "instances=1000,cores=1000,ram_mib=1000000"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        srv = PithosServer(tmp_path_factory.mktemp("projects-compute"),
-                           serve_args=("--compute",))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    srv = PithosServer(tmp_path_factory.mktemp("projects-compute"), serve_args=("--compute",),
+                       env=ROOMY_COMPUTE)
     try:
         subprocess.run([sys.executable, "-m", "pithos.cli.main", "user", "add", "admin:root",
                         "--key", "rooting", "--admin", *srv.storage_flags], check=True,
