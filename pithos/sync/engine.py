@@ -448,22 +448,53 @@ class Engine(DownloadsMixin):
             return
         path = os.path.join(self.folder, lf.path)
         # Two batches: chunks that look compressible (text, zeros) go deflated, the others
-        # (random, compressed media) as they are, so no CPU is spent deflating those.  Each
-        # batch keeps the hashes the scan found for its chunks: the server answers with the
+        # (random, compressed media) as they are, so no CPU is spent deflating those.  Only
+        # a batch of at most DEFLATE_MAX is deflated (a larger one goes as it is): when more
+        # than twice that is wanted (a new file's chunks), the few bytes a last small batch
+        # would save are not worth classifying every chunk (~5 us each: 13% of the client's
+        # time holding the GIL on the sync bench's first sync), and runs of chunks are read
+        # straight into the batch that is sent (no copy of each chunk, no join).  Each batch
+        # keeps the hashes the scan found for its chunks: the server answers with the
         # hashes of what it stored, and a chunk whose bytes are no longer those the scan
         # hashed (the file changed since) is found there, without hashing it here again.
-        batches: dict[bool, list[bytes]] = {False: [], True: []}
-        expected: dict[bool, list[bytes]] = {False: [], True: []}
-        sizes = {False: 0, True: 0}
-        # Only a batch of at most DEFLATE_MAX is deflated (a larger one goes as it is): when
-        # more than twice that is wanted (a new file's chunks), the few bytes a last small
-        # batch would save are not worth classifying every chunk (~5 us each: 13% of the
-        # client's time holding the GIL on the sync bench's first sync).
+        batches = {False: _Batch(), True: _Batch()}
         classify = sum(c.length for c in lf.chunks if c.hash in wanted) <= 2 * DEFLATE_MAX
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise Skip(f"{lf.path} vanished before its upload") from None
+
+        def post(kind: bool) -> None:
+            batch = batches[kind]
+            if batch.lengths:
+                self._post_blocks(lf, batch, kind)
+                batch.clear()
+
+        def read_run(run: list[Chunk], start: int, n: int) -> None:
+            if not classify:
+                batch = batches[False]
+                if batch.fill + n > BLOCKS_BATCH_BYTES:
+                    post(False)
+                if not batch.read(fd, start, n):
+                    raise Skip(f"{lf.path} changed while being uploaded")
+                batch.lengths.extend(c.length for c in run)
+                batch.hashes.extend(c.hash for c in run)
+                self.progress.advance(n)
+                return
+            data = os.pread(fd, n, start)
+            if len(data) != n:
+                raise Skip(f"{lf.path} changed while being uploaded")
+            view = memoryview(data)
+            at = 0
+            for c in run:
+                chunk = view[at:at + c.length]
+                at += c.length
+                kind = compressible(chunk)
+                if batches[kind].fill + c.length > BLOCKS_BATCH_BYTES:
+                    post(kind)
+                batches[kind].add(chunk, c)
+                self.progress.advance(c.length)
+
         try:
             if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode):
                 raise Skip(f"{lf.path} changed before its upload")
@@ -473,31 +504,12 @@ class Engine(DownloadsMixin):
             run: list[Chunk] = []
             run_start = 0
             run_bytes = 0
-
-            def flush_run() -> None:
-                data = os.pread(fd, run_bytes, run_start)
-                if len(data) != run_bytes:
-                    raise Skip(f"{lf.path} changed while being uploaded")
-                view = memoryview(data)
-                at = 0
-                for c in run:
-                    chunk = bytes(view[at:at + c.length]) if len(run) > 1 else data
-                    at += c.length
-                    kind = classify and compressible(chunk)
-                    batches[kind].append(chunk)
-                    expected[kind].append(c.hash)
-                    sizes[kind] += c.length
-                    if sizes[kind] >= BLOCKS_BATCH_BYTES:
-                        self._post_blocks(lf, batches[kind], expected[kind], kind)
-                        batches[kind], expected[kind], sizes[kind] = [], [], 0
-                    self.progress.advance(c.length)
-
             for c in lf.chunks:
                 if c.hash in wanted:
                     wanted.discard(c.hash)
                     if (run and run_start + run_bytes != offset) or \
                             run_bytes + c.length > READ_SIZE:
-                        flush_run()
+                        read_run(run, run_start, run_bytes)
                         run, run_bytes = [], 0
                     if not run:
                         run_start = offset
@@ -507,18 +519,16 @@ class Engine(DownloadsMixin):
                     self.progress.advance(c.length)
                 offset += c.length
             if run:
-                flush_run()
-            for kind, batch in batches.items():
-                if batch:
-                    self._post_blocks(lf, batch, expected[kind], kind)
+                read_run(run, run_start, run_bytes)
+            post(False)
+            post(True)
         finally:
             os.close(fd)
 
-    def _post_blocks(self, lf: LocalFile, batch: list[bytes], expected: list[bytes],
-                     compress: bool = False) -> None:
-        stored = self.remote.put_blocks(batch, compress)
-        self._count_sent(sum(len(b) for b in batch))
-        if stored != expected:
+    def _post_blocks(self, lf: LocalFile, batch: _Batch, compress: bool = False) -> None:
+        stored = self.remote.put_blocks(batch.body(), batch.lengths, compress)
+        self._count_sent(batch.fill)
+        if stored != batch.hashes:
             # Stored under their own hashes (unnamed: garbage for the collector); the file
             # is sent again once the next pass has hashed it as it is now.
             raise Skip(f"{lf.path} changed while being uploaded")
@@ -657,6 +667,45 @@ class Engine(DownloadsMixin):
         raise Skip(f"{rel}: no free name for a conflict copy")
 
 
+class _Batch:
+    """Chunks for one POST ?blocks, back to back in one buffer (allocated once, at most
+    BLOCKS_BATCH_BYTES, reused batch after batch), with their lengths and the hashes the
+    scan found for them."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.fill = 0
+        self.lengths: list[int] = []
+        self.hashes: list[bytes] = []
+
+    def _room(self, n: int) -> memoryview:
+        if not self.buf:
+            self.buf = bytearray(BLOCKS_BATCH_BYTES)
+        assert self.fill + n <= len(self.buf)
+        return memoryview(self.buf)[self.fill:self.fill + n]
+
+    def read(self, fd: int, offset: int, n: int) -> bool:
+        """Read n bytes of the file at `offset` into the batch; False if it has fewer."""
+        with self._room(n) as room:
+            got = os.preadv(fd, [room], offset)
+        self.fill += got
+        return got == n
+
+    def add(self, chunk: memoryview, c: Chunk) -> None:
+        with self._room(c.length) as room:
+            room[:] = chunk
+        self.fill += c.length
+        self.lengths.append(c.length)
+        self.hashes.append(c.hash)
+
+    def body(self) -> memoryview:
+        return memoryview(self.buf)[:self.fill]
+
+    def clear(self) -> None:
+        self.fill = 0
+        self.lengths, self.hashes = [], []
+
+
 @dataclass
 class _Uploads:
     """The uploads of a pass: in flight on `pool`, and the paths that failed (retried on
@@ -667,7 +716,7 @@ class _Uploads:
     started: list[P.Action] = field(default_factory=list)  # early (during the scan)
 
 
-def compressible(data: bytes) -> bool:
+def compressible(data: bytes | memoryview) -> bool:
     """Whether a chunk looks worth deflating: few distinct byte values in 256 bytes from its
     middle (text ~40-70, zeros 1; random or compressed data ~160).  A few microseconds a
     chunk, where deflating a random one to learn it costs more than sending it."""

@@ -139,7 +139,8 @@ class Remote:
 
     def request(self, method: str, name: str | None, *, query: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None,
-                body: bytes | Iterable[bytes] | None = None, stream: bool = False,
+                body: bytes | bytearray | memoryview | Iterable[bytes] | None = None,
+                stream: bool = False,
                 ok: Sequence[int] = (200, 201, 202, 204), retries: int = RETRIES
                 ) -> urllib3.BaseHTTPResponse:
         """One request, logged in (again on a 401), retried on 5xx and dropped connections;
@@ -155,7 +156,9 @@ class Remote:
         for attempt in range(retries + 1):
             h = {"X-Auth-Token": self.token, **(headers or {})}
             try:
-                r = self.http.request(method, url, headers=h, body=body,
+                # (A bytearray or memoryview is sent as it is, with its length: urllib3
+                # takes any buffer, though its annotation names bytes.)
+                r = self.http.request(method, url, headers=h, body=body,  # type: ignore[arg-type]
                                       preload_content=not stream)
             except urllib3.exceptions.HTTPError as exc:
                 if attempt == retries:
@@ -163,7 +166,7 @@ class Remote:
                                       ) from None
                 time.sleep(min(0.2 * 2 ** attempt, 5))
                 continue
-            if isinstance(body, bytes):
+            if isinstance(body, (bytes, bytearray, memoryview)):
                 with self._count_lock:  # (several upload workers)
                     self.sent_bytes += len(body)
             if r.status == 401 and not relogged and retries:
@@ -330,15 +333,16 @@ class Remote:
             wanted.update(from_hex(h) for h in json.loads(r.data))
         return wanted
 
-    def put_blocks(self, blocks: Sequence[bytes], compress: bool = False) -> list[bytes]:
-        """Send chunks as blocks of their own lengths (one request), deflated if `compress`
-        (the caller found them compressible) and the server takes it; returns the hashes
-        the server found for them, in order (the caller checks them against its own)."""
+    def put_blocks(self, body: bytes | bytearray | memoryview, lengths: Sequence[int],
+                   compress: bool = False) -> list[bytes]:
+        """Send chunks (`body`: chunks of these lengths back to back) as blocks of their own
+        lengths (one request), deflated if `compress` (the caller found them compressible)
+        and the server takes it; returns the hashes the server found for them, in order (the
+        caller checks them against its own)."""
         from pithos.core.hashing import from_hex
 
-        body = b"".join(blocks)
         h = {"Content-Type": "application/octet-stream",
-             "X-Block-Lengths": ",".join(str(len(b)) for b in blocks)}
+             "X-Block-Lengths": ",".join(map(str, lengths))}
         if compress and len(body) <= DEFLATE_MAX:
             body = self._deflate(body, h, 6 if len(body) <= DEFLATE_FINE_MAX else 1)
         r = self.request("POST", None, query={"blocks": ""}, body=body, headers=h)
@@ -348,7 +352,8 @@ class Remote:
             raise RemoteError("POST ?blocks: the answer is not a list of hashes", r.status
                               ) from None
 
-    def _deflate(self, body: bytes, headers: dict[str, str], level: int = 1) -> bytes:
+    def _deflate(self, body: bytes | bytearray | memoryview, headers: dict[str, str],
+                 level: int = 1) -> bytes | bytearray | memoryview:
         """`body` deflated (Content-Encoding: deflate added to `headers`) if the server
         inflates request bodies of the block operations, else as it is.  Level 1 unless
         told: hex hash lists deflate to 57.6% at level 1 and 56.3% at level 6, which took
