@@ -58,3 +58,43 @@ def test_requests_in_flight_reuse_their_connections(pg_catalog):
     # At most one per request in flight and engine; a pool smaller than that closes and
     # opens connections all along (hundreds here).
     assert len(opened) <= 2 * IN_FLIGHT, len(opened)
+
+
+def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_catalog):
+    """The read engine's connections are kept between reads (SnapshotReads.keep); when the
+    server has closed them (a restart, an idle timeout), a read drops every kept one and
+    succeeds on a fresh connection, and close() gives them back to the pool."""
+    from sqlalchemy import text
+
+    acct = pg_catalog.ensure_account("acct")
+    pg_catalog.create_container(acct, "c")
+    cid = pg_catalog.container(acct, "c").id
+    pg_catalog.put_version(cid, "o", root=b"r" * 32, size=1, etag="e" * 32,
+                           content_type="x/y", meta={})
+    start = threading.Barrier(4)
+
+    def reader() -> None:
+        start.wait(timeout=30)
+        for _ in range(20):
+            assert pg_catalog.object(cid, "o") is not None
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    reads = pg_catalog._reads
+    kept = list(reads._idle)
+    assert len(kept) >= 2, "reads in flight at once left their connections kept"
+    pids = [conn.dbapi_connection.info.backend_pid for conn in kept]
+    with pg_catalog.engine.connect() as admin:
+        for pid in pids:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.commit()
+    # Every kept connection is dead: the first read finds one so, drops them all and reads
+    # on a new one (retrying on another kept one would fail again).
+    assert pg_catalog.object(cid, "o").name == "o"
+    assert all(conn.dbapi_connection.info.backend_pid not in pids for conn in reads._idle)
+    reads.close()
+    assert reads._idle == []
+    assert pg_catalog._read_engine.pool.checkedout() == 0

@@ -252,7 +252,7 @@ class CatalogEngine:
             # before each use (SnapshotReads retries a read that finds its connection dead).
             self._read_engine = create_engine(url, isolation_level="AUTOCOMMIT",
                                               pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
-            self._reads = SnapshotReads(self._read_engine)
+            self._reads = SnapshotReads(self._read_engine, keep=POOL_SIZE)
         self._dialect = self.engine.dialect
         # Raises a database error as the project's (one instance: entered on every lookup).
         self._errors = DatabaseErrors(self._dialect.loaded_dbapi.Error)
@@ -264,6 +264,7 @@ class CatalogEngine:
         self._reserve = reserve
 
     def close(self) -> None:
+        self._reads.close()
         self.engine.dispose()
         for engine in (self._lease_engine, self._read_engine):
             if engine is not None:

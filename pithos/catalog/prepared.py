@@ -69,9 +69,10 @@ def _wrapped(exc: Exception, p: Prepared, values: Any, dialect: Dialect) -> Base
 
 
 def fetch(dbapi_conn: Any, p: Prepared, values: Mapping[str, Any],
-          dialect: Dialect) -> list[Any]:
-    """The rows of `p` run on a DBAPI connection (in whatever transaction it is in)."""
-    cur = dbapi_conn.cursor()
+          dialect: Dialect, binary: bool = False) -> list[Any]:
+    """The rows of `p` run on a DBAPI connection (in whatever transaction it is in);
+    `binary`: psycopg's cursor that asks for results in binary format (PostgreSQL)."""
+    cur = dbapi_conn.cursor(binary=True) if binary else dbapi_conn.cursor()
     try:
         cur.execute(p.sql, p.args(values))
         return list(cur.fetchall())
@@ -106,11 +107,30 @@ class SnapshotReads:
     PostgreSQL it saves two round trips.  `engine` must hand out connections that are in
     autocommit (SQLite with the sqlite3 module's isolation_level None; PostgreSQL with
     isolation_level AUTOCOMMIT).  A connection found dead is dropped and the read retried once
-    on another (a read is safe to repeat; this replaces the pool's ping before each use)."""
+    on another (a read is safe to repeat; this replaces the pool's ping before each use).
 
-    def __init__(self, engine: Engine) -> None:
+    `keep`: connections kept checked out between reads, for an engine whose pool serves
+    these reads alone (PostgreSQL's read engine).  The pool's checkout and return (its
+    events, the reset's rollback, its queue) were a tenth of a worker's CPU for a small GET;
+    a kept connection is taken and given back by a list operation.  A read that finds its
+    connection dead drops every kept one too (a restarted server closed them all), and
+    retries on one from the pool.
+
+    On PostgreSQL the rows come in binary format: a small object's row carries its content
+    (`inline_data`), which in text format is hex, twice its size: a 4 KiB object's row was
+    9 KB, more than the 8 KB the server sends at once, so the worker woke twice for it and
+    the server hex-encoded what the worker then decoded.  The catalog's columns are plain
+    integers, floats, booleans, text and bytea, which psycopg loads to the same Python values
+    from either format."""
+
+    def __init__(self, engine: Engine, keep: int = 0) -> None:
         self.engine = engine
         self.dialect = engine.dialect
+        self.keep = keep
+        self.binary = self.dialect.name == "postgresql"
+        # Pool connections (checked out) between two reads; taken and put back whole, so
+        # greenlets and threads never share one.
+        self._idle: list[Any] = []
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -122,13 +142,36 @@ class SnapshotReads:
 
     def fetch(self, p: Prepared, values: Mapping[str, Any]) -> list[Any]:
         for attempt in range(2):
-            with self._connection() as conn:
-                try:
-                    return fetch(conn.dbapi_connection, p, values, self.dialect)
-                except DBAPIError as exc:
-                    orig: Any = exc.orig
-                    if attempt or not self.dialect.is_disconnect(orig, conn.dbapi_connection,
-                                                                 None):
-                        raise
-                    conn.invalidate(orig)
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                conn = self.engine.raw_connection()
+            reuse = False
+            try:
+                rows = fetch(conn.dbapi_connection, p, values, self.dialect, self.binary)
+                reuse = True
+                return rows
+            except DBAPIError as exc:
+                orig: Any = exc.orig
+                if attempt or not self.dialect.is_disconnect(orig, conn.dbapi_connection,
+                                                             None):
+                    raise
+                conn.invalidate(orig)
+                self._drop_idle(invalidate=True)
+            finally:
+                if reuse and len(self._idle) < self.keep:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
         raise AssertionError("unreachable")
+
+    def _drop_idle(self, invalidate: bool = False) -> None:
+        while self._idle:
+            conn = self._idle.pop()
+            if invalidate:
+                conn.invalidate()
+            conn.close()
+
+    def close(self) -> None:
+        """Give the kept connections back to the pool (before it is disposed of)."""
+        self._drop_idle()
