@@ -77,8 +77,18 @@ class App(falcon.App):
         return self._layers(env, start_response)
 
 
+# Names title-cased before, kept per worker (bounded: user metadata makes names many).
+_TITLED_MAX = 4096
+_titled: dict[str, str] = {}
+
+
 def _title(name: str) -> str:
-    return name.title() if name.isascii() else name
+    found = _titled.get(name)
+    if found is None:
+        found = name.title() if name.isascii() else name
+        if len(_titled) < _TITLED_MAX:
+            _titled[name] = found
+    return found
 
 
 def create_app(services: Services) -> falcon.App:

@@ -90,6 +90,11 @@ def _sys_meta(req: falcon.Request) -> dict[str, str]:
     return meta
 
 
+# The request headers check_preconditions reads, and their WSGI keys.
+_CONDITIONS = tuple((name, "HTTP_" + name.replace("-", "_")) for name in (
+    "IF-MATCH", "IF-NONE-MATCH", "IF-MODIFIED-SINCE", "IF-UNMODIFIED-SINCE"))
+
+
 class ObjectHandlers:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -249,7 +254,10 @@ class ObjectHandlers:
         if v.slo_manifest and not manifest_get:
             slo.read_headers(resp, v)
             part = slo.part_number(req)
-        decided = check_preconditions(req.headers, etag.strip('"'), v.created, req.method)
+        env = req.env
+        # The four conditional headers alone (falcon's req.headers builds a dict of all).
+        conditions = {name: env[key] for name, key in _CONDITIONS if key in env}
+        decided = check_preconditions(conditions, etag.strip('"'), v.created, req.method)
         if decided == 304:
             resp.status = falcon.HTTP_304
             return
