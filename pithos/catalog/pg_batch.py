@@ -16,8 +16,9 @@ What each request keeps:
   precondition or a quota failed, a deadlock with another batch) is rolled back alone and
   answered with its SQLSTATE and message, and the others go on; an item that comes later in
   the batch sees the earlier ones as committed (a quota is charged in order: exact).  A
-  request is answered only once the batch's transaction has committed (or failed: then every
-  item of it fails, nothing of it committed, and none was acknowledged).
+  request is answered only once the batch's transaction has committed; if the batch's call
+  fails, every request of it fails and none is acknowledged (whether a call whose connection
+  died during its commit committed is unknown, as for a single call's).
 - Its commit guard.  Each item's lease check is the first statement of its subtransaction,
   as in the one-call commit: the lease's lock taken in shared mode is held to the batch's
   commit (an advisory lock taken in a subtransaction that succeeded is the transaction's),
@@ -46,6 +47,8 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from pithos.core.errors import BackendError
 
 MAX_ITEMS = 32
 
@@ -227,12 +230,18 @@ class CommitBatcher:
                                   random.randrange(self._stripes))
         try:
             rows = self._run(params)
-        except BaseException as exc:  # (each request raises it: none of them committed)
+        except Exception as exc:  # (each request raises it: none acknowledged)
             for p in batch:
                 p.outcome = exc
-            if not isinstance(exc, Exception):
-                raise
             return
+        except BaseException:
+            # The leading request's greenlet was killed mid-call (a worker's shutdown): the
+            # others' requests fail with an error of their own, not its exit; the batch may
+            # or may not have committed, and none of it is acknowledged.
+            for p in batch:
+                p.outcome = BackendError("the commit this write was batched with was "
+                                         "interrupted: retry", transient=True)
+            raise
         self.batches += 1
         self.items += len(batch)
         for row in rows:
