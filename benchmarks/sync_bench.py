@@ -22,7 +22,9 @@ the edit: bytes sent and bytes the store grew by.  "Sent" is what crossed the wi
 (delta transfer forced, `--no-whole-file`), the request bodies of the plain PUTs, and for the
 backup tools (local repositories) the bytes added to the repository.  "Stored" is the growth
 of the store's directory (file sizes): pithos keeps chunks uncompressed, restic, borg and
-casync compress theirs.
+casync compress theirs.  CPU seconds of the first sync: the client's (the tool's processes,
+reaped; pithos-put's client is this process and is not counted) and pithos serve's (every
+worker's): on a shared machine the ratio of wall times moves with the load, CPU less so.
 
 The peers are Debian packages (restic, borgbackup, casync, rsync), installed here as root if
 absent.  Everything runs on loopback; the server and the proxy are stopped at the end.
@@ -219,7 +221,7 @@ class Result:
     edit_s: float = 0.0
     edit_sent: int = 0
     edit_stored: int = 0
-    first_cpu: float = 0.0  # the client's CPU seconds (a tool run as a process; else 0)
+    first_cpu: float = 0.0  # the client's CPU seconds (a tool run as a process; else NaN)
     first_server_cpu: float = 0.0  # pithos serve's, every worker's
     note: str = ""
 
@@ -404,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                 stored = tree_bytes(repo) - stored0
                 sent = stored  # a local repository: what is added is what a remote one gets
             ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+            # (pithos-put's client is this process, beside the counting proxy: not counted.)
+            cpu = (float("nan") if tool == "pithos-put" else
+                   ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime)
             server_cpu = (servers[tool].peer.cpu_seconds() - server_cpu0 if tool in servers
                           else 0.0)
             if phase == "first":
@@ -428,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
               "| edit: sent MB | edit: stored MB |\n|---|---:|---:|---:|---:|---:|---:|")
         for r in results.values():
             print(f"| {r.tool} | {r.first_s:.1f} | {size / 1e6 / max(r.first_s, 1e-9):.0f} | "
-                  f"{r.first_cpu:.1f} | {r.first_server_cpu:.1f} | "
+                  f"{'n/a' if r.first_cpu != r.first_cpu else f'{r.first_cpu:.1f}'} | "
+                  f"{r.first_server_cpu:.1f} | "
                   f"{r.edit_sent / 1e6:.2f} | {r.edit_stored / 1e6:.2f} |")
         if "borg" in results and "pithos-sync" in results:
             ratio = results["borg"].first_s / max(results["pithos-sync"].first_s, 1e-9)

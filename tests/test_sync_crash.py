@@ -112,3 +112,30 @@ def test_kill_9_mid_download_then_restart_resumes(pithos_server, tmp_path):
     assert os.listdir(tmp_dir) == []
     remote = assert_agree(pithos_server, a, b, container="crash-down")
     assert list(remote) == ["big.bin"]
+
+
+def test_kill_9_mid_first_sync_of_many_files_then_restart(pithos_server, tmp_path):
+    """A first sync of many new files (each sent as soon as the scan hashed it, eight at
+    once, their chunks read into batches): killed midway, the restart finishes; nothing is
+    lost or duplicated, and what was stored before the kill is not sent again."""
+    a = Device(pithos_server, tmp_path / "a", "crash-many")
+    rng = random.Random(7)
+    files = {f"d{i % 4}/f{i:02d}.bin": rng.randbytes(rng.randint(1 * MiB, 3 * MiB))
+             for i in range(48)}
+    files |= {f"small/s{i}.txt": b"small %d\n" % i * (i + 1) for i in range(8)}
+    for rel, data in files.items():
+        a.write(rel, data)
+    total = sum(len(d) for d in files.values())
+    before = stored_bytes(pithos_server)
+    proc = start(a)
+    assert wait_for(lambda: stored_bytes(pithos_server) >= before + 32 * MiB, proc), \
+        proc.communicate()
+    assert proc.poll() is None, "the first sync ended before the kill: make the files bigger"
+    kill(proc)
+    out = finish(a)
+    sent = int(re.search(r"(\d+) bytes sent", out).group(1))
+    assert sent <= total - 24 * MiB, (sent, total)
+    b = Device(pithos_server, tmp_path / "b", "crash-many")
+    b.sync()
+    remote = assert_agree(pithos_server, a, b, container="crash-many")
+    assert remote == files
