@@ -64,7 +64,9 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     """The read engine's connections are kept between reads (SnapshotReads.keep); when the
     server has closed them (a restart, an idle timeout), a read drops every kept one and
     succeeds on a fresh connection, and close() gives them back to the pool."""
-    from sqlalchemy import text
+    from sqlalchemy import literal_column, select, text
+
+    from pithos.catalog.prepared import KEEP_CURSOR_ROWS, Prepared
 
     acct = pg_catalog.ensure_account("acct")
     pg_catalog.create_container(acct, "c")
@@ -86,7 +88,8 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     reads = pg_catalog._reads
     kept = list(reads._idle)
     assert len(kept) >= 2, "reads in flight at once left their connections kept"
-    pids = [conn.dbapi_connection.info.backend_pid for conn in kept]
+    assert all(cur is not None for _, cur in kept), "small results keep their cursors"
+    pids = [conn.dbapi_connection.info.backend_pid for conn, _ in kept]
     with pg_catalog.engine.connect() as admin:
         for pid in pids:
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
@@ -94,7 +97,13 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     # Every kept connection is dead: the first read finds one so, drops them all and reads
     # on a new one (retrying on another kept one would fail again).
     assert pg_catalog.object(cid, "o").name == "o"
-    assert all(conn.dbapi_connection.info.backend_pid not in pids for conn in reads._idle)
+    assert all(conn.dbapi_connection.info.backend_pid not in pids for conn, _ in reads._idle)
+    # A large result's cursor is not kept (it would hold the rows until its next read).
+    many = Prepared(select(literal_column(f"generate_series(1, {KEEP_CURSOR_ROWS + 1})")),
+                    reads.dialect)
+    assert len(reads.fetch(many, {})) == KEEP_CURSOR_ROWS + 1
+    assert reads._idle[-1][1] is None
+    assert pg_catalog.object(cid, "o").name == "o"  # (that connection makes a new cursor)
     reads.close()
     assert reads._idle == []
     assert pg_catalog._read_engine.pool.checkedout() == 0

@@ -10,8 +10,7 @@ compiled for the catalog's dialect on first use, and run with the driver's own p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -69,17 +68,22 @@ def _wrapped(exc: Exception, p: Prepared, values: Any, dialect: Dialect) -> Base
 
 
 def fetch(dbapi_conn: Any, p: Prepared, values: Mapping[str, Any],
-          dialect: Dialect, binary: bool = False) -> list[Any]:
-    """The rows of `p` run on a DBAPI connection (in whatever transaction it is in);
-    `binary`: psycopg's cursor that asks for results in binary format (PostgreSQL)."""
-    cur = dbapi_conn.cursor(binary=True) if binary else dbapi_conn.cursor()
+          dialect: Dialect) -> list[Any]:
+    """The rows of `p` run on a DBAPI connection (in whatever transaction it is in)."""
+    cur = dbapi_conn.cursor()
+    try:
+        return _fetch_on(cur, p, values, dialect)
+    finally:
+        cur.close()
+
+
+def _fetch_on(cur: Any, p: Prepared, values: Mapping[str, Any], dialect: Dialect
+              ) -> list[Any]:
     try:
         cur.execute(p.sql, p.args(values))
         return list(cur.fetchall())
     except dialect.loaded_dbapi.Error as exc:
         raise _wrapped(exc, p, values, dialect) from exc
-    finally:
-        cur.close()
 
 
 def run(dbapi_conn: Any, p: Prepared, values: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -99,6 +103,11 @@ def run(dbapi_conn: Any, p: Prepared, values: Mapping[str, Any] | Sequence[Mappi
         cur.close()
 
 
+# A kept connection keeps its cursor too (psycopg's: its adapters, and its loaders while it
+# runs the same statement again) when its last result was at most this many rows.
+KEEP_CURSOR_ROWS = 64
+
+
 class SnapshotReads:
     """Single read statements outside any transaction, on pooled connections of `engine`.
 
@@ -114,7 +123,9 @@ class SnapshotReads:
     events, the reset's rollback, its queue) were a tenth of a worker's CPU for a small GET;
     a kept connection is taken and given back by a list operation.  A read that finds its
     connection dead drops every kept one too (a restarted server closed them all), and
-    retries on one from the pool.
+    retries on one from the pool.  A kept connection keeps its cursor when its last result
+    was small (KEEP_CURSOR_ROWS): a new psycopg cursor made its adapters and loaders again
+    for every read.
 
     On PostgreSQL the rows come in binary format: a small object's row carries its content
     (`inline_data`), which in text format is hex, twice its size: a 4 KiB object's row was
@@ -128,28 +139,22 @@ class SnapshotReads:
         self.dialect = engine.dialect
         self.keep = keep
         self.binary = self.dialect.name == "postgresql"
-        # Pool connections (checked out) between two reads; taken and put back whole, so
-        # greenlets and threads never share one.
-        self._idle: list[Any] = []
-
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        conn = self.engine.raw_connection()
-        try:
-            yield conn
-        finally:
-            conn.close()
+        # Pool connections (checked out) between two reads, with their cursors (or None);
+        # taken and put back whole, so greenlets and threads never share one.
+        self._idle: list[tuple[Any, Any]] = []
 
     def fetch(self, p: Prepared, values: Mapping[str, Any]) -> list[Any]:
         for attempt in range(2):
             try:
-                conn = self._idle.pop()
+                conn, cur = self._idle.pop()
             except IndexError:
-                conn = self.engine.raw_connection()
-            reuse = False
+                conn, cur = self.engine.raw_connection(), None
+            rows: list[Any] | None = None
             try:
-                rows = fetch(conn.dbapi_connection, p, values, self.dialect, self.binary)
-                reuse = True
+                if cur is None:
+                    dbapi_conn = conn.dbapi_connection
+                    cur = dbapi_conn.cursor(binary=True) if self.binary else dbapi_conn.cursor()
+                rows = _fetch_on(cur, p, values, self.dialect)
                 return rows
             except DBAPIError as exc:
                 orig: Any = exc.orig
@@ -159,15 +164,23 @@ class SnapshotReads:
                 conn.invalidate(orig)
                 self._drop_idle(invalidate=True)
             finally:
-                if reuse and len(self._idle) < self.keep:
-                    self._idle.append(conn)
+                if rows is not None and len(self._idle) < self.keep:
+                    if len(rows) > KEEP_CURSOR_ROWS:
+                        # (a cursor holds its last result until it runs again)
+                        cur.close()
+                        cur = None
+                    self._idle.append((conn, cur))
                 else:
+                    if cur is not None:
+                        cur.close()
                     conn.close()
         raise AssertionError("unreachable")
 
     def _drop_idle(self, invalidate: bool = False) -> None:
         while self._idle:
-            conn = self._idle.pop()
+            conn, cur = self._idle.pop()
+            if cur is not None:
+                cur.close()
             if invalidate:
                 conn.invalidate()
             conn.close()
