@@ -71,7 +71,7 @@ class Held:
         with self.engine.connect() as conn:
             return int(conn.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%pithos_put_versions%'"))
+                " AND wait_event_type = 'Lock' AND query LIKE '%pithos_put_version%'"))
                 .scalar_one())
 
     def start(self, key: str, call: Callable[[], object]) -> None:
@@ -183,32 +183,34 @@ def test_a_guard_holds_the_lease_to_the_batch_s_commit(cat, held):
     """A collector cannot revoke a lease while a writer's item waits in a batch not yet
     committed: the item's check took the lease's lock for the batch's whole transaction."""
     cid = _box(cat)
-    put(cat, cid, "b")
+    put(cat, cid, "z")
     leases = WriterLeases(cat)
     try:
         ticket = leases.begin()
         check = leases.liveness.commit_check(ticket.lease_id)
         h = held(cid)
         h.queue({"guarded": lambda: leases.guarded_commit(
-            ticket, lambda guard: (put(cat, cid, "a", guard=guard),
-                                   put(cat, cid, "b", guard=guard)))})
-        # The gate let go, the next batch ('a') commits; the one after ('b') is held on
-        # its object's row, the lease's lock taken by its check.
+                    ticket, lambda guard: put(cat, cid, "a", guard=guard)),
+                 "z": lambda: put(cat, cid, "z")})
+        # The gate let go, the next batch commits 'a' (its lease checked), then waits for
+        # 'z', whose row another session holds: the lease's lock is the batch's meanwhile.
         with h.engine.connect() as locker:
             locker.execute(text("SELECT 1 FROM objects WHERE container_id = :c AND "
-                                "name = 'b' FOR UPDATE"), {"c": cid})
+                                "name = 'z' FOR UPDATE"), {"c": cid})
             h.conn.commit()
-            assert wait_for(lambda: cat.object(cid, "a") is not None and h.waiting() == 1)
+            assert wait_for(lambda: h.waiting() == 1)
             holders = locker.execute(text(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
                 "classid = :c AND objid = :i AND mode = 'ShareLock' AND granted AND "
                 "pid <> :session"), {"c": check.lock_class, "i": ticket.lease_id,
                                      "session": check.pid}).scalar_one()
             assert holders == 1  # the batch's transaction, beside the lease's own session
+            assert cat.object(cid, "a") is None  # (not committed before the batch is)
             locker.commit()
         h.finish()
         assert not isinstance(h.outcomes["guarded"], BaseException)
-        assert len(cat.versions(cid, "b")) == 2
+        assert not isinstance(h.outcomes["z"], BaseException)
+        assert cat.object(cid, "a") is not None and len(cat.versions(cid, "z")) == 2
     finally:
         leases.close()
 
@@ -221,7 +223,7 @@ def test_a_batch_that_fails_acknowledges_none_of_its_items_and_the_next_commits(
     with h.engine.connect() as admin:  # the gate's batch loses its session mid-call
         admin.execute(text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
-            "current_database() AND query LIKE '%pithos_put_versions%' AND "
+            "current_database() AND query LIKE '%pithos_put_version%' AND "
             "wait_event_type = 'Lock'"))
         admin.commit()
     h.conn.rollback()

@@ -151,11 +151,16 @@ def waits_cooperatively() -> bool:
 
 class CommitBatcher:
     """The group commit of one catalog in one process.  `run(parameters)` calls
-    `pithos_put_versions` and returns its rows."""
+    `pithos_put_versions` and returns its rows; `run_one(values)` commits a batch of one
+    with the one-call commit's parameters (`pithos_put_version`, without the batch's
+    subtransaction and arrays: at a few clients a worker's batches are mostly of one, which
+    cost ~10% more CPU per PUT than the one call), its error as an ItemFailed."""
 
     def __init__(self, run: Callable[[dict[str, Any]], list[Any]],
+                 run_one: Callable[[dict[str, Any]], Outcome],
                  max_items: int = MAX_ITEMS, shards: int = 8, stripes: int = 32) -> None:
         self._run = run
+        self._run_one = run_one
         self.max_items = max_items
         self._shards = shards
         self._stripes = stripes
@@ -225,11 +230,15 @@ class CommitBatcher:
     def _commit(self, batch: list[_Pending]) -> None:
         # In one order of rows for every batch (see the module's docstring).
         ordered = sorted(batch, key=lambda p: (p.values["container_id"], p.values["name"]))
-        params = batch_parameters([p.values for p in ordered],
-                                  random.randrange(self._shards),
-                                  random.randrange(self._stripes))
         try:
-            rows = self._run(params)
+            if len(batch) == 1:
+                batch[0].outcome = self._run_one(batch[0].values)
+                self.batches += 1
+                self.items += 1
+                return
+            rows = self._run(batch_parameters([p.values for p in ordered],
+                                              random.randrange(self._shards),
+                                              random.randrange(self._stripes)))
         except Exception as exc:  # (each request raises it: none acknowledged)
             for p in batch:
                 p.outcome = exc

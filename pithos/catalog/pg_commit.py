@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from pithos.catalog.db_errors import PG_RETRY_WHOLE
 from pithos.catalog.engine import STAT_SHARDS, CatalogEngine
 from pithos.catalog.lease_check import LeaseCheck, LeaseLost
 from pithos.catalog.pg_batch import (
@@ -67,8 +68,8 @@ class PgCommitMixin(CatalogEngine):
         if not wanted or not waits_cooperatively():
             return None
         if self._batcher is None:
-            self._batcher = CommitBatcher(self._call_batch, shards=STAT_SHARDS,
-                                          stripes=HOLDING_STRIPES)
+            self._batcher = CommitBatcher(self._call_batch, self._call_one,
+                                          shards=STAT_SHARDS, stripes=HOLDING_STRIPES)
         return self._batcher
 
     def _put_version_call(self, container_id: int, name: str, *, root: bytes, size: int,
@@ -139,6 +140,22 @@ class PgCommitMixin(CatalogEngine):
             {"c": guard.lock_class, "i": guard.lease_id, "pid": guard.pid}).scalar()
         if not alive:
             raise LeaseLost()
+
+    def _call_one(self, values: Mapping[str, Any]) -> tuple[int, str, int] | ItemFailed:
+        """A batch of one (pg_batch.CommitBatcher's `run_one`): the one call, the
+        function's error as the batch function would answer it."""
+        try:
+            with self._errors:
+                row = self._call_autocommit(PUT_VERSION_SQL, values)
+        except Exception as exc:
+            state = _sqlstate(exc)
+            # The function's own errors, and a deadlock's or a serialization failure's
+            # rollback: the item's answer.  Anything else (a lost connection: whether it
+            # committed is unknown) fails the call, as the one call's does.
+            if state is None or not (state.startswith("PT") or state in PG_RETRY_WHOLE):
+                raise
+            return ItemFailed(state, _message(exc))
+        return int(row[0]), str(row[1]), int(row[2])
 
     def _call_batch(self, values: Mapping[str, Any]) -> list[Any]:
         """`pithos_put_versions`' rows (pg_batch.CommitBatcher's `run`)."""
