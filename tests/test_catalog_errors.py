@@ -23,14 +23,22 @@ from pithos.catalog import Catalog
 from pithos.catalog import records as r
 from pithos.catalog.db_errors import database_errors, is_transient, translate
 from pithos.catalog.leases import WriterLeases, oldest_live_writer
-from pithos.core.errors import BackendError, Conflict, NoSpace, NotFound, PithosError
+from pithos.core.errors import (
+    BackendError,
+    Conflict,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    PithosError,
+)
 
 ROOT = b"r" * 32
 
 
 def put(cat, cid, name, size=10, **kw):
     return cat.put_version(cid, name, root=ROOT, size=size, etag="e" * 32,
-                           content_type="text/plain", meta=kw.pop("meta", {}), **kw)
+                           content_type=kw.pop("content_type", "text/plain"),
+                           meta=kw.pop("meta", {}), **kw)
 
 
 def public_methods() -> set[str]:
@@ -201,6 +209,21 @@ def test_a_unique_violation_is_a_conflict(catalog):
         catalog.add_token("t" * 64, u.id, 2e9)
     assert isinstance(found.value.__cause__, sa.IntegrityError)  # kept for the logs
     assert catalog.token_user("t" * 64, time.time()).user.id == u.id  # nothing changed
+
+
+def test_a_content_type_past_its_column_is_invalid_and_writes_nothing(catalog, container):
+    """PostgreSQL refuses a value past VARCHAR(256) (a 5xx after the content was stored):
+    the catalog says it is the request's error first, on every database and write."""
+    _, c = container
+    longest = "x/" + "y" * 254
+    put(catalog, c.id, "kept", content_type=longest)
+    with pytest.raises(InvalidArgument, match="Content-Type longer than 256"):
+        put(catalog, c.id, "long", content_type=longest + "y")
+    with pytest.raises(InvalidArgument, match="Content-Type longer than 256"):
+        catalog.update_object_meta(c.id, "kept", {}, delete_at=None,
+                                   content_type=longest + "y")
+    assert catalog.object(c.id, "long") is None
+    assert catalog.object(c.id, "kept").content_type == longest
 
 
 def test_a_row_removed_under_a_write_is_a_conflict(catalog, container):

@@ -60,9 +60,18 @@ from pithos.catalog.space import (
     recovery_write,
 )
 from pithos.catalog.users import UsersMixin
-from pithos.core.errors import Conflict, NotFound
+from pithos.core.errors import Conflict, InvalidArgument, NotFound
 
-__all__ = ["STAT_SHARDS", "Catalog", "missing_driver"]
+__all__ = ["MAX_CONTENT_TYPE", "STAT_SHARDS", "Catalog", "missing_driver"]
+
+# The versions' content_type column is VARCHAR(256): past it PostgreSQL refuses the row (a
+# 5xx after the content was stored), so a longer one is the request's error, said at once.
+MAX_CONTENT_TYPE = 256
+
+
+def _check_content_type(content_type: str | None) -> None:
+    if content_type is not None and len(content_type) > MAX_CONTENT_TYPE:
+        raise InvalidArgument(f"Content-Type longer than {MAX_CONTENT_TYPE} characters")
 
 
 class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, ProjectsMixin,
@@ -364,6 +373,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         (a small object: `root` is its blocks' would-be root, none of them stored).
         `guard`: the writer's commit guard, checked inside this commit's own transaction
         (PostgreSQL: leases.WriterLeases.guarded_commit; LeaseLost, nothing written)."""
+        _check_content_type(content_type)
         now = time.time()
         if not self.is_sqlite and source is None:
             # One round trip (pithos/catalog/pg_commit.py), the commit guard's check in it.
@@ -515,6 +525,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         """Replace the metadata of the current version in place (Swift POST): the content
         version is not copied.  `expect`: its precondition (PreconditionFailed).  With
         `replace_dlo`, X-Object-Manifest becomes `dlo_manifest` (None: not a DLO any more)."""
+        _check_content_type(content_type)
         now = time.time()
         with self._write() as conn:
             row = conn.execute(self._lock(self._visible(version_columns(), now).where(and_(

@@ -546,3 +546,33 @@ assert PUT_VERSION_V11.count(_CURRENT_V10) == 1 and PUT_VERSION_V11.count(_MARKE
 PUT_VERSION_V13 = PUT_VERSION_V11.replace(_CURRENT_V10, _CURRENT_AND_MARKED_V13).replace(
     _MARKED_V11, "")
 FUNCTIONS_V13 = (CHARGE_STORAGE_V13, PUT_VERSION_V13, PUT_VERSIONS_V13)
+
+# Migration 15: the container's and the account's byte quotas exact under concurrent
+# commits.  Their usage is a sum over the container's stat shards, read in READ COMMITTED:
+# two commits on two connections each read the sum without the other's growth and both
+# passed (forty concurrent 1000-byte PUTs against a quota of 10,000 bytes stored more than
+# ten).  A commit that checks a quota now first locks the row that quota lives on (the
+# container's, the account's), so commits checking one quota take turns: the sum, a
+# statement run after the lock was granted, sees the stats of the commit that held it.
+# Only writers into a container or an account with a quota wait; the lock order (the
+# object's row, then the container's, then the account's, then the holdings) is every
+# writer's.
+_QUOTAS_V10 = (
+    "    IF v_growth > 0 AND coalesce(v_cquota, 0) <> 0 THEN\n"
+    "        SELECT coalesce(sum(st.bytes), 0) INTO v_used FROM container_stats st\n")
+_QUOTAS_LOCKED_V15 = (
+    "    IF v_growth > 0 AND coalesce(v_cquota, 0) <> 0 THEN\n"
+    "        PERFORM 1 FROM containers c WHERE c.id = p_container_id FOR NO KEY UPDATE;\n"
+    "        SELECT coalesce(sum(st.bytes), 0) INTO v_used FROM container_stats st\n")
+_ACCOUNT_QUOTA_V10 = (
+    "    IF v_growth > 0 AND coalesce(v_aquota, 0) <> 0 THEN\n"
+    "        SELECT coalesce(sum(st.bytes), 0) INTO v_used\n")
+_ACCOUNT_QUOTA_LOCKED_V15 = (
+    "    IF v_growth > 0 AND coalesce(v_aquota, 0) <> 0 THEN\n"
+    "        PERFORM 1 FROM accounts a WHERE a.id = v_account FOR NO KEY UPDATE;\n"
+    "        SELECT coalesce(sum(st.bytes), 0) INTO v_used\n")
+assert PUT_VERSION_V13.count(_QUOTAS_V10) == 1
+assert PUT_VERSION_V13.count(_ACCOUNT_QUOTA_V10) == 1
+PUT_VERSION_V15 = PUT_VERSION_V13.replace(_QUOTAS_V10, _QUOTAS_LOCKED_V15).replace(
+    _ACCOUNT_QUOTA_V10, _ACCOUNT_QUOTA_LOCKED_V15)
+FUNCTIONS_V15 = (PUT_VERSION_V15,)

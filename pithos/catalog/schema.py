@@ -536,6 +536,20 @@ def _v14(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v15(conn: Connection) -> None:
+    # PostgreSQL: a commit that checks a container's or an account's byte quota locks that
+    # row first, so that concurrent commits cannot each pass it (pithos/catalog/pg_functions.py).
+    from pithos.catalog.pg_functions import FUNCTIONS_V15
+
+    if conn.dialect.name == "postgresql":
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for function in FUNCTIONS_V15:
+                cur.execute(function)
+        finally:
+            cur.close()
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -551,6 +565,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (12, _v12),
     (13, _v13),
     (14, _v14),
+    (15, _v15),
 ]
 # The migration that made version_meta_etag_marks (tests check the scan uses it).
 MIGRATION_ETAG_MARKS = 14
