@@ -33,6 +33,7 @@ from pithos.api.http import (
 from pithos.api.inflate import Inflating, encoding
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
+from pithos.core.binary_hashes import HASHMAP_FORMAT
 from pithos.core.hashing import to_hex
 from pithos.objects import (
     AccountInfo,
@@ -413,8 +414,9 @@ class ObjectHandlers:
         account_id = self.objects.account_id(user.account)
         try:
             with self.services.objects.upload_lease():
-                v = self.services.hashmaps.put(account_id, container, name, body,
-                                               etag=req.get_header("ETag"), user=user, **kw)
+                v = self.services.hashmaps.put(
+                    account_id, container, name, body, etag=req.get_header("ETag"),
+                    user=user, binary=req.params.get("format") == HASHMAP_FORMAT, **kw)
         except MissingBlocks as exc:
             resp.status = falcon.HTTP_409
             resp.content_type = "application/json; charset=utf-8"

@@ -36,6 +36,7 @@ from pithos.api.http import (
 from pithos.api.inflate import BLOCKS_INFLATED_MAX, MISSING_BODY_MAX, Inflating, encoding
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name
+from pithos.core.binary_hashes import HASHES_TYPE, pack_hashes, unpack_hashes
 from pithos.core.errors import InvalidArgument
 from pithos.core.hashing import from_hex, to_hex
 from pithos.objects import AccountInfo, UserInfo
@@ -292,11 +293,24 @@ class SwiftSink:
             how = encoding(req.get_header("Content-Encoding"), req.env)
             raw = request_body(req.env, None, self.services.client_timeout_s)
             body = raw if how is None else Inflating(raw, how, MISSING_BODY_MAX, req.env)
+            binary = (req.content_type or "").partition(";")[0].strip().lower() == \
+                HASHES_TYPE
             try:
-                wanted = [from_hex(h) for h in json.loads(body.read(MISSING_BODY_MAX))]
-            except (ValueError, TypeError, RecursionError):
+                data = body.read(MISSING_BODY_MAX)
+                wanted = unpack_hashes(data) if binary else \
+                    [from_hex(h) for h in json.loads(data)]
+            except ValueError as exc:
+                if binary:
+                    raise HTTPStatusError(400, str(exc)) from None
+                raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
+            except (TypeError, RecursionError):
                 raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
             missing = self.services.hashmaps.missing(account_id, wanted, user)
+            if binary:  # answered in kind: the hashes to send, back to back
+                resp.status = falcon.HTTP_200
+                resp.content_type = HASHES_TYPE
+                resp.data = pack_hashes(missing)
+                return
         else:
             missing = self._store_blocks(req, t)
         resp.status = falcon.HTTP_200

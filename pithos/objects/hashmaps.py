@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from pithos.catalog import ContainerInfo, Expect, ObjectVersion, UserInfo
 from pithos.catalog.changes import check_expect
+from pithos.core.binary_hashes import unpack_hashmap
 from pithos.core.errors import Conflict, InvalidArgument, TooLarge
 from pithos.core.hashing import HASH_NAME, from_hex, to_hex
 from pithos.mapper.inline import inline_entries, verified
@@ -172,18 +173,36 @@ class Hashmaps:
             lengths = [bs] * (n - 1) + [size - (n - 1) * bs] if n else []
         return hashes, lengths, size
 
+    def parse_binary(self, body: bytes) -> tuple[list[bytes], list[int], int]:
+        """A binary hashmap (pithos.core.binary_hashes) -> (hashes, lengths, size), each
+        length in (0, block size], the size within the limit."""
+        try:
+            hashes, lengths = unpack_hashmap(body)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        bs = self.mapper.block_size
+        if any(not 0 < n <= bs for n in lengths):
+            i = next(i for i, n in enumerate(lengths) if not 0 < n <= bs)
+            raise InvalidArgument(f"each length is in (0, {bs}]: entry {i} has {lengths[i]}")
+        size = sum(lengths)
+        if size > self.objects.limits.max_file_size:
+            raise TooLarge("object too large")
+        return hashes, lengths, size
+
     def put(self, account_id: int, container: ContainerInfo, name: str, body: bytes, *,
             etag: str | None, content_type: str, meta: Mapping[str, Mapping[str, str]],
             modified_by: str | None, delete_at: float | None,
-            user: UserInfo | None = None, expect: Expect | None = None) -> ObjectVersion:
+            user: UserInfo | None = None, expect: Expect | None = None,
+            binary: bool = False) -> ObjectVersion:
         """Create an object from blocks the server has and the account (or `user`, see
         `missing`) may name; else raise
-        MissingBlocks listing what to send.  `expect`: the precondition on the object
+        MissingBlocks listing what to send.  `body`: a JSON hashmap, or a binary one if
+        `binary` (pithos.core.binary_hashes).  `expect`: the precondition on the object
         (If-Match / If-None-Match), checked in the commit's transaction (PreconditionFailed;
         checked first too, before the blocks).  The blocks are checked again after the commit:
         if a collector removed one meanwhile, the version is undone and MissingBlocks
         raised, never a dangling map."""
-        hashes, lengths, size = self.parse(body)
+        hashes, lengths, size = self.parse_binary(body) if binary else self.parse(body)
         self.confirmer.uploading()
         if expect is not None:
             # Early, so a client told 412 sends no blocks; the commit checks again.

@@ -21,6 +21,13 @@ from urllib.parse import quote, urlsplit
 
 import urllib3
 
+from pithos.core.binary_hashes import (
+    HASHES_TYPE,
+    HASHMAP_FORMAT,
+    pack_hashes,
+    pack_hashmap,
+    unpack_hashes,
+)
 from pithos.sync.state import Chunk, RemoteEntry
 
 MISSING_BATCH = 20000  # hashes per POST ?missing (the server reads 16 MiB of JSON at most)
@@ -325,8 +332,18 @@ class Remote:
 
         wanted: set[bytes] = set()
         unique = list(dict.fromkeys(hashes))
+        binary = self.binary_hashes()
         for i in range(0, len(unique), MISSING_BATCH):
-            body = json.dumps([to_hex(h) for h in unique[i:i + MISSING_BATCH]]).encode()
+            batch = unique[i:i + MISSING_BATCH]
+            if binary:  # raw hashes: nothing to gain by deflating them
+                r = self.request("POST", None, query={"missing": ""},
+                                 body=pack_hashes(batch), headers={"Content-Type": HASHES_TYPE})
+                try:
+                    wanted.update(unpack_hashes(r.data))
+                except ValueError as exc:
+                    raise RemoteError(f"POST ?missing: {exc}", r.status) from None
+                continue
+            body = json.dumps([to_hex(h) for h in batch]).encode()
             h = {"Content-Type": "application/json"}
             r = self.request("POST", None, query={"missing": ""}, body=self._deflate(body, h),
                              headers=h)
@@ -369,18 +386,36 @@ class Remote:
         If-None-Match: * when None.  Returns the new ETag."""
         from pithos.core.hashing import HASH_NAME, to_hex
 
-        doc = {"bytes": size, "block_hash": HASH_NAME,
-               "hashes": [to_hex(c.hash) for c in chunks],
-               "lengths": [c.length for c in chunks]}
         h = {"ETag": md5, "Content-Type": content_type or "application/octet-stream"}
         h.update(_condition(if_match))
-        body = self._deflate(json.dumps(doc, separators=(",", ":")).encode(), h)
-        r = self.request("PUT", name, query={"hashmap": ""}, body=body, headers=h, ok=(201,))
+        if self.binary_hashes():
+            # (Binary: hashes and lengths as they are, the size their sum.)
+            body: bytes | bytearray | memoryview = pack_hashmap(
+                [c.hash for c in chunks], [c.length for c in chunks])
+            query = {"hashmap": "", "format": HASHMAP_FORMAT}
+        else:
+            doc = {"bytes": size, "block_hash": HASH_NAME,
+                   "hashes": [to_hex(c.hash) for c in chunks],
+                   "lengths": [c.length for c in chunks]}
+            body = self._deflate(json.dumps(doc, separators=(",", ":")).encode(), h)
+            query = {"hashmap": ""}
+        r = self.request("PUT", name, query=query, body=body, headers=h, ok=(201,))
         return r.headers.get("ETag", md5).strip('"')
 
     def delete(self, name: str, if_match: str) -> None:
         with contextlib.suppress(NotFoundRemote):  # gone already: what we wanted
             self.request("DELETE", name, headers={"If-Match": if_match})
+
+    def binary_hashes(self) -> bool:
+        """Whether the server takes hash lists and hashmaps in their binary forms
+        (pithos.core.binary_hashes), as its API description says: a request body of
+        HASHES_TYPE on the container's POST."""
+        self._described("/v1/{account}/{container}", "post")  # (reads the description)
+        assert self._description is not None
+        op = self._description.get("paths", {}).get("/v1/{account}/{container}", {}).get(
+            "post", {})
+        body = op.get("requestBody", {})
+        return isinstance(body, dict) and HASHES_TYPE in body.get("content", {})
 
     def _described(self, path: str, method: str) -> set[str]:
         """The header parameters the server's API description (GET /openapi.json, served
