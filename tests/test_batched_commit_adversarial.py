@@ -360,11 +360,6 @@ def test_backends_terminated_mid_batch_fail_requests_clearly_and_lose_nothing(no
     assert_fsck_clean(clients[0].server.storage_flags)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Catalog.delete_object on PostgreSQL: its look joins the object's row to its current "
-    "version FOR UPDATE; one that waited for an overwrite's commit re-checks the join on the "
-    "newer row, drops it and answers 404 for an object that always existed (a batch holds "
-    "the row to its commit, widening the window): /tmp/p4/FOR_COMMIT.md"))
 def test_a_delete_racing_overwrites_of_an_existing_object_finds_it(nodes):
     """The object exists from before the storm and its PUTs only replace it: a DELETE sent
     meanwhile must find it (204), whichever version it deletes."""

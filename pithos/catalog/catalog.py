@@ -444,6 +444,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                       now: float) -> None:
         """The source of a copy or move is still current (its row locked on PostgreSQL) and
         meets `expect`."""
+        self._lock_object(conn, object_id=source.object_id)
         row = conn.execute(self._lock(self._visible(
             select(s.versions.c.id, s.versions.c.etag), now)
             .where(s.objects.c.id == source.object_id))).first()
@@ -528,6 +529,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         _check_content_type(content_type)
         now = time.time()
         with self._write() as conn:
+            self._lock_object(conn, container_id=container_id, name=name)
             row = conn.execute(self._lock(self._visible(version_columns(), now).where(and_(
                 s.objects.c.container_id == container_id, s.objects.c.name == name)))).first()
             check_expect(expect, None if row is None else row.etag)
@@ -562,6 +564,7 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         a visible object was deleted.  `expect`: its precondition (PreconditionFailed)."""
         now = time.time()
         with self._write() as conn:
+            self._lock_object(conn, container_id=container_id, name=name)
             row = conn.execute(self._lock(self._visible(
                 select(s.objects.c.id, s.versions.c.size, s.versions.c.etag), now).where(and_(
                     s.objects.c.container_id == container_id,

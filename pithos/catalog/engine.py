@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    and_,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.exc import ArgumentError
 
@@ -372,6 +374,21 @@ class CatalogEngine:
     def _lock(self, query: Any) -> Any:
         """Row lock for a read that decides a write (PostgreSQL; SQLite is already locked)."""
         return query if self.is_sqlite else query.with_for_update()
+
+    def _lock_object(self, conn: Connection, *, container_id: int | None = None,
+                     name: str | None = None, object_id: int | None = None) -> None:
+        """PostgreSQL: the object's row locked by a statement of its own, before a read that
+        joins it to its current version.  A join locked FOR UPDATE that waits for a new
+        version's commit re-checks its join on the object's newer row against the *old*
+        version row, finds they no longer join and drops the object: a DELETE or POST
+        racing an overwrite answered 404 for an object that always existed.  Once the row
+        is ours, the next statement's snapshot sees its committed current version."""
+        if self.is_sqlite:
+            return
+        o = s.objects
+        where = (o.c.id == object_id if object_id is not None
+                 else and_(o.c.container_id == container_id, o.c.name == name))
+        conn.execute(select(o.c.id).where(where).with_for_update())
 
     @contextmanager
     def _lease_write(self) -> Iterator[Connection]:

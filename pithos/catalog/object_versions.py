@@ -50,6 +50,7 @@ class ObjectVersionsMixin(CatalogEngine):
         marker), written whether or not the object exists (as Swift's)."""
         now = time.time()
         with self._write() as conn:
+            self._lock_object(conn, container_id=container_id, name=name)
             row = conn.execute(self._lock(self._visible(  # type: ignore[attr-defined]
                 select(o.c.id, v.c.size), now).where(and_(
                     o.c.container_id == container_id, o.c.name == name)))).first()
