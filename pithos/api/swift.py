@@ -296,7 +296,10 @@ class SwiftSink:
             binary = (req.content_type or "").partition(";")[0].strip().lower() == \
                 HASHES_TYPE
             try:
-                data = body.read(MISSING_BODY_MAX)
+                # (A known length read as it is, not a buffer of the bound made first.)
+                length = req.content_length if how is None else None
+                data = body.read(MISSING_BODY_MAX if length is None
+                                 else min(length, MISSING_BODY_MAX))
                 wanted = unpack_hashes(data) if binary else \
                     [from_hex(h) for h in json.loads(data)]
             except ValueError as exc:
