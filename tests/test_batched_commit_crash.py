@@ -170,15 +170,10 @@ DELETED = "application/x-deleted"  # (a delete marker's type, with its parameter
 VERSIONED = [
     pytest.param("vloc", {"X-Versions-Location": "vloc-archive"}, id="versions-location"),
     pytest.param("hloc", {"X-History-Location": "hloc-archive"}, id="history-location"),
-    # (Its object count drifted up by tens on PostgreSQL before 13bacec: a delete marker's
-    # look dropped an object an overwrite had just made visible.)
-    pytest.param("venab", {"X-Versions-Enabled": "true"}, id="versions-enabled",
-                 marks=pytest.mark.xfail(strict=False, reason=(
-                     "Catalog.put_delete_marker on PostgreSQL, still after 13bacec: a DELETE "
-                     "racing the first PUT of a name finds no row to lock, waits in "
-                     "_object_for_write for the PUT's insert, and ignores the visible "
-                     "version it then returns: its marker goes uncounted (one more object "
-                     "counted than listed in about half the runs; /tmp/p4/FOR_COMMIT.md)"))),
+    # (Its object count drifted up on PostgreSQL: a delete marker's look dropped an object
+    # an overwrite had just made visible (13bacec), or found no row while a first PUT of the
+    # name committed and wrote an uncounted marker over it.)
+    pytest.param("venab", {"X-Versions-Enabled": "true"}, id="versions-enabled"),
 ]
 
 

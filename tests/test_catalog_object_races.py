@@ -68,3 +68,41 @@ def test_a_write_racing_an_overwrite_finds_the_object(pg_catalog, pg_url, write)
         assert (cat.object(cid, "o") is None) == (write != "post")
     finally:
         other.dispose()
+
+
+def test_a_delete_marker_racing_the_first_put_of_a_name_counts_what_it_deletes(
+        pg_catalog, pg_url):
+    """No row to lock yet: the marker's write waits for the first PUT's insert of the
+    object's row and must then delete the object that PUT made visible, counted (an
+    uncounted marker over it left the container counting one object more than it lists)."""
+    cat = pg_catalog
+    cid = box(cat)
+    other = create_engine(pg_url)
+    try:
+        with other.connect() as first_put:
+            obj = first_put.execute(text(
+                "INSERT INTO objects (container_id, name, uuid) VALUES (:c, 'o', 'u') "
+                "RETURNING id"), {"c": cid}).scalar_one()
+            version = first_put.execute(text(
+                "INSERT INTO versions (object_id, vid, root, size, etag, content_type, "
+                "created, deleted) VALUES (:o, 'first', :r, 5, :e, 'text/plain', 1, false) "
+                "RETURNING id"), {"o": obj, "r": b"\x02" * 32, "e": "f" * 32}).scalar_one()
+            first_put.execute(text("UPDATE objects SET current_id = :v WHERE id = :o"),
+                              {"v": version, "o": obj})
+            first_put.execute(text("UPDATE container_stats SET objects = objects + 1, "
+                                   "bytes = bytes + 5 WHERE container_id = :c AND shard = 0"),
+                              {"c": cid})
+            outcome: list[object] = []
+            thread, errors = start_blocked(
+                first_put, lambda: outcome.append(
+                    cat.put_delete_marker(cid, "o", "application/x-deleted")),
+                "the first PUT's object row")
+            first_put.commit()
+        thread.join(60)
+        assert not thread.is_alive() and not errors, errors
+        assert outcome[0].existed
+        assert cat.object(cid, "o") is None
+        counted = cat.container(cat.container_account(cid), "c")
+        assert (counted.objects, counted.bytes) == (0, 0), counted
+    finally:
+        other.dispose()

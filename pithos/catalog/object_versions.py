@@ -50,23 +50,22 @@ class ObjectVersionsMixin(CatalogEngine):
         marker), written whether or not the object exists (as Swift's)."""
         now = time.time()
         with self._write() as conn:
-            self._lock_object(conn, container_id=container_id, name=name)
-            row = conn.execute(self._lock(self._visible(  # type: ignore[attr-defined]
-                select(o.c.id, v.c.size), now).where(and_(
-                    o.c.container_id == container_id, o.c.name == name)))).first()
-            if row is not None:
-                self._mark_deleted(conn, container_id, row.id, row.size, now,  # type: ignore
+            # The object's row made (or renewed) as a write would and locked, and only then
+            # its current version read: on PostgreSQL a look that found no row while a first
+            # PUT of the name was committing would write an uncounted marker over the
+            # object that PUT made visible (the container's count one too high).
+            object_id, _, size, _ = self._object_for_write(  # type: ignore[attr-defined]
+                conn, container_id, name, now)
+            existed = size is not None
+            if existed:
+                self._mark_deleted(conn, container_id, object_id, size, now,  # type: ignore
                                    modified_by)
-                object_id = int(row.id)
                 marker = conn.execute(select(o.c.current_id).where(o.c.id == object_id)
                                       ).scalar_one()
                 conn.execute(update(v).where(v.c.id == marker)
                              .values(content_type=content_type))
             else:
-                # No visible object: its row made (or renewed) as a write would, and the
-                # marker made its current version; nothing to count.
-                object_id = self._object_for_write(  # type: ignore[attr-defined]
-                    conn, container_id, name, now)[0]
+                # No visible object: the marker made its current version; nothing to count.
                 marker = conn.execute(insert(v).values(
                     object_id=object_id, vid=secrets.token_hex(16), root=None, size=0,
                     etag="", content_type=content_type, created=now,
@@ -74,7 +73,7 @@ class ObjectVersionsMixin(CatalogEngine):
                 conn.execute(update(o).where(o.c.id == object_id).values(current_id=marker))
             vid = conn.execute(select(v.c.vid).where(v.c.id == marker)).scalar_one()
             self._changed(conn, [(container_id, object_id)])  # type: ignore[attr-defined]
-        return DeleteMarker(str(vid), row is not None)
+        return DeleteMarker(str(vid), existed)
 
     @retried_write
     @recovery_write
