@@ -71,6 +71,13 @@ def gc_loop(storage_flags: list[str]) -> Iterator[list[dict]]:
     try:
         yield reports
     finally:
+        # At least two runs, whatever the machine's load (a loaded CI machine finished a
+        # block's writes while the first run was still marking): the first began beside
+        # them; the loop is stopped only after the second (bounded: a hung run fails below).
+        deadline = time.monotonic() + 300
+        while (len(reports) < 2 and thread.is_alive()
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
         stop.set()
         thread.join(timeout=300)
     # A run may give up on a busy SQLite catalog ("unavailable for now": a transient error,
