@@ -312,3 +312,32 @@ def test_only_the_hub_s_thread_of_a_gevent_worker_joins_a_batch():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
     assert out == ["True", "False"]
+
+
+class _Killed(BaseException):
+    """What a request's greenlet gets when its worker shuts down (GreenletExit's kind)."""
+
+
+class _KilledMidStatement(dict):
+    """The commit's parameters, whose reading kills the request inside the call."""
+
+    def __getitem__(self, key: str) -> object:
+        raise _Killed()
+
+
+def test_a_commit_killed_mid_call_does_not_give_its_connection_back(cat):
+    """A connection left mid-statement by a killed request is dropped, not pooled for the
+    next request (the pool hands the next commit a connection of another backend)."""
+    from pithos.catalog.pg_commit import PUT_VERSION_SQL
+
+    from sqlalchemy import event
+
+    cid = _box(cat)
+    put(cat, cid, "before")
+    dropped: list[object] = []
+    event.listen(cat.engine, "invalidate", lambda dbapi, record, exc: dropped.append(dbapi))
+    with pytest.raises(_Killed):
+        cat._call_autocommit(PUT_VERSION_SQL, _KilledMidStatement(name="x"))
+    assert len(dropped) == 1 and dropped[0].closed  # closed, not pooled
+    put(cat, cid, "after")  # the next commit gets a working connection
+    assert cat.object(cid, "after") is not None

@@ -177,8 +177,10 @@ class PgCommitMixin(CatalogEngine):
                     return cur.fetchall() if every else cur.fetchone()
                 finally:
                     cur.close()
-            except Exception:
-                if dbapi.closed:  # (dead: not back into the pool for the next request)
+            except BaseException as exc:
+                # Dead, or left mid-statement by a request killed while it waited (a
+                # worker's shutdown kills its greenlets): not back into the pool.
+                if dbapi.closed or not isinstance(exc, Exception):
                     conn.invalidate()
                 raise
             finally:
