@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from pithos.catalog import Catalog
 from pithos.catalog.leases import LeaseLost, WriterLeases
+from pithos.catalog.pg_commit import PUT_VERSION_SQL
 from pithos.catalog.records import Expect
 from pithos.core.errors import BackendError, PreconditionFailed, QuotaExceeded
 from tests.conftest import postgres_database
@@ -327,11 +328,7 @@ class _KilledMidStatement(dict):
 
 def test_a_commit_killed_mid_call_does_not_give_its_connection_back(cat):
     """A connection left mid-statement by a killed request is dropped, not pooled for the
-    next request (the pool hands the next commit a connection of another backend)."""
-    from pithos.catalog.pg_commit import PUT_VERSION_SQL
-
-    from sqlalchemy import event
-
+    next request."""
     cid = _box(cat)
     put(cat, cid, "before")
     dropped: list[object] = []
