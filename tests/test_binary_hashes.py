@@ -133,6 +133,22 @@ def test_a_malformed_binary_hash_list_is_400_with_its_reason(pithos_server):
     assert r.status_code == 200 and json.loads(r.text) == [h(b"a").hex()]
 
 
+def test_a_hash_list_past_the_bound_is_413_never_answered_in_part(pithos_server):
+    """A list of more hashes than the bound holds (16 MiB of them) is refused whole, with
+    or without a length: answering for its first part would tell a client that the rest
+    is stored."""
+    from pithos.api.inflate import MISSING_BODY_MAX
+
+    url, auth_h = auth(pithos_server)
+    c = f"{url}/bin-big-list"
+    requests.put(c, headers=auth_h, timeout=30).raise_for_status()
+    body = bytes(MISSING_BODY_MAX + 32)  # whole 32-byte hashes, one more than fit
+    for data in (body, iter([body])):  # a length, then chunked
+        r = requests.post(c, params={"missing": ""}, data=data,
+                          headers={**auth_h, "Content-Type": HASHES_TYPE}, timeout=60)
+        assert r.status_code == 413 and "too large" in r.text, (r.status_code, r.text[:200])
+
+
 def test_the_sync_client_finds_the_binary_forms_in_the_description(pithos_server):
     from pithos.sync.remote import Credentials, Remote
 

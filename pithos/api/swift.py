@@ -296,10 +296,14 @@ class SwiftSink:
             binary = (req.content_type or "").partition(";")[0].strip().lower() == \
                 HASHES_TYPE
             try:
-                # (A known length read as it is, not a buffer of the bound made first.)
+                # (A known length read as it is, not a buffer of the bound made first.)  A
+                # body past the bound is refused whole, never answered for its first part.
                 length = req.content_length if how is None else None
-                data = body.read(MISSING_BODY_MAX if length is None
-                                 else min(length, MISSING_BODY_MAX))
+                if length is not None and length > MISSING_BODY_MAX:
+                    raise HTTPStatusError(413, "hash list too large")
+                data = body.read(MISSING_BODY_MAX + 1 if length is None else length)
+                if len(data) > MISSING_BODY_MAX:
+                    raise HTTPStatusError(413, "hash list too large")
                 wanted = unpack_hashes(data) if binary else \
                     [from_hex(h) for h in json.loads(data)]
             except ValueError as exc:
