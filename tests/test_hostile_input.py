@@ -598,3 +598,22 @@ def test_schemathesis_a_keystone_login_naming_its_project_or_user_id_by_a_list_i
     r = requests.post(f"{pithos_server.url}/v3/auth/tokens", json=body({"name": "test"}),
                       timeout=T)
     assert r.status_code == 201 and r.headers["X-Subject-Token"]
+
+
+def test_a_content_type_past_its_column_is_400_before_the_body_is_read(pithos_server):
+    """A Content-Type the catalog cannot keep (over 256 characters) is refused from the
+    request's head: the server answers while the client still owes it a GiB of body (a
+    refusal at the commit would first store it all)."""
+    import socket
+
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/ctype", headers=h, timeout=T)
+    path = url.split("127.0.0.1:", 1)[1].split("/", 1)[1]
+    with socket.create_connection(("127.0.0.1", pithos_server.port), timeout=T) as s:
+        s.sendall((f"PUT /{path}/ctype/o HTTP/1.1\r\nHost: x\r\n"
+                   f"X-Auth-Token: {h['X-Auth-Token']}\r\nContent-Type: x/{'y' * 300}\r\n"
+                   f"Content-Length: {1 << 30}\r\n\r\n").encode() + b"z" * 65536)
+        reply = s.recv(65536)  # (a timeout here: the server waited for the body)
+    assert reply.split(b" ", 2)[1] == b"400" and b"Content-Type longer than 256" in reply, \
+        reply[:300]
+    assert requests.head(f"{url}/ctype/o", headers=h, timeout=T).status_code == 404

@@ -61,6 +61,10 @@ SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",
 
 def _content_type(req: falcon.Request, name: str) -> str:
     given = req.get_header("Content-Type")
+    if given and len(given) > names.MAX_CONTENT_TYPE:
+        # Said before the body is read and stored (the catalog would refuse it at the end).
+        raise HTTPStatusError(
+            400, f"Content-Type longer than {names.MAX_CONTENT_TYPE} characters")
     if given and not truthy(req.get_header("X-Detect-Content-Type")):
         return given
     guessed, _ = mimetypes.guess_type(name, strict=False)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pithos.catalog.catalog import MAX_CONTENT_TYPE
 from pithos.core.errors import InvalidArgument
+
+__all__ = ["MAX_CONTENT_TYPE", "Limits", "check_names", "delete_at", "dlo_manifest"]
 
 
 @dataclass(frozen=True)
