@@ -107,3 +107,32 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     reads.close()
     assert reads._idle == []
     assert pg_catalog._read_engine.pool.checkedout() == 0
+
+
+class _Killed(BaseException):
+    """What a request's greenlet gets when its worker shuts down (GreenletExit's kind)."""
+
+
+class _KilledMidRead(dict):
+    def __getitem__(self, key: str) -> object:
+        raise _Killed()
+
+
+def test_a_read_killed_mid_statement_drops_its_connection(pg_catalog):
+    """A read killed inside its statement leaves its connection in an unknown state: it is
+    invalidated, neither kept for the next read nor reset by the pool."""
+    from sqlalchemy import bindparam, select
+
+    from pithos.catalog.prepared import Prepared
+
+    reads = pg_catalog._reads
+    one = Prepared(select(bindparam("x")), reads.dialect)
+    assert reads.fetch(one, {"x": 1}) == [(1,)]
+    dropped: list[object] = []
+    event.listen(pg_catalog._read_engine, "invalidate",
+                 lambda dbapi, record, exc: dropped.append(dbapi))
+    with pytest.raises(_Killed):
+        reads.fetch(one, _KilledMidRead(x=2))
+    assert len(dropped) == 1 and dropped[0].closed
+    assert all(not conn.dbapi_connection.closed for conn, _ in reads._idle)
+    assert reads.fetch(one, {"x": 3}) == [(3,)]

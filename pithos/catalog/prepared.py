@@ -163,6 +163,12 @@ class SnapshotReads:
                     raise
                 conn.invalidate(orig)
                 self._drop_idle(invalidate=True)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # A request killed mid-statement (a worker's shutdown): its connection
+                    # is in an unknown state, dropped rather than reset by the pool.
+                    conn.invalidate()
+                raise
             finally:
                 if rows is not None and len(self._idle) < self.keep:
                     if len(rows) > KEEP_CURSOR_ROWS:
