@@ -307,7 +307,7 @@ def test_only_the_hub_s_thread_of_a_gevent_worker_joins_a_batch():
     script = (
         "from gevent import monkey; monkey.patch_all()\n"
         "from gevent.hub import get_hub\n"
-        "from pithos.catalog.pg_batch import waits_cooperatively\n"
+        "from pithos.core.locks import waits_cooperatively\n"
         "hub = get_hub()\n"
         "print(waits_cooperatively(), hub.threadpool.spawn(waits_cooperatively).get())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -153,3 +153,46 @@ os._exit(0)
     done, total, failed = out.split(maxsplit=2)
     assert failed.strip() == "[]"
     assert done == total, f"{done} of {total} writers finished: a lost wakeup"
+
+
+def test_a_pool_thread_syncing_a_wal_beside_the_hub_never_waits_on_the_hub_s_future(tmp_path):
+    """The catalog's WAL group commit (pithos/core/wal_sync.py) has the hub's pool as its
+    executor: greenlets wait for the sync's future on the hub.  A commit made on a pool
+    thread meanwhile syncs on its own thread, under the native lock, and never waits on that
+    future (from a pool thread such a wait can lose its wakeup)."""
+    out = _run("""
+from gevent import monkey
+monkey.patch_all()
+import os, sys
+import gevent
+from gevent.monkey import get_original
+from pithos.core.offload import Offload
+from pithos.core.wal_sync import WalSync
+
+offload = Offload.gevent(8)
+wal = sys.argv[1]
+open(wal, "wb").close()
+blocking_sleep = get_original("time", "sleep")
+
+def slow_fsync(fd):
+    blocking_sleep(0.002)  # a sync long enough for others to find it in flight
+    os.fdatasync(fd)
+
+sync = WalSync(wal, offload.pool, fsync=slow_fsync)
+
+def hub_committer():
+    for _ in range(60):
+        sync.sync()
+
+def thread_committer():
+    for _ in range(60):
+        sync.sync()
+
+tasks = [gevent.spawn(hub_committer) for _ in range(4)]
+tasks += [offload.pool.submit(thread_committer) for _ in range(6)]
+done = gevent.wait(tasks, timeout=60)
+print(len(done), len(tasks), flush=True)
+os._exit(0)
+""", str(tmp_path / "catalog.db-wal"))
+    done, total = out.split()
+    assert done == total, f"{done} of {total} committers finished: a lost wakeup"

@@ -30,12 +30,15 @@ What each request keeps:
 An item that failed for any other reason than the project's own errors (PT001-PT004) runs
 again alone, as the one-call commit (its subtransaction committed nothing): a deadlock
 between two batches (each holds its earlier items' rows to its commit; the items are sorted
-by container and name so that two batches lock rows in one order, but one object written in
-both can still close a cycle) then succeeds, and any other error is raised by that call as
+by container and name so that two batches lock most rows in one order, but one object
+written in both, two projects' stripe rows taken in opposite container orders, or two
+quota'd containers' rows can still close a cycle, broken by PostgreSQL after its
+deadlock_timeout) then succeeds, and any other error is raised by that call as
 the one-call commit raises it.
 
-Only where a waiter can wait cooperatively: not on an OS thread of a gevent worker's pool,
-whose wait on the hub's primitives could lose its wakeup (such a commit goes alone).  At
+Only where a waiter can wait cooperatively (pithos.core.locks.waits_cooperatively): not on an
+OS thread of a gevent worker's pool, whose wait on the hub's primitives could lose its
+wakeup (such a commit goes alone).  At
 most MAX_ITEMS items a batch: past 64 subtransactions in one transaction PostgreSQL's
 snapshots overflow their cache of subtransaction ids and every backend's snapshots cost
 more."""
@@ -49,6 +52,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pithos.core.errors import BackendError
+from pithos.core.locks import native_lock
 
 MAX_ITEMS = 32
 
@@ -125,30 +129,6 @@ class _Pending:
         self.outcome: Outcome | BaseException | None = None
 
 
-def _native_lock() -> Any:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover (gevent is a dependency)
-        return threading.Lock()
-    return monkey.get_original("_thread", "allocate_lock")()
-
-
-def waits_cooperatively() -> bool:
-    """Whether the calling thread may wait for a batch: any thread without gevent's patch,
-    only the hub's own thread with it."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover
-        return True
-    if not monkey.is_module_patched("threading"):
-        return True
-    from gevent._hub_local import get_hub_if_exists
-
-    hub = get_hub_if_exists()
-    return hub is not None and hub.thread_ident == monkey.get_original(
-        "_thread", "get_ident")()
-
-
 class CommitBatcher:
     """The group commit of one catalog in one process.  `run(parameters)` calls
     `pithos_put_versions` and returns its rows; `run_one(values)` commits a batch of one
@@ -166,7 +146,7 @@ class CommitBatcher:
         self._stripes = stripes
         # Never held across a wait (the critical sections below only move items), so a
         # native lock is right in a gevent worker.
-        self._lock = _native_lock()
+        self._lock = native_lock()
         self._queue: list[_Pending] = []
         self._running = False
         self.batches = 0  # (counted for tests and measurements)

@@ -32,11 +32,11 @@ from pithos.catalog.pg_batch import (
     CommitBatcher,
     ItemFailed,
     batchable,
-    waits_cooperatively,
 )
 from pithos.catalog.pg_functions import HOLDING_STRIPES
 from pithos.catalog.records import Expect
 from pithos.core.errors import Conflict, PreconditionFailed, QuotaExceeded
+from pithos.core.locks import waits_cooperatively
 
 PUT_VERSION_SQL = (
     "SELECT object_id, object_uuid, version_id FROM pithos_put_version("

@@ -24,3 +24,20 @@ def native_lock() -> _thread.LockType:
         return threading.Lock()
     lock: _thread.LockType = monkey.get_original("_thread", "allocate_lock")()
     return lock
+
+
+def waits_cooperatively() -> bool:
+    """Whether the calling thread may wait on the hub's primitives (a gevent Event, a
+    future of gevent's pool): any thread without gevent's patch, only the hub's own thread
+    with it.  A pool thread waiting on them can lose its wakeup (the module docstring)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover
+        return True
+    if not monkey.is_module_patched("threading"):
+        return True
+    from gevent._hub_local import get_hub_if_exists
+
+    hub = get_hub_if_exists()
+    return hub is not None and hub.thread_ident == monkey.get_original(
+        "_thread", "get_ident")()

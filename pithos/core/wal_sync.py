@@ -20,10 +20,11 @@ fdatasync of the WAL that *started after the call* has completed:
 
 Tickets order the calls: a sync started when tickets up to N had been issued covers tickets
 up to N.  One sync runs at a time, and the callers that arrive meanwhile wait for the next
-one, which covers them all: with an executor (gevent's pool under the server) they wait for
-its future, on the hub; without one (plain threads, or a pool's own threads, as the packed
-blocks' callers are) for a native lock, held only by a real thread across the sync's
-blocking system calls, never across a yield to a hub (pithos/core/locks.py).
+one, which covers them all: with an executor (gevent's pool under the server) the hub's
+greenlets wait for its future; without one, or on another thread (plain threads, or a
+pool's own threads, as the packed blocks' callers are), for a native lock, held only by a
+real thread across the sync's blocking system calls, never across a yield to a hub
+(pithos/core/locks.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
 from pithos.core.files import fsync_dir
-from pithos.core.locks import native_lock
+from pithos.core.locks import native_lock, waits_cooperatively
 
 
 class WalSync:
@@ -62,7 +63,9 @@ class WalSync:
         """Return once everything committed before this call is durable.  An OSError of the
         sync is raised to every caller it was to cover; the next call syncs again."""
         ticket = self._issued = next(self._tickets)
-        if self._executor is None:
+        if self._executor is None or not waits_cooperatively():
+            # (A pool thread must not wait for a future of the hub's pool: it could lose
+            # its wakeup.  It syncs on its own thread, under the native lock.)
             self._sync_upto(ticket)
             return
         while self._synced < ticket:
