@@ -491,8 +491,10 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
         project's limit is QuotaExceeded (a new version); `project_id`: the container's
         project, if read already.
 
-        Lock order (PostgreSQL), the same in every write: the objects rows, the project's
-        holdings (bytes, then objects), the container's stat shard, the containers rows of
+        Lock order (PostgreSQL), the same in every write: the objects rows, for a write
+        checked against a byte quota the container's and then the account's row
+        (_check_quota), the project's holdings (bytes, then objects), the container's stat
+        shard, the containers rows of
         the change numbers (last: ChangesMixin._changed).  The holdings come before the
         shard: a write that counts in two containers of one project (a reap, a move) then
         takes its second shard already holding the project's rows, which every other
