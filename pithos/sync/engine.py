@@ -457,8 +457,11 @@ class Engine(DownloadsMixin):
         # keeps the hashes the scan found for its chunks: the server answers with the
         # hashes of what it stored, and a chunk whose bytes are no longer those the scan
         # hashed (the file changed since) is found there, without hashing it here again.
-        batches = {False: _Batch(), True: _Batch()}
-        classify = sum(c.length for c in lf.chunks if c.hash in wanted) <= 2 * DEFLATE_MAX
+        wanted_bytes = sum(c.length for c in lf.chunks if c.hash in wanted)
+        # (A buffer the size of what is wanted, at most a batch: not 8 MiB for a small file.)
+        capacity = min(BLOCKS_BATCH_BYTES, wanted_bytes)
+        batches = {False: _Batch(capacity), True: _Batch(capacity)}
+        classify = wanted_bytes <= 2 * DEFLATE_MAX
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -473,7 +476,7 @@ class Engine(DownloadsMixin):
         def read_run(run: list[Chunk], start: int, n: int) -> None:
             if not classify:
                 batch = batches[False]
-                if batch.fill + n > BLOCKS_BATCH_BYTES:
+                if batch.fill + n > batch.capacity:
                     post(False)
                 if not batch.read(fd, start, n):
                     raise Skip(f"{lf.path} changed while being uploaded")
@@ -490,7 +493,7 @@ class Engine(DownloadsMixin):
                 chunk = view[at:at + c.length]
                 at += c.length
                 kind = compressible(chunk)
-                if batches[kind].fill + c.length > BLOCKS_BATCH_BYTES:
+                if batches[kind].fill + c.length > batches[kind].capacity:
                     post(kind)
                 batches[kind].add(chunk, c)
                 self.progress.advance(c.length)
@@ -668,11 +671,12 @@ class Engine(DownloadsMixin):
 
 
 class _Batch:
-    """Chunks for one POST ?blocks, back to back in one buffer (allocated once, at most
-    BLOCKS_BATCH_BYTES, reused batch after batch), with their lengths and the hashes the
-    scan found for them."""
+    """Chunks for one POST ?blocks, back to back in one buffer (allocated on first use, of
+    `capacity` bytes, reused batch after batch of one file), with their lengths and the
+    hashes the scan found for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = BLOCKS_BATCH_BYTES) -> None:
+        self.capacity = capacity
         self.buf = bytearray()
         self.fill = 0
         self.lengths: list[int] = []
@@ -680,7 +684,7 @@ class _Batch:
 
     def _room(self, n: int) -> memoryview:
         if not self.buf:
-            self.buf = bytearray(BLOCKS_BATCH_BYTES)
+            self.buf = bytearray(self.capacity)
         assert self.fill + n <= len(self.buf)
         return memoryview(self.buf)[self.fill:self.fill + n]
 
