@@ -138,7 +138,8 @@ class SwiftResponse(wsgi.Response):  # type: ignore[misc]
         self.headers_sent = True
 
     def write(self, arg: bytes) -> None:
-        if (self.headers_sent or self.chunked or self._omits_body
+        # (`_omits_body` is gunicorn 26's; without it, gunicorn's own write for all.)
+        if (self.headers_sent or self.chunked or getattr(self, "_omits_body", True)
                 or self.response_length is None or type(arg) is not bytes
                 or not 0 < len(arg) <= min(COALESCE_BYTES, self.response_length)):
             # Later pieces, framed or bodiless responses, large or odd ones: gunicorn's own
@@ -161,7 +162,9 @@ def freeze_config(cfg: Any) -> None:
     answer is kept per address."""
     for name, setting in cfg.settings.items():
         cfg.__dict__[name] = setting.get()
-    match = message._ip_in_allow_list
+    match = getattr(message, "_ip_in_allow_list", None)
+    if match is None:  # (a gunicorn that matches addresses otherwise: left as it is)
+        return
     forwarded, proxy = cfg.forwarded_allow_ips, cfg.proxy_allow_ips
     answers: dict[tuple[str, bool], bool] = {}
 
