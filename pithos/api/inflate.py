@@ -29,6 +29,19 @@ MISSING_BODY_MAX = 16 * 1024 * 1024
 BLOCKS_INFLATED_MAX = 64 * 1024 * 1024
 
 
+def read_bounded(stream: Any, length: int | None, bound: int, what: str) -> bytes:
+    """A whole request body of at most `bound` bytes, else 413 ("`what` too large"): a body
+    past the bound is refused whole, never taken for its first part.  `length`: the
+    declared length of an uncoded body (None: chunked or coded), read as it is, not with a
+    read of the bound, which would first make a buffer of the bound for every request."""
+    if length is not None and length > bound:
+        raise HTTPStatusError(413, f"{what} too large")
+    data: bytes = stream.read(bound + 1 if length is None else length)
+    if len(data) > bound:
+        raise HTTPStatusError(413, f"{what} too large")
+    return data
+
+
 def encoding(value: str | None, env: dict[str, Any]) -> str | None:
     """The body's Content-Encoding (`value`) for the block operations: None (identity),
     "gzip" or "deflate"; 415 for any other (the body left unread)."""

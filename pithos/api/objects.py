@@ -30,7 +30,7 @@ from pithos.api.http import (
     write_expect,
     x_timestamp,
 )
-from pithos.api.inflate import Inflating, encoding
+from pithos.api.inflate import Inflating, encoding, read_bounded
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.binary_hashes import HASHMAP_FORMAT
@@ -412,14 +412,8 @@ class ObjectHandlers:
         stream = raw if how is None else Inflating(raw, how, HASHMAP_BODY_MAX, req.env)
         if how is not None:  # the coding of the hashmap sent, not of the object's content
             kw["meta"]["sys"].pop("content-encoding", None)
-        # A body of known length is read as it is: a read of the bound would first make a
-        # buffer of the bound (64 MiB) for every hashmap (a binary one comes uncompressed).
-        length = req.content_length if how is None else None
-        if length is not None and length > HASHMAP_BODY_MAX:
-            raise HTTPStatusError(413, "hashmap too large")
-        body = stream.read(HASHMAP_BODY_MAX + 1 if length is None else length)
-        if len(body) > HASHMAP_BODY_MAX:
-            raise HTTPStatusError(413, "hashmap too large")
+        body = read_bounded(stream, req.content_length if how is None else None,
+                            HASHMAP_BODY_MAX, "hashmap")
         account_id = self.objects.account_id(user.account)
         try:
             with self.services.objects.upload_lease():

@@ -33,7 +33,13 @@ from pithos.api.http import (
     path_info,
     x_timestamp,
 )
-from pithos.api.inflate import BLOCKS_INFLATED_MAX, MISSING_BODY_MAX, Inflating, encoding
+from pithos.api.inflate import (
+    BLOCKS_INFLATED_MAX,
+    MISSING_BODY_MAX,
+    Inflating,
+    encoding,
+    read_bounded,
+)
 from pithos.api.objects import ObjectHandlers, parse_until
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name
 from pithos.core.binary_hashes import HASHES_TYPE, pack_hashes, unpack_hashes
@@ -296,14 +302,8 @@ class SwiftSink:
             binary = (req.content_type or "").partition(";")[0].strip().lower() == \
                 HASHES_TYPE
             try:
-                # (A known length read as it is, not a buffer of the bound made first.)  A
-                # body past the bound is refused whole, never answered for its first part.
-                length = req.content_length if how is None else None
-                if length is not None and length > MISSING_BODY_MAX:
-                    raise HTTPStatusError(413, "hash list too large")
-                data = body.read(MISSING_BODY_MAX + 1 if length is None else length)
-                if len(data) > MISSING_BODY_MAX:
-                    raise HTTPStatusError(413, "hash list too large")
+                data = read_bounded(body, req.content_length if how is None else None,
+                                    MISSING_BODY_MAX, "hash list")
                 wanted = unpack_hashes(data) if binary else \
                     [from_hex(h) for h in json.loads(data)]
             except ValueError as exc:
