@@ -5,15 +5,11 @@ The syscall is replaced by a recorder that first notes which objects are committ
 is visible to a new reader once its frames are in the WAL), then syncs: a write is covered by
 a sync that saw its object and finished before the write returned."""
 
-import contextlib
-import errno
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,34 +17,9 @@ import pytest
 from pithos.catalog import Catalog
 from pithos.core.errors import BackendError
 from pithos.core.offload import Offload
+from tests.test_core_wal_sync import RecordingFsync
 
 ROOT = b"r" * 32
-
-
-class RecordingFsync:
-    def __init__(self, db_path, delay=0.002):
-        self.db_path = db_path
-        self.delay = delay
-        self.done: list[set[str]] = []  # per finished sync: the objects it covered
-        self.fail_next = False
-        self._lock = threading.Lock()
-
-    def __call__(self, fd):
-        wal = self.db_path + "-wal"
-        assert os.fstat(fd).st_ino == os.stat(wal).st_ino, "synced a WAL that is gone"
-        with contextlib.closing(sqlite3.connect(self.db_path)) as db:
-            seen = {name for (name,) in db.execute("SELECT name FROM objects")}
-        time.sleep(self.delay)
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError(errno.EIO, "injected")
-        os.fdatasync(fd)
-        with self._lock:
-            self.done.append(seen)
-
-    def covered(self, name):
-        with self._lock:
-            return any(name in seen for seen in self.done)
 
 
 def _catalog(tmp_path, executor):
@@ -57,7 +28,7 @@ def _catalog(tmp_path, executor):
     offload = None if executor is None else Offload(executor, cooperative=True,
                                                     spawner=executor)
     cat = Catalog(f"sqlite:///{path}", offload=offload)
-    recorder = RecordingFsync(path)
+    recorder = RecordingFsync(path, "objects", "name")
     cat._wal_sync.fsync = recorder
     account = cat.ensure_account("a")
     cat.create_container(account, "c")
