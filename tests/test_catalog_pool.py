@@ -136,3 +136,36 @@ def test_a_read_killed_mid_statement_drops_its_connection(pg_catalog):
     assert len(dropped) == 1 and dropped[0].closed
     assert all(not conn.dbapi_connection.closed for conn, _ in reads._idle)
     assert reads.fetch(one, {"x": 3}) == [(3,)]
+
+
+def test_write_connections_whose_backend_ended_in_the_pool_are_replaced_unused(pg_catalog):
+    """A pooled write connection whose backend ended while it sat in the pool (an operator's
+    pg_terminate_backend, a restart) fails no request: the checkout sees the server's
+    goodbye waiting on its socket, without a round trip, and opens another connection.
+    Before, the next write on it answered 503 (the idle-ping skips connections used within
+    PING_IDLE_S, so a busy worker's pool was found dead one request at a time)."""
+    import time
+
+    from sqlalchemy import text
+
+    acct = pg_catalog.ensure_account("acct")
+    pg_catalog.create_container(acct, "c")
+    cid = pg_catalog.container(acct, "c").id
+    held = [pg_catalog.engine.connect() for _ in range(4)]  # four pooled, just used
+    pids = [conn.connection.dbapi_connection.info.backend_pid for conn in held]
+    for conn in held:
+        conn.close()
+    admin = pg_catalog._read_engine.connect()
+    try:
+        admin.execute(text("SELECT pg_terminate_backend(pid) FROM unnest(:p) AS pid"),
+                      {"p": pids})
+        while admin.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE pid = ANY(:p)"), {"p": pids}).scalar():
+            time.sleep(0.02)
+    finally:
+        admin.close()
+    # The pool is FIFO: each of these writes would check out one of the dead four.
+    for i in range(8):
+        pg_catalog.put_version(cid, f"o{i}", root=b"r" * 32, size=1, etag="e" * 32,
+                               content_type="x/y", meta={})
+    assert [e.name for e in pg_catalog.list_objects(cid)] == [f"o{i}" for i in range(8)]

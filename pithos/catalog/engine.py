@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select as io_select
 import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -108,29 +109,69 @@ POOL_SIZE = 16
 POOL_OVERFLOW = 8
 
 
+def _hung_up(dbapi_conn: Any) -> bool:
+    """Whether an idle connection's server already spoke: an idle PostgreSQL connection has
+    nothing to read, so a readable socket is a backend that ended (terminated by an
+    operator, a restart, idle timeout: its FATAL message and the EOF wait there) or, rarely,
+    an unsolicited notice; either way the connection is not worth trusting with a write.
+    One poll(2) with no timeout and no round trip, on the process's real poll (not gevent's:
+    nothing to wait for)."""
+    if getattr(dbapi_conn, "closed", False):
+        return True
+    try:
+        fd = dbapi_conn.fileno()
+    except Exception:
+        return True
+    poller = _real_poll()
+    poller.register(fd, io_select.POLLIN | io_select.POLLERR | io_select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+_poll: Callable[[], Any] | None = None
+
+
+def _real_poll() -> Any:
+    global _poll
+    if _poll is None:
+        try:
+            from gevent.monkey import get_original
+        except ImportError:
+            _poll = io_select.poll
+        else:
+            _poll = get_original("select", "poll")
+    return _poll()
+
+
 def _ping_when_idle(engine: Engine) -> None:
     """SQLAlchemy's pool_pre_ping, for connections idle longer than PING_IDLE_S only: a
     pessimistic ping before every checkout cost a small upload two of its round trips.  A
     connection found dead is replaced before use (DisconnectionError: the pool retries
     with a new one), so a restarted server still fails no transaction that starts on a
-    connection which sat idle, and one in steady use fails at most the transaction that
-    finds it dead (a transient BackendError, 503 "retry")."""
+    connection which sat idle.  One in steady use is checked without a round trip
+    (_hung_up): a backend that ended while its connection sat in the pool, however
+    briefly, has left its goodbye on the socket, and the connection is replaced too.  Only
+    a backend that ends while its statement is on the wire fails that statement's request
+    (a transient BackendError, 503 "retry"): whether it committed is unknown, so it is not
+    run again."""
     from sqlalchemy.exc import DisconnectionError
 
     @event.listens_for(engine, "checkout")
     def checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        if time.monotonic() - record.info.get("pithos_used", 0.0) > PING_IDLE_S:
+        if time.monotonic() - record.info.get("pithos_used", 0.0) <= PING_IDLE_S:
+            if _hung_up(dbapi_conn):
+                raise DisconnectionError("pooled connection was closed by the server")
+            return
+        try:
+            cur = dbapi_conn.cursor()
             try:
-                cur = dbapi_conn.cursor()
-                try:
-                    cur.execute(";")
-                finally:
-                    cur.close()
-                if not dbapi_conn.autocommit:
-                    # The ping began a transaction: the connection goes out idle, as it came.
-                    dbapi_conn.rollback()
-            except Exception as exc:
-                raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+                cur.execute(";")
+            finally:
+                cur.close()
+            if not dbapi_conn.autocommit:
+                # The ping began a transaction: the connection goes out idle, as it came.
+                dbapi_conn.rollback()
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
     @event.listens_for(engine, "checkin")
     def checkin(dbapi_conn: Any, record: Any) -> None:
