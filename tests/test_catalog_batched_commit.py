@@ -235,30 +235,29 @@ def test_a_batch_that_fails_acknowledges_none_of_its_items_and_the_next_commits(
     assert cat.holdings("acct")["objects"].usage == 4
 
 
-def test_50_batched_writers_against_a_project_limit_that_fits_10(cat):
+def test_50_batched_writers_against_a_project_limit_that_fits_10(cat, held):
+    """50 writers queued behind a held commit go in batches of MAX_ITEMS (32, then 18)
+    against a limit with room for 10 of them: exactly 10 stored, whichever batch they
+    were in, and the usage is theirs."""
+    from pithos.catalog.pg_batch import MAX_ITEMS
+
     cid = _box(cat)
-    cat.set_quota("acct", {"bytes": 10 * 1000})
-    stored, refused, other = [], [], []
-
-    def writer(i: int) -> None:
-        try:
-            put(cat, cid, f"o{i}", 1000)
-            stored.append(i)
-        except QuotaExceeded:
-            refused.append(i)
-        except Exception as exc:  # counted: the test fails on any
-            other.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not other, other[:3]
-    assert len(stored) == 10 and len(refused) == 40
-    assert cat.holdings("acct")["bytes"].usage == 10 * 1000
-    assert cat.container(cat.ensure_account("acct"), "c").bytes == 10 * 1000
-    assert cat._batcher is not None and cat._batcher.items == 50
+    h = held(cid)
+    # The gate's two versions use 2000 bytes: room for ten more of 1000.
+    cat.set_quota("acct", {"bytes": 2000 + 10 * 1000})
+    batcher = cat._batcher
+    before = batcher.batches
+    h.queue({f"o{i}": (lambda i=i: put(cat, cid, f"o{i}", 1000)) for i in range(50)})
+    h.release()
+    assert MAX_ITEMS == 32 and batcher.batches == before + 3  # the gate, 32, then 18
+    out = {k: v for k, v in h.outcomes.items() if k != "gate"}
+    stored = [k for k, v in out.items() if not isinstance(v, BaseException)]
+    refused = [k for k, v in out.items() if isinstance(v, QuotaExceeded)]
+    assert len(stored) == 10 and len(refused) == 40, [
+        v for v in out.values() if isinstance(v, BaseException)
+        and not isinstance(v, QuotaExceeded)][:3]
+    assert cat.holdings("acct")["bytes"].usage == 2000 + 10 * 1000
+    assert cat.container(cat.ensure_account("acct"), "c").bytes == 1000 + 10 * 1000
 
 
 def test_concurrent_batched_writers_of_shared_names_keep_every_counter_exact(cat):
