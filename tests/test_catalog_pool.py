@@ -66,6 +66,7 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     succeeds on a fresh connection, and close() gives them back to the pool."""
     from sqlalchemy import literal_column, select, text
 
+    from pithos.catalog.pg_direct import direct_reads
     from pithos.catalog.prepared import KEEP_CURSOR_ROWS, Prepared
 
     acct = pg_catalog.ensure_account("acct")
@@ -88,7 +89,8 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     reads = pg_catalog._reads
     kept = list(reads._idle)
     assert len(kept) >= 2, "reads in flight at once left their connections kept"
-    assert all(cur is not None for _, cur in kept), "small results keep their cursors"
+    # Each kept connection has the lookup prepared on it (pithos/catalog/pg_direct.py).
+    assert all(direct_reads(conn).prepared for conn, _ in kept)
     pids = [conn.dbapi_connection.info.backend_pid for conn, _ in kept]
     with pg_catalog.engine.connect() as admin:
         for pid in pids:
@@ -98,12 +100,15 @@ def test_kept_read_connections_found_dead_are_dropped_and_the_read_retried(pg_ca
     # on a new one (retrying on another kept one would fail again).
     assert pg_catalog.object(cid, "o").name == "o"
     assert all(conn.dbapi_connection.info.backend_pid not in pids for conn, _ in reads._idle)
-    # A large result's cursor is not kept (it would hold the rows until its next read).
+    assert all(not direct_reads(conn).prepared or direct_reads(conn).conn
+               is conn.dbapi_connection for conn, _ in reads._idle)
+    # A large result is not held by the connection after its read.
     many = Prepared(select(literal_column(f"generate_series(1, {KEEP_CURSOR_ROWS + 1})")),
                     reads.dialect)
     assert len(reads.fetch(many, {})) == KEEP_CURSOR_ROWS + 1
-    assert reads._idle[-1][1] is None
-    assert pg_catalog.object(cid, "o").name == "o"  # (that connection makes a new cursor)
+    assert all(named.load.pgresult is None
+               for named in direct_reads(reads._idle[-1][0]).prepared.values())
+    assert pg_catalog.object(cid, "o").name == "o"
     reads.close()
     assert reads._idle == []
     assert pg_catalog._read_engine.pool.checkedout() == 0

@@ -123,9 +123,10 @@ class SnapshotReads:
     events, the reset's rollback, its queue) were a tenth of a worker's CPU for a small GET;
     a kept connection is taken and given back by a list operation.  A read that finds its
     connection dead drops every kept one too (a restarted server closed them all), and
-    retries on one from the pool.  A kept connection keeps its cursor when its last result
-    was small (KEEP_CURSOR_ROWS): a new psycopg cursor made its adapters and loaders again
-    for every read.
+    retries on one from the pool.  On SQLite a kept connection keeps its cursor when its
+    last result was small (KEEP_CURSOR_ROWS); on PostgreSQL a read uses no cursor at all:
+    its statement is prepared on the connection and run through libpq
+    (pithos/catalog/pg_direct.py).
 
     On PostgreSQL the rows come in binary format: a small object's row carries its content
     (`inline_data`), which in text format is hex, twice its size: a 4 KiB object's row was
@@ -151,9 +152,11 @@ class SnapshotReads:
                 conn, cur = self.engine.raw_connection(), None
             rows: list[Any] | None = None
             try:
+                if self.binary:
+                    rows = self._direct(conn, p, values)
+                    return rows
                 if cur is None:
-                    dbapi_conn = conn.dbapi_connection
-                    cur = dbapi_conn.cursor(binary=True) if self.binary else dbapi_conn.cursor()
+                    cur = conn.dbapi_connection.cursor()
                 rows = _fetch_on(cur, p, values, self.dialect)
                 return rows
             except DBAPIError as exc:
@@ -171,7 +174,7 @@ class SnapshotReads:
                 raise
             finally:
                 if rows is not None and len(self._idle) < self.keep:
-                    if len(rows) > KEEP_CURSOR_ROWS:
+                    if cur is not None and len(rows) > KEEP_CURSOR_ROWS:
                         # (a cursor holds its last result until it runs again)
                         cur.close()
                         cur = None
@@ -181,6 +184,16 @@ class SnapshotReads:
                         cur.close()
                     conn.close()
         raise AssertionError("unreachable")
+
+    def _direct(self, conn: Any, p: Prepared, values: Mapping[str, Any]) -> list[Any]:
+        """PostgreSQL: the statement prepared on the connection and run through libpq, no
+        cursor (pithos/catalog/pg_direct.py)."""
+        from pithos.catalog.pg_direct import direct_reads
+
+        try:
+            return direct_reads(conn).fetch(p, values)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(exc, p, values, self.dialect) from exc
 
     def _drop_idle(self, invalidate: bool = False) -> None:
         while self._idle:

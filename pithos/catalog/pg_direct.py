@@ -1,0 +1,147 @@
+"""A read statement on a psycopg connection through libpq's prepared statements, no cursor.
+
+psycopg's cursor costs about a tenth of a `pithos serve` worker's CPU for a 4 KiB GET, whose
+catalog work is one read: each execute converts the query (its `%(name)s` placeholders to
+`$n`), asks its prepared-statement cache whether to prepare, dumps the values, sends, picks
+the result and sets up a loader per column.  The catalog's hot reads are a few statements
+fixed at import (pithos/catalog/prepared.py): here each is turned into `$n` form once,
+prepared once per connection (server-side, by name), and run with `PQsendQueryPrepared`,
+its values dumped and its rows loaded by one psycopg Transformer kept per connection and
+statement (the column loaders are set up by its first successful result: a prepared
+statement's columns never change).  Rows come in binary format, as tuples, as the binary
+cursor gave them; values are dumped as psycopg dumps them, and a different set of parameter
+types (a None, an int past int4) is another prepared statement, as in psycopg's own cache.
+
+Errors are psycopg's own (`error_from_result`, and the OperationalError of a lost
+connection), so callers wrap and classify them as before; a failed prepare records nothing.
+The connection must be in autocommit with no statement in flight (SnapshotReads' kept read
+connections): the statement runs outside any transaction, as the cursor's did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from psycopg import errors as e
+from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.generators import execute
+
+from pithos.catalog.prepared import Prepared
+
+_PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
+# Statement shapes kept per connection: the catalog's fixed statements by their parameter
+# types, a few dozen; past this (never seen) a statement runs unprepared-by-name instead of
+# growing the server's session without bound.
+MAX_PREPARED = 256
+
+
+class _Statement:
+    """One Prepared statement in `$n` form: its SQL and the names of its parameters."""
+
+    __slots__ = ("names", "query")
+
+    def __init__(self, p: Prepared) -> None:
+        names: list[str] = []
+
+        def number(m: re.Match[str]) -> str:
+            if m.group(0) == "%%":
+                return "%"
+            name = m.group(1)
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        self.query = _PLACEHOLDER.sub(number, p.sql).encode()
+        self.names = tuple(names)
+
+
+_statements: dict[int, _Statement] = {}
+
+
+def _statement(p: Prepared) -> _Statement:
+    found = _statements.get(id(p))
+    if found is None:
+        # (Prepared objects live as long as the process: Statements keeps them.)
+        found = _statements[id(p)] = _Statement(p)
+    return found
+
+
+class DirectReads:
+    """The statements prepared on one psycopg connection, by (statement, parameter types)."""
+
+    __slots__ = ("conn", "dump", "prepared")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.dump = Transformer(conn)  # dumps the values (its dumpers kept by type)
+        # (statement id, types) -> its server-side name and the Transformer that loads its
+        # rows (whose column loaders are set by the first result that has rows to load)
+        self.prepared: dict[tuple[int, tuple[int, ...]], _Named] = {}
+
+    def fetch(self, p: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        stmt = _statement(p)
+        args = p.args(values)  # (a mapping: psycopg's paramstyle is named)
+        formats = [PyFormat.AUTO] * len(stmt.names)
+        params = self.dump.dump_sequence([args[n] for n in stmt.names], formats)
+        types = tuple(self.dump.types)
+        pformats = self.dump.formats
+        conn = self.conn
+        pgconn = conn.pgconn
+        key = (id(p), types)
+        named = self.prepared.get(key)
+        if named is None:
+            if len(self.prepared) >= MAX_PREPARED:
+                pgconn.send_query_params(stmt.query, params, param_types=types,
+                                         param_formats=pformats,
+                                         result_format=pq.Format.BINARY)
+                return _Named(b"", Transformer(conn)).rows(conn, conn.wait(execute(pgconn)))
+            name = f"pithos_{len(self.prepared)}".encode()
+            pgconn.send_prepare(name, stmt.query, param_types=types)
+            _result(conn, conn.wait(execute(pgconn)), pq.ExecStatus.COMMAND_OK)
+            named = self.prepared[key] = _Named(name, Transformer(conn))
+        pgconn.send_query_prepared(named.name, params, param_formats=pformats,
+                                   result_format=pq.Format.BINARY)
+        return named.rows(conn, conn.wait(execute(pgconn)))
+
+
+class _Named:
+    """A statement prepared on a connection: its name, and what loads its rows."""
+
+    __slots__ = ("load", "loaders", "name")
+
+    def __init__(self, name: bytes, load: Transformer) -> None:
+        self.name = name
+        self.load = load
+        self.loaders = False  # set up yet (by a result that succeeded)
+
+    def rows(self, conn: Any, results: list[Any]) -> list[tuple[Any, ...]]:
+        result = _result(conn, results, pq.ExecStatus.TUPLES_OK)
+        load = self.load
+        load.set_pgresult(result, set_loaders=not self.loaders)
+        self.loaders = True
+        try:
+            return list(load.load_rows(0, result.ntuples, tuple))
+        finally:
+            load.set_pgresult(None, set_loaders=False)  # (the result is not kept)
+
+
+def _result(conn: Any, results: list[Any], status: int) -> Any:
+    """The statement's result, or its error raised as psycopg raises it."""
+    result = results[-1]
+    if result.status != status:
+        raise e.error_from_result(result, encoding=conn.info.encoding)
+    return result
+
+
+def direct_reads(pool_conn: Any) -> DirectReads:
+    """The DirectReads of a pooled connection (kept with its record: it lives as long as
+    the server session whose statements it names)."""
+    info = pool_conn.info
+    dbapi_conn = pool_conn.dbapi_connection
+    found = info.get("pithos_direct_reads")
+    if found is None or found.conn is not dbapi_conn:  # (a record reconnected since)
+        found = info["pithos_direct_reads"] = DirectReads(dbapi_conn)
+    return found  # type: ignore[no-any-return]
