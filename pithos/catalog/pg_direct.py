@@ -29,8 +29,6 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.generators import execute
 
-from pithos.catalog.prepared import Prepared
-
 _PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
 # Statement shapes kept per connection: the catalog's fixed statements by their parameter
 # types, a few dozen; past this (never seen) a statement runs unprepared-by-name instead of
@@ -43,7 +41,7 @@ class _Statement:
 
     __slots__ = ("names", "query")
 
-    def __init__(self, p: Prepared) -> None:
+    def __init__(self, p: Any) -> None:
         names: list[str] = []
 
         def number(m: re.Match[str]) -> str:
@@ -61,7 +59,9 @@ class _Statement:
 _statements: dict[int, _Statement] = {}
 
 
-def _statement(p: Prepared) -> _Statement:
+def _statement(p: Any) -> _Statement:
+    """`p`: a pithos.catalog.prepared.Prepared (not imported: that module imports this one
+    when it runs a read)."""
     found = _statements.get(id(p))
     if found is None:
         # (Prepared objects live as long as the process: Statements keeps them.)
@@ -81,7 +81,7 @@ class DirectReads:
         # rows (whose column loaders are set by the first result that has rows to load)
         self.prepared: dict[tuple[int, tuple[int, ...]], _Named] = {}
 
-    def fetch(self, p: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def fetch(self, p: Any, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         stmt = _statement(p)
         args = p.args(values)  # (a mapping: psycopg's paramstyle is named)
         formats = [PyFormat.AUTO] * len(stmt.names)
