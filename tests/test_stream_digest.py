@@ -315,6 +315,74 @@ def test_lane_groups_hash_full_width_rounds(pool, lanes, monkeypatch):
         d.abandon()
 
 
+def test_a_digest_begun_alone_joins_the_lanes_once_others_hash(pool, lanes, monkeypatch):
+    """An upload that began with too little company hashes in lanes from its next piece once
+    enough others are hashing, instead of alone to its end; a small body never does, nor
+    one still alone."""
+    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+    widths: list[int] = []
+
+    def recording(digests, datas):
+        widths.append(len(digests))
+        md5_impl._update_each(digests, datas)
+
+    monkeypatch.setattr(md5_impl, "update_many", recording)
+    piece = os.urandom(100_000)
+    first = StreamDigest(pool, length=None, lanes=lanes)
+    small = StreamDigest(pool, length=4096, lanes=lanes)
+    first.update(piece)  # one other upload (small) is not company enough
+    first._wait()
+    assert not first.multi_buffer and not lanes.lane_digests
+    others = [StreamDigest(pool, length=None, lanes=lanes) for _ in range(lanes.lanes_from)]
+    assert all(d.multi_buffer for d in others)
+    first.update(piece)
+    small.update(b"s" * 4096)
+    assert first.multi_buffer and lanes.lane_digests == {first, *others}
+    assert not small.multi_buffer
+    assert widths == []  # held back for company, as any lane digest's
+    for d in others:
+        d.update(piece)
+    first._wait()
+    assert widths == [1 + len(others)]  # its second piece hashed beside theirs
+    assert first.hexdigest() == hashlib.md5(piece * 2).hexdigest()
+    for d in others:
+        assert d.hexdigest() == hashlib.md5(piece).hexdigest()
+    assert small.hexdigest() == hashlib.md5(b"s" * 4096).hexdigest()
+
+
+def test_a_group_among_more_lane_digests_starts_once_a_group_is_ready(pool, lanes,
+                                                                       monkeypatch):
+    """With more lane digests than a group, the first `group` of them with pieces start
+    together, whichever the others are (each piece asks, and stops looking once a group can
+    no longer be found)."""
+    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+    widths: list[int] = []
+
+    def recording(digests, datas):
+        widths.append(len(digests))
+        md5_impl._update_each(digests, datas)
+
+    monkeypatch.setattr(md5_impl, "update_many", recording)
+    plain = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.lanes_from)]
+    digests = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.group + 3)]
+    piece = os.urandom(50_000)
+    for d in digests[3:-1]:
+        d.update(piece)
+    assert widths == []  # one short of a group
+    digests[-1].update(piece)
+    for d in digests:
+        d._wait()
+    assert widths == [lanes.group]
+    for d in digests[:3]:
+        assert d.hexdigest() == hashlib.md5(b"").hexdigest()
+    for d in digests[3:]:
+        assert d.hexdigest() == hashlib.md5(piece).hexdigest()
+    for d in plain:
+        d.abandon()
+
+
 class WaitingSubmit(Executor):
     """gevent's pool as a busy server worker's: its submit waits for a free thread (gevent's
     ThreadPool.spawn does, on a semaphore), and other greenlets run meanwhile."""
