@@ -188,3 +188,17 @@ def test_the_worker_uses_this_parser():
         assert http.RequestParser is serve_parse.SwiftRequestParser
     finally:
         http.RequestParser = before
+
+
+def test_an_older_gunicorn_keeps_its_own_parser(monkeypatch):
+    # gunicorn 22-25 have no _apply_header_policy: the worker leaves their parser alone
+    # rather than fail on every request.
+    from gunicorn import http
+    from gunicorn.http.message import HeaderPolicy
+
+    from pithos.cli.serve_worker import use_swift_parser
+
+    monkeypatch.delattr(HeaderPolicy, "_apply_header_policy")
+    before = http.RequestParser
+    use_swift_parser()
+    assert http.RequestParser is before

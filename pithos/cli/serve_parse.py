@@ -97,3 +97,10 @@ class SwiftRequest(Request):  # type: ignore[misc]
 
 class SwiftRequestParser(RequestParser):  # type: ignore[misc]
     mesg_class = SwiftRequest
+
+
+def supported() -> bool:
+    """Whether this gunicorn's request has what parse_plain calls (gunicorn 26's header
+    policy and reads; pyproject allows gunicorn 22 and later, whose parser is left alone)."""
+    return all(hasattr(Request, name) for name in (
+        "_apply_header_policy", "_peer_trusted_for_forwarded", "read_into"))

@@ -21,7 +21,7 @@ from gunicorn.http import message, wsgi
 from gunicorn.http.errors import InvalidHeader, LimitRequestHeaders
 from gunicorn.workers.ggevent import GeventWorker
 
-from pithos.cli.serve_parse import SwiftRequestParser
+from pithos.cli import serve_parse
 
 # The least time between two "at its cap" lines of one worker.
 CAP_LOG_INTERVAL_S = 60.0
@@ -187,8 +187,10 @@ def freeze_config(cfg: Any) -> None:
 def use_swift_parser() -> None:
     """gunicorn makes each connection's parser by `gunicorn.http.RequestParser` (no setting
     for it): ours parses a plain request's head at less cost, and hands any other to
-    gunicorn's (pithos.cli.serve_parse)."""
-    http.RequestParser = SwiftRequestParser
+    gunicorn's (pithos.cli.serve_parse).  Not on a gunicorn older than the one it was made
+    for: that one's parser serves every request."""
+    if serve_parse.supported():
+        http.RequestParser = serve_parse.SwiftRequestParser
 
 
 def keep_base_environ(cfg: Any) -> None:
