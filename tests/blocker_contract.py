@@ -99,6 +99,24 @@ class BlockStoreContract:
         assert store.get_many([a[0]]) == [a[1]]  # bytes untouched
         assert store.missing([b[0]]) == [b[0]]  # touching never creates
 
+    def test_touch_sizes(self, store: BlockStore) -> None:
+        """touch_sizes refreshes as touch_many does and gives each size (None: absent), in
+        the order asked, for blocks put in a batch of small ones (packed where a store packs
+        them) and for a large one."""
+        small = [blob(1000 + i) for i in range(8)]
+        big = blob(70_000)
+        store.put_many([*small, big])
+        time.sleep(1.1)
+        (old,) = store.age_s([small[3][0]])
+        assert old is not None and old >= 1.0
+        absent = blob()[0]
+        asked = [absent, small[3][0], big[0], small[0][0], small[3][0]]
+        assert store.touch_sizes(asked) == [None, 1003, 70_000, 1000, 1003]
+        (fresh,) = store.age_s([small[3][0]])
+        assert fresh is not None and fresh < old
+        assert store.missing([absent]) == [absent]  # touching never creates
+        assert store.touch_sizes([]) == []
+
     def test_missing(self, store: BlockStore) -> None:
         a, b, c = blob(), blob(), blob()
         store.put_many([a, c])

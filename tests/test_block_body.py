@@ -28,6 +28,50 @@ def test_cut_gives_each_block_and_reads_nothing_past_the_lengths():
     body.finish()
 
 
+def test_batches_are_views_of_one_read_each_and_never_read_past_the_lengths():
+    rng = random.Random(4)
+    blocks = [rng.randbytes(rng.randint(1, 70_000)) for _ in range(300)]
+    blocks.append(rng.randbytes(3 * READ_PIECE))  # longer than a batch's bytes: alone
+    stream = io.BytesIO(b"".join(blocks) + b"TRAILING")
+    body = BlockBody(stream, None, 1 << 40)
+    batches = list(body.batches([len(b) for b in blocks], 64, READ_PIECE))
+    assert [bytes(v) for batch in batches for v in batch] == blocks
+    assert all(len(batch) <= 64 for batch in batches)
+    assert all(sum(map(len, batch)) <= READ_PIECE or len(batch) == 1 for batch in batches)
+    assert len(batches) < len(blocks) // 10  # batched, not a read per block
+    # Each batch's blocks are views of one buffer, back to back (nothing copied out).
+    first = batches[0]
+    assert all(v.obj is first[0].obj for v in first)
+    assert stream.read() == b"TRAILING"  # left for the caller to refuse
+    body.finish()
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that gives at most 1000 bytes a read (a socket's, an inflater's)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._data.read(min(n, 1000) if n >= 0 else 1000)
+
+
+def test_batches_of_a_trickling_stream_and_of_a_short_body():
+    rng = random.Random(5)
+    blocks = [rng.randbytes(rng.randint(1, 5000)) for _ in range(50)]
+    body = BlockBody(_Trickle(b"".join(blocks)), None, 1 << 40)
+    got = [bytes(v) for batch in body.batches([len(b) for b in blocks], 8, 1 << 20)
+           for v in batch]
+    assert got == blocks
+    with pytest.raises(InvalidArgument):
+        list(BlockBody(_Trickle(b"x" * 10), None, 1 << 40).batches([4, 4, 4], 8, 100))
+    with pytest.raises(TooLarge):
+        list(BlockBody(io.BytesIO(b"x" * 100), None, 50).batches([40, 40], 1, 100))
+
+
 def test_blocks_of_a_size_and_the_last_shorter():
     data = random.Random(2).randbytes(10 * 1000 + 7)
     body = BlockBody(io.BytesIO(data), len(data), 1 << 40)

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import blake3
 
@@ -57,7 +57,7 @@ class StagedBlock(NamedTuple):
     """A block named by the Blocker (see `Blocker.stage`), not yet stored, with its tree
     outboard when it is larger than a part (see pithos.core.treehash)."""
     hash: bytes
-    data: bytes
+    data: bytes | memoryview
     outboard: bytes = b""
 
 
@@ -94,7 +94,7 @@ class Blocker:
             return StagedBlock(*_named(data))
         return StagedBlock(block_hash(data), data)
 
-    def stage_many(self, blocks: Sequence[bytes]) -> list[StagedBlock]:
+    def stage_many(self, blocks: Sequence[bytes | memoryview]) -> list[StagedBlock]:
         """Name many blocks, hashing on the pool.  A block larger than a part is hashed as
         its tree, which gives its outboard for the same work (one such block alone: half
         its parts on the pool beside this thread)."""
@@ -119,7 +119,9 @@ class Blocker:
         A batch may hold blocks and the map pages that name them: nothing can reach a page
         before the caller records its root, which it does only after this returns."""
         unique = list({b.hash: (b.hash, b.data) for b in staged}.items())
-        items = [pair for _, pair in unique]
+        # (A block may be a view of the caller's buffer: every store takes any buffer, as
+        # it takes an upload's bytearrays; the stores' signatures name bytes.)
+        items = cast(list[tuple[bytes, bytes]], [pair for _, pair in unique])
         outboards = {b.hash: b.outboard for b in staged if b.outboard}
         # Small blocks (content-defined chunks) go in batches of more: a store's put costs
         # a sync or two however many blocks it holds.
@@ -131,8 +133,9 @@ class Blocker:
             else:
                 self.store.put_many(items[i:i + step])
 
-    def put_many(self, blocks: Sequence[bytes]) -> list[bytes]:
-        """Store blocks; returns their hashes, in order.  Durable on return (the store's
+    def put_many(self, blocks: Sequence[bytes | memoryview]) -> list[bytes]:
+        """Store blocks (bytes, or views of a buffer the caller keeps unchanged until this
+        returns); returns their hashes, in order.  Durable on return (the store's
         contract), repeat-safe (a known block is not written again).  Raises InvalidArgument for
         a block larger than the block size, before storing anything."""
         staged = self.stage_many(blocks)
@@ -143,7 +146,7 @@ class Blocker:
         """Store one block; returns its hash."""
         return self.put_many([data])[0]
 
-    def _check_size(self, data: bytes) -> None:
+    def _check_size(self, data: bytes | memoryview) -> None:
         if len(data) > self.block_size:
             raise InvalidArgument(
                 f"block of {len(data)} bytes exceeds the block size {self.block_size}")
@@ -271,6 +274,11 @@ class Blocker:
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         """Refresh blocks referenced without their bytes; returns the absent ones."""
         return self.store.touch_many(hashes)
+
+    def touch_sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        """Refresh blocks referenced without their bytes, as `touch_many`; the size of each,
+        None for an absent one (see BlockStore.touch_sizes)."""
+        return self.store.touch_sizes(hashes)
 
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         """Remove blocks; absent ones are ignored.  Callers delete references first."""

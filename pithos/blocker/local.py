@@ -274,7 +274,7 @@ class LocalBlockStore(PartsStore):
         if row is not None and row[2] != size:
             packs.quarantine(hash_, None, size)
             return False
-        return row is not None and packs.refresh([hash_]) == [hash_]
+        return row is not None and hash_ in packs.refresh([hash_])
 
     def _packed_get(self, hash_: bytes) -> bytes | None:
         packs = self._packs_ro()
@@ -584,17 +584,23 @@ class LocalBlockStore(PartsStore):
 
     def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
+        return [h for h, size in zip(unique, self.touch_sizes(unique), strict=True)
+                if size is None]
 
+    def touch_sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        unique = list(dict.fromkeys(hashes))
         try:
             packs = self._packs_ro()
-            packed = self._packed_rows(unique)
-            refreshed = set(self._offload.run(packs.refresh, list(packed))) \
-                if packs is not None and packed else set()
-            rest = [h for h in unique if h not in refreshed]
-            sizes = self._map(lambda h: _refresh(self._path(h)), rest)
+            # One update of the index that answers which are packed and their lengths (no
+            # look-up first); the others are looked for as files.
+            found: dict[bytes, int | None] = dict(self._offload.run(packs.refresh, unique)) \
+                if packs is not None and unique else {}
+            rest = [h for h in unique if h not in found]
+            found.update(zip(rest, self._map(lambda h: _refresh(self._path(h)), rest),
+                             strict=True))
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
-        return [h for h, size in zip(rest, sizes, strict=True) if size is None]
+        return [found[h] for h in hashes]
 
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)

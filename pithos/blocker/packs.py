@@ -293,26 +293,39 @@ class Packs:
 
     # -- the BlockStore operations on packed blocks ------------------------------------------
 
-    def refresh(self, hashes: Sequence[bytes]) -> list[bytes]:
+    def refresh(self, hashes: Sequence[bytes]) -> dict[bytes, int]:
         """Set the stamp of each packed block among `hashes` to now; returns those that had
-        a row (and so are present, refreshed, when this returns)."""
+        a row (and so are present, refreshed, when this returns), with their lengths."""
         if not hashes:
-            return []
+            return {}
         db = self._db()
         now = time.time()
         unique = list(dict.fromkeys(hashes))
-        found: dict[bytes, tuple[int, int, int, float]] = {}
-        with self._write(db):
-            # A statement per few hundred hashes, not per hash (a hashmap upload touches
-            # every block it names: 60,000 of them a GB of 16 KiB chunks).  The rows there
-            # after the update are the rows it updated: the write lock is held throughout,
-            # so no delete comes between.
-            for i in range(0, len(unique), _IN_CHUNK):
-                part = unique[i:i + _IN_CHUNK]
-                db.execute(f"UPDATE blocks SET stamp = ? WHERE hash IN "
-                           f"({','.join('?' * len(part))})", (now, *part))
-            self._select(db, unique, found)
-        return [h for h in unique if h in found]
+        found: dict[bytes, int] = {}
+        with _sql_errors():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # A statement per few hundred hashes, not per hash (a hashmap upload touches
+                # every block it names: 60,000 of them a GB of 16 KiB chunks), each answering
+                # the rows it updated and their lengths (RETURNING: one pass over the index,
+                # where a look-up, an update and a select of the same rows were three; a
+                # hashmap upload checks its entries' lengths against these).
+                for i in range(0, len(unique), _IN_CHUNK):
+                    part = unique[i:i + _IN_CHUNK]
+                    for h, length in db.execute(
+                            f"UPDATE blocks SET stamp = ? WHERE hash IN "
+                            f"({','.join('?' * len(part))}) RETURNING hash, length",
+                            (now, *part)):
+                        found[bytes(h)] = length
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+        if found:  # (nothing updated, nothing to make durable: blocks kept as files)
+            self._wal_sync.sync()
+        return found
 
     def put(self, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
         """Append blocks known absent from the index (or to be replaced) and index them."""

@@ -96,6 +96,16 @@ class BlockStore(ABC):
         `start_after` (so an interrupted scan resumes from the last hash it saw).  Blobs put or
         deleted during the scan may or may not appear."""
 
+    def touch_sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+        """`touch_many` that also gives the size of each blob it refreshed: None for an
+        absent one (in the order given).  A hashmap upload touches the blocks it names and
+        holds its entries' lengths to their sizes; a store that finds both in one look-up
+        overrides this (LocalBlockStore: one pass over its packs' index, not three)."""
+        absent = set(self.touch_many(hashes))
+        present = [h for h in dict.fromkeys(hashes) if h not in absent]
+        found = dict(zip(present, self.sizes(present), strict=True))
+        return [found.get(h) for h in hashes]
+
     def sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
         """The size of each blob in bytes, None if absent (in the order given).  A hashmap
         upload holds the lengths its entries claim to this.  The default reads the blobs;

@@ -56,19 +56,16 @@ class _Statement:
         self.names = tuple(names)
 
 
-# By SQL text, not by the Prepared object's id: a catalog closed frees its statements, and
-# another's could get the same id.  (A str keeps its hash: the look-up hashes nothing.)
-_statements: dict[str, _Statement] = {}
+_statements: dict[int, _Statement] = {}
 
 
 def _statement(p: Any) -> _Statement:
     """`p`: a pithos.catalog.prepared.Prepared (not imported: that module imports this one
     when it runs a read)."""
-    found = _statements.get(p.sql)
+    found = _statements.get(id(p))
     if found is None:
-        if len(_statements) >= MAX_PREPARED:
-            return _Statement(p)  # (never seen: the catalog's statements are a few dozen)
-        found = _statements[p.sql] = _Statement(p)
+        # (Prepared objects live as long as the process: Statements keeps them.)
+        found = _statements[id(p)] = _Statement(p)
     return found
 
 
@@ -80,9 +77,9 @@ class DirectReads:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.dump = Transformer(conn)  # dumps the values (its dumpers kept by type)
-        # (SQL, types) -> its server-side name and the Transformer that loads its rows
-        # (whose column loaders are set by the first result that has rows to load)
-        self.prepared: dict[tuple[str, tuple[int, ...]], _Named] = {}
+        # (statement id, types) -> its server-side name and the Transformer that loads its
+        # rows (whose column loaders are set by the first result that has rows to load)
+        self.prepared: dict[tuple[int, tuple[int, ...]], _Named] = {}
 
     def fetch(self, p: Any, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         stmt = _statement(p)
@@ -93,7 +90,7 @@ class DirectReads:
         pformats = self.dump.formats
         conn = self.conn
         pgconn = conn.pgconn
-        key = (p.sql, types)
+        key = (id(p), types)
         named = self.prepared.get(key)
         if named is None:
             if len(self.prepared) >= MAX_PREPARED:

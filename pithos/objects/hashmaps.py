@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 from pithos.catalog import ContainerInfo, Expect, ObjectVersion, UserInfo
@@ -97,14 +97,27 @@ class Hashmaps:
         is not its account's admin may name only the blocks it sent or read itself: what
         the rest of its account holds (say in containers it cannot read) is "missing" to it,
         as another account's blocks are."""
+        return self._named(account_id, hashes, user, False)[0]
+
+    def _named(self, account_id: int, hashes: Sequence[bytes], user: UserInfo | None,
+               sizes: bool) -> tuple[list[bytes], dict[bytes, int]]:
+        """(`missing`'s answer, and if `sizes` the size of every other block, found by the
+        same touch: one look-up of each block, not a touch and then a look-up of sizes)."""
         if _member(user):
             assert user is not None
             allowed = self.catalog.granted_user_blocks(user.id, hashes)
         else:
             allowed = self.catalog.granted_blocks(account_id, hashes)
-        refused = [h for h in dict.fromkeys(hashes) if h not in allowed]
-        absent = set(self.mapper.blocker.touch_many([h for h in hashes if h in allowed]))
-        return refused + [h for h in dict.fromkeys(hashes) if h in absent]
+        unique = list(dict.fromkeys(hashes))
+        refused = [h for h in unique if h not in allowed]
+        named = [h for h in unique if h in allowed]
+        blocker = self.mapper.blocker
+        if not sizes:
+            absent = set(blocker.touch_many(named))
+            return refused + [h for h in named if h in absent], {}
+        found = dict(zip(named, blocker.touch_sizes(named), strict=True))
+        present = {h: n for h, n in found.items() if n is not None}
+        return refused + [h for h in named if h not in present], present
 
     def store_blocks(self, account_id: int, body: BinaryIO, length: int | None,
                      lengths: Sequence[int] | None = None,
@@ -114,26 +127,27 @@ class Hashmaps:
         self.confirmer.uploading()
         bs = self.mapper.block_size
         reader = BlockBody(body, length, self.objects.limits.max_file_size)
+        hashes: list[bytes] = []
+        blocker = self.mapper.blocker
         if lengths is not None:
             if any(not 0 < n <= bs for n in lengths):
                 raise InvalidArgument(f"block lengths must be in (0, {bs}]")
             if length is not None and sum(lengths) != length:
                 raise InvalidArgument("block lengths do not add up to the body's length")
-            chunks: Iterator[bytes] = reader.cut(lengths)
+            # Each batch read into one buffer, its blocks views of it (BlockBody.batches).
+            for views in reader.batches(lengths, STORE_BATCH_BLOCKS, STORE_BATCH_BYTES):
+                hashes.extend(blocker.put_many(views))
         else:
-            chunks = reader.blocks(bs)
-        hashes: list[bytes] = []
-        batch: list[bytes] = []
-        batch_bytes = 0
-        blocker = self.mapper.blocker
-        for chunk in chunks:
-            batch.append(chunk)
-            batch_bytes += len(chunk)
-            if len(batch) >= STORE_BATCH_BLOCKS or batch_bytes >= STORE_BATCH_BYTES:
+            batch: list[bytes] = []
+            batch_bytes = 0
+            for chunk in reader.blocks(bs):
+                batch.append(chunk)
+                batch_bytes += len(chunk)
+                if len(batch) >= STORE_BATCH_BLOCKS or batch_bytes >= STORE_BATCH_BYTES:
+                    hashes.extend(blocker.put_many(batch))
+                    batch, batch_bytes = [], 0
+            if batch:
                 hashes.extend(blocker.put_many(batch))
-                batch, batch_bytes = [], 0
-        if batch:
-            hashes.extend(blocker.put_many(batch))
         reader.finish()
         self.catalog.grant_blocks(account_id, hashes)
         if _member(user):
@@ -208,15 +222,15 @@ class Hashmaps:
             # Early, so a client told 412 sends no blocks; the commit checks again.
             current = self.catalog.object(container.id, name)
             check_expect(expect, None if current is None else current.etag)
-        missing = self.missing(account_id, hashes, user)
+        missing, stored = self._named(account_id, hashes, user, True)
         if missing:
             raise MissingBlocks(missing)
         # Each entry is its whole block: a length over the block's size made a GET promise
         # bytes it never sent, and one short of it let a small hashmap name one big block
-        # thousands of times (each piece of a GET verifies the whole block).
-        stored = dict(zip(hashes, self.mapper.blocker.sizes(hashes), strict=True))
+        # thousands of times (each piece of a GET verifies the whole block).  (The sizes are
+        # those the touch found.)
         wrong = [i for i, (h, n) in enumerate(zip(hashes, lengths, strict=True))
-                 if stored[h] is not None and stored[h] != n]
+                 if stored[h] != n]
         if wrong:
             i = wrong[0]
             raise InvalidArgument(f"entry {i} claims {lengths[i]} bytes of a block of "
