@@ -10,7 +10,9 @@ import random
 
 from sync_helpers import Device, assert_agree
 
-from pithos.sync.engine import Progress
+from pithos.sync.engine import Engine, Progress
+from pithos.sync.remote import Credentials, Remote
+from pithos.sync.state import State
 
 MiB = 1 << 20
 BIG = 64 * MiB
@@ -165,3 +167,55 @@ def test_the_bar_shows_early_uploads_from_their_start():
         assert (task.completed, task.fields["files"]) == (3 * MiB, "1/2 files")
     finally:
         bar.stop()
+
+
+def _text(n_lines: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    return b"".join(b"%08d host%02d INFO request served in %d ms\n"
+                    % (i, rng.randrange(40), rng.randrange(1000)) for i in range(n_lines))
+
+
+def _sync_with_rate(server, folder, container: str, rate: float | None):
+    """One run of the engine whose Remote has timed its uncompressed batches at `rate`
+    bytes/s (None: not yet timed)."""
+    state = State(str(folder))
+    try:
+        assert state.lock()
+        remote = Remote(Credentials(server.auth_url, "test:tester", "testing"), container)
+        if rate is not None:
+            remote.note_rate(8 << 20, (8 << 20) / rate)
+        engine = Engine(state, remote, report=lambda _: None)
+        assert engine.sync_once(), engine.stats.errors
+        return engine.stats
+    finally:
+        state.close()
+
+
+def test_compressible_chunks_deflated_unless_the_link_is_fast(pithos_server, tmp_path):
+    """Text chunks go deflated on a link not yet timed (an edit's few chunks) or a slow one,
+    and as they are on one that carries uncompressed batches fast (a LAN, loopback), where
+    deflating costs more CPU than the bytes it saves."""
+    for seed, (rate, name) in enumerate(((None, "untimed"), (1e6, "slow"), (1e9, "fast"))):
+        folder = tmp_path / name
+        os.makedirs(folder)
+        text = _text(9000, seed)  # (each its own: no chunk is on the server already)
+        (folder / "log.txt").write_bytes(text)
+        s = _sync_with_rate(pithos_server, folder, f"deflate-{name}", rate)
+        assert s.sent_bytes == len(text), s
+        if rate == 1e9:
+            assert s.request_bytes >= len(text), (name, s.request_bytes, len(text))
+        else:
+            assert s.request_bytes < len(text) // 2, (name, s.request_bytes, len(text))
+        b = Device(pithos_server, tmp_path / f"{name}-b", f"deflate-{name}")
+        b.sync()
+        assert b.read("log.txt") == text
+
+
+def test_link_rate_is_an_average_of_uncompressed_batches():
+    remote = Remote(Credentials("http://127.0.0.1:9/auth/v1.0", "a:b", "k"), "c")
+    assert not remote.fast_link()  # untimed: deflate
+    remote.note_rate(8 << 20, 0.01)  # ~840 MB/s
+    assert remote.fast_link()
+    for _ in range(10):
+        remote.note_rate(8 << 20, 1.0)  # ~8 MB/s, lately
+    assert not remote.fast_link()

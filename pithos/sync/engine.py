@@ -21,6 +21,7 @@ Rules every action keeps:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -247,14 +248,17 @@ class Engine(DownloadsMixin):
         base, remote = self.state.base(), self.state.remote()
         held = {e.md5 for e in base.values()} | {e.md5 for e in remote.values()}
 
-        def start(lf: LocalFile) -> None:
-            if lf.path in base or lf.path in remote or lf.md5 in held:
+        def start(full: LocalFile) -> None:
+            if full.path in base or full.path in remote or full.md5 in held:
                 return
-            held.add(lf.md5)  # a second new file of it: a server-side copy, planned
+            held.add(full.md5)  # a second new file of it: a server-side copy, planned
+            # The pass keeps the action without the chunk list (memory per file, not per
+            # byte); the upload takes the scan's, not read back from the files cache.
+            lf = dataclasses.replace(full, chunks=())
             a = P.Action(P.UPLOAD, lf.path, local=lf)
             self.progress.add(lf.size, 1)
             uploads.started.append(a)
-            self._start_upload(a, uploads)
+            self._start_upload(a, uploads, full)
             self._reap(uploads, everything=False, wait_for=self.upload_workers)
 
         return start
@@ -287,8 +291,9 @@ class Engine(DownloadsMixin):
             self._reap(uploads, everything=False, wait_for=self.upload_workers)
         self._reap(uploads, everything=True)
 
-    def _start_upload(self, a: P.Action, uploads: _Uploads) -> None:
-        job = self._guard(a, functools.partial(self._prepare_upload, a))
+    def _start_upload(self, a: P.Action, uploads: _Uploads,
+                      full: LocalFile | None = None) -> None:
+        job = self._guard(a, functools.partial(self._prepare_upload, a, full))
         if job is None:
             uploads.failed.add(a.path)
             self.progress.file_done()
@@ -301,8 +306,10 @@ class Engine(DownloadsMixin):
         inflight = uploads.inflight
         while inflight:
             block = everything or len(inflight) >= max(wait_for, 1)
-            done, _ = wait(list(inflight), timeout=None if block else 0,
-                           return_when=FIRST_COMPLETED)
+            if block:
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            else:  # (a look, not a wait: no waiter installed on every future, per file)
+                done = {f for f in inflight if f.done()}
             for f in done:
                 a = inflight.pop(f)
 
@@ -377,10 +384,12 @@ class Engine(DownloadsMixin):
     def do_upload(self, a: P.Action) -> None:
         self._uploaded(a.path, *self._prepare_upload(a)())
 
-    def _prepare_upload(self, a: P.Action) -> Callable[[], tuple[LocalFile, str]]:
+    def _prepare_upload(self, a: P.Action, full: LocalFile | None = None
+                        ) -> Callable[[], tuple[LocalFile, str]]:
         """Journal the upload and read what it needs from the state; the returned job does
         the rest (reading the file, the requests: no state database) and gives the file as
-        sent and its new ETag, for `_uploaded`."""
+        sent and its new ETag, for `_uploaded`.  `full`: the file with its chunk list, as
+        the scan just hashed it (else read from the files cache)."""
         assert a.local is not None
         lf = a.local
         if_match = a.remote.md5 if a.remote is not None else None
@@ -396,7 +405,8 @@ class Engine(DownloadsMixin):
                 self.progress.advance(len(data))
                 return lf, etag
             return small
-        full = self._full(lf)
+        if full is None or not full.chunks:
+            full = self._full(lf)
         # The chunks of the version last synced are on the server already: ask only about
         # the others (an edit's ?missing names a few hashes, not the whole file).
         known = {c.hash for c in self.state.base_chunks(a.path)}
@@ -461,7 +471,9 @@ class Engine(DownloadsMixin):
         # (A buffer the size of what is wanted, at most a batch: not 8 MiB for a small file.)
         capacity = min(BLOCKS_BATCH_BYTES, wanted_bytes)
         batches = {False: _Batch(capacity), True: _Batch(capacity)}
-        classify = wanted_bytes <= 2 * DEFLATE_MAX
+        # Nor on a link that carries uncompressed batches faster than deflating would pay
+        # for (Remote.fast_link: a LAN, loopback).
+        classify = wanted_bytes <= 2 * DEFLATE_MAX and not self.remote.fast_link()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:

@@ -39,6 +39,15 @@ RETRIES = 4  # for 5xx and dropped connections, with backoff
 # sync's: deflating them, even at level 1, was ~1.5 of the client's 3.9 s for 487 MB).
 DEFLATE_FINE_MAX = 256 << 10
 DEFLATE_MAX = 1 << 20
+# A link that takes uncompressed chunk batches (of at least RATE_MIN_BODY bytes, timed from
+# the request to the answer, the server's storing included) at this rate or faster is not
+# worth deflating for: level 1 deflates text at ~100-200 MB/s here and sends ~35% of it, so
+# it pays only below ~0.65 of that.  On the sync bench's first sync over loopback, deflating
+# small text files was ~9% of the client's CPU (and inflating a share of the server's), for
+# bytes the link carried at several hundred MB/s.  Until a batch has been timed, compressible
+# chunks are deflated (an edit's few chunks: every byte counts).
+FAST_LINK_BYTES_S = 64e6
+RATE_MIN_BODY = 1 << 20
 
 
 class RemoteError(Exception):
@@ -120,6 +129,7 @@ class Remote:
         self.received_bytes = 0
         self._count_lock = threading.Lock()
         self._description: dict[str, Any] | None = None
+        self._link_rate: float | None = None  # bytes/s of uncompressed batches (EWMA)
         self.cdc = False  # the container cuts plain PUTs as this client does (ensure_container)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -362,12 +372,28 @@ class Remote:
              "X-Block-Lengths": ",".join(map(str, lengths))}
         if compress and len(body) <= DEFLATE_MAX:
             body = self._deflate(body, h, 6 if len(body) <= DEFLATE_FINE_MAX else 1)
+        started = time.monotonic()
         r = self.request("POST", None, query={"blocks": ""}, body=body, headers=h)
+        if "Content-Encoding" not in h and len(body) >= RATE_MIN_BODY:
+            self.note_rate(len(body), time.monotonic() - started)
         try:
             return [from_hex(x) for x in json.loads(r.data)]
         except (ValueError, TypeError):
             raise RemoteError("POST ?blocks: the answer is not a list of hashes", r.status
                               ) from None
+
+    def note_rate(self, size: int, seconds: float) -> None:
+        """An uncompressed batch of `size` bytes took `seconds` from request to answer."""
+        rate = size / max(seconds, 1e-6)
+        with self._count_lock:  # (upload workers note at once)
+            old = self._link_rate
+            self._link_rate = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def fast_link(self) -> bool:
+        """Whether uncompressed chunk batches have gone at FAST_LINK_BYTES_S or faster (on
+        average, lately): then deflating compressible ones costs more than it saves."""
+        rate = self._link_rate
+        return rate is not None and rate >= FAST_LINK_BYTES_S
 
     def _deflate(self, body: bytes | bytearray | memoryview, headers: dict[str, str],
                  level: int = 1) -> bytes | bytearray | memoryview:

@@ -139,7 +139,7 @@ class _Hashing:
     def take(self, piece: bytes) -> None:
         """The piece's chunks (its MD5 is updated by the caller, in lanes)."""
         self.size += len(piece)
-        self.chunks.extend(Chunk(block_hash(c), len(c)) for c in self.chunker.update(piece))
+        self.chunks.extend([Chunk(block_hash(c), len(c)) for c in self.chunker.update(piece)])
 
     def result(self) -> LocalFile:
         """The file as hashed; Changed if it is not the file its stat described from start
@@ -228,7 +228,9 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
          on_hashed: Callable[[LocalFile], None] | None = None) -> ScanResult:
     """Every file of the folder, hashed where the files cache is stale; the cache and the
     chunk index are brought up to date (rows of vanished files dropped).  `on_hashed` is
-    called with each file hashed, once it is in the files cache (without its chunk list)."""
+    called with each file hashed, once it is in the files cache, with its chunk list (an
+    upload started from it needs them, and reading them back from the cache cost as much
+    as writing them); the result keeps none."""
     result = ScanResult()
     unlisted: list[str] = []
     stale: list[tuple[str, os.stat_result]] = []  # to hash: the files cache is not theirs
@@ -257,7 +259,7 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
         result.files[rel] = dataclasses.replace(f, chunks=())  # the cache holds them
         result.hashed_bytes += f.size
         if on_hashed is not None:
-            on_hashed(result.files[rel])
+            on_hashed(f)
     if unlisted:
         # What the folder may still hold there is unknown, not deleted: left alone both ways
         # (no remote delete, no download into a directory we cannot read).
