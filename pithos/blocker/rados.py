@@ -74,7 +74,7 @@ from pithos.blocker.rados_io import (
     raise_failed,
     stat_objects,
 )
-from pithos.blocker.store import BlockStore
+from pithos.blocker.store import BlockStore, BlockWriter, BufferedBlockWriter
 from pithos.core.errors import InvalidArgument, NotFound
 from pithos.core.locks import native_lock
 from pithos.core.offload import Offload
@@ -181,10 +181,11 @@ class RadosBlockStore(BlockStore):
         raise_failed(codes, "cannot refresh blocks", ok=(0, -errno.ENOENT))
         return codes
 
-    def _create(self, names: Sequence[str], datas: Sequence[bytes],
+    def _create(self, names: Sequence[str], datas: Sequence[Sequence[bytes]],
                 which: Sequence[int]) -> None:
         """Create the objects `which` (indexes into names and datas) with their bytes and put
-        time, each in one exclusive write op; one that exists already is left as it is."""
+        time, each in one exclusive write op; one that exists already is left as it is.  Each
+        object's bytes are given as its pieces, in order: written by one op, so atomically."""
         io = self._ioctx
         rados = self._rados
 
@@ -192,8 +193,11 @@ class RadosBlockStore(BlockStore):
             i = which[k]
             op = io.create_write_op()
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
-            if datas[i]:  # (an empty block is the create alone: no write of 0 bytes)
-                op.write_full(datas[i])
+            pieces = [piece for piece in datas[i] if piece]
+            if pieces:  # (an empty block is the create alone: no write of 0 bytes)
+                op.write_full(pieces[0])
+                for piece in pieces[1:]:
+                    op.append(piece)
             io.set_omap(op, (PUT_TIME_KEY, GENERATION_KEY),
                         (str(time.time_ns()).encode(), os.urandom(8).hex().encode()))
             return io.operate_aio_write_op(op, names[i], done, mtime=int(time.time())), op
@@ -204,15 +208,22 @@ class RadosBlockStore(BlockStore):
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         # Not a PartsStore (yet): a RADOS object is read and verified whole.
         unique = dict(items)  # the caller vouches that equal hashes name equal bytes
-        hashes = list(unique)
-        names = [h.hex() for h in hashes]
         # librados takes bytes only (an upload's pieces may come as bytearrays).
-        datas = [d if type(d) is bytes else bytes(d) for d in unique.values()]
+        self._put_pieces(list(unique), [[d if type(d) is bytes else bytes(d)]
+                                        for d in unique.values()])
+
+    def open_writer(self) -> BlockWriter:
+        return _PiecesWriter(self)
+
+    def _put_pieces(self, hashes: Sequence[bytes], datas: Sequence[Sequence[bytes]]) -> None:
+        """put_many of blobs given as their pieces (bytes), each blob's hash once."""
+        names = [h.hex() for h in hashes]
+        lengths = [sum(len(piece) for piece in pieces) for pieces in datas]
         sizes = self._stat_many(hashes)
         for i, size in enumerate(sizes):
-            if size is not None and size != len(datas[i]):
+            if size is not None and size != lengths[i]:
                 # Damaged (see BlockStore.put_many): moved aside and stored afresh.
-                self._off_loop(self._quarantine_one, hashes[i], None, len(datas[i]))
+                self._off_loop(self._quarantine_one, hashes[i], None, lengths[i])
                 sizes[i] = None
         self._create(names, datas, [i for i, size in enumerate(sizes) if size is None])
         present = [i for i, size in enumerate(sizes) if size is not None]
@@ -488,3 +499,17 @@ class RadosBlockStore(BlockStore):
         self._conn.shutdown()
         if self._own_offload:
             self._offload.close()
+
+
+class _PiecesWriter(BufferedBlockWriter):
+    """A streamed upload's pieces kept as they came and written at commit by one op, a write
+    of the first and appends of the rest: joined first, each 4 MiB block was copied once more
+    on the worker (a tenth of its CPU for a large PUT on RADOS was such copies)."""
+
+    def __init__(self, store: RadosBlockStore) -> None:
+        super().__init__(store)
+        self._rados_store = store
+
+    def commit(self, hash_: bytes) -> None:
+        pieces, self._pieces = self._pieces, []
+        self._rados_store._put_pieces([hash_], [pieces])
