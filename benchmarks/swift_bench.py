@@ -64,14 +64,17 @@ def cell_name(op: str, label: str, clients: int) -> str:
     return f"{op} {label} c={clients}"
 
 
-def cell_order(sizes: list[str] | None = None) -> list[tuple[str, int, str, int]]:
+def cell_order(sizes: list[str] | None = None,
+               ops: list[str] | None = None) -> list[tuple[str, int, str, int]]:
     """PUTs before GETs of each size: the GETs read back what the PUTs wrote.  `sizes`
-    (labels such as "4 KiB") keeps only those sizes' cells."""
+    (labels such as "4 KiB") keeps only those sizes' cells, `ops` ("PUT", "GET") only those
+    operations' (a GET cell alone reads what earlier cells of the run wrote: none)."""
     return [
         (op, size, label, clients)
         for size, label in SIZES
         if not sizes or label.replace(" ", "") in sizes
         for op in ("PUT", "GET")
+        if not ops or op in ops
         for clients in CONCURRENCY
     ]
 
@@ -123,7 +126,7 @@ def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[s
     pooled per system.  Which system goes first also alternates from cell to cell."""
     results: dict[str, dict[str, Any]] = {t.peer.name: {} for t in targets}
     rounds = max(1, args.rounds)
-    for index, (op, size, label, clients) in enumerate(cell_order(args.size)):
+    for index, (op, size, label, clients) in enumerate(cell_order(args.size, args.op)):
         name = cell_name(op, label, clients)
         turn = targets[index % len(targets) :] + targets[: index % len(targets)]
         pooled: dict[str, CellResult] = {}
@@ -305,6 +308,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", action="append",
                    choices=[label.replace(" ", "") for _, label in SIZES],
                    help="measure only the cells of this object size (repeatable)")
+    p.add_argument("--op", action="append", choices=["PUT", "GET"],
+                   help="measure only the cells of this operation (repeatable; GET cells read"
+                        " what the run's PUT cells wrote, so GET needs PUT)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per cell")
     p.add_argument("--rounds", type=int, default=2,
                    help="rounds per cell, the systems' order reversed each round (default 2)")
@@ -340,7 +346,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="measure the client against a do-nothing server, then exit",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.op and "PUT" not in args.op:
+        p.error("GET cells read what the run's PUT cells wrote: --op GET needs --op PUT too")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
