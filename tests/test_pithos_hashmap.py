@@ -131,6 +131,35 @@ def test_block_lengths_and_bad_hashmaps(pithos_server):
     assert requests.head(f"{url}/odd/bad", headers=h, timeout=30).status_code == 404
 
 
+def test_packed_blocks_are_held_to_their_lengths(pithos_server):
+    """Blocks sent eight at once are packed (pithos/blocker/packs.py); a hashmap naming them
+    gets their sizes from the touch itself (BlockStore.touch_sizes): an entry claiming
+    another length than its block's is 400, and whole ones make an object that reads back."""
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/packed", headers=h, timeout=30)
+    rng = random.Random(7)
+    parts = [rng.randbytes(1000 + 37 * i) for i in range(8)]
+    r = requests.post(f"{url}/packed", params={"blocks": ""}, data=b"".join(parts),
+                      headers={**h, "X-Block-Lengths": ",".join(str(len(p)) for p in parts)},
+                      timeout=30)
+    assert r.json() == [hexhash(p) for p in parts]
+    lengths = [len(p) for p in parts]
+    for i, wrong in ((0, lengths[0] + 1), (5, lengths[5] - 1), (7, 4096)):
+        claimed = [*lengths[:i], wrong, *lengths[i + 1:]]
+        doc = {"bytes": sum(claimed), "hashes": r.json(), "lengths": claimed}
+        bad = requests.put(f"{url}/packed/o", params={"hashmap": ""}, data=json.dumps(doc),
+                           headers=h, timeout=30)
+        assert bad.status_code == 400 and f"entry {i} claims" in bad.text, bad.text
+    assert requests.head(f"{url}/packed/o", headers=h, timeout=30).status_code == 404
+    doc = {"bytes": sum(lengths) + sum(lengths[:2]), "hashes": [*r.json(), *r.json()[:2]],
+           "lengths": [*lengths, *lengths[:2]]}
+    ok = requests.put(f"{url}/packed/o", params={"hashmap": ""}, data=json.dumps(doc),
+                      headers=h, timeout=30)
+    assert ok.status_code == 201, ok.text
+    assert requests.get(f"{url}/packed/o", headers=h, timeout=30).content == \
+        b"".join(parts + parts[:2])
+
+
 def test_updates_in_place(pithos_server):
     url, h = auth(pithos_server)
     requests.put(f"{url}/upd", headers=h, timeout=30)
