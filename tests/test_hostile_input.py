@@ -617,3 +617,11 @@ def test_a_content_type_past_its_column_is_400_before_the_body_is_read(pithos_se
     assert reply.split(b" ", 2)[1] == b"400" and b"Content-Type longer than 256" in reply, \
         reply[:300]
     assert requests.head(f"{url}/ctype/o", headers=h, timeout=T).status_code == 404
+
+
+def test_review_a_target_that_is_not_a_path_is_412_not_500(pithos_server):
+    # OPTIONS * (asterisk form) and an absolute-form target with no path reach the app with a
+    # path of "*" or "": the unknown-route handler split it and crashed (500).
+    for line in (b"OPTIONS * HTTP/1.1", b"GET http://x HTTP/1.1", b"GET http://x?a HTTP/1.1"):
+        reply = raw(pithos_server, line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert reply.split(b" ", 2)[1] == b"412" and b"Bad URL" in reply, (line, reply[:300])

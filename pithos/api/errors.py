@@ -158,7 +158,9 @@ NOT_SWIFT = frozenset({"image", "compute", "ui", "v3", "public"})
 
 
 def no_route(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
-    if req.path.split("/", 2)[1] in NOT_SWIFT or req.path.startswith("//"):
+    # (A target that is not a path, OPTIONS * or http://host, has no first segment: 412.)
+    first = req.path.split("/", 2)[1] if req.path.startswith("/") else ""
+    if first in NOT_SWIFT or req.path.startswith("//"):
         # (A path that begins with an empty segment, //v1/AUTH_test: Swift's tempauth cannot
         # split it and answers 404, before its proxy would say "Bad URL".)
         _answer(resp, 404, "", req=req)
