@@ -56,16 +56,19 @@ class _Statement:
         self.names = tuple(names)
 
 
-_statements: dict[int, _Statement] = {}
+# By SQL text, not by the Prepared object's id: a catalog closed frees its statements, and
+# another's could get the same id.  (A str keeps its hash: the look-up hashes nothing.)
+_statements: dict[str, _Statement] = {}
 
 
 def _statement(p: Any) -> _Statement:
     """`p`: a pithos.catalog.prepared.Prepared (not imported: that module imports this one
     when it runs a read)."""
-    found = _statements.get(id(p))
+    found = _statements.get(p.sql)
     if found is None:
-        # (Prepared objects live as long as the process: Statements keeps them.)
-        found = _statements[id(p)] = _Statement(p)
+        if len(_statements) >= MAX_PREPARED:
+            return _Statement(p)  # (never seen: the catalog's statements are a few dozen)
+        found = _statements[p.sql] = _Statement(p)
     return found
 
 
@@ -77,9 +80,9 @@ class DirectReads:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.dump = Transformer(conn)  # dumps the values (its dumpers kept by type)
-        # (statement id, types) -> its server-side name and the Transformer that loads its
-        # rows (whose column loaders are set by the first result that has rows to load)
-        self.prepared: dict[tuple[int, tuple[int, ...]], _Named] = {}
+        # (SQL, types) -> its server-side name and the Transformer that loads its rows
+        # (whose column loaders are set by the first result that has rows to load)
+        self.prepared: dict[tuple[str, tuple[int, ...]], _Named] = {}
 
     def fetch(self, p: Any, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         stmt = _statement(p)
@@ -90,7 +93,7 @@ class DirectReads:
         pformats = self.dump.formats
         conn = self.conn
         pgconn = conn.pgconn
-        key = (id(p), types)
+        key = (p.sql, types)
         named = self.prepared.get(key)
         if named is None:
             if len(self.prepared) >= MAX_PREPARED:
