@@ -59,6 +59,31 @@ class _Trickle(io.RawIOBase):
         return self._data.read(min(n, 1000) if n >= 0 else 1000)
 
 
+class _Asked(io.BytesIO):
+    """A stream that records the size of each read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.asked.append(-1 if n is None else n)
+        return super().read(n)
+
+
+def test_a_batch_is_read_a_piece_at_a_time_not_allocated_whole():
+    # The request's stream (SocketBody) allocates what a read asks before any byte arrives:
+    # asking a whole 32 MiB batch at once let a client that declares its lengths and sends
+    # nothing pin 32 MiB per connection.  Still one buffer a batch, its blocks views of it.
+    blocks = [bytes([i]) * READ_PIECE for i in range(8)]
+    stream = _Asked(b"".join(blocks))
+    batches = list(BlockBody(stream, None, 1 << 40).batches(
+        [len(b) for b in blocks], 64, 8 * READ_PIECE))
+    assert len(batches) == 1 and [bytes(v) for v in batches[0]] == blocks
+    assert all(v.obj is batches[0][0].obj for v in batches[0])
+    assert max(stream.asked) <= READ_PIECE, stream.asked
+
+
 def test_batches_of_a_trickling_stream_and_of_a_short_body():
     rng = random.Random(5)
     blocks = [rng.randbytes(rng.randint(1, 5000)) for _ in range(50)]

@@ -86,12 +86,16 @@ class BlockBody:
             i = j
 
     def _read_exact(self, n: int) -> bytes | bytearray:
-        data = self._read(n)
+        # At most READ_PIECE asked at a time: the request's stream allocates what a read asks
+        # before any byte of it comes (SocketBody), so one read of a whole batch (32 MiB)
+        # let a client pin that much per connection by declaring lengths and sending nothing.
+        # Held so is only what came, plus one piece.
+        data = self._read(min(n, READ_PIECE))
         if len(data) == n:
             return data
         buf = bytearray(data)
         while len(buf) < n:
-            more = self._read(n - len(buf))
+            more = self._read(min(n - len(buf), READ_PIECE))
             if not more:
                 raise InvalidArgument("the body is shorter than the block lengths")
             buf += more
