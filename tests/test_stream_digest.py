@@ -34,6 +34,22 @@ def lanes():
     assert not policy.lane_digests
 
 
+@pytest.fixture
+def widths(monkeypatch):
+    """The width of each lane batch hashed, in order: the grouping does not depend on the
+    hash, so hashlib stands in for the multi-buffer MD5 (and a loop for its batches)."""
+    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
+    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
+    found: list[int] = []
+
+    def recording(digests, datas):
+        found.append(len(digests))
+        md5_impl._update_each(digests, datas)
+
+    monkeypatch.setattr(md5_impl, "update_many", recording)
+    return found
+
+
 class GatedExecutor(Executor):
     """Runs tasks on a real pool, each only once `gate` is set: a drain that cannot progress."""
 
@@ -273,21 +289,12 @@ def test_uploads_interleaved_by_greenlets(lanes):
     assert len(finished) == 16 and not wrong
 
 
-def test_lane_groups_hash_full_width_rounds(pool, lanes, monkeypatch):
+def test_lane_groups_hash_full_width_rounds(pool, lanes, widths):
     """A group hashes as many rounds as its shortest member has pieces, so each batch is as
     wide as the group; a digest with more pieces keeps the rest for the next group, which it
     joins as soon as the others have pieces again (its drain having ended), without a piece of
     its own arriving.  A result asked for hashes all of that digest's pieces, its company
     only as many rounds as it needs."""
-    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
-    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
-    widths: list[int] = []
-
-    def recording(digests, datas):
-        widths.append(len(digests))
-        md5_impl._update_each(digests, datas)
-
-    monkeypatch.setattr(md5_impl, "update_many", recording)
     plain = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.lanes_from)]
     group = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.group)]
     piece = os.urandom(50_000)
@@ -315,19 +322,10 @@ def test_lane_groups_hash_full_width_rounds(pool, lanes, monkeypatch):
         d.abandon()
 
 
-def test_a_digest_begun_alone_joins_the_lanes_once_others_hash(pool, lanes, monkeypatch):
+def test_a_digest_begun_alone_joins_the_lanes_once_others_hash(pool, lanes, widths):
     """An upload that began with too little company hashes in lanes from its next piece once
     enough others are hashing, instead of alone to its end; a small body never does, nor
     one still alone."""
-    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
-    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
-    widths: list[int] = []
-
-    def recording(digests, datas):
-        widths.append(len(digests))
-        md5_impl._update_each(digests, datas)
-
-    monkeypatch.setattr(md5_impl, "update_many", recording)
     piece = os.urandom(100_000)
     first = StreamDigest(pool, length=None, lanes=lanes)
     small = StreamDigest(pool, length=4096, lanes=lanes)
@@ -351,20 +349,10 @@ def test_a_digest_begun_alone_joins_the_lanes_once_others_hash(pool, lanes, monk
     assert small.hexdigest() == hashlib.md5(b"s" * 4096).hexdigest()
 
 
-def test_a_group_among_more_lane_digests_starts_once_a_group_is_ready(pool, lanes,
-                                                                       monkeypatch):
+def test_a_group_among_more_lane_digests_starts_once_a_group_is_ready(pool, lanes, widths):
     """With more lane digests than a group, the first `group` of them with pieces start
     together, whichever the others are (each piece asks, and stops looking once a group can
     no longer be found)."""
-    monkeypatch.setattr(md5_impl, "MULTI_BUFFER", True)
-    monkeypatch.setattr(md5_impl, "new", lambda: hashlib.md5())
-    widths: list[int] = []
-
-    def recording(digests, datas):
-        widths.append(len(digests))
-        md5_impl._update_each(digests, datas)
-
-    monkeypatch.setattr(md5_impl, "update_many", recording)
     plain = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.lanes_from)]
     digests = [StreamDigest(pool, lanes=lanes) for _ in range(lanes.group + 3)]
     piece = os.urandom(50_000)
