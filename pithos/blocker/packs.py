@@ -193,9 +193,11 @@ class Packs:
                 os.close(active.fd)
 
     @contextlib.contextmanager
-    def _write(self, db: sqlite3.Connection) -> Iterator[None]:
+    def _write(self, db: sqlite3.Connection, changed: Callable[[], bool] | None = None
+               ) -> Iterator[None]:
         """One write transaction, taking the write lock at its start (so a read in it sees
-        what the commit will be judged against)."""
+        what the commit will be judged against).  `changed`: whether it wrote anything, asked
+        after the commit (else it is taken to have): only then is the WAL synced."""
         with _sql_errors():
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -206,7 +208,8 @@ class Packs:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
-        self._wal_sync.sync()  # durable before the caller goes on, as FULL made it
+        if changed is None or changed():
+            self._wal_sync.sync()  # durable before the caller goes on, as FULL made it
 
     def _rows(self, db: sqlite3.Connection, hashes: Sequence[bytes]
               ) -> dict[bytes, tuple[int, int, int, float]]:
@@ -302,29 +305,20 @@ class Packs:
         now = time.time()
         unique = list(dict.fromkeys(hashes))
         found: dict[bytes, int] = {}
-        with _sql_errors():
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # A statement per few hundred hashes, not per hash (a hashmap upload touches
-                # every block it names: 60,000 of them a GB of 16 KiB chunks), each answering
-                # the rows it updated and their lengths (RETURNING: one pass over the index,
-                # where a look-up, an update and a select of the same rows were three; a
-                # hashmap upload checks its entries' lengths against these).
-                for i in range(0, len(unique), _IN_CHUNK):
-                    part = unique[i:i + _IN_CHUNK]
-                    for h, length in db.execute(
-                            f"UPDATE blocks SET stamp = ? WHERE hash IN "
-                            f"({','.join('?' * len(part))}) RETURNING hash, length",
-                            (now, *part)):
-                        found[bytes(h)] = length
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-        if found:  # (nothing updated, nothing to make durable: blocks kept as files)
-            self._wal_sync.sync()
+        # (Nothing updated, nothing to make durable: blocks kept as files.)
+        with self._write(db, changed=lambda: bool(found)):
+            # A statement per few hundred hashes, not per hash (a hashmap upload touches
+            # every block it names: 60,000 of them a GB of 16 KiB chunks), each answering the
+            # rows it updated and their lengths (RETURNING: one pass over the index, where a
+            # look-up, an update and a select of the same rows were three; a hashmap upload
+            # checks its entries' lengths against these).
+            for i in range(0, len(unique), _IN_CHUNK):
+                part = unique[i:i + _IN_CHUNK]
+                for h, length in db.execute(
+                        f"UPDATE blocks SET stamp = ? WHERE hash IN "
+                        f"({','.join('?' * len(part))}) RETURNING hash, length",
+                        (now, *part)):
+                    found[bytes(h)] = length
         return found
 
     def put(self, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
