@@ -38,17 +38,18 @@ from pithos.catalog.records import Expect
 from pithos.core.errors import Conflict, PreconditionFailed, QuotaExceeded
 from pithos.core.locks import waits_cooperatively
 
+# Binary parameters, as the batch's (pg_batch.PUT_VERSIONS_SQL).
 PUT_VERSION_SQL = (
     "SELECT object_id, object_uuid, version_id FROM pithos_put_version("
-    "%(guard_class)s::integer, %(guard_lease)s::integer, %(guard_pid)s::integer, "
-    "%(container_id)s::integer, %(name)s::text, %(vid)s::text, %(root)s::bytea, "
-    "%(size)s::bigint, %(etag)s::text, %(content_type)s::text, "
-    "%(created)s::double precision, %(modified_by)s::text, %(delete_at)s::double precision, "
-    "%(dlo_manifest)s::text, %(slo_manifest)s::text, %(inline)s::bytea, "
-    "%(meta_domains)s::text[], %(meta_keys)s::text[], %(meta_values)s::text[], "
-    "%(grant_account)s::integer, %(grant_hashes)s::bytea[], %(sources)s::integer[], "
-    "%(expect_absent)s::boolean, %(expect_match)s::text[], %(now)s::double precision, "
-    "%(new_uuid)s::text, %(shard)s::integer, %(stripe)s::integer)")
+    "%(guard_class)b::integer, %(guard_lease)b::integer, %(guard_pid)b::integer, "
+    "%(container_id)b::integer, %(name)b::text, %(vid)b::text, %(root)b::bytea, "
+    "%(size)b::bigint, %(etag)b::text, %(content_type)b::text, "
+    "%(created)b::double precision, %(modified_by)b::text, %(delete_at)b::double precision, "
+    "%(dlo_manifest)b::text, %(slo_manifest)b::text, %(inline)b::bytea, "
+    "%(meta_domains)b::text[], %(meta_keys)b::text[], %(meta_values)b::text[], "
+    "%(grant_account)b::integer, %(grant_hashes)b::bytea[], %(sources)b::integer[], "
+    "%(expect_absent)b::boolean, %(expect_match)b::text[], %(now)b::double precision, "
+    "%(new_uuid)b::text, %(shard)b::integer, %(stripe)b::integer)")
 
 # The function's own errors (RAISE ... USING ERRCODE), as the project's.
 _ERRORS: dict[str, type[Exception]] = {"PT002": Conflict, "PT003": PreconditionFailed,
