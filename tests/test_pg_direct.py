@@ -102,6 +102,24 @@ def test_errors_are_raised_as_the_cursors_and_the_connection_goes_on(reads):
     assert reads.fetch(p, {"x": 1}) == [(1,)]
 
 
+def test_a_statement_whose_columns_changed_type_is_prepared_anew(reads):
+    # A migration under a running server that changes a column's type: the server refuses
+    # a statement prepared before it on that connection for good ("cached plan must not
+    # change result type"); it is prepared again and its rows load as the new type.
+    admin = reads.engine.raw_connection()
+    try:
+        admin.dbapi_connection.execute("CREATE TABLE t (a int, b int)")
+        admin.dbapi_connection.execute("INSERT INTO t VALUES (1, 2)")
+        p = Prepared(text("SELECT a, b FROM t WHERE a = :x").bindparams(
+            bindparam("x", type_=Integer)), reads.dialect)
+        assert reads.fetch(p, {"x": 1}) == [(1, 2)]
+        admin.dbapi_connection.execute("ALTER TABLE t ALTER b TYPE text")
+        assert reads.fetch(p, {"x": 1}) == [(1, "2")]
+        assert reads.fetch(p, {"x": 1}) == [(1, "2")]
+    finally:
+        admin.close()
+
+
 def test_a_catalog_lookup_reads_back_what_was_written(reads):
     # The hot statements themselves, through the catalog: a small object's row and content.
     url, drop = postgres_database("direct_cat")

@@ -75,7 +75,7 @@ def _statement(p: Any) -> _Statement:
 class DirectReads:
     """The statements prepared on one psycopg connection, by (statement, parameter types)."""
 
-    __slots__ = ("conn", "dump", "prepared")
+    __slots__ = ("conn", "dump", "made", "prepared")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -83,6 +83,7 @@ class DirectReads:
         # (SQL, types) -> its server-side name and the Transformer that loads its rows
         # (whose column loaders are set by the first result that has rows to load)
         self.prepared: dict[tuple[str, tuple[int, ...]], _Named] = {}
+        self.made = 0  # statements prepared (or tried): the next one's name, never reused
 
     def fetch(self, p: Any, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         stmt = _statement(p)
@@ -101,13 +102,33 @@ class DirectReads:
                                          param_formats=pformats,
                                          result_format=pq.Format.BINARY)
                 return _Named(b"", Transformer(conn)).rows(conn, conn.wait(execute(pgconn)))
-            name = f"pithos_{len(self.prepared)}".encode()
-            pgconn.send_prepare(name, stmt.query, param_types=types)
-            _result(conn, conn.wait(execute(pgconn)), pq.ExecStatus.COMMAND_OK)
-            named = self.prepared[key] = _Named(name, Transformer(conn))
+            named = self._prepare(key, stmt, types)
         pgconn.send_query_prepared(named.name, params, param_formats=pformats,
                                    result_format=pq.Format.BINARY)
-        return named.rows(conn, conn.wait(execute(pgconn)))
+        results = conn.wait(execute(pgconn))
+        if _stale_plan(results):
+            # A column it returns changed type since it was prepared (a migration under a
+            # running server): the server refuses the statement on this connection for good
+            # ("cached plan must not change result type"), so it is prepared anew, once,
+            # under a new name, its rows loaded by new loaders.
+            del self.prepared[key]
+            pgconn.send_query(b"DEALLOCATE " + named.name)
+            _result(conn, conn.wait(execute(pgconn)), pq.ExecStatus.COMMAND_OK)
+            named = self._prepare(key, stmt, types)
+            pgconn.send_query_prepared(named.name, params, param_formats=pformats,
+                                       result_format=pq.Format.BINARY)
+            results = conn.wait(execute(pgconn))
+        return named.rows(conn, results)
+
+    def _prepare(self, key: tuple[str, tuple[int, ...]], stmt: _Statement,
+                 types: tuple[int, ...]) -> _Named:
+        conn = self.conn
+        name = f"pithos_{self.made}".encode()
+        self.made += 1
+        conn.pgconn.send_prepare(name, stmt.query, param_types=types)
+        _result(conn, conn.wait(execute(conn.pgconn)), pq.ExecStatus.COMMAND_OK)
+        named = self.prepared[key] = _Named(name, Transformer(conn))
+        return named
 
 
 class _Named:
@@ -129,6 +150,16 @@ class _Named:
             return list(load.load_rows(0, result.ntuples, tuple))
         finally:
             load.set_pgresult(None, set_loaders=False)  # (the result is not kept)
+
+
+# feature_not_supported: what a prepared statement whose result columns changed type raises
+_STALE_PLAN = b"0A000"
+
+
+def _stale_plan(results: list[Any]) -> bool:
+    result = results[-1]
+    return bool(result.status == pq.ExecStatus.FATAL_ERROR
+                and result.error_field(pq.DiagnosticField.SQLSTATE) == _STALE_PLAN)
 
 
 def _result(conn: Any, results: list[Any], status: int) -> Any:
