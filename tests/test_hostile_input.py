@@ -625,3 +625,54 @@ def test_review_a_target_that_is_not_a_path_is_412_not_500(pithos_server):
     for line in (b"OPTIONS * HTTP/1.1", b"GET http://x HTTP/1.1", b"GET http://x?a HTTP/1.1"):
         reply = raw(pithos_server, line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert reply.split(b" ", 2)[1] == b"412" and b"Bad URL" in reply, (line, reply[:300])
+
+
+def _statuses(reply: bytes) -> list[int]:
+    import re
+
+    return [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", reply)]
+
+
+def test_review_hostile_heads_get_gunicorns_answers_from_the_worker(pithos_server):
+    # pithos serve's own request-head parser (pithos/cli/serve_parse.py) in front of
+    # gunicorn's: each head gets the answer gunicorn's parser alone gives it (checked
+    # against a server without ours), none a 5xx, none a wait.
+    url, h = auth(pithos_server)
+    path = url.split("127.0.0.1:", 1)[1].split("/", 1)[1]
+    requests.put(f"{url}/heads", headers=h, timeout=T)
+    a = f"Host: x\r\nX-Auth-Token: {h['X-Auth-Token']}\r\n".encode()
+    put = f"PUT /{path}/heads/o HTTP/1.1\r\n".encode() + a
+    get = f"GET /{path}/heads HTTP/1.1\r\n".encode() + a
+    cases = [
+        (put + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", [400]),
+        (put + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", [400]),
+        (put + b"Content-Length: 3, 3\r\n\r\nabc", [400]),
+        (put + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", [400]),
+        (put + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", [400]),
+        (put.replace(b"HTTP/1.1", b"HTTP/1.0") + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         [400]),
+        (get + b"X-A: a\r\n b\r\n\r\n", [400]),
+        (get + b"X-A: a\nX-B: b\r\n\r\n", [400]),
+        (get + b"X-A: a\rb\r\n\r\n", [400]),
+        (get + b"X-A: a\x00b\r\n\r\n", [400]),
+        (get + b"X-\x01A: b\r\n\r\n", [400]),
+        (get + b"Host: y\r\n\r\n", [400]),
+        (get + b"X-A: " + b"a" * 9000 + b"\r\n\r\n", [400]),
+        (get + b"".join(b"X-H%d: v\r\n" % i for i in range(120)) + b"\r\n", [400]),
+        (get + b"Expect: 200-ok\r\n\r\n", [417]),
+        (b"get /info HTTP/1.1\r\nHost: x\r\n\r\n", [400]),
+        (b"GET /info HTTP/2.0\r\nHost: x\r\n\r\n", [400]),
+        (f"PUT /{path}/heads/\xff HTTP/1.1\r\n".encode("latin-1") + a
+         + b"Content-Length: 0\r\nConnection: close\r\n\r\n", [412]),
+        (f"PUT /{path}/heads/\u00e9 HTTP/1.1\r\n".encode() + a + b"Content-Length: 2\r\n\r\nhi"
+         + f"GET /{path}/heads/%C3%A9 HTTP/1.1\r\n".encode() + a
+         + b"Connection: close\r\n\r\n", [201, 200]),
+        (b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n" + get + b"\r\n"
+         + b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", [200, 200, 200]),
+        (b"GET /info HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /info HTTP/1.0\r\n\r\n",
+         [200, 200]),
+    ]
+    for data, expected in cases:
+        reply = raw(pithos_server, data)
+        got = _statuses(reply)
+        assert got == expected, (data[:120], reply[:300])
