@@ -70,7 +70,8 @@ def sql(catalog: str, statement: str, **params) -> list:
 
 def function_calls(catalog: str) -> dict[str, int]:
     rows = sql(catalog, "SELECT funcname, calls FROM pg_stat_user_functions "
-                        "WHERE funcname IN ('pithos_put_version', 'pithos_put_versions')")
+                        "WHERE funcname IN ('pithos_put_version', 'pithos_put_versions', "
+                        "'pithos_put_version_item')")
     return {name: int(calls) for name, calls in rows}
 
 
@@ -80,8 +81,10 @@ def calls_since(catalog: str, before: dict[str, int]) -> tuple[int, int]:
     deadline = time.monotonic() + 30
     while True:
         after = function_calls(catalog)
+        # (An item of a batch calls pithos_put_version_item since migration 16.)
         got = (after.get("pithos_put_versions", 0) - before.get("pithos_put_versions", 0),
-               after.get("pithos_put_version", 0) - before.get("pithos_put_version", 0))
+               sum(after.get(f, 0) - before.get(f, 0)
+                   for f in ("pithos_put_version", "pithos_put_version_item")))
         if got[0] > 0 or time.monotonic() > deadline:
             return got
         time.sleep(0.5)

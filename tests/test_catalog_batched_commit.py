@@ -400,3 +400,109 @@ def test_a_batch_keeps_awkward_values_whole(cat, held):
         assert obj.inline == b and obj.size == len(b)
         assert obj.content_type == "text/x; q=\"1\""
         assert obj.meta == {"user": {"k,{}": 'v "1"\\', "NULL": "NULL"}}
+
+
+def test_a_batch_charges_each_unlimited_project_s_stripes_once(cat, held, pg_url):
+    """Migration 16: a batch adds up its items' charges per unlimited project and writes
+    that project's stripe rows once, after its items (each item wrote them again before,
+    a chain of row versions every later item walked); an item rolled back charges nothing;
+    a limited project's items are still charged and checked one by one, in order."""
+    cid = _box(cat)
+    other = cat.ensure_account("other")
+    cat.create_container(other, "c")
+    oid = cat.container(other, "c").id
+    limited = cat.ensure_account("limited")
+    cat.create_container(limited, "c")
+    lid = cat.container(limited, "c").id
+    put(cat, cid, "exists", size=10)
+    put(cat, oid, "o-first", size=1)  # (the holdings rows exist: the striped path)
+    put(cat, lid, "l-first", size=1)
+    cat.set_quota("limited", {"bytes": 2000})
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:  # every write of a stripe row, counted by project
+            conn.execute(text(
+                "CREATE TABLE stripe_writes (project_id text);"
+                "CREATE FUNCTION count_stripe_write() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN INSERT INTO stripe_writes VALUES (NEW.project_id); RETURN NEW; END $$;"
+                "CREATE TRIGGER count_stripe_writes AFTER INSERT OR UPDATE ON holding_stripes"
+                " FOR EACH ROW EXECUTE FUNCTION count_stripe_write()"))
+        h = held(cid)
+        before = cat._batcher.batches
+        h.queue({
+            **{f"a{i}": (lambda i=i: put(cat, cid, f"a{i}", size=100 + i)) for i in range(4)},
+            "exists": lambda: put(cat, cid, "exists", size=5, expect=Expect(absent=True)),
+            **{f"o{i}": (lambda i=i: put(cat, oid, f"o{i}", size=7)) for i in range(2)},
+            "l0": lambda: put(cat, lid, "l0", size=1500),
+            "l1": lambda: put(cat, lid, "l1", size=600),  # past the limit after l0
+        })
+        h.release()
+        assert cat._batcher.batches == before + 2  # the gate alone, then the nine together
+        out = h.outcomes
+        assert isinstance(out["exists"], PreconditionFailed)
+        assert isinstance(out["l1"], QuotaExceeded)
+        assert not any(isinstance(out[k], BaseException)
+                       for k in ("a0", "a1", "a2", "a3", "o0", "o1", "l0", "gate"))
+        with engine.connect() as conn:
+            writes = dict(conn.execute(text(
+                "SELECT project_id, count(*) FROM stripe_writes GROUP BY project_id")).all())
+        # The gate's two commits (each a batch of one, the one call) wrote acct's two rows
+        # each; the batch two more for acct (not 2 x 4) and two for other; the limited
+        # project none.
+        assert writes == {"acct": 6, "other": 2}
+        assert cat.holdings("acct")["bytes"].usage == 10 + 1000 * 2 + sum(
+            100 + i for i in range(4))
+        assert cat.holdings("acct")["objects"].usage == 1 + 1 + 4
+        assert cat.holdings("other")["bytes"].usage == 1 + 14
+        assert cat.holdings("other")["objects"].usage == 3
+        assert cat.holdings("limited")["bytes"].usage == 1 + 1500
+        assert cat.holdings("limited")["objects"].usage == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_batch_rolled_back_whole_by_a_deadlock_on_its_charge_runs_each_item_alone(
+        cat, held, pg_url):
+    """The projects' charges come after a batch's items (migration 16), so a deadlock there
+    rolls the whole batch back: its requests then commit all the same (each alone, which
+    `_call_batch` asks for, or again through the write's retry), none fails.  Here
+    another session holds acct's stripe rows and then asks for an object row the batch
+    holds; PostgreSQL breaks the cycle by failing the batch (its deadlock_timeout is the
+    shorter)."""
+    cid = _box(cat)
+    put(cat, cid, "a0")  # (acct's holdings rows exist)
+    g_acct = cat.ensure_account("g")
+    cat.create_container(g_acct, "gate")
+    gid = cat.container(g_acct, "gate").id  # the gate's charge is another project's
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(  # every stripe row there, at zero: the batch's is one
+                "INSERT INTO holding_stripes (project_id, resource, stripe, usage) "
+                "SELECT 'acct', r, s, 0 FROM unnest(ARRAY['bytes', 'objects']) AS r, "
+                "generate_series(0, 63) AS s ON CONFLICT DO NOTHING"))
+        other = engine.connect()
+        other.execute(text("SET deadlock_timeout = '30s'"))
+        other.execute(text("SET lock_timeout = '60s'"))
+        other.execute(text("SELECT 1 FROM holding_stripes WHERE project_id = 'acct' "
+                           "FOR UPDATE"))
+        h = held(gid)
+        batcher = cat._batcher
+        before = batcher.batches
+        h.queue({f"a{i}": (lambda i=i: put(cat, cid, f"a{i}", size=100)) for i in range(3)})
+        h.conn.commit()  # the gate goes alone, then the three as a batch
+        assert wait_for(lambda: batcher.batches == before + 1)
+        assert wait_for(lambda: h.waiting() == 1)  # the batch, at acct's stripes
+        locked = other.execute(text(  # the cycle: PostgreSQL fails the batch
+            "SELECT 1 FROM objects WHERE container_id = :c AND name = 'a0' FOR UPDATE"),
+            {"c": cid}).scalar()
+        other.rollback()  # the stripes free: the items, each alone, go on
+        other.close()
+        h.finish()
+        out = h.outcomes
+        assert not any(isinstance(v, BaseException) for v in out.values()), out
+        assert locked == 1  # `other` was not the deadlock's victim
+        assert cat.holdings("acct")["objects"].usage == 3  # a0 (twice: one object), a1, a2
+        assert cat.holdings("acct")["bytes"].usage == 1000 + 100 * 3  # every version kept
+    finally:
+        engine.dispose()

@@ -31,9 +31,10 @@ An item that failed for any other reason than the project's own errors (PT001-PT
 again alone, as the one-call commit (its subtransaction committed nothing): a deadlock
 between two batches (each holds its earlier items' rows to its commit; the items are sorted
 by container and name so that two batches lock most rows in one order, but one object
-written in both, two projects' stripe rows taken in opposite container orders, or two
+written in both, two limited projects' holdings taken in opposite container orders, or two
 quota'd containers' rows can still close a cycle, broken by PostgreSQL after its
-deadlock_timeout) then succeeds, and any other error is raised by that call as
+deadlock_timeout; unlimited projects' stripes are charged once per project after the items,
+in project order: migration 16) then succeeds, and any other error is raised by that call as
 the one-call commit raises it.
 
 Only where a waiter can wait cooperatively (pithos.core.locks.waits_cooperatively): not on an

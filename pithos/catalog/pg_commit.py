@@ -159,9 +159,21 @@ class PgCommitMixin(CatalogEngine):
         return int(row[0]), str(row[1]), int(row[2])
 
     def _call_batch(self, values: Mapping[str, Any]) -> list[Any]:
-        """`pithos_put_versions`' rows (pg_batch.CommitBatcher's `run`)."""
-        with self._errors:
-            return list(self._call_autocommit(PUT_VERSIONS_SQL, values, every=True))
+        """`pithos_put_versions`' rows (pg_batch.CommitBatcher's `run`).  A deadlock or a
+        serialization failure of the call as a whole (its projects' charges, made after its
+        items: migration 16) rolled all of it back, so each item is answered with that
+        error and runs again alone (pg_commit's `_put_version_call`), as an item that met
+        one inside the batch does."""
+        try:
+            with self._errors:
+                return list(self._call_autocommit(PUT_VERSIONS_SQL, values, every=True))
+        except Exception as exc:
+            state = _sqlstate(exc)
+            if state not in PG_RETRY_WHOLE:
+                raise
+            message = _message(exc)
+            return [(n, None, None, None, state, message)
+                    for n in range(1, len(values["name"]) + 1)]
 
     def _call_autocommit(self, sql: str, values: Mapping[str, Any], every: bool = False
                          ) -> Any:

@@ -550,6 +550,20 @@ def _v15(conn: Connection) -> None:
             cur.close()
 
 
+def _v16(conn: Connection) -> None:
+    # PostgreSQL: a batch of new versions charges each unlimited project's holdings once,
+    # after its items, instead of once per item (pithos/catalog/pg_functions.py).
+    from pithos.catalog.pg_functions import FUNCTIONS_V16
+
+    if conn.dialect.name == "postgresql":
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for function in FUNCTIONS_V16:
+                cur.execute(function)
+        finally:
+            cur.close()
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
@@ -566,6 +580,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (13, _v13),
     (14, _v14),
     (15, _v15),
+    (16, _v16),
 ]
 # The migration that made version_meta_etag_marks (tests check the scan uses it).
 MIGRATION_ETAG_MARKS = 14
