@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -80,7 +81,14 @@ def saved_bytes(path: str) -> bytes | None:
 
 
 def details(p: Page, name: str) -> None:
-    row(p, name).find_element(By.CSS_SELECTOR, "td:first-child button").click()
+    def opened(_: object) -> bool:
+        try:
+            row(p, name).find_element(By.CSS_SELECTOR, "td:first-child button").click()
+        except StaleElementReferenceException:
+            return False  # the listing was redrawn between the find and the click
+        return True
+
+    p.wait(opened, message=f"could not open the details of {name}")
     p.wait(lambda d: p.text("details-name") == name, message=f"no details of {name}")
 
 
