@@ -80,7 +80,9 @@ from pithos.blocker.local_files import (
     _FileWriter,
     _libc_syncfs,
     _LocalParts,
+    _reads_as,
     _refresh,
+    _untrash,
 )
 from pithos.blocker.packs import PACK_ROLL_BYTES, Location, Packs
 from pithos.blocker.store import PartReader, PartsStore, PartsWriter
@@ -104,30 +106,6 @@ PACK_MIN_BATCH = 5
 
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
 _ONE_TASK_ITEMS = 4
-def _reads_as(fd: int, expected: bytes) -> bool:
-    """Whether the file of `fd` holds exactly `expected`."""
-    view = memoryview(expected)
-    offset = 0
-    while offset < len(view):
-        chunk = os.pread(fd, min(len(view) - offset, 1 << 22), offset)
-        if not chunk or chunk != view[offset:offset + len(chunk)]:
-            return False
-        offset += len(chunk)
-    return os.pread(fd, 1, offset) == b""
-
-
-def _untrash(trash: str, path: str) -> None:
-    """Put a block moved to the trash back in place: a link, so that a copy stored anew in
-    the meantime is kept (it has the same bytes), made durable before the trash name goes."""
-    try:
-        os.link(trash, path)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        return  # already put back (or removed) by another process that opened the store
-    fsync_dir(os.path.dirname(path))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(trash)
 
 
 class LocalBlockStore(PartsStore):
