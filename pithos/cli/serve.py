@@ -264,9 +264,12 @@ def serve(storage: Storage, listen: str, workers: int,
     directory."""
     from gunicorn.app.base import BaseApplication
 
+    from pithos.cli import serve_balance
+
     open_catalog_once(storage)
     _raise_open_files_limit()
     connections = worker_connections()
+    serve_balance.make_board()  # (before the first fork: the workers share it)
     _inline_max()  # (refused here, not by every worker)
     compute_key = None
     key_file = os.path.join(storage.data_dir, "compute.key")
@@ -304,6 +307,8 @@ def serve(storage: Storage, listen: str, workers: int,
                 # clients' tests send "GETorHEAD_base"); gunicorn would answer 400.
                 "permit_unconventional_http_method": True,
                 "proc_name": "pithos-serve", "when_ready": when_ready,
+                # Each worker's slot on the board that spreads connections evenly.
+                "pre_fork": serve_balance.pre_fork, "child_exit": serve_balance.child_exit,
             }.items():
                 self.cfg.set(key, value)
 

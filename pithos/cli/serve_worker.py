@@ -19,9 +19,10 @@ from typing import Any
 from gunicorn import http, util
 from gunicorn.http import message, wsgi
 from gunicorn.http.errors import InvalidHeader, LimitRequestHeaders
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from pithos.cli import serve_parse
+from pithos.cli import serve_balance, serve_parse
 
 # The least time between two "at its cap" lines of one worker.
 CAP_LOG_INTERVAL_S = 60.0
@@ -219,6 +220,12 @@ class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
         freeze_config(self.cfg)
         keep_base_environ(self.cfg)
         use_swift_parser()
+        # Connections spread evenly over the workers (serve_balance): gunicorn makes its
+        # listener's server by ggevent's name `StreamServer`, as it makes responses above.
+        self.balancer = serve_balance.Balancer(getattr(self, "balance_slot", None),
+                                               self.worker_connections)
+        serve_balance.BalancedStreamServer.balancer = self.balancer
+        ggevent.StreamServer = serve_balance.BalancedStreamServer
         super().init_process()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -238,6 +245,7 @@ class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
             super().handle(listener, client, addr)
         finally:
             self.open_connections -= 1
+            self.balancer.closed()
             if self._full_since is not None and self.open_connections < self.worker_connections:
                 self.log.warning(
                     "pithos serve: worker %s is under its cap of %d open connections again "
