@@ -343,3 +343,23 @@ def test_the_threshold_is_set_by_the_environment_and_checked_at_start(tmp_path, 
                                str(tmp_path / "data"), "--listen", "127.0.0.1:1"],
                               capture_output=True, timeout=60)
         assert proc.returncode != 0 and b"PITHOS_INLINE_MAX_BYTES" in proc.stderr, bad
+
+
+def test_content_hash_kept_for_the_same_bytes_only() -> None:
+    """The memo of the last inline content hashed (a GET hashes its row's bytes for its
+    X-Object-Hash, then to verify them) answers for that very `bytes` object only: a mutable
+    buffer changed in place, or other bytes, are hashed anew."""
+    from pithos.core.hashing import block_hash
+    from pithos.mapper.inline import inline_entries, verified
+
+    data = secrets.token_bytes(BLOCK)
+    assert inline_entries(data) == [(block_hash(data), BLOCK)]
+    assert verified(inline_root(data), data) is data
+    other = secrets.token_bytes(BLOCK)
+    assert inline_entries(other) == [(block_hash(other), BLOCK)]
+    buf = bytearray(data)
+    assert inline_entries(buf) == [(block_hash(data), BLOCK)]
+    buf[0] ^= 1
+    assert inline_entries(buf) == [(block_hash(bytes(buf)), BLOCK)]
+    with pytest.raises(IntegrityError):
+        verified(inline_root(data), bytes(buf))
