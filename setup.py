@@ -2,9 +2,10 @@
 Cython extensions from native/.  Every extension has a pure-Python twin, so a build without
 Cython or a compiler still gives a working (slower) package.
 
-pithos.core._treehash also needs the BLAKE3 team's C sources, which Debian ships in
-librust-blake3-dev (scripts/setup installs it; PITHOS_BLAKE3_C names another copy).  Without
-it, blocks are stored with no tree outboard and read back verified whole."""
+pithos.core._treehash and pithos.core._cdchash also need the BLAKE3 team's C sources, which
+Debian ships in librust-blake3-dev (scripts/setup installs it; PITHOS_BLAKE3_C names another
+copy).  Without them, blocks are stored with no tree outboard and read back verified whole,
+and the sync client cuts with pithos.core._cdc and names the chunks with the blake3 package."""
 
 import glob
 import os
@@ -24,7 +25,8 @@ NATIVE = {
 
 def blake3_sources():
     """The BLAKE3 C directory (for the include path: native/b3subtree.c and b3_*.S include
-    its files), our sources to compile, and the macros; or None.  On x86_64 the SIMD
+    its files), our C and assembly sources to compile beside a module's .pyx, and the
+    macros; or None.  On x86_64 the SIMD
     code is the upstream assembly, which needs no per-file compiler flags; elsewhere the
     portable code only."""
     found = [os.environ["PITHOS_BLAKE3_C"]] if os.environ.get("PITHOS_BLAKE3_C") else \
@@ -32,7 +34,7 @@ def blake3_sources():
     for directory in found:
         if not os.path.isfile(os.path.join(directory, "blake3.c")):
             continue
-        sources = ["native/treehash.pyx", "native/b3subtree.c"]
+        sources = ["native/b3subtree.c"]
         macros = []
         if platform.machine() in ("x86_64", "AMD64"):
             sources += [f"native/b3_{isa}.S" for isa in ("sse2", "sse41", "avx2", "avx512")]
@@ -65,9 +67,11 @@ def native_extensions():
     blake3 = blake3_sources()
     if blake3 is not None:
         directory, sources, macros = blake3
-        exts.append(Extension("pithos.core._treehash", sources,
-                              include_dirs=["native", directory], define_macros=macros,
-                              extra_compile_args=["-O3"]))
+        for name, pyx in (("pithos.core._treehash", "native/treehash.pyx"),
+                          ("pithos.core._cdchash", "native/cdchash.pyx")):
+            exts.append(Extension(name, [pyx, *sources],
+                                  include_dirs=["native", directory], define_macros=macros,
+                                  extra_compile_args=["-O3"]))
     return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False,
                                                                   "wraparound": False})
 

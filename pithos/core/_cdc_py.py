@@ -3,7 +3,7 @@ with runs of zeros cut apart.
 
 Both twins must give identical cuts for identical arguments; tests/test_cdc.py compares them
 with hypothesis.  pithos.core.cdc holds the table, the masks and the streaming; this module
-only scans.
+only scans, and names the chunks it cut (`cut_hash`, the twin of native/cdchash.pyx).
 
 The scan, for one chunk starting at `pos`:
 - A *zero run* is at least `min_size` zero bytes.  A chunk that starts with one is that run,
@@ -24,8 +24,13 @@ start.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+
+from pithos.core.hashing import block_hash
 
 _GEAR = struct.Struct("<256Q")
+# A chunk list entry: the chunk's BLAKE3 and its length (u32, little-endian).
+ENTRY = struct.Struct("<32sI")
 _WORD = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -108,3 +113,26 @@ def cuts(data: bytes | bytearray | memoryview, start: int, end: int, final: bool
                 cut = stop
         out.append(cut)
         pos = cut
+
+
+def hash_cuts(data: bytes | bytearray | memoryview, start: int, ends: Sequence[int]) -> bytes:
+    """The chunk list entries (`ENTRY`, back to back) of the chunks of `data` that end at
+    `ends`, the first starting at `start`."""
+    view = memoryview(data).cast("B")
+    pack = ENTRY.pack
+    out = []
+    for end in ends:
+        out.append(pack(block_hash(view[start:end]), end - start))
+        start = end
+    return b"".join(out)
+
+
+def cut_hash(data: bytes | bytearray | memoryview, start: int, end: int, final: bool,
+             min_size: int, avg_size: int, max_size: int, mask_s: int, mask_l: int,
+             gear: bytes) -> tuple[int, bytes]:
+    """(where the last chunk cut ends, the chunks' entries): `cuts` with each chunk named
+    by its BLAKE3, as a chunk list (`ENTRY`s back to back); (`start`, b"") if none."""
+    ends = cuts(data, start, end, final, min_size, avg_size, max_size, mask_s, mask_l, gear)
+    if max_size > 0xFFFF_FFFF:
+        raise ValueError("max_size does not fit a chunk list entry's u32 length")
+    return (ends[-1] if ends else start), hash_cuts(data, start, ends)

@@ -8,6 +8,9 @@ key), the masks from the sizes, and tests/test_cdc.py holds golden cut points of
 input that fail if either ever changes.  Change nothing here without a new chunking name.
 
     Chunker(...).update(piece) -> chunks completed so far; .finish() -> the rest
+    Chunker(...).update_hashed(piece), .finish_hashed() -> the same chunks as a chunk list:
+        each its BLAKE3 and length (`ENTRY`), back to back, cut and hashed in one native call
+        without the GIL (native/cdchash.pyx) when built
     cut_points(data) -> the end offsets of the chunks of `data` as one stream
 
 The same cuts come out whatever the sizes of the pieces fed to `update`: a chunk is cut only
@@ -24,13 +27,34 @@ without such runs (random, compressed, text) is cut exactly as plain FastCDC cut
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from types import ModuleType
 
 from pithos.core import _cdc_py as pure
-from pithos.core.native import load
+from pithos.core.native import load, native
 
 impl: ModuleType
 impl, IS_NATIVE = load("pithos.core._cdc", pure)
+
+# A chunk list entry: the chunk's BLAKE3 (32 bytes) and its length (u32, little-endian).
+ENTRY = pure.ENTRY
+
+CutHash = Callable[..., tuple[int, bytes]]
+
+
+def _cut_hash_composed(data: bytes | bytearray | memoryview, start: int, end: int,
+                       final: bool, *sizes_masks_gear: object) -> tuple[int, bytes]:
+    """cut_hash without pithos.core._cdchash (built only with BLAKE3's C sources): `impl`'s
+    cuts (native when built), each chunk hashed by the blake3 package."""
+    ends = impl.cuts(data, start, end, final, *sizes_masks_gear)
+    return (ends[-1] if ends else start), pure.hash_cuts(data, start, ends)
+
+
+_cdchash = native("pithos.core._cdchash")
+# cut_hash(data, start, end, final, min, avg, max, mask_s, mask_l, gear): (where the last
+# chunk cut ends, the chunk list of the chunks `cuts` gives for the same arguments).
+cut_hash: CutHash = (_cdchash.cut_hash if _cdchash is not None else
+                     pure.cut_hash if not IS_NATIVE else _cut_hash_composed)
 
 # Chosen by measurement on the edit workload of issue 24 (benchmarks/README.md, "Chunk size"):
 # an insert stores about one new chunk per edited file (and a 4 KiB write into an image one or
@@ -125,6 +149,28 @@ class Chunker:
             return []
         self._finished = True
         return self._cut(final=True)
+
+    def _cut_hashed(self, final: bool) -> bytes:
+        buf = self._buf
+        done, entries = cut_hash(buf, 0, len(buf), final, self.min_size, self.avg_size,
+                                 self.max_size, self._mask_s, self._mask_l, GEAR)
+        del buf[:done]
+        return entries
+
+    def update_hashed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """`update`, the chunks given as a chunk list (`ENTRY`s back to back: each chunk's
+        BLAKE3 and length), not as bytes: no object per chunk."""
+        if self._finished:
+            raise ValueError("update after finish")
+        self._buf += data
+        return self._cut_hashed(final=False)
+
+    def finish_hashed(self) -> bytes:
+        """`finish`, the chunks given as a chunk list; b"" when repeated."""
+        if self._finished:
+            return b""
+        self._finished = True
+        return self._cut_hashed(final=True)
 
 
 def cut_points(data: bytes | bytearray | memoryview, min_size: int = MIN_SIZE,

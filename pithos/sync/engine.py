@@ -47,7 +47,7 @@ from pithos.sync.remote import (
     RemoteError,
 )
 from pithos.sync.scan import READ_SIZE, Ignore, ScanResult, same_stat, scan
-from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State
+from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State, chunk_hashes
 
 T = TypeVar("T")
 
@@ -409,10 +409,10 @@ class Engine(DownloadsMixin):
             full = self._full(lf)
         # The chunks of the version last synced are on the server already: ask only about
         # the others (an edit's ?missing names a few hashes, not the whole file).
-        known = {c.hash for c in self.state.base_chunks(a.path)}
+        known = set(chunk_hashes(self.state.base_chunks(a.path)))
 
         def chunked() -> tuple[LocalFile, str]:
-            unique = {c.hash for c in full.chunks}
+            unique = set(chunk_hashes(full.chunks))
             ask = [h for h in unique if h not in known]
             wanted = self.remote.missing(ask) if ask else set()
             # Only what the server lacks, then the hashmap with the MD5 the scan found as
@@ -452,7 +452,7 @@ class Engine(DownloadsMixin):
 
     def _send_missing(self, lf: LocalFile, wanted: set[bytes] | None) -> None:
         if wanted is None:
-            wanted = self.remote.missing([c.hash for c in lf.chunks]) if lf.chunks else set()
+            wanted = self.remote.missing(chunk_hashes(lf.chunks)) if lf.chunks else set()
         if not wanted:
             self.progress.advance(lf.size)
             return

@@ -28,7 +28,7 @@ from pithos.core.binary_hashes import (
     pack_hashmap,
     unpack_hashes,
 )
-from pithos.sync.state import Chunk, RemoteEntry
+from pithos.sync.state import Chunk, RemoteEntry, chunk_hashes, chunk_lengths
 
 MISSING_BATCH = 20000  # hashes per POST ?missing (the server reads 16 MiB of JSON at most)
 RETRIES = 4  # for 5xx and dropped connections, with backoff
@@ -417,12 +417,12 @@ class Remote:
         if self.binary_hashes():
             # (Binary: hashes and lengths as they are, the size their sum.)
             body: bytes | bytearray | memoryview = pack_hashmap(
-                [c.hash for c in chunks], [c.length for c in chunks])
+                chunk_hashes(chunks), chunk_lengths(chunks))
             query = {"hashmap": "", "format": HASHMAP_FORMAT}
         else:
             doc = {"bytes": size, "block_hash": HASH_NAME,
-                   "hashes": [to_hex(c.hash) for c in chunks],
-                   "lengths": [c.length for c in chunks]}
+                   "hashes": [to_hex(h) for h in chunk_hashes(chunks)],
+                   "lengths": chunk_lengths(chunks)}
             body = self._deflate(json.dumps(doc, separators=(",", ":")).encode(), h)
             query = {"hashmap": ""}
         r = self.request("PUT", name, query=query, body=body, headers=h, ok=(201,))

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import pathspec
 
 from pithos.core import md5 as md5_impl
-from pithos.core.hashing import block_hash
 from pithos.sync.chunks import new_chunker
-from pithos.sync.state import STATE_DIR, Chunk, LocalFile, State
+from pithos.sync.state import STATE_DIR, ChunkList, LocalFile, State
 
 IGNORE_FILE = ".pithosignore"
 READ_SIZE = 1 << 20
@@ -133,18 +132,19 @@ class _Hashing:
             raise Changed(rel)
         self.md5 = md5_impl.new()
         self.chunker = new_chunker()
-        self.chunks: list[Chunk] = []
+        self.chunks: list[bytes] = []  # chunk lists (packed), a piece's each
         self.size = 0
 
     def take(self, piece: bytes) -> None:
-        """The piece's chunks (its MD5 is updated by the caller, in lanes)."""
+        """The piece's chunks, cut and hashed in one call (without the GIL when native),
+        kept packed (its MD5 is updated by the caller, in lanes)."""
         self.size += len(piece)
-        self.chunks.extend([Chunk(block_hash(c), len(c)) for c in self.chunker.update(piece)])
+        self.chunks.append(self.chunker.update_hashed(piece))
 
     def result(self) -> LocalFile:
         """The file as hashed; Changed if it is not the file its stat described from start
         to end."""
-        self.chunks.extend(Chunk(block_hash(c), len(c)) for c in self.chunker.finish())
+        self.chunks.append(self.chunker.finish_hashed())
         st = self.st
         after = os.fstat(self.f.fileno())
         try:
@@ -156,7 +156,7 @@ class _Hashing:
                 or not same_stat(now, st.st_size, st.st_mtime_ns, st.st_ino):
             raise Changed(self.rel)
         return LocalFile(self.rel, self.size, st.st_mtime_ns, st.st_ino,
-                         self.md5.hexdigest(), tuple(self.chunks))
+                         self.md5.hexdigest(), ChunkList(b"".join(self.chunks)))
 
     def close(self) -> None:
         self.f.close()
