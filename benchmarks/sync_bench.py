@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import random
 import re
@@ -180,15 +181,23 @@ class CountingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        # splice(2) through a pipe: the bytes never enter this process.  With a recv and a
+        # sendall of each MB the proxy took ~0.3 s of CPU per first sync, on the cores the
+        # measured client and server share (~0.1 s now).
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
         try:
-            while data := src.recv(1 << 20):
+            while n := os.splice(src.fileno(), w, 1 << 20):
                 if count:
                     with self._lock:
-                        self.sent += len(data)
-                dst.sendall(data)
+                        self.sent += n
+                while n:
+                    n -= os.splice(r, dst.fileno(), n)
         except OSError:
             pass
         finally:
+            os.close(r)
+            os.close(w)
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
