@@ -22,7 +22,7 @@ from gunicorn.http.errors import InvalidHeader, LimitRequestHeaders
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from pithos.cli import serve_balance, serve_parse
+from pithos.cli import serve_balance, serve_loop, serve_parse
 
 # The least time between two "at its cap" lines of one worker.
 CAP_LOG_INTERVAL_S = 60.0
@@ -194,7 +194,7 @@ def use_swift_parser() -> None:
         http.RequestParser = serve_parse.SwiftRequestParser
 
 
-def keep_base_environ(cfg: Any) -> None:
+def keep_base_environ(cfg: Any) -> dict[str, Any]:
     """gunicorn starts each request's environ from `base_environ(cfg)`, a new dict with a new
     `wsgi.errors` writer, which looks its loggers up by name (`logging.getLogger`, twice) for
     every request: 2-3% of a small GET.  With the worker's settings frozen the dict is the
@@ -206,6 +206,7 @@ def keep_base_environ(cfg: Any) -> None:
         return dict(base) if c is cfg else dict(made(c))
 
     wsgi.base_environ = base_environ
+    return base
 
 
 class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
@@ -218,8 +219,11 @@ class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
         # gunicorn's worker class for `pithos serve`, and nothing else loads it).
         wsgi.Response = SwiftResponse
         freeze_config(self.cfg)
-        keep_base_environ(self.cfg)
+        base = keep_base_environ(self.cfg)
         use_swift_parser()
+        # A plain connection's keep-alive loop (pithos.cli.serve_loop), with what it decides
+        # once for the worker.
+        self.plan = serve_loop.Plan(self, base)
         # Connections spread evenly over the workers (serve_balance): gunicorn makes its
         # listener's server by ggevent's name `StreamServer`, as it makes responses above.
         self.balancer = serve_balance.Balancer(getattr(self, "balance_slot", None),
@@ -242,7 +246,10 @@ class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
         if self.open_connections >= self.worker_connections:
             self._at_cap()
         try:
-            super().handle(listener, client, addr)
+            if self.plan.plain(client, addr):
+                serve_loop.handle(self, self.plan, listener, client, addr)
+            else:
+                super().handle(listener, client, addr)
         finally:
             self.open_connections -= 1
             self.balancer.closed()
