@@ -224,14 +224,32 @@ def hash_file(folder: str, rel: str, st: os.stat_result) -> LocalFile:
     raise f
 
 
+# Files hashed are written to the files cache and the chunk index in batches of this many
+# files or chunks (one transaction each: see State.put_files).  A run killed before a batch
+# is written hashes its files again next time, nothing worse.
+CACHE_BATCH_FILES = 64
+CACHE_BATCH_CHUNKS = 8192
+
+
 def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None],
          on_hashed: Callable[[LocalFile], None] | None = None) -> ScanResult:
     """Every file of the folder, hashed where the files cache is stale; the cache and the
     chunk index are brought up to date (rows of vanished files dropped).  `on_hashed` is
-    called with each file hashed, once it is in the files cache, with its chunk list (an
-    upload started from it needs them, and reading them back from the cache cost as much
-    as writing them); the result keeps none."""
+    called with each file as soon as it is hashed, with its chunk list (an upload started
+    from it needs them, and reading them back from the cache cost as much as writing
+    them), possibly before its files cache row is written (in batches; all of them before
+    this returns); the result keeps none."""
     result = ScanResult()
+    pending: list[LocalFile] = []
+    pending_chunks = 0
+
+    def flush() -> None:
+        nonlocal pending_chunks
+        if pending:
+            state.put_files(pending)
+            pending.clear()
+            pending_chunks = 0
+
     unlisted: list[str] = []
     stale: list[tuple[str, os.stat_result]] = []  # to hash: the files cache is not theirs
     for rel, st in walk(folder, ignore, report, unlisted):
@@ -255,11 +273,15 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
             report(f"cannot read {rel}: {_reason(f)} (skipped, will retry)")
             result.unknown.add(rel)
             continue
-        state.put_file(f)
+        pending.append(f)
+        pending_chunks += len(f.chunks)
+        if len(pending) >= CACHE_BATCH_FILES or pending_chunks >= CACHE_BATCH_CHUNKS:
+            flush()
         result.files[rel] = dataclasses.replace(f, chunks=())  # the cache holds them
         result.hashed_bytes += f.size
         if on_hashed is not None:
             on_hashed(f)
+    flush()
     if unlisted:
         # What the folder may still hold there is unknown, not deleted: left alone both ways
         # (no remote delete, no download into a directory we cannot read).
