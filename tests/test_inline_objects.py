@@ -363,3 +363,11 @@ def test_content_hash_kept_for_the_same_bytes_only() -> None:
     assert inline_entries(buf) == [(block_hash(bytes(buf)), BLOCK)]
     with pytest.raises(IntegrityError):
         verified(inline_root(data), bytes(buf))
+    # The root and the object hash, each derived once per content, are that content's.
+    from pithos.mapper.inline import inline_object_hash
+
+    for content in (data, other, data, bytes(buf), buf, b""):
+        assert inline_object_hash(content) == merkle_root([h for h, _ in
+                                                           inline_entries(bytes(content))])
+        assert verified(inline_root(content), content) is content
+    assert inline_root(data) != inline_root(other)

@@ -16,21 +16,30 @@ from pithos.core.errors import IntegrityError
 from pithos.core.hashing import block_hash, merkle_root, to_hex
 from pithos.mapper import codec
 
-# The content last hashed here and its hash, as one tuple (read whole, so a pool thread's
-# entry is never paired with another's content).  A small GET hashes the same row's bytes
-# twice: for its X-Object-Hash, then in `verified` before they are served.  Kept by identity,
-# and only for `bytes`, which cannot change under it.
-_last: tuple[Any, bytes] = (None, b"")
+# What was last derived here from one content (its block hash, root and object hash, each
+# when first asked), with that content, as one tuple (read whole: a pool thread's entry is
+# never paired with another's content).  A small GET derives them from the same row's bytes
+# twice: for its X-Object-Hash, then in `verified` before they are served.  Kept by
+# identity, and only for `bytes`, which cannot change under it.
+_last: tuple[Any, list[bytes | None]] = (None, [])
 
 
-def _content_hash(data: bytes) -> bytes:
+def _derived(data: bytes) -> list[bytes | None]:
     global _last
     last = _last
     if last[0] is data:
         return last[1]
-    found = block_hash(data)
+    slots: list[bytes | None] = [None, None, None]
     if type(data) is bytes:
-        _last = (data, found)
+        _last = (data, slots)
+    return slots
+
+
+def _content_hash(data: bytes) -> bytes:
+    slots = _derived(data)
+    found = slots[0]
+    if found is None:
+        found = slots[0] = block_hash(data)
     return found
 
 
@@ -42,13 +51,22 @@ def inline_entries(data: bytes) -> list[tuple[bytes, int]]:
 
 def inline_root(data: bytes) -> bytes:
     """The root of the map of `data` as one block: the hash of its only (leaf) page."""
-    entries = inline_entries(data)
-    return block_hash(codec.encode_leaf([h for h, _ in entries], [n for _, n in entries]))
+    slots = _derived(data)
+    found = slots[1]
+    if found is None:
+        entries = inline_entries(data)
+        found = slots[1] = block_hash(codec.encode_leaf([h for h, _ in entries],
+                                                        [n for _, n in entries]))
+    return found
 
 
 def inline_object_hash(data: bytes) -> bytes:
     """X-Object-Hash of `data` as one block (Mapper.object_hash of its map)."""
-    return merkle_root([h for h, _ in inline_entries(data)])
+    slots = _derived(data)
+    found = slots[2]
+    if found is None:
+        found = slots[2] = merkle_root([h for h, _ in inline_entries(data)])
+    return found
 
 
 def verified(root: bytes, data: bytes) -> bytes:
