@@ -99,6 +99,16 @@ def test_a_write_by_another_process_of_the_data_directory_drops_the_lookups(
         before = worker._stamp.read()
         put(other, cid, "o")
         assert worker._stamp.read() == before
+        # Nor does a block grant (one after every POST ?blocks made every worker load its
+        # lookups again); what it granted is answered at once all the same.
+        user = cli.add_user("acct", "bob", "hash", admin=False)
+        before = worker._stamp.read()
+        other.grant_blocks(acct, [bytes([1]) * 32])
+        other.grant_user_blocks(user.id, [bytes([2]) * 32])
+        assert worker._stamp.read() == before
+        assert worker.granted_blocks(acct, [bytes([1]) * 32, bytes([2]) * 32]) == \
+            {bytes([1]) * 32}
+        assert worker.granted_user_blocks(user.id, [bytes([2]) * 32]) == {bytes([2]) * 32}
     finally:
         for cat in (worker, other, cli):
             cat.close()
