@@ -349,8 +349,10 @@ class SwiftSink:
         # Read from the socket (as an object PUT's body), not through gunicorn's reader, which
         # receives 8 KiB at a time and copies each piece twice: it was a third of a worker's
         # time holding the GIL on the sync bench's first sync (py-spy, --gil).
-        body, length = request_body(req.env, None, self.services.client_timeout_s), \
-            req.content_length
+        # Its pieces in the upload buffers an object PUT uses (READ_PIECE each: reused once
+        # no block refers to them any more), not a fresh zeroed megabyte a read.
+        body, length = request_body(req.env, self.objects.pieces,
+                                    self.services.client_timeout_s), req.content_length
         how = encoding(req.get_header("Content-Encoding"), req.env)
         if how is not None:
             # Inflated as it is read, never past the lengths' sum (or a bound): 413 beyond.

@@ -14,9 +14,12 @@ from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from pithos.core.errors import IncompleteBody, InvalidArgument, TooLarge
+from pithos.mapper.mapper import STREAM_PIECE
 
-# Bytes asked of the request's stream at a time (at most what the lengths still need).
-READ_PIECE = 1 << 20
+# Bytes asked of the request's stream at a time (at most what the lengths still need): the
+# size of the upload buffers a server's worker keeps (pithos.api.body.PieceBuffers), so a
+# read of a whole piece gets one of those back.
+READ_PIECE = STREAM_PIECE
 
 
 class BlockBody:
@@ -65,11 +68,29 @@ class BlockBody:
     def batches(self, lengths: Sequence[int], max_blocks: int, max_bytes: int
                 ) -> Iterator[list[memoryview]]:
         """The blocks of the given lengths, in batches of at most `max_blocks` blocks and
-        `max_bytes` bytes (a longer block alone), in order.  Each batch is read into one
-        buffer of its own (from the socket straight into it, where the stream reads so) and
-        its blocks are views of it: no block is copied out of the body, where `cut` makes a
-        copy and a bytes object for every 16 KiB chunk of a sync client's batch.  Never reads
-        past the lengths' sum; InvalidArgument if the body is shorter."""
+        `max_bytes` bytes (a longer block alone), in order.  The body is read a piece
+        (READ_PIECE) at a time, from the socket straight into the piece where the stream
+        reads so, and each block is a view of the piece it lies in: no block is copied out
+        of the body (`cut` makes a copy and a bytes object for every 16 KiB chunk of a sync
+        client's batch), and nor is the body copied into a batch's buffer (that copy, and
+        the buffer's growth, were as much as the body again).  Only a block across pieces
+        is copied together (one a piece, at most).  Never reads past the lengths' sum;
+        InvalidArgument if the body is shorter."""
+        unread = sum(lengths)
+        piece, at = memoryview(b""), 0
+
+        def next_piece() -> memoryview:
+            nonlocal unread
+            # At most READ_PIECE asked at a time: the request's stream allocates what a read
+            # asks before any byte of it comes (SocketBody), so one read of a whole batch
+            # (32 MiB) let a client pin that much per connection by declaring lengths and
+            # sending nothing.  Held so is only what came, plus one piece.
+            data = self._read(min(unread, READ_PIECE))
+            if not data:
+                raise InvalidArgument("the body is shorter than the block lengths")
+            unread -= len(data)
+            return memoryview(data)
+
         i = 0
         while i < len(lengths):
             j, size = i, 0
@@ -77,29 +98,24 @@ class BlockBody:
                     (j == i or size + lengths[j] <= max_bytes):
                 size += lengths[j]
                 j += 1
-            view = memoryview(self._read_exact(size))
-            batch, at = [], 0
+            batch = []
             for n in lengths[i:j]:
-                batch.append(view[at:at + n])
-                at += n
+                if at == len(piece) and n:  # this piece used up: the next
+                    piece, at = next_piece(), 0
+                if len(piece) - at >= n:
+                    batch.append(piece[at:at + n])
+                    at += n
+                    continue
+                # Across pieces (or past this one's end): the block's bytes gathered, in a
+                # buffer that grows only as they come.
+                block = bytearray(piece[at:])
+                while len(block) < n:
+                    piece = next_piece()
+                    at = min(n - len(block), len(piece))
+                    block += piece[:at]
+                batch.append(memoryview(block))
             yield batch
             i = j
-
-    def _read_exact(self, n: int) -> bytes | bytearray:
-        # At most READ_PIECE asked at a time: the request's stream allocates what a read asks
-        # before any byte of it comes (SocketBody), so one read of a whole batch (32 MiB)
-        # let a client pin that much per connection by declaring lengths and sending nothing.
-        # Held so is only what came, plus one piece.
-        data = self._read(min(n, READ_PIECE))
-        if len(data) == n:
-            return data
-        buf = bytearray(data)
-        while len(buf) < n:
-            more = self._read(min(n - len(buf), READ_PIECE))
-            if not more:
-                raise InvalidArgument("the body is shorter than the block lengths")
-            buf += more
-        return buf
 
     def blocks(self, size: int) -> Iterator[bytes]:
         """Blocks of `size` bytes (the last may be shorter) to the end of the body."""
