@@ -64,7 +64,7 @@ class App(falcon.App):
 
     def _api(self, env: dict[str, Any], start_response: Any) -> Any:
         def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            out = sysmeta_out(env, headers, _title)
+            out = sysmeta_out(env, headers, _title, _titled)
             if status.startswith("204") and not any(
                     k.lower() == "content-length" for k, _ in out):
                 # As Swift's: a 204 says its length (falcon sends none without a body).
@@ -77,7 +77,8 @@ class App(falcon.App):
         return self._layers(env, start_response)
 
 
-# Names title-cased before, kept per worker (bounded: user metadata makes names many).
+# Names title-cased before, kept per worker (bounded: user metadata makes names many).  Only
+# names that are not system metadata come here (sysmeta_out reads them as such).
 _TITLED_MAX = 4096
 _titled: dict[str, str] = {}
 

@@ -152,11 +152,12 @@ class ObjectHandlers:
     def _headers(self, resp: falcon.Response, v: ObjectVersion, etag: str) -> None:
         resp.set_header("ETag", etag)
         resp.set_header("Last-Modified", http_date(v.created))
-        resp.set_header("X-Timestamp", x_timestamp(v.created))
+        stamp = x_timestamp(v.created)
+        resp.set_header("X-Timestamp", stamp)
         resp.set_header("Accept-Ranges", "bytes")
         resp.set_header("X-Object-UUID", v.uuid)
         resp.set_header("X-Object-Version", v.vid)
-        resp.set_header("X-Object-Version-Timestamp", x_timestamp(v.created))
+        resp.set_header("X-Object-Version-Timestamp", stamp)
         if v.root is not None and not v.dlo_manifest:
             resp.set_header("X-Object-Hash",
                             to_hex(self.objects.object_hash(v.root, v.inline)))

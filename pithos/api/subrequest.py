@@ -176,12 +176,18 @@ class Gatekeeper:
 
 
 def sysmeta_out(env: dict[str, Any], headers: list[tuple[str, str]],
-                title: Callable[[str], str]) -> list[tuple[str, str]]:
+                title: Callable[[str], str],
+                titled: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """The API's answer: its headers (names through `title`) without system metadata, which
-    goes to env[SYSMETA_KEY] for the layer that asked."""
+    goes to env[SYSMETA_KEY] for the layer that asked.  `titled`: names seen before, none of
+    them system metadata, with what `title` made of them (one look-up for each of those)."""
     out = []
+    seen = titled if titled is not None else {}
     for k, v in headers:
-        if k.startswith(SYSMETA_HEADERS):
+        name = seen.get(k)
+        if name is not None:
+            out.append((name, v))
+        elif k.startswith(SYSMETA_HEADERS):
             env.setdefault(SYSMETA_KEY, {})[k] = v
         else:
             out.append((title(k), v))
