@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
 from sync_helpers import Device, assert_agree
 
+from pithos.core.hashing import block_hash
 from pithos.sync.engine import Engine, Progress
-from pithos.sync.remote import Credentials, Remote
+from pithos.sync.remote import Credentials, FileRanges, FileShrank, Remote
 from pithos.sync.state import State
 
 MiB = 1 << 20
@@ -83,6 +85,8 @@ class EditWhileUploading(Progress):
         new = big_data(4, 3 * MiB)
         if self.how == "delete":  # vanished mid-read
             os.unlink(self.path)
+        elif self.how == "truncate":  # shorter than the ranges still to send
+            os.truncate(self.path, MiB)
         elif self.how == "replace":  # a new file renamed over it (an editor's save)
             with open(self.path + ".new", "wb") as f:
                 f.write(new)
@@ -98,9 +102,9 @@ def test_a_file_changed_while_uploaded(pithos_server, tmp_path):
     # Each case its own first content: the server holding it already, nothing would be read
     # and sent (the change would land after the upload, not in the middle of its reads).
     first = {"replace": big_data(3, 3 * MiB), "rewrite": big_data(5, 3 * MiB),
-             "delete": big_data(6, 3 * MiB)}
+             "delete": big_data(6, 3 * MiB), "truncate": big_data(7, 3 * MiB)}
     expected = {"replace": new, "rewrite": first["rewrite"][:2 * MiB] + new[2 * MiB:],
-                "delete": None}
+                "delete": None, "truncate": first["truncate"][:MiB]}
     for how, content in expected.items():
         name = f"busy-{how}"
         a = Device(pithos_server, tmp_path / name / "a", name)
@@ -110,9 +114,10 @@ def test_a_file_changed_while_uploaded(pithos_server, tmp_path):
         b.sync()
         remote = assert_agree(pithos_server, a, b, container=name)
         assert remote.get("f.bin") == content
-        if how == "rewrite":
+        if how in ("rewrite", "truncate"):
             # Chunks read after the edit are not what the scan hashed: the server's hashes
-            # of what it stored say so, and the file waits for the next pass.
+            # of what it stored say so (or the file ends before them), and the file waits
+            # for the next pass.
             assert any("changed while being uploaded" in line for line in a.lines), a.lines
 
 
@@ -219,3 +224,27 @@ def test_link_rate_is_an_average_of_uncompressed_batches():
     for _ in range(10):
         remote.note_rate(8 << 20, 1.0)  # ~8 MB/s, lately
     assert not remote.fast_link()
+
+
+def test_blocks_sent_from_file_ranges(pithos_server, tmp_path):
+    """A batch of chunks sent from ranges of the file by the kernel (sendfile) is stored as
+    the same blocks as its bytes; a file shorter than a range abandons the request (nothing
+    stored from it) and the next request goes on a new connection."""
+    remote = Remote(Credentials(pithos_server.auth_url, "test:tester", "testing"), "ranges")
+    remote.ensure_container()
+    data = big_data(60, 3 * MiB)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ranges = [(0, 100_000), (100_000, 50_000), (1_000_000, 70_000), (3 * MiB - 10, 10)]
+        stored = remote.put_blocks(FileRanges(fd, ranges), [n for _, n in ranges])
+        assert stored == [block_hash(data[o:o + n]) for o, n in ranges]
+        assert not remote.missing(stored)
+        past_end = block_hash(data[3 * MiB - 10:] + bytes(10))
+        with pytest.raises(FileShrank):
+            remote.put_blocks(FileRanges(fd, [(3 * MiB - 10, 20)]), [20])
+        assert remote.missing([past_end]) == {past_end}
+        assert remote.put_blocks(FileRanges(fd, [(5, 7)]), [7]) == [block_hash(data[5:12])]
+    finally:
+        os.close(fd)

@@ -41,6 +41,8 @@ from pithos.sync.download import DownloadsMixin, Skip, _tmp_name
 from pithos.sync.remote import (
     DEFLATE_MAX,
     CursorGone,
+    FileRanges,
+    FileShrank,
     MissingBlocks,
     PreconditionFailed,
     Remote,
@@ -462,8 +464,8 @@ class Engine(DownloadsMixin):
         # a batch of at most DEFLATE_MAX is deflated (a larger one goes as it is): when more
         # than twice that is wanted (a new file's chunks), the few bytes a last small batch
         # would save are not worth classifying every chunk (~5 us each: 13% of the client's
-        # time holding the GIL on the sync bench's first sync), and runs of chunks are read
-        # straight into the batch that is sent (no copy of each chunk, no join).  Each batch
+        # time holding the GIL on the sync bench's first sync), and runs of chunks are sent
+        # from the file by the kernel (sendfile: never read into this process).  Each batch
         # keeps the hashes the scan found for its chunks: the server answers with the
         # hashes of what it stored, and a chunk whose bytes are no longer those the scan
         # hashed (the file changed since) is found there, without hashing it here again.
@@ -490,8 +492,7 @@ class Engine(DownloadsMixin):
                 batch = batches[False]
                 if batch.fill + n > batch.capacity:
                     post(False)
-                if not batch.read(fd, start, n):
-                    raise Skip(f"{lf.path} changed while being uploaded")
+                batch.add_range(fd, start, n)
                 batch.lengths.extend(c.length for c in run)
                 batch.hashes.extend(c.hash for c in run)
                 self.progress.advance(n)
@@ -541,7 +542,10 @@ class Engine(DownloadsMixin):
             os.close(fd)
 
     def _post_blocks(self, lf: LocalFile, batch: _Batch, compress: bool = False) -> None:
-        stored = self.remote.put_blocks(batch.body(), batch.lengths, compress)
+        try:
+            stored = self.remote.put_blocks(batch.body(), batch.lengths, compress)
+        except FileShrank:
+            raise Skip(f"{lf.path} changed while being uploaded") from None
         self._count_sent(batch.fill)
         if stored != batch.hashes:
             # Stored under their own hashes (unnamed: garbage for the collector); the file
@@ -701,31 +705,39 @@ def _thread_buffer(kind: bool, capacity: int) -> bytearray:
 
 
 class _Batch:
-    """Chunks for one POST ?blocks, back to back in one buffer (this thread's for `kind`,
-    taken on first use; `capacity` bytes of it used, batch after batch of one file), with
-    their lengths and the hashes the scan found for them.  One _Batch per kind per thread
-    at a time (an upload sends its batches before the next file's)."""
+    """Chunks for one POST ?blocks (up to `capacity` bytes), with their lengths and the
+    hashes the scan found for them: either ranges of the file, which the kernel sends
+    (`add_range`), or chunks back to back in one buffer (`add`: this thread's buffer for
+    `kind`, taken on first use, batch after batch of one file).  One _Batch per kind per
+    thread at a time (an upload sends its batches before the next file's)."""
 
     def __init__(self, capacity: int = BLOCKS_BATCH_BYTES, kind: bool = False) -> None:
         self.capacity = capacity
         self.kind = kind
         self.buf = bytearray()
+        self.fd = -1
+        self.ranges: list[tuple[int, int]] = []
         self.fill = 0
         self.lengths: list[int] = []
         self.hashes: list[bytes] = []
+
+    def add_range(self, fd: int, offset: int, n: int) -> None:
+        """n bytes of the file `fd` at `offset` (the caller adds their lengths and hashes);
+        not read here."""
+        assert not self.buf and self.fill + n <= self.capacity
+        self.fd = fd
+        last = self.ranges[-1] if self.ranges else None
+        if last is not None and last[0] + last[1] == offset:
+            self.ranges[-1] = (last[0], last[1] + n)
+        else:
+            self.ranges.append((offset, n))
+        self.fill += n
 
     def _room(self, n: int) -> memoryview:
         if not self.buf:
             self.buf = _thread_buffer(self.kind, self.capacity)
         assert self.fill + n <= self.capacity
         return memoryview(self.buf)[self.fill:self.fill + n]
-
-    def read(self, fd: int, offset: int, n: int) -> bool:
-        """Read n bytes of the file at `offset` into the batch; False if it has fewer."""
-        with self._room(n) as room:
-            got = os.preadv(fd, [room], offset)
-        self.fill += got
-        return got == n
 
     def add(self, chunk: memoryview, c: Chunk) -> None:
         with self._room(c.length) as room:
@@ -734,12 +746,14 @@ class _Batch:
         self.lengths.append(c.length)
         self.hashes.append(c.hash)
 
-    def body(self) -> memoryview:
+    def body(self) -> memoryview | FileRanges:
+        if self.ranges:
+            return FileRanges(self.fd, self.ranges)
         return memoryview(self.buf)[:self.fill]
 
     def clear(self) -> None:
         self.fill = 0
-        self.lengths, self.hashes = [], []
+        self.lengths, self.hashes, self.ranges = [], [], []
 
 
 @dataclass
