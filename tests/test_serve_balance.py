@@ -77,6 +77,20 @@ def test_a_worker_ahead_leaves_the_connection_to_a_peer_but_not_for_ever(board):
     assert board.counts[me.slot] == 0
 
 
+def test_a_worker_shutting_down_is_no_peer(board):
+    me = Balancer(board.claim(set()), cap=100)
+    me.serving()
+    peer = Balancer(board.claim({me.slot}), cap=100)
+    peer.serving()
+    me.opened()
+    assert me.leave_to_peer()  # 1 against 0
+    peer.leaving()  # (its server closed: it drains what it has, and accepts nothing)
+    assert board.counts[peer.slot] == BOOTING
+    assert not me.leave_to_peer()
+    peer.closed()  # a connection it still held ends: the slot stays out of the count
+    assert board.counts[peer.slot] == BOOTING
+
+
 def test_a_worker_without_a_slot_never_defers(board):
     me = Balancer(None, cap=100)
     board.counts[board.claim(set())] = 0

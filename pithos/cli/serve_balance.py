@@ -34,7 +34,8 @@ _poll = get_original("select", "poll")
 # Slots on the board; a worker forked when all are held serves unbalanced (and unseen).
 SLOTS = 64
 FREE = -1
-# A slot given to a worker not yet accepting (booting): not a peer to leave connections to.
+# A slot given to a worker not accepting (booting, or shutting down): not a peer to leave
+# connections to.
 BOOTING = -2
 # How long a worker that left a connection to a peer waits before it looks again.
 RECHECK_S = 0.002
@@ -111,6 +112,13 @@ class Balancer:
         if self.board is not None and self.slot is not None:
             self.board.counts[self.slot] = self.open
 
+    def leaving(self) -> None:
+        """The worker accepts no more (it is shutting down): no peer leaves it connections
+        (its slot is freed when it has exited)."""
+        if self.board is not None and self.slot is not None:
+            self.board.counts[self.slot] = BOOTING
+        self.board = None
+
     def opened(self) -> None:
         self.open += 1
         self.deferred_since = None
@@ -166,6 +174,11 @@ class BalancedStreamServer(StreamServer):  # type: ignore[misc]
             self._timer.start(self._recheck)
             return
         super()._do_read()
+
+    def close(self) -> None:
+        if self.balancer is not None:
+            self.balancer.leaving()
+        super().close()
 
     def _recheck(self) -> None:
         if not self.started:
