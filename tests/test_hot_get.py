@@ -43,3 +43,17 @@ def test_system_metadata_never_reaches_the_client_whatever_names_came_before() -
         assert env[SYSMETA_KEY] == {"x-object-sysmeta-symlink-target": "c/o",
                                     "x-container-sysmeta-a": "1"}
     assert set(titled) == {"etag", "x-object-meta-color"}
+
+
+def test_the_gatekeeper_drops_a_clients_system_metadata_and_nothing_else() -> None:
+    from pithos.api.subrequest import Gatekeeper
+
+    seen: list[dict] = []
+    gate = Gatekeeper(lambda env, start_response: seen.append(dict(env)) or [])
+    plain = {"PATH_INFO": "/v1/a/c/o", "HTTP_X_OBJECT_META_A_SYSMETA_B": "kept",
+             "HTTP_X_AUTH_TOKEN": "t", SYSMETA_KEY: {"stale": "1"}}
+    gate(dict(plain), None)
+    assert seen[-1] == {k: v for k, v in plain.items() if k != SYSMETA_KEY}
+    gate({**plain, "HTTP_X_OBJECT_SYSMETA_SYMLINK_TARGET": "c/x",
+          "HTTP_X_CONTAINER_SYSMETA_Y": "1"}, None)
+    assert seen[-1] == {k: v for k, v in plain.items() if k != SYSMETA_KEY}

@@ -207,3 +207,36 @@ def test_last_modified_dates_are_formatdates():
         n * 86400 * 3.7 + n % 97 * 0.37 for n in range(4000)]
     for ts in stamps:
         assert http_date(ts) == formatdate(math.ceil(ts), usegmt=True), ts
+
+
+@pytest.mark.parametrize("method,status,headers", [
+    ("GET", "200 OK", [("Content-Length", "3"), ("ETag", " abc "), ("X-A", "1"), ("x-a", "2")]),
+    ("HEAD", "200 OK", [("Content-Length", "3"), ("Connection", "close"), ("X-B", "\tv")]),
+    ("GET", "204 No Content", [("Content-Length", "0"), ("X-Trans-Id", "tx1")]),
+    ("GET", "304 Not Modified", [("ETag", "e"), ("Content-Length", "3"), ("Upgrade", "h2c")]),
+    ("GET", "200 OK", [("Transfer-Encoding", "chunked"), ("Keep-Alive", "5"), ("Z", "")]),
+    ("GET", "101 Switching Protocols", [("Connection", "Upgrade"), ("Upgrade", "websocket")]),
+])
+def test_the_head_is_gunicorns_line_for_line(pair, method, status, headers):
+    """The head's lines made in the pass over the headers (known names) are the ones
+    gunicorn's own Response writes, and so are they the first time (names not known yet),
+    whatever the status drops (a 204's or 304's Content-Length) or the writer adds."""
+    from gunicorn.http.wsgi import Response
+
+    def head(cls: type) -> list[bytes]:
+        resp = cls(_Request(method), pair[0], Config())
+        resp.start_response(status, list(headers))
+        if isinstance(resp, SwiftResponse):
+            raw = resp._head()
+        else:
+            raw = "".join([*resp.default_headers(),
+                           *[f"{k}: {v}\r\n" for k, v in resp.headers], "\r\n"]).encode()
+        return [line for line in raw.split(b"\r\n") if not line.startswith(b"Date: ")]
+
+    theirs = head(Response)
+    for _ in range(2):  # (unknown names, then known ones)
+        ours = head(SwiftResponse)
+        if status.startswith("204"):  # (as Swift: a 204 keeps its Content-Length: 0)
+            assert ours == [*theirs[:-2], b"Content-Length: 0", b"", b""]
+        else:
+            assert ours == theirs

@@ -30,10 +30,11 @@ CAP_LOG_INTERVAL_S = 60.0
 
 # A first body piece up to this size goes out in one send with the response's head.
 COALESCE_BYTES = 64 * 1024
-# Response header names found valid, with their lower-case form and whether they are
-# hop-by-hop; user metadata names make them many, so the table stops growing here.
+# Response header names found valid: None for most, or their lower-case form and whether
+# they are hop-by-hop for Content-Length and the hop-by-hop ones; user metadata names make them
+# many, so the table stops growing here.
 KNOWN_NAMES_MAX = 4096
-_known_names: dict[str, tuple[str, bool]] = {}
+_known_names: dict[str, tuple[str, bool] | None] = {}
 
 
 def send_all(sock: Any, data: bytes) -> None:
@@ -82,24 +83,37 @@ class SwiftResponse(wsgi.Response):  # type: ignore[misc]
         """gunicorn's checks and filtering of the application's headers, with what it
         checked once remembered: each name's match of the token grammar (a regex, per name
         and per response, was 7% of a small GET's worker CPU with 15 headers), and the values
-        checked by one match over all of them, joined with a tab (a character each value may
-        hold).  A name not seen yet, a value that is not text, or a value that fails goes
-        through gunicorn's own method, which names the bad header as before."""
+        checked by one match over all of them, joined with a space (a character each value
+        may hold).  A name not seen yet, a value that is not text, or a value that fails goes
+        through gunicorn's own method, which names the bad header as before.  The head's
+        lines of the headers kept are made in the same pass (`_head`)."""
         try:
             known = [_known_names[name] for name, _ in headers]
-            joined = "\t".join([value for _, value in headers])
+            joined = " ".join([value for _, value in headers])
         except (KeyError, TypeError):
             super().process_headers(headers)
             for name, _ in headers:
                 if (len(_known_names) < KNOWN_NAMES_MAX and type(name) is str
                         and message.TOKEN_RE.fullmatch(name)):
-                    _known_names[name] = (name.lower(), util.is_hoppish(name))
+                    lname, hoppish = name.lower(), util.is_hoppish(name)
+                    _known_names[name] = (lname, hoppish) if hoppish or \
+                        lname == "content-length" else None
             return
-        if not wsgi.HEADER_VALUE_RE.fullmatch(joined):
+        # (ASCII from space to '~' is what the value grammar allows of ASCII, but the tab:
+        # the regex for a value with a tab or any byte above ASCII.)
+        if not (joined.isascii() and joined.isprintable()) and \
+                not wsgi.HEADER_VALUE_RE.fullmatch(joined):
             super().process_headers(headers)  # (raises InvalidHeader for the bad one)
             return
-        for (name, value), (lname, hoppish) in zip(headers, known, strict=True):
+        kept = self.headers
+        lines = []
+        for (name, value), special in zip(headers, known, strict=True):
             value = value.strip(" \t")
+            if special is None:  # (most names: kept as they are)
+                kept.append((name, value))
+                lines.append(f"{name}: {value}\r\n")
+                continue
+            lname, hoppish = special
             if lname == "content-length":
                 self.response_length = int(value)
             elif hoppish:
@@ -107,9 +121,12 @@ class SwiftResponse(wsgi.Response):  # type: ignore[misc]
                     if value.lower() == "upgrade":
                         self.upgrade = True
                 elif lname == "upgrade" and value.lower() == "websocket":
-                    self.headers.append((name, value))
+                    kept.append((name, value))
+                    lines.append(f"{name}: {value}\r\n")
                 continue
-            self.headers.append((name, value))
+            kept.append((name, value))
+            lines.append(f"{name}: {value}\r\n")
+        self._lines = (kept, lines)
 
     def default_headers(self) -> list[str]:
         # gunicorn's, with the Date of the current second formatted once (email.utils'
@@ -130,7 +147,14 @@ class SwiftResponse(wsgi.Response):  # type: ignore[misc]
 
     def _head(self) -> bytes:
         lines = self.default_headers()
-        lines.extend([f"{k}: {v}\r\n" for k, v in self.headers])
+        made = getattr(self, "_lines", None)
+        if made is not None and made[0] is self.headers and len(made[1]) == len(self.headers):
+            # The lines process_headers made, for these very headers (gunicorn drops a
+            # 204's or 304's Content-Length into a new list; headers kept from an earlier
+            # start_response make the counts differ): made again otherwise.
+            lines.extend(made[1])
+        else:
+            lines.extend([f"{k}: {v}\r\n" for k, v in self.headers])
         lines.append("\r\n")
         return "".join(lines).encode("latin-1")
 
