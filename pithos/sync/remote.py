@@ -42,10 +42,13 @@ RETRIES = 4  # for 5xx and dropped connections, with backoff
 # sync's: deflating them, even at level 1, was ~1.5 of the client's 3.9 s for 487 MB).
 DEFLATE_FINE_MAX = 256 << 10
 DEFLATE_MAX = 1 << 20
-# A link that takes uncompressed chunk batches (of at least RATE_MIN_BODY bytes, timed from
-# the request to the answer, the server's storing included) at this rate or faster is not
-# worth deflating for: level 1 deflates text at ~100-200 MB/s here and sends ~35% of it, so
-# it pays only below ~0.65 of that.  On the sync bench's first sync over loopback, deflating
+# A link that takes uncompressed chunk batches (of at least RATE_MIN_BODY bytes, timed while
+# the request is sent: the socket's buffers, then the link and the server's reading pace it)
+# at this rate or faster is not worth deflating for: level 1 deflates text at ~100-200 MB/s
+# here and sends ~35% of it, so it pays only below ~0.65 of that.  (Timed to the answer, the
+# server's storing and commit counted too, a busy server looked like a slow link, and
+# deflating for it made the client and the server busier still: zlib was 10% of the
+# client's CPU in a loaded first sync.)  On the sync bench's first sync over loopback, deflating
 # small text files was ~9% of the client's CPU (and inflating a share of the server's), for
 # bytes the link carried at several hundred MB/s.  Until a batch has been timed, compressible
 # chunks are deflated (an edit's few chunks: every byte counts).
@@ -129,6 +132,7 @@ class _Answer:
     status: int
     headers: http.client.HTTPMessage
     data: bytes
+    send_s: float  # the time the request took to send (its head and body)
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,7 @@ class Remote:
         for attempt in range(RETRIES + 1):
             conn = self._lean_conn()
             try:
+                started = time.monotonic()
                 conn.putrequest(method, path, skip_accept_encoding=True)
                 conn.putheader("X-Auth-Token", self.token)
                 for k, v in (headers or {}).items():
@@ -262,6 +267,7 @@ class Remote:
                     _sendfile(conn, body)
                 else:
                     conn.endheaders(body if size else None)
+                send_s = time.monotonic() - started
                 r = conn.getresponse()
                 data = r.read()
             except FileShrank:
@@ -284,7 +290,7 @@ class Remote:
                 time.sleep(min(0.2 * 2 ** attempt, 5))
                 continue
             if r.status in ok:
-                return _Answer(r.status, r.headers, data)
+                return _Answer(r.status, r.headers, data, send_s)
             _refuse(f"{method} {name or self.container}", r.status,
                     data.decode("utf-8", "replace"))
         raise AssertionError("unreachable")
@@ -471,10 +477,9 @@ class Remote:
         size = body.size() if isinstance(body, FileRanges) else memoryview(body).nbytes
         if compress and not isinstance(body, FileRanges) and size <= DEFLATE_MAX:
             body = self._deflate(body, h, 6 if size <= DEFLATE_FINE_MAX else 1)
-        started = time.monotonic()
         r = self.lean("POST", None, query={"blocks": ""}, body=body, headers=h)
         if "Content-Encoding" not in h and size >= RATE_MIN_BODY:
-            self.note_rate(size, time.monotonic() - started)
+            self.note_rate(size, r.send_s)
         try:
             return [from_hex(x) for x in json.loads(r.data)]
         except (ValueError, TypeError):
@@ -482,7 +487,7 @@ class Remote:
                               ) from None
 
     def note_rate(self, size: int, seconds: float) -> None:
-        """An uncompressed batch of `size` bytes took `seconds` from request to answer."""
+        """An uncompressed batch of `size` bytes took `seconds` to send."""
         rate = size / max(seconds, 1e-6)
         with self._count_lock:  # (upload workers note at once)
             old = self._link_rate
