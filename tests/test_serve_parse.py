@@ -202,3 +202,46 @@ def test_an_older_gunicorn_keeps_its_own_parser(monkeypatch):
     before = http.RequestParser
     use_swift_parser()
     assert http.RequestParser is before
+
+
+def test_pipelined_requests_each_start_after_the_last_body_read_or_not() -> None:
+    """The next request of a connection starts after the whole body of the last, read or
+    not (the drain is skipped only when nothing of it is left), and each knows whether it
+    closes the connection as gunicorn's own requests do."""
+    stream = (b"PUT /v1/a/c/o HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+              b"GET /v1/a/c/o HTTP/1.1\r\nHost: h\r\n\r\n"
+              b"POST /v1/a/c/o HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+              b"GET /v1/a/c/p HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+              b"HEAD /v1/a/c/q HTTP/1.1\r\nConnection: close\r\n\r\n")
+    for reads in (1, 7, len(stream)):
+        pieces = [stream[i : i + reads] for i in range(0, len(stream), reads)]
+        for cls in (serve_parse.SwiftRequestParser, serve_parse.RequestParser):
+            parser = cls(CFG, iter(pieces), ADDR)
+            seen = []
+            for req in parser:
+                if req.method == "POST":
+                    assert req.body.read() == b"abc"  # (read whole; the PUT's is not)
+                seen.append((req.method, req.path, req.should_close(),
+                             type(req.body.reader).__name__))
+            assert seen == [("PUT", "/v1/a/c/o", False, "LengthReader"),
+                            ("GET", "/v1/a/c/o", False, "LengthReader"),
+                            ("POST", "/v1/a/c/o", False, "LengthReader"),
+                            ("GET", "/v1/a/c/p", False, "LengthReader"),
+                            ("HEAD", "/v1/a/c/q", True, "LengthReader")], (cls, reads)
+
+
+def test_scheme_and_singleton_headers_get_gunicorns_policy_every_time() -> None:
+    """Names the policy leaves alone are kept without it once seen; the scheme headers of
+    a trusted peer, a repeated Host, Expect and names with '_' still get it, each time."""
+    heads = [b"GET /v1/a HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-A: 1\r\n\r\n",
+             b"GET /v1/a HTTP/1.1\r\nX-A: 1\r\nX-Forwarded-Proto: http\r\n"
+             b"X-Forwarded-Proto: https\r\n\r\n",
+             b"GET /v1/a HTTP/1.1\r\nHost: a\r\nX-A: 2\r\nHost: b\r\n\r\n",
+             b"PUT /v1/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+             b"GET /v1/a HTTP/1.1\r\nExpect: nothing\r\n\r\n",
+             b"GET /v1/a HTTP/1.1\r\nX_Under: 1\r\nX-A: 3\r\n\r\n"]
+    for _ in range(3):
+        for head in heads:
+            assert _parse(SwiftRequest, head) == _parse(Request, head), head
+    fast = SwiftRequest(CFG, IterUnreader([heads[0]]), ADDR)
+    assert fast.scheme == "https"

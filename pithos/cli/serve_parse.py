@@ -26,7 +26,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gunicorn.http.message import Request
+from gunicorn.http import message
+from gunicorn.http.body import Body, LengthReader
+from gunicorn.http.message import Message, Request
 from gunicorn.http.parser import RequestParser
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -42,8 +44,39 @@ _FIELDS = re.compile(rf"(?:{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _FIELD = re.compile(rf"({_TOKEN}):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r\n")
 
 
+# Upper-case header names gunicorn's header policy leaves alone (no singleton, no Expect, no
+# '_', no scheme header of the settings' secure_scheme_headers): kept as they are, with no
+# call per header.  Per that setting's value (a reload makes new workers; tests new configs).
+INERT_MAX = 4096
+_inert: list[Any] = [None, {}]  # [the secure_scheme_headers they were found for, name -> bool]
+
+
+def _inert_names(secure_scheme_headers: Any) -> dict[str, bool]:
+    if _inert[0] is not secure_scheme_headers:
+        _inert[:] = [secure_scheme_headers, {}]
+    return _inert[1]  # type: ignore[no-any-return]
+
+
 class SwiftRequest(Request):  # type: ignore[misc]
     """gunicorn's request, whose head is parsed by parse_plain when it is plain."""
+
+    # A plain head's answers, found once (None: gunicorn's methods decide): whether its
+    # headers and version close the connection, whether it names a body at all.
+    _close_by_head: bool | None = None
+    _bodiless = False
+
+    def should_close(self) -> bool:
+        if self._close_by_head is None:
+            return bool(super().should_close())
+        return self.must_close or self._close_by_head
+
+    def set_body_reader(self) -> None:
+        if self._bodiless:
+            # (What gunicorn's makes of a request with neither Content-Length nor
+            # Transfer-Encoding: an EOF reader, replaced by an empty length reader.)
+            self.body = Body(LengthReader(self.unreader, 0))
+            return
+        super().set_body_reader()
 
     def parse(self, unreader: Any) -> bytes:
         buf = bytearray()
@@ -80,23 +113,50 @@ class SwiftRequest(Request):  # type: ignore[misc]
         self.path, _, self.query = uri.partition("?")
         self.fragment = ""
         self.version = (1, int(minor))
-        # gunicorn's policy for each header, as its parse_headers applies it.
+        # gunicorn's policy for each header, as its parse_headers applies it (a name it
+        # leaves alone, as it does, without the call).
         scheme_state = [False]
         seen: set[str] = set()
-        secure_scheme_headers, forwarder_headers = self._peer_trusted_for_forwarded()
+        policy: tuple[Any, Any] | None = None
         apply = self._apply_header_policy
+        secure = self.cfg.secure_scheme_headers
+        inert = _inert_names(secure)
         headers = []
+        bodiless = True
         for name, value in fields:
-            kept = apply(name.upper(), value, scheme_state, seen, secure_scheme_headers,
-                         forwarder_headers)
+            name = name.upper()
+            if inert.get(name):
+                headers.append((name, value))
+                continue
+            if policy is None:  # (the peer's trust: asked once, for the first other name)
+                policy = self._peer_trusted_for_forwarded()
+            kept = apply(name, value, scheme_state, seen, policy[0], policy[1])
             if kept is not None:
                 headers.append(kept)
+            if name in ("CONTENT-LENGTH", "TRANSFER-ENCODING"):
+                bodiless = False
+            elif name not in inert and len(inert) < INERT_MAX:
+                inert[name] = (name not in message.RFC9110_5_3_SINGLETON_FIELDS
+                               and name != "EXPECT" and "_" not in name
+                               and name not in secure)
         self.headers = headers
+        self._bodiless = bodiless
+        self._close_by_head = bool(Message.should_close(self))
         return data[end + 4 :]
 
 
 class SwiftRequestParser(RequestParser):  # type: ignore[misc]
     mesg_class = SwiftRequest
+
+    def finish_body(self, deadline: Any = None, max_bytes: Any = None) -> bool:
+        # Nothing left of the last body (a GET's, or one read whole): nothing to drain.
+        # (gunicorn's reads the empty length reader once more, with the socket's timeout
+        # asked and set back.)
+        body = getattr(self.mesg, "body", None)
+        if deadline is None and type(body) is Body and type(body.reader) is LengthReader \
+                and body.reader.length == 0 and body.buf.tell() == 0:
+            return True
+        return bool(super().finish_body(deadline, max_bytes))
 
 
 def supported() -> bool:
