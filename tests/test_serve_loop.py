@@ -53,11 +53,14 @@ def _both(head: bytes, server: Any = ("127.0.0.1", 8080), client: Any = ("127.0.
     cfg = cfg or _config()
     plan = serve_loop.Plan(_Worker(cfg), wsgi.base_environ(cfg))
     envs = []
-    for build in ("ours", "gunicorn's"):
+    for build in ("ours", "ours, the connection's addresses kept", "gunicorn's"):
         req = SwiftRequest(cfg, IterUnreader([head]), client)
         sock = _Sock()
         if build == "ours":
             _, env = serve_loop.create(plan, req, sock, client, server)
+        elif build.startswith("ours"):
+            fixed = serve_loop.addresses(client, server)
+            _, env = serve_loop.create(plan, req, sock, client, server, fixed)
         else:
             _, env = wsgi.create(req, sock, client, server, cfg)
         env.pop("wsgi.errors")  # (a new writer each time)
@@ -65,7 +68,8 @@ def _both(head: bytes, server: Any = ("127.0.0.1", 8080), client: Any = ("127.0.
         assert callable(hints)
         assert env.pop("wsgi.input") is req.body and env.pop("gunicorn.socket") is sock
         envs.append(env)
-    return envs[0], envs[1]
+    assert envs[0] == envs[1] and list(envs[0]) == list(envs[1])
+    return envs[0], envs[2]
 
 
 HEADS = [
@@ -101,10 +105,10 @@ def test_a_script_name_or_100_continue_goes_to_gunicorns_create(monkeypatch) -> 
     monkeypatch.setattr(wsgi, "create", counted)
     ours, theirs = _both(b"PUT /v1/a/c/o HTTP/1.1\r\nContent-Length: 1\r\n"
                          b"Expect: 100-continue\r\n\r\nx")
-    assert ours == theirs and len(called) == 2
+    assert ours == theirs and len(called) == 3  # (ours twice, handing over, and theirs)
     monkeypatch.setenv("SCRIPT_NAME", "/v1")
     ours, theirs = _both(b"GET /v1/a/c HTTP/1.1\r\n\r\n")
-    assert ours == theirs and ours["SCRIPT_NAME"] == "/v1" and len(called) == 4
+    assert ours == theirs and ours["SCRIPT_NAME"] == "/v1" and len(called) == 6
 
 
 @settings(max_examples=150, deadline=None)

@@ -80,6 +80,7 @@ def handle(worker: Any, plan: Plan, listener: Any, client: Any, addr: Any) -> No
         parser = http.get_parser(plan.cfg, client, addr)
         try:
             listener_name = listener.getsockname()
+            fixed = addresses(addr, listener_name)
             while True:
                 req = None
                 # gunicorn's `with worker.timeout_ctx()`: an idle connection ends quietly.
@@ -93,7 +94,7 @@ def handle(worker: Any, plan: Plan, listener: Any, client: Any, addr: Any) -> No
                     timeout.cancel()
                 if not req:
                     break
-                handle_request(worker, plan, listener_name, req, client, addr)
+                handle_request(worker, plan, listener_name, req, client, addr, fixed)
         except http.errors.NoMoreData as e:
             worker.log.debug("Ignored premature client disconnection. %s", e)
         except StopIteration as e:
@@ -128,11 +129,11 @@ def handle(worker: Any, plan: Plan, listener: Any, client: Any, addr: Any) -> No
 
 
 def handle_request(worker: Any, plan: Plan, listener_name: Any, req: Any, sock: Any,
-                   addr: Any) -> None:
+                   addr: Any, fixed: dict[str, str] | None = None) -> None:
     """AsyncWorker.handle_request, as GeventWorker calls it (a GreenletExit or SystemExit
     of the request ends it quietly)."""
     try:
-        _handle_request(worker, plan, listener_name, req, sock, addr)
+        _handle_request(worker, plan, listener_name, req, sock, addr, fixed)
     except gevent.GreenletExit:
         pass
     except SystemExit:
@@ -140,14 +141,14 @@ def handle_request(worker: Any, plan: Plan, listener_name: Any, req: Any, sock: 
 
 
 def _handle_request(worker: Any, plan: Plan, listener_name: Any, req: Any, sock: Any,
-                    addr: Any) -> None:
+                    addr: Any, fixed: dict[str, str] | None) -> None:
     request_start = datetime.now() if plan.access else None
     environ: dict[str, Any] = {}
     resp = None
     try:
         if plan.pre_request is not None:
             plan.pre_request(worker, req)
-        resp, environ = create(plan, req, sock, addr, listener_name)
+        resp, environ = create(plan, req, sock, addr, listener_name, fixed)
         environ["wsgi.multithread"] = True
         worker.nr += 1
         if worker.nr >= worker.max_requests and worker.alive:
@@ -194,39 +195,24 @@ def _handle_request(worker: Any, plan: Plan, listener_name: Any, req: Any, sock:
                 worker.log.exception("Exception in post_request hook")
 
 
-def create(plan: Plan, req: Any, sock: Any, client: Any, server: Any
-           ) -> tuple[Any, dict[str, Any]]:
-    """gunicorn.http.wsgi.create for an HTTP/1.x request: the same response and environ,
-    built in one dict.  A request it does not expect (100-continue, PROXY protocol, a
-    SCRIPT_NAME in the process environment or in a header) goes to gunicorn's."""
-    if req._expected_100_continue or req.proxy_protocol_info or plan.script_name or \
-            req.version not in ((1, 0), (1, 1)):
-        return wsgi.create(req, sock, client, server, plan.cfg)  # type: ignore[no-any-return]
-    resp = wsgi.Response(req, sock, plan.cfg)
-    environ = dict(plan.base)
-    environ["wsgi.input"] = req.body
-    environ["gunicorn.socket"] = sock
-    environ["REQUEST_METHOD"] = req.method
-    environ["QUERY_STRING"] = req.query
-    environ["RAW_URI"] = req.uri
-    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if req.version == (1, 1) else "HTTP/1.0"
-    host = None
-    for hdr_name, hdr_value in req.headers:
-        if hdr_name == "HOST":
-            host = hdr_value
-        elif hdr_name == "SCRIPT_NAME":
-            return wsgi.create(req, sock, client, server, plan.cfg)  # type: ignore[no-any-return]
-        elif hdr_name == "CONTENT-TYPE":
-            environ["CONTENT_TYPE"] = hdr_value
-            continue
-        elif hdr_name == "CONTENT-LENGTH":
-            environ["CONTENT_LENGTH"] = hdr_value
-            continue
-        key = "HTTP_" + hdr_name.replace("-", "_")
-        if key in environ:
-            hdr_value = f"{environ[key]},{hdr_value}"
-        environ[key] = hdr_value
-    environ["wsgi.url_scheme"] = req.scheme
+# Request header names (as the parser gives them) -> their environ keys, but the four create
+# treats apart (bounded: clients make names many).
+ENVIRON_KEYS_MAX = 4096
+_environ_keys: dict[str, str] = {}
+
+
+def addresses(client: Any, server: Any) -> dict[str, str] | None:
+    """The environ's REMOTE_* and SERVER_* of a TCP connection's every request, as create
+    sets them (None for others: a unix socket's SERVER_* come from each request's Host)."""
+    if type(client) is not tuple or type(server) is not tuple:
+        return None
+    return {"REMOTE_ADDR": client[0], "REMOTE_PORT": str(client[1]),
+            "SERVER_NAME": server[0], "SERVER_PORT": str(server[1])}
+
+
+def _addresses(environ: dict[str, Any], req: Any, client: Any, server: Any,
+               host: str | None) -> None:
+    """gunicorn's REMOTE_* and SERVER_* (a unix socket's server name from the Host)."""
     if isinstance(client, str):
         environ["REMOTE_ADDR"] = client
     elif isinstance(client, bytes):
@@ -246,6 +232,47 @@ def create(plan: Plan, req: Any, sock: Any, client: Any, server: Any
                 server.append("")
     environ["SERVER_NAME"] = server[0]
     environ["SERVER_PORT"] = str(server[1])
+
+
+def create(plan: Plan, req: Any, sock: Any, client: Any, server: Any,
+           fixed: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """gunicorn.http.wsgi.create for an HTTP/1.x request: the same response and environ,
+    built in one dict.  A request it does not expect (100-continue, PROXY protocol, a
+    SCRIPT_NAME in the process environment or in a header) goes to gunicorn's.  `fixed`:
+    the connection's `addresses`."""
+    if req._expected_100_continue or req.proxy_protocol_info or plan.script_name or \
+            req.version not in ((1, 0), (1, 1)):
+        return wsgi.create(req, sock, client, server, plan.cfg)  # type: ignore[no-any-return]
+    resp = wsgi.Response(req, sock, plan.cfg)
+    environ = {**plan.base, "wsgi.input": req.body, "gunicorn.socket": sock,
+               "REQUEST_METHOD": req.method, "QUERY_STRING": req.query, "RAW_URI": req.uri,
+               "SERVER_PROTOCOL": "HTTP/1.1" if req.version == (1, 1) else "HTTP/1.0"}
+    host = None
+    keys = _environ_keys
+    for hdr_name, hdr_value in req.headers:
+        key = keys.get(hdr_name)
+        if key is None:
+            if hdr_name == "HOST":
+                host = hdr_value
+            elif hdr_name == "SCRIPT_NAME":
+                return wsgi.create(req, sock, client, server, plan.cfg)  # type: ignore[no-any-return]
+            elif hdr_name == "CONTENT-TYPE":
+                environ["CONTENT_TYPE"] = hdr_value
+                continue
+            elif hdr_name == "CONTENT-LENGTH":
+                environ["CONTENT_LENGTH"] = hdr_value
+                continue
+            key = "HTTP_" + hdr_name.replace("-", "_")
+            if hdr_name != "HOST" and len(keys) < ENVIRON_KEYS_MAX:
+                keys[hdr_name] = key
+        if key in environ:
+            hdr_value = f"{environ[key]},{hdr_value}"
+        environ[key] = hdr_value
+    environ["wsgi.url_scheme"] = req.scheme
+    if fixed is not None:
+        environ.update(fixed)
+    else:
+        _addresses(environ, req, client, server, host)
     path = req.path
     # util.unquote_to_wsgi_str, which changes nothing in a path of ASCII without '%'.
     environ["PATH_INFO"] = path if path.isascii() and "%" not in path else \
