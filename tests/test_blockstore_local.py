@@ -1,4 +1,5 @@
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from pithos.blocker import LocalBlockStore
 from pithos.blocker.local import PACK_MAX, PACK_MIN_BATCH
 from pithos.core.offload import Offload
-from tests.blocker_contract import PartsStoreContract, blob
+from tests.blocker_contract import PartsStoreContract, blob, cutoff_between
 
 
 class TestLocalBlockStore(PartsStoreContract):
@@ -111,3 +112,30 @@ def test_an_interrupted_quarantine_is_undone_when_a_store_is_opened(tmp_path):
         assert store.get_many([h]) == [data]  # put back, for the next read to judge
         assert store.quarantined() == []
         assert os.listdir(tmp_path / "b" / "quarantine") == []
+
+
+def test_a_block_stored_as_a_file_and_sent_again_in_a_batch_is_one_block(tmp_path):
+    # A packed put does not look for a file of each new block (a failed look-up per chunk):
+    # a block that is a file already (a small object's, a map page's) and comes again in a
+    # batch is packed beside it.  The pair is one block: listed once, read whole, as young
+    # as the put, still there after a sweep whose cutoff falls between the two puts (the
+    # record is young), and gone, both copies, after a delete.
+    with LocalBlockStore(tmp_path / "b") as store:
+        old = blob(3000)
+        store.put_many([old])  # alone: a file
+        assert os.path.exists(store.locate(old[0]).path)
+        cutoff = cutoff_between()
+        batch = [old] + [blob(3000) for _ in range(PACK_MIN_BATCH)]
+        store.put_many(batch)
+        packs = store._packs_ro()
+        assert packs is not None and old[0] in packs.lookup([old[0]])  # beside its file
+        assert store.get_many([h for h, _ in batch]) == [d for _, d in batch]
+        assert [h for h, _ in store.iterate()].count(old[0]) == 1
+        (age,) = store.age_s([old[0]])
+        assert age is not None and age < time.time() - cutoff
+        store.delete_if_put_before([old[0]], cutoff)
+        assert store.get_many([old[0]]) == [old[1]]
+        assert store.missing([old[0]]) == []
+        store.delete_many([old[0]])
+        assert store.missing([old[0]]) == [old[0]]
+        assert [h for h, _ in store.iterate()].count(old[0]) == 0
