@@ -43,6 +43,12 @@ def test_system_metadata_never_reaches_the_client_whatever_names_came_before() -
         assert env[SYSMETA_KEY] == {"x-object-sysmeta-symlink-target": "c/o",
                                     "x-container-sysmeta-a": "1"}
     assert set(titled) == {"etag", "x-object-meta-color"}
+    # An answer of known names only: titled in one pass, values and order as given.
+    plain = [("x-object-meta-color", "blue"), ("etag", "f"), ("etag", "g")]
+    env = {}
+    assert sysmeta_out(env, plain, lambda k: "never called", titled) == [
+        ("X-Object-Meta-Color", "blue"), ("Etag", "f"), ("Etag", "g")]
+    assert SYSMETA_KEY not in env
 
 
 def test_the_gatekeeper_drops_a_clients_system_metadata_and_nothing_else() -> None:

@@ -276,7 +276,7 @@ class ObjectHandlers:
                 return
             ranges: list[ByteRange] | None = [part_range]
         else:
-            ranges = parse_range(req.get_header("Range"), size)
+            ranges = parse_range(env.get("HTTP_RANGE"), size)  # (req.get_header's)
             if ranges and len(ranges) > 1 and v.dlo_manifest and large:
                 ranges = None  # Swift's DLO serves a multi-range request whole (a 200)
         if not ranges:

@@ -10,6 +10,7 @@ client sends and from what it receives, as Swift's gatekeeper does."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ SYSMETA_KEY = "pithos.sysmeta"
 # the page it comes from (a container's referrer ACL may let it read: a link's target is read
 # with the caller's rights, as Swift's subrequests copy HTTP_REFERER).
 CREDENTIALS = ("HTTP_X_AUTH_TOKEN", "HTTP_X_STORAGE_TOKEN", "HTTP_REFERER")
+_name_of, _value_of = itemgetter(0), itemgetter(1)
 
 
 class Response:
@@ -188,10 +190,11 @@ def sysmeta_out(env: dict[str, Any], headers: list[tuple[str, str]],
     goes to env[SYSMETA_KEY] for the layer that asked.  `titled`: names seen before, none of
     them system metadata, with what `title` made of them (one look-up for each of those)."""
     if titled is not None:
-        # Most answers name only headers seen before: one look-up each.
-        names = [titled.get(k) for k, _ in headers]
+        # Most answers name only headers seen before: one look-up each, by calls over all
+        # of them (a comprehension costs ~11 bytecodes a header).
+        names = list(map(titled.get, map(_name_of, headers)))
         if None not in names:
-            return [(name, v) for name, (_, v) in zip(names, headers, strict=True)]
+            return list(zip(names, map(_value_of, headers), strict=True))
     out = []
     seen = titled if titled is not None else {}
     for k, v in headers:

@@ -94,7 +94,7 @@ class SwiftSink:
         txid = _txid()
         resp.set_header("X-Trans-Id", txid)
         resp.set_header("X-Openstack-Request-Id", txid)
-        coding = req.get_header("Transfer-Encoding")
+        coding = req.env.get("HTTP_TRANSFER_ENCODING")  # (req.get_header's, without its call)
         if coding is not None and coding.strip().lower() != "chunked":
             # As Swift: only plain chunked framing (gunicorn would read "gzip, chunked" as
             # chunked and hand us gzip bytes).

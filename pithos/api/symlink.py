@@ -103,7 +103,7 @@ class Symlinks:
         without `softlinks`); `target_etag`: the ETag a static link expects there."""
         resp = call(self.app, env)
         if target_etag is None and TARGET not in resp.sysmeta:
-            if not any(k in env for k in CONDITIONAL) or resp.ok:
+            if resp.ok or not any(k in env for k in CONDITIONAL):
                 return resp  # not a link: the hot path ends here
             # A link's own empty body fails a Range or a precondition meant for its target.
             probe = call(self.app, new_env(env, "HEAD", _path(env),
