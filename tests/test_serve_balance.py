@@ -91,6 +91,17 @@ def test_a_worker_shutting_down_is_no_peer(board):
     assert board.counts[peer.slot] == BOOTING
 
 
+def test_the_wait_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PITHOS_BALANCE_WAIT_MS", "250")
+    assert serve_balance.max_defer_s() == 0.25
+    for bad in ("-1", "soon", "1e9"):
+        monkeypatch.setenv("PITHOS_BALANCE_WAIT_MS", bad)
+        with pytest.raises(SystemExit, match="PITHOS_BALANCE_WAIT_MS"):
+            serve_balance.max_defer_s()
+    monkeypatch.delenv("PITHOS_BALANCE_WAIT_MS")
+    assert serve_balance.max_defer_s() == MAX_DEFER_S
+
+
 def test_a_worker_without_a_slot_never_defers(board):
     me = Balancer(None, cap=100)
     board.counts[board.claim(set())] = 0
@@ -103,7 +114,10 @@ def test_a_worker_without_a_slot_never_defers(board):
 
 @pytest.fixture
 def two_workers(tmp_path):
-    server = PithosServer(tmp_path / "data", workers=2)
+    # A worker waits as long as it takes for its peer to accept (not 50 ms): on a loaded
+    # machine a peer may not run for longer, and the split would then depend on timing.
+    server = PithosServer(tmp_path / "data", workers=2,
+                          env={"PITHOS_BALANCE_WAIT_MS": "30000"})
     yield server
     server.stop()
 

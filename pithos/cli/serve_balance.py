@@ -14,13 +14,14 @@ the next connection to that peer: it stops accepting for `RECHECK_S`, the peer (
 same connection) takes it, and the counts even out.  The slots are given out by the master
 before each fork (`pre_fork`) and freed when a worker exits (`child_exit`), so a dead worker
 is never waited for.  A worker never defers one pending connection for more than
-`MAX_DEFER_S` all told: a peer that is busy (a long request holding its hub) or stuck does
-not leave a client waiting.
+`MAX_DEFER_S` all told (PITHOS_BALANCE_WAIT_MS): a peer that is busy (a long request holding
+its hub) or stuck does not leave a client waiting.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import select
 import time
 from typing import Any
@@ -39,7 +40,8 @@ FREE = -1
 BOOTING = -2
 # How long a worker that left a connection to a peer waits before it looks again.
 RECHECK_S = 0.002
-# The longest a worker leaves one pending connection to its peers before taking it.
+# The longest a worker leaves one pending connection to its peers before taking it
+# (PITHOS_BALANCE_WAIT_MS overrides it).
 MAX_DEFER_S = 0.050
 
 
@@ -93,7 +95,30 @@ _BOARD: list[Board] = []
 
 
 def make_board() -> None:
+    """The server's board (in the master, before the first fork); the longest a worker leaves
+    a connection to a peer is read here too: SystemExit with the reason when it is bad."""
     _BOARD[:] = [Board()]
+    _MAX_DEFER[:] = [max_defer_s()]
+
+
+# The longest wait of this server's workers (make_board), MAX_DEFER_S if it made none.
+_MAX_DEFER: list[float] = []
+
+
+def max_defer_s() -> float:
+    """PITHOS_BALANCE_WAIT_MS (milliseconds, 0 to take every connection at once), else
+    MAX_DEFER_S."""
+    text = os.environ.get("PITHOS_BALANCE_WAIT_MS")
+    if text is None:
+        return MAX_DEFER_S
+    try:
+        value = float(text)
+        if not 0 <= value <= 60_000:
+            raise ValueError
+    except ValueError:
+        raise SystemExit("pithos serve: PITHOS_BALANCE_WAIT_MS must be a number of "
+                         f"milliseconds from 0 to 60000 (got {text!r})") from None
+    return value / 1000
 
 
 class Balancer:
@@ -104,6 +129,7 @@ class Balancer:
         self.board = _BOARD[0] if _BOARD and slot is not None else None
         self.slot = slot if self.board is not None else None
         self.cap = cap
+        self.max_defer_s = _MAX_DEFER[0] if _MAX_DEFER else MAX_DEFER_S
         self.open = 0
         self.deferred_since: float | None = None  # a pending connection left to peers
 
@@ -132,7 +158,7 @@ class Balancer:
 
     def leave_to_peer(self) -> bool:
         """Whether this worker should leave the pending connection to a peer: it holds
-        more than one that has room, and has not left it for MAX_DEFER_S yet."""
+        more than one that has room, and has not left it for `max_defer_s` yet."""
         if self.board is None or self.slot is None:
             return False
         least = self.board.fewest_elsewhere(self.slot, self.cap)
@@ -143,7 +169,7 @@ class Balancer:
         if self.deferred_since is None:
             self.deferred_since = now
             return True
-        return now - self.deferred_since < MAX_DEFER_S
+        return now - self.deferred_since < self.max_defer_s
 
 
 def _pending(sock: Any) -> bool:
