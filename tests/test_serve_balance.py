@@ -102,6 +102,17 @@ def test_the_wait_is_read_from_the_environment(monkeypatch):
     assert serve_balance.max_defer_s() == MAX_DEFER_S
 
 
+def test_a_wait_of_zero_takes_every_connection(board):
+    me = Balancer(board.claim(set()), cap=100)
+    me.serving()
+    board.counts[board.claim({me.slot})] = 0
+    me.opened()
+    assert me.leave_to_peer()
+    me.deferred_since = None
+    me.max_defer_s = 0.0  # (PITHOS_BALANCE_WAIT_MS=0)
+    assert not me.leave_to_peer()
+
+
 def test_a_worker_without_a_slot_never_defers(board):
     me = Balancer(None, cap=100)
     board.counts[board.claim(set())] = 0

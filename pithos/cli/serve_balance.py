@@ -159,7 +159,7 @@ class Balancer:
     def leave_to_peer(self) -> bool:
         """Whether this worker should leave the pending connection to a peer: it holds
         more than one that has room, and has not left it for `max_defer_s` yet."""
-        if self.board is None or self.slot is None:
+        if self.board is None or self.slot is None or self.max_defer_s <= 0:
             return False
         least = self.board.fewest_elsewhere(self.slot, self.cap)
         if least is None or self.open <= least:
