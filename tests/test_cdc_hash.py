@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pithos.core import _cdc_py as pure
 from pithos.core import cdc
 from pithos.core.hashing import block_hash
+from pithos.sync.chunks import PieceCutter
 from pithos.sync.state import Chunk, ChunkList
 
 native, native_mark = native_module("pithos.core._cdchash")
@@ -170,3 +171,53 @@ def test_chunk_list_reads_as_its_chunks():
     assert ChunkList() == () and not ChunkList()
     with pytest.raises(ValueError):
         ChunkList(b"x" * 35)
+
+
+# -- the sync scan's piece cutter --------------------------------------------------------------
+
+class _Pieces:
+    """A file's bytes read with readinto, at most `most` bytes a call (a short read)."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self.data, self.at, self.most = data, 0, most
+
+    def readinto(self, view: memoryview) -> int:
+        n = min(len(view), self.most, len(self.data) - self.at)
+        view[:n] = self.data[self.at:self.at + n]
+        self.at += n
+        return n
+
+
+def _cut_file(data: bytes, piece: int, most: int, size_hint: int) -> tuple[bytes, bytes]:
+    cutter = PieceCutter(piece, size_hint)
+    f = _Pieces(data, most)
+    entries, seen = b"", b""
+    while True:
+        with cutter.read(f) as view:
+            seen += bytes(view)
+            n = view.nbytes
+        if not n:
+            return entries + cutter.cut(final=True), seen
+        entries += cutter.cut()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 70_000)), max_size=6),
+       st.integers(0, 2**32), st.integers(1, 300_000), st.integers(1, 300_000),
+       st.integers(0, 400_000))
+def test_piece_cutter_cuts_as_the_chunker(extents, seed, piece, most, size_hint):
+    # Any piece size, short reads, and a file larger or smaller than its stat said.
+    data = _image_like(seed, extents)
+    entries, seen = _cut_file(data, piece, most, size_hint)
+    assert seen == data  # every byte handed out once, in order (for the MD5)
+    assert entries == _apart(data, 0, cdc.cut_points(data))
+
+
+def test_piece_cutter_default_pieces():
+    data = GOLDEN_INPUT + bytes(300_000) + GOLDEN_INPUT[:100_000]
+    entries, _ = _cut_file(data, 1 << 20, 1 << 20, len(data))
+    assert entries == _apart(data, 0, cdc.cut_points(data))
+    cutter = PieceCutter(1 << 20, 0)
+    assert cutter.cut(final=True) == b"" and cutter.cut() == b""
+    with pytest.raises(ValueError):
+        cutter.read(_Pieces(b"late", 4))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pathspec
 
 from pithos.core import md5 as md5_impl
-from pithos.sync.chunks import new_chunker
+from pithos.sync.chunks import PieceCutter
 from pithos.sync.state import STATE_DIR, ChunkList, LocalFile, State
 
 IGNORE_FILE = ".pithosignore"
@@ -131,20 +131,25 @@ class _Hashing:
             self.f.close()
             raise Changed(rel)
         self.md5 = md5_impl.new()
-        self.chunker = new_chunker()
+        self.cutter = PieceCutter(READ_SIZE, st.st_size)
         self.chunks: list[bytes] = []  # chunk lists (packed), a piece's each
         self.size = 0
 
-    def take(self, piece: bytes) -> None:
-        """The piece's chunks, cut and hashed in one call (without the GIL when native),
-        kept packed (its MD5 is updated by the caller, in lanes)."""
-        self.size += len(piece)
-        self.chunks.append(self.chunker.update_hashed(piece))
+    def read(self) -> memoryview:
+        """The next piece, read into the cutter's buffer (a view: released before `take`)."""
+        return self.cutter.read(self.f)
+
+    def take(self, n: int) -> None:
+        """The chunks the last piece (of n bytes) completed, cut and hashed in one call
+        (without the GIL when native), kept packed (its MD5 is updated by the caller, in
+        lanes)."""
+        self.size += n
+        self.chunks.append(self.cutter.cut())
 
     def result(self) -> LocalFile:
         """The file as hashed; Changed if it is not the file its stat described from start
         to end."""
-        self.chunks.append(self.chunker.finish_hashed())
+        self.chunks.append(self.cutter.cut(final=True))
         st = self.st
         after = os.fstat(self.f.fileno())
         try:
@@ -183,21 +188,24 @@ def hash_files(folder: str, listed: Iterable[tuple[str, os.stat_result]]
                 yield item[0], exc
         if not active:
             continue
-        pieces: list[bytes] = []
+        pieces: list[memoryview] = []
         failed: list[tuple[_Hashing, OSError]] = []
         for h in active:
             try:
-                pieces.append(h.f.read(READ_SIZE))
+                pieces.append(h.read())
             except OSError as exc:
-                pieces.append(b"")
+                pieces.append(memoryview(b""))
                 failed.append((h, exc))
         md5_impl.update_many([h.md5 for h, p in zip(active, pieces, strict=True) if p],
                              [p for p in pieces if p])
+        sizes = [p.nbytes for p in pieces]
+        for p in pieces:
+            p.release()  # (the cutter's buffer moves its bytes once they are cut)
         still: list[_Hashing] = []
-        for h, piece in zip(active, pieces, strict=True):
+        for h, n in zip(active, sizes, strict=True):
             error = next((e for f, e in failed if f is h), None)
-            if error is None and piece:
-                h.take(piece)
+            if error is None and n:
+                h.take(n)
                 still.append(h)
                 continue
             try:
