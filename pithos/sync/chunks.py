@@ -8,13 +8,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from pithos.core import cdc
-from pithos.core.cdc import AVG_SIZE, GEAR, MAX_SIZE, MIN_SIZE, Chunker
+from pithos.core.cdc import AVG_SIZE, GEAR, MAX_SIZE, MIN_SIZE
 
 _MASK_S, _MASK_L = cdc.masks(AVG_SIZE)
-
-
-def new_chunker() -> Chunker:
-    return Chunker(MIN_SIZE, AVG_SIZE, MAX_SIZE)
 
 
 class Readable(Protocol):
@@ -23,7 +19,7 @@ class Readable(Protocol):
 
 class PieceCutter:
     """Cuts one file read a piece at a time into a buffer of its own, each piece's chunks
-    named (`cdc.cut_hash`) as a chunk list, the same as `new_chunker().update_hashed`
+    named (`cdc.cut_hash`) as a chunk list, the same as `cdc.Chunker().update_hashed`
     gives.  A piece is read straight into the buffer behind the bytes not cut yet (at most
     MAX_SIZE + MIN_SIZE, moved to its front when the room runs out): the Chunker copied
     every piece into its stream buffer (a 1 MiB copy and often a new buffer per piece,
