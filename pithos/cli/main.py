@@ -31,17 +31,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-from pithos.blocker import DEFAULT_BLOCK_SIZE
-from pithos.cli.files import open_ahead
-from pithos.config import Storage, add_storage_arguments
 from pithos.core.errors import IntegrityError, NotFound, PithosError
 from pithos.core.hashing import from_hex, to_hex
-from pithos.mapper.fsck import fsck
-from pithos.mapper.gc import CLOCK_MARGIN_S
 
 if TYPE_CHECKING:
     # Imported where used: the catalog (SQLAlchemy) is ~0.3 s of CPU that `pithos sync`,
-    # an HTTP client, would pay on every run.
+    # an HTTP client, would pay on every run; the block store, the storage configuration
+    # and the mapper's fsck and gc ~0.1 s more.
     from pithos.cli.datadir import DataDir
 
 
@@ -61,6 +57,8 @@ def _size(text: str) -> int:
 
 
 def _open_inputs(paths: Sequence[str]) -> Iterator[BinaryIO]:
+    from pithos.cli.files import open_ahead
+
     files = open_ahead(p for p in paths if p != "-")
     for path in paths:
         if path == "-":
@@ -153,6 +151,7 @@ def all_roots(data: DataDir) -> Iterator[bytes]:
 
 def cmd_fsck(args: argparse.Namespace, data: DataDir) -> int:
     from pithos.cli.damage import inline_damage, name_quarantined, quarantine_lines
+    from pithos.mapper.fsck import fsck
 
     report = fsck(data.blocker, all_roots(data))
     inline_checked, inline_corrupt = inline_damage(data)
@@ -194,6 +193,7 @@ def cmd_scrub(args: argparse.Namespace, data: DataDir) -> int:
 
 def cmd_serve(args: argparse.Namespace, data: DataDir | None) -> int:
     from pithos.cli.serve import serve
+    from pithos.config import Storage
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
@@ -323,6 +323,10 @@ def cmd_quota(args: argparse.Namespace, data: DataDir) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from pithos.blocker import DEFAULT_BLOCK_SIZE
+    from pithos.config import add_storage_arguments
+    from pithos.mapper.gc import CLOCK_MARGIN_S
+
     # --data-dir is accepted before or after the subcommand; SUPPRESS keeps a later default
     # from overwriting an earlier value.
     common = argparse.ArgumentParser(add_help=False)
@@ -454,8 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "no_data", False):
             return int(args.func(args, None))
-        block_size = getattr(args, "block_size", DEFAULT_BLOCK_SIZE)
+        from pithos.blocker import DEFAULT_BLOCK_SIZE
         from pithos.cli.datadir import DataDir
+        from pithos.config import Storage
+
+        block_size = getattr(args, "block_size", DEFAULT_BLOCK_SIZE)
 
         data = DataDir(Storage.from_args(args), block_size=block_size)
         return int(args.func(args, data))
