@@ -13,7 +13,7 @@ include "cdc_scan.pxi"
 def cuts(const uint8_t[::1] data, Py_ssize_t start, Py_ssize_t end, bint final,
          Py_ssize_t min_size, Py_ssize_t avg_size, Py_ssize_t max_size,
          uint64_t mask_s, uint64_t mask_l, const uint8_t[::1] gear):
-    _check_cut_args(data.shape[0], start, end, gear.shape[0])
+    _check_cut_args(data.shape[0], start, end, gear.shape[0], min_size, max_size)
     cdef uint64_t table[256]
     memcpy(table, &gear[0], sizeof(table))   # little-endian hosts only (x86_64, aarch64)
     cdef const uint8_t* p = &data[0] if data.shape[0] else NULL

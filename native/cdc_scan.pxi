@@ -91,9 +91,15 @@ cdef Py_ssize_t _next_cut(const uint8_t* p, Py_ssize_t pos, Py_ssize_t end, bint
 
 
 cdef int _check_cut_args(Py_ssize_t length, Py_ssize_t start, Py_ssize_t end,
-                         Py_ssize_t gear_len) except -1:
+                         Py_ssize_t gear_len, Py_ssize_t min_size,
+                         Py_ssize_t max_size) except -1:
     if gear_len != 256 * 8:
         raise ValueError("gear table is not 256 u64")
     if not (0 <= start <= end <= length):
         raise ValueError("start and end out of range")
+    # Every chunk at least a byte: a min_size of 0 divided by zero (cdchash's bound: the
+    # process killed by SIGFPE) or cut empty chunks for ever without the GIL, as did a
+    # max_size of 0; and no chunk past max_size (a min_size above it made longer ones).
+    if not (0 < min_size <= max_size):
+        raise ValueError("need 0 < min_size <= max_size")
     return 0

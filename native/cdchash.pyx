@@ -42,7 +42,7 @@ def cut_hash(const uint8_t[::1] data, Py_ssize_t start, Py_ssize_t end, bint fin
     """(the offset where the last chunk cut ends, its chunks as entries back to back): the
     chunks `cuts` (native/cdc.pyx) gives for the same arguments, each as its BLAKE3 and
     its length (u32 little-endian)."""
-    _check_cut_args(data.shape[0], start, end, gear.shape[0])
+    _check_cut_args(data.shape[0], start, end, gear.shape[0], min_size, max_size)
     if max_size > 0xFFFFFFFF:
         raise ValueError("max_size does not fit a chunk list entry's u32 length")
     cdef uint64_t table[256]
