@@ -9,12 +9,12 @@ here.  A small GET paid about a tenth of a worker's CPU for that layer.
 
 A connection that can hold nothing else (no TLS, no HTTP/2 by prior knowledge or by upgrade, no
 PROXY protocol, keep-alive on) is served here by the same steps in the same order, with what
-never changes in a worker decided once: one `Timeout` per connection started and cancelled
-around each request head, and the environ built in one pass.  gunicorn's parser still reads each
-head (pithos.cli.serve_parse, which hands any unusual head to gunicorn's own), its body readers
-frame each body, its Response writes each answer, its hooks and access log run when they are
-set, and each error ends as gunicorn ends it: the bytes on the wire are the same.  Any other
-connection goes through gunicorn's `handle`, unchanged.
+never changes in a worker decided once, and the environ built in one pass (the keep-alive
+`Timeout` is still a new one around each request head: see `handle`).  gunicorn's parser
+still reads each head (pithos.cli.serve_parse, which hands any unusual head to gunicorn's
+own), its body readers frame each body, its Response writes each answer, its hooks and
+access log run when they are set, and each error ends as gunicorn ends it: the bytes on the
+wire are the same.  Any other connection goes through gunicorn's `handle`, unchanged.
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ def handle(worker: Any, plan: Plan, listener: Any, client: Any, addr: Any) -> No
     connection (Plan.plain)."""
     client.setblocking(1)  # (as GeventWorker.handle: the socket's default timeout)
     req = None
-    timeout = gevent.Timeout(plan.keepalive, False)
     try:
         parser = http.get_parser(plan.cfg, client, addr)
         try:
@@ -84,14 +83,11 @@ def handle(worker: Any, plan: Plan, listener: Any, client: Any, addr: Any) -> No
             while True:
                 req = None
                 # gunicorn's `with worker.timeout_ctx()`: an idle connection ends quietly.
-                timeout.start()
-                try:
+                # A new Timeout for each wait, as gunicorn's: one Timeout cancelled and
+                # started again resumed with what was left of its time (libev's timer), so
+                # a busy connection was cut `keepalive` seconds after its first request.
+                with gevent.Timeout(plan.keepalive, False):
                     req = next(parser)
-                except gevent.Timeout as exc:
-                    if exc is not timeout:
-                        raise
-                finally:
-                    timeout.cancel()
                 if not req:
                     break
                 handle_request(worker, plan, listener_name, req, client, addr, fixed)
@@ -124,7 +120,6 @@ def handle(worker: Any, plan: Plan, listener: Any, client: Any, addr: Any) -> No
     except BaseException as e:
         worker.handle_error(req, client, addr, e)
     finally:
-        timeout.close()
         util.close(client)
 
 
