@@ -29,6 +29,19 @@ def native_module(name: str):
 _skipped: list[str] = []
 
 
+def twins_agree(pure, native, name: str, *args):
+    """`name(*args)` of a native module and of its pure twin: the same result, or the same
+    error class; returns ("ok", result) or ("error", class name)."""
+    results = []
+    for impl in (pure, native):
+        try:
+            results.append(("ok", getattr(impl, name)(*args)))
+        except (ValueError, OverflowError, TypeError) as exc:
+            results.append(("error", type(exc).__name__))
+    assert results[0] == results[1], (results[0][0], results[1][0])
+    return results[0]
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)

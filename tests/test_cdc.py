@@ -9,7 +9,7 @@ import hashlib
 import itertools
 
 import pytest
-from conftest import native_module
+from conftest import native_module, twins_agree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -142,14 +142,7 @@ def test_streaming_default_sizes_small_pieces():
 
 
 def _both(*args):
-    results = []
-    for impl in (pure, native):
-        try:
-            results.append(("ok", impl.cuts(*args)))
-        except (ValueError, OverflowError, TypeError) as exc:
-            results.append(("error", type(exc).__name__))
-    assert results[0] == results[1], results
-    return results[0]
+    return twins_agree(pure, native, "cuts", *args)
 
 
 @native_mark

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 
 import pytest
-from conftest import native_module
+from conftest import native_module, twins_agree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,14 +55,7 @@ def test_golden_chunk_list():
 
 
 def _both(*args):
-    results = []
-    for impl in (pure, native):
-        try:
-            results.append(("ok", impl.cut_hash(*args)))
-        except (ValueError, OverflowError, TypeError) as exc:
-            results.append(("error", type(exc).__name__))
-    assert results[0] == results[1], (results[0][0], results[1][0])
-    return results[0]
+    return twins_agree(pure, native, "cut_hash", *args)
 
 
 @native_mark
