@@ -124,8 +124,9 @@ class Identity:
         tokens that may be revoked: UI sessions)."""
         now = time.time()
         digest = token_hash(token)
-        with self._lock:
-            hit = self._cache.get(digest)
+        # One dict read, atomic under the GIL (the entry is one tuple, replaced whole): no
+        # lock on every request's path; the lock keeps only the writers' clear-and-put whole.
+        hit = self._cache.get(digest)
         if cached and hit is not None and hit[2] > now and hit[1] > now:
             return hit[0]
         found = self.catalog.token_user(digest, now)

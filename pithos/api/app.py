@@ -11,6 +11,7 @@ from pithos.api.auth import AuthV1, Info, KeystoneVersion, TokenMiddleware
 from pithos.api.body import timed_body
 from pithos.api.context import Services
 from pithos.api.cors import CORSMiddleware
+from pithos.api.fast_read import FastReads
 from pithos.api.images import add_routes as add_image_routes
 from pithos.api.keystone import add_routes as add_keystone_routes
 from pithos.api.openapi import OpenAPIDocument
@@ -61,6 +62,9 @@ class App(falcon.App):
         # Swift's middleware, as WSGI layers in front of the API (Swift's pipeline order:
         # the gatekeeper first, symlinks last); each asks the layers below it.
         self._layers = Gatekeeper(Symlinks(self._api))
+        # The plainest read of a small object, answered without the layers and falcon
+        # (pithos.api.fast_read); None: everything goes through them.
+        self.fast_reads: FastReads | None = None
 
     def _api(self, env: dict[str, Any], start_response: Any) -> Any:
         def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -74,7 +78,17 @@ class App(falcon.App):
         return falcon.App.__call__(self, env, titled)
 
     def __call__(self, env: dict[str, Any], start_response: Any) -> Any:  # type: ignore[override]
+        fast = self.fast_reads
+        if fast is not None:
+            answer = fast(env, start_response)
+            if answer is not None:
+                return answer
         return self._layers(env, start_response)
+
+
+def _out(env: dict[str, Any], headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers of an answer of the fast reads as App._api hands falcon's on."""
+    return sysmeta_out(env, headers, _title, _titled)
 
 
 # Names title-cased before, kept per worker (bounded: user metadata makes names many).  Only
@@ -92,7 +106,9 @@ def _title(name: str) -> str:
     return found
 
 
-def create_app(services: Services) -> falcon.App:
+def create_app(services: Services, fast_reads: bool = True) -> falcon.App:
+    """The API.  `fast_reads`: the plainest reads of small objects are answered without
+    falcon (pithos.api.fast_read), as the full stack would answer them."""
     # The temporary URL's after the token's: a signed URL acts as its key's account.
     middleware: list[Any] = [TokenMiddleware(services), TempURLMiddleware(services),
                              CORSMiddleware(services)]
@@ -115,4 +131,6 @@ def create_app(services: Services) -> falcon.App:
     add_image_routes(app, services)  # the Image API v2 subset (Glance), under /image
     add_ui_routes(app, services)  # the web UI: /ui/, its session, / for a browser
     app.add_sink(sink, r"/v1")
+    if fast_reads:
+        app.fast_reads = FastReads(services, _out)
     return app

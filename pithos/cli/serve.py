@@ -42,8 +42,11 @@ def _redacted(url: str) -> str:
 
 
 def build_services(storage: Storage, io_threads: int = 32,
-                   client_timeout_s: float | None = CLIENT_TIMEOUT_S) -> Any:
-    """The API's services over a data directory, for a gevent worker."""
+                   client_timeout_s: float | None = CLIENT_TIMEOUT_S,
+                   offload: Offload | None = None) -> Any:
+    """The API's services over a data directory, for a gevent worker (`offload`: where
+    blocking work runs, if not a gevent worker's: a process without gevent's patch that
+    calls the app in place, in tests, passes `Offload.threads()`)."""
     from pithos.api.context import Services
     from pithos.identity import Identity
     from pithos.objects.digest import LanePolicy
@@ -54,7 +57,8 @@ def build_services(storage: Storage, io_threads: int = 32,
 
     # The composition root's one choice of where blocking work runs: gevent's pool of real
     # threads, shared by the stores, the catalog, MD5 and logins (pithos.core.offload).
-    offload = Offload.gevent(io_threads)
+    if offload is None:
+        offload = Offload.gevent(io_threads)
     data = DataDir(storage, offload=offload)
     catalog = data.catalog()
     # One worker, one event loop: its uploads' MD5s share the multi-buffer lanes.
@@ -89,6 +93,16 @@ def _inline_max() -> dict[str, int]:
         raise SystemExit(f"pithos serve: PITHOS_INLINE_MAX_BYTES must be a number of bytes "
                          f"from 0 to {INLINE_LIMIT} (got {value!r})") from None
     return {"inline_max_bytes": found}
+
+
+def _fast_reads() -> bool:
+    """PITHOS_FAST_READS=0: every request through the full stack, none answered by the fast
+    reads of small objects (pithos.api.fast_read), which answer as it does: for measuring
+    them, or for an operator in doubt.  Checked by `serve` before any worker starts."""
+    value = os.environ.get("PITHOS_FAST_READS", "1")
+    if value not in ("0", "1"):
+        raise SystemExit(f"pithos serve: PITHOS_FAST_READS must be 0 or 1 (got {value!r})")
+    return value == "1"
 
 
 def _reaper(services: Any) -> None:
@@ -271,6 +285,7 @@ def serve(storage: Storage, listen: str, workers: int,
     connections = worker_connections()
     serve_balance.make_board()  # (before the first fork: the workers share it)
     _inline_max()  # (refused here, not by every worker)
+    fast_reads = _fast_reads()
     compute_key = None
     key_file = os.path.join(storage.data_dir, "compute.key")
     if compute:
@@ -325,7 +340,7 @@ def serve(storage: Storage, listen: str, workers: int,
             gevent.spawn(_reaper, services)
             # ETags declared by hashmap uploads, confirmed while the worker's uploads rest.
             gevent.spawn(services.hashmaps.confirmer.run, gevent.sleep)
-            app = create_app(services)
+            app = create_app(services, fast_reads=fast_reads)
             if compute_key is not None:
                 mount_compute(app, services, storage, compute_key)
             return app
