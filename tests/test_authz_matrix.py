@@ -367,6 +367,20 @@ ROWS: tuple[Row, ...] = (
     # -- an object ------------------------------------------------------------------------
     row("o-get", V1_OBJECT, "GET", OBJ, "401 401 403 403 200 403 200 200 200 200"),
     row("o-head", V1_OBJECT, "HEAD", OBJ, "401 401 403 403 200 403 200 200 200 200"),
+    # The shapes the owner's plain reads of a small object take the fast way in
+    # (pithos.api.fast_read; everyone else's go through the full stack): the account named
+    # without its prefix, the token beside a bad X-Storage-Token (X-Auth-Token decides), and
+    # an object kept as blocks (over the inline bound: never the fast way).
+    row("o-get-bare-account", V1_OBJECT, "GET", "/v1/test/{c}/d/o",
+        "401 401 403 403 200 403 200 200 200 200"),
+    row("o-head-bare-account", V1_OBJECT, "HEAD", "/v1/test/{c}/d/o",
+        "401 401 403 403 200 403 200 200 200 200"),
+    row("o-get-beside-storage-token", V1_OBJECT, "GET", OBJ,
+        "401 401 403 403 200 403 200 401 200 200", headers={"X-Storage-Token": BAD_TOKEN}),
+    row("o-get-blocks", V1_OBJECT, "GET", "/v1/{acct}/{c}/d/hm",
+        "401 401 403 403 200 403 200 200 200 200", needs="hashmap"),
+    row("o-head-blocks", V1_OBJECT, "HEAD", "/v1/{acct}/{c}/d/hm",
+        "401 401 403 403 200 403 200 200 200 200", needs="hashmap"),
     # Swift's referrer ACL: the designation that names the Referer's host decides (a token's
     # own rights are untouched); a referrer never opens a write.
     row("o-get-bad-referer", V1_OBJECT, "GET", OBJ, "401 401 403 403 200 403 200 401 200 200",
