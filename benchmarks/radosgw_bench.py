@@ -61,6 +61,9 @@ KiB = 1024
 # (size, label, client counts): the cells of issue 27.
 CELLS = [(4 * MiB, "4 MiB", (4, 16)), (4 * KiB, "4 KiB", (8, 32))]
 SYSTEMS = ("radosgw", "pithos")
+# A second pithos of --pithos-b (another checkout, or a script that sets an environment
+# variable before it runs pithos), measured in the same run for an A/B.
+PITHOS_B = "pithos-b"
 RGW_NAME = "client.rgw.pithosbench"
 # The pools radosgw uses with its default zone, made here with few placement groups: the
 # single OSD takes at most mon_max_pg_per_osd (250), and radosgw would make each with 32.
@@ -266,6 +269,15 @@ def print_table(results: dict[str, dict[str, Any]], sizes: list[str] | None
             disturbed = True
             line += "  ! cluster disturbed"
         print(line, file=out)
+        b = results.get(PITHOS_B, {}).get(name)
+        if b:
+            line = f"{'  ' + PITHOS_B:18} {'':>14} {b['value']:8.1f} {unit(size):5}"
+            line += f" {b['value'] / rows[0]['value']:10.2f}x" if rows[0] and \
+                rows[0]["value"] else f" {'-':>11}"
+            line += f" {'':>7} {b['server_cpu_ms_per_req']:7.2f}"
+            if rows[1] and b["value"]:
+                line += f"  pithos/pithos-b {rows[1]['value'] / b['value']:.2f}x"
+            print(line, file=out)
     if busy:
         print(f"* other programs took more than {BUSY_OTHER_PCT:g}% of the machine's CPU (one "
               "core is 100%) during the cell: its figures are suspect.", file=out)
@@ -293,6 +305,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default=str(HERE / ".bench-work"))
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     p.add_argument("--pithos", default=str(REPO / ".venv" / "bin" / "pithos"))
+    p.add_argument("--pithos-b", metavar="PATH",
+                   help="a second pithos executable, measured in the same run as a third "
+                        "system (pithos-b): an A/B of two trees or two settings")
     p.add_argument("--ceph-conf", help="ceph.conf of the cluster (default: PITHOS_CEPH_CONF)")
     p.add_argument("--pool", default=os.environ.get("PITHOS_CEPH_POOL", "pithos"))
     p.add_argument("--postgres-url", help="default: PITHOS_TEST_POSTGRES_URL")
@@ -309,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     swift_bench.OUT = out = sys.stderr if args.json == "-" else sys.stdout
     systems = [args.only] if args.only else list(SYSTEMS)
+    if args.pithos_b:
+        systems.append(PITHOS_B)
     started = time.monotonic()
     base = Path(args.work_dir)
     base.mkdir(parents=True, exist_ok=True)
@@ -329,9 +346,14 @@ def main(argv: list[str] | None = None) -> int:
                     peer = RadosgwPeer(work / system, conf, args.rgw_threads)
                     stack.callback(peer.cleanup)
                 else:
-                    peer = ScaleoutPeer(work / system, Path(args.pithos), args.workers, blocks,
-                                        catalog, conf, pg_port)
-                    peer.name = "pithos"
+                    if system == PITHOS_B:
+                        # Its own namespace and database, as the first one's.
+                        blocks, catalog, conf, pg_port = stack.enter_context(
+                            scaleout_storage(args))
+                    peer = ScaleoutPeer(work / system, Path(
+                        args.pithos_b if system == PITHOS_B else args.pithos), args.workers,
+                        blocks, catalog, conf, pg_port)
+                    peer.name = system
                 stack.callback(peer.stop)
                 t0 = time.monotonic()
                 storage_url, token = peer.start()
