@@ -128,7 +128,6 @@ class Hashmaps:
         bs = self.mapper.block_size
         reader = BlockBody(body, length, self.objects.limits.max_file_size)
         hashes: list[bytes] = []
-        blocker = self.mapper.blocker
         if lengths is not None:
             if any(not 0 < n <= bs for n in lengths):
                 raise InvalidArgument(f"block lengths must be in (0, {bs}]")
@@ -136,7 +135,7 @@ class Hashmaps:
                 raise InvalidArgument("block lengths do not add up to the body's length")
             # Each batch read into one buffer, its blocks views of it (BlockBody.batches).
             for views in reader.batches(lengths, STORE_BATCH_BLOCKS, STORE_BATCH_BYTES):
-                hashes.extend(blocker.put_many(views))
+                hashes.extend(self._put_and_grant(views, account_id, user))
         else:
             batch: list[bytes] = []
             batch_bytes = 0
@@ -144,16 +143,45 @@ class Hashmaps:
                 batch.append(chunk)
                 batch_bytes += len(chunk)
                 if len(batch) >= STORE_BATCH_BLOCKS or batch_bytes >= STORE_BATCH_BYTES:
-                    hashes.extend(blocker.put_many(batch))
+                    hashes.extend(self._put_and_grant(batch, account_id, user))
                     batch, batch_bytes = [], 0
             if batch:
-                hashes.extend(blocker.put_many(batch))
+                hashes.extend(self._put_and_grant(batch, account_id, user))
         reader.finish()
+        return hashes
+
+    def _put_and_grant(self, blocks: Sequence[bytes | memoryview], account_id: int,
+                       user: UserInfo | None) -> list[bytes]:
+        """Store `blocks` and grant them to the account (and to `user`, a member), the grant's
+        commit beside the store's syncs rather than after them (under a server: a greenlet of
+        the worker's loop, while the store's work waits on the pool).  Safe in either order:
+        a grant only lets the account name a block it has sent, and a hashmap PUT that names
+        one finds it present or answers that it is missing (`_named`'s touch); a grant of a
+        block whose store then failed is one the account may send again."""
+        blocker = self.mapper.blocker
+        staged = blocker.stage_many(blocks)
+        hashes = [b.hash for b in staged]
+        offload = self.objects.offload
+        if offload is None:
+            blocker.put_staged(staged)
+            self._grant_sent(account_id, hashes, user)
+            return hashes
+        granted = offload.spawner.submit(self._grant_sent, account_id, hashes, user)
+        try:
+            blocker.put_staged(staged)
+        finally:
+            failed = granted.exception()  # (waits for it; the store's error comes first)
+        if failed is not None:
+            raise failed
+        return hashes
+
+    def _grant_sent(self, account_id: int, hashes: Sequence[bytes],
+                    user: UserInfo | None) -> None:
+        """The grants of blocks sent: to the account, and to `user` too if a member."""
         self.catalog.grant_blocks(account_id, hashes)
         if _member(user):
             assert user is not None
             self.catalog.grant_user_blocks(user.id, hashes)
-        return hashes
 
     def parse(self, body: bytes) -> tuple[list[bytes], list[int], int]:
         """A hashmap document -> (hashes, lengths, size).  Every number is a whole number in
