@@ -8,7 +8,9 @@ the object service's own calls (the same token check, the same authorization, th
 catalog statements), and the answer the full stack gives: the same status, the same headers
 in the same order and case, the same body.  Whatever it does not understand goes to the full
 stack, untouched: it answers nothing it was not sure of, and a request it hands on costs
-the full stack's answer plus the look at its environ (and, past that look, the reads it did).
+the full stack's answer plus the look at its environ.  (The current version it found of an
+object it leaves, a large object's, a link's or a published one's, goes with the request
+(`pithos.api.objects.PREFETCHED`), which then asks the catalog for it no second time.)
 
 What it understands is a whitelist, not a list of exceptions:
 - GET or HEAD of /v1/ACCOUNT/CONTAINER/OBJECT, no query string, no request body;
@@ -44,7 +46,7 @@ from pithos.api.http import (
     path_info,
     x_timestamp,
 )
-from pithos.api.objects import SYS_HEADERS
+from pithos.api.objects import PREFETCHED, SYS_HEADERS
 from pithos.api.paths import account_name
 from pithos.api.swift import _txid
 from pithos.core.hashing import to_hex
@@ -145,11 +147,13 @@ class FastReads:
         v, public = objects.chosen_version(container, obj, vid=None, until=None,
                                            with_token=True)
         inline = v.inline
-        if public is not None or inline is None or v.root is None or v.slo_manifest or \
-                v.dlo_manifest or not v.content_type:
-            return None
         sys_meta = v.sys_meta()
-        if sys_meta and any(k.startswith(_SYSMETA) for k in sys_meta):
+        if public is not None or inline is None or v.root is None or v.slo_manifest or \
+                v.dlo_manifest or not v.content_type or \
+                (sys_meta and any(k.startswith(_SYSMETA) for k in sys_meta)):
+            # The full stack's, with the version found here (a large object's read must
+            # not cost a second statement for it).
+            env[PREFETCHED] = (container.id, obj, v, public)
             return None
         # The headers as falcon keeps them (lower-case names, a later value of a name in the
         # first one's place), in the order the full stack sets them.
