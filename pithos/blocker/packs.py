@@ -69,6 +69,8 @@ PACK_ROLL_BYTES = 128 << 20
 _COMPACT_BATCH_BYTES = 32 << 20
 # A look-up of many hashes is cut into statements of at most this many parameters.
 _IN_CHUNK = 500
+# The index's page size, as it is created (see _db).
+_PAGE_SIZE = 1024
 # The index's WAL is checkpointed once it is past this size (SQLite's default mark: 1000
 # pages of 4 KiB).
 _CHECKPOINT_BYTES = 4 << 20
@@ -248,6 +250,11 @@ class Packs:
             with _sql_errors():
                 db = sqlite3.connect(self._db_path, timeout=120, isolation_level=None,
                                      check_same_thread=False)
+                # Pages of 1 KiB, not 4: rows are keyed by random hashes, so a batch of a
+                # few hundred dirties as many pages, each copied whole into the WAL and again
+                # at the checkpoint (4 KiB for a 60-byte row).  Takes effect only as the
+                # index is created (before WAL mode): an existing one keeps its page size.
+                db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
                 db.execute("PRAGMA journal_mode=WAL")
                 # (The WAL is synced after each commit, outside the write lock: _write.)
                 db.execute("PRAGMA synchronous=NORMAL")
@@ -261,6 +268,9 @@ class Packs:
                 # A connection per thread (up to a pool's worth): each keeps a small cache of
                 # its own; the kernel's page cache holds the index for all of them.
                 db.execute("PRAGMA cache_size=-1024")
+                # Statement journals and RETURNING's rows in memory, not in temporary files
+                # (~150 MB of them on a 1 GB first sync before refresh's UPDATE OR FAIL).
+                db.execute("PRAGMA temp_store=MEMORY")
             self._local.db = db
             with self._conns_lock:
                 self._conns.append(db)
@@ -415,11 +425,14 @@ class Packs:
             # every block it names: 60,000 of them a GB of 16 KiB chunks), each answering the
             # rows it updated and their lengths (RETURNING: one pass over the index, where a
             # look-up, an update and a select of the same rows were three; a hashmap upload
-            # checks its entries' lengths against these).
+            # checks its entries' lengths against these).  OR FAIL: a statement that may
+            # abort half-way (the default, ABORT: stamp is NOT NULL) keeps a journal of every
+            # page it changes, to undo its own changes; a stamp is never NULL, and the
+            # transaction is rolled back whole on any error anyway.
             for i in range(0, len(unique), _IN_CHUNK):
                 part = unique[i:i + _IN_CHUNK]
                 for h, length in db.execute(
-                        f"UPDATE blocks SET stamp = ? WHERE hash IN "
+                        f"UPDATE OR FAIL blocks SET stamp = ? WHERE hash IN "
                         f"({','.join('?' * len(part))}) RETURNING hash, length",
                         (now, *part)):
                     found[bytes(h)] = length
