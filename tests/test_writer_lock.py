@@ -1,24 +1,18 @@
 """The writer lock of a SQLite database shared by threads and processes
-(pithos.core.locks.WriterLock), and the packs index's checkpoints, run outside it
-(pithos.blocker.packs).
+(pithos.core.locks.WriterLock), taken by the packs index's writers (pithos.blocker.packs).
 
 Writers of the packs index queue on a flock(2) rather than in SQLite's busy handler; each
 process opens the lock's file for itself (flock's owner is the open file, which a forked
-child would otherwise share with its parent). The index's WAL is checkpointed by its
-writers once they let go of the lock (SQLite's automatic checkpoint is off there): it must
-stay bounded however much is written."""
+child would otherwise share with its parent)."""
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import textwrap
 import threading
 
-from pithos.blocker import LocalBlockStore
-from pithos.core.hashing import block_hash
 from pithos.core.locks import WriterLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,26 +100,3 @@ def test_a_holder_s_exception_lets_it_go(tmp_path):
     t.join(timeout=30)
     assert got.is_set()
     lock.close()
-
-
-def test_the_packs_index_wal_stays_bounded_and_its_rows_reach_the_database(tmp_path):
-    """Automatic checkpoints are off on the index's connections: the checkpointing thread,
-    and past 16 MiB the writers themselves, must keep its WAL bounded while far more than
-    that is written through it by a writer that never pauses."""
-    path = str(tmp_path / "b")
-    rng = random.Random(7)
-    wal = os.path.join(path, "packs", "index.sqlite-wal")
-    largest = 0
-    written = 0
-    with LocalBlockStore(path) as store:
-        for _ in range(60):
-            batch = [rng.randbytes(rng.randint(64, 256)) for _ in range(1000)]
-            store.put_many([(block_hash(d), d) for d in batch])
-            written += len(batch)
-            largest = max(largest, os.path.getsize(wal) if os.path.exists(wal) else 0)
-        database = os.path.getsize(os.path.join(path, "packs", "index.sqlite"))
-    # 60,000 random-key rows dirty ~110 MiB of pages across the batches (measured without
-    # any checkpoint: the WAL ends at 113 MB).  The bound: 16 MiB and a batch's pages.
-    assert largest < 24 << 20, largest
-    assert database > 1 << 20  # the rows were copied into the database file
-    assert written == 60_000

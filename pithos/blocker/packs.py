@@ -23,7 +23,7 @@ copy, and a batch one data sync and one index commit however many blocks it hold
 - Writers queue for the index on a flock(2) of the packs directory (`WriterLock`, every
   process's write transactions), woken as the holder lets go, rather than in SQLite's busy
   handler, which sleeps up to 100 ms between tries; the WAL is checkpointed by a thread of
-  each process (`_Checkpointer`), outside that lock and off the writers' requests, and by a
+  each process (`WalCheckpoints`), outside that lock and off the writers' requests, and by a
   writer itself only past a hard bound.
 - The age of a block is its row's stamp: a put of a present block, and a touch, set it to
   now; a conditional delete removes the rows whose stamp is before the cutoff.  Each is one
@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import secrets
 import sqlite3
@@ -55,10 +54,8 @@ from dataclasses import dataclass
 
 from pithos.blocker import tmpfiles
 from pithos.core.files import fsync_dir
-from pithos.core.locks import WriterLock, native_lock, start_native_thread
-from pithos.core.wal_sync import WalSync
-
-log = logging.getLogger(__name__)
+from pithos.core.locks import WriterLock, native_lock
+from pithos.core.wal_sync import WalCheckpoints, WalSync
 
 MAGIC = b"PKB1"
 HEADER = struct.Struct(">4s32sI")
@@ -71,11 +68,6 @@ _COMPACT_BATCH_BYTES = 32 << 20
 _IN_CHUNK = 500
 # The index's page size, as it is created (see _db).
 _PAGE_SIZE = 1024
-# The index's WAL is checkpointed once it is past this size (SQLite's default mark: 1000
-# pages of 4 KiB).
-_CHECKPOINT_BYTES = 4 << 20
-# ... and its writers checkpoint it themselves past this size (_checkpoint_if_due).
-_WAL_MAX_BYTES = 4 * _CHECKPOINT_BYTES
 # A block whose pack vanished under a reader (compacted) is looked up again this many times.
 _RELOOKS = 8
 _SCHEMA = """
@@ -142,68 +134,6 @@ def _pwritev_all(fd: int, parts: Sequence[bytes | memoryview], at: int) -> int:
     return at
 
 
-class _Checkpointer:
-    """A thread of the process's own that checkpoints the index when a writer wakes it (a
-    PASSIVE checkpoint: writers go on meanwhile, and one a reader holds back is finished by a
-    later one).  Started at the first wake in each process (a forked child has no copy of its
-    parent's thread); its connection is its own, closed when the thread ends."""
-
-    def __init__(self, db_path: str) -> None:
-        self._db_path = db_path
-        self._pid = 0
-        self._start_lock = native_lock()
-        self._wake = native_lock()
-        self._idle = native_lock()  # held while a checkpoint runs (close waits for it)
-        self._closed = False
-
-    def wake(self) -> None:
-        if self._pid != os.getpid():
-            self._start()
-        with contextlib.suppress(RuntimeError):  # woken already: one run serves both
-            self._wake.release()
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._pid == os.getpid() or self._closed:
-                return
-            self._wake = native_lock()
-            self._wake.acquire()
-            self._idle = native_lock()
-            start_native_thread(self._loop)
-            self._pid = os.getpid()
-
-    def _loop(self) -> None:
-        db = None
-        try:
-            while True:
-                self._wake.acquire()
-                with self._idle:
-                    if self._closed:
-                        return
-                    try:
-                        if db is None:
-                            db = sqlite3.connect(self._db_path, timeout=120,
-                                                 isolation_level=None,
-                                                 check_same_thread=False)
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    except sqlite3.Error as exc:
-                        # (The next wake tries again; the WAL only grows meanwhile.)
-                        log.warning("block index checkpoint failed: %s", exc)
-        finally:
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-
-    def close(self) -> None:
-        """End the thread, after the checkpoint it may be running."""
-        self._closed = True
-        if self._pid == os.getpid():
-            with contextlib.suppress(RuntimeError):
-                self._wake.release()
-            with self._idle:  # (a run in progress finishes first)
-                pass
-
-
 class Packs:
     """The packed blocks of the store rooted at `root` (packs/ created if absent)."""
 
@@ -231,7 +161,7 @@ class Packs:
         # Every write transaction of every process under it (a flock of the packs directory):
         # writers queue in the kernel rather than sleep in SQLite's busy handler.
         self._writer = WriterLock(self.dir)
-        self._checkpointer = _Checkpointer(self._db_path)
+        self._checkpoints = WalCheckpoints(self._db_path)
         db = self._db()
         with self._write(db):
             for statement in _SCHEMA.split(";"):
@@ -261,7 +191,7 @@ class Packs:
                 # The WAL is cut back to this after a checkpoint (it would stay at its
                 # largest): the room it took is the disk's again.
                 db.execute("PRAGMA journal_size_limit=4194304")
-                # Checkpoints are the checkpointing thread's (_checkpoint_if_due): SQLite's own
+                # Checkpoints are a thread's (_checkpoint_if_due): SQLite's own
                 # run inside the COMMIT that passed the mark, under the writer lock and in
                 # the writer's request.
                 db.execute("PRAGMA wal_autocheckpoint=0")
@@ -306,24 +236,16 @@ class Packs:
             self._checkpoint_if_due(db)
 
     def _checkpoint_if_due(self, db: sqlite3.Connection) -> None:
-        """Have the WAL's pages copied into the index once it holds more than
-        _CHECKPOINT_BYTES (so that it is reused from its start), as SQLite's automatic
-        checkpoint would, but neither under the writer lock nor in a writer's request: the
-        process's checkpointing thread does it (_Checkpointer).  Past _WAL_MAX_BYTES (the
-        thread falls behind writers that never pause: a PASSIVE checkpoint cannot finish
-        while they append) this writer checkpoints it whole itself, holding the writer lock:
-        writers wait, and the WAL stays bounded."""
-        try:
-            size = os.stat(self._db_path + "-wal").st_size
-        except FileNotFoundError:
-            return
-        if size < _CHECKPOINT_BYTES:
-            return
-        if size < _WAL_MAX_BYTES:
-            self._checkpointer.wake()
-            return
-        with _sql_errors(), self._writer:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        """The WAL checkpointed as SQLite's automatic checkpoint would, but neither under the
+        writer lock nor in a writer's request: by the process's checkpointing thread
+        (pithos.core.wal_sync.WalCheckpoints).  Past its bound (the thread falls behind
+        writers that never pause: a PASSIVE checkpoint cannot finish while they append) this
+        writer checkpoints it whole itself, holding the writer lock: writers wait, and the
+        WAL stays bounded (one a failure leaves is tried again by the next write)."""
+        if self._checkpoints.after_commit():
+            # (A failure, a full disk say, fails no write: the commit is durable already.)
+            with self._writer, contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _rows(self, db: sqlite3.Connection, hashes: Sequence[bytes]
               ) -> dict[bytes, tuple[int, int, int, float]]:
@@ -705,6 +627,6 @@ class Packs:
         for db in conns:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
-        self._checkpointer.close()
+        self._checkpoints.close()
         self._wal_sync.close()
         self._writer.close()

@@ -5,6 +5,7 @@ unsynced writes of lease rows.  The Catalog's parts (pithos.catalog.catalog) bui
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select as io_select
 import sqlite3
@@ -33,10 +34,12 @@ from pithos.catalog.space import (
 )
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 from pithos.core.offload import Offload
-from pithos.core.wal_sync import WalSync
+from pithos.core.wal_sync import WalCheckpoints, WalSync
 
 T = TypeVar("T")
 STAT_SHARDS = 8
+log = logging.getLogger(__name__)
+
 # A pooled PostgreSQL connection idle for longer than this is pinged before it is used (the
 # server may have closed it meanwhile); one in steady use is not (a ping is a round trip).
 PING_IDLE_S = 1.0
@@ -50,9 +53,15 @@ INFO_TTL_S = 1.0
 INFO_MAX_ENTRIES = 4096
 # How long a SQLite connection waits for a lock before giving up with "database is locked".
 BUSY_TIMEOUT_MS = 30000
+# An SQLite catalog's writers checkpoint its WAL themselves past this size (WalCheckpoints;
+# its thread does from 4 MiB): half the reserve kept for getting out of a full disk
+# (pithos/catalog/space.py) is then room for a WAL's growth past its mark.
+CATALOG_WAL_BOUND_BYTES = 8 << 20
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, own_checkpoints: bool = False) -> None:
+    """`own_checkpoints`: the catalog checkpoints the WAL itself (WalCheckpoints), not
+    SQLite inside a COMMIT."""
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions start.
@@ -67,6 +76,8 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if own_checkpoints:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -274,20 +285,28 @@ class CatalogEngine:
         self._info_gen = 0
         self._stamp = InfoStamp(info_stamp) if info_stamp is not None else None
         self._wal_sync: WalSync | None = None
+        self._checkpoints: WalCheckpoints | None = None
+        self._offload = offload
         reserve = None
         if self.is_sqlite:
-            _sqlite_setup(self.engine)
             database = self.engine.url.database
-            if database and database != ":memory:" and not database.startswith("file:"):
+            on_disk = bool(database and database != ":memory:" and
+                           not database.startswith("file:"))
+            _sqlite_setup(self.engine, own_checkpoints=on_disk)
+            if database and on_disk:
                 self._wal_sync = WalSync(
                     os.path.abspath(database) + "-wal",
                     offload.pool if offload is not None and offload.cooperative else None)
+                # Off the worker's loop: SQLite's own would copy pages and sync both files
+                # inside a COMMIT, which runs on it (CHECKPOINT_BYTES).
+                self._checkpoints = WalCheckpoints(os.path.abspath(database),
+                                                   bound=CATALOG_WAL_BOUND_BYTES)
                 if reserve_bytes:
                     reserve = SpaceReserve(os.path.abspath(database) + "-reserve",
                                            reserve_bytes)
             # Lease rows are not synced when written (see _lease_write).
             self._lease_engine = create_engine(url)
-            _sqlite_setup(self._lease_engine)
+            _sqlite_setup(self._lease_engine, own_checkpoints=on_disk)
             # The sqlite3 module's connections are in autocommit (see _sqlite_setup).
             self._reads = SnapshotReads(self.engine)
         else:
@@ -314,6 +333,8 @@ class CatalogEngine:
                 engine.dispose()
         if self._wal_sync is not None:
             self._wal_sync.close()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         if self._stamp is not None:
             self._stamp.close()
 
@@ -384,8 +405,36 @@ class CatalogEngine:
                 # Committed, but not known to be durable: the write is not acknowledged.
                 error = NoSpace if exc.errno in (errno.ENOSPC, errno.EDQUOT) else BackendError
                 raise error(f"the catalog could not sync its WAL: {exc}") from exc
+        self._checkpoint_if_due()
         if self._reserve is not None:
             self._reserve.ensure()
+
+    def _checkpoint_if_due(self) -> None:
+        """Wake the checkpointing thread once the WAL is past its mark; past its bound (the
+        thread falls behind writers that never pause) checkpoint it whole here, on the pool
+        under a server, new writers waiting meanwhile.  A failure of that checkpoint (a full
+        disk: it may grow the database file) fails no write: it is logged, and the next
+        write tries again."""
+        if self._checkpoints is None or not self._checkpoints.after_commit():
+            return
+        database = self.engine.url.database
+        assert database is not None
+
+        def truncate() -> None:
+            try:
+                db = sqlite3.connect(database, timeout=BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None)
+                try:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:
+                log.warning("catalog checkpoint failed: %s", exc)
+
+        if self._offload is not None and self._offload.cooperative:
+            self._offload.run(truncate)
+        else:
+            truncate()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -445,4 +494,5 @@ class CatalogEngine:
                     yield conn
             finally:
                 conn.info.pop("begin_mode", None)
+        self._checkpoint_if_due()
 

@@ -29,13 +29,23 @@ real thread across the sync's blocking system calls, never across a yield to a h
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
 from pithos.core.files import fsync_dir
-from pithos.core.locks import native_lock, waits_cooperatively
+from pithos.core.locks import native_lock, start_native_thread, waits_cooperatively
+
+log = logging.getLogger(__name__)
+
+# A WAL is checkpointed once past this size (SQLite's automatic mark: 1000 pages of 4 KiB)...
+CHECKPOINT_BYTES = 4 << 20
+# ... and by its writers themselves past this one (WalCheckpoints.after_commit).
+WAL_BOUND_BYTES = 4 * CHECKPOINT_BYTES
 
 
 class WalSync:
@@ -134,3 +144,90 @@ class WalSync:
             wal, self._wal = self._wal, None
         if wal is not None:
             os.close(wal[0])
+
+
+class WalCheckpoints:
+    """The checkpoints of one SQLite database in WAL mode, run by a thread of the process's
+    own rather than by SQLite inside a writer's COMMIT (its connections set
+    ``wal_autocheckpoint=0``).
+
+    SQLite's automatic checkpoint runs in the COMMIT that passed the mark: it copies up to
+    4 MiB of pages into the database file and syncs both files there, in the writer's
+    request and, for a server's catalog, on the worker's event loop (every request of the
+    worker waits); for the packed blocks' index, while the writer lock is held (every writer
+    of every process waits).  Here a writer calls `after_commit` once its commit is durable:
+    past the mark it wakes the thread, which runs a PASSIVE checkpoint (never waiting for
+    writers; one a reader holds back is finished by a later one) on a connection of its own.
+    Writers that never pause outrun it (a PASSIVE checkpoint cannot finish while they
+    append): past `bound` bytes `after_commit` answers True and the writer must checkpoint
+    the WAL whole itself (TRUNCATE, writers waiting), so that it stays bounded.  The thread
+    starts at the first wake in each process (a forked child has no copy of its parent's)."""
+
+    def __init__(self, db_path: str, mark: int = CHECKPOINT_BYTES,
+                 bound: int = WAL_BOUND_BYTES) -> None:
+        self._db_path = db_path
+        self._wal_path = db_path + "-wal"
+        self.mark = mark
+        self.bound = bound
+        self._pid = 0
+        self._start_lock = native_lock()
+        self._wake = native_lock()
+        self._idle = native_lock()  # held while a checkpoint runs (close waits for it)
+        self._closed = False
+
+    def after_commit(self) -> bool:
+        """Wake the thread if the WAL is past the mark; whether it is past the bound (the
+        caller must then checkpoint it whole)."""
+        try:
+            size = os.stat(self._wal_path).st_size
+        except FileNotFoundError:
+            return False
+        if size < self.mark:
+            return False
+        if size >= self.bound:
+            return True
+        if self._pid != os.getpid():
+            self._start()
+        with contextlib.suppress(RuntimeError):  # woken already: one run serves both
+            self._wake.release()
+        return False
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._pid == os.getpid() or self._closed:
+                return
+            self._wake = native_lock()
+            self._wake.acquire()
+            self._idle = native_lock()
+            start_native_thread(self._loop)
+            self._pid = os.getpid()
+
+    def _loop(self) -> None:
+        db = None
+        try:
+            while True:
+                self._wake.acquire()
+                with self._idle:
+                    if self._closed:
+                        return
+                    try:
+                        if db is None:
+                            db = sqlite3.connect(self._db_path, isolation_level=None,
+                                                 check_same_thread=False)
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error as exc:
+                        # (The next wake tries again; the WAL only grows meanwhile.)
+                        log.warning("checkpoint of %s failed: %s", self._db_path, exc)
+        finally:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+
+    def close(self) -> None:
+        """End the thread, after the checkpoint it may be running."""
+        self._closed = True
+        if self._pid == os.getpid():
+            with contextlib.suppress(RuntimeError):
+                self._wake.release()
+            with self._idle:  # (a run in progress finishes first)
+                pass

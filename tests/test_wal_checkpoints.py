@@ -1,0 +1,68 @@
+"""The WALs of the packs index and of an SQLite catalog are checkpointed by a thread of each
+process (pithos.core.wal_sync.WalCheckpoints), not by SQLite inside a COMMIT: there it ran
+on a server worker's event loop (the catalog) or under the index's writer lock (the packs),
+copying pages and syncing two files while every other request or writer waited.
+
+SQLite's automatic checkpoint is off on their connections, so these checkpoints are all
+there is: the WAL must stay bounded however much a writer that never pauses puts through
+it, and what was written must reach the database file."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+
+from pithos.blocker import LocalBlockStore
+from pithos.catalog import Catalog
+from pithos.catalog.engine import CATALOG_WAL_BOUND_BYTES
+from pithos.core.hashing import block_hash
+from pithos.core.wal_sync import WAL_BOUND_BYTES
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def test_the_packs_index_wal_stays_bounded_and_its_rows_reach_the_database(tmp_path):
+    path = str(tmp_path / "b")
+    rng = random.Random(7)
+    wal = os.path.join(path, "packs", "index.sqlite-wal")
+    largest = 0
+    with LocalBlockStore(path) as store:
+        for _ in range(60):
+            batch = [rng.randbytes(rng.randint(64, 256)) for _ in range(1000)]
+            store.put_many([(block_hash(d), d) for d in batch])
+            largest = max(largest, _size(wal))
+        database = os.path.getsize(os.path.join(path, "packs", "index.sqlite"))
+        with sqlite3.connect(os.path.join(path, "packs", "index.sqlite")) as db:
+            rows = db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
+    # 60,000 random-key rows dirty ~110 MiB of pages across the batches (measured without
+    # any checkpoint: the WAL ends at 113 MB).  The bound: 16 MiB and a batch's pages.
+    assert largest < WAL_BOUND_BYTES + (8 << 20), largest
+    assert database > 1 << 20  # the rows were copied into the database file
+    assert rows == 60_000
+
+
+def test_an_sqlite_catalog_s_wal_stays_bounded_and_no_commit_checkpoints(tmp_path):
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    wal = f"{tmp_path}/catalog.sqlite-wal"
+    rng = random.Random(3)
+    cat = Catalog(url)
+    try:
+        account = cat.ensure_account("acct")
+        with cat.engine.connect() as conn:
+            # (A COMMIT checkpoints only when this is above 0.)
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        largest = 0
+        for _ in range(60):
+            cat.grant_blocks(account, [rng.randbytes(32) for _ in range(1000)])
+            largest = max(largest, _size(wal))
+    finally:
+        cat.close()
+    # 60,000 grants of random hashes dirty far more pages than the bound (measured without
+    # any checkpoint: the WAL ends at ~90 MB): the bound and a batch's pages.
+    assert largest < CATALOG_WAL_BOUND_BYTES + (8 << 20), largest
+    assert os.path.getsize(f"{tmp_path}/catalog.sqlite") > 2 << 20  # copied into the file
+    with sqlite3.connect(f"{tmp_path}/catalog.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM account_blocks").fetchone()[0] == 60_000
