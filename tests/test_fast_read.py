@@ -242,6 +242,8 @@ EXTRA = {"Range": "bytes=0-1", "If-None-Match": "*", "If-Match": '"nope"',
          "Origin": "http://x.example", "Referer": "http://bad.example.com/",
          "X-Web-Mode": "true", "X-Newest": "true", "X-Object-Sysmeta-Symlink-Target": "plain/o",
          "Content-Length": "0", "X-Storage-Token": "{bad}", "X-Forwarded-For": "10.0.0.1",
+         "X-Forwarded-Proto": "https", "Forwarded": "for=192.0.2.1;proto=https",
+         "Cache-Control": "no-cache", "Accept-Language": "el", "X-Forwarded-Host": "a.example",
          **CLIENT_HEADERS}
 QUERIES = ["", "", "", "", "", "symlink=get", "multipart-manifest=get", "hashmap",
            "version=list", "format=json", "temp_url_sig=x&temp_url_expires=1",
@@ -300,7 +302,10 @@ def test_the_owners_plain_read_goes_the_fast_way_and_nothing_else(world, method)
     for target, headers in (("/v1/AUTH_test/plain/o", OWNER_HEADERS),
                             ("/v1/test/plain/o", {**OWNER_HEADERS, **CLIENT_HEADERS}),
                             ("/v1/AUTH_test/plain/m%20%C3%A9", {"X-Storage-Token": "{owner}"}),
-                            ("/v1/AUTH_test/plain/empty", OWNER_HEADERS)):
+                            ("/v1/AUTH_test/plain/empty", OWNER_HEADERS),
+                            ("/v1/AUTH_test/plain/o", {  # (behind a proxy)
+                                **OWNER_HEADERS, "X-Forwarded-For": "192.0.2.1",
+                                "X-Forwarded-Proto": "https", "Via": "1.1 lb"})):
         answer, fast = world.both(method, target, headers)
         assert fast and answer.status == "200 OK", (target, answer.status)
     answer, fast = world.both(method, "/v1/AUTH_test/plain/m%20%C3%A9", OWNER_HEADERS)

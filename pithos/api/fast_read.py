@@ -14,10 +14,10 @@ object it leaves, a large object's, a link's or a published one's, goes with the
 
 What it understands is a whitelist, not a list of exceptions:
 - GET or HEAD of /v1/ACCOUNT/CONTAINER/OBJECT, no query string, no request body;
-- request headers among `PLAIN_HEADERS` only (Host, the token, User-Agent, Accept,
-  Accept-Encoding, Connection): no Range, no conditional header, no Origin (CORS), no
-  Referer (referrer ACLs), no X-Web-Mode (static web), no system metadata, nothing a
-  middleware put in the environ (`pithos.*`);
+- request headers among `PLAIN_HEADERS` only (Host, the token, User-Agent, Accept*,
+  Connection, Cache-Control, Pragma, a proxy's forwarding headers): no Range, no
+  conditional header, no Origin (CORS), no Referer (referrer ACLs), no X-Web-Mode (static
+  web), no system metadata, nothing a middleware put in the environ (`pithos.*`);
 - a valid token of the account's own admin (the owner, who reads everything in it by
   tempauth's first rule, whatever ACL or sharing says): anyone else, and no token or a bad or
   expired one, goes to the full stack, which decides (401, ACLs, referrers, sharing, public
@@ -56,10 +56,15 @@ from pithos.objects.acl import Action
 from pithos.objects.names import check_names
 
 # The request headers (environ keys) a plain read may carry: none of them changes the answer
-# (Host and Accept-Encoding name no content coding here; Connection is the server's).
+# (no content coding is offered, Connection is the server's; what a proxy in front adds, the
+# client's address and scheme, makes only URLs: a public link's, which is left to the full
+# stack, a static web redirect's, the web UI's cookies).
 PLAIN_HEADERS = frozenset({
     "HTTP_HOST", "HTTP_X_AUTH_TOKEN", "HTTP_X_STORAGE_TOKEN", "HTTP_USER_AGENT",
-    "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING", "HTTP_CONNECTION"})
+    "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING", "HTTP_ACCEPT_LANGUAGE", "HTTP_CONNECTION",
+    "HTTP_CACHE_CONTROL", "HTTP_PRAGMA", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "HTTP_FORWARDED", "HTTP_X_REAL_IP",
+    "HTTP_VIA"})
 # The other environ keys a WSGI server (gunicorn, and pithos serve's own loop) sets, which
 # change nothing either; an environ key outside both sets is looked at (`_plain`).
 SERVER_KEYS = frozenset({
