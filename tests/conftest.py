@@ -7,6 +7,7 @@ skip there means something is broken, not absent.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -168,10 +169,35 @@ def scaleout_storage(name: str):
     if not conf or not os.path.exists(conf) or not pg:
         pytest.skip("the scale-out configuration needs PITHOS_CEPH_CONF and "
                     "PITHOS_TEST_POSTGRES_URL (scripts/test sets both)")
-    catalog, cleanup = postgres_database(name)
+    catalog, drop = postgres_database(name)
     db = catalog.rsplit("/", 1)[1]
     pool = os.environ.get("PITHOS_CEPH_POOL", "pithos")
+
+    def cleanup() -> None:
+        from pithos.blocker.rados import QUARANTINE_SUFFIX
+
+        drop()
+        purge_namespace(conf, pool, db)
+        purge_namespace(conf, pool, db + QUARANTINE_SUFFIX)
+
     return f"rados://{pool}?conf={conf}&namespace={db}", catalog, cleanup
+
+
+def purge_namespace(conf: str, pool: str, namespace: str) -> None:
+    """Remove every object of a test's RADOS namespace: the test cluster has one OSD, and the
+    namespaces the suite's runs left behind once filled it (ENOSPC, aborting a benchmark)."""
+    import rados
+
+    handle = rados.Rados(conffile=conf, conf={"client_mount_timeout": "5"})
+    handle.connect(timeout=10)
+    try:
+        with handle.open_ioctx(pool) as ioctx:
+            ioctx.set_namespace(namespace)
+            for obj in list(ioctx.list_objects()):
+                with contextlib.suppress(rados.ObjectNotFound):  # (gone meanwhile)
+                    ioctx.remove_object(obj.key)
+    finally:
+        handle.shutdown()
 
 
 def catalog_databases() -> list[str]:
