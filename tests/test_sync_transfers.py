@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import pytest
 from sync_helpers import Device, assert_agree
@@ -15,6 +16,7 @@ from pithos.core.hashing import block_hash
 from pithos.sync.engine import Engine, Progress
 from pithos.sync.remote import Credentials, FileRanges, FileShrank, Remote
 from pithos.sync.state import State
+from pithos.sync.upload import Claims
 
 MiB = 1 << 20
 BIG = 64 * MiB
@@ -248,3 +250,67 @@ def test_blocks_sent_from_file_ranges(pithos_server, tmp_path):
         assert remote.put_blocks(FileRanges(fd, [(5, 7)]), [7]) == [block_hash(data[5:12])]
     finally:
         os.close(fd)
+
+
+def test_chunks_new_files_share_are_sent_once(pithos_server, tmp_path):
+    """Many new files holding the same segments (at unaligned offsets), uploaded side by
+    side in one run: each distinct chunk is sent once (groups share one ?missing, uploads
+    in flight claim what they send, and what was sent is not sent again), and every file
+    is stored whole."""
+    shared = [big_data(70 + i, 300_000) for i in range(3)]
+    for i in range(40):
+        own = big_data(100 + i, 1000 + 37 * i)
+        body = own[:500] + shared[i % 3] + own[500:] + shared[(i + 1) % 3]
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / f"f{i:02d}.bin").write_bytes(body)
+    a = Device(pithos_server, tmp_path / "a", "shared")
+    s = a.sync()
+    distinct: dict[bytes, int] = {}
+    for i in range(40):
+        for c in a.state_chunks(f"f{i:02d}.bin"):
+            distinct[c.hash] = c.length
+    assert s.uploaded == 40
+    assert s.sent_bytes == sum(distinct.values()), (s.sent_bytes, sum(distinct.values()))
+    b = Device(pithos_server, tmp_path / "b", "shared")
+    b.sync()
+    assert_agree(pithos_server, a, b, container="shared")
+
+
+def test_claims_one_sender_per_chunk_and_no_resend():
+    """A chunk another thread claimed is not this one's to send, and this one waits for its
+    claim to end; a chunk sent (stored) is not claimed again; one given up is."""
+    claims = Claims()
+    x, y, z = b"x" * 32, b"y" * 32, b"z" * 32
+    claimed = threading.Event()
+    release = threading.Event()
+
+    def other() -> None:
+        assert claims.claim({x, z}) == set()
+        claimed.set()
+        release.wait(10)
+        claims.release([x], sent=True)
+        claims.release_all()  # (z given up: not sent)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert claimed.wait(10)
+    wanted = {x, y}
+    assert claims.claim(wanted) == {x}  # x: the other's to send; y: this thread's
+    waited = threading.Event()
+
+    def waiter() -> None:
+        claims.wait({x})
+        waited.set()
+
+    w = threading.Thread(target=waiter)
+    w.start()
+    assert not waited.wait(0.2)  # (the other still holds x)
+    release.set()
+    t.join(10)
+    w.join(10)
+    assert waited.is_set()
+    claims.release([y], sent=True)
+    again = {x, y, z}
+    assert claims.claim(again) == set()
+    assert again == {z}  # x and y were sent; z was given up, so this one sends it
+    claims.release_all()

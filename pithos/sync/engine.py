@@ -24,8 +24,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import hashlib
-import mimetypes
 import os
 import socket
 import threading
@@ -39,28 +37,33 @@ from pithos.core.files import fsync_dir
 from pithos.sync import plan as P
 from pithos.sync.download import DownloadsMixin, Skip, _tmp_name
 from pithos.sync.remote import (
-    DEFLATE_MAX,
     CursorGone,
-    FileRanges,
-    FileShrank,
-    MissingBlocks,
     PreconditionFailed,
     Remote,
     RemoteError,
 )
-from pithos.sync.scan import READ_SIZE, Ignore, ScanResult, same_stat, scan
-from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State, chunk_hashes
+from pithos.sync.scan import READ_SIZE, Ignore, ScanResult, scan
+from pithos.sync.state import BaseEntry, LocalFile, RemoteEntry, State
+from pithos.sync.upload import Claims, UploadJob, UploadsMixin, stops_pass
 
 T = TypeVar("T")
 
-SMALL_FILE_BYTES = 64 << 10  # uploaded by a plain PUT (the server cuts it as we would)
-BLOCKS_BATCH_BYTES = 8 << 20  # chunks per POST ?blocks
 MAX_PASSES = 8
 # Uploads in flight at once: while one waits for the server (its fsyncs, its commit), the
 # others send; the server's workers take them side by side.  The bench's first sync at
-# --scale 0.25, alternated in one session: 4 workers 5.6-13.7 s, 8 workers 3.7-10.0 s.  Each
-# holds at most two 8 MiB batches of chunks.
-UPLOAD_WORKERS = 8
+# --scale 0.25, alternated in one session: 4 workers 5.6-13.7 s, 8 workers 3.7-10.0 s; at
+# scale 1 with groups (below), 8 workers 7.6-11.0 s, 16 workers 6.1-8.4 s (a loaded
+# machine, same runs).  What a worker holds: a group's chunk lists (GROUP_FILES files or
+# GROUP_BYTES of them, or one larger file's: ~2.5 MB a GiB) and the ?missing answer for
+# them, two batch buffers of at most 2 * DEFLATE_MAX (compressible chunks of a file that
+# wants no more: a larger upload's batches go from the file by sendfile), a small file.
+UPLOAD_WORKERS = 16
+# Uploads prepared while every worker is busy wait as one group, up to this many files or
+# bytes of files (then the scan waits for a worker): a group is sent by one worker, one
+# file after another, with one ?missing for all (a ?missing per file was a quarter of the
+# first sync's requests: 283 of ~1000, 55-100 with groups).
+GROUP_FILES = 8
+GROUP_BYTES = 64 << 20
 
 
 @dataclass
@@ -101,7 +104,7 @@ class Progress:
         pass
 
 
-class Engine(DownloadsMixin):
+class Engine(DownloadsMixin, UploadsMixin):
     def __init__(self, state: State, remote: Remote, *, report: Callable[[str], None],
                  say: Callable[[str], None] = lambda _: None,
                  progress: Progress | None = None, dry_run: bool = False) -> None:
@@ -117,6 +120,7 @@ class Engine(DownloadsMixin):
         self._fds: dict[str, int] = {}  # files a download reads chunks from
         self.upload_workers = UPLOAD_WORKERS
         self._stats_lock = threading.Lock()
+        self._claims = Claims()
         self.host = socket.gethostname().split(".")[0] or "this device"
 
     def report(self, line: str) -> None:
@@ -229,6 +233,7 @@ class Engine(DownloadsMixin):
                 # Files new on both sides are sent as soon as they are hashed, while the
                 # scan hashes the next ones: the plan would only upload them.
                 result, ignore = self.scan(self._eager(uploads))
+                self._dispatch(uploads, final=True)
                 self._reap(uploads, everything=True)
                 actions = P.plan(self.state.base(), result.files, self.state.remote(),
                                  result.unknown, ignore)
@@ -261,7 +266,6 @@ class Engine(DownloadsMixin):
             self.progress.add(lf.size, 1)
             uploads.started.append(a)
             self._start_upload(a, uploads, full)
-            self._reap(uploads, everything=False, wait_for=self.upload_workers)
 
         return start
 
@@ -286,11 +290,12 @@ class Engine(DownloadsMixin):
         uploads in flight."""
         for a in actions:
             if a.kind != P.UPLOAD:
+                self._dispatch(uploads, final=True)
                 self._reap(uploads, everything=True)
                 self.act(a)
                 continue
             self._start_upload(a, uploads)
-            self._reap(uploads, everything=False, wait_for=self.upload_workers)
+        self._dispatch(uploads, final=True)
         self._reap(uploads, everything=True)
 
     def _start_upload(self, a: P.Action, uploads: _Uploads,
@@ -300,32 +305,76 @@ class Engine(DownloadsMixin):
             uploads.failed.add(a.path)
             self.progress.file_done()
             return
-        uploads.inflight[uploads.pool.submit(job)] = a
+        uploads.pending.append(job)
+        uploads.pending_bytes += a.local.size if a.local is not None else 0
+        self._dispatch(uploads, final=False)
+
+    def _dispatch(self, uploads: _Uploads, final: bool) -> None:
+        """Hand the uploads prepared to the workers: while one is free, all of them at once
+        (one group: one ?missing, sent one after the other); while none is, they wait here
+        (the scan goes on) up to GROUP_FILES files or GROUP_BYTES bytes, then this waits
+        for a worker.  `final`: nothing more is coming, spread them over the free workers
+        (and wait for workers until all are handed)."""
+        self._reap(uploads, everything=False)
+        pending = uploads.pending
+        while pending:
+            free = self.upload_workers - len(uploads.inflight)
+            if free <= 0:
+                if not final and len(pending) < GROUP_FILES and \
+                        uploads.pending_bytes < GROUP_BYTES:
+                    return
+                self._reap(uploads, everything=False, wait_for=self.upload_workers)
+                continue
+            n = -(-len(pending) // free) if final else len(pending)
+            group: list[UploadJob] = []
+            size = 0
+            for job in pending:  # (at least one: a file larger than GROUP_BYTES goes alone)
+                if group and (len(group) >= min(n, GROUP_FILES) or
+                              size + job.local.size > GROUP_BYTES):
+                    break
+                group.append(job)
+                size += job.local.size
+            del pending[:len(group)]
+            uploads.pending_bytes -= size
+            group.sort(key=lambda j: j.local.size)  # (the small ones recorded soonest)
+            uploads.inflight[uploads.pool.submit(self._send_group, group)] = group
 
     def _reap(self, uploads: _Uploads, everything: bool, wait_for: int = 0) -> None:
         """Record the uploads that finished: all of them if `everything`, else those done
-        now, waiting while `wait_for` or more are still in flight."""
+        now, waiting while `wait_for` (if not 0) or more groups are still in flight."""
         inflight = uploads.inflight
         while inflight:
-            block = everything or len(inflight) >= max(wait_for, 1)
+            block = everything or 0 < wait_for <= len(inflight)
             if block:
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             else:  # (a look, not a wait: no waiter installed on every future, per file)
                 done = {f for f in inflight if f.done()}
             for f in done:
-                a = inflight.pop(f)
-
-                def record(f: Future[tuple[LocalFile, str]] = f, a: P.Action = a) -> bool:
-                    self._uploaded(a.path, *f.result())
-                    return True
-
-                if self._guard(a, record):
-                    self.done += 1
-                else:
-                    uploads.failed.add(a.path)
-                self.progress.file_done()
-            if not done or not (everything or len(inflight) >= max(wait_for, 1)):
+                group = inflight.pop(f)
+                try:
+                    outcomes: list[tuple[LocalFile, str] | Exception] = f.result()
+                except Exception as exc:  # (cancelled, or a bug: every file of it failed)
+                    outcomes = [exc] * len(group)
+                for job, outcome in zip(group, outcomes, strict=True):
+                    self._record_upload(job.action, outcome, uploads)
+            if not done or not (everything or 0 < wait_for <= len(inflight)):
                 return
+
+    def _record_upload(self, a: P.Action, outcome: tuple[LocalFile, str] | Exception,
+                       uploads: _Uploads) -> None:
+        def record() -> bool:
+            if isinstance(outcome, Exception):
+                raise outcome
+            self._uploaded(a.path, *outcome)
+            return True
+
+        try:
+            if self._guard(a, record):
+                self.done += 1
+            else:
+                uploads.failed.add(a.path)
+        finally:
+            self.progress.file_done()
 
     def act(self, a: P.Action) -> None:
         def do() -> bool:
@@ -350,16 +399,12 @@ class Engine(DownloadsMixin):
         except PreconditionFailed:
             self.report(f"{a.path} changed on the server meanwhile (will plan it again)")
         except RemoteError as exc:
-            if exc.status in (0, 401, 403) or (exc.status >= 500 and exc.status != 507):
+            if stops_pass(exc):
                 raise  # the server is unreachable or refuses us: nothing else would work
             self.report(f"{a.describe()}: {exc}")
         except OSError as exc:
             self.report(f"{a.path}: {_os_reason(exc)} (skipped, will retry)")
         return None
-
-    def _count_sent(self, n: int) -> None:
-        with self._stats_lock:  # (upload workers add at once)
-            self.stats.sent_bytes += n
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -372,185 +417,6 @@ class Engine(DownloadsMixin):
 
     def do_forget(self, a: P.Action) -> None:
         self.state.drop_base(a.path)
-
-    # -- uploads -------------------------------------------------------------------------------
-
-    def _full(self, lf: LocalFile) -> LocalFile:
-        """`lf` with its chunk list, from the files cache (a scan keeps none in memory)."""
-        full = self.state.cached(lf.path)
-        if full is None or (full.size, full.mtime_ns, full.inode, full.md5) != (
-                lf.size, lf.mtime_ns, lf.inode, lf.md5):
-            raise Skip(f"{lf.path} changed meanwhile")
-        return full
-
-    def do_upload(self, a: P.Action) -> None:
-        self._uploaded(a.path, *self._prepare_upload(a)())
-
-    def _prepare_upload(self, a: P.Action, full: LocalFile | None = None
-                        ) -> Callable[[], tuple[LocalFile, str]]:
-        """Journal the upload and read what it needs from the state; the returned job does
-        the rest (reading the file, the requests: no state database) and gives the file as
-        sent and its new ETag, for `_uploaded`.  `full`: the file with its chunk list, as
-        the scan just hashed it (else read from the files cache)."""
-        assert a.local is not None
-        lf = a.local
-        if_match = a.remote.md5 if a.remote is not None else None
-        content_type = mimetypes.guess_type(a.path)[0]
-        self.state.intend(a.path, "upload", lf.md5)
-        if lf.size <= SMALL_FILE_BYTES:
-            def small() -> tuple[LocalFile, str]:
-                # One request: sending a small file costs less than asking what the server
-                # has.
-                data = self._read_small(lf)
-                etag = self.remote.put_object(a.path, data, lf.md5, if_match, content_type)
-                self._count_sent(len(data))
-                self.progress.advance(len(data))
-                return lf, etag
-            return small
-        if full is None or not full.chunks:
-            full = self._full(lf)
-        # The chunks of the version last synced are on the server already: ask only about
-        # the others (an edit's ?missing names a few hashes, not the whole file).
-        known = set(chunk_hashes(self.state.base_chunks(a.path)))
-
-        def chunked() -> tuple[LocalFile, str]:
-            unique = set(chunk_hashes(full.chunks))
-            ask = [h for h in unique if h not in known]
-            wanted = self.remote.missing(ask) if ask else set()
-            # Only what the server lacks, then the hashmap with the MD5 the scan found as
-            # its ETag, which the server takes as declared and confirms later: it neither
-            # cuts nor hashes the content again (a streamed PUT made it do both, and a
-            # hashmap PUT read it all back for the MD5).
-            self._send_missing(full, wanted)
-            try:
-                etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
-                                               if_match, content_type)
-            except MissingBlocks as exc:
-                # A collector removed a block between ?missing and the PUT: send it again.
-                self._send_missing(full, set(exc.hashes))
-                etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
-                                               if_match, content_type)
-            return full, etag
-        return chunked
-
-    def _uploaded(self, rel: str, lf: LocalFile, etag: str) -> None:
-        with self.state.transaction():
-            self.state.put_remote(RemoteEntry(rel, lf.size, etag))
-            self.state.set_base(BaseEntry(rel, lf.size, lf.md5, lf.mtime_ns, lf.inode),
-                                lf.chunks)
-            self.state.done(rel)
-        self.stats.uploaded += 1
-        self.say(f"uploaded {rel}")
-
-    def _read_small(self, lf: LocalFile) -> bytes:
-        try:
-            with open(os.path.join(self.folder, lf.path), "rb") as f:
-                data = f.read(lf.size + 1)
-        except FileNotFoundError:
-            raise Skip(f"{lf.path} vanished before its upload") from None
-        if hashlib.md5(data, usedforsecurity=False).hexdigest() != lf.md5:
-            raise Skip(f"{lf.path} changed while being uploaded")
-        return data
-
-    def _send_missing(self, lf: LocalFile, wanted: set[bytes] | None) -> None:
-        if wanted is None:
-            wanted = self.remote.missing(chunk_hashes(lf.chunks)) if lf.chunks else set()
-        if not wanted:
-            self.progress.advance(lf.size)
-            return
-        path = os.path.join(self.folder, lf.path)
-        # Two batches: chunks that look compressible (text, zeros) go deflated, the others
-        # (random, compressed media) as they are, so no CPU is spent deflating those.  Only
-        # a batch of at most DEFLATE_MAX is deflated (a larger one goes as it is): when more
-        # than twice that is wanted (a new file's chunks), the few bytes a last small batch
-        # would save are not worth classifying every chunk (~5 us each: 13% of the client's
-        # time holding the GIL on the sync bench's first sync), and runs of chunks are sent
-        # from the file by the kernel (sendfile: never read into this process).  Each batch
-        # keeps the hashes the scan found for its chunks: the server answers with the
-        # hashes of what it stored, and a chunk whose bytes are no longer those the scan
-        # hashed (the file changed since) is found there, without hashing it here again.
-        wanted_bytes = sum(c.length for c in lf.chunks if c.hash in wanted)
-        # (A buffer the size of what is wanted, at most a batch: not 8 MiB for a small file.)
-        capacity = min(BLOCKS_BATCH_BYTES, wanted_bytes)
-        batches = {False: _Batch(capacity, False), True: _Batch(capacity, True)}
-        # Nor on a link that carries uncompressed batches faster than deflating would pay
-        # for (Remote.fast_link: a LAN, loopback).
-        classify = wanted_bytes <= 2 * DEFLATE_MAX and not self.remote.fast_link()
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise Skip(f"{lf.path} vanished before its upload") from None
-
-        def post(kind: bool) -> None:
-            batch = batches[kind]
-            if batch.lengths:
-                self._post_blocks(lf, batch, kind)
-                batch.clear()
-
-        def read_run(run: list[Chunk], start: int, n: int) -> None:
-            if not classify:
-                batch = batches[False]
-                if batch.fill + n > batch.capacity:
-                    post(False)
-                batch.add_range(fd, start, n)
-                batch.lengths.extend(c.length for c in run)
-                batch.hashes.extend(c.hash for c in run)
-                self.progress.advance(n)
-                return
-            data = os.pread(fd, n, start)
-            if len(data) != n:
-                raise Skip(f"{lf.path} changed while being uploaded")
-            view = memoryview(data)
-            at = 0
-            for c in run:
-                chunk = view[at:at + c.length]
-                at += c.length
-                kind = compressible(chunk)
-                if batches[kind].fill + c.length > batches[kind].capacity:
-                    post(kind)
-                batches[kind].add(chunk, c)
-                self.progress.advance(c.length)
-
-        try:
-            if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode):
-                raise Skip(f"{lf.path} changed before its upload")
-            # Runs of consecutive wanted chunks, up to READ_SIZE, are read with one pread
-            # each (a new file's chunks are all wanted: a read per MiB, not per chunk).
-            offset = 0
-            run: list[Chunk] = []
-            run_start = 0
-            run_bytes = 0
-            for c in lf.chunks:
-                if c.hash in wanted:
-                    wanted.discard(c.hash)
-                    if (run and run_start + run_bytes != offset) or \
-                            run_bytes + c.length > READ_SIZE:
-                        read_run(run, run_start, run_bytes)
-                        run, run_bytes = [], 0
-                    if not run:
-                        run_start = offset
-                    run.append(c)
-                    run_bytes += c.length
-                else:
-                    self.progress.advance(c.length)
-                offset += c.length
-            if run:
-                read_run(run, run_start, run_bytes)
-            post(False)
-            post(True)
-        finally:
-            os.close(fd)
-
-    def _post_blocks(self, lf: LocalFile, batch: _Batch, compress: bool = False) -> None:
-        try:
-            stored = self.remote.put_blocks(batch.body(), batch.lengths, compress)
-        except FileShrank:
-            raise Skip(f"{lf.path} changed while being uploaded") from None
-        self._count_sent(batch.fill)
-        if stored != batch.hashes:
-            # Stored under their own hashes (unnamed: garbage for the collector); the file
-            # is sent again once the next pass has hashed it as it is now.
-            raise Skip(f"{lf.path} changed while being uploaded")
 
     # -- deletes -------------------------------------------------------------------------------
 
@@ -686,92 +552,17 @@ class Engine(DownloadsMixin):
         raise Skip(f"{rel}: no free name for a conflict copy")
 
 
-# Each thread's batch buffers, one per kind of batch (deflated or not), kept from file to
-# file: a fresh bytearray per file was zeroed and page-faulted in (a first sync's every byte
-# sent, ~0.2 s of the client's CPU a GB, a good part of it holding the GIL).
-_buffers = threading.local()
-
-
-def _thread_buffer(kind: bool, capacity: int) -> bytearray:
-    """This thread's buffer for batches of `kind`, of at least `capacity` bytes (made
-    larger only when a larger one is wanted: at most BLOCKS_BATCH_BYTES)."""
-    mine: dict[bool, bytearray] | None = getattr(_buffers, "by_kind", None)
-    if mine is None:
-        mine = _buffers.by_kind = {}
-    buf = mine.get(kind)
-    if buf is None or len(buf) < capacity:
-        buf = mine[kind] = bytearray(capacity)
-    return buf
-
-
-class _Batch:
-    """Chunks for one POST ?blocks (up to `capacity` bytes), with their lengths and the
-    hashes the scan found for them: either ranges of the file, which the kernel sends
-    (`add_range`), or chunks back to back in one buffer (`add`: this thread's buffer for
-    `kind`, taken on first use, batch after batch of one file).  One _Batch per kind per
-    thread at a time (an upload sends its batches before the next file's)."""
-
-    def __init__(self, capacity: int = BLOCKS_BATCH_BYTES, kind: bool = False) -> None:
-        self.capacity = capacity
-        self.kind = kind
-        self.buf = bytearray()
-        self.fd = -1
-        self.ranges: list[tuple[int, int]] = []
-        self.fill = 0
-        self.lengths: list[int] = []
-        self.hashes: list[bytes] = []
-
-    def add_range(self, fd: int, offset: int, n: int) -> None:
-        """n bytes of the file `fd` at `offset` (the caller adds their lengths and hashes);
-        not read here."""
-        assert not self.buf and self.fill + n <= self.capacity
-        self.fd = fd
-        last = self.ranges[-1] if self.ranges else None
-        if last is not None and last[0] + last[1] == offset:
-            self.ranges[-1] = (last[0], last[1] + n)
-        else:
-            self.ranges.append((offset, n))
-        self.fill += n
-
-    def _room(self, n: int) -> memoryview:
-        if not self.buf:
-            self.buf = _thread_buffer(self.kind, self.capacity)
-        assert self.fill + n <= self.capacity
-        return memoryview(self.buf)[self.fill:self.fill + n]
-
-    def add(self, chunk: memoryview, c: Chunk) -> None:
-        with self._room(c.length) as room:
-            room[:] = chunk
-        self.fill += c.length
-        self.lengths.append(c.length)
-        self.hashes.append(c.hash)
-
-    def body(self) -> memoryview | FileRanges:
-        if self.ranges:
-            return FileRanges(self.fd, self.ranges)
-        return memoryview(self.buf)[:self.fill]
-
-    def clear(self) -> None:
-        self.fill = 0
-        self.lengths, self.hashes, self.ranges = [], [], []
-
-
 @dataclass
 class _Uploads:
     """The uploads of a pass: in flight on `pool`, and the paths that failed (retried on
     the next pass)."""
     pool: ThreadPoolExecutor
-    inflight: dict[Future[tuple[LocalFile, str]], P.Action] = field(default_factory=dict)
+    inflight: dict[Future[list[tuple[LocalFile, str] | Exception]], list[UploadJob]] = \
+        field(default_factory=dict)
+    pending: list[UploadJob] = field(default_factory=list)  # prepared, not handed yet
+    pending_bytes: int = 0
     failed: set[str] = field(default_factory=set)
     started: list[P.Action] = field(default_factory=list)  # early (during the scan)
-
-
-def compressible(data: bytes | memoryview) -> bool:
-    """Whether a chunk looks worth deflating: few distinct byte values in 256 bytes from its
-    middle (text ~40-70, zeros 1; random or compressed data ~160).  A few microseconds a
-    chunk, where deflating a random one to learn it costs more than sending it."""
-    mid = len(data) // 2
-    return len(set(data[mid:mid + 256])) < 100
 
 
 def _transfer_bytes(a: P.Action) -> int:

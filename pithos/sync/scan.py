@@ -266,6 +266,11 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
             result.files[rel] = cached
             continue
         stale.append((rel, st))
+    # The largest first: each file's upload starts when it is hashed, and a large one's
+    # chunks go batch after batch on one upload worker, so one hashed last (the walk's
+    # order put the sync bench's 128 MiB image there) was the end of the run by itself,
+    # ~1 s after every other upload had finished.
+    stale.sort(key=lambda item: item[1].st_size, reverse=True)
     for rel, f in hash_files(folder, stale):
         if isinstance(f, Vanished):
             report(f"{rel} vanished while being read (skipped)")
