@@ -428,8 +428,8 @@ def test_a_live_server_sends_the_same_bytes_with_and_without_them(tmp_path) -> N
 
 def test_an_object_left_to_the_full_stack_is_looked_up_once(world, monkeypatch) -> None:
     """The version the fast reads found of an object they leave to the full stack (a large
-    object's, a link's, a published one's) goes with the request: one catalog statement for
-    it, as without them."""
+    object's, a link's, a published one's), or that there is none, goes with the request:
+    one catalog statement for it, as without them."""
     catalog = world.services.objects.catalog
     asked: list[str] = []
     lookup = catalog.object_and_public_token
@@ -439,8 +439,10 @@ def test_an_object_left_to_the_full_stack_is_looked_up_once(world, monkeypatch) 
         return lookup(container_id, name)
 
     monkeypatch.setattr(catalog, "object_and_public_token", counted)
-    for name in ("big", "published", "link", "dlo", "o"):
+    for name in ("big", "published", "link", "dlo", "o", "missing"):
         for app in (world.full, world.fast):
-            asked.clear()
-            answer = world.call(app, "GET", f"/v1/AUTH_test/plain/{name}", OWNER_HEADERS)
-            assert answer.status == "200 OK" and asked.count(name) == 1, (name, asked)
+            for method in ("GET", "HEAD"):
+                asked.clear()
+                answer = world.call(app, method, f"/v1/AUTH_test/plain/{name}", OWNER_HEADERS)
+                assert answer.status == ("404 Not Found" if name == "missing" else "200 OK")
+                assert asked.count(name) == 1, (name, asked)

@@ -10,7 +10,8 @@ in the same order and case, the same body.  Whatever it does not understand goes
 stack, untouched: it answers nothing it was not sure of, and a request it hands on costs
 the full stack's answer plus the look at its environ.  (The current version it found of an
 object it leaves, a large object's, a link's or a published one's, goes with the request
-(`pithos.api.objects.PREFETCHED`), which then asks the catalog for it no second time.)
+(`pithos.api.objects.PREFETCHED`), which then asks the catalog for it no second time; so
+does the answer that there is no such object.)
 
 What it understands is a whitelist, not a list of exceptions:
 - GET or HEAD of /v1/ACCOUNT/CONTAINER/OBJECT, no query string, no request body;
@@ -49,6 +50,7 @@ from pithos.api.http import (
 from pithos.api.objects import PREFETCHED, SYS_HEADERS
 from pithos.api.paths import account_name
 from pithos.api.swift import _txid
+from pithos.core.errors import NotFound
 from pithos.core.hashing import to_hex
 from pithos.objects import UserInfo
 from pithos.objects import object_versioning as ov
@@ -149,8 +151,14 @@ class FastReads:
                 not self.authz.owns(user, info):
             return None
         objects = self.objects
-        v, public = objects.chosen_version(container, obj, vid=None, until=None,
-                                           with_token=True)
+        try:
+            v, public = objects.chosen_version(container, obj, vid=None, until=None,
+                                               with_token=True)
+        except NotFound as exc:
+            # The full stack's 404 (a HEAD before an upload is a sync client's habit), with
+            # what the catalog said: not asked a second time.
+            env[PREFETCHED] = (container.id, obj, exc, None)
+            return None
         inline = v.inline
         sys_meta = v.sys_meta()
         if public is not None or inline is None or v.root is None or v.slo_manifest or \

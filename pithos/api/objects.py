@@ -34,6 +34,7 @@ from pithos.api.inflate import Inflating, encoding, read_bounded
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.binary_hashes import HASHMAP_FORMAT
+from pithos.core.errors import NotFound
 from pithos.core.hashing import to_hex
 from pithos.objects import (
     AccountInfo,
@@ -96,8 +97,9 @@ def _sys_meta(req: falcon.Request) -> dict[str, str]:
 
 
 # Where the fast reads (pithos.api.fast_read) leave the current version they found, with its
-# public token, when they leave the request to the full stack: (container id, name, version,
-# token).  Not a header: only code in this process sets it, never a client.
+# public token, when they leave the request to the full stack: (container id, name, version
+# or the NotFound the catalog answered, token).  Not a header: only code in this process
+# sets it, never a client.
 PREFETCHED = "pithos.fast_read.version"
 
 # The request headers check_preconditions reads, and their WSGI keys.
@@ -128,7 +130,10 @@ class ObjectHandlers:
         if found is not None and found[0] == container.id and found[1] == name and \
                 not vid and until is None:
             # The current version and its token, as the fast reads found them a moment ago
-            # for this very object (pithos.api.fast_read), not asked for a second time.
+            # for this very object (pithos.api.fast_read), not asked for a second time; or
+            # the NotFound they were told.
+            if isinstance(found[2], NotFound):
+                raise found[2]
             return found[2], found[3] if with_token else None
         return self.objects.chosen_version(container, name, vid=vid, until=until,
                                            with_token=with_token)
