@@ -95,8 +95,8 @@ def _plain(env: dict[str, Any]) -> bool:
 
 class FastReads:
     """The WSGI answer to a plain read of a small object (see the module's docstring), or
-    None: the full stack answers.  `title`, `titled`: the App's header names' case, as
-    `pithos.api.subrequest.sysmeta_out` takes them."""
+    None: the full stack answers.  `out`: the App's way with an answer's headers (falcon's
+    lower-case names to the case it sends, `pithos.api.app._out`)."""
 
     def __init__(self, services: Services,
                  out: Callable[[dict[str, Any], list[tuple[str, str]]],
