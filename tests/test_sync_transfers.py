@@ -10,9 +10,10 @@ import random
 import threading
 
 import pytest
-from sync_helpers import Device, assert_agree
+from sync_helpers import Device, assert_agree, container_files
 
 from pithos.core.hashing import block_hash
+from pithos.sync import plan as P
 from pithos.sync.engine import Engine, Progress
 from pithos.sync.remote import Credentials, FileRanges, FileShrank, Remote
 from pithos.sync.state import State
@@ -314,3 +315,49 @@ def test_claims_one_sender_per_chunk_and_no_resend():
     assert claims.claim(again) == set()
     assert again == {z}  # x and y were sent; z was given up, so this one sends it
     claims.release_all()
+
+
+class _CountingRemote(Remote):
+    """A Remote that counts its POST ?blocks."""
+    posts = 0
+
+    def put_blocks(self, *args, **kwargs):
+        self.posts += 1
+        return super().put_blocks(*args, **kwargs)
+
+
+def test_a_group_shares_its_batches_and_a_changed_file_fails_alone(pithos_server, tmp_path):
+    """A group's files send their chunks in shared batches (random chunks in one, text in
+    another, deflated); a file whose bytes changed after the scan, its stat kept, is found
+    by the hashes the server answers and fails alone: the others are stored and named."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"r{i}.bin").write_bytes(big_data(80 + i, 200_000))
+    (folder / "t.log").write_bytes(_text(4000, 3))
+    state = State(str(folder))
+    try:
+        assert state.lock()
+        remote = _CountingRemote(Credentials(pithos_server.auth_url, "test:tester", "testing"),
+                                 "groups")
+        engine = Engine(state, remote, report=lambda _: None)
+        remote.ensure_container()
+        result, _ = engine.scan()
+        jobs = [engine._prepare_upload(P.Action(P.UPLOAD, rel, local=lf))
+                for rel, lf in sorted(result.files.items())]
+        changed = folder / "r1.bin"
+        st = changed.stat()
+        changed.write_bytes(big_data(99, 200_000))  # (same size, same inode)
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+        outcomes = dict(zip([j.action.path for j in jobs], engine._send_group(jobs),
+                            strict=True))
+        assert remote.posts == 2, remote.posts
+        assert "changed while being uploaded" in str(outcomes.pop("r1.bin"))
+        for rel, outcome in outcomes.items():
+            assert not isinstance(outcome, Exception), (rel, outcome)
+            lf, etag = outcome
+            assert etag == lf.md5
+            assert not remote.missing(list({c.hash for c in lf.chunks}))
+    finally:
+        state.close()
+    assert sorted(container_files(pithos_server, "groups")) == ["r0.bin", "r2.bin", "t.log"]

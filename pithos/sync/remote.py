@@ -121,6 +121,18 @@ class FileRanges:
         return sum(n for _, n in self.ranges)
 
 
+# A request body of ranges of several files, back to back (a batch of chunks of several).
+Parts = tuple[FileRanges, ...]
+
+
+def _size(body: bytes | bytearray | memoryview | FileRanges | Parts) -> int:
+    if isinstance(body, FileRanges):
+        return body.size()
+    if isinstance(body, tuple):
+        return sum(p.size() for p in body)
+    return memoryview(body).nbytes
+
+
 class FileShrank(Exception):
     """A FileRanges body ended early: the file is shorter than a range (changed meanwhile);
     the request was abandoned (its connection closed) before the server could act on it."""
@@ -237,13 +249,14 @@ class Remote:
 
     def lean(self, method: str, name: str | None, *, query: dict[str, str] | None = None,
              headers: dict[str, str] | None = None,
-             body: bytes | bytearray | memoryview | FileRanges = b"",
+             body: bytes | bytearray | memoryview | FileRanges | Parts = b"",
              ok: Sequence[int] = (200, 201, 202, 204)) -> _Answer:
         """`request` for the upload's requests (?missing, ?blocks, hashmap and small PUTs,
         a thousand of them a GB): on this thread's own keep-alive http.client connection,
         without urllib3's pool, URL parsing, retry objects and header dicts per request
         (~20% of the client's time holding the GIL on the sync bench's first sync).  A
-        FileRanges body goes by sendfile; FileShrank if the file ends early.  The same
+        FileRanges body (or several, Parts) goes by sendfile; FileShrank if a file ends
+        early.  The same
         retries, login and errors as `request`; the whole answer is read."""
         if not self.token:
             self.login()
@@ -251,7 +264,7 @@ class Remote:
         if query:
             path += "?" + "&".join(f"{k}={quote(v, safe='')}" if v else k
                                    for k, v in query.items())
-        size = body.size() if isinstance(body, FileRanges) else memoryview(body).nbytes
+        size = _size(body)
         relogged = False
         for attempt in range(RETRIES + 1):
             conn = self._lean_conn()
@@ -265,6 +278,10 @@ class Remote:
                 if isinstance(body, FileRanges):
                     conn.endheaders()
                     _sendfile(conn, body)
+                elif isinstance(body, tuple):
+                    conn.endheaders()
+                    for part in body:
+                        _sendfile(conn, part)
                 else:
                     conn.endheaders(body if size else None)
                 send_s = time.monotonic() - started
@@ -463,10 +480,10 @@ class Remote:
             wanted.update(from_hex(h) for h in json.loads(r.data))
         return wanted
 
-    def put_blocks(self, body: bytes | bytearray | memoryview | FileRanges,
+    def put_blocks(self, body: bytes | bytearray | memoryview | FileRanges | Parts,
                    lengths: Sequence[int], compress: bool = False) -> list[bytes]:
         """Send chunks (`body`: chunks of these lengths back to back, in memory or ranges of
-        a file sent by the kernel) as blocks of their own lengths (one request), deflated if
+        files sent by the kernel) as blocks of their own lengths (one request), deflated if
         `compress` (the caller found them compressible; a buffer only) and the server takes
         it; returns the hashes the server found for them, in order (the caller checks them
         against its own).  FileShrank if the file ends before a range does."""
@@ -474,8 +491,8 @@ class Remote:
 
         h = {"Content-Type": "application/octet-stream",
              "X-Block-Lengths": ",".join(map(str, lengths))}
-        size = body.size() if isinstance(body, FileRanges) else memoryview(body).nbytes
-        if compress and not isinstance(body, FileRanges) and size <= DEFLATE_MAX:
+        size = _size(body)
+        if compress and not isinstance(body, (FileRanges, tuple)) and size <= DEFLATE_MAX:
             body = self._deflate(body, h, 6 if size <= DEFLATE_FINE_MAX else 1)
         r = self.lean("POST", None, query={"blocks": ""}, body=body, headers=h)
         if "Content-Encoding" not in h and size >= RATE_MIN_BODY:

@@ -55,7 +55,7 @@ class UploadsMixin:
         return full
 
     def do_upload(self, a: P.Action) -> None:
-        self._uploaded(a.path, *self._send_upload(self._prepare_upload(a), None))
+        self._uploaded(a.path, *self._send_upload(self._prepare_upload(a)))
 
     def _prepare_upload(self, a: P.Action, full: LocalFile | None = None) -> UploadJob:
         """Journal the upload and read what it needs from the state; `_send_upload` does
@@ -77,75 +77,113 @@ class UploadsMixin:
         return UploadJob(a, lf, full, if_match, content_type, known)
 
     def _send_group(self, jobs: list[UploadJob]) -> list[tuple[LocalFile, str] | Exception]:
-        """Send several uploads one after the other (on an upload worker), with one
-        `?missing` for all their chunks (a request per file was a quarter of a first sync's
-        requests, each costing the server its fixed share); each one's outcome, in order.
-        After a failure that stops the pass (the server unreachable or refusing us) the
-        rest are not tried: they fail the same."""
-        wanted: set[bytes] | None = None
-        asked = {h for j in jobs if j.full is not None
-                 for h in chunk_hashes(j.full.chunks) if h not in j.known}
-        out: list[tuple[LocalFile, str] | Exception] = []
-        stop: Exception | None = None
-        for j in jobs:
-            if stop is not None:
-                out.append(stop)
+        """Send several uploads (on an upload worker) and give each one's outcome, in
+        order: the small files by a plain PUT each; the others with one `?missing` for all
+        their chunks and the chunks wanted sent in shared batches (a ?missing and a ?blocks
+        per file were half of a first sync's requests, each costing the server its fixed
+        share, a ?blocks its syncs and its commit too), then each one's hashmap PUT.  After
+        a failure that stops the pass (the server unreachable or refusing us) the rest are
+        not tried: they fail the same."""
+        out: dict[int, tuple[LocalFile, str] | Exception] = {}
+        chunked: list[tuple[int, UploadJob, LocalFile]] = []
+        try:
+            for i, j in enumerate(jobs):
+                if j.full is None:
+                    try:
+                        out[i] = self._put_small(j)
+                    except Exception as exc:  # (each file's outcome is the engine's)
+                        if stops_pass(exc):
+                            raise
+                        out[i] = exc
+                else:
+                    chunked.append((i, j, j.full))
+            if chunked:
+                self._send_chunked(chunked, out)
+        except Exception as exc:
+            if not stops_pass(exc):
+                raise
+            for i in range(len(jobs)):
+                out.setdefault(i, exc)
+        return [out[i] for i in range(len(jobs))]
+
+    def _put_small(self, job: UploadJob) -> tuple[LocalFile, str]:
+        # One request: sending a small file costs less than asking what the server has.
+        lf = job.local
+        data = self._read_small(lf)
+        etag = self.remote.put_object(job.action.path, data, lf.md5, job.if_match,
+                                      job.content_type)
+        self._count_sent(len(data))
+        self.progress.advance(len(data))
+        return lf, etag
+
+    def _send_chunked(self, chunked: list[tuple[int, UploadJob, LocalFile]],
+                      out: dict[int, tuple[LocalFile, str] | Exception]) -> None:
+        """The uploads of a group that go by hashmap: their outcomes into `out`.  Failures
+        that stop the pass go up."""
+        asked = {h for _, j, full in chunked for h in chunk_hashes(full.chunks)
+                 if h not in j.known}
+        try:
+            wanted = self.remote.missing(list(asked)) if asked else set()
+        except Exception as exc:
+            if stops_pass(exc):
+                raise
+            for i, _, _ in chunked:
+                out[i] = exc
+            return
+        # Only what the server lacks and no other upload in flight is sending or has sent
+        # (Claims), then each hashmap with the MD5 the scan found as its ETag, which the
+        # server takes as declared and confirms later: it neither cuts nor hashes the
+        # content again (a streamed PUT made it do both, and a hashmap PUT read it all
+        # back for the MD5).
+        claims = self._claims
+        others: dict[int, set[bytes]] = {}
+        sender = _Sender(self)
+        try:
+            for i, _, full in chunked:
+                mine = wanted & set(chunk_hashes(full.chunks))
+                wanted -= mine  # (sent now, by this group or another upload in flight)
+                others[i] = claims.claim(mine)
+                try:
+                    sender.add_file(full, mine - others[i])
+                except Exception as exc:
+                    if stops_pass(exc):
+                        raise
+                    sender.failed.setdefault(full.path, exc)
+            sender.finish()
+        finally:
+            sender.close()
+            claims.release_all()
+        for i, j, full in chunked:
+            failed = sender.failed.get(full.path)
+            if failed is not None:
+                out[i] = failed
                 continue
             try:
-                if wanted is None and j.full is not None:
-                    wanted = self.remote.missing(list(asked)) if asked else set()
-                out.append(self._send_upload(j, wanted))
-            except Exception as exc:  # (each file's outcome is recorded by the engine)
-                out.append(exc)
+                # (Sent by the others, or not if one failed: the PUT names them missing.)
+                claims.wait(others[i])
+                out[i] = full, self._put_hashmap(j, full)
+            except Exception as exc:
                 if stops_pass(exc):
-                    stop = exc
-        return out
+                    raise
+                out[i] = exc
 
-    def _send_upload(self, job: UploadJob, group_wanted: set[bytes] | None
-                     ) -> tuple[LocalFile, str]:
-        """Send one prepared upload: the file as sent and its new ETag.  `group_wanted`:
-        what a `?missing` for its group named (the chunks sent here are taken out of it);
-        None: ask for this file's alone."""
-        a, lf, full = job.action, job.local, job.full
-        if full is None:
-            # One request: sending a small file costs less than asking what the server has.
-            data = self._read_small(lf)
-            etag = self.remote.put_object(a.path, data, lf.md5, job.if_match,
-                                          job.content_type)
-            self._count_sent(len(data))
-            self.progress.advance(len(data))
-            return lf, etag
-        unique = set(chunk_hashes(full.chunks))
-        if group_wanted is None:
-            ask = [h for h in unique if h not in job.known]
-            wanted = self.remote.missing(ask) if ask else set()
-        else:
-            wanted = group_wanted & unique
-            group_wanted -= wanted  # (sent now, by this upload or another in flight)
-        # Only what the server lacks and no other upload in flight is sending (two new
-        # files sharing chunks, sent side by side, sent them both: ~1.5% more bytes on the
-        # sync bench's first sync with 16 uploads in flight), then the hashmap with the MD5
-        # the scan found as its ETag, which the server takes as declared and confirms
-        # later: it neither cuts nor hashes the content again (a streamed PUT made it do
-        # both, and a hashmap PUT read it all back for the MD5).
-        claims = self._claims
-        others = claims.claim(wanted)
+    def _put_hashmap(self, job: UploadJob, full: LocalFile) -> str:
         try:
-            self._send_missing(full, wanted - others)
-        finally:
-            claims.release_all()
-        # (Sent by the others, or not if one failed: then the PUT names them missing.)
-        claims.wait(others)
-        try:
-            etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
+            return self.remote.put_hashmap(job.action.path, full.size, full.chunks, full.md5,
                                            job.if_match, job.content_type)
         except MissingBlocks as exc:
             # A collector removed a block between ?missing and the PUT (or an upload that
             # was to send it failed): send it again.
             self._send_missing(full, set(exc.hashes))
-            etag = self.remote.put_hashmap(a.path, full.size, full.chunks, full.md5,
-                                           job.if_match, job.content_type)
-        return full, etag
+            return self.remote.put_hashmap(job.action.path, full.size, full.chunks,
+                                           full.md5, job.if_match, job.content_type)
+
+    def _send_upload(self, job: UploadJob) -> tuple[LocalFile, str]:
+        """Send one prepared upload: the file as sent and its new ETag."""
+        (outcome,) = self._send_group([job])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def _uploaded(self, rel: str, lf: LocalFile, etag: str) -> None:
         with self.state.transaction():
@@ -167,108 +205,149 @@ class UploadsMixin:
         return data
 
     def _send_missing(self, lf: LocalFile, wanted: set[bytes] | None) -> None:
+        """Send the chunks of one file the server lacks (`wanted`; None: ask it)."""
         if wanted is None:
             wanted = self.remote.missing(chunk_hashes(lf.chunks)) if lf.chunks else set()
-        if not wanted:
-            self.progress.advance(lf.size)
-            return
-        path = os.path.join(self.folder, lf.path)
-        # Two batches: chunks that look compressible (text, zeros) go deflated, the others
-        # (random, compressed media) as they are, so no CPU is spent deflating those.  Only
-        # a batch of at most DEFLATE_MAX is deflated (a larger one goes as it is): when more
-        # than twice that is wanted (a new file's chunks), the few bytes a last small batch
-        # would save are not worth classifying every chunk (~5 us each: 13% of the client's
-        # time holding the GIL on the sync bench's first sync), and runs of chunks are sent
-        # from the file by the kernel (sendfile: never read into this process).  Each batch
-        # keeps the hashes the scan found for its chunks: the server answers with the
-        # hashes of what it stored, and a chunk whose bytes are no longer those the scan
-        # hashed (the file changed since) is found there, without hashing it here again.
-        wanted_bytes = sum(c.length for c in lf.chunks if c.hash in wanted)
-        # (A buffer the size of what is wanted, at most a batch: not 8 MiB for a small file.)
-        capacity = min(BLOCKS_BATCH_BYTES, wanted_bytes)
-        batches = {False: _Batch(capacity, False), True: _Batch(capacity, True)}
-        # Nor on a link that carries uncompressed batches faster than deflating would pay
-        # for (Remote.fast_link: a LAN, loopback).
-        classify = wanted_bytes <= 2 * DEFLATE_MAX and not self.remote.fast_link()
+        sender = _Sender(self)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            sender.add_file(lf, wanted)
+            sender.finish()
+        finally:
+            sender.close()
+        failed = sender.failed.get(lf.path)
+        if failed is not None:
+            raise failed
+
+
+class _Sender:
+    """Chunks of one or more files sent in shared batches of POST ?blocks.  Two kinds:
+    chunks that look compressible (text, zeros) go deflated, from a buffer (at most
+    DEFLATE_MAX: a larger body is not deflated), the others (random, compressed media) as
+    they are, sent from the files by the kernel (sendfile: never read into this process),
+    so no CPU is spent deflating those.  When more than twice DEFLATE_MAX of a file is
+    wanted (a new file's chunks), or the link carries uncompressed batches faster than
+    deflating would pay for (Remote.fast_link: a LAN, loopback), its chunks are not
+    classified (~5 us each: 13% of the client's time holding the GIL on the sync bench's
+    first sync): all go as they are.  Each batch keeps the hashes the scan found for its
+    chunks and the file each came from: the server answers with the hashes of what it
+    stored, and a chunk whose bytes are no longer those the scan hashed (its file changed
+    since) is found there, without hashing it here again; that file fails (`failed`), the
+    others of the batch do not.  The files stay open until `close`."""
+
+    def __init__(self, up: UploadsMixin) -> None:
+        self.up = up
+        self.plain = _Batch(BLOCKS_BATCH_BYTES, False)
+        self.packed = _Batch(DEFLATE_MAX, True)
+        self.fds: list[int] = []
+        self.failed: dict[str, Exception] = {}
+
+    def add_file(self, lf: LocalFile, wanted: set[bytes]) -> None:
+        """Add the chunks of `lf` in `wanted` (taken out of it) to the batches, posting
+        those that fill.  Skip if the file is not the one scanned (nothing of it added)."""
+        progress = self.up.progress
+        if not wanted:
+            progress.advance(lf.size)
+            return
+        wanted_bytes = sum(c.length for c in lf.chunks if c.hash in wanted)
+        classify = wanted_bytes <= 2 * DEFLATE_MAX and not self.up.remote.fast_link()
+        try:
+            fd = os.open(os.path.join(self.up.folder, lf.path),
+                         os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise Skip(f"{lf.path} vanished before its upload") from None
-
-        def post(kind: bool) -> None:
-            batch = batches[kind]
-            if batch.lengths:
-                self._post_blocks(lf, batch, kind)
-                batch.clear()
+        self.fds.append(fd)
+        if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode):
+            raise Skip(f"{lf.path} changed before its upload")
+        path = lf.path
 
         def read_run(run: list[Chunk], start: int, n: int) -> None:
             if not classify:
-                batch = batches[False]
-                if batch.fill + n > batch.capacity:
-                    post(False)
-                batch.add_range(fd, start, n)
-                batch.lengths.extend(c.length for c in run)
-                batch.hashes.extend(c.hash for c in run)
-                self.progress.advance(n)
+                self._room(self.plain, n)
+                self.plain.add_range(fd, start, n, run, path)
+                progress.advance(n)
                 return
             data = os.pread(fd, n, start)
             if len(data) != n:
-                raise Skip(f"{lf.path} changed while being uploaded")
+                raise Skip(f"{path} changed while being uploaded")
             view = memoryview(data)
             at = 0
             for c in run:
                 chunk = view[at:at + c.length]
-                at += c.length
-                kind = compressible(chunk)
-                if batches[kind].fill + c.length > batches[kind].capacity:
-                    post(kind)
-                batches[kind].add(chunk, c)
-                self.progress.advance(c.length)
-
-        try:
-            if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode):
-                raise Skip(f"{lf.path} changed before its upload")
-            # Runs of consecutive wanted chunks, up to READ_SIZE, are read with one pread
-            # each (a new file's chunks are all wanted: a read per MiB, not per chunk).
-            offset = 0
-            run: list[Chunk] = []
-            run_start = 0
-            run_bytes = 0
-            for c in lf.chunks:
-                if c.hash in wanted:
-                    wanted.discard(c.hash)
-                    if (run and run_start + run_bytes != offset) or \
-                            run_bytes + c.length > READ_SIZE:
-                        read_run(run, run_start, run_bytes)
-                        run, run_bytes = [], 0
-                    if not run:
-                        run_start = offset
-                    run.append(c)
-                    run_bytes += c.length
+                if compressible(chunk):
+                    self._room(self.packed, c.length)
+                    self.packed.add(chunk, c, path)
                 else:
-                    self.progress.advance(c.length)
-                offset += c.length
-            if run:
-                read_run(run, run_start, run_bytes)
-            post(False)
-            post(True)
-        finally:
-            os.close(fd)
+                    self._room(self.plain, c.length)
+                    self.plain.add_range(fd, start + at, c.length, [c], path)
+                at += c.length
+                progress.advance(c.length)
 
-    def _post_blocks(self, lf: LocalFile, batch: _Batch, compress: bool = False) -> None:
+        # Runs of consecutive wanted chunks, up to READ_SIZE, are read with one pread
+        # each (a new file's chunks are all wanted: a read per MiB, not per chunk).
+        offset = 0
+        run: list[Chunk] = []
+        run_start = 0
+        run_bytes = 0
+        for c in lf.chunks:
+            if c.hash in wanted:
+                wanted.discard(c.hash)
+                if (run and run_start + run_bytes != offset) or \
+                        run_bytes + c.length > READ_SIZE:
+                    read_run(run, run_start, run_bytes)
+                    run, run_bytes = [], 0
+                if not run:
+                    run_start = offset
+                run.append(c)
+                run_bytes += c.length
+            else:
+                progress.advance(c.length)
+            offset += c.length
+        if run:
+            read_run(run, run_start, run_bytes)
+
+    def _room(self, batch: _Batch, n: int) -> None:
+        if batch.fill + n > batch.capacity:
+            self.post(batch)
+
+    def finish(self) -> None:
+        self.post(self.plain)
+        self.post(self.packed)
+
+    def post(self, batch: _Batch) -> None:
+        """Send a batch; its files fail if it fails (failures that stop the pass go up)."""
+        if not batch.lengths:
+            return
+        hashes, paths = batch.hashes, batch.paths
         stored: list[bytes] | None = None
         try:
-            stored = self.remote.put_blocks(batch.body(), batch.lengths, compress)
+            stored = self.up.remote.put_blocks(batch.body(), batch.lengths, batch.kind)
         except FileShrank:
-            raise Skip(f"{lf.path} changed while being uploaded") from None
+            for p in set(paths):
+                self.failed.setdefault(p, Skip(f"{p} changed while being uploaded"))
+        except Exception as exc:
+            if stops_pass(exc):
+                raise
+            for p in set(paths):
+                self.failed.setdefault(p, exc)
         finally:
             # (Stored or not, no longer this upload's to send.)
-            self._claims.release(batch.hashes, stored == batch.hashes)
-        self._count_sent(batch.fill)
-        if stored != batch.hashes:
+            self.up._claims.release(hashes, stored == hashes)
+            sent = batch.fill
+            batch.clear()
+        if stored is None:
+            return
+        self.up._count_sent(sent)
+        if stored != hashes:
             # Stored under their own hashes (unnamed: garbage for the collector); the file
             # is sent again once the next pass has hashed it as it is now.
-            raise Skip(f"{lf.path} changed while being uploaded")
+            bad = {p for p, h, s in zip(paths, hashes, stored, strict=False) if h != s}
+            for p in bad if len(stored) == len(hashes) else set(paths):
+                self.failed.setdefault(p, Skip(f"{p} changed while being uploaded"))
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 # Each thread's batch buffers, one per kind of batch (deflated or not), kept from file to
@@ -290,33 +369,35 @@ def _thread_buffer(kind: bool, capacity: int) -> bytearray:
 
 
 class _Batch:
-    """Chunks for one POST ?blocks (up to `capacity` bytes), with their lengths and the
-    hashes the scan found for them: either ranges of the file, which the kernel sends
-    (`add_range`), or chunks back to back in one buffer (`add`: this thread's buffer for
-    `kind`, taken on first use, batch after batch of one file).  One _Batch per kind per
-    thread at a time (an upload sends its batches before the next file's)."""
+    """Chunks for one POST ?blocks (up to `capacity` bytes), with their lengths, the hashes
+    the scan found for them and the files they are from: either ranges of the files, which
+    the kernel sends (`add_range`), or chunks back to back in one buffer (`add`: this
+    thread's buffer for `kind`, taken on first use, batch after batch).  One _Batch per
+    kind per thread at a time (a group's batches are sent before the next group's)."""
 
     def __init__(self, capacity: int = BLOCKS_BATCH_BYTES, kind: bool = False) -> None:
         self.capacity = capacity
         self.kind = kind
         self.buf = bytearray()
-        self.fd = -1
-        self.ranges: list[tuple[int, int]] = []
+        self.ranges: list[tuple[int, int, int]] = []  # (fd, offset, length)
         self.fill = 0
         self.lengths: list[int] = []
         self.hashes: list[bytes] = []
+        self.paths: list[str] = []
 
-    def add_range(self, fd: int, offset: int, n: int) -> None:
-        """n bytes of the file `fd` at `offset` (the caller adds their lengths and hashes);
-        not read here."""
+    def add_range(self, fd: int, offset: int, n: int, run: list[Chunk], path: str) -> None:
+        """The chunks `run`, n bytes of the file `fd` (`path`) at `offset`; not read here."""
         assert not self.buf and self.fill + n <= self.capacity
-        self.fd = fd
         last = self.ranges[-1] if self.ranges else None
-        if last is not None and last[0] + last[1] == offset:
-            self.ranges[-1] = (last[0], last[1] + n)
+        if last is not None and last[0] == fd and last[1] + last[2] == offset:
+            self.ranges[-1] = (fd, last[1], last[2] + n)
         else:
-            self.ranges.append((offset, n))
+            self.ranges.append((fd, offset, n))
         self.fill += n
+        for c in run:
+            self.lengths.append(c.length)
+            self.hashes.append(c.hash)
+            self.paths.append(path)
 
     def _room(self, n: int) -> memoryview:
         if not self.buf:
@@ -324,21 +405,32 @@ class _Batch:
         assert self.fill + n <= self.capacity
         return memoryview(self.buf)[self.fill:self.fill + n]
 
-    def add(self, chunk: memoryview, c: Chunk) -> None:
+    def add(self, chunk: memoryview, c: Chunk, path: str) -> None:
         with self._room(c.length) as room:
             room[:] = chunk
         self.fill += c.length
         self.lengths.append(c.length)
         self.hashes.append(c.hash)
+        self.paths.append(path)
 
-    def body(self) -> memoryview | FileRanges:
-        if self.ranges:
-            return FileRanges(self.fd, self.ranges)
-        return memoryview(self.buf)[:self.fill]
+    def body(self) -> memoryview | tuple[FileRanges, ...]:
+        if not self.ranges:
+            return memoryview(self.buf)[:self.fill]
+        parts: list[FileRanges] = []
+        fd = -1
+        ranges: list[tuple[int, int]] = []
+        for f, offset, n in self.ranges:  # (each file's ranges, in the order added)
+            if f != fd and ranges:
+                parts.append(FileRanges(fd, ranges))
+                ranges = []
+            fd = f
+            ranges.append((offset, n))
+        parts.append(FileRanges(fd, ranges))
+        return tuple(parts)
 
     def clear(self) -> None:
         self.fill = 0
-        self.lengths, self.hashes, self.ranges = [], [], []
+        self.lengths, self.hashes, self.paths, self.ranges = [], [], [], []
 
 
 def compressible(data: bytes | memoryview) -> bool:
