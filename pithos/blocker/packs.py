@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pithos.blocker import tmpfiles
 from pithos.core.files import fsync_dir
 from pithos.core.locks import WriterLock, native_lock
-from pithos.core.wal_sync import WalCheckpoints, WalSync
+from pithos.core.wal_sync import CHECKPOINT_BYTES, WalCheckpoints, WalSync
 
 MAGIC = b"PKB1"
 HEADER = struct.Struct(">4s32sI")
@@ -190,7 +190,7 @@ class Packs:
                 db.execute("PRAGMA synchronous=NORMAL")
                 # The WAL is cut back to this after a checkpoint (it would stay at its
                 # largest): the room it took is the disk's again.
-                db.execute("PRAGMA journal_size_limit=4194304")
+                db.execute(f"PRAGMA journal_size_limit={CHECKPOINT_BYTES}")
                 # Checkpoints are a thread's (_checkpoint_if_due): SQLite's own
                 # run inside the COMMIT that passed the mark, under the writer lock and in
                 # the writer's request.

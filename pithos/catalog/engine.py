@@ -34,7 +34,7 @@ from pithos.catalog.space import (
 )
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 from pithos.core.offload import Offload
-from pithos.core.wal_sync import WalCheckpoints, WalSync
+from pithos.core.wal_sync import CHECKPOINT_BYTES, WalCheckpoints, WalSync
 
 T = TypeVar("T")
 STAT_SHARDS = 8
@@ -78,6 +78,9 @@ def _sqlite_setup(engine: Engine, own_checkpoints: bool = False) -> None:
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if own_checkpoints:
             cur.execute("PRAGMA wal_autocheckpoint=0")
+            # A WAL started over is cut back to the mark (its file's size is what
+            # WalCheckpoints looks at), and its room is the disk's again.
+            cur.execute(f"PRAGMA journal_size_limit={CHECKPOINT_BYTES}")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -160,7 +160,9 @@ class WalCheckpoints:
     writers; one a reader holds back is finished by a later one) on a connection of its own.
     Writers that never pause outrun it (a PASSIVE checkpoint cannot finish while they
     append): past `bound` bytes `after_commit` answers True and the writer must checkpoint
-    the WAL whole itself (TRUNCATE, writers waiting), so that it stays bounded.  The thread
+    the WAL whole itself (TRUNCATE, writers waiting), so that it stays bounded.  The WAL's
+    size is its file's: the database's connections set ``journal_size_limit`` to the mark
+    (a file left at its largest would wake the thread after every commit).  The thread
     starts at the first wake in each process (a forked child has no copy of its parent's)."""
 
     def __init__(self, db_path: str, mark: int = CHECKPOINT_BYTES,
@@ -174,6 +176,7 @@ class WalCheckpoints:
         self._wake = native_lock()
         self._idle = native_lock()  # held while a checkpoint runs (close waits for it)
         self._closed = False
+        self.runs = 0  # checkpoints the thread ran (for tests)
 
     def after_commit(self) -> bool:
         """Wake the thread if the WAL is past the mark; whether it is past the bound (the
@@ -182,7 +185,10 @@ class WalCheckpoints:
             size = os.stat(self._wal_path).st_size
         except FileNotFoundError:
             return False
-        if size < self.mark:
+        if size <= self.mark:
+            # (The file, not what it holds: its writers must set journal_size_limit to the
+            # mark, so that a WAL started over is cut back to it and is past it only when
+            # what it holds is.)
             return False
         if size >= self.bound:
             return True
@@ -215,6 +221,7 @@ class WalCheckpoints:
                             db = sqlite3.connect(self._db_path, isolation_level=None,
                                                  check_same_thread=False)
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        self.runs += 1
                     except sqlite3.Error as exc:
                         # (The next wake tries again; the WAL only grows meanwhile.)
                         log.warning("checkpoint of %s failed: %s", self._db_path, exc)
