@@ -55,8 +55,8 @@ MAX_PASSES = 8
 # scale 1 with groups (below), 8 workers 7.6-11.0 s, 16 workers 6.1-8.4 s (a loaded
 # machine, same runs).  What a worker holds: a group's chunk lists (GROUP_FILES files or
 # GROUP_BYTES of them, or one larger file's: ~2.5 MB a GiB) and the ?missing answer for
-# them, two batch buffers of at most 2 * DEFLATE_MAX (compressible chunks of a file that
-# wants no more: a larger upload's batches go from the file by sendfile), a small file.
+# them, a buffer of at most DEFLATE_MAX (compressible chunks, deflated; the others go from
+# the files by sendfile), the group's files open, a small file.
 UPLOAD_WORKERS = 16
 # Uploads prepared while every worker is busy wait as one group, up to this many files or
 # bytes of files (then the scan waits for a worker): a group is sent by one worker, one

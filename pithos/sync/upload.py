@@ -350,15 +350,16 @@ class _Sender:
         self.fds = []
 
 
-# Each thread's batch buffers, one per kind of batch (deflated or not), kept from file to
-# file: a fresh bytearray per file was zeroed and page-faulted in (a first sync's every byte
-# sent, ~0.2 s of the client's CPU a GB, a good part of it holding the GIL).
+# Each thread's batch buffer (for the compressible chunks, deflated), kept from batch to
+# batch: a fresh bytearray per file was zeroed and page-faulted in (when every batch went
+# through one: a first sync's every byte sent, ~0.2 s of the client's CPU a GB, a good part
+# of it holding the GIL).
 _buffers = threading.local()
 
 
 def _thread_buffer(kind: bool, capacity: int) -> bytearray:
     """This thread's buffer for batches of `kind`, of at least `capacity` bytes (made
-    larger only when a larger one is wanted: at most BLOCKS_BATCH_BYTES)."""
+    larger only when a larger one is wanted: at most DEFLATE_MAX, _Sender's)."""
     mine: dict[bool, bytearray] | None = getattr(_buffers, "by_kind", None)
     if mine is None:
         mine = _buffers.by_kind = {}
