@@ -62,8 +62,6 @@ stored without it and read verified whole, as blocks put whole (`put_many`) alwa
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import heapq
 import itertools
@@ -76,6 +74,7 @@ from pithos.blocker import pagecache, tmpfiles
 from pithos.blocker.local_files import (
     _NO_XATTRS,
     _OUTBOARD_XATTR,
+    SharedSyncfs,
     _backend_error,
     _FileWriter,
     _libc_syncfs,
@@ -166,6 +165,8 @@ class LocalBlockStore(PartsStore):
         self._offload = offload or Offload.threads(io_threads, name="blockio")
         self._pool = self._offload.pool
         self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._shared_syncfs = SharedSyncfs(self._root_fd, self._syncfs) \
+            if self._syncfs is not None else None
         try:
             self._restore_trash()
         except OSError as exc:
@@ -380,10 +381,8 @@ class LocalBlockStore(PartsStore):
             pagecache.drop_path(self._path(hash_), len(data))
 
     def _syncfs_or_raise(self) -> None:
-        assert self._syncfs is not None
-        if self._syncfs(self._root_fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        assert self._shared_syncfs is not None
+        self._shared_syncfs.sync()
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]],
                  outboards: Mapping[bytes, bytes] | None = None) -> None:
