@@ -368,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         def step(tool: str, phase: str) -> None:
             r = results[tool]
             src = copies[tool]
+            # Every tool starts with nothing dirty in the page cache: the copies just made
+            # (~1 GB each) are otherwise written back during the first tool's run, whose
+            # syncs wait for them (a syncfs(2) or a journal commit), and not the later ones'.
+            os.sync()
             # CPU of the processes run and reaped meanwhile (the tool), and of the server's.
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             server_cpu0 = servers[tool].peer.cpu_seconds() if tool in servers else 0.0
