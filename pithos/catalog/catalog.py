@@ -42,6 +42,7 @@ from pithos.catalog.images import ImagesMixin
 from pithos.catalog.lease_check import LeaseCheck
 from pithos.catalog.object_versions import ObjectVersionsMixin
 from pithos.catalog.pg_commit import PgCommitMixin
+from pithos.catalog.pg_read_batch import PgReadBatchMixin
 from pithos.catalog.projects import ProjectsMixin
 from pithos.catalog.records import (
     AccountAndContainer,
@@ -75,7 +76,8 @@ def _check_content_type(content_type: str | None) -> None:
 
 
 class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, ProjectsMixin,
-              ObjectVersionsMixin, PgCommitMixin, DeclaredEtagsMixin, CatalogEngine):
+              ObjectVersionsMixin, PgCommitMixin, PgReadBatchMixin, DeclaredEtagsMixin,
+              CatalogEngine):
     """The catalog at a SQLAlchemy URL (e.g. ``sqlite:///data/catalog.sqlite`` or
     ``postgresql://user@host/db``).  Creates or upgrades the schema on open.
 
@@ -343,8 +345,8 @@ class Catalog(UsersMixin, SharingMixin, GcRowsMixin, ImagesMixin, ChangesMixin, 
                                 ) -> CurrentVersion | None:
         """As object(), with the object's public token (None if unpublished), in one
         statement."""
-        rows = self._fetch(h.OBJECT, container_id=container_id, name=name,
-                           now=time.time() if now is None else now)
+        # (Concurrent look-ups share a statement on PostgreSQL: pg_read_batch.py.)
+        rows = self._object_rows(container_id, name, now)
         version = h.object_version(rows)
         return None if version is None else CurrentVersion(version, h.extra(rows))
 

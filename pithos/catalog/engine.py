@@ -59,6 +59,22 @@ BUSY_TIMEOUT_MS = 30000
 CATALOG_WAL_BOUND_BYTES = 8 << 20
 
 
+def _generic_plans(engine: Engine) -> None:
+    """The read engine's prepared statements (pg_direct.py) planned once per connection:
+    they are all look-ups by key (an index probe whatever the values), and the batched
+    look-up of objects (pg_read_batch.OBJECTS) was otherwise planned anew at every run (its
+    custom plan, which knows how many items the arrays hold, always looked cheaper than the
+    generic one), which cost the server more than the statements it saved."""
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True  # (a SET of the session, not of a transaction)
+        try:
+            dbapi_conn.execute("SET plan_cache_mode = force_generic_plan")
+        finally:
+            dbapi_conn.autocommit = autocommit
+
+
 def _sqlite_setup(engine: Engine, own_checkpoints: bool = False) -> None:
     """`own_checkpoints`: the catalog checkpoints the WAL itself (WalCheckpoints), not
     SQLite inside a COMMIT."""
@@ -317,6 +333,7 @@ class CatalogEngine:
             # before each use (SnapshotReads retries a read that finds its connection dead).
             self._read_engine = create_engine(url, isolation_level="AUTOCOMMIT",
                                               pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+            _generic_plans(self._read_engine)
             self._reads = SnapshotReads(self._read_engine, keep=POOL_SIZE)
         self._dialect = self.engine.dialect
         # Raises a database error as the project's (one instance: entered on every lookup).
