@@ -117,6 +117,26 @@ class BlockStoreContract:
         assert store.missing([absent]) == [absent]  # touching never creates
         assert store.touch_sizes([]) == []
 
+    def test_touch_fresh_since(self, store: BlockStore) -> None:
+        """With `fresh_since`, a block put before it is refreshed, one put at or after it
+        may be left as it is; either way every present block is then one a sweep with that
+        cutoff spares, and each size (None: absent) comes back in the order asked."""
+        small = [blob(2000 + i) for i in range(6)]
+        store.put_many(small)
+        time.sleep(1.1)
+        since = cutoff_between()
+        late = [blob(3000 + i) for i in range(6)]
+        store.put_many(late)
+        absent = blob()[0]
+        asked = [late[1][0], absent, small[2][0], late[4][0], small[2][0]]
+        assert store.touch_sizes(asked, fresh_since=since) == [3001, None, 2002, 3004, 2002]
+        assert store.touch_many([small[0][0], absent, late[0][0]], fresh_since=since) \
+            == [absent]
+        named = [small[0][0], small[2][0], late[0][0], late[1][0], late[4][0]]
+        assert store.delete_if_put_before(named, since) == []
+        assert store.missing([absent]) == [absent]  # touching never creates
+        assert store.delete_if_put_before([small[1][0]], since) == [small[1][0]]  # not named
+
     def test_missing(self, store: BlockStore) -> None:
         a, b, c = blob(), blob(), blob()
         store.put_many([a, c])

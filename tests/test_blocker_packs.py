@@ -249,3 +249,36 @@ def test_pithos_store_compact_and_gc_give_back_dead_records(pithos_cli, tmp_path
     assert json.loads(pithos_cli("store", "stats", "--json").stdout)["blocks"] == 0
     bad = pithos_cli("store", "compact", "--min-garbage", "2", check=False)
     assert bad.returncode == 1 and b"between 0 and 1" in bad.stderr
+
+
+def test_a_touch_leaves_rows_stamped_since_fresh_since_unwritten(tmp_path):
+    """A hashmap upload's touch of the chunks it sent a moment before (stamped at or after
+    the time its lease pins) reads their rows and writes none of them: their stamps stay,
+    nothing is appended to the index's WAL, and only the older rows are stamped anew."""
+    store = LocalBlockStore(str(tmp_path / "s"), io_threads=2, pack_min_batch=1)
+    try:
+        old = blocks(20, seed=7)
+        store.put_many(old)
+        time.sleep(0.05)
+        since = time.time()
+        time.sleep(0.05)
+        new = blocks(50, seed=8)
+        store.put_many(new)
+        db = sqlite3.connect(str(tmp_path / "s" / "packs" / "index.sqlite"))
+
+        def stamps() -> dict[bytes, float]:
+            return {bytes(h): s for h, s in db.execute("SELECT hash, stamp FROM blocks")}
+
+        wal = tmp_path / "s" / "packs" / "index.sqlite-wal"
+        before, wal_before = stamps(), wal.stat().st_size
+        assert store.touch_sizes([h for h, _ in new], fresh_since=since) == \
+            [len(d) for _, d in new]
+        assert stamps() == before  # only read
+        assert wal.stat().st_size == wal_before
+        assert store.touch_many([h for h, _ in old + new], fresh_since=since) == []
+        after = stamps()
+        assert all(after[h] > before[h] for h, _ in old)  # the older ones stamped anew
+        assert all(after[h] == before[h] for h, _ in new)
+        db.close()
+    finally:
+        store.close()

@@ -2,8 +2,10 @@
 
 Writers of several processes (each with its writer leases over one real SQLite catalog and
 its liveness locks) begin, put new blocks, reuse blocks others stored (touch, or put again
-if gone), pause (other steps run meanwhile, for as long as the machine likes), commit their
-maps, or die with their process (kill -9: its lock goes, its row stays).  Collectors take
+if gone; or, as a hashmap upload does, touch only those stamped before the time the
+writer's lease pins: WriterLeases.pin), pause (other steps run meanwhile, for as long as
+the machine likes), commit their maps, or die with their process (kill -9: its lock goes,
+its row stays).  Collectors take
 their mark start and the leases, mark, sweep batch by batch, or crash between any two steps;
 committed maps are also dropped again, making garbage.  Blocks live in a MemoryBlockStore,
 and again in a LocalBlockStore whose blocks are all packed (pithos.blocker.packs), where a
@@ -98,8 +100,10 @@ class WritersAndCollector(RuleBasedStateMachine):
         self.start_process()
 
     def start_process(self) -> None:
+        # (refresh_s=0: a busy process moves its row forward at every writer's end, as far as
+        # the writers in flight, pinned ones included, let it.)
         self.processes[self.next_process] = WriterLeases(
-            self.catalog, liveness=FileLiveness(self.lock_dir), idle_clear_s=0)
+            self.catalog, liveness=FileLiveness(self.lock_dir), idle_clear_s=0, refresh_s=0)
         self.next_process += 1
 
     def alive(self) -> list[int]:
@@ -133,6 +137,21 @@ class WritersAndCollector(RuleBasedStateMachine):
         data = ((which % self.data_seq) + 1).to_bytes(8, "big") * (BLOCK // 8)
         h = block_hash(data)
         if self.blocker.touch_many([h]):
+            self.blocker.put_many([data])
+        writer.blocks.append(data)
+
+    @rule(pick=st.integers(0, 10), which=st.integers(0, 1000))
+    def reuse_pinned(self, pick: int, which: int) -> None:
+        """`reuse` as a hashmap upload names the chunks it sent a moment before: a block
+        stamped at or after the time the writer's lease pins is only found, not touched.
+        (One of the last few blocks made: those whose stamps fall near the pinned time.)"""
+        writer = self.writer(pick)
+        if writer is None or self.data_seq == 0:
+            return
+        seq = self.data_seq - which % min(self.data_seq, 3)
+        data = seq.to_bytes(8, "big") * (BLOCK // 8)
+        since = self.processes[writer.process].pin(writer.ticket)
+        if self.blocker.touch_many([block_hash(data)], since):
             self.blocker.put_many([data])
         writer.blocks.append(data)
 
@@ -261,3 +280,53 @@ WritersAndCollectorOnPacks.TestCase.settings = settings(
     max_examples=40, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestWritersAndCollectorOnPacks = WritersAndCollectorOnPacks.TestCase
+
+
+def _sweep_all(blocker: Blocker, catalog: Catalog, lock_dir: str) -> None:
+    """A whole collector run with no roots: every block it may take is garbage."""
+    import time
+
+    started = time.time()
+    run = Collection(blocker, started=started,
+                     oldest_upload=oldest_live_writer(catalog, FileLiveness(lock_dir)),
+                     clock_margin_s=0.0)
+    run.mark([])
+    for batch in run.candidates():
+        run.sweep(batch)
+    run.finish()
+
+
+def _pinned_scenario(tmp_path, *, older_writer: bool) -> tuple[Blocker, bytes]:
+    """Process 1's writer puts a block and gives up (garbage, its process idle and its row
+    cleared); process 0's writer W then names it as a hashmap upload does (touching it
+    only if stamped before W's pinned time); if `older_writer`, an older writer of process
+    0 was in flight throughout and ends before the collector runs.  Returns the store and
+    the block's hash: W, still in flight, must find it present after a whole sweep."""
+    catalog = Catalog(f"sqlite:///{tmp_path}/catalog.sqlite")
+    lock_dir = str(tmp_path / "catalog.sqlite-leases")
+    blocker = Blocker(MemoryBlockStore(), block_size=4096)
+    p0, p1 = (WriterLeases(catalog, liveness=FileLiveness(lock_dir), idle_clear_s=0,
+                           refresh_s=0) for _ in range(2))
+    older = p0.begin() if older_writer else None
+    v = p1.begin()
+    data = b"x" * BLOCK
+    blocker.put_many([data])
+    p1.end(v)
+    p1.clear_if_idle()
+    w = p0.begin()
+    h = block_hash(data)
+    assert blocker.touch_many([h], p0.pin(w)) == []
+    if older is not None:
+        p0.end(older)  # the row may not move past what W pinned
+    _sweep_all(blocker, catalog, lock_dir)
+    return blocker, h
+
+
+def test_a_writer_naming_an_older_block_touches_it_whatever_its_pin(tmp_path):
+    blocker, h = _pinned_scenario(tmp_path, older_writer=False)
+    assert blocker.missing([h]) == [], "a live writer lost a block it named"
+
+
+def test_a_pinned_writer_keeps_the_row_back_when_older_writers_end(tmp_path):
+    blocker, h = _pinned_scenario(tmp_path, older_writer=True)
+    assert blocker.missing([h]) == [], "a live writer lost a block it named"

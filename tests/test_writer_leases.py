@@ -311,3 +311,50 @@ def test_writers_that_begin_while_the_row_is_written_wait_for_it_not_write_it_ag
         counter.close()
         leases.close()
         catalog.close()
+
+
+def test_a_pinned_writer_holds_the_row_back_and_its_time_is_the_rows_age(catalog):
+    """pin: a time T such that every collector's cutoff stays at or before it while the
+    writer is in flight.  T is no earlier than the start the row says nor than when the row
+    was first written this busy period; the pinned writer counts as in flight since the
+    row's start, so ending older writers no longer moves the row forward; a writer that
+    ended, or a new busy period's row, gets nothing older."""
+    leases = WriterLeases(catalog, idle_clear_s=0, refresh_s=0)
+    before = time.time()
+    a = leases.begin()
+    written = time.time()
+    row = oldest_live_writer(catalog)
+    assert row is not None and before <= row <= written
+    b = leases.begin()
+    pinned = leases.pin(b)
+    assert pinned is not None and row <= pinned <= written
+    # A's end would move the row forward to B's start (refresh_s=0): B, pinned, holds it.
+    leases.end(a)
+    assert oldest_live_writer(catalog) == row
+    c = leases.begin()
+    leases.end(b)
+    assert oldest_live_writer(catalog) > row  # unpinned: the row moves on to C's start
+    leases.end(c)
+    assert leases.pin(c) is None  # ended: nothing promised
+    leases.clear_if_idle()
+    assert oldest_live_writer(catalog) is None
+    cleared = time.time()
+    d = leases.begin()
+    again = leases.pin(d)
+    assert again is not None and again >= cleared  # a new row: no age from the old one
+    leases.end(d)
+    leases.close()
+
+
+def test_a_pin_is_never_before_the_row_was_written(catalog):
+    """A collector whose mark started before the row was in the catalog may not have read
+    it: the pinned time is the later of the row's start and when the row was written (a
+    clock that steps at every reading tells the two apart)."""
+    ticks = iter(range(100, 10_000))
+    leases = WriterLeases(catalog, clock=lambda: float(next(ticks)), idle_clear_s=0)
+    a = leases.begin()
+    row = oldest_live_writer(catalog)
+    pinned = leases.pin(a)
+    assert row is not None and pinned is not None and pinned > row
+    leases.end(a)
+    leases.close()

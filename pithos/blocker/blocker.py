@@ -271,14 +271,17 @@ class Blocker:
         """Which of these blocks are absent (each once, in the order given)."""
         return self.store.missing(hashes)
 
-    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
-        """Refresh blocks referenced without their bytes; returns the absent ones."""
-        return self.store.touch_many(hashes)
+    def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                   ) -> list[bytes]:
+        """Refresh blocks referenced without their bytes; returns the absent ones.  Blocks
+        put at or after `fresh_since` may be only found present (BlockStore.touch_many)."""
+        return self.store.touch_many(hashes, fresh_since)
 
-    def touch_sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+    def touch_sizes(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                    ) -> list[int | None]:
         """Refresh blocks referenced without their bytes, as `touch_many`; the size of each,
         None for an absent one (see BlockStore.touch_sizes)."""
-        return self.store.touch_sizes(hashes)
+        return self.store.touch_sizes(hashes, fresh_since)
 
     def delete_many(self, hashes: Sequence[bytes]) -> int:
         """Remove blocks; absent ones are ignored.  Callers delete references first."""

@@ -553,18 +553,23 @@ class LocalBlockStore(PartsStore):
         present = self._map(lambda h: os.path.exists(self._path(h)), rest)
         return [h for h, here in zip(rest, present, strict=True) if not here]
 
-    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+    def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                   ) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
-        return [h for h, size in zip(unique, self.touch_sizes(unique), strict=True)
+        return [h for h, size in zip(unique, self.touch_sizes(unique, fresh_since),
+                                     strict=True)
                 if size is None]
 
-    def touch_sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+    def touch_sizes(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                    ) -> list[int | None]:
         unique = list(dict.fromkeys(hashes))
         try:
             packs = self._packs_ro()
             # One update of the index that answers which are packed and their lengths (no
-            # look-up first); the others are looked for as files.
-            found: dict[bytes, int | None] = dict(self._offload.run(packs.refresh, unique)) \
+            # look-up first); the others are looked for as files (each refreshed: a file's
+            # age is its mtime, and a stat costs about what the refresh does).
+            found: dict[bytes, int | None] = dict(
+                self._offload.run(packs.refresh, unique, fresh_since)) \
                 if packs is not None and unique else {}
             rest = [h for h in unique if h not in found]
             found.update(zip(rest, self._map(lambda h: _refresh(self._path(h)), rest),

@@ -75,11 +75,12 @@ class MemoryBlockStore(BlockStore):
         with self._lock:
             return list(dict.fromkeys(h for h in hashes if h not in self._blobs))
 
-    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+    def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                   ) -> list[bytes]:
         now = time.time()
         with self._lock:
             for h in hashes:
-                if h in self._blobs:
+                if h in self._blobs and (fresh_since is None or self._put_at[h] < fresh_since):
                     self._put_at[h] = now
             return list(dict.fromkeys(h for h in hashes if h not in self._blobs))
 

@@ -332,17 +332,37 @@ class Packs:
 
     # -- the BlockStore operations on packed blocks ------------------------------------------
 
-    def refresh(self, hashes: Sequence[bytes]) -> dict[bytes, int]:
+    def refresh(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                ) -> dict[bytes, int]:
         """Set the stamp of each packed block among `hashes` to now; returns those that had
-        a row (and so are present, refreshed, when this returns), with their lengths."""
+        a row (and so are present, refreshed, when this returns), with their lengths.  A row
+        stamped at or after `fresh_since` is only read, not rewritten (BlockStore.touch_many:
+        the writer's lease keeps every sweep's cutoff before it)."""
         if not hashes:
             return {}
         db = self._db()
-        now = time.time()
         unique = list(dict.fromkeys(hashes))
         found: dict[bytes, int] = {}
+        if fresh_since is not None:
+            # A hashmap upload names the chunks it sent a moment before: their rows are read
+            # (no write lock, no page written to the WAL, no sync) and only the older ones
+            # rewritten.  (A row that vanishes or appears after this read is reported as
+            # the update or the caller's look-up for a file finds it: absent, or present.)
+            rows = self._rows(db, unique)
+            stale = []
+            for h in unique:
+                row = rows.get(h)
+                if row is not None and row[3] >= fresh_since:
+                    found[h] = row[2]
+                elif row is not None:
+                    stale.append(h)
+            unique = stale
+            if not unique:
+                return found
+        fresh = len(found)
+        now = time.time()
         # (Nothing updated, nothing to make durable: blocks kept as files.)
-        with self._write(db, changed=lambda: bool(found)):
+        with self._write(db, changed=lambda: len(found) > fresh):
             # A statement per few hundred hashes, not per hash (a hashmap upload touches
             # every block it names: 60,000 of them a GB of 16 KiB chunks), each answering the
             # rows it updated and their lengths (RETURNING: one pass over the index, where a

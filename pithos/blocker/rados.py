@@ -232,7 +232,10 @@ class RadosBlockStore(BlockStore):
         self._create(names, datas,
                      [i for i, code in zip(present, codes, strict=True) if code == -errno.ENOENT])
 
-    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+    def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                   ) -> list[bytes]:
+        # (Every object refreshed, `fresh_since` or not: its age is the OSD's mtime, on
+        # another host's clock, and the refresh is one op of the round trip a look-up takes.)
         unique = list(dict.fromkeys(hashes))
         codes = self._refresh([h.hex() for h in unique])
         return [h for h, code in zip(unique, codes, strict=True) if code == -errno.ENOENT]

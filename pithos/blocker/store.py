@@ -63,11 +63,17 @@ class BlockStore(ABC):
         """The hashes of the batch that are absent, in the order given (duplicates once)."""
 
     @abstractmethod
-    def touch_many(self, hashes: Sequence[bytes]) -> list[bytes]:
+    def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                   ) -> list[bytes]:
         """Refresh the age of each present blob, as a repeat put would, without its bytes;
         returns the absent hashes (in the order given, each once).  A writer that references
         blocks it did not send (a hashmap upload) touches them first, so that a concurrent
-        sweep, which removes only blobs older than its mark, spares them."""
+        sweep, which removes only blobs older than its mark, spares them.
+
+        `fresh_since` (`time.time()`'s clock): a blob last put at or after it may be left
+        as it is, only found present (no write).  A writer passes the time its lease pins
+        (pithos.catalog.leases.WriterLeases.pin): no sweep removes such a blob before the
+        writer ends.  A store may refresh every blob anyway."""
 
     @abstractmethod
     def delete_many(self, hashes: Sequence[bytes]) -> int:
@@ -96,12 +102,13 @@ class BlockStore(ABC):
         `start_after` (so an interrupted scan resumes from the last hash it saw).  Blobs put or
         deleted during the scan may or may not appear."""
 
-    def touch_sizes(self, hashes: Sequence[bytes]) -> list[int | None]:
+    def touch_sizes(self, hashes: Sequence[bytes], fresh_since: float | None = None
+                    ) -> list[int | None]:
         """`touch_many` that also gives the size of each blob it refreshed: None for an
         absent one (in the order given).  A hashmap upload touches the blocks it names and
         holds its entries' lengths to their sizes; a store that finds both in one look-up
         overrides this (LocalBlockStore: one pass over its packs' index, not three)."""
-        absent = set(self.touch_many(hashes))
+        absent = set(self.touch_many(hashes, fresh_since))
         present = [h for h in dict.fromkeys(hashes) if h not in absent]
         found = dict(zip(present, self.sizes(present), strict=True))
         return [found.get(h) for h in hashes]

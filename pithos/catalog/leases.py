@@ -6,6 +6,8 @@ The protocol (docs/design.md, "Writers and the garbage collector"):
   under its process's lease before it puts or touches its first block, and commits its root
   (a catalog version, a recorded root, a volume head) inside `commit_guard` before it ends.
   Every block it puts or touches is stamped by the block store at or after the writer began.
+  A writer that names blocks it did not put may pin its lease instead (`WriterLeases.pin`):
+  those stamped at or after the pinned time need no touch.
 - A process's lease is one catalog row, "my oldest writer in flight began at T", written
   before that writer goes on whenever the process goes from idle to busy, and a liveness
   lock the process holds for as long as it lives: an flock on a file beside an SQLite catalog,
@@ -275,12 +277,14 @@ class WriterLeases:
 
     def __init__(self, catalog: Catalog, liveness: Liveness | None = None,
                  clock: Callable[[], float] = time.time,
-                 idle_clear_s: float | None = None) -> None:
+                 idle_clear_s: float | None = None, refresh_s: float = REFRESH_S) -> None:
         """`idle_clear_s`: how long after going idle the row is cleared (default
         IDLE_CLEAR_S; 0 disables the timer, and whoever drives the leases calls
-        `clear_if_idle`, as the protocol's model test does)."""
+        `clear_if_idle`, as the protocol's model test does); `refresh_s`: how often a busy
+        process moves its row's start forward (the model test moves it at every end)."""
         self.catalog = catalog
         self.idle_clear_s = IDLE_CLEAR_S if idle_clear_s is None else idle_clear_s
+        self.refresh_s = refresh_s
         self.liveness = liveness or liveness_for(catalog)
         self.clock = clock
         # Under a server these are gevent's, taken by the worker's greenlets only (the API's
@@ -295,6 +299,9 @@ class WriterLeases:
         self._published: float | None = None  # the start the row says (None: no row)
         self._published_lease: int | None = None  # the lease whose row that is
         self._published_at = 0.0
+        # When the row `_published` names was first in the catalog, this busy period (None:
+        # no row, or one not known to be there): it has said `_published` or less since.
+        self._row_since: float | None = None
         self._syncing = False  # a write of the row is under way
         self._stale_row = False  # a write of the row failed: the catalog may hold an old one
         self._clear_armed = False
@@ -336,12 +343,36 @@ class WriterLeases:
         with self._lock:
             self._inflight.pop(ticket.token, None)
             idle = not self._inflight
-            due = not idle and self.clock() - self._published_at >= REFRESH_S
+            due = not idle and self.clock() - self._published_at >= self.refresh_s
         if idle:
             self._arm_clear()
         elif due:
             with contextlib.suppress(Exception):  # a stale start only makes gc more careful
                 self._sync()
+
+    def pin(self, ticket: Ticket) -> float | None:
+        """For a writer that names blocks it did not put (a hashmap upload): a time T such
+        that no collector removes a block stamped at or after T before this writer ends, so
+        such a block need not be touched (BlockStore.touch_many's `fresh_since`); None if
+        the lease promises nothing now (no row known to be in the catalog).
+
+        Why: the row has said P (the start it publishes) or less ever since it was first in
+        the catalog, at R, as a row only moves forward while its process stays busy; from
+        now on this writer counts as in flight since P, so the row stays at P until it ends.
+        A collector whose mark started at or after R read the row (or revoked it, and this
+        writer's commit fails): its cutoff is at most P less its margin.  One whose mark
+        started before R has a cutoff before R.  So T = max(P, R)."""
+        with self._lock:
+            since = self._row_since
+            published = self._published
+            if (since is None or published is None or self._syncing
+                    or self._lease_id != ticket.lease_id
+                    or self._published_lease != ticket.lease_id
+                    or ticket.token not in self._inflight):
+                return None
+            # (Every writer in flight began at or after `published`: this moves no row.)
+            self._inflight[ticket.token] = min(self._inflight[ticket.token], published)
+            return max(published, since)
 
     def _arm_clear(self) -> None:
         """Clear the row in `idle_clear_s` if still idle then (one timer at a time)."""
@@ -390,6 +421,7 @@ class WriterLeases:
                 return
             self._lease_id = None
             self._published = None
+            self._row_since = None
         self.liveness.release(lease_id)
 
     # -- the row ---------------------------------------------------------------------------------
@@ -418,6 +450,12 @@ class WriterLeases:
         with self._lock:
             oldest = min(self._inflight.values(), default=None)
             lease_id = self._lease_id
+            # A row moved forward keeps its age; a new one (or one that may not be there,
+            # after a failed write) has none until it is written.
+            moved = (self._published is not None and self._published_lease == lease_id
+                     and oldest is not None and self._row_since is not None)
+            if not moved:
+                self._row_since = None
             self._published = oldest
             self._published_lease = lease_id
             self._published_at = self.clock()
@@ -428,11 +466,15 @@ class WriterLeases:
         except BaseException:
             with self._lock:
                 self._published = None  # the next writer writes it again
+                self._row_since = None
                 self._stale_row = True
             raise
         else:
             with self._lock:
                 self._stale_row = False
+                if not moved and oldest is not None and lease_id is not None \
+                        and self._published_lease == lease_id:
+                    self._row_since = self.clock()
         finally:
             with self._lock:
                 self._syncing = False
@@ -455,6 +497,7 @@ class WriterLeases:
         with self._lock:
             lease_id, self._lease_id = self._lease_id, None
             self._inflight.clear()
+            self._row_since = None
         if lease_id is not None:
             with contextlib.suppress(Exception):
                 self.catalog.publish_upload_lease(lease_id, None)

@@ -112,10 +112,12 @@ class Hashmaps:
         refused = [h for h in unique if h not in allowed]
         named = [h for h in unique if h in allowed]
         blocker = self.mapper.blocker
+        # (The chunks an upload sent a moment before are only found, not rewritten.)
+        fresh_since = self.objects.fresh_since() if named else None
         if not sizes:
-            absent = set(blocker.touch_many(named))
+            absent = set(blocker.touch_many(named, fresh_since))
             return refused + [h for h in named if h in absent], {}
-        found = dict(zip(named, blocker.touch_sizes(named), strict=True))
+        found = dict(zip(named, blocker.touch_sizes(named, fresh_since), strict=True))
         present = {h: n for h, n in found.items() if n is not None}
         return refused + [h for h in named if h not in present], present
 

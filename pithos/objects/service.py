@@ -414,6 +414,13 @@ class ObjectService(LargeObjects):
             finally:
                 _WRITER.reset(reset)
 
+    def fresh_since(self) -> float | None:
+        """For the writer in flight that names blocks it did not put: blocks stamped at or
+        after this time need no touch (WriterLeases.pin); None outside a writer, or when
+        its lease promises nothing (then every block is touched)."""
+        ticket = _WRITER.get()
+        return None if ticket is None else self.leases.pin(ticket)
+
     def commit_version(self, container_id: int, name: str, **version: Any) -> ObjectVersion:
         """catalog.put_version, inside the commit guard of the writer in flight (if any)."""
         ticket = _WRITER.get()
