@@ -17,6 +17,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 
 def native_lock() -> _thread.LockType:
@@ -41,21 +42,37 @@ def start_native_thread(target: Callable[[], None]) -> None:
     monkey.get_original("_thread", "start_new_thread")(target, ())
 
 
+# (whether `threading` is patched, the hub of the calling thread if any, the real thread
+# id): looked up once, not per call (the imports and get_original were ~3% of a server
+# worker's CPU per small PUT, which asks twice); False without gevent.
+_GEVENT: tuple[Callable[[str], bool], Callable[[], object], Callable[[], int]] | None = None
+
+
 def waits_cooperatively() -> bool:
     """Whether the calling thread may wait on the hub's primitives (a gevent Event, a
     future of gevent's pool): any thread without gevent's patch, only the hub's own thread
     with it.  A pool thread waiting on them can lose its wakeup (the module docstring)."""
+    parts = _GEVENT or _gevent_parts()
+    if not parts:
+        return True
+    is_patched, hub_of_thread, real_get_ident = parts
+    if not is_patched("threading"):
+        return True
+    hub: Any = hub_of_thread()
+    return hub is not None and bool(hub.thread_ident == real_get_ident())
+
+
+def _gevent_parts() -> Any:
+    global _GEVENT
     try:
         from gevent import monkey
-    except ImportError:  # pragma: no cover
-        return True
-    if not monkey.is_module_patched("threading"):
-        return True
-    from gevent._hub_local import get_hub_if_exists
-
-    hub = get_hub_if_exists()
-    return hub is not None and hub.thread_ident == monkey.get_original(
-        "_thread", "get_ident")()
+        from gevent._hub_local import get_hub_if_exists
+    except ImportError:  # pragma: no cover (gevent is a dependency)
+        return False
+    # (The original get_ident whether or not the patch came yet: gevent keeps it.)
+    _GEVENT = (monkey.is_module_patched, get_hub_if_exists,
+               monkey.get_original("_thread", "get_ident"))
+    return _GEVENT
 
 
 class WriterLock:
