@@ -20,6 +20,7 @@ from sqlalchemy import (
 
 from pithos.catalog import hot_statements as h
 from pithos.catalog import schema as s
+from pithos.catalog.grant_cache import GrantCache, Tag
 from pithos.catalog.prepared import Prepared, _wrapped
 from pithos.catalog.records import (
     AccountSharing,
@@ -269,13 +270,30 @@ class SharingMixin:
 
     # -- blocks an account may name (dedup without leaking) ------------------------------------
 
+    def _grant_cache(self) -> GrantCache | None:
+        """The grants this server worker keeps (pithos/catalog/grant_cache.py); None outside
+        a server worker, where lookups are not cached either."""
+        if not self._info_ttl:
+            return None
+        cache: GrantCache | None = self.__dict__.get("_grants")
+        if cache is None:
+            cache = self.__dict__["_grants"] = GrantCache(self._grant_tag)
+        return cache
+
+    def _grant_tag(self) -> Tag:
+        return (self._stamp.read() if self._stamp is not None else 0, self._info_gen)
+
     def grant_blocks(self, account_id: int, hashes: Sequence[bytes]) -> None:
         """Record that the account may name these blocks by hash (it sent their bytes or read
         a map that names them)."""
+        cache = self._grant_cache()
+        tag = cache.tag() if cache is not None else None
         # (No account, container or sharing row changes: the cached lookups of every process
         # stay, where a grant after each POST ?blocks made every worker load them again.)
         with self._write(keeps_info=True) as conn:
             self._grant(conn, account_id, hashes)
+        if cache is not None and tag is not None:
+            cache.keep("account", account_id, hashes, tag)
 
     def _grant(self, conn: Connection, account_id: int, hashes: Sequence[bytes]) -> None:
         # Sorted: inserting a row another uncommitted insert made waits for that writer, so
@@ -298,9 +316,13 @@ class SharingMixin:
         unique = list(dict.fromkeys(hashes))
         if not unique:
             return
+        cache = self._grant_cache()
+        tag = cache.tag() if cache is not None else None
         with self._write(keeps_info=True) as conn:  # (as grant_blocks)
             self._run_in(conn, h.USER_GRANT[self._dialect.name],
                          [{"user_id": user_id, "hash": block} for block in unique])
+        if cache is not None and tag is not None:
+            cache.keep("user", user_id, unique, tag)
 
     def granted_user_blocks(self, user_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of these blocks the user may name (its own grants only)."""
@@ -312,8 +334,20 @@ class SharingMixin:
 
     def _granted(self, stmt: Any, owner_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """The hashes among `hashes` that the owner `owner_id` holds by `stmt` (GRANTED or
-        USER_GRANTED), GRANTED_BATCH at a time."""
+        USER_GRANTED): those this worker keeps, and the catalog's answer for the others."""
         unique = list(dict.fromkeys(hashes))
+        cache = self._grant_cache()
+        if cache is None or not unique:
+            return self._granted_rows(stmt, owner_id, unique)
+        table = "account" if stmt is GRANTED else "user"
+        tag = cache.tag()
+        kept = cache.known(table, owner_id, unique, tag)
+        found = self._granted_rows(stmt, owner_id, [h for h in unique if h not in kept])
+        cache.keep(table, owner_id, found, tag)
+        return kept | found
+
+    def _granted_rows(self, stmt: Any, owner_id: int, unique: Sequence[bytes]) -> set[bytes]:
+        """`_granted` by the catalog's rows, GRANTED_BATCH hashes a statement."""
         found: set[bytes] = set()
         if not unique:
             return found
