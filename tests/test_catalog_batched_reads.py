@@ -256,7 +256,8 @@ b = LookupBatcher(one, many, max_in_flight=1)
 g = {k: gevent.spawn(b.fetch, k) for k in range(5)}
 gevent.sleep(0.01)
 assert b.queued() == 4, b.queued()
-# A request killed (its timeout: a BaseException) while it waits leaves the queue: no statement for it.
+# A request killed (its timeout: a BaseException) while it waits leaves the queue:
+# no statement for it.
 g[1].kill(gevent.Timeout())
 assert b.queued() == 3
 gates[0].set()
