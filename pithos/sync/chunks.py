@@ -25,12 +25,20 @@ class PieceCutter:
     every piece into its stream buffer (a 1 MiB copy and often a new buffer per piece,
     ~20% of the scan thread's time holding the GIL).  Not thread-safe."""
 
-    def __init__(self, piece_size: int, file_size: int) -> None:
+    def __init__(self, piece_size: int, file_size: int, buf: bytearray | None = None) -> None:
+        """`buf`: a buffer to cut in (one `buffer_size(piece_size)` long, given back by a
+        cutter done with it), rather than a new one zeroed for this file."""
         # (A small file's buffer is its size: read whole, then the read that finds its end.)
         self.piece_size = piece_size
-        self.buf = bytearray(min(piece_size, file_size + 1) + MAX_SIZE + MIN_SIZE)
+        size = min(piece_size, file_size + 1) + MAX_SIZE + MIN_SIZE
+        self.buf = buf if buf is not None and len(buf) >= size else bytearray(size)
         self.start = self.end = 0
         self.finished = False
+
+    @staticmethod
+    def buffer_size(piece_size: int) -> int:
+        """The size of a large file's buffer: one any file can be cut in."""
+        return piece_size + MAX_SIZE + MIN_SIZE
 
     def read(self, f: Readable) -> memoryview:
         """Read the next piece of `f` (up to piece_size bytes; fewer at its end); a view of
