@@ -249,25 +249,6 @@ def hash_file(folder: str, rel: str, st: os.stat_result) -> LocalFile:
 # is written hashes its files again next time, nothing worse.
 CACHE_BATCH_FILES = 64
 CACHE_BATCH_CHUNKS = 8192
-# The files the first lanes start with beside the largest one: at most this size, so that
-# uploads begin after a few MiB are hashed (see hash_order).
-QUICK_START_BYTES = 2 << 20
-
-
-def hash_order(stale: list[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:
-    """The order files are hashed in: the largest first, except that the first lanes take,
-    beside the largest, the largest files of at most QUICK_START_BYTES.  Each file's upload
-    starts when it is hashed, and a large one's chunks go batch after batch on one upload
-    worker, so one hashed last (the walk's order put the sync bench's 128 MiB image there)
-    was the end of the run by itself, ~1 s after every other upload had finished.  But the
-    lanes step through their files together: with the largest eight in them, the first
-    finished only after ~100 MB were hashed, ~0.1 s in which nothing was sent."""
-    ordered = sorted(stale, key=lambda item: item[1].st_size, reverse=True)
-    quick = [i for i, (_, st) in enumerate(ordered[1:], 1)
-             if st.st_size <= QUICK_START_BYTES][:HASH_LANES - 1]
-    first = set(quick)
-    return ordered[:1] + [ordered[i] for i in quick] + \
-        [item for i, item in enumerate(ordered[1:], 1) if i not in first]
 
 
 def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None],
@@ -297,7 +278,14 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
             result.files[rel] = cached
             continue
         stale.append((rel, st))
-    for rel, f in hash_files(folder, hash_order(stale)):
+    # The largest first: each file's upload starts when it is hashed, and a large one's
+    # chunks go batch after batch on one upload worker, so one hashed last (the walk's
+    # order put the sync bench's 128 MiB image there) was the end of the run by itself,
+    # ~1 s after every other upload had finished.  (Starting the first lanes with files of
+    # a few MiB beside the largest, so that uploads began sooner, measured no faster and
+    # cost the MD5 lanes: benchmarks/README.md, sync_bench.)
+    stale.sort(key=lambda item: item[1].st_size, reverse=True)
+    for rel, f in hash_files(folder, stale):
         if isinstance(f, Vanished):
             report(f"{rel} vanished while being read (skipped)")
             result.unknown.add(rel)
