@@ -8,7 +8,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -17,7 +16,7 @@ from pithos.blocker import pagecache, tmpfiles
 from pithos.blocker.store import PartReader, PartsWriter
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 from pithos.core.files import fsync_dir
-from pithos.core.locks import native_lock
+from pithos.core.wal_sync import GroupSync
 
 
 class _Store(Protocol):
@@ -65,33 +64,24 @@ def _libc_syncfs() -> Callable[[int], int]:
 
 class SharedSyncfs:
     """syncfs(2) of the filesystem of `fd`, shared by the callers that want one at the same
-    time: a call returns once a syncfs that began after it was made has completed, so
-    callers arriving while one runs share the next (the uploads of a sync client, each a map
-    page or a small object to make durable, asked for hundreds a second; each syncfs waits
-    for whatever else is dirty on the filesystem, and a second one at once mostly redoes
-    the first's walk).  A failed syncfs is raised to its caller, and covers nobody: the
-    others try again."""
+    time (pithos.core.wal_sync.GroupSync: a call returns once a syncfs that began after it
+    was made has completed): the uploads of a sync client, each a map page or a small object
+    to make durable, asked for hundreds a second; each syncfs waits for whatever else is
+    dirty on the filesystem, and a second one at once mostly redoes the first's walk.  A
+    failed syncfs is raised to its caller, and covers nobody: the others try again."""
 
     def __init__(self, fd: int, syncfs: Callable[[int], int]) -> None:
         self._fd = fd
         self._syncfs = syncfs
-        self._tickets = itertools.count(1)
-        self._issued = 0
-        self._synced = 0
-        # Held across the syncfs by the thread running it: callers are threads that may
-        # block (a pool's, under a server), never a hub's greenlets (pithos/core/locks.py).
-        self._lock = native_lock()
+        self._group = GroupSync(self._sync)
+
+    def _sync(self) -> None:
+        if self._syncfs(self._fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def sync(self) -> None:
-        ticket = self._issued = next(self._tickets)
-        with self._lock:
-            if self._synced >= ticket:
-                return
-            target = self._issued  # (issued after their writes: this syncfs covers them)
-            if self._syncfs(self._fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-            self._synced = max(self._synced, target)
+        self._group.sync()
 
 
 def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:

@@ -48,6 +48,44 @@ CHECKPOINT_BYTES = 4 << 20
 WAL_BOUND_BYTES = 4 * CHECKPOINT_BYTES
 
 
+class GroupSync:
+    """One blocking sync (`do_sync`) shared by the callers that want one at the same time:
+    a call returns once a sync that began after it was made has completed, so callers that
+    arrive while one runs share the next.  A failed sync is raised to its caller and covers
+    nobody: the next call syncs again.  Callers are threads that may block (a pool's under a
+    server, never a hub's greenlets): the native lock is held across the sync."""
+
+    def __init__(self, do_sync: Callable[[], None]) -> None:
+        self._do_sync = do_sync
+        self._tickets = itertools.count(1)
+        self._issued = 0
+        self._synced = 0
+        # Held across the sync: what the sync uses may be changed under it (WalSync.close).
+        self.lock = native_lock()
+
+    def issue(self) -> int:
+        """A ticket for a caller whose writes are done: a sync begun after it covers it."""
+        ticket = self._issued = next(self._tickets)
+        return ticket
+
+    def covered(self, ticket: int) -> bool:
+        return self._synced >= ticket
+
+    def sync(self) -> None:
+        self.sync_upto(self.issue())
+
+    def sync_upto(self, ticket: int) -> None:
+        """Sync unless a sync that began after `ticket` was issued has finished meanwhile
+        (the caller waited for the lock while it ran): the tickets issued before a sync
+        begins are covered by it."""
+        with self.lock:
+            if self._synced >= ticket:
+                return
+            target = self._issued
+            self._do_sync()
+            self._synced = max(self._synced, target)
+
+
 class WalSync:
     """The group commit of one SQLite database's WAL file, `wal_path` (the database's path
     and "-wal")."""
@@ -60,33 +98,32 @@ class WalSync:
         self.wal_path = wal_path
         self._executor = executor
         self.fsync = fsync
-        self._tickets = itertools.count(1)
-        self._issued = 0
-        self._synced = 0
         self._inflight: Future[None] | None = None
         self._wal: tuple[int, int] | None = None  # (fd, inode): one attribute, read at once
-        # One sync at a time, and the fd's state with it.  (Greenlets of the hub never take
-        # it when there is an executor: only the pool's thread running the sync does.)
-        self._lock = native_lock()
+        # One sync at a time, and the fd's state with it (under the group's lock).  (Greenlets
+        # of the hub never take it when there is an executor: only the pool's thread running
+        # the sync does.)
+        self._group = GroupSync(self._sync_wal)
 
     def sync(self) -> None:
         """Return once everything committed before this call is durable.  An OSError of the
         sync is raised to every caller it was to cover; the next call syncs again."""
-        ticket = self._issued = next(self._tickets)
+        group = self._group
+        ticket = group.issue()
         if self._executor is None or not waits_cooperatively():
             # (A pool thread must not wait for a future of the hub's pool: it could lose
             # its wakeup.  It syncs on its own thread, under the native lock.)
-            self._sync_upto(ticket)
+            group.sync_upto(ticket)
             return
-        while self._synced < ticket:
+        while not group.covered(ticket):
             future = self._inflight
             if future is None:
                 try:
-                    future = self._executor.submit(self._sync_upto, ticket)
+                    future = self._executor.submit(group.sync_upto, ticket)
                 except Exception:
                     # The executor refuses this thread (gevent's pool takes tasks only from
                     # its hub's thread): sync here.
-                    self._sync_upto(ticket)
+                    group.sync_upto(ticket)
                     return
                 self._inflight = future
             try:
@@ -95,18 +132,11 @@ class WalSync:
                 if self._inflight is future:
                     self._inflight = None
 
-    def _sync_upto(self, ticket: int) -> None:
-        """Sync the WAL unless a sync that began after `ticket` was issued has finished
-        meanwhile (the caller waited for the lock while it ran): the tickets issued before
-        the sync begins are then covered."""
-        with self._lock:
-            if self._synced >= ticket:
-                return
-            target = self._issued
-            fd = self._wal_fd()
-            if fd is not None:
-                self.fsync(fd)
-            self._synced = target
+    def _sync_wal(self) -> None:
+        """The WAL's sync (the group's, under its lock)."""
+        fd = self._wal_fd()
+        if fd is not None:
+            self.fsync(fd)
 
     def _wal_fd(self) -> int | None:
         """An fd of the current WAL file, or None if there is none.
@@ -140,7 +170,7 @@ class WalSync:
 
     def close(self) -> None:
         """Close the WAL fds held (a later sync opens the WAL again)."""
-        with self._lock:
+        with self._group.lock:
             wal, self._wal = self._wal, None
         if wal is not None:
             os.close(wal[0])
