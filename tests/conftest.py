@@ -12,6 +12,7 @@ import importlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -233,21 +234,50 @@ def postgres_database(name: str):
     return base.rsplit("/", 1)[0] + "/" + db, drop
 
 
+@contextlib.contextmanager
+def _catalog_database(kind: str, tmp_path) -> Iterator[str]:
+    """The URL of an empty catalog database of `kind` (catalog_databases), dropped after."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/catalog.sqlite"
+        return
+    url, drop = postgres_database("cat")
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture(params=catalog_databases())
+def catalog_url(request, tmp_path):
+    """The URL of an empty catalog database of each kind."""
+    with _catalog_database(request.param, tmp_path) as url:
+        yield url
+
+
 @pytest.fixture(params=catalog_databases())
 def catalog(request, tmp_path):
-    """An empty Catalog on each catalog database."""
+    """An empty Catalog on each catalog database (a test may narrow the kinds with an
+    indirect parametrization)."""
     from pithos.catalog import Catalog
 
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/catalog.sqlite"
-    else:
-        url, drop = postgres_database("cat")
-    cat = Catalog(url)
-    yield cat
-    cat.close()
-    if drop is not None:
-        drop()
+    with _catalog_database(request.param, tmp_path) as url:
+        cat = Catalog(url)
+        yield cat
+        cat.close()
+
+
+@pytest.fixture
+def worker_offload():
+    """An offload that says its callers share an event loop, as a server worker's does (the
+    catalog then caches its look-ups and grants, and batches on PostgreSQL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pithos.core.offload import Offload
+
+    pool, spawner = ThreadPoolExecutor(2), ThreadPoolExecutor(2)
+    yield Offload(pool, cooperative=True, spawner=spawner, owned=(pool, spawner))
+    pool.shutdown()
+    spawner.shutdown()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from pithos.catalog import Catalog
 from pithos.catalog.pg_read_batch import LookupBatcher
-from tests.conftest import catalog_databases, postgres_database
+from tests.conftest import postgres_database
 from tests.test_writer_leases import wait_for
 
 ROOT = b"\x03" * 32
@@ -32,19 +32,10 @@ def body_of(found) -> bytes | None:
     return None if found is None else found.version.inline
 
 
-@pytest.fixture(params=catalog_databases())
-def cat(request, tmp_path):
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/catalog.sqlite"
-    else:
-        url, drop = postgres_database("readbatch")
-    catalog = Catalog(url)
+@pytest.fixture
+def cat(catalog):
     catalog.batch_reads = True  # (on PostgreSQL; SQLite reads alone whatever it says)
-    yield catalog
-    catalog.close()
-    if drop is not None:
-        drop()
+    return catalog
 
 
 def test_concurrent_lookups_each_get_their_own_answer(cat):

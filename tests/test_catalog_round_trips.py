@@ -11,15 +11,12 @@ import sys
 import textwrap
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from pithos.catalog import Catalog
 from pithos.catalog import engine as catalog_engine
-from pithos.core.offload import Offload
-from tests.conftest import catalog_databases, postgres_database
+from tests.conftest import postgres_database
 
 ROOT = b"\x01" * 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,25 +25,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def put(cat, cid, name):
     return cat.put_version(cid, name, root=ROOT, size=10, etag="e" * 32,
                            content_type="application/octet-stream", meta={})
-
-
-@pytest.fixture(params=catalog_databases())
-def catalog_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/catalog.sqlite"
-        return
-    url, drop = postgres_database("trips")
-    yield url
-    drop()
-
-
-@pytest.fixture
-def worker_offload():
-    """An offload that says its callers share an event loop, as a server worker's does."""
-    pool, spawner = ThreadPoolExecutor(2), ThreadPoolExecutor(2)
-    yield Offload(pool, cooperative=True, spawner=spawner, owned=(pool, spawner))
-    pool.shutdown()
-    spawner.shutdown()
 
 
 def test_a_worker_keeps_found_lookups_until_a_write_drops_them(catalog_url, worker_offload):

@@ -5,36 +5,12 @@ an owner deleted and made again under the same id on the machine inherits nothin
 from __future__ import annotations
 
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from pithos.catalog import Catalog
 from pithos.catalog import grant_cache as gc_mod
 from pithos.catalog.grant_cache import GrantCache
-from pithos.core.offload import Offload
-from tests.conftest import catalog_databases, postgres_database
 
 A, B, C, D = (bytes([n]) * 32 for n in (1, 2, 3, 4))
-
-
-@pytest.fixture(params=catalog_databases())
-def catalog_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/catalog.sqlite"
-        return
-    url, drop = postgres_database("grants")
-    yield url
-    drop()
-
-
-@pytest.fixture
-def worker_offload():
-    """An offload that says its callers share an event loop, as a server worker's does."""
-    pool, spawner = ThreadPoolExecutor(2), ThreadPoolExecutor(2)
-    yield Offload(pool, cooperative=True, spawner=spawner, owned=(pool, spawner))
-    pool.shutdown()
-    spawner.shutdown()
 
 
 def test_kept_grants_answer_and_other_processes_grants_are_still_found(
