@@ -9,6 +9,7 @@ it, and what was written must reach the database file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -98,3 +99,51 @@ def test_a_wal_started_over_wakes_no_checkpoint_until_it_holds_the_mark_again(tm
             store.put_many([(block_hash(d), d) for d in batch])
         time.sleep(0.2)
         assert checkpoints.runs - before <= 1
+
+
+def test_close_returns_once_the_checkpoint_thread_has_closed_its_connection(tmp_path,
+                                                                            monkeypatch):
+    """The last connection's close removes the WAL file: a thread closing its own after
+    `close` returned removed it under a caller already deleting the store's files (a test's
+    rmtree failed on a vanished index.sqlite-wal).  The thread's close is slowed here, so a
+    `close` that does not wait for it returns with the connection still open."""
+    from pithos.core import wal_sync
+
+    class SlowClose(sqlite3.Connection):
+        def close(self) -> None:
+            time.sleep(0.3)
+            super().close()
+
+    class Sqlite:
+        Error = sqlite3.Error
+
+        @staticmethod
+        def connect(*args, **kwargs):
+            return sqlite3.connect(*args, factory=SlowClose, **kwargs)
+
+    monkeypatch.setattr(wal_sync, "sqlite3", Sqlite)
+    path = str(tmp_path / "db.sqlite")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE t (x BLOB)")
+    checkpoints = wal_sync.WalCheckpoints(path, mark=1024, bound=1 << 30)
+    db.execute("INSERT INTO t VALUES (?)", (os.urandom(64 << 10),))
+    assert checkpoints.after_commit() is False  # past the mark: the thread runs
+    deadline = time.monotonic() + 30
+    while checkpoints.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpoints.runs == 1
+    db.close()
+    checkpoints.close()
+
+    def open_on_it() -> list[str]:
+        targets = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # (the listing's own descriptor, closed)
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [t for t in targets if t.startswith(path)]
+
+    assert open_on_it() == []
+    assert not os.path.exists(path + "-wal")  # the last connection closed: WAL removed
+    checkpoints.close()  # (twice is harmless)

@@ -204,7 +204,6 @@ class WalCheckpoints:
         self._pid = 0
         self._start_lock = native_lock()
         self._wake = native_lock()
-        self._idle = native_lock()  # held while a checkpoint runs (close waits for it)
         self._closed = False
         self.runs = 0  # checkpoints the thread ran (for tests)
 
@@ -234,7 +233,8 @@ class WalCheckpoints:
                 return
             self._wake = native_lock()
             self._wake.acquire()
-            self._idle = native_lock()
+            self._exited = native_lock()  # held until the thread has closed its connection
+            self._exited.acquire()
             start_native_thread(self._loop)
             self._pid = os.getpid()
 
@@ -243,28 +243,35 @@ class WalCheckpoints:
         try:
             while True:
                 self._wake.acquire()
-                with self._idle:
-                    if self._closed:
-                        return
-                    try:
-                        if db is None:
-                            db = sqlite3.connect(self._db_path, isolation_level=None,
-                                                 check_same_thread=False)
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        self.runs += 1
-                    except sqlite3.Error as exc:
-                        # (The next wake tries again; the WAL only grows meanwhile.)
-                        log.warning("checkpoint of %s failed: %s", self._db_path, exc)
+                if self._closed:
+                    return
+                try:
+                    if db is None:
+                        db = sqlite3.connect(self._db_path, isolation_level=None,
+                                             check_same_thread=False)
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error as exc:
+                    # (The next wake tries again; the WAL only grows meanwhile.)
+                    log.warning("checkpoint of %s failed: %s", self._db_path, exc)
         finally:
             if db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
+            self._exited.release()
 
     def close(self) -> None:
-        """End the thread, after the checkpoint it may be running."""
-        self._closed = True
-        if self._pid == os.getpid():
+        """End the thread, after the checkpoint it may be running, and wait until it has
+        closed its connection: the last connection's close removes the WAL file, which must
+        not happen after the caller took the store's files for gone (a test's clean-up
+        failed removing a WAL that vanished under it)."""
+        with self._start_lock:  # (a thread is started before this, or never)
+            if self._closed:
+                return
+            self._closed = True
+            started = self._pid == os.getpid()
+        if started:
             with contextlib.suppress(RuntimeError):
                 self._wake.release()
-            with self._idle:  # (a run in progress finishes first)
-                pass
+            # (Bounded: a checkpoint stuck on a dead disk must not hang the shutdown.)
+            self._exited.acquire(timeout=30)
