@@ -3,6 +3,7 @@ wherever it lives: its own file, or its record in a pack (pithos.blocker.packs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 
@@ -24,7 +25,10 @@ def write_stored(store: LocalBlockStore, hash_: bytes, data: bytes) -> None:
         f.seek(where.offset)
         f.write(data)
     if len(data) < where.length:
-        with sqlite3.connect(os.path.join(store.path, "packs", "index.sqlite")) as db:
+        # Closed here, not whenever it is collected: the last connection's close removes
+        # the index's WAL, which a caller's rmtree of the store then found gone.
+        with contextlib.closing(sqlite3.connect(
+                os.path.join(store.path, "packs", "index.sqlite"))) as db, db:
             db.execute("UPDATE blocks SET length = ? WHERE hash = ?", (len(data), hash_))
 
 
