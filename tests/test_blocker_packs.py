@@ -65,8 +65,9 @@ from pithos.blocker import LocalBlockStore
 from pithos.core.hashing import block_hash
 store = LocalBlockStore(sys.argv[1], pack_roll_bytes=256 * 1024)
 rng = random.Random(int(sys.argv[2]))
+most = int(sys.argv[3])  # blocks per batch (past ~32, a batch is often written direct)
 while True:
-    batch = [rng.randbytes(rng.randint(1, 64 * 1024)) for _ in range(rng.randint(1, 24))]
+    batch = [rng.randbytes(rng.randint(1, 64 * 1024)) for _ in range(rng.randint(1, most))]
     store.put_many([(block_hash(d), d) for d in batch])
     # Acknowledged: the put returned.
     sys.stdout.write("".join(block_hash(d).hex() + "\\n" for d in batch))
@@ -74,11 +75,12 @@ while True:
 """
 
 
-def test_a_writer_killed_mid_append_loses_nothing_acknowledged(tmp_path):
+@pytest.mark.parametrize("most", [24, 96])  # batches under 1.5 MiB; up to 6 MiB (direct)
+def test_a_writer_killed_mid_append_loses_nothing_acknowledged(tmp_path, most):
     path = str(tmp_path / "b")
     acked: list[bytes] = []
     for seed in range(3):
-        proc = child(WRITER, path, str(seed))
+        proc = child(WRITER, path, str(seed), str(most))
         try:
             assert proc.stdout is not None
             deadline = time.monotonic() + 60

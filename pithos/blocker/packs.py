@@ -12,6 +12,8 @@ copy, and a batch one data sync and one index commit however many blocks it hold
   flock(2) from its creation until no batch of the process writes to it any more (a new pack
   is begun past PACK_ROLL_BYTES).  A pack nobody holds is sealed: nothing is appended to it
   again, and only then may compaction take it.
+- A batch of DIRECT_MIN_BYTES or more is written with O_DIRECT (`direct_io`): at an offset
+  rounded up to 4 KiB and padded to it, dead bytes no row points at.
 - Durable on return: a batch's records are written, the pack fdatasynced, and only then are
   the index rows committed, and the WAL synced before the call returns.  Not by SQLite at the
   commit (synchronous=FULL), which syncs with the index's write lock held, so that every
@@ -52,7 +54,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pithos.blocker import tmpfiles
+from pithos.blocker import direct_io, tmpfiles
 from pithos.core.files import fsync_dir
 from pithos.core.locks import WriterLock, native_lock
 from pithos.core.wal_sync import CHECKPOINT_BYTES, WalCheckpoints, WalSync
@@ -107,16 +109,25 @@ class Location:
 class _Active:
     """A pack this process appends to, held under flock while it may still be written."""
 
-    def __init__(self, fd: int, pack_id: int) -> None:
+    def __init__(self, fd: int, pack_id: int, direct_fd: int | None) -> None:
         self.fd = fd
+        self.direct_fd = direct_fd  # (O_DIRECT, for large batches; None if refused)
         self.id = pack_id
         self.end = 0
         self.users = 0
         self.sealed = False
 
+    def close(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+        os.close(self.fd)  # (last: it holds the lock)
+
 
 # Buffers per pwritev(2) (the kernel's IOV_MAX is 1024).
 _IOV_MAX = 1024
+# A batch of at least this many bytes is written past the page cache (direct_io), aligned:
+# up to 4 KiB of padding after it, a share small enough at this size.
+DIRECT_MIN_BYTES = 1 << 20
 
 
 def _pwritev_all(fd: int, parts: Sequence[bytes | memoryview], at: int) -> int:
@@ -162,6 +173,7 @@ class Packs:
         # writers queue in the kernel rather than sleep in SQLite's busy handler.
         self._writer = WriterLock(self.dir)
         self._checkpoints = WalCheckpoints(self._db_path)
+        self._mode_set = False
         db = self._db()
         with self._write(db):
             for statement in _SCHEMA.split(";"):
@@ -180,12 +192,20 @@ class Packs:
             with _sql_errors():
                 db = sqlite3.connect(self._db_path, timeout=120, isolation_level=None,
                                      check_same_thread=False)
-                # Pages of 1 KiB, not 4: rows are keyed by random hashes, so a batch of a
-                # few hundred dirties as many pages, each copied whole into the WAL and again
-                # at the checkpoint (4 KiB for a 60-byte row).  Takes effect only as the
-                # index is created (before WAL mode): an existing one keeps its page size.
-                db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-                db.execute("PRAGMA journal_mode=WAL")
+                if not self._mode_set:
+                    # Once, as the packs open (the mode is the database file's), and under
+                    # the writer lock: set on every new connection, one setting it while
+                    # another did (of these packs, or of another object on the same
+                    # directory: LocalBlockStore._packs_rw may open two) failed at once with
+                    # "database is locked", busy timeout or not.  Pages of 1 KiB, not 4: rows
+                    # are keyed by random hashes, so a batch of a few hundred dirties as many
+                    # pages, each copied whole into the WAL and again at the checkpoint
+                    # (4 KiB for a 60-byte row).  Takes effect only as the index is created
+                    # (before WAL mode): an existing one keeps its page size.
+                    with self._writer:
+                        db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
+                        db.execute("PRAGMA journal_mode=WAL")
+                    self._mode_set = True
                 # (The WAL is synced after each commit, outside the write lock: _write.)
                 db.execute("PRAGMA synchronous=NORMAL")
                 # The WAL is cut back to this after a checkpoint (it would stay at its
@@ -213,7 +233,7 @@ class Packs:
         active, self._active = self._active, None
         if active is not None:
             with contextlib.suppress(OSError):
-                os.close(active.fd)
+                active.close()
 
     @contextlib.contextmanager
     def _write(self, db: sqlite3.Connection, changed: Callable[[], bool] | None = None
@@ -277,12 +297,20 @@ class Packs:
 
     def _begin_pack(self) -> _Active:
         """A new pack, created locked and named durably before any row can point at it."""
-        fd, path = tmpfiles.create_locked(lambda: self.pack_path(secrets.randbits(63)), 0o444)
-        fsync_dir(self.dir)
-        return _Active(fd, int(os.path.basename(path)[:-5], 16))
+        fd, path = tmpfiles.create_locked(lambda: self.pack_path(secrets.randbits(63)), 0o600)
+        try:
+            direct = direct_io.open_direct(path)  # (before the mode forbids opening it)
+            os.fchmod(fd, 0o444)
+            fsync_dir(self.dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Active(fd, int(os.path.basename(path)[:-5], 16), direct)
 
-    def _take(self, size: int) -> tuple[_Active, int]:
-        """Room for `size` bytes at the end of this process's pack: (pack, offset)."""
+    def _take(self, size: int, direct: bool = False) -> tuple[_Active, int]:
+        """Room for `size` bytes at the end of this process's pack: (pack, offset); if
+        `direct`, at an offset and for a length rounded up to direct_io.ALIGN (a pack whose
+        file system refuses direct writes gives room as usual, and `direct_fd` None)."""
         with self._append_lock:
             if self._pid != os.getpid():
                 self._forked()
@@ -291,10 +319,13 @@ class Packs:
                 if active is not None:
                     active.sealed = True
                     if active.users == 0:
-                        os.close(active.fd)  # lets the lock go: compactable
+                        active.close()  # lets the lock go: compactable
                 active = self._active = self._begin_pack()
             offset = active.end
-            active.end += size
+            if direct and active.direct_fd is not None:
+                offset = direct_io.round_up(offset)
+                size = direct_io.round_up(size)
+            active.end = offset + size
             active.users += 1
             return active, offset
 
@@ -302,13 +333,15 @@ class Packs:
         with self._append_lock:
             active.users -= 1
             if active.sealed and active.users == 0:
-                os.close(active.fd)
+                active.close()
 
     def append(self, records: Sequence[tuple[bytes, bytes | memoryview]]
                ) -> tuple[int, list[int]]:
         """Write `records` (hash, data) to this process's pack and fdatasync it; returns the
         pack and each record's offset (of its header).  Nothing points at them yet."""
-        # Headers and data go out as they are (pwritev), not copied into one buffer first.
+        # A small batch's headers and data go out as they are (pwritev), not copied into one
+        # buffer first; a large one is copied into aligned buffers and written past the page
+        # cache (pithos.blocker.direct_io), at an aligned offset.
         parts: list[bytes | memoryview] = []
         offsets = []
         size = 0
@@ -320,11 +353,14 @@ class Packs:
             parts.append(HEADER.pack(MAGIC, hash_, view.nbytes))
             parts.append(data if isinstance(data, bytes) else view)
             size += HEADER.size + view.nbytes
-        active, start = self._take(size)
+        active, start = self._take(size, direct=size >= DIRECT_MIN_BYTES)
         try:
-            at = start
-            for i in range(0, len(parts), _IOV_MAX):
-                at = _pwritev_all(active.fd, parts[i:i + _IOV_MAX], at)
+            if size >= DIRECT_MIN_BYTES and active.direct_fd is not None:
+                direct_io.write_direct(active.direct_fd, parts, start)
+            else:
+                at = start
+                for i in range(0, len(parts), _IOV_MAX):
+                    at = _pwritev_all(active.fd, parts[i:i + _IOV_MAX], at)
             os.fdatasync(active.fd)
         finally:
             self._release(active)
@@ -639,7 +675,7 @@ class Packs:
             active, self._active = self._active, None
             if active is not None and self._pid == os.getpid():
                 if active.users == 0:
-                    os.close(active.fd)
+                    active.close()
                 else:
                     active.sealed = True
         with self._conns_lock:
