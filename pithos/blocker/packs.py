@@ -174,6 +174,7 @@ class Packs:
         self._writer = WriterLock(self.dir)
         self._checkpoints = WalCheckpoints(self._db_path)
         self._mode_set = False
+        self._direct_refused = False  # (see append)
         db = self._db()
         with self._write(db):
             for statement in _SCHEMA.split(";"):
@@ -311,10 +312,10 @@ class Packs:
             raise
         return _Active(fd, int(os.path.basename(path)[:-5], 16), direct)
 
-    def _take(self, size: int, direct: bool = False) -> tuple[_Active, int]:
-        """Room for `size` bytes at the end of this process's pack: (pack, offset); if
-        `direct`, at an offset and for a length rounded up to direct_io.ALIGN (a pack whose
-        file system refuses direct writes gives room as usual, and `direct_fd` None)."""
+    def _take(self, size: int, direct: bool = False) -> tuple[_Active, int, bool]:
+        """Room for `size` bytes at the end of this process's pack: (pack, offset, whether
+        to write it direct); if `direct` and the pack takes direct writes, at an offset and
+        for a length rounded up to direct_io.ALIGN."""
         with self._append_lock:
             if self._pid != os.getpid():
                 self._forked()
@@ -326,12 +327,13 @@ class Packs:
                         active.close()  # lets the lock go: compactable
                 active = self._active = self._begin_pack()
             offset = active.end
-            if direct and active.direct_fd is not None:
+            direct = direct and active.direct_fd is not None and not self._direct_refused
+            if direct:
                 offset = direct_io.round_up(offset)
                 size = direct_io.round_up(size)
             active.end = offset + size
             active.users += 1
-            return active, offset
+            return active, offset, direct
 
     def _release(self, active: _Active) -> None:
         with self._append_lock:
@@ -357,11 +359,20 @@ class Packs:
             parts.append(HEADER.pack(MAGIC, hash_, view.nbytes))
             parts.append(data if isinstance(data, bytes) else view)
             size += HEADER.size + view.nbytes
-        active, start = self._take(size, direct=size >= DIRECT_MIN_BYTES)
+        active, start, direct = self._take(size, direct=size >= DIRECT_MIN_BYTES)
         try:
-            if size >= DIRECT_MIN_BYTES and active.direct_fd is not None:
-                direct_io.write_direct(active.direct_fd, parts, start)
-            else:
+            if direct and active.direct_fd is not None:
+                try:
+                    direct_io.write_direct(active.direct_fd, parts, start)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # A device wanting another alignment than ALIGN: this process's packs
+                    # are written through the page cache from now on.  (The descriptor
+                    # stays open with its pack: another thread may be writing through it.)
+                    self._direct_refused = True
+                    direct = False  # (the room taken is aligned: written as it is)
+            if not direct:
                 at = start
                 for i in range(0, len(parts), _IOV_MAX):
                     at = _pwritev_all(active.fd, parts[i:i + _IOV_MAX], at)
