@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import room
 import swift_bench
 from bench_http import CellResult, ObjectLoad, run_cell
 from scaleout_bench import (
@@ -337,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(bench_lock("radosgw_bench"))
             # The pithos side's storage also finds the cluster's ceph.conf.
             blocks, catalog, conf, pg_port = stack.enter_context(scaleout_storage(args))
+            # Every cell's objects of both systems stay until the end (~11 GB), and a run
+            # killed before its clean-up leaves them in the cluster.
+            room.require_osd(conf, 15 * room.GB, "radosgw_bench")
             watch = ClusterWatch(conf)
             stack.callback(watch.close)
             targets = []

@@ -4,7 +4,7 @@ container, and by restic, borg, casync and rsync, in the same run on the same da
 
 ```
 .venv/bin/python benchmarks/sync_bench.py [--scale 1.0] [--tools pithos-sync,pithos-put,...]
-                                          [--work DIR] [--keep]
+                                          [--work DIR] [--keep] [--memory as-is|steady]
 ```
 
 The data set (deterministic, from fixed seeds; `--scale` multiplies every size):
@@ -28,6 +28,11 @@ worker's): on a shared machine the ratio of wall times moves with the load, CPU 
 
 The peers are Debian packages (restic, borgbackup, casync, rsync), installed here as root if
 absent.  Everything runs on loopback; the server and the proxy are stopped at the end.
+
+`--memory steady` (root): as swift_bench.py's, the VM's free page reporting off and all free
+memory host-backed before the first tool runs, restored at exit (vm_memory.py): otherwise
+every tool pays a host fault for each page it first touches (~2.7 ms per MiB on the
+development VM), the more the more memory it grows into.
 """
 
 from __future__ import annotations
@@ -336,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--work", type=Path)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--memory", choices=["as-is", "steady"], default="as-is",
+                   help="as-is: the VM's memory as found; steady (root): free page reporting "
+                   "off and all free memory host-backed before the first tool, restored at "
+                   "exit (vm_memory.py)")
     args = p.parse_args(argv)
     tools = [t for t in args.tools.split(",") if t]
     bad = set(tools) - set(TOOLS)
@@ -343,9 +352,24 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown tools {sorted(bad)}")
     ensure_packages(tools)
     (HERE / ".bench-work").mkdir(exist_ok=True)
+    sys.path.insert(0, str(HERE))
+    import room
+
+    # The data set, a copy of it per tool and each tool's store: ~1 GB each at scale 1.
+    room.require_disk(args.work or HERE / ".bench-work",
+                      int((2 + 2 * len(tools)) * 1.1e9 * args.scale), "sync_bench")
     work = args.work or Path(tempfile.mkdtemp(prefix="sync-", dir=HERE / ".bench-work"))
     servers: dict[str, Server] = {}
+    import vm_memory
+
+    memory = None
     try:
+        if args.memory == "steady":
+            memory = vm_memory.steady()
+            print(f"memory: {memory.describe()}", flush=True)
+        else:
+            print(f"memory: as-is, {vm_memory.describe_order(vm_memory.read_order())}",
+                  flush=True)
         data = work / "data"
         t = time.perf_counter()
         size = generate(data, args.scale)
@@ -454,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
+        if memory is not None:
+            vm_memory.restore(memory)
         if args.keep:
             print(f"kept {work}")
         else:
