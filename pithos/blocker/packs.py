@@ -303,11 +303,14 @@ class Packs:
     def _begin_pack(self) -> _Active:
         """A new pack, created locked and named durably before any row can point at it."""
         fd, path = tmpfiles.create_locked(lambda: self.pack_path(secrets.randbits(63)), 0o600)
+        direct = None
         try:
             direct = direct_io.open_direct(path)  # (before the mode forbids opening it)
             os.fchmod(fd, 0o444)
             fsync_dir(self.dir)
         except BaseException:
+            if direct is not None:
+                os.close(direct)
             os.close(fd)
             raise
         return _Active(fd, int(os.path.basename(path)[:-5], 16), direct)
