@@ -28,12 +28,8 @@ def disk_free(path: Path) -> int:
 
 def require_disk(path: Path, need: int, what: str) -> None:
     """SystemExit with a one-line reason unless `need` bytes are free where `path` is."""
-    free = disk_free(path)
-    if free < need:
-        raise SystemExit(
-            f"{what}: {free / GB:.1f} GB free on the file system of {path}, the run needs "
-            f"about {need / GB:.0f} GB; free room first (a killed run's leftovers are under "
-            f"{path})")
+    _refuse_short(disk_free(path), need, what, f"on the file system of {path}",
+                  f"free room first (a killed run's leftovers are under {path})")
 
 
 def osd_free(ceph_conf: str) -> int:
@@ -45,9 +41,12 @@ def osd_free(ceph_conf: str) -> int:
 
 def require_osd(ceph_conf: str, need: int, what: str) -> None:
     """SystemExit with a one-line reason unless the cluster has `need` bytes free."""
-    free = osd_free(ceph_conf)
+    _refuse_short(osd_free(ceph_conf), need, what, f"in the Ceph cluster of {ceph_conf}",
+                  "remove a killed run's pools or remake the test cluster (scripts/ceph "
+                  "down, remove its directory, scripts/ceph up)")
+
+
+def _refuse_short(free: int, need: int, what: str, where: str, remedy: str) -> None:
     if free < need:
-        raise SystemExit(
-            f"{what}: the Ceph cluster of {ceph_conf} has {free / GB:.1f} GB free, the run "
-            f"needs about {need / GB:.0f} GB; remove a killed run's pools or remake the test "
-            f"cluster (scripts/ceph down, remove its directory, scripts/ceph up)")
+        raise SystemExit(f"{what}: {free / GB:.1f} GB free {where}, the run needs about "
+                         f"{need / GB:.0f} GB; {remedy}")
