@@ -1,13 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """FastCDC cut points and each chunk's BLAKE3 in one call, without the GIL: the sync
 client's scan cuts and names ~60,000 chunks a GB, and a call per chunk (with a Python
-object and a bytes copy each) held the GIL that its upload threads wait for.
+object and a bytes copy each) held the GIL that its upload threads wait for.  And the
+BLAKE3 of each of many chunks already cut (`hash_each`), as the server names the batch of
+chunks a sync client sends: one call and one release of the GIL for the batch.
 
 Built by setup.py into pithos.core._cdchash when BLAKE3's C sources are there (as
 pithos.core._treehash); its twin is pithos/core/_cdc_py.py's `cut_hash`, and
 tests/test_cdc_hash.py checks that both give the same bytes.  The cuts are native/cdc.pyx's
 (the same scan, native/cdc_scan.pxi)."""
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport free, malloc, realloc
@@ -78,4 +81,36 @@ def cut_hash(const uint8_t[::1] data, Py_ssize_t start, Py_ssize_t end, bint fin
             raise MemoryError()
         return pos, PyBytes_FromStringAndSize(<char*>out, count * ENTRY)
     finally:
+        free(out)
+
+
+def hash_each(blocks):
+    """[BLAKE3-256 of each of `blocks`] (any objects with a contiguous buffer: bytes,
+    bytearray, memoryview), hashed one after the other with the GIL released once for
+    all of them: the twin of `[blake3(b).digest() for b in blocks]`, which releases and
+    takes it again for each block (a batch of a sync client's chunks is ~500 of them)."""
+    cdef Py_ssize_t n = len(blocks), i, got = 0
+    if n == 0:
+        return []
+    cdef Py_buffer* views = <Py_buffer*>malloc(n * sizeof(Py_buffer))
+    cdef uint8_t* out = <uint8_t*>malloc(n * 32)
+    cdef blake3_hasher h
+    if views == NULL or out == NULL:
+        free(views)
+        free(out)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            PyObject_GetBuffer(blocks[i], &views[i], PyBUF_SIMPLE)
+            got += 1
+        with nogil:
+            for i in range(n):
+                blake3_hasher_init(&h)
+                blake3_hasher_update(&h, views[i].buf, <size_t>views[i].len)
+                blake3_hasher_finalize(&h, out + i * 32, 32)
+        return [PyBytes_FromStringAndSize(<char*>out + i * 32, 32) for i in range(n)]
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+        free(views)
         free(out)

@@ -1,12 +1,17 @@
+import random
 from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import pytest
-from hypothesis import given
+from conftest import native_module
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pithos.core import hashing
 from pithos.core.errors import InvalidArgument
 from pithos.core.hashing import block_hash, from_hex, hash_many, merkle_root, to_hex
+
+cdchash, cdchash_mark = native_module("pithos.core._cdchash")
 
 
 def test_block_hash_is_blake3_256():
@@ -18,6 +23,65 @@ def test_block_hash_is_blake3_256():
 def test_hash_many_matches_one_by_one(blocks):
     with ThreadPoolExecutor(2) as pool:
         assert hash_many(blocks, pool) == [block_hash(b) for b in blocks]
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A thread pool that counts the tasks handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.tasks = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.tasks += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@settings(max_examples=40)
+@given(st.lists(st.integers(0, 40_000), min_size=9, max_size=60), st.integers(0, 2**32))
+def test_many_small_blocks_hash_as_one_by_one(sizes, seed):
+    """A batch of content-defined chunks (views of one buffer, as a POST ?blocks body is
+    cut), past the size worth the pool."""
+    buf = bytearray(random.Random(seed).randbytes(sum(sizes) + 300_000))
+    view, blocks, at = memoryview(buf), [], 0
+    for n in sizes:
+        blocks.append(view[at:at + n])
+        at += n
+    blocks.append(view[at:])  # (the batch is past _PARALLEL_MIN_BYTES whatever was drawn)
+    with CountingPool() as pool:
+        assert hash_many(blocks, pool) == [blake3.blake3(b).digest() for b in blocks]
+        # Natively: one task for all of them (not a task per eighth, each taking the GIL
+        # back after every block).
+        if hashing._cdchash is not None:
+            assert pool.tasks == 1
+        else:
+            assert pool.tasks > 1  # (the pure build's groups)
+
+
+def test_many_large_blocks_still_spread_over_the_pool():
+    blocks = [bytes([i]) * (1 << 20) for i in range(2 * hashing._GROUPS)]
+    with CountingPool() as pool:
+        assert hash_many(blocks, pool) == [block_hash(b) for b in blocks]
+        assert pool.tasks == hashing._GROUPS
+
+
+@cdchash_mark
+@given(st.lists(st.binary(max_size=5000), max_size=30))
+def test_native_hash_each_is_blake3_of_each(blocks):
+    kinds = [bytes, bytearray, lambda b: memoryview(b"." + b + b".")[1:-1]]
+    mixed = [kinds[i % 3](b) for i, b in enumerate(blocks)]
+    assert cdchash.hash_each(mixed) == [blake3.blake3(b).digest() for b in blocks]
+
+
+@cdchash_mark
+def test_native_hash_each_refuses_what_is_not_bytes_and_lets_every_buffer_go():
+    grown = bytearray(b"abc")
+    with pytest.raises(TypeError):
+        cdchash.hash_each([grown, b"x", 3])
+    grown.extend(b"d")  # (BufferError if hash_each still held its buffer)
+    with pytest.raises(BufferError):
+        cdchash.hash_each([memoryview(b"abcdef")[::2]])
+    assert cdchash.hash_each([]) == []
 
 
 def test_hash_many_uses_the_pool_for_big_batches():
