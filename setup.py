@@ -20,6 +20,7 @@ NATIVE = {
     "archipelago._overlay": "native/overlay.pyx",
     "pithos.core._md5lanes": "native/md5lanes.pyx",
     "pithos.core._cdc": "native/cdc.pyx",
+    "pithos.blocker._gather": "native/gather.pyx",
 }
 
 

@@ -12,8 +12,11 @@ import random
 import threading
 
 import pytest
+from conftest import native_module
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pithos.blocker import Blocker, LocalBlockStore, direct_io
+from pithos.blocker import Blocker, LocalBlockStore, _gather_py, direct_io
 from pithos.blocker.packs import DIRECT_MIN_BYTES
 from pithos.core.hashing import block_hash
 from tests.test_blocker_packs import assert_every_row_names_its_whole_record, index_rows
@@ -43,6 +46,53 @@ def test_write_direct_writes_the_parts_back_to_back_then_zeros_to_the_alignment(
     with open(path, "rb") as f:
         written = f.read()
     assert written == b"x" * direct_io.ALIGN + data + bytes(end - direct_io.ALIGN - len(data))
+
+
+gather_native, gather_mark = native_module("pithos.blocker._gather")
+
+_part = st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(bytearray),
+                  st.binary(max_size=300).map(lambda b: memoryview(b"ab" + b)[2:]))
+
+
+@gather_mark
+@given(st.lists(_part, max_size=12), st.integers(0, 1500), st.data())
+def test_gather_twins_fill_the_same_bytes_and_answer_the_same(parts, room, data):
+    """From any place in the parts (the answer of a previous call, or a wrong one)."""
+    index = data.draw(st.integers(-1, len(parts) + 1))
+    skip = data.draw(st.integers(-1, 310))
+    results = []
+    for impl in (_gather_py, gather_native):
+        dest = bytearray(b"\xee" * room)
+        try:
+            results.append((impl.gather_into(dest, parts, index, skip), bytes(dest)))
+        except ValueError as exc:
+            results.append((type(exc), None))
+    assert results[0] == results[1]
+    if results[0][1] is None:
+        return
+    (next_index, next_skip, filled), dest = results[0]
+    flat = b"".join(bytes(p) for p in parts[index:])[skip:]
+    assert filled == min(room, len(flat))
+    assert dest == flat[:filled] + b"\xee" * (room - filled)
+    # Where it stopped is where the bytes it did not copy begin.
+    rest = b"".join(bytes(p) for p in parts[next_index:])[next_skip:]
+    assert rest == flat[filled:]
+
+
+@gather_mark
+def test_gather_lets_every_buffer_go_after_a_refusal():
+    grown, dest = bytearray(b"abc"), bytearray(10)
+    with pytest.raises(TypeError):
+        gather_native.gather_into(dest, [grown, 5], 0, 0)
+    grown.extend(b"d")  # (BufferError if a buffer were still held)
+    dest.extend(b"e")
+    with pytest.raises(BufferError):
+        gather_native.gather_into(b"read-only", [b"x"], 0, 0)
+
+
+def test_write_direct_uses_the_native_copy_when_built():
+    built = gather_native is not None and os.environ.get("PITHOS_PURE") != "1"
+    assert direct_io.GATHER_IS_NATIVE is built
 
 
 def _batches(seed: int, n: int) -> list[list[tuple[bytes, bytes]]]:

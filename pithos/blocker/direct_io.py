@@ -11,8 +11,9 @@ appends' copies into the page cache were a fifth of the server's CPU, and 90 app
 O_DIRECT asks the offset, the length and the buffer's address be multiples of the device's
 logical block size: ALIGN (4096) covers 512-byte and 4 KiB devices.  The parts are copied
 into page-aligned buffers of a small pool (a memory copy in warm memory, ~10x cheaper than
-the page cache's) and written in pieces of `PIECE` bytes, the last one padded with zeros up
-to ALIGN.  A file system that refuses O_DIRECT (EINVAL at open) is written the usual way.
+the page cache's; natively, without the GIL: native/gather.pyx) and written in pieces of
+`PIECE` bytes, the last one padded with zeros up to ALIGN.  A file system that refuses
+O_DIRECT (EINVAL at open) is written the usual way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import mmap
 import os
 from collections.abc import Iterator, Sequence
 
+from pithos.blocker import _gather_py
 from pithos.core.locks import native_lock
+from pithos.core.native import load
+
+# gather_into(dest, parts, index, skip) -> (index, skip, filled): native/gather.pyx, the
+# copy without the GIL and without a Python step per part, or its pure twin.
+gather, GATHER_IS_NATIVE = load("pithos.blocker._gather", _gather_py)
 
 ALIGN = 4096
 PIECE = 4 << 20  # bytes per write, and each buffer's size
@@ -80,21 +87,15 @@ def write_direct(fd: int, parts: Sequence[bytes | memoryview], at: int) -> int:
     with _buffers.one() as buf:
         view = memoryview(buf)
         try:
-            fill = 0
-            for part in parts:
-                data = memoryview(part).cast("B")
-                while data.nbytes:
-                    n = min(data.nbytes, PIECE - fill)
-                    view[fill:fill + n] = data[:n]
-                    fill += n
-                    data = data[n:]
-                    if fill == PIECE:
-                        at = _write_all(fd, view, at)
-                        fill = 0
-            if fill:
-                padded = round_up(fill)
-                view[fill:padded] = bytes(padded - fill)
-                at = _write_all(fd, view[:padded], at)
+            index = skip = 0
+            while index < len(parts):
+                index, skip, fill = gather.gather_into(view, parts, index, skip)
+                if fill == PIECE:
+                    at = _write_all(fd, view, at)
+                elif fill:  # (the parts ran out)
+                    padded = round_up(fill)
+                    view[fill:padded] = bytes(padded - fill)
+                    at = _write_all(fd, view[:padded], at)
         finally:
             view.release()
     return at
