@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pithos.blocker import LocalBlockStore
-from pithos.blocker.local import PACK_MAX, PACK_MIN_BATCH
+from pithos.blocker.local import _MAP_TASKS, PACK_MAX, PACK_MIN_BATCH
 from pithos.core.offload import Offload
 from tests.blocker_contract import PartsStoreContract, blob, cutoff_between
 
@@ -28,6 +28,42 @@ class TestLocalBlockStore(PartsStoreContract):
         s.close()
         if pool is not None:
             pool.shutdown(wait=True)
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """A thread pool that counts the tasks handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.tasks = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.tasks += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("pack_max", [0, PACK_MAX])
+def test_many_files_looked_for_under_a_loop_take_a_few_pool_tasks(tmp_path, pack_max):
+    """Under a loop every file look-up leaves its thread, but a call over many files (a CDC
+    upload's touch of its chunks, absent from the index: ~250 for 4 MiB) hands the pool a few
+    tasks, not one per file (a hand-off costs more than the look-up), and answers each file
+    in its place."""
+    pool = _CountingPool()
+    offload = Offload(pool, cooperative=True, spawner=pool)
+    with LocalBlockStore(tmp_path / "b", offload=offload, pack_max=pack_max) as store:
+        present = [blob(100 + i) for i in range(3)]  # (3: files, never packed)
+        store.put_many(present)
+        absent = [blob(100 + i)[0] for i in range(60)]
+        hashes = absent[:20] + [present[0][0]] + absent[20:40] + [h for h, _ in present[1:]] \
+            + absent[40:]
+        pool.tasks = 0
+        assert store.touch_sizes(hashes) == [
+            len(dict(present)[h]) if h in dict(present) else None for h in hashes]
+        assert pool.tasks <= _MAP_TASKS + 1  # (+1: the packs index's refresh)
+        pool.tasks = 0
+        assert store.missing(hashes) == absent
+        assert pool.tasks <= _MAP_TASKS + 1
+    pool.shutdown(wait=True)
 
 
 def test_blocks_survive_reopening(tmp_path):
