@@ -105,10 +105,11 @@ PACK_MIN_BATCH = 5
 
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
 _ONE_TASK_ITEMS = 4
-# A call over more files than this is split into this many pool tasks, not one per file:
-# each hand-off is a thread woken and the loop woken back (~50-70 us of CPU on a virtual
-# machine), more than the stat or utime of a cached file it carries; a few tasks still keep
-# a few requests in flight to a disk.
+# Look-ups of more files than this (stats, utimes) are split into this many pool tasks, not
+# one per file: each hand-off is a thread woken and the loop woken back (~50-70 us of CPU on
+# a virtual machine), more than the look-up of a cached file it carries; a few tasks still
+# keep a few requests in flight to a disk.  (Reads, writes and syncs keep a task each: their
+# latencies overlap.)
 _MAP_TASKS = 8
 
 
@@ -299,12 +300,16 @@ class LocalBlockStore(PartsStore):
     def remove_leftovers(self) -> list[str]:
         return [f"tmp/{name}" for name in tmpfiles.dead(self._tmp, remove=True)]
 
-    def _map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    def _map(self, fn: Callable[[_T], _R], items: Sequence[_T], lookups: bool = False
+             ) -> list[_R]:
+        """[fn(item) for item in items], on the pool.  `lookups`: each call only looks a
+        file up (a stat, a utime), not a read, write or sync whose latency a task per file
+        overlaps: past _MAP_TASKS files they go in that many tasks."""
         # Threads pay off only when there is more than one file to wait on, except under an
         # event loop: there even one blocking call must leave its thread.
         if len(items) < 2 and not self._offload.cooperative:
             return [fn(item) for item in items]
-        if len(items) <= _MAP_TASKS:
+        if not lookups or len(items) <= _MAP_TASKS:
             return list(self._pool.map(fn, items))
         step = -(-len(items) // _MAP_TASKS)
         parts = self._pool.map(lambda part: [fn(item) for item in part],
@@ -560,7 +565,7 @@ class LocalBlockStore(PartsStore):
         # otherwise cost a file look-up on the pool per block.
         packed = self._packed_rows(list(dict.fromkeys(hashes)))
         rest = [h for h in dict.fromkeys(hashes) if h not in packed]
-        present = self._map(lambda h: os.path.exists(self._path(h)), rest)
+        present = self._map(lambda h: os.path.exists(self._path(h)), rest, lookups=True)
         return [h for h, here in zip(rest, present, strict=True) if not here]
 
     def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
@@ -582,8 +587,8 @@ class LocalBlockStore(PartsStore):
                 self._offload.run(packs.refresh, unique, fresh_since)) \
                 if packs is not None and unique else {}
             rest = [h for h in unique if h not in found]
-            found.update(zip(rest, self._map(lambda h: _refresh(self._path(h)), rest),
-                             strict=True))
+            refreshed = self._map(lambda h: _refresh(self._path(h)), rest, lookups=True)
+            found.update(zip(rest, refreshed, strict=True))
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
         return [found[h] for h in hashes]
@@ -761,7 +766,7 @@ class LocalBlockStore(PartsStore):
         rows = self._packed_rows(list(dict.fromkeys(hashes)))  # (first: see `missing`)
         rest = [h for h in dict.fromkeys(hashes) if h not in rows]
         found: dict[bytes, int | None] = {h: row[2] for h, row in rows.items()}
-        found.update(zip(rest, self._map(one, rest), strict=True))
+        found.update(zip(rest, self._map(one, rest, lookups=True), strict=True))
         return [found[h] for h in hashes]
 
     def age_s(self, hashes: Sequence[bytes]) -> list[float | None]:
@@ -777,7 +782,7 @@ class LocalBlockStore(PartsStore):
         rest = [h for h in dict.fromkeys(hashes) if h not in rows]
         found: dict[bytes, float | None] = {h: max(0.0, now - row[3])
                                             for h, row in rows.items()}
-        found.update(zip(rest, self._map(one, rest), strict=True))
+        found.update(zip(rest, self._map(one, rest, lookups=True), strict=True))
         return [found[h] for h in hashes]
 
     def close(self) -> None:
