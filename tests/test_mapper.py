@@ -304,6 +304,52 @@ def test_build_stream_gives_the_canonical_map(tmp_path_factory, kinds, piece, ba
         streamed.blocker.close()
 
 
+class _RecordingPool:
+    """A read-ahead executor that runs each task at once and keeps the batch it was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def submit(self, fn, batch):
+        from concurrent.futures import Future
+
+        self.batches.append(list(batch))
+        future: Future = Future()
+        future.set_result(fn(batch))
+        return future
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=400), st.integers(1, 3),
+       st.integers(0, 2**32))
+def test_reads_of_small_blocks_go_in_batches_of_full_blocks_bytes(lengths, batch_blocks,
+                                                                   seed):
+    """Content-defined chunks far under the block size: a read fetches them hundreds at a
+    time, within the bytes of `batch_blocks` full blocks, the first batch `batch_blocks` of
+    them (the reader waits for it); the bytes are the map's either way."""
+    import random
+
+    from pithos.mapper.mapper import READ_BATCH_MAX
+
+    bs = 4096
+    mapper = make_mapper(block_size=bs, fanout=64)
+    rng = random.Random(seed)
+    datas = [rng.randbytes(n) for n in lengths]
+    hashes = mapper.blocker.put_many(datas)
+    root = mapper.store_entries(hashes, lengths)
+    data = b"".join(datas)
+    pool = _RecordingPool()
+    assert b"".join(mapper.read(root, batch_blocks=batch_blocks, prefetch=pool)) == data
+    assert b"".join(mapper.read(root, batch_blocks=batch_blocks)) == data
+    first, *rest = pool.batches
+    assert len(first) == min(batch_blocks, len(lengths))
+    for batch in rest:
+        assert 1 <= len(batch) <= READ_BATCH_MAX
+        assert len(batch) == 1 or sum(p.block_length for p in batch) <= batch_blocks * bs
+    # Hundreds at a time: as many batches as the bytes need, not one per `batch_blocks`.
+    assert len(rest) <= 2 * (-(-sum(lengths) // (batch_blocks * bs))) + 1
+
+
 def test_build_stream_leaves_what_read_returned_as_it_was():
     """A stream's read() may return a bytearray in short pieces (the body reader hands each to
     the MD5 queue as it goes): building must join them into new objects, never grow a piece
