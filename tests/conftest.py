@@ -13,10 +13,23 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 REQUIRE_ALL = os.environ.get("PITHOS_REQUIRE_ALL") == "1"
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A thread pool that counts the tasks handed to it (how many hand-offs a call costs)."""
+
+    def __init__(self, workers: int = 2) -> None:
+        super().__init__(workers)
+        self.tasks = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.tasks += 1
+        return super().submit(fn, *args, **kwargs)
 
 
 def native_module(name: str):

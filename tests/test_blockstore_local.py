@@ -3,6 +3,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import CountingPool
 
 from pithos.blocker import LocalBlockStore
 from pithos.blocker.local import _MAP_TASKS, PACK_MAX, PACK_MIN_BATCH
@@ -30,25 +31,13 @@ class TestLocalBlockStore(PartsStoreContract):
             pool.shutdown(wait=True)
 
 
-class _CountingPool(ThreadPoolExecutor):
-    """A thread pool that counts the tasks handed to it."""
-
-    def __init__(self) -> None:
-        super().__init__(4)
-        self.tasks = 0
-
-    def submit(self, fn, /, *args, **kwargs):
-        self.tasks += 1
-        return super().submit(fn, *args, **kwargs)
-
-
 @pytest.mark.parametrize("pack_max", [0, PACK_MAX])
 def test_many_files_looked_for_under_a_loop_take_a_few_pool_tasks(tmp_path, pack_max):
     """Under a loop every file look-up leaves its thread, but a call over many files (a CDC
     upload's touch of its chunks, absent from the index: ~250 for 4 MiB) hands the pool a few
     tasks, not one per file (a hand-off costs more than the look-up), and answers each file
     in its place."""
-    pool = _CountingPool()
+    pool = CountingPool(4)
     offload = Offload(pool, cooperative=True, spawner=pool)
     with LocalBlockStore(tmp_path / "b", offload=offload, pack_max=pack_max) as store:
         present = [blob(100 + i) for i in range(3)]  # (3: files, never packed)

@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import pytest
-from conftest import native_module
+from conftest import CountingPool, native_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,18 +23,6 @@ def test_block_hash_is_blake3_256():
 def test_hash_many_matches_one_by_one(blocks):
     with ThreadPoolExecutor(2) as pool:
         assert hash_many(blocks, pool) == [block_hash(b) for b in blocks]
-
-
-class CountingPool(ThreadPoolExecutor):
-    """A thread pool that counts the tasks handed to it."""
-
-    def __init__(self) -> None:
-        super().__init__(2)
-        self.tasks = 0
-
-    def submit(self, fn, /, *args, **kwargs):
-        self.tasks += 1
-        return super().submit(fn, *args, **kwargs)
 
 
 @settings(max_examples=40)
