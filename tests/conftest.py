@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 REQUIRE_ALL = os.environ.get("PITHOS_REQUIRE_ALL") == "1"
+
+
+def readable(f, timeout_s: float) -> bool:
+    """Whether `f` (a socket, a pipe, anything with fileno()) has something to read (or its
+    end) within `timeout_s`.  poll(2), not select(2): select refuses descriptors past 1023,
+    which a test worker that has run hundreds of server tests reaches."""
+    poller = select.poll()
+    poller.register(f, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
 
 
 class CountingPool(ThreadPoolExecutor):

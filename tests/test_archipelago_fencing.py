@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import readable
 
 from archipelago import LeaseLost, Volumes
 from archipelago.rados import (
@@ -66,8 +66,7 @@ def break_lock(vols: Volumes, name: str, cookie: str) -> None:
 
 def readline(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> bytes:
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    line = proc.stdout.readline() if ready else b""
+    line = proc.stdout.readline() if readable(proc.stdout, timeout_s) else b""
     if not line:
         assert proc.stderr is not None
         proc.kill()
@@ -342,9 +341,8 @@ class QemuIo:
         out = b""
         deadline = time.monotonic() + timeout_s
         while not out.endswith(self.PROMPT):  # each answer ends with the next prompt
-            ready, _, _ = select.select([self.proc.stdout], [], [],
-                                        max(0.0, deadline - time.monotonic()))
-            assert ready, f"qemu-io did not answer: {out!r}"
+            assert readable(self.proc.stdout, deadline - time.monotonic()), \
+                f"qemu-io did not answer: {out!r}"
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             assert chunk, f"qemu-io exited: {out!r}"
             out += chunk

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import time
 import uuid
 
 import pytest
+from conftest import readable
 from hypothesis import HealthCheck, settings
 
 from archipelago import LeaseLost, Volumes, gc_roots
@@ -288,8 +288,7 @@ def test_kill_9_after_flush_loses_nothing_and_the_lease_expires(hosts, url, clus
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     dead = ""
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else b""
+        line = proc.stdout.readline() if readable(proc.stdout, 60) else b""
         assert line.startswith(b"ready "), proc.stderr.read1().decode()
         dead = line.split()[1].decode()
         with pytest.raises(Conflict):
@@ -496,8 +495,7 @@ class RadosServer:
             [sys.executable, "-m", "archipelago.cli", "serve", "--data-dir", data_dir,
              "--blocks", url, "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else b""
+        line = self.proc.stdout.readline() if readable(self.proc.stdout, 30) else b""
         if not line.startswith(b"listening on "):
             self.stop()
             raise RuntimeError(f"archipelago serve did not start: {line!r}")

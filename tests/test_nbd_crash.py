@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import readable
 
 from archipelago.testing import ServerProcess
 
@@ -100,8 +100,7 @@ def test_kill_9_during_writes_keeps_flushed_data(tmp_path):
             buf = b""
             deadline = time.monotonic() + 60
             while seen < stop_after and time.monotonic() < deadline:
-                ready, _, _ = select.select([client.stdout], [], [], 1)
-                if not ready:
+                if not readable(client.stdout, 1):
                     continue
                 chunk = os.read(client.stdout.fileno(), 65536)
                 if not chunk:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import shutil
 import socket
 import struct
@@ -26,6 +25,7 @@ import threading
 from typing import NamedTuple
 
 import pytest
+from conftest import readable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -241,8 +241,7 @@ def expect_closed(s: socket.socket) -> None:
 
 
 def expect_nothing_more(s: socket.socket) -> None:
-    readable, _, _ = select.select([s], [], [], 0.05)
-    if readable:
+    if readable(s, 0.05):
         assert s.recv(4096, socket.MSG_PEEK) == b"", "stray bytes after the last reply"
 
 

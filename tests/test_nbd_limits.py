@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import shutil
 import socket
 import struct
@@ -17,6 +16,7 @@ import threading
 import time
 
 import pytest
+from conftest import readable
 
 from archipelago.nbd.buffers import BufferPool
 from archipelago.testing import ServerProcess
@@ -107,10 +107,35 @@ def _closed_by_server(s: socket.socket) -> bool:
     return True
 
 
+def test_readiness_is_seen_on_descriptors_past_1023():
+    """The tests here hold hundreds of sockets in a worker that ran many servers before:
+    select(2) refused their descriptors past 1023 (CI failed two tests so); poll does not."""
+    import fcntl
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=fcntl.fcntl(a.fileno(), fcntl.F_DUPFD, 1100))
+    try:
+        assert high.fileno() >= 1100
+        assert not readable(high, 0)
+        b.send(b"x")
+        assert readable(high, 5)
+        assert _still_open(high)
+        b.close()
+        high.recv(1)
+        assert not _still_open(high)  # its end: closed by the other side
+    finally:
+        high.close()
+        a.close()
+        b.close()
+
+
 def _still_open(s: socket.socket) -> bool:
     """No EOF waiting to be read: the server keeps it."""
-    readable, _, _ = select.select([s], [], [], 0)
-    return not readable or s.recv(1, socket.MSG_PEEK) != b""
+    return not readable(s, 0) or s.recv(1, socket.MSG_PEEK) != b""
 
 
 @pytest.fixture
