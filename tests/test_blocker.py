@@ -22,7 +22,8 @@ def corrupt(blocker, h):
     """Damage a stored block behind the blocker's back, as a failing disk would."""
     store = blocker.store
     if isinstance(store, MemoryBlockStore):
-        store._blobs[h] = b"X" + store._blobs[h][1:]
+        blob = store._blobs[h]  # (every bit of the first byte flipped: never a no-op)
+        store._blobs[h] = bytes([blob[0] ^ 0xFF]) + blob[1:]
     else:  # (a file of its own, or a record in a pack)
         block_damage.flip(store, h, len(block_damage.stored(store, h)) // 2, 0xFF)
 
