@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pithos.blocker import direct_io, tmpfiles
+from pithos.blocker.pack_rows import KeptRows
 from pithos.core.files import fsync_dir
 from pithos.core.locks import WriterLock, native_lock
 from pithos.core.wal_sync import CHECKPOINT_BYTES, WalCheckpoints, WalSync
@@ -164,6 +165,11 @@ class Packs:
         # neither is held across a yield (only list and file-system calls inside).
         self._conns_lock = native_lock()
         self._append_lock = native_lock()
+        # Look-ups: the rows this process has seen, the others through one connection
+        # (pithos/blocker/pack_rows.py).
+        self._kept = KeptRows(os.path.join(self.dir, "index.stamp"))
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = native_lock()
         self._active: _Active | None = None
         self._pid = os.getpid()
         self._names = iter(range(1 << 62))
@@ -190,9 +196,17 @@ class Packs:
             self._forked()
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            with _sql_errors():
-                db = sqlite3.connect(self._db_path, timeout=120, isolation_level=None,
-                                     check_same_thread=False)
+            db = self._connect()
+            self._local.db = db
+            with self._conns_lock:
+                self._conns.append(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        with _sql_errors():
+            db = sqlite3.connect(self._db_path, timeout=120, isolation_level=None,
+                                 check_same_thread=False)
+            try:
                 if not self._mode_set:
                     # Once, as the packs open (the mode is the database file's), and under
                     # the writer lock: set on every new connection, one setting it while
@@ -216,25 +230,29 @@ class Packs:
                 # run inside the COMMIT that passed the mark, under the writer lock and in
                 # the writer's request.
                 db.execute("PRAGMA wal_autocheckpoint=0")
-                # A connection per thread (up to a pool's worth, 16): each keeps a cache of
-                # its own, grown as pages are read, the kernel's page cache the index for
-                # all of them.  8 MiB holds a first sync's index of ~45,000 chunks, whose
-                # look-ups by random hash missed a 1 MiB cache and read pages by pread(2)
+                # A connection per writing thread (up to a pool's worth, 16) and one for the
+                # process's look-ups: each keeps a cache of its own, grown as pages are
+                # read, the kernel's page cache the index for all of them.  8 MiB holds a
+                # first sync's index of ~45,000 chunks, whose look-ups by random hash
+                # missed a 1 MiB cache and read pages by pread(2)
                 # (A/B on the sync bench's first sync: 16 MiB took 4-6% off the server's
                 # CPU in three pairs of three; 8 MiB in two, within the noise in one).
                 db.execute("PRAGMA cache_size=-8192")
                 # Statement journals and RETURNING's rows in memory, not in temporary files
                 # (~150 MB of them on a 1 GB first sync before refresh's UPDATE OR FAIL).
                 db.execute("PRAGMA temp_store=MEMORY")
-            self._local.db = db
-            with self._conns_lock:
-                self._conns.append(db)
+            except BaseException:
+                db.close()
+                raise
         return db
 
     def _forked(self) -> None:
         self._pid = os.getpid()
         self._local = threading.local()
         self._conns = []
+        self._reader = None  # (the parent's: left alone, as its other connections)
+        self._reader_lock = native_lock()
+        self._kept.reset()
         active, self._active = self._active, None
         if active is not None:
             with contextlib.suppress(OSError):
@@ -293,7 +311,23 @@ class Packs:
                 found[bytes(h)] = (pack, offset, length, stamp)
 
     def lookup(self, hashes: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, float]]:
-        return self._rows(self._db(), hashes)
+        """hash -> (pack, offset, length, stamp) of the packed ones among `hashes`: the rows
+        this process keeps, the index's for the others (pithos/blocker/pack_rows.py)."""
+        if self._pid != os.getpid():
+            self._forked()
+        unique = list(dict.fromkeys(hashes))
+        tag = self._kept.tag()
+        found = self._kept.known(unique, tag)
+        rest = [h for h in unique if h not in found] if found else unique
+        if rest:
+            with self._reader_lock:
+                db = self._reader
+                if db is None:
+                    db = self._reader = self._connect()
+                read = self._rows(db, rest)
+            self._kept.keep(read, tag)
+            found.update(read)
+        return found
 
     # -- packs -------------------------------------------------------------------------------
 
@@ -399,10 +433,11 @@ class Packs:
         found: dict[bytes, int] = {}
         if fresh_since is not None:
             # A hashmap upload names the chunks it sent a moment before: their rows are read
-            # (no write lock, no page written to the WAL, no sync) and only the older ones
+            # (kept by this process, else from the index: pithos/blocker/pack_rows.py; no
+            # write lock, no page written to the WAL, no sync) and only the older ones
             # rewritten.  (A row that vanishes or appears after this read is reported as
             # the update or the caller's look-up for a file finds it: absent, or present.)
-            rows = self._rows(db, unique)
+            rows = self.lookup(unique)
             stale = []
             for h in unique:
                 row = rows.get(h)
@@ -414,6 +449,7 @@ class Packs:
             if not unique:
                 return found
         fresh = len(found)
+        tag = self._kept.tag()
         now = time.time()
         # (Nothing updated, nothing to make durable: blocks kept as files.)
         with self._write(db, changed=lambda: len(found) > fresh):
@@ -432,6 +468,9 @@ class Packs:
                         f"({','.join('?' * len(part))}) RETURNING hash, length",
                         (now, *part)):
                     found[bytes(h)] = length
+        # Only the rows stamped here (`unique` holds no fresh one now): a kept stamp newer
+        # than the index's would let a later touch skip a row that a sweep may remove.
+        self._kept.restamp((h for h in unique if h in found), now, tag)
         return found
 
     def put(self, items: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
@@ -440,6 +479,7 @@ class Packs:
             return
         pack, offsets = self.append(items)
         db = self._db()
+        tag = self._kept.tag()
         now = time.time()
         with self._write(db):
             # A concurrent writer may have indexed the same block meanwhile: either copy
@@ -450,6 +490,8 @@ class Packs:
                 "offset = excluded.offset, length = excluded.length, stamp = excluded.stamp",
                 [(h, pack, off, len(memoryview(d)), now)
                  for (h, d), off in zip(items, offsets, strict=True)])
+        self._kept.keep({h: (pack, off, len(memoryview(d)), now)
+                         for (h, d), off in zip(items, offsets, strict=True)}, tag)
 
     def _read_record(self, hash_: bytes, fds: dict[int, int],
                      row: tuple[int, int, int, float] | None, offset: int = 0,
@@ -464,8 +506,9 @@ class Packs:
             if fd is None:
                 try:
                     fd = os.open(self.pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    row = self._rows(self._db(), [hash_]).get(hash_)
+                except FileNotFoundError:  # (compacted away: the index says where it went)
+                    self._kept.forget([hash_])
+                    row = self.lookup([hash_]).get(hash_)
                     continue
                 fds[pack] = fd
             if length is None:
@@ -511,7 +554,8 @@ class Packs:
         if not hashes:
             return []
         db = self._db()
-        gone = []
+        gone: list[bytes] = []
+        self._kept.removing()
         with self._write(db):
             for h in dict.fromkeys(hashes):
                 if cutoff is None:
@@ -521,6 +565,7 @@ class Packs:
                                         (h, cutoff))
                 if cursor.rowcount:
                     gone.append(h)
+        self._kept.removing()
         return gone
 
     def quarantine(self, hash_: bytes, seen: bytes | None, size: int = 0) -> bool | None:
@@ -528,6 +573,7 @@ class Packs:
         bytes are `seen`, or, `seen` None, its length is not `size`); whether it was moved,
         None if it has no row."""
         db = self._db()
+        self._kept.removing()
         with self._write(db):
             row = self._rows(db, [hash_]).get(hash_)
             if row is None:
@@ -547,6 +593,7 @@ class Packs:
                 return False  # stored afresh (or moved intact) since it was read
             self._keep_quarantined(hash_, data)
             db.execute("DELETE FROM blocks WHERE hash = ?", (hash_,))
+        self._kept.removing()
         return True
 
     def _keep_quarantined(self, hash_: bytes, data: bytes) -> None:
@@ -698,9 +745,12 @@ class Packs:
                     active.sealed = True
         with self._conns_lock:
             conns, self._conns = self._conns, []
-        for db in conns:
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
+        for db in conns + ([reader] if reader is not None and self._pid == os.getpid() else []):
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+        self._kept.close()
         self._checkpoints.close()
         self._wal_sync.close()
         self._writer.close()

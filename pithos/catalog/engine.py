@@ -26,7 +26,6 @@ from sqlalchemy.exc import ArgumentError
 
 from pithos.catalog import schema as s
 from pithos.catalog.db_errors import DatabaseErrors
-from pithos.catalog.info_stamp import InfoStamp
 from pithos.catalog.prepared import SnapshotReads, Statements, fetch, run
 from pithos.catalog.space import (
     SpaceReserve,
@@ -34,6 +33,7 @@ from pithos.catalog.space import (
 )
 from pithos.core.errors import BackendError, InvalidArgument, NoSpace
 from pithos.core.offload import Offload
+from pithos.core.stamp import SharedStamp
 from pithos.core.wal_sync import CHECKPOINT_BYTES, WalCheckpoints, WalSync
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ PING_IDLE_S = 1.0
 # keeps container info in memcache, there for 60 s): most small requests then ask the
 # database one statement instead of two.  Any other write through the same catalog drops
 # them at once, and so does another process's write on the same machine (the stamp of
-# pithos/catalog/info_stamp.py); another node's change (an ACL, a deleted container) is
+# pithos/core/stamp.py); another node's change (an ACL, a deleted container) is
 # seen at most this late, as a validated token is trusted for 5 s.
 INFO_TTL_S = 1.0
 INFO_MAX_ENTRIES = 4096
@@ -273,7 +273,7 @@ class CatalogEngine:
         WalSync); otherwise a writer syncs on its own thread.  `reserve_bytes`: the room an
         SQLite catalog keeps beside its database for getting out of a full disk
         (pithos/catalog/space.py).  `info_stamp`: the file of the stamp the processes of
-        one data directory share (pithos/catalog/info_stamp.py): this catalog's writes
+        one data directory share (pithos/core/stamp.py): this catalog's writes
         bump it, and its cached lookups last only while it is unchanged."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -302,7 +302,7 @@ class CatalogEngine:
         self._info_ttl = INFO_TTL_S if offload is not None and offload.cooperative else 0.0
         self._info: dict[Any, tuple[float, int, Any]] = {}
         self._info_gen = 0
-        self._stamp = InfoStamp(info_stamp) if info_stamp is not None else None
+        self._stamp = SharedStamp(info_stamp) if info_stamp is not None else None
         self._wal_sync: WalSync | None = None
         self._checkpoints: WalCheckpoints | None = None
         self._offload = offload

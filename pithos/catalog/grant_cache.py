@@ -9,7 +9,7 @@ catalog only about the others.
 Why a kept grant stays true: grants are never revoked.  One goes only with its account or user
 (a cascade of the owner's delete), and a deleted owner can no longer authenticate to ask.  Its
 id can come back only on SQLite (an INTEGER PRIMARY KEY reuses the largest id after a delete),
-where every process of the one machine shares the info stamp (pithos/catalog/info_stamp.py):
+where every process of the one machine shares the info stamp (pithos/core/stamp.py):
 such a delete bumps it, and the worker drops everything it kept.  PostgreSQL's ids come from
 sequences and are never reused.  Entries go after GRANTS_TTL_S anyway, and all at once past
 GRANTS_MAX (memory stays bounded).  Only found grants are kept: one another process writes
