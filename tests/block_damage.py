@@ -8,6 +8,7 @@ import os
 import sqlite3
 
 from pithos.blocker import LocalBlockStore
+from pithos.core.stamp import SharedStamp
 
 
 def write_stored(store: LocalBlockStore, hash_: bytes, data: bytes) -> None:
@@ -30,6 +31,11 @@ def write_stored(store: LocalBlockStore, hash_: bytes, data: bytes) -> None:
         with contextlib.closing(sqlite3.connect(
                 os.path.join(store.path, "packs", "index.sqlite"))) as db, db:
             db.execute("UPDATE blocks SET length = ? WHERE hash = ?", (len(data), hash_))
+        # A row changed behind the store's back, as a remover would: every process drops
+        # the rows it keeps (pithos/blocker/pack_rows.py).
+        stamp = SharedStamp(os.path.join(store.path, "packs", "index.stamp"))
+        stamp.bump()
+        stamp.close()
 
 
 def stored(store: LocalBlockStore, hash_: bytes) -> bytes:

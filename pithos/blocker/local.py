@@ -264,7 +264,12 @@ class LocalBlockStore(PartsStore):
         packs = self._packs_ro()
         if packs is None or not hashes:
             return {}
-        return self._offload.run(packs.lookup, hashes)
+        # The rows this process keeps are answered here (a pool hand-off costs more than the
+        # dict look-ups: pithos/blocker/pack_rows.py); the pool asks the index the rest.
+        rows = packs.kept(hashes)
+        if len(rows) < len(hashes):
+            rows.update(self._offload.run(packs.lookup, [h for h in hashes if h not in rows]))
+        return rows
 
     def _restore_trash(self) -> None:
         """Put back every block found in the trash.  A conditional delete that was killed
@@ -583,9 +588,16 @@ class LocalBlockStore(PartsStore):
             # One update of the index that answers which are packed and their lengths (no
             # look-up first); the others are looked for as files (each refreshed: a file's
             # age is its mtime, and a stat costs about what the refresh does).
-            found: dict[bytes, int | None] = dict(
-                self._offload.run(packs.refresh, unique, fresh_since)) \
-                if packs is not None and unique else {}
+            found: dict[bytes, int | None] = {}
+            if packs is not None and unique:
+                # Rows kept and fresh need neither a write nor a read of the index: answered
+                # here, without a pool hand-off (a hashmap upload names the chunks it sent a
+                # moment before, through the same worker as a rule).
+                if fresh_since is not None:
+                    found.update((h, row[2]) for h, row in packs.kept(unique, fresh_since).items())
+                asked = [h for h in unique if h not in found] if found else unique
+                if asked:
+                    found.update(self._offload.run(packs.refresh, asked, fresh_since))
             rest = [h for h in unique if h not in found]
             refreshed = self._map(lambda h: _refresh(self._path(h)), rest, lookups=True)
             found.update(zip(rest, refreshed, strict=True))

@@ -170,6 +170,7 @@ class Packs:
         self._kept = KeptRows(os.path.join(self.dir, "index.stamp"))
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = native_lock()
+        self._writing: sqlite3.Connection | None = None  # (see _write)
         self._active: _Active | None = None
         self._pid = os.getpid()
         self._names = iter(range(1 << 62))
@@ -181,8 +182,8 @@ class Packs:
         self._checkpoints = WalCheckpoints(self._db_path)
         self._mode_set = False
         self._direct_refused = False  # (see append)
-        db = self._db()
-        with self._write(db):
+        self._db()  # (sets the index's mode, under the writer lock: before _write holds it)
+        with self._write() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -250,7 +251,7 @@ class Packs:
         self._pid = os.getpid()
         self._local = threading.local()
         self._conns = []
-        self._reader = None  # (the parent's: left alone, as its other connections)
+        self._reader = self._writing = None  # (the parent's: left alone, as the others)
         self._reader_lock = native_lock()
         self._kept.reset()
         active, self._active = self._active, None
@@ -259,15 +260,24 @@ class Packs:
                 active.close()
 
     @contextlib.contextmanager
-    def _write(self, db: sqlite3.Connection, changed: Callable[[], bool] | None = None
-               ) -> Iterator[None]:
-        """One write transaction, taking the write lock at its start (so a read in it sees
-        what the commit will be judged against).  `changed`: whether it wrote anything, asked
-        after the commit (else it is taken to have): only then is the WAL synced."""
+    def _write(self, changed: Callable[[], bool] | None = None
+               ) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the process's writing connection, taking the write lock
+        at its start (so a read in it sees what the commit will be judged against).
+        `changed`: whether it wrote anything, asked after the commit (else it is taken to
+        have): only then is the WAL synced.  One connection for every writing thread (the
+        lock lets one write at a time anyway): its page cache outlives its own commits, where
+        a connection per thread lost its cache at each of the others' and read the pages
+        again to insert into them."""
         with _sql_errors(), self._writer:
+            if self._pid != os.getpid():
+                self._forked()
+            db = self._writing
+            if db is None:
+                db = self._writing = self._connect()
             db.execute("BEGIN IMMEDIATE")
             try:
-                yield
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -276,9 +286,9 @@ class Packs:
                 raise
         if changed is None or changed():
             self._wal_sync.sync()  # durable before the caller goes on, as FULL made it
-            self._checkpoint_if_due(db)
+            self._checkpoint_if_due()
 
-    def _checkpoint_if_due(self, db: sqlite3.Connection) -> None:
+    def _checkpoint_if_due(self) -> None:
         """The WAL checkpointed as SQLite's automatic checkpoint would, but neither under the
         writer lock nor in a writer's request: by the process's checkpointing thread
         (pithos.core.wal_sync.WalCheckpoints).  Past its bound (the thread falls behind
@@ -288,7 +298,8 @@ class Packs:
         if self._checkpoints.after_commit():
             # (A failure, a full disk say, fails no write: the commit is durable already.)
             with self._writer, contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                if self._writing is not None:
+                    self._writing.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _rows(self, db: sqlite3.Connection, hashes: Sequence[bytes]
               ) -> dict[bytes, tuple[int, int, int, float]]:
@@ -309,6 +320,18 @@ class Packs:
                     "SELECT hash, pack, offset, length, stamp FROM blocks "
                     f"WHERE hash IN ({marks})", part):
                 found[bytes(h)] = (pack, offset, length, stamp)
+
+    def kept(self, hashes: Sequence[bytes], fresh_since: float | None = None
+             ) -> dict[bytes, tuple[int, int, int, float]]:
+        """The rows among `hashes` this process keeps (stamped at or after `fresh_since`, if
+        given): no I/O, so a caller on an event loop may ask before handing the rest to a
+        thread (`lookup`, `refresh`)."""
+        if self._pid != os.getpid():
+            return {}  # (the fork is handled where a connection is used)
+        rows = self._kept.known(hashes, self._kept.tag())
+        if fresh_since is not None:
+            rows = {h: row for h, row in rows.items() if row[3] >= fresh_since}
+        return rows
 
     def lookup(self, hashes: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, float]]:
         """hash -> (pack, offset, length, stamp) of the packed ones among `hashes`: the rows
@@ -428,7 +451,6 @@ class Packs:
         the writer's lease keeps every sweep's cutoff before it)."""
         if not hashes:
             return {}
-        db = self._db()
         unique = list(dict.fromkeys(hashes))
         found: dict[bytes, int] = {}
         if fresh_since is not None:
@@ -452,7 +474,7 @@ class Packs:
         tag = self._kept.tag()
         now = time.time()
         # (Nothing updated, nothing to make durable: blocks kept as files.)
-        with self._write(db, changed=lambda: len(found) > fresh):
+        with self._write(changed=lambda: len(found) > fresh) as db:
             # A statement per few hundred hashes, not per hash (a hashmap upload touches
             # every block it names: 60,000 of them a GB of 16 KiB chunks), each answering the
             # rows it updated and their lengths (RETURNING: one pass over the index, where a
@@ -478,10 +500,9 @@ class Packs:
         if not items:
             return
         pack, offsets = self.append(items)
-        db = self._db()
         tag = self._kept.tag()
         now = time.time()
-        with self._write(db):
+        with self._write() as db:
             # A concurrent writer may have indexed the same block meanwhile: either copy
             # serves (same hash), so the last row wins.
             db.executemany(
@@ -553,10 +574,9 @@ class Packs:
         returns the hashes removed.  Durable on return (the commit)."""
         if not hashes:
             return []
-        db = self._db()
         gone: list[bytes] = []
         self._kept.removing()
-        with self._write(db):
+        with self._write() as db:
             for h in dict.fromkeys(hashes):
                 if cutoff is None:
                     cursor = db.execute("DELETE FROM blocks WHERE hash = ?", (h,))
@@ -572,9 +592,8 @@ class Packs:
         """Move the packed block aside into quarantine/ if its record is the damaged one (its
         bytes are `seen`, or, `seen` None, its length is not `size`); whether it was moved,
         None if it has no row."""
-        db = self._db()
         self._kept.removing()
-        with self._write(db):
+        with self._write() as db:
             row = self._rows(db, [hash_]).get(hash_)
             if row is None:
                 return None
@@ -690,14 +709,13 @@ class Packs:
                 return  # compacted by another process before we held it
             size = os.fstat(fd).st_size
             # Held: no writer appends to it, so no new row can point into it from now on.
-            db = self._db()
             count, live = self.usage().get(pack_id, (0, 0))
             if count and (size - live <= 0 or size - live < min_garbage * size):
                 return
             if count:
-                self._move_live(db, fd, pack_id, report)
+                self._move_live(fd, pack_id, report)
             # Every row that pointed here has moved (or was deleted): the old pack can go.
-            with self._write(db):
+            with self._write() as db:
                 left = db.execute("SELECT COUNT(*) FROM blocks WHERE pack = ?",
                                   (pack_id,)).fetchone()[0]
                 if left:
@@ -709,12 +727,11 @@ class Packs:
         finally:
             os.close(fd)
 
-    def _move_live(self, db: sqlite3.Connection, fd: int, pack_id: int,
-                   report: dict[str, int]) -> None:
+    def _move_live(self, fd: int, pack_id: int, report: dict[str, int]) -> None:
         """Copy the live records of the held pack `fd` into this process's pack and move
         their rows, batch by batch; a row changed meanwhile (deleted, stored anew) stays."""
         with _sql_errors():
-            rows = db.execute("SELECT hash, offset, length FROM blocks WHERE pack = ? "
+            rows = self._db().execute("SELECT hash, offset, length FROM blocks WHERE pack = ? "
                               "ORDER BY offset", (pack_id,)).fetchall()
         i = 0
         while i < len(rows):
@@ -727,7 +744,7 @@ class Packs:
             records = [(bytes(h), os.pread(fd, length, offset + HEADER.size))
                        for h, offset, length in batch]
             new_pack, offsets = self.append(records)
-            with self._write(db):
+            with self._write() as db:
                 db.executemany(
                     "UPDATE blocks SET pack = ?, offset = ? "
                     "WHERE hash = ? AND pack = ? AND offset = ?",
@@ -747,7 +764,10 @@ class Packs:
             conns, self._conns = self._conns, []
         with self._reader_lock:
             reader, self._reader = self._reader, None
-        for db in conns + ([reader] if reader is not None and self._pid == os.getpid() else []):
+        with self._writer:
+            writing, self._writing = self._writing, None
+        mine = [c for c in (reader, writing) if c is not None and self._pid == os.getpid()]
+        for db in conns + mine:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
         self._kept.close()
