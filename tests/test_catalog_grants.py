@@ -48,3 +48,34 @@ def test_grants_of_hashes_of_another_length(catalog, container):
     catalog.grant_blocks(acct, short[::2])
     assert catalog.granted_blocks(acct, short) == set(short[::2])
     assert catalog.granted_blocks(acct, [*short[:3], h(1)]) == {short[0], short[2]}
+
+
+def test_a_grant_is_not_synced_and_the_next_synced_write_makes_it_durable(tmp_path):
+    """A POST ?blocks's grants commit without a WAL sync of their own (a grant a crash loses
+    only makes the account send the block again); the next durable write syncs the WAL, and
+    with it every commit before it: the grant survives a reopen."""
+    from pithos.catalog import Catalog
+
+    url = f"sqlite:///{tmp_path}/catalog.sqlite"
+    catalog = Catalog(url)
+    try:
+        acct = catalog.ensure_account("acct")
+        wal_sync = catalog._wal_sync
+        assert wal_sync is not None
+        bob = catalog.add_user("acct", "bob", "x", admin=False)
+        syncs: list[int] = []
+        fsync = wal_sync.fsync
+        wal_sync.fsync = lambda fd: (syncs.append(fd), fsync(fd))[1]
+        catalog.grant_blocks(acct, [h(1), h(2)])
+        catalog.grant_user_blocks(bob.id, [h(3)])
+        assert syncs == []
+        catalog.ensure_account("other")  # a durable write: the WAL synced up to it
+        assert len(syncs) == 1
+    finally:
+        catalog.close()
+    reopened = Catalog(url)
+    try:
+        assert reopened.granted_blocks(reopened.ensure_account("acct"), [h(1), h(2)]) == \
+            {h(1), h(2)}
+    finally:
+        reopened.close()

@@ -388,16 +388,18 @@ class CatalogEngine:
         return value
 
     @contextmanager
-    def _write(self, keeps_info: bool = False) -> Iterator[Connection]:
+    def _write(self, keeps_info: bool = False, durable: bool = True) -> Iterator[Connection]:
         """One write transaction, durable when the block exits without an error (every
         write of the catalog goes through here: callers acknowledge what it returns).  A
         full disk raises NoSpace, and nothing was written; a write that conflicts with a
         concurrent one (a unique name taken meanwhile) raises Conflict; the database failing
         or out of reach, BackendError.  Drops the cached lookups (`_cached_info`) unless
         `keeps_info`: the write changes no account, container or sharing row's cached
-        columns (a new object version)."""
+        columns (a new object version).  Not `durable`: a write a crash may lose without
+        harm, so its commit is not synced (block grants: pithos.catalog.sharing); it is
+        durable with the next write that is."""
         try:
-            with self._write_transaction() as conn:
+            with self._write_transaction(durable) as conn:
                 yield conn
         finally:
             if not keeps_info:
@@ -408,17 +410,19 @@ class CatalogEngine:
                     self._info.clear()
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[Connection]:
+    def _write_transaction(self, durable: bool = True) -> Iterator[Connection]:
         with self._errors, self.engine.connect() as conn:
             conn.info["begin_mode"] = "IMMEDIATE"
             try:
                 with conn.begin():
+                    if not durable and not self.is_sqlite:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                     yield conn
             finally:
                 conn.info.pop("begin_mode", None)
         # After the connection went back to the pool: other writers commit meanwhile and
         # share the sync.
-        if self._wal_sync is not None:
+        if self._wal_sync is not None and durable:
             try:
                 self._wal_sync.sync()
             except OSError as exc:

@@ -290,7 +290,11 @@ class SharingMixin:
         tag = cache.tag() if cache is not None else None
         # (No account, container or sharing row changes: the cached lookups of every process
         # stay, where a grant after each POST ?blocks made every worker load them again.)
-        with self._write(keeps_info=True) as conn:
+        # Not synced: a grant a crash loses only makes the account send those blocks again
+        # (a hashmap upload naming them is told they are missing, as for any block it may
+        # not name); it becomes durable with the next synced write of the catalog.  Each
+        # POST ?blocks waited for a WAL sync of its own on the pool.
+        with self._write(keeps_info=True, durable=False) as conn:
             self._grant(conn, account_id, hashes)
         if cache is not None and tag is not None:
             cache.keep("account", account_id, hashes, tag)
@@ -318,7 +322,7 @@ class SharingMixin:
             return
         cache = self._grant_cache()
         tag = cache.tag() if cache is not None else None
-        with self._write(keeps_info=True) as conn:  # (as grant_blocks)
+        with self._write(keeps_info=True, durable=False) as conn:  # (as grant_blocks)
             self._run_in(conn, h.USER_GRANT[self._dialect.name],
                          [{"user_id": user_id, "hash": block} for block in unique])
         if cache is not None and tag is not None:
