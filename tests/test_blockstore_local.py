@@ -6,7 +6,7 @@ import pytest
 from conftest import CountingPool
 
 from pithos.blocker import LocalBlockStore
-from pithos.blocker.local import _MAP_TASKS, PACK_MAX, PACK_MIN_BATCH
+from pithos.blocker.local import _LOOKUPS_PER_TASK, _MAP_TASKS, PACK_MAX, PACK_MIN_BATCH
 from pithos.core.offload import Offload
 from tests.blocker_contract import PartsStoreContract, blob, cutoff_between
 
@@ -36,21 +36,33 @@ def test_many_files_looked_for_under_a_loop_take_a_few_pool_tasks(tmp_path, pack
     """Under a loop every file look-up leaves its thread, but a call over many files (a CDC
     upload's touch of its chunks, absent from the index: ~250 for 4 MiB) hands the pool a few
     tasks, not one per file (a hand-off costs more than the look-up), and answers each file
-    in its place."""
+    in its place.  Up to _LOOKUPS_PER_TASK files left after the index's answer are looked for
+    in the index's own task: one hand-off for a small upload's chunks."""
     pool = CountingPool(4)
     offload = Offload(pool, cooperative=True, spawner=pool)
     with LocalBlockStore(tmp_path / "b", offload=offload, pack_max=pack_max) as store:
         present = [blob(100 + i) for i in range(3)]  # (3: files, never packed)
         store.put_many(present)
-        absent = [blob(100 + i)[0] for i in range(60)]
+        packed = [blob(2000 + i) for i in range(6)]  # (6: packed, where packs are)
+        store.put_many(packed)
+        sizes = {h: len(d) for h, d in present + packed}
+        absent = [blob(100 + i)[0] for i in range(50)]
         hashes = absent[:20] + [present[0][0]] + absent[20:40] + [h for h, _ in present[1:]] \
-            + absent[40:]
+            + [h for h, _ in packed] + absent[40:]
+        assert len(hashes) <= _LOOKUPS_PER_TASK
         pool.tasks = 0
-        assert store.touch_sizes(hashes) == [
-            len(dict(present)[h]) if h in dict(present) else None for h in hashes]
-        assert pool.tasks <= _MAP_TASKS + 1  # (+1: the packs index's refresh)
+        assert store.touch_sizes(hashes) == [sizes.get(h) for h in hashes]
+        assert pool.tasks == 1
         pool.tasks = 0
         assert store.missing(hashes) == absent
+        assert pool.tasks == 1
+        many = [blob(5000 + i)[0] for i in range(10 * _LOOKUPS_PER_TASK)]
+        pool.tasks = 0
+        assert store.touch_sizes(many + hashes) == [None] * len(many) + \
+            [sizes.get(h) for h in hashes]
+        assert pool.tasks <= _MAP_TASKS + 1  # (+1: the packs index's refresh)
+        pool.tasks = 0
+        assert store.missing(many + hashes) == many + absent
         assert pool.tasks <= _MAP_TASKS + 1
     pool.shutdown(wait=True)
 

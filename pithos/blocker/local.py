@@ -105,12 +105,13 @@ PACK_MIN_BATCH = 5
 
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
 _ONE_TASK_ITEMS = 4
-# Look-ups of more files than this (stats, utimes) are split into this many pool tasks, not
-# one per file: each hand-off is a thread woken and the loop woken back (~50-70 us of CPU on
-# a virtual machine), more than the look-up of a cached file it carries; a few tasks still
-# keep a few requests in flight to a disk.  (Reads, writes and syncs keep a task each: their
-# latencies overlap.)
+# Look-ups of files (stats, utimes) go LOOKUPS_PER_TASK to a pool task, in at most _MAP_TASKS
+# tasks, not one per file: each hand-off is a thread woken and the loop woken back (~50-70 us
+# of CPU on a virtual machine, more when the hub's thread waits for the GIL), more than the
+# look-up of a cached file it carries; a few tasks still keep a few requests in flight to a
+# disk.  (Reads, writes and syncs keep a task each: their latencies overlap.)
 _MAP_TASKS = 8
+_LOOKUPS_PER_TASK = 64
 
 
 class LocalBlockStore(PartsStore):
@@ -312,11 +313,15 @@ class LocalBlockStore(PartsStore):
         overlaps: past _MAP_TASKS files they go in that many tasks."""
         # Threads pay off only when there is more than one file to wait on, except under an
         # event loop: there even one blocking call must leave its thread.
+        if not items:
+            return []
         if len(items) < 2 and not self._offload.cooperative:
             return [fn(item) for item in items]
-        if not lookups or len(items) <= _MAP_TASKS:
+        if not lookups:
             return list(self._pool.map(fn, items))
-        step = -(-len(items) // _MAP_TASKS)
+        step = max(_LOOKUPS_PER_TASK, -(-len(items) // _MAP_TASKS))
+        if len(items) <= step:
+            return self._pool.submit(lambda: [fn(item) for item in items]).result()
         parts = self._pool.map(lambda part: [fn(item) for item in part],
                                [items[i:i + step] for i in range(0, len(items), step)])
         return [result for part in parts for result in part]
@@ -567,11 +572,32 @@ class LocalBlockStore(PartsStore):
 
     def missing(self, hashes: Sequence[bytes]) -> list[bytes]:
         # The index first, in one look-up: a batch of packed blocks (a CDC upload's) would
-        # otherwise cost a file look-up on the pool per block.
-        packed = self._packed_rows(list(dict.fromkeys(hashes)))
-        rest = [h for h in dict.fromkeys(hashes) if h not in packed]
+        # otherwise cost a file look-up on the pool per block.  Rows kept are answered here;
+        # the index's look-up and the few files left go in one pool task.
+        unique = list(dict.fromkeys(hashes))
+        packs = self._packs_ro()
+        kept = packs.kept(unique) if packs is not None and unique else {}
+        asked = [h for h in unique if h not in kept] if kept else unique
+        if not asked:
+            return []
+        try:
+            rest, absent = self._offload.run(self._missing_here, packs, asked)
+        except OSError as exc:
+            raise _backend_error(exc, "cannot look blocks up") from exc
         present = self._map(lambda h: os.path.exists(self._path(h)), rest, lookups=True)
-        return [h for h, here in zip(rest, present, strict=True) if not here]
+        absent.update(h for h, here in zip(rest, present, strict=True) if not here)
+        return [h for h in asked if h in absent]
+
+    def _missing_here(self, packs: Packs | None, hashes: list[bytes]
+                      ) -> tuple[list[bytes], set[bytes]]:
+        """On this thread: (the hashes neither packed nor looked for as files yet, those
+        found absent): the index's look-up, then the files of a few (more are left to
+        `_map`'s tasks)."""
+        rows = packs.lookup(hashes) if packs is not None else {}
+        rest = [h for h in hashes if h not in rows]
+        if len(rest) > _LOOKUPS_PER_TASK:
+            return rest, set()
+        return [], {h for h in rest if not os.path.exists(self._path(h))}
 
     def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
                    ) -> list[bytes]:
@@ -597,13 +623,25 @@ class LocalBlockStore(PartsStore):
                     found.update((h, row[2]) for h, row in packs.kept(unique, fresh_since).items())
                 asked = [h for h in unique if h not in found] if found else unique
                 if asked:
-                    found.update(self._offload.run(packs.refresh, asked, fresh_since))
+                    found.update(self._offload.run(self._touch_here, packs, asked,
+                                                   fresh_since))
             rest = [h for h in unique if h not in found]
             refreshed = self._map(lambda h: _refresh(self._path(h)), rest, lookups=True)
             found.update(zip(rest, refreshed, strict=True))
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
         return [found[h] for h in hashes]
+
+    def _touch_here(self, packs: Packs, hashes: list[bytes], fresh_since: float | None
+                    ) -> dict[bytes, int | None]:
+        """touch_sizes of `hashes` on this thread: the index's refresh, then, if only a few
+        are not packed, their files too (a small upload's chunks: one pool task, not two);
+        more are left out of the answer, for `_map`'s tasks."""
+        found: dict[bytes, int | None] = dict(packs.refresh(hashes, fresh_since))
+        rest = [h for h in hashes if h not in found]
+        if len(rest) <= _LOOKUPS_PER_TASK:
+            found.update((h, _refresh(self._path(h))) for h in rest)
+        return found
 
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)
