@@ -405,17 +405,25 @@ class Packs:
                ) -> tuple[int, list[int]]:
         """Write `records` (hash, data) to this process's pack and fdatasync it; returns the
         pack and each record's offset (of its header).  Nothing points at them yet."""
+        pack, offsets, _ = self._append(records)
+        return pack, offsets
+
+    def _append(self, records: Sequence[tuple[bytes, bytes | memoryview]]
+                ) -> tuple[int, list[int], list[int]]:
+        """`append`, with each record's data size too."""
         # A small batch's headers and data go out as they are (pwritev), not copied into one
         # buffer first; a large one is copied into aligned buffers and written past the page
         # cache (pithos.blocker.direct_io), at an aligned offset.
         parts: list[bytes | memoryview] = []
         offsets = []
+        sizes = []
         size = 0
         for hash_, data in records:
             view = memoryview(data)
             if view.format != "B" or view.ndim != 1:
                 view = view.cast("B")  # (so that its length is its size in bytes)
             offsets.append(size)
+            sizes.append(view.nbytes)
             parts.append(HEADER.pack(MAGIC, hash_, view.nbytes))
             parts.append(data if isinstance(data, bytes) else view)
             size += HEADER.size + view.nbytes
@@ -439,7 +447,7 @@ class Packs:
             os.fdatasync(active.fd)
         finally:
             self._release(active)
-        return active.id, [start + o for o in offsets]
+        return active.id, [start + o for o in offsets], sizes
 
     # -- the BlockStore operations on packed blocks ------------------------------------------
 
@@ -499,9 +507,11 @@ class Packs:
         """Append blocks known absent from the index (or to be replaced) and index them."""
         if not items:
             return
-        pack, offsets = self.append(items)
+        pack, offsets, sizes = self._append(items)
         tag = self._kept.tag()
         now = time.time()
+        rows = [(h, pack, off, size, now) for (h, _), off, size in zip(items, offsets, sizes,
+                                                                        strict=True)]
         with self._write() as db:
             # A concurrent writer may have indexed the same block meanwhile: either copy
             # serves (same hash), so the last row wins.
@@ -509,10 +519,8 @@ class Packs:
                 "INSERT INTO blocks (hash, pack, offset, length, stamp) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (hash) DO UPDATE SET pack = excluded.pack, "
                 "offset = excluded.offset, length = excluded.length, stamp = excluded.stamp",
-                [(h, pack, off, len(memoryview(d)), now)
-                 for (h, d), off in zip(items, offsets, strict=True)])
-        self._kept.keep({h: (pack, off, len(memoryview(d)), now)
-                         for (h, d), off in zip(items, offsets, strict=True)}, tag)
+                rows)
+        self._kept.keep({row[0]: row[1:] for row in rows}, tag)
 
     def _read_record(self, hash_: bytes, fds: dict[int, int],
                      row: tuple[int, int, int, float] | None, offset: int = 0,
