@@ -11,7 +11,8 @@ Layout under the store's directory:
                     objects, map pages), appended to pack files and named by an index that
                     every process shares (pithos.blocker.packs, which says how each guarantee
                     below holds there).  A block is looked for as a file first, then in the
-                    index: blocks stored as files before packs existed stay files.
+                    index: blocks stored as files before packs existed stay files.  The
+                    store's side of it: pithos.blocker.local_packed.
 
 What follows is about blocks as files.
 
@@ -83,6 +84,7 @@ from pithos.blocker.local_files import (
     _refresh,
     _untrash,
 )
+from pithos.blocker.local_packed import _LOOKUPS_PER_TASK, _MAP_TASKS, PackedMixin
 from pithos.blocker.packs import PACK_ROLL_BYTES, Location, Packs
 from pithos.blocker.store import PartReader, PartsStore, PartsWriter
 from pithos.core.errors import InvalidArgument, NotFound
@@ -105,16 +107,9 @@ PACK_MIN_BATCH = 5
 
 # A put of at most this many blocks runs in one pool task when syncing by syncfs (put_many).
 _ONE_TASK_ITEMS = 4
-# Look-ups of files (stats, utimes) go LOOKUPS_PER_TASK to a pool task, in at most _MAP_TASKS
-# tasks, not one per file: each hand-off is a thread woken and the loop woken back (~50-70 us
-# of CPU on a virtual machine, more when the hub's thread waits for the GIL), more than the
-# look-up of a cached file it carries; a few tasks still keep a few requests in flight to a
-# disk.  (Reads, writes and syncs keep a task each: their latencies overlap.)
-_MAP_TASKS = 8
-_LOOKUPS_PER_TASK = 64
 
 
-class LocalBlockStore(PartsStore):
+class LocalBlockStore(PackedMixin, PartsStore):
     """Blocks as files under `path` (created if absent)."""
 
     def __init__(self, path: str | os.PathLike[str], io_threads: int = 16,
@@ -186,25 +181,6 @@ class LocalBlockStore(PartsStore):
         hex_ = hash_.hex()
         return f"{self.path}/{hex_[:2]}/{hex_}"
 
-    def _packs_ro(self) -> Packs | None:
-        """The packed blocks, if this store has any (opening a store creates nothing)."""
-        if self._packs is None and os.path.exists(f"{self.path}/packs/index.sqlite"):
-            return self._packs_rw()
-        return self._packs
-
-    def _packs_rw(self) -> Packs:
-        # No lock: under a gevent worker a lock is gevent's, and pool threads waiting on one
-        # another's were sometimes never woken (a first sync hung 120 s on the first packed
-        # puts of a worker, three threads waiting here with nobody holding it).  Two threads
-        # that both find none each open one: both work (each appends to a pack of its own),
-        # and the one not kept seals its pack when it goes.
-        packs = self._packs
-        if packs is None:
-            packs = Packs(self.path, self._quarantine, self._tmp, self._pack_roll_bytes)
-            if self._packs is None:
-                self._packs = packs
-        return packs
-
     def locate(self, hash_: bytes) -> Location | None:
         """Where the block's bytes are on disk (its file, or its record in a pack), for
         tools that inspect or damage them; None if absent."""
@@ -213,64 +189,6 @@ class LocalBlockStore(PartsStore):
         except FileNotFoundError:
             packs = self._packs_ro()
             return packs.locate(hash_) if packs is not None else None
-
-    def compact(self, min_garbage: float = 0.25) -> dict[str, int]:
-        """Rewrite the packs of which at least `min_garbage` is dead (see Packs.compact)."""
-        packs = self._packs_ro()
-        try:
-            return packs.compact(min_garbage) if packs is not None else {}
-        except OSError as exc:
-            raise _backend_error(exc, "cannot compact packs") from exc
-
-    def _put_packed(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """put_many of blocks to pack: a packed one is refreshed; one packed with another
-        size is quarantined and replaced.  A block not in the index is packed without
-        looking for a file of it: that look-up (a failed utime per block, ~3-4% of the
-        workers' CPU on the sync bench's first sync, perf) found one only for a block
-        stored as a file (a small object's or a map page's, or from before packs) and sent
-        again in a batch, which is now packed beside its file.  The store holds such a pair
-        already when a file put and a packed put race: listed once (iterate), read from the
-        file (a damaged one quarantined on read, the record then serves), both deleted, and
-        the record's stamp is the fresh age the put gives."""
-        packs = self._packs_rw()
-        given = dict(items)
-        rows = packs.lookup(list(given))
-        for h, row in rows.items():
-            if row[2] != len(memoryview(given[h])):
-                packs.quarantine(h, None, len(memoryview(given[h])))
-        refreshed = set(packs.refresh([h for h, row in rows.items()
-                                       if row[2] == len(memoryview(given[h]))]))
-        write = [(h, data) for h, data in given.items() if h not in refreshed]
-        self._check_room(sum(len(memoryview(d)) for _, d in write))
-        packs.put(write)
-
-    def _refresh_packed(self, hash_: bytes, size: int) -> bool:
-        """Whether the block is packed with this size (then refreshed, as a put would);
-        packed with another size, it is damaged: quarantined, for the caller to replace."""
-        packs = self._packs_ro()
-        if packs is None:
-            return False
-        row = packs.lookup([hash_]).get(hash_)
-        if row is not None and row[2] != size:
-            packs.quarantine(hash_, None, size)
-            return False
-        return row is not None and hash_ in packs.refresh([hash_])
-
-    def _packed_get(self, hash_: bytes) -> bytes | None:
-        packs = self._packs_ro()
-        return packs.get([hash_]).get(hash_) if packs is not None else None
-
-    def _packed_rows(self, hashes: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, float]]:
-        """The index rows of the packed ones among `hashes` (run where it may block)."""
-        packs = self._packs_ro()
-        if packs is None or not hashes:
-            return {}
-        # The rows this process keeps are answered here (a pool hand-off costs more than the
-        # dict look-ups: pithos/blocker/pack_rows.py); the pool asks the index the rest.
-        rows = packs.kept(hashes)
-        if len(rows) < len(hashes):
-            rows.update(self._offload.run(packs.lookup, [h for h in hashes if h not in rows]))
-        return rows
 
     def _restore_trash(self) -> None:
         """Put back every block found in the trash.  A conditional delete that was killed
@@ -588,17 +506,6 @@ class LocalBlockStore(PartsStore):
         absent.update(h for h, here in zip(rest, present, strict=True) if not here)
         return [h for h in asked if h in absent]
 
-    def _missing_here(self, packs: Packs | None, hashes: list[bytes]
-                      ) -> tuple[list[bytes], set[bytes]]:
-        """On this thread: (the hashes neither packed nor looked for as files yet, those
-        found absent): the index's look-up, then the files of a few (more are left to
-        `_map`'s tasks)."""
-        rows = packs.lookup(hashes) if packs is not None else {}
-        rest = [h for h in hashes if h not in rows]
-        if len(rest) > _LOOKUPS_PER_TASK:
-            return rest, set()
-        return [], {h for h in rest if not os.path.exists(self._path(h))}
-
     def touch_many(self, hashes: Sequence[bytes], fresh_since: float | None = None
                    ) -> list[bytes]:
         unique = list(dict.fromkeys(hashes))
@@ -631,17 +538,6 @@ class LocalBlockStore(PartsStore):
         except OSError as exc:
             raise _backend_error(exc, "cannot touch block") from exc
         return [found[h] for h in hashes]
-
-    def _touch_here(self, packs: Packs, hashes: list[bytes], fresh_since: float | None
-                    ) -> dict[bytes, int | None]:
-        """touch_sizes of `hashes` on this thread: the index's refresh, then, if only a few
-        are not packed, their files too (a small upload's chunks: one pool task, not two);
-        more are left out of the answer, for `_map`'s tasks."""
-        found: dict[bytes, int | None] = dict(packs.refresh(hashes, fresh_since))
-        rest = [h for h in hashes if h not in found]
-        if len(rest) <= _LOOKUPS_PER_TASK:
-            found.update((h, _refresh(self._path(h))) for h in rest)
-        return found
 
     def _delete_one(self, hash_: bytes) -> str | None:
         path = self._path(hash_)
