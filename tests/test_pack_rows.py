@@ -36,6 +36,12 @@ def index_stamps(root) -> dict[bytes, float]:
         return {bytes(h): s for h, s in db.execute("SELECT hash, stamp FROM blocks")}
 
 
+def put_first(packs: Packs, n: int) -> list[bytes]:
+    """Put the first `n` items through `packs`; their hashes."""
+    packs.put(ITEMS[:n])
+    return [h for h, _ in ITEMS[:n]]
+
+
 @pytest.fixture
 def two(tmp_path):
     os.makedirs(tmp_path / "tmp")
@@ -47,8 +53,7 @@ def two(tmp_path):
 
 def test_rows_a_process_wrote_are_answered_without_reading_the_index(two):
     a, b = two
-    a.put(ITEMS[:4])
-    hashes = [h for h, _ in ITEMS[:4]]
+    hashes = put_first(a, 4)
     rows = a.lookup(hashes)
     assert set(rows) == set(hashes)
     assert a._reader is None  # no look-up connection opened: every row was kept
@@ -68,8 +73,7 @@ def test_rows_a_process_wrote_are_answered_without_reading_the_index(two):
 
 def test_rows_another_process_removed_are_not_answered(two):
     a, b = two
-    a.put(ITEMS[:4])
-    hashes = [h for h, _ in ITEMS[:4]]
+    hashes = put_first(a, 4)
     assert set(a.lookup(hashes)) == set(hashes)
     assert b.delete([hashes[0]]) == [hashes[0]]
     assert set(a.lookup(hashes)) == set(hashes[1:])
@@ -102,8 +106,7 @@ def test_a_row_removed_by_another_process_for_real_is_not_answered(tmp_path):
 
 def test_a_kept_row_whose_pack_was_compacted_away_is_read_where_it_went(two):
     a, b = two
-    a.put(ITEMS[:3])
-    hashes = [h for h, _ in ITEMS[:3]]
+    hashes = put_first(a, 3)
     before = a.lookup(hashes)
     a.close()  # (its pack sealed: compactable)
     a2 = open_packs(os.path.dirname(a.dir))
