@@ -25,6 +25,7 @@ from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from pithos.cli import serve_balance, serve_loop, serve_parse
+from pithos.core import gc_tuning
 
 # The least time between two "at its cap" lines of one worker.
 CAP_LOG_INTERVAL_S = 60.0
@@ -280,6 +281,11 @@ class CappedGeventWorker(GeventWorker):  # type: ignore[misc]
         serve_balance.BalancedStreamServer.balancer = self.balancer
         ggevent.StreamServer = serve_balance.BalancedStreamServer
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        # The app is loaded, requests not yet taken (gunicorn calls `run` next).
+        gc_tuning.tune_for_throughput()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+from pithos.core import gc_tuning
 from pithos.sync.engine import Engine, Progress
 from pithos.sync.plan import TRANSFERS, plan
 from pithos.sync.remote import Credentials, Remote, RemoteError
@@ -69,6 +70,7 @@ def cmd_sync(args: argparse.Namespace, _data: object = None) -> int:
     if not os.path.isdir(folder):
         _err(f"{folder} is not a directory")
         return 2
+    gc_tuning.tune_for_throughput()
     state = State(folder)
     try:
         if not state.lock():
