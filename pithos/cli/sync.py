@@ -20,14 +20,19 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pithos.core import gc_tuning
-from pithos.sync.engine import Engine, Progress
-from pithos.sync.plan import TRANSFERS, plan
+from pithos.sync.progress import Progress
 from pithos.sync.remote import Credentials, Remote, RemoteError
-from pithos.sync.scan import Ignore, scan
 from pithos.sync.state import State
+
+if TYPE_CHECKING:
+    from pithos.sync.engine import Engine
+
+# (The engine, the scan and the plan are loaded where they are used: a run loads them while
+# its login is under way.)
 
 PROGRESS_MIN_BYTES = 8 << 20  # no bar for transfers smaller than this
 
@@ -98,11 +103,11 @@ def cmd_sync(args: argparse.Namespace, _data: object = None) -> int:
         creds = Credentials(str(settings["auth_url"]), str(settings["user"]),
                             str(settings["key"]))
         remote = Remote(creds, container)
-        try:
-            remote.login()
-        except RemoteError as exc:
-            _err(str(exc))
+        failed = _login_while(remote, _load_engine)
+        if failed is not None:
+            _err(str(failed))
             return 1
+        from pithos.sync.engine import Engine
         for k, v in settings.items():
             state.set(k, v)
         progress = BarProgress() if sys.stderr.isatty() and not args.quiet else None
@@ -130,6 +135,35 @@ def cmd_sync(args: argparse.Namespace, _data: object = None) -> int:
         state.close()
 
 
+def _load_engine() -> None:
+    import pithos.sync.engine  # noqa: F401  (loaded now, named where used)
+
+
+def _login_while(remote: Remote, work: Callable[[], None]) -> RemoteError | None:
+    """Log in on a thread while `work` runs here; the login's failure, if it failed.  (The
+    server derives the key from the password, tens of milliseconds, while a run's first
+    moments loaded the sync engine's modules one after the other.)"""
+    outcome: list[BaseException] = []
+
+    def login() -> None:
+        try:
+            remote.login()
+        except BaseException as exc:  # (handed to the caller's thread)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=login, name="pithos-sync-login", daemon=True)
+    thread.start()
+    try:
+        work()
+    finally:
+        thread.join()
+    if outcome:
+        if isinstance(outcome[0], RemoteError):
+            return outcome[0]
+        raise outcome[0]
+    return None
+
+
 def _watch(engine: Engine, interval_s: float) -> int:
     from pithos.sync.watch import watch
 
@@ -145,6 +179,9 @@ def _watch(engine: Engine, interval_s: float) -> int:
 
 
 def cmd_status(folder: str) -> int:
+    from pithos.sync.plan import TRANSFERS, plan
+    from pithos.sync.scan import Ignore, scan
+
     if not os.path.isdir(os.path.join(folder, ".pithos-sync")):
         _err(f"{folder} has never been synced")
         return 1

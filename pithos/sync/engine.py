@@ -36,6 +36,7 @@ from typing import TypeVar
 from pithos.core.files import fsync_dir
 from pithos.sync import plan as P
 from pithos.sync.download import DownloadsMixin, Skip, _tmp_name
+from pithos.sync.progress import Progress
 from pithos.sync.remote import (
     CursorGone,
     PreconditionFailed,
@@ -81,27 +82,6 @@ class Stats:
     request_bytes: int = 0  # every request body: chunks, hash lists, hashmaps
     agreed: bool = False
     errors: list[str] = field(default_factory=list)
-
-
-class Progress:
-    """Bytes and files of a pass's transfers; a no-op base that the CLI replaces with a bar.
-    `start` begins a pass's count; `add` grows its totals (the uploads begun while the scan
-    goes on, then the plan's transfers)."""
-
-    def start(self, total_bytes: int, total_files: int) -> None:
-        pass
-
-    def add(self, total_bytes: int, total_files: int) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def file_done(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 class Engine(DownloadsMixin, UploadsMixin):
