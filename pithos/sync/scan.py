@@ -24,6 +24,9 @@ from pithos.sync.state import STATE_DIR, ChunkList, LocalFile, State
 
 IGNORE_FILE = ".pithosignore"
 READ_SIZE = 1 << 20
+# A file up to this size is uploaded by one plain PUT (the server cuts it as we would), and
+# hashed before the larger ones (`scan`).
+SMALL_FILE_BYTES = 64 << 10
 
 
 class Changed(Exception):
@@ -282,13 +285,18 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
             result.files[rel] = cached
             continue
         stale.append((rel, st))
-    # The largest first: each file's upload starts when it is hashed, and a large one's
-    # chunks go batch after batch on one upload worker, so one hashed last (the walk's
-    # order put the sync bench's 128 MiB image there) was the end of the run by itself,
-    # ~1 s after every other upload had finished.  (Starting the first lanes with files of
-    # a few MiB beside the largest, so that uploads began sooner, measured no faster and
-    # cost the MD5 lanes: benchmarks/README.md, sync_bench.)
-    stale.sort(key=lambda item: item[1].st_size, reverse=True)
+    # The small files first, then the others largest first.  Each file's upload starts
+    # when it is hashed: the small ones take a step of the lanes each and go by one plain
+    # PUT, so the server has work from the run's first moments, while the first large
+    # files are still being hashed (it sat idle there, and the small files' PUTs came at
+    # the end, beside the last large uploads).  A large file's chunks go batch after batch
+    # on one upload worker, so one hashed last (the walk's order put the sync bench's 128
+    # MiB image there) was the end of the run by itself, ~1 s after every other upload had
+    # finished.  (Starting the first lanes with files of a few MiB beside the largest, so
+    # that uploads began sooner, measured no faster and cost the MD5 lanes:
+    # benchmarks/README.md, sync_bench.)
+    stale.sort(key=lambda item: (item[1].st_size > SMALL_FILE_BYTES,
+                                 -item[1].st_size if item[1].st_size > SMALL_FILE_BYTES else 0))
     for rel, f in hash_files(folder, stale):
         if isinstance(f, Vanished):
             report(f"{rel} vanished while being read (skipped)")

@@ -24,10 +24,9 @@ from pithos.sync.remote import (
     Remote,
     RemoteError,
 )
-from pithos.sync.scan import READ_SIZE, same_stat
+from pithos.sync.scan import READ_SIZE, SMALL_FILE_BYTES, same_stat
 from pithos.sync.state import BaseEntry, Chunk, LocalFile, RemoteEntry, State, chunk_hashes
 
-SMALL_FILE_BYTES = 64 << 10  # uploaded by a plain PUT (the server cuts it as we would)
 BLOCKS_BATCH_BYTES = 8 << 20  # chunks per POST ?blocks
 SENT_KEPT = 1 << 15  # chunks remembered as sent by this run (Claims), twice that at most
 
