@@ -67,6 +67,15 @@ def test_a_file_hashed_again_or_dropped_no_longer_offers_its_old_chunks(tmp_path
     assert s.db.execute("SELECT count(*) FROM chunk_refs").fetchone() == (0,)
 
 
+def test_a_path_put_twice_in_one_batch_offers_only_its_last_chunks(tmp_path):
+    s = State(str(tmp_path))
+    a, b = h(1), h(2)
+    s.put_files([local("f", chunks_of((a, 10))), local("f", chunks_of((b, 20)), inode=2)])
+    assert s.chunk_sources(a) == []
+    assert s.chunk_sources(b) == [ChunkSource("f", 0, 20)]
+    assert s.db.execute("SELECT count(*) FROM chunk_refs").fetchone() == (1,)
+
+
 def test_a_state_made_with_the_old_chunk_index_is_upgraded_on_open(tmp_path):
     s = State(str(tmp_path))
     a, b = h(1), h(2)

@@ -312,8 +312,8 @@ class State:
         chunks' random hashes land on, was ~10% of a first sync's scan."""
         self._offsets.clear()
         with self.transaction() as db:
-            self._drop_refs(db, [f.path for f in files])
             for f in files:
+                self._drop_refs(db, [f.path])  # (before each: a path twice in `files` too)
                 cur = db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                                  (f.path, f.size, f.mtime_ns, f.inode, f.md5,
                                   pack_chunks(f.chunks)))
