@@ -4,7 +4,6 @@ others largest first (a large file hashed last was the end of a run by itself)."
 
 from __future__ import annotations
 
-import os
 import random
 
 from pithos.sync.scan import HASH_LANES, READ_SIZE, SMALL_FILE_BYTES, Ignore, scan
@@ -36,4 +35,3 @@ def test_small_files_are_hashed_before_large_ones_and_large_ones_largest_first(t
     largest = [n for n, size in large.items() if size == max(large.values())]
     smallest = [n for n, size in large.items() if size == min(large.values())]
     assert max(done.index(n) for n in largest) < max(done.index(n) for n in smallest), done
-    assert os.path.exists(folder / ".pithos-sync")

@@ -313,39 +313,42 @@ class State:
         self._offsets.clear()
         with self.transaction() as db:
             for f in files:
-                self._drop_refs(db, [f.path])  # (before each: a path twice in `files` too)
+                self._drop_refs(db, f.path)  # (before each: a path twice in `files` too)
+                packed = pack_chunks(f.chunks)
                 cur = db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                                 (f.path, f.size, f.mtime_ns, f.inode, f.md5,
-                                  pack_chunks(f.chunks)))
-                db.executemany("INSERT OR IGNORE INTO chunk_refs VALUES (?, ?)",
-                               zip(_prefixes(pack_chunks(f.chunks)), repeat(cur.lastrowid)))
+                                 (f.path, f.size, f.mtime_ns, f.inode, f.md5, packed))
+                assert cur.lastrowid is not None
+                self._add_refs(db, cur.lastrowid, packed)
 
     def drop_file(self, path: str) -> None:
         self._offsets.clear()
         with self.transaction() as db:
-            self._drop_refs(db, [path])
+            self._drop_refs(db, path)
             db.execute("DELETE FROM files WHERE path = ?", (path,))
 
     @staticmethod
-    def _drop_refs(db: sqlite3.Connection, paths: Sequence[str]) -> None:
-        """The chunk index's rows of these paths' cached files (found by their chunk lists:
-        the index keeps no path, so that a row costs ~12 bytes of a random page rather than
-        a hash, a path and two numbers twice over, ~10% of the sync client's CPU on a first
+    def _add_refs(db: sqlite3.Connection, rowid: int, packed: bytes) -> None:
+        """The chunk index's rows of the cached file `rowid`, whose chunk list is `packed`."""
+        db.executemany("INSERT OR IGNORE INTO chunk_refs VALUES (?, ?)",
+                       zip(_prefixes(packed), repeat(rowid)))
+
+    @staticmethod
+    def _drop_refs(db: sqlite3.Connection, path: str) -> None:
+        """The chunk index's rows of this path's cached file (found by its chunk list: the
+        index keeps no path, so that a row costs ~12 bytes of a random page rather than a
+        hash, a path and two numbers twice over, ~10% of the sync client's CPU on a first
         sync's scan)."""
-        for path in paths:
-            row = db.execute("SELECT rowid, chunks FROM files WHERE path = ?",
-                             (path,)).fetchone()
-            if row is not None:
-                db.executemany("DELETE FROM chunk_refs WHERE prefix = ? AND file = ?",
-                               zip(_prefixes(row[1]), repeat(row[0])))
+        row = db.execute("SELECT rowid, chunks FROM files WHERE path = ?", (path,)).fetchone()
+        if row is not None:
+            db.executemany("DELETE FROM chunk_refs WHERE prefix = ? AND file = ?",
+                           zip(_prefixes(row[1]), repeat(row[0])))
 
     def _upgrade_chunk_index(self) -> None:
         """A state made when the chunk index kept (hash, path, offset, length) rows: its
         rows made again from the files cache, the old table dropped."""
         with self.transaction() as db:
-            for rowid, blob in db.execute("SELECT rowid, chunks FROM files").fetchall():
-                db.executemany("INSERT OR IGNORE INTO chunk_refs VALUES (?, ?)",
-                               zip(_prefixes(blob), repeat(rowid)))
+            for rowid, packed in db.execute("SELECT rowid, chunks FROM files").fetchall():
+                self._add_refs(db, rowid, packed)
             db.execute("DROP TABLE chunks")
 
     def chunk_sources(self, chunk_hash: bytes, limit: int = 4) -> list[ChunkSource]:
