@@ -417,3 +417,32 @@ def test_block_stream_names_and_caps(tmp_path):
     over.abort()
     assert blocker.missing([block_hash(b"x" * BS)]) == [block_hash(b"x" * BS)]
     blocker.close()
+
+
+def test_the_page_cache_is_bounded_by_entries_not_pages():
+    """A one-entry page weighs 1 + PAGE_UNITS: a bound of 40 such pages keeps the last 40
+    maps' pages (readable with their pages gone from the store), not the first.  (Uploads
+    build with build_stream, which keeps the pages it stores.)"""
+    from pithos.mapper.mapper import PAGE_UNITS
+
+    store = MemoryBlockStore()
+    mapper = Mapper(Blocker(store), block_size=BS, fanout=3, page_cache=40 * (1 + PAGE_UNITS))
+    roots = [mapper.build_stream(io.BytesIO(os.urandom(BS)))[0] for _ in range(60)]
+    Blocker(store).delete_many(roots)  # the pages only: the data blocks stay
+    for root in roots[-40:]:
+        assert len(mapper.read_all(root)) == BS
+    with pytest.raises(NotFound):
+        mapper.read_all(roots[0])
+    assert mapper._cache_units == sum(len(p.hashes) + PAGE_UNITS
+                                      for p in mapper._cache.values())
+    assert mapper._cache_units <= 40 * (1 + PAGE_UNITS)
+
+
+def test_the_default_page_cache_keeps_thousands_of_small_maps():
+    """4 MiB objects' maps are one page of one entry each: thousands are kept (on RADOS each
+    page not kept costs a GET a read from the OSD), where 256 pages were."""
+    store = MemoryBlockStore()
+    mapper = Mapper(Blocker(store), block_size=BS)
+    roots = [mapper.build_stream(io.BytesIO(os.urandom(BS)))[0] for _ in range(3000)]
+    Blocker(store).delete_many(roots)
+    assert all(len(mapper.read_all(root)) == BS for root in roots)

@@ -34,6 +34,14 @@ from pithos.mapper.streams import concat_chunks, exactly, read_chunks, read_exac
 
 DEFAULT_FANOUT = 1024
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+# The decoded pages a mapper keeps, bounded by their entries: a page counts its entries and
+# PAGE_UNITS more (its own objects weigh about that many entries' worth).  The bound is 256
+# full pages (~30 MB of Python objects), as many pages as the cache once held whatever their
+# size, so a cache of small maps' pages (a 4 MiB object's map is one page of one entry)
+# holds ~50,000 of them instead of 256: on RADOS each page not kept costs a GET a read from
+# the OSD.  (Pages are named by their hash: a kept one is never stale.)
+PAGE_UNITS = 4
+PAGE_CACHE_UNITS = 256 * (DEFAULT_FANOUT + PAGE_UNITS)
 # Batches in the write pipeline at once; with the one being filled, bounds a build's memory
 # to (MAX_INFLIGHT + 1) * batch_bytes.
 MAX_INFLIGHT = 2
@@ -83,6 +91,11 @@ class _Page(NamedTuple):
     counts: list[int]  # (empty for a leaf)
 
 
+def _units(page: _Page) -> int:
+    """A page's weight in the page cache (PAGE_CACHE_UNITS)."""
+    return len(page.hashes) + PAGE_UNITS
+
+
 class _NewLeaf(NamedTuple):
     """A leaf page about to be stored: its encoding, bytes and entries below it, and itself
     decoded."""
@@ -97,12 +110,12 @@ class Mapper:
 
     `block_size` (default: the blocker's) is the fixed chunk size used for new data; `fanout`
     the most entries per map page; `batch_bytes` how much data a build hands to the block store
-    at once.
+    at once; `page_cache` the bound of the decoded pages kept, in entries (PAGE_CACHE_UNITS).
     """
 
     def __init__(self, blocker: Blocker, block_size: int | None = None,
                  fanout: int = DEFAULT_FANOUT, batch_bytes: int = DEFAULT_BATCH_BYTES,
-                 page_cache: int = 256) -> None:
+                 page_cache: int = PAGE_CACHE_UNITS) -> None:
         self.blocker = blocker
         self.block_size = block_size or blocker.block_size
         if not 0 < self.block_size <= blocker.block_size:
@@ -115,7 +128,8 @@ class Mapper:
         self.fanout = fanout
         self.batch_bytes = max(batch_bytes, self.block_size)
         self._cache: OrderedDict[bytes, _Page] = OrderedDict()
-        self._cache_max = page_cache
+        self._cache_max = page_cache  # in units: see PAGE_CACHE_UNITS
+        self._cache_units = 0
         self._lock = native_lock()  # (dict moves only; greenlets and pool threads take it)
         # Zero blocks are recognised without hashing and served without reading.
         self._zero_hashes: dict[bytes, int] = {}
@@ -202,11 +216,14 @@ class Mapper:
         build (whose caller usually reads the map straight back: the catalog grant lists its
         blocks, a GET follows a PUT)."""
         with self._lock:
+            cache = self._cache
             for h, page in pages:
-                self._cache[h] = page
-                self._cache.move_to_end(h)
-            while len(self._cache) > self._cache_max:
-                self._cache.popitem(last=False)
+                if h not in cache:
+                    self._cache_units += _units(page)
+                cache[h] = page
+                cache.move_to_end(h)
+            while self._cache_units > self._cache_max and cache:
+                self._cache_units -= _units(cache.popitem(last=False)[1])
 
     def _leaf_pages(self, hashes: list[bytes], lengths: list[int]) -> list[_NewLeaf]:
         f = self.fanout
