@@ -92,6 +92,10 @@ _PUT_NS_DIGITS = 19
 # Sizes of the hash batches that `iterate` stats at a time.
 _ITERATE_STAT_BATCH = 512
 QUARANTINE_SUFFIX = ".quarantine"
+# A blob up to this size is created without a stat first (`_put_pieces`): its bytes cost less
+# to send than a round trip to the OSD (a map page, a content-defined chunk; a 4 MiB block is
+# stat'ed first, so that a present one's bytes are not sent again).
+CREATE_FIRST_BYTES = 64 * 1024
 # A quarantine that keeps finding the block stored afresh while it reads it gives up after
 # this many reads; the block stays, and the next reader tries again.
 _QUARANTINE_TRIES = 5
@@ -182,10 +186,11 @@ class RadosBlockStore(BlockStore):
         return codes
 
     def _create(self, names: Sequence[str], datas: Sequence[Sequence[bytes]],
-                which: Sequence[int]) -> None:
+                which: Sequence[int]) -> list[int]:
         """Create the objects `which` (indexes into names and datas) with their bytes and put
-        time, each in one exclusive write op; one that exists already is left as it is.  Each
-        object's bytes are given as its pieces, in order: written by one op, so atomically."""
+        time, each in one exclusive write op; one that exists already is left as it is (its
+        code -EEXIST, in the codes returned in the order of `which`).  Each object's bytes
+        are given as its pieces, in order: written by one op, so atomically."""
         io = self._ioctx
         rados = self._rados
 
@@ -204,6 +209,7 @@ class RadosBlockStore(BlockStore):
 
         codes = self._batch(len(which), start)
         raise_failed(codes, "cannot store blocks", ok=(0, -errno.EEXIST))
+        return codes
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         # Not a PartsStore (yet): a RADOS object is read and verified whole.
@@ -216,17 +222,27 @@ class RadosBlockStore(BlockStore):
         return _PiecesWriter(self)
 
     def _put_pieces(self, hashes: Sequence[bytes], datas: Sequence[Sequence[bytes]]) -> None:
-        """put_many of blobs given as their pieces (bytes), each blob's hash once."""
+        """put_many of blobs given as their pieces (bytes), each blob's hash once.  A blob of
+        at most CREATE_FIRST_BYTES is created at once (its exclusive create fails on an
+        object that exists, which is then handled as a larger one: one op for a new blob
+        instead of a stat and a create, one more for a present one); a larger one is
+        stat'ed first, so that its bytes are not sent to an OSD that has them."""
         names = [h.hex() for h in hashes]
         lengths = [sum(len(piece) for piece in pieces) for pieces in datas]
-        sizes = self._stat_many(hashes)
-        for i, size in enumerate(sizes):
+        first = [i for i, n in enumerate(lengths) if n <= CREATE_FIRST_BYTES]
+        made = self._create(names, datas, first)
+        which = [i for i, code in zip(first, made, strict=True) if code == -errno.EEXIST]
+        which += [i for i, n in enumerate(lengths) if n > CREATE_FIRST_BYTES]
+        sizes = self._stat_many([hashes[i] for i in which])
+        absent: list[int] = []
+        present: list[int] = []
+        for i, size in zip(which, sizes, strict=True):
             if size is not None and size != lengths[i]:
                 # Damaged (see BlockStore.put_many): moved aside and stored afresh.
                 self._off_loop(self._quarantine_one, hashes[i], None, lengths[i])
-                sizes[i] = None
-        self._create(names, datas, [i for i, size in enumerate(sizes) if size is None])
-        present = [i for i, size in enumerate(sizes) if size is not None]
+                size = None
+            (present if size is not None else absent).append(i)
+        self._create(names, datas, absent)
         codes = self._refresh([names[i] for i in present])
         # Deleted between its stat and its refresh: store it again.
         self._create(names, datas,
