@@ -13,6 +13,7 @@ from pithos.blocker import Blocker, MemoryBlockStore
 from pithos.core.errors import IntegrityError, InvalidArgument, NotFound
 from pithos.core.hashing import block_hash, merkle_root
 from pithos.mapper import Mapper, codec
+from pithos.mapper.mapper import PAGE_UNITS
 
 BS = 16  # tiny blocks and pages so that small data makes deep trees
 
@@ -423,8 +424,6 @@ def test_the_page_cache_is_bounded_by_entries_not_pages():
     """A one-entry page weighs 1 + PAGE_UNITS: a bound of 40 such pages keeps the last 40
     maps' pages (readable with their pages gone from the store), not the first.  (Uploads
     build with build_stream, which keeps the pages it stores.)"""
-    from pithos.mapper.mapper import PAGE_UNITS
-
     store = MemoryBlockStore()
     mapper = Mapper(Blocker(store), block_size=BS, fanout=3, page_cache=40 * (1 + PAGE_UNITS))
     roots = [mapper.build_stream(io.BytesIO(os.urandom(BS)))[0] for _ in range(60)]
