@@ -445,3 +445,19 @@ def test_the_default_page_cache_keeps_thousands_of_small_maps():
     roots = [mapper.build_stream(io.BytesIO(os.urandom(BS)))[0] for _ in range(3000)]
     Blocker(store).delete_many(roots)
     assert all(len(mapper.read_all(root)) == BS for root in roots)
+
+
+def test_the_page_cache_keeps_the_pages_read_lately():
+    """Least recently used first out: a map read again and again keeps its page while more
+    than the bound of others are stored after it."""
+    store = MemoryBlockStore()
+    mapper = Mapper(Blocker(store), block_size=BS, fanout=3, page_cache=10 * (1 + PAGE_UNITS))
+    hot, _ = mapper.build_stream(io.BytesIO(os.urandom(BS)))
+    Blocker(store).delete_many([hot])  # its page only in the cache from now on
+    others = []
+    for _ in range(30):
+        others.append(mapper.build_stream(io.BytesIO(os.urandom(BS)))[0])
+        assert len(mapper.read_all(hot)) == BS
+    Blocker(store).delete_many(others)
+    with pytest.raises(NotFound):
+        mapper.read_all(others[0])

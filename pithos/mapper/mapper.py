@@ -140,7 +140,10 @@ class Mapper:
     def _pages(self, hashes: Sequence[bytes]) -> list[_Page]:
         """Decoded pages, from the cache or verified from the store."""
         with self._lock:
-            found = {h: self._cache[h] for h in hashes if h in self._cache}
+            cache = self._cache
+            found = {h: cache[h] for h in hashes if h in cache}
+            for h in found:  # (least recently used first out: a hot map's pages stay)
+                cache.move_to_end(h)
         wanted = [h for h in dict.fromkeys(hashes) if h not in found]
         if wanted:
             try:
