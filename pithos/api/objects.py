@@ -34,7 +34,7 @@ from pithos.api.inflate import Inflating, encoding, read_bounded
 from pithos.api.listing import truthy
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.binary_hashes import HASHMAP_FORMAT
-from pithos.core.errors import NotFound
+from pithos.core.errors import InvalidArgument, NotFound
 from pithos.core.hashing import to_hex
 from pithos.objects import (
     AccountInfo,
@@ -55,6 +55,9 @@ HASHMAP_BODY_MAX = 64 * 1024 * 1024
 # for a dozen uploads or more at once, each holding a few pieces queued for MD5 and being
 # written.
 PIECE_BUFFERS_KEPT = 64
+# X-Object-Manifest as the client sent it, kept in the "sys" domain beside the decoded
+# manifest (not answered as a header of its own: `manifest_header`).
+_MANIFEST_SENT = "x-object-manifest"
 # Response headers kept as object metadata, in the "sys" domain (replaced by POST, as Swift).
 SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",
                "Cache-Control", "Expires")
@@ -93,6 +96,11 @@ def _sys_meta(req: falcon.Request) -> dict[str, str]:
     # send it (pithos.api.subrequest.Gatekeeper removes it from their requests).
     meta.update((k.lower(), v) for k, v in req.headers.items()
                 if k.startswith("X-OBJECT-SYSMETA-"))
+    manifest = req.get_header("X-Object-Manifest")
+    if manifest is not None:
+        # As sent, percent-encoded or not: Swift answers the header it stored
+        # (`manifest_header`); the catalog keeps the decoded "container/prefix".
+        meta[_MANIFEST_SENT] = manifest
     return meta
 
 
@@ -193,7 +201,8 @@ class ObjectHandlers:
         if v.delete_at is not None:
             resp.set_header("X-Delete-At", str(int(v.delete_at)))
         if v.dlo_manifest:
-            resp.set_header("X-Object-Manifest", manifest_header(v.dlo_manifest))
+            resp.set_header("X-Object-Manifest",
+                            manifest_header(v.dlo_manifest, sys_meta.get(_MANIFEST_SENT)))
         if v.slo_manifest:
             resp.set_header("X-Static-Large-Object", "True")
 
@@ -706,10 +715,17 @@ class ObjectHandlers:
         resp.content_type = "text/html; charset=UTF-8"  # as Swift types its 204
 
 
-def manifest_header(manifest: str) -> str:
-    """X-Object-Manifest as Swift answers it: the UTF-8 bytes of "container/prefix" (as WSGI
-    carries them, latin-1 characters), or percent-encoded when the name holds a control
-    character that a header cannot carry."""
+def manifest_header(manifest: str, sent: str | None = None) -> str:
+    """X-Object-Manifest as Swift answers it: the header as the client sent it (`sent`, as
+    WSGI carries it) when that names this manifest (a POST or a copy may have changed the
+    manifest since), else the UTF-8 bytes of "container/prefix" (latin-1 characters), or
+    percent-encoded when the name holds a control character that a header cannot carry."""
+    if sent is not None:
+        try:
+            if names.dlo_manifest(unquote(utf8_header(sent))) == manifest:
+                return sent
+        except InvalidArgument:
+            pass  # (not what a manifest was made of: the decoded one answers)
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in manifest):
         return quote(manifest)
     return manifest.encode("utf-8").decode("latin-1")
