@@ -179,6 +179,42 @@ def test_an_in_place_update_that_stalls_gets_408_and_changes_nothing(account, se
     assert versions(url, h, "patched") == before
 
 
+def test_a_token_request_that_stalls_gets_408(server):
+    """Keystone's token request needs no token: one that never ends must not hold its
+    connection (and the worker's share of connections) for ever."""
+    sock = send_head(server, "POST", "/v3/auth/tokens",
+                     {"Content-Type": "application/json", "Content-Length": "1000"}, b"{")
+    with sock:
+        status, _, body = answer(sock)
+        assert status == 408, body
+
+
+def test_a_bulk_delete_that_stalls_gets_408_and_deletes_nothing(account, server):
+    url, path, h = account
+    assert requests.put(f"{url}/c/bulk-kept", data=b"x", headers=h,
+                        timeout=30).status_code == 201
+    sock = send_head(server, "POST", f"{path}?bulk-delete",
+                     {**h, "Content-Type": "text/plain", "Content-Length": "1000"},
+                     b"/c/bulk-kept\n")
+    with sock:
+        status, _, body = answer(sock)
+        assert status == 408, body
+    assert requests.head(f"{url}/c/bulk-kept", headers=h, timeout=30).status_code == 200
+
+
+def test_a_chunked_put_cut_short_is_a_client_disconnect(account, server):
+    """The client closes its side mid-chunk: 499, as a Content-Length body cut short, not
+    an internal error."""
+    url, path, h = account
+    sock = send_head(server, "PUT", f"{path}/c/cut", {**h, "Transfer-Encoding": "chunked"},
+                     chunk(os.urandom(3000)) + b"10\r\nabc")
+    with sock:
+        sock.shutdown(socket.SHUT_WR)
+        status, _, body = answer(sock)
+        assert status == 499, body
+    assert requests.head(f"{url}/c/cut", headers=h, timeout=30).status_code == 404
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_slow_upload_that_keeps_sending_is_never_cut_off(account, server, chunked):
     """A little every half second, for several client timeouts in all."""

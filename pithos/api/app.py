@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
+from falcon.stream import BoundedStream
 
 from pithos.api import errors
 from pithos.api.auth import AuthV1, Info, KeystoneVersion, TokenMiddleware
@@ -39,15 +40,32 @@ class PublicLinks:
 
 
 class BodyTimeout:
-    """Every request's body (`req.stream`, and falcon's `bounded_stream` over it) read with the
-    client timeout: a body that stops arriving ends in ClientTimeout (408), whoever reads it.
-    (A PUT's body is read by `request_body` straight from the socket, with the same timeout.)"""
+    """Every request's body (`req.stream`, and `bounded_stream` over it: `Request`) read with
+    the client timeout: a body that stops arriving ends in ClientTimeout (408), whoever reads
+    it.  (A PUT's body is read by `request_body` straight from the socket, with the same
+    timeout.)"""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.stream = timed_body(req.env, self.timeout_s)  # type: ignore[assignment]
+
+
+class Request(falcon.Request):
+    """falcon's, whose `bounded_stream` reads `stream` (which BodyTimeout bounds in time)
+    rather than the WSGI input under it: falcon's wrapped the input itself, so a JSON body
+    (Keystone's token request, which needs no token) or a bulk delete's list that stopped
+    arriving held its connection for ever."""
+
+    __slots__ = ()
+
+    def _get_wrapped_wsgi_input(self) -> BoundedStream:
+        try:
+            length = self.content_length or 0
+        except falcon.HTTPInvalidHeader:
+            length = 0  # (as falcon's: an invalid Content-Length is no content)
+        return BoundedStream(self.stream, length)
 
 
 class App(falcon.App):
@@ -114,7 +132,7 @@ def create_app(services: Services, fast_reads: bool = True) -> falcon.App:
                              CORSMiddleware(services)]
     if services.client_timeout_s is not None:
         middleware.insert(0, BodyTimeout(services.client_timeout_s))
-    app = App(middleware=middleware, cors_enable=False)
+    app = App(middleware=middleware, cors_enable=False, request_type=Request)
     app.req_options.keep_blank_qs_values = True
     app.req_options.auto_parse_qs_csv = False
     app.req_options.strip_url_path_trailing_slash = False

@@ -25,15 +25,17 @@ request is marked to close.
 
 from __future__ import annotations
 
+import inspect
 import mmap
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any, BinaryIO, TypeVar
 
-from pithos.core.errors import ClientTimeout, InvalidArgument
-from pithos.core.locks import native_lock
+from pithos.core.errors import ClientTimeout, IncompleteBody, InvalidArgument
+from pithos.core.locks import native_lock, waits_cooperatively
 
 T = TypeVar("T")
 
@@ -101,12 +103,59 @@ def request_body(env: dict[str, Any], pieces: PieceBuffers | None = None,
 
 def timed_body(env: dict[str, Any], timeout_s: float | None) -> BinaryIO:
     """The WSGI input, each read bounded by `timeout_s` (see TimedBody) when the server gives
-    the connection's socket; else the WSGI input itself."""
+    the connection's socket; else the WSGI input itself.  A chunked body's parse shares the
+    event loop (`_share_the_loop`)."""
     stream: BinaryIO = env["wsgi.input"]
     sock = env.get("gunicorn.socket")
+    _share_the_loop(stream)
     if timeout_s is None or not hasattr(sock, "settimeout"):
         return stream
     return TimedBody(stream, sock, timeout_s)  # type: ignore[return-value]
+
+
+def _share_the_loop(stream: Any) -> None:
+    """gunicorn parses a chunked body on the event loop, chunk after chunk, ~15 us each
+    whatever its size; a client sending one-byte chunks as fast as it can never makes a read
+    wait on the socket, so nothing else on the loop ran while it sent (a GET beside it waited
+    8 s).  Its parse now lets the loop run others every CHUNKS_SLICE_S of its own work: the
+    reader's chunk generator is wrapped (`_sliced`).  Only under gevent, on the loop's
+    thread (elsewhere a body is read on a thread of its own), and only gunicorn's chunked
+    reader (its `parser`, a generator of the chunks' bytes)."""
+    reader = getattr(stream, "reader", None)
+    parser = getattr(reader, "parser", None)
+    if inspect.isgenerator(parser) and parser.gi_code is not _sliced.__code__ and \
+            _on_the_loop():  # (once: BodyTimeout and the handler may both ask)
+        reader.parser = _sliced(parser)  # type: ignore[union-attr]
+
+
+def _on_the_loop() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover (gevent is a dependency)
+        return False
+    return bool(monkey.is_module_patched("socket")) and waits_cooperatively()
+
+
+# How long a chunked body's parse runs before it lets the loop run others, and how many
+# chunks it parses between looks at the clock.
+CHUNKS_SLICE_S = 0.005
+_CHUNKS_PER_LOOK = 64
+
+
+def _sliced(parser: Iterator[bytes]) -> Iterator[bytes]:
+    from gevent import sleep
+
+    clock = time.monotonic
+    since = clock()
+    count = 0
+    for piece in parser:
+        yield piece
+        count += 1
+        if count == _CHUNKS_PER_LOOK:
+            count = 0
+            if clock() - since >= CHUNKS_SLICE_S:
+                sleep(0)  # (the others that are ready run; then this parse goes on)
+                since = clock()
 
 
 def _end_connection(stream: Any, sock: Any) -> None:
@@ -142,6 +191,11 @@ def _timed(sock: Any, timeout_s: float, stream: Any, read: Callable[[], T]) -> T
         _end_connection(stream, sock)
         raise ClientTimeout(f"no byte of the request body came for {timeout_s:g} s") from None
     except Exception as exc:
+        if _ended_early(exc):
+            # The connection ended mid-body (a chunked one: a Content-Length body cut short
+            # is SocketBody's IncompleteBody too).
+            _end_connection(stream, sock)
+            raise IncompleteBody("the request body ended before its last chunk") from None
         if not _framing_error(exc):
             raise
         # A chunk size that is no number, a chunk without its CRLF: the body's end is
@@ -151,6 +205,15 @@ def _timed(sock: Any, timeout_s: float, stream: Any, read: Callable[[], T]) -> T
     finally:
         with suppress(OSError):
             sock.settimeout(prior)
+
+
+def _ended_early(exc: Exception) -> bool:
+    """Whether gunicorn's body reader found the connection's end before the body's."""
+    try:
+        from gunicorn.http.errors import NoMoreData
+    except ImportError:
+        return False
+    return isinstance(exc, NoMoreData)
 
 
 def _framing_error(exc: Exception) -> bool:
