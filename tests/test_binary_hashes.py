@@ -134,9 +134,8 @@ def test_a_malformed_binary_hash_list_is_400_with_its_reason(pithos_server):
 
 
 def test_a_hash_list_past_the_bound_is_413_never_answered_in_part(pithos_server):
-    """A list of more hashes than the bound holds (16 MiB of them) is refused whole, with
-    or without a length: answering for its first part would tell a client that the rest
-    is stored."""
+    """A list of more hashes than the bound holds is refused whole, with or without a
+    length: answering for its first part would tell a client that the rest is stored."""
     from pithos.api.inflate import MISSING_BODY_MAX
 
     url, auth_h = auth(pithos_server)
@@ -158,3 +157,22 @@ def test_the_sync_client_finds_the_binary_forms_in_the_description(pithos_server
     hashes = [h(b"%d" % i) for i in range(3)]
     remote.ensure_container()
     assert remote.missing(hashes) == set(hashes)  # (asked and answered in binary)
+
+
+def test_a_hash_list_of_more_hashes_than_one_request_asks_is_413(pithos_server):
+    """POST ?missing answers for at most MISSING_HASHES_MAX hashes (its look-ups hold the
+    worker's loop); one more is refused whole, in either form, and that many are answered."""
+    from pithos.api.inflate import MISSING_HASHES_MAX
+
+    url, auth_h = auth(pithos_server)
+    c = f"{url}/bin-many"
+    requests.put(c, headers=auth_h, timeout=30).raise_for_status()
+    many = [h(b"%d" % i) for i in range(MISSING_HASHES_MAX + 1)]
+    for body, kind in ((b"".join(many), HASHES_TYPE),
+                       (json.dumps([x.hex() for x in many]).encode(), "application/json")):
+        r = requests.post(c, params={"missing": ""}, data=body,
+                          headers={**auth_h, "Content-Type": kind}, timeout=60)
+        assert r.status_code == 413 and str(MISSING_HASHES_MAX) in r.text, r.text[:200]
+    r = requests.post(c, params={"missing": ""}, data=b"".join(many[1:]),
+                      headers={**auth_h, "Content-Type": HASHES_TYPE}, timeout=60)
+    assert r.status_code == 200 and len(r.content) == 32 * MISSING_HASHES_MAX

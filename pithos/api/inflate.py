@@ -23,9 +23,14 @@ from pithos.api.errors import HTTPStatusError
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 RAW_PIECE = 64 * 1024
 OUT_PIECE = 1 << 20
-# Inflated bounds: ?missing reads 16 MiB of JSON at most (as uncompressed); ?blocks without
-# X-Block-Lengths at most this much (with them, their sum), a client's batch being ~8 MiB.
-MISSING_BODY_MAX = 16 * 1024 * 1024
+# POST ?missing asks about this many hashes at most (the sync client asks 20,000 at a time):
+# its look-ups run on the worker's loop, so a list of half a million held every other
+# request of the worker for seconds.  Its body is read up to the JSON of that many (as
+# uncompressed; 68 bytes a hash with its quotes, comma and a space), a binary one then
+# counted.  ?blocks without X-Block-Lengths reads at most BLOCKS_INFLATED_MAX (with them,
+# their sum), a client's batch being ~8 MiB.
+MISSING_HASHES_MAX = 32768
+MISSING_BODY_MAX = 70 * MISSING_HASHES_MAX
 BLOCKS_INFLATED_MAX = 64 * 1024 * 1024
 
 

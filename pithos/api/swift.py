@@ -37,6 +37,7 @@ from pithos.api.http import (
 from pithos.api.inflate import (
     BLOCKS_INFLATED_MAX,
     MISSING_BODY_MAX,
+    MISSING_HASHES_MAX,
     Inflating,
     encoding,
     read_bounded,
@@ -331,6 +332,9 @@ class SwiftSink:
                 raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
             except (TypeError, RecursionError):
                 raise HTTPStatusError(400, "expected a JSON list of hex hashes") from None
+            if len(wanted) > MISSING_HASHES_MAX:
+                raise HTTPStatusError(
+                    413, f"at most {MISSING_HASHES_MAX} hashes in one POST ?missing")
             missing = self.services.hashmaps.missing(account_id, wanted, user)
             if binary:  # answered in kind: the hashes to send, back to back
                 resp.status = falcon.HTTP_200

@@ -33,7 +33,7 @@ from pithos.core.binary_hashes import (
 )
 from pithos.sync.state import Chunk, RemoteEntry, chunk_hashes, chunk_lengths
 
-MISSING_BATCH = 20000  # hashes per POST ?missing (the server reads 16 MiB of JSON at most)
+MISSING_BATCH = 20000  # hashes per POST ?missing (the server takes 32,768 at most)
 RETRIES = 4  # for 5xx and dropped connections, with backoff
 # Hash lists and hashmaps (hex) deflate to about 57% at any level (so at level 1).  Chunk
 # batches up to DEFLATE_FINE_MAX are deflated at level 6 (an edit's few chunks: every byte
