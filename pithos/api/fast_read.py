@@ -47,7 +47,8 @@ from pithos.api.http import (
     path_info,
     x_timestamp,
 )
-from pithos.api.objects import PREFETCHED, SYS_HEADERS
+from pithos.api.object_headers import SYS_HEADERS
+from pithos.api.objects import PREFETCHED
 from pithos.api.paths import account_name
 from pithos.api.swift import _txid
 from pithos.core.errors import NotFound

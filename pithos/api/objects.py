@@ -26,15 +26,21 @@ from pithos.api.http import (
     meta_from_headers,
     meta_headers,
     parse_range,
-    utf8_header,
     write_expect,
     x_timestamp,
 )
 from pithos.api.inflate import Inflating, encoding, read_bounded
 from pithos.api.listing import truthy
+from pithos.api.object_headers import (
+    MANIFEST_SENT,
+    SYS_HEADERS,
+    dlo_manifest_sent,
+    manifest_header,
+    sys_meta_sent,
+)
 from pithos.api.paths import RESELLER_PREFIX, Target, account_name, public_url
 from pithos.core.binary_hashes import HASHMAP_FORMAT
-from pithos.core.errors import InvalidArgument, NotFound
+from pithos.core.errors import Forbidden, NotFound
 from pithos.core.hashing import to_hex
 from pithos.objects import (
     AccountInfo,
@@ -55,14 +61,6 @@ HASHMAP_BODY_MAX = 64 * 1024 * 1024
 # for a dozen uploads or more at once, each holding a few pieces queued for MD5 and being
 # written.
 PIECE_BUFFERS_KEPT = 64
-# X-Object-Manifest as the client sent it, kept in the "sys" domain beside the decoded
-# manifest (not answered as a header of its own: `manifest_header`).
-_MANIFEST_SENT = "x-object-manifest"
-# Response headers kept as object metadata, in the "sys" domain (replaced by POST, as Swift).
-SYS_HEADERS = ("Content-Disposition", "Content-Encoding", "Content-Language",
-               "Cache-Control", "Expires")
-
-
 def _content_type(req: falcon.Request, name: str) -> str:
     given = req.get_header("Content-Type")
     if given and len(given) > names.MAX_CONTENT_TYPE:
@@ -88,20 +86,6 @@ def parse_until(req: falcon.Request) -> float | None:
         return float(text)
     except ValueError:
         raise HTTPStatusError(400, "until must be a UNIX timestamp") from None
-
-
-def _sys_meta(req: falcon.Request) -> dict[str, str]:
-    meta = {h.lower(): v for h in SYS_HEADERS if (v := req.get_header(h)) is not None}
-    # System metadata of our Swift middleware (symlinks, versioned writes); clients cannot
-    # send it (pithos.api.subrequest.Gatekeeper removes it from their requests).
-    meta.update((k.lower(), v) for k, v in req.headers.items()
-                if k.startswith("X-OBJECT-SYSMETA-"))
-    manifest = req.get_header("X-Object-Manifest")
-    if manifest is not None:
-        # As sent, percent-encoded or not: Swift answers the header it stored
-        # (`manifest_header`); the catalog keeps the decoded "container/prefix".
-        meta[_MANIFEST_SENT] = manifest
-    return meta
 
 
 # Where the fast reads (pithos.api.fast_read) leave the current version they found, with its
@@ -202,7 +186,7 @@ class ObjectHandlers:
             resp.set_header("X-Delete-At", str(int(v.delete_at)))
         if v.dlo_manifest:
             resp.set_header("X-Object-Manifest",
-                            manifest_header(v.dlo_manifest, sys_meta.get(_MANIFEST_SENT)))
+                            manifest_header(v.dlo_manifest, sys_meta.get(MANIFEST_SENT)))
         if v.slo_manifest:
             resp.set_header("X-Static-Large-Object", "True")
 
@@ -386,7 +370,7 @@ class ObjectHandlers:
                 self.objects.find_object(container, t.obj) is not None:
             # Before the body is read; the commit checks again, atomically.
             raise HTTPStatusError(412, "Precondition Failed")
-        meta = {"user": self._user_meta(req), "sys": _sys_meta(req)}
+        meta = {"user": self._user_meta(req), "sys": sys_meta_sent(req)}
         delete_at = _delete_at(req)
         content_type = _content_type(req, t.obj)
         modified_by = f"{user.account}:{user.name}" if user else None
@@ -419,7 +403,7 @@ class ObjectHandlers:
             v = put_slo()
             self._created(resp, v, f'"{v.etag}"')
             return
-        dlo = _dlo_manifest(req)
+        dlo = dlo_manifest_sent(req)
         with objects.upload_lease():
             stored = objects.store(request_body(req.env, self.pieces,
                                                 self.services.client_timeout_s), length,
@@ -510,6 +494,10 @@ class ObjectHandlers:
         if source_version and (move or source_expect is not None):
             raise HTTPStatusError(400, "X-Source-Version with a move or X-Source-If-Match")
         if source_version:
+            # An older version is history, its owner's or a writer's to read (as GET
+            # ?version=): a read ACL grants the current version only.
+            self.authz.object_access(user, source_account, source[0], source[1],
+                                     Action.OBJECT_WRITE)
             src = self.objects.object_version(src_container, source[1], source_version)
             if src is None:
                 raise HTTPStatusError(404, "no such version of the source object")
@@ -520,7 +508,7 @@ class ObjectHandlers:
         user_meta = {} if fresh else dict(src.user_meta())
         user_meta.update(self._user_meta(req))
         sys_meta = {} if fresh else dict(src.sys_meta())
-        sys_meta.update(_sys_meta(req))
+        sys_meta.update(sys_meta_sent(req))
         # A move takes the object as it is (a large object's manifest, not its content).
         keep_manifest = move or req.get_param("multipart-manifest") == "get"
         if keep_manifest and src.slo_manifest and dest.account_id != src_container.account_id:
@@ -580,6 +568,9 @@ class ObjectHandlers:
         names.check_names(self.services.limits, dest_account, dest_container, dest_obj)
         _, src_container, _ = self.authz.object_access(req.context.user, t.account,
                                                        t.container, t.obj, Action.OBJECT_READ)
+        if versioning.version_id(req) is not None:  # (history: see _copy)
+            self.authz.object_access(req.context.user, t.account, t.container, t.obj,
+                                     Action.OBJECT_WRITE)
         versioning.copy_source(req, src_container, t.obj, self.objects)  # ?version-id
         self._check_source(req.context.user, t.account, (t.container, t.obj),
                            exists=versioning.version_id(req) is None)
@@ -615,11 +606,11 @@ class ObjectHandlers:
             # A POST replaces the metadata but not the system metadata (as Swift's).
             sys_meta = {k: val for k, val in current.sys_meta().items()
                         if k.startswith("x-object-sysmeta-")}
-            sys_meta.update(_sys_meta(req))
+            sys_meta.update(sys_meta_sent(req))
             self.objects.update_meta(
                 container, t.obj, {"user": self._user_meta(req), "sys": sys_meta},
                 delete_at=delete_at, content_type=content_type, expect=_expect(req),
-                replace_dlo=not current.slo_manifest, dlo_manifest=_dlo_manifest(req))
+                replace_dlo=not current.slo_manifest, dlo_manifest=dlo_manifest_sent(req))
             resp.status = falcon.HTTP_202
             resp.content_type = "text/html; charset=UTF-8"
             resp.text = ""
@@ -648,6 +639,9 @@ class ObjectHandlers:
             _, src_container, _ = self.authz.object_access(
                 user, src_account, src_container_name, src_obj, Action.OBJECT_READ)
             vid = req.get_header("X-Source-Version")
+            if vid:  # (history: see _copy)
+                self.authz.object_access(user, src_account, src_container_name, src_obj,
+                                         Action.OBJECT_WRITE)
             src = (self.objects.object_version(src_container, src_obj, vid)
                    if vid else self.objects.find_object(src_container, src_obj))
             if src is None or src.root is None:
@@ -675,7 +669,14 @@ class ObjectHandlers:
                 source=source, truncate=truncate,
                 modified_by=f"{user.account}:{user.name}" if user else None)
         resp.status = falcon.HTTP_204
-        resp.set_header("ETag", v.etag)
+        try:
+            # The new content's MD5, only to who may read it: a write-only grantee's append
+            # of nothing would learn the MD5 of content it may not read.
+            self.authz.object_access(user, t.account, t.container, t.obj or "",
+                                     Action.OBJECT_READ)
+            resp.set_header("ETag", v.etag)
+        except Forbidden:
+            pass
         resp.set_header("X-Object-Version", v.vid)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, t: Target) -> None:
@@ -715,22 +716,6 @@ class ObjectHandlers:
         resp.content_type = "text/html; charset=UTF-8"  # as Swift types its 204
 
 
-def manifest_header(manifest: str, sent: str | None = None) -> str:
-    """X-Object-Manifest as Swift answers it: the header as the client sent it (`sent`, as
-    WSGI carries it) when that names this manifest (a POST or a copy may have changed the
-    manifest since), else the UTF-8 bytes of "container/prefix" (latin-1 characters), or
-    percent-encoded when the name holds a control character that a header cannot carry."""
-    if sent is not None:
-        try:
-            if names.dlo_manifest(unquote(utf8_header(sent))) == manifest:
-                return sent
-        except InvalidArgument:
-            pass  # (not what a manifest was made of: the decoded one answers)
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in manifest):
-        return quote(manifest)
-    return manifest.encode("utf-8").decode("latin-1")
-
-
 def _copy_span(req: falcon.Request, src: ObjectVersion) -> tuple[int, int] | None:
     """(offset, length) of the source a copy takes, as Swift's copy reads it: one part of an
     SLO (?part-number=N), or the one range of a Range header; None for the whole source.
@@ -744,12 +729,6 @@ def _copy_span(req: falcon.Request, src: ObjectVersion) -> tuple[int, int] | Non
     if ranges and len(ranges) == 1:
         return ranges[0].start, ranges[0].length
     return None
-
-
-def _dlo_manifest(req: falcon.Request) -> str | None:
-    """X-Object-Manifest of a PUT or POST: "container/prefix", percent-decoded UTF-8."""
-    text = req.get_header("X-Object-Manifest")
-    return None if text is None else names.dlo_manifest(unquote(utf8_header(text)))
 
 
 def _modified_by(user: UserInfo | None) -> str | None:

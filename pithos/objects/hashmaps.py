@@ -319,7 +319,7 @@ def update_content(hm: Hashmaps, container: ContainerInfo, v: ObjectVersion, *,
     if min(start, length or 0, truncate or 0) < 0:
         raise InvalidArgument("offsets, lengths and sizes are not negative")
     reach = start + (length if length is not None else
-                     source[1] if source is not None else 0)
+                     source.size if source is not None else 0)
     if max(reach, truncate or 0) > limit:
         raise TooLarge(f"the object would exceed the maximum object size ({limit} bytes)")
     if source is not None:
