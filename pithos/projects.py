@@ -114,8 +114,11 @@ class Projects:
         if caller is None:
             raise Unauthenticated("a token is required")
         found: UserInfo | None = None
-        if isinstance(user_id, int) or str(user_id).isdigit():
-            found = self.catalog.user_by_id(int(user_id))
+        text = str(user_id)
+        if isinstance(user_id, int) or (text.isascii() and text.isdigit()):
+            number = int(user_id)
+            # (Ids are 64-bit signed in both catalogs: a larger number names nobody.)
+            found = self.catalog.user_by_id(number) if 0 <= number < 1 << 63 else None
         elif ":" in str(user_id):
             account, _, name = str(user_id).partition(":")
             creds = self.catalog.user_credentials(account, name)
