@@ -117,8 +117,9 @@ class Projects:
         text = str(user_id)
         if isinstance(user_id, int) or (text.isascii() and text.isdigit()):
             number = int(user_id)
-            # (Ids are 64-bit signed in both catalogs: a larger number names nobody.)
-            found = self.catalog.user_by_id(number) if 0 <= number < 1 << 63 else None
+            # (A user's id is an Integer column, 32-bit in PostgreSQL: a number past it
+            # names nobody, where the driver would fail on it.)
+            found = self.catalog.user_by_id(number) if 0 <= number < 1 << 31 else None
         elif ":" in str(user_id):
             account, _, name = str(user_id).partition(":")
             creds = self.catalog.user_credentials(account, name)
