@@ -100,3 +100,13 @@ def test_account_quota_is_not_the_accounts_to_set(pithos_server, me, header):
 def test_info_lists_quotas(pithos_server):
     info = request(pithos_server, "GET", "/info").json()
     assert "container_quotas" in info and "account_quotas" in info
+
+
+def test_a_quota_of_a_digit_that_is_not_ascii_is_refused(pithos_server, me):
+    """A header's byte 0xB2 is "\u00b2" to WSGI, which str.isdigit() takes and int() does
+    not: refused (400), never stored to fail every later upload into the container."""
+    c = make(pithos_server, me, "qsup")
+    for name in ("X-Container-Meta-Quota-Bytes", "X-Container-Meta-Quota-Count"):
+        r = request(pithos_server, "POST", c, token=me.token, headers={name: "\u00b2"})
+        assert r.status == 400, (name, r.status, r.body[:200])
+    assert put(pithos_server, me, f"{c}/o", b"x") == 201

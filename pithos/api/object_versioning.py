@@ -66,7 +66,7 @@ def check_quota(objects: ObjectService, req: falcon.Request, container: Containe
     if container.versioning not in ov.MODES or container.quota_bytes is None:
         return
     quota = objects.container_detail(container).meta.get(QUOTA_BYTES, "")
-    if quota.isdigit() and objects.catalog.kept_bytes(container.id) + (
+    if quota.isascii() and quota.isdigit() and objects.catalog.kept_bytes(container.id) + (
             req.content_length or 0) > int(quota):
         raise HTTPStatusError(413, "Upload exceeds quota.")
 

@@ -34,7 +34,7 @@ def _swift_value(req: falcon.Request, name: str, what: str) -> str | None:
     if req.get_header("X-Remove-Container-Meta-" + name) is not None:
         return ""
     value = req.get_header("X-Container-Meta-" + name)
-    if value and not value.isdigit():
+    if value and not (value.isascii() and value.isdigit()):
         raise HTTPStatusError(400, f"Invalid {what} quota.")
     return value
 

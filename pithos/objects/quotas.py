@@ -50,7 +50,12 @@ class SwiftQuotas:
         if found is None:
             return
         quota_bytes, quota_count = found.meta.get(BYTES, ""), found.meta.get(COUNT, "")
-        if quota_bytes.isdigit() and found.bytes + length > int(quota_bytes):
+        if _number(quota_bytes) and found.bytes + length > int(quota_bytes):
             raise QuotaExceeded("Upload exceeds quota.")
-        if quota_count.isdigit() and found.objects + 1 > int(quota_count):
+        if _number(quota_count) and found.objects + 1 > int(quota_count):
             raise QuotaExceeded("Upload exceeds quota.")
+
+
+def _number(text: str) -> bool:
+    """Whether `text` is a whole number int() reads (str.isdigit() takes "\u00b2" too)."""
+    return text.isascii() and text.isdigit()
