@@ -41,11 +41,12 @@ def test_finding_1_a_public_link_never_follows_a_manifest_into_private_objects(p
     r = requests.put(f"{url}/pub/page", data=b"", timeout=T,
                      headers={**writer, "X-Object-Manifest": "private/"})
     assert r.status_code == 201, r.text
-    # The writer itself may not read through the manifest, and nor may anyone via the link.
+    # The writer itself may not read through the manifest, and nor may anyone via the link:
+    # it joins only published segments (none here).
     assert requests.get(f"{url}/pub/page", headers=writer, timeout=T).status_code == 403
     got = requests.get(link, timeout=T)
-    assert got.status_code == 403 and b"secret" not in got.content
-    assert requests.head(link, timeout=T).status_code == 403
+    assert got.status_code == 200 and got.content == b""
+    assert requests.head(link, timeout=T).headers["Content-Length"] == "0"
 
 
 def test_finding_1_a_public_dlo_whose_segments_are_public_is_served(pithos_server):
@@ -57,11 +58,37 @@ def test_finding_1_a_public_dlo_whose_segments_are_public_is_served(pithos_serve
     assert requests.put(f"{url}/dlo/whole", data=b"", timeout=T,
                         headers={**owner, "X-Object-Manifest": "dlo/seg/"}).status_code == 201
     link = publish(url, owner, "dlo/whole")
-    assert requests.get(link, timeout=T).status_code == 403  # its segments are not public
-    for i in range(2):
-        publish(url, owner, f"dlo/seg/{i}")
+    got = requests.get(link, timeout=T)  # its segments are not public: left out
+    assert got.status_code == 200 and got.content == b""
+    publish(url, owner, "dlo/seg/1")
+    assert requests.get(link, timeout=T).content == b"two"
+    publish(url, owner, "dlo/seg/0")
     got = requests.get(link, timeout=T)
     assert got.status_code == 200 and got.content == b"one two"
+
+
+def test_a_public_dlo_tells_nothing_of_the_private_names_under_its_prefix(pithos_server):
+    """A writer of a published object points its manifest at a prefix of a private
+    container: the link's answer is the same whether private objects are there or not (it
+    was a 403 counting them, which spelled their names out prefix by prefix)."""
+    url, owner = auth(pithos_server)
+    _, writer = auth(pithos_server, "test:reader", "reading")
+    for c in ("pub2", "vault2"):
+        assert requests.put(f"{url}/{c}", headers=owner, timeout=T).status_code in (201, 202)
+    assert requests.put(f"{url}/vault2/passwords.kdbx", data=b"k", headers=owner,
+                        timeout=T).status_code == 201
+    assert requests.put(f"{url}/pub2/page", data=b"p", headers=owner,
+                        timeout=T).status_code == 201
+    link = publish(url, owner, "pub2/page")
+    assert requests.post(f"{url}/pub2", headers={**owner, "X-Container-Write": "test:reader"},
+                         timeout=T).status_code in (202, 204)
+    answers = []
+    for prefix in ("vault2/pass", "vault2/none"):
+        assert requests.put(f"{url}/pub2/page", data=b"", timeout=T, headers={
+            **writer, "X-Object-Manifest": prefix}).status_code == 201
+        got = requests.get(link, timeout=T)
+        answers.append((got.status_code, got.content, got.headers.get("Content-Length")))
+    assert answers[0] == answers[1] == (200, b"", "0")
 
 
 def test_finding_14_a_public_slo_link_serves_content_not_the_manifest(pithos_server):

@@ -60,15 +60,9 @@ class LargeObjects:
         their ETags, as Swift's; with `manifest`, a DLO is its manifest object alone (its own
         content)."""
         if v.dlo_manifest and not manifest:
-            segments = self.dlo_segments(account_id, v.dlo_manifest, may_read)
-            joined = "".join(s.etag for s in segments).encode()
-            return Content([Part(s.root, s.size, s.inline)
-                            for s in segments if s.root is not None],
-                           sum(s.size for s in segments),
-                           hashlib.md5(joined, usedforsecurity=False).hexdigest(), True)
+            return _joined(self.dlo_segments(account_id, v.dlo_manifest, may_read))
         return Content([Part(v.root, v.size, v.inline)] if v.root is not None else [], v.size,
                        v.etag, bool(v.slo_manifest))
-
 
     def check_slo_segments(self, v: ObjectVersion, account_id: int,
                            may_read: Callable[[ContainerInfo | None], bool]) -> None:
@@ -99,16 +93,16 @@ class LargeObjects:
         raise Conflict("")
 
     def public_content(self, v: ObjectVersion, account_id: int) -> Content:
-        """What a public link to version `v` serves: as `content`, but a DLO follows only
-        segments that are published themselves (whoever may write a published object may
-        point its manifest anywhere in the owner's account: the link must not reach further
-        than the owner's publishing), and an SLO is its content, never its manifest."""
+        """What a public link to version `v` serves: as `content`, but a DLO joins only its
+        segments that are published themselves, the others left out (whoever may write a
+        published object may point its manifest anywhere in the owner's account: the link
+        must not reach further than the owner's publishing), and an SLO is its content,
+        never its manifest.  Left out without a word: a refusal when some were not
+        published told such a writer, prefix by prefix, which names the owner's private
+        containers hold."""
         if v.dlo_manifest:
-            segments = self.dlo_segments(account_id, v.dlo_manifest)
-            hidden = [s.name for s in segments if self.catalog.public_token(s.object_id) is None]
-            if hidden:
-                raise Forbidden("a public large object serves only segments that are public "
-                                f"themselves ({len(hidden)} are not)")
+            return _joined([s for s in self.dlo_segments(account_id, v.dlo_manifest)
+                            if self.catalog.public_token(s.object_id) is not None])
         return self.content(v, account_id)
 
     def dlo_segments(self, account_id: int, manifest: str,
@@ -277,3 +271,11 @@ def _segment_range(text: str, size: int) -> tuple[int, int]:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}"
+
+
+def _joined(segments: list[ObjectVersion]) -> Content:
+    """A DLO's content from its segments, its ETag the MD5 of theirs (as Swift's)."""
+    joined = "".join(s.etag for s in segments).encode()
+    return Content([Part(s.root, s.size, s.inline) for s in segments if s.root is not None],
+                   sum(s.size for s in segments),
+                   hashlib.md5(joined, usedforsecurity=False).hexdigest(), True)
