@@ -703,3 +703,29 @@ def test_review_hostile_heads_get_gunicorns_answers_from_the_worker(pithos_serve
         reply = raw(pithos_server, data)
         got = _statuses(reply)
         assert got == expected, (data[:120], reply[:300])
+
+
+def test_ranges_past_swifts_bounds_are_416(pithos_server):
+    """A multipart range request multiplies what one request costs: more than 50 ranges,
+    more than 2 overlaps, or 8 or more out of order are refused as Swift refuses them (416);
+    a 3 MiB object asked 100 times over was a 300 MiB answer."""
+    url, h = auth(pithos_server)
+    requests.put(f"{url}/ranges", headers=h, timeout=T)
+    body = bytes(range(256)) * 40
+    assert requests.put(f"{url}/ranges/o", data=body, headers=h, timeout=T).status_code == 201
+
+    def get(spec: str) -> requests.Response:
+        return requests.get(f"{url}/ranges/o", headers={**h, "Range": f"bytes={spec}"},
+                            timeout=T)
+
+    for spec in (",".join(["0-"] * 100), ",".join(f"{i}-{i}" for i in range(51)),
+                 "0-10,5-15,8-20,9-30", ",".join(f"{i}-{i}" for i in range(8, 0, -1))):
+        r = get(spec)
+        assert r.status_code == 416 and r.headers["Content-Range"] == f"bytes */{len(body)}"
+    # Within them: served.
+    r = get(",".join(f"{i}-{i}" for i in range(50)))
+    assert r.status_code == 206 and r.headers["Content-Type"].startswith("multipart/byteranges")
+    assert get("0-10,5-15,20-30,25-35").status_code == 206  # (two overlaps)
+    assert get(",".join(f"{i}-{i}" for i in range(7, 0, -1))).status_code == 206
+    r = get("100-199")
+    assert r.status_code == 206 and r.content == body[100:200]

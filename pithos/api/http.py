@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -217,10 +218,35 @@ def parse_range(header: str | None, size: int) -> list[ByteRange] | None:
         raise HTTPStatusError(400, "too many ranges")
     if not ranges and whole:
         return None
-    if not ranges:
+    if not ranges or _egregious(ranges):
         raise HTTPStatusError(416, "Requested Range Not Satisfiable",
                               {"Content-Range": f"bytes */{size}"})
     return ranges
+
+
+# Swift's bounds on a multipart range request (swob, after RFC 7233 6.1: many overlapping or
+# out-of-order ranges multiply what one request costs): more is refused with 416.
+MAX_RANGES = 50
+MAX_RANGE_OVERLAPS = 2
+MAX_NONASCENDING_RANGES = 8
+
+
+def _egregious(ranges: list[ByteRange]) -> bool:
+    """Whether a set of satisfiable ranges passes Swift's bounds (its very comparisons: ends
+    exclusive, a range overlapping another only when an end falls strictly inside it)."""
+    if len(ranges) > MAX_RANGES:
+        return True
+    spans = [(r.start, r.end + 1) for r in ranges]
+    overlaps = 0
+    for i, (start1, end1) in enumerate(spans):
+        for start2, end2 in spans[i + 1:]:
+            if start1 < start2 < end1 or start1 < end2 < end1 or \
+                    start2 < start1 < end2 or start2 < end1 < end2:
+                overlaps += 1
+                if overlaps > MAX_RANGE_OVERLAPS:
+                    return True
+    ascending = all(a <= b for a, b in itertools.pairwise(spans))
+    return not ascending and len(spans) >= MAX_NONASCENDING_RANGES
 
 
 # -- preconditions -------------------------------------------------------------------------------
