@@ -54,9 +54,13 @@ def test_change_feed_over_http(pithos_server):
     assert page2["more"] is False
     # Bad input: 400 with a reason, never a 5xx.
     for params in ({"changes_since": "zzz"}, {"changes_since": "0", "limit": "0"},
-                   {"changes_since": "0", "limit": "x"}):
+                   {"changes_since": "0", "limit": "x"}, {"changes_since": "0", "limit": "\u00b2"}):
         r = requests.get(c, params=params, headers=h, timeout=T)
         assert r.status_code == 400 and r.text
+    # A cursor of this container's with a number that is no ASCII digit: 400, not a 500.
+    tag = page["cursor"].partition(".")[0]
+    r = requests.get(c, params={"changes_since": f"{tag}.\u00b2"}, headers=h, timeout=T)
+    assert r.status_code == 400 and r.text
     # A plain listing is unchanged.
     assert requests.get(c, headers=h, timeout=T).text == "b\nc\n"
 

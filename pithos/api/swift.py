@@ -458,7 +458,7 @@ class SwiftSink:
         _, container = self.authz.container(req.context.user, t.account, t.container,
                                             Action.LISTING)
         limit_text = req.get_param("limit") or "1000"
-        if not limit_text.isdigit() or len(limit_text) > 6:
+        if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 6:
             raise HTTPStatusError(400, "limit is a number of changes (1 to 10000)")
         feed = self.services.objects.changes(container, req.get_param("changes_since") or "",
                                              int(limit_text))

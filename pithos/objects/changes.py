@@ -32,7 +32,7 @@ def parse_cursor(container: ContainerInfo, cursor: str) -> int:
     if cursor == "0":
         return 0
     owner, dot, number = cursor.partition(".")
-    if not dot or not number.isdigit() or len(number) > 18:
+    if not dot or not (number.isascii() and number.isdigit()) or len(number) > 18:
         raise InvalidArgument("changes_since is 0 or a cursor this server returned")
     if owner != _tag(container):
         raise Gone("the container was deleted and made again since this cursor: list "
