@@ -226,7 +226,8 @@ def mount_compute(app: Any, services: Any, storage: Storage, key: str) -> None:
     quota = {}
     for item in filter(None, os.environ.get("PITHOS_COMPUTE_QUOTA", "").split(",")):
         name, _, value = item.partition("=")
-        if name.strip() not in Quota.__dataclass_fields__ or not value.strip().isdigit():
+        if name.strip() not in Quota.__dataclass_fields__ or not (
+                value.strip().isascii() and value.strip().isdigit()):
             raise SystemExit(f"pithos serve: PITHOS_COMPUTE_QUOTA: bad item {item!r} (use "
                              "instances=N,cores=N,ram_mib=N)")
         quota[name.strip()] = int(value)
