@@ -28,6 +28,7 @@ from compute.agent_http import KEY_HEADER, check_key
 from compute.db import Flavor, Keypair, Server
 from compute.service import ComputeService
 from pithos.core import errors as e
+from pithos.core import json_text
 
 log = logging.getLogger("compute.api")
 
@@ -107,7 +108,7 @@ def _body(req: falcon.Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise NovaError(413, "Request is too large.")
     try:
-        body = json.loads(raw or b"{}")
+        body = json_text.loads(raw or b"{}")
     except (ValueError, RecursionError):
         raise NovaError(400, "Malformed request body") from None
     if not isinstance(body, dict):
@@ -401,7 +402,7 @@ class ServerAction:
             if length is not None:
                 try:
                     length = int(length)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     raise NovaError(400, "length must be an integer") from None
                 if length < -1:
                     raise NovaError(400, "length must be -1 or more")

@@ -322,15 +322,23 @@ class ComputeDb:
             conn.execute(servers.insert().values(**values))
         return server
 
-    def place_server(self, server: Server, choose: Any) -> Server:
+    def place_server(self, server: Server, choose: Any, admit: Any = None) -> Server:
         """Insert `server` on the host `choose(agents, usage)` names, in one transaction, so
-        two creates cannot both take an agent's last room. `choose` raises to refuse."""
+        two creates cannot both take an agent's last room, nor both an account's last
+        (`admit(the account's servers)`, before the insert). `choose` and `admit` raise to
+        refuse."""
         values = {k: getattr(server, k) for k in Server.__dataclass_fields__}
         values["metadata"] = json.dumps(server.metadata)
         with self._tx() as conn:
             if self.url.startswith("sqlite"):
                 # Take SQLite's write lock before reading the usage (BEGIN IMMEDIATE's effect).
                 conn.execute(servers.update().where(sa.false()).values(updated=0))
+            else:
+                # One placement at a time (a server's other writes wait for it, briefly).
+                conn.execute(sa.text("LOCK TABLE servers IN SHARE ROW EXCLUSIVE MODE"))
+            if admit is not None:
+                admit([_server(r) for r in conn.execute(
+                    sa.select(servers).where(servers.c.account == server.account))])
             rows = conn.execute(sa.select(agents)).all()
             usage: dict[str, Usage] = {}
             for row in conn.execute(sa.select(servers.c.host, servers.c.vcpus,

@@ -261,8 +261,11 @@ class ComputeService:
         # back if it is not (a crash in between: resolve_commissions).
         serial = self._issue(server, "create")
         try:
+            # The account's quota again, in the placement's transaction: concurrent creates
+            # all passed the check above on the same count.
             server = self.db.place_server(server, lambda agents, usage: choose_agent(
-                agents, usage, flavor, time.time() - AGENT_DOWN_S))
+                agents, usage, flavor, time.time() - AGENT_DOWN_S),
+                admit=lambda mine: self._check_usage(mine, flavor))
         except BaseException:
             self._resolve(serial, False)
             raise
@@ -331,7 +334,11 @@ class ComputeService:
         return done
 
     def _check_quota(self, account: str, flavor: Flavor) -> None:
-        mine = self.db.servers(account=account)
+        self._check_usage(self.db.servers(account=account), flavor)
+
+    def _check_usage(self, mine: list[Server], flavor: Flavor) -> None:
+        """Forbidden if one more server of `flavor` passes the account's quota, `mine` being
+        its servers."""
         used = Usage(sum(s.vcpus for s in mine), sum(s.ram_mib for s in mine))
         q = self.quota
         for what, have, want, limit in (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from pithos.api.errors import HTTPStatusError
+from pithos.core import json_text
 from pithos.objects import Expect
 from pithos.objects.names import Limits
 
@@ -309,6 +309,6 @@ def json_body(req: Any, limit: int) -> Any:
     if len(data) > limit:
         raise too_large
     try:
-        return json.loads(data or b"{}")
+        return json_text.loads(data or b"{}")
     except (ValueError, RecursionError):
-        raise HTTPStatusError(400, "the body is not valid JSON") from None
+        raise HTTPStatusError(400, "the body is not valid JSON text") from None

@@ -261,8 +261,9 @@ class ProjectsMixin:
         for resource, limit in limits.items():
             _check_provisions({resource: 0})
             if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                      or limit < 0):
-                raise InvalidArgument(f"the limit of {resource} must be a whole number >= 0")
+                                      or not 0 <= limit < 1 << 63):
+                raise InvalidArgument(f"the limit of {resource} must be a whole number from 0 "
+                                      f"to {(1 << 63) - 1}")
         with self._write() as conn:  # type: ignore[attr-defined]
             for resource, limit in sorted(limits.items()):
                 self._ensure_holding(conn, project_id, resource)
