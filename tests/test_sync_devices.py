@@ -113,3 +113,51 @@ def test_same_content_on_both_sides_is_no_conflict(pithos_server, devices):
     s = b.sync()
     assert s.conflicts == 0 and s.downloaded == 0 and s.uploaded == 0
     assert container_files(pithos_server, a.container) == {"same": b"identical"}
+
+
+def test_a_path_newly_ignored_is_left_alone_on_both_sides(pithos_server, devices):
+    """A rule added after a file was synced: the scan no longer lists the file, which is no
+    deletion (it deleted it from the server, then from every other device)."""
+    a, b = devices
+    a.write("notes.log", b"log")
+    a.write("build/out.bin", b"bin")
+    a.write("keep.txt", b"keep")
+    both(pithos_server, a, b)
+    a.write(".pithosignore", b"*.log\nbuild/\n")
+    a.sync()
+    b.sync()
+    assert container_files(pithos_server, a.container) == {
+        "notes.log": b"log", "build/out.bin": b"bin", "keep.txt": b"keep",
+        ".pithosignore": b"*.log\nbuild/\n"}
+    assert a.read("notes.log") == b"log" and a.read("build/out.bin") == b"bin"
+    assert b.read("notes.log") == b"log" and b.read("build/out.bin") == b"bin"
+    # Edits of an ignored path stay where they are made.
+    a.write("notes.log", b"log 2")
+    a.sync()
+    assert container_files(pithos_server, a.container)["notes.log"] == b"log"
+
+
+def test_a_synced_path_a_symbolic_link_now_stands_in_is_no_deletion(pithos_server, devices):
+    """A file, and a directory, moved elsewhere and linked back: their objects stay on the
+    server and on the other device (they were deleted everywhere), and the run says why it
+    does not agree."""
+    a, b = devices
+    a.write("g.txt", b"g")
+    a.write("real/data.txt", b"data")
+    both(pithos_server, a, b)
+    away = a.folder + "-elsewhere"
+    os.makedirs(away)
+    for name in ("g.txt", "real"):
+        os.rename(a.path(name), os.path.join(away, name))
+        os.symlink(os.path.join(away, name), a.path(name))
+    stats = a.sync_unchecked()
+    assert not stats.agreed
+    b.sync()
+    assert container_files(pithos_server, a.container) == {"g.txt": b"g",
+                                                           "real/data.txt": b"data"}
+    assert b.read("g.txt") == b"g" and b.read("real/data.txt") == b"data"
+    # A download never writes through the link: the other device's edit stays on the server.
+    b.write("g.txt", b"g from b")
+    b.sync()
+    a.sync_unchecked()
+    assert open(os.path.join(away, "g.txt"), "rb").read() == b"g"

@@ -79,6 +79,12 @@ def plan(base: Mapping[str, BaseEntry], local: Mapping[str, LocalFile],
         if path in unknown:
             continue
         b, lf, r = base.get(path), local.get(path), remote.get(path)
+        if b is not None and ignored(path):
+            # Synced before a rule came to ignore it: the scan no longer lists it, which is
+            # no deletion.  Forgotten, both sides left as they are ("keeps names out both
+            # ways"); the rule's removal finds them again.
+            actions.append(Action(FORGET, path, base=b))
+            continue
         bm = b.md5 if b else None
         lm = lf.md5 if lf else None
         rm = r.md5 if r else None

@@ -79,10 +79,11 @@ class Ignore:
 
 
 def walk(folder: str, ignore: Ignore, report: Callable[[str], None],
-         unlisted: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
+         unlisted: list[str] | None = None,
+         special: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """(relative POSIX path, lstat) of every regular file not ignored.  Symlinks and special
-    files are skipped with a line (object names cannot hold them faithfully); directories
-    that cannot be listed are reported and appended to `unlisted`."""
+    files are skipped with a line (object names cannot hold them faithfully) and appended to
+    `special`; directories that cannot be listed are reported and appended to `unlisted`."""
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -114,6 +115,8 @@ def walk(folder: str, ignore: Ignore, report: Callable[[str], None],
             else:
                 what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 report(f"skipping {rel}: {what} (only regular files are synced)")
+                if special is not None:
+                    special.append(rel)
 
 
 # Files hashed side by side: their MD5s share the vector lanes of pithos.core.md5 (8 streams
@@ -278,8 +281,9 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
             pending_chunks = 0
 
     unlisted: list[str] = []
+    special: list[str] = []
     stale: list[tuple[str, os.stat_result]] = []  # to hash: the files cache is not theirs
-    for rel, st in walk(folder, ignore, report, unlisted):
+    for rel, st in walk(folder, ignore, report, unlisted, special):
         cached = state.cached_stat(rel)
         if cached is not None and same_stat(st, cached.size, cached.mtime_ns, cached.inode):
             result.files[rel] = cached
@@ -321,12 +325,16 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
         if on_hashed is not None:
             on_hashed(f)
     flush()
-    if unlisted:
+    if unlisted or special:
         # What the folder may still hold there is unknown, not deleted: left alone both ways
-        # (no remote delete, no download into a directory we cannot read).
-        prefixes = tuple("" if d == "" else d + "/" for d in unlisted)
+        # (no remote delete, no download into a directory we cannot read).  So is a synced
+        # path (a file, or a directory's files) that a symbolic link or a special file now
+        # stands in: a folder moved to another disk and linked back is no deletion, and a
+        # download must not write through the link.
+        prefixes = tuple("" if d == "" else d + "/" for d in unlisted) + tuple(
+            d + "/" for d in special)
         known = set(state.cached_paths()) | set(state.base()) | set(state.remote())
-        result.unknown |= {p for p in known if p.startswith(prefixes)}
+        result.unknown |= {p for p in known if p.startswith(prefixes) or p in special}
     for rel in state.cached_paths():
         if rel not in result.files and rel not in result.unknown:
             state.drop_file(rel)
