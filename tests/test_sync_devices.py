@@ -160,4 +160,5 @@ def test_a_synced_path_a_symbolic_link_now_stands_in_is_no_deletion(pithos_serve
     b.write("g.txt", b"g from b")
     b.sync()
     a.sync_unchecked()
-    assert open(os.path.join(away, "g.txt"), "rb").read() == b"g"
+    with open(os.path.join(away, "g.txt"), "rb") as f:
+        assert f.read() == b"g"
