@@ -251,3 +251,32 @@ def test_secure_cookies_forced_by_the_operator(tmp_path, monkeypatch) -> None:
     assert {c.name: c.secure for c in r.cookies.values()} == {"pithos_session": True,
                                                                "pithos_csrf": True}
     assert all(c.http_only == (c.name == "pithos_session") for c in r.cookies.values())
+
+
+def test_users_html_never_runs_on_the_uis_origin(server: PithosServer) -> None:
+    """Another account's HTML or SVG in a public container (or a static web site's page),
+    fetched anonymously (a link from elsewhere sends no SameSite=Strict cookie), ran on the
+    UI's origin: its script could read the CSRF cookie and drive a signed-in victim's
+    session.  Every such answer opens as a page of no origin, nothing sniffed; the fast
+    reads' answers (an owner's plain GET of a small object) the same; the UI's own pages
+    keep their policy."""
+    r = requests.get(server.auth_url, timeout=T,
+                     headers={"X-Auth-User": "test2:tester2", "X-Auth-Key": "testing2"})
+    url, h = r.headers["X-Storage-Url"], {"X-Auth-Token": r.headers["X-Auth-Token"]}
+    assert requests.put(f"{url}/site", timeout=T, headers={
+        **h, "X-Container-Read": ".r:*,.rlistings",
+        "X-Container-Meta-Web-Index": "index.html"}).status_code in (201, 202)
+    page = b"<script>fetch('/v1/AUTH_test', {headers: {'X-CSRF-Token': 'x'}})</script>"
+    for name, kind in (("evil.html", "text/html"), ("index.html", "text/html"),
+                       ("evil.svg", "image/svg+xml")):
+        assert requests.put(f"{url}/site/{name}", data=page, timeout=T,
+                            headers={**h, "Content-Type": kind}).status_code == 201
+    for got in (requests.get(f"{url}/site/evil.html", timeout=T),
+                requests.get(f"{url}/site/evil.svg", timeout=T),
+                requests.get(f"{url}/site/", timeout=T),  # the static site's index
+                requests.get(f"{url}/site/evil.html", headers=h, timeout=T)):  # fast read
+        assert got.status_code == 200 and got.content == page, got.status_code
+        assert got.headers["Content-Security-Policy"] == "sandbox"
+        assert got.headers["X-Content-Type-Options"] == "nosniff"
+    ui = requests.get(f"{server.url}/ui/", timeout=T)
+    assert "sandbox" not in ui.headers["Content-Security-Policy"]

@@ -86,7 +86,7 @@ class App(falcon.App):
 
     def _api(self, env: dict[str, Any], start_response: Any) -> Any:
         def titled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            out = sysmeta_out(env, headers, _title, _titled)
+            out = _out(env, headers)
             if status.startswith("204") and not any(
                     k.lower() == "content-length" for k, _ in out):
                 # As Swift's: a 204 says its length (falcon sends none without a body).
@@ -105,8 +105,20 @@ class App(falcon.App):
 
 
 def _out(env: dict[str, Any], headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The headers of an answer of the fast reads as App._api hands falcon's on."""
-    return sysmeta_out(env, headers, _title, _titled)
+    """The headers of an answer as App._api hands falcon's on (the fast reads' too): names
+    title-cased, and users' content kept from running on our origin (the web UI's, whose
+    session a script there could drive: it reads the CSRF cookie, and its requests carry the
+    session's).  An object's HTML or SVG (a public container's, a static web site's page)
+    opens as a page of no origin (`sandbox`), and nothing is sniffed into a type that runs.
+    Not the UI's own pages (their policy is theirs) nor an answer that sets one already."""
+    out = sysmeta_out(env, headers, _title, _titled)
+    if not env.get("PATH_INFO", "").startswith("/ui/") and not any(
+            k.lower() == "content-security-policy" for k, _ in out):
+        out += _CONTENT_GUARD
+    return out
+
+
+_CONTENT_GUARD = [("Content-Security-Policy", "sandbox"), ("X-Content-Type-Options", "nosniff")]
 
 
 # Names title-cased before, kept per worker (bounded: user metadata makes names many).  Only
