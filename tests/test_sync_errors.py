@@ -158,3 +158,17 @@ def test_links_and_special_files_are_skipped_with_a_line(pithos_server, tmp_path
         "pithos sync: skipping pipe: not a regular file (only regular files are synced)"]
     # Only the regular file is in the container (empty directories are not synced).
     assert container_files(pithos_server, "err-links") == {"real.txt": b"real"}
+
+
+def test_a_state_that_cannot_be_opened_is_one_line(pithos_server, tmp_path):
+    """The folder's state cannot be made (a full disk: SQLite's "disk I/O error"; here a file
+    where its directory goes): one line and exit 1, never a traceback."""
+    a = Device(pithos_server, tmp_path / "a", "err-state")
+    a.write("f.txt", b"f")
+    with open(a.path(".pithos-sync"), "wb") as f:
+        f.write(b"not a directory")
+    proc = run_cli(a)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("pithos sync: cannot open the sync state in ")

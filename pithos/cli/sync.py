@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -76,7 +77,12 @@ def cmd_sync(args: argparse.Namespace, _data: object = None) -> int:
         _err(f"{folder} is not a directory")
         return 2
     gc_tuning.tune_for_throughput()
-    state = State(folder)
+    try:
+        state = State(folder)
+    except (sqlite3.Error, OSError) as exc:
+        # (A full disk, a read-only folder: one line, as for any other error.)
+        _err(f"cannot open the sync state in {folder}: {exc}")
+        return 1
     try:
         if not state.lock():
             _err(f"another pithos sync is running on {folder}")

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import http.client
 import os
 from collections.abc import Callable
 from typing import Any
+
+import urllib3
 
 from pithos.core.files import fsync_dir
 from pithos.core.hashing import block_hash
@@ -159,7 +162,14 @@ class DownloadsMixin:
         r = self.remote.get_range(rel, m.etag, offset, end)
         try:
             for c in run:
-                data = r.read(c.length)
+                try:
+                    data = r.read(c.length)
+                except (urllib3.exceptions.HTTPError, http.client.HTTPException,
+                        OSError) as exc:
+                    # (The connection broke mid-answer, or timed out: the server is gone as
+                    # far as this pass goes; the download resumes on the next.)
+                    raise RemoteError(f"the server's answer for {rel} broke off: "
+                                      f"{getattr(exc, 'reason', None) or exc}", 0) from None
                 if len(data) != c.length or block_hash(data) != c.hash:
                     raise RemoteError(f"{rel}: a chunk from the server failed verification", 0)
                 f.write(data)  # type: ignore[attr-defined]
