@@ -242,3 +242,28 @@ def test_a_user_number_past_the_id_column_names_nobody(server):
             assert r.status_code in (403, 404), (method, path, r.status_code, r.text[:200])
     r = api(server, "GET", f"/v3/users/{(1 << 31) - 1}", admin)
     assert r.status_code == 404
+
+
+def test_a_member_removed_loses_its_tokens_scoped_to_the_project(server):
+    """Its token scoped to the project went on acting (and charging) there for its whole
+    lifetime; removed with the membership (the workers' token cache keeps one a few
+    seconds: asked until it says so, within a bound)."""
+    import time
+
+    pid = make_project(server, "leaving", ("test:reader",))
+    scoped = token(server, "test:reader", "reading", {"id": pid})
+    home = token(server, "test:reader", "reading")
+    root = token(server, "root", "rooting", {"name": "admin", "domain": {"name": "Default"}})
+    assert api(server, "GET", "/v3/auth/tokens", root,
+               headers={"X-Subject-Token": scoped}).status_code == 200
+    r = api(server, "DELETE", f"/v3/projects/{pid}/users/test:reader/roles/member", root)
+    assert r.status_code == 204, r.text
+    deadline = time.monotonic() + 60
+    while api(server, "GET", "/v1/AUTH_test", scoped).status_code != 401:
+        assert time.monotonic() < deadline, "the scoped token still acts"
+        time.sleep(0.5)
+    assert api(server, "GET", "/v3/auth/tokens", root,
+               headers={"X-Subject-Token": scoped}).status_code == 404
+    # Its other tokens are its own still.
+    assert api(server, "GET", "/v3/auth/tokens", root,
+               headers={"X-Subject-Token": home}).status_code == 200

@@ -217,6 +217,10 @@ class ProjectsMixin:
                 conn.execute(insert(m).values(project_id=project_id, user_id=user_id))
             elif there and not member:
                 conn.execute(delete(m).where(where))
+                # Its tokens scoped to the project go with it (else they went on acting and
+                # charging there for their whole lifetime).
+                conn.execute(delete(s.tokens).where(and_(s.tokens.c.user_id == user_id,
+                                                         s.tokens.c.project_id == project_id)))
             return member != there
 
     def project_members(self, project_id: str) -> list[UserInfo]:
