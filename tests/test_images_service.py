@@ -387,3 +387,18 @@ def test_a_collector_that_missed_the_snapshot_spares_the_image_made_from_it(serv
     assert content(service, ALICE, img.id) == snap_data
     with pytest.raises(NotFound):
         b"".join(service.read([(other, len(other_data))], 0, len(other_data)))
+
+
+def test_an_image_id_is_one_image_in_any_case(service):
+    """A UUID names one image whatever the case of its hex digits: given upper-case it is kept
+    lower-case, and another account's create of the same id in another case is the same
+    conflict as in its own (it made a second, "shadow" image beside the first)."""
+    images = service.images
+    upper = "8F59C436-0D5E-4A6B-9C3D-2E1F0A9B8C7D"
+    made = images.create(ALICE, name="mine", image_id=upper)
+    assert made.id == upper.lower()
+    assert images.get(ALICE, upper).id == upper.lower()
+    for other in (upper, upper.lower()):
+        with pytest.raises(Conflict):
+            images.create(BOB, name="shadow", image_id=other)
+    assert [i.id for i in images.list(ALICE)] == [upper.lower()]

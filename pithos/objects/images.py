@@ -127,7 +127,8 @@ class Images:
     def get(self, user: UserInfo | None, image_id: str) -> Image:
         """The image, if `user` may see it; NotFound otherwise, whether or not it exists."""
         _who(user)
-        found = self.catalog.image(image_id) if _is_uuid(image_id) else None
+        # (A UUID names one image in any case of its hex digits: ids are kept lower-case.)
+        found = self.catalog.image(image_id.lower()) if _is_uuid(image_id) else None
         if found is None or not self._sees(user, found):
             raise NotFound(f"no image {image_id}")
         return found
@@ -190,7 +191,8 @@ class Images:
         props = _checked_properties(properties or {})
         if image_id is not None and not _is_uuid(image_id):
             raise InvalidArgument("an image id is a UUID")
-        image_id = image_id or str(uuidlib.uuid4())
+        # Lower-case, so that another case of the same UUID is the same image, not a second.
+        image_id = image_id.lower() if image_id else str(uuidlib.uuid4())
         if self.catalog.image(image_id) is not None:
             raise Conflict(f"image {image_id} exists")
         # Charged to the project the user acts in (its token's scope; else its home).
