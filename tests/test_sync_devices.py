@@ -162,3 +162,21 @@ def test_a_synced_path_a_symbolic_link_now_stands_in_is_no_deletion(pithos_serve
     a.sync_unchecked()
     with open(os.path.join(away, "g.txt"), "rb") as f:
         assert f.read() == b"g"
+
+
+def test_a_download_has_the_modes_a_user_expects(pithos_server, devices):
+    """A new file gets the umask's mode (every download was 0600), and a file replaced by
+    the other device's edit keeps its own (an executable stayed one no more)."""
+    a, b = devices
+    a.write("run.sh", b"#!/bin/sh\n")
+    a.write("new.txt", b"new")
+    both(pithos_server, a, b)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(b.path("new.txt")).st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(b.path("run.sh"), 0o755)
+    a.write("run.sh", b"#!/bin/sh\necho edited\n")
+    a.sync()
+    b.sync()
+    assert b.read("run.sh") == b"#!/bin/sh\necho edited\n"
+    assert os.stat(b.path("run.sh")).st_mode & 0o777 == 0o755

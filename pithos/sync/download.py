@@ -11,6 +11,7 @@ import errno
 import hashlib
 import http.client
 import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,13 @@ class DownloadsMixin:
             raise Skip(f"cannot create {rel}: a file of the folder is in the way") from None
         if os.path.isdir(target):
             raise Skip(f"cannot create {rel}: a directory of the folder has that name")
+        try:
+            old = os.stat(target, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISREG(old.st_mode):  # (an executable stays one, a read-only file too)
+                os.chmod(tmp, stat.S_IMODE(old.st_mode))
         os.replace(tmp, target)
         fsync_dir(parent)
         st = os.stat(target, follow_symlinks=False)
@@ -91,7 +99,9 @@ class DownloadsMixin:
 
     def _fill_from(self, rel: str, m: RemoteMap, tmp: str) -> None:
         md5 = hashlib.md5(usedforsecurity=False)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # (The umask gives it its mode, as to any file the user makes; `download` keeps the
+        # mode of a file it replaces.)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         with open(fd, "r+b") as f:
             done = 0  # chunks already in tmp, verified
             offset = 0
