@@ -180,3 +180,26 @@ def test_a_download_has_the_modes_a_user_expects(pithos_server, devices):
     b.sync()
     assert b.read("run.sh") == b"#!/bin/sh\necho edited\n"
     assert os.stat(b.path("run.sh")).st_mode & 0o777 == 0o755
+
+
+def test_objects_no_file_can_be_are_said_and_the_run_does_not_agree(pithos_server, devices):
+    """Another writer's objects named '../x', 'a//b', 'dir/': no file of the folder can be
+    them, and nothing escapes the folder; the run says so, one line each, and does not call
+    the two sides in agreement (it did, silently)."""
+    import requests
+
+    a, _ = devices
+    a.write("fine.txt", b"fine")
+    a.sync()
+    r = requests.get(pithos_server.auth_url, timeout=30,
+                     headers={"X-Auth-User": "test:tester", "X-Auth-Key": "testing"})
+    url, h = r.headers["X-Storage-Url"], {"X-Auth-Token": r.headers["X-Auth-Token"]}
+    for name in ("%2E%2E/esc.txt", "dbl//slash.txt", "trail/"):  # (unnormalized)
+        assert requests.put(f"{url}/{a.container}/{name}", data=b"x", headers=h,
+                            timeout=30).status_code == 201
+    stats = a.sync_unchecked()
+    assert not stats.agreed
+    for name in ("../esc.txt", "dbl//slash.txt", "trail/"):
+        assert [ln for ln in a.lines if repr(name) in ln], (name, a.lines)
+    assert sorted(os.listdir(a.folder)) == [".pithos-sync", "fine.txt"]
+    assert not os.path.exists(os.path.join(os.path.dirname(a.folder), "esc.txt"))

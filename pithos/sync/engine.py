@@ -134,7 +134,7 @@ class Engine(DownloadsMixin, UploadsMixin):
             if self.dry_run or not pending:
                 if not pending and not self.dry_run:
                     self.state.db.execute("DELETE FROM journal")  # nothing is left undone
-                return not pending
+                return not pending and not self._unfit_remote_names()
             # A pass that did nothing on the same plan as the one before will not do better:
             # each reason was reported.  (A file that changed while read plans differently.)
             seen = (sorted(map(repr, actions)), sorted(unknown))
@@ -142,6 +142,18 @@ class Engine(DownloadsMixin, UploadsMixin):
                 return False
             previous = seen
         return False
+
+    def _unfit_remote_names(self) -> bool:
+        """Whether the container holds objects no file of the folder can be (a name with an
+        empty, '.' or '..' segment, a NUL, a leading or trailing '/'), each reported: the
+        plan leaves them out, and a run that said nothing of them called the two sides in
+        agreement while they were not."""
+        ignore = Ignore(self.folder)
+        unfit = [n for n in self.state.remote() if not P.valid_name(n) and not ignore(n)]
+        for name in sorted(unfit):
+            self.report(f"skipping the container's {name!r}: no file of the folder can have "
+                        "that name")
+        return bool(unfit)
 
     def clean_tmp(self) -> None:
         """Remove temporary files no journaled download will resume (a killed download's
