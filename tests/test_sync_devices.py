@@ -203,3 +203,21 @@ def test_objects_no_file_can_be_are_said_and_the_run_does_not_agree(pithos_serve
         assert [ln for ln in a.lines if repr(name) in ln], (name, a.lines)
     assert sorted(os.listdir(a.folder)) == [".pithos-sync", "fine.txt"]
     assert not os.path.exists(os.path.join(os.path.dirname(a.folder), "esc.txt"))
+
+
+def test_an_edit_that_keeps_the_size_and_puts_the_mtime_back_is_seen(pithos_server, devices):
+    """cp -p, rsync -t, tar: the same size, the mtime put back, the same inode.  The files
+    cache took it for the file it had hashed, so the edit was never sent, and a later edit
+    from the other device overwrote it with no conflict copy."""
+    a, b = devices
+    a.write("doc.txt", b"version one")
+    both(pithos_server, a, b)
+    st = os.stat(a.path("doc.txt"))
+    with open(a.path("doc.txt"), "r+b") as f:  # (in place: the same inode)
+        f.write(b"VERSION ONE")
+    os.utime(a.path("doc.txt"), ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(a.path("doc.txt"))
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        st.st_size, st.st_mtime_ns, st.st_ino)
+    remote = both(pithos_server, a, b)
+    assert remote["doc.txt"] == b"VERSION ONE" and b.read("doc.txt") == b"VERSION ONE"

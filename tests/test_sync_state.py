@@ -5,6 +5,7 @@ index kept whole rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sqlite3
@@ -99,6 +100,29 @@ def test_a_state_made_with_the_old_chunk_index_is_upgraded_on_open(tmp_path):
     assert "chunks" not in names and "chunks_by_path" not in names
     s.close()
     assert State(str(tmp_path)).chunk_sources(b) == [ChunkSource("f", 10, 20)]
+
+
+def test_a_files_cache_made_before_it_kept_change_times_is_upgraded_on_open(tmp_path):
+    """Its rows get change time 0 (unknown: the next scan hashes them once more), and the
+    cache keeps the ones it is given from then on."""
+    s = State(str(tmp_path))
+    s.close()
+    db = sqlite3.connect(os.path.join(tmp_path, STATE_DIR, "state.sqlite"))
+    db.executescript("""
+        DROP TABLE files;
+        CREATE TABLE files (
+            path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+            inode INTEGER NOT NULL, md5 TEXT NOT NULL, chunks BLOB NOT NULL);
+        INSERT INTO files VALUES ('old', 1, 2, 3, 'm', x'');
+    """)
+    db.commit()
+    db.close()
+    s = State(str(tmp_path))
+    cached = s.cached_stat("old")
+    assert cached is not None and (cached.size, cached.ctime_ns) == (1, 0)
+    s.put_files([dataclasses.replace(local("new", chunks_of((h(1), 10))), ctime_ns=77)])
+    assert s.cached_stat("new").ctime_ns == 77 and s.cached("new").ctime_ns == 77
+    s.close()
 
 
 @settings(max_examples=60, deadline=None)

@@ -81,7 +81,8 @@ class DownloadsMixin:
         os.replace(tmp, target)
         fsync_dir(parent)
         st = os.stat(target, follow_symlinks=False)
-        lf = LocalFile(rel, m.size, st.st_mtime_ns, st.st_ino, m.etag, tuple(m.chunks))
+        lf = LocalFile(rel, m.size, st.st_mtime_ns, st.st_ino, m.etag, tuple(m.chunks),
+                       st.st_ctime_ns)
         self.state.put_file(lf)
         with self.state.transaction():
             self.state.put_remote(RemoteEntry(rel, m.size, m.etag))
@@ -202,7 +203,8 @@ class DownloadsMixin:
             raise Skip(f"cannot create {rel}: a file of the folder is in the way") from None
         if expect is None:
             raise Skip(f"{rel} appeared locally meanwhile")
-        if not same_stat(st, expect.size, expect.mtime_ns, expect.inode):
+        if not same_stat(st, expect.size, expect.mtime_ns, expect.inode,
+                         expect.ctime_ns or None):
             raise Skip(f"{rel} changed locally meanwhile")
 
 

@@ -502,7 +502,8 @@ class Engine(DownloadsMixin, UploadsMixin):
         self._prune_dirs(os.path.dirname(old))
         self.state.drop_file(src)
         st = os.stat(new, follow_symlinks=False)
-        moved = LocalFile(a.path, lf.size, st.st_mtime_ns, st.st_ino, lf.md5, lf.chunks)
+        moved = LocalFile(a.path, lf.size, st.st_mtime_ns, st.st_ino, lf.md5, lf.chunks,
+                          st.st_ctime_ns)
         self.state.put_file(moved)
         with self.state.transaction():
             self.state.drop_base(src)

@@ -176,7 +176,8 @@ class _Hashing:
                 or not same_stat(now, st.st_size, st.st_mtime_ns, st.st_ino):
             raise Changed(self.rel)
         return LocalFile(self.rel, self.size, st.st_mtime_ns, st.st_ino,
-                         self.md5.hexdigest(), ChunkList(b"".join(self.chunks)))
+                         self.md5.hexdigest(), ChunkList(b"".join(self.chunks)),
+                         st.st_ctime_ns)
 
     def close(self, buffers: list[bytearray] | None = None) -> None:
         """Close the file; its cutter's buffer goes back to `buffers` if one of a large
@@ -242,8 +243,12 @@ def hash_files(folder: str, listed: Iterable[tuple[str, os.stat_result]]
         active = still
 
 
-def same_stat(a: os.stat_result, size: int, mtime_ns: int, inode: int) -> bool:
-    return a.st_size == size and a.st_mtime_ns == mtime_ns and a.st_ino == inode
+def same_stat(a: os.stat_result, size: int, mtime_ns: int, inode: int,
+              ctime_ns: int | None = None) -> bool:
+    """Whether `a` is still the file of that size, mtime and inode (and, given one, change
+    time: what a rewrite that keeps the size and puts the mtime back changes)."""
+    return a.st_size == size and a.st_mtime_ns == mtime_ns and a.st_ino == inode and (
+        ctime_ns is None or a.st_ctime_ns == ctime_ns)
 
 
 def hash_file(folder: str, rel: str, st: os.stat_result) -> LocalFile:
@@ -285,7 +290,8 @@ def scan(folder: str, state: State, ignore: Ignore, report: Callable[[str], None
     stale: list[tuple[str, os.stat_result]] = []  # to hash: the files cache is not theirs
     for rel, st in walk(folder, ignore, report, unlisted, special):
         cached = state.cached_stat(rel)
-        if cached is not None and same_stat(st, cached.size, cached.mtime_ns, cached.inode):
+        if cached is not None and same_stat(st, cached.size, cached.mtime_ns, cached.inode,
+                                            cached.ctime_ns):
             result.files[rel] = cached
             continue
         stale.append((rel, st))

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS base (
     mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, chunks BLOB NOT NULL DEFAULT x'');
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL, md5 TEXT NOT NULL, chunks BLOB NOT NULL);
+    inode INTEGER NOT NULL, md5 TEXT NOT NULL, chunks BLOB NOT NULL,
+    ctime_ns INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS chunk_refs (
     prefix INTEGER NOT NULL, file INTEGER NOT NULL, PRIMARY KEY (prefix, file)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS remote (
@@ -142,6 +143,9 @@ class LocalFile:
     inode: int
     md5: str
     chunks: Sequence[Chunk]  # a ChunkList from the scan and the files cache
+    # The inode's change time as hashed (0: unknown).  An edit that keeps the size and puts
+    # the mtime back (cp -p, rsync -t, tar) changes nothing else the cache compares.
+    ctime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,10 @@ class State:
         if "chunks" not in [r[1] for r in self.db.execute("PRAGMA table_info(base)")]:
             # (a state made before base kept its chunk list)
             self.db.execute("ALTER TABLE base ADD COLUMN chunks BLOB NOT NULL DEFAULT x''")
+        if "ctime_ns" not in [r[1] for r in self.db.execute("PRAGMA table_info(files)")]:
+            # (a state made before the cache kept the change time: every file is hashed
+            # once more, at the next scan, and the cache then has it)
+            self.db.execute("ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0")
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks'").fetchone():
             self._upgrade_chunk_index()
         self._lock_fd: int | None = None
@@ -287,18 +295,20 @@ class State:
     # -- files cache and chunk index -----------------------------------------------------------
 
     def cached(self, path: str) -> LocalFile | None:
-        row = self.db.execute("SELECT path, size, mtime_ns, inode, md5, chunks FROM files "
-                              "WHERE path = ?", (path,)).fetchone()
+        row = self.db.execute("SELECT path, size, mtime_ns, inode, md5, chunks, ctime_ns "
+                              "FROM files WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
-        return LocalFile(row[0], row[1], row[2], row[3], row[4], unpack_chunks(row[5]))
+        return LocalFile(row[0], row[1], row[2], row[3], row[4], unpack_chunks(row[5]),
+                         row[6])
 
     def cached_stat(self, path: str) -> LocalFile | None:
         """The cache's row without its chunk list (`chunks` empty): what a scan keeps in
         memory for every file, so a pass's memory does not grow with the folder's bytes."""
-        row = self.db.execute("SELECT path, size, mtime_ns, inode, md5 FROM files "
+        row = self.db.execute("SELECT path, size, mtime_ns, inode, md5, ctime_ns FROM files "
                               "WHERE path = ?", (path,)).fetchone()
-        return None if row is None else LocalFile(row[0], row[1], row[2], row[3], row[4], ())
+        return None if row is None else LocalFile(row[0], row[1], row[2], row[3], row[4], (),
+                                                  row[5])
 
     def cached_paths(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM files")]
@@ -315,8 +325,9 @@ class State:
             for f in files:
                 self._drop_refs(db, f.path)  # (before each: a path twice in `files` too)
                 packed = pack_chunks(f.chunks)
-                cur = db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                                 (f.path, f.size, f.mtime_ns, f.inode, f.md5, packed))
+                cur = db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (f.path, f.size, f.mtime_ns, f.inode, f.md5, packed,
+                                  f.ctime_ns))
                 assert cur.lastrowid is not None
                 self._add_refs(db, cur.lastrowid, packed)
 

@@ -255,7 +255,7 @@ class _Sender:
         except FileNotFoundError:
             raise Skip(f"{lf.path} vanished before its upload") from None
         self.fds.append(fd)
-        if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode):
+        if not same_stat(os.fstat(fd), lf.size, lf.mtime_ns, lf.inode, lf.ctime_ns or None):
             raise Skip(f"{lf.path} changed before its upload")
         path = lf.path
 
