@@ -25,19 +25,28 @@ def publish(url: str, h: dict, path: str) -> str:
 
 # -- 1. public link + DLO = ACL bypass ------------------------------------------------------------
 
-def test_finding_1_a_public_link_never_follows_a_manifest_into_private_objects(pithos_server):
-    url, owner = auth(pithos_server)
-    _, writer = auth(pithos_server, "test:reader", "reading")  # no admin, no read ACL
-    for c in ("pub", "private"):
+def published_page_and_its_writer(server, pub: str, private: str, secret: str
+                                  ) -> tuple[str, dict, str]:
+    """(storage URL, a writer's headers, the public link) of `pub`/page,
+    published, in a container the non-admin test:reader may write (not read) beside the
+    private container `private` holding `secret` (an object of that name)."""
+    url, owner = auth(server)
+    _, writer = auth(server, "test:reader", "reading")  # no admin, no read ACL
+    for c in (pub, private):
         assert requests.put(f"{url}/{c}", headers=owner, timeout=T).status_code in (201, 202)
-    assert requests.put(f"{url}/private/secret", data=b"the owner's secret", headers=owner,
+    assert requests.put(f"{url}/{private}/{secret}", data=b"the owner's secret",
+                        headers=owner, timeout=T).status_code == 201
+    assert requests.put(f"{url}/{pub}/page", data=b"hello", headers=owner,
                         timeout=T).status_code == 201
-    assert requests.put(f"{url}/pub/page", data=b"hello", headers=owner,
-                        timeout=T).status_code == 201
-    link = publish(url, owner, "pub/page")
-    # The owner lets the non-admin user write (not read) the public container.
-    assert requests.post(f"{url}/pub", headers={**owner, "X-Container-Write": "test:reader"},
+    link = publish(url, owner, f"{pub}/page")
+    assert requests.post(f"{url}/{pub}", headers={**owner, "X-Container-Write": "test:reader"},
                          timeout=T).status_code in (202, 204)
+    return url, writer, link
+
+
+def test_finding_1_a_public_link_never_follows_a_manifest_into_private_objects(pithos_server):
+    url, writer, link = published_page_and_its_writer(pithos_server, "pub", "private",
+                                                      "secret")
     r = requests.put(f"{url}/pub/page", data=b"", timeout=T,
                      headers={**writer, "X-Object-Manifest": "private/"})
     assert r.status_code == 201, r.text
@@ -71,17 +80,8 @@ def test_a_public_dlo_tells_nothing_of_the_private_names_under_its_prefix(pithos
     """A writer of a published object points its manifest at a prefix of a private
     container: the link's answer is the same whether private objects are there or not (it
     was a 403 counting them, which spelled their names out prefix by prefix)."""
-    url, owner = auth(pithos_server)
-    _, writer = auth(pithos_server, "test:reader", "reading")
-    for c in ("pub2", "vault2"):
-        assert requests.put(f"{url}/{c}", headers=owner, timeout=T).status_code in (201, 202)
-    assert requests.put(f"{url}/vault2/passwords.kdbx", data=b"k", headers=owner,
-                        timeout=T).status_code == 201
-    assert requests.put(f"{url}/pub2/page", data=b"p", headers=owner,
-                        timeout=T).status_code == 201
-    link = publish(url, owner, "pub2/page")
-    assert requests.post(f"{url}/pub2", headers={**owner, "X-Container-Write": "test:reader"},
-                         timeout=T).status_code in (202, 204)
+    url, writer, link = published_page_and_its_writer(pithos_server, "pub2", "vault2",
+                                                      "passwords.kdbx")
     answers = []
     for prefix in ("vault2/pass", "vault2/none"):
         assert requests.put(f"{url}/pub2/page", data=b"", timeout=T, headers={
